@@ -1,0 +1,1 @@
+//! QEMU `edu` device DMA driver: placeholder.

@@ -1,0 +1,58 @@
+//! Everything a test kernel needs to start on QEMU and talk to the outside: the architecture entry
+//! points (x86_64 PVH, aarch64 `virt`), serial console, heap, PCI configuration access, a driver
+//! for QEMU's `edu` DMA device, a test runner, and exit with a status.
+//!
+//! The architecture-specific parts only exist when building for a bare-metal target
+//! (`target_os = "none"`); on the host this crate is the portable rest, so it can be unit-tested.
+//!
+//! A kernel links this crate and defines
+//! `#[no_mangle] extern "Rust" fn kernel_main(info: &iommu_boot::BootInfo) -> !`.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod cmdline;
+pub mod console;
+pub mod edu;
+pub mod pci;
+pub mod testing;
+
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+pub mod aarch64;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+pub mod x86_64;
+#[cfg(target_os = "none")]
+mod rt;
+
+/// What the architecture entry code found out about the machine before calling `kernel_main`.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    /// The kernel command line (QEMU `-append`), empty if none was given.
+    pub cmdline: &'static str,
+    /// x86_64: physical address of the ACPI RSDP, from the PVH start info.
+    pub rsdp: Option<u64>,
+    /// aarch64: physical address of the flattened devicetree QEMU placed in RAM.
+    pub dtb: Option<u64>,
+    /// aarch64: the exception level the kernel runs at (1, or 2 with `virtualization=on`);
+    /// 0 on x86_64.
+    pub exception_level: u8,
+}
+
+/// How the kernel leaves QEMU. The runner (`cargo xtask`) maps QEMU's exit status back to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success,
+    Failure,
+}
+
+/// Leaves QEMU with `status`. Never returns.
+#[cfg(target_os = "none")]
+pub fn exit(status: ExitStatus) -> ! {
+    #[cfg(target_arch = "x86_64")]
+    return x86_64::exit(status);
+    #[cfg(target_arch = "aarch64")]
+    return aarch64::exit(status);
+}

@@ -1,0 +1,1 @@
+//! PCI configuration access and BAR assignment: placeholder.

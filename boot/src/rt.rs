@@ -1,0 +1,39 @@
+//! Runtime glue shared by both architectures: heap, panic handler, and the hand-over from the
+//! architecture entry code to `kernel_main`.
+
+use crate::{BootInfo, ExitStatus};
+use linked_list_allocator::LockedHeap;
+
+/// Heap for the test kernels: IOMMU tables, queues and DMA buffers are allocated from here, so it
+/// is identity-mapped like the rest of RAM (physical address == virtual address).
+const HEAP_SIZE: usize = 32 << 20;
+
+#[repr(C, align(4096))]
+struct HeapArea([u8; HEAP_SIZE]);
+
+static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+
+#[global_allocator]
+static ALLOCATOR: LockedHeap = LockedHeap::empty();
+
+unsafe extern "Rust" {
+    fn kernel_main(info: &BootInfo) -> !;
+}
+
+/// Called once by the architecture entry code, on the boot stack, with translation set up
+/// (identity map) and `.bss` zeroed.
+pub(crate) fn start(info: &BootInfo) -> ! {
+    // SAFETY: `start` runs once, before anything allocates, so nobody else refers to HEAP_AREA.
+    unsafe {
+        let area = &raw mut HEAP_AREA;
+        ALLOCATOR.lock().init(area.cast::<u8>(), HEAP_SIZE);
+    }
+    // SAFETY: `kernel_main` is defined by the kernel binary with exactly this signature.
+    unsafe { kernel_main(info) }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::console::_print_unlocked(format_args!("\nPANIC: {info}\n"));
+    crate::exit(ExitStatus::Failure)
+}

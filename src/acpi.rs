@@ -1,0 +1,1 @@
+//! ACPI table discovery (RSDP, RSDT/XSDT): placeholder, filled in by the discovery work.

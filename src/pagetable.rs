@@ -1,0 +1,1 @@
+//! Per-domain I/O page tables: placeholder, filled in by the page-table work.
