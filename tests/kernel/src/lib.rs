@@ -1,19 +1,54 @@
 //! Shared body of the test and demo kernels.
+//!
+//! The runner (`cargo xtask test`) starts QEMU with a machine of its matrix and tells the kernel,
+//! on the command line, what that machine is (`vtd.mode=scalable vtd.aw=39 ...`); each test checks
+//! what the driver finds against it.
 #![no_std]
 
 extern crate alloc;
 
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod smmu;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+mod vtd;
+
 #[cfg(target_os = "none")]
-use iommu_boot::{println, BootInfo, ExitStatus};
+use iommu_boot::{cmdline::Cmdline, println, testing::Test, BootInfo, ExitStatus};
+
+/// What every test gets: the boot information and the command line the runner passed.
+#[cfg(target_os = "none")]
+pub struct Machine {
+    pub info: BootInfo,
+    pub cmdline: Cmdline<'static>,
+}
+
+#[cfg(target_os = "none")]
+fn tests() -> &'static [Test<Machine>] {
+    #[cfg(target_arch = "x86_64")]
+    return vtd::TESTS;
+    #[cfg(target_arch = "aarch64")]
+    return smmu::TESTS;
+}
 
 #[cfg(target_os = "none")]
 pub fn run_test_kernel(info: &BootInfo) -> ! {
+    let mut machine = Machine { info: *info, cmdline: Cmdline::new(info.cmdline) };
     println!("iommu test kernel: cmdline '{}'", info.cmdline);
-    iommu_boot::exit(ExitStatus::Success)
+    // `tests=a,b` runs only the named tests.
+    let only = machine.cmdline.get("tests");
+    let summary = iommu_boot::testing::run(&mut machine, tests(), |name| {
+        only.is_none_or(|list| list.split(',').any(|n| n == name))
+    });
+    let status = if summary.failed == 0 { ExitStatus::Success } else { ExitStatus::Failure };
+    iommu_boot::exit(status)
 }
 
 #[cfg(target_os = "none")]
 pub fn run_demo(info: &BootInfo) -> ! {
-    println!("iommu demo: cmdline '{}'", info.cmdline);
+    let mut machine = Machine { info: *info, cmdline: Cmdline::new(info.cmdline) };
+    #[cfg(target_arch = "x86_64")]
+    vtd::demo(&mut machine);
+    #[cfg(target_arch = "aarch64")]
+    smmu::demo(&mut machine);
     iommu_boot::exit(ExitStatus::Success)
 }
