@@ -48,11 +48,13 @@ pub enum ExitStatus {
     Failure,
 }
 
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+use aarch64 as arch;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+use x86_64 as arch;
+
 /// Leaves QEMU with `status`. Never returns.
 #[cfg(target_os = "none")]
 pub fn exit(status: ExitStatus) -> ! {
-    #[cfg(target_arch = "x86_64")]
-    return x86_64::exit(status);
-    #[cfg(target_arch = "aarch64")]
-    return aarch64::exit(status);
+    arch::exit(status)
 }

@@ -1,1 +1,385 @@
-//! PCI configuration access and BAR assignment: placeholder.
+//! PCI configuration access, enumeration and BAR assignment for the test kernels.
+//!
+//! Two ways in: x86 port I/O (0xCF8/0xCFC, 256 bytes per function) and ECAM (a memory window,
+//! 4 KiB per function), which `-machine virt` describes in its devicetree. On q35 the firmware
+//! assigns BARs; on `virt` nothing does, so [`assign_memory_bars`] does it from the host bridge's
+//! MMIO window.
+
+use core::fmt;
+
+/// A PCI function address. Its 16-bit form is the requester id an IOMMU sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bdf {
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl Bdf {
+    pub const fn new(bus: u8, device: u8, function: u8) -> Self {
+        Self { bus, device: device & 0x1f, function: function & 0x7 }
+    }
+
+    /// The requester id: bus in bits 15:8, device in 7:3, function in 2:0.
+    pub const fn requester_id(self) -> u16 {
+        (self.bus as u16) << 8 | (self.device as u16) << 3 | self.function as u16
+    }
+
+    pub const fn from_requester_id(rid: u16) -> Self {
+        Self::new((rid >> 8) as u8, (rid >> 3) as u8, rid as u8)
+    }
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+/// Configuration-space offsets used here (PCI Local Bus Specification 3.0, 6.1).
+pub mod offset {
+    pub const VENDOR_DEVICE: u16 = 0x00;
+    pub const COMMAND: u16 = 0x04;
+    pub const CLASS_REVISION: u16 = 0x08;
+    pub const HEADER_TYPE: u16 = 0x0c;
+    pub const BAR0: u16 = 0x10;
+}
+
+/// Command register bits (PCI 3.0, 6.2.2).
+pub mod command {
+    pub const MEMORY_SPACE: u16 = 1 << 1;
+    pub const BUS_MASTER: u16 = 1 << 2;
+}
+
+/// 32-bit configuration reads and writes of one segment.
+pub trait ConfigAccess {
+    /// Reads the aligned dword at `offset`. A function that is not there reads as all ones.
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32;
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32);
+
+    fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        (self.read32(bdf, offset & !3) >> ((offset & 2) * 8)) as u16
+    }
+
+    fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        let aligned = offset & !3;
+        let shift = (offset & 2) * 8;
+        let old = self.read32(bdf, aligned) & !(0xffff << shift);
+        self.write32(bdf, aligned, old | (value as u32) << shift);
+    }
+}
+
+/// ECAM: each function's configuration space is 4 KiB at `base + (bus << 20 | dev << 15 | fn << 12)`.
+pub struct Ecam {
+    base: usize,
+    /// The first bus the window covers (devicetree `bus-range`).
+    first_bus: u8,
+    /// Number of buses the window covers.
+    buses: u16,
+}
+
+impl Ecam {
+    /// # Safety
+    /// `base` must map an ECAM window of `buses` buses (1 MiB each) as device memory, starting at
+    /// bus `first_bus`, for as long as this value is used.
+    pub unsafe fn new(base: usize, first_bus: u8, buses: u16) -> Self {
+        Self { base, first_bus, buses }
+    }
+
+    fn addr(&self, bdf: Bdf, offset: u16) -> Option<usize> {
+        let bus = bdf.bus.checked_sub(self.first_bus)? as usize;
+        if bus >= self.buses as usize || offset > 0xffc {
+            return None;
+        }
+        Some(self.base + (bus << 20 | (bdf.device as usize) << 15 | (bdf.function as usize) << 12)
+            + (offset & !3) as usize)
+    }
+}
+
+impl ConfigAccess for Ecam {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        match self.addr(bdf, offset) {
+            // SAFETY: `addr` is inside the window `new`'s caller guaranteed is mapped.
+            Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(a) = self.addr(bdf, offset) {
+            // SAFETY: as in `read32`.
+            unsafe { core::ptr::write_volatile(a as *mut u32, value) }
+        }
+    }
+}
+
+/// x86 configuration mechanism #1: address to port 0xCF8, data at 0xCFC.
+#[cfg(target_arch = "x86_64")]
+pub struct PortIo;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl PortIo {
+    fn select(bdf: Bdf, offset: u16) {
+        let addr = 1u32 << 31
+            | (bdf.bus as u32) << 16
+            | (bdf.device as u32) << 11
+            | (bdf.function as u32) << 8
+            | (offset as u32 & 0xfc);
+        // SAFETY: 0xCF8 is the PCI configuration address port on every PC-compatible machine;
+        // writing it only selects a register.
+        unsafe { x86_64::instructions::port::Port::new(0xcf8).write(addr) }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl ConfigAccess for PortIo {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        if offset > 0xfc {
+            return u32::MAX;
+        }
+        Self::select(bdf, offset);
+        // SAFETY: 0xCFC is the configuration data port for the register selected above.
+        unsafe { x86_64::instructions::port::Port::new(0xcfc).read() }
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if offset > 0xfc {
+            return;
+        }
+        Self::select(bdf, offset);
+        // SAFETY: as in `read32`.
+        unsafe { x86_64::instructions::port::Port::new(0xcfc).write(value) }
+    }
+}
+
+/// A function found by [`enumerate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Function {
+    pub bdf: Bdf,
+    pub vendor: u16,
+    pub device: u16,
+    /// Class code (base, sub, prog-if) in bits 31:8, revision in 7:0.
+    pub class_revision: u32,
+}
+
+/// Every function present on bus `bus` (multi-function devices included).
+pub fn enumerate(cfg: &impl ConfigAccess, bus: u8) -> impl Iterator<Item = Function> + '_ {
+    (0..32u8).flat_map(move |dev| {
+        let multi = cfg.read32(Bdf::new(bus, dev, 0), offset::HEADER_TYPE) >> 16 & 0x80 != 0;
+        let functions = if multi { 8 } else { 1 };
+        (0..functions).filter_map(move |f| {
+            let bdf = Bdf::new(bus, dev, f);
+            let id = cfg.read32(bdf, offset::VENDOR_DEVICE);
+            (id & 0xffff != 0xffff).then(|| Function {
+                bdf,
+                vendor: id as u16,
+                device: (id >> 16) as u16,
+                class_revision: cfg.read32(bdf, offset::CLASS_REVISION),
+            })
+        })
+    })
+}
+
+/// The functions on `bus` with this vendor and device id, in bus order.
+pub fn find(cfg: &impl ConfigAccess, bus: u8, vendor: u16, device: u16) -> impl Iterator<Item = Bdf> + '_ {
+    enumerate(cfg, bus).filter(move |f| f.vendor == vendor && f.device == device).map(|f| f.bdf)
+}
+
+/// A memory BAR: its address as programmed and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBar {
+    pub index: u8,
+    pub address: u64,
+    pub size: u64,
+    pub is_64bit: bool,
+}
+
+/// Sizes memory BAR `index` (writing all ones and reading back the mask, PCI 3.0, 6.2.5.1) and
+/// restores it. `None` for an I/O or unimplemented BAR.
+pub fn memory_bar(cfg: &impl ConfigAccess, bdf: Bdf, index: u8) -> Option<MemoryBar> {
+    if index > 5 {
+        return None;
+    }
+    let off = offset::BAR0 + 4 * index as u16;
+    let low = cfg.read32(bdf, off);
+    if low & 1 != 0 {
+        return None;
+    }
+    let is_64bit = low >> 1 & 3 == 2;
+    if is_64bit && index == 5 {
+        return None;
+    }
+    let high = if is_64bit { cfg.read32(bdf, off + 4) } else { 0 };
+    let cmd = cfg.read16(bdf, offset::COMMAND);
+    // Decoding must be off while the BAR holds the sizing pattern.
+    cfg.write16(bdf, offset::COMMAND, cmd & !command::MEMORY_SPACE);
+    cfg.write32(bdf, off, u32::MAX);
+    let mut mask = (cfg.read32(bdf, off) & !0xf) as u64;
+    cfg.write32(bdf, off, low);
+    if is_64bit {
+        cfg.write32(bdf, off + 4, u32::MAX);
+        mask |= (cfg.read32(bdf, off + 4) as u64) << 32;
+        cfg.write32(bdf, off + 4, high);
+    } else {
+        mask |= 0xffff_ffff_0000_0000;
+    }
+    cfg.write16(bdf, offset::COMMAND, cmd);
+    if mask & 0xffff_fff0 == 0 && mask >> 32 == 0xffff_ffff {
+        return None;
+    }
+    let size = (!mask).wrapping_add(1);
+    if size == 0 {
+        return None;
+    }
+    Some(MemoryBar { index, address: (high as u64) << 32 | (low & !0xf) as u64, size, is_64bit })
+}
+
+/// A bump allocator over a host bridge's MMIO window, for BAR assignment.
+#[derive(Debug, Clone, Copy)]
+pub struct MmioWindow {
+    pub next: u64,
+    pub end: u64,
+}
+
+impl MmioWindow {
+    /// Takes `size` bytes aligned to `size` (BAR sizes are powers of two).
+    pub fn take(&mut self, size: u64) -> Option<u64> {
+        let addr = self.next.checked_add(size - 1)? & !(size - 1);
+        let end = addr.checked_add(size)?;
+        (end <= self.end).then(|| {
+            self.next = end;
+            addr
+        })
+    }
+}
+
+/// Gives every memory BAR of `bdf` an address from `window`, and enables memory decoding.
+/// Returns the BARs as assigned (only those that fit).
+pub fn assign_memory_bars(
+    cfg: &impl ConfigAccess,
+    bdf: Bdf,
+    window: &mut MmioWindow,
+) -> Bars {
+    let mut bars = Bars::default();
+    let mut index = 0;
+    while index < 6 {
+        let Some(bar) = memory_bar(cfg, bdf, index) else {
+            index += 1;
+            continue;
+        };
+        if let Some(addr) = window.take(bar.size) {
+            let off = offset::BAR0 + 4 * index as u16;
+            let flags = cfg.read32(bdf, off) & 0xf;
+            cfg.write32(bdf, off, addr as u32 | flags);
+            if bar.is_64bit {
+                cfg.write32(bdf, off + 4, (addr >> 32) as u32);
+            }
+            bars.push(MemoryBar { address: addr, ..bar });
+        }
+        index += if bar.is_64bit { 2 } else { 1 };
+    }
+    let cmd = cfg.read16(bdf, offset::COMMAND);
+    cfg.write16(bdf, offset::COMMAND, cmd | command::MEMORY_SPACE);
+    bars
+}
+
+/// Turns on memory decoding and bus mastering (DMA) for `bdf`.
+pub fn enable_dma(cfg: &impl ConfigAccess, bdf: Bdf) {
+    let cmd = cfg.read16(bdf, offset::COMMAND);
+    cfg.write16(bdf, offset::COMMAND, cmd | command::MEMORY_SPACE | command::BUS_MASTER);
+}
+
+/// The memory BARs of one function as assigned (a function has at most six).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Bars {
+    items: [Option<MemoryBar>; 6],
+}
+
+impl Bars {
+    fn push(&mut self, bar: MemoryBar) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(bar);
+        }
+    }
+
+    pub fn get(&self, index: u8) -> Option<MemoryBar> {
+        self.items.iter().flatten().find(|b| b.index == index).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = MemoryBar> + '_ {
+        self.items.iter().flatten().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// One function with a 1 MiB 32-bit BAR0 and a 16 KiB 64-bit BAR2.
+    struct FakeBus {
+        regs: RefCell<BTreeMap<(Bdf, u16), u32>>,
+    }
+
+    const DEV: Bdf = Bdf::new(0, 1, 0);
+
+    impl FakeBus {
+        fn new() -> Self {
+            let mut regs = BTreeMap::new();
+            regs.insert((DEV, 0), 0x11e8_1234);
+            regs.insert((DEV, 0x10), 0);
+            regs.insert((DEV, 0x18), 0x4);
+            regs.insert((DEV, 0x1c), 0);
+            Self { regs: RefCell::new(regs) }
+        }
+    }
+
+    impl ConfigAccess for FakeBus {
+        fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+            *self.regs.borrow().get(&(bdf, offset)).unwrap_or(&if bdf == DEV { 0 } else { u32::MAX })
+        }
+        fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+            let v = match offset {
+                0x10 => value & !(0x10_0000 - 1),
+                0x18 => value & !(0x4000 - 1) | 0x4,
+                0x14 | 0x20 | 0x24 => 0,
+                _ => value,
+            };
+            self.regs.borrow_mut().insert((bdf, offset), v);
+        }
+    }
+
+    #[test]
+    fn requester_id_round_trips() {
+        let b = Bdf::new(3, 0x1f, 7);
+        assert_eq!(b.requester_id(), 0x03ff);
+        assert_eq!(Bdf::from_requester_id(0x03ff), b);
+        assert_eq!(Bdf::new(0, 1, 0).requester_id(), 8);
+        assert_eq!(std::format!("{}", Bdf::new(0, 1, 0)), "00:01.0");
+    }
+
+    #[test]
+    fn enumerates_and_sizes_and_assigns() {
+        let bus = FakeBus::new();
+        let found: std::vec::Vec<_> = find(&bus, 0, 0x1234, 0x11e8).collect();
+        assert_eq!(found, [DEV]);
+        assert_eq!(memory_bar(&bus, DEV, 0).map(|b| b.size), Some(0x10_0000));
+        assert_eq!(memory_bar(&bus, DEV, 2).map(|b| (b.size, b.is_64bit)), Some((0x4000, true)));
+        let mut w = MmioWindow { next: 0x1000_1000, end: 0x1100_0000 };
+        let bars = assign_memory_bars(&bus, DEV, &mut w);
+        assert_eq!(bars.get(0).map(|b| b.address), Some(0x1010_0000));
+        assert_eq!(bars.get(2).map(|b| b.address), Some(0x1020_0000));
+        assert_eq!(bus.read32(DEV, 0x10), 0x1010_0000);
+        assert_eq!(bus.read16(DEV, offset::COMMAND) & command::MEMORY_SPACE, command::MEMORY_SPACE);
+    }
+
+    #[test]
+    fn window_refuses_what_does_not_fit() {
+        let mut w = MmioWindow { next: 0x1000, end: 0x4000 };
+        assert_eq!(w.take(0x2000), Some(0x2000));
+        assert_eq!(w.take(0x1000), None);
+        let mut w = MmioWindow { next: u64::MAX - 10, end: u64::MAX };
+        assert_eq!(w.take(0x1000), None);
+    }
+}

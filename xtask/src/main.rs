@@ -1,1 +1,228 @@
-fn main() {}
+//! `cargo xtask test` and `cargo xtask demo`: the project's two commands.
+//!
+//! `test` runs the host tests, clippy (warnings denied), the loom models, then boots the test
+//! kernel under every machine of the QEMU matrix and checks the runner itself catches a failing
+//! assertion, a panic, a hang and a QEMU guest error. `demo` boots the demo kernel and shows its
+//! output.
+
+mod matrix;
+mod qemu;
+mod verdict;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none",
+        }
+    }
+
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+const USAGE: &str = "usage:
+  cargo xtask test [--qemu-only] [--filter TEXT]   host tests, clippy, loom, then the QEMU matrix
+  cargo xtask demo [--arch x86_64|aarch64]         boot the demo kernel (both architectures by default)";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(&args[1..]),
+        _ => Err(USAGE.to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ sits in the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<(), String> {
+    println!("==> {name}");
+    let start = Instant::now();
+    let status = cmd.status().map_err(|e| format!("{name}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{name} failed ({status})"));
+    }
+    println!("==> {name}: ok ({:.1}s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds a kernel binary for `arch` and returns its path.
+fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
+    step(
+        &format!("build {bin} for {}", arch.target()),
+        cargo().args(["build", "--quiet", "-p", "iommu-test-kernel", "--bin", bin, "--target", arch.target()]),
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    Ok(target_dir.join(arch.target()).join("debug").join(bin))
+}
+
+fn host_checks() -> Result<(), String> {
+    step("host tests (cargo test --workspace)", cargo().args(["test", "--workspace"]))?;
+    step(
+        "clippy, warnings denied (host)",
+        cargo().args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        step(
+            &format!("clippy, warnings denied ({})", arch.target()),
+            cargo().args(["clippy", "--quiet", "-p", "iommu-test-kernel", "--target", arch.target(), "--", "-D", "warnings"]),
+        )?;
+    }
+    if root().join("tests/loom_pagetable.rs").exists() {
+        // loom needs its own build (a different cfg), kept in its own target directory so it
+        // does not invalidate the normal one.
+        step(
+            "loom models (page tables)",
+            cargo()
+                .env("RUSTFLAGS", "--cfg loom")
+                .env("CARGO_TARGET_DIR", root().join("target/loom"))
+                .args(["test", "--quiet", "-p", "iommu", "--release", "--test", "loom_pagetable"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    let mut qemu_only = false;
+    let mut filter = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--qemu-only" => qemu_only = true,
+            "--filter" => filter = it.next().cloned().ok_or(USAGE)?,
+            _ => return Err(USAGE.to_string()),
+        }
+    }
+    qemu::ensure_installed()?;
+    if !qemu_only {
+        host_checks()?;
+    }
+    let kernels = [(Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?), (Arch::Aarch64, build_kernel(Arch::Aarch64, "test-kernel")?)];
+    let kernel = |arch: Arch| kernels.iter().find(|(a, _)| *a == arch).map(|(_, p)| p.clone()).unwrap_or_default();
+
+    println!("==> QEMU matrix");
+    let mut total = verdict::Counts::default();
+    let mut failed_boots = Vec::new();
+    for m in matrix::machines().iter().filter(|m| m.name.contains(&filter)) {
+        let boot = qemu::boot(m.arch.qemu(), &m.args, &kernel(m.arch), &m.cmdline, m.timeout, false)?;
+        let v = verdict::judge(m.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
+        let c = v.counts();
+        println!(
+            "{:<44} {:>3} passed, {} failed, {} skipped  {:>5.1}s{}",
+            m.name,
+            c.passed,
+            c.failed,
+            c.skipped,
+            boot.elapsed.as_secs_f64(),
+            if v.is_pass() { "" } else { "  FAILED" }
+        );
+        if let verdict::Verdict::Failed { reasons, .. } = &v {
+            report_failure(m, &boot, reasons);
+            failed_boots.push(m.name.clone());
+        }
+        total.passed += c.passed;
+        total.failed += c.failed;
+        total.skipped += c.skipped;
+    }
+
+    println!("==> runner self-test: each deliberate fault must fail its boot");
+    for s in matrix::self_tests().iter().filter(|m| m.name.contains(&filter)) {
+        let boot = qemu::boot(s.arch.qemu(), &s.args, &kernel(s.arch), &s.cmdline, s.timeout, false)?;
+        let v = verdict::judge(s.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
+        let caught = match &v {
+            verdict::Verdict::Failed { reasons, .. } => reasons.iter().any(|r| r.contains(&s.expect_reason)),
+            verdict::Verdict::Passed(_) => false,
+        };
+        println!(
+            "{:<44} {}  {:>5.1}s",
+            s.name,
+            if caught { "caught: ok".to_string() } else { format!("NOT CAUGHT as '{}': FAILED", s.expect_reason) },
+            boot.elapsed.as_secs_f64()
+        );
+        if caught {
+            total.passed += 1;
+        } else {
+            if let verdict::Verdict::Failed { reasons, .. } = &v {
+                report_failure(s, &boot, reasons);
+            }
+            total.failed += 1;
+            failed_boots.push(s.name.clone());
+        }
+    }
+
+    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    if failed_boots.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed_boots.join(", ")))
+    }
+}
+
+fn report_failure(m: &matrix::Machine, boot: &qemu::Boot, reasons: &[String]) {
+    println!("    command: {} {} -kernel ... -append '{}'", m.arch.qemu(), m.args.join(" "), m.cmdline);
+    for r in reasons {
+        println!("    why: {r}");
+    }
+    println!("    serial output:");
+    for l in boot.serial.lines().take(200) {
+        println!("    | {l}");
+    }
+    for l in boot.stderr.lines().take(20) {
+        println!("    qemu stderr| {l}");
+    }
+}
+
+fn demo(args: &[String]) -> Result<(), String> {
+    let arches = match args {
+        [] => vec![Arch::X86_64, Arch::Aarch64],
+        [flag, a] if flag == "--arch" => vec![Arch::parse(a).ok_or(USAGE)?],
+        _ => return Err(USAGE.to_string()),
+    };
+    qemu::ensure_installed()?;
+    for arch in arches {
+        let kernel = build_kernel(arch, "demo")?;
+        let m = matrix::demo_machine(arch);
+        println!("==> {}: {} {}", m.name, arch.qemu(), m.args.join(" "));
+        let boot = qemu::boot(arch.qemu(), &m.args, &kernel, &m.cmdline, Duration::from_secs(120), true)?;
+        if boot.exit_code != Some(verdict::exit_codes(arch).0) {
+            return Err(format!("demo kernel on {} did not finish cleanly (exit {:?})", m.name, boot.exit_code));
+        }
+    }
+    Ok(())
+}

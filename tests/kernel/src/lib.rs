@@ -7,6 +7,10 @@
 
 extern crate alloc;
 
+#[cfg(target_os = "none")]
+pub mod platform;
+#[cfg(target_os = "none")]
+mod selftest;
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod smmu;
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
@@ -23,7 +27,10 @@ pub struct Machine {
 }
 
 #[cfg(target_os = "none")]
-fn tests() -> &'static [Test<Machine>] {
+fn tests(m: &Machine) -> &'static [Test<Machine>] {
+    if m.cmdline.get("selftest").is_some() {
+        return selftest::TESTS;
+    }
     #[cfg(target_arch = "x86_64")]
     return vtd::TESTS;
     #[cfg(target_arch = "aarch64")]
@@ -36,7 +43,8 @@ pub fn run_test_kernel(info: &BootInfo) -> ! {
     println!("iommu test kernel: cmdline '{}'", info.cmdline);
     // `tests=a,b` runs only the named tests.
     let only = machine.cmdline.get("tests");
-    let summary = iommu_boot::testing::run(&mut machine, tests(), |name| {
+    let tests = tests(&machine);
+    let summary = iommu_boot::testing::run(&mut machine, tests, |name| {
         only.is_none_or(|list| list.split(',').any(|n| n == name))
     });
     let status = if summary.failed == 0 { ExitStatus::Success } else { ExitStatus::Failure };

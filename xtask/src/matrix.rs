@@ -1,0 +1,112 @@
+//! The QEMU machines the test kernel boots on, and what each tells the kernel to expect.
+//!
+//! The command line carries the machine's configuration (`vtd.mode=scalable vtd.aw=39 ...`) so
+//! the kernel can check what it decodes from the emulated hardware against what QEMU was asked
+//! for.
+
+use crate::Arch;
+use std::time::Duration;
+
+pub struct Machine {
+    pub name: String,
+    pub arch: Arch,
+    pub args: Vec<String>,
+    pub cmdline: String,
+    pub timeout: Duration,
+    /// Self-tests only: the failure reason the verdict must give.
+    pub expect_reason: String,
+}
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+/// Intel VT-d on q35: mode × address width × caching mode.
+fn vtd_machine(mode: &str, aw: u32, cm: bool) -> Machine {
+    let sm = match mode {
+        "legacy" => "",
+        "scalable" => ",x-scalable-mode=on",
+        _ => ",x-scalable-mode=on,x-flts=on",
+    };
+    let cm_s = if cm { "on" } else { "off" };
+    Machine {
+        name: format!("x86_64 q35 vtd-{mode} aw{aw} cm={cm_s}"),
+        arch: Arch::X86_64,
+        args: words(&format!(
+            "-machine q35 -m 256M -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+             -device intel-iommu,intremap=off,aw-bits={aw},caching-mode={cm_s}{sm} -device edu"
+        )),
+        cmdline: format!("vtd.mode={mode} vtd.aw={aw} vtd.cm={}", cm as u8),
+        timeout: BOOT_TIMEOUT,
+        expect_reason: String::new(),
+    }
+}
+
+/// Arm SMMUv3 on `virt`: QEMU 10's `virt` has a nested-capable SMMU (the `stage` property is
+/// ignored there); `virt-9.0` honours `arm-smmuv3.stage` for stage-1-only or stage-2-only SMMUs.
+fn smmu_machine(stage: &str, el2: bool) -> Machine {
+    let (machine, global) = match stage {
+        "nested" => ("virt", String::new()),
+        s => ("virt-9.0", format!("-global arm-smmuv3.stage={s}")),
+    };
+    let virt = if el2 { ",virtualization=on" } else { "" };
+    Machine {
+        name: format!("aarch64 {machine} smmuv3 stage={stage}{}", if el2 { " el2" } else { "" }),
+        arch: Arch::Aarch64,
+        args: words(&format!(
+            "-machine {machine},iommu=smmuv3{virt} -cpu max -m 256M -semihosting {global} -device edu"
+        )),
+        cmdline: format!("smmu.stage={stage}"),
+        timeout: BOOT_TIMEOUT,
+        expect_reason: String::new(),
+    }
+}
+
+pub fn machines() -> Vec<Machine> {
+    let mut v = Vec::new();
+    for mode in ["legacy", "scalable", "flts"] {
+        for aw in [48, 39] {
+            for cm in [false, true] {
+                v.push(vtd_machine(mode, aw, cm));
+            }
+        }
+    }
+    v.push(smmu_machine("nested", false));
+    v.push(smmu_machine("nested", true));
+    v.push(smmu_machine("1", false));
+    v.push(smmu_machine("2", false));
+    v
+}
+
+/// Boots that must fail: each plants one kind of fault (`selftest=...` in the kernel) and names
+/// the reason the verdict has to give. If the runner ever stops catching one, the run fails.
+pub fn self_tests() -> Vec<Machine> {
+    let mut v = Vec::new();
+    for (base, arch) in [(vtd_machine("legacy", 48, false), "x86_64"), (smmu_machine("nested", false), "aarch64")] {
+        for (kind, reason, timeout) in [
+            ("fail", "FAILED", BOOT_TIMEOUT),
+            ("panic", "PANIC", BOOT_TIMEOUT),
+            ("hang", "timed out", Duration::from_secs(5)),
+            ("guest-error", "QEMU guest error", BOOT_TIMEOUT),
+        ] {
+            v.push(Machine {
+                name: format!("{arch} self-test: deliberate {kind}"),
+                arch: base.arch,
+                args: base.args.clone(),
+                cmdline: format!("{} selftest={kind}", base.cmdline),
+                timeout,
+                expect_reason: reason.to_string(),
+            });
+        }
+    }
+    v
+}
+
+pub fn demo_machine(arch: Arch) -> Machine {
+    match arch {
+        Arch::X86_64 => vtd_machine("scalable", 48, true),
+        Arch::Aarch64 => smmu_machine("nested", false),
+    }
+}
