@@ -1,3 +1,21 @@
-//! Intel VT-d back-end (Intel Virtualization Technology for Directed I/O, rev. 4.x/5.x).
+//! Intel VT-d back-end (Intel Virtualization Technology for Directed I/O, spec rev. 4.x/5.x).
+//!
+//! Discovery and identification so far: [`dmar`] parses the ACPI DMAR table that names the
+//! remapping units (find it with `iommu::acpi`), [`registers`] declares each unit's register set
+//! once, [`unit`] reaches a unit's registers from its DRHD base, and [`caps`] decodes what the
+//! unit reports (VER, CAP, ECAP). Everything but the register access itself is plain data
+//! decoding, unit-tested on the host.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod caps;
+pub mod dmar;
+pub mod registers;
+pub mod unit;
+
+pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
+pub use dmar::{Dmar, DmarError};
+pub use unit::{read_unit_info, UnitError, UnitInfo, UnitRegisters};

@@ -27,8 +27,9 @@ pub struct EduDevice {
 pub fn edu_devices(m: &Machine) -> Result<Vec<EduDevice>, iommu_boot::testing::Failure> {
     let cfg = pci_config(m)?;
     let mut found = Vec::new();
+    let mut window = None;
     for bdf in pci::find(&cfg, 0, edu::VENDOR_ID, edu::DEVICE_ID) {
-        let bar = bar0(m, &cfg, bdf)?;
+        let bar = bar0(m, &cfg, bdf, &mut window)?;
         pci::enable_dma(&cfg, bdf);
         // SAFETY: BAR0 was just read from (or assigned in) the device's configuration space and
         // lies in MMIO space the boot code maps as device memory, identity-mapped.
@@ -38,13 +39,23 @@ pub fn edu_devices(m: &Machine) -> Result<Vec<EduDevice>, iommu_boot::testing::F
     Ok(found)
 }
 
-fn bar0(m: &Machine, cfg: &impl ConfigAccess, bdf: Bdf) -> Result<u64, iommu_boot::testing::Failure> {
+/// BAR0 as firmware assigned it or, where no firmware did (aarch64 `virt`), as we assign it from
+/// the host bridge window (`window` carries the cursor from one device to the next). Assigned
+/// BARs stay assigned, so a later call finds them in place.
+fn bar0(
+    m: &Machine,
+    cfg: &impl ConfigAccess,
+    bdf: Bdf,
+    window: &mut Option<pci::MmioWindow>,
+) -> Result<u64, iommu_boot::testing::Failure> {
     match pci::memory_bar(cfg, bdf, 0) {
         Some(bar) if bar.address != 0 => Ok(bar.address),
         _ => {
-            // No firmware assigned it (aarch64 `virt`): take space from the host bridge window.
-            let mut window = mmio_window(m)?;
-            pci::assign_memory_bars(cfg, bdf, &mut window)
+            let window = match window {
+                Some(w) => w,
+                None => window.insert(mmio_window(m)?),
+            };
+            pci::assign_memory_bars(cfg, bdf, window)
                 .get(0)
                 .map(|b| b.address)
                 .ok_or_else(|| fail("edu BAR0 does not fit the MMIO window"))

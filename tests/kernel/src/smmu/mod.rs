@@ -1,7 +1,273 @@
-//! Placeholder: tests for this back-end.
+//! aarch64 `virt` tests of the SMMUv3 back-end's discovery: the devicetree QEMU hands over
+//! names the SMMU and routes PCIe requester ids to it, and the SMMU's identification registers
+//! say what the machine was started with.
+//!
+//! The runner passes `smmu.stage=nested|1|2`: `nested` for `-machine virt` (QEMU 10's SMMU
+//! there has both stages whatever `arm-smmuv3.stage` says), `1`/`2` for `-machine virt-9.0`
+//! with `-global arm-smmuv3.stage=1`/`=2`.
+
+use core::ptr::NonNull;
+
+use crate::platform::{devicetree, pci_config};
 use crate::Machine;
-use iommu_boot::testing::Test;
+use iommu_boot::pci::{self, Bdf, Ecam};
+use iommu_boot::testing::{fail, Failure, Test, TestResult};
+use iommu_boot::{ensure, ensure_eq, println, skip};
+use iommu_smmuv3::devicetree::{Devicetree, GicKind, Interrupt, PciHost, PciSpace, Smmu};
+use iommu_smmuv3::idr::{
+    Bbml, Features, OutputAddressSize, Stages, StallModel, StreamTableLevels, TableEndianness,
+    TableFormats, TermModel,
+};
+use iommu_smmuv3::registers::{Readable, SmmuRegisters, GBPA};
 
-pub static TESTS: &[Test<Machine>] = &[];
+pub static TESTS: &[Test<Machine>] = &[
+    Test {
+        name: "devicetree_names_smmuv3_and_pcie_iommu_map",
+        run: devicetree_names_smmuv3_and_pcie_iommu_map,
+    },
+    Test {
+        name: "edu_stream_id_follows_iommu_map",
+        run: edu_stream_id_follows_iommu_map,
+    },
+    Test {
+        name: "smmu_id_registers_match_machine",
+        run: smmu_id_registers_match_machine,
+    },
+    Test {
+        name: "smmu_starts_disabled_and_bypassing",
+        run: smmu_starts_disabled_and_bypassing,
+    },
+];
 
-pub fn demo(_m: &mut Machine) {}
+/// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
+const VIRT_SMMU_BASE: u64 = 0x905_0000;
+const VIRT_HIGH_ECAM_BASE: u64 = 0x40_1000_0000;
+/// QEMU's `edu` PCI ids.
+const EDU_VENDOR: u16 = 0x1234;
+const EDU_DEVICE: u16 = 0x11e8;
+
+/// The one SMMUv3 and the one PCIe host of `virt`.
+fn smmu_and_host(dt: &Devicetree<'static>) -> Result<(Smmu<'static>, PciHost<'static>), Failure> {
+    let mut smmus = dt.smmus();
+    let smmu = smmus
+        .next()
+        .ok_or_else(|| fail("no arm,smmu-v3 node"))?
+        .map_err(fail)?;
+    ensure!(smmus.next().is_none(), "more than one SMMU on virt");
+    let mut hosts = dt.pci_hosts();
+    let host = hosts
+        .next()
+        .ok_or_else(|| fail("no pci-host-ecam-generic node"))?
+        .map_err(fail)?;
+    ensure!(hosts.next().is_none(), "more than one PCIe host on virt");
+    Ok((smmu, host))
+}
+
+fn is_spi(irq: Option<Interrupt>) -> bool {
+    matches!(
+        irq,
+        Some(Interrupt::Gic {
+            kind: GicKind::Spi,
+            ..
+        })
+    )
+}
+
+fn devicetree_names_smmuv3_and_pcie_iommu_map(m: &mut Machine) -> TestResult {
+    let dt = devicetree(m)?;
+    let (smmu, host) = smmu_and_host(&dt)?;
+    ensure_eq!(smmu.regs.base, VIRT_SMMU_BASE);
+    ensure_eq!(smmu.regs.size, iommu_smmuv3::registers::REGISTER_FRAME_SIZE);
+    ensure_eq!(smmu.iommu_cells, Some(1));
+    ensure!(smmu.dma_coherent, "virt's SMMU is dma-coherent");
+    let irqs = smmu.interrupts;
+    ensure!(
+        is_spi(irqs.eventq) && is_spi(irqs.priq) && is_spi(irqs.cmdq_sync) && is_spi(irqs.gerror),
+        "eventq, priq, cmdq-sync and gerror are wired SPIs: {irqs:?}"
+    );
+
+    ensure_eq!(host.ecam.base, VIRT_HIGH_ECAM_BASE);
+    ensure_eq!(host.ecam.size, 0x1000_0000);
+    ensure_eq!((host.bus_range.start, host.bus_range.end), (0, 255));
+    ensure!(
+        host.window(PciSpace::Mmio32).is_some(),
+        "a 32-bit MMIO window"
+    );
+    ensure!(host.window(PciSpace::Io).is_some(), "an I/O window");
+    let map = host.iommu_map();
+    ensure_eq!(map.len(), 1);
+    let entry = map.first().copied().unwrap_or_default();
+    ensure_eq!(Some(entry.iommu), smmu.phandle, "iommu-map names the SMMU");
+    ensure_eq!(
+        (entry.rid_base, entry.sid_base, entry.length),
+        (0, 0, 0x1_0000)
+    );
+    Ok(())
+}
+
+fn edu_stream_id_follows_iommu_map(m: &mut Machine) -> TestResult {
+    let dt = devicetree(m)?;
+    let (smmu, host) = smmu_and_host(&dt)?;
+    let ecam = pci_config(m)?;
+    let edus: alloc::vec::Vec<Bdf> = pci::find(&ecam, 0, EDU_VENDOR, EDU_DEVICE).collect();
+    let Some(&edu) = edus.first() else {
+        skip!("no edu device (start QEMU with -device edu)")
+    };
+    // With -nodefaults the first edu is 00:01.0.
+    ensure_eq!(edu, Bdf::new(0, 1, 0));
+    for bdf in edus {
+        let rid = bdf.requester_id();
+        let (target, sid) = dt.stream_id(&host, rid).map_err(fail)?;
+        ensure_eq!(target.regs.base, smmu.regs.base, "{bdf} is behind the SMMU");
+        ensure_eq!(
+            sid,
+            u32::from(rid),
+            "virt maps requester ids 1:1 to stream ids"
+        );
+    }
+    Ok(())
+}
+
+/// What `smmu.stage` on the command line says the SMMU was started with.
+fn expected_stages(m: &Machine) -> Result<Stages, Failure> {
+    match m.cmdline.get("smmu.stage") {
+        Some("nested") => Ok(Stages::Nested),
+        Some("1") => Ok(Stages::Stage1),
+        Some("2") => Ok(Stages::Stage2),
+        Some(other) => Err(fail(alloc::format!(
+            "smmu.stage={other}: expected nested, 1 or 2"
+        ))),
+        None => skip!("no smmu.stage= on the command line"),
+    }
+}
+
+fn read_features(smmu: &Smmu<'_>) -> Result<Features, Failure> {
+    let base = NonNull::new(smmu.regs.base as *mut SmmuRegisters)
+        .ok_or_else(|| fail("SMMU at address 0"))?;
+    // SAFETY: the base comes from the devicetree's `arm,smmu-v3` node and lies in the first
+    // TiB, which the boot code identity-maps as Device memory for the whole run.
+    Ok(unsafe { iommu_smmuv3::unit::read_features(base) })
+}
+
+fn smmu_id_registers_match_machine(m: &mut Machine) -> TestResult {
+    let stages = expected_stages(m)?;
+    let dt = devicetree(m)?;
+    let (smmu, _) = smmu_and_host(&dt)?;
+    let f = read_features(&smmu)?;
+
+    ensure_eq!(f.stages, stages, "S1P/S2P against smmu.stage");
+    // QEMU advertises XNX exactly when stage 2 is there.
+    ensure_eq!(f.xnx, stages.stage2());
+    ensure_eq!(f.table_formats, TableFormats::AArch64);
+    ensure!(f.coherent, "COHACC");
+    ensure_eq!(f.asid_bits, 16);
+    ensure_eq!(f.vmid_bits, 16);
+    ensure_eq!(f.stream_table, StreamTableLevels::TwoLevel);
+    ensure_eq!(f.endianness, TableEndianness::Little);
+    ensure_eq!(f.stall_model, StallModel::TerminateOnly);
+    ensure_eq!(f.term_model, TermModel::AbortOnly);
+    ensure!(
+        !f.ats && !f.pri && !f.msi && !f.broadcast_tlb,
+        "no ATS, PRI, MSI or BTM"
+    );
+    ensure_eq!(f.httu, iommu_smmuv3::idr::Httu::None);
+    ensure_eq!(f.sid_bits, 16);
+    ensure_eq!(f.ssid_bits, 0);
+    ensure_eq!((f.cmdq_max_log2, f.eventq_max_log2), (19, 19));
+    ensure_eq!(f.oas, OutputAddressSize::Bits44);
+    ensure!(
+        f.granules.size_4k && f.granules.size_16k && f.granules.size_64k,
+        "4K/16K/64K"
+    );
+    ensure!(f.range_invalidation, "RIL");
+    ensure!(f.had, "HAD");
+    ensure_eq!(f.bbml, Bbml::Level2);
+    ensure_eq!((f.version.major, f.version.minor), (0, 1), "SMMUv3.1");
+    Ok(())
+}
+
+fn smmu_starts_disabled_and_bypassing(m: &mut Machine) -> TestResult {
+    let dt = devicetree(m)?;
+    let (smmu, _) = smmu_and_host(&dt)?;
+    let regs = NonNull::new(smmu.regs.base as *mut SmmuRegisters)
+        .ok_or_else(|| fail("SMMU at address 0"))?;
+    // SAFETY: as in `read_features`; these reads have no side effects.
+    let regs = unsafe { regs.as_ref() };
+    ensure_eq!(regs.cr0.get(), 0, "SMMUEN and the queues are off at reset");
+    ensure_eq!(regs.cr0ack.get(), 0);
+    // Why the back-end must set GBPA.ABORT before anything else: QEMU resets it to bypass.
+    ensure!(
+        !regs.gbpa.is_set(GBPA::ABORT),
+        "GBPA lets traffic bypass while disabled"
+    );
+    Ok(())
+}
+
+/// What `cargo xtask demo --arch aarch64` shows: the SMMU, the PCIe host and its routing, and
+/// what the SMMU can do.
+pub fn demo(m: &mut Machine) {
+    let dt = match devicetree(m) {
+        Ok(dt) => dt,
+        Err(e) => return println!("no devicetree: {e:?}"),
+    };
+    for smmu in dt.smmus() {
+        match smmu {
+            Ok(s) => {
+                println!("SMMUv3 {} at {} ({} bytes)", s.name, s.regs, s.regs.size);
+                let i = s.interrupts;
+                let show = |irq: Option<Interrupt>| match irq {
+                    Some(irq) => alloc::format!("{irq}"),
+                    None => alloc::string::String::from("-"),
+                };
+                println!(
+                    "  interrupts: eventq {}, gerror {}, cmdq-sync {}, priq {}",
+                    show(i.eventq),
+                    show(i.gerror),
+                    show(i.cmdq_sync),
+                    show(i.priq)
+                );
+                match read_features(&s) {
+                    Ok(f) => {
+                        for line in alloc::format!("{f}").lines() {
+                            println!("  {line}");
+                        }
+                    }
+                    Err(e) => println!("  cannot read its ID registers: {e:?}"),
+                }
+            }
+            Err(e) => println!("SMMUv3 node unusable: {e}"),
+        }
+    }
+    for host in dt.pci_hosts() {
+        match host {
+            Ok(h) => {
+                println!(
+                    "PCIe host {}: ECAM {} buses {}-{}",
+                    h.name, h.ecam, h.bus_range.start, h.bus_range.end
+                );
+                for w in h.windows() {
+                    println!("  window {w}");
+                }
+                for e in h.iommu_map() {
+                    let target = dt
+                        .smmu_by_phandle(e.iommu)
+                        .map(|s| s.name)
+                        .unwrap_or("an unknown IOMMU");
+                    println!(
+                        "  iommu-map: requester ids {:#06x}..{:#x} -> {} stream ids from {:#x}",
+                        e.rid_base,
+                        u64::from(e.rid_base) + u64::from(e.length),
+                        target,
+                        e.sid_base
+                    );
+                }
+                let edu = Bdf::new(0, 1, 0);
+                match dt.stream_id(&h, edu.requester_id()) {
+                    Ok((s, sid)) => println!("  {edu} (edu) -> {} stream id {sid}", s.name),
+                    Err(e) => println!("  {edu}: {e}"),
+                }
+            }
+            Err(e) => println!("PCIe host node unusable: {e}"),
+        }
+    }
+}

@@ -1,0 +1,1333 @@
+//! The ACPI DMA Remapping Reporting table (DMAR), which names the platform's remapping units and
+//! the devices and memory they cover (VT-d spec rev. 5.10, chapter 8).
+//!
+//! [`Dmar::parse`] checks the whole table once (header, checksum, every remapping structure and
+//! every device scope), so the zero-copy iterators it hands out afterwards cannot fail: they
+//! borrow the table bytes and decode fields on the fly, byte by byte, with bounds-checked reads.
+//! Malformed firmware gives a [`DmarError`], never a panic or a read outside the table.
+
+use core::fmt;
+use iommu::acpi::{checksum_ok, le, Signature, SDT_HEADER_LEN};
+
+/// Size of the DMAR header: the ACPI header, host address width, flags, 10 reserved bytes.
+pub const DMAR_HEADER_LEN: usize = SDT_HEADER_LEN + 12;
+/// Size of a device scope without its path.
+const SCOPE_HEADER_LEN: usize = 6;
+
+/// Why a DMAR table was rejected. Offsets are from the start of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarError {
+    /// The table is shorter than its own header or than its length field says.
+    Truncated { length: usize, available: usize },
+    /// The signature is not `DMAR`.
+    BadSignature(Signature),
+    /// The length field is smaller than the DMAR header.
+    BadLength { length: u32 },
+    /// The table's bytes do not sum to zero.
+    BadChecksum,
+    /// A remapping structure's length is below its type's fixed size (or below 4).
+    StructureTooShort {
+        offset: usize,
+        kind: u16,
+        length: u16,
+    },
+    /// A remapping structure runs past the end of the table.
+    StructureBeyondTable { offset: usize, length: u16 },
+    /// A device scope is shorter than 6 bytes.
+    ScopeTooShort { offset: usize, length: u8 },
+    /// A device scope runs past the end of its remapping structure.
+    ScopeBeyondStructure { offset: usize, length: u8 },
+    /// A device scope's path is not a whole number of 2-byte (device, function) entries.
+    ScopePathOdd { offset: usize, length: u8 },
+    /// A device scope of a defined type has no path entry (the spec requires at least one).
+    ScopePathEmpty { offset: usize },
+    /// An RMRR whose base lies above its limit.
+    RmrrInverted {
+        offset: usize,
+        base: u64,
+        limit: u64,
+    },
+}
+
+impl fmt::Display for DmarError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Truncated { length, available } => {
+                write!(
+                    f,
+                    "DMAR: table of {length} bytes, only {available} available"
+                )
+            }
+            Self::BadSignature(s) => write!(f, "DMAR: signature is {s}"),
+            Self::BadLength { length } => write!(f, "DMAR: length {length} is below the header"),
+            Self::BadChecksum => write!(f, "DMAR: bad checksum"),
+            Self::StructureTooShort {
+                offset,
+                kind,
+                length,
+            } => write!(
+                f,
+                "DMAR: structure of type {kind} at offset {offset} is too short ({length} bytes)"
+            ),
+            Self::StructureBeyondTable { offset, length } => write!(
+                f,
+                "DMAR: structure at offset {offset} ({length} bytes) runs past the table"
+            ),
+            Self::ScopeTooShort { offset, length } => {
+                write!(
+                    f,
+                    "DMAR: device scope at offset {offset} is too short ({length} bytes)"
+                )
+            }
+            Self::ScopeBeyondStructure { offset, length } => write!(
+                f,
+                "DMAR: device scope at offset {offset} ({length} bytes) runs past its structure"
+            ),
+            Self::ScopePathOdd { offset, length } => write!(
+                f,
+                "DMAR: device scope at offset {offset} has length {length}, path not in pairs"
+            ),
+            Self::ScopePathEmpty { offset } => {
+                write!(f, "DMAR: device scope at offset {offset} has an empty path")
+            }
+            Self::RmrrInverted {
+                offset,
+                base,
+                limit,
+            } => write!(
+                f,
+                "DMAR: RMRR at offset {offset} has base {base:#x} above limit {limit:#x}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for DmarError {}
+
+/// DMAR header flags (8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmarFlags(pub u8);
+
+impl DmarFlags {
+    /// INTR_REMAP: the platform supports interrupt remapping.
+    pub const fn intr_remap(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// X2APIC_OPT_OUT: firmware asks the OS not to enable x2APIC mode.
+    pub const fn x2apic_opt_out(self) -> bool {
+        self.0 & 2 != 0
+    }
+
+    /// DMA_CTRL_PLATFORM_OPT_IN: firmware protected DMA and asks the OS to keep remapping on.
+    pub const fn dma_ctrl_platform_opt_in(self) -> bool {
+        self.0 & 4 != 0
+    }
+}
+
+/// A validated DMAR table.
+#[derive(Clone, Copy)]
+pub struct Dmar<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Dmar<'a> {
+    /// Validates the table in `bytes` (which may extend past it: the length field decides) and
+    /// every structure and device scope in it.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DmarError> {
+        let available = bytes.len();
+        if available < SDT_HEADER_LEN {
+            return Err(DmarError::Truncated {
+                length: SDT_HEADER_LEN,
+                available,
+            });
+        }
+        let signature = Signature(le::array(bytes, 0).unwrap_or_default());
+        if signature != Signature::DMAR {
+            return Err(DmarError::BadSignature(signature));
+        }
+        let length = le::u32_at(bytes, 4).unwrap_or(0);
+        if (length as usize) < DMAR_HEADER_LEN {
+            return Err(DmarError::BadLength { length });
+        }
+        let bytes = bytes.get(..length as usize).ok_or(DmarError::Truncated {
+            length: length as usize,
+            available,
+        })?;
+        if !checksum_ok(bytes) {
+            return Err(DmarError::BadChecksum);
+        }
+        let dmar = Self { bytes };
+        let mut offset = DMAR_HEADER_LEN;
+        while offset < bytes.len() {
+            let rest = bytes.get(offset..).unwrap_or(&[]);
+            let kind = le::u16_at(rest, 0);
+            let length = le::u16_at(rest, 2);
+            let (Some(kind), Some(length)) = (kind, length) else {
+                // Fewer than 4 bytes left: a structure header that does not fit.
+                return Err(DmarError::StructureBeyondTable {
+                    offset,
+                    length: rest.len() as u16,
+                });
+            };
+            if usize::from(length) < 4 || usize::from(length) < fixed_len(kind) {
+                return Err(DmarError::StructureTooShort {
+                    offset,
+                    kind,
+                    length,
+                });
+            }
+            let Some(body) = rest.get(..usize::from(length)) else {
+                return Err(DmarError::StructureBeyondTable { offset, length });
+            };
+            validate_structure(kind, body, offset)?;
+            offset += usize::from(length);
+        }
+        Ok(dmar)
+    }
+
+    /// The whole table, exactly as long as its length field says.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The width of physical addresses DMA can reach on this platform (the field holds N-1).
+    pub fn host_address_width(&self) -> u8 {
+        le::u8_at(self.bytes, SDT_HEADER_LEN)
+            .unwrap_or(0)
+            .wrapping_add(1)
+    }
+
+    pub fn flags(&self) -> DmarFlags {
+        DmarFlags(le::u8_at(self.bytes, SDT_HEADER_LEN + 1).unwrap_or(0))
+    }
+
+    /// Every remapping structure, in table order; unknown types appear as
+    /// [`RemappingStructure::Unknown`].
+    pub fn structures(&self) -> Structures<'a> {
+        Structures {
+            bytes: self.bytes,
+            offset: DMAR_HEADER_LEN,
+        }
+    }
+
+    /// The remapping hardware units.
+    pub fn drhds(&self) -> impl Iterator<Item = Drhd<'a>> + Clone {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Drhd(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// The reserved memory regions that devices keep using (RMRRs).
+    pub fn rmrrs(&self) -> impl Iterator<Item = Rmrr<'a>> + Clone {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Rmrr(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The root ports with ATS capability reporting (ATSRs).
+    pub fn atsrs(&self) -> impl Iterator<Item = Atsr<'a>> + Clone {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Atsr(a) => Some(a),
+            _ => None,
+        })
+    }
+}
+
+impl fmt::Debug for Dmar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dmar")
+            .field("host_address_width", &self.host_address_width())
+            .field("flags", &self.flags())
+            .field("structures", &DebugList(self.structures()))
+            .finish()
+    }
+}
+
+/// Lists an iterator's items in a `Debug` without collecting them.
+struct DebugList<I>(I);
+
+impl<I: Iterator + Clone> fmt::Debug for DebugList<I>
+where
+    I::Item: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.clone()).finish()
+    }
+}
+
+/// Remapping structure types (8.2).
+mod kind {
+    pub const DRHD: u16 = 0;
+    pub const RMRR: u16 = 1;
+    pub const ATSR: u16 = 2;
+    pub const RHSA: u16 = 3;
+    pub const ANDD: u16 = 4;
+    pub const SATC: u16 = 5;
+    pub const SIDP: u16 = 6;
+}
+
+/// The fixed part of each structure type, before its device scopes or name; unknown types only
+/// need their 4-byte header.
+const fn fixed_len(kind: u16) -> usize {
+    match kind {
+        kind::DRHD => 16,
+        kind::RMRR => 24,
+        kind::ATSR | kind::ANDD | kind::SATC | kind::SIDP => 8,
+        kind::RHSA => 20,
+        _ => 4,
+    }
+}
+
+/// Where a structure's device scopes start, for the types that have them.
+const fn scopes_offset(kind: u16) -> Option<usize> {
+    match kind {
+        kind::DRHD | kind::RMRR | kind::ATSR | kind::SATC | kind::SIDP => Some(fixed_len(kind)),
+        _ => None,
+    }
+}
+
+fn validate_structure(kind: u16, body: &[u8], offset: usize) -> Result<(), DmarError> {
+    if kind == kind::RMRR {
+        let base = le::u64_at(body, 8).unwrap_or(0);
+        let limit = le::u64_at(body, 16).unwrap_or(0);
+        if base > limit {
+            return Err(DmarError::RmrrInverted {
+                offset,
+                base,
+                limit,
+            });
+        }
+    }
+    let Some(start) = scopes_offset(kind) else {
+        return Ok(());
+    };
+    let mut at = start;
+    while at < body.len() {
+        let scope_offset = offset + at;
+        let rest = body.get(at..).unwrap_or(&[]);
+        let length = le::u8_at(rest, 1).unwrap_or(rest.len() as u8);
+        if usize::from(length) < SCOPE_HEADER_LEN {
+            return Err(DmarError::ScopeTooShort {
+                offset: scope_offset,
+                length,
+            });
+        }
+        if usize::from(length) > rest.len() {
+            return Err(DmarError::ScopeBeyondStructure {
+                offset: scope_offset,
+                length,
+            });
+        }
+        if !(usize::from(length) - SCOPE_HEADER_LEN).is_multiple_of(2) {
+            return Err(DmarError::ScopePathOdd {
+                offset: scope_offset,
+                length,
+            });
+        }
+        // Defined types name their device (or, for HPET and ACPI devices, its source id)
+        // through the path, so it has at least one hop; reserved types are skipped unread.
+        let kind = DeviceScopeType::from_raw(le::u8_at(rest, 0).unwrap_or(0));
+        if usize::from(length) == SCOPE_HEADER_LEN && !matches!(kind, DeviceScopeType::Reserved(_))
+        {
+            return Err(DmarError::ScopePathEmpty {
+                offset: scope_offset,
+            });
+        }
+        at += usize::from(length);
+    }
+    Ok(())
+}
+
+/// Iterator over the remapping structures of a validated table.
+#[derive(Clone)]
+pub struct Structures<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Iterator for Structures<'a> {
+    type Item = RemappingStructure<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.bytes.get(self.offset..)?;
+        let kind = le::u16_at(rest, 0)?;
+        let length = usize::from(le::u16_at(rest, 2)?);
+        // Validated by `Dmar::parse`; checked again so a bug there ends the walk, not the kernel.
+        if length < fixed_len(kind).max(4) {
+            return None;
+        }
+        let body = rest.get(..length)?;
+        self.offset += length;
+        Some(RemappingStructure::decode(kind, body))
+    }
+}
+
+/// One remapping structure of the DMAR table.
+#[derive(Debug, Clone, Copy)]
+pub enum RemappingStructure<'a> {
+    Drhd(Drhd<'a>),
+    Rmrr(Rmrr<'a>),
+    Atsr(Atsr<'a>),
+    Rhsa(Rhsa),
+    Andd(Andd<'a>),
+    Satc(Satc<'a>),
+    Sidp(Sidp<'a>),
+    /// A type this parser does not know (reserved today); skipped by its length.
+    Unknown {
+        kind: u16,
+        bytes: &'a [u8],
+    },
+}
+
+impl<'a> RemappingStructure<'a> {
+    fn decode(kind: u16, b: &'a [u8]) -> Self {
+        match kind {
+            kind::DRHD => Self::Drhd(Drhd { b }),
+            kind::RMRR => Self::Rmrr(Rmrr { b }),
+            kind::ATSR => Self::Atsr(Atsr { b }),
+            kind::RHSA => Self::Rhsa(Rhsa {
+                register_base: le::u64_at(b, 8).unwrap_or(0),
+                proximity_domain: le::u32_at(b, 16).unwrap_or(0),
+            }),
+            kind::ANDD => Self::Andd(Andd { b }),
+            kind::SATC => Self::Satc(Satc { b }),
+            kind::SIDP => Self::Sidp(Sidp { b }),
+            _ => Self::Unknown { kind, bytes: b },
+        }
+    }
+}
+
+fn scopes_of(b: &[u8], kind: u16) -> DeviceScopes<'_> {
+    let start = scopes_offset(kind).unwrap_or(usize::MAX);
+    DeviceScopes {
+        bytes: b.get(start..).unwrap_or(&[]),
+    }
+}
+
+/// 8.3 DMA Remapping Hardware Unit Definition: one remapping unit and the devices it covers.
+#[derive(Clone, Copy)]
+pub struct Drhd<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Drhd<'a> {
+    pub fn flags(&self) -> u8 {
+        le::u8_at(self.b, 4).unwrap_or(0)
+    }
+
+    /// INCLUDE_PCI_ALL: the unit covers every PCI device of its segment not listed under
+    /// another unit; its scopes then list only IOAPICs and HPETs.
+    pub fn include_pci_all(&self) -> bool {
+        self.flags() & 1 != 0
+    }
+
+    /// Size of the register set in bytes: 2^N pages of 4 KiB, N in bits 3:0 of the size field.
+    pub fn register_size(&self) -> u64 {
+        4096 << (le::u8_at(self.b, 5).unwrap_or(0) & 0xf)
+    }
+
+    /// PCI segment (domain) the unit serves.
+    pub fn segment(&self) -> u16 {
+        le::u16_at(self.b, 6).unwrap_or(0)
+    }
+
+    /// Physical address of the unit's register set.
+    pub fn register_base(&self) -> u64 {
+        le::u64_at(self.b, 8).unwrap_or(0)
+    }
+
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        scopes_of(self.b, kind::DRHD)
+    }
+}
+
+impl fmt::Debug for Drhd<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drhd")
+            .field(
+                "register_base",
+                &format_args!("{:#x}", self.register_base()),
+            )
+            .field(
+                "register_size",
+                &format_args!("{:#x}", self.register_size()),
+            )
+            .field("segment", &self.segment())
+            .field("include_pci_all", &self.include_pci_all())
+            .field("scopes", &DebugList(self.scopes()))
+            .finish()
+    }
+}
+
+/// 8.4 Reserved Memory Region Reporting: memory some devices keep using across the OS hand-off
+/// (e.g. USB legacy emulation); it must stay identity-mapped for those devices.
+#[derive(Clone, Copy)]
+pub struct Rmrr<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Rmrr<'a> {
+    pub fn segment(&self) -> u16 {
+        le::u16_at(self.b, 6).unwrap_or(0)
+    }
+
+    /// First byte of the region (4 KiB aligned on correct firmware).
+    pub fn base(&self) -> u64 {
+        le::u64_at(self.b, 8).unwrap_or(0)
+    }
+
+    /// Last byte of the region, inclusive (ends 4 KiB aligned minus one on correct firmware).
+    pub fn limit(&self) -> u64 {
+        le::u64_at(self.b, 16).unwrap_or(0)
+    }
+
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        scopes_of(self.b, kind::RMRR)
+    }
+}
+
+impl fmt::Debug for Rmrr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rmrr")
+            .field("segment", &self.segment())
+            .field("base", &format_args!("{:#x}", self.base()))
+            .field("limit", &format_args!("{:#x}", self.limit()))
+            .field("scopes", &DebugList(self.scopes()))
+            .finish()
+    }
+}
+
+/// 8.5 Root Port ATS Capability Reporting: root ports whose devices may use ATS.
+#[derive(Clone, Copy)]
+pub struct Atsr<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Atsr<'a> {
+    pub fn flags(&self) -> u8 {
+        le::u8_at(self.b, 4).unwrap_or(0)
+    }
+
+    /// ALL_PORTS: every root port of the segment supports ATS; the scopes are then empty.
+    pub fn all_ports(&self) -> bool {
+        self.flags() & 1 != 0
+    }
+
+    pub fn segment(&self) -> u16 {
+        le::u16_at(self.b, 6).unwrap_or(0)
+    }
+
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        scopes_of(self.b, kind::ATSR)
+    }
+}
+
+impl fmt::Debug for Atsr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Atsr")
+            .field("segment", &self.segment())
+            .field("all_ports", &self.all_ports())
+            .field("scopes", &DebugList(self.scopes()))
+            .finish()
+    }
+}
+
+/// 8.6 Remapping Hardware Static Affinity: the NUMA proximity domain of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rhsa {
+    pub register_base: u64,
+    pub proximity_domain: u32,
+}
+
+/// 8.7 ACPI Name-space Device Declaration: names an ACPI device that ACPI-namespace device
+/// scopes refer to by number.
+#[derive(Clone, Copy)]
+pub struct Andd<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Andd<'a> {
+    /// The number device scopes of type ACPI namespace device use as enumeration id.
+    pub fn device_number(&self) -> u8 {
+        le::u8_at(self.b, 7).unwrap_or(0)
+    }
+
+    /// The ACPI object name (e.g. `\_SB.PCI0.HPET`), without the terminating NUL.
+    pub fn object_name(&self) -> &'a [u8] {
+        let name = self.b.get(8..).unwrap_or(&[]);
+        let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        name.get(..end).unwrap_or(&[])
+    }
+}
+
+impl fmt::Debug for Andd<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Andd")
+            .field("device_number", &self.device_number())
+            .field(
+                "object_name",
+                &core::str::from_utf8(self.object_name()).unwrap_or("?"),
+            )
+            .finish()
+    }
+}
+
+/// 8.8 SoC Integrated Address Translation Cache: integrated devices with an ATC.
+#[derive(Clone, Copy)]
+pub struct Satc<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Satc<'a> {
+    pub fn flags(&self) -> u8 {
+        le::u8_at(self.b, 4).unwrap_or(0)
+    }
+
+    /// ATC_REQUIRED: the devices only work with their ATC enabled.
+    pub fn atc_required(&self) -> bool {
+        self.flags() & 1 != 0
+    }
+
+    pub fn segment(&self) -> u16 {
+        le::u16_at(self.b, 6).unwrap_or(0)
+    }
+
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        scopes_of(self.b, kind::SATC)
+    }
+}
+
+impl fmt::Debug for Satc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Satc")
+            .field("segment", &self.segment())
+            .field("atc_required", &self.atc_required())
+            .field("scopes", &DebugList(self.scopes()))
+            .finish()
+    }
+}
+
+/// 8.9 SoC Integrated Device Property: integrated devices with properties given in the flags
+/// of their device scopes.
+#[derive(Clone, Copy)]
+pub struct Sidp<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Sidp<'a> {
+    pub fn segment(&self) -> u16 {
+        le::u16_at(self.b, 6).unwrap_or(0)
+    }
+
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        scopes_of(self.b, kind::SIDP)
+    }
+}
+
+impl fmt::Debug for Sidp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sidp")
+            .field("segment", &self.segment())
+            .field("scopes", &DebugList(self.scopes()))
+            .finish()
+    }
+}
+
+/// What a device scope names (8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceScopeType {
+    /// A PCI endpoint device.
+    PciEndpoint,
+    /// A PCI-PCI bridge and every device below it.
+    PciSubHierarchy,
+    /// An I/O APIC; the enumeration id is its APIC id.
+    IoApic,
+    /// An MSI-capable HPET; the enumeration id is its HPET number.
+    MsiCapableHpet,
+    /// An ACPI namespace device; the enumeration id is its ANDD device number.
+    AcpiNamespaceDevice,
+    /// A reserved type.
+    Reserved(u8),
+}
+
+impl DeviceScopeType {
+    pub const fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => Self::PciEndpoint,
+            2 => Self::PciSubHierarchy,
+            3 => Self::IoApic,
+            4 => Self::MsiCapableHpet,
+            5 => Self::AcpiNamespaceDevice,
+            r => Self::Reserved(r),
+        }
+    }
+}
+
+/// A PCI bus/device/function, e.g. the requester id a remapping unit sees for a device.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bdf {
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl Bdf {
+    /// The 16-bit source id: bus in bits 15:8, device in 7:3, function in 2:0.
+    pub const fn source_id(self) -> u16 {
+        ((self.bus as u16) << 8) | ((self.device as u16 & 0x1f) << 3) | (self.function as u16 & 7)
+    }
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+impl fmt::Debug for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One hop of a device scope path: a device and function on the bus reached so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathEntry {
+    pub device: u8,
+    pub function: u8,
+}
+
+/// 8.3.1 Device Scope: a device (or hierarchy) named by its start bus and the path of
+/// (device, function) hops through bridges from there.
+#[derive(Clone, Copy)]
+pub struct DeviceScope<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> DeviceScope<'a> {
+    pub fn kind(&self) -> DeviceScopeType {
+        DeviceScopeType::from_raw(le::u8_at(self.b, 0).unwrap_or(0))
+    }
+
+    /// Flags (defined for scopes inside SIDP structures; reserved elsewhere).
+    pub fn flags(&self) -> u8 {
+        le::u8_at(self.b, 2).unwrap_or(0)
+    }
+
+    /// IOAPIC id, HPET number or ANDD device number, by scope type.
+    pub fn enumeration_id(&self) -> u8 {
+        le::u8_at(self.b, 4).unwrap_or(0)
+    }
+
+    pub fn start_bus(&self) -> u8 {
+        le::u8_at(self.b, 5).unwrap_or(0)
+    }
+
+    /// The hops from the start bus; more than one means bridges whose secondary bus numbers
+    /// must be read from PCI configuration space to find the device.
+    pub fn path(&self) -> impl ExactSizeIterator<Item = PathEntry> + Clone + 'a {
+        let path = self.b.get(SCOPE_HEADER_LEN..).unwrap_or(&[]);
+        path.chunks_exact(2).map(|p| PathEntry {
+            device: p.first().copied().unwrap_or(0),
+            function: p.get(1).copied().unwrap_or(0),
+        })
+    }
+
+    /// The device's bus/device/function when the path is a single hop, i.e. the device sits on
+    /// the start bus (every device of QEMU's q35 root bus); `None` if bridges are in between.
+    /// For HPET and ACPI namespace scopes this is the source id the platform assigned them.
+    pub fn direct_bdf(&self) -> Option<Bdf> {
+        let mut path = self.path();
+        match (path.next(), path.next()) {
+            (Some(p), None) => Some(Bdf {
+                bus: self.start_bus(),
+                device: p.device,
+                function: p.function,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for DeviceScope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("DeviceScope");
+        d.field("kind", &self.kind())
+            .field("enumeration_id", &self.enumeration_id())
+            .field("start_bus", &self.start_bus())
+            .field("path", &DebugList(self.path()));
+        if self.flags() != 0 {
+            d.field("flags", &self.flags());
+        }
+        d.finish()
+    }
+}
+
+/// Iterator over the device scopes of one structure.
+#[derive(Clone)]
+pub struct DeviceScopes<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for DeviceScopes<'a> {
+    type Item = DeviceScope<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let length = usize::from(le::u8_at(self.bytes, 1)?);
+        // Validated by `Dmar::parse`; checked again so a bug there ends the walk, not the kernel.
+        if length < SCOPE_HEADER_LEN {
+            return None;
+        }
+        let b = self.bytes.get(..length)?;
+        self.bytes = self.bytes.get(length..).unwrap_or(&[]);
+        Some(DeviceScope { b })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// The DMAR QEMU 10.0.2 builds for `-machine q35 -device intel-iommu,aw-bits=39,
+    /// caching-mode=on -device edu` (captured from guest memory after SeaBIOS ran): host address
+    /// width 39, INTR_REMAP, one DRHD at 0xfed90000 (flags 0) whose scopes are the IOAPIC and
+    /// each PCI device of bus 0 (00:00.0, 00:01.0 = edu, 00:1f.0, 00:1f.2, 00:1f.3).
+    const QEMU_DMAR: &str = "444d4152700000000128424f43485320425850432020202001000000425850430100\
+        000026010000000000000000000000004000000000000000d9fe000000000308000000ff00000108000000000\
+        00001080000000001000108000000001f000108000000001f020108000000001f03";
+
+    /// The same with `intremap=off,device-iotlb=on` (48-bit): no INTR_REMAP, and an ATSR with
+    /// ALL_PORTS.
+    const QEMU_DMAR_ATS: &str = "444d415278000000010d424f4348532042585043202020200100000042585043\
+        010000002f000000000000000000000000004000000000000000d9fe000000000308000000ff0000010800000\
+        000000001080000000001000108000000001f000108000000001f020108000000001f030200080001000000";
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: Vec<u8> = s.bytes().filter(|c| c.is_ascii_hexdigit()).collect();
+        s.chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    fn fix_checksum(t: &mut [u8]) {
+        t[9] = 0;
+        let sum = t.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        t[9] = sum.wrapping_neg();
+    }
+
+    /// A DMAR built field by field from the layouts of VT-d chapter 8.
+    fn build(structures: &[Vec<u8>]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(b"DMAR");
+        t.extend_from_slice(&0u32.to_le_bytes()); // length, set below
+        t.extend_from_slice(&[1, 0]); // revision, checksum
+        t.extend_from_slice(b"OEMID OEMTABLE");
+        t.extend_from_slice(&[0; 12]); // OEM revision, creator id, creator revision
+        t.push(45); // host address width 46
+        t.push(0b101); // INTR_REMAP | DMA_CTRL_PLATFORM_OPT_IN
+        t.extend_from_slice(&[0; 10]);
+        for s in structures {
+            t.extend_from_slice(s);
+        }
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        fix_checksum(&mut t);
+        t
+    }
+
+    fn structure(kind: u16, fixed: &[u8], scopes: &[Vec<u8>]) -> Vec<u8> {
+        let len = 4 + fixed.len() + scopes.iter().map(Vec::len).sum::<usize>();
+        let mut s = Vec::new();
+        s.extend_from_slice(&kind.to_le_bytes());
+        s.extend_from_slice(&(len as u16).to_le_bytes());
+        s.extend_from_slice(fixed);
+        for sc in scopes {
+            s.extend_from_slice(sc);
+        }
+        s
+    }
+
+    fn scope(kind: u8, enum_id: u8, bus: u8, path: &[(u8, u8)]) -> Vec<u8> {
+        let mut s = vec![kind, (6 + 2 * path.len()) as u8, 0, 0, enum_id, bus];
+        for &(d, f) in path {
+            s.extend_from_slice(&[d, f]);
+        }
+        s
+    }
+
+    fn drhd(flags: u8, size: u8, segment: u16, base: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+        let mut fixed = vec![flags, size];
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        fixed.extend_from_slice(&base.to_le_bytes());
+        structure(0, &fixed, scopes)
+    }
+
+    fn rmrr(segment: u16, base: u64, limit: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+        let mut fixed = vec![0, 0];
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        fixed.extend_from_slice(&base.to_le_bytes());
+        fixed.extend_from_slice(&limit.to_le_bytes());
+        structure(1, &fixed, scopes)
+    }
+
+    fn atsr(flags: u8, segment: u16, scopes: &[Vec<u8>]) -> Vec<u8> {
+        let mut fixed = vec![flags, 0];
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        structure(2, &fixed, scopes)
+    }
+
+    /// A platform with two units (one covering everything else), an RMRR for a USB controller
+    /// behind a bridge, an ATSR, an RHSA, an ANDD, a SATC, a SIDP and an unknown type 9.
+    fn sample() -> Vec<u8> {
+        let mut andd = vec![0, 0, 0, 7];
+        andd.extend_from_slice(b"\\_SB.PCI0.UAR1\0");
+        let mut rhsa = vec![0; 4];
+        rhsa.extend_from_slice(&0xfed9_1000u64.to_le_bytes());
+        rhsa.extend_from_slice(&1u32.to_le_bytes());
+        build(&[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, &[(2, 0)])]),
+            drhd(
+                1,
+                1,
+                0,
+                0xfed9_1000,
+                &[
+                    scope(3, 8, 0xf0, &[(0x1f, 0)]),
+                    scope(4, 0, 0, &[(0x1f, 7)]),
+                ],
+            ),
+            rmrr(
+                0,
+                0x7d00_0000,
+                0x7d0f_ffff,
+                &[scope(1, 0, 0, &[(0x1c, 0), (0, 0)])],
+            ),
+            atsr(0, 0, &[scope(2, 0, 0, &[(0x1c, 0)])]),
+            structure(3, &rhsa, &[]),
+            structure(4, &andd, &[]),
+            structure(5, &[1, 0, 0, 0], &[scope(1, 0, 0, &[(2, 0)])]),
+            structure(
+                6,
+                &[0, 0, 0, 0],
+                &[{
+                    let mut s = scope(1, 0, 0, &[(3, 0)]);
+                    s[2] = 0x10; // ATC_REQUIRED in an SIDP scope
+                    s
+                }],
+            ),
+            structure(9, &[0xaa; 8], &[]),
+        ])
+    }
+
+    #[test]
+    fn parses_qemus_dmar() {
+        let bytes = hex(QEMU_DMAR);
+        let dmar = Dmar::parse(&bytes).unwrap();
+        assert_eq!(dmar.host_address_width(), 39);
+        assert!(dmar.flags().intr_remap());
+        assert!(!dmar.flags().x2apic_opt_out());
+        let drhds: Vec<_> = dmar.drhds().collect();
+        assert_eq!(drhds.len(), 1);
+        let d = drhds[0];
+        assert_eq!(d.register_base(), 0xfed9_0000);
+        assert_eq!(d.register_size(), 4096);
+        assert_eq!(d.segment(), 0);
+        assert!(!d.include_pci_all());
+        let scopes: Vec<_> = d.scopes().collect();
+        assert_eq!(scopes.len(), 6);
+        assert_eq!(scopes[0].kind(), DeviceScopeType::IoApic);
+        assert_eq!(scopes[0].enumeration_id(), 0);
+        assert_eq!(scopes[0].start_bus(), 0xff);
+        let pci: Vec<_> = scopes[1..]
+            .iter()
+            .map(|s| (s.kind(), s.direct_bdf()))
+            .collect();
+        let bdf = |device, function| {
+            Some(Bdf {
+                bus: 0,
+                device,
+                function,
+            })
+        };
+        assert_eq!(
+            pci,
+            [
+                (DeviceScopeType::PciEndpoint, bdf(0, 0)),
+                (DeviceScopeType::PciEndpoint, bdf(1, 0)),
+                (DeviceScopeType::PciEndpoint, bdf(0x1f, 0)),
+                (DeviceScopeType::PciEndpoint, bdf(0x1f, 2)),
+                (DeviceScopeType::PciEndpoint, bdf(0x1f, 3)),
+            ]
+        );
+        assert_eq!(dmar.rmrrs().count(), 0);
+        assert_eq!(dmar.atsrs().count(), 0);
+    }
+
+    #[test]
+    fn parses_qemus_dmar_with_atsr() {
+        let bytes = hex(QEMU_DMAR_ATS);
+        let dmar = Dmar::parse(&bytes).unwrap();
+        assert_eq!(dmar.host_address_width(), 48);
+        assert!(!dmar.flags().intr_remap());
+        let atsrs: Vec<_> = dmar.atsrs().collect();
+        assert_eq!(atsrs.len(), 1);
+        assert!(atsrs[0].all_ports());
+        assert_eq!(atsrs[0].segment(), 0);
+        assert_eq!(atsrs[0].scopes().count(), 0);
+    }
+
+    #[test]
+    fn parses_every_structure_type() {
+        let bytes = sample();
+        let dmar = Dmar::parse(&bytes).unwrap();
+        assert_eq!(dmar.host_address_width(), 46);
+        assert!(dmar.flags().intr_remap() && dmar.flags().dma_ctrl_platform_opt_in());
+        let s: Vec<_> = dmar.structures().collect();
+        assert_eq!(s.len(), 9);
+
+        let drhds: Vec<_> = dmar.drhds().collect();
+        assert_eq!(drhds.len(), 2);
+        assert!(!drhds[0].include_pci_all());
+        assert_eq!(
+            drhds[0].scopes().next().unwrap().direct_bdf(),
+            Some(Bdf {
+                bus: 0,
+                device: 2,
+                function: 0
+            })
+        );
+        assert!(drhds[1].include_pci_all());
+        assert_eq!(drhds[1].register_size(), 8192);
+        let scopes: Vec<_> = drhds[1].scopes().collect();
+        assert_eq!(scopes[0].kind(), DeviceScopeType::IoApic);
+        assert_eq!(scopes[0].enumeration_id(), 8);
+        assert_eq!(scopes[0].start_bus(), 0xf0);
+        assert_eq!(scopes[1].kind(), DeviceScopeType::MsiCapableHpet);
+        assert_eq!(
+            scopes[1].path().collect::<Vec<_>>(),
+            [PathEntry {
+                device: 0x1f,
+                function: 7
+            }]
+        );
+
+        let rmrr = dmar.rmrrs().next().unwrap();
+        assert_eq!((rmrr.base(), rmrr.limit()), (0x7d00_0000, 0x7d0f_ffff));
+        let usb = rmrr.scopes().next().unwrap();
+        assert_eq!(usb.path().len(), 2);
+        assert_eq!(
+            usb.direct_bdf(),
+            None,
+            "a device behind a bridge has no direct BDF"
+        );
+
+        let atsr = dmar.atsrs().next().unwrap();
+        assert!(!atsr.all_ports());
+        assert_eq!(
+            atsr.scopes().next().unwrap().kind(),
+            DeviceScopeType::PciSubHierarchy
+        );
+
+        assert!(matches!(
+            s[4],
+            RemappingStructure::Rhsa(Rhsa {
+                register_base: 0xfed9_1000,
+                proximity_domain: 1
+            })
+        ));
+        let RemappingStructure::Andd(andd) = s[5] else {
+            panic!("{:?}", s[5])
+        };
+        assert_eq!(andd.device_number(), 7);
+        assert_eq!(andd.object_name(), b"\\_SB.PCI0.UAR1");
+        let RemappingStructure::Satc(satc) = s[6] else {
+            panic!("{:?}", s[6])
+        };
+        assert!(satc.atc_required());
+        assert_eq!(satc.scopes().count(), 1);
+        let RemappingStructure::Sidp(sidp) = s[7] else {
+            panic!("{:?}", s[7])
+        };
+        assert_eq!(sidp.scopes().next().unwrap().flags(), 0x10);
+        assert!(
+            matches!(s[8], RemappingStructure::Unknown { kind: 9, bytes } if bytes.len() == 12)
+        );
+    }
+
+    #[test]
+    fn debug_output_names_the_unit() {
+        let bytes = hex(QEMU_DMAR);
+        let s = std::format!("{:?}", Dmar::parse(&bytes).unwrap());
+        assert!(s.contains("register_base: 0xfed90000"), "{s}");
+        assert!(s.contains("IoApic"), "{s}");
+        assert_eq!(
+            std::format!(
+                "{:?}",
+                Bdf {
+                    bus: 0,
+                    device: 1,
+                    function: 0
+                }
+            ),
+            "00:01.0"
+        );
+        assert_eq!(
+            Bdf {
+                bus: 0,
+                device: 1,
+                function: 0
+            }
+            .source_id(),
+            0x0008
+        );
+        assert_eq!(
+            Bdf {
+                bus: 0x12,
+                device: 0x1f,
+                function: 7
+            }
+            .source_id(),
+            0x12ff
+        );
+    }
+
+    #[test]
+    fn header_errors_are_typed() {
+        let good = sample();
+        assert_eq!(
+            Dmar::parse(&good[..20]).unwrap_err(),
+            DmarError::Truncated {
+                length: 36,
+                available: 20
+            }
+        );
+        assert_eq!(
+            Dmar::parse(&good[..good.len() - 1]).unwrap_err(),
+            DmarError::Truncated {
+                length: good.len(),
+                available: good.len() - 1
+            }
+        );
+        let mut t = good.clone();
+        t[0] = b'X';
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::BadSignature(Signature(*b"XMAR"))
+        );
+        let mut t = good.clone();
+        t[4..8].copy_from_slice(&40u32.to_le_bytes());
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::BadLength { length: 40 }
+        );
+        let mut t = good.clone();
+        t[60] ^= 1;
+        assert_eq!(Dmar::parse(&t).unwrap_err(), DmarError::BadChecksum);
+        // Trailing bytes past the length field are not part of the table.
+        let mut t = good.clone();
+        t.extend_from_slice(&[0xff; 7]);
+        assert_eq!(Dmar::parse(&t).unwrap().bytes().len(), good.len());
+    }
+
+    #[test]
+    fn structure_errors_are_typed() {
+        // Structure length below 4.
+        let t = build(&[vec![0, 0, 3, 0]]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::StructureTooShort {
+                offset: 48,
+                kind: 0,
+                length: 3
+            }
+        );
+        // A DRHD shorter than its 16 fixed bytes.
+        let t = build(&[structure(0, &[0; 8], &[])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::StructureTooShort {
+                offset: 48,
+                kind: 0,
+                length: 12
+            }
+        );
+        // Structure length running past the table.
+        let mut s = drhd(0, 0, 0, 0xfed9_0000, &[]);
+        s[2] = 40;
+        let t = build(&[s]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::StructureBeyondTable {
+                offset: 48,
+                length: 40
+            }
+        );
+        // Two stray bytes after the last structure.
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[]), vec![0, 0]]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::StructureBeyondTable {
+                offset: 64,
+                length: 2
+            }
+        );
+        // An RMRR with base above limit.
+        let t = build(&[rmrr(0, 0x2000, 0x1fff, &[])]);
+        assert!(matches!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::RmrrInverted { .. }
+        ));
+    }
+
+    #[test]
+    fn scope_errors_are_typed() {
+        // Scope length below 6.
+        let mut sc = scope(1, 0, 0, &[(1, 0)]);
+        sc[1] = 4;
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[sc.clone()])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::ScopeTooShort {
+                offset: 64,
+                length: 4
+            }
+        );
+        // Scope length past its structure.
+        sc[1] = 10;
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[sc.clone()])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::ScopeBeyondStructure {
+                offset: 64,
+                length: 10
+            }
+        );
+        // Odd path length.
+        sc[1] = 7;
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[sc])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::ScopePathOdd {
+                offset: 64,
+                length: 7
+            }
+        );
+        // A PCI endpoint scope without a path; a reserved-type scope may have none.
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, &[])])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::ScopePathEmpty { offset: 64 }
+        );
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[scope(0x42, 0, 0, &[])])]);
+        let dmar = Dmar::parse(&t).unwrap();
+        let scope = dmar.drhds().next().unwrap().scopes().next().unwrap();
+        assert_eq!(scope.kind(), DeviceScopeType::Reserved(0x42));
+        assert_eq!(scope.direct_bdf(), None);
+        // A single stray byte where a scope would start.
+        let t = build(&[drhd(0, 0, 0, 0xfed9_0000, &[vec![1]])]);
+        assert_eq!(
+            Dmar::parse(&t).unwrap_err(),
+            DmarError::ScopeTooShort {
+                offset: 64,
+                length: 1
+            }
+        );
+    }
+
+    /// Every byte a parsed table's iterators hand out lies inside the table.
+    fn walk_stays_in_bounds(dmar: &Dmar<'_>) -> Result<(), TestCaseError> {
+        let range = dmar.bytes().as_ptr_range();
+        let inside = |b: &[u8]| {
+            let r = b.as_ptr_range();
+            range.start <= r.start && r.end <= range.end
+        };
+        for s in dmar.structures() {
+            let (body, scopes) = match s {
+                RemappingStructure::Drhd(d) => (d.b, Some(d.scopes())),
+                RemappingStructure::Rmrr(r) => {
+                    prop_assert!(r.base() <= r.limit());
+                    (r.b, Some(r.scopes()))
+                }
+                RemappingStructure::Atsr(a) => (a.b, Some(a.scopes())),
+                RemappingStructure::Satc(s) => (s.b, Some(s.scopes())),
+                RemappingStructure::Sidp(s) => (s.b, Some(s.scopes())),
+                RemappingStructure::Andd(a) => {
+                    prop_assert!(inside(a.object_name()));
+                    (a.b, None)
+                }
+                RemappingStructure::Rhsa(_) => continue,
+                RemappingStructure::Unknown { bytes, .. } => (bytes, None),
+            };
+            prop_assert!(inside(body));
+            for sc in scopes.into_iter().flatten() {
+                prop_assert!(inside(sc.b));
+                prop_assert!(sc.b.len() >= SCOPE_HEADER_LEN);
+                prop_assert_eq!(sc.path().count(), (sc.b.len() - SCOPE_HEADER_LEN) / 2);
+                let _ = sc.direct_bdf();
+            }
+        }
+        let _ = std::format!("{dmar:?}");
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                                    fix in any::<bool>()) {
+            // Give random bytes a fair chance to reach the structure walk: a right signature,
+            // a length that fits, a checksum that holds.
+            if fix && bytes.len() >= DMAR_HEADER_LEN {
+                bytes[..4].copy_from_slice(b"DMAR");
+                let len = bytes.len() as u32;
+                bytes[4..8].copy_from_slice(&len.to_le_bytes());
+                fix_checksum(&mut bytes);
+            }
+            if let Ok(dmar) = Dmar::parse(&bytes) {
+                walk_stays_in_bounds(&dmar)?;
+            }
+        }
+
+        #[test]
+        fn mutated_tables_parse_or_fail_cleanly(
+            which in 0usize..3,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+            fix in any::<bool>(),
+        ) {
+            let mut t = match which {
+                0 => hex(QEMU_DMAR),
+                1 => hex(QEMU_DMAR_ATS),
+                _ => sample(),
+            };
+            // Byte flips anywhere, including the length fields of structures and scopes.
+            for (at, x) in edits {
+                let i = at.index(t.len());
+                t[i] ^= x;
+            }
+            if truncate {
+                // Shorten both the buffer and the length field, so the structure walk (not the
+                // header check) meets the cut.
+                let n = cut.index(t.len()).max(DMAR_HEADER_LEN);
+                t.truncate(n);
+                t[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+            }
+            if fix && t.len() >= DMAR_HEADER_LEN {
+                fix_checksum(&mut t);
+            }
+            match Dmar::parse(&t) {
+                Ok(dmar) => walk_stays_in_bounds(&dmar)?,
+                Err(e) => {
+                    let text = std::format!("{e}");
+                    prop_assert!(!text.is_empty());
+                }
+            }
+        }
+    }
+}

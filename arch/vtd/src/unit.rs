@@ -1,0 +1,355 @@
+//! One remapping unit's registers, reached from the register base its DRHD gives, and what the
+//! unit says about itself (version and capabilities).
+//!
+//! The only raw-pointer step is [`UnitRegisters::new`] (and [`read_unit_info`] for a one-off
+//! look); after it, registers are reached through shared references to the tock-registers
+//! structs, with the hardware-reported offsets of the IOTLB and fault recording registers checked
+//! against the mapped size first.
+
+use crate::caps::{Capability, ExtendedCapability, Version};
+use crate::registers::{FaultRecordingRegister, IotlbRegisters, RegisterBlock};
+use core::fmt;
+use core::mem::size_of;
+use core::ptr::NonNull;
+use tock_registers::interfaces::Readable;
+
+/// What a unit reports about itself: VER, CAP and ECAP as read at discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub version: Version,
+    pub cap: Capability,
+    pub ecap: ExtendedCapability,
+}
+
+impl UnitInfo {
+    /// Reads VER, CAP and ECAP.
+    pub fn read(regs: &RegisterBlock) -> Self {
+        Self {
+            version: Version::from_register(regs.ver.get()),
+            cap: Capability(regs.cap.get()),
+            ecap: ExtendedCapability(regs.ecap.get()),
+        }
+    }
+}
+
+/// Reads the version and capabilities of the unit whose registers are at `base`.
+///
+/// # Safety
+/// `base` must map the unit's register set (at least the fixed 0xf0-byte block at
+/// [`RegisterBlock`]'s offsets) as device memory, 8-byte aligned, for the duration of the call.
+/// Reading VER, CAP and ECAP has no side effects, so concurrent users of the unit are not
+/// disturbed.
+pub unsafe fn read_unit_info(base: NonNull<RegisterBlock>) -> UnitInfo {
+    // SAFETY: the caller guarantees `base` maps the register block for this call; the block is
+    // only read, through the volatile accessors of its register types.
+    let regs = unsafe { base.as_ref() };
+    UnitInfo::read(regs)
+}
+
+/// Why a unit's registers cannot be used as mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitError {
+    /// The register base is not 4 KiB aligned (the spec places register sets on pages).
+    MisalignedBase { base: usize },
+    /// A register group the hardware places at `offset` (from CAP.FRO/NFR or ECAP.IRO) ends
+    /// beyond the `mapped` bytes: reaching it would touch memory outside the mapping.
+    OutsideMapping {
+        what: &'static str,
+        end: usize,
+        mapped: usize,
+    },
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::MisalignedBase { base } => {
+                write!(f, "VT-d: register base {base:#x} is not 4 KiB aligned")
+            }
+            Self::OutsideMapping { what, end, mapped } => write!(
+                f,
+                "VT-d: {what} end at offset {end:#x}, beyond the {mapped:#x} bytes mapped"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for UnitError {}
+
+/// The registers of one remapping unit: the fixed block, the IOTLB registers and the fault
+/// recording registers, located and bounds-checked once.
+pub struct UnitRegisters {
+    base: NonNull<u8>,
+    info: UnitInfo,
+}
+
+impl UnitRegisters {
+    /// Locates the registers of the unit mapped at `base`, `mapped_len` bytes long (the DRHD's
+    /// register size), and checks that the groups the hardware places by offset lie inside.
+    ///
+    /// # Safety
+    /// `base` must map `mapped_len` bytes of the unit's registers as device memory for as long
+    /// as the returned value (and references obtained from it) live. Other code may use the
+    /// same registers: every access is a single volatile read or write, but coordinating
+    /// read-modify-write sequences between users is theirs to do.
+    pub unsafe fn new(base: NonNull<u8>, mapped_len: usize) -> Result<Self, UnitError> {
+        let addr = base.as_ptr() as usize;
+        if !addr.is_multiple_of(4096) {
+            return Err(UnitError::MisalignedBase { base: addr });
+        }
+        check_inside(
+            "the fixed registers",
+            size_of::<RegisterBlock>(),
+            mapped_len,
+        )?;
+        // SAFETY: `base` maps at least the fixed block (checked above, guaranteed by the caller)
+        // and is 4 KiB aligned, more than the block's 8-byte alignment.
+        let info = unsafe { read_unit_info(base.cast()) };
+        let iotlb_end = info.ecap.iotlb_register_offset() + size_of::<IotlbRegisters>();
+        check_inside("the IOTLB registers", iotlb_end, mapped_len)?;
+        let fault_end = info.cap.fault_recording_offset()
+            + usize::from(info.cap.fault_recording_count()) * size_of::<FaultRecordingRegister>();
+        check_inside("the fault recording registers", fault_end, mapped_len)?;
+        Ok(Self { base, info })
+    }
+
+    /// Version and capabilities as read when the registers were located.
+    pub fn info(&self) -> UnitInfo {
+        self.info
+    }
+
+    pub fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    /// The fixed register block.
+    pub fn block(&self) -> &RegisterBlock {
+        // SAFETY: `new` checked the block lies inside the mapping the caller vouched for, which
+        // outlives `self`; alignment was checked in `new`.
+        unsafe { self.base.cast::<RegisterBlock>().as_ref() }
+    }
+
+    /// The IOTLB registers at ECAP.IRO × 16.
+    pub fn iotlb(&self) -> &IotlbRegisters {
+        let offset = self.info.ecap.iotlb_register_offset();
+        // SAFETY: `new` checked offset + 16 lies inside the mapping; the offset is a multiple of
+        // 16, so the 8-byte registers stay aligned.
+        unsafe { self.base.add(offset).cast::<IotlbRegisters>().as_ref() }
+    }
+
+    /// Fault recording register `index` (0 ..= CAP.NFR), or `None` past the last one.
+    pub fn fault_recording(&self, index: u16) -> Option<&FaultRecordingRegister> {
+        if index >= self.info.cap.fault_recording_count() {
+            return None;
+        }
+        let offset = self.info.cap.fault_recording_offset()
+            + usize::from(index) * size_of::<FaultRecordingRegister>();
+        // SAFETY: `new` checked that all CAP.NFR + 1 registers lie inside the mapping, and
+        // `index` is below that count; offsets are multiples of 16, keeping alignment.
+        Some(unsafe {
+            self.base
+                .add(offset)
+                .cast::<FaultRecordingRegister>()
+                .as_ref()
+        })
+    }
+}
+
+fn check_inside(what: &'static str, end: usize, mapped: usize) -> Result<(), UnitError> {
+    if end > mapped {
+        return Err(UnitError::OutsideMapping { what, end, mapped });
+    }
+    Ok(())
+}
+
+/// A few readable lines on what the unit can do, for logs and the demo.
+impl fmt::Display for UnitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (cap, ecap) = (self.cap, self.ecap);
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        write!(f, "VT-d {}, ", self.version)?;
+        if ecap.smts() {
+            write!(f, "legacy and scalable mode")?;
+            if ecap.slts() {
+                write!(f, ", second-stage PASID entries")?;
+            }
+            if ecap.flts() {
+                write!(f, ", first-stage PASID entries")?;
+                if cap.fs1gp() {
+                    write!(f, " (1G pages)")?;
+                }
+            }
+            if ecap.nest() {
+                write!(f, ", nested")?;
+            }
+            if ecap.pasid() {
+                write!(f, ", {}-bit PASIDs", ecap.pasid_width())?;
+            }
+        } else {
+            write!(f, "legacy mode only")?;
+        }
+        writeln!(f)?;
+        write!(f, "  second-stage tables:")?;
+        let mut sep = " ";
+        for agaw in cap.sagaw().iter() {
+            write!(f, "{sep}{agaw}")?;
+            sep = " or ";
+        }
+        let sp = cap.sllps();
+        let pages = match (sp.size_2m, sp.size_1g) {
+            (true, true) => "2M/1G superpages",
+            (true, false) => "2M superpages",
+            _ => "no superpages",
+        };
+        writeln!(f, ", MGAW {} bits, {pages}", cap.mgaw())?;
+        write!(f, "  {} domain ids, ", cap.domain_ids())?;
+        if ecap.qi() {
+            write!(f, "queued invalidation")?;
+        } else {
+            write!(f, "register-based invalidation")?;
+        }
+        if cap.psi() {
+            write!(f, " (page-selective up to 2^{} pages)", cap.mamv())?;
+        }
+        writeln!(f, ", caching mode {}", on_off(cap.caching_mode()))?;
+        writeln!(
+            f,
+            "  pass-through {}, interrupt remapping {}, device-TLB {}, snoop control {}, \
+             page walks {}, write-buffer flush {}",
+            on_off(ecap.pt()),
+            on_off(ecap.ir()),
+            on_off(ecap.dt()),
+            on_off(ecap.sc()),
+            if ecap.coherent() {
+                "coherent"
+            } else {
+                "not coherent (flush tables)"
+            },
+            if cap.rwbf() { "needed" } else { "not needed" },
+        )?;
+        let n = cap.fault_recording_count();
+        write!(
+            f,
+            "  {n} fault recording register{} at {:#x}, IOTLB registers at {:#x}",
+            if n == 1 { "" } else { "s" },
+            cap.fault_recording_offset(),
+            ecap.iotlb_register_offset()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::Agaw;
+    use crate::registers::FRCD_HI;
+    use std::boxed::Box;
+    use tock_registers::interfaces::Writeable;
+
+    /// A fake register page in host memory, laid out as QEMU's unit (VER/CAP/ECAP of the default
+    /// machine, IOTLB registers at 0xf0, one fault recording register at 0x220).
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+
+    fn qemu_page(cap: u64, ecap: u64) -> NonNull<u8> {
+        let mut p = Box::new(Page([0; 512]));
+        p.0[0] = 0x10;
+        p.0[1] = cap;
+        p.0[2] = ecap;
+        // A recorded fault: F set, reason 6 (read not allowed), source 00:01.0.
+        p.0[0x220 / 8] = 0x4_0000;
+        p.0[0x228 / 8] = (1 << 63) | (1 << 62) | (6 << 32) | 0x0008;
+        NonNull::from(Box::leak(p)).cast()
+    }
+
+    fn free(base: NonNull<u8>) {
+        // SAFETY: `base` came from `Box::leak` of a `Page` in `qemu_page` and is freed once.
+        drop(unsafe { Box::from_raw(base.cast::<Page>().as_ptr()) });
+    }
+
+    const CAP: u64 = 0x00d2_008c_222f_0606;
+    const ECAP: u64 = 0x0000_0000_00f0_0f4a;
+
+    #[test]
+    fn reads_info_and_locates_register_groups() {
+        let base = qemu_page(CAP, ECAP);
+        // SAFETY: `base` is a live, aligned 4 KiB page until `free` below.
+        let unit = unsafe { UnitRegisters::new(base, 4096) }.unwrap();
+        let info = unit.info();
+        assert_eq!(info.version, Version { major: 1, minor: 0 });
+        assert_eq!(info.cap.max_agaw(), Ok(Agaw::Level4));
+        // SAFETY: as above.
+        assert_eq!(unsafe { read_unit_info(base.cast()) }, info);
+        let frcd = unit.fault_recording(0).unwrap();
+        assert_eq!(frcd.hi.read(FRCD_HI::F), 1);
+        assert_eq!(frcd.hi.read(FRCD_HI::FR), 6);
+        assert_eq!(frcd.hi.read(FRCD_HI::SID), 8);
+        assert_eq!(frcd.lo.get(), 0x4_0000);
+        assert!(unit.fault_recording(1).is_none());
+        // The IOTLB register is where ECAP.IRO says: a write through it lands at 0xf8.
+        unit.iotlb().iotlb.set(0x1234);
+        // SAFETY: reading the page directly, within its 4096 bytes.
+        assert_eq!(unsafe { base.add(0xf8).cast::<u64>().read() }, 0x1234);
+        free(base);
+    }
+
+    #[test]
+    fn offsets_beyond_the_mapping_are_refused() {
+        // FRO = 0x3ff0: the fault recording registers would start past a 4 KiB mapping.
+        let base = qemu_page(CAP | (0x3ff << 24), ECAP);
+        // SAFETY: `base` is a live, aligned 4 KiB page; `new` only reads VER/CAP/ECAP.
+        let err = unsafe { UnitRegisters::new(base, 4096) }.err();
+        assert_eq!(
+            err,
+            Some(UnitError::OutsideMapping {
+                what: "the fault recording registers",
+                end: 0x4000,
+                mapped: 4096
+            })
+        );
+        // IRO = 0x3ff0 likewise.
+        free(base);
+        let base = qemu_page(CAP, ECAP | (0x3ff << 8));
+        // SAFETY: as above.
+        let err = unsafe { UnitRegisters::new(base, 4096) }.err();
+        assert!(matches!(
+            err,
+            Some(UnitError::OutsideMapping {
+                what: "the IOTLB registers",
+                ..
+            })
+        ));
+        // SAFETY: as above; a mapping smaller than the fixed block is refused before any read.
+        let err = unsafe { UnitRegisters::new(base, 0x80) }.err();
+        assert!(matches!(err, Some(UnitError::OutsideMapping { .. })));
+        // SAFETY: the pointer is misaligned, which `new` rejects before reading.
+        let err = unsafe { UnitRegisters::new(base.add(8), 4096) }.err();
+        assert!(matches!(err, Some(UnitError::MisalignedBase { .. })));
+        free(base);
+    }
+
+    #[test]
+    fn summary_reads_well() {
+        let info = UnitInfo {
+            version: Version { major: 1, minor: 0 },
+            cap: Capability(0x01d2_008c_222f_0686),
+            ecap: ExtendedCapability(0x0000_8800_00f0_0f4a),
+        };
+        let s = std::format!("{info}");
+        assert!(
+            s.starts_with("VT-d 1.0, legacy and scalable mode, first-stage"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "tables: 39-bit (3-level) or 48-bit (4-level), MGAW 48 bits, 2M/1G superpages"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("65536 domain ids, queued invalidation"), "{s}");
+        assert!(s.contains("caching mode on"), "{s}");
+        assert!(s.contains("page walks not coherent"), "{s}");
+        assert!(s.contains("1 fault recording register at 0x220"), "{s}");
+        assert_eq!(s.lines().count(), 5, "{s}");
+    }
+}
