@@ -10,7 +10,7 @@ use core::ptr::NonNull;
 
 use crate::platform::{devicetree, pci_config};
 use crate::Machine;
-use iommu_boot::pci::{self, Bdf, Ecam};
+use iommu_boot::pci::{self, Bdf};
 use iommu_boot::testing::{fail, Failure, Test, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_smmuv3::devicetree::{Devicetree, GicKind, Interrupt, PciHost, PciSpace, Smmu};
