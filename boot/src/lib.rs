@@ -17,6 +17,7 @@ extern crate std;
 pub mod cmdline;
 pub mod console;
 pub mod edu;
+pub mod fdt;
 pub mod pci;
 pub mod testing;
 

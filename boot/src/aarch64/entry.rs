@@ -94,7 +94,7 @@ extern "C" fn rust_entry() -> ! {
     // on memory attributes; the identity map keeps every address the code uses valid.
     unsafe { mmu::enable_identity_map(el) };
 
-    let dtb = fdt::Fdt::at_start_of_ram();
+    let dtb = fdt::dtb_at_start_of_ram();
     let cmdline = dtb
         .as_ref()
         .and_then(|fdt| fdt.property("chosen", "bootargs"))

@@ -1,157 +1,32 @@
-//! Just enough of the flattened devicetree format (Devicetree Specification v0.4, chapter 5)
-//! to read a property of a top-level node, such as `/chosen/bootargs` or `/psci/method`,
-//! before the heap exists. Drivers parse the tree with the `fdt` crate later.
-//!
-//! Every offset comes from the blob and is checked: a bad blob yields `None`, never a panic or
-//! a read outside the blob.
+//! The devicetree QEMU places at the start of RAM, found before the heap exists.
 
 use super::DTB_BASE;
+use crate::fdt::{total_size, HEADER_LEN};
+pub(super) use crate::fdt::{as_str, Fdt};
 
-/// Header magic, big-endian like every integer in the blob.
-const MAGIC: u32 = 0xd00d_feed;
-/// `size_dt_struct` and `size_dt_strings` exist from version 17 on.
-const MIN_VERSION: u32 = 17;
-/// Bytes of the version-17 header.
-const HEADER_LEN: usize = 40;
-
-const FDT_BEGIN_NODE: u32 = 1;
-const FDT_END_NODE: u32 = 2;
-const FDT_PROP: u32 = 3;
-const FDT_NOP: u32 = 4;
-
-/// A devicetree blob whose header has been checked.
-pub(super) struct Fdt<'a> {
-    structure: &'a [u8],
-    strings: &'a [u8],
-}
-
-impl Fdt<'static> {
-    /// The blob QEMU placed at the start of RAM ([`DTB_BASE`]), if its magic is there.
-    ///
-    /// Its size is taken from the header but bounded by the start of the kernel image, which
-    /// QEMU places the blob below; nothing writes that memory, so it lives as long as the
-    /// kernel.
-    pub(super) fn at_start_of_ram() -> Option<Self> {
-        let base = DTB_BASE;
-        unsafe extern "C" {
-            /// First byte of the kernel image (boot/aarch64.ld).
-            static __image_start: u8;
-        }
-        let image_start = (&raw const __image_start) as u64;
-        let room = usize::try_from(image_start.checked_sub(base)?).ok()?;
-        if room < HEADER_LEN {
-            return None;
-        }
-        let start = base as *const u8;
-        // SAFETY: [base, base + HEADER_LEN) is RAM below the kernel image (checked above),
-        // identity-mapped, and not written by anyone.
-        let header = unsafe { core::slice::from_raw_parts(start, HEADER_LEN) };
-        if be32(header, 0)? != MAGIC {
-            return None;
-        }
-        let total = usize::try_from(be32(header, 4)?).ok()?;
-        if total < HEADER_LEN || total > room {
-            return None;
-        }
-        // SAFETY: as for the header: [base, base + total) lies in the same untouched RAM below
-        // the kernel image, since `total <= room`.
-        let blob = unsafe { core::slice::from_raw_parts(start, total) };
-        Fdt::new(blob)
+/// The blob QEMU placed at the start of RAM ([`DTB_BASE`]), if its magic is there.
+///
+/// Its size is taken from the header but bounded by the start of the kernel image, which QEMU
+/// places the blob below; nothing writes that memory, so it lives as long as the kernel.
+pub(super) fn dtb_at_start_of_ram() -> Option<Fdt<'static>> {
+    unsafe extern "C" {
+        /// First byte of the kernel image (boot/aarch64.ld).
+        static __image_start: u8;
     }
-}
-
-impl<'a> Fdt<'a> {
-    /// Checks the header of `blob` and locates its structure and strings blocks.
-    pub(super) fn new(blob: &'a [u8]) -> Option<Self> {
-        if be32(blob, 0)? != MAGIC || be32(blob, 20)? < MIN_VERSION {
-            return None;
-        }
-        let total = usize::try_from(be32(blob, 4)?).ok()?;
-        let blob = blob.get(..total)?;
-        let block = |offset_at: usize, size_at: usize| {
-            let offset = usize::try_from(be32(blob, offset_at)?).ok()?;
-            let size = usize::try_from(be32(blob, size_at)?).ok()?;
-            blob.get(offset..offset.checked_add(size)?)
-        };
-        Some(Self {
-            structure: block(8, 36)?,
-            strings: block(12, 32)?,
-        })
+    let image_start = (&raw const __image_start) as u64;
+    let room = usize::try_from(image_start.checked_sub(DTB_BASE)?).ok()?;
+    if room < HEADER_LEN {
+        return None;
     }
-
-    /// The value of property `name` of the node `/node` (a child of the root, named with or
-    /// without a unit address: `"psci"` matches `psci` and `psci@0`).
-    pub(super) fn property(&self, node: &str, name: &str) -> Option<&'a [u8]> {
-        let structure = self.structure;
-        let mut offset = 0;
-        // Root is depth 1, its children depth 2.
-        let mut depth = 0usize;
-        let mut in_node = false;
-        // Each token takes at least 4 bytes, so the loop ends with the structure block.
-        loop {
-            let token = be32(structure, offset)?;
-            offset += 4;
-            match token {
-                FDT_BEGIN_NODE => {
-                    let node_name = c_str(structure.get(offset..)?)?;
-                    offset = align4(offset.checked_add(node_name.len() + 1)?)?;
-                    depth += 1;
-                    if depth == 2 && node_matches(node_name, node) {
-                        in_node = true;
-                    }
-                }
-                FDT_END_NODE => {
-                    if in_node && depth == 2 {
-                        return None;
-                    }
-                    depth = depth.checked_sub(1)?;
-                }
-                FDT_PROP => {
-                    let len = usize::try_from(be32(structure, offset)?).ok()?;
-                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
-                    let value_start = offset + 8;
-                    let value_end = value_start.checked_add(len)?;
-                    let value = structure.get(value_start..value_end)?;
-                    offset = align4(value_end)?;
-                    if in_node && depth == 2 {
-                        let prop_name = c_str(self.strings.get(name_offset..)?)?;
-                        if prop_name == name.as_bytes() {
-                            return Some(value);
-                        }
-                    }
-                }
-                FDT_NOP => {}
-                // FDT_END, or a token this parser does not know: the tree is over or bad.
-                _ => return None,
-            }
-        }
+    let start = DTB_BASE as *const u8;
+    // SAFETY: [DTB_BASE, DTB_BASE + HEADER_LEN) is RAM below the kernel image (checked above),
+    // identity-mapped, and not written by anyone.
+    let header = unsafe { core::slice::from_raw_parts(start, HEADER_LEN) };
+    let total = total_size(header)?;
+    if total < HEADER_LEN || total > room {
+        return None;
     }
-}
-
-/// A string property's value as text: the bytes before the first NUL, if they are UTF-8.
-pub(super) fn as_str(value: &[u8]) -> Option<&str> {
-    let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
-    core::str::from_utf8(text).ok()
-}
-
-fn node_matches(node_name: &[u8], wanted: &str) -> bool {
-    match node_name.strip_prefix(wanted.as_bytes()) {
-        Some(rest) => rest.is_empty() || rest.first() == Some(&b'@'),
-        None => false,
-    }
-}
-
-/// The bytes of `bytes` before its first NUL, or `None` if it has none.
-fn c_str(bytes: &[u8]) -> Option<&[u8]> {
-    let end = bytes.iter().position(|&b| b == 0)?;
-    bytes.get(..end)
-}
-
-fn align4(offset: usize) -> Option<usize> {
-    Some(offset.checked_add(3)? & !3)
-}
-
-fn be32(bytes: &[u8], offset: usize) -> Option<u32> {
-    let word = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_be_bytes(word.try_into().ok()?))
+    // SAFETY: as for the header: [DTB_BASE, DTB_BASE + total) lies in the same untouched RAM
+    // below the kernel image, since `total <= room`.
+    Fdt::new(unsafe { core::slice::from_raw_parts(start, total) })
 }

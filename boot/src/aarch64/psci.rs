@@ -16,7 +16,7 @@ pub(super) enum Conduit {
 /// The conduit the devicetree names. Without a devicetree, QEMU `virt`'s own rule: `hvc` for a
 /// kernel at EL1, `smc` for one at EL2 (where `hvc` would trap to the kernel itself).
 pub(super) fn conduit(el: ExceptionLevel) -> Conduit {
-    let method = fdt::Fdt::at_start_of_ram()
+    let method = fdt::dtb_at_start_of_ram()
         .and_then(|fdt| fdt.property("psci", "method"))
         .and_then(fdt::as_str);
     match method {

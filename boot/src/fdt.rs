@@ -1,0 +1,164 @@
+//! Just enough of the flattened devicetree format (Devicetree Specification v0.4, chapter 5)
+//! to read a property of a top-level node, such as `/chosen/bootargs` or `/psci/method`,
+//! before the heap exists. Drivers parse the tree with the `fdt` crate later.
+//!
+//! Every offset comes from the blob and is checked: a bad blob yields `None`, never a panic or
+//! a read outside the blob. Host-compiled so it is tested against QEMU's real blobs.
+
+/// Header magic, big-endian like every integer in the blob.
+const MAGIC: u32 = 0xd00d_feed;
+/// `size_dt_struct` and `size_dt_strings` exist from version 17 on.
+const MIN_VERSION: u32 = 17;
+/// Bytes of the version-17 header.
+pub const HEADER_LEN: usize = 40;
+
+const FDT_BEGIN_NODE: u32 = 1;
+const FDT_END_NODE: u32 = 2;
+const FDT_PROP: u32 = 3;
+const FDT_NOP: u32 = 4;
+
+/// The blob's total size from its header, if the header has the devicetree magic.
+pub fn total_size(header: &[u8]) -> Option<usize> {
+    if be32(header, 0)? != MAGIC {
+        return None;
+    }
+    usize::try_from(be32(header, 4)?).ok()
+}
+
+/// A devicetree blob whose header has been checked.
+pub struct Fdt<'a> {
+    structure: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl<'a> Fdt<'a> {
+    /// Checks the header of `blob` and locates its structure and strings blocks.
+    pub fn new(blob: &'a [u8]) -> Option<Self> {
+        if be32(blob, 0)? != MAGIC || be32(blob, 20)? < MIN_VERSION {
+            return None;
+        }
+        let total = usize::try_from(be32(blob, 4)?).ok()?;
+        let blob = blob.get(..total)?;
+        let block = |offset_at: usize, size_at: usize| {
+            let offset = usize::try_from(be32(blob, offset_at)?).ok()?;
+            let size = usize::try_from(be32(blob, size_at)?).ok()?;
+            blob.get(offset..offset.checked_add(size)?)
+        };
+        Some(Self {
+            structure: block(8, 36)?,
+            strings: block(12, 32)?,
+        })
+    }
+
+    /// The value of property `name` of the node `/node` (a child of the root, named with or
+    /// without a unit address: `"psci"` matches `psci` and `psci@0`).
+    pub fn property(&self, node: &str, name: &str) -> Option<&'a [u8]> {
+        let structure = self.structure;
+        let mut offset = 0;
+        // Root is depth 1, its children depth 2.
+        let mut depth = 0usize;
+        let mut in_node = false;
+        // Each token takes at least 4 bytes, so the loop ends with the structure block.
+        loop {
+            let token = be32(structure, offset)?;
+            offset += 4;
+            match token {
+                FDT_BEGIN_NODE => {
+                    let node_name = c_str(structure.get(offset..)?)?;
+                    offset = align4(offset.checked_add(node_name.len() + 1)?)?;
+                    depth += 1;
+                    if depth == 2 && node_matches(node_name, node) {
+                        in_node = true;
+                    }
+                }
+                FDT_END_NODE => {
+                    if in_node && depth == 2 {
+                        return None;
+                    }
+                    depth = depth.checked_sub(1)?;
+                }
+                FDT_PROP => {
+                    let len = usize::try_from(be32(structure, offset)?).ok()?;
+                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
+                    let value_start = offset + 8;
+                    let value_end = value_start.checked_add(len)?;
+                    let value = structure.get(value_start..value_end)?;
+                    offset = align4(value_end)?;
+                    if in_node && depth == 2 {
+                        let prop_name = c_str(self.strings.get(name_offset..)?)?;
+                        if prop_name == name.as_bytes() {
+                            return Some(value);
+                        }
+                    }
+                }
+                FDT_NOP => {}
+                // FDT_END, or a token this parser does not know: the tree is over or bad.
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A string property's value as text: the bytes before the first NUL, if they are UTF-8.
+pub fn as_str(value: &[u8]) -> Option<&str> {
+    let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
+    core::str::from_utf8(text).ok()
+}
+
+fn node_matches(node_name: &[u8], wanted: &str) -> bool {
+    match node_name.strip_prefix(wanted.as_bytes()) {
+        Some(rest) => rest.is_empty() || rest.first() == Some(&b'@'),
+        None => false,
+    }
+}
+
+/// The bytes of `bytes` before its first NUL, or `None` if it has none.
+fn c_str(bytes: &[u8]) -> Option<&[u8]> {
+    let end = bytes.iter().position(|&b| b == 0)?;
+    bytes.get(..end)
+}
+
+fn align4(offset: usize) -> Option<usize> {
+    Some(offset.checked_add(3)? & !3)
+}
+
+fn be32(bytes: &[u8], offset: usize) -> Option<u32> {
+    let word = bytes.get(offset..offset.checked_add(4)?)?;
+    Some(u32::from_be_bytes(word.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIRT: &[u8] = include_bytes!("../../arch/smmuv3/tests/data/qemu10-virt-smmuv3-edu.dtb");
+
+    #[test]
+    fn reads_top_level_properties_of_a_qemu_blob() {
+        let fdt = Fdt::new(VIRT).expect("valid blob");
+        assert_eq!(fdt.property("psci", "method").and_then(as_str), Some("hvc"));
+        assert!(fdt.property("chosen", "no-such-property").is_none());
+        assert!(fdt.property("no-such-node", "method").is_none());
+    }
+
+    #[test]
+    fn damaged_blobs_give_none_not_panics() {
+        assert!(Fdt::new(&VIRT[..39]).is_none());
+        let mut bad = VIRT.to_vec();
+        bad[0] ^= 1;
+        assert!(Fdt::new(&bad).is_none());
+        // Every truncation and a byte flip at many offsets: never a panic.
+        for len in (0..VIRT.len().min(4096)).step_by(7) {
+            if let Some(f) = Fdt::new(&VIRT[..len]) {
+                let _ = f.property("chosen", "bootargs");
+            }
+        }
+        for i in (0..VIRT.len().min(8192)).step_by(13) {
+            let mut b = VIRT.to_vec();
+            b[i] ^= 0xa5;
+            if let Some(f) = Fdt::new(&b) {
+                let _ = f.property("psci", "method");
+            }
+        }
+    }
+}
