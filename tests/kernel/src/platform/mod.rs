@@ -73,11 +73,12 @@ fn mmio_window(m: &Machine) -> Result<pci::MmioWindow, iommu_boot::testing::Fail
     aarch64::mmio_window(m)
 }
 
-/// Makes QEMU log a guest error on purpose (for the runner's self-test): an edu DMA to an
-/// address beyond the device's default 28-bit DMA mask, which QEMU clamps and logs.
+/// Makes QEMU log a guest error on purpose (for the runner's self-test): a DMA by the last edu,
+/// which the runner starts with the default 28-bit DMA mask, to an address beyond it; QEMU clamps
+/// and logs it.
 pub fn provoke_guest_error(m: &mut Machine) -> TestResult {
     let devices = edu_devices(m)?;
-    let Some(d) = devices.first() else { iommu_boot::skip!("no edu device") };
+    let Some(d) = devices.last() else { iommu_boot::skip!("no edu device") };
     let buf = alloc::vec![0u8; 64];
     let beyond_mask = buf.as_ptr() as u64 | 1 << 40;
     d.edu.dma_from_ram(beyond_mask, 0, 8).map_err(fail)
