@@ -9,6 +9,9 @@
 extern crate std;
 
 pub mod acpi;
+pub mod addr;
 pub mod hal;
 pub mod pagetable;
 pub mod poll;
+pub mod sync;
+pub mod unit;

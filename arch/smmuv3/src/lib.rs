@@ -21,3 +21,12 @@ pub mod idr;
 pub mod iort;
 pub mod registers;
 pub mod unit;
+pub mod attributes;
+pub mod cmdq;
+pub mod command;
+pub mod context_descriptor;
+pub mod eventq;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+pub mod stream_table;
+pub mod sync;

@@ -19,3 +19,15 @@ pub mod unit;
 pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
 pub use dmar::{Dmar, DmarError};
 pub use unit::{read_unit_info, UnitError, UnitInfo, UnitRegisters};
+
+// In-memory structures and the invalidation queue (issue 4, part 1).
+pub mod descriptor;
+pub mod pasid;
+pub mod qi;
+pub mod register_invalidation;
+pub mod root_table;
+mod sync;
+
+// The unit brought up and driven (issue 4, part 2).
+pub mod fault;
+pub mod iommu;

@@ -8,6 +8,10 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+pub mod dma;
+#[cfg(target_os = "none")]
+pub mod hal;
+#[cfg(target_os = "none")]
 pub mod platform;
 #[cfg(target_os = "none")]
 mod selftest;

@@ -1,0 +1,147 @@
+//! Command queue throughput: submit + CMD_SYNC from 1 and 2 producer threads against a
+//! simulated SMMU consumer thread, for the lock-free queue and for the same queue behind a
+//! `spin::Mutex` held across submission and sync (the classic locked design).
+//!
+//! `CARGO_TARGET_DIR=/work/target-smmu2 cargo bench -p iommu-smmuv3 --bench cmdq`
+//! After criterion's report it prints operations per second and the lock-free/mutex ratios.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use iommu_smmuv3::cmdq::CommandQueue;
+use iommu_smmuv3::command::{Command, RawCommand};
+use iommu_smmuv3::sim::{HeapQueueMemory, SimulatedSmmu};
+
+type Queue = CommandQueue<&'static SimulatedSmmu, &'static HeapQueueMemory<2>>;
+
+/// log2 of the queue entries: 256 commands.
+const LOG2_ENTRIES: u8 = 8;
+/// Commands per submission (before its CMD_SYNC): a typical small invalidation.
+const BATCH: usize = 4;
+
+/// A queue with a consumer thread draining it until dropped.
+struct Rig {
+    queue: &'static Queue,
+    lock: &'static spin::Mutex<()>,
+    stop: Arc<AtomicBool>,
+    consumer: Option<thread::JoinHandle<()>>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let smmu: &'static SimulatedSmmu = Box::leak(Box::new(SimulatedSmmu::new(LOG2_ENTRIES)));
+        let mem: &'static HeapQueueMemory<2> = Box::leak(Box::new(HeapQueueMemory::new(LOG2_ENTRIES)));
+        let queue = match CommandQueue::new(smmu, mem, u32::MAX) {
+            Ok(q) => Box::leak(Box::new(q)),
+            Err(e) => panic!("{e}"),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        smmu.step(mem, |_| Ok(()));
+                    }
+                }
+            })
+        };
+        Self { queue, lock: Box::leak(Box::new(spin::Mutex::new(()))), stop, consumer: Some(consumer) }
+    }
+
+    /// Runs `ops` submit+sync operations split over `producers` threads; returns the time.
+    fn run(&self, producers: usize, locked: bool, ops: u64) -> Duration {
+        let cmds: [RawCommand; BATCH] = match (Command::CfgiSte { sid: 8, leaf: true }).encode() {
+            Ok(raw) => [raw; BATCH],
+            Err(e) => panic!("{e}"),
+        };
+        let barrier = Arc::new(Barrier::new(producers + 1));
+        let threads: Vec<_> = (0..producers)
+            .map(|p| {
+                let (queue, lock, barrier) = (self.queue, self.lock, barrier.clone());
+                let share = ops / producers as u64 + u64::from((p as u64) < ops % producers as u64);
+                thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..share {
+                        let r = if locked {
+                            let _guard = lock.lock();
+                            queue.submit_and_sync(black_box(&cmds))
+                        } else {
+                            queue.submit_and_sync(black_box(&cmds))
+                        };
+                        if let Err(e) = r {
+                            panic!("{e}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for t in threads {
+            if t.join().is_err() {
+                panic!("producer panicked");
+            }
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.consumer.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+fn bench(c: &mut Criterion, rig: &Rig) {
+    let mut group = c.benchmark_group("cmdq_submit4_sync");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    for producers in [1usize, 2] {
+        for (name, locked) in [("lock_free", false), ("spin_mutex", true)] {
+            group.bench_function(format!("{name}/{producers}_producers"), |b| {
+                b.iter_custom(|iters| rig.run(producers, locked, iters))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Operations per second over about `secs` seconds.
+fn rate(rig: &Rig, producers: usize, locked: bool, secs: f64) -> f64 {
+    let mut ops = 1000u64;
+    loop {
+        let t = rig.run(producers, locked, ops).as_secs_f64();
+        if t >= secs {
+            return ops as f64 / t;
+        }
+        ops = (ops as f64 * (secs / t.max(1e-6)) * 1.1).ceil() as u64;
+    }
+}
+
+fn main() {
+    let rig = Rig::new();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &rig);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        println!("\nsubmit(4 commands) + CMD_SYNC, simulated consumer thread, {} entries:", 1 << LOG2_ENTRIES);
+        for producers in [1usize, 2] {
+            let free = rate(&rig, producers, false, 1.0);
+            let locked = rate(&rig, producers, true, 1.0);
+            println!(
+                "  {producers} producer(s): lock-free {:>9.0} ops/s, spin::Mutex {:>9.0} ops/s, ratio {:.2}",
+                free,
+                locked,
+                free / locked
+            );
+        }
+    }
+}

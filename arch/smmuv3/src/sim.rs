@@ -1,0 +1,209 @@
+//! A simulated SMMU for host tests, loom models and benchmarks (feature `sim`): the command
+//! queue consumer and event queue producer sides of the registers, behaving as IHI 0070 3.5
+//! and QEMU's `smmuv3_cmdq_consume` do, over queue rings in host memory.
+//!
+//! It is driven one step at a time by the test's own threads, so a test decides how fast the
+//! "hardware" goes and can stop it.
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use crate::cmdq::{CmdqRegisters, CommandErrorCode, QueueMemory};
+use crate::command::{Command, RawCommand};
+use crate::eventq::EventqRegisters;
+use crate::registers::GERROR;
+use crate::sync::{AtomicU32, Ordering, RacyCell};
+
+/// A queue ring in host memory whose slot accesses loom checks for races.
+#[derive(Debug)]
+pub struct HeapQueueMemory<const W: usize> {
+    slots: Vec<RacyCell<[u64; W]>>,
+    log2: u8,
+}
+
+impl<const W: usize> HeapQueueMemory<W> {
+    /// A zeroed ring of `2^log2_entries` entries.
+    pub fn new(log2_entries: u8) -> Self {
+        Self { slots: (0..1usize << log2_entries).map(|_| RacyCell::new([0; W])).collect(), log2: log2_entries }
+    }
+
+    fn cell(&self, index: u32) -> Option<&RacyCell<[u64; W]>> {
+        self.slots.get((index & ((1 << self.log2) - 1)) as usize)
+    }
+}
+
+impl<const W: usize> QueueMemory<W> for HeapQueueMemory<W> {
+    fn log2_entries(&self) -> u8 {
+        self.log2
+    }
+
+    unsafe fn write(&self, index: u32, entry: [u64; W]) {
+        if let Some(cell) = self.cell(index) {
+            // SAFETY: the caller owns the slot.
+            unsafe { cell.set(entry) }
+        }
+    }
+
+    unsafe fn read(&self, index: u32) -> [u64; W] {
+        match self.cell(index) {
+            // SAFETY: no concurrent writer, per the caller.
+            Some(cell) => unsafe { cell.get() },
+            None => [0; W],
+        }
+    }
+}
+
+/// What one step of the simulated consumer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimStep {
+    /// The queue was empty.
+    Idle,
+    /// Stopped on a command error until software acknowledges it.
+    Halted,
+    /// Executed and consumed this command.
+    Consumed(RawCommand),
+    /// Refused this command: CONS stays on it with ERR set, GERROR.CMDQ_ERR raised.
+    Refused(RawCommand, CommandErrorCode),
+}
+
+/// The registers of a simulated SMMU.
+///
+/// Register accesses are atomics with acquire loads and release stores, the ordering the real
+/// accessors give ([`CmdqRegisters`]): software's stores before a PROD or GERRORN write are
+/// visible to the consumer that reads it, and the consumer's slot reads happen before the CONS
+/// store that frees the slots.
+#[derive(Debug)]
+pub struct SimulatedSmmu {
+    log2: u8,
+    cmdq_prod: AtomicU32,
+    cmdq_cons: AtomicU32,
+    gerror: AtomicU32,
+    gerrorn: AtomicU32,
+    eventq_log2: u8,
+    eventq_prod: AtomicU32,
+    eventq_cons: AtomicU32,
+}
+
+impl SimulatedSmmu {
+    /// An SMMU whose command queue has `2^log2_entries` entries (event queue: 8 entries).
+    pub fn new(log2_entries: u8) -> Self {
+        Self::with_event_queue(log2_entries, 3)
+    }
+
+    /// An SMMU with queues of `2^cmdq_log2` commands and `2^eventq_log2` events.
+    pub fn with_event_queue(cmdq_log2: u8, eventq_log2: u8) -> Self {
+        Self {
+            log2: cmdq_log2,
+            cmdq_prod: AtomicU32::new(0),
+            cmdq_cons: AtomicU32::new(0),
+            gerror: AtomicU32::new(0),
+            gerrorn: AtomicU32::new(0),
+            eventq_log2,
+            eventq_prod: AtomicU32::new(0),
+            eventq_cons: AtomicU32::new(0),
+        }
+    }
+
+    fn wrap_mask(log2: u8) -> u32 {
+        (2u32 << log2) - 1
+    }
+
+    /// Consumes at most one command of `mem`: `execute` decides whether the SMMU accepts it.
+    pub fn step<M: QueueMemory<2>>(
+        &self,
+        mem: &M,
+        mut execute: impl FnMut(RawCommand) -> Result<(), CommandErrorCode>,
+    ) -> SimStep {
+        let err = GERROR::CMDQ_ERR::SET.value;
+        let mask = Self::wrap_mask(self.log2);
+        // Only the consumer writes CONS.
+        let cons = self.cmdq_cons.load(Ordering::Relaxed) & mask;
+        // Acquire: the producers' entry stores happen before our slot read.
+        let prod = self.cmdq_prod.load(Ordering::Acquire) & mask;
+        if cons == prod {
+            return SimStep::Idle;
+        }
+        // Acquire: software's rewrite of the failed slot happens before our re-read.
+        if (self.gerror.load(Ordering::Acquire) ^ self.gerrorn.load(Ordering::Acquire)) & err != 0 {
+            return SimStep::Halted;
+        }
+        // SAFETY: the slot is between CONS and PROD: producers do not touch it until CONS
+        // passes it; recovery only writes it while we are halted.
+        let cmd = unsafe { mem.read(cons) };
+        match execute(cmd) {
+            Ok(()) => {
+                // Release: our slot read happens before a producer's reuse.
+                self.cmdq_cons.store((cons + 1) & mask, Ordering::Release);
+                SimStep::Consumed(cmd)
+            }
+            Err(code) => {
+                self.cmdq_cons.store(cons | code.encoding() << 24, Ordering::Release);
+                // Release: CONS.ERR is visible to whoever sees the error.
+                self.gerror.fetch_xor(err, Ordering::Release);
+                SimStep::Refused(cmd, code)
+            }
+        }
+    }
+
+    /// QEMU's rule for what it accepts: a command the decoder accepts (QEMU refuses unknown
+    /// opcodes and SSec; this is stricter about reserved bits).
+    pub fn decode_or_illegal(cmd: RawCommand) -> Result<Command, CommandErrorCode> {
+        Command::decode(cmd).map_err(|_| CommandErrorCode::Illegal)
+    }
+
+    /// Writes event `record` into the event queue `mem` as the SMMU would, or, when the queue is
+    /// full, drops it and toggles EVENTQ_PROD.OVFLG. Returns whether it was written.
+    pub fn record_event<M: QueueMemory<4>>(&self, mem: &M, record: [u64; 4]) -> bool {
+        let mask = Self::wrap_mask(self.eventq_log2);
+        let prod_reg = self.eventq_prod.load(Ordering::Relaxed);
+        let prod = prod_reg & mask;
+        // Acquire: software finished reading the slots below CONS.
+        let cons = self.eventq_cons.load(Ordering::Acquire) & mask;
+        if prod ^ cons == 1 << self.eventq_log2 {
+            // Full: the event is lost; say so once per overflow episode, as the SMMU does when
+            // OVFLG equals the acknowledged OVACKFLG.
+            let acked = self.eventq_cons.load(Ordering::Acquire) >> 31;
+            if prod_reg >> 31 == acked {
+                self.eventq_prod.store(prod_reg ^ 1 << 31, Ordering::Release);
+            }
+            return false;
+        }
+        // SAFETY: the slot is between PROD and CONS + N: software does not read it until PROD
+        // covers it.
+        unsafe { mem.write(prod, record) };
+        // Release: the record is visible to whoever sees the new PROD.
+        self.eventq_prod.store((prod_reg & !mask) | ((prod + 1) & mask), Ordering::Release);
+        true
+    }
+}
+
+impl CmdqRegisters for SimulatedSmmu {
+    fn read_cons(&self) -> u32 {
+        self.cmdq_cons.load(Ordering::Acquire)
+    }
+    fn write_prod(&self, prod: u32) {
+        self.cmdq_prod.store(prod, Ordering::Release);
+    }
+    fn read_gerror(&self) -> u32 {
+        self.gerror.load(Ordering::Acquire)
+    }
+    fn read_gerrorn(&self) -> u32 {
+        self.gerrorn.load(Ordering::Acquire)
+    }
+    fn write_gerrorn(&self, value: u32) {
+        self.gerrorn.store(value, Ordering::Release);
+    }
+}
+
+impl EventqRegisters for SimulatedSmmu {
+    fn read_prod(&self) -> u32 {
+        self.eventq_prod.load(Ordering::Acquire)
+    }
+    fn write_cons(&self, cons: u32) {
+        self.eventq_cons.store(cons, Ordering::Release);
+    }
+    fn read_cons(&self) -> u32 {
+        self.eventq_cons.load(Ordering::Acquire)
+    }
+}

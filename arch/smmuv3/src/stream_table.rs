@@ -1,0 +1,1193 @@
+//! The stream table (IHI 0070 5.2, 5.3): one stream table entry (STE) per StreamID saying how
+//! that device's transactions are handled, in a linear table or a 2-level table whose level-2
+//! parts are created when a device is attached; and the planner that changes a live entry
+//! without the SMMU ever using a half-written one.
+//!
+//! An STE is built as a typed [`StreamTableEntry`] (abort, bypass, stage 1, stage 2, nested) and
+//! encoded in one place ([`StreamTableEntry::encode`]) into the eight 64-bit words the SMMU
+//! reads. The SMMU reads each word single-copy atomically but the entry as a whole at any moment
+//! and may cache it until a CMD_CFGI_STE + CMD_SYNC, so updates follow [`plan_entry_update`].
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use iommu::addr::PhysAddr;
+use iommu::hal::{FrameSize, Hal};
+use tock_registers::fields::FieldValue;
+
+use crate::attributes::{bits, field, place, Cacheability, Granule, Shareability};
+use crate::cmdq::CmdqError;
+use crate::command::Command;
+use crate::idr::{Features, OutputAddressSize, StreamTableLevels};
+use crate::registers::{STRTAB_BASE, STRTAB_BASE_CFG};
+
+/// Words in an STE or a CD.
+pub const ENTRY_WORDS: usize = 8;
+
+/// The in-memory form of an STE or CD: eight little-endian 64-bit words (64 bytes).
+pub type EntryWords = [u64; ENTRY_WORDS];
+
+/// Bytes in one STE.
+pub const STE_BYTES: usize = 64;
+
+// STE word 0.
+const STE0_V: u64 = 1 << 0;
+const STE0_CONFIG: (u32, u32) = (3, 1);
+const STE0_S1FMT: (u32, u32) = (5, 4);
+const STE0_S1CTXPTR: (u32, u32) = (51, 6);
+const STE0_S1CDMAX: (u32, u32) = (63, 59);
+// STE word 1.
+const STE1_S1DSS: (u32, u32) = (1, 0);
+const STE1_S1CIR: (u32, u32) = (3, 2);
+const STE1_S1COR: (u32, u32) = (5, 4);
+const STE1_S1CSH: (u32, u32) = (7, 6);
+/// DRE, CONT, DCP, PPAR, MEV: fields this driver leaves 0; counted as used by any non-abort
+/// entry so that a change to them is never treated as invisible.
+const STE1_MISC: (u32, u32) = (19, 12);
+const STE1_S2FWB: u32 = 25;
+const STE1_S1STALLD: u32 = 27;
+const STE1_EATS: (u32, u32) = (29, 28);
+const STE1_STRW: (u32, u32) = (31, 30);
+/// MemAttr, MTCFG, ALLOCCFG, SHCFG, NSCFG, PRIVCFG, INSTCFG: attribute overrides.
+const STE1_ATTR_OVERRIDES: (u32, u32) = (51, 32);
+const STE1_SHCFG: (u32, u32) = (45, 44);
+// STE word 2.
+const STE2_S2VMID: (u32, u32) = (15, 0);
+const STE2_S2T0SZ: (u32, u32) = (37, 32);
+const STE2_S2SL0: (u32, u32) = (39, 38);
+const STE2_S2IR0: (u32, u32) = (41, 40);
+const STE2_S2OR0: (u32, u32) = (43, 42);
+const STE2_S2SH0: (u32, u32) = (45, 44);
+const STE2_S2TG: (u32, u32) = (47, 46);
+const STE2_S2PS: (u32, u32) = (50, 48);
+const STE2_S2AA64: u32 = 51;
+const STE2_S2AFFD: u32 = 53;
+const STE2_S2PTW: u32 = 54;
+const STE2_S2S: u32 = 57;
+const STE2_S2R: u32 = 58;
+/// S2T0SZ through S2R: the whole stage-2 control block.
+const STE2_S2CONTROL: (u32, u32) = (58, 32);
+// STE word 3.
+const STE3_S2TTB: (u32, u32) = (51, 4);
+
+// Level-1 stream table descriptor (5.3).
+const L1STD_SPAN: (u32, u32) = (4, 0);
+const L1STD_L2PTR: (u32, u32) = (51, 6);
+
+const fn m(f: (u32, u32)) -> u64 {
+    bits(f.0, f.1)
+}
+
+/// STE.Config (5.2): what happens to the stream's transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteConfig {
+    /// 0b000: abort every transaction, record no event.
+    Abort,
+    /// 0b100: pass every transaction through untranslated.
+    Bypass,
+    /// 0b101: stage-1 translation through a context descriptor table.
+    Stage1(Stage1),
+    /// 0b110: stage-2 translation.
+    Stage2(Stage2),
+    /// 0b111: stage 1 then stage 2 (the CD table and stage-1 walks are themselves IPAs).
+    Nested(Stage1, Stage2),
+}
+
+impl SteConfig {
+    const fn encoding(&self) -> u64 {
+        match self {
+            Self::Abort => 0b000,
+            Self::Bypass => 0b100,
+            Self::Stage1(_) => 0b101,
+            Self::Stage2(_) => 0b110,
+            Self::Nested(..) => 0b111,
+        }
+    }
+}
+
+/// STE.S1Fmt: the layout of the context descriptor table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CdTableFormat {
+    /// 0b00: a linear array of CDs (also the only meaning when S1CDMax = 0).
+    Linear,
+    /// 0b01: 2-level, level-2 tables of 4 KiB (64 CDs, indexed by SSID[5:0]).
+    TwoLevel4K,
+    /// 0b10: 2-level, level-2 tables of 64 KiB (1024 CDs, indexed by SSID[9:0]).
+    TwoLevel64K,
+}
+
+impl CdTableFormat {
+    /// The S1Fmt encoding.
+    pub const fn encoding(self) -> u64 {
+        match self {
+            Self::Linear => 0b00,
+            Self::TwoLevel4K => 0b01,
+            Self::TwoLevel64K => 0b10,
+        }
+    }
+}
+
+/// STE.S1DSS: what a transaction without a SubstreamID uses when the stream has substreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultSubstream {
+    /// 0b00: terminate it (with an event).
+    Terminate,
+    /// 0b01: bypass stage 1.
+    Bypass,
+    /// 0b10: translate with CD 0 (and SubstreamID 0 is then not usable by tagged traffic).
+    Substream0,
+}
+
+/// STE.EATS: whether PCIe ATS translation requests are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eats {
+    /// 0b00: ATS requests are aborted (the default: no ATS).
+    Abort,
+    /// 0b01: full ATS.
+    Translate,
+    /// 0b10: split-stage ATS (IDR0.NS1ATS).
+    SplitStage,
+}
+
+/// STE.STRW: the translation regime of stage 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamWorld {
+    /// 0b00: Non-secure EL1 (TLB entries tagged with VMID and ASID).
+    NsEl1,
+    /// 0b10: EL2 (IDR0.HYP; no VMID).
+    El2,
+    /// 0b11: EL2 with E2H (ASID-tagged EL2 entries).
+    El2E2h,
+}
+
+/// Memory attributes of a table fetch or walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkAttributes {
+    /// Inner cacheability.
+    pub inner: Cacheability,
+    /// Outer cacheability.
+    pub outer: Cacheability,
+    /// Shareability.
+    pub shareability: Shareability,
+}
+
+impl WalkAttributes {
+    /// Write-back cacheable, inner shareable: what a coherent SMMU wants.
+    pub const WRITE_BACK: Self = Self {
+        inner: Cacheability::WriteBackAllocate,
+        outer: Cacheability::WriteBackAllocate,
+        shareability: Shareability::InnerShareable,
+    };
+    /// Non-cacheable: for an SMMU whose walks do not snoop CPU caches (IDR0.COHACC = 0).
+    pub const NON_CACHEABLE: Self = Self {
+        inner: Cacheability::NonCacheable,
+        outer: Cacheability::NonCacheable,
+        shareability: Shareability::OuterShareable,
+    };
+
+    /// The attributes matching the SMMU's coherency.
+    pub const fn for_features(features: &Features) -> Self {
+        if features.coherent {
+            Self::WRITE_BACK
+        } else {
+            Self::NON_CACHEABLE
+        }
+    }
+}
+
+/// The stage-1 half of an STE: where the context descriptors are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage1 {
+    /// S1ContextPtr: the CD table (or the single CD when `cd_max` is 0), 64-byte aligned.
+    pub cd_table: PhysAddr,
+    /// S1Fmt.
+    pub format: CdTableFormat,
+    /// S1CDMax: log2 of the number of CDs; 0 means one CD and no substreams.
+    pub cd_max: u8,
+    /// S1DSS.
+    pub default_substream: DefaultSubstream,
+    /// S1CIR, S1COR, S1CSH: attributes of the CD fetches.
+    pub cd_fetch: WalkAttributes,
+    /// S1STALLD: stalls disabled (must be 0 when IDR0.STALL_MODEL is terminate-only).
+    pub stall_disable: bool,
+    /// STE.S2VMID of a stage-1-only stream: tags its TLB entries when the SMMU implements stage
+    /// 2, so TLBI_NH_* must name the same VMID. Ignored by `Nested`, which uses stage 2's.
+    pub vmid: u16,
+}
+
+impl Stage1 {
+    /// A stream with one context descriptor at `cd` (S1CDMax = 0: no substreams, as QEMU
+    /// requires).
+    pub const fn single_cd(cd: PhysAddr) -> Self {
+        Self {
+            cd_table: cd,
+            format: CdTableFormat::Linear,
+            cd_max: 0,
+            default_substream: DefaultSubstream::Substream0,
+            cd_fetch: WalkAttributes::WRITE_BACK,
+            stall_disable: false,
+            vmid: 0,
+        }
+    }
+}
+
+/// The stage-2 half of an STE: the VM's translation table and its VTCR-like controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage2 {
+    /// S2VMID.
+    pub vmid: u16,
+    /// S2TTB: the stage-2 table (16-byte aligned at least; the table's own alignment rules).
+    pub table: PhysAddr,
+    /// S2T0SZ: 64 minus the IPA width.
+    pub t0sz: u8,
+    /// S2SL0: the starting level, encoded per granule (see [`Stage2::new`]).
+    pub sl0: u8,
+    /// S2TG.
+    pub granule: Granule,
+    /// S2IR0, S2OR0, S2SH0: attributes of the table walks.
+    pub walk: WalkAttributes,
+    /// S2PS: the output (physical) address size.
+    pub output_size: OutputAddressSize,
+    /// S2AFFD: access flag faults disabled (else a descriptor with AF = 0 faults).
+    pub access_flag_fault_disable: bool,
+    /// S2PTW: a stage-1 walk that lands on Device memory at stage 2 faults.
+    pub protected_table_walk: bool,
+    /// S2R: record stage-2 faults in the event queue.
+    pub record_faults: bool,
+    /// S2S: stall on stage-2 faults (stall-capable SMMUs only).
+    pub stall: bool,
+}
+
+impl Stage2 {
+    /// A stage-2 configuration for a table at `table` whose walk starts at `start_level`
+    /// (0..=3) and translates `ias_bits` of IPA with `granule` pages; faults are recorded,
+    /// walks are write-back cacheable and the access flag is checked.
+    pub fn new(
+        vmid: u16,
+        table: PhysAddr,
+        ias_bits: u8,
+        granule: Granule,
+        start_level: u8,
+        output_size: OutputAddressSize,
+    ) -> Result<Self, SteError> {
+        if !(16..=52).contains(&ias_bits) {
+            return Err(SteError::Field { field: "S2T0SZ", value: u64::from(ias_bits) });
+        }
+        let Some(sl0) = s2_sl0(granule, start_level) else {
+            return Err(SteError::Field { field: "S2SL0", value: u64::from(start_level) });
+        };
+        Ok(Self {
+            vmid,
+            table,
+            t0sz: 64 - ias_bits,
+            sl0,
+            granule,
+            walk: WalkAttributes::WRITE_BACK,
+            output_size,
+            access_flag_fault_disable: false,
+            protected_table_walk: false,
+            record_faults: true,
+            stall: false,
+        })
+    }
+}
+
+/// S2SL0 for a walk starting at `level` (VTCR_EL2.SL0 without FEAT_TTST): with 4K pages
+/// 0b00 = level 2, 0b01 = level 1, 0b10 = level 0; with 16K and 64K pages 0b00 = level 3,
+/// 0b01 = level 2, 0b10 = level 1.
+pub const fn s2_sl0(granule: Granule, level: u8) -> Option<u8> {
+    match (granule, level) {
+        (Granule::Size4K, 0) => Some(0b10),
+        (Granule::Size4K, 1) => Some(0b01),
+        (Granule::Size4K, 2) => Some(0b00),
+        (Granule::Size16K | Granule::Size64K, 1) => Some(0b10),
+        (Granule::Size16K | Granule::Size64K, 2) => Some(0b01),
+        (Granule::Size16K | Granule::Size64K, 3) => Some(0b00),
+        _ => None,
+    }
+}
+
+/// A stream table entry as a typed value. Build it with [`abort`](Self::abort),
+/// [`bypass`](Self::bypass), [`stage1`](Self::stage1), [`stage2`](Self::stage2) or
+/// [`nested`](Self::nested); encode it with [`encode`](Self::encode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTableEntry {
+    /// STE.Config and the stage halves.
+    pub config: SteConfig,
+    /// STE.EATS (translating configurations only).
+    pub ats: Eats,
+    /// STE.STRW (configurations with stage 1 only).
+    pub stream_world: StreamWorld,
+    /// SHCFG = 0b01 "use incoming shareability" for non-aborting entries. Only meaningful
+    /// when IDR1.ATTR_TYPES_OVR is set (else the field is ignored and left 0); set it from
+    /// `features.attr_types_override`.
+    pub incoming_shareability: bool,
+}
+
+/// A value that does not fit an STE or CD field, or an SMMU that cannot do what is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteError {
+    /// A field value out of range.
+    Field {
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// An address not aligned as its field requires.
+    Misaligned {
+        /// The field.
+        field: &'static str,
+        /// The address.
+        addr: u64,
+        /// The required alignment in bytes.
+        align: u64,
+    },
+    /// The SMMU lacks what the entry needs.
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for SteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field { field, value } => write!(f, "{field} = {value:#x} is out of range"),
+            Self::Misaligned { field, addr, align } => {
+                write!(f, "{field} = {addr:#x} is not {align:#x}-byte aligned")
+            }
+            Self::Unsupported(what) => write!(f, "the SMMU does not support {what}"),
+        }
+    }
+}
+
+impl core::error::Error for SteError {}
+
+pub(crate) fn check_addr(field: &'static str, addr: u64, align: u64) -> Result<u64, SteError> {
+    if addr & (align - 1) != 0 {
+        return Err(SteError::Misaligned { field, addr, align });
+    }
+    if addr >> 52 != 0 {
+        return Err(SteError::Field { field, value: addr });
+    }
+    Ok(addr)
+}
+
+impl StreamTableEntry {
+    const fn with(config: SteConfig) -> Self {
+        Self {
+            config,
+            ats: Eats::Abort,
+            stream_world: StreamWorld::NsEl1,
+            incoming_shareability: false,
+        }
+    }
+
+    /// Abort every transaction of the stream, silently (V = 1, Config = abort).
+    pub const fn abort() -> Self {
+        Self::with(SteConfig::Abort)
+    }
+
+    /// Let the stream's transactions through untranslated.
+    pub const fn bypass() -> Self {
+        Self::with(SteConfig::Bypass)
+    }
+
+    /// Stage-1 translation through the CDs described by `s1`.
+    pub const fn stage1(s1: Stage1) -> Self {
+        Self::with(SteConfig::Stage1(s1))
+    }
+
+    /// Stage-2 translation with `s2`.
+    pub const fn stage2(s2: Stage2) -> Self {
+        Self::with(SteConfig::Stage2(s2))
+    }
+
+    /// Stage 1 (`s1`) nested in stage 2 (`s2`).
+    pub const fn nested(s1: Stage1, s2: Stage2) -> Self {
+        Self::with(SteConfig::Nested(s1, s2))
+    }
+
+    /// The same entry with EATS = `ats`.
+    pub const fn with_ats(mut self, ats: Eats) -> Self {
+        self.ats = ats;
+        self
+    }
+
+    /// The same entry with STRW = `world`.
+    pub const fn with_stream_world(mut self, world: StreamWorld) -> Self {
+        self.stream_world = world;
+        self
+    }
+
+    /// The same entry with SHCFG per IDR1.ATTR_TYPES_OVR (see the field).
+    pub const fn with_incoming_shareability(mut self, on: bool) -> Self {
+        self.incoming_shareability = on;
+        self
+    }
+
+    /// Checks the entry against what the SMMU implements: the stages, VMID width, granules,
+    /// output size, substream count, CD table format and stall model. (QEMU's additional
+    /// limits, S1CDMax = 0 and no S1STALLD, are what [`Stage1::single_cd`] gives.)
+    pub fn check_features(&self, f: &Features) -> Result<(), SteError> {
+        let (s1, s2) = match &self.config {
+            SteConfig::Abort | SteConfig::Bypass => (None, None),
+            SteConfig::Stage1(s1) => (Some(s1), None),
+            SteConfig::Stage2(s2) => (None, Some(s2)),
+            SteConfig::Nested(s1, s2) => (Some(s1), Some(s2)),
+        };
+        if let Some(s1) = s1 {
+            if !f.stages.stage1() {
+                return Err(SteError::Unsupported("stage 1"));
+            }
+            if s1.cd_max > f.ssid_bits {
+                return Err(SteError::Field { field: "S1CDMax", value: u64::from(s1.cd_max) });
+            }
+            if s1.cd_max > 0 && s1.format != CdTableFormat::Linear && !f.cd_two_level {
+                return Err(SteError::Unsupported("2-level CD tables"));
+            }
+            if s1.stall_disable && f.stall_model == crate::idr::StallModel::TerminateOnly {
+                return Err(SteError::Unsupported("S1STALLD with the terminate-only model"));
+            }
+            if self.stream_world != StreamWorld::NsEl1 && !f.hyp {
+                return Err(SteError::Unsupported("EL2 stream worlds"));
+            }
+            if s2.is_none() && f.stages.stage2() && u32::from(s1.vmid) >> f.vmid_bits != 0 {
+                return Err(SteError::Field { field: "S2VMID", value: u64::from(s1.vmid) });
+            }
+        }
+        if let Some(s2) = s2 {
+            if !f.stages.stage2() {
+                return Err(SteError::Unsupported("stage 2"));
+            }
+            if u32::from(s2.vmid) >> f.vmid_bits != 0 {
+                return Err(SteError::Field { field: "S2VMID", value: u64::from(s2.vmid) });
+            }
+            if !s2.granule.supported_by(&f.granules) {
+                return Err(SteError::Unsupported("the stage-2 granule"));
+            }
+            if s2.output_size.encoding() > f.oas.encoding() {
+                return Err(SteError::Field {
+                    field: "S2PS",
+                    value: u64::from(s2.output_size.encoding()),
+                });
+            }
+            if s2.stall && f.stall_model == crate::idr::StallModel::TerminateOnly {
+                return Err(SteError::Unsupported("S2S with the terminate-only model"));
+            }
+        }
+        if self.ats != Eats::Abort && !f.ats {
+            return Err(SteError::Unsupported("ATS"));
+        }
+        Ok(())
+    }
+
+    /// The eight words of the entry. Checks field widths and alignments; leaves every field the
+    /// configuration does not use at 0 (the update planner relies on that).
+    pub fn encode(&self) -> Result<EntryWords, SteError> {
+        let mut w = [0u64; ENTRY_WORDS];
+        w[0] = STE0_V | place(self.config.encoding(), STE0_CONFIG.0, STE0_CONFIG.1);
+        let (s1, s2) = match &self.config {
+            SteConfig::Abort => return Ok(w),
+            SteConfig::Bypass => (None, None),
+            SteConfig::Stage1(s1) => (Some(s1), None),
+            SteConfig::Stage2(s2) => (None, Some(s2)),
+            SteConfig::Nested(s1, s2) => (Some(s1), Some(s2)),
+        };
+        if self.incoming_shareability {
+            w[1] |= place(0b01, STE1_SHCFG.0, STE1_SHCFG.1);
+        }
+        if s1.is_some() || s2.is_some() {
+            let eats = match self.ats {
+                Eats::Abort => 0b00,
+                Eats::Translate => 0b01,
+                Eats::SplitStage => 0b10,
+            };
+            w[1] |= place(eats, STE1_EATS.0, STE1_EATS.1);
+        }
+        if let Some(s1) = s1 {
+            let ptr = check_addr("S1ContextPtr", s1.cd_table.as_u64(), 64)?;
+            if s1.cd_max > 20 {
+                return Err(SteError::Field { field: "S1CDMax", value: u64::from(s1.cd_max) });
+            }
+            w[0] |= ptr
+                | place(s1.format.encoding(), STE0_S1FMT.0, STE0_S1FMT.1)
+                | place(u64::from(s1.cd_max), STE0_S1CDMAX.0, STE0_S1CDMAX.1);
+            let dss = match s1.default_substream {
+                DefaultSubstream::Terminate => 0b00,
+                DefaultSubstream::Bypass => 0b01,
+                DefaultSubstream::Substream0 => 0b10,
+            };
+            let strw = match self.stream_world {
+                StreamWorld::NsEl1 => 0b00,
+                StreamWorld::El2 => 0b10,
+                StreamWorld::El2E2h => 0b11,
+            };
+            w[1] |= place(dss, STE1_S1DSS.0, STE1_S1DSS.1)
+                | place(s1.cd_fetch.inner.encoding(), STE1_S1CIR.0, STE1_S1CIR.1)
+                | place(s1.cd_fetch.outer.encoding(), STE1_S1COR.0, STE1_S1COR.1)
+                | place(s1.cd_fetch.shareability.encoding(), STE1_S1CSH.0, STE1_S1CSH.1)
+                | u64::from(s1.stall_disable) << STE1_S1STALLD
+                | place(strw, STE1_STRW.0, STE1_STRW.1);
+            if s2.is_none() {
+                w[2] |= place(u64::from(s1.vmid), STE2_S2VMID.0, STE2_S2VMID.1);
+            }
+        }
+        if let Some(s2) = s2 {
+            let ttb = check_addr("S2TTB", s2.table.as_u64(), 16)?;
+            if !(12..=48).contains(&s2.t0sz) {
+                return Err(SteError::Field { field: "S2T0SZ", value: u64::from(s2.t0sz) });
+            }
+            if s2.sl0 > 0b10 {
+                return Err(SteError::Field { field: "S2SL0", value: u64::from(s2.sl0) });
+            }
+            if s2.output_size == OutputAddressSize::Reserved {
+                return Err(SteError::Field { field: "S2PS", value: 7 });
+            }
+            w[2] |= place(u64::from(s2.vmid), STE2_S2VMID.0, STE2_S2VMID.1)
+                | place(u64::from(s2.t0sz), STE2_S2T0SZ.0, STE2_S2T0SZ.1)
+                | place(u64::from(s2.sl0), STE2_S2SL0.0, STE2_S2SL0.1)
+                | place(s2.walk.inner.encoding(), STE2_S2IR0.0, STE2_S2IR0.1)
+                | place(s2.walk.outer.encoding(), STE2_S2OR0.0, STE2_S2OR0.1)
+                | place(s2.walk.shareability.encoding(), STE2_S2SH0.0, STE2_S2SH0.1)
+                | place(s2.granule.tg0_encoding(), STE2_S2TG.0, STE2_S2TG.1)
+                | place(u64::from(s2.output_size.encoding()), STE2_S2PS.0, STE2_S2PS.1)
+                // AArch64 tables only; little-endian walks (S2ENDI = 0).
+                | 1 << STE2_S2AA64
+                | u64::from(s2.access_flag_fault_disable) << STE2_S2AFFD
+                | u64::from(s2.protected_table_walk) << STE2_S2PTW
+                | u64::from(s2.stall) << STE2_S2S
+                | u64::from(s2.record_faults) << STE2_S2R;
+            w[3] = ttb;
+        }
+        Ok(w)
+    }
+}
+
+/// The bits of an STE the SMMU uses, given its current V and Config (5.2): a bit outside this
+/// set may change under a live entry without the SMMU noticing. Generous on purpose (fields this
+/// driver never sets count as used for every configuration that could read them): an extra used
+/// bit can only turn a hitless update into a breaking one, never the other way round.
+pub fn ste_used_bits(ste: &EntryWords) -> EntryWords {
+    let mut used = [0u64; ENTRY_WORDS];
+    used[0] = STE0_V;
+    if ste[0] & STE0_V == 0 {
+        return used;
+    }
+    used[0] |= m(STE0_CONFIG);
+    let config = field(ste[0], STE0_CONFIG.0, STE0_CONFIG.1);
+    if config & 0b100 == 0 {
+        // Abort: nothing else is read.
+        return used;
+    }
+    used[1] |= m(STE1_ATTR_OVERRIDES) | m(STE1_MISC);
+    if config & 0b001 != 0 {
+        used[0] |= m(STE0_S1FMT) | m(STE0_S1CTXPTR) | m(STE0_S1CDMAX);
+        used[1] |= m(STE1_S1DSS)
+            | m(STE1_S1CIR)
+            | m(STE1_S1COR)
+            | m(STE1_S1CSH)
+            | 1 << STE1_S1STALLD
+            | m(STE1_EATS)
+            | m(STE1_STRW);
+        used[2] |= m(STE2_S2VMID);
+    }
+    if config & 0b010 != 0 {
+        used[1] |= m(STE1_EATS) | 1 << STE1_S2FWB;
+        used[2] |= m(STE2_S2VMID) | m(STE2_S2CONTROL);
+        used[3] |= m(STE3_S2TTB);
+    }
+    used
+}
+
+/// One 64-bit store of an entry update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordWrite {
+    /// Which word of the entry (0..8).
+    pub word: usize,
+    /// The value to store, single-copy atomically.
+    pub value: u64,
+    /// After this store (and the stores before it), invalidate the SMMU's cached copy
+    /// (CMD_CFGI_STE / CMD_CFGI_CD) and wait for a CMD_SYNC before the next store.
+    pub sync_after: bool,
+}
+
+/// How an update reaches its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// Nothing to write.
+    Unchanged,
+    /// Only bits the SMMU ignores change.
+    UnusedBitsOnly,
+    /// Hitless: bits the SMMU ignores first, then the single word whose used bits change, then
+    /// the leftovers; the SMMU sees the old entry, then the new one.
+    Hitless {
+        /// The word that switches the entry.
+        critical: usize,
+    },
+    /// Breaking: the entry is made invalid (V = 0) first, so the SMMU sees the old entry,
+    /// then none (transactions abort with C_BAD_STE / C_BAD_CD), then the new one.
+    Breaking,
+}
+
+/// The ordered word stores of an entry update; see [`plan_entry_update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePlan {
+    writes: [WordWrite; 3 * ENTRY_WORDS],
+    len: usize,
+    kind: UpdateKind,
+}
+
+impl UpdatePlan {
+    /// The stores, in order.
+    pub fn writes(&self) -> &[WordWrite] {
+        &self.writes[..self.len]
+    }
+
+    /// Which kind of update this is.
+    pub fn kind(&self) -> UpdateKind {
+        self.kind
+    }
+
+    /// Stores every word of `values` that differs from `state` among `words`, tracking `state`;
+    /// the last store of the step asks for a sync.
+    fn step(&mut self, state: &mut EntryWords, values: &EntryWords, words: impl Iterator<Item = usize>) {
+        let before = self.len;
+        for i in words {
+            if state[i] != values[i] {
+                self.writes[self.len] = WordWrite { word: i, value: values[i], sync_after: false };
+                self.len += 1;
+                state[i] = values[i];
+            }
+        }
+        if self.len > before {
+            self.writes[self.len - 1].sync_after = true;
+        }
+    }
+}
+
+/// Plans the change of a live entry (STE or CD) from `current` to `target` so that the SMMU,
+/// reading words at arbitrary moments and caching the entry until invalidated, only ever acts
+/// on the old entry, an invalid one, or the new one: never a valid mix.
+///
+/// `used` gives the bits the SMMU reads for an entry; `valid_word` is the word holding V (and
+/// the configuration), which is also what a breaking update clears first. The method (the one
+/// Linux has used since 2024, here written from the spec's rules): first store, everywhere,
+/// the target's value of every bit the current entry does not use (invisible); if then a single
+/// word still has to change in bits the target uses, store it (one 64-bit store switches the
+/// entry: hitless), then clear the bits the target does not use. Otherwise, clear the valid
+/// word (V = 0), store the other words, then the valid word. Each step ends with an
+/// invalidation + sync so the next step cannot be observed before the previous one.
+pub fn plan_entry_update(
+    current: &EntryWords,
+    target: &EntryWords,
+    used: fn(&EntryWords) -> EntryWords,
+    valid_word: usize,
+) -> UpdatePlan {
+    let mut plan = UpdatePlan {
+        writes: [WordWrite { word: 0, value: 0, sync_after: false }; 3 * ENTRY_WORDS],
+        len: 0,
+        kind: UpdateKind::Unchanged,
+    };
+    let cur_used = used(current);
+    let target_used = used(target);
+    let mut unused_update = [0u64; ENTRY_WORDS];
+    let mut critical = [false; ENTRY_WORDS];
+    let mut n_critical = 0;
+    for i in 0..ENTRY_WORDS {
+        unused_update[i] = (current[i] & cur_used[i]) | (target[i] & !cur_used[i]);
+        // Still wrong in a bit the target uses (or sets) after the invisible stores?
+        if unused_update[i] & target_used[i] != target[i] {
+            critical[i] = true;
+            n_critical += 1;
+        }
+    }
+    let mut state = *current;
+    let all = || 0..ENTRY_WORDS;
+    match n_critical {
+        0 => {
+            plan.step(&mut state, target, all());
+            plan.kind = if plan.len == 0 { UpdateKind::Unchanged } else { UpdateKind::UnusedBitsOnly };
+        }
+        1 => {
+            let c = critical.iter().position(|&x| x).unwrap_or(valid_word);
+            // The critical word is stored whole in the next step.
+            unused_update[c] = current[c];
+            plan.step(&mut state, &unused_update, all());
+            plan.step(&mut state, target, core::iter::once(c));
+            plan.step(&mut state, target, all());
+            plan.kind = UpdateKind::Hitless { critical: c };
+        }
+        _ => {
+            let mut invalid = state;
+            invalid[valid_word] = 0;
+            plan.step(&mut state, &invalid, core::iter::once(valid_word));
+            plan.step(&mut state, target, all().filter(|&i| i != valid_word));
+            plan.step(&mut state, target, core::iter::once(valid_word));
+            plan.kind = UpdateKind::Breaking;
+        }
+    }
+    plan
+}
+
+/// [`plan_entry_update`] for STEs.
+pub fn plan_ste_update(current: &EntryWords, target: &EntryWords) -> UpdatePlan {
+    plan_entry_update(current, target, ste_used_bits, 0)
+}
+
+/// How the stream table is laid out (SMMU_STRTAB_BASE_CFG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTableGeometry {
+    /// One array of `2^log2_entries` STEs indexed by StreamID.
+    Linear {
+        /// LOG2SIZE: StreamIDs at or above `2^log2_entries` are rejected (C_BAD_STREAMID).
+        log2_entries: u8,
+    },
+    /// A level-1 array of descriptors, each pointing to `2^split` STEs created on demand.
+    TwoLevel {
+        /// LOG2SIZE: StreamID bits covered.
+        sid_bits: u8,
+        /// SPLIT: StreamID bits resolved by the level-2 tables (6, 8 or 10).
+        split: u8,
+    },
+}
+
+/// Why the stream table cannot be built or used as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTableError {
+    /// The geometry is not one the architecture or the SMMU allows.
+    Geometry(&'static str),
+    /// The StreamID is outside the table.
+    StreamIdOutOfRange {
+        /// The StreamID.
+        sid: u32,
+        /// The first StreamID the table does not cover.
+        limit: u64,
+    },
+    /// No level-2 table covers the StreamID yet ([`StreamTable::ensure_level2`] creates it).
+    NoLevel2(u32),
+    /// The HAL had no frame for a table.
+    OutOfMemory,
+    /// The entry cannot be encoded or is not supported.
+    Entry(SteError),
+    /// The invalidation of the SMMU's cached copy failed.
+    Invalidation(CmdqError),
+}
+
+impl fmt::Display for StreamTableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Geometry(why) => write!(f, "invalid stream table geometry: {why}"),
+            Self::StreamIdOutOfRange { sid, limit } => {
+                write!(f, "StreamID {sid:#x} is outside the stream table (limit {limit:#x})")
+            }
+            Self::NoLevel2(sid) => write!(f, "no level-2 stream table covers StreamID {sid:#x}"),
+            Self::OutOfMemory => f.write_str("out of memory for a stream table"),
+            Self::Entry(e) => write!(f, "bad stream table entry: {e}"),
+            Self::Invalidation(e) => write!(f, "stream table invalidation failed: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for StreamTableError {}
+
+impl From<SteError> for StreamTableError {
+    fn from(e: SteError) -> Self {
+        Self::Entry(e)
+    }
+}
+
+/// Where an STE lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteLocation {
+    /// Entry `index` of the linear table.
+    Linear {
+        /// Index of the STE.
+        index: u64,
+    },
+    /// Entry `l2_index` of the level-2 table of level-1 descriptor `l1_index`.
+    TwoLevel {
+        /// Index of the level-1 descriptor.
+        l1_index: u64,
+        /// Index of the STE in its level-2 table.
+        l2_index: u64,
+    },
+}
+
+/// The largest table or level-2 array the HAL can give as one frame (FrameSize's 1 GiB).
+const MAX_FRAME_LOG2: u32 = 30;
+
+impl StreamTableGeometry {
+    /// A linear table of `2^log2_entries` STEs (one frame of `64 << log2_entries` bytes).
+    pub const fn linear(log2_entries: u8) -> Result<Self, StreamTableError> {
+        if log2_entries as u32 + 6 > MAX_FRAME_LOG2 || log2_entries > 32 {
+            return Err(StreamTableError::Geometry("linear table larger than one frame"));
+        }
+        Ok(Self::Linear { log2_entries })
+    }
+
+    /// A 2-level table covering `sid_bits` StreamID bits with level-2 tables of `2^split` STEs.
+    pub const fn two_level(sid_bits: u8, split: u8) -> Result<Self, StreamTableError> {
+        if !matches!(split, 6 | 8 | 10) {
+            return Err(StreamTableError::Geometry("SPLIT must be 6, 8 or 10"));
+        }
+        if sid_bits > 32 || sid_bits < split {
+            return Err(StreamTableError::Geometry("StreamID bits must be in SPLIT..=32"));
+        }
+        if (sid_bits - split) as u32 + 3 > MAX_FRAME_LOG2 {
+            return Err(StreamTableError::Geometry("level-1 table larger than one frame"));
+        }
+        Ok(Self::TwoLevel { sid_bits, split })
+    }
+
+    /// What the driver uses by default: 2-level with 256-STE level-2 tables (one per PCI bus)
+    /// when the SMMU supports it and has more StreamID bits than that, else linear over all
+    /// StreamID bits.
+    pub fn for_features(f: &Features) -> Result<Self, StreamTableError> {
+        const SPLIT: u8 = 8;
+        match f.stream_table {
+            StreamTableLevels::TwoLevel if f.sid_bits > SPLIT => Self::two_level(f.sid_bits, SPLIT),
+            StreamTableLevels::Linear | StreamTableLevels::TwoLevel => Self::linear(f.sid_bits),
+            StreamTableLevels::Reserved(_) => Err(StreamTableError::Geometry("reserved ST_LEVEL")),
+        }
+    }
+
+    /// Checks the geometry against the SMMU: LOG2SIZE ≤ IDR1.SIDSIZE, and 2-level tables only
+    /// with IDR0.ST_LEVEL = 2-level.
+    pub fn check_features(&self, f: &Features) -> Result<(), StreamTableError> {
+        if self.log2_size() > f.sid_bits {
+            return Err(StreamTableError::Geometry("more StreamID bits than IDR1.SIDSIZE"));
+        }
+        if matches!(self, Self::TwoLevel { .. }) && f.stream_table != StreamTableLevels::TwoLevel {
+            return Err(StreamTableError::Geometry("2-level stream tables not supported"));
+        }
+        Ok(())
+    }
+
+    /// STRTAB_BASE_CFG.LOG2SIZE.
+    pub const fn log2_size(&self) -> u8 {
+        match *self {
+            Self::Linear { log2_entries } => log2_entries,
+            Self::TwoLevel { sid_bits, .. } => sid_bits,
+        }
+    }
+
+    /// The first StreamID the table does not cover.
+    pub const fn sid_limit(&self) -> u64 {
+        1 << self.log2_size()
+    }
+
+    /// The SMMU_STRTAB_BASE_CFG value for this geometry.
+    pub fn base_cfg(&self) -> u32 {
+        let value: FieldValue<u32, STRTAB_BASE_CFG::Register> = match *self {
+            Self::Linear { log2_entries } => {
+                STRTAB_BASE_CFG::LOG2SIZE.val(u32::from(log2_entries)) + STRTAB_BASE_CFG::FMT::Linear
+            }
+            Self::TwoLevel { sid_bits, split } => {
+                STRTAB_BASE_CFG::LOG2SIZE.val(u32::from(sid_bits))
+                    + STRTAB_BASE_CFG::SPLIT.val(u32::from(split))
+                    + STRTAB_BASE_CFG::FMT::TwoLevel
+            }
+        };
+        value.value
+    }
+
+    /// log2 of the bytes of the table STRTAB_BASE points to (the linear table or level 1).
+    const fn base_log2_bytes(&self) -> u32 {
+        match *self {
+            Self::Linear { log2_entries } => log2_entries as u32 + 6,
+            Self::TwoLevel { sid_bits, split } => (sid_bits - split) as u32 + 3,
+        }
+    }
+
+    /// Level-2 table size: `2^split` STEs (2-level only).
+    pub const fn level2_entries(&self) -> u64 {
+        match *self {
+            Self::Linear { .. } => 0,
+            Self::TwoLevel { split, .. } => 1 << split,
+        }
+    }
+
+    /// Where the STE of `sid` lives.
+    pub const fn locate(&self, sid: u32) -> Result<SteLocation, StreamTableError> {
+        let limit = self.sid_limit();
+        if sid as u64 >= limit {
+            return Err(StreamTableError::StreamIdOutOfRange { sid, limit });
+        }
+        Ok(match *self {
+            Self::Linear { .. } => SteLocation::Linear { index: sid as u64 },
+            Self::TwoLevel { split, .. } => SteLocation::TwoLevel {
+                l1_index: (sid as u64) >> split,
+                l2_index: (sid as u64) & ((1 << split) - 1),
+            },
+        })
+    }
+}
+
+/// A level-1 stream table descriptor (5.3): Span [4:0], L2Ptr [51:6].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L1Descriptor {
+    /// The level-2 table.
+    pub l2: PhysAddr,
+    /// log2 of its STEs plus one (0 = invalid, no level-2 table).
+    pub span: u8,
+}
+
+impl L1Descriptor {
+    /// The descriptor of a level-2 table of `2^split` STEs at `l2`.
+    pub fn new(l2: PhysAddr, split: u8) -> Result<Self, SteError> {
+        check_addr("L2Ptr", l2.as_u64(), (STE_BYTES as u64) << split)?;
+        Ok(Self { l2, span: split + 1 })
+    }
+
+    /// Its 64-bit encoding.
+    pub const fn encode(&self) -> u64 {
+        place(self.span as u64, L1STD_SPAN.0, L1STD_SPAN.1) | (self.l2.as_u64() & m(L1STD_L2PTR))
+    }
+
+    /// Decodes a descriptor; `None` when Span is 0 (no level-2 table).
+    pub const fn decode(raw: u64) -> Option<Self> {
+        let span = field(raw, L1STD_SPAN.0, L1STD_SPAN.1) as u8;
+        if span == 0 {
+            None
+        } else {
+            Some(Self { l2: PhysAddr::new(raw & m(L1STD_L2PTR)), span })
+        }
+    }
+}
+
+
+/// The `index`th 64-bit word of the frame at `table`.
+///
+/// # Safety
+/// `table` must be a frame `hal` allocated, and `index * 8` must be inside it.
+unsafe fn word_ptr<H: Hal>(hal: &H, table: PhysAddr, index: u64) -> NonNull<u64> {
+    // SAFETY: the caller keeps the offset inside the frame, so the result stays in the same
+    // allocation; HAL frames are at least 4 KiB aligned, so every word is 8-byte aligned.
+    unsafe { hal.phys_to_virt(table).cast::<u64>().add(index as usize) }
+}
+
+/// Stores `value` to word `index` of the frame at `table` with one single-copy atomic store,
+/// then cleans it to the point of coherency if `clean` (a non-coherent SMMU).
+///
+/// # Safety
+/// As for [`word_ptr`]; and no other CPU writes the word concurrently (the tables' `&mut self`).
+pub(crate) unsafe fn store_word<H: Hal>(hal: &H, clean: bool, table: PhysAddr, index: u64, value: u64) {
+    // SAFETY: forwarded from the caller.
+    let ptr = unsafe { word_ptr(hal, table, index) };
+    // SAFETY: a valid, aligned word of a frame we own. A volatile aligned 64-bit store is one
+    // single-copy atomic access on AArch64 and x86-64, which the SMMU's 64-bit reads rely on.
+    unsafe { ptr.as_ptr().write_volatile(value) };
+    if clean {
+        hal.clean_to_poc(ptr.cast(), 8);
+    }
+}
+
+/// Loads word `index` of the frame at `table`.
+///
+/// # Safety
+/// As for [`word_ptr`].
+pub(crate) unsafe fn load_word<H: Hal>(hal: &H, table: PhysAddr, index: u64) -> u64 {
+    // SAFETY: forwarded from the caller; the word is valid and aligned.
+    unsafe { word_ptr(hal, table, index).as_ptr().read_volatile() }
+}
+
+/// The frame holding `2^log2_bytes` bytes (at least 4 KiB).
+pub(crate) fn frame_for(log2_bytes: u32) -> Option<FrameSize> {
+    FrameSize::from_log2(log2_bytes.max(12))
+}
+
+/// The stream table of one SMMU in HAL frames: the linear table, or the level-1 table and the
+/// level-2 tables created by [`ensure_level2`](Self::ensure_level2).
+///
+/// Updates take `&mut self`: the embedder serialises attach/detach per SMMU. Frames are not
+/// freed on drop (the SMMU may still walk them); [`StreamTable::free`] returns them once it
+/// cannot.
+pub struct StreamTable<H: Hal> {
+    hal: H,
+    geometry: StreamTableGeometry,
+    base: PhysAddr,
+    base_frame: FrameSize,
+    /// Clean written words to the point of coherency (IDR0.COHACC = 0).
+    clean: bool,
+}
+
+impl<H: Hal> fmt::Debug for StreamTable<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamTable")
+            .field("geometry", &self.geometry)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hal> StreamTable<H> {
+    /// Allocates the table. Every STE of a linear table starts as abort (V = 1, Config =
+    /// abort), so unconfigured streams are blocked; in a 2-level table every level-1
+    /// descriptor starts invalid, so their streams are blocked too (with C_BAD_STREAMID).
+    /// `coherent` is IDR0.COHACC: without it every store is cleaned to the point of coherency.
+    pub fn new(hal: H, geometry: StreamTableGeometry, coherent: bool) -> Result<Self, StreamTableError> {
+        let base_frame =
+            frame_for(geometry.base_log2_bytes()).ok_or(StreamTableError::Geometry("table size"))?;
+        let base = hal.alloc_frame(base_frame).ok_or(StreamTableError::OutOfMemory)?;
+        let table = Self { hal, geometry, base, base_frame, clean: !coherent };
+        if let StreamTableGeometry::Linear { log2_entries } = geometry {
+            table.fill_abort(base, 1u64 << log2_entries)?;
+        }
+        Ok(table)
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> StreamTableGeometry {
+        self.geometry
+    }
+
+    /// The SMMU_STRTAB_BASE value: the table's address, with the read-allocate hint.
+    pub fn base_register(&self) -> u64 {
+        (STRTAB_BASE::ADDR.val(self.base.as_u64() >> 6) + STRTAB_BASE::RA::SET).value
+    }
+
+    /// The SMMU_STRTAB_BASE_CFG value.
+    pub fn base_cfg_register(&self) -> u32 {
+        self.geometry.base_cfg()
+    }
+
+    /// Bytes of the frame at `table`: the base table or a level-2 table.
+    fn frame_bytes(&self, table: PhysAddr) -> u64 {
+        if table == self.base {
+            self.base_frame.bytes() as u64
+        } else {
+            STE_BYTES as u64 * self.geometry.level2_entries()
+        }
+    }
+
+    fn store(&self, table: PhysAddr, index: u64, value: u64) {
+        if (index + 1) * 8 > self.frame_bytes(table) {
+            return;
+        }
+        // SAFETY: `table` is the base frame or a level-2 frame this table allocated (callers
+        // take it from `self.base` or a descriptor we wrote), the index was just checked, and
+        // `&mut self` (or construction) excludes other CPU writers.
+        unsafe { store_word(&self.hal, self.clean, table, index, value) }
+    }
+
+    fn load(&self, table: PhysAddr, index: u64) -> u64 {
+        if (index + 1) * 8 > self.frame_bytes(table) {
+            return 0;
+        }
+        // SAFETY: as for `store`.
+        unsafe { load_word(&self.hal, table, index) }
+    }
+
+    fn fill_abort(&self, table: PhysAddr, entries: u64) -> Result<(), StreamTableError> {
+        let abort = StreamTableEntry::abort().encode()?;
+        for e in 0..entries {
+            for (w, value) in abort.iter().enumerate() {
+                if *value != 0 {
+                    self.store(table, e * ENTRY_WORDS as u64 + w as u64, *value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The STE of `sid`: its table and the index of its first word.
+    fn ste_words_at(&self, sid: u32) -> Result<(PhysAddr, u64), StreamTableError> {
+        match self.geometry.locate(sid)? {
+            SteLocation::Linear { index } => Ok((self.base, index * ENTRY_WORDS as u64)),
+            SteLocation::TwoLevel { l1_index, l2_index } => {
+                match L1Descriptor::decode(self.load(self.base, l1_index)) {
+                    Some(d) => Ok((d.l2, l2_index * ENTRY_WORDS as u64)),
+                    None => Err(StreamTableError::NoLevel2(sid)),
+                }
+            }
+        }
+    }
+
+    /// Makes sure a level-2 table covers `sid` (2-level tables; a no-op for linear ones).
+    /// A new level-2 table has every STE at abort and is fully written before the level-1
+    /// descriptor that makes it reachable. Returns whether one was installed; the caller then
+    /// issues CMD_CFGI_STE (leaf = false) + CMD_SYNC for `sid` before relying on the SMMU to
+    /// have dropped a cached invalid descriptor (invalid descriptors are not normally cached,
+    /// so QEMU and Linux do without).
+    pub fn ensure_level2(&mut self, sid: u32) -> Result<bool, StreamTableError> {
+        let StreamTableGeometry::TwoLevel { split, .. } = self.geometry else {
+            self.geometry.locate(sid)?;
+            return Ok(false);
+        };
+        let SteLocation::TwoLevel { l1_index, .. } = self.geometry.locate(sid)? else {
+            return Ok(false);
+        };
+        if L1Descriptor::decode(self.load(self.base, l1_index)).is_some() {
+            return Ok(false);
+        }
+        let frame = frame_for(u32::from(split) + 6).ok_or(StreamTableError::Geometry("table size"))?;
+        let l2 = self.hal.alloc_frame(frame).ok_or(StreamTableError::OutOfMemory)?;
+        self.fill_abort(l2, 1 << split)?;
+        let desc = L1Descriptor::new(l2, split)?;
+        // The level-2 STEs must be visible before the descriptor: the same barrier a queue
+        // publication uses orders the normal-memory stores for the SMMU's reads.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.store(self.base, l1_index, desc.encode());
+        Ok(true)
+    }
+
+    /// The current eight words of the STE of `sid`.
+    pub fn entry(&self, sid: u32) -> Result<EntryWords, StreamTableError> {
+        let (table, first) = self.ste_words_at(sid)?;
+        let mut words = [0u64; ENTRY_WORDS];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = self.load(table, first + i as u64);
+        }
+        Ok(words)
+    }
+
+    /// Installs `ste` for `sid` on a live SMMU: creates the level-2 table if needed, then
+    /// performs the [`plan_ste_update`] stores, calling `invalidate` with the
+    /// CMD_CFGI_STE to issue (followed by a CMD_SYNC, and waited for) after each step.
+    /// Returns the kind of update that was made.
+    pub fn install(
+        &mut self,
+        sid: u32,
+        ste: &StreamTableEntry,
+        mut invalidate: impl FnMut(Command) -> Result<(), CmdqError>,
+    ) -> Result<UpdateKind, StreamTableError> {
+        let target = ste.encode()?;
+        if self.ensure_level2(sid)? {
+            invalidate(Command::CfgiSte { sid, leaf: false }).map_err(StreamTableError::Invalidation)?;
+        }
+        let (table, first) = self.ste_words_at(sid)?;
+        let current = self.entry(sid)?;
+        let plan = plan_ste_update(&current, &target);
+        for write in plan.writes() {
+            self.store(table, first + write.word as u64, write.value);
+            if write.sync_after {
+                invalidate(Command::CfgiSte { sid, leaf: true })
+                    .map_err(StreamTableError::Invalidation)?;
+            }
+        }
+        Ok(plan.kind())
+    }
+
+    /// Returns every frame of the table to the HAL.
+    ///
+    /// # Safety
+    /// The SMMU must no longer use the table: SMMU_CR0.SMMUEN is 0 (acknowledged), or
+    /// SMMU_STRTAB_BASE points elsewhere and a CMD_CFGI_ALL + CMD_SYNC has completed.
+    pub unsafe fn free(self) {
+        if let StreamTableGeometry::TwoLevel { sid_bits, split } = self.geometry {
+            if let Some(l2_frame) = frame_for(u32::from(split) + 6) {
+                for l1 in 0..1u64 << (sid_bits - split) {
+                    if let Some(d) = L1Descriptor::decode(self.load(self.base, l1)) {
+                        // SAFETY: installed by `ensure_level2` from `alloc_frame(l2_frame)`;
+                        // the caller guarantees the SMMU no longer walks it.
+                        unsafe { self.hal.free_frame(d.l2, l2_frame) };
+                    }
+                }
+            }
+        }
+        // SAFETY: allocated in `new` with this size; unused per the caller.
+        unsafe { self.hal.free_frame(self.base, self.base_frame) };
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

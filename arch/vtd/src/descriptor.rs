@@ -1,0 +1,1210 @@
+//! Invalidation descriptors (VT-d spec 6.5.2): the commands software puts in the invalidation
+//! queue to flush the unit's caches, and the choice between page-selective and domain-selective
+//! IOTLB invalidation for a set of IOVA ranges.
+//!
+//! Each descriptor type is a typed value ([`Descriptor`]); [`Descriptor::encode`] is the one place
+//! the bits are laid out. Descriptors are 128 bits in a 128-bit queue and 256 bits in a 256-bit
+//! queue (IQA.DW, needed in scalable mode); the PASID-granular types exist only in 256-bit
+//! queues. Field checks that QEMU 10.0 applies (reserved bits, AM ≤ MAMV, no SW together with IF
+//! in a wait descriptor) are honoured by construction.
+
+use core::fmt;
+
+use iommu::addr::{Iova, PhysAddr};
+
+use crate::caps::Capability;
+use crate::pasid::Pasid;
+use crate::root_table::{DomainId, SourceId};
+
+/// The largest invalidation address mask: 2^52 pages cover the whole 64-bit space.
+const MAX_ORDER: u8 = 52;
+
+/// Why a descriptor cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescriptorError {
+    /// A page-selective address is not aligned to the 2^`am` pages it covers.
+    MisalignedBlock { addr: Iova, am: u8 },
+    /// The address mask is above what the unit supports (CAP.MAMV, or 52).
+    MaskTooLarge { am: u8, max: u8 },
+    /// A wait descriptor's status address is not 4-byte aligned (bits 1:0 are reserved).
+    MisalignedStatus { addr: PhysAddr },
+    /// A device's invalidate queue depth (ATS capability, 5 bits) above 31.
+    QueueDepthOutOfRange { depth: u8 },
+}
+
+impl fmt::Display for DescriptorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::MisalignedBlock { addr, am } => {
+                write!(f, "VT-d: {addr} is not aligned to a block of 2^{am} pages")
+            }
+            Self::MaskTooLarge { am, max } => {
+                write!(f, "VT-d: address mask {am} above the supported {max}")
+            }
+            Self::MisalignedStatus { addr } => {
+                write!(f, "VT-d: wait status address {addr} is not 4-byte aligned")
+            }
+            Self::QueueDepthOutOfRange { depth } => {
+                write!(
+                    f,
+                    "VT-d: ATS invalidate queue depth {depth} does not fit in 5 bits"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for DescriptorError {}
+
+/// A naturally aligned block of 2^`am` 4 KiB pages: what page-selective invalidations name
+/// (ADDR and AM fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBlock {
+    addr: Iova,
+    am: u8,
+}
+
+impl PageBlock {
+    /// The block of 2^`am` pages starting at `addr`, which must be aligned to the block size.
+    pub const fn new(addr: Iova, am: u8) -> Result<Self, DescriptorError> {
+        if am > MAX_ORDER {
+            return Err(DescriptorError::MaskTooLarge { am, max: MAX_ORDER });
+        }
+        if !block_aligned(addr, am) {
+            return Err(DescriptorError::MisalignedBlock { addr, am });
+        }
+        Ok(Self { addr, am })
+    }
+
+    /// One 4 KiB page (the low 12 bits of `addr` are dropped).
+    pub const fn page(addr: Iova) -> Self {
+        Self {
+            addr: Iova::new(addr.as_u64() & !0xfff),
+            am: 0,
+        }
+    }
+
+    pub const fn addr(&self) -> Iova {
+        self.addr
+    }
+
+    pub const fn am(&self) -> u8 {
+        self.am
+    }
+
+    /// Bytes covered (`u64::MAX` for the whole 64-bit space, AM 52).
+    pub const fn bytes(&self) -> u64 {
+        match 1u64.checked_shl(12 + self.am as u32) {
+            Some(b) => b,
+            None => u64::MAX,
+        }
+    }
+
+    /// `Ok` if the unit accepts this mask (AM ≤ CAP.MAMV).
+    pub const fn check_mamv(&self, mamv: u8) -> Result<(), DescriptorError> {
+        if self.am > mamv {
+            Err(DescriptorError::MaskTooLarge {
+                am: self.am,
+                max: mamv,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// ADDR(63:12) | IH(6) | AM(5:0): the second quadword of IOTLB and PASID-IOTLB descriptors
+    /// and the layout of the IVA register.
+    const fn address_word(&self, leaf_only: bool) -> u64 {
+        self.addr.as_u64() | (leaf_only as u64) << 6 | self.am as u64
+    }
+}
+
+/// Function Mask of a device-selective context-cache invalidation: which low bits of the
+/// source id's function number to ignore (so one descriptor covers several functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionMask {
+    /// Only the function named.
+    None,
+    /// Ignore function bit 2.
+    Bit2,
+    /// Ignore function bits 2:1.
+    Bits2To1,
+    /// Ignore function bits 2:0: every function of the device.
+    AllFunctions,
+}
+
+impl FunctionMask {
+    pub const fn bits(self) -> u64 {
+        match self {
+            Self::None => 0,
+            Self::Bit2 => 1,
+            Self::Bits2To1 => 2,
+            Self::AllFunctions => 3,
+        }
+    }
+}
+
+/// What a context-cache invalidation (6.5.2.1) covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextCacheScope {
+    Global,
+    Domain(DomainId),
+    /// The context entries of `source` (and the functions `mask` adds), which were tagged with
+    /// `domain`.
+    Device {
+        domain: DomainId,
+        source: SourceId,
+        mask: FunctionMask,
+    },
+}
+
+/// Whether the unit drains DMA reads/writes before an IOTLB invalidation completes (DR, DW:
+/// set when CAP.DRD/CAP.DWD say the unit supports it; always from major version 2 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drain {
+    pub reads: bool,
+    pub writes: bool,
+}
+
+impl Drain {
+    /// Drain whatever the unit can drain.
+    pub const fn for_unit(cap: Capability) -> Self {
+        Self {
+            reads: cap.drd(),
+            writes: cap.dwd(),
+        }
+    }
+}
+
+/// What an IOTLB invalidation (6.5.2.3) covers. In scalable mode it also flushes first-stage
+/// and nested mappings of the domain (all of them, even when page-selective); use
+/// [`PasidIotlbScope`] for those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IotlbScope {
+    Global,
+    Domain(DomainId),
+    /// The pages of `block` in `domain`. `leaf_only` (IH) tells the unit only leaf entries
+    /// changed, so it may keep cached upper-level (paging-structure) entries.
+    Pages {
+        domain: DomainId,
+        block: PageBlock,
+        leaf_only: bool,
+    },
+}
+
+/// What a PASID-cache invalidation (6.5.2.2) covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasidCacheScope {
+    /// Every PASID entry tagged with the domain (G = 00).
+    Domain(DomainId),
+    /// One PASID of the domain (G = 01).
+    Pasid { domain: DomainId, pasid: Pasid },
+    /// Everything (G = 11).
+    Global,
+}
+
+/// What a PASID-based IOTLB invalidation (6.5.2.4) covers: first-stage and nested mappings
+/// of one PASID (second-stage and pass-through ones only with the PASID-selective form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasidIotlbScope {
+    /// All mappings of the PASID in the domain, globals excepted (G = 10).
+    Pasid { domain: DomainId, pasid: Pasid },
+    /// The pages of `block` for the PASID (G = 11).
+    Pages {
+        domain: DomainId,
+        pasid: Pasid,
+        block: PageBlock,
+        leaf_only: bool,
+    },
+}
+
+/// The range of a device-TLB invalidation, encoded with the ATS size bit S: with S = 1 the
+/// lowest 0 bit of ADDR[63:12] tells the size (PCIe ATS, invalidate request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceTlbRange {
+    /// One 4 KiB page (S = 0).
+    Page(Iova),
+    /// 2^`order` pages (order 1..=52) starting at `addr`, aligned to that size.
+    Block { addr: Iova, order: u8 },
+    /// The whole address space.
+    All,
+}
+
+impl DeviceTlbRange {
+    /// ADDR(63:12) with the size encoding applied, and S.
+    const fn encode(self) -> Result<(u64, bool), DescriptorError> {
+        match self {
+            Self::Page(a) => Ok((a.as_u64() & !0xfff, false)),
+            Self::All => Ok((size_encoded(0, MAX_ORDER), true)),
+            Self::Block { addr, order: 0 } => Ok((addr.as_u64() & !0xfff, false)),
+            Self::Block { addr, order } => {
+                if order > MAX_ORDER {
+                    return Err(DescriptorError::MaskTooLarge {
+                        am: order,
+                        max: MAX_ORDER,
+                    });
+                }
+                if !block_aligned(addr, order) {
+                    return Err(DescriptorError::MisalignedBlock { addr, am: order });
+                }
+                Ok((size_encoded(addr.as_u64(), order), true))
+            }
+        }
+    }
+}
+
+/// Whether `addr` starts a block of 2^`order` pages (order ≤ 52; 52 is the whole space, whose
+/// only start is 0).
+const fn block_aligned(addr: Iova, order: u8) -> bool {
+    match 1u64.checked_shl(12 + order as u32) {
+        Some(size) => addr.is_aligned(size),
+        None => addr.as_u64() == 0,
+    }
+}
+
+/// ADDR bits 12 .. 12 + order - 2 set to 1, bit 12 + order - 1 left 0 (the address is aligned):
+/// order 1 (8 KiB) sets nothing, order 2 (16 KiB) sets bit 12, order 52 sets bits 62:12.
+const fn size_encoded(addr: u64, order: u8) -> u64 {
+    let ones = (1u64 << (12 + order as u32 - 1)) - 1;
+    (addr | ones) & !0xfff
+}
+
+/// The device-side fields of a device-TLB invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtsTarget {
+    /// The device (its requester id).
+    pub source: SourceId,
+    /// PFSID: the physical function of an SR-IOV virtual function. Only with ECAP.DIT; QEMU
+    /// 10.0 treats the field as reserved, so leave `None` there.
+    pub physical_function: Option<SourceId>,
+    /// MIP: the device's Invalidate Queue Depth from its ATS capability (0 means 32).
+    queue_depth: u8,
+}
+
+impl AtsTarget {
+    pub const fn new(
+        source: SourceId,
+        physical_function: Option<SourceId>,
+        queue_depth: u8,
+    ) -> Result<Self, DescriptorError> {
+        if queue_depth > 31 {
+            return Err(DescriptorError::QueueDepthOutOfRange { depth: queue_depth });
+        }
+        Ok(Self {
+            source,
+            physical_function,
+            queue_depth,
+        })
+    }
+
+    /// PFSID split over bits 15:12 (function bits 3:0) and 63:52 (bits 15:4).
+    const fn pfsid_bits(&self) -> u64 {
+        match self.physical_function {
+            Some(pf) => {
+                let v = pf.raw() as u64;
+                (v & 0xf) << 12 | (v >> 4) << 52
+            }
+            None => 0,
+        }
+    }
+}
+
+/// What the unit does when it reaches a wait descriptor (6.5.2.8). QEMU 10.0 aborts if both a
+/// status write and an interrupt are requested, so the two are exclusive here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitAction {
+    /// SW: write `data` to the 4-byte aligned `addr`.
+    StatusWrite { addr: PhysAddr, data: u32 },
+    /// IF: set ICS.IWC and raise the invalidation completion event.
+    Interrupt,
+}
+
+/// An invalidation wait descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    action: WaitAction,
+    /// FN: descriptors after this one are not processed until it completes.
+    pub fence: bool,
+}
+
+impl Wait {
+    /// A wait that writes `data` to `addr` once every earlier descriptor has completed.
+    pub const fn status_write(addr: PhysAddr, data: u32) -> Result<Self, DescriptorError> {
+        if !addr.is_aligned(4) {
+            return Err(DescriptorError::MisalignedStatus { addr });
+        }
+        Ok(Self {
+            action: WaitAction::StatusWrite { addr, data },
+            fence: false,
+        })
+    }
+
+    /// A wait that raises the completion interrupt.
+    pub const fn interrupt() -> Self {
+        Self {
+            action: WaitAction::Interrupt,
+            fence: false,
+        }
+    }
+
+    pub const fn with_fence(self) -> Self {
+        Self {
+            fence: true,
+            ..self
+        }
+    }
+
+    pub const fn action(&self) -> WaitAction {
+        self.action
+    }
+}
+
+/// One invalidation descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Descriptor {
+    /// 6.5.2.1 Context-cache invalidate (type 1).
+    ContextCache(ContextCacheScope),
+    /// 6.5.2.3 IOTLB invalidate (type 2).
+    Iotlb { scope: IotlbScope, drain: Drain },
+    /// 6.5.2.5 Device-TLB invalidate (type 3), for requests without PASID.
+    DeviceTlb {
+        target: AtsTarget,
+        range: DeviceTlbRange,
+    },
+    /// 6.5.2.4 PASID-based IOTLB invalidate (type 6, 256-bit queue only).
+    PasidIotlb(PasidIotlbScope),
+    /// 6.5.2.2 PASID-cache invalidate (type 7, 256-bit queue only).
+    PasidCache(PasidCacheScope),
+    /// 6.5.2.6 PASID-based device-TLB invalidate (type 8, 256-bit queue only); `pasid: None`
+    /// invalidates every PASID of the device (G = 1).
+    PasidDeviceTlb {
+        target: AtsTarget,
+        pasid: Option<Pasid>,
+        range: DeviceTlbRange,
+    },
+    /// 6.5.2.8 Invalidation wait (type 5).
+    Wait(Wait),
+    /// Written verbatim: only for tests of the queue's error path (an invalid descriptor makes
+    /// the unit stop with FSTS.IQE).
+    Raw([u64; 4]),
+}
+
+impl Descriptor {
+    /// Whether the descriptor exists only in a 256-bit queue (IQA.DW = 1).
+    pub const fn needs_256_bit(&self) -> bool {
+        matches!(
+            self,
+            Self::PasidIotlb(_) | Self::PasidCache(_) | Self::PasidDeviceTlb { .. }
+        )
+    }
+
+    /// A short name for error reports.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::ContextCache(_) => "context-cache",
+            Self::Iotlb { .. } => "IOTLB",
+            Self::DeviceTlb { .. } => "device-TLB",
+            Self::PasidIotlb(_) => "PASID-based IOTLB",
+            Self::PasidCache(_) => "PASID-cache",
+            Self::PasidDeviceTlb { .. } => "PASID-based device-TLB",
+            Self::Wait(_) => "wait",
+            Self::Raw(_) => "raw",
+        }
+    }
+
+    /// The descriptor's bits, quadword 0 first; quadwords 2 and 3 are zero except for `Raw`.
+    /// In a 128-bit queue only the first two are written. This is the one place every type is
+    /// laid out; the type code is bits 3:0 (bits 11:9 hold type bits 6:4, zero for all types
+    /// here).
+    pub const fn encode(&self) -> Result<[u64; 4], DescriptorError> {
+        const fn did(d: DomainId) -> u64 {
+            (d.raw() as u64) << 16
+        }
+        const fn pasid32(p: Pasid) -> u64 {
+            (p.raw() as u64) << 32
+        }
+        let (w0, w1) = match *self {
+            // w0: type 1, G(5:4) 1/2/3, DID(31:16), SID(47:32), FM(49:48).
+            Self::ContextCache(scope) => match scope {
+                ContextCacheScope::Global => (0x1 | 1 << 4, 0),
+                ContextCacheScope::Domain(d) => (0x1 | 2 << 4 | did(d), 0),
+                ContextCacheScope::Device {
+                    domain,
+                    source,
+                    mask,
+                } => (
+                    0x1 | 3 << 4 | did(domain) | (source.raw() as u64) << 32 | mask.bits() << 48,
+                    0,
+                ),
+            },
+            // w0: type 2, G(5:4) 1/2/3, DW(6), DR(7), DID(31:16); w1: ADDR | IH(6) | AM(5:0).
+            Self::Iotlb { scope, drain } => {
+                let d = (drain.writes as u64) << 6 | (drain.reads as u64) << 7;
+                match scope {
+                    IotlbScope::Global => (0x2 | 1 << 4 | d, 0),
+                    IotlbScope::Domain(dom) => (0x2 | 2 << 4 | d | did(dom), 0),
+                    IotlbScope::Pages {
+                        domain,
+                        block,
+                        leaf_only,
+                    } => (
+                        0x2 | 3 << 4 | d | did(domain),
+                        block.address_word(leaf_only),
+                    ),
+                }
+            }
+            // w0: type 3, PFSID(15:12, 63:52), MIP(20:16), SID(47:32); w1: ADDR | S(0).
+            Self::DeviceTlb { target, range } => {
+                let (addr, s) = match range.encode() {
+                    Ok(v) => v,
+                    Err(e) => return Err(e),
+                };
+                (
+                    0x3 | target.pfsid_bits()
+                        | (target.queue_depth as u64) << 16
+                        | (target.source.raw() as u64) << 32,
+                    addr | s as u64,
+                )
+            }
+            // w0: type 6, G(5:4) 2/3, DID(31:16), PASID(51:32); w1: ADDR | IH(6) | AM(5:0).
+            Self::PasidIotlb(scope) => match scope {
+                PasidIotlbScope::Pasid { domain, pasid } => {
+                    (0x6 | 2 << 4 | did(domain) | pasid32(pasid), 0)
+                }
+                PasidIotlbScope::Pages {
+                    domain,
+                    pasid,
+                    block,
+                    leaf_only,
+                } => (
+                    0x6 | 3 << 4 | did(domain) | pasid32(pasid),
+                    block.address_word(leaf_only),
+                ),
+            },
+            // w0: type 7, G(5:4) 0/1/3, DID(31:16), PASID(51:32).
+            Self::PasidCache(scope) => match scope {
+                PasidCacheScope::Domain(d) => (0x7 | did(d), 0),
+                PasidCacheScope::Pasid { domain, pasid } => {
+                    (0x7 | 1 << 4 | did(domain) | pasid32(pasid), 0)
+                }
+                PasidCacheScope::Global => (0x7 | 3 << 4, 0),
+            },
+            // w0: type 8, MIP(8:4), PFSID(15:12, 63:52), SID(31:16), PASID(51:32);
+            // w1: G(0), S(11), ADDR(63:12).
+            Self::PasidDeviceTlb {
+                target,
+                pasid,
+                range,
+            } => {
+                let (addr, s) = match range.encode() {
+                    Ok(v) => v,
+                    Err(e) => return Err(e),
+                };
+                let (p, g) = match pasid {
+                    Some(p) => (pasid32(p), 0),
+                    None => (0, 1),
+                };
+                (
+                    0x8 | (target.queue_depth as u64) << 4
+                        | target.pfsid_bits()
+                        | (target.source.raw() as u64) << 16
+                        | p,
+                    addr | (s as u64) << 11 | g,
+                )
+            }
+            // w0: type 5, IF(4), SW(5), FN(6), status data(63:32); w1: status address(63:2).
+            Self::Wait(w) => {
+                let f = (w.fence as u64) << 6;
+                match w.action {
+                    WaitAction::StatusWrite { addr, data } => {
+                        (0x5 | 1 << 5 | f | (data as u64) << 32, addr.as_u64())
+                    }
+                    WaitAction::Interrupt => (0x5 | 1 << 4 | f, 0),
+                }
+            }
+            Self::Raw(words) => return Ok(words),
+        };
+        Ok([w0, w1, 0, 0])
+    }
+}
+
+/// An IOVA range to invalidate: `start` up to, not including, `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IovaRange {
+    pub start: Iova,
+    pub end: Iova,
+}
+
+impl IovaRange {
+    /// `len` bytes from `start` (clamped at the top of the address space).
+    pub const fn new(start: Iova, len: u64) -> Self {
+        Self {
+            start,
+            end: Iova::new(start.as_u64().saturating_add(len)),
+        }
+    }
+
+    /// First and last page number, or `None` if empty.
+    const fn pages(&self) -> Option<(u64, u64)> {
+        if self.end.as_u64() <= self.start.as_u64() {
+            return None;
+        }
+        Some((self.start.as_u64() >> 12, (self.end.as_u64() - 1) >> 12))
+    }
+}
+
+/// What bounds the invalidation plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushLimits {
+    /// Page-selective invalidation is available (CAP.PSI).
+    pub page_selective: bool,
+    /// The largest address mask (CAP.MAMV).
+    pub mamv: u8,
+    /// Past this many page-selective descriptors, one domain-selective invalidation is cheaper.
+    pub threshold: usize,
+}
+
+impl FlushLimits {
+    pub const fn for_unit(cap: Capability, threshold: usize) -> Self {
+        Self {
+            page_selective: cap.psi(),
+            mamv: if cap.mamv() > MAX_ORDER {
+                MAX_ORDER
+            } else {
+                cap.mamv()
+            },
+            threshold,
+        }
+    }
+}
+
+/// How to invalidate a set of IOVA ranges in one domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPlan<'a> {
+    /// Nothing to invalidate (every range empty).
+    Nothing,
+    /// One domain-selective invalidation.
+    Domain,
+    /// Page-selective invalidations, one per block of [`FlushPlan::blocks`].
+    Pages {
+        ranges: &'a [IovaRange],
+        mamv: u8,
+        count: usize,
+    },
+}
+
+/// Plans the invalidation of `ranges`: each range gets the smallest aligned power-of-two block
+/// covering it; a range whose block would exceed 2^MAMV pages is tiled with 2^MAMV-page blocks.
+/// If the unit has no page-selective invalidation or the blocks outnumber the threshold, the
+/// plan is one domain-selective invalidation.
+pub fn plan_flush(ranges: &[IovaRange], limits: FlushLimits) -> FlushPlan<'_> {
+    let mut count = 0usize;
+    for r in ranges {
+        count = count.saturating_add(blocks_for(r, limits.mamv).len());
+    }
+    if count == 0 {
+        FlushPlan::Nothing
+    } else if !limits.page_selective || count > limits.threshold {
+        FlushPlan::Domain
+    } else {
+        FlushPlan::Pages {
+            ranges,
+            mamv: limits.mamv,
+            count,
+        }
+    }
+}
+
+impl<'a> FlushPlan<'a> {
+    /// Invalidation descriptors the plan produces (not counting the wait that completes them).
+    pub const fn descriptor_count(&self) -> usize {
+        match *self {
+            Self::Nothing => 0,
+            Self::Domain => 1,
+            Self::Pages { count, .. } => count,
+        }
+    }
+
+    /// The page blocks of a page-selective plan (none for the other plans).
+    pub fn blocks(&self) -> PlanBlocks<'a> {
+        match *self {
+            Self::Pages { ranges, mamv, .. } => PlanBlocks {
+                ranges,
+                mamv,
+                current: None,
+            },
+            _ => PlanBlocks {
+                ranges: &[],
+                mamv: 0,
+                current: None,
+            },
+        }
+    }
+
+    /// The plan as IOTLB descriptors (legacy mode, or second-stage / pass-through PASID
+    /// entries in scalable mode).
+    pub fn iotlb_descriptors(
+        &self,
+        domain: DomainId,
+        drain: Drain,
+        leaf_only: bool,
+    ) -> impl ExactSizeIterator<Item = Descriptor> + Clone + 'a {
+        let domain_wide = matches!(self, Self::Domain).then_some(Descriptor::Iotlb {
+            scope: IotlbScope::Domain(domain),
+            drain,
+        });
+        PlanDescriptors {
+            single: domain_wide,
+            blocks: self.blocks(),
+            remaining: self.descriptor_count(),
+            make: move |block| Descriptor::Iotlb {
+                scope: IotlbScope::Pages {
+                    domain,
+                    block,
+                    leaf_only,
+                },
+                drain,
+            },
+        }
+    }
+
+    /// The plan as PASID-based IOTLB descriptors (first-stage and nested PASID entries).
+    pub fn pasid_iotlb_descriptors(
+        &self,
+        domain: DomainId,
+        pasid: Pasid,
+        leaf_only: bool,
+    ) -> impl ExactSizeIterator<Item = Descriptor> + Clone + 'a {
+        let pasid_wide = matches!(self, Self::Domain).then_some(Descriptor::PasidIotlb(
+            PasidIotlbScope::Pasid { domain, pasid },
+        ));
+        PlanDescriptors {
+            single: pasid_wide,
+            blocks: self.blocks(),
+            remaining: self.descriptor_count(),
+            make: move |block| {
+                Descriptor::PasidIotlb(PasidIotlbScope::Pages {
+                    domain,
+                    pasid,
+                    block,
+                    leaf_only,
+                })
+            },
+        }
+    }
+}
+
+/// The blocks one range needs: a single covering block, or a tiling with 2^mamv-page blocks.
+#[derive(Debug, Clone, Copy)]
+struct RangeBlocks {
+    next_page: u64,
+    end_page: u64,
+    am: u8,
+}
+
+impl RangeBlocks {
+    fn len(&self) -> usize {
+        if self.next_page >= self.end_page {
+            return 0;
+        }
+        let n = (self.end_page - self.next_page) >> self.am;
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+}
+
+impl Iterator for RangeBlocks {
+    type Item = PageBlock;
+
+    fn next(&mut self) -> Option<PageBlock> {
+        if self.next_page >= self.end_page {
+            return None;
+        }
+        let block = PageBlock {
+            addr: Iova::new(self.next_page << 12),
+            am: self.am,
+        };
+        self.next_page = self.next_page.saturating_add(1 << self.am);
+        Some(block)
+    }
+}
+
+fn blocks_for(range: &IovaRange, mamv: u8) -> RangeBlocks {
+    let Some((first, last)) = range.pages() else {
+        return RangeBlocks {
+            next_page: 0,
+            end_page: 0,
+            am: 0,
+        };
+    };
+    // The smallest aligned block holding both first and last page: its order is the number of
+    // low bits in which they differ.
+    let am = (64 - (first ^ last).leading_zeros()) as u8;
+    let am = if am <= mamv { am } else { mamv };
+    let mask = (1u64 << am) - 1;
+    let start = first & !mask;
+    // Pages are at most 2^52, so `last + 1` rounded up cannot overflow.
+    let end = ((last | mask) + 1).min(1 << MAX_ORDER);
+    RangeBlocks {
+        next_page: start,
+        end_page: end,
+        am,
+    }
+}
+
+/// The page blocks of a [`FlushPlan`], range after range.
+#[derive(Debug, Clone)]
+pub struct PlanBlocks<'a> {
+    ranges: &'a [IovaRange],
+    mamv: u8,
+    current: Option<RangeBlocks>,
+}
+
+impl Iterator for PlanBlocks<'_> {
+    type Item = PageBlock;
+
+    fn next(&mut self) -> Option<PageBlock> {
+        loop {
+            if let Some(b) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(b);
+            }
+            let (first, rest) = self.ranges.split_first()?;
+            self.ranges = rest;
+            self.current = Some(blocks_for(first, self.mamv));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct PlanDescriptors<'a, F> {
+    single: Option<Descriptor>,
+    blocks: PlanBlocks<'a>,
+    remaining: usize,
+    make: F,
+}
+
+impl<F: Fn(PageBlock) -> Descriptor> Iterator for PlanDescriptors<'_, F> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        let d = match self.single.take() {
+            Some(d) => Some(d),
+            None => self.blocks.next().map(&self.make),
+        };
+        if d.is_some() {
+            self.remaining = self.remaining.saturating_sub(1);
+        }
+        d
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<F: Fn(PageBlock) -> Descriptor> ExactSizeIterator for PlanDescriptors<'_, F> {}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    fn iova(a: u64) -> Iova {
+        Iova::new(a)
+    }
+
+    fn enc(d: Descriptor) -> [u64; 2] {
+        let w = d.encode().unwrap();
+        assert_eq!(w[2..], [0, 0], "{} uses only 128 bits", d.kind());
+        [w[0], w[1]]
+    }
+
+    fn sid(raw: u16) -> SourceId {
+        SourceId::from_raw(raw)
+    }
+
+    #[test]
+    fn context_cache_descriptors() {
+        // Type 1 in bits 3:0, G in 5:4.
+        // Global: 1 | 1 << 4 = 0x11.
+        assert_eq!(
+            enc(Descriptor::ContextCache(ContextCacheScope::Global)),
+            [0x11, 0]
+        );
+        // Domain 0x1234: 1 | 2 << 4 | 0x1234 << 16 = 0x1234_0021.
+        assert_eq!(
+            enc(Descriptor::ContextCache(ContextCacheScope::Domain(
+                DomainId::new(0x1234)
+            ))),
+            [0x1234_0021, 0]
+        );
+        // Device: DID 5 (0x5_0000), SID 00:03.0 = 0x18 in 47:32, FM 3 in 49:48, G 3 (0x30):
+        // 0x0003_0018_0005_0031.
+        let dev = ContextCacheScope::Device {
+            domain: DomainId::new(5),
+            source: sid(0x18),
+            mask: FunctionMask::AllFunctions,
+        };
+        assert_eq!(
+            enc(Descriptor::ContextCache(dev)),
+            [0x0003_0018_0005_0031, 0]
+        );
+    }
+
+    #[test]
+    fn iotlb_descriptors() {
+        let drain = Drain {
+            reads: true,
+            writes: true,
+        };
+        // Global with DW (bit 6) and DR (bit 7): 2 | 0x10 | 0x40 | 0x80 = 0xd2.
+        assert_eq!(
+            enc(Descriptor::Iotlb {
+                scope: IotlbScope::Global,
+                drain
+            }),
+            [0xd2, 0]
+        );
+        // Domain 7, no drain: 2 | 0x20 | 7 << 16 = 0x7_0022.
+        assert_eq!(
+            enc(Descriptor::Iotlb {
+                scope: IotlbScope::Domain(DomainId::new(7)),
+                drain: Drain::default(),
+            }),
+            [0x7_0022, 0]
+        );
+        // Page-selective, DID 7, 16 pages (AM 4) at 0x1_2340_0000 (64 KiB aligned), IH:
+        // w0 = 2 | 0x30 | 0x7_0000 = 0x7_0032; w1 = 0x1_2340_0000 | IH 0x40 | AM 4.
+        let block = PageBlock::new(iova(0x1_2340_0000), 4).unwrap();
+        let d = Descriptor::Iotlb {
+            scope: IotlbScope::Pages {
+                domain: DomainId::new(7),
+                block,
+                leaf_only: true,
+            },
+            drain: Drain::default(),
+        };
+        assert_eq!(enc(d), [0x7_0032, 0x1_2340_0044]);
+        assert_eq!(
+            PageBlock::new(iova(0x1_2340_8000), 4),
+            Err(DescriptorError::MisalignedBlock {
+                addr: iova(0x1_2340_8000),
+                am: 4
+            })
+        );
+        assert_eq!(
+            block.check_mamv(3),
+            Err(DescriptorError::MaskTooLarge { am: 4, max: 3 })
+        );
+        // The whole space: AM 52 at 0 only, 53 refused.
+        assert_eq!(PageBlock::new(iova(0), 52).map(|b| b.bytes()), Ok(u64::MAX));
+        assert!(PageBlock::new(iova(0x1000), 52).is_err());
+        assert_eq!(
+            PageBlock::new(iova(0), 53),
+            Err(DescriptorError::MaskTooLarge { am: 53, max: 52 })
+        );
+        assert_eq!(block.bytes(), 0x1_0000);
+        // CAP.DRD (55) and DWD (54).
+        assert_eq!(
+            Drain::for_unit(Capability(3 << 54)),
+            Drain {
+                reads: true,
+                writes: true
+            }
+        );
+    }
+
+    #[test]
+    fn device_tlb_descriptors() {
+        let target = AtsTarget::new(sid(0x0100), None, 0).unwrap();
+        // One page: w0 = 3 | SID 0x0100 << 32; w1 = 0x5000, S = 0.
+        let d = Descriptor::DeviceTlb {
+            target,
+            range: DeviceTlbRange::Page(iova(0x5123)),
+        };
+        assert_eq!(enc(d), [0x0000_0100_0000_0003, 0x5000]);
+        // 16 KiB (order 2) at 0x8000: bit 12 set, bit 13 clear, S = 1 → 0x9001.
+        let d = Descriptor::DeviceTlb {
+            target,
+            range: DeviceTlbRange::Block {
+                addr: iova(0x8000),
+                order: 2,
+            },
+        };
+        assert_eq!(enc(d)[1], 0x9001);
+        // 8 KiB (order 1) at 0x6000: bit 12 clear, S = 1 → 0x6001.
+        let d = Descriptor::DeviceTlb {
+            target,
+            range: DeviceTlbRange::Block {
+                addr: iova(0x6000),
+                order: 1,
+            },
+        };
+        assert_eq!(enc(d)[1], 0x6001);
+        // Everything: bits 62:12 set, bit 63 clear, S = 1.
+        let d = Descriptor::DeviceTlb {
+            target,
+            range: DeviceTlbRange::All,
+        };
+        assert_eq!(enc(d)[1], 0x7fff_ffff_ffff_f001);
+        let whole = DeviceTlbRange::Block {
+            addr: iova(0),
+            order: 52,
+        };
+        let d = Descriptor::DeviceTlb {
+            target,
+            range: whole,
+        };
+        assert_eq!(enc(d)[1], 0x7fff_ffff_ffff_f001);
+        let bad = Descriptor::DeviceTlb {
+            target,
+            range: DeviceTlbRange::Block {
+                addr: iova(0x6000),
+                order: 2,
+            },
+        };
+        assert_eq!(
+            bad.encode(),
+            Err(DescriptorError::MisalignedBlock {
+                addr: iova(0x6000),
+                am: 2
+            })
+        );
+
+        // PFSID 01:01.0 = 0x0108: low nibble 0x8 → bits 15:12 (0x8000), 0x010 → bits 63:52;
+        // MIP 4 → bits 20:16 (0x4_0000): w0 = 0x0100_0100_0004_8003.
+        let vf = AtsTarget::new(sid(0x0100), Some(sid(0x0108)), 4).unwrap();
+        let d = Descriptor::DeviceTlb {
+            target: vf,
+            range: DeviceTlbRange::Page(iova(0)),
+        };
+        assert_eq!(enc(d)[0], 0x0100_0100_0004_8003);
+        assert_eq!(
+            AtsTarget::new(sid(1), None, 32),
+            Err(DescriptorError::QueueDepthOutOfRange { depth: 32 })
+        );
+    }
+
+    #[test]
+    fn pasid_granular_descriptors() {
+        let dom = DomainId::new(2);
+        let p = Pasid::new(0x55).unwrap();
+        // PASID-cache, type 7: domain-selective G 0: 7 | 2 << 16 = 0x2_0007.
+        assert_eq!(
+            enc(Descriptor::PasidCache(PasidCacheScope::Domain(dom))),
+            [0x2_0007, 0]
+        );
+        // PASID-selective G 1: 7 | 0x10 | 0x2_0000 | 0x55 << 32.
+        assert_eq!(
+            enc(Descriptor::PasidCache(PasidCacheScope::Pasid {
+                domain: dom,
+                pasid: p
+            })),
+            [0x0000_0055_0002_0017, 0]
+        );
+        // Global G 3: 7 | 0x30 = 0x37.
+        assert_eq!(
+            enc(Descriptor::PasidCache(PasidCacheScope::Global)),
+            [0x37, 0]
+        );
+
+        // PASID-based IOTLB, type 6, DID 3, PASID 0x10: G 2 → 6 | 0x20 | 0x3_0000 | 0x10 << 32.
+        let d3 = DomainId::new(3);
+        let p10 = Pasid::new(0x10).unwrap();
+        assert_eq!(
+            enc(Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                domain: d3,
+                pasid: p10
+            })),
+            [0x0000_0010_0003_0026, 0]
+        );
+        // Page-selective G 3, 2 MiB (AM 9) at 0x40_0000, IH: w1 = 0x40_0000 | 0x40 | 9.
+        let block = PageBlock::new(iova(0x40_0000), 9).unwrap();
+        let d = Descriptor::PasidIotlb(PasidIotlbScope::Pages {
+            domain: d3,
+            pasid: p10,
+            block,
+            leaf_only: true,
+        });
+        assert!(d.needs_256_bit());
+        assert_eq!(enc(d), [0x0000_0010_0003_0036, 0x40_0049]);
+
+        // PASID-based device-TLB, type 8: SID 0x0100 in 31:16, PASID 0x20 in 51:32, one page
+        // at 0x3000: w0 = 0x0000_0020_0100_0008, w1 = 0x3000 (G 0, S 0).
+        let target = AtsTarget::new(sid(0x0100), None, 0).unwrap();
+        let d = Descriptor::PasidDeviceTlb {
+            target,
+            pasid: Some(Pasid::new(0x20).unwrap()),
+            range: DeviceTlbRange::Page(iova(0x3000)),
+        };
+        assert_eq!(enc(d), [0x0000_0020_0100_0008, 0x3000]);
+        // All PASIDs (G bit 0), whole space: S is bit 11 here → 0x7fff_ffff_ffff_f801.
+        let d = Descriptor::PasidDeviceTlb {
+            target,
+            pasid: None,
+            range: DeviceTlbRange::All,
+        };
+        assert_eq!(enc(d), [0x0100_0008, 0x7fff_ffff_ffff_f801]);
+        // MIP 3 lands in bits 8:4 (0x30).
+        let t3 = AtsTarget::new(sid(0x0100), None, 3).unwrap();
+        let d = Descriptor::PasidDeviceTlb {
+            target: t3,
+            pasid: None,
+            range: DeviceTlbRange::All,
+        };
+        assert_eq!(enc(d)[0], 0x0100_0038);
+    }
+
+    #[test]
+    fn wait_descriptors() {
+        // Status write (SW bit 5) with fence (FN bit 6), data 0x1234_5678 in 63:32, address in w1:
+        // w0 = 5 | 0x20 | 0x40 | 0x1234_5678 << 32.
+        let w = Wait::status_write(PhysAddr::new(0x1000_0040), 0x1234_5678)
+            .unwrap()
+            .with_fence();
+        assert_eq!(
+            enc(Descriptor::Wait(w)),
+            [0x1234_5678_0000_0065, 0x1000_0040]
+        );
+        // Interrupt (IF bit 4): 5 | 0x10 = 0x15.
+        assert_eq!(enc(Descriptor::Wait(Wait::interrupt())), [0x15, 0]);
+        assert_eq!(
+            Wait::status_write(PhysAddr::new(0x1002), 1),
+            Err(DescriptorError::MisalignedStatus {
+                addr: PhysAddr::new(0x1002)
+            })
+        );
+        assert!(!Descriptor::Wait(w).needs_256_bit());
+        assert_eq!(Descriptor::Raw([1, 2, 3, 4]).encode(), Ok([1, 2, 3, 4]));
+    }
+
+    fn limits(mamv: u8, threshold: usize) -> FlushLimits {
+        FlushLimits {
+            page_selective: true,
+            mamv,
+            threshold,
+        }
+    }
+
+    fn blocks(plan: &FlushPlan<'_>) -> Vec<(u64, u8)> {
+        plan.blocks().map(|b| (b.addr().as_u64(), b.am())).collect()
+    }
+
+    #[test]
+    fn mask_covers_each_range_with_one_aligned_block() {
+        // One page: pages 1..=1 differ in no bit → AM 0.
+        let r = [IovaRange::new(iova(0x1000), 0x1000)];
+        let plan = plan_flush(&r, limits(18, 64));
+        assert_eq!(blocks(&plan), [(0x1000, 0)]);
+        // Pages 3 and 4 differ in bits 2:0 → the 8-page block at 0 (AM 3).
+        let r = [IovaRange::new(iova(0x3000), 0x2000)];
+        assert_eq!(blocks(&plan_flush(&r, limits(18, 64))), [(0, 3)]);
+        // A 2 MiB aligned range: AM 9.
+        let r = [IovaRange::new(iova(0x20_0000), 0x20_0000)];
+        assert_eq!(blocks(&plan_flush(&r, limits(18, 64))), [(0x20_0000, 9)]);
+        // An unaligned byte range inside one page still names that page.
+        let r = [IovaRange::new(iova(0x5123), 8)];
+        assert_eq!(blocks(&plan_flush(&r, limits(18, 64))), [(0x5000, 0)]);
+    }
+
+    #[test]
+    fn mask_is_limited_by_mamv() {
+        // 16 pages with MAMV 2: four 4-page blocks.
+        let r = [IovaRange::new(iova(0), 0x10000)];
+        let plan = plan_flush(&r, limits(2, 64));
+        assert_eq!(plan.descriptor_count(), 4);
+        assert_eq!(
+            blocks(&plan),
+            [(0, 2), (0x4000, 2), (0x8000, 2), (0xc000, 2)]
+        );
+        // Pages 3..=5 with MAMV 1: covering block would be AM 3; tiles of 2 pages from page 2.
+        let r = [IovaRange::new(iova(0x3000), 0x3000)];
+        assert_eq!(
+            blocks(&plan_flush(&r, limits(1, 64))),
+            [(0x2000, 1), (0x4000, 1)]
+        );
+    }
+
+    #[test]
+    fn threshold_and_capabilities_pick_domain_selective() {
+        let r = [IovaRange::new(iova(0), 0x10000)];
+        assert_eq!(plan_flush(&r, limits(2, 3)), FlushPlan::Domain);
+        assert_eq!(plan_flush(&r, limits(2, 4)).descriptor_count(), 4);
+        let no_psi = FlushLimits {
+            page_selective: false,
+            mamv: 18,
+            threshold: 64,
+        };
+        assert_eq!(plan_flush(&r, no_psi), FlushPlan::Domain);
+        assert_eq!(
+            plan_flush(&[IovaRange::new(iova(0x1000), 0)], limits(18, 64)),
+            FlushPlan::Nothing
+        );
+        assert_eq!(plan_flush(&[], limits(18, 64)).descriptor_count(), 0);
+        // QEMU: PSI (bit 39), MAMV 18 (bits 53:48).
+        let qemu = FlushLimits::for_unit(Capability(1 << 39 | 18 << 48), 32);
+        assert_eq!(
+            qemu,
+            FlushLimits {
+                page_selective: true,
+                mamv: 18,
+                threshold: 32
+            }
+        );
+    }
+
+    #[test]
+    fn plan_descriptors_and_counts() {
+        // Three scattered single pages and one 4-page run: 4 descriptors, then one wait per
+        // batch in the queue.
+        let r = [
+            IovaRange::new(iova(0x1000), 0x1000),
+            IovaRange::new(iova(0x10_0000), 0x1000),
+            IovaRange::new(iova(0x20_0000), 0x4000),
+            IovaRange::new(iova(0x7000), 0x800),
+        ];
+        let plan = plan_flush(&r, limits(18, 8));
+        let dom = DomainId::new(4);
+        let descs: Vec<_> = plan
+            .iotlb_descriptors(dom, Drain::default(), false)
+            .collect();
+        assert_eq!(
+            plan.iotlb_descriptors(dom, Drain::default(), false).len(),
+            4
+        );
+        assert_eq!(descs.len(), 4);
+        assert_eq!(
+            descs[2],
+            Descriptor::Iotlb {
+                scope: IotlbScope::Pages {
+                    domain: dom,
+                    block: PageBlock::new(iova(0x20_0000), 2).unwrap(),
+                    leaf_only: false,
+                },
+                drain: Drain::default(),
+            }
+        );
+        // Over the threshold: one domain-selective descriptor.
+        let plan = plan_flush(&r, limits(18, 3));
+        let descs: Vec<_> = plan
+            .iotlb_descriptors(dom, Drain::default(), false)
+            .collect();
+        assert_eq!(
+            descs,
+            [Descriptor::Iotlb {
+                scope: IotlbScope::Domain(dom),
+                drain: Drain::default()
+            }]
+        );
+        let p = Pasid::new(9).unwrap();
+        let descs: Vec<_> = plan.pasid_iotlb_descriptors(dom, p, true).collect();
+        assert_eq!(
+            descs,
+            [Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                domain: dom,
+                pasid: p
+            })]
+        );
+    }
+}

@@ -1,0 +1,908 @@
+//! Scalable-mode PASID structures (VT-d spec 9.5, 9.6): the PASID directory a scalable-mode
+//! context entry points to, and the 512-bit PASID table entries that say how each PASID of a
+//! device is translated.
+//!
+//! A PASID splits in two: bits 19:6 index the directory (8-byte entries, each pointing to a
+//! PASID table), bits 5:0 index that table (64 entries of 64 bytes: one 4 KiB page). Each PASID
+//! entry has a PASID Granular Translation Type (PGTT); one typed builder per PGTT
+//! ([`FirstStage`], [`SecondStage`], [`PassThrough`], [`Nested`]) holds only the fields that type
+//! uses, and its `build` checks them against the unit's CAP/ECAP before the one encoder
+//! ([`PasidEntry::encode_fields`]) lays out the bits.
+
+use core::fmt;
+
+use iommu::addr::PhysAddr;
+
+use crate::caps::{Agaw, Capability, ExtendedCapability};
+use crate::root_table::{table_pointer, DomainId, EntryError};
+
+/// A process address space id: 20 bits (PCIe PASID TLP prefix).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pasid(u32);
+
+impl Pasid {
+    /// The widest PASID the architecture defines.
+    pub const BITS: u8 = 20;
+
+    /// PASID 0, the usual RID_PASID: what requests without a PASID are translated as.
+    pub const ZERO: Self = Self(0);
+
+    /// `pasid` if it fits in 20 bits.
+    pub const fn new(pasid: u32) -> Option<Self> {
+        if pasid >> Self::BITS == 0 {
+            Some(Self(pasid))
+        } else {
+            None
+        }
+    }
+
+    /// The low 20 bits of `bits` (for decoding hardware fields that are 20 bits wide).
+    pub const fn from_bits_truncated(bits: u32) -> Self {
+        Self(bits & ((1 << Self::BITS) - 1))
+    }
+
+    /// `pasid` if it fits in the `width` bits a unit supports (ECAP.PSS + 1).
+    pub const fn for_width(pasid: u32, width: u8) -> Result<Self, EntryError> {
+        let width = if width > Self::BITS {
+            Self::BITS
+        } else {
+            width
+        };
+        if pasid >> width == 0 {
+            Ok(Self(pasid))
+        } else {
+            Err(EntryError::PasidOutOfRange { pasid, bits: width })
+        }
+    }
+
+    pub const fn raw(self) -> u32 {
+        self.0
+    }
+
+    /// Index of the PASID directory entry (bits 19:6).
+    pub const fn directory_index(self) -> usize {
+        (self.0 >> 6) as usize
+    }
+
+    /// Index of the entry in its PASID table (bits 5:0).
+    pub const fn table_index(self) -> usize {
+        (self.0 & 0x3f) as usize
+    }
+}
+
+impl fmt::Debug for Pasid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pasid({:#x})", self.0)
+    }
+}
+
+/// Entries in one PASID table (one 4 KiB page of 64-byte entries).
+pub const PASID_TABLE_ENTRIES: usize = 64;
+
+/// The size of a PASID directory: 2^(PDTS + 7) entries of 8 bytes (9.4, PDTS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasidDirectorySize(u8);
+
+impl PasidDirectorySize {
+    /// One 4 KiB page: 512 entries, PASIDs below 2^15.
+    pub const ONE_PAGE: Self = Self(2);
+
+    /// The size with this PDTS value (0..=7).
+    pub const fn from_pdts(pdts: u8) -> Option<Self> {
+        if pdts <= 7 {
+            Some(Self(pdts))
+        } else {
+            None
+        }
+    }
+
+    /// The smallest directory that reaches every PASID of `bits` bits (at most 20).
+    pub const fn covering(bits: u8) -> Self {
+        let bits = if bits > Pasid::BITS {
+            Pasid::BITS
+        } else {
+            bits
+        };
+        // 2^(bits - 6) entries needed, 2^(PDTS + 7) provided.
+        let needed_log2 = bits.saturating_sub(6);
+        Self(needed_log2.saturating_sub(7))
+    }
+
+    pub const fn pdts(self) -> u8 {
+        self.0
+    }
+
+    pub const fn entries(self) -> usize {
+        1 << (self.0 as usize + 7)
+    }
+
+    /// Bytes the directory takes (1 KiB to 128 KiB).
+    pub const fn bytes(self) -> usize {
+        self.entries() * 8
+    }
+
+    /// Whether `pasid` has a directory entry.
+    pub const fn covers(self, pasid: Pasid) -> bool {
+        pasid.directory_index() < self.entries()
+    }
+}
+
+/// 9.5 Scalable-Mode PASID Directory Entry: present bit, FPD and the PASID table of 64 PASIDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasidDirEntry {
+    raw: u64,
+}
+
+impl PasidDirEntry {
+    pub const NOT_PRESENT: Self = Self { raw: 0 };
+
+    /// A present entry pointing to a PASID table: P(0), FPD(1) clear, SMPTBLPTR(63:12).
+    pub fn present(table: PhysAddr) -> Result<Self, EntryError> {
+        let t = table_pointer("PASID table", table)?;
+        Ok(Self { raw: t | 1 })
+    }
+
+    /// The same entry with FPD set: faults for the 64 PASIDs behind it are not reported.
+    pub const fn with_fault_processing_disabled(self) -> Self {
+        Self { raw: self.raw | 2 }
+    }
+
+    pub const fn encode(&self) -> u64 {
+        self.raw
+    }
+
+    pub const fn decode(raw: u64) -> Self {
+        Self { raw }
+    }
+
+    pub const fn table(&self) -> Option<PhysAddr> {
+        if self.raw & 1 == 0 {
+            None
+        } else {
+            Some(PhysAddr::new(self.raw & !0xfff))
+        }
+    }
+}
+
+/// PASID Granular Translation Type (PGTT, PASID entry bits 8:6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pgtt {
+    /// 001: first-stage (x86-format) tables only.
+    FirstStage,
+    /// 010: second-stage tables only.
+    SecondStage,
+    /// 011: first-stage tables whose addresses go through second-stage tables.
+    Nested,
+    /// 100: untranslated.
+    PassThrough,
+}
+
+impl Pgtt {
+    const fn bits(self) -> u64 {
+        match self {
+            Self::FirstStage => 1,
+            Self::SecondStage => 2,
+            Self::Nested => 3,
+            Self::PassThrough => 4,
+        }
+    }
+
+    const fn from_bits(bits: u64) -> Option<Self> {
+        match bits {
+            1 => Some(Self::FirstStage),
+            2 => Some(Self::SecondStage),
+            3 => Some(Self::Nested),
+            4 => Some(Self::PassThrough),
+            _ => None,
+        }
+    }
+}
+
+/// First-stage paging mode (FLPM, bits 131:130): how deep the x86-format table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStagePaging {
+    /// 4-level, 48-bit canonical addresses.
+    FourLevel,
+    /// 5-level, 57-bit canonical addresses; needs CAP.FS5LP.
+    FiveLevel,
+}
+
+impl FirstStagePaging {
+    const fn flpm(self) -> u64 {
+        match self {
+            Self::FourLevel => 0,
+            Self::FiveLevel => 1,
+        }
+    }
+
+    /// The AW a first-stage entry carries. The spec leaves AW to the second stage, but QEMU
+    /// derives the canonical-address check of first-stage walks from AW (AW 0 would fault every
+    /// IOVA above 1 GiB), and Linux fills it too: 48 bits for 4-level, 57 for 5-level.
+    const fn agaw(self) -> Agaw {
+        match self {
+            Self::FourLevel => Agaw::Level4,
+            Self::FiveLevel => Agaw::Level5,
+        }
+    }
+}
+
+/// Memory-type attributes of first-stage and nested translations (PASID entry bits 89:127),
+/// used by hardware only with ECAP.MTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryType {
+    /// CD: cache disable for accesses through the entry.
+    pub cache_disable: bool,
+    /// EMTE and EMT: an extended memory type (0..=7) overriding the page's, when `Some`.
+    pub extended: Option<u8>,
+    /// PWT and PCD: attributes of the first-stage root table access.
+    pub write_through: bool,
+    pub cache_disable_root: bool,
+    /// PAT: the eight PAT entries the first-stage PAT/PCD/PWT bits select from.
+    pub pat: u32,
+}
+
+/// Options every PGTT has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Common {
+    /// FPD: faults through this entry are neither recorded nor reported.
+    pub fault_processing_disabled: bool,
+    /// PWSNP: the unit's walks of the tables behind this entry snoop CPU caches (needs
+    /// ECAP.SMPWC; without it, software flushes table writes).
+    pub page_walk_snoop: bool,
+}
+
+/// A first-stage-only PASID entry (PGTT 001): the device's addresses are translated by an
+/// x86-format table at `root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstStage {
+    pub domain: DomainId,
+    pub root: PhysAddr,
+    pub paging: FirstStagePaging,
+    /// SRE: supervisor requests allowed (needs ECAP.SRS).
+    pub supervisor_requests: bool,
+    /// WPE: supervisor writes honour read-only pages (as CR0.WP).
+    pub write_protect: bool,
+    /// PGSNP: every access through the entry snoops (needs ECAP.SC).
+    pub page_snoop: bool,
+    pub memory_type: Option<MemoryType>,
+    pub common: Common,
+}
+
+impl FirstStage {
+    pub const fn new(domain: DomainId, root: PhysAddr, paging: FirstStagePaging) -> Self {
+        Self {
+            domain,
+            root,
+            paging,
+            supervisor_requests: false,
+            write_protect: false,
+            page_snoop: false,
+            memory_type: None,
+            common: Common {
+                fault_processing_disabled: false,
+                page_walk_snoop: false,
+            },
+        }
+    }
+
+    pub fn build(
+        &self,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<PasidEntry, EntryError> {
+        require(ecap.flts(), "ECAP.FLTS")?;
+        let root = table_pointer("first-stage table", self.root)?;
+        check_first_stage(
+            self.paging,
+            self.supervisor_requests,
+            self.memory_type,
+            cap,
+            ecap,
+        )?;
+        check_common(self.domain, self.common, self.page_snoop, cap, ecap)?;
+        Ok(PasidEntry::encode_fields(Fields {
+            pgtt: Pgtt::FirstStage,
+            domain: self.domain,
+            aw: self.paging.agaw(),
+            slptptr: 0,
+            flptptr: root,
+            flpm: self.paging.flpm(),
+            sre: self.supervisor_requests,
+            wpe: self.write_protect,
+            pgsnp: self.page_snoop,
+            slade: false,
+            slee: false,
+            memory_type: self.memory_type,
+            common: self.common,
+        }))
+    }
+}
+
+/// A second-stage-only PASID entry (PGTT 010): the VT-d second-stage table format, as in a
+/// legacy context entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondStage {
+    pub domain: DomainId,
+    pub agaw: Agaw,
+    pub root: PhysAddr,
+    /// SLADE: hardware sets accessed/dirty bits in second-stage entries (needs ECAP.SLADS).
+    pub access_dirty: bool,
+    /// SLEE: the X bit of second-stage entries is honoured for execute requests.
+    pub execute: bool,
+    /// PGSNP (needs ECAP.SC).
+    pub page_snoop: bool,
+    pub common: Common,
+}
+
+impl SecondStage {
+    pub const fn new(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Self {
+        Self {
+            domain,
+            agaw,
+            root,
+            access_dirty: false,
+            execute: false,
+            page_snoop: false,
+            common: Common {
+                fault_processing_disabled: false,
+                page_walk_snoop: false,
+            },
+        }
+    }
+
+    pub fn build(
+        &self,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<PasidEntry, EntryError> {
+        require(ecap.slts(), "ECAP.SLTS")?;
+        let root = table_pointer("second-stage table", self.root)?;
+        check_second_stage(self.agaw, self.access_dirty, cap, ecap)?;
+        check_common(self.domain, self.common, self.page_snoop, cap, ecap)?;
+        Ok(PasidEntry::encode_fields(Fields {
+            pgtt: Pgtt::SecondStage,
+            domain: self.domain,
+            aw: self.agaw,
+            slptptr: root,
+            flptptr: 0,
+            flpm: 0,
+            sre: false,
+            wpe: false,
+            pgsnp: self.page_snoop,
+            slade: self.access_dirty,
+            slee: self.execute,
+            memory_type: None,
+            common: self.common,
+        }))
+    }
+}
+
+/// A pass-through PASID entry (PGTT 100): untranslated. AW must hold the largest width the
+/// unit supports and the domain id still tags the PASID cache and IOTLB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassThrough {
+    pub domain: DomainId,
+    pub agaw: Agaw,
+    pub common: Common,
+}
+
+impl PassThrough {
+    pub const fn new(domain: DomainId, agaw: Agaw) -> Self {
+        Self {
+            domain,
+            agaw,
+            common: Common {
+                fault_processing_disabled: false,
+                page_walk_snoop: false,
+            },
+        }
+    }
+
+    pub fn build(
+        &self,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<PasidEntry, EntryError> {
+        require(ecap.pt(), "ECAP.PT")?;
+        check_agaw(self.agaw, cap)?;
+        check_common(self.domain, self.common, false, cap, ecap)?;
+        Ok(PasidEntry::encode_fields(Fields {
+            pgtt: Pgtt::PassThrough,
+            domain: self.domain,
+            aw: self.agaw,
+            slptptr: 0,
+            flptptr: 0,
+            flpm: 0,
+            sre: false,
+            wpe: false,
+            pgsnp: false,
+            slade: false,
+            slee: false,
+            memory_type: None,
+            common: self.common,
+        }))
+    }
+}
+
+/// A nested PASID entry (PGTT 011): a first-stage table (typically a guest's) whose table and
+/// output addresses are translated by a second-stage table (the host's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nested {
+    pub domain: DomainId,
+    /// The first-stage table, as an address in the second stage's input space.
+    pub first_stage_root: PhysAddr,
+    pub paging: FirstStagePaging,
+    /// The second stage's depth and table.
+    pub agaw: Agaw,
+    pub second_stage_root: PhysAddr,
+    pub supervisor_requests: bool,
+    pub write_protect: bool,
+    pub access_dirty: bool,
+    pub execute: bool,
+    pub page_snoop: bool,
+    pub memory_type: Option<MemoryType>,
+    pub common: Common,
+}
+
+impl Nested {
+    pub const fn new(
+        domain: DomainId,
+        first_stage_root: PhysAddr,
+        paging: FirstStagePaging,
+        agaw: Agaw,
+        second_stage_root: PhysAddr,
+    ) -> Self {
+        Self {
+            domain,
+            first_stage_root,
+            paging,
+            agaw,
+            second_stage_root,
+            supervisor_requests: false,
+            write_protect: false,
+            access_dirty: false,
+            execute: false,
+            page_snoop: false,
+            memory_type: None,
+            common: Common {
+                fault_processing_disabled: false,
+                page_walk_snoop: false,
+            },
+        }
+    }
+
+    pub fn build(
+        &self,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<PasidEntry, EntryError> {
+        require(ecap.nest(), "ECAP.NEST")?;
+        require(ecap.flts(), "ECAP.FLTS")?;
+        require(ecap.slts(), "ECAP.SLTS")?;
+        let fl = table_pointer("first-stage table", self.first_stage_root)?;
+        let sl = table_pointer("second-stage table", self.second_stage_root)?;
+        check_first_stage(
+            self.paging,
+            self.supervisor_requests,
+            self.memory_type,
+            cap,
+            ecap,
+        )?;
+        check_second_stage(self.agaw, self.access_dirty, cap, ecap)?;
+        check_common(self.domain, self.common, self.page_snoop, cap, ecap)?;
+        Ok(PasidEntry::encode_fields(Fields {
+            pgtt: Pgtt::Nested,
+            domain: self.domain,
+            aw: self.agaw,
+            slptptr: sl,
+            flptptr: fl,
+            flpm: self.paging.flpm(),
+            sre: self.supervisor_requests,
+            wpe: self.write_protect,
+            pgsnp: self.page_snoop,
+            slade: self.access_dirty,
+            slee: self.execute,
+            memory_type: self.memory_type,
+            common: self.common,
+        }))
+    }
+}
+
+fn require(present: bool, feature: &'static str) -> Result<(), EntryError> {
+    if present {
+        Ok(())
+    } else {
+        Err(EntryError::Unsupported { feature })
+    }
+}
+
+fn check_agaw(agaw: Agaw, cap: Capability) -> Result<(), EntryError> {
+    if cap.sagaw().contains(agaw) {
+        Ok(())
+    } else {
+        Err(EntryError::AddressWidthUnsupported { agaw })
+    }
+}
+
+fn check_first_stage(
+    paging: FirstStagePaging,
+    sre: bool,
+    memory_type: Option<MemoryType>,
+    cap: Capability,
+    ecap: ExtendedCapability,
+) -> Result<(), EntryError> {
+    if paging == FirstStagePaging::FiveLevel {
+        require(cap.fs5lp(), "CAP.FS5LP")?;
+    }
+    if sre {
+        require(ecap.srs(), "ECAP.SRS")?;
+    }
+    if let Some(mt) = memory_type {
+        require(ecap.mts(), "ECAP.MTS")?;
+        if mt.extended.is_some_and(|emt| emt > 7) {
+            return Err(EntryError::Unsupported {
+                feature: "EMT above 7",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_second_stage(
+    agaw: Agaw,
+    access_dirty: bool,
+    cap: Capability,
+    ecap: ExtendedCapability,
+) -> Result<(), EntryError> {
+    check_agaw(agaw, cap)?;
+    if access_dirty {
+        require(ecap.slads(), "ECAP.SLADS")?;
+    }
+    Ok(())
+}
+
+fn check_common(
+    domain: DomainId,
+    common: Common,
+    page_snoop: bool,
+    cap: Capability,
+    ecap: ExtendedCapability,
+) -> Result<(), EntryError> {
+    DomainId::for_unit(domain.raw(), cap)?;
+    if common.page_walk_snoop {
+        require(ecap.smpwcs(), "ECAP.SMPWC")?;
+    }
+    if page_snoop {
+        require(ecap.sc(), "ECAP.SC")?;
+    }
+    Ok(())
+}
+
+/// Every field of a PASID entry, filled by one PGTT builder and laid out by
+/// [`PasidEntry::encode_fields`].
+struct Fields {
+    pgtt: Pgtt,
+    domain: DomainId,
+    aw: Agaw,
+    slptptr: u64,
+    flptptr: u64,
+    flpm: u64,
+    sre: bool,
+    wpe: bool,
+    pgsnp: bool,
+    slade: bool,
+    slee: bool,
+    memory_type: Option<MemoryType>,
+    common: Common,
+}
+
+/// 9.6 Scalable-Mode PASID Table Entry: 512 bits, of which quadwords 0 to 2 are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasidEntry {
+    raw: [u64; 8],
+}
+
+impl PasidEntry {
+    /// Blocked: requests with this PASID fault (reason 0x59, PASID entry not present).
+    pub const NOT_PRESENT: Self = Self { raw: [0; 8] };
+
+    /// Blocked and silent: not present, FPD set.
+    pub const BLOCKED_SILENT: Self = Self {
+        raw: [2, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// The one place the PASID entry is laid out (9.6):
+    /// - quadword 0: P(0), FPD(1), AW(4:2), SLEE(5), PGTT(8:6), SLADE(9), SLPTPTR(63:12);
+    /// - quadword 1: DID(15:0), PWSNP(23), PGSNP(24), CD(25), EMTE(26), EMT(29:27), PWT(30),
+    ///   PCD(31), PAT(63:32);
+    /// - quadword 2: SRE(0), FLPM(3:2), WPE(4), FLPTPTR(63:12);
+    /// - quadwords 3 to 7 reserved.
+    fn encode_fields(f: Fields) -> Self {
+        let w0 = 1
+            | flag(f.common.fault_processing_disabled, 1)
+            | (f.aw.encoding() as u64) << 2
+            | flag(f.slee, 5)
+            | f.pgtt.bits() << 6
+            | flag(f.slade, 9)
+            | f.slptptr;
+        let mut w1 = f.domain.raw() as u64 | flag(f.common.page_walk_snoop, 23) | flag(f.pgsnp, 24);
+        if let Some(mt) = f.memory_type {
+            w1 |= flag(mt.cache_disable, 25)
+                | match mt.extended {
+                    Some(emt) => 1 << 26 | (emt as u64 & 7) << 27,
+                    None => 0,
+                }
+                | flag(mt.write_through, 30)
+                | flag(mt.cache_disable_root, 31)
+                | (mt.pat as u64) << 32;
+        }
+        let w2 = flag(f.sre, 0) | f.flpm << 2 | flag(f.wpe, 4) | f.flptptr;
+        Self {
+            raw: [w0, w1, w2, 0, 0, 0, 0, 0],
+        }
+    }
+
+    /// The 512-bit entry, quadword 0 first.
+    pub const fn encode(&self) -> [u64; 8] {
+        self.raw
+    }
+
+    pub const fn decode(raw: [u64; 8]) -> Self {
+        Self { raw }
+    }
+
+    pub const fn is_present(&self) -> bool {
+        self.raw[0] & 1 != 0
+    }
+
+    /// PGTT, or `None` for a reserved encoding.
+    pub const fn pgtt(&self) -> Option<Pgtt> {
+        Pgtt::from_bits((self.raw[0] >> 6) & 7)
+    }
+
+    pub const fn domain_id(&self) -> DomainId {
+        DomainId::new(self.raw[1] as u16)
+    }
+
+    pub const fn second_stage_root(&self) -> PhysAddr {
+        PhysAddr::new(self.raw[0] & !0xfff)
+    }
+
+    pub const fn first_stage_root(&self) -> PhysAddr {
+        PhysAddr::new(self.raw[2] & !0xfff)
+    }
+}
+
+const fn flag(on: bool, bit: u32) -> u64 {
+    (on as u64) << bit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pa(a: u64) -> PhysAddr {
+        PhysAddr::new(a)
+    }
+
+    /// CAP: ND 6, SAGAW 3+4 levels, MGAW 48, FS5LP (bit 60).
+    const CAP: Capability = Capability(6 | 0b0110 << 8 | 47 << 16 | 1 << 60);
+    /// ECAP with everything the builders may ask for: PT(6), SC(7), MTS(25), NEST(26),
+    /// SRS(31), SMTS(43), SLADS(45), SLTS(46), FLTS(47), SMPWC(48).
+    const ECAP_ALL: ExtendedCapability = ExtendedCapability(
+        1 << 6
+            | 1 << 7
+            | 1 << 25
+            | 1 << 26
+            | 1 << 31
+            | 1 << 43
+            | 1 << 45
+            | 1 << 46
+            | 1 << 47
+            | 1 << 48,
+    );
+    /// QEMU 10.0 with x-scalable-mode=on: SMTS, SLTS, PT (no FLTS, no SC, no SMPWC).
+    const ECAP_QEMU_SM: ExtendedCapability = ExtendedCapability(1 << 6 | 1 << 43 | 1 << 46);
+
+    #[test]
+    fn pasid_indices_and_directory_sizes() {
+        let p = Pasid::new(0x1_2345).unwrap();
+        // Bits 19:6 = 0x1_2345 >> 6 = 0x48d, bits 5:0 = 0x05.
+        assert_eq!((p.directory_index(), p.table_index()), (0x48d, 0x05));
+        assert_eq!(Pasid::new(1 << 20), None);
+        assert_eq!(
+            Pasid::for_width(0x100, 8),
+            Err(EntryError::PasidOutOfRange {
+                pasid: 0x100,
+                bits: 8
+            })
+        );
+        assert_eq!(Pasid::for_width(0xff, 8), Ok(Pasid::new(0xff).unwrap()));
+        // 20-bit PASIDs: 2^14 directory entries = 2^(7 + 7): PDTS 7, 128 KiB.
+        assert_eq!(PasidDirectorySize::covering(20).pdts(), 7);
+        assert_eq!(PasidDirectorySize::covering(20).bytes(), 128 << 10);
+        // 15 bits: 512 entries, one page.
+        assert_eq!(
+            PasidDirectorySize::covering(15),
+            PasidDirectorySize::ONE_PAGE
+        );
+        assert_eq!(PasidDirectorySize::ONE_PAGE.bytes(), 4096);
+        // Small widths still get the minimum 128-entry directory.
+        assert_eq!(PasidDirectorySize::covering(1).entries(), 128);
+        assert!(PasidDirectorySize::ONE_PAGE.covers(Pasid::new(0x7fff).unwrap()));
+        assert!(!PasidDirectorySize::ONE_PAGE.covers(Pasid::new(0x8000).unwrap()));
+        assert_eq!(PasidDirectorySize::from_pdts(8), None);
+    }
+
+    #[test]
+    fn directory_entry_encoding() {
+        // P = bit 0, FPD = bit 1, SMPTBLPTR = bits 63:12.
+        let e = PasidDirEntry::present(pa(0x9_8000)).unwrap();
+        assert_eq!(e.encode(), 0x9_8001);
+        assert_eq!(e.with_fault_processing_disabled().encode(), 0x9_8003);
+        assert_eq!(e.table(), Some(pa(0x9_8000)));
+        assert_eq!(PasidDirEntry::NOT_PRESENT.table(), None);
+        assert!(PasidDirEntry::present(pa(0x9_8010)).is_err());
+    }
+
+    #[test]
+    fn second_stage_entry() {
+        // w0: P(1) | AW 2 << 2 (8) | PGTT 010 << 6 (0x80) | SLPTPTR 0x1_2345_6000
+        //   = 0x1_2345_6089. w1: DID 5. Rest 0.
+        let e = SecondStage::new(DomainId::new(5), Agaw::Level4, pa(0x1_2345_6000))
+            .build(CAP, ECAP_QEMU_SM)
+            .unwrap();
+        assert_eq!(e.encode(), [0x1_2345_6089, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(e.pgtt(), Some(Pgtt::SecondStage));
+        assert_eq!(e.domain_id(), DomainId::new(5));
+        assert_eq!(e.second_stage_root(), pa(0x1_2345_6000));
+
+        // SLEE bit 5, SLADE bit 9, PGSNP bit 88 (w1 bit 24), PWSNP bit 87 (w1 bit 23), FPD bit 1.
+        let mut s = SecondStage::new(DomainId::new(5), Agaw::Level3, pa(0x2000));
+        s.access_dirty = true;
+        s.execute = true;
+        s.page_snoop = true;
+        s.common = Common {
+            fault_processing_disabled: true,
+            page_walk_snoop: true,
+        };
+        // w0: 1 | 2 | AW 1 << 2 (4) | 0x20 | 0x80 | 0x200 | 0x2000 = 0x22a7.
+        let e = s.build(CAP, ECAP_ALL).unwrap();
+        assert_eq!(e.encode()[..3], [0x22a7, 0x180_0005, 0]);
+        // QEMU's unit has neither SLADS, SC nor SMPWC.
+        assert_eq!(
+            s.build(CAP, ECAP_QEMU_SM),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.SLADS"
+            })
+        );
+    }
+
+    #[test]
+    fn first_stage_entry() {
+        // w0: P | AW 2 << 2 (48-bit for 4-level, see FirstStagePaging::agaw) | PGTT 001 << 6
+        //   = 1 + 8 + 0x40 = 0x49; SLPTPTR 0.
+        // w1: DID 9 | PWSNP (bit 23) | PGSNP (bit 24) = 0x180_0009.
+        // w2: SRE (bit 0) | FLPM 0 | WPE (bit 4) | FLPTPTR 0x7000 = 0x7011.
+        let mut f = FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FourLevel);
+        f.supervisor_requests = true;
+        f.write_protect = true;
+        f.page_snoop = true;
+        f.common.page_walk_snoop = true;
+        let e = f.build(CAP, ECAP_ALL).unwrap();
+        assert_eq!(e.encode(), [0x49, 0x180_0009, 0x7011, 0, 0, 0, 0, 0]);
+        assert_eq!(e.first_stage_root(), pa(0x7000));
+
+        // 5-level: FLPM 01 in bits 3:2 (0x4), AW 3 (0xc in w0).
+        let five = FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FiveLevel);
+        let e = five.build(CAP, ECAP_ALL).unwrap();
+        assert_eq!(e.encode()[..3], [0x4d, 9, 0x7004]);
+        assert_eq!(
+            five.build(Capability(CAP.0 & !(1 << 60)), ECAP_ALL),
+            Err(EntryError::Unsupported {
+                feature: "CAP.FS5LP"
+            })
+        );
+        // QEMU without x-flts has no first stage.
+        assert_eq!(
+            FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FourLevel)
+                .build(CAP, ECAP_QEMU_SM),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.FLTS"
+            })
+        );
+        // SRE needs ECAP.SRS.
+        assert_eq!(
+            f.build(CAP, ExtendedCapability(ECAP_ALL.0 & !(1 << 31))),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.SRS"
+            })
+        );
+    }
+
+    #[test]
+    fn first_stage_memory_type() {
+        // CD bit 25, EMTE bit 26, EMT 6 in 29:27 (0x3000_0000), PWT bit 30, PCD bit 31,
+        // PAT 0x0007_0406 in 63:32. w1 = 0x0007_0406_0000_0000 | 0x7600_0000 | DID 1.
+        let mut f = FirstStage::new(DomainId::new(1), pa(0x3000), FirstStagePaging::FourLevel);
+        f.memory_type = Some(MemoryType {
+            cache_disable: true,
+            extended: Some(6),
+            write_through: true,
+            cache_disable_root: false,
+            pat: 0x0007_0406,
+        });
+        let e = f.build(CAP, ECAP_ALL).unwrap();
+        assert_eq!(e.encode()[1], 0x0007_0406_7600_0001);
+        assert_eq!(
+            f.build(CAP, ExtendedCapability(ECAP_ALL.0 & !(1 << 25))),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.MTS"
+            })
+        );
+    }
+
+    #[test]
+    fn pass_through_entry() {
+        // w0: P | AW 2 << 2 | PGTT 100 << 6 (0x100) = 0x109; w1: DID 1.
+        let e = PassThrough::new(DomainId::new(1), Agaw::Level4)
+            .build(CAP, ECAP_QEMU_SM)
+            .unwrap();
+        assert_eq!(e.encode(), [0x109, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(e.pgtt(), Some(Pgtt::PassThrough));
+        assert_eq!(
+            PassThrough::new(DomainId::new(1), Agaw::Level5).build(CAP, ECAP_QEMU_SM),
+            Err(EntryError::AddressWidthUnsupported { agaw: Agaw::Level5 })
+        );
+        assert_eq!(
+            PassThrough::new(DomainId::new(1), Agaw::Level4)
+                .build(CAP, ExtendedCapability(1 << 43)),
+            Err(EntryError::Unsupported { feature: "ECAP.PT" })
+        );
+        // Caching mode reserves domain id 0.
+        assert_eq!(
+            PassThrough::new(DomainId::new(0), Agaw::Level4)
+                .build(Capability(CAP.0 | 1 << 7), ECAP_QEMU_SM),
+            Err(EntryError::DomainIdZeroInCachingMode)
+        );
+    }
+
+    #[test]
+    fn nested_entry() {
+        // w0: P | AW 2 << 2 | PGTT 011 << 6 (0xc0) | SLADE (0x200) | SLPTPTR 0xb000 = 0xb2c9.
+        // w1: DID 3. w2: FLPTPTR 0xa000, FLPM 0.
+        let mut n = Nested::new(
+            DomainId::new(3),
+            pa(0xa000),
+            FirstStagePaging::FourLevel,
+            Agaw::Level4,
+            pa(0xb000),
+        );
+        n.access_dirty = true;
+        let e = n.build(CAP, ECAP_ALL).unwrap();
+        assert_eq!(e.encode(), [0xb2c9, 3, 0xa000, 0, 0, 0, 0, 0]);
+        assert_eq!(e.pgtt(), Some(Pgtt::Nested));
+        // QEMU 10.0 has no nested translation.
+        assert_eq!(
+            n.build(CAP, ECAP_QEMU_SM),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.NEST"
+            })
+        );
+        let misaligned = Nested {
+            second_stage_root: pa(0xb008),
+            ..n
+        };
+        assert!(matches!(
+            misaligned.build(CAP, ECAP_ALL),
+            Err(EntryError::MisalignedTable { .. })
+        ));
+    }
+
+    #[test]
+    fn blocked_entries() {
+        assert!(!PasidEntry::NOT_PRESENT.is_present());
+        assert_eq!(PasidEntry::BLOCKED_SILENT.encode()[0], 2);
+        assert_eq!(PasidEntry::NOT_PRESENT.pgtt(), None);
+    }
+}

@@ -1,0 +1,1768 @@
+//! The invalidation queue (VT-d spec 6.5.2): a ring of descriptors in memory that the unit
+//! consumes from its head register (IQH) up to the tail register (IQT) software writes.
+//!
+//! Several CPUs submit without a lock: each reserves consecutive slots with an atomic counter,
+//! writes its descriptors and a wait descriptor that writes a status word when the unit reaches
+//! it, and the tail is published in reservation order by whichever producer holds a try-lock,
+//! on behalf of everyone whose slots are ready. Completion is a poll of the batch's status word.
+//! Queue errors (FSTS.IQE/ITE/ICE) are detected while polling, turned into typed errors for the
+//! batches they hit, and the queue is restarted. The registers are reached through the small
+//! [`QiRegisters`] trait, so the protocol runs on the host against a simulated unit and under
+//! loom (`RUSTFLAGS="--cfg loom"`).
+
+use core::fmt;
+
+use iommu::addr::PhysAddr;
+
+use crate::caps::ExtendedCapability;
+use crate::descriptor::{Descriptor, DescriptorError, Wait};
+use crate::registers::{RegisterBlock, FSTS, IQERCD, IQH};
+use crate::root_table::SourceId;
+use crate::sync::{fence, spin_wait, AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// FSTS bits the queue handles (11.4.9.1), all RW1C.
+const FSTS_IQE: u32 = FSTS::IQE.mask << FSTS::IQE.shift;
+const FSTS_ICE: u32 = FSTS::ICE.mask << FSTS::ICE.shift;
+const FSTS_ITE: u32 = FSTS::ITE.mask << FSTS::ITE.shift;
+/// IQH/IQT bits 18:4 hold the head/tail as a byte offset into the queue.
+const QUEUE_OFFSET_MASK: u64 = IQH::QH.mask << IQH::QH.shift;
+
+/// The width of every descriptor in a queue (IQA.DW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescriptorWidth {
+    /// 128-bit descriptors: legacy units.
+    Bits128,
+    /// 256-bit descriptors: needed in scalable mode and for the PASID-granular types.
+    Bits256,
+}
+
+impl DescriptorWidth {
+    /// 256-bit whenever the unit can do scalable mode (IQA.DW is honoured only with ECAP.SMTS,
+    /// and scalable-mode descriptors need it); 128-bit otherwise.
+    pub const fn for_unit(ecap: ExtendedCapability) -> Self {
+        if ecap.smts() {
+            Self::Bits256
+        } else {
+            Self::Bits128
+        }
+    }
+
+    /// Quadwords per descriptor.
+    pub const fn words(self) -> usize {
+        match self {
+            Self::Bits128 => 2,
+            Self::Bits256 => 4,
+        }
+    }
+
+    /// log2 of the descriptor size in bytes: how far IQH/IQT values are shifted.
+    const fn shift(self) -> u32 {
+        match self {
+            Self::Bits128 => 4,
+            Self::Bits256 => 5,
+        }
+    }
+}
+
+/// The queue size: 2^QS pages (IQA.QS, 0..=7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSize(u8);
+
+impl QueueSize {
+    /// One page: 256 descriptors of 128 bits or 128 of 256 bits.
+    pub const ONE_PAGE: Self = Self(0);
+
+    pub const fn new(qs: u8) -> Option<Self> {
+        if qs <= 7 {
+            Some(Self(qs))
+        } else {
+            None
+        }
+    }
+
+    pub const fn qs(self) -> u8 {
+        self.0
+    }
+
+    pub const fn bytes(self) -> usize {
+        4096 << self.0
+    }
+
+    /// Descriptors the queue holds at this width.
+    pub const fn entries(self, width: DescriptorWidth) -> usize {
+        self.bytes() >> width.shift()
+    }
+}
+
+/// The registers the queue uses, as raw values, so the protocol can run against a simulation.
+///
+/// Implementations do each call as one access in program order. [`write_tail`] is called after
+/// a `SeqCst` fence that makes the descriptors visible, and must not be reordered before it
+/// (volatile MMIO writes to uncached memory are not, on x86). [`read_head`] must not let later
+/// writes of queue memory move before it (an uncached x86 load does not).
+///
+/// [`write_tail`]: QiRegisters::write_tail
+/// [`read_head`]: QiRegisters::read_head
+pub trait QiRegisters {
+    /// IQH as read: bits 18:4 are the byte offset of the next descriptor the unit processes.
+    fn read_head(&self) -> u64;
+    /// Writes IQT: bits 18:4 are the byte offset one past the last valid descriptor.
+    fn write_tail(&self, value: u64);
+    /// FSTS as read.
+    fn read_fault_status(&self) -> u32;
+    /// Writes `bits` to FSTS: each set bit clears that RW1C status bit, nothing else changes.
+    fn clear_fault_status(&self, bits: u32);
+    /// IQERCD as read.
+    fn read_error_record(&self) -> u64;
+}
+
+impl<T: QiRegisters + ?Sized> QiRegisters for &T {
+    fn read_head(&self) -> u64 {
+        (**self).read_head()
+    }
+    fn write_tail(&self, value: u64) {
+        (**self).write_tail(value)
+    }
+    fn read_fault_status(&self) -> u32 {
+        (**self).read_fault_status()
+    }
+    fn clear_fault_status(&self, bits: u32) {
+        (**self).clear_fault_status(bits)
+    }
+    fn read_error_record(&self) -> u64 {
+        (**self).read_error_record()
+    }
+}
+
+/// The queue registers of a real unit: IQH, IQT, FSTS and IQERCD of its register block, which
+/// several CPUs may use at once.
+pub struct QiMmio<'a> {
+    block: &'a RegisterBlock,
+}
+
+impl<'a> QiMmio<'a> {
+    pub fn new(block: &'a RegisterBlock) -> Self {
+        Self { block }
+    }
+}
+
+// SAFETY: every access is one volatile read or write of a 32- or 64-bit register, which the
+// hardware serialises; the queue never does read-modify-write on these registers: IQT writes
+// are serialised by the queue's publisher lock and FSTS writes are write-1-to-clear of the
+// queue's own bits, which cannot undo another CPU's write of other bits.
+unsafe impl Sync for QiMmio<'_> {}
+// SAFETY: as above; the reference may be used from any CPU.
+unsafe impl Send for QiMmio<'_> {}
+
+impl QiRegisters for QiMmio<'_> {
+    fn read_head(&self) -> u64 {
+        use tock_registers::interfaces::Readable;
+        self.block.iqh.get()
+    }
+    fn write_tail(&self, value: u64) {
+        use tock_registers::interfaces::Writeable;
+        self.block.iqt.set(value)
+    }
+    fn read_fault_status(&self) -> u32 {
+        use tock_registers::interfaces::Readable;
+        self.block.fsts.get()
+    }
+    fn clear_fault_status(&self, bits: u32) {
+        use tock_registers::interfaces::Writeable;
+        self.block.fsts.set(bits)
+    }
+    fn read_error_record(&self) -> u64 {
+        use tock_registers::interfaces::Readable;
+        self.block.iqercd.get()
+    }
+}
+
+/// Why the unit stopped the queue with IQE (IQERCD.IQEI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueErrorInfo {
+    /// 0: no detail recorded (QEMU 10.0 does not implement IQERCD).
+    NotAvailable,
+    /// 1: the tail pointer was beyond the queue.
+    InvalidTail,
+    /// 2: fetching the descriptor at the head failed.
+    FetchFailed,
+    /// 3: the descriptor type is invalid or not supported.
+    InvalidType,
+    /// 4: a reserved field of the descriptor is set.
+    ReservedField,
+    /// 5: the descriptor does not fit the queue's width.
+    InvalidWidth,
+    /// 6: the tail is not 256-bit aligned in a 256-bit queue.
+    TailNotAligned,
+    /// 7: the descriptor is not valid in the current translation mode (RTADDR.TTM).
+    InvalidForMode,
+    /// Any other value.
+    Other(u8),
+}
+
+impl QueueErrorInfo {
+    pub const fn from_iqei(iqei: u8) -> Self {
+        match iqei {
+            0 => Self::NotAvailable,
+            1 => Self::InvalidTail,
+            2 => Self::FetchFailed,
+            3 => Self::InvalidType,
+            4 => Self::ReservedField,
+            5 => Self::InvalidWidth,
+            6 => Self::TailNotAligned,
+            7 => Self::InvalidForMode,
+            n => Self::Other(n),
+        }
+    }
+
+    const fn iqei(self) -> u8 {
+        match self {
+            Self::NotAvailable => 0,
+            Self::InvalidTail => 1,
+            Self::FetchFailed => 2,
+            Self::InvalidType => 3,
+            Self::ReservedField => 4,
+            Self::InvalidWidth => 5,
+            Self::TailNotAligned => 6,
+            Self::InvalidForMode => 7,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// Whether the error is about the descriptor at the head (rather than the tail register).
+    const fn blames_head(self) -> bool {
+        !matches!(self, Self::InvalidTail | Self::TailNotAligned)
+    }
+}
+
+/// Errors of the invalidation queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QiError {
+    /// A batch (with its wait descriptor) must leave one slot free: at most `capacity`
+    /// descriptors fit.
+    BatchTooLarge { descriptors: usize, capacity: usize },
+    /// A PASID-granular descriptor was submitted to a 128-bit queue.
+    NeedsWideDescriptors { kind: &'static str },
+    /// A descriptor could not be encoded.
+    Descriptor(DescriptorError),
+    /// The unit did not free slots within the poll budget.
+    QueueFull,
+    /// The batch whose wait descriptor is at `position` did not complete within the poll budget
+    /// (it stays queued; a later completion is harmless).
+    Timeout { position: u64 },
+    /// The unit rejected descriptor `index` of the batch (the wait descriptor is index
+    /// `descriptors.len()`): it was skipped and the rest of the batch ran.
+    InvalidDescriptor { index: usize, info: QueueErrorInfo },
+    /// A device-TLB invalidation of `source` timed out (FSTS.ITE): the unit dropped the batch's
+    /// wait descriptor; resubmit.
+    DeviceTlbTimeout { source: SourceId },
+    /// The memory given to the queue is too small or misaligned (`what` says which part).
+    BadMemory { what: &'static str },
+    /// The frame allocator had no memory for the queue.
+    OutOfMemory,
+}
+
+impl From<DescriptorError> for QiError {
+    fn from(e: DescriptorError) -> Self {
+        Self::Descriptor(e)
+    }
+}
+
+impl fmt::Display for QiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BatchTooLarge {
+                descriptors,
+                capacity,
+            } => write!(
+                f,
+                "VT-d QI: batch of {descriptors} descriptors, at most {capacity} fit"
+            ),
+            Self::NeedsWideDescriptors { kind } => {
+                write!(f, "VT-d QI: {kind} descriptors need a 256-bit queue")
+            }
+            Self::Descriptor(e) => write!(f, "VT-d QI: {e}"),
+            Self::QueueFull => write!(f, "VT-d QI: queue full, the unit did not advance its head"),
+            Self::Timeout { position } => {
+                write!(
+                    f,
+                    "VT-d QI: batch ending at {position} not completed in time"
+                )
+            }
+            Self::InvalidDescriptor { index, info } => write!(
+                f,
+                "VT-d QI: the unit rejected descriptor {index} of the batch ({info:?})"
+            ),
+            Self::DeviceTlbTimeout { source } => {
+                write!(f, "VT-d QI: device-TLB invalidation of {source} timed out")
+            }
+            Self::BadMemory { what } => write!(f, "VT-d QI: unusable queue memory: {what}"),
+            Self::OutOfMemory => write!(f, "VT-d QI: no memory for the queue"),
+        }
+    }
+}
+
+impl core::error::Error for QiError {}
+
+/// The memory a queue works in: the descriptor ring and status words the unit reads and
+/// writes, and two per-slot arrays only the CPUs use.
+pub struct QueueMemory<'m> {
+    descriptors: &'m [AtomicU64],
+    descriptors_phys: PhysAddr,
+    status: &'m [AtomicU32],
+    status_phys: PhysAddr,
+    marks: &'m [AtomicU64],
+    ready: &'m [AtomicU64],
+}
+
+impl<'m> QueueMemory<'m> {
+    /// Bundles the queue's memory for `entries` descriptors of `width`: `descriptors` needs
+    /// `entries × width.words()` quadwords, `status` `entries + 1` words, `marks` and `ready`
+    /// `entries` quadwords each, all zero.
+    ///
+    /// # Safety
+    ///
+    /// `descriptors_phys` and `status_phys` must be the addresses at which the unit reaches
+    /// `descriptors` and `status` (it reads the former and writes the latter by DMA, coherently
+    /// with the CPU caches, as the spec requires for the queue and wait status writes), and
+    /// that memory must not be used by anything else while the unit may access it.
+    pub unsafe fn new(
+        descriptors: &'m [AtomicU64],
+        descriptors_phys: PhysAddr,
+        status: &'m [AtomicU32],
+        status_phys: PhysAddr,
+        marks: &'m [AtomicU64],
+        ready: &'m [AtomicU64],
+    ) -> Self {
+        Self {
+            descriptors,
+            descriptors_phys,
+            status,
+            status_phys,
+            marks,
+            ready,
+        }
+    }
+
+    fn check(&self, entries: usize, width: DescriptorWidth) -> Result<(), QiError> {
+        let bad = |what| Err(QiError::BadMemory { what });
+        if self.descriptors.len() < entries * width.words() {
+            return bad("descriptor ring too small");
+        }
+        if self.status.len() < entries + 1 {
+            return bad("status words too few");
+        }
+        if self.marks.len() < entries || self.ready.len() < entries {
+            return bad("bookkeeping arrays too small");
+        }
+        if !self.descriptors_phys.is_aligned(4096) {
+            return bad("descriptor ring not 4 KiB aligned");
+        }
+        if !self.status_phys.is_aligned(4) {
+            return bad("status words not 4-byte aligned");
+        }
+        Ok(())
+    }
+}
+
+/// Frames for a queue from the embedder's HAL: the ring, and one frame for the status words
+/// and the CPU-side arrays.
+#[cfg(not(loom))]
+pub struct QueueFrames<'h, H: iommu::hal::Hal> {
+    hal: &'h H,
+    ring: PhysAddr,
+    ring_size: iommu::hal::FrameSize,
+    book: PhysAddr,
+    book_size: iommu::hal::FrameSize,
+    entries: usize,
+    width: DescriptorWidth,
+}
+
+#[cfg(not(loom))]
+impl<'h, H: iommu::hal::Hal> QueueFrames<'h, H> {
+    /// Allocates zeroed frames for a queue of `size` at `width`.
+    pub fn allocate(hal: &'h H, size: QueueSize, width: DescriptorWidth) -> Result<Self, QiError> {
+        use iommu::hal::FrameSize;
+        let entries = size.entries(width);
+        let ring_size =
+            FrameSize::from_log2(12 + u32::from(size.qs())).ok_or(QiError::OutOfMemory)?;
+        let book_bytes = Self::status_bytes(entries) + 16 * entries;
+        let book_log2 = book_bytes.next_power_of_two().trailing_zeros().max(12);
+        let book_size = FrameSize::from_log2(book_log2).ok_or(QiError::OutOfMemory)?;
+        let ring = hal.alloc_frame(ring_size).ok_or(QiError::OutOfMemory)?;
+        let Some(book) = hal.alloc_frame(book_size) else {
+            // SAFETY: just allocated with this size and not shared with anyone yet.
+            unsafe { hal.free_frame(ring, ring_size) };
+            return Err(QiError::OutOfMemory);
+        };
+        Ok(Self {
+            hal,
+            ring,
+            ring_size,
+            book,
+            book_size,
+            entries,
+            width,
+        })
+    }
+
+    /// Status words (one per slot and the sink), rounded up to keep the arrays after them
+    /// 8-byte aligned.
+    fn status_bytes(entries: usize) -> usize {
+        (4 * (entries + 1)).next_multiple_of(8)
+    }
+
+    /// The physical address of the ring, for IQA.
+    pub fn ring(&self) -> PhysAddr {
+        self.ring
+    }
+
+    /// The memory a queue needs, borrowed from these frames.
+    pub fn memory(&self) -> QueueMemory<'_> {
+        let n = self.entries;
+        let ring = self.hal.phys_to_virt(self.ring).cast::<AtomicU64>();
+        let book = self.hal.phys_to_virt(self.book);
+        let status = book.cast::<AtomicU32>();
+        let arrays_offset = Self::status_bytes(n);
+        // SAFETY: `allocate` sized the bookkeeping frame for the status words plus two arrays
+        // of `n` quadwords, so the offset stays inside it.
+        let marks = unsafe { book.add(arrays_offset) }.cast::<AtomicU64>();
+        // SAFETY: as above, `n` quadwords further is still inside the frame.
+        let ready = unsafe { book.add(arrays_offset + 8 * n) }.cast::<AtomicU64>();
+        // SAFETY: the HAL contract gives zeroed frames of the requested size, aligned to it,
+        // used by nothing else until freed, reachable through `phys_to_virt` with 64-bit atomic
+        // accesses; atomics have the size and alignment of the integers they wrap, all-zero is
+        // a valid value, and the frames live as long as `self`, which the slices borrow.
+        let (descriptors, status, marks, ready) = unsafe {
+            (
+                core::slice::from_raw_parts(ring.as_ptr(), n * self.width.words()),
+                core::slice::from_raw_parts(status.as_ptr(), n + 1),
+                core::slice::from_raw_parts(marks.as_ptr(), n),
+                core::slice::from_raw_parts(ready.as_ptr(), n),
+            )
+        };
+        // SAFETY: the physical addresses are those of the frames the slices point into.
+        unsafe { QueueMemory::new(descriptors, self.ring, status, self.book, marks, ready) }
+    }
+
+    /// Returns the frames to the HAL.
+    ///
+    /// # Safety
+    ///
+    /// The unit must no longer use the queue (queued invalidation disabled, GSTS.QIES clear)
+    /// and no [`InvalidationQueue`] built on [`memory`](Self::memory) may be used again.
+    pub unsafe fn free(self) {
+        // SAFETY: allocated in `allocate` with these sizes; the caller guarantees neither the
+        // CPU nor the unit touches them any more.
+        unsafe {
+            self.hal.free_frame(self.ring, self.ring_size);
+            self.hal.free_frame(self.book, self.book_size);
+        }
+    }
+}
+
+/// How a queue is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub width: DescriptorWidth,
+    pub size: QueueSize,
+    /// Polls before a wait for completion or for free slots gives up.
+    pub poll_budget: u32,
+    /// Every this many polls, FSTS is read to catch queue errors (each read is an MMIO access,
+    /// the status-word polls in between are plain memory reads).
+    pub fault_check_interval: u32,
+}
+
+impl QueueConfig {
+    /// The width the unit needs, `size`, the core's default poll budget, FSTS every 64 polls.
+    pub const fn for_unit(ecap: ExtendedCapability, size: QueueSize) -> Self {
+        Self {
+            width: DescriptorWidth::for_unit(ecap),
+            size,
+            poll_budget: iommu::poll::DEFAULT_POLL_BUDGET,
+            fault_check_interval: 64,
+        }
+    }
+}
+
+/// A submitted batch, to wait for with [`InvalidationQueue::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a batch is only known complete once waited for"]
+pub struct Ticket {
+    /// Position of the batch's first descriptor.
+    start: u64,
+    /// Position of its wait descriptor.
+    wait: u64,
+    /// The error epoch when it was submitted: no change, no error to look for.
+    epoch: u64,
+}
+
+/// What [`InvalidationQueue::recover`] found and handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    /// IQE: the descriptor at `position` was rejected and replaced by a harmless wait.
+    pub invalid_descriptor: Option<(u64, QueueErrorInfo)>,
+    /// ITE: a device-TLB invalidation of this device timed out; waits in flight were dropped.
+    pub device_tlb_timeout: Option<SourceId>,
+    /// ICE: this device answered a device-TLB invalidation wrongly. Not attributed to a batch:
+    /// the invalidation itself completed.
+    pub completion_error: Option<SourceId>,
+}
+
+/// The publisher's lock is held.
+const PUBLISH_LOCKED: u32 = 1;
+/// Someone marked a batch ready while the lock was held: the holder scans again.
+const PUBLISH_PENDING: u32 = 2;
+/// Error recovery asks the holder to write IQT even if the tail did not move.
+const PUBLISH_KICK: u32 = 4;
+
+/// Mark kinds in the per-slot `marks` array (bits 23:16 of a mark).
+const MARK_INVALID: u64 = 1;
+
+/// The invalidation queue of one unit.
+///
+/// # Protocol and why it is correct
+///
+/// Positions count descriptors since the queue started (u64, never wrapping in practice); slot
+/// = position mod N. Four pieces of shared state:
+///
+/// - `reserved`: next free position. A producer claims `[r, r + k)` with a compare-exchange
+///   only if `r + k ≤ head + N − 1`, where `head` is a lower bound of the unit's head (see
+///   [`head_position`](Self::head_position)); so a slot is rewritten only after the unit has
+///   consumed its previous use, and the ring never looks empty when full. The counter only
+///   partitions slots, so it is `Relaxed`; what orders slot reuse after the unit's read is the
+///   head register read, which no later write may pass (trait contract).
+/// - `ready[slot]`: a producer that filled `[r, r + k)` stores `r + k` into `ready[r mod N]`
+///   with `Release`, publishing its descriptor writes to whoever loads it with `Acquire`.
+///   A value `v` at the slot of `t` means "the batch starting at `t` is ready" iff
+///   `t < v < t + N`; values left from earlier laps are ≤ `t`.
+/// - `published`: the tail given to the unit. Only the holder of the publisher lock changes
+///   it: it follows the ready marks from `published` as far as they go, issues a `SeqCst`
+///   fence (the descriptors, acquired through the marks, become visible before the doorbell),
+///   writes IQT and stores `published` (`Release`, for the head estimate of producers). IQT
+///   only ever moves forward, in reservation order, because only the holder writes it and each
+///   holder starts from its predecessor's `published` (lock `Release` → `Acquire`).
+/// - `publish_state`: the lock and a "pending" request bit, in one word changed only by
+///   read-modify-writes, so they are totally ordered. A producer that finds the lock free takes
+///   it; one that finds it held sets PENDING and leaves (no one waits for another CPU). The
+///   holder leaves with a compare-exchange LOCKED → 0, which fails if PENDING was set before
+///   it; then it takes the request (swap, `Acquire`: the requester's ready mark, stored before
+///   its `AcqRel` read-modify-write, is visible) and scans again. A request made after the
+///   holder left finds the lock free and is its own publisher. So every ready batch whose
+///   predecessors are ready is published without waiting; a batch behind one not yet ready
+///   is published by that one's producer. Error recovery asks for a tail write the same way
+///   (KICK), so it never waits either.
+///
+/// Completion: the batch's last descriptor is a wait that writes a token (lap number + 1) into
+/// the status word of its slot; the waiter polls that word with `Acquire` (the unit's write
+/// comes after it executed every earlier descriptor). Tokens grow by one per lap, so a stale
+/// earlier-lap value never passes for completion, while a later lap's token (the slot reused
+/// after our wait ran, before a slow waiter looked) does.
+///
+/// Errors: a waiter that sees FSTS.IQE takes the `recovering` flag, marks the position at the
+/// head as invalid (`marks`, then `error_epoch` bumped, both `Release`, before clearing IQE, so
+/// any waiter that sees a later completion sees the mark), replaces the descriptor by a wait
+/// writing a sink word, clears IQE and has the tail re-written through the publisher lock (QEMU
+/// resumes only on a tail write). ITE records a window of dropped waits the same way.
+pub struct InvalidationQueue<'m, R> {
+    regs: R,
+    mem: QueueMemory<'m>,
+    width: DescriptorWidth,
+    size: QueueSize,
+    /// N, the number of slots.
+    entries: u64,
+    poll_budget: u32,
+    fault_check_interval: u32,
+    /// A wait writing to the sink word: what a rejected descriptor is replaced with.
+    sink: [u64; 4],
+    /// Next unreserved position; orders nothing (see the protocol above).
+    reserved: AtomicU64,
+    /// Tail written to the unit; `Release` store by the publisher, `Acquire` loads by producers
+    /// estimating the head, so the estimate never runs ahead of what the unit was given.
+    published: AtomicU64,
+    /// The publisher's lock word: [`PUBLISH_LOCKED`], plus requests handed to the holder
+    /// ([`PUBLISH_PENDING`], [`PUBLISH_KICK`]). Only read-modify-writes change it, so the changes
+    /// are totally ordered; see the protocol above for what each orders.
+    publish_state: AtomicU32,
+    /// One error recoverer at a time: `Acquire`/`Release` as a lock around recovery.
+    recovering: AtomicBool,
+    /// Bumped (`Release`) after marks or the ITE window are written, loaded (`Acquire`) by
+    /// waiters before they read them.
+    error_epoch: AtomicU64,
+    /// Wait positions in `[from, to)` dropped by an ITE, and the device; written before the
+    /// epoch bump that publishes them, so `Relaxed`.
+    ite_from: AtomicU64,
+    ite_to: AtomicU64,
+    ite_source: AtomicU32,
+    /// Statistics: descriptors and batches submitted (`Relaxed`, read after the fact).
+    descriptors_submitted: AtomicU64,
+    batches_submitted: AtomicU64,
+}
+
+impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
+    /// A queue in `memory`, used through `regs`.
+    ///
+    /// The unit's queue must be off with IQT = 0 (so IQH = 0): program IQA with
+    /// [`iqa_value`](Self::iqa_value), then set GCMD.QIE and wait for GSTS.QIES.
+    pub fn new(regs: R, memory: QueueMemory<'m>, config: QueueConfig) -> Result<Self, QiError> {
+        let entries = config.size.entries(config.width);
+        Self::with_entries(regs, memory, config, entries)
+    }
+
+    /// As `new` with an arbitrary slot count: model tests use tiny rings.
+    fn with_entries(
+        regs: R,
+        memory: QueueMemory<'m>,
+        config: QueueConfig,
+        entries: usize,
+    ) -> Result<Self, QiError> {
+        memory.check(entries, config.width)?;
+        if entries < 2 {
+            return Err(QiError::BadMemory {
+                what: "a queue needs two slots",
+            });
+        }
+        let sink_addr = PhysAddr::new(memory.status_phys.as_u64() + 4 * entries as u64);
+        let sink = Wait::status_write(sink_addr, 0)
+            .and_then(|w| Descriptor::Wait(w).encode())
+            .map_err(QiError::Descriptor)?;
+        Ok(Self {
+            regs,
+            mem: memory,
+            width: config.width,
+            size: config.size,
+            entries: entries as u64,
+            poll_budget: config.poll_budget,
+            fault_check_interval: config.fault_check_interval.max(1),
+            sink,
+            reserved: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_state: AtomicU32::new(0),
+            recovering: AtomicBool::new(false),
+            error_epoch: AtomicU64::new(0),
+            ite_from: AtomicU64::new(0),
+            ite_to: AtomicU64::new(0),
+            ite_source: AtomicU32::new(0),
+            descriptors_submitted: AtomicU64::new(0),
+            batches_submitted: AtomicU64::new(0),
+        })
+    }
+
+    /// The value for IQA: ring base, DW and QS (11.4.11.3).
+    pub fn iqa_value(&self) -> u64 {
+        let dw = match self.width {
+            DescriptorWidth::Bits128 => 0,
+            DescriptorWidth::Bits256 => 1 << 11,
+        };
+        self.mem.descriptors_phys.as_u64() | dw | u64::from(self.size.qs())
+    }
+
+    pub fn width(&self) -> DescriptorWidth {
+        self.width
+    }
+
+    /// The most descriptors one batch may hold (its wait descriptor and one free slot aside).
+    pub fn batch_capacity(&self) -> usize {
+        (self.entries - 2) as usize
+    }
+
+    /// Descriptors (waits included) and batches submitted so far.
+    pub fn submitted(&self) -> (u64, u64) {
+        (
+            self.descriptors_submitted.load(Ordering::Relaxed),
+            self.batches_submitted.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues `descriptors` followed by one wait descriptor that completes the batch, and
+    /// publishes them to the unit. Returns without waiting for completion.
+    pub fn submit<I>(&self, descriptors: I) -> Result<Ticket, QiError>
+    where
+        I: IntoIterator<Item = Descriptor>,
+        I::IntoIter: ExactSizeIterator + Clone,
+    {
+        let iter = descriptors.into_iter();
+        let count = iter.len();
+        if count > self.batch_capacity() {
+            return Err(QiError::BatchTooLarge {
+                descriptors: count,
+                capacity: self.batch_capacity(),
+            });
+        }
+        for d in iter.clone() {
+            if d.needs_256_bit() && self.width == DescriptorWidth::Bits128 {
+                return Err(QiError::NeedsWideDescriptors { kind: d.kind() });
+            }
+            d.encode()?;
+        }
+        let epoch = self.error_epoch.load(Ordering::Acquire);
+        let total = count as u64 + 1;
+        let start = self.reserve(total)?;
+        let wait = start + count as u64;
+        // The slots are ours now and must all be filled, whatever the iterator does: anything
+        // missing or unencodable becomes a harmless sink wait.
+        let mut iter = iter;
+        for pos in start..wait {
+            let words = match iter.next().map(|d| d.encode()) {
+                Some(Ok(w)) => w,
+                _ => self.sink,
+            };
+            self.write_slot(pos, words);
+        }
+        let status_addr = PhysAddr::new(self.mem.status_phys.as_u64() + 4 * (wait % self.entries));
+        let words = Wait::status_write(status_addr, self.token(wait))
+            .and_then(|w| Descriptor::Wait(w).encode())
+            .unwrap_or(self.sink);
+        self.write_slot(wait, words);
+        // Publishes the slot writes above to the publisher that acquires this mark.
+        self.ready_mark(start)
+            .store(start + total, Ordering::Release);
+        self.publish(false);
+        self.descriptors_submitted
+            .fetch_add(total, Ordering::Relaxed);
+        self.batches_submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket { start, wait, epoch })
+    }
+
+    /// Waits (bounded) until the batch completed, and reports what happened to it.
+    pub fn wait(&self, ticket: Ticket) -> Result<(), QiError> {
+        let token = self.token(ticket.wait);
+        let status = self.status_word(ticket.wait);
+        let mut seen_epoch = ticket.epoch;
+        let mut polls = 0u32;
+        loop {
+            // Pairs with the unit's status write, which follows the batch's execution.
+            if Self::reached(status.load(Ordering::Acquire), token) {
+                return self.batch_result(ticket);
+            }
+            if polls.is_multiple_of(self.fault_check_interval) {
+                self.recover();
+            }
+            let epoch = self.error_epoch.load(Ordering::Acquire);
+            if epoch != seen_epoch {
+                seen_epoch = epoch;
+                if let Some(e) = self.wait_dropped(ticket) {
+                    return Err(e);
+                }
+            }
+            if polls >= self.poll_budget {
+                return Err(QiError::Timeout {
+                    position: ticket.wait,
+                });
+            }
+            polls += 1;
+            spin_wait();
+        }
+    }
+
+    /// [`submit`](Self::submit) then [`wait`](Self::wait).
+    pub fn submit_and_wait<I>(&self, descriptors: I) -> Result<(), QiError>
+    where
+        I: IntoIterator<Item = Descriptor>,
+        I::IntoIter: ExactSizeIterator + Clone,
+    {
+        let ticket = self.submit(descriptors)?;
+        self.wait(ticket)
+    }
+
+    /// Handles queue errors the unit reports in FSTS (also the body of the fault interrupt's
+    /// queue part): IQE (the rejected descriptor is marked for its batch, replaced by a
+    /// harmless wait, and the queue restarted), ITE (waits in flight are reported dropped),
+    /// ICE (cleared). Safe to call from several CPUs: one recovers, the others return at once.
+    pub fn recover(&self) -> Recovered {
+        let mut done = Recovered::default();
+        if self.regs.read_fault_status() & (FSTS_IQE | FSTS_ITE | FSTS_ICE) == 0 {
+            return done;
+        }
+        if self.recovering.swap(true, Ordering::Acquire) {
+            return done;
+        }
+        let fsts = self.regs.read_fault_status();
+        let record = self.regs.read_error_record();
+        let field =
+            |f: tock_registers::fields::Field<u64, IQERCD::Register>| (record >> f.shift) & f.mask;
+        if fsts & FSTS_IQE != 0 {
+            let info = QueueErrorInfo::from_iqei(field(IQERCD::IQEI) as u8);
+            let head = self.head_position();
+            if info.blames_head() {
+                let mark = self.mark_value(head, MARK_INVALID, u64::from(info.iqei()));
+                self.mem.marks[self.slot(head)].store(mark, Ordering::Release);
+                self.write_slot(head, self.sink);
+                done.invalid_descriptor = Some((head, info));
+            }
+            self.error_epoch.fetch_add(1, Ordering::Release);
+            // The replacement and the marks are visible before the unit resumes.
+            fence(Ordering::SeqCst);
+            self.regs.clear_fault_status(FSTS_IQE);
+        }
+        if fsts & FSTS_ITE != 0 {
+            let source = SourceId::from_raw(field(IQERCD::ITESID) as u16);
+            // Waits the unit fetched (positions before its head) but had not completed were
+            // dropped; those whose status is written are not affected.
+            let head = self.head_position();
+            self.ite_from
+                .store(head.saturating_sub(self.entries - 1), Ordering::Relaxed);
+            self.ite_to.store(head, Ordering::Relaxed);
+            self.ite_source
+                .store(u32::from(source.raw()), Ordering::Relaxed);
+            self.error_epoch.fetch_add(1, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.regs.clear_fault_status(FSTS_ITE);
+            done.device_tlb_timeout = Some(source);
+        }
+        if fsts & FSTS_ICE != 0 {
+            done.completion_error = Some(SourceId::from_raw(field(IQERCD::ICESID) as u16));
+            self.regs.clear_fault_status(FSTS_ICE);
+        }
+        self.recovering.store(false, Ordering::Release);
+        // Restart the unit: QEMU fetches again only when the tail is written.
+        self.publish(true);
+        done
+    }
+
+    /// Claims `total` consecutive slots, waiting (bounded) for the unit to free them.
+    fn reserve(&self, total: u64) -> Result<u64, QiError> {
+        let mut polls = 0u32;
+        loop {
+            let r = self.reserved.load(Ordering::Relaxed);
+            if r + total < self.head_position() + self.entries {
+                if self
+                    .reserved
+                    .compare_exchange(r, r + total, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(r);
+                }
+                continue;
+            }
+            if polls >= self.poll_budget {
+                return Err(QiError::QueueFull);
+            }
+            if polls.is_multiple_of(self.fault_check_interval) {
+                self.recover();
+            }
+            polls += 1;
+            spin_wait();
+        }
+    }
+
+    /// Publishes every ready batch from `published` on (see the protocol at the type), or
+    /// leaves that to the current publisher. With `kick`, IQT is written even if nothing new is
+    /// ready (to restart the unit after an error).
+    fn publish(&self, kick: bool) {
+        let own = if kick {
+            PUBLISH_PENDING | PUBLISH_KICK
+        } else {
+            PUBLISH_PENDING
+        };
+        // Enter: take the lock, or hand our request to the holder. AcqRel: our ready mark (or
+        // recovery's writes) is released to the holder that reads this value, and taking the
+        // lock acquires the previous holder's `published` and IQT write.
+        let mut state = self.publish_state.load(Ordering::Relaxed);
+        loop {
+            let next = if state & PUBLISH_LOCKED != 0 {
+                state | own
+            } else {
+                PUBLISH_LOCKED
+            };
+            match self.publish_state.compare_exchange(
+                state,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) if state & PUBLISH_LOCKED != 0 => return,
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        let mut kick = kick;
+        loop {
+            let start = self.published.load(Ordering::Relaxed);
+            let mut tail = start;
+            while let Some(end) = self.ready_end(tail) {
+                tail = end;
+            }
+            if tail != start || kick {
+                // Descriptor writes (ours, and other producers' acquired through their marks)
+                // are visible before the unit is told about them.
+                fence(Ordering::SeqCst);
+                self.regs
+                    .write_tail((tail % self.entries) << self.width.shift());
+                self.published.store(tail, Ordering::Release);
+            }
+            // Leave, unless someone handed us a request meanwhile: then take it (Acquire, for
+            // their ready mark) and go round again.
+            match self.publish_state.compare_exchange(
+                PUBLISH_LOCKED,
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(_) => {
+                    let handed = self.publish_state.swap(PUBLISH_LOCKED, Ordering::AcqRel);
+                    kick = handed & PUBLISH_KICK != 0;
+                }
+            }
+        }
+    }
+
+    /// The end of the batch that starts at position `t`, if it is ready.
+    fn ready_end(&self, t: u64) -> Option<u64> {
+        // Acquire: the batch's descriptor writes happen before our use of them.
+        let v = self.ready_mark(t).load(Ordering::Acquire);
+        (v > t && v - t < self.entries).then_some(v)
+    }
+
+    /// A lower bound of the unit's head as a position: exact while the unit's head is at or
+    /// behind the `published` we read (it always is, since reservations keep the head within
+    /// N − 1 of every published tail); if the head has already passed it, the estimate falls
+    /// below `published`, which only makes reservations more careful.
+    fn head_position(&self) -> u64 {
+        let published = self.published.load(Ordering::Acquire);
+        let head =
+            ((self.regs.read_head() & QUEUE_OFFSET_MASK) >> self.width.shift()) % self.entries;
+        let behind = (published % self.entries + self.entries - head) % self.entries;
+        // Early on, a head already past a stale `published` can put the estimate below 0.
+        published.saturating_sub(behind)
+    }
+
+    /// Reports an error that hit the batch: a mark on one of its descriptors (IQE).
+    fn batch_result(&self, ticket: Ticket) -> Result<(), QiError> {
+        if self.error_epoch.load(Ordering::Acquire) == ticket.epoch {
+            return Ok(());
+        }
+        for pos in ticket.start..=ticket.wait {
+            if let Some(info) = self.invalid_mark(pos) {
+                return Err(QiError::InvalidDescriptor {
+                    index: (pos - ticket.start) as usize,
+                    info,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An error that means the batch's wait will never write its status: the wait itself was
+    /// rejected (IQE) or dropped (ITE).
+    fn wait_dropped(&self, ticket: Ticket) -> Option<QiError> {
+        if let Some(info) = self.invalid_mark(ticket.wait) {
+            return Some(QiError::InvalidDescriptor {
+                index: (ticket.wait - ticket.start) as usize,
+                info,
+            });
+        }
+        let from = self.ite_from.load(Ordering::Relaxed);
+        let to = self.ite_to.load(Ordering::Relaxed);
+        if (from..to).contains(&ticket.wait) {
+            let source = SourceId::from_raw(self.ite_source.load(Ordering::Relaxed) as u16);
+            // The status may still have been written just before the timeout.
+            let status = self.status_word(ticket.wait).load(Ordering::Acquire);
+            if !Self::reached(status, self.token(ticket.wait)) {
+                return Some(QiError::DeviceTlbTimeout { source });
+            }
+        }
+        None
+    }
+
+    fn invalid_mark(&self, pos: u64) -> Option<QueueErrorInfo> {
+        let mark = self.mem.marks[self.slot(pos)].load(Ordering::Acquire);
+        let expected = self.mark_value(pos, MARK_INVALID, 0);
+        if mark & !0xffff == expected {
+            Some(QueueErrorInfo::from_iqei(mark as u8))
+        } else {
+            None
+        }
+    }
+
+    /// Marks hold the position + 1 in bits 63:24 (0 = no mark), the kind in 23:16 and a detail
+    /// in 15:0. Positions alias only 2^40 descriptors apart. A mark lives in its slot until
+    /// another rejected descriptor lands in the same slot: a waiter that looks more than a lap
+    /// after its batch ran and another IQE hit that slot meanwhile misses its error.
+    fn mark_value(&self, pos: u64, kind: u64, detail: u64) -> u64 {
+        (pos + 1) << 24 | kind << 16 | (detail & 0xffff)
+    }
+
+    /// The status token of the wait at `pos`: its lap + 1, never the initial 0 of the words
+    /// (until 2^32 laps).
+    fn token(&self, pos: u64) -> u32 {
+        ((pos / self.entries) as u32).wrapping_add(1)
+    }
+
+    /// Whether a status word shows the wait with `token` done: its own token, or that of a
+    /// later lap's wait in the same slot (which the unit reached after ours, since it runs
+    /// waits in order, and which may overwrite ours before a slow waiter looks). Earlier laps'
+    /// tokens and the initial 0 are behind.
+    fn reached(status: u32, token: u32) -> bool {
+        (status.wrapping_sub(token) as i32) >= 0
+    }
+
+    fn slot(&self, pos: u64) -> usize {
+        (pos % self.entries) as usize
+    }
+
+    fn status_word(&self, pos: u64) -> &AtomicU32 {
+        &self.mem.status[self.slot(pos)]
+    }
+
+    fn ready_mark(&self, pos: u64) -> &AtomicU64 {
+        &self.mem.ready[self.slot(pos)]
+    }
+
+    /// Writes the descriptor at `pos`; ordered for the unit by the publisher's fence.
+    fn write_slot(&self, pos: u64, words: [u64; 4]) {
+        let n = self.width.words();
+        let base = self.slot(pos) * n;
+        for (cell, w) in self.mem.descriptors[base..base + n].iter().zip(words) {
+            cell.store(w, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A simulated unit for host and loom tests: registers as atomics, and a consumer step that
+/// executes one descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with
+/// the head left at the bad descriptor, no progress while IQE or ITE is set).
+#[cfg(test)]
+pub(crate) mod sim {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    pub struct SimUnit {
+        pub head: AtomicU64,
+        pub tail: AtomicU64,
+        pub fsts: AtomicU32,
+        pub iqercd: AtomicU64,
+        pub width: DescriptorWidth,
+        pub entries: u64,
+        pub status_phys: u64,
+        pub tail_writes: AtomicU64,
+    }
+
+    impl QiRegisters for SimUnit {
+        fn read_head(&self) -> u64 {
+            self.head.load(Ordering::Acquire)
+        }
+        fn write_tail(&self, value: u64) {
+            self.tail_writes.fetch_add(1, Ordering::Relaxed);
+            self.tail.store(value, Ordering::Release);
+        }
+        fn read_fault_status(&self) -> u32 {
+            self.fsts.load(Ordering::Acquire)
+        }
+        fn clear_fault_status(&self, bits: u32) {
+            self.fsts.fetch_and(!bits, Ordering::AcqRel);
+        }
+        fn read_error_record(&self) -> u64 {
+            self.iqercd.load(Ordering::Acquire)
+        }
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Step {
+        Idle,
+        Stopped,
+        Executed([u64; 4]),
+        Rejected,
+    }
+
+    /// QEMU 10.0's reserved-bit masks per type, for (quadword 0, quadword 1).
+    fn reserved(ty: u64) -> Option<(u64, u64, bool)> {
+        // (mask 0, mask 1, 256-bit only)
+        match ty {
+            1 => Some((0xfffc_0000_0000_f1c0, !0, false)),
+            2 => Some((0xffff_ffff_0000_f100, 0xf80, false)),
+            3 => Some((0xffff_0000_ffe0_f1f0, 0xffe, false)),
+            5 => Some((0xffff_f180, 3, false)),
+            6 => Some((0xfff0_0000_0000_f1c0, 0xf80, true)),
+            7 => Some((0, 0, true)),
+            8 => Some((0xfff0_0000_0000_f000, 0x7fe, true)),
+            _ => None,
+        }
+    }
+
+    impl SimUnit {
+        pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
+            Self {
+                head: AtomicU64::new(0),
+                tail: AtomicU64::new(0),
+                fsts: AtomicU32::new(0),
+                iqercd: AtomicU64::new(0),
+                width,
+                entries,
+                status_phys,
+                tail_writes: AtomicU64::new(0),
+            }
+        }
+
+        fn index(&self, raw: u64) -> u64 {
+            ((raw & QUEUE_OFFSET_MASK) >> self.width.shift()) % self.entries
+        }
+
+        /// Executes the descriptor at the head, if any.
+        pub fn step(&self, mem: &QueueMemory<'_>) -> Step {
+            if self.fsts.load(Ordering::Acquire) & (FSTS_IQE | FSTS_ITE) != 0 {
+                return Step::Stopped;
+            }
+            let head = self.index(self.head.load(Ordering::Relaxed));
+            let tail = self.index(self.tail.load(Ordering::Acquire));
+            if head == tail {
+                return Step::Idle;
+            }
+            let n = self.width.words();
+            let mut w = [0u64; 4];
+            for (i, word) in w.iter_mut().enumerate().take(n) {
+                *word = mem.descriptors[head as usize * n + i].load(Ordering::Relaxed);
+            }
+            let ty = (w[0] & 0xf) | ((w[0] >> 5) & 0x70);
+            let wide = self.width == DescriptorWidth::Bits256;
+            let valid = match reserved(ty) {
+                Some((m0, m1, wide_only)) => {
+                    (!wide_only || wide)
+                        && w[0] & m0 == 0
+                        && w[1] & m1 == 0
+                        && w[2] == 0
+                        && w[3] == 0
+                }
+                None => false,
+            };
+            // A wait must ask for exactly one of SW and IF (QEMU asserts on both).
+            let valid = valid && (ty != 5 || (w[0] >> 4) & 3 == 1 || (w[0] >> 4) & 3 == 2);
+            if !valid {
+                // QEMU leaves IQERCD at 0; reserved-field (4) here exercises the decoding.
+                self.iqercd.store(4, Ordering::Relaxed);
+                self.fsts.fetch_or(FSTS_IQE, Ordering::Release);
+                return Step::Rejected;
+            }
+            if ty == 5 && w[0] & (1 << 5) != 0 {
+                let idx = ((w[1] - self.status_phys) / 4) as usize;
+                mem.status[idx].store((w[0] >> 32) as u32, Ordering::Release);
+            }
+            self.head.store(
+                ((head + 1) % self.entries) << self.width.shift(),
+                Ordering::Release,
+            );
+            Step::Executed(w)
+        }
+
+        /// A device-TLB invalidation timed out: the unit drops everything fetched (here:
+        /// everything up to the tail) and stops until ITE is cleared.
+        #[cfg_attr(loom, allow(dead_code))]
+        pub fn inject_ite(&self, source: u16) {
+            let tail = self.tail.load(Ordering::Acquire);
+            self.head.store(tail, Ordering::Release);
+            self.iqercd
+                .store(u64::from(source) << 32, Ordering::Relaxed);
+            self.fsts.fetch_or(FSTS_ITE, Ordering::Release);
+        }
+    }
+
+    /// Memory for a tiny queue, leaked so threads that need `'static` can use it.
+    pub struct SimMemory {
+        pub descriptors: Vec<AtomicU64>,
+        pub status: Vec<AtomicU32>,
+        pub marks: Vec<AtomicU64>,
+        pub ready: Vec<AtomicU64>,
+    }
+
+    pub const RING_PHYS: u64 = 0x10_0000;
+    pub const STATUS_PHYS: u64 = 0x20_0000;
+
+    impl SimMemory {
+        pub fn new(entries: usize, width: DescriptorWidth) -> Self {
+            let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+            Self {
+                descriptors: zeros(entries * width.words()),
+                status: (0..entries + 1).map(|_| AtomicU32::new(0)).collect(),
+                marks: zeros(entries),
+                ready: zeros(entries),
+            }
+        }
+
+        pub fn memory(&self) -> QueueMemory<'_> {
+            // SAFETY: the simulated unit reaches the status words by subtracting STATUS_PHYS,
+            // and nothing else uses this memory.
+            unsafe {
+                QueueMemory::new(
+                    &self.descriptors,
+                    PhysAddr::new(RING_PHYS),
+                    &self.status,
+                    PhysAddr::new(STATUS_PHYS),
+                    &self.marks,
+                    &self.ready,
+                )
+            }
+        }
+    }
+
+    pub fn config(
+        width: DescriptorWidth,
+        poll_budget: u32,
+        fault_check_interval: u32,
+    ) -> QueueConfig {
+        QueueConfig {
+            width,
+            size: QueueSize::ONE_PAGE,
+            poll_budget,
+            fault_check_interval,
+        }
+    }
+
+    /// A queue of `entries` slots over `mem`, driven through `unit`.
+    pub fn queue<'m>(
+        unit: &'m SimUnit,
+        mem: &'m SimMemory,
+        config: QueueConfig,
+    ) -> InvalidationQueue<'m, &'m SimUnit> {
+        match InvalidationQueue::with_entries(unit, mem.memory(), config, unit.entries as usize) {
+            Ok(q) => q,
+            Err(e) => panic!("test queue: {e}"),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    extern crate std;
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool as StdBool;
+    use std::vec::Vec;
+
+    use super::sim::*;
+    use super::*;
+    use crate::descriptor::{Drain, IotlbScope, PageBlock, PasidCacheScope};
+    use crate::root_table::DomainId;
+    use iommu::addr::Iova;
+
+    /// A descriptor that names (producer, sequence number) uniquely: page-selective IOTLB
+    /// invalidation of page `seq` in domain `producer`.
+    fn tagged(producer: u16, seq: u64) -> Descriptor {
+        Descriptor::Iotlb {
+            scope: IotlbScope::Pages {
+                domain: DomainId::new(producer),
+                block: PageBlock::page(Iova::new(seq << 12)),
+                leaf_only: false,
+            },
+            drain: Drain::default(),
+        }
+    }
+
+    fn untag(w: [u64; 4]) -> Option<(u16, u64)> {
+        (w[0] & 0xf == 2).then(|| ((w[0] >> 16) as u16, w[1] >> 12))
+    }
+
+    /// Sets the flag when dropped, so the consumer thread stops even if a producer panics
+    /// (otherwise the thread scope would wait for it forever).
+    struct StopOnDrop<'a>(&'a StdBool);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Runs the simulated unit until `stop` is set; returns every executed descriptor.
+    fn consumer(unit: &SimUnit, mem: &SimMemory, stop: &StdBool) -> Vec<[u64; 4]> {
+        let memory = mem.memory();
+        let mut log = Vec::new();
+        loop {
+            match unit.step(&memory) {
+                Step::Executed(w) => log.push(w),
+                _ if stop.load(std::sync::atomic::Ordering::Acquire) => {
+                    // Drain what is left, then stop.
+                    while let Step::Executed(w) = unit.step(&memory) {
+                        log.push(w);
+                    }
+                    return log;
+                }
+                _ => std::thread::yield_now(),
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_and_iqa() {
+        assert_eq!(QueueSize::ONE_PAGE.entries(DescriptorWidth::Bits128), 256);
+        assert_eq!(QueueSize::ONE_PAGE.entries(DescriptorWidth::Bits256), 128);
+        assert_eq!(
+            QueueSize::new(7).map(|s| s.entries(DescriptorWidth::Bits128)),
+            Some(32768)
+        );
+        assert_eq!(QueueSize::new(8), None);
+        assert_eq!(
+            DescriptorWidth::for_unit(ExtendedCapability(1 << 43)),
+            DescriptorWidth::Bits256
+        );
+        assert_eq!(
+            DescriptorWidth::for_unit(ExtendedCapability(2)),
+            DescriptorWidth::Bits128
+        );
+
+        let unit = SimUnit::new(DescriptorWidth::Bits256, 128, STATUS_PHYS);
+        let mem = SimMemory::new(128, DescriptorWidth::Bits256);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits256, 1000, 1));
+        // Base 0x10_0000 | DW (bit 11) | QS 0.
+        assert_eq!(q.iqa_value(), 0x10_0800);
+        assert_eq!(q.batch_capacity(), 126);
+    }
+
+    #[test]
+    fn memory_is_checked() {
+        let mem = SimMemory::new(4, DescriptorWidth::Bits128);
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let r = InvalidationQueue::with_entries(
+            &unit,
+            mem.memory(),
+            config(DescriptorWidth::Bits128, 1, 1),
+            8,
+        );
+        assert!(matches!(r, Err(QiError::BadMemory { .. })));
+    }
+
+    #[test]
+    fn one_batch_one_wait_and_its_encoding() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
+        let t = q.submit([tagged(1, 1), tagged(1, 2)]).unwrap();
+        // Three slots written, the tail at slot 3 (byte offset 0x30), nothing executed yet.
+        assert_eq!(unit.tail.load(Ordering::Relaxed), 0x30);
+        let memory = mem.memory();
+        assert!(matches!(unit.step(&memory), Step::Executed(_)));
+        assert!(matches!(unit.step(&memory), Step::Executed(_)));
+        // The wait: SW (bit 5), type 5, token 1 (lap 0 + 1) in 63:32, status word of slot 2.
+        assert_eq!(
+            unit.step(&memory),
+            Step::Executed([0x1_0000_0025, STATUS_PHYS + 8, 0, 0])
+        );
+        assert_eq!(unit.step(&memory), Step::Idle);
+        assert_eq!(q.wait(t), Ok(()));
+        assert_eq!(q.submitted(), (3, 1));
+    }
+
+    #[test]
+    fn wide_descriptors_need_a_wide_queue() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 10, 1));
+        let pc = Descriptor::PasidCache(PasidCacheScope::Global);
+        assert_eq!(
+            q.submit([pc]),
+            Err(QiError::NeedsWideDescriptors {
+                kind: "PASID-cache"
+            })
+        );
+        assert_eq!(
+            q.submit([tagged(1, 1); 7]),
+            Err(QiError::BatchTooLarge {
+                descriptors: 7,
+                capacity: 6
+            })
+        );
+        // Nothing was reserved by the refused submissions.
+        assert_eq!(unit.tail_writes.load(Ordering::Relaxed), 0);
+
+        let unit = SimUnit::new(DescriptorWidth::Bits256, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits256);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits256, 10, 1));
+        let t = q.submit([pc]).unwrap();
+        let memory = mem.memory();
+        assert_eq!(unit.step(&memory), Step::Executed([0x37, 0, 0, 0]));
+        assert!(matches!(unit.step(&memory), Step::Executed(_)));
+        assert_eq!(q.wait(t), Ok(()));
+    }
+
+    #[test]
+    fn queue_full_is_a_typed_error_and_clears_when_the_unit_moves() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 50, 8));
+        // 7 usable slots: 3 + 1 and 2 + 1 fill them.
+        let a = q
+            .submit([tagged(1, 0), tagged(1, 1), tagged(1, 2)])
+            .unwrap();
+        let b = q.submit([tagged(1, 3), tagged(1, 4)]).unwrap();
+        assert_eq!(q.submit([tagged(1, 5)]), Err(QiError::QueueFull));
+        // Waiting without a consumer times out, and says where.
+        assert_eq!(q.wait(a), Err(QiError::Timeout { position: 3 }));
+        let memory = mem.memory();
+        while let Step::Executed(_) = unit.step(&memory) {}
+        assert_eq!(q.wait(a), Ok(()));
+        assert_eq!(q.wait(b), Ok(()));
+        // Wrapped around: slots 7, 0 now.
+        let c = q.submit([tagged(1, 5)]).unwrap();
+        while let Step::Executed(_) = unit.step(&memory) {}
+        assert_eq!(q.wait(c), Ok(()));
+        assert_eq!(unit.head.load(Ordering::Relaxed), 1 << 4);
+    }
+
+    /// Producers hammer a small ring through several wraps while the simulated unit runs:
+    /// every descriptor executes exactly once, every batch completes, one wait per batch.
+    fn many_producers(width: DescriptorWidth, producers: u16, batches: u64, per_batch: u64) {
+        let entries = 16;
+        let unit = SimUnit::new(width, entries, STATUS_PHYS);
+        let mem = SimMemory::new(entries as usize, width);
+        let q = queue(&unit, &mem, config(width, 50_000_000, 64));
+        let stop = StdBool::new(false);
+        let log = std::thread::scope(|s| {
+            let consumer = s.spawn(|| consumer(&unit, &mem, &stop));
+            let _stop = StopOnDrop(&stop);
+            let workers: Vec<_> = (0..producers)
+                .map(|p| {
+                    let q = &q;
+                    s.spawn(move || {
+                        for b in 0..batches {
+                            let descs: Vec<_> = (0..per_batch)
+                                .map(|i| tagged(p, b * per_batch + i))
+                                .collect();
+                            q.submit_and_wait(descs.iter().copied()).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            consumer.join().unwrap()
+        });
+        let mut seen: HashMap<(u16, u64), usize> = HashMap::new();
+        let mut waits = 0;
+        for w in &log {
+            match untag(*w) {
+                Some(tag) => *seen.entry(tag).or_default() += 1,
+                None => waits += 1,
+            }
+        }
+        let total = u64::from(producers) * batches * per_batch;
+        assert_eq!(seen.len() as u64, total);
+        assert!(seen.values().all(|&n| n == 1), "a descriptor ran twice");
+        assert_eq!(waits as u64, u64::from(producers) * batches);
+        assert_eq!(q.submitted(), (total + waits as u64, waits as u64));
+        // Several laps of the 16-slot ring.
+        assert!(log.len() as u64 > 4 * entries);
+    }
+
+    #[test]
+    fn two_producers_128_bit() {
+        many_producers(DescriptorWidth::Bits128, 2, 200, 3);
+    }
+
+    #[test]
+    fn four_producers_256_bit() {
+        many_producers(DescriptorWidth::Bits256, 4, 100, 2);
+    }
+
+    #[test]
+    fn three_producers_large_batches() {
+        // Batches of 7 + wait in a 16-slot ring: at most 1 batch plus part of another fit.
+        many_producers(DescriptorWidth::Bits128, 3, 60, 7);
+    }
+
+    #[test]
+    fn invalid_descriptor_raises_iqe_and_the_queue_recovers() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
+        let memory = mem.memory();
+        // Type 15 does not exist.
+        let bad = Descriptor::Raw([0xf, 0, 0, 0]);
+        let t = q.submit([tagged(1, 1), bad, tagged(1, 2)]).unwrap();
+        let later = q.submit([tagged(2, 1)]).unwrap();
+        assert!(matches!(unit.step(&memory), Step::Executed(_)));
+        assert_eq!(unit.step(&memory), Step::Rejected);
+        assert_eq!(unit.step(&memory), Step::Stopped);
+        let tail_writes = unit.tail_writes.load(Ordering::Relaxed);
+        // Recovery: the bad slot now holds the sink wait, IQE is clear, the tail rewritten.
+        let r = q.recover();
+        assert_eq!(
+            r.invalid_descriptor,
+            Some((1, QueueErrorInfo::ReservedField))
+        );
+        assert_eq!(unit.fsts.load(Ordering::Relaxed) & FSTS_IQE, 0);
+        assert_eq!(unit.tail_writes.load(Ordering::Relaxed), tail_writes + 1);
+        let mut executed = Vec::new();
+        while let Step::Executed(w) = unit.step(&memory) {
+            executed.push(w);
+        }
+        // Sink wait, the rest of the first batch, its wait, the later batch and its wait.
+        assert_eq!(executed.len(), 5);
+        assert_eq!(executed[0][1], STATUS_PHYS + 4 * 8);
+        assert_eq!(untag(executed[1]), Some((1, 2)));
+        assert_eq!(
+            q.wait(t),
+            Err(QiError::InvalidDescriptor {
+                index: 1,
+                info: QueueErrorInfo::ReservedField
+            })
+        );
+        assert_eq!(q.wait(later), Ok(()));
+        // And the queue keeps working.
+        let again = q.submit([tagged(3, 1)]).unwrap();
+        while let Step::Executed(_) = unit.step(&memory) {}
+        assert_eq!(q.wait(again), Ok(()));
+    }
+
+    #[test]
+    fn iqe_found_by_a_waiter_while_other_producers_submit() {
+        let unit = SimUnit::new(DescriptorWidth::Bits256, 16, STATUS_PHYS);
+        let mem = SimMemory::new(16, DescriptorWidth::Bits256);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits256, 50_000_000, 4));
+        let stop = StdBool::new(false);
+        let (bad_result, log) = std::thread::scope(|s| {
+            let consumer = s.spawn(|| consumer(&unit, &mem, &stop));
+            let _stop = StopOnDrop(&stop);
+            let q = &q;
+            let good: Vec<_> = (0..3u16)
+                .map(|p| {
+                    s.spawn(move || {
+                        for i in 0..100 {
+                            q.submit_and_wait([tagged(p, i)]).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            // Reserved bit 8 of an IOTLB descriptor.
+            let bad = s.spawn(move || {
+                q.submit_and_wait([tagged(9, 1), Descriptor::Raw([0x132, 0, 0, 0])])
+            });
+            let bad_result = bad.join().unwrap();
+            for g in good {
+                g.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            (bad_result, consumer.join().unwrap())
+        });
+        assert_eq!(
+            bad_result,
+            Err(QiError::InvalidDescriptor {
+                index: 1,
+                info: QueueErrorInfo::ReservedField
+            })
+        );
+        let tagged_count = log.iter().filter(|w| untag(**w).is_some()).count();
+        // 300 good ones and the valid first descriptor of the bad batch.
+        assert_eq!(tagged_count, 301);
+    }
+
+    #[test]
+    fn rejected_wait_is_reported_at_once() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
+        let memory = mem.memory();
+        let t = q.submit([]).unwrap();
+        // Corrupt the wait in place (reserved bit 8), as a stray write would.
+        mem.descriptors[0].fetch_or(1 << 8, Ordering::Relaxed);
+        assert_eq!(unit.step(&memory), Step::Rejected);
+        assert_eq!(
+            q.wait(t),
+            Err(QiError::InvalidDescriptor {
+                index: 0,
+                info: QueueErrorInfo::ReservedField
+            })
+        );
+    }
+
+    #[test]
+    fn device_tlb_timeout_drops_waits_in_flight() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
+        let memory = mem.memory();
+        let t = q.submit([tagged(1, 1)]).unwrap();
+        unit.inject_ite(0x0100);
+        assert_eq!(unit.step(&memory), Step::Stopped);
+        assert_eq!(
+            q.wait(t),
+            Err(QiError::DeviceTlbTimeout {
+                source: SourceId::from_raw(0x0100)
+            })
+        );
+        assert_eq!(unit.fsts.load(Ordering::Relaxed), 0);
+        // Later batches complete.
+        let later = q.submit([tagged(1, 2)]).unwrap();
+        while let Step::Executed(_) = unit.step(&memory) {}
+        assert_eq!(q.wait(later), Ok(()));
+    }
+
+    #[test]
+    fn completion_error_is_cleared_and_reported() {
+        let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
+        let mem = SimMemory::new(8, DescriptorWidth::Bits128);
+        let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
+        unit.iqercd.store(0x0123 << 48, Ordering::Relaxed);
+        unit.fsts.store(FSTS_ICE, Ordering::Relaxed);
+        let r = q.recover();
+        assert_eq!(r.completion_error, Some(SourceId::from_raw(0x0123)));
+        assert_eq!(unit.fsts.load(Ordering::Relaxed), 0);
+        assert_eq!(q.recover(), Recovered::default());
+    }
+
+    #[test]
+    fn frames_from_the_hal() {
+        use iommu::hal::host::HostHal;
+        let hal = HostHal::new();
+        let frames =
+            QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, DescriptorWidth::Bits256).unwrap();
+        assert_eq!(hal.live_frames(), 2);
+        {
+            let memory = frames.memory();
+            let status_phys = memory.status_phys.as_u64();
+            let unit = SimUnit::new(DescriptorWidth::Bits256, 128, status_phys);
+            let cfg = QueueConfig::for_unit(ExtendedCapability(1 << 43), QueueSize::ONE_PAGE);
+            let q = InvalidationQueue::new(&unit, memory, cfg).unwrap();
+            assert_eq!(q.iqa_value(), frames.ring().as_u64() | 1 << 11);
+            let t = q.submit([tagged(1, 1)]).unwrap();
+            let memory = frames.memory();
+            while let Step::Executed(_) = unit.step(&memory) {}
+            assert_eq!(q.wait(t), Ok(()));
+        }
+        // SAFETY: the queue and the simulated unit are gone.
+        unsafe { frames.free() };
+        assert_eq!(hal.live_frames(), 0);
+    }
+}
+
+/// The submission protocol under the loom model checker.
+///
+/// Run with `RUSTFLAGS="--cfg loom" cargo test -p iommu-vtd --release --lib qi::loom_tests`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    extern crate std;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    use loom::sync::Arc;
+
+    use super::sim::*;
+    use super::*;
+    use crate::descriptor::{Drain, IotlbScope};
+    use crate::root_table::DomainId;
+
+    const WIDTH: DescriptorWidth = DescriptorWidth::Bits128;
+
+    fn iotlb(domain: u16) -> Descriptor {
+        Descriptor::Iotlb {
+            scope: IotlbScope::Domain(DomainId::new(domain)),
+            drain: Drain::default(),
+        }
+    }
+
+    /// A queue on leaked memory: loom threads need `'static`.
+    fn leaked_queue(
+        entries: u64,
+    ) -> (
+        &'static SimUnit,
+        &'static SimMemory,
+        Arc<InvalidationQueue<'static, &'static SimUnit>>,
+    ) {
+        let unit: &'static SimUnit = Box::leak(Box::new(SimUnit::new(WIDTH, entries, STATUS_PHYS)));
+        let mem: &'static SimMemory = Box::leak(Box::new(SimMemory::new(entries as usize, WIDTH)));
+        let q = Arc::new(queue(unit, mem, config(WIDTH, u32::MAX, 1_000_000)));
+        (unit, mem, q)
+    }
+
+    fn builder() -> loom::model::Builder {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.max_branches = 10_000;
+        b
+    }
+
+    /// Two producers submit at once: whatever the interleaving, once both `submit`s returned
+    /// the unit's tail covers both batches (no publication is lost in the try-lock hand-off),
+    /// the tail never moved backwards, and the ring holds each batch exactly once.
+    #[test]
+    fn concurrent_submissions_are_all_published() {
+        builder().check(|| {
+            let (unit, mem, q) = leaked_queue(8);
+            let producers: Vec<_> = (1..=2u16)
+                .map(|p| {
+                    let q = q.clone();
+                    loom::thread::spawn(move || q.submit([iotlb(p)]).map(|_| ()))
+                })
+                .collect();
+            for p in producers {
+                assert_eq!(p.join().unwrap(), Ok(()));
+            }
+            // Both batches (2 slots each) are published: tail at slot 4.
+            assert_eq!(unit.tail.load(Ordering::Acquire), 4 << 4);
+            assert!(unit.tail_writes.load(Ordering::Relaxed) <= 2);
+            let memory = mem.memory();
+            let mut executed = Vec::new();
+            while let Step::Executed(w) = unit.step(&memory) {
+                executed.push(w);
+            }
+            let domains: Vec<u64> = executed
+                .iter()
+                .filter(|w| w[0] & 0xf == 2)
+                .map(|w| w[0] >> 16)
+                .collect();
+            assert_eq!(domains.len(), 2);
+            assert!(domains.contains(&1) && domains.contains(&2));
+            // Each batch is followed by its own wait, in reservation order.
+            assert_eq!(executed[1][0] & 0xf, 5);
+            assert_eq!(executed[3][0] & 0xf, 5);
+        });
+    }
+
+    /// Two producers submit and wait on a 4-slot ring (3 usable) while the simulated unit
+    /// runs, so the second reservation needs the unit to free slots. Waits are bounded (loom
+    /// may starve any thread, and an unbounded spin would be an endless model), so a producer
+    /// may also see `QueueFull` (nothing queued) or `Timeout` (queued, not yet done). Whatever
+    /// the interleaving: the unit never executes a slot that was not a whole, valid
+    /// descriptor, every queued batch executes exactly once with its own wait, and `Ok` means
+    /// the unit wrote that batch's status.
+    #[test]
+    fn full_ring_and_completion() {
+        builder().check(|| {
+            let unit: &'static SimUnit = Box::leak(Box::new(SimUnit::new(WIDTH, 4, STATUS_PHYS)));
+            let mem: &'static SimMemory = Box::leak(Box::new(SimMemory::new(4, WIDTH)));
+            let q = Arc::new(queue(unit, mem, config(WIDTH, 2, 1)));
+            let producers: Vec<_> = (1..=2u16)
+                .map(|p| {
+                    let q = q.clone();
+                    loom::thread::spawn(move || q.submit_and_wait([iotlb(p)]))
+                })
+                .collect();
+            let memory = mem.memory();
+            let mut executed = Vec::new();
+            let run = |executed: &mut Vec<[u64; 4]>, idle_budget: usize| {
+                let mut idle = 0;
+                while idle < idle_budget {
+                    match unit.step(&memory) {
+                        Step::Executed(w) => executed.push(w),
+                        Step::Idle => {
+                            idle += 1;
+                            loom::thread::yield_now();
+                        }
+                        other => panic!("the unit stopped: {other:?}"),
+                    }
+                }
+            };
+            run(&mut executed, 3);
+            let results: Vec<_> = producers.into_iter().map(|p| p.join().unwrap()).collect();
+            run(&mut executed, 1);
+            let mut queued = 0;
+            for (p, r) in (1..=2u64).zip(&results) {
+                let runs = executed
+                    .iter()
+                    .filter(|w| w[0] & 0xf == 2 && w[0] >> 16 == p)
+                    .count();
+                match r {
+                    Ok(()) | Err(QiError::Timeout { .. }) => {
+                        assert_eq!(runs, 1);
+                        queued += 1;
+                    }
+                    Err(QiError::QueueFull) => assert_eq!(runs, 0),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            assert_eq!(executed.iter().filter(|w| w[0] & 0xf == 5).count(), queued);
+            assert_eq!(executed.len(), 2 * queued);
+        });
+    }
+}

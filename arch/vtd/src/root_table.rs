@@ -1,0 +1,860 @@
+//! Root and context entries (VT-d spec 9.1 to 9.4): what maps a PCI requester (bus, devfn) to
+//! its translation.
+//!
+//! Legacy mode (RTADDR.TTM = 00): a root table of 256 [`RootEntry`]s indexed by bus, each
+//! pointing to a context table of 256 [`ContextEntry`]s indexed by devfn, each naming a domain,
+//! an address width and a second-stage table. Scalable mode (TTM = 01): each
+//! [`ScalableRootEntry`] points to two context tables of 128 [`ScalableContextEntry`]s (devfn
+//! 0..=127 and 128..=255), each pointing to a PASID directory (`crate::pasid`).
+//!
+//! Entries are typed values: constructors check what can be checked locally, [`encode`] in each
+//! type is the one place that lays out the bits, and `check_against` checks what depends on the
+//! unit's capabilities. Writing entries into tables, cache flushing and invalidation are the
+//! attach path's job.
+//!
+//! [`encode`]: ContextEntry::encode
+
+use core::fmt;
+
+use iommu::addr::PhysAddr;
+
+use crate::caps::{Agaw, Capability, ExtendedCapability};
+use crate::dmar::Bdf;
+use crate::pasid::{Pasid, PasidDirectorySize};
+
+/// Bytes in a root table, a legacy context table, a scalable-mode context table half, a PASID
+/// table: every VT-d structure table is one 4 KiB page.
+pub const TABLE_BYTES: usize = 4096;
+
+/// Table pointers are 4 KiB aligned and the pointer fields end at bit 63, but x86 physical
+/// addresses stop at bit 51: anything above is a caller bug, not a table address.
+const MAX_PHYS_BITS: u32 = 52;
+
+/// Why an entry cannot be built or cannot be used on a given unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryError {
+    /// A table pointer is not 4 KiB aligned (`what` names the field).
+    MisalignedTable { what: &'static str, addr: PhysAddr },
+    /// A table pointer lies above the 52-bit physical address space.
+    AddressTooWide { what: &'static str, addr: PhysAddr },
+    /// The domain id is not below the unit's domain-id count (CAP.ND).
+    DomainIdOutOfRange { id: u16, supported: u32 },
+    /// Domain id 0 is reserved when CAP.CM (caching mode) is set: hardware tags cached
+    /// not-present entries with it (VT-d 6.2.2).
+    DomainIdZeroInCachingMode,
+    /// The page-table depth is not in CAP.SAGAW.
+    AddressWidthUnsupported { agaw: Agaw },
+    /// The entry needs a capability the unit does not report (`feature` names the CAP/ECAP
+    /// field, e.g. "ECAP.PT").
+    Unsupported { feature: &'static str },
+    /// The PASID has more bits than the PASID directory or the unit (ECAP.PSS) covers.
+    PasidOutOfRange { pasid: u32, bits: u8 },
+    /// The RID_PASID falls outside the PASID directory the context entry points to.
+    RidPasidOutsideDirectory { pasid: u32, entries: usize },
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::MisalignedTable { what, addr } => {
+                write!(f, "VT-d: {what} {addr} is not 4 KiB aligned")
+            }
+            Self::AddressTooWide { what, addr } => {
+                write!(
+                    f,
+                    "VT-d: {what} {addr} is above the 52-bit physical address space"
+                )
+            }
+            Self::DomainIdOutOfRange { id, supported } => {
+                write!(
+                    f,
+                    "VT-d: domain id {id} out of range, the unit has {supported}"
+                )
+            }
+            Self::DomainIdZeroInCachingMode => {
+                write!(f, "VT-d: domain id 0 is reserved in caching mode")
+            }
+            Self::AddressWidthUnsupported { agaw } => {
+                write!(f, "VT-d: page-table depth {agaw} not in CAP.SAGAW")
+            }
+            Self::Unsupported { feature } => {
+                write!(f, "VT-d: the unit does not support {feature}")
+            }
+            Self::PasidOutOfRange { pasid, bits } => {
+                write!(f, "VT-d: PASID {pasid:#x} does not fit in {bits} bits")
+            }
+            Self::RidPasidOutsideDirectory { pasid, entries } => write!(
+                f,
+                "VT-d: RID_PASID {pasid:#x} is outside a {entries}-entry PASID directory"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for EntryError {}
+
+/// Checks a structure pointer: 4 KiB aligned and inside the physical address space.
+pub(crate) fn table_pointer(what: &'static str, addr: PhysAddr) -> Result<u64, EntryError> {
+    if !addr.is_aligned(TABLE_BYTES as u64) {
+        return Err(EntryError::MisalignedTable { what, addr });
+    }
+    if addr.as_u64() >> MAX_PHYS_BITS != 0 {
+        return Err(EntryError::AddressTooWide { what, addr });
+    }
+    Ok(addr.as_u64())
+}
+
+/// Bits 63:12 of an entry word: the 4 KiB aligned pointer it holds.
+const POINTER_MASK: u64 = !0xfff;
+
+/// A requester id as the remapping unit sees it: bus in bits 15:8, device in 7:3, function in
+/// 2:0 (VT-d 3.4.1, "source-id").
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceId(u16);
+
+impl SourceId {
+    /// The source id of bus:device.function, or `None` if device > 31 or function > 7.
+    pub const fn new(bus: u8, device: u8, function: u8) -> Option<Self> {
+        if device > 31 || function > 7 {
+            return None;
+        }
+        Some(Self(
+            ((bus as u16) << 8) | ((device as u16) << 3) | function as u16,
+        ))
+    }
+
+    /// The source id with this 16-bit value (every value is a valid bus/devfn pair).
+    pub const fn from_raw(raw: u16) -> Self {
+        Self(raw)
+    }
+
+    pub const fn raw(self) -> u16 {
+        self.0
+    }
+
+    pub const fn bus(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+
+    /// Device and function together: the index into a context table.
+    pub const fn devfn(self) -> u8 {
+        self.0 as u8
+    }
+
+    pub const fn device(self) -> u8 {
+        (self.0 >> 3) as u8 & 0x1f
+    }
+
+    pub const fn function(self) -> u8 {
+        self.0 as u8 & 7
+    }
+}
+
+impl From<Bdf> for SourceId {
+    fn from(bdf: Bdf) -> Self {
+        Self(bdf.source_id())
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.bus(),
+            self.device(),
+            self.function()
+        )
+    }
+}
+
+impl fmt::Debug for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceId({self})")
+    }
+}
+
+/// A domain identifier: the tag the unit's caches (IOTLB, context and PASID caches) keep per
+/// translation, and the handle invalidations select by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainId(u16);
+
+impl DomainId {
+    /// Any 16-bit domain id; [`DomainId::for_unit`] checks it against a unit.
+    pub const fn new(id: u16) -> Self {
+        Self(id)
+    }
+
+    /// `id` if the unit can use it: below its domain-id count (CAP.ND) and not 0 in caching
+    /// mode.
+    pub fn for_unit(id: u16, cap: Capability) -> Result<Self, EntryError> {
+        Self(id).check_against(cap).map(|()| Self(id))
+    }
+
+    pub const fn raw(self) -> u16 {
+        self.0
+    }
+
+    fn check_against(self, cap: Capability) -> Result<(), EntryError> {
+        let supported = cap.domain_ids();
+        if u32::from(self.0) >= supported {
+            return Err(EntryError::DomainIdOutOfRange {
+                id: self.0,
+                supported,
+            });
+        }
+        if self.0 == 0 && cap.caching_mode() {
+            return Err(EntryError::DomainIdZeroInCachingMode);
+        }
+        Ok(())
+    }
+}
+
+/// 9.1 Root Entry (legacy mode): present bit and the context table of one bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootEntry {
+    context_table: Option<PhysAddr>,
+}
+
+impl RootEntry {
+    /// No context table: every request from the bus is blocked (fault reason 1).
+    pub const NOT_PRESENT: Self = Self {
+        context_table: None,
+    };
+
+    /// A present entry pointing to the bus's context table.
+    pub fn present(context_table: PhysAddr) -> Result<Self, EntryError> {
+        table_pointer("context table", context_table)?;
+        Ok(Self {
+            context_table: Some(context_table),
+        })
+    }
+
+    pub const fn context_table(&self) -> Option<PhysAddr> {
+        self.context_table
+    }
+
+    /// The 128-bit entry, low quadword first: P in bit 0, CTP in 63:12, the upper quadword
+    /// reserved (zero).
+    pub const fn encode(&self) -> [u64; 2] {
+        match self.context_table {
+            Some(ctp) => [ctp.as_u64() | 1, 0],
+            None => [0, 0],
+        }
+    }
+
+    /// Reads an entry back (e.g. one firmware left); reserved bits are ignored.
+    pub const fn decode(raw: [u64; 2]) -> Self {
+        if raw[0] & 1 == 0 {
+            return Self::NOT_PRESENT;
+        }
+        Self {
+            context_table: Some(PhysAddr::new(raw[0] & POINTER_MASK)),
+        }
+    }
+}
+
+/// 9.2 Scalable-Mode Root Entry: separate context tables for devfn 0..=127 (lower) and
+/// 128..=255 (upper), each with its own present bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalableRootEntry {
+    lower: Option<PhysAddr>,
+    upper: Option<PhysAddr>,
+}
+
+impl ScalableRootEntry {
+    pub const NOT_PRESENT: Self = Self {
+        lower: None,
+        upper: None,
+    };
+
+    pub fn new(lower: Option<PhysAddr>, upper: Option<PhysAddr>) -> Result<Self, EntryError> {
+        if let Some(l) = lower {
+            table_pointer("lower context table", l)?;
+        }
+        if let Some(u) = upper {
+            table_pointer("upper context table", u)?;
+        }
+        Ok(Self { lower, upper })
+    }
+
+    pub const fn lower(&self) -> Option<PhysAddr> {
+        self.lower
+    }
+
+    pub const fn upper(&self) -> Option<PhysAddr> {
+        self.upper
+    }
+
+    /// Lower quadword: LP in bit 0, LCTP in 63:12; upper quadword: UP in bit 0, UCTP in 63:12.
+    pub const fn encode(&self) -> [u64; 2] {
+        const fn half(p: Option<PhysAddr>) -> u64 {
+            match p {
+                Some(a) => a.as_u64() | 1,
+                None => 0,
+            }
+        }
+        [half(self.lower), half(self.upper)]
+    }
+
+    pub const fn decode(raw: [u64; 2]) -> Self {
+        const fn half(w: u64) -> Option<PhysAddr> {
+            if w & 1 == 1 {
+                Some(PhysAddr::new(w & POINTER_MASK))
+            } else {
+                None
+            }
+        }
+        Self {
+            lower: half(raw[0]),
+            upper: half(raw[1]),
+        }
+    }
+}
+
+/// Which scalable-mode context table and which entry in it serve `devfn` (9.2: the lower
+/// table covers devfn 0..=127, the upper one 128..=255, 128 entries of 32 bytes each).
+pub const fn scalable_context_slot(devfn: u8) -> (ContextHalf, usize) {
+    if devfn < 128 {
+        (ContextHalf::Lower, devfn as usize)
+    } else {
+        (ContextHalf::Upper, (devfn - 128) as usize)
+    }
+}
+
+/// The two context tables a scalable-mode root entry points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextHalf {
+    Lower,
+    Upper,
+}
+
+/// 9.3 Context Entry, Translation Type (TT, bits 3:2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranslationType {
+    /// 00: untranslated requests walk the second-stage table; translation requests (ATS) and
+    /// translated requests are blocked.
+    Untranslated,
+    /// 01: as 00, and the device's ATS requests are served too (needs ECAP.DT).
+    DeviceTlb,
+    /// 10: untranslated requests pass through untranslated (needs ECAP.PT); SLPTPTR ignored.
+    PassThrough,
+}
+
+impl TranslationType {
+    const fn bits(self) -> u64 {
+        match self {
+            Self::Untranslated => 0,
+            Self::DeviceTlb => 1,
+            Self::PassThrough => 2,
+        }
+    }
+
+    const fn from_bits(bits: u64) -> Option<Self> {
+        match bits {
+            0 => Some(Self::Untranslated),
+            1 => Some(Self::DeviceTlb),
+            2 => Some(Self::PassThrough),
+            _ => None,
+        }
+    }
+}
+
+/// 9.3 Context Entry (legacy mode): one device's domain, translation type, address width and
+/// second-stage table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextEntry {
+    raw: [u64; 2],
+}
+
+impl ContextEntry {
+    /// No translation: every request from the device is blocked and reported (fault reason 2).
+    pub const NOT_PRESENT: Self = Self { raw: [0, 0] };
+
+    /// Untranslated requests walk the `agaw`-deep second-stage table at `root`, tagged with
+    /// `domain`.
+    pub fn second_stage(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
+        let root = table_pointer("second-stage table", root)?;
+        Ok(Self::encode_fields(
+            false,
+            TranslationType::Untranslated,
+            root,
+            agaw,
+            domain,
+        ))
+    }
+
+    /// As [`second_stage`](Self::second_stage), and the device may also use ATS
+    /// (device-TLB); needs ECAP.DT.
+    pub fn device_tlb(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
+        let root = table_pointer("second-stage table", root)?;
+        Ok(Self::encode_fields(
+            false,
+            TranslationType::DeviceTlb,
+            root,
+            agaw,
+            domain,
+        ))
+    }
+
+    /// Requests pass through untranslated; needs ECAP.PT. The spec asks AW to hold the largest
+    /// width the unit supports (QEMU checks AW against SAGAW even here), and `domain` still
+    /// tags the context cache.
+    pub const fn pass_through(domain: DomainId, agaw: Agaw) -> Self {
+        Self::encode_fields(false, TranslationType::PassThrough, 0, agaw, domain)
+    }
+
+    /// The same entry with FPD (Fault Processing Disable) set: faults through it are neither
+    /// recorded nor reported.
+    pub const fn with_fault_processing_disabled(self) -> Self {
+        Self {
+            raw: [self.raw[0] | FPD, self.raw[1]],
+        }
+    }
+
+    /// The one place the legacy context entry is laid out (9.3): low quadword P(0), FPD(1),
+    /// TT(3:2), SLPTPTR(63:12); high quadword AW(2:0), DID(23:8).
+    const fn encode_fields(
+        fpd: bool,
+        tt: TranslationType,
+        slptptr: u64,
+        agaw: Agaw,
+        domain: DomainId,
+    ) -> Self {
+        let lo = PRESENT | if fpd { FPD } else { 0 } | (tt.bits() << 2) | (slptptr & POINTER_MASK);
+        let hi = agaw.encoding() as u64 | ((domain.raw() as u64) << 8);
+        Self { raw: [lo, hi] }
+    }
+
+    /// The 128-bit entry, low quadword first.
+    pub const fn encode(&self) -> [u64; 2] {
+        self.raw
+    }
+
+    /// An entry as read from a table (e.g. one firmware left).
+    pub const fn decode(raw: [u64; 2]) -> Self {
+        Self { raw }
+    }
+
+    pub const fn is_present(&self) -> bool {
+        self.raw[0] & PRESENT != 0
+    }
+
+    pub const fn fault_processing_disabled(&self) -> bool {
+        self.raw[0] & FPD != 0
+    }
+
+    /// TT, or `None` for the reserved encoding 11.
+    pub const fn translation_type(&self) -> Option<TranslationType> {
+        TranslationType::from_bits((self.raw[0] >> 2) & 3)
+    }
+
+    pub const fn second_stage_root(&self) -> PhysAddr {
+        PhysAddr::new(self.raw[0] & POINTER_MASK)
+    }
+
+    /// The AW field as stored (1, 2, 3 for 3-, 4-, 5-level tables).
+    pub const fn address_width(&self) -> u8 {
+        (self.raw[1] & 7) as u8
+    }
+
+    pub const fn domain_id(&self) -> DomainId {
+        DomainId::new((self.raw[1] >> 8) as u16)
+    }
+
+    /// Checks a present entry against what the unit supports: AW in SAGAW, the domain id in
+    /// range (and not 0 in caching mode), device-TLB only with ECAP.DT, pass-through only with
+    /// ECAP.PT.
+    pub fn check_against(
+        &self,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<(), EntryError> {
+        if !self.is_present() {
+            return Ok(());
+        }
+        let agaw = match self.address_width() {
+            1 => Agaw::Level3,
+            2 => Agaw::Level4,
+            3 => Agaw::Level5,
+            _ => {
+                return Err(EntryError::Unsupported {
+                    feature: "context-entry AW",
+                })
+            }
+        };
+        if !cap.sagaw().contains(agaw) {
+            return Err(EntryError::AddressWidthUnsupported { agaw });
+        }
+        self.domain_id().check_against(cap)?;
+        match self.translation_type() {
+            Some(TranslationType::Untranslated) => Ok(()),
+            Some(TranslationType::DeviceTlb) if ecap.dt() => Ok(()),
+            Some(TranslationType::DeviceTlb) => Err(EntryError::Unsupported { feature: "ECAP.DT" }),
+            Some(TranslationType::PassThrough) if ecap.pt() => Ok(()),
+            Some(TranslationType::PassThrough) => {
+                Err(EntryError::Unsupported { feature: "ECAP.PT" })
+            }
+            None => Err(EntryError::Unsupported {
+                feature: "context-entry TT 11",
+            }),
+        }
+    }
+}
+
+const PRESENT: u64 = 1 << 0;
+const FPD: u64 = 1 << 1;
+
+/// The fields of a scalable-mode context entry (9.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalableContext {
+    /// The device's PASID directory.
+    pub pasid_directory: PhysAddr,
+    /// How many entries that directory has (PDTS).
+    pub directory_size: PasidDirectorySize,
+    /// The PASID that requests without a PASID are translated as (RID_PASID).
+    pub rid_pasid: Pasid,
+    /// DTE: the device may use ATS (device-TLB); needs ECAP.DT.
+    pub device_tlb: bool,
+    /// PASIDE: requests carrying a PASID are allowed; without it only RID_PASID is used.
+    pub pasid_enable: bool,
+    /// PRE: page requests (PRI) are allowed; needs ECAP.PRS.
+    pub page_requests: bool,
+    /// FPD: faults through this entry are neither recorded nor reported.
+    pub fault_processing_disabled: bool,
+}
+
+impl ScalableContext {
+    /// A context for requests without PASID only: RID_PASID `rid_pasid`, no ATS, no PRI,
+    /// faults reported.
+    pub const fn new(
+        pasid_directory: PhysAddr,
+        directory_size: PasidDirectorySize,
+        rid_pasid: Pasid,
+    ) -> Self {
+        Self {
+            pasid_directory,
+            directory_size,
+            rid_pasid,
+            device_tlb: false,
+            pasid_enable: false,
+            page_requests: false,
+            fault_processing_disabled: false,
+        }
+    }
+}
+
+/// 9.4 Scalable-Mode Context Entry (256 bits): a device's PASID directory and how requests
+/// without PASID are mapped into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalableContextEntry {
+    raw: [u64; 4],
+}
+
+impl ScalableContextEntry {
+    /// Every request from the device is blocked and reported.
+    pub const NOT_PRESENT: Self = Self { raw: [0; 4] };
+
+    /// A present entry; the RID_PASID must fall inside the directory.
+    pub fn new(ctx: ScalableContext) -> Result<Self, EntryError> {
+        let dir = table_pointer("PASID directory", ctx.pasid_directory)?;
+        if !ctx.directory_size.covers(ctx.rid_pasid) {
+            return Err(EntryError::RidPasidOutsideDirectory {
+                pasid: ctx.rid_pasid.raw(),
+                entries: ctx.directory_size.entries(),
+            });
+        }
+        // The one place the entry is laid out: quadword 0 P(0), FPD(1), DTE(2), PASIDE(3),
+        // PRE(4), PDTS(11:9), PASIDDIRPTR(63:12); quadword 1 RID_PASID(19:0), RID_PRIV(20)
+        // left 0 (requests without PASID are user requests); quadwords 2 and 3 reserved.
+        let w0 = PRESENT
+            | bit(ctx.fault_processing_disabled, 1)
+            | bit(ctx.device_tlb, 2)
+            | bit(ctx.pasid_enable, 3)
+            | bit(ctx.page_requests, 4)
+            | (ctx.directory_size.pdts() as u64) << 9
+            | dir;
+        let w1 = ctx.rid_pasid.raw() as u64;
+        Ok(Self {
+            raw: [w0, w1, 0, 0],
+        })
+    }
+
+    /// The 256-bit entry, quadword 0 first.
+    pub const fn encode(&self) -> [u64; 4] {
+        self.raw
+    }
+
+    pub const fn decode(raw: [u64; 4]) -> Self {
+        Self { raw }
+    }
+
+    pub const fn is_present(&self) -> bool {
+        self.raw[0] & PRESENT != 0
+    }
+
+    pub const fn pasid_directory(&self) -> PhysAddr {
+        PhysAddr::new(self.raw[0] & POINTER_MASK)
+    }
+
+    /// The decoded fields, or `None` for a not-present entry.
+    pub const fn fields(&self) -> Option<ScalableContext> {
+        if !self.is_present() {
+            return None;
+        }
+        let w0 = self.raw[0];
+        let size = match PasidDirectorySize::from_pdts(((w0 >> 9) & 7) as u8) {
+            Some(s) => s,
+            None => return None,
+        };
+        Some(ScalableContext {
+            pasid_directory: PhysAddr::new(w0 & POINTER_MASK),
+            directory_size: size,
+            rid_pasid: Pasid::from_bits_truncated(self.raw[1] as u32),
+            device_tlb: w0 & (1 << 2) != 0,
+            pasid_enable: w0 & (1 << 3) != 0,
+            page_requests: w0 & (1 << 4) != 0,
+            fault_processing_disabled: w0 & FPD != 0,
+        })
+    }
+
+    /// Checks a present entry against the unit: DTE needs ECAP.DT, PRE needs ECAP.PRS,
+    /// PASIDE needs ECAP.PASID, a RID_PASID other than 0 needs ECAP.RPS, and the unit must be
+    /// scalable-mode capable (ECAP.SMTS).
+    pub fn check_against(&self, ecap: ExtendedCapability) -> Result<(), EntryError> {
+        let Some(ctx) = self.fields() else {
+            return Ok(());
+        };
+        if !ecap.smts() {
+            return Err(EntryError::Unsupported {
+                feature: "ECAP.SMTS",
+            });
+        }
+        if ctx.device_tlb && !ecap.dt() {
+            return Err(EntryError::Unsupported { feature: "ECAP.DT" });
+        }
+        if ctx.page_requests && !ecap.prs() {
+            return Err(EntryError::Unsupported {
+                feature: "ECAP.PRS",
+            });
+        }
+        if ctx.pasid_enable && !ecap.pasid() {
+            return Err(EntryError::Unsupported {
+                feature: "ECAP.PASID",
+            });
+        }
+        // Without ECAP.RPS the field is reserved and hardware uses PASID 0 (QEMU 10.0 has no
+        // RPS, so RID_PASID must stay 0 there).
+        if ctx.rid_pasid.raw() != 0 && !ecap.rps() {
+            return Err(EntryError::Unsupported {
+                feature: "ECAP.RPS",
+            });
+        }
+        Ok(())
+    }
+}
+
+const fn bit(on: bool, n: u32) -> u64 {
+    (on as u64) << n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pa(a: u64) -> PhysAddr {
+        PhysAddr::new(a)
+    }
+
+    /// CAP with ND = 6 (64 Ki domain ids), SAGAW = 3 and 4 levels (bits 9, 10), no CM: the
+    /// fields of QEMU's q35 unit that matter here.
+    const CAP_QEMU: Capability = Capability((6) | (0b0110 << 8) | (47 << 16));
+    /// ECAP with QI, PT and SMTS; DT absent.
+    const ECAP_PT_SM: ExtendedCapability = ExtendedCapability((1 << 1) | (1 << 6) | (1 << 43));
+
+    #[test]
+    fn source_id_layout() {
+        // 3.4.1: bus 15:8, device 7:3, function 2:0. 00:03.0 (QEMU's first edu on q35 when
+        // it is the third device) = 0x0018; 0a:1f.7 = 0x0aff.
+        assert_eq!(SourceId::new(0, 3, 0).map(SourceId::raw), Some(0x0018));
+        assert_eq!(
+            SourceId::new(0x0a, 0x1f, 7).map(SourceId::raw),
+            Some(0x0aff)
+        );
+        assert_eq!(SourceId::new(0, 32, 0), None);
+        assert_eq!(SourceId::new(0, 0, 8), None);
+        let s = SourceId::from_raw(0x0aff);
+        assert_eq!(
+            (s.bus(), s.device(), s.function(), s.devfn()),
+            (0x0a, 0x1f, 7, 0xff)
+        );
+        let bdf = Bdf {
+            bus: 1,
+            device: 2,
+            function: 3,
+        };
+        assert_eq!(SourceId::from(bdf).raw(), 0x0113);
+        extern crate std;
+        assert_eq!(std::format!("{}", SourceId::from_raw(0x0113)), "01:02.3");
+    }
+
+    #[test]
+    fn root_entry_encoding() {
+        // P = bit 0, CTP = bits 63:12: 0x1234_5000 | 1; upper quadword reserved.
+        let e = RootEntry::present(pa(0x1234_5000)).unwrap();
+        assert_eq!(e.encode(), [0x1234_5001, 0]);
+        assert_eq!(RootEntry::decode([0x1234_5001, 0]), e);
+        assert_eq!(RootEntry::NOT_PRESENT.encode(), [0, 0]);
+        assert_eq!(
+            RootEntry::present(pa(0x1234_5800)),
+            Err(EntryError::MisalignedTable {
+                what: "context table",
+                addr: pa(0x1234_5800)
+            })
+        );
+        assert!(matches!(
+            RootEntry::present(pa(1 << 52)),
+            Err(EntryError::AddressTooWide { .. })
+        ));
+    }
+
+    #[test]
+    fn scalable_root_entry_encoding() {
+        // LP/UP = bit 0 of each quadword, LCTP/UCTP = bits 63:12 of each.
+        let e = ScalableRootEntry::new(Some(pa(0x10_0000)), Some(pa(0x20_0000))).unwrap();
+        assert_eq!(e.encode(), [0x10_0001, 0x20_0001]);
+        let lower_only = ScalableRootEntry::new(Some(pa(0x10_0000)), None).unwrap();
+        assert_eq!(lower_only.encode(), [0x10_0001, 0]);
+        assert_eq!(ScalableRootEntry::decode([0x10_0001, 0]), lower_only);
+        assert_eq!(scalable_context_slot(0x7f), (ContextHalf::Lower, 127));
+        assert_eq!(scalable_context_slot(0x80), (ContextHalf::Upper, 0));
+        assert_eq!(scalable_context_slot(0xff), (ContextHalf::Upper, 127));
+    }
+
+    #[test]
+    fn legacy_context_entry_second_stage() {
+        // lo: P = 1, FPD = 0, TT = 00, SLPTPTR = 0xabc_d000 → 0xabc_d001.
+        // hi: AW = 2 (4-level, 48-bit), DID 0x2a in bits 23:8 → 0x2a << 8 | 2 = 0x2a02.
+        let e =
+            ContextEntry::second_stage(DomainId::new(0x2a), Agaw::Level4, pa(0xabc_d000)).unwrap();
+        assert_eq!(e.encode(), [0xabc_d001, 0x2a02]);
+        assert!(e.is_present());
+        assert_eq!(e.translation_type(), Some(TranslationType::Untranslated));
+        assert_eq!(e.domain_id(), DomainId::new(0x2a));
+        assert_eq!(e.second_stage_root(), pa(0xabc_d000));
+        assert_eq!(e.address_width(), 2);
+        assert_eq!(e.check_against(CAP_QEMU, ECAP_PT_SM), Ok(()));
+    }
+
+    #[test]
+    fn legacy_context_entry_device_tlb_and_fpd() {
+        // TT = 01 → bit 2; FPD → bit 1; P → bit 0: 0x7 | root. hi: AW 1 (3-level), DID 0xffff.
+        let e = ContextEntry::device_tlb(DomainId::new(0xffff), Agaw::Level3, pa(0x4000))
+            .unwrap()
+            .with_fault_processing_disabled();
+        assert_eq!(e.encode(), [0x4007, 0xff_ff01]);
+        assert!(e.fault_processing_disabled());
+        // QEMU's unit has no ECAP.DT.
+        assert_eq!(
+            e.check_against(CAP_QEMU, ECAP_PT_SM),
+            Err(EntryError::Unsupported { feature: "ECAP.DT" })
+        );
+    }
+
+    #[test]
+    fn legacy_context_entry_pass_through() {
+        // TT = 10 → 0b1000 | P = 0x9, no table pointer. hi: AW 2, DID 7 → 0x702.
+        let e = ContextEntry::pass_through(DomainId::new(7), Agaw::Level4);
+        assert_eq!(e.encode(), [0x9, 0x702]);
+        assert_eq!(e.translation_type(), Some(TranslationType::PassThrough));
+        assert_eq!(e.check_against(CAP_QEMU, ECAP_PT_SM), Ok(()));
+        assert_eq!(
+            e.check_against(CAP_QEMU, ExtendedCapability(0)),
+            Err(EntryError::Unsupported { feature: "ECAP.PT" })
+        );
+        // 5-level is not in QEMU's SAGAW.
+        let deep = ContextEntry::pass_through(DomainId::new(7), Agaw::Level5);
+        assert_eq!(
+            deep.check_against(CAP_QEMU, ECAP_PT_SM),
+            Err(EntryError::AddressWidthUnsupported { agaw: Agaw::Level5 })
+        );
+        assert_eq!(ContextEntry::NOT_PRESENT.encode(), [0, 0]);
+        assert_eq!(ContextEntry::decode([0xc, 0]).translation_type(), None);
+    }
+
+    #[test]
+    fn domain_ids_against_the_unit() {
+        // ND = 0: 16 domain ids.
+        let small = Capability(0);
+        assert_eq!(DomainId::for_unit(15, small), Ok(DomainId::new(15)));
+        assert_eq!(
+            DomainId::for_unit(16, small),
+            Err(EntryError::DomainIdOutOfRange {
+                id: 16,
+                supported: 16
+            })
+        );
+        // CM = bit 7: domain id 0 reserved.
+        let cm = Capability(6 | 1 << 7);
+        assert_eq!(
+            DomainId::for_unit(0, cm),
+            Err(EntryError::DomainIdZeroInCachingMode)
+        );
+        assert_eq!(DomainId::for_unit(0, CAP_QEMU), Ok(DomainId::new(0)));
+    }
+
+    #[test]
+    fn scalable_context_entry_encoding() {
+        // w0: P = 1, PDTS = 2 (512-entry directory, one page) in bits 11:9 → 0x400,
+        // PASIDDIRPTR 0x5_6000 → 0x5_6401. w1: RID_PASID 0. w2, w3 reserved.
+        let dir = PasidDirectorySize::from_pdts(2).unwrap();
+        let ctx = ScalableContext::new(pa(0x5_6000), dir, Pasid::new(0).unwrap());
+        let e = ScalableContextEntry::new(ctx).unwrap();
+        assert_eq!(e.encode(), [0x5_6401, 0, 0, 0]);
+        assert_eq!(e.fields(), Some(ctx));
+        assert_eq!(e.check_against(ECAP_PT_SM), Ok(()));
+
+        // FPD, DTE, PASIDE, PRE = bits 1..=4 → 0x1e; RID_PASID 0x7fff (last PASID a 512-entry
+        // directory covers: 512 × 64 = 2^15 PASIDs).
+        let full = ScalableContext {
+            device_tlb: true,
+            pasid_enable: true,
+            page_requests: true,
+            fault_processing_disabled: true,
+            rid_pasid: Pasid::new(0x7fff).unwrap(),
+            ..ctx
+        };
+        let e = ScalableContextEntry::new(full).unwrap();
+        assert_eq!(e.encode(), [0x5_641f, 0x7fff, 0, 0]);
+        assert_eq!(e.fields(), Some(full));
+        assert_eq!(
+            e.check_against(ECAP_PT_SM),
+            Err(EntryError::Unsupported { feature: "ECAP.DT" })
+        );
+        // DT (bit 2), PRS (29), PASID (40) present, RPS (49) missing.
+        let ecap_no_rps = ExtendedCapability(ECAP_PT_SM.0 | 1 << 2 | 1 << 29 | 1 << 40);
+        assert_eq!(
+            e.check_against(ecap_no_rps),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.RPS"
+            })
+        );
+        assert_eq!(
+            e.check_against(ExtendedCapability(ecap_no_rps.0 | 1 << 49)),
+            Ok(())
+        );
+
+        let outside = ScalableContext {
+            rid_pasid: Pasid::new(0x8000).unwrap(),
+            ..ctx
+        };
+        assert_eq!(
+            ScalableContextEntry::new(outside),
+            Err(EntryError::RidPasidOutsideDirectory {
+                pasid: 0x8000,
+                entries: 512
+            })
+        );
+        assert_eq!(ScalableContextEntry::NOT_PRESENT.fields(), None);
+    }
+}

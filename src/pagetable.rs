@@ -1,1 +1,0 @@
-//! Per-domain I/O page tables: placeholder, filled in by the page-table work.

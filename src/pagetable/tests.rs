@@ -1,0 +1,347 @@
+//! Host tests of the engine's rules on host memory: page-size choice, refusals with state
+//! unchanged, gathers and deferred frees, rollback, non-coherent cleaning.
+
+extern crate std;
+
+use std::vec::Vec;
+
+use super::*;
+use crate::addr::{Iova, PhysAddr};
+use crate::hal::host::HostHal;
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+
+fn vtd(hal: &HostHal) -> PageTable<VtdSecondStage, &HostHal> {
+    let f = VtdSecondStage::new(VtdSecondStageConfig {
+        sagaw: 0b0100,
+        sllps: 0b11,
+        address_width: 48,
+        output_width: 46,
+        snoop_control: true,
+    })
+    .unwrap();
+    PageTable::new(f, hal, Coherency::Coherent).unwrap()
+}
+
+fn iova(a: u64) -> Iova {
+    Iova::new(a)
+}
+
+fn pa(a: u64) -> PhysAddr {
+    PhysAddr::new(a)
+}
+
+fn leaf_size<F: Format, H: crate::hal::Hal>(t: &PageTable<F, H>, a: u64) -> Option<u64> {
+    match t.walk(iova(a)).unwrap().leaf()?.kind {
+        EntryKind::Leaf { size, .. } => Some(size),
+        _ => None,
+    }
+}
+
+/// Unmaps everything, completes the gather, and checks that only the root is left.
+fn unmap_all_frees_everything<F: Format>(t: &PageTable<F, &HostHal>, hal: &HostHal) {
+    let mut g = Gather::new();
+    let _ = t.unmap(iova(0), t.aperture_end(), &mut g);
+    // SAFETY: host memory, no walker but this thread.
+    unsafe { g.complete(hal) };
+    assert_eq!(hal.live_frames(), 1, "only the root may be left");
+}
+
+#[test]
+fn map_translate_unmap_4k() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(0x1000), pa(0x5000_0000), K4, Prot::READ_WRITE)
+        .unwrap();
+    assert_eq!(t.iova_to_phys(iova(0x1abc)), Ok(pa(0x5000_0abc)));
+    assert_eq!(t.iova_to_phys(iova(0x2000)), Err(Error::NothingMapped));
+    let w = t.walk(iova(0x1000)).unwrap();
+    assert_eq!(w.steps().len(), 4);
+    assert_eq!(
+        w.leaf().unwrap().kind,
+        EntryKind::Leaf {
+            phys: pa(0x5000_0000),
+            size: K4,
+            prot: Prot::READ_WRITE
+        }
+    );
+    // Root + 3 intermediate tables.
+    assert_eq!(hal.live_frames(), 4);
+
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(0x1000), K4, &mut g), Ok(K4));
+    assert_eq!(g.range(), Some((iova(0x1000), K4)));
+    assert_eq!(g.page_sizes(), K4);
+    assert!(!g.tables_removed());
+    assert_eq!(g.freed_frames(), 0);
+    assert_eq!(t.iova_to_phys(iova(0x1000)), Err(Error::NothingMapped));
+    // Tables stay until an unmap covers them.
+    assert_eq!(hal.live_frames(), 4);
+    unmap_all_frees_everything(&t, &hal);
+}
+
+#[test]
+fn largest_pages_alignment_and_length_allow() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    // 4K + 2M + 1G + 2M + 4K, with iova and phys equally aligned.
+    let start = G1 - M2 - K4;
+    let len = K4 + M2 + G1 + M2 + K4;
+    t.map(iova(start), pa(start + 8 * G1), len, Prot::READ)
+        .unwrap();
+    assert_eq!(leaf_size(&t, start), Some(K4));
+    assert_eq!(leaf_size(&t, start + K4), Some(M2));
+    assert_eq!(leaf_size(&t, G1), Some(G1));
+    assert_eq!(leaf_size(&t, 2 * G1), Some(M2));
+    assert_eq!(leaf_size(&t, 2 * G1 + M2), Some(K4));
+    assert_eq!(t.iova_to_phys(iova(G1 + 0x1234)), Ok(pa(9 * G1 + 0x1234)));
+
+    // Phys misaligned against iova: 4K pages only.
+    t.map(iova(4 * G1), pa(0x1000), M2, Prot::READ).unwrap();
+    assert_eq!(leaf_size(&t, 4 * G1), Some(K4));
+
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(start), len, &mut g), Ok(len));
+    assert_eq!(g.page_sizes(), K4 | M2 | G1);
+    assert_eq!(g.min_page_size(), Some(K4));
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(&hal) };
+    unmap_all_frees_everything(&t, &hal);
+}
+
+#[test]
+fn overlap_is_refused_and_changes_nothing() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(M2 + 5 * K4), pa(0x9000), K4, Prot::READ)
+        .unwrap();
+    let frames = hal.live_frames();
+    // Superpage-capable range over a table holding one page: refused, nothing written.
+    assert_eq!(
+        t.map(iova(M2), pa(G1), M2, Prot::READ),
+        Err(Error::AlreadyMapped)
+    );
+    // A range crossing tables, whose conflict is in the second table.
+    assert_eq!(
+        t.map(iova(0), pa(G1), 2 * M2, Prot::READ),
+        Err(Error::AlreadyMapped)
+    );
+    assert_eq!(t.iova_to_phys(iova(M2)), Err(Error::NothingMapped));
+    assert_eq!(t.iova_to_phys(iova(0)), Err(Error::NothingMapped));
+    assert_eq!(hal.live_frames(), frames);
+    assert_eq!(t.iova_to_phys(iova(M2 + 5 * K4)), Ok(pa(0x9000)));
+}
+
+#[test]
+fn an_existing_table_takes_smaller_pages() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(M2), pa(0), K4, Prot::READ).unwrap();
+    let mut g = Gather::new();
+    t.unmap(iova(M2), K4, &mut g).unwrap();
+    // The empty table stays; a 2M map there uses 512 pages in it instead of replacing it.
+    t.map(iova(M2), pa(G1), M2, Prot::READ).unwrap();
+    assert_eq!(leaf_size(&t, M2), Some(K4));
+    assert_eq!(leaf_size(&t, 2 * M2 - K4), Some(K4));
+    // Unmapping the 2M range covers the whole table: it goes into the gather.
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(M2), M2, &mut g), Ok(M2));
+    assert!(g.tables_removed());
+    assert_eq!(g.freed_frames(), 1);
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(&hal) };
+    // Now the slot is free and the same map gets a superpage.
+    t.map(iova(M2), pa(G1), M2, Prot::READ).unwrap();
+    assert_eq!(leaf_size(&t, M2), Some(M2));
+}
+
+#[test]
+fn unmap_never_splits() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(M2), pa(M2), M2, Prot::READ_WRITE).unwrap();
+    t.map(iova(2 * M2), pa(0), K4, Prot::READ_WRITE).unwrap();
+    let mut g = Gather::new();
+    for (a, l) in [
+        (M2, K4),
+        (M2 + K4, K4),
+        (2 * M2 - K4, 2 * K4),
+        (0, M2 + K4),
+        (M2 + K4, M2),
+    ] {
+        assert_eq!(
+            t.unmap(iova(a), l, &mut g),
+            Err(Error::SplitsSuperpage),
+            "{a:#x}+{l:#x}"
+        );
+    }
+    assert!(g.is_empty());
+    assert_eq!(t.iova_to_phys(iova(M2 + K4)), Ok(pa(M2 + K4)));
+    // Nothing in range.
+    assert_eq!(t.unmap(iova(4 * M2), K4, &mut g), Err(Error::NothingMapped));
+    assert_eq!(
+        t.unmap(iova(2 * M2 + K4), K4, &mut g),
+        Err(Error::NothingMapped)
+    );
+    // A range covering both mappings removes both.
+    assert_eq!(t.unmap(iova(0), 4 * M2, &mut g), Ok(M2 + K4));
+    assert_eq!(g.range(), Some((iova(0), 4 * M2)));
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(&hal) };
+}
+
+#[test]
+fn bad_arguments() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    let rw = Prot::READ_WRITE;
+    let top = t.aperture_end();
+    assert_eq!(t.map(iova(0), pa(0), 0, rw), Err(Error::ZeroLength));
+    assert_eq!(t.map(iova(1), pa(0), K4, rw), Err(Error::UnalignedIova));
+    assert_eq!(t.map(iova(0), pa(8), K4, rw), Err(Error::UnalignedPhys));
+    assert_eq!(t.map(iova(0), pa(0), 10, rw), Err(Error::UnalignedLength));
+    assert_eq!(
+        t.map(iova(u64::MAX - 0xfff), pa(0), 2 * K4, rw),
+        Err(Error::WrapAround)
+    );
+    assert_eq!(
+        t.map(iova(top - K4), pa(0), 2 * K4, rw),
+        Err(Error::BeyondAperture)
+    );
+    assert_eq!(
+        t.map(iova(0), pa(1 << 46), K4, rw),
+        Err(Error::PhysBeyondOas)
+    );
+    let none = Prot {
+        read: false,
+        write: false,
+        exec: false,
+        mem: MemType::Cacheable,
+    };
+    assert_eq!(t.map(iova(0), pa(0), K4, none), Err(Error::NoAccess));
+    assert_eq!(t.iova_to_phys(iova(top)), Err(Error::BeyondAperture));
+    assert_eq!(t.walk(iova(top)).unwrap_err(), Error::BeyondAperture);
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(0), 0, &mut g), Err(Error::ZeroLength));
+    assert_eq!(t.unmap(iova(top), K4, &mut g), Err(Error::BeyondAperture));
+    assert_eq!(hal.live_frames(), 1);
+}
+
+#[test]
+fn out_of_memory_rolls_back_leaves() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    // Root exists; allow 3 more tables: enough for the first 2 MiB of a 4 MiB map of 4K pages
+    // (levels 2 and 1 and one leaf table), not for the second leaf table.
+    hal.set_budget(3);
+    assert_eq!(
+        t.map(iova(K4), pa(K4), 2 * M2, Prot::READ),
+        Err(Error::OutOfMemory)
+    );
+    for a in (K4..2 * M2 + K4).step_by(K4 as usize) {
+        assert_eq!(t.iova_to_phys(iova(a)), Err(Error::NothingMapped), "{a:#x}");
+    }
+    hal.set_budget(usize::MAX);
+    // The tables left behind are reclaimed by an unmap covering them.
+    t.map(iova(K4), pa(K4), 2 * M2, Prot::READ).unwrap();
+    unmap_all_frees_everything(&t, &hal);
+}
+
+#[test]
+fn dropped_gather_leaks_instead_of_freeing() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(0), pa(0), K4, Prot::READ).unwrap();
+    let live = hal.live_frames();
+    {
+        let mut g = Gather::new();
+        t.unmap(iova(0), G1, &mut g).unwrap();
+        assert_eq!(g.freed_frames(), 2);
+    }
+    assert_eq!(hal.live_frames(), live);
+}
+
+#[test]
+fn destroy_returns_every_frame() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    for i in 0..8 {
+        t.map(iova(i * G1 + M2), pa(i * K4), K4, Prot::READ)
+            .unwrap();
+    }
+    let mut g = Gather::new();
+    let h = t.destroy(&mut g);
+    assert!(g.tables_removed());
+    assert_eq!(g.page_sizes(), K4);
+    assert_eq!(g.freed_frames(), hal.live_frames());
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(h) };
+    assert_eq!(hal.live_frames(), 0);
+}
+
+#[test]
+fn non_coherent_walkers_get_every_write_cleaned() {
+    let hal = HostHal::new();
+    let f = X86FirstStage::new(X86FirstStageConfig::four_level(46)).unwrap();
+    let t = PageTable::new(f, &hal, Coherency::NonCoherent).unwrap();
+    let root_clean = hal.cleans();
+    assert_eq!(root_clean, 1);
+    t.map(iova(0), pa(0), K4, Prot::READ).unwrap();
+    // 3 new tables (frame + parent entry each) and one leaf run.
+    assert_eq!(hal.cleans() - root_clean, 3 * 2 + 1);
+    // The installer marked its entries as cleaned, so the next map cleans only its leaf.
+    let w = t.walk(iova(0)).unwrap();
+    let synced: Vec<bool> = w.steps()[..3]
+        .iter()
+        .map(|s| s.raw & <X86FirstStage as Format>::SW_SYNCED != 0)
+        .collect();
+    assert_eq!(synced, [true, true, true]);
+    let before = hal.cleans();
+    t.map(iova(K4), pa(K4), K4, Prot::READ).unwrap();
+    assert_eq!(hal.cleans() - before, 1);
+    let mut g = Gather::new();
+    t.unmap(iova(0), 2 * K4, &mut g).unwrap();
+    assert_eq!(hal.cleans() - before, 2);
+}
+
+#[test]
+fn every_format_maps_its_page_sizes() {
+    let hal = HostHal::new();
+    let s1 = VmsaStage1::new(VmsaConfig {
+        granule: Granule::Size16K,
+        input_bits: 48,
+        output_bits: 48,
+    })
+    .unwrap();
+    let t = PageTable::new(s1, &hal, Coherency::Coherent).unwrap();
+    let m32 = 32 << 20;
+    t.map(
+        iova(m32 - 0x4000),
+        pa(m32 - 0x4000),
+        m32 + 0x4000,
+        Prot::READ,
+    )
+    .unwrap();
+    assert_eq!(leaf_size(&t, m32 - 0x4000), Some(0x4000));
+    assert_eq!(leaf_size(&t, m32), Some(m32));
+    unmap_all_frees_everything(&t, &hal);
+
+    let s2 = VmsaStage2::new(VmsaConfig {
+        granule: Granule::Size4K,
+        input_bits: 40,
+        output_bits: 40,
+    })
+    .unwrap();
+    let hal = HostHal::new();
+    let t = PageTable::new(s2, &hal, Coherency::Coherent).unwrap();
+    // The concatenated root: the top 2 entries of 512 GiB each live in two 4K tables.
+    t.map(iova((1 << 39) + G1), pa(G1), G1, Prot::WRITE)
+        .unwrap();
+    assert_eq!(leaf_size(&t, (1 << 39) + G1), Some(G1));
+    let w = t.walk(iova((1 << 39) + G1)).unwrap();
+    assert_eq!(w.steps()[0].index, 512 + 1);
+    assert_eq!(t.iova_to_phys(iova((1 << 39) + G1 + 8)), Ok(pa(G1 + 8)));
+    unmap_all_frees_everything(&t, &hal);
+}

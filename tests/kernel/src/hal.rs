@@ -1,0 +1,99 @@
+//! The test kernels' [`Hal`]: frames from the kernel heap, which the boot code identity-maps
+//! (physical address == virtual address) as normal write-back memory.
+//!
+//! Cache maintenance: QEMU's IOMMUs read guest memory directly (QEMU models no caches), but the
+//! code still cleans where the hardware says walks are not coherent, as a driver must on real
+//! hardware; on x86 with `clflush`, on aarch64 with `dc cvac` + `dsb`.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use iommu::addr::PhysAddr;
+use iommu::hal::{FrameSize, Hal};
+
+/// Heap-backed frames. Counts live frames so tests can check nothing leaks.
+#[derive(Debug, Default)]
+pub struct KernelHal {
+    /// Frames handed out and not yet returned: a statistic, read after the fact (relaxed).
+    live: AtomicUsize,
+}
+
+impl KernelHal {
+    pub const fn new() -> Self {
+        Self { live: AtomicUsize::new(0) }
+    }
+
+    /// Frames allocated and not yet freed.
+    pub fn live_frames(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+fn layout(size: FrameSize) -> Option<Layout> {
+    Layout::from_size_align(size.bytes(), size.bytes()).ok()
+}
+
+// SAFETY: frames come from the global allocator with size == alignment, zero-filled, and are
+// not reused until freed; RAM is identity-mapped, so phys_to_virt/virt_to_phys are identities
+// and the physical address is what the IOMMU walks.
+unsafe impl Hal for KernelHal {
+    fn alloc_frame(&self, size: FrameSize) -> Option<PhysAddr> {
+        let layout = layout(size)?;
+        // SAFETY: the layout has a non-zero size (at least 4 KiB).
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return None;
+        }
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Some(PhysAddr::new(p as u64))
+    }
+
+    unsafe fn free_frame(&self, frame: PhysAddr, size: FrameSize) {
+        if let Some(layout) = layout(size) {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: the caller guarantees `frame` came from `alloc_frame` with this size, hence
+            // from `alloc_zeroed` with this layout (phys == virt).
+            unsafe { alloc::alloc::dealloc(frame.as_u64() as *mut u8, layout) }
+        }
+    }
+
+    fn phys_to_virt(&self, phys: PhysAddr) -> NonNull<u8> {
+        NonNull::new(phys.as_u64() as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    fn virt_to_phys(&self, virt: NonNull<u8>) -> PhysAddr {
+        PhysAddr::new(virt.as_ptr() as u64)
+    }
+
+    fn clean_to_poc(&self, virt: NonNull<u8>, len: usize) {
+        const LINE: usize = 64;
+        let start = virt.as_ptr() as usize & !(LINE - 1);
+        let end = virt.as_ptr() as usize + len;
+        for line in (start..end).step_by(LINE) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `line` is inside a frame this HAL handed out, which is mapped; clflush only
+            // writes the line back.
+            unsafe {
+                core::arch::x86_64::_mm_clflush(line as *const u8)
+            };
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above; `dc cvac` cleans one line to the point of coherency.
+            unsafe {
+                core::arch::asm!("dc cvac, {}", in(reg) line, options(nostack, preserves_flags))
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a fence has no memory-safety preconditions.
+        unsafe {
+            core::arch::x86_64::_mm_mfence()
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: a barrier has no memory-safety preconditions.
+        unsafe {
+            core::arch::asm!("dsb ish", options(nostack, preserves_flags))
+        };
+    }
+}
+
+/// The kernel's one HAL; shared by every unit and domain of a test.
+pub static HAL: KernelHal = KernelHal::new();
