@@ -104,15 +104,20 @@ fn host_checks() -> Result<(), String> {
             cargo().args(["clippy", "--quiet", "-p", "iommu-test-kernel", "--target", arch.target(), "--", "-D", "warnings"]),
         )?;
     }
-    if root().join("tests/loom_pagetable.rs").exists() {
-        // loom needs its own build (a different cfg), kept in its own target directory so it
-        // does not invalidate the normal one.
+    // The loom models of every lock-free structure. loom needs its own build (a different
+    // cfg), kept in its own target directory so it does not invalidate the normal one.
+    for (what, package, selector) in [
+        ("page tables", "iommu", ["--test", "loom_pagetable"]),
+        ("VT-d invalidation queue", "iommu-vtd", ["--lib", "qi::loom_tests"]),
+        ("SMMUv3 command queue", "iommu-smmuv3", ["--lib", "cmdq::loom_model"]),
+    ] {
         step(
-            "loom models (page tables)",
+            &format!("loom model: {what}"),
             cargo()
                 .env("RUSTFLAGS", "--cfg loom")
                 .env("CARGO_TARGET_DIR", root().join("target/loom"))
-                .args(["test", "--quiet", "-p", "iommu", "--release", "--test", "loom_pagetable"]),
+                .args(["test", "--quiet", "--release", "-p", package])
+                .args(selector),
         )?;
     }
     Ok(())

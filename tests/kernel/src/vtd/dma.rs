@@ -66,7 +66,7 @@ fn bring_up(m: &Machine, mode: Mode) -> Result<Unit, Failure> {
 }
 
 fn device_id(e: &EduDevice) -> DeviceId {
-    DeviceId(u32::from(e.bdf.bus) << 8 | u32::from(e.bdf.device) << 3 | u32::from(e.bdf.function))
+    DeviceId(u32::from(e.bdf.requester_id()))
 }
 
 /// The stage the machine's paging domains use: first stage where second-stage PASID entries
