@@ -87,7 +87,9 @@ pub fn judge(arch: Arch, exit_code: Option<i32>, serial: &str, guest_errors: &st
             Counts { failed: failed_tests.len().max(1), ..Counts::default() }
         }
     };
-    let allowed: Vec<&str> = serial.lines().filter_map(|l| l.trim().strip_prefix("@allow-guest-error ")).collect();
+    // An announcement may follow a test's "test NAME ... " prefix on the same line.
+    let allowed: Vec<&str> =
+        serial.lines().filter_map(|l| l.split_once("@allow-guest-error ").map(|(_, p)| p.trim())).collect();
     for line in guest_errors.lines().filter(|l| !l.trim().is_empty()) {
         if !allowed.iter().any(|pat| line.contains(pat)) {
             reasons.push(format!("QEMU guest error: {}", line.trim()));
@@ -138,7 +140,7 @@ mod tests {
     fn guest_errors_fail_unless_announced() {
         let log = "edu: clamping DMA 0x10000000 to 0x0\n";
         assert!(!judge(Arch::X86_64, Some(33), GOOD, log).is_pass());
-        let announced = format!("@allow-guest-error clamping DMA\n{GOOD}");
+        let announced = format!("test x ... @allow-guest-error clamping DMA\n{GOOD}");
         assert!(judge(Arch::X86_64, Some(33), &announced, log).is_pass());
         let other = "vtd: something else\n";
         assert!(!judge(Arch::X86_64, Some(33), &announced, other).is_pass());

@@ -7,6 +7,7 @@
 //! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
 //! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
 //! - [`unit`]: reading them from a mapped SMMU.
+//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.
@@ -28,5 +29,6 @@ pub mod context_descriptor;
 pub mod eventq;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod smmu;
 pub mod stream_table;
 pub mod sync;
