@@ -1003,7 +1003,7 @@ impl Batch {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use iommu::hal::host::HostHal;

@@ -1,0 +1,174 @@
+//! The one error type of the object model: every refusal of [`Iommu`](super::Iommu), each case
+//! naming what was wrong. A call that returns an error has changed nothing.
+
+use core::fmt;
+
+use super::iova::ReservedKind;
+use super::{DeviceHandle, DomainId, GroupId, OwnerId, UnitId};
+use crate::unit::{DeviceId, UnitError};
+
+/// Why the object model refused a call. Whatever the case, the call changed nothing: no record
+/// of this layer and no hardware state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The translation unit refused or failed (unknown device, identity not supported, no free
+    /// tag, page-table refusal such as an unaligned address, hardware timeout).
+    Unit(UnitError),
+    /// No unit was registered under this id.
+    UnknownUnit(UnitId),
+    /// No device was registered under this handle.
+    UnknownDevice(DeviceHandle),
+    /// No domain has this id (never allocated, or destroyed).
+    UnknownDomain(DomainId),
+    /// This unit already has a device with this id.
+    DuplicateDevice {
+        /// The unit.
+        unit: UnitId,
+        /// The id registered twice.
+        id: DeviceId,
+    },
+    /// A group's devices alias each other's DMA, so they sit behind one unit; this device is on
+    /// another unit than the group's other members.
+    GroupSpansUnits(GroupId),
+    /// A device cannot join a group while a member of that group is owned: the newcomer would be
+    /// reachable through the owner's domain without having been claimed.
+    GroupInUse(GroupId),
+    /// The device is already owned (by `owner`, which may be the caller).
+    AlreadyOwned {
+        /// The device.
+        device: DeviceHandle,
+        /// Its current owner.
+        owner: OwnerId,
+    },
+    /// Another device of the group has a different owner; a group has at most one owner, since
+    /// its devices cannot be isolated from each other.
+    GroupOwnedByOther {
+        /// The group.
+        group: GroupId,
+        /// The owner of the other members.
+        owner: OwnerId,
+    },
+    /// The caller does not own this device (it is unowned or owned by someone else).
+    NotOwner(DeviceHandle),
+    /// The caller did not allocate this domain.
+    NotDomainOwner(DomainId),
+    /// Attaching would break group viability: `blocker`, a member of the same group, is owned
+    /// and attached to something other than the target (or blocked). See the module docs.
+    GroupNotViable {
+        /// The group.
+        group: GroupId,
+        /// The member in the way.
+        blocker: DeviceHandle,
+    },
+    /// The domain belongs to another unit than the device; sharing a domain across units is not
+    /// supported yet.
+    WrongUnit {
+        /// The domain.
+        domain: DomainId,
+        /// The device.
+        device: DeviceHandle,
+    },
+    /// The domain is still attached to `users` devices and cannot be destroyed.
+    Busy {
+        /// The domain.
+        domain: DomainId,
+        /// How many devices are attached to it.
+        users: usize,
+    },
+    /// Identity was asked for but the embedder's policy forbids it (see
+    /// [`Iommu::allow_identity`](super::Iommu::allow_identity)).
+    IdentityForbidden,
+    /// The domain's windows or reserved regions are not a valid layout (named).
+    BadLayout(&'static str),
+    /// A map, unmap or allocation of zero bytes.
+    ZeroLength,
+    /// `iova + len` does not fit in 64 bits.
+    WrapAround,
+    /// The range is not wholly inside one usable window of the domain.
+    OutsideAperture,
+    /// The range touches a reserved region (an MSI doorbell, an RMRR, ...).
+    ReservedRegion(ReservedKind),
+    /// Part of the range is already mapped.
+    AlreadyMapped,
+    /// Nothing is mapped in the range.
+    NothingMapped,
+    /// The range starts or ends inside a mapping; mappings are only removed whole.
+    WouldCut,
+    /// No free, suitably aligned range of this length is left in any window.
+    NoSpace,
+    /// No-IOMMU mode was asked for on a machine with `units` translation units; only
+    /// [`InsecureNoIommu::enable_despite_iommu`](super::InsecureNoIommu::enable_despite_iommu)
+    /// enables it there.
+    IommuPresent {
+        /// Units the firmware reported.
+        units: usize,
+    },
+    /// The operation is not implemented (named), e.g. nesting in this version.
+    Unsupported(&'static str),
+}
+
+/// Result of the object model.
+pub type Result<T> = core::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unit(e) => write!(f, "unit: {e}"),
+            Self::UnknownUnit(u) => write!(f, "no unit {u:?}"),
+            Self::UnknownDevice(d) => write!(f, "no device {d:?}"),
+            Self::UnknownDomain(d) => write!(f, "no domain {d:?}"),
+            Self::DuplicateDevice { unit, id } => write!(f, "{unit:?} already has device {id:?}"),
+            Self::GroupSpansUnits(g) => write!(f, "{g:?} has members on another unit"),
+            Self::GroupInUse(g) => write!(f, "{g:?} has an owned member; no device may join it"),
+            Self::AlreadyOwned { device, owner } => {
+                write!(f, "{device:?} is already owned by {owner:?}")
+            }
+            Self::GroupOwnedByOther { group, owner } => {
+                write!(f, "{group:?} is owned by {owner:?}")
+            }
+            Self::NotOwner(d) => write!(f, "caller does not own {d:?}"),
+            Self::NotDomainOwner(d) => write!(f, "caller does not own {d:?}"),
+            Self::GroupNotViable { group, blocker } => {
+                write!(f, "{group:?} not viable: {blocker:?} is attached elsewhere")
+            }
+            Self::WrongUnit { domain, device } => {
+                write!(f, "{domain:?} is not on the unit of {device:?}")
+            }
+            Self::Busy { domain, users } => {
+                write!(f, "{domain:?} is attached to {users} device(s)")
+            }
+            Self::IdentityForbidden => write!(f, "identity is forbidden by policy"),
+            Self::BadLayout(what) => write!(f, "bad IOVA layout: {what}"),
+            Self::ZeroLength => write!(f, "zero length"),
+            Self::WrapAround => write!(f, "range wraps past 2^64"),
+            Self::OutsideAperture => write!(f, "range not inside one usable window"),
+            Self::ReservedRegion(k) => write!(f, "range touches a reserved region ({k:?})"),
+            Self::AlreadyMapped => write!(f, "range overlaps a mapping"),
+            Self::NothingMapped => write!(f, "nothing mapped in range"),
+            Self::WouldCut => write!(f, "range would cut a mapping"),
+            Self::NoSpace => write!(f, "no free IOVA range of that size"),
+            Self::IommuPresent { units } => {
+                write!(
+                    f,
+                    "{units} IOMMU(s) present: no-IOMMU mode only if forced by name"
+                )
+            }
+            Self::Unsupported(what) => write!(f, "not supported: {what}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Unit(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<UnitError> for Error {
+    fn from(e: UnitError) -> Self {
+        Self::Unit(e)
+    }
+}

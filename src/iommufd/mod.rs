@@ -1,0 +1,550 @@
+//! The device-centric object model: translation units, devices, isolation groups, owners and
+//! domains, with the rules of Linux iommufd, in-process. The user's guide of the crate.
+//!
+//! # The objects
+//!
+//! - An [`Iommu`] is the system: one or more *translation units* of one back-end type (VT-d
+//!   DRHDs, SMMUv3s), each registered with [`Iommu::add_unit`].
+//! - A *device* is registered with [`Iommu::add_device`]: its unit, its hardware [`DeviceId`]
+//!   (requester id / stream id, from the firmware's DMAR scopes or `iommu-map`) and its isolation
+//!   [`GroupId`]. Registration blocks the device: until an owner attaches it, none of its DMA
+//!   reaches memory.
+//! - A *group* is the set of devices the hardware cannot tell apart: same requester id, or DMA
+//!   aliases (a conventional PCI bridge issues its children's requests with its own id). The
+//!   embedder knows this from the bus topology and says so by giving those devices the same
+//!   [`GroupId`]; devices that alias nothing get a group of their own. Isolation is a property of
+//!   groups, not devices.
+//! - An *owner* ([`OwnerId`]) is whoever drives a device's DMA: a guest of a hypervisor, a driver
+//!   of a unikernel. Ownership is explicit: [`Iommu::claim`] and [`Iommu::release`]. A group has
+//!   at most one owner. Only the owner attaches a device; releasing a device blocks it again.
+//! - A *domain* says what a device's DMA reaches. [`Target::Blocked`] (nothing),
+//!   [`Target::Identity`] (DMA address = physical address; only once the embedder's policy
+//!   allows it with [`Iommu::allow_identity`], and only where the unit can, else the unit's
+//!   `Unsupported` error comes back as [`Error::Unit`]) and [`Target::Domain`], a
+//!   *paging domain* allocated by an owner with [`Iommu::alloc_domain`]: an I/O page table of the
+//!   unit plus an [`IovaSpace`] (usable windows, reserved regions such as MSI doorbells and
+//!   RMRRs, and the mappings).
+//!
+//! # Example
+//!
+//! A hypervisor gives device `00:03.0` to a guest whose RAM is one contiguous host range, then
+//! takes it back. Written over any back-end:
+//!
+//! ```
+//! use iommu::addr::{Iova, PhysAddr};
+//! use iommu::iommufd::{
+//!     GroupId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind, Result, Target, UnitId,
+//! };
+//! use iommu::pagetable::Prot;
+//! use iommu::unit::{DeviceId, Stage, TranslationUnit};
+//!
+//! fn give_to_guest<U: TranslationUnit>(
+//!     io: &mut Iommu<U>,
+//!     unit: UnitId,
+//!     ram: PhysAddr,
+//!     size: u64,
+//! ) -> Result<()> {
+//!     let guest = OwnerId(1);
+//!     // From the PCI topology: 00:03.0 aliases no other device, so it is a group of its own.
+//!     let dev = io.add_device(unit, DeviceId(0x18), GroupId(0x18))?;
+//!     io.claim(dev, guest)?;
+//!     let windows = [Region { start: 0, last: (1 << 39) - 1 }];
+//!     let msi = [Reserved {
+//!         region: Region { start: 0xfee0_0000, last: 0xfeef_ffff },
+//!         kind: ReservedKind::MsiDoorbell,
+//!     }];
+//!     let layout = Layout { windows: &windows, reserved: &msi };
+//!     let dom = io.alloc_domain(guest, unit, Stage::Second, 39, &layout)?;
+//!     // Guest physical 0 is host `ram`.
+//!     io.map(guest, dom, Iova::new(0), ram, size, Prot::READ_WRITE)?;
+//!     io.attach(dev, guest, Target::Domain(dom))?;
+//!     // ... the guest runs ...
+//!     io.release(dev, guest)?; // blocks the device: the domain is no longer in use
+//!     io.unmap_all(guest, dom)?;
+//!     io.destroy_domain(guest, dom)
+//! }
+//! ```
+//!
+//! # Group viability
+//!
+//! Attaching a device to anything but [`Target::Blocked`] is refused
+//! ([`Error::GroupNotViable`]) unless every other device of its group is either unowned (and
+//! therefore blocked) or owned by the same owner and attached to the same target or blocked.
+//! "Or blocked" lets an owner move a group device by device; a blocked member cannot reach the
+//! target's memory through its own id, and its aliased DMA already reaches only what the owner
+//! mapped. A device cannot join a group that has an owned member ([`Error::GroupInUse`]).
+//!
+//! # Map and unmap (the iommufd rules)
+//!
+//! - [`Iommu::map`] refuses a range outside every window ([`Error::OutsideAperture`]), touching
+//!   a reserved region ([`Error::ReservedRegion`]) or overlapping a mapping
+//!   ([`Error::AlreadyMapped`]).
+//! - [`Iommu::unmap`] removes every mapping inside the range and returns the total bytes; it
+//!   refuses a range that would cut a mapping ([`Error::WouldCut`]) and a range with nothing
+//!   mapped ([`Error::NothingMapped`]). [`Iommu::unmap_all`] empties a domain and returns 0 on
+//!   an empty one. When an unmap returns, the unit has invalidated its caches: no DMA through
+//!   the removed range can succeed any more.
+//! - [`Iommu::map_anywhere`] picks the lowest free IOVA aligned to the length (rounded up to a
+//!   power of two, at least 4 KiB) in any window, avoiding reserved regions and mappings.
+//!
+//! # Lifetimes and errors
+//!
+//! A domain attached to any device cannot be destroyed ([`Error::Busy`]). Every call returns one
+//! [`Error`] on refusal and then has changed nothing, neither here nor in the hardware: all
+//! checks run before the unit is asked, and the unit itself changes nothing when it refuses.
+//!
+//! # Concurrency
+//!
+//! Every call that changes state takes `&mut self`: the embedder serialises them (one lock around
+//! the `Iommu`, or one `Iommu` per CPU-independent partition). The fast paths of a DMA API can
+//! still call the unit's `map`/`unmap` directly on a domain it owns.
+//!
+//! # Status and no-IOMMU mode
+//!
+//! [`Iommu::status`] reports what is confined; its text starts with `INSECURE` while a device is
+//! attached to identity. A machine without any unit can still do DMA through
+//! [`InsecureNoIommu`] (DMA address = physical address, nothing confined): it is refused when a
+//! unit is present ([`Error::IommuPresent`]) unless enabled by
+//! [`InsecureNoIommu::enable_despite_iommu`], and every status it gives says `INSECURE`.
+//!
+//! # Not yet
+//!
+//! Nesting, vIOMMUs, PASID attach and hardware info are not in this version;
+//! [`Iommu::alloc_nested_domain`] returns [`Error::Unsupported`].
+
+extern crate alloc;
+
+mod error;
+mod iova;
+#[cfg(all(test, feature = "host-hal", not(loom)))]
+mod model_tests;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+pub use error::{Error, Result};
+pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
+pub use status::{InsecureNoIommu, Protection, Status};
+
+use crate::addr::{Iova, PhysAddr};
+use crate::pagetable::Prot;
+use crate::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+
+/// A unit registered with [`Iommu::add_unit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitId(usize);
+
+/// A device registered with [`Iommu::add_device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceHandle(usize);
+
+/// A paging domain allocated with [`Iommu::alloc_domain`]; never reused after destruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainId(u64);
+
+/// An isolation group, named by the embedder: devices that alias each other's DMA share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u32);
+
+/// Whoever drives a device's DMA (a guest, a driver), named by the embedder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerId(pub u64);
+
+/// What a device is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Every DMA is refused: the state of an unowned device.
+    Blocked,
+    /// DMA addresses are physical addresses (where the unit allows it).
+    Identity,
+    /// DMA addresses are translated by this paging domain.
+    Domain(DomainId),
+}
+
+/// What the object model knows of one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Its unit.
+    pub unit: UnitId,
+    /// Its hardware id on that unit.
+    pub id: DeviceId,
+    /// Its isolation group.
+    pub group: GroupId,
+    /// Its owner, if claimed.
+    pub owner: Option<OwnerId>,
+    /// What it is attached to.
+    pub target: Target,
+}
+
+struct Domain<D> {
+    unit: UnitId,
+    owner: OwnerId,
+    hw: D,
+    space: IovaSpace,
+    /// Devices attached to it; destruction waits for zero.
+    users: usize,
+}
+
+/// The system's IOMMUs and the objects over them. See the [module docs](self).
+pub struct Iommu<U: TranslationUnit> {
+    units: Vec<U>,
+    /// Devices are never unregistered, so a handle is an index.
+    devices: Vec<DeviceState>,
+    domains: BTreeMap<DomainId, Domain<U::Domain>>,
+    next_domain: u64,
+    /// Whether owners may attach devices to identity; off until the embedder allows it.
+    identity_allowed: bool,
+}
+
+impl<U: TranslationUnit> Default for Iommu<U> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<U: TranslationUnit> Iommu<U> {
+    /// A system with no unit yet.
+    pub const fn new() -> Self {
+        Self {
+            units: Vec::new(),
+            devices: Vec::new(),
+            domains: BTreeMap::new(),
+            next_domain: 0,
+            identity_allowed: false,
+        }
+    }
+
+    /// Allows or forbids [`Target::Identity`] (forbidden at first): identity gives a device all
+    /// of memory, which a hypervisor must never grant a guest's device but a unikernel may grant
+    /// its own trusted drivers. Devices already in identity stay there.
+    pub fn allow_identity(&mut self, allowed: bool) {
+        self.identity_allowed = allowed;
+    }
+
+    /// Registers a translation unit (already initialised by its back-end).
+    pub fn add_unit(&mut self, unit: U) -> UnitId {
+        self.units.push(unit);
+        UnitId(self.units.len() - 1)
+    }
+
+    /// The unit registered as `id`, for back-end specific calls (fault draining, ...).
+    pub fn unit(&self, id: UnitId) -> Result<&U> {
+        self.units.get(id.0).ok_or(Error::UnknownUnit(id))
+    }
+
+    /// Registers device `id` of `unit` in `group`, and blocks it.
+    ///
+    /// Refused if the unit already has this id, if the group's other members are on another
+    /// unit, or if a member of the group is owned.
+    pub fn add_device(
+        &mut self,
+        unit: UnitId,
+        id: DeviceId,
+        group: GroupId,
+    ) -> Result<DeviceHandle> {
+        let u = self.unit(unit)?;
+        if self.devices.iter().any(|d| d.unit == unit && d.id == id) {
+            return Err(Error::DuplicateDevice { unit, id });
+        }
+        for d in self.devices.iter().filter(|d| d.group == group) {
+            if d.unit != unit {
+                return Err(Error::GroupSpansUnits(group));
+            }
+            if d.owner.is_some() {
+                return Err(Error::GroupInUse(group));
+            }
+        }
+        // Establishes "unowned means blocked" whatever firmware left in the unit's tables.
+        u.attach(id, Attachment::Blocking)?;
+        self.devices.push(DeviceState {
+            unit,
+            id,
+            group,
+            owner: None,
+            target: Target::Blocked,
+        });
+        Ok(DeviceHandle(self.devices.len() - 1))
+    }
+
+    /// The device registered as `id` on `unit`.
+    pub fn find_device(&self, unit: UnitId, id: DeviceId) -> Option<DeviceHandle> {
+        self.devices
+            .iter()
+            .position(|d| d.unit == unit && d.id == id)
+            .map(DeviceHandle)
+    }
+
+    /// What is known of `device`.
+    pub fn device(&self, device: DeviceHandle) -> Result<DeviceState> {
+        self.devices
+            .get(device.0)
+            .copied()
+            .ok_or(Error::UnknownDevice(device))
+    }
+
+    /// The devices of `group`.
+    pub fn group_members(&self, group: GroupId) -> impl Iterator<Item = DeviceHandle> + '_ {
+        self.devices
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| d.group == group)
+            .map(|(i, _)| DeviceHandle(i))
+    }
+
+    /// Makes `owner` the owner of `device` (still blocked).
+    ///
+    /// Refused if the device is owned (even by `owner`) or another member of its group has a
+    /// different owner.
+    pub fn claim(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
+        let d = self.device(device)?;
+        if let Some(current) = d.owner {
+            return Err(Error::AlreadyOwned {
+                device,
+                owner: current,
+            });
+        }
+        if let Some(other) = self
+            .devices
+            .iter()
+            .filter(|m| m.group == d.group)
+            .find_map(|m| m.owner.filter(|o| *o != owner))
+        {
+            return Err(Error::GroupOwnedByOther {
+                group: d.group,
+                owner: other,
+            });
+        }
+        self.device_mut(device)?.owner = Some(owner);
+        Ok(())
+    }
+
+    /// Gives up `owner`'s ownership of `device`, blocking it first.
+    pub fn release(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
+        self.attach(device, owner, Target::Blocked)?;
+        self.device_mut(device)?.owner = None;
+        Ok(())
+    }
+
+    /// Attaches `device`, owned by `owner`, to `target`, replacing what it was attached to.
+    ///
+    /// Refused unless `owner` owns the device (and the domain, for a paging domain of the same
+    /// unit) and the group stays viable (see the [module docs](self)). Re-attaching to the
+    /// current target does nothing.
+    pub fn attach(&mut self, device: DeviceHandle, owner: OwnerId, target: Target) -> Result<()> {
+        let d = self.device(device)?;
+        if d.owner != Some(owner) {
+            return Err(Error::NotOwner(device));
+        }
+        if let Target::Domain(id) = target {
+            let dom = self.domain(id, owner)?;
+            if dom.unit != d.unit {
+                return Err(Error::WrongUnit { domain: id, device });
+            }
+        }
+        if d.target == target {
+            return Ok(());
+        }
+        if target == Target::Identity && !self.identity_allowed {
+            return Err(Error::IdentityForbidden);
+        }
+        if target != Target::Blocked {
+            self.check_viable(device, &d, owner, target)?;
+        }
+        let unit = self.unit(d.unit)?;
+        let to = match target {
+            Target::Blocked => Attachment::Blocking,
+            Target::Identity => Attachment::Identity,
+            Target::Domain(id) => Attachment::Paging(&self.domain(id, owner)?.hw),
+        };
+        unit.attach(d.id, to)?;
+        // The hardware has switched; only bookkeeping follows, which cannot fail.
+        if let Target::Domain(old) = d.target {
+            if let Some(dom) = self.domains.get_mut(&old) {
+                dom.users = dom.users.saturating_sub(1);
+            }
+        }
+        if let Target::Domain(new) = target {
+            if let Some(dom) = self.domains.get_mut(&new) {
+                dom.users += 1;
+            }
+        }
+        self.device_mut(device)?.target = target;
+        Ok(())
+    }
+
+    fn check_viable(
+        &self,
+        device: DeviceHandle,
+        d: &DeviceState,
+        owner: OwnerId,
+        target: Target,
+    ) -> Result<()> {
+        for (i, m) in self.devices.iter().enumerate() {
+            if i == device.0 || m.group != d.group {
+                continue;
+            }
+            let fine = match m.owner {
+                // Unowned devices are always blocked: release and add_device block them.
+                None => true,
+                Some(o) => o == owner && (m.target == Target::Blocked || m.target == target),
+            };
+            if !fine {
+                return Err(Error::GroupNotViable {
+                    group: d.group,
+                    blocker: DeviceHandle(i),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates a paging domain for `owner` on `unit`: a table in `stage`'s format for inputs
+    /// below `2^ia_bits`, with the usable windows and reserved regions of `layout`.
+    pub fn alloc_domain(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        stage: Stage,
+        ia_bits: u32,
+        layout: &Layout<'_>,
+    ) -> Result<DomainId> {
+        let u = self.unit(unit)?;
+        // Checked before the unit allocates anything, so a bad layout costs nothing to undo.
+        let space = IovaSpace::new(ia_bits, layout)?;
+        let hw = u.new_domain(stage, ia_bits)?;
+        let id = DomainId(self.next_domain);
+        self.next_domain += 1;
+        self.domains.insert(
+            id,
+            Domain {
+                unit,
+                owner,
+                hw,
+                space,
+                users: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// A nested domain on a nest parent, built from guest data. Not implemented yet.
+    pub fn alloc_nested_domain(&mut self, _owner: OwnerId, _parent: DomainId) -> Result<DomainId> {
+        Err(Error::Unsupported("nesting: not yet"))
+    }
+
+    /// Destroys `owner`'s domain `id`, unmapping what is still mapped. Refused while a device
+    /// is attached to it.
+    pub fn destroy_domain(&mut self, owner: OwnerId, id: DomainId) -> Result<()> {
+        let dom = self.domain(id, owner)?;
+        if dom.users > 0 {
+            return Err(Error::Busy {
+                domain: id,
+                users: dom.users,
+            });
+        }
+        // The trait has no domain teardown yet: emptying the table at least gives its
+        // intermediate tables back to the HAL before the domain is dropped.
+        if let Some((span, _)) = dom.space.check_unmap_all() {
+            let len = span.size().ok_or(Error::WrapAround)?;
+            self.unit(dom.unit)?
+                .unmap(&dom.hw, Iova::new(span.start), len)?;
+        }
+        self.domains.remove(&id);
+        Ok(())
+    }
+
+    /// The IOVA space of `owner`'s domain `id` (windows, reserved regions, mappings).
+    pub fn iova_space(&self, owner: OwnerId, id: DomainId) -> Result<&IovaSpace> {
+        Ok(&self.domain(id, owner)?.space)
+    }
+
+    /// How many devices are attached to domain `id`.
+    pub fn domain_users(&self, owner: OwnerId, id: DomainId) -> Result<usize> {
+        Ok(self.domain(id, owner)?.users)
+    }
+
+    /// Maps `[iova, iova + len)` of `owner`'s domain `id` to `[phys, phys + len)`.
+    pub fn map(
+        &mut self,
+        owner: OwnerId,
+        id: DomainId,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<()> {
+        let dom = self.domain(id, owner)?;
+        let range = dom.space.check_map(iova.as_u64(), len)?;
+        self.unit(dom.unit)?.map(&dom.hw, iova, phys, len, prot)?;
+        self.domain_mut(id)?.space.insert(range, phys.as_u64());
+        Ok(())
+    }
+
+    /// Maps `len` bytes at `phys` at the lowest free IOVA aligned to the length, and returns it.
+    pub fn map_anywhere(
+        &mut self,
+        owner: OwnerId,
+        id: DomainId,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Iova> {
+        let iova = Iova::new(self.domain(id, owner)?.space.find_free(len)?);
+        self.map(owner, id, iova, phys, len, prot)?;
+        Ok(iova)
+    }
+
+    /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` and returns
+    /// the bytes unmapped.
+    pub fn unmap(&mut self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
+        let (span, total) = self
+            .domain(id, owner)?
+            .space
+            .check_unmap(iova.as_u64(), len)?;
+        self.unmap_span(id, span)?;
+        Ok(total)
+    }
+
+    /// Unmaps everything in `owner`'s domain `id`; returns the bytes unmapped (0 if empty).
+    pub fn unmap_all(&mut self, owner: OwnerId, id: DomainId) -> Result<u64> {
+        match self.domain(id, owner)?.space.check_unmap_all() {
+            None => Ok(0),
+            Some((span, total)) => {
+                self.unmap_span(id, span)?;
+                Ok(total)
+            }
+        }
+    }
+
+    /// One unit call over the span of whole mappings: the unit's table refuses a cut itself, and
+    /// either removes everything or nothing.
+    fn unmap_span(&mut self, id: DomainId, span: Region) -> Result<()> {
+        let len = span.size().ok_or(Error::WrapAround)?;
+        let dom = self.domains.get(&id).ok_or(Error::UnknownDomain(id))?;
+        self.unit(dom.unit)?
+            .unmap(&dom.hw, Iova::new(span.start), len)?;
+        self.domain_mut(id)?.space.remove(span);
+        Ok(())
+    }
+
+    fn domain(&self, id: DomainId, owner: OwnerId) -> Result<&Domain<U::Domain>> {
+        let dom = self.domains.get(&id).ok_or(Error::UnknownDomain(id))?;
+        if dom.owner != owner {
+            return Err(Error::NotDomainOwner(id));
+        }
+        Ok(dom)
+    }
+
+    fn device_mut(&mut self, device: DeviceHandle) -> Result<&mut DeviceState> {
+        self.devices
+            .get_mut(device.0)
+            .ok_or(Error::UnknownDevice(device))
+    }
+
+    fn domain_mut(&mut self, id: DomainId) -> Result<&mut Domain<U::Domain>> {
+        self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))
+    }
+}

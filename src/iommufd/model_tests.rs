@@ -1,0 +1,229 @@
+//! Property test: random sequences of map, unmap, unmap-all and automatic allocation on an
+//! [`Iommu`] whose unit holds a real VT-d second-stage [`PageTable`] (so superpages appear), each
+//! answer compared with a naive model of the iommufd rules, and the page table compared with the
+//! model after every step.
+
+extern crate std;
+
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::hal::host::HostHal;
+use crate::pagetable::vtd_second_stage::{VtdSecondStage, VtdSecondStageConfig};
+use crate::pagetable::{Coherency, Gather, PageTable};
+use crate::unit::{Drained, FaultRecord, UnitError};
+
+type Table = PageTable<VtdSecondStage, HostHal>;
+
+/// A unit whose domains are real page tables in host memory; attach is not used here.
+struct TableUnit;
+
+impl TranslationUnit for TableUnit {
+    type Domain = Table;
+
+    fn new_domain(&self, _stage: Stage, ia_bits: u32) -> core::result::Result<Table, UnitError> {
+        let f = VtdSecondStage::new(VtdSecondStageConfig {
+            sagaw: 0b0100,
+            sllps: 0b11,
+            address_width: ia_bits,
+            output_width: 46,
+            snoop_control: true,
+        })?;
+        Ok(PageTable::new(f, HostHal::new(), Coherency::Coherent)?)
+    }
+
+    fn attach(&self, _: DeviceId, _: Attachment<'_, Table>) -> core::result::Result<(), UnitError> {
+        Err(UnitError::Unsupported("attach: not modelled"))
+    }
+
+    fn map(
+        &self,
+        t: &Table,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> core::result::Result<(), UnitError> {
+        Ok(t.map(iova, phys, len, prot)?)
+    }
+
+    fn unmap(&self, t: &Table, iova: Iova, len: u64) -> core::result::Result<u64, UnitError> {
+        let mut g = Gather::new();
+        let n = t.unmap(iova, len, &mut g)?;
+        // SAFETY: host memory; no hardware walks it and this thread is the only user.
+        unsafe { g.complete(t.hal()) };
+        Ok(n)
+    }
+
+    fn drain_faults(
+        &self,
+        _: &mut dyn FnMut(FaultRecord),
+    ) -> core::result::Result<Drained, UnitError> {
+        Ok(Drained::default())
+    }
+}
+
+const PAGE: u64 = 4096;
+/// Windows and reserved region in pages: `[0, 1024)` and `[1536, 2048)`, a doorbell at
+/// `[1000, 1008)`, so 2 MiB (512-page) mappings fit in both windows.
+const WINDOWS: [Region; 2] = [
+    Region {
+        start: 0,
+        last: 1024 * PAGE - 1,
+    },
+    Region {
+        start: 1536 * PAGE,
+        last: 2048 * PAGE - 1,
+    },
+];
+const DOORBELL: Reserved = Reserved {
+    region: Region {
+        start: 1000 * PAGE,
+        last: 1008 * PAGE - 1,
+    },
+    kind: ReservedKind::MsiDoorbell,
+};
+/// Where IOVA `a` is mapped to, so translations can be checked.
+const PHYS_OFFSET: u64 = 1 << 32;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Map { page: u64, pages: u64 },
+    Unmap { page: u64, pages: u64 },
+    UnmapAll,
+    MapAnywhere { pages: u64 },
+}
+
+fn pages() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 1u64..=16, 1 => Just(512u64), 1 => 1u64..=600]
+}
+
+fn page() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => 0u64..2100, 1 => (0u64..5).prop_map(|i| i * 512)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (page(), pages()).prop_map(|(page, pages)| Op::Map { page, pages }),
+        3 => (page(), pages()).prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        1 => Just(Op::UnmapAll),
+        3 => pages().prop_map(|pages| Op::MapAnywhere { pages }),
+    ]
+}
+
+/// The rules, written the obvious way over a list of mappings.
+#[derive(Default)]
+struct Model {
+    maps: Vec<Region>,
+}
+
+impl Model {
+    fn map(&mut self, r: Region) -> Result<()> {
+        if !WINDOWS.iter().any(|w| w.contains(r)) {
+            return Err(Error::OutsideAperture);
+        }
+        if DOORBELL.region.overlaps(r) {
+            return Err(Error::ReservedRegion(ReservedKind::MsiDoorbell));
+        }
+        if self.maps.iter().any(|m| m.overlaps(r)) {
+            return Err(Error::AlreadyMapped);
+        }
+        self.maps.push(r);
+        Ok(())
+    }
+
+    fn unmap(&mut self, r: Region) -> Result<u64> {
+        let hit: Vec<Region> = self
+            .maps
+            .iter()
+            .copied()
+            .filter(|m| m.overlaps(r))
+            .collect();
+        if hit.is_empty() {
+            return Err(Error::NothingMapped);
+        }
+        if hit.iter().any(|m| !r.contains(*m)) {
+            return Err(Error::WouldCut);
+        }
+        self.maps.retain(|m| !r.contains(*m));
+        Ok(hit.iter().map(|m| m.last - m.start + 1).sum())
+    }
+
+    /// Tries every aligned candidate from the bottom of each window.
+    fn find(&self, len: u64) -> Result<u64> {
+        let align = len.next_power_of_two().max(PAGE);
+        for w in WINDOWS {
+            let mut c = w.start.div_ceil(align) * align;
+            while c + len - 1 <= w.last {
+                let r = Region {
+                    start: c,
+                    last: c + len - 1,
+                };
+                if !DOORBELL.region.overlaps(r) && !self.maps.iter().any(|m| m.overlaps(r)) {
+                    return Ok(c);
+                }
+                c += align;
+            }
+        }
+        Err(Error::NoSpace)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn map_unmap_alloc_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut io = Iommu::new();
+        let u = io.add_unit(TableUnit);
+        let owner = OwnerId(7);
+        let dom = io
+            .alloc_domain(owner, u, Stage::Second, 48, &Layout { windows: &WINDOWS, reserved: &[DOORBELL] })
+            .map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                Op::Map { page, pages } => {
+                    let r = Region { start: page * PAGE, last: (page + pages) * PAGE - 1 };
+                    let phys = PhysAddr::new(PHYS_OFFSET + r.start);
+                    let got = io.map(owner, dom, Iova::new(r.start), phys, pages * PAGE, Prot::READ_WRITE);
+                    prop_assert_eq!(got, model.map(r));
+                }
+                Op::Unmap { page, pages } => {
+                    let r = Region { start: page * PAGE, last: (page + pages) * PAGE - 1 };
+                    prop_assert_eq!(io.unmap(owner, dom, Iova::new(r.start), pages * PAGE), model.unmap(r));
+                }
+                Op::UnmapAll => {
+                    let all = Region { start: 0, last: u64::MAX };
+                    let want = model.unmap(all).or(Ok(0));
+                    prop_assert_eq!(io.unmap_all(owner, dom), want);
+                }
+                Op::MapAnywhere { pages } => {
+                    let want = model.find(pages * PAGE);
+                    let got = io.domains[&dom].space.find_free(pages * PAGE);
+                    prop_assert_eq!(got, want);
+                    if let Ok(a) = want {
+                        let phys = PhysAddr::new(PHYS_OFFSET + a);
+                        let got = io.map_anywhere(owner, dom, phys, pages * PAGE, Prot::READ_WRITE);
+                        prop_assert_eq!(got, Ok(Iova::new(a)));
+                        prop_assert_eq!(model.map(Region { start: a, last: a + pages * PAGE - 1 }), Ok(()));
+                    }
+                }
+            }
+            // The records and the hardware table agree with the model, page by page.
+            let mut recorded: Vec<Region> = io.domains[&dom].space.mappings().map(|m| m.iova).collect();
+            model.maps.sort();
+            recorded.sort();
+            prop_assert_eq!(&recorded, &model.maps);
+            let table = &io.domains[&dom].hw;
+            for p in 0..2048u64 {
+                let a = p * PAGE;
+                let mapped = model.maps.iter().any(|m| m.start <= a && a <= m.last);
+                let want = if mapped { Ok(PhysAddr::new(PHYS_OFFSET + a)) } else { Err(crate::pagetable::Error::NothingMapped) };
+                prop_assert_eq!(table.iova_to_phys(Iova::new(a)), want, "page {}", p);
+            }
+        }
+    }
+}
