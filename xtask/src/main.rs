@@ -61,8 +61,13 @@ fn main() {
 }
 
 fn root() -> PathBuf {
-    // xtask/ sits in the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    // xtask/ sits in the workspace root. `cargo run` sets CARGO_MANIFEST_DIR at run time too;
+    // prefer that over the compile-time value, which is stale when a shared target directory
+    // holds an xtask built from another checkout.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cargo() -> Command {

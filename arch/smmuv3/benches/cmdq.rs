@@ -34,7 +34,8 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let smmu: &'static SimulatedSmmu = Box::leak(Box::new(SimulatedSmmu::new(LOG2_ENTRIES)));
-        let mem: &'static HeapQueueMemory<2> = Box::leak(Box::new(HeapQueueMemory::new(LOG2_ENTRIES)));
+        let mem: &'static HeapQueueMemory<2> =
+            Box::leak(Box::new(HeapQueueMemory::new(LOG2_ENTRIES)));
         let queue = match CommandQueue::new(smmu, mem, u32::MAX) {
             Ok(q) => Box::leak(Box::new(q)),
             Err(e) => panic!("{e}"),
@@ -50,7 +51,12 @@ impl Rig {
                 }
             })
         };
-        Self { queue, lock: Box::leak(Box::new(spin::Mutex::new(()))), stop, consumer: Some(consumer) }
+        Self {
+            queue,
+            lock: Box::leak(Box::new(spin::Mutex::new(()))),
+            stop,
+            consumer: Some(consumer),
+        }
     }
 
     /// Runs `ops` submit+sync operations split over `producers` threads; returns the time.
@@ -103,7 +109,10 @@ impl Drop for Rig {
 fn bench(c: &mut Criterion, rig: &Rig) {
     let mut group = c.benchmark_group("cmdq_submit4_sync");
     group.throughput(Throughput::Elements(1));
-    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     for producers in [1usize, 2] {
         for (name, locked) in [("lock_free", false), ("spin_mutex", true)] {
             group.bench_function(format!("{name}/{producers}_producers"), |b| {
@@ -132,10 +141,22 @@ fn main() {
     bench(&mut c, &rig);
     c.final_summary();
     if std::env::args().any(|a| a == "--bench") {
-        println!("\nsubmit(4 commands) + CMD_SYNC, simulated consumer thread, {} entries:", 1 << LOG2_ENTRIES);
+        println!(
+            "\nsubmit(4 commands) + CMD_SYNC, simulated consumer thread, {} entries:",
+            1 << LOG2_ENTRIES
+        );
         for producers in [1usize, 2] {
-            let free = rate(&rig, producers, false, 1.0);
-            let locked = rate(&rig, producers, true, 1.0);
+            // The median of five half-second runs, alternating, so both see the same noise.
+            let (mut free, mut locked) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                free.push(rate(&rig, producers, false, 0.5));
+                locked.push(rate(&rig, producers, true, 0.5));
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (free, locked) = (median(&mut free), median(&mut locked));
             println!(
                 "  {producers} producer(s): lock-free {:>9.0} ops/s, spin::Mutex {:>9.0} ops/s, ratio {:.2}",
                 free,

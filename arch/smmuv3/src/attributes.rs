@@ -228,6 +228,9 @@ mod tests {
         assert_eq!(place(0b101, 3, 1), 0b1010);
         assert_eq!(field(0xabcd_0000, 31, 16), 0xabcd);
         assert_eq!(Shareability::from_encoding(1), None);
-        assert_eq!(Cacheability::from_encoding(0b11), Cacheability::WriteBackNoWriteAllocate);
+        assert_eq!(
+            Cacheability::from_encoding(0b11),
+            Cacheability::WriteBackNoWriteAllocate
+        );
     }
 }

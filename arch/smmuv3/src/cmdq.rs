@@ -120,12 +120,19 @@ impl<const W: usize> DmaQueueMemory<W> {
     /// `base` must point to `(8 * W) << log2_entries` bytes, 8-byte aligned, readable and
     /// writable for as long as the value lives, used by nothing but this value and the SMMU.
     pub unsafe fn new(base: NonNull<u8>, log2_entries: u8) -> Self {
-        Self { base: base.cast(), log2: log2_entries }
+        Self {
+            base: base.cast(),
+            log2: log2_entries,
+        }
     }
 
     fn word(&self, index: u32, w: usize) -> *mut u64 {
         let slot = (index & ((1 << self.log2) - 1)) as usize;
-        self.base.as_ptr().wrapping_add(slot).cast::<u64>().wrapping_add(w)
+        self.base
+            .as_ptr()
+            .wrapping_add(slot)
+            .cast::<u64>()
+            .wrapping_add(w)
     }
 }
 
@@ -236,7 +243,8 @@ impl CmdqRegisters for MmioCmdqRegisters {
 /// The SMMU_CMDQ_BASE / SMMU_EVENTQ_BASE value for a ring at `phys` of `2^log2_entries`
 /// entries, with the read-allocate (commands) or write-allocate (events) hint if `allocate`.
 pub fn queue_base_register(phys: PhysAddr, log2_entries: u8, allocate: bool) -> u64 {
-    let mut v = QUEUE_BASE::ADDR.val(phys.as_u64() >> 5) + QUEUE_BASE::LOG2SIZE.val(u64::from(log2_entries));
+    let mut v = QUEUE_BASE::ADDR.val(phys.as_u64() >> 5)
+        + QUEUE_BASE::LOG2SIZE.val(u64::from(log2_entries));
     if allocate {
         v += QUEUE_BASE::ALLOCATE::SET;
     }
@@ -296,7 +304,9 @@ impl fmt::Display for CommandErrorCode {
             Self::None => f.write_str("CERROR_NONE"),
             Self::Illegal => f.write_str("CERROR_ILL (illegal command)"),
             Self::Abort => f.write_str("CERROR_ABT (command fetch aborted)"),
-            Self::AtcInvalidationSync => f.write_str("CERROR_ATC_INV_SYNC (ATC invalidation failed)"),
+            Self::AtcInvalidationSync => {
+                f.write_str("CERROR_ATC_INV_SYNC (ATC invalidation failed)")
+            }
             Self::Reserved(v) => write!(f, "reserved CERROR {v:#x}"),
         }
     }
@@ -567,14 +577,22 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     /// [`BATCH_CAPACITY`] with one CMD_SYNC.
     pub fn batch(&self) -> Batch<'_, R, M> {
         let limit = BATCH_CAPACITY.min(self.capacity() - 1);
-        Batch { queue: self, cmds: [[0; 2]; BATCH_CAPACITY], len: 0, limit }
+        Batch {
+            queue: self,
+            cmds: [[0; 2]; BATCH_CAPACITY],
+            len: 0,
+            limit,
+        }
     }
 
     /// Reserves, writes and publishes `cmds` (+ a CMD_SYNC); returns the positions used.
     fn enqueue(&self, cmds: &[RawCommand], sync: bool) -> Result<(u64, u64), CmdqError> {
         let n = cmds.len() + usize::from(sync);
         if n > self.capacity() {
-            return Err(CmdqError::BatchTooLarge { entries: n, capacity: self.capacity() });
+            return Err(CmdqError::BatchTooLarge {
+                entries: n,
+                capacity: self.capacity(),
+            });
         }
         let start = self.reserve(n as u64)?;
         for (i, cmd) in cmds.iter().enumerate() {
@@ -584,7 +602,10 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         }
         if sync {
             // SAFETY: as above.
-            unsafe { self.mem.write(self.slot(start + cmds.len() as u64), CMD_SYNC) };
+            unsafe {
+                self.mem
+                    .write(self.slot(start + cmds.len() as u64), CMD_SYNC)
+            };
         }
         let end = start + n as u64;
         self.publish(start, end)?;
@@ -618,7 +639,9 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 self.recover_if_stopped()?;
                 stalled += 1;
                 if stalled >= self.budget {
-                    return Err(CmdqError::Timeout(Timeout { waiting_for: "command queue space" }));
+                    return Err(CmdqError::Timeout(Timeout {
+                        waiting_for: "command queue space",
+                    }));
                 }
                 spin_loop();
             } else {
@@ -661,7 +684,11 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             // the true CONS, which never exceeds PROD).
             return Err(CmdqError::ConsOutOfRange { cons });
         }
-        match self.consumed.0.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        match self
+            .consumed
+            .0
+            .compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => Ok(fresh),
             // Someone stored a verified newer value meanwhile: use it.
             Err(now) => Ok(now),
@@ -757,7 +784,9 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             if record == 0 || seq < start || seq >= end {
                 continue;
             }
-            if slot.compare_exchange(record, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            if slot
+                .compare_exchange(record, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
                 && first.is_none_or(|(s, _)| seq < s)
             {
                 first = Some((seq, record as u8));

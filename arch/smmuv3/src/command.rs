@@ -362,8 +362,14 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooWide { field, value } => write!(f, "{field} = {value:#x} does not fit its field"),
-            Self::Misaligned { field, value, align } => {
+            Self::TooWide { field, value } => {
+                write!(f, "{field} = {value:#x} does not fit its field")
+            }
+            Self::Misaligned {
+                field,
+                value,
+                align,
+            } => {
                 write!(f, "{field} = {value:#x} is not {align:#x}-byte aligned")
             }
         }
@@ -405,11 +411,25 @@ impl fmt::Display for DecodeError {
         match self {
             Self::UnknownOpcode(op) => write!(f, "unknown command opcode {op:#04x}"),
             Self::Unsupported(op) => write!(f, "command opcode {op:#04x} is not supported"),
-            Self::ReservedBits { opcode, dword, bits } => {
-                write!(f, "command {opcode:#04x}: reserved bits {bits:#x} set in dword {dword}")
+            Self::ReservedBits {
+                opcode,
+                dword,
+                bits,
+            } => {
+                write!(
+                    f,
+                    "command {opcode:#04x}: reserved bits {bits:#x} set in dword {dword}"
+                )
             }
-            Self::ReservedValue { opcode, field, value } => {
-                write!(f, "command {opcode:#04x}: reserved value {value:#x} in {field}")
+            Self::ReservedValue {
+                opcode,
+                field,
+                value,
+            } => {
+                write!(
+                    f,
+                    "command {opcode:#04x}: reserved value {value:#x} in {field}"
+                )
             }
         }
     }
@@ -429,7 +449,11 @@ fn check_aligned(field: &'static str, value: u64, align: u64) -> Result<u64, Enc
     if value & (align - 1) == 0 {
         Ok(value)
     } else {
-        Err(EncodeError::Misaligned { field, value, align })
+        Err(EncodeError::Misaligned {
+            field,
+            value,
+            align,
+        })
     }
 }
 
@@ -453,7 +477,8 @@ fn encode_range(range: &Option<TlbiRange>) -> Result<(u64, u64), EncodeError> {
             check_width("TTL", u64::from(r.ttl), 2)?;
             Ok((
                 place(u64::from(r.num), NUM.0, NUM.1) | place(u64::from(r.scale), SCALE.0, SCALE.1),
-                place(r.granule.tlbi_encoding(), TG.0, TG.1) | place(u64::from(r.ttl), TTL.0, TTL.1),
+                place(r.granule.tlbi_encoding(), TG.0, TG.1)
+                    | place(u64::from(r.ttl), TTL.0, TTL.1),
             ))
         }
     }
@@ -480,7 +505,9 @@ impl Command {
 
     /// A CMD_SYNC that signals nothing: completion is polled on CONS.
     pub const fn sync() -> Self {
-        Self::Sync { signal: SyncSignal::None }
+        Self::Sync {
+            signal: SyncSignal::None,
+        }
     }
 
     /// The opcode of this command.
@@ -583,33 +610,66 @@ impl Command {
             }
             Self::CfgiCd { sid: s, ssid, leaf } => {
                 check_width("SubstreamID", u64::from(ssid), 20)?;
-                (sid(s) | place(u64::from(ssid), SSID.0, SSID.1), u64::from(leaf) << LEAF)
+                (
+                    sid(s) | place(u64::from(ssid), SSID.0, SSID.1),
+                    u64::from(leaf) << LEAF,
+                )
             }
             Self::CfgiCdAll { sid: s } => (sid(s), 0),
             Self::TlbiNhAll { vmid: v } | Self::TlbiS12Vmall { vmid: v } => (vmid(v), 0),
             Self::TlbiNhAsid { vmid: v, asid: a } => (vmid(v) | asid(a), 0),
-            Self::TlbiNhVa { vmid: v, asid: a, addr, leaf, range } => {
+            Self::TlbiNhVa {
+                vmid: v,
+                asid: a,
+                addr,
+                leaf,
+                range,
+            } => {
                 let (r0, r1) = encode_va(addr, leaf, &range)?;
                 (vmid(v) | asid(a) | r0, r1)
             }
-            Self::TlbiNhVaa { vmid: v, addr, leaf, range } => {
+            Self::TlbiNhVaa {
+                vmid: v,
+                addr,
+                leaf,
+                range,
+            } => {
                 let (r0, r1) = encode_va(addr, leaf, &range)?;
                 (vmid(v) | r0, r1)
             }
             Self::TlbiEl2All | Self::TlbiNsnhAll => (0, 0),
             Self::TlbiEl2Asid { asid: a } => (asid(a), 0),
-            Self::TlbiEl2Va { asid: a, addr, leaf, range } => {
+            Self::TlbiEl2Va {
+                asid: a,
+                addr,
+                leaf,
+                range,
+            } => {
                 let (r0, r1) = encode_va(addr, leaf, &range)?;
                 (asid(a) | r0, r1)
             }
             Self::TlbiEl2Vaa { addr, leaf, range } => encode_va(addr, leaf, &range)?,
-            Self::TlbiS2Ipa { vmid: v, ipa, leaf, range } => {
+            Self::TlbiS2Ipa {
+                vmid: v,
+                ipa,
+                leaf,
+                range,
+            } => {
                 let (r0, r1) = encode_ipa(ipa, leaf, &range)?;
                 (vmid(v) | r0, r1)
             }
-            Self::AtcInv { sid: s, ssid, addr, size, global } => {
+            Self::AtcInv {
+                sid: s,
+                ssid,
+                addr,
+                size,
+                global,
+            } => {
                 if size > 52 {
-                    return Err(EncodeError::TooWide { field: "Size", value: u64::from(size) });
+                    return Err(EncodeError::TooWide {
+                        field: "Size",
+                        value: u64::from(size),
+                    });
                 }
                 if size < 52 {
                     check_aligned("address", addr, 1 << (12 + u32::from(size)))?;
@@ -621,7 +681,12 @@ impl Command {
                     addr | place(u64::from(size), ATC_SIZE.0, ATC_SIZE.1),
                 )
             }
-            Self::PriResp { sid: s, ssid, group, response } => {
+            Self::PriResp {
+                sid: s,
+                ssid,
+                group,
+                response,
+            } => {
                 check_width("PRGIndex", u64::from(group), 9)?;
                 let resp = match response {
                     PriResponse::Deny => 0b00,
@@ -634,7 +699,11 @@ impl Command {
                         | place(resp, PRI_RESP.0, PRI_RESP.1),
                 )
             }
-            Self::Resume { sid: s, stag, action } => {
+            Self::Resume {
+                sid: s,
+                stag,
+                action,
+            } => {
                 let a = match action {
                     ResumeAction::Terminate => 0b00,
                     ResumeAction::Retry => 0b01,
@@ -651,7 +720,10 @@ impl Command {
                 SyncSignal::Irq { msi: None } => (place(0b01, SYNC_CS.0, SYNC_CS.1), 0),
                 SyncSignal::Irq { msi: Some(msi) } => {
                     if msi.address == 0 {
-                        return Err(EncodeError::TooWide { field: "MSIAddress", value: 0 });
+                        return Err(EncodeError::TooWide {
+                            field: "MSIAddress",
+                            value: 0,
+                        });
                     }
                     check_aligned("MSIAddress", msi.address, 4)?;
                     check_width("MSIAddress", msi.address, 52)?;
@@ -700,9 +772,10 @@ impl Command {
             opcode::ATC_INV => (m(SID) | ssid_bits | 1 << ATC_GLOBAL, m(ATC_SIZE) | m(VA)),
             opcode::PRI_RESP => (m(SID) | ssid_bits, m(PRI_GROUP) | m(PRI_RESP)),
             opcode::RESUME => (m(SID) | m(RESUME_ACTION), m(STAG)),
-            opcode::SYNC => {
-                (m(SYNC_CS) | m(SYNC_MSH) | m(SYNC_MSIATTR) | m(SYNC_MSIDATA), m(SYNC_MSIADDR))
-            }
+            opcode::SYNC => (
+                m(SYNC_CS) | m(SYNC_MSH) | m(SYNC_MSIATTR) | m(SYNC_MSIDATA),
+                m(SYNC_MSIADDR),
+            ),
             opcode::PREFETCH_ADDR
             | opcode::CFGI_VMS_PIDM
             | opcode::TLBI_EL3_ALL
@@ -712,11 +785,19 @@ impl Command {
         };
         let reserved0 = w0 & !(defined0 | m(OPCODE));
         if reserved0 != 0 {
-            return Err(DecodeError::ReservedBits { opcode: op, dword: 0, bits: reserved0 });
+            return Err(DecodeError::ReservedBits {
+                opcode: op,
+                dword: 0,
+                bits: reserved0,
+            });
         }
         let reserved1 = w1 & !defined1;
         if reserved1 != 0 {
-            return Err(DecodeError::ReservedBits { opcode: op, dword: 1, bits: reserved1 });
+            return Err(DecodeError::ReservedBits {
+                opcode: op,
+                dword: 1,
+                bits: reserved1,
+            });
         }
 
         let sid = field(w0, SID.0, SID.1) as u32;
@@ -729,7 +810,11 @@ impl Command {
                 Ok(Some(value))
             } else if value != 0 {
                 // A SubstreamID without SSV means nothing: refuse rather than drop it.
-                Err(DecodeError::ReservedBits { opcode: op, dword: 0, bits: w0 & m(SSID) })
+                Err(DecodeError::ReservedBits {
+                    opcode: op,
+                    dword: 0,
+                    bits: w0 & m(SSID),
+                })
             } else {
                 Ok(None)
             }
@@ -747,11 +832,19 @@ impl Command {
                     // TG = 0: not a range; NUM, SCALE and TTL have no meaning.
                     let stray0 = w0 & (m(NUM) | m(SCALE));
                     if stray0 != 0 {
-                        return Err(DecodeError::ReservedBits { opcode: op, dword: 0, bits: stray0 });
+                        return Err(DecodeError::ReservedBits {
+                            opcode: op,
+                            dword: 0,
+                            bits: stray0,
+                        });
                     }
                     let stray1 = w1 & m(TTL);
                     if stray1 != 0 {
-                        return Err(DecodeError::ReservedBits { opcode: op, dword: 1, bits: stray1 });
+                        return Err(DecodeError::ReservedBits {
+                            opcode: op,
+                            dword: 1,
+                            bits: stray1,
+                        });
                     }
                     Ok(None)
                 }
@@ -762,32 +855,68 @@ impl Command {
         Ok(match op {
             opcode::PREFETCH_CONFIG => Self::PrefetchConfig { sid, ssid: ssid()? },
             opcode::CFGI_STE => Self::CfgiSte { sid, leaf },
-            opcode::CFGI_STE_RANGE => {
-                Self::CfgiSteRange { sid, range: field(w1, CFGI_RANGE.0, CFGI_RANGE.1) as u8 }
-            }
-            opcode::CFGI_CD => Self::CfgiCd { sid, ssid: field(w0, SSID.0, SSID.1) as u32, leaf },
+            opcode::CFGI_STE_RANGE => Self::CfgiSteRange {
+                sid,
+                range: field(w1, CFGI_RANGE.0, CFGI_RANGE.1) as u8,
+            },
+            opcode::CFGI_CD => Self::CfgiCd {
+                sid,
+                ssid: field(w0, SSID.0, SSID.1) as u32,
+                leaf,
+            },
             opcode::CFGI_CD_ALL => Self::CfgiCdAll { sid },
             opcode::TLBI_NH_ALL => Self::TlbiNhAll { vmid },
             opcode::TLBI_S12_VMALL => Self::TlbiS12Vmall { vmid },
             opcode::TLBI_NH_ASID => Self::TlbiNhAsid { vmid, asid },
-            opcode::TLBI_NH_VA => Self::TlbiNhVa { vmid, asid, addr: va, leaf, range: range()? },
-            opcode::TLBI_NH_VAA => Self::TlbiNhVaa { vmid, addr: va, leaf, range: range()? },
+            opcode::TLBI_NH_VA => Self::TlbiNhVa {
+                vmid,
+                asid,
+                addr: va,
+                leaf,
+                range: range()?,
+            },
+            opcode::TLBI_NH_VAA => Self::TlbiNhVaa {
+                vmid,
+                addr: va,
+                leaf,
+                range: range()?,
+            },
             opcode::TLBI_EL2_ALL => Self::TlbiEl2All,
             opcode::TLBI_NSNH_ALL => Self::TlbiNsnhAll,
             opcode::TLBI_EL2_ASID => Self::TlbiEl2Asid { asid },
-            opcode::TLBI_EL2_VA => Self::TlbiEl2Va { asid, addr: va, leaf, range: range()? },
-            opcode::TLBI_EL2_VAA => Self::TlbiEl2Vaa { addr: va, leaf, range: range()? },
-            opcode::TLBI_S2_IPA => {
-                Self::TlbiS2Ipa { vmid, ipa: w1 & m(IPA), leaf, range: range()? }
-            }
+            opcode::TLBI_EL2_VA => Self::TlbiEl2Va {
+                asid,
+                addr: va,
+                leaf,
+                range: range()?,
+            },
+            opcode::TLBI_EL2_VAA => Self::TlbiEl2Vaa {
+                addr: va,
+                leaf,
+                range: range()?,
+            },
+            opcode::TLBI_S2_IPA => Self::TlbiS2Ipa {
+                vmid,
+                ipa: w1 & m(IPA),
+                leaf,
+                range: range()?,
+            },
             opcode::ATC_INV => {
                 let size = field(w1, ATC_SIZE.0, ATC_SIZE.1);
                 if size > 52 {
-                    return Err(DecodeError::ReservedValue { opcode: op, field: "Size", value: size });
+                    return Err(DecodeError::ReservedValue {
+                        opcode: op,
+                        field: "Size",
+                        value: size,
+                    });
                 }
                 if size < 52 && va & ((1u64 << (12 + size)) - 1) != 0 {
                     // The address must be aligned to the span it names.
-                    return Err(DecodeError::ReservedValue { opcode: op, field: "Address", value: va });
+                    return Err(DecodeError::ReservedValue {
+                        opcode: op,
+                        field: "Address",
+                        value: va,
+                    });
                 }
                 Self::AtcInv {
                     sid,
@@ -803,7 +932,11 @@ impl Command {
                     0b01 => PriResponse::Failure,
                     0b10 => PriResponse::Success,
                     value => {
-                        return Err(DecodeError::ReservedValue { opcode: op, field: "Resp", value })
+                        return Err(DecodeError::ReservedValue {
+                            opcode: op,
+                            field: "Resp",
+                            value,
+                        })
                     }
                 };
                 Self::PriResp {
@@ -819,10 +952,18 @@ impl Command {
                     0b01 => ResumeAction::Retry,
                     0b10 => ResumeAction::Abort,
                     value => {
-                        return Err(DecodeError::ReservedValue { opcode: op, field: "Action", value })
+                        return Err(DecodeError::ReservedValue {
+                            opcode: op,
+                            field: "Action",
+                            value,
+                        })
                     }
                 };
-                Self::Resume { sid, stag: field(w1, STAG.0, STAG.1) as u16, action }
+                Self::Resume {
+                    sid,
+                    stag: field(w1, STAG.0, STAG.1) as u16,
+                    action,
+                }
             }
             opcode::SYNC => {
                 let signal = match field(w0, SYNC_CS.0, SYNC_CS.1) {
@@ -852,7 +993,11 @@ impl Command {
                         }
                     }
                     value => {
-                        return Err(DecodeError::ReservedValue { opcode: op, field: "CS", value })
+                        return Err(DecodeError::ReservedValue {
+                            opcode: op,
+                            field: "CS",
+                            value,
+                        })
                     }
                 };
                 Self::Sync { signal }
@@ -973,9 +1118,20 @@ pub fn plan_invalidation<'a>(
     let state = if commands > u128::from(policy.max_commands) {
         PlanState::Wide
     } else {
-        PlanState::Addresses { range: 0, next: 0, left: 0 }
+        PlanState::Addresses {
+            range: 0,
+            next: 0,
+            left: 0,
+        }
     };
-    InvalidationPlan { scope, ranges, granule, leaf, use_ranges: policy.range_invalidation, state }
+    InvalidationPlan {
+        scope,
+        ranges,
+        granule,
+        leaf,
+        use_ranges: policy.range_invalidation,
+        state,
+    }
 }
 
 /// The commands of one invalidation; see [`plan_invalidation`].
@@ -994,7 +1150,11 @@ enum PlanState {
     /// One scope-wide command, then done.
     Wide,
     /// Walking `ranges[range]`: `left` pages from `next` (0 pages: load the range).
-    Addresses { range: usize, next: u64, left: u128 },
+    Addresses {
+        range: usize,
+        next: u64,
+        left: u128,
+    },
     Done,
 }
 
@@ -1016,14 +1176,31 @@ impl InvalidationPlan<'_> {
     fn at(&self, addr: u64, range: Option<TlbiRange>) -> Command {
         let leaf = self.leaf;
         match self.scope {
-            InvalidationScope::Stage1 { vmid, asid } => {
-                Command::TlbiNhVa { vmid, asid, addr, leaf, range }
-            }
-            InvalidationScope::Stage1AllAsids { vmid } => {
-                Command::TlbiNhVaa { vmid, addr, leaf, range }
-            }
-            InvalidationScope::El2 { asid } => Command::TlbiEl2Va { asid, addr, leaf, range },
-            InvalidationScope::Stage2 { vmid } => Command::TlbiS2Ipa { vmid, ipa: addr, leaf, range },
+            InvalidationScope::Stage1 { vmid, asid } => Command::TlbiNhVa {
+                vmid,
+                asid,
+                addr,
+                leaf,
+                range,
+            },
+            InvalidationScope::Stage1AllAsids { vmid } => Command::TlbiNhVaa {
+                vmid,
+                addr,
+                leaf,
+                range,
+            },
+            InvalidationScope::El2 { asid } => Command::TlbiEl2Va {
+                asid,
+                addr,
+                leaf,
+                range,
+            },
+            InvalidationScope::Stage2 { vmid } => Command::TlbiS2Ipa {
+                vmid,
+                ipa: addr,
+                leaf,
+                range,
+            },
         }
     }
 }
@@ -1046,7 +1223,11 @@ impl Iterator for InvalidationPlan<'_> {
                             return None;
                         };
                         let (first, pages) = page_span(r, self.granule.log2());
-                        self.state = PlanState::Addresses { range: range + 1, next: first, left: pages };
+                        self.state = PlanState::Addresses {
+                            range: range + 1,
+                            next: first,
+                            left: pages,
+                        };
                         continue;
                     }
                     let log2 = self.granule.log2();

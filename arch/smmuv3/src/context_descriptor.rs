@@ -124,7 +124,10 @@ impl ContextDescriptor {
         mair: u64,
     ) -> Result<Self, CdError> {
         if !(16..=52).contains(&va_bits) {
-            return Err(SteError::Field { field: "T0SZ", value: u64::from(va_bits) });
+            return Err(SteError::Field {
+                field: "T0SZ",
+                value: u64::from(va_bits),
+            });
         }
         Ok(Self {
             asid,
@@ -154,10 +157,16 @@ impl ContextDescriptor {
     pub fn encode(&self) -> Result<EntryWords, CdError> {
         let ttb0 = check_addr("TTB0", self.ttb0.as_u64(), 16)?;
         if !(12..=48).contains(&self.t0sz) {
-            return Err(SteError::Field { field: "T0SZ", value: u64::from(self.t0sz) });
+            return Err(SteError::Field {
+                field: "T0SZ",
+                value: u64::from(self.t0sz),
+            });
         }
         if self.ips == OutputAddressSize::Reserved {
-            return Err(SteError::Field { field: "IPS", value: 7 });
+            return Err(SteError::Field {
+                field: "IPS",
+                value: 7,
+            });
         }
         let mut w = [0u64; ENTRY_WORDS];
         w[0] = place(u64::from(self.t0sz), CD0_T0SZ.0, CD0_T0SZ.1)
@@ -196,16 +205,25 @@ impl ContextDescriptor {
             return Err(SteError::Unsupported("stage 1"));
         }
         if u32::from(self.asid) >> f.asid_bits != 0 {
-            return Err(SteError::Field { field: "ASID", value: u64::from(self.asid) });
+            return Err(SteError::Field {
+                field: "ASID",
+                value: u64::from(self.asid),
+            });
         }
         if !self.granule.supported_by(&f.granules) {
             return Err(SteError::Unsupported("the stage-1 granule"));
         }
         if self.ips.encoding() > f.oas.encoding() {
-            return Err(SteError::Field { field: "IPS", value: u64::from(self.ips.encoding()) });
+            return Err(SteError::Field {
+                field: "IPS",
+                value: u64::from(self.ips.encoding()),
+            });
         }
         if self.t0sz > 39 && !f.stt {
-            return Err(SteError::Field { field: "T0SZ", value: u64::from(self.t0sz) });
+            return Err(SteError::Field {
+                field: "T0SZ",
+                value: u64::from(self.t0sz),
+            });
         }
         if self.hw_access_flag && f.httu == Httu::None {
             return Err(SteError::Unsupported("hardware access flag updates"));
@@ -251,7 +269,10 @@ pub fn cd_used_bits(cd: &EntryWords) -> EntryWords {
 }
 
 /// [`plan_entry_update`] for CDs (V is bit 31 of word 0).
-pub fn plan_cd_update(current: &EntryWords, target: &EntryWords) -> crate::stream_table::UpdatePlan {
+pub fn plan_cd_update(
+    current: &EntryWords,
+    target: &EntryWords,
+) -> crate::stream_table::UpdatePlan {
     plan_entry_update(current, target, cd_used_bits, 0)
 }
 
@@ -300,7 +321,10 @@ impl fmt::Display for CdTableError {
         match self {
             Self::Geometry(why) => write!(f, "invalid CD table geometry: {why}"),
             Self::SsidOutOfRange { ssid, limit } => {
-                write!(f, "SubstreamID {ssid:#x} is outside the CD table (limit {limit:#x})")
+                write!(
+                    f,
+                    "SubstreamID {ssid:#x} is outside the CD table (limit {limit:#x})"
+                )
             }
             Self::NoLevel2(ssid) => write!(f, "no level-2 CD table covers SubstreamID {ssid:#x}"),
             Self::OutOfMemory => f.write_str("out of memory for a CD table"),
@@ -336,7 +360,9 @@ impl CdTableGeometry {
     /// A linear table of `2^log2_cds` CDs.
     pub const fn linear(log2_cds: u8) -> Result<Self, CdTableError> {
         if log2_cds > 20 || log2_cds as u32 + 6 > 30 {
-            return Err(CdTableError::Geometry("linear CD table larger than one frame"));
+            return Err(CdTableError::Geometry(
+                "linear CD table larger than one frame",
+            ));
         }
         Ok(Self::Linear { log2_cds })
     }
@@ -344,10 +370,14 @@ impl CdTableGeometry {
     /// A 2-level table of `2^log2_cds` CDs with `leaf` level-2 tables.
     pub const fn two_level(log2_cds: u8, leaf: CdTableFormat) -> Result<Self, CdTableError> {
         if matches!(leaf, CdTableFormat::Linear) {
-            return Err(CdTableError::Geometry("a 2-level CD table needs 4K or 64K leaves"));
+            return Err(CdTableError::Geometry(
+                "a 2-level CD table needs 4K or 64K leaves",
+            ));
         }
         if log2_cds > 20 || log2_cds < leaf_bits(leaf) {
-            return Err(CdTableError::Geometry("S1CDMax must cover at least one level-2 table"));
+            return Err(CdTableError::Geometry(
+                "S1CDMax must cover at least one level-2 table",
+            ));
         }
         Ok(Self::TwoLevel { log2_cds, leaf })
     }
@@ -356,7 +386,9 @@ impl CdTableGeometry {
     /// to 1024 CDs or without IDR0.CD2L, else 2-level with 64 KiB leaves.
     pub fn for_ssid_bits(ssid_bits: u8, f: &Features) -> Result<Self, CdTableError> {
         if ssid_bits > f.ssid_bits {
-            return Err(CdTableError::Geometry("more SubstreamID bits than IDR1.SSIDSIZE"));
+            return Err(CdTableError::Geometry(
+                "more SubstreamID bits than IDR1.SSIDSIZE",
+            ));
         }
         if ssid_bits <= MAX_LINEAR_LOG2 || !f.cd_two_level {
             Self::linear(ssid_bits)
@@ -403,7 +435,10 @@ impl CdTableGeometry {
             Self::Linear { .. } => (None, ssid as u64),
             Self::TwoLevel { leaf, .. } => {
                 let bits = leaf_bits(leaf);
-                (Some((ssid as u64) >> bits), (ssid as u64) & ((1 << bits) - 1))
+                (
+                    Some((ssid as u64) >> bits),
+                    (ssid as u64) & ((1 << bits) - 1),
+                )
             }
         })
     }
@@ -418,7 +453,9 @@ const fn l1cd_decode(raw: u64) -> Option<PhysAddr> {
     if raw & L1CD_V == 0 {
         None
     } else {
-        Some(PhysAddr::new(field(raw, L1CD_L2PTR.0, L1CD_L2PTR.1) << L1CD_L2PTR.1))
+        Some(PhysAddr::new(
+            field(raw, L1CD_L2PTR.0, L1CD_L2PTR.1) << L1CD_L2PTR.1,
+        ))
     }
 }
 
@@ -448,8 +485,16 @@ impl<H: Hal> CdTable<H> {
     pub fn new(hal: H, geometry: CdTableGeometry, coherent: bool) -> Result<Self, CdTableError> {
         let base_frame =
             frame_for(geometry.base_log2_bytes()).ok_or(CdTableError::Geometry("table size"))?;
-        let base = hal.alloc_frame(base_frame).ok_or(CdTableError::OutOfMemory)?;
-        Ok(Self { hal, geometry, base, base_frame, clean: !coherent })
+        let base = hal
+            .alloc_frame(base_frame)
+            .ok_or(CdTableError::OutOfMemory)?;
+        Ok(Self {
+            hal,
+            geometry,
+            base,
+            base_frame,
+            clean: !coherent,
+        })
     }
 
     /// The geometry.
@@ -518,12 +563,18 @@ impl<H: Hal> CdTable<H> {
         if l1cd_decode(self.load(self.base, l1)).is_some() {
             return Ok(false);
         }
-        let frame = self.leaf_frame().ok_or(CdTableError::Geometry("table size"))?;
-        let l2 = self.hal.alloc_frame(frame).ok_or(CdTableError::OutOfMemory)?;
+        let frame = self
+            .leaf_frame()
+            .ok_or(CdTableError::Geometry("table size"))?;
+        let l2 = self
+            .hal
+            .alloc_frame(frame)
+            .ok_or(CdTableError::OutOfMemory)?;
         // A fresh frame is zero: every CD in it is invalid. Make that visible before the
         // descriptor (and cleaned, for a non-coherent SMMU).
         if self.clean {
-            self.hal.clean_to_poc(self.hal.phys_to_virt(l2), frame.bytes());
+            self.hal
+                .clean_to_poc(self.hal.phys_to_virt(l2), frame.bytes());
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.store(self.base, l1, l1cd(l2));

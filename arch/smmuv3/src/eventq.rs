@@ -364,8 +364,12 @@ impl EventType {
             Self::SteFetch => "fetching the STE aborted",
             Self::BadSte => "invalid or illegal STE",
             Self::BadAtsRequest => "ATS translation request not allowed by the STE",
-            Self::StreamDisabled => "the stream is disabled (non-substream traffic with S1DSS terminate)",
-            Self::TranslationForbidden => "ATS-translated transaction while translation is forbidden",
+            Self::StreamDisabled => {
+                "the stream is disabled (non-substream traffic with S1DSS terminate)"
+            }
+            Self::TranslationForbidden => {
+                "ATS-translated transaction while translation is forbidden"
+            }
             Self::BadSubstreamId => "SubstreamID out of range or not allowed",
             Self::CdFetch => "fetching the context descriptor aborted",
             Self::BadCd => "invalid or illegal context descriptor",
@@ -386,7 +390,13 @@ impl EventType {
 
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:#04x}: {})", self.name(), self.code(), self.meaning())
+        write!(
+            f,
+            "{} ({:#04x}: {})",
+            self.name(),
+            self.code(),
+            self.meaning()
+        )
     }
 }
 
@@ -491,11 +501,20 @@ impl FaultRecord {
             instruction: w1 & 1 << EVT1_IND != 0,
             privileged: w1 & 1 << EVT1_PNU != 0,
         };
-        let stage = if w1 & 1 << EVT1_S2 != 0 { FaultStage::Stage2 } else { FaultStage::Stage1 };
+        let stage = if w1 & 1 << EVT1_S2 != 0 {
+            FaultStage::Stage2
+        } else {
+            FaultStage::Stage1
+        };
         let fetch = field(w3, EVT3_FETCH.0, EVT3_FETCH.1) << EVT3_FETCH.1;
         use EventType as E;
         // The substream, for every type that can carry one.
-        if ssv && !matches!(event, E::StreamDisabled | E::TranslationForbidden | E::VmsFetch) {
+        if ssv
+            && !matches!(
+                event,
+                E::StreamDisabled | E::TranslationForbidden | E::VmsFetch
+            )
+        {
             r.substream_id = Some(ssid);
         }
         match event {
@@ -505,18 +524,18 @@ impl FaultRecord {
             }
             E::TranslationForbidden => {
                 r.input_address = Some(w2);
-                r.access = Some(AccessKind { write: access.write, instruction: false, privileged: false });
+                r.access = Some(AccessKind {
+                    write: access.write,
+                    instruction: false,
+                    privileged: false,
+                });
             }
             // The SubstreamID is what is wrong here, valid whatever SSV says.
             E::BadSubstreamId => r.substream_id = Some(ssid),
             // Per the spec the fetch address is in word 3; QEMU puts a failed CD fetch's in
             // word 2 (the raw record keeps both).
             E::SteFetch | E::CdFetch | E::VmsFetch => r.fetch_address = Some(fetch),
-            E::WalkExternalAbort
-            | E::Translation
-            | E::AddressSize
-            | E::Access
-            | E::Permission => {
+            E::WalkExternalAbort | E::Translation | E::AddressSize | E::Access | E::Permission => {
                 r.input_address = Some(w2);
                 r.access = Some(access);
                 r.stage = Some(stage);
@@ -566,7 +585,11 @@ impl fmt::Display for FaultRecord {
                 " {} {} {}",
                 if a.write { "write" } else { "read" },
                 if a.instruction { "instruction" } else { "data" },
-                if a.privileged { "privileged" } else { "unprivileged" }
+                if a.privileged {
+                    "privileged"
+                } else {
+                    "unprivileged"
+                }
             )?;
         }
         if let Some(s) = self.stage {

@@ -25,7 +25,12 @@ pub struct HeapQueueMemory<const W: usize> {
 impl<const W: usize> HeapQueueMemory<W> {
     /// A zeroed ring of `2^log2_entries` entries.
     pub fn new(log2_entries: u8) -> Self {
-        Self { slots: (0..1usize << log2_entries).map(|_| RacyCell::new([0; W])).collect(), log2: log2_entries }
+        Self {
+            slots: (0..1usize << log2_entries)
+                .map(|_| RacyCell::new([0; W]))
+                .collect(),
+            log2: log2_entries,
+        }
     }
 
     fn cell(&self, index: u32) -> Option<&RacyCell<[u64; W]>> {
@@ -138,7 +143,8 @@ impl SimulatedSmmu {
                 SimStep::Consumed(cmd)
             }
             Err(code) => {
-                self.cmdq_cons.store(cons | code.encoding() << 24, Ordering::Release);
+                self.cmdq_cons
+                    .store(cons | code.encoding() << 24, Ordering::Release);
                 // Release: CONS.ERR is visible to whoever sees the error.
                 self.gerror.fetch_xor(err, Ordering::Release);
                 SimStep::Refused(cmd, code)
@@ -165,7 +171,8 @@ impl SimulatedSmmu {
             // OVFLG equals the acknowledged OVACKFLG.
             let acked = self.eventq_cons.load(Ordering::Acquire) >> 31;
             if prod_reg >> 31 == acked {
-                self.eventq_prod.store(prod_reg ^ 1 << 31, Ordering::Release);
+                self.eventq_prod
+                    .store(prod_reg ^ 1 << 31, Ordering::Release);
             }
             return false;
         }
@@ -173,7 +180,8 @@ impl SimulatedSmmu {
         // covers it.
         unsafe { mem.write(prod, record) };
         // Release: the record is visible to whoever sees the new PROD.
-        self.eventq_prod.store((prod_reg & !mask) | ((prod + 1) & mask), Ordering::Release);
+        self.eventq_prod
+            .store((prod_reg & !mask) | ((prod + 1) & mask), Ordering::Release);
         true
     }
 }

@@ -271,10 +271,16 @@ impl Stage2 {
         output_size: OutputAddressSize,
     ) -> Result<Self, SteError> {
         if !(16..=52).contains(&ias_bits) {
-            return Err(SteError::Field { field: "S2T0SZ", value: u64::from(ias_bits) });
+            return Err(SteError::Field {
+                field: "S2T0SZ",
+                value: u64::from(ias_bits),
+            });
         }
         let Some(sl0) = s2_sl0(granule, start_level) else {
-            return Err(SteError::Field { field: "S2SL0", value: u64::from(start_level) });
+            return Err(SteError::Field {
+                field: "S2SL0",
+                value: u64::from(start_level),
+            });
         };
         Ok(Self {
             vmid,
@@ -439,19 +445,27 @@ impl StreamTableEntry {
                 return Err(SteError::Unsupported("stage 1"));
             }
             if s1.cd_max > f.ssid_bits {
-                return Err(SteError::Field { field: "S1CDMax", value: u64::from(s1.cd_max) });
+                return Err(SteError::Field {
+                    field: "S1CDMax",
+                    value: u64::from(s1.cd_max),
+                });
             }
             if s1.cd_max > 0 && s1.format != CdTableFormat::Linear && !f.cd_two_level {
                 return Err(SteError::Unsupported("2-level CD tables"));
             }
             if s1.stall_disable && f.stall_model == crate::idr::StallModel::TerminateOnly {
-                return Err(SteError::Unsupported("S1STALLD with the terminate-only model"));
+                return Err(SteError::Unsupported(
+                    "S1STALLD with the terminate-only model",
+                ));
             }
             if self.stream_world != StreamWorld::NsEl1 && !f.hyp {
                 return Err(SteError::Unsupported("EL2 stream worlds"));
             }
             if s2.is_none() && f.stages.stage2() && u32::from(s1.vmid) >> f.vmid_bits != 0 {
-                return Err(SteError::Field { field: "S2VMID", value: u64::from(s1.vmid) });
+                return Err(SteError::Field {
+                    field: "S2VMID",
+                    value: u64::from(s1.vmid),
+                });
             }
         }
         if let Some(s2) = s2 {
@@ -459,7 +473,10 @@ impl StreamTableEntry {
                 return Err(SteError::Unsupported("stage 2"));
             }
             if u32::from(s2.vmid) >> f.vmid_bits != 0 {
-                return Err(SteError::Field { field: "S2VMID", value: u64::from(s2.vmid) });
+                return Err(SteError::Field {
+                    field: "S2VMID",
+                    value: u64::from(s2.vmid),
+                });
             }
             if !s2.granule.supported_by(&f.granules) {
                 return Err(SteError::Unsupported("the stage-2 granule"));
@@ -506,7 +523,10 @@ impl StreamTableEntry {
         if let Some(s1) = s1 {
             let ptr = check_addr("S1ContextPtr", s1.cd_table.as_u64(), 64)?;
             if s1.cd_max > 20 {
-                return Err(SteError::Field { field: "S1CDMax", value: u64::from(s1.cd_max) });
+                return Err(SteError::Field {
+                    field: "S1CDMax",
+                    value: u64::from(s1.cd_max),
+                });
             }
             w[0] |= ptr
                 | place(s1.format.encoding(), STE0_S1FMT.0, STE0_S1FMT.1)
@@ -524,7 +544,11 @@ impl StreamTableEntry {
             w[1] |= place(dss, STE1_S1DSS.0, STE1_S1DSS.1)
                 | place(s1.cd_fetch.inner.encoding(), STE1_S1CIR.0, STE1_S1CIR.1)
                 | place(s1.cd_fetch.outer.encoding(), STE1_S1COR.0, STE1_S1COR.1)
-                | place(s1.cd_fetch.shareability.encoding(), STE1_S1CSH.0, STE1_S1CSH.1)
+                | place(
+                    s1.cd_fetch.shareability.encoding(),
+                    STE1_S1CSH.0,
+                    STE1_S1CSH.1,
+                )
                 | u64::from(s1.stall_disable) << STE1_S1STALLD
                 | place(strw, STE1_STRW.0, STE1_STRW.1);
             if s2.is_none() {
@@ -534,13 +558,22 @@ impl StreamTableEntry {
         if let Some(s2) = s2 {
             let ttb = check_addr("S2TTB", s2.table.as_u64(), 16)?;
             if !(12..=48).contains(&s2.t0sz) {
-                return Err(SteError::Field { field: "S2T0SZ", value: u64::from(s2.t0sz) });
+                return Err(SteError::Field {
+                    field: "S2T0SZ",
+                    value: u64::from(s2.t0sz),
+                });
             }
             if s2.sl0 > 0b10 {
-                return Err(SteError::Field { field: "S2SL0", value: u64::from(s2.sl0) });
+                return Err(SteError::Field {
+                    field: "S2SL0",
+                    value: u64::from(s2.sl0),
+                });
             }
             if s2.output_size == OutputAddressSize::Reserved {
-                return Err(SteError::Field { field: "S2PS", value: 7 });
+                return Err(SteError::Field {
+                    field: "S2PS",
+                    value: 7,
+                });
             }
             w[2] |= place(u64::from(s2.vmid), STE2_S2VMID.0, STE2_S2VMID.1)
                 | place(u64::from(s2.t0sz), STE2_S2T0SZ.0, STE2_S2T0SZ.1)
@@ -649,11 +682,20 @@ impl UpdatePlan {
 
     /// Stores every word of `values` that differs from `state` among `words`, tracking `state`;
     /// the last store of the step asks for a sync.
-    fn step(&mut self, state: &mut EntryWords, values: &EntryWords, words: impl Iterator<Item = usize>) {
+    fn step(
+        &mut self,
+        state: &mut EntryWords,
+        values: &EntryWords,
+        words: impl Iterator<Item = usize>,
+    ) {
         let before = self.len;
         for i in words {
             if state[i] != values[i] {
-                self.writes[self.len] = WordWrite { word: i, value: values[i], sync_after: false };
+                self.writes[self.len] = WordWrite {
+                    word: i,
+                    value: values[i],
+                    sync_after: false,
+                };
                 self.len += 1;
                 state[i] = values[i];
             }
@@ -683,7 +725,11 @@ pub fn plan_entry_update(
     valid_word: usize,
 ) -> UpdatePlan {
     let mut plan = UpdatePlan {
-        writes: [WordWrite { word: 0, value: 0, sync_after: false }; 3 * ENTRY_WORDS],
+        writes: [WordWrite {
+            word: 0,
+            value: 0,
+            sync_after: false,
+        }; 3 * ENTRY_WORDS],
         len: 0,
         kind: UpdateKind::Unchanged,
     };
@@ -705,7 +751,11 @@ pub fn plan_entry_update(
     match n_critical {
         0 => {
             plan.step(&mut state, target, all());
-            plan.kind = if plan.len == 0 { UpdateKind::Unchanged } else { UpdateKind::UnusedBitsOnly };
+            plan.kind = if plan.len == 0 {
+                UpdateKind::Unchanged
+            } else {
+                UpdateKind::UnusedBitsOnly
+            };
         }
         1 => {
             let c = critical.iter().position(|&x| x).unwrap_or(valid_word);
@@ -777,7 +827,10 @@ impl fmt::Display for StreamTableError {
         match self {
             Self::Geometry(why) => write!(f, "invalid stream table geometry: {why}"),
             Self::StreamIdOutOfRange { sid, limit } => {
-                write!(f, "StreamID {sid:#x} is outside the stream table (limit {limit:#x})")
+                write!(
+                    f,
+                    "StreamID {sid:#x} is outside the stream table (limit {limit:#x})"
+                )
             }
             Self::NoLevel2(sid) => write!(f, "no level-2 stream table covers StreamID {sid:#x}"),
             Self::OutOfMemory => f.write_str("out of memory for a stream table"),
@@ -819,7 +872,9 @@ impl StreamTableGeometry {
     /// A linear table of `2^log2_entries` STEs (one frame of `64 << log2_entries` bytes).
     pub const fn linear(log2_entries: u8) -> Result<Self, StreamTableError> {
         if log2_entries as u32 + 6 > MAX_FRAME_LOG2 || log2_entries > 32 {
-            return Err(StreamTableError::Geometry("linear table larger than one frame"));
+            return Err(StreamTableError::Geometry(
+                "linear table larger than one frame",
+            ));
         }
         Ok(Self::Linear { log2_entries })
     }
@@ -830,10 +885,14 @@ impl StreamTableGeometry {
             return Err(StreamTableError::Geometry("SPLIT must be 6, 8 or 10"));
         }
         if sid_bits > 32 || sid_bits < split {
-            return Err(StreamTableError::Geometry("StreamID bits must be in SPLIT..=32"));
+            return Err(StreamTableError::Geometry(
+                "StreamID bits must be in SPLIT..=32",
+            ));
         }
         if (sid_bits - split) as u32 + 3 > MAX_FRAME_LOG2 {
-            return Err(StreamTableError::Geometry("level-1 table larger than one frame"));
+            return Err(StreamTableError::Geometry(
+                "level-1 table larger than one frame",
+            ));
         }
         Ok(Self::TwoLevel { sid_bits, split })
     }
@@ -854,10 +913,14 @@ impl StreamTableGeometry {
     /// with IDR0.ST_LEVEL = 2-level.
     pub fn check_features(&self, f: &Features) -> Result<(), StreamTableError> {
         if self.log2_size() > f.sid_bits {
-            return Err(StreamTableError::Geometry("more StreamID bits than IDR1.SIDSIZE"));
+            return Err(StreamTableError::Geometry(
+                "more StreamID bits than IDR1.SIDSIZE",
+            ));
         }
         if matches!(self, Self::TwoLevel { .. }) && f.stream_table != StreamTableLevels::TwoLevel {
-            return Err(StreamTableError::Geometry("2-level stream tables not supported"));
+            return Err(StreamTableError::Geometry(
+                "2-level stream tables not supported",
+            ));
         }
         Ok(())
     }
@@ -879,7 +942,8 @@ impl StreamTableGeometry {
     pub fn base_cfg(&self) -> u32 {
         let value: FieldValue<u32, STRTAB_BASE_CFG::Register> = match *self {
             Self::Linear { log2_entries } => {
-                STRTAB_BASE_CFG::LOG2SIZE.val(u32::from(log2_entries)) + STRTAB_BASE_CFG::FMT::Linear
+                STRTAB_BASE_CFG::LOG2SIZE.val(u32::from(log2_entries))
+                    + STRTAB_BASE_CFG::FMT::Linear
             }
             Self::TwoLevel { sid_bits, split } => {
                 STRTAB_BASE_CFG::LOG2SIZE.val(u32::from(sid_bits))
@@ -935,7 +999,10 @@ impl L1Descriptor {
     /// The descriptor of a level-2 table of `2^split` STEs at `l2`.
     pub fn new(l2: PhysAddr, split: u8) -> Result<Self, SteError> {
         check_addr("L2Ptr", l2.as_u64(), (STE_BYTES as u64) << split)?;
-        Ok(Self { l2, span: split + 1 })
+        Ok(Self {
+            l2,
+            span: split + 1,
+        })
     }
 
     /// Its 64-bit encoding.
@@ -949,11 +1016,13 @@ impl L1Descriptor {
         if span == 0 {
             None
         } else {
-            Some(Self { l2: PhysAddr::new(raw & m(L1STD_L2PTR)), span })
+            Some(Self {
+                l2: PhysAddr::new(raw & m(L1STD_L2PTR)),
+                span,
+            })
         }
     }
 }
-
 
 /// The `index`th 64-bit word of the frame at `table`.
 ///
@@ -970,7 +1039,13 @@ unsafe fn word_ptr<H: Hal>(hal: &H, table: PhysAddr, index: u64) -> NonNull<u64>
 ///
 /// # Safety
 /// As for [`word_ptr`]; and no other CPU writes the word concurrently (the tables' `&mut self`).
-pub(crate) unsafe fn store_word<H: Hal>(hal: &H, clean: bool, table: PhysAddr, index: u64, value: u64) {
+pub(crate) unsafe fn store_word<H: Hal>(
+    hal: &H,
+    clean: bool,
+    table: PhysAddr,
+    index: u64,
+    value: u64,
+) {
     // SAFETY: forwarded from the caller.
     let ptr = unsafe { word_ptr(hal, table, index) };
     // SAFETY: a valid, aligned word of a frame we own. A volatile aligned 64-bit store is one
@@ -1024,11 +1099,23 @@ impl<H: Hal> StreamTable<H> {
     /// abort), so unconfigured streams are blocked; in a 2-level table every level-1
     /// descriptor starts invalid, so their streams are blocked too (with C_BAD_STREAMID).
     /// `coherent` is IDR0.COHACC: without it every store is cleaned to the point of coherency.
-    pub fn new(hal: H, geometry: StreamTableGeometry, coherent: bool) -> Result<Self, StreamTableError> {
-        let base_frame =
-            frame_for(geometry.base_log2_bytes()).ok_or(StreamTableError::Geometry("table size"))?;
-        let base = hal.alloc_frame(base_frame).ok_or(StreamTableError::OutOfMemory)?;
-        let table = Self { hal, geometry, base, base_frame, clean: !coherent };
+    pub fn new(
+        hal: H,
+        geometry: StreamTableGeometry,
+        coherent: bool,
+    ) -> Result<Self, StreamTableError> {
+        let base_frame = frame_for(geometry.base_log2_bytes())
+            .ok_or(StreamTableError::Geometry("table size"))?;
+        let base = hal
+            .alloc_frame(base_frame)
+            .ok_or(StreamTableError::OutOfMemory)?;
+        let table = Self {
+            hal,
+            geometry,
+            base,
+            base_frame,
+            clean: !coherent,
+        };
         if let StreamTableGeometry::Linear { log2_entries } = geometry {
             table.fill_abort(base, 1u64 << log2_entries)?;
         }
@@ -1119,8 +1206,12 @@ impl<H: Hal> StreamTable<H> {
         if L1Descriptor::decode(self.load(self.base, l1_index)).is_some() {
             return Ok(false);
         }
-        let frame = frame_for(u32::from(split) + 6).ok_or(StreamTableError::Geometry("table size"))?;
-        let l2 = self.hal.alloc_frame(frame).ok_or(StreamTableError::OutOfMemory)?;
+        let frame =
+            frame_for(u32::from(split) + 6).ok_or(StreamTableError::Geometry("table size"))?;
+        let l2 = self
+            .hal
+            .alloc_frame(frame)
+            .ok_or(StreamTableError::OutOfMemory)?;
         self.fill_abort(l2, 1 << split)?;
         let desc = L1Descriptor::new(l2, split)?;
         // The level-2 STEs must be visible before the descriptor: the same barrier a queue
@@ -1152,7 +1243,8 @@ impl<H: Hal> StreamTable<H> {
     ) -> Result<UpdateKind, StreamTableError> {
         let target = ste.encode()?;
         if self.ensure_level2(sid)? {
-            invalidate(Command::CfgiSte { sid, leaf: false }).map_err(StreamTableError::Invalidation)?;
+            invalidate(Command::CfgiSte { sid, leaf: false })
+                .map_err(StreamTableError::Invalidation)?;
         }
         let (table, first) = self.ste_words_at(sid)?;
         let current = self.entry(sid)?;

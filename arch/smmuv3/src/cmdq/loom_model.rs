@@ -1,37 +1,68 @@
 //! Loom model of the command queue protocol: two producers and a simulated SMMU consumer on a
-//! queue too small for both submissions at once, so every interleaving of reservation,
-//! publication in order, full-queue waits, wrap and CMD_SYNC completion is explored; the queue
-//! slots are loom cells, so a slot written while the consumer may read it fails the model.
+//! queue too small for both submissions at once, so the interleavings of reservation,
+//! publication in order, full-queue waits, wrap, CMD_SYNC completion and error recovery are
+//! explored (up to 3 preemptions by default); the queue slots are loom cells, so a slot written
+//! while the consumer may read it fails the model.
 //!
-//! Run with (under a minute on two cores):
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=/work/target-smmu2 \
+//! Run with (about 15 s on two cores, plus the loom build):
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/work/target-smmu2 \
 //!  cargo test -p iommu-smmuv3 --lib --release cmdq::loom_model`
+//! (`LOOM_MAX_PREEMPTIONS=N` overrides the bound.) Checked to fail if the space check lets a
+//! producer overwrite an unconsumed slot, or if publication stops waiting for its turn.
 
 extern crate std;
 
-use loom::sync::Arc;
+use loom::sync::{Arc, Mutex};
 use loom::thread;
 
 use super::*;
 use crate::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
 
-struct Regs(Arc<SimulatedSmmu>);
+/// The simulated SMMU, run by whoever polls it: every CONS read first lets the consumer take
+/// one step. The SMMU thus makes progress concurrently with the other producer, in whichever
+/// thread polls, while no thread ever spins without progress being possible (loom explores
+/// every choice at every spin, so two threads spinning against each other never finish).
+struct Regs {
+    smmu: Arc<SimulatedSmmu>,
+    mem: Arc<HeapQueueMemory<2>>,
+    /// Refused with CERROR_ILL.
+    illegal: Option<RawCommand>,
+    /// What the consumer executed: CFGI_STE StreamIDs, or `u64::MAX` for a CMD_SYNC. Its lock
+    /// is also held across a step: the SMMU is one consumer, whichever thread runs it.
+    executed: Arc<Mutex<std::vec::Vec<u64>>>,
+}
 
 impl CmdqRegisters for Regs {
     fn read_cons(&self) -> u32 {
-        self.0.read_cons()
+        let mut log = self.executed.lock().unwrap_or_else(|e| e.into_inner());
+        let step = self.smmu.step(&*self.mem, |raw| {
+            if Some(raw) == self.illegal {
+                Err(CommandErrorCode::Illegal)
+            } else {
+                Ok(())
+            }
+        });
+        if let SimStep::Consumed(raw) = step {
+            log.push(if raw[0] & 0xff == 0x03 {
+                raw[0] >> 32
+            } else {
+                u64::MAX
+            });
+        }
+        drop(log);
+        self.smmu.read_cons()
     }
     fn write_prod(&self, prod: u32) {
-        self.0.write_prod(prod)
+        self.smmu.write_prod(prod)
     }
     fn read_gerror(&self) -> u32 {
-        self.0.read_gerror()
+        self.smmu.read_gerror()
     }
     fn read_gerrorn(&self) -> u32 {
-        self.0.read_gerrorn()
+        self.smmu.read_gerrorn()
     }
     fn write_gerrorn(&self, value: u32) {
-        self.0.write_gerrorn(value)
+        self.smmu.write_gerrorn(value)
     }
 }
 
@@ -56,58 +87,45 @@ fn cfgi(sid: u64) -> RawCommand {
     [0x03 | sid << 32, 1]
 }
 
-/// Runs the consumer until it has consumed `total` commands; returns the StreamIDs of the
-/// CFGI_STE commands in execution order. `illegal` is refused with CERROR_ILL.
-fn consume(smmu: &SimulatedSmmu, mem: &HeapQueueMemory<2>, total: usize, illegal: Option<RawCommand>) -> std::vec::Vec<u64> {
-    let mut done = 0;
-    let mut sids = std::vec::Vec::new();
-    while done < total {
-        let step = smmu.step(mem, |raw| {
-            if Some(raw) == illegal {
-                Err(CommandErrorCode::Illegal)
-            } else {
-                Ok(())
-            }
-        });
-        match step {
-            SimStep::Consumed(raw) => {
-                done += 1;
-                if raw[0] & 0xff == 0x03 {
-                    sids.push(raw[0] >> 32);
-                }
-            }
-            SimStep::Refused(..) | SimStep::Idle | SimStep::Halted => thread::yield_now(),
-        }
-    }
-    sids
-}
-
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
+        builder.preemption_bound = Some(3);
     }
     // Every poll of a waiting thread is a branch: allow long waits within one execution.
     builder.max_branches = builder.max_branches.max(50_000);
     builder.check(f);
 }
 
-fn queue(log2: u8) -> (Arc<CommandQueue<Regs, Mem>>, Arc<SimulatedSmmu>, Arc<HeapQueueMemory<2>>) {
+type Executed = Arc<Mutex<std::vec::Vec<u64>>>;
+
+fn queue(log2: u8, illegal: Option<RawCommand>) -> (Arc<CommandQueue<Regs, Mem>>, Executed) {
     let smmu = Arc::new(SimulatedSmmu::new(log2));
     let mem = Arc::new(HeapQueueMemory::<2>::new(log2));
-    match CommandQueue::new(Regs(smmu.clone()), Mem(mem.clone()), 10_000) {
-        Ok(q) => (Arc::new(q), smmu, mem),
+    let executed = Arc::new(Mutex::new(std::vec::Vec::new()));
+    let regs = Regs {
+        smmu,
+        mem: mem.clone(),
+        illegal,
+        executed: executed.clone(),
+    };
+    match CommandQueue::new(regs, Mem(mem), 1_000) {
+        Ok(q) => (Arc::new(q), executed),
         Err(e) => panic!("{e}"),
     }
 }
 
+fn executed(e: &Executed) -> std::vec::Vec<u64> {
+    e.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Two producers race for the slots of a 2-entry queue and publish in reservation order:
-/// each gets its own slot, PROD covers both only once both are written (a slot read before
-/// its write fails the model), and both CMD_SYNCs complete.
+/// each gets its own slot, the SMMU never reads a slot before it is written (loom checks the
+/// cells), and both commands run, each once.
 #[test]
 fn two_producers_reserve_and_publish_in_order() {
     model(|| {
-        let (q, smmu, mem) = queue(1);
+        let (q, done) = queue(1, None);
         let producers: std::vec::Vec<_> = [1u64, 2]
             .into_iter()
             .map(|sid| {
@@ -115,44 +133,53 @@ fn two_producers_reserve_and_publish_in_order() {
                 thread::spawn(move || assert_eq!(q.submit(&[cfgi(sid)]), Ok(())))
             })
             .collect();
-        let mut sids = consume(&smmu, &mem, 2, None);
         for p in producers {
             assert!(p.join().is_ok());
         }
+        // Let the SMMU finish.
+        while q.registers().read_cons() & 3 != 2 {}
+        let mut sids = executed(&done);
         sids.sort_unstable();
         assert_eq!(sids, [1, 2]);
     });
 }
 
-/// A second producer finds the 2-entry queue full, waits for the consumer, wraps, and both
-/// producers' CMD_SYNCs complete after their commands ran exactly once.
+/// Each producer submits a command and a CMD_SYNC into a 2-entry queue: the second finds it
+/// full and waits for the SMMU, the queue wraps, both CMD_SYNCs complete only after their
+/// command ran, and every command runs exactly once.
 #[test]
 fn full_queue_wait_wrap_and_sync() {
     model(|| {
-        let (q, smmu, mem) = queue(1);
-        let p1 = {
-            let q = q.clone();
-            thread::spawn(move || assert_eq!(q.submit_and_sync(&[cfgi(1)]), Ok(())))
-        };
-        let p2 = {
-            let q = q.clone();
-            thread::spawn(move || assert_eq!(q.sync(), Ok(())))
-        };
-        let sids = consume(&smmu, &mem, 3, None);
-        assert!(p1.join().is_ok());
-        assert!(p2.join().is_ok());
-        assert_eq!(sids, [1]);
+        let (q, done) = queue(1, None);
+        let producers: std::vec::Vec<_> = [1u64, 2]
+            .into_iter()
+            .map(|sid| {
+                let (q, done) = (q.clone(), done.clone());
+                thread::spawn(move || {
+                    assert_eq!(q.submit_and_sync(&[cfgi(sid)]), Ok(()));
+                    // The command ran before the CMD_SYNC completed.
+                    assert!(executed(&done).contains(&sid));
+                })
+            })
+            .collect();
+        for p in producers {
+            assert!(p.join().is_ok());
+        }
+        let e = executed(&done);
+        assert_eq!(e.len(), 4);
+        assert_eq!(e.iter().filter(|&&x| x == 1).count(), 1);
+        assert_eq!(e.iter().filter(|&&x| x == 2).count(), 1);
     });
 }
 
-/// An illegal command stops the consumer; the waiting submitter recovers it (the slot is
-/// rewritten while the consumer is stopped: a race would fail the model), gets CERROR_ILL for
-/// exactly that command, and a concurrent producer's CMD_SYNC completes.
+/// An illegal command stops the SMMU; a waiting submitter recovers it (rewriting the slot while
+/// the SMMU is stopped: a race would fail the model) and gets CERROR_ILL for exactly that
+/// command, while the other producer's command and CMD_SYNC complete normally.
 #[test]
 fn illegal_command_is_recovered() {
     model(|| {
-        let (q, smmu, mem) = queue(2);
         let bad: RawCommand = [0, 0];
+        let (q, done) = queue(2, Some(bad));
         let p1 = {
             let q = q.clone();
             thread::spawn(move || match q.submit_and_sync(&[bad]) {
@@ -164,12 +191,13 @@ fn illegal_command_is_recovered() {
         };
         let p2 = {
             let q = q.clone();
-            thread::spawn(move || assert_eq!(q.sync(), Ok(())))
+            thread::spawn(move || assert_eq!(q.submit_and_sync(&[cfgi(2)]), Ok(())))
         };
-        // The replaced command and two CMD_SYNCs.
-        let sids = consume(&smmu, &mem, 3, Some(bad));
         assert!(p1.join().is_ok());
         assert!(p2.join().is_ok());
-        assert!(sids.is_empty());
+        // The replaced command ran as a CMD_SYNC: three syncs and CFGI_STE 2.
+        let e = executed(&done);
+        assert_eq!(e.len(), 4);
+        assert_eq!(e.iter().filter(|&&x| x == 2).count(), 1);
     });
 }

@@ -12,8 +12,8 @@ use std::thread;
 use std::vec::Vec;
 
 use super::*;
-use crate::command::{plan_invalidation, Command, InvalidationPolicy, InvalidationScope};
 use crate::attributes::Granule;
+use crate::command::{plan_invalidation, Command, InvalidationPolicy, InvalidationScope};
 use crate::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
 
 /// A simulated SMMU consumer running on its own thread until dropped, recording what it
@@ -49,7 +49,11 @@ impl Consumer {
                 }
             })
         };
-        Self { stop, handle: Some(handle), executed }
+        Self {
+            stop,
+            handle: Some(handle),
+            executed,
+        }
     }
 
     fn executed(&self) -> Vec<Command> {
@@ -109,7 +113,12 @@ fn setup(log2: u8, budget: u32) -> (Arc<Queue>, Arc<SimulatedSmmu>, Arc<HeapQueu
 
 /// A command naming producer `p`'s `i`th command.
 fn tagged(p: u32, i: u32) -> RawCommand {
-    match (Command::CfgiSte { sid: p << 20 | i, leaf: true }).encode() {
+    match (Command::CfgiSte {
+        sid: p << 20 | i,
+        leaf: true,
+    })
+    .encode()
+    {
         Ok(raw) => raw,
         Err(e) => panic!("{e}"),
     }
@@ -126,13 +135,24 @@ fn single_producer_syncs_and_wraps() {
         assert_eq!(q.submit_and_sync(&cmds), Ok(()));
     }
     let executed = consumer.executed();
-    let sids: Vec<u32> = executed.iter().filter_map(|c| match c {
-        Command::CfgiSte { sid, .. } => Some(*sid),
-        _ => None,
-    }).collect();
-    let expected: Vec<u32> = (0..100u32).flat_map(|r| (0..(r % 7)).map(move |i| r * 8 + i)).collect();
+    let sids: Vec<u32> = executed
+        .iter()
+        .filter_map(|c| match c {
+            Command::CfgiSte { sid, .. } => Some(*sid),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<u32> = (0..100u32)
+        .flat_map(|r| (0..(r % 7)).map(move |i| r * 8 + i))
+        .collect();
     assert_eq!(sids, expected);
-    assert_eq!(executed.iter().filter(|c| matches!(c, Command::Sync { .. })).count(), 100);
+    assert_eq!(
+        executed
+            .iter()
+            .filter(|c| matches!(c, Command::Sync { .. }))
+            .count(),
+        100
+    );
 }
 
 #[test]
@@ -151,7 +171,11 @@ fn many_producers_every_command_once_in_order() {
                     // Batches of 1..=4 commands, every fourth without a sync.
                     let n = (1 + (i + p) % 4).min(PER_PRODUCER - i);
                     let cmds: Vec<RawCommand> = (i..i + n).map(|k| tagged(p, k)).collect();
-                    let r = if (i / 4) % 4 == 3 { q.submit(&cmds) } else { q.submit_and_sync(&cmds) };
+                    let r = if (i / 4) % 4 == 3 {
+                        q.submit(&cmds)
+                    } else {
+                        q.submit_and_sync(&cmds)
+                    };
                     assert_eq!(r, Ok(()), "producer {p} at {i}");
                     i += n;
                 }
@@ -167,11 +191,17 @@ fn many_producers_every_command_once_in_order() {
     for c in &executed {
         if let Command::CfgiSte { sid, .. } = c {
             let (p, i) = ((sid >> 20) as usize, sid & 0xf_ffff);
-            assert_eq!(i, next[p], "producer {p}: command {i} out of order or repeated");
+            assert_eq!(
+                i, next[p],
+                "producer {p}: command {i} out of order or repeated"
+            );
             next[p] += 1;
         }
     }
-    assert_eq!(next, [PER_PRODUCER; PRODUCERS as usize], "every command executed exactly once");
+    assert_eq!(
+        next, [PER_PRODUCER; PRODUCERS as usize],
+        "every command executed exactly once"
+    );
     assert!(executed.iter().any(|c| matches!(c, Command::Sync { .. })));
 }
 
@@ -215,9 +245,16 @@ fn illegal_command_is_reported_skipped_and_the_queue_recovers() {
             _ => None,
         })
         .collect();
-    assert_eq!(mine, [0, 1, 2], "the commands around the illegal one all ran");
+    assert_eq!(
+        mine,
+        [0, 1, 2],
+        "the commands around the illegal one all ran"
+    );
     for p in 1..3u32 {
-        let n = executed.iter().filter(|c| matches!(c, Command::CfgiSte { sid, .. } if sid >> 20 == p)).count();
+        let n = executed
+            .iter()
+            .filter(|c| matches!(c, Command::CfgiSte { sid, .. } if sid >> 20 == p))
+            .count();
         assert_eq!(n, 200);
     }
 }
@@ -258,18 +295,36 @@ fn several_illegal_commands_from_several_producers() {
 fn batch_and_invalidation_plan() {
     let (q, smmu, mem) = setup(4, BUDGET);
     let consumer = Consumer::start(smmu, mem);
-    let policy = InvalidationPolicy { range_invalidation: false, max_commands: 64 };
+    let policy = InvalidationPolicy {
+        range_invalidation: false,
+        max_commands: 64,
+    };
     let ranges = [0x10_0000..0x13_0000];
     let mut batch = q.batch();
-    for c in plan_invalidation(InvalidationScope::Stage1 { vmid: 0, asid: 3 }, &ranges, Granule::Size4K, true, &policy) {
+    for c in plan_invalidation(
+        InvalidationScope::Stage1 { vmid: 0, asid: 3 },
+        &ranges,
+        Granule::Size4K,
+        true,
+        &policy,
+    ) {
         assert_eq!(batch.push(c), Ok(()));
     }
     assert_eq!(batch.finish(), Ok(()));
     let executed = consumer.executed();
-    let vas = executed.iter().filter(|c| matches!(c, Command::TlbiNhVa { asid: 3, .. })).count();
+    let vas = executed
+        .iter()
+        .filter(|c| matches!(c, Command::TlbiNhVa { asid: 3, .. }))
+        .count();
     assert_eq!(vas, 0x30);
     // 48 commands in batches of at most 15 (16-entry queue) -> 4 syncs.
-    assert_eq!(executed.iter().filter(|c| matches!(c, Command::Sync { .. })).count(), 4);
+    assert_eq!(
+        executed
+            .iter()
+            .filter(|c| matches!(c, Command::Sync { .. }))
+            .count(),
+        4
+    );
     assert_eq!(q.issue(&Command::TlbiNsnhAll), Ok(()));
 }
 
@@ -278,12 +333,16 @@ fn sync_times_out_without_a_consumer() {
     let (q, _smmu, _mem) = setup(2, 1000);
     assert_eq!(
         q.submit_and_sync(&[tagged(0, 0)]),
-        Err(CmdqError::Timeout(Timeout { waiting_for: "CMD_SYNC completion" }))
+        Err(CmdqError::Timeout(Timeout {
+            waiting_for: "CMD_SYNC completion"
+        }))
     );
     // The queue now holds 2 of 4 entries; 3 more do not fit until the SMMU moves.
     assert_eq!(
         q.submit(&[tagged(0, 1), tagged(0, 2), tagged(0, 3)]),
-        Err(CmdqError::Timeout(Timeout { waiting_for: "command queue space" }))
+        Err(CmdqError::Timeout(Timeout {
+            waiting_for: "command queue space"
+        }))
     );
     assert_eq!(q.submit(&[tagged(0, 1), tagged(0, 2)]), Ok(()));
 }
@@ -292,8 +351,12 @@ fn sync_times_out_without_a_consumer() {
 fn stuck_queue_resumes_when_the_smmu_does() {
     let smmu = Arc::new(SimulatedSmmu::new(2));
     let mem = Arc::new(HeapQueueMemory::<2>::new(2));
-    let mut q = CommandQueue::new(smmu.clone(), mem.clone(), 1000).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(q.submit_and_sync(&[tagged(0, 0)]), Err(CmdqError::Timeout(_))));
+    let mut q =
+        CommandQueue::new(smmu.clone(), mem.clone(), 1000).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        q.submit_and_sync(&[tagged(0, 0)]),
+        Err(CmdqError::Timeout(_))
+    ));
     // The SMMU comes alive: the earlier command runs and later syncs complete.
     q.set_poll_budget(BUDGET);
     let consumer = Consumer::start(smmu, mem);
@@ -315,7 +378,13 @@ fn stuck_queue_resumes_when_the_smmu_does() {
 fn oversized_batches_are_refused() {
     let (q, _smmu, _mem) = setup(2, 10);
     let cmds = [tagged(0, 0); 4];
-    assert_eq!(q.submit_and_sync(&cmds), Err(CmdqError::BatchTooLarge { entries: 5, capacity: 4 }));
+    assert_eq!(
+        q.submit_and_sync(&cmds),
+        Err(CmdqError::BatchTooLarge {
+            entries: 5,
+            capacity: 4
+        })
+    );
     assert_eq!(q.submit(&cmds[..3]), Ok(()));
     assert!(matches!(
         q.issue(&Command::CfgiSteRange { sid: 0, range: 40 }),
@@ -356,7 +425,11 @@ impl CmdqRegisters for RunawayCons {
     fn read_cons(&self) -> u32 {
         static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         // 0 at construction, then 5 although nothing was submitted.
-        if READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 { 0 } else { 5 }
+        if READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            0
+        } else {
+            5
+        }
     }
     fn write_prod(&self, _: u32) {}
     fn read_gerror(&self) -> u32 {
@@ -387,13 +460,34 @@ fn an_abandoned_reservation_wedges_the_queue_with_an_error() {
 #[test]
 fn register_values() {
     // CMDQ_BASE: ADDR [51:5] | LOG2SIZE [4:0] | RA bit 62.
-    assert_eq!(queue_base_register(PhysAddr::new(0x4008_0000), 8, true), 0x4000_0000_4008_0008);
-    assert_eq!(queue_base_register(PhysAddr::new(0x4008_0000), 19, false), 0x4008_0013);
-    assert_eq!(CommandErrorCode::from_cons(0x0100_0003), CommandErrorCode::Illegal);
-    assert_eq!(CommandErrorCode::from_cons(0x0200_0003), CommandErrorCode::Abort);
-    assert_eq!(CommandErrorCode::from_cons(0x0300_0003), CommandErrorCode::AtcInvalidationSync);
-    assert_eq!(CommandErrorCode::from_cons(0x7f00_0003), CommandErrorCode::Reserved(0x7f));
-    assert_eq!(CommandErrorCode::from_cons(0x8000_0003), CommandErrorCode::None);
+    assert_eq!(
+        queue_base_register(PhysAddr::new(0x4008_0000), 8, true),
+        0x4000_0000_4008_0008
+    );
+    assert_eq!(
+        queue_base_register(PhysAddr::new(0x4008_0000), 19, false),
+        0x4008_0013
+    );
+    assert_eq!(
+        CommandErrorCode::from_cons(0x0100_0003),
+        CommandErrorCode::Illegal
+    );
+    assert_eq!(
+        CommandErrorCode::from_cons(0x0200_0003),
+        CommandErrorCode::Abort
+    );
+    assert_eq!(
+        CommandErrorCode::from_cons(0x0300_0003),
+        CommandErrorCode::AtcInvalidationSync
+    );
+    assert_eq!(
+        CommandErrorCode::from_cons(0x7f00_0003),
+        CommandErrorCode::Reserved(0x7f)
+    );
+    assert_eq!(
+        CommandErrorCode::from_cons(0x8000_0003),
+        CommandErrorCode::None
+    );
 }
 
 #[test]
@@ -410,7 +504,9 @@ fn abort_and_atc_errors() {
                 smmu.step(&*mem, |raw| {
                     let mut f = fail_next.lock().map_err(|_| CommandErrorCode::Illegal)?;
                     match *f {
-                        Some(CommandErrorCode::Abort) if raw[0] & 0xff == 0x03 => Err(f.take().unwrap_or(CommandErrorCode::Abort)),
+                        Some(CommandErrorCode::Abort) if raw[0] & 0xff == 0x03 => {
+                            Err(f.take().unwrap_or(CommandErrorCode::Abort))
+                        }
                         Some(CommandErrorCode::AtcInvalidationSync) if raw[0] & 0xff == 0x46 => {
                             Err(f.take().unwrap_or(CommandErrorCode::AtcInvalidationSync))
                         }
@@ -425,7 +521,9 @@ fn abort_and_atc_errors() {
         *f = Some(CommandErrorCode::Abort);
     }
     match q.submit_and_sync(&[tagged(0, 0)]) {
-        Err(CmdqError::Command(f)) => assert_eq!((f.position, f.code), (0, CommandErrorCode::Abort)),
+        Err(CmdqError::Command(f)) => {
+            assert_eq!((f.position, f.code), (0, CommandErrorCode::Abort))
+        }
         other => panic!("{other:?}"),
     }
     if let Ok(mut f) = fail_next.lock() {
@@ -433,7 +531,10 @@ fn abort_and_atc_errors() {
     }
     match q.submit_and_sync(&[tagged(0, 1)]) {
         Err(CmdqError::Command(f)) => {
-            assert_eq!((f.position, f.code), (1, CommandErrorCode::AtcInvalidationSync));
+            assert_eq!(
+                (f.position, f.code),
+                (1, CommandErrorCode::AtcInvalidationSync)
+            );
             assert_eq!(f.command, CMD_SYNC);
         }
         other => panic!("{other:?}"),

@@ -13,8 +13,15 @@ use crate::stream_table::tests::check_plan;
 const MAIR: u64 = 0x0000_0000_0044_ff04;
 
 fn cd(asid: u16, ttb0: u64) -> ContextDescriptor {
-    ContextDescriptor::new(asid, PhysAddr::new(ttb0), 48, Granule::Size4K, OutputAddressSize::Bits44, MAIR)
-        .unwrap_or_else(|e| panic!("{e}"))
+    ContextDescriptor::new(
+        asid,
+        PhysAddr::new(ttb0),
+        48,
+        Granule::Size4K,
+        OutputAddressSize::Bits44,
+        MAIR,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn words(cd: &ContextDescriptor) -> EntryWords {
@@ -27,7 +34,10 @@ fn default_cd_encoding() {
     //   EPD1 1 << 30 | V 1 << 31 | IPS 44-bit 4 << 32 | AA64 1 << 41 | R 1 << 45 | A 1 << 46 |
     //   ASET 1 << 47 | ASID 1 << 48.
     // Word 1: TTB0. Word 3: MAIR.
-    assert_eq!(words(&cd(1, 0x4020_0000)), [0x0001_e204_c000_3510, 0x4020_0000, 0, MAIR, 0, 0, 0, 0]);
+    assert_eq!(
+        words(&cd(1, 0x4020_0000)),
+        [0x0001_e204_c000_3510, 0x4020_0000, 0, MAIR, 0, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -70,9 +80,20 @@ fn cd_fields() {
 
 #[test]
 fn cd_refuses_bad_fields() {
-    assert!(ContextDescriptor::new(1, PhysAddr::new(0), 15, Granule::Size4K, OutputAddressSize::Bits44, 0).is_err());
+    assert!(ContextDescriptor::new(
+        1,
+        PhysAddr::new(0),
+        15,
+        Granule::Size4K,
+        OutputAddressSize::Bits44,
+        0
+    )
+    .is_err());
     let mut c = cd(1, 0x1008);
-    assert!(matches!(c.encode(), Err(SteError::Misaligned { field: "TTB0", .. })));
+    assert!(matches!(
+        c.encode(),
+        Err(SteError::Misaligned { field: "TTB0", .. })
+    ));
     c.ttb0 = PhysAddr::new(1 << 52);
     assert!(c.encode().is_err());
     c.ttb0 = PhysAddr::new(0x1000);
@@ -81,7 +102,11 @@ fn cd_refuses_bad_fields() {
 }
 
 fn qemu() -> Features {
-    Features::decode(&IdRegisters { idr: [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74], iidr: 0, aidr: 1 })
+    Features::decode(&IdRegisters {
+        idr: [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74],
+        iidr: 0,
+        aidr: 1,
+    })
 }
 
 #[test]
@@ -96,7 +121,10 @@ fn qemu_checks() {
     assert!(c.check_features(&f).is_err(), "QEMU requires T0SZ <= 39");
     let mut c = cd(1, 0x1000);
     c.abort = false;
-    assert!(c.check_features(&f).is_err(), "TERM_MODEL = 1 requires A = 1");
+    assert!(
+        c.check_features(&f).is_err(),
+        "TERM_MODEL = 1 requires A = 1"
+    );
     let mut c = cd(1, 0x1000);
     c.stall = true;
     assert!(c.check_features(&f).is_err(), "terminate-only stall model");
@@ -118,7 +146,10 @@ fn cd_update_kinds() {
     let plan = plan_cd_update(&INVALID_CD, &a);
     // Invalid -> valid: TTB0 and MAIR first, then word 0 with V.
     assert_eq!(plan.kind(), UpdateKind::Hitless { critical: 0 });
-    assert_eq!(plan.writes().last().map(|w| (w.word, w.value)), Some((0, a[0])));
+    assert_eq!(
+        plan.writes().last().map(|w| (w.word, w.value)),
+        Some((0, a[0]))
+    );
     check_plan(&INVALID_CD, &a, &plan, cd_used_bits, cd_valid);
     // Only the MAIR changes: one store.
     let mut c = cd(1, 0x1000);
@@ -134,7 +165,14 @@ fn cd_update_kinds() {
     check_plan(&a, &d, &plan, cd_used_bits, cd_valid);
     // Valid -> invalid: clear V first.
     let plan = plan_cd_update(&a, &INVALID_CD);
-    assert_eq!(plan.writes()[0], crate::stream_table::WordWrite { word: 0, value: 0, sync_after: true });
+    assert_eq!(
+        plan.writes()[0],
+        crate::stream_table::WordWrite {
+            word: 0,
+            value: 0,
+            sync_after: true
+        }
+    );
     check_plan(&a, &INVALID_CD, &plan, cd_used_bits, cd_valid);
 }
 
@@ -183,27 +221,44 @@ fn geometry() {
     assert!(CdTableGeometry::two_level(12, CdTableFormat::Linear).is_err());
     assert!(CdTableGeometry::linear(21).is_err());
     // 2-level 64K: 16 bits of SSID -> 64 level-1 descriptors; SSID 0x0401 -> L1 1, index 1.
-    let g = CdTableGeometry::two_level(16, CdTableFormat::TwoLevel64K).unwrap_or_else(|e| panic!("{e}"));
+    let g = CdTableGeometry::two_level(16, CdTableFormat::TwoLevel64K)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.locate(0x0401), Ok((Some(1), 1)));
     assert_eq!(g.base_log2_bytes(), 9);
     // 4K leaves: SSID[5:0] indexes the level-2 table.
-    let g = CdTableGeometry::two_level(8, CdTableFormat::TwoLevel4K).unwrap_or_else(|e| panic!("{e}"));
+    let g =
+        CdTableGeometry::two_level(8, CdTableFormat::TwoLevel4K).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.locate(0x41), Ok((Some(1), 1)));
-    assert!(matches!(g.locate(256), Err(CdTableError::SsidOutOfRange { .. })));
+    assert!(matches!(
+        g.locate(256),
+        Err(CdTableError::SsidOutOfRange { .. })
+    ));
     // QEMU has no substreams: only the single CD fits.
     let f = qemu();
-    assert_eq!(CdTableGeometry::for_ssid_bits(0, &f), Ok(CdTableGeometry::SINGLE));
+    assert_eq!(
+        CdTableGeometry::for_ssid_bits(0, &f),
+        Ok(CdTableGeometry::SINGLE)
+    );
     assert!(CdTableGeometry::for_ssid_bits(1, &f).is_err());
     let mut big = f;
     big.ssid_bits = 20;
     big.cd_two_level = true;
-    assert_eq!(CdTableGeometry::for_ssid_bits(10, &big), Ok(CdTableGeometry::Linear { log2_cds: 10 }));
+    assert_eq!(
+        CdTableGeometry::for_ssid_bits(10, &big),
+        Ok(CdTableGeometry::Linear { log2_cds: 10 })
+    );
     assert_eq!(
         CdTableGeometry::for_ssid_bits(20, &big),
-        Ok(CdTableGeometry::TwoLevel { log2_cds: 20, leaf: CdTableFormat::TwoLevel64K })
+        Ok(CdTableGeometry::TwoLevel {
+            log2_cds: 20,
+            leaf: CdTableFormat::TwoLevel64K
+        })
     );
     big.cd_two_level = false;
-    assert_eq!(CdTableGeometry::for_ssid_bits(12, &big), Ok(CdTableGeometry::Linear { log2_cds: 12 }));
+    assert_eq!(
+        CdTableGeometry::for_ssid_bits(12, &big),
+        Ok(CdTableGeometry::Linear { log2_cds: 12 })
+    );
 }
 
 #[test]
@@ -217,15 +272,19 @@ fn l1_cd_descriptor() {
 #[cfg(not(loom))]
 mod in_memory {
     use super::*;
-    use std::vec::Vec;
     use iommu::hal::host::HostHal;
+    use std::vec::Vec;
 
     #[test]
     fn single_cd_table() {
         let hal = HostHal::new();
-        let mut table = CdTable::new(&hal, CdTableGeometry::SINGLE, true).unwrap_or_else(|e| panic!("{e}"));
+        let mut table =
+            CdTable::new(&hal, CdTableGeometry::SINGLE, true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(table.entry(0), Ok(INVALID_CD));
-        assert!(matches!(table.entry(1), Err(CdTableError::SsidOutOfRange { .. })));
+        assert!(matches!(
+            table.entry(1),
+            Err(CdTableError::SsidOutOfRange { .. })
+        ));
         let s1 = table.stage1();
         assert_eq!((s1.cd_max, s1.format), (0, CdTableFormat::Linear));
         assert_eq!(s1.cd_table, table.base);
@@ -238,7 +297,10 @@ mod in_memory {
         assert_eq!(kind, Ok(UpdateKind::Hitless { critical: 0 }));
         assert_eq!(table.entry(0), Ok(words(&c)));
         assert_eq!(calls, [(0, true), (0, true)]);
-        assert_eq!(table.install(0, None, |_, _| Ok(())), Ok(UpdateKind::Hitless { critical: 0 }));
+        assert_eq!(
+            table.install(0, None, |_, _| Ok(())),
+            Ok(UpdateKind::Hitless { critical: 0 })
+        );
         assert_eq!(table.entry(0), Ok(INVALID_CD));
         // SAFETY: no SMMU saw it.
         unsafe { table.free() };
@@ -255,7 +317,10 @@ mod in_memory {
             assert_eq!(table.stage1().format, leaf);
             assert_eq!(table.entry(7), Err(CdTableError::NoLevel2(7)));
             // Clearing an absent CD allocates nothing.
-            assert_eq!(table.install(7, None, |_, _| Ok(())), Ok(UpdateKind::Unchanged));
+            assert_eq!(
+                table.install(7, None, |_, _| Ok(())),
+                Ok(UpdateKind::Unchanged)
+            );
             assert_eq!(hal.live_frames(), 1);
             let mut calls = Vec::new();
             for ssid in [1u32, 63, 64, 1023, 1024, 4095] {
@@ -268,11 +333,18 @@ mod in_memory {
                     .unwrap_or_else(|e| panic!("{e}"));
             }
             for ssid in [1u32, 63, 64, 1023, 1024, 4095] {
-                assert_eq!(table.entry(ssid), Ok(words(&cd(ssid as u16, u64::from(ssid + 1) << 12))));
+                assert_eq!(
+                    table.entry(ssid),
+                    Ok(words(&cd(ssid as u16, u64::from(ssid + 1) << 12)))
+                );
             }
             // One leaf = 64 CDs (4K) or 1024 (64K): new leaves get a non-leaf invalidation.
             let leaves = calls.iter().filter(|(_, leaf)| !leaf).count();
-            let expected = if leaf == CdTableFormat::TwoLevel4K { 5 } else { 3 };
+            let expected = if leaf == CdTableFormat::TwoLevel4K {
+                5
+            } else {
+                3
+            };
             assert_eq!(leaves, expected);
             assert_eq!(hal.live_frames(), 1 + expected);
             // SAFETY: no SMMU saw it.

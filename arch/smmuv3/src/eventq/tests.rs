@@ -15,8 +15,12 @@ const TRANSLATION: RawEvent = [0x0000_0008_0000_0010, 0x0000_0208_0000_0000, 0x1
 /// F_PERMISSION, StreamID 0x10, SSV with SubstreamID 3, stalled with STAG 0x55, write
 /// (RnW = 0), instruction (InD 1 << 34), privileged (PnU 1 << 33), stage 2 (S2 1 << 39),
 /// CLASS = TT (1 << 40); IPA 0x8000_1000 in word 3 [51:12] (low bits are not part of it).
-const PERMISSION: RawEvent =
-    [0x0000_0010_0000_3813, 0x0000_0186_8000_0055, 0xdead_0000, 0x8000_1abc];
+const PERMISSION: RawEvent = [
+    0x0000_0010_0000_3813,
+    0x0000_0186_8000_0055,
+    0xdead_0000,
+    0x8000_1abc,
+];
 
 #[test]
 fn decodes_a_translation_fault() {
@@ -26,14 +30,27 @@ fn decodes_a_translation_fault() {
     assert_eq!(r.substream_id, None);
     assert_eq!(r.input_address, Some(0x1234_5000));
     assert_eq!(r.ipa, None, "stage 1 faults carry no IPA");
-    assert_eq!(r.access, Some(AccessKind { write: false, instruction: false, privileged: false }));
+    assert_eq!(
+        r.access,
+        Some(AccessKind {
+            write: false,
+            instruction: false,
+            privileged: false
+        })
+    );
     assert_eq!(r.stage, Some(FaultStage::Stage1));
     assert_eq!(r.class, Some(FaultClass::Input));
     assert_eq!(r.stall_tag, None);
     assert_eq!(r.raw, TRANSLATION);
     let text = r.to_string();
-    assert!(text.starts_with("F_TRANSLATION (0x10: translation fault"), "{text}");
-    assert!(text.contains("stream 0x8 address 0x12345000 read data unprivileged stage 1 (input)"), "{text}");
+    assert!(
+        text.starts_with("F_TRANSLATION (0x10: translation fault"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stream 0x8 address 0x12345000 read data unprivileged stage 1 (input)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -44,7 +61,14 @@ fn decodes_a_stage2_permission_fault() {
     assert_eq!(r.substream_id, Some(3));
     assert_eq!(r.input_address, Some(0xdead_0000));
     assert_eq!(r.ipa, Some(0x8000_1000));
-    assert_eq!(r.access, Some(AccessKind { write: true, instruction: true, privileged: true }));
+    assert_eq!(
+        r.access,
+        Some(AccessKind {
+            write: true,
+            instruction: true,
+            privileged: true
+        })
+    );
     assert_eq!(r.stage, Some(FaultStage::Stage2));
     assert_eq!(r.class, Some(FaultClass::TranslationTable));
     assert_eq!(r.stall_tag, Some(0x55));
@@ -62,19 +86,38 @@ fn decodes_configuration_and_fetch_events() {
     assert_eq!(r.fetch_address, Some(0x4000_0040));
     // F_CD_FETCH 0x09 with SSV and SubstreamID 0x1f.
     let r = FaultRecord::decode([0x0000_0001_0001_f809, 0, 0, 0x8_0000]);
-    assert_eq!((r.event, r.substream_id, r.fetch_address), (EventType::CdFetch, Some(0x1f), Some(0x8_0000)));
+    assert_eq!(
+        (r.event, r.substream_id, r.fetch_address),
+        (EventType::CdFetch, Some(0x1f), Some(0x8_0000))
+    );
     // C_BAD_SUBSTREAMID 0x08: the SubstreamID is valid without SSV.
     let r = FaultRecord::decode([0x0000_0001_0000_5008, 0, 0, 0]);
     assert_eq!(r.substream_id, Some(5));
     // F_WALK_EABT 0x0b: the descriptor address in word 3.
     let r = FaultRecord::decode([0x0b, 0x0000_0100_0000_0000, 0x1000, 0x9_0008]);
-    assert_eq!((r.fetch_address, r.class, r.ipa), (Some(0x9_0008), Some(FaultClass::TranslationTable), None));
+    assert_eq!(
+        (r.fetch_address, r.class, r.ipa),
+        (Some(0x9_0008), Some(FaultClass::TranslationTable), None)
+    );
     // F_TRANSL_FORBIDDEN 0x07: address and direction only.
     let r = FaultRecord::decode([0x07, 0x0000_0008_0000_0000, 0x7000, 0]);
-    assert_eq!(r.access, Some(AccessKind { write: false, instruction: false, privileged: false }));
+    assert_eq!(
+        r.access,
+        Some(AccessKind {
+            write: false,
+            instruction: false,
+            privileged: false
+        })
+    );
     // Unknown and implementation-defined types keep their code.
-    assert_eq!(FaultRecord::decode([0x30, 0, 0, 0]).event, EventType::Unknown(0x30));
-    assert_eq!(FaultRecord::decode([0xe5, 0, 0, 0]).event, EventType::ImplementationDefined(0xe5));
+    assert_eq!(
+        FaultRecord::decode([0x30, 0, 0, 0]).event,
+        EventType::Unknown(0x30)
+    );
+    assert_eq!(
+        FaultRecord::decode([0xe5, 0, 0, 0]).event,
+        EventType::ImplementationDefined(0xe5)
+    );
 }
 
 #[test]
@@ -144,25 +187,45 @@ fn overflow_is_reported_once_and_acknowledged() {
     let mem = HeapQueueMemory::<4>::new(2);
     let mut q = EventQueue::new(&smmu, &mem).unwrap_or_else(|e| panic!("{e}"));
     // An event storm: 4 fit, 6 are dropped with one OVFLG toggle.
-    let written = (0..10).filter(|&i| smmu.record_event(&mem, event(i))).count();
+    let written = (0..10)
+        .filter(|&i| smmu.record_event(&mem, event(i)))
+        .count();
     assert_eq!(written, 4);
     assert_eq!(smmu.read_prod() >> 31, 1);
     let mut seen = std::vec::Vec::new();
     let report = q.drain(100, |r| seen.push(r.stream_id));
-    assert_eq!(report, DrainReport { events: 4, overflowed: true });
+    assert_eq!(
+        report,
+        DrainReport {
+            events: 4,
+            overflowed: true
+        }
+    );
     assert_eq!(seen, [0, 1, 2, 3]);
     // Acknowledged: CONS.OVACKFLG = PROD.OVFLG.
     assert_eq!(EventqRegisters::read_cons(&smmu) >> 31, 1);
     // Later events are reported, without a new overflow...
     assert!(smmu.record_event(&mem, event(20)));
     let report = q.drain(100, |r| assert_eq!(r.stream_id, 20));
-    assert_eq!(report, DrainReport { events: 1, overflowed: false });
+    assert_eq!(
+        report,
+        DrainReport {
+            events: 1,
+            overflowed: false
+        }
+    );
     // ...until the next storm, which toggles OVFLG back.
     for i in 0..6 {
         smmu.record_event(&mem, event(30 + i));
     }
     assert_eq!(smmu.read_prod() >> 31, 0);
-    assert_eq!(q.drain(100, |_| {}), DrainReport { events: 4, overflowed: true });
+    assert_eq!(
+        q.drain(100, |_| {}),
+        DrainReport {
+            events: 4,
+            overflowed: true
+        }
+    );
     assert_eq!(EventqRegisters::read_cons(&smmu) >> 31, 0);
 }
 
@@ -183,5 +246,8 @@ fn drain_stops_at_its_limit() {
 fn bad_sizes_are_refused() {
     let smmu = SimulatedSmmu::with_event_queue(3, 3);
     let mem = HeapQueueMemory::<4>::new(0);
-    assert_eq!(EventQueue::new(&smmu, &mem).err(), Some(EventqError::BadQueueSize(0)));
+    assert_eq!(
+        EventQueue::new(&smmu, &mem).err(),
+        Some(EventqError::BadQueueSize(0))
+    );
 }

@@ -18,7 +18,14 @@ fn words(ste: StreamTableEntry) -> EntryWords {
 }
 
 fn s2_4k() -> Stage2 {
-    match Stage2::new(7, PhysAddr::new(0x4010_0000), 40, Granule::Size4K, 1, OutputAddressSize::Bits44) {
+    match Stage2::new(
+        7,
+        PhysAddr::new(0x4010_0000),
+        40,
+        Granule::Size4K,
+        1,
+        OutputAddressSize::Bits44,
+    ) {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     }
@@ -29,7 +36,10 @@ fn abort_and_bypass() {
     // V = 1, Config = 0b000.
     assert_eq!(words(StreamTableEntry::abort()), [1, 0, 0, 0, 0, 0, 0, 0]);
     // V = 1, Config = 0b100 at [3:1] = 0x8.
-    assert_eq!(words(StreamTableEntry::bypass()), [0x9, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        words(StreamTableEntry::bypass()),
+        [0x9, 0, 0, 0, 0, 0, 0, 0]
+    );
     // SHCFG = 0b01 (use incoming) at word 1 [45:44].
     assert_eq!(
         words(StreamTableEntry::bypass().with_incoming_shareability(true)),
@@ -37,7 +47,11 @@ fn abort_and_bypass() {
     );
     // Abort ignores every optional field: nothing but V and Config.
     assert_eq!(
-        words(StreamTableEntry::abort().with_incoming_shareability(true).with_ats(Eats::Translate)),
+        words(
+            StreamTableEntry::abort()
+                .with_incoming_shareability(true)
+                .with_ats(Eats::Translate)
+        ),
         [1, 0, 0, 0, 0, 0, 0, 0]
     );
 }
@@ -47,7 +61,9 @@ fn stage1_single_cd() {
     // Word 0: V | Config 0b101 << 1 (0xa) | S1ContextPtr 0x4000_1000 | S1Fmt 0 | S1CDMax 0.
     // Word 1: S1DSS SSID0 = 0b10 | S1CIR WBRA 1 << 2 | S1COR 1 << 4 | S1CSH inner 3 << 6 = 0xd6.
     assert_eq!(
-        words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x4000_1000)))),
+        words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(
+            0x4000_1000
+        )))),
         [0x4000_100b, 0xd6, 0, 0, 0, 0, 0, 0]
     );
 }
@@ -69,7 +85,10 @@ fn stage1_with_substreams() {
     let ste = StreamTableEntry::stage1(s1)
         .with_ats(Eats::Translate)
         .with_stream_world(StreamWorld::El2);
-    assert_eq!(words(ste), [0x5000_0000_8000_002b, 0x9000_00d5, 5, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        words(ste),
+        [0x5000_0000_8000_002b, 0x9000_00d5, 5, 0, 0, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -80,12 +99,22 @@ fn stage2() {
     // Word 3: S2TTB.
     let s2 = s2_4k();
     assert_eq!((s2.t0sz, s2.sl0), (24, 1));
-    assert_eq!(words(StreamTableEntry::stage2(s2)), [0xd, 0, 0x040c_3558_0000_0007, 0x4010_0000, 0, 0, 0, 0]);
+    assert_eq!(
+        words(StreamTableEntry::stage2(s2)),
+        [0xd, 0, 0x040c_3558_0000_0007, 0x4010_0000, 0, 0, 0, 0]
+    );
 }
 
 #[test]
 fn nested() {
-    let mut s2 = match Stage2::new(0x22, PhysAddr::new(0x9_0000), 48, Granule::Size64K, 1, OutputAddressSize::Bits48) {
+    let mut s2 = match Stage2::new(
+        0x22,
+        PhysAddr::new(0x9_0000),
+        48,
+        Granule::Size64K,
+        1,
+        OutputAddressSize::Bits48,
+    ) {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     };
@@ -93,10 +122,10 @@ fn nested() {
     s2.protected_table_walk = true;
     let mut s1 = Stage1::single_cd(PhysAddr::new(0x1_0040));
     s1.vmid = 0x99; // ignored: nested uses stage 2's VMID
-    // Word 0: Config 0b111 << 1 = 0xe | V | ptr. Word 1: the stage-1 fetch attributes 0xd6.
-    // Word 2: VMID 0x22 | T0SZ 16 << 32 | SL0 (64K, level 1) 0b10 << 38 | IR0/OR0 WBRA |
-    //   SH0 inner | S2TG 64K 0b01 << 46 | S2PS 48-bit 5 << 48 | AA64 | AFFD 1 << 53 |
-    //   PTW 1 << 54 | R 1 << 58.
+                    // Word 0: Config 0b111 << 1 = 0xe | V | ptr. Word 1: the stage-1 fetch attributes 0xd6.
+                    // Word 2: VMID 0x22 | T0SZ 16 << 32 | SL0 (64K, level 1) 0b10 << 38 | IR0/OR0 WBRA |
+                    //   SH0 inner | S2TG 64K 0b01 << 46 | S2PS 48-bit 5 << 48 | AA64 | AFFD 1 << 53 |
+                    //   PTW 1 << 54 | R 1 << 58.
     assert_eq!(
         words(StreamTableEntry::nested(s1, s2)),
         [0x1_004f, 0xd6, 0x046d_7590_0000_0022, 0x9_0000, 0, 0, 0, 0]
@@ -118,7 +147,10 @@ fn encode_refuses_bad_fields() {
     let mut s1 = Stage1::single_cd(PhysAddr::new(0x1020));
     assert!(matches!(
         StreamTableEntry::stage1(s1).encode(),
-        Err(SteError::Misaligned { field: "S1ContextPtr", .. })
+        Err(SteError::Misaligned {
+            field: "S1ContextPtr",
+            ..
+        })
     ));
     s1.cd_table = PhysAddr::new(1 << 52);
     assert!(StreamTableEntry::stage1(s1).encode().is_err());
@@ -131,12 +163,32 @@ fn encode_refuses_bad_fields() {
     s2.table = PhysAddr::new(0x1000);
     s2.sl0 = 3;
     assert!(StreamTableEntry::stage2(s2).encode().is_err());
-    assert!(Stage2::new(1, PhysAddr::new(0), 60, Granule::Size4K, 0, OutputAddressSize::Bits48).is_err());
-    assert!(Stage2::new(1, PhysAddr::new(0), 48, Granule::Size16K, 0, OutputAddressSize::Bits48).is_err());
+    assert!(Stage2::new(
+        1,
+        PhysAddr::new(0),
+        60,
+        Granule::Size4K,
+        0,
+        OutputAddressSize::Bits48
+    )
+    .is_err());
+    assert!(Stage2::new(
+        1,
+        PhysAddr::new(0),
+        48,
+        Granule::Size16K,
+        0,
+        OutputAddressSize::Bits48
+    )
+    .is_err());
 }
 
 fn qemu_features(idr0: u32) -> Features {
-    Features::decode(&IdRegisters { idr: [idr0, 0x0273_0010, 0, 0x1414, 0, 0x74], iidr: 0, aidr: 1 })
+    Features::decode(&IdRegisters {
+        idr: [idr0, 0x0273_0010, 0, 0x1414, 0, 0x74],
+        iidr: 0,
+        aidr: 1,
+    })
 }
 
 #[test]
@@ -148,26 +200,47 @@ fn feature_checks() {
     let s2 = StreamTableEntry::stage2(s2_4k());
     assert_eq!(s1.check_features(&nested), Ok(()));
     assert_eq!(s1.check_features(&s1_only), Ok(()));
-    assert_eq!(s1.check_features(&s2_only), Err(SteError::Unsupported("stage 1")));
-    assert_eq!(s2.check_features(&s1_only), Err(SteError::Unsupported("stage 2")));
+    assert_eq!(
+        s1.check_features(&s2_only),
+        Err(SteError::Unsupported("stage 1"))
+    );
+    assert_eq!(
+        s2.check_features(&s1_only),
+        Err(SteError::Unsupported("stage 2"))
+    );
     assert_eq!(s2.check_features(&s2_only), Ok(()));
     // QEMU: no substreams (SSIDSIZE 0), no ATS, terminate-only stalls.
     let mut many = Stage1::single_cd(PhysAddr::new(0x1000));
     many.cd_max = 1;
-    assert!(StreamTableEntry::stage1(many).check_features(&nested).is_err());
-    assert!(s1.with_ats(Eats::Translate).check_features(&nested).is_err());
+    assert!(StreamTableEntry::stage1(many)
+        .check_features(&nested)
+        .is_err());
+    assert!(s1
+        .with_ats(Eats::Translate)
+        .check_features(&nested)
+        .is_err());
     let mut stalld = Stage1::single_cd(PhysAddr::new(0x1000));
     stalld.stall_disable = true;
-    assert!(StreamTableEntry::stage1(stalld).check_features(&nested).is_err());
+    assert!(StreamTableEntry::stage1(stalld)
+        .check_features(&nested)
+        .is_err());
     // S2PS above the OAS (44 bits on QEMU).
     let mut big = s2_4k();
     big.output_size = OutputAddressSize::Bits48;
-    assert!(StreamTableEntry::stage2(big).check_features(&nested).is_err());
+    assert!(StreamTableEntry::stage2(big)
+        .check_features(&nested)
+        .is_err());
     let mut no16k = nested;
-    no16k.granules = Granules { size_4k: true, size_16k: false, size_64k: true };
+    no16k.granules = Granules {
+        size_4k: true,
+        size_16k: false,
+        size_64k: true,
+    };
     let mut s2_16k = s2_4k();
     s2_16k.granule = Granule::Size16K;
-    assert!(StreamTableEntry::stage2(s2_16k).check_features(&no16k).is_err());
+    assert!(StreamTableEntry::stage2(s2_16k)
+        .check_features(&no16k)
+        .is_err());
 }
 
 /// A generator of every kind of entry with varied fields.
@@ -206,7 +279,10 @@ fn arb_entry() -> impl Strategy<Value = StreamTableEntry> {
 
 /// What the SMMU acts on when it reads `e`: `None` for an invalid entry, else the used bits and
 /// their values.
-fn meaning(e: &EntryWords, used: fn(&EntryWords) -> EntryWords) -> Option<(EntryWords, EntryWords)> {
+fn meaning(
+    e: &EntryWords,
+    used: fn(&EntryWords) -> EntryWords,
+) -> Option<(EntryWords, EntryWords)> {
     if e[0] & 1 == 0 && used(e)[0] == 1 {
         return None;
     }
@@ -229,8 +305,16 @@ pub(crate) fn check_plan(
     used: fn(&EntryWords) -> EntryWords,
     valid: fn(&EntryWords) -> bool,
 ) -> usize {
-    let old = if valid(current) { meaning(current, used) } else { None };
-    let new = if valid(target) { meaning(target, used) } else { None };
+    let old = if valid(current) {
+        meaning(current, used)
+    } else {
+        None
+    };
+    let new = if valid(target) {
+        meaning(target, used)
+    } else {
+        None
+    };
     let mut state = *current;
     let mut stretch: Vec<EntryWords> = std::vec![state];
     let mut syncs = 0;
@@ -285,7 +369,9 @@ fn ste_valid(e: &EntryWords) -> bool {
 fn encoded_entries_set_only_used_bits() {
     let mut runner = proptest::test_runner::TestRunner::default();
     let result = runner.run(&arb_entry(), |ste| {
-        let w = ste.encode().map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
+        let w = ste
+            .encode()
+            .map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
         let u = ste_used_bits(&w);
         for i in 0..ENTRY_WORDS {
             prop_assert_eq!(w[i] & !u[i], 0, "word {} of {:?}", i, ste);
@@ -315,8 +401,12 @@ proptest! {
 fn update_kinds() {
     let abort = words(StreamTableEntry::abort());
     let bypass = words(StreamTableEntry::bypass());
-    let s1a = words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x1000))));
-    let s1b = words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x2000))));
+    let s1a = words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(
+        0x1000,
+    ))));
+    let s1b = words(StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(
+        0x2000,
+    ))));
     let s2a = words(StreamTableEntry::stage2(s2_4k()));
     let mut other = s2_4k();
     other.vmid = 8;
@@ -333,25 +423,58 @@ fn update_kinds() {
     assert_eq!(
         plan.writes(),
         [
-            WordWrite { word: 1, value: 0xd6, sync_after: true },
-            WordWrite { word: 0, value: 0x100b, sync_after: true },
+            WordWrite {
+                word: 1,
+                value: 0xd6,
+                sync_after: true
+            },
+            WordWrite {
+                word: 0,
+                value: 0x100b,
+                sync_after: true
+            },
         ]
     );
     // Stage 1 -> stage 1 with another CD: only word 0 changes.
     let plan = plan_ste_update(&s1a, &s1b);
     assert_eq!(plan.kind(), UpdateKind::Hitless { critical: 0 });
-    assert_eq!(plan.writes(), [WordWrite { word: 0, value: 0x200b, sync_after: true }]);
+    assert_eq!(
+        plan.writes(),
+        [WordWrite {
+            word: 0,
+            value: 0x200b,
+            sync_after: true
+        }]
+    );
     // Stage 1 -> abort: switch word 0, then clear the now unused word 1.
     let plan = plan_ste_update(&s1a, &abort);
     assert_eq!(plan.kind(), UpdateKind::Hitless { critical: 0 });
     assert_eq!(
         plan.writes(),
-        [WordWrite { word: 0, value: 1, sync_after: true }, WordWrite { word: 1, value: 0, sync_after: true }]
+        [
+            WordWrite {
+                word: 0,
+                value: 1,
+                sync_after: true
+            },
+            WordWrite {
+                word: 1,
+                value: 0,
+                sync_after: true
+            }
+        ]
     );
     // Stage 2 -> stage 2 with another VMID and table: words 2 and 3 both change: breaking.
     let plan = plan_ste_update(&s2a, &s2b);
     assert_eq!(plan.kind(), UpdateKind::Breaking);
-    assert_eq!(plan.writes()[0], WordWrite { word: 0, value: 0, sync_after: true });
+    assert_eq!(
+        plan.writes()[0],
+        WordWrite {
+            word: 0,
+            value: 0,
+            sync_after: true
+        }
+    );
     assert_eq!(plan.writes().last().map(|w| w.word), Some(0));
     assert_eq!(check_plan(&s2a, &s2b, &plan, ste_used_bits, ste_valid), 3);
     // Bypass -> stage 2: stage 2 words are unused by bypass.
@@ -368,23 +491,49 @@ fn geometry() {
     // LOG2SIZE 8, FMT linear.
     assert_eq!(linear.base_cfg(), 0x8);
     assert_eq!(linear.locate(255), Ok(SteLocation::Linear { index: 255 }));
-    assert_eq!(linear.locate(256), Err(StreamTableError::StreamIdOutOfRange { sid: 256, limit: 256 }));
+    assert_eq!(
+        linear.locate(256),
+        Err(StreamTableError::StreamIdOutOfRange {
+            sid: 256,
+            limit: 256
+        })
+    );
     // LOG2SIZE 16 | SPLIT 8 << 6 | FMT 2-level 1 << 16.
     let two = StreamTableGeometry::two_level(16, 8).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(two.base_cfg(), 0x1_0210);
-    assert_eq!(two.locate(0x0108), Ok(SteLocation::TwoLevel { l1_index: 1, l2_index: 8 }));
+    assert_eq!(
+        two.locate(0x0108),
+        Ok(SteLocation::TwoLevel {
+            l1_index: 1,
+            l2_index: 8
+        })
+    );
     assert_eq!(two.level2_entries(), 256);
     assert!(StreamTableGeometry::two_level(16, 7).is_err());
     assert!(StreamTableGeometry::two_level(5, 6).is_err());
     assert!(StreamTableGeometry::linear(25).is_err());
     // QEMU: 16 SID bits, 2-level supported -> 2-level, split 8.
     let f = qemu_features(0x0d44_101b);
-    assert_eq!(StreamTableGeometry::for_features(&f), Ok(StreamTableGeometry::TwoLevel { sid_bits: 16, split: 8 }));
-    assert_eq!(StreamTableGeometry::linear(17).map(|g| g.check_features(&f)), Ok(Err(StreamTableError::Geometry("more StreamID bits than IDR1.SIDSIZE"))));
+    assert_eq!(
+        StreamTableGeometry::for_features(&f),
+        Ok(StreamTableGeometry::TwoLevel {
+            sid_bits: 16,
+            split: 8
+        })
+    );
+    assert_eq!(
+        StreamTableGeometry::linear(17).map(|g| g.check_features(&f)),
+        Ok(Err(StreamTableError::Geometry(
+            "more StreamID bits than IDR1.SIDSIZE"
+        )))
+    );
     let mut linear_only = f;
     linear_only.stream_table = StreamTableLevels::Linear;
     assert!(two.check_features(&linear_only).is_err());
-    assert_eq!(StreamTableGeometry::for_features(&linear_only), Ok(StreamTableGeometry::Linear { log2_entries: 16 }));
+    assert_eq!(
+        StreamTableGeometry::for_features(&linear_only),
+        Ok(StreamTableGeometry::Linear { log2_entries: 16 })
+    );
 }
 
 #[test]
@@ -411,7 +560,10 @@ mod in_memory {
         for sid in 0..64 {
             assert_eq!(table.entry(sid), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
         }
-        assert!(matches!(table.entry(64), Err(StreamTableError::StreamIdOutOfRange { .. })));
+        assert!(matches!(
+            table.entry(64),
+            Err(StreamTableError::StreamIdOutOfRange { .. })
+        ));
         // STRTAB_BASE: address | RA (bit 62).
         assert_eq!(table.base_register() & !(1 << 62), table.base.as_u64());
         assert_eq!(table.base_register() >> 62, 1);
@@ -423,7 +575,13 @@ mod in_memory {
         });
         assert_eq!(kind, Ok(UpdateKind::Hitless { critical: 0 }));
         assert_eq!(table.entry(8).ok(), ste.encode().ok());
-        assert_eq!(issued, [Command::CfgiSte { sid: 8, leaf: true }, Command::CfgiSte { sid: 8, leaf: true }]);
+        assert_eq!(
+            issued,
+            [
+                Command::CfgiSte { sid: 8, leaf: true },
+                Command::CfgiSte { sid: 8, leaf: true }
+            ]
+        );
         assert_eq!(table.entry(9), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
         // SAFETY: no SMMU ever saw this table.
         unsafe { table.free() };
@@ -441,7 +599,8 @@ mod in_memory {
         assert_eq!(table.ensure_level2(200), Ok(false), "same level-2 table");
         assert_eq!(hal.live_frames(), 2);
         // The level-1 descriptor points at a 16 KiB table with Span 9.
-        let desc = L1Descriptor::decode(table.load(table.base, 0)).unwrap_or_else(|| panic!("no L1"));
+        let desc =
+            L1Descriptor::decode(table.load(table.base, 0)).unwrap_or_else(|| panic!("no L1"));
         assert_eq!(desc.span, 9);
         assert_eq!(desc.l2.as_u64() % 0x4000, 0);
         assert_eq!(table.entry(255), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
@@ -455,15 +614,26 @@ mod in_memory {
             Ok(())
         });
         assert_eq!(kind, Ok(UpdateKind::Hitless { critical: 0 }));
-        assert_eq!(issued[0], Command::CfgiSte { sid: 0x301, leaf: false });
+        assert_eq!(
+            issued[0],
+            Command::CfgiSte {
+                sid: 0x301,
+                leaf: false
+            }
+        );
         assert_eq!(table.entry(0x301).ok(), ste.encode().ok());
         assert_eq!(hal.live_frames(), 3);
         // Non-coherent: every store was cleaned.
         assert!(hal.cleans() > 0);
         // Invalidation failures are reported.
-        let err = table.install(0x0302, &StreamTableEntry::bypass(), |_| Err(CmdqError::Wedged));
+        let err = table.install(0x0302, &StreamTableEntry::bypass(), |_| {
+            Err(CmdqError::Wedged)
+        });
         assert_eq!(err, Err(StreamTableError::Invalidation(CmdqError::Wedged)));
-        assert!(matches!(table.install(0x1_0000, &ste, |_| Ok(())), Err(StreamTableError::StreamIdOutOfRange { .. })));
+        assert!(matches!(
+            table.install(0x1_0000, &ste, |_| Ok(())),
+            Err(StreamTableError::StreamIdOutOfRange { .. })
+        ));
         // SAFETY: no SMMU ever saw this table.
         unsafe { table.free() };
         assert_eq!(hal.live_frames(), 0);
@@ -478,6 +648,9 @@ mod in_memory {
         // SAFETY: no SMMU ever saw this table.
         unsafe { table.free() };
         let none = HostHal::with_budget(0);
-        assert!(matches!(StreamTable::new(&none, geometry, true), Err(StreamTableError::OutOfMemory)));
+        assert!(matches!(
+            StreamTable::new(&none, geometry, true),
+            Err(StreamTableError::OutOfMemory)
+        ));
     }
 }
