@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use iommu_smmuv3::cmdq::CommandQueue;
 use iommu_smmuv3::command::{Command, RawCommand};
-use iommu_smmuv3::sim::{HeapQueueMemory, SimulatedSmmu};
+use iommu_smmuv3::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
 
 type Queue = CommandQueue<&'static SimulatedSmmu, &'static HeapQueueMemory<2>>;
 
@@ -45,8 +45,16 @@ impl Rig {
             let stop = stop.clone();
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    let mut idle = true;
                     for _ in 0..64 {
-                        smmu.step(mem, |_| Ok(()));
+                        if smmu.step(mem, |_| Ok(())) != SimStep::Idle {
+                            idle = false;
+                        }
+                    }
+                    // An idle SMMU costs the CPUs nothing: give the core back (on a 2-core
+                    // machine the producers need it).
+                    if idle {
+                        thread::yield_now();
                     }
                 }
             })
@@ -128,10 +136,12 @@ fn rate(rig: &Rig, producers: usize, locked: bool, secs: f64) -> f64 {
     let mut ops = 1000u64;
     loop {
         let t = rig.run(producers, locked, ops).as_secs_f64();
-        if t >= secs {
+        if t >= secs || ops >= 1 << 30 {
             return ops as f64 / t;
         }
-        ops = (ops as f64 * (secs / t.max(1e-6)) * 1.1).ceil() as u64;
+        // Aim past `secs`, but grow at most tenfold: one slow run must not make the next huge.
+        let aim = (ops as f64 * (secs / t.max(1e-6)) * 1.1).ceil() as u64;
+        ops = aim.min(ops * 10);
     }
 }
 
