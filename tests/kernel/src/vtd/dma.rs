@@ -525,7 +525,7 @@ pub(super) fn demo(m: &Machine) -> Result<(), Failure> {
         r.unit.mode()
     );
     let buf = DmaBuffer::new(0)?;
-    (0..16).for_each(|i| buf.set(i, b"hello through vtd"[i]));
+    b"hello, VT-d DMA!".iter().enumerate().for_each(|(i, &c)| buf.set(i, c));
     let domain = r.unit.new_domain(r.stage, dma::IA_BITS).map_err(fail)?;
     r.unit
         .map(
