@@ -85,7 +85,23 @@ pub struct Rig<'u, U: TranslationUnit> {
 
 impl<U: TranslationUnit> Rig<'_, U> {
     fn edu(&self, i: usize) -> Result<&EduDevice, iommu_boot::testing::Failure> {
-        self.edus.get(i).ok_or_else(|| fail(alloc::format!("needs {} edu devices", i + 1)))
+        self.edus
+            .get(i)
+            .ok_or_else(|| fail(alloc::format!("needs {} edu devices", i + 1)))
+    }
+
+    /// A new paging domain of the rig's stage with each `(iova, buffer, prot)` page mapped.
+    pub fn domain_with(
+        &self,
+        pages: &[(u64, &DmaBuffer, Prot)],
+    ) -> Result<U::Domain, iommu_boot::testing::Failure> {
+        let domain = self.unit.new_domain(self.stage, IA_BITS).map_err(fail)?;
+        for &(iova, buf, prot) in pages {
+            self.unit
+                .map(&domain, Iova::new(iova), buf.phys(), 4096, prot)
+                .map_err(fail)?;
+        }
+        Ok(domain)
     }
 
     /// Faults recorded since the last call.
@@ -99,7 +115,10 @@ impl<U: TranslationUnit> Rig<'_, U> {
     fn expect_fault(&self, dev: DeviceId, iova: u64, write: bool, kind: FaultKind) -> TestResult {
         let faults = self.faults()?;
         let hit = faults.iter().any(|f| {
-            f.device == dev && f.address & !0xfff == iova & !0xfff && f.write == write && f.kind == kind
+            f.device == dev
+                && f.address & !0xfff == iova & !0xfff
+                && f.write == write
+                && f.kind == kind
         });
         ensure!(
             hit,
@@ -123,13 +142,18 @@ pub fn mapped_dma_lands<U: TranslationUnit>(r: &Rig<U>) -> TestResult {
     let dev = (r.device_id)(edu);
     let buf = DmaBuffer::new(0)?;
     (0..64).for_each(|i| buf.set(i, 0xa0 + i as u8));
-    let domain = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    r.unit.map(&domain, Iova::new(IOVA_A), buf.phys(), 4096, Prot::READ_WRITE).map_err(fail)?;
-    r.unit.attach(dev, Attachment::Paging(&domain)).map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &buf, Prot::READ_WRITE)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
     round_trip(edu, IOVA_A)?;
     let landed = (0..64).all(|i| buf.get(2048 + i) == 0xa0 + i as u8);
     r.unit.attach(dev, Attachment::Blocking).map_err(fail)?;
-    ensure!(landed, "DMA through IOVA {IOVA_A:#x} did not land in page {:#x}", buf.phys().as_u64());
+    ensure!(
+        landed,
+        "DMA through IOVA {IOVA_A:#x} did not land in page {:#x}",
+        buf.phys().as_u64()
+    );
     let faults = r.faults()?;
     ensure!(faults.is_empty(), "unexpected faults: {faults:?}");
     Ok(())
@@ -144,14 +168,21 @@ pub fn unmapped_dma_is_blocked_and_reported<U: TranslationUnit>(r: &Rig<U>) -> T
     // land here.
     let target = DmaBuffer::new(0x55)?;
     let iova = target.phys().as_u64();
-    let domain = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    r.unit.map(&domain, Iova::new(IOVA_A), mapped.phys(), 4096, Prot::READ_WRITE).map_err(fail)?;
-    r.unit.attach(dev, Attachment::Paging(&domain)).map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &mapped, Prot::READ_WRITE)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
     r.faults()?;
     edu.edu.dma_to_ram(0, iova, 64).map_err(fail)?;
     r.unit.attach(dev, Attachment::Blocking).map_err(fail)?;
-    ensure!(target.all(0..4096, 0x55), "a DMA write to an unmapped IOVA reached memory");
-    ensure!(mapped.all(0..4096, 0), "a DMA write to an unmapped IOVA reached the mapped page");
+    ensure!(
+        target.all(0..4096, 0x55),
+        "a DMA write to an unmapped IOVA reached memory"
+    );
+    ensure!(
+        mapped.all(0..4096, 0),
+        "a DMA write to an unmapped IOVA reached the mapped page"
+    );
     r.expect_fault(dev, iova, true, FaultKind::Translation)
 }
 
@@ -161,10 +192,10 @@ pub fn read_only_mapping_blocks_writes<U: TranslationUnit>(r: &Rig<U>) -> TestRe
     let dev = (r.device_id)(edu);
     let src = DmaBuffer::new(0x3c)?;
     let ro = DmaBuffer::new(0x77)?;
-    let domain = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    r.unit.map(&domain, Iova::new(IOVA_A), src.phys(), 4096, Prot::READ).map_err(fail)?;
-    r.unit.map(&domain, Iova::new(IOVA_B), ro.phys(), 4096, Prot::READ).map_err(fail)?;
-    r.unit.attach(dev, Attachment::Paging(&domain)).map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &src, Prot::READ), (IOVA_B, &ro, Prot::READ)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
     r.faults()?;
     let read = edu.edu.dma_from_ram(IOVA_A, 0, 64);
     let read_faults = r.faults()?;
@@ -172,8 +203,14 @@ pub fn read_only_mapping_blocks_writes<U: TranslationUnit>(r: &Rig<U>) -> TestRe
     r.unit.attach(dev, Attachment::Blocking).map_err(fail)?;
     read.map_err(fail)?;
     write.map_err(fail)?;
-    ensure!(read_faults.is_empty(), "a read of a read-only page faulted: {read_faults:?}");
-    ensure!(ro.all(0..4096, 0x77), "a DMA write reached a read-only page");
+    ensure!(
+        read_faults.is_empty(),
+        "a read of a read-only page faulted: {read_faults:?}"
+    );
+    ensure!(
+        ro.all(0..4096, 0x77),
+        "a DMA write reached a read-only page"
+    );
     r.expect_fault(dev, IOVA_B, true, FaultKind::Permission)
 }
 
@@ -183,17 +220,24 @@ pub fn no_stale_translation_after_unmap<U: TranslationUnit>(r: &Rig<U>) -> TestR
     let edu = r.edu(0)?;
     let dev = (r.device_id)(edu);
     let buf = DmaBuffer::new(0x11)?;
-    let domain = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    r.unit.map(&domain, Iova::new(IOVA_A), buf.phys(), 4096, Prot::READ_WRITE).map_err(fail)?;
-    r.unit.attach(dev, Attachment::Paging(&domain)).map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &buf, Prot::READ_WRITE)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
     round_trip(edu, IOVA_A)?;
-    let unmapped = r.unit.unmap(&domain, Iova::new(IOVA_A), 4096).map_err(fail)?;
+    let unmapped = r
+        .unit
+        .unmap(&domain, Iova::new(IOVA_A), 4096)
+        .map_err(fail)?;
     ensure_eq!(unmapped, 4096);
     buf.fill(0x22);
     r.faults()?;
     edu.edu.dma_to_ram(0, IOVA_A, 64).map_err(fail)?;
     r.unit.attach(dev, Attachment::Blocking).map_err(fail)?;
-    ensure!(buf.all(0..4096, 0x22), "DMA after unmap reached the old page: stale IOTLB entry");
+    ensure!(
+        buf.all(0..4096, 0x22),
+        "DMA after unmap reached the old page: stale IOTLB entry"
+    );
     r.expect_fault(dev, IOVA_A, true, FaultKind::Translation)
 }
 
@@ -203,10 +247,8 @@ pub fn devices_in_different_domains_are_isolated<U: TranslationUnit>(r: &Rig<U>)
     let (e0, e1, e2) = (r.edu(0)?, r.edu(1)?, r.edu(2)?);
     let (d0, d1, d2) = ((r.device_id)(e0), (r.device_id)(e1), (r.device_id)(e2));
     let (b0, b1) = (DmaBuffer::new(0)?, DmaBuffer::new(0)?);
-    let dom0 = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    let dom1 = r.unit.new_domain(r.stage, IA_BITS).map_err(fail)?;
-    r.unit.map(&dom0, Iova::new(IOVA_A), b0.phys(), 4096, Prot::READ_WRITE).map_err(fail)?;
-    r.unit.map(&dom1, Iova::new(IOVA_A), b1.phys(), 4096, Prot::READ_WRITE).map_err(fail)?;
+    let dom0 = r.domain_with(&[(IOVA_A, &b0, Prot::READ_WRITE)])?;
+    let dom1 = r.domain_with(&[(IOVA_A, &b1, Prot::READ_WRITE)])?;
     r.unit.attach(d0, Attachment::Paging(&dom0)).map_err(fail)?;
     r.unit.attach(d1, Attachment::Paging(&dom1)).map_err(fail)?;
     r.faults()?;
@@ -221,12 +263,20 @@ pub fn devices_in_different_domains_are_isolated<U: TranslationUnit>(r: &Rig<U>)
     e1.edu.dma_to_ram(0, IOVA_A, 64).map_err(fail)?;
     // The never-attached device tries the same IOVA and its own physical page.
     let victim = DmaBuffer::new(0x99)?;
-    e2.edu.dma_to_ram(0, victim.phys().as_u64(), 64).map_err(fail)?;
+    e2.edu
+        .dma_to_ram(0, victim.phys().as_u64(), 64)
+        .map_err(fail)?;
     r.unit.attach(d0, Attachment::Blocking).map_err(fail)?;
     r.unit.attach(d1, Attachment::Blocking).map_err(fail)?;
     ensure!(b0.all(0..64, 0xd0), "device 0 did not reach its own page");
-    ensure!(b1.all(0..64, 0xd1), "device 1 did not reach its own page (or reached device 0's)");
-    ensure!(victim.all(0..4096, 0x99), "a never-attached device's DMA reached memory");
+    ensure!(
+        b1.all(0..64, 0xd1),
+        "device 1 did not reach its own page (or reached device 0's)"
+    );
+    ensure!(
+        victim.all(0..4096, 0x99),
+        "a never-attached device's DMA reached memory"
+    );
     let faults = r.faults()?;
     ensure!(
         faults.iter().any(|f| f.device == d2) && faults.iter().all(|f| f.device == d2),

@@ -329,16 +329,7 @@ pub(super) fn fault_storm_overflow_is_flagged_and_cleared(m: &mut Machine) -> Te
     };
     let (d0, d1, d2) = (device_id(e0), device_id(e1), device_id(e2));
     let buf = DmaBuffer::new(0x44)?;
-    let domain = r.unit.new_domain(r.stage, dma::IA_BITS).map_err(fail)?;
-    r.unit
-        .map(
-            &domain,
-            Iova::new(IOVA_A),
-            buf.phys(),
-            4096,
-            Prot::READ_WRITE,
-        )
-        .map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &buf, Prot::READ_WRITE)])?;
     r.unit
         .attach(d0, Attachment::Paging(&domain))
         .map_err(fail)?;
@@ -526,16 +517,7 @@ pub(super) fn demo(m: &Machine) -> Result<(), Failure> {
     );
     let buf = DmaBuffer::new(0)?;
     b"hello, VT-d DMA!".iter().enumerate().for_each(|(i, &c)| buf.set(i, c));
-    let domain = r.unit.new_domain(r.stage, dma::IA_BITS).map_err(fail)?;
-    r.unit
-        .map(
-            &domain,
-            Iova::new(IOVA_A),
-            buf.phys(),
-            4096,
-            Prot::READ_WRITE,
-        )
-        .map_err(fail)?;
+    let domain = r.domain_with(&[(IOVA_A, &buf, Prot::READ_WRITE)])?;
     r.unit
         .attach(dev, Attachment::Paging(&domain))
         .map_err(fail)?;
