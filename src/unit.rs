@@ -88,19 +88,14 @@ pub struct FaultRecord {
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} by device {:#x}", if self.write { "write" } else { "read" }, self.device.0)?;
+        if let Some(pasid) = self.pasid {
+            write!(f, " with PASID {pasid:#x}")?;
+        }
         write!(
             f,
-            "{} by device {:#x}{} at {:#x}: {:?} fault, code {:#x} ({})",
-            if self.write { "write" } else { "read" },
-            self.device.0,
-            match self.pasid {
-                Some(_) => " with PASID",
-                None => "",
-            },
-            self.address,
-            self.kind,
-            self.code,
-            self.reason
+            " at {:#x}: {:?} fault, code {:#x} ({})",
+            self.address, self.kind, self.code, self.reason
         )
     }
 }
