@@ -88,7 +88,12 @@ pub struct FaultRecord {
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} by device {:#x}", if self.write { "write" } else { "read" }, self.device.0)?;
+        write!(
+            f,
+            "{} by device {:#x}",
+            if self.write { "write" } else { "read" },
+            self.device.0
+        )?;
         if let Some(pasid) = self.pasid {
             write!(f, " with PASID {pasid:#x}")?;
         }
@@ -128,6 +133,15 @@ pub enum UnitError {
     Timeout(crate::poll::Timeout),
     /// The hardware reported an error for a command or descriptor (named).
     Hardware(&'static str),
+    /// The domain (or vIOMMU) is still in use: attached to a device, or the parent of nested
+    /// domains. Nothing was changed.
+    Busy,
+    /// Guest data for a nested domain (a vSTE, a guest PASID entry) was refused: the named field
+    /// holds a value the hardware would misinterpret or that would reach beyond the guest.
+    GuestEntry(&'static str),
+    /// A guest command was refused (named reason): it names a device, tag or operation that is
+    /// not the guest's, or is malformed.
+    GuestCommand(&'static str),
 }
 
 impl fmt::Display for UnitError {
@@ -140,6 +154,9 @@ impl fmt::Display for UnitError {
             Self::OutOfMemory => write!(f, "out of memory for IOMMU structures"),
             Self::Timeout(t) => write!(f, "{t}"),
             Self::Hardware(what) => write!(f, "hardware error: {what}"),
+            Self::Busy => write!(f, "still in use"),
+            Self::GuestEntry(what) => write!(f, "guest entry refused: {what}"),
+            Self::GuestCommand(what) => write!(f, "guest command refused: {what}"),
         }
     }
 }
@@ -158,33 +175,180 @@ impl From<crate::poll::Timeout> for UnitError {
     }
 }
 
+/// Guest data in the hardware's own 512-bit layout, from which a nested domain is built: the
+/// guest's stream-table entry (vSTE) on SMMUv3 (IHI 0070 5.2), the guest's scalable-mode
+/// PASID-table entry on VT-d (spec 9.6). Word 0 holds bits 63:0.
+pub type GuestEntry = [u64; 8];
+
+/// A CPU page table the embedder owns and lets devices share (shared virtual addressing): x86-64
+/// paging for a VT-d first-stage PASID entry, the VMSAv8-64 stage-1 table of `TTBR0_EL1` for an
+/// SMMU context descriptor. The unit only points at it; the embedder keeps changing it and calls
+/// [`TranslationUnit::flush`] after removing or narrowing a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTable {
+    /// Physical address of the top-level table (CR3's page frame; TTBR0_EL1's BADDR).
+    pub root: PhysAddr,
+    /// Input address bits the table translates: 48 or 57 on x86-64 (4- or 5-level paging);
+    /// 64 - T0SZ on Arm.
+    pub ia_bits: u32,
+    /// The address-space id the CPU uses for this table (SMMU: the CD's ASID, so that broadcast
+    /// TLB invalidations reach the SMMU too). Ignored on VT-d.
+    pub asid: u16,
+    /// The CPU's MAIR_EL1, which the table's attribute indices refer to. Ignored on VT-d.
+    pub mair: u64,
+}
+
+/// The raw identification registers of a unit, as read, for a VMM to decode with the back-end's
+/// own decoders (`iommu_vtd::caps`, `iommu_smmuv3::idr`) and to mirror in a virtual IOMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawRegisters {
+    /// VT-d VER_REG, CAP_REG and ECAP_REG (spec 11.4.1-11.4.3).
+    Vtd { version: u32, cap: u64, ecap: u64 },
+    /// SMMUv3 IDR0-IDR5, IIDR and AIDR (IHI 0070 6.3.1-6.3.8).
+    Smmuv3 { idr: [u32; 6], iidr: u32, aidr: u32 },
+}
+
+/// What a unit can do, decoded in terms common to both architectures, plus its raw registers:
+/// what a VMM needs to build a virtual IOMMU its guest can drive on this hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardwareInfo {
+    /// [`Stage::First`] domains can be created (VT-d FLTS in scalable mode; SMMU S1P).
+    pub first_stage: bool,
+    /// [`Stage::Second`] domains can be created (VT-d legacy or SLTS; SMMU S2P).
+    pub second_stage: bool,
+    /// Nested domains (guest stage 1 over a stage-2 parent) can be created.
+    pub nesting: bool,
+    /// [`Attachment::Identity`] is possible (VT-d ECAP.PT; SMMU bypass STEs always).
+    pub identity: bool,
+    /// Width of the PASID / substream id the unit accepts on attach; 0 when only the default
+    /// (no-PASID) attach exists.
+    pub pasid_bits: u8,
+    /// Widest input address of a first-stage / second-stage domain (0 when that stage is absent).
+    pub first_stage_ia_bits: u8,
+    pub second_stage_ia_bits: u8,
+    /// Widest output (physical) address.
+    pub output_bits: u8,
+    /// Leaf sizes the unit's tables can map: bit `n` set means `2^n` bytes.
+    pub page_sizes: u64,
+    /// The unit's table walks snoop CPU caches (VT-d ECAP.C; SMMU IDR0.COHACC).
+    pub coherent_walks: bool,
+    /// Device-TLB / ATS invalidation is available (VT-d ECAP.DT; SMMU IDR0.ATS).
+    pub ats: bool,
+    /// How many domain tags the hardware has (VT-d domain ids from CAP.ND; SMMU VMIDs when it
+    /// has stage 2, else ASIDs).
+    pub tags: u32,
+    /// The registers the above was decoded from.
+    pub raw: RawRegisters,
+}
+
+/// What [`TranslationUnit::forward_invalidations`] did with a guest's commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Commands checked, translated and issued, from the first; all of them completed on the
+    /// hardware before the call returned.
+    pub done: usize,
+    /// Why command number `done` was refused; it and the ones after it were not issued.
+    /// `None` when all were.
+    pub refused: Option<UnitError>,
+}
+
 /// One hardware IOMMU. Implemented by `iommu_vtd::VtdUnit` and `iommu_smmuv3::SmmuUnit`.
 ///
 /// All methods take `&self`: a unit is shared by the CPUs that map and unmap, and serialises
-/// internally only where the hardware needs it (its invalidation queue is lock-free).
+/// internally only where the hardware needs it (its invalidation queue is lock-free). A method
+/// that refuses changes nothing.
 pub trait TranslationUnit {
-    /// A paging domain of this unit: an I/O page table plus the unit's tag for it.
+    /// A domain of this unit: a paging domain (an I/O page table plus the unit's tag for it), a
+    /// domain sharing a CPU table, or a nested domain (guest data over a nest parent).
     type Domain;
+    /// The unit's part of one guest's vIOMMU: the tags its guest's translations are cached under
+    /// (SMMU VMID; VT-d domain ids) and its nest parent's table.
+    type VIommu;
+    /// One guest invalidation command, in the hardware's format: a 128-bit SMMUv3 command
+    /// (`[u64; 2]`), a 256-bit VT-d descriptor (`[u64; 4]`, 128-bit ones in the low half).
+    type GuestCommand: Copy + fmt::Debug;
+
+    /// What the unit can do, with its raw identification registers.
+    fn info(&self) -> HardwareInfo;
 
     /// A paging domain whose table uses `stage`'s format and translates IOVAs below
     /// `2^ia_bits` (rounded up to what the hardware supports).
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError>;
 
+    /// A domain that translates through the CPU table `cpu` (shared virtual addressing; see
+    /// [`CpuTable`]). Its `map` and `unmap` are refused: the embedder changes the table itself
+    /// and calls [`flush`](Self::flush).
+    fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError>;
+
+    /// Gives a domain's tag and tables back. Refused with [`UnitError::Busy`] (and the domain
+    /// handed back unchanged) while a device or PASID is attached to it or, for a nest parent,
+    /// while a vIOMMU uses it. Mappings still in the table are dropped with it.
+    fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)>;
+
     /// Points `device` at `to`, replacing what it was attached to, and invalidates the caches
     /// that held its old configuration.
     fn attach(&self, device: DeviceId, to: Attachment<'_, Self::Domain>) -> Result<(), UnitError>;
 
+    /// Points the requests of `device` that carry `pasid` (VT-d PASID, SMMU substream id) at
+    /// `to`. Refused when the unit has no PASIDs or `pasid` is beyond
+    /// [`HardwareInfo::pasid_bits`].
+    fn attach_pasid(
+        &self,
+        device: DeviceId,
+        pasid: u32,
+        to: Attachment<'_, Self::Domain>,
+    ) -> Result<(), UnitError>;
+
     /// Maps `[iova, iova + len)` to `[phys, phys + len)` in `domain` (see
     /// [`PageTable::map`](crate::pagetable::PageTable::map)); invalidates where the hardware
     /// caches not-present entries (VT-d caching mode).
-    fn map(&self, domain: &Self::Domain, iova: Iova, phys: PhysAddr, len: u64, prot: Prot) -> Result<(), UnitError>;
+    fn map(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), UnitError>;
 
     /// Unmaps `[iova, iova + len)` from `domain`, invalidates the IOTLB (and paging-structure
     /// caches where tables were freed) and waits for it, then frees the tables. Returns the bytes
     /// unmapped.
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError>;
 
+    /// Invalidates the unit's cached translations of `[iova, iova + len)` in `domain` and waits
+    /// for it: for a table the embedder changed itself (a shared CPU table).
+    fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError>;
+
     /// Hands every fault recorded since the last call to `sink`, clears the hardware's records
     /// and its overflow flag, and says how many there were and whether some were lost.
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError>;
+
+    /// The unit's part of a vIOMMU whose guest's DMA is translated by the nest parent `parent`
+    /// (a [`Stage::Second`] paging domain: guest physical to host physical).
+    fn new_viommu(&self, parent: &Self::Domain) -> Result<Self::VIommu, UnitError>;
+
+    /// Gives a vIOMMU's tags back; refused with [`UnitError::Busy`] while nested domains built
+    /// on it exist.
+    fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)>;
+
+    /// A nested domain: the guest's stage-1 configuration `guest` (validated field by field;
+    /// see [`GuestEntry`]) over `viommu`'s nest parent. Guest abort/bypass entries give a
+    /// blocking domain / the parent's translation alone.
+    fn new_nested(
+        &self,
+        viommu: &Self::VIommu,
+        guest: &GuestEntry,
+    ) -> Result<Self::Domain, UnitError>;
+
+    /// Checks, translates and issues a guest's invalidation commands, in order: each may name
+    /// only the guest's own devices (virtual ids, translated by `devices`) and the guest's own
+    /// tags; the unit's tags replace the guest's. Stops at the first refused command. The
+    /// commands issued have completed on the hardware when this returns.
+    fn forward_invalidations(
+        &self,
+        viommu: &Self::VIommu,
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[Self::GuestCommand],
+    ) -> Forwarded;
 }

@@ -15,11 +15,13 @@ impl<'a> Cmdline<'a> {
 
     /// The value of `key=value`, or `Some("")` for a bare `key`.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.split_ascii_whitespace().find_map(|word| match word.split_once('=') {
-            Some((k, v)) if k == key => Some(v),
-            None if word == key => Some(""),
-            _ => None,
-        })
+        self.0
+            .split_ascii_whitespace()
+            .find_map(|word| match word.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if word == key => Some(""),
+                _ => None,
+            })
     }
 
     /// The value parsed as an unsigned number (decimal or `0x` hex).

@@ -23,10 +23,10 @@ pub mod testing;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 pub mod aarch64;
-#[cfg(all(target_os = "none", target_arch = "x86_64"))]
-pub mod x86_64;
 #[cfg(target_os = "none")]
 mod rt;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+pub mod x86_64;
 
 /// What the architecture entry code found out about the machine before calling `kernel_main`.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,11 @@ pub struct Bdf {
 
 impl Bdf {
     pub const fn new(bus: u8, device: u8, function: u8) -> Self {
-        Self { bus, device: device & 0x1f, function: function & 0x7 }
+        Self {
+            bus,
+            device: device & 0x1f,
+            function: function & 0x7,
+        }
     }
 
     /// The requester id: bus in bits 15:8, device in 7:3, function in 2:0.
@@ -83,7 +87,11 @@ impl Ecam {
     /// `base` must map an ECAM window of `buses` buses (1 MiB each) as device memory, starting at
     /// bus `first_bus`, for as long as this value is used.
     pub unsafe fn new(base: usize, first_bus: u8, buses: u16) -> Self {
-        Self { base, first_bus, buses }
+        Self {
+            base,
+            first_bus,
+            buses,
+        }
     }
 
     fn addr(&self, bdf: Bdf, offset: u16) -> Option<usize> {
@@ -91,8 +99,11 @@ impl Ecam {
         if bus >= self.buses as usize || offset > 0xffc {
             return None;
         }
-        Some(self.base + (bus << 20 | (bdf.device as usize) << 15 | (bdf.function as usize) << 12)
-            + (offset & !3) as usize)
+        Some(
+            self.base
+                + (bus << 20 | (bdf.device as usize) << 15 | (bdf.function as usize) << 12)
+                + (offset & !3) as usize,
+        )
     }
 }
 
@@ -181,8 +192,15 @@ pub fn enumerate(cfg: &impl ConfigAccess, bus: u8) -> impl Iterator<Item = Funct
 }
 
 /// The functions on `bus` with this vendor and device id, in bus order.
-pub fn find(cfg: &impl ConfigAccess, bus: u8, vendor: u16, device: u16) -> impl Iterator<Item = Bdf> + '_ {
-    enumerate(cfg, bus).filter(move |f| f.vendor == vendor && f.device == device).map(|f| f.bdf)
+pub fn find(
+    cfg: &impl ConfigAccess,
+    bus: u8,
+    vendor: u16,
+    device: u16,
+) -> impl Iterator<Item = Bdf> + '_ {
+    enumerate(cfg, bus)
+        .filter(move |f| f.vendor == vendor && f.device == device)
+        .map(|f| f.bdf)
 }
 
 /// A memory BAR: its address as programmed and its size.
@@ -209,7 +227,11 @@ pub fn memory_bar(cfg: &impl ConfigAccess, bdf: Bdf, index: u8) -> Option<Memory
     if is_64bit && index == 5 {
         return None;
     }
-    let high = if is_64bit { cfg.read32(bdf, off + 4) } else { 0 };
+    let high = if is_64bit {
+        cfg.read32(bdf, off + 4)
+    } else {
+        0
+    };
     let cmd = cfg.read16(bdf, offset::COMMAND);
     // Decoding must be off while the BAR holds the sizing pattern.
     cfg.write16(bdf, offset::COMMAND, cmd & !command::MEMORY_SPACE);
@@ -231,7 +253,12 @@ pub fn memory_bar(cfg: &impl ConfigAccess, bdf: Bdf, index: u8) -> Option<Memory
     if size == 0 {
         return None;
     }
-    Some(MemoryBar { index, address: (high as u64) << 32 | (low & !0xf) as u64, size, is_64bit })
+    Some(MemoryBar {
+        index,
+        address: (high as u64) << 32 | (low & !0xf) as u64,
+        size,
+        is_64bit,
+    })
 }
 
 /// A bump allocator over a host bridge's MMIO window, for BAR assignment.
@@ -255,11 +282,7 @@ impl MmioWindow {
 
 /// Gives every memory BAR of `bdf` an address from `window`, and enables memory decoding.
 /// Returns the BARs as assigned (only those that fit).
-pub fn assign_memory_bars(
-    cfg: &impl ConfigAccess,
-    bdf: Bdf,
-    window: &mut MmioWindow,
-) -> Bars {
+pub fn assign_memory_bars(cfg: &impl ConfigAccess, bdf: Bdf, window: &mut MmioWindow) -> Bars {
     let mut bars = Bars::default();
     let mut index = 0;
     while index < 6 {
@@ -274,7 +297,10 @@ pub fn assign_memory_bars(
             if bar.is_64bit {
                 cfg.write32(bdf, off + 4, (addr >> 32) as u32);
             }
-            bars.push(MemoryBar { address: addr, ..bar });
+            bars.push(MemoryBar {
+                address: addr,
+                ..bar
+            });
         }
         index += if bar.is_64bit { 2 } else { 1 };
     }
@@ -286,7 +312,11 @@ pub fn assign_memory_bars(
 /// Turns on memory decoding and bus mastering (DMA) for `bdf`.
 pub fn enable_dma(cfg: &impl ConfigAccess, bdf: Bdf) {
     let cmd = cfg.read16(bdf, offset::COMMAND);
-    cfg.write16(bdf, offset::COMMAND, cmd | command::MEMORY_SPACE | command::BUS_MASTER);
+    cfg.write16(
+        bdf,
+        offset::COMMAND,
+        cmd | command::MEMORY_SPACE | command::BUS_MASTER,
+    );
 }
 
 /// The memory BARs of one function as assigned (a function has at most six).
@@ -303,7 +333,11 @@ impl Bars {
     }
 
     pub fn get(&self, index: u8) -> Option<MemoryBar> {
-        self.items.iter().flatten().find(|b| b.index == index).copied()
+        self.items
+            .iter()
+            .flatten()
+            .find(|b| b.index == index)
+            .copied()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = MemoryBar> + '_ {
@@ -331,13 +365,19 @@ mod tests {
             regs.insert((DEV, 0x10), 0);
             regs.insert((DEV, 0x18), 0x4);
             regs.insert((DEV, 0x1c), 0);
-            Self { regs: RefCell::new(regs) }
+            Self {
+                regs: RefCell::new(regs),
+            }
         }
     }
 
     impl ConfigAccess for FakeBus {
         fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
-            *self.regs.borrow().get(&(bdf, offset)).unwrap_or(&if bdf == DEV { 0 } else { u32::MAX })
+            *self
+                .regs
+                .borrow()
+                .get(&(bdf, offset))
+                .unwrap_or(&if bdf == DEV { 0 } else { u32::MAX })
         }
         fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
             let v = match offset {
@@ -365,21 +405,36 @@ mod tests {
         let found: std::vec::Vec<_> = find(&bus, 0, 0x1234, 0x11e8).collect();
         assert_eq!(found, [DEV]);
         assert_eq!(memory_bar(&bus, DEV, 0).map(|b| b.size), Some(0x10_0000));
-        assert_eq!(memory_bar(&bus, DEV, 2).map(|b| (b.size, b.is_64bit)), Some((0x4000, true)));
-        let mut w = MmioWindow { next: 0x1000_1000, end: 0x1100_0000 };
+        assert_eq!(
+            memory_bar(&bus, DEV, 2).map(|b| (b.size, b.is_64bit)),
+            Some((0x4000, true))
+        );
+        let mut w = MmioWindow {
+            next: 0x1000_1000,
+            end: 0x1100_0000,
+        };
         let bars = assign_memory_bars(&bus, DEV, &mut w);
         assert_eq!(bars.get(0).map(|b| b.address), Some(0x1010_0000));
         assert_eq!(bars.get(2).map(|b| b.address), Some(0x1020_0000));
         assert_eq!(bus.read32(DEV, 0x10), 0x1010_0000);
-        assert_eq!(bus.read16(DEV, offset::COMMAND) & command::MEMORY_SPACE, command::MEMORY_SPACE);
+        assert_eq!(
+            bus.read16(DEV, offset::COMMAND) & command::MEMORY_SPACE,
+            command::MEMORY_SPACE
+        );
     }
 
     #[test]
     fn window_refuses_what_does_not_fit() {
-        let mut w = MmioWindow { next: 0x1000, end: 0x4000 };
+        let mut w = MmioWindow {
+            next: 0x1000,
+            end: 0x4000,
+        };
         assert_eq!(w.take(0x2000), Some(0x2000));
         assert_eq!(w.take(0x1000), None);
-        let mut w = MmioWindow { next: u64::MAX - 10, end: u64::MAX };
+        let mut w = MmioWindow {
+            next: u64::MAX - 10,
+            end: u64::MAX,
+        };
         assert_eq!(w.take(0x1000), None);
     }
 }

@@ -49,7 +49,12 @@ pub fn run<C>(ctx: &mut C, tests: &[Test<C>], filter: impl Fn(&str) -> bool) -> 
             }
         }
     }
-    crate::println!("{} passed, {} failed, {} skipped", s.passed, s.failed, s.skipped);
+    crate::println!(
+        "{} passed, {} failed, {} skipped",
+        s.passed,
+        s.failed,
+        s.skipped
+    );
     s
 }
 
@@ -122,13 +127,36 @@ mod tests {
     #[test]
     fn counts_outcomes_and_filters() {
         let tests = [
-            Test { name: "a", run: passes },
-            Test { name: "b", run: fails },
-            Test { name: "c", run: skips },
+            Test {
+                name: "a",
+                run: passes,
+            },
+            Test {
+                name: "b",
+                run: fails,
+            },
+            Test {
+                name: "c",
+                run: skips,
+            },
         ];
         let s = run(&mut 0, &tests, |_| true);
-        assert_eq!(s, Summary { passed: 1, failed: 1, skipped: 1 });
+        assert_eq!(
+            s,
+            Summary {
+                passed: 1,
+                failed: 1,
+                skipped: 1
+            }
+        );
         let s = run(&mut 1, &tests, |n| n != "c");
-        assert_eq!(s, Summary { passed: 2, failed: 0, skipped: 0 });
+        assert_eq!(
+            s,
+            Summary {
+                passed: 2,
+                failed: 0,
+                skipped: 0
+            }
+        );
     }
 }

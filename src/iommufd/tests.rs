@@ -57,6 +57,69 @@ impl MockUnit {
 impl TranslationUnit for MockUnit {
     type Domain = MockDomain;
 
+    type VIommu = core::convert::Infallible;
+    type GuestCommand = [u64; 2];
+
+    fn info(&self) -> crate::unit::HardwareInfo {
+        unimplemented!("mock")
+    }
+
+    fn new_shared_domain(
+        &self,
+        _cpu: &crate::unit::CpuTable,
+    ) -> core::result::Result<Self::Domain, UnitError> {
+        Err(UnitError::Unsupported("shared"))
+    }
+
+    fn destroy_domain(
+        &self,
+        domain: Self::Domain,
+    ) -> core::result::Result<(), (Self::Domain, UnitError)> {
+        drop(domain);
+        Ok(())
+    }
+
+    fn attach_pasid(
+        &self,
+        _d: DeviceId,
+        _p: u32,
+        _to: Attachment<'_, Self::Domain>,
+    ) -> core::result::Result<(), UnitError> {
+        Err(UnitError::Unsupported("pasid"))
+    }
+
+    fn flush(&self, _d: &Self::Domain, _i: Iova, _l: u64) -> core::result::Result<(), UnitError> {
+        Ok(())
+    }
+
+    fn new_viommu(&self, _parent: &Self::Domain) -> core::result::Result<Self::VIommu, UnitError> {
+        Err(UnitError::Unsupported("viommu"))
+    }
+
+    fn destroy_viommu(
+        &self,
+        v: Self::VIommu,
+    ) -> core::result::Result<(), (Self::VIommu, UnitError)> {
+        match v {}
+    }
+
+    fn new_nested(
+        &self,
+        v: &Self::VIommu,
+        _g: &crate::unit::GuestEntry,
+    ) -> core::result::Result<Self::Domain, UnitError> {
+        match *v {}
+    }
+
+    fn forward_invalidations(
+        &self,
+        v: &Self::VIommu,
+        _d: &dyn Fn(u32) -> Option<DeviceId>,
+        _c: &[Self::GuestCommand],
+    ) -> crate::unit::Forwarded {
+        match *v {}
+    }
+
     fn new_domain(
         &self,
         _stage: Stage,

@@ -67,7 +67,10 @@ fn root() -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -91,30 +94,70 @@ fn step(name: &str, cmd: &mut Command) -> Result<(), String> {
 fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
     step(
         &format!("build {bin} for {}", arch.target()),
-        cargo().args(["build", "--quiet", "-p", "iommu-test-kernel", "--bin", bin, "--target", arch.target()]),
+        cargo().args([
+            "build",
+            "--quiet",
+            "-p",
+            "iommu-test-kernel",
+            "--bin",
+            bin,
+            "--target",
+            arch.target(),
+        ]),
     )?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     Ok(target_dir.join(arch.target()).join("debug").join(bin))
 }
 
 fn host_checks() -> Result<(), String> {
-    step("host tests (cargo test --workspace)", cargo().args(["test", "--workspace"]))?;
+    step(
+        "host tests (cargo test --workspace)",
+        cargo().args(["test", "--workspace"]),
+    )?;
     step(
         "clippy, warnings denied (host)",
-        cargo().args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     for arch in [Arch::X86_64, Arch::Aarch64] {
         step(
             &format!("clippy, warnings denied ({})", arch.target()),
-            cargo().args(["clippy", "--quiet", "-p", "iommu-test-kernel", "--target", arch.target(), "--", "-D", "warnings"]),
+            cargo().args([
+                "clippy",
+                "--quiet",
+                "-p",
+                "iommu-test-kernel",
+                "--target",
+                arch.target(),
+                "--",
+                "-D",
+                "warnings",
+            ]),
         )?;
     }
     // The loom models of every lock-free structure. loom needs its own build (a different
     // cfg), kept in its own target directory so it does not invalidate the normal one.
     for (what, package, selector) in [
         ("page tables", "iommu", ["--test", "loom_pagetable"]),
-        ("VT-d invalidation queue", "iommu-vtd", ["--lib", "qi::loom_tests"]),
-        ("SMMUv3 command queue", "iommu-smmuv3", ["--lib", "cmdq::loom_model"]),
+        (
+            "VT-d invalidation queue",
+            "iommu-vtd",
+            ["--lib", "qi::loom_tests"],
+        ),
+        (
+            "SMMUv3 command queue",
+            "iommu-smmuv3",
+            ["--lib", "cmdq::loom_model"],
+        ),
     ] {
         step(
             &format!("loom model: {what}"),
@@ -143,14 +186,33 @@ fn test(args: &[String]) -> Result<(), String> {
     if !qemu_only {
         host_checks()?;
     }
-    let kernels = [(Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?), (Arch::Aarch64, build_kernel(Arch::Aarch64, "test-kernel")?)];
-    let kernel = |arch: Arch| kernels.iter().find(|(a, _)| *a == arch).map(|(_, p)| p.clone()).unwrap_or_default();
+    let kernels = [
+        (Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?),
+        (Arch::Aarch64, build_kernel(Arch::Aarch64, "test-kernel")?),
+    ];
+    let kernel = |arch: Arch| {
+        kernels
+            .iter()
+            .find(|(a, _)| *a == arch)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    };
 
     println!("==> QEMU matrix");
     let mut total = verdict::Counts::default();
     let mut failed_boots = Vec::new();
-    for m in matrix::machines().iter().filter(|m| m.name.contains(&filter)) {
-        let boot = qemu::boot(m.arch.qemu(), &m.args, &kernel(m.arch), &m.cmdline, m.timeout, false)?;
+    for m in matrix::machines()
+        .iter()
+        .filter(|m| m.name.contains(&filter))
+    {
+        let boot = qemu::boot(
+            m.arch.qemu(),
+            &m.args,
+            &kernel(m.arch),
+            &m.cmdline,
+            m.timeout,
+            false,
+        )?;
         let v = verdict::judge(m.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
         let c = v.counts();
         println!(
@@ -172,17 +234,33 @@ fn test(args: &[String]) -> Result<(), String> {
     }
 
     println!("==> runner self-test: each deliberate fault must fail its boot");
-    for s in matrix::self_tests().iter().filter(|m| m.name.contains(&filter)) {
-        let boot = qemu::boot(s.arch.qemu(), &s.args, &kernel(s.arch), &s.cmdline, s.timeout, false)?;
+    for s in matrix::self_tests()
+        .iter()
+        .filter(|m| m.name.contains(&filter))
+    {
+        let boot = qemu::boot(
+            s.arch.qemu(),
+            &s.args,
+            &kernel(s.arch),
+            &s.cmdline,
+            s.timeout,
+            false,
+        )?;
         let v = verdict::judge(s.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
         let caught = match &v {
-            verdict::Verdict::Failed { reasons, .. } => reasons.iter().any(|r| r.contains(&s.expect_reason)),
+            verdict::Verdict::Failed { reasons, .. } => {
+                reasons.iter().any(|r| r.contains(&s.expect_reason))
+            }
             verdict::Verdict::Passed(_) => false,
         };
         println!(
             "{:<44} {}  {:>5.1}s",
             s.name,
-            if caught { "caught: ok".to_string() } else { format!("NOT CAUGHT as '{}': FAILED", s.expect_reason) },
+            if caught {
+                "caught: ok".to_string()
+            } else {
+                format!("NOT CAUGHT as '{}': FAILED", s.expect_reason)
+            },
             boot.elapsed.as_secs_f64()
         );
         if caught {
@@ -196,7 +274,10 @@ fn test(args: &[String]) -> Result<(), String> {
         }
     }
 
-    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     if failed_boots.is_empty() {
         Ok(())
     } else {
@@ -205,7 +286,12 @@ fn test(args: &[String]) -> Result<(), String> {
 }
 
 fn report_failure(m: &matrix::Machine, boot: &qemu::Boot, reasons: &[String]) {
-    println!("    command: {} {} -kernel ... -append '{}'", m.arch.qemu(), m.args.join(" "), m.cmdline);
+    println!(
+        "    command: {} {} -kernel ... -append '{}'",
+        m.arch.qemu(),
+        m.args.join(" "),
+        m.cmdline
+    );
     for r in reasons {
         println!("    why: {r}");
     }
@@ -229,9 +315,19 @@ fn demo(args: &[String]) -> Result<(), String> {
         let kernel = build_kernel(arch, "demo")?;
         let m = matrix::demo_machine(arch);
         println!("==> {}: {} {}", m.name, arch.qemu(), m.args.join(" "));
-        let boot = qemu::boot(arch.qemu(), &m.args, &kernel, &m.cmdline, Duration::from_secs(120), true)?;
+        let boot = qemu::boot(
+            arch.qemu(),
+            &m.args,
+            &kernel,
+            &m.cmdline,
+            Duration::from_secs(120),
+            true,
+        )?;
         if boot.exit_code != Some(verdict::exit_codes(arch).0) {
-            return Err(format!("demo kernel on {} did not finish cleanly (exit {:?})", m.name, boot.exit_code));
+            return Err(format!(
+                "demo kernel on {} did not finish cleanly (exit {:?})",
+                m.name, boot.exit_code
+            ));
         }
     }
     Ok(())

@@ -19,7 +19,8 @@ pub struct Machine {
 
 /// Three `edu` devices (two domains and one device never attached), with the full 64-bit DMA
 /// mask: the default masks addresses to 28 bits, silently.
-const EDUS: &str = "-device edu,dma_mask=0xffffffffffffffff -device edu,dma_mask=0xffffffffffffffff \
+const EDUS: &str =
+    "-device edu,dma_mask=0xffffffffffffffff -device edu,dma_mask=0xffffffffffffffff \
                     -device edu,dma_mask=0xffffffffffffffff";
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,7 +59,10 @@ fn smmu_machine(stage: &str, el2: bool) -> Machine {
     };
     let virt = if el2 { ",virtualization=on" } else { "" };
     Machine {
-        name: format!("aarch64 {machine} smmuv3 stage={stage}{}", if el2 { " el2" } else { "" }),
+        name: format!(
+            "aarch64 {machine} smmuv3 stage={stage}{}",
+            if el2 { " el2" } else { "" }
+        ),
         arch: Arch::Aarch64,
         args: words(&format!(
             "-machine {machine},iommu=smmuv3{virt} -cpu max -m 256M -semihosting {global} {EDUS}"
@@ -91,7 +95,10 @@ pub fn machines() -> Vec<Machine> {
 /// the reason the verdict has to give. If the runner ever stops catching one, the run fails.
 pub fn self_tests() -> Vec<Machine> {
     let mut v = Vec::new();
-    for (base, arch) in [(vtd_machine("legacy", 48, false), "x86_64"), (smmu_machine("nested", false), "aarch64")] {
+    for (base, arch) in [
+        (vtd_machine("legacy", 48, false), "x86_64"),
+        (smmu_machine("nested", false), "aarch64"),
+    ] {
         for (kind, reason, timeout) in [
             ("fail", "FAILED", BOOT_TIMEOUT),
             ("panic", "PANIC", BOOT_TIMEOUT),

@@ -42,7 +42,11 @@ pub fn ensure_installed() -> Result<(), String> {
     for p in &problems {
         eprintln!("xtask: {p}");
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let codename = os_release
         .lines()
@@ -51,21 +55,28 @@ pub fn ensure_installed() -> Result<(), String> {
         .trim_matches('"')
         .to_string();
     if !is_root || !Path::new("/usr/bin/apt-get").exists() {
-        return Err(format!("QEMU >= 10.0 is needed. On Debian bookworm, as root: {INSTALL_HINT}"));
+        return Err(format!(
+            "QEMU >= 10.0 is needed. On Debian bookworm, as root: {INSTALL_HINT}"
+        ));
     }
     eprintln!("xtask: installing QEMU with apt (Debian {codename})");
     let mut suite: Option<String> = None;
     if codename == "bookworm" {
         let list = "/etc/apt/sources.list.d/bookworm-backports.list";
         if !Path::new(list).exists() {
-            std::fs::write(list, "deb http://deb.debian.org/debian bookworm-backports main\n")
-                .map_err(|e| format!("cannot write {list}: {e}"))?;
+            std::fs::write(
+                list,
+                "deb http://deb.debian.org/debian bookworm-backports main\n",
+            )
+            .map_err(|e| format!("cannot write {list}: {e}"))?;
         }
         suite = Some("bookworm-backports".into());
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     let mut install = Command::new("apt-get");
-    install.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]);
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"]);
     if let Some(s) = &suite {
         install.args(["-t", s]);
     }
@@ -74,7 +85,10 @@ pub fn ensure_installed() -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("after installing: {}. Run: {INSTALL_HINT}", problems.join("; ")))
+        Err(format!(
+            "after installing: {}. Run: {INSTALL_HINT}",
+            problems.join("; ")
+        ))
     }
 }
 
@@ -111,20 +125,33 @@ pub fn boot(
     timeout: Duration,
     echo: bool,
 ) -> Result<Boot, String> {
-    let log = std::env::temp_dir().join(format!("iommu-qemu-{}-{}.log", std::process::id(), unique()));
+    let log = std::env::temp_dir().join(format!(
+        "iommu-qemu-{}-{}.log",
+        std::process::id(),
+        unique()
+    ));
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(binary);
-    cmd.args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
-        .args(args)
-        .arg("-kernel")
-        .arg(kernel)
-        .args(["-append", cmdline, "-d", "guest_errors", "-D"])
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .args(args)
+    .arg("-kernel")
+    .arg(kernel)
+    .args(["-append", cmdline, "-d", "guest_errors", "-D"])
+    .arg(&log)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {binary}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {binary}: {e}"))?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
     let out_reader = std::thread::spawn(move || {
@@ -164,7 +191,13 @@ pub fn boot(
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     let guest_errors = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-    Ok(Boot { exit_code, serial, guest_errors, stderr, elapsed })
+    Ok(Boot {
+        exit_code,
+        serial,
+        guest_errors,
+        stderr,
+        elapsed,
+    })
 }
 
 fn unique() -> u64 {

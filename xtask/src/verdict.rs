@@ -19,7 +19,10 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Passed(Counts),
-    Failed { counts: Counts, reasons: Vec<String> },
+    Failed {
+        counts: Counts,
+        reasons: Vec<String>,
+    },
 }
 
 impl Verdict {
@@ -47,7 +50,11 @@ pub fn exit_codes(arch: Arch) -> (i32, i32) {
 /// The `N passed, N failed, N skipped` closing line, if there is one.
 fn summary_line(serial: &str) -> Option<Counts> {
     serial.lines().rev().find_map(|line| {
-        let words: Vec<&str> = line.trim().split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = line
+            .trim()
+            .split([' ', ','])
+            .filter(|w| !w.is_empty())
+            .collect();
         match words.as_slice() {
             [p, "passed", f, "failed", s, "skipped"] => Some(Counts {
                 passed: p.parse().ok()?,
@@ -68,10 +75,16 @@ pub fn judge(arch: Arch, exit_code: Option<i32>, serial: &str, guest_errors: &st
         Some(c) if c == fail_code => reasons.push("kernel exited with failure".to_string()),
         Some(c) => reasons.push(format!("QEMU exited with unexpected status {c}")),
     }
-    if let Some(p) = serial.lines().find(|l| l.contains("PANIC:") || l.contains("EXCEPTION")) {
+    if let Some(p) = serial
+        .lines()
+        .find(|l| l.contains("PANIC:") || l.contains("EXCEPTION"))
+    {
         reasons.push(format!("kernel: {}", p.trim()));
     }
-    let failed_tests: Vec<&str> = serial.lines().filter(|l| l.starts_with("test ") && l.contains("... FAILED")).collect();
+    let failed_tests: Vec<&str> = serial
+        .lines()
+        .filter(|l| l.starts_with("test ") && l.contains("... FAILED"))
+        .collect();
     for t in &failed_tests {
         reasons.push(t.trim().to_string());
     }
@@ -84,12 +97,17 @@ pub fn judge(arch: Arch, exit_code: Option<i32>, serial: &str, guest_errors: &st
         }
         None => {
             reasons.push("no summary line from the kernel".to_string());
-            Counts { failed: failed_tests.len().max(1), ..Counts::default() }
+            Counts {
+                failed: failed_tests.len().max(1),
+                ..Counts::default()
+            }
         }
     };
     // An announcement may follow a test's "test NAME ... " prefix on the same line.
-    let allowed: Vec<&str> =
-        serial.lines().filter_map(|l| l.split_once("@allow-guest-error ").map(|(_, p)| p.trim())).collect();
+    let allowed: Vec<&str> = serial
+        .lines()
+        .filter_map(|l| l.split_once("@allow-guest-error ").map(|(_, p)| p.trim()))
+        .collect();
     for line in guest_errors.lines().filter(|l| !l.trim().is_empty()) {
         if !allowed.iter().any(|pat| line.contains(pat)) {
             reasons.push(format!("QEMU guest error: {}", line.trim()));
@@ -98,7 +116,10 @@ pub fn judge(arch: Arch, exit_code: Option<i32>, serial: &str, guest_errors: &st
     if reasons.is_empty() && counts.failed == 0 {
         Verdict::Passed(counts)
     } else {
-        let counts = Counts { failed: counts.failed.max(1), ..counts };
+        let counts = Counts {
+            failed: counts.failed.max(1),
+            ..counts
+        };
         Verdict::Failed { counts, reasons }
     }
 }
@@ -112,7 +133,14 @@ mod tests {
     #[test]
     fn clean_boot_passes() {
         let v = judge(Arch::X86_64, Some(33), GOOD, "");
-        assert_eq!(v, Verdict::Passed(Counts { passed: 1, failed: 0, skipped: 1 }));
+        assert_eq!(
+            v,
+            Verdict::Passed(Counts {
+                passed: 1,
+                failed: 0,
+                skipped: 1
+            })
+        );
         assert!(judge(Arch::Aarch64, Some(0), GOOD, "").is_pass());
     }
 
@@ -133,7 +161,13 @@ mod tests {
     #[test]
     fn missing_summary_or_no_tests_fail() {
         assert!(!judge(Arch::X86_64, Some(33), "test a ... ok\n", "").is_pass());
-        assert!(!judge(Arch::X86_64, Some(33), "0 passed, 0 failed, 3 skipped\n", "").is_pass());
+        assert!(!judge(
+            Arch::X86_64,
+            Some(33),
+            "0 passed, 0 failed, 3 skipped\n",
+            ""
+        )
+        .is_pass());
     }
 
     #[test]

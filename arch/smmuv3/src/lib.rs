@@ -17,18 +17,18 @@
 #[cfg(test)]
 extern crate std;
 
-pub mod devicetree;
-pub mod idr;
-pub mod iort;
-pub mod registers;
-pub mod unit;
 pub mod attributes;
 pub mod cmdq;
 pub mod command;
 pub mod context_descriptor;
+pub mod devicetree;
 pub mod eventq;
+pub mod idr;
+pub mod iort;
+pub mod registers;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod smmu;
 pub mod stream_table;
 pub mod sync;
+pub mod unit;

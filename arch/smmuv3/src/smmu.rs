@@ -18,7 +18,8 @@ use iommu::pagetable::{
 };
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
-    Attachment, DeviceId, Drained, FaultKind, FaultRecord, Stage, TranslationUnit, UnitError,
+    Attachment, CpuTable, DeviceId, Drained, FaultKind, FaultRecord, Forwarded, GuestEntry,
+    HardwareInfo, RawRegisters, Stage, TranslationUnit, UnitError,
 };
 
 use crate::attributes::Granule;
@@ -763,6 +764,78 @@ impl<H: Hal + Clone> SmmuUnit<H> {
 
 impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
     type Domain = SmmuDomain<H>;
+    type VIommu = core::convert::Infallible;
+    type GuestCommand = [u64; 2];
+
+    // --- Placeholders while the back-end's implementations are written (issue 4/5/6 work in
+    // progress): each refuses with a named Unsupported error, never pretends to succeed.
+    fn info(&self) -> HardwareInfo {
+        HardwareInfo {
+            first_stage: false,
+            second_stage: false,
+            nesting: false,
+            identity: false,
+            pasid_bits: 0,
+            first_stage_ia_bits: 0,
+            second_stage_ia_bits: 0,
+            output_bits: 0,
+            page_sizes: 0,
+            coherent_walks: false,
+            ats: false,
+            tags: 0,
+            raw: RawRegisters::Smmuv3 {
+                idr: [0; 6],
+                iidr: 0,
+                aidr: 0,
+            },
+        }
+    }
+
+    fn new_shared_domain(&self, _cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
+        Err(UnitError::Unsupported("shared CPU tables (not yet)"))
+    }
+
+    fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
+        Err((domain, UnitError::Unsupported("domain teardown (not yet)")))
+    }
+
+    fn attach_pasid(
+        &self,
+        _device: DeviceId,
+        _pasid: u32,
+        _to: Attachment<'_, Self::Domain>,
+    ) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("PASID attach (not yet)"))
+    }
+
+    fn flush(&self, _domain: &Self::Domain, _iova: Iova, _len: u64) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("flush (not yet)"))
+    }
+
+    fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        Err(UnitError::Unsupported("vIOMMU (not yet)"))
+    }
+
+    fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
+        match viommu {}
+    }
+
+    fn new_nested(
+        &self,
+        viommu: &Self::VIommu,
+        _guest: &GuestEntry,
+    ) -> Result<Self::Domain, UnitError> {
+        match *viommu {}
+    }
+
+    fn forward_invalidations(
+        &self,
+        viommu: &Self::VIommu,
+        _devices: &dyn Fn(u32) -> Option<DeviceId>,
+        _cmds: &[Self::GuestCommand],
+    ) -> Forwarded {
+        match *viommu {}
+    }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {
         self.new_domain_with_granule(stage, ia_bits, Granule::Size4K)

@@ -20,7 +20,10 @@ use iommu::pagetable::{
     X86FirstStageConfig,
 };
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
-use iommu::unit::{Attachment, DeviceId, Drained, FaultRecord, Stage, TranslationUnit, UnitError};
+use iommu::unit::{
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
+    RawRegisters, Stage, TranslationUnit, UnitError,
+};
 
 use crate::caps::Agaw;
 use crate::descriptor::{
@@ -814,6 +817,78 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
 impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     type Domain = VtdDomain<H>;
+    type VIommu = core::convert::Infallible;
+    type GuestCommand = [u64; 4];
+
+    // --- Placeholders while the back-end's implementations are written (issue 4/5/6 work in
+    // progress): each refuses with a named Unsupported error, never pretends to succeed.
+    fn info(&self) -> HardwareInfo {
+        HardwareInfo {
+            first_stage: false,
+            second_stage: false,
+            nesting: false,
+            identity: false,
+            pasid_bits: 0,
+            first_stage_ia_bits: 0,
+            second_stage_ia_bits: 0,
+            output_bits: 0,
+            page_sizes: 0,
+            coherent_walks: false,
+            ats: false,
+            tags: 0,
+            raw: RawRegisters::Vtd {
+                version: 0,
+                cap: 0,
+                ecap: 0,
+            },
+        }
+    }
+
+    fn new_shared_domain(&self, _cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
+        Err(UnitError::Unsupported("shared CPU tables (not yet)"))
+    }
+
+    fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
+        Err((domain, UnitError::Unsupported("domain teardown (not yet)")))
+    }
+
+    fn attach_pasid(
+        &self,
+        _device: DeviceId,
+        _pasid: u32,
+        _to: Attachment<'_, Self::Domain>,
+    ) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("PASID attach (not yet)"))
+    }
+
+    fn flush(&self, _domain: &Self::Domain, _iova: Iova, _len: u64) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("flush (not yet)"))
+    }
+
+    fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        Err(UnitError::Unsupported("vIOMMU (not yet)"))
+    }
+
+    fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
+        match viommu {}
+    }
+
+    fn new_nested(
+        &self,
+        viommu: &Self::VIommu,
+        _guest: &GuestEntry,
+    ) -> Result<Self::Domain, UnitError> {
+        match *viommu {}
+    }
+
+    fn forward_invalidations(
+        &self,
+        viommu: &Self::VIommu,
+        _devices: &dyn Fn(u32) -> Option<DeviceId>,
+        _cmds: &[Self::GuestCommand],
+    ) -> Forwarded {
+        match *viommu {}
+    }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<VtdDomain<H>, UnitError> {
         let (cap, ecap) = (self.info.cap, self.info.ecap);

@@ -1,8 +1,8 @@
 //! The devicetree QEMU places at the start of RAM, found before the heap exists.
 
 use super::DTB_BASE;
-use crate::fdt::{total_size, HEADER_LEN};
 pub(super) use crate::fdt::{as_str, Fdt};
+use crate::fdt::{total_size, HEADER_LEN};
 
 /// The blob QEMU placed at the start of RAM ([`DTB_BASE`]), if its magic is there.
 ///

@@ -20,7 +20,9 @@ pub struct KernelHal {
 
 impl KernelHal {
     pub const fn new() -> Self {
-        Self { live: AtomicUsize::new(0) }
+        Self {
+            live: AtomicUsize::new(0),
+        }
     }
 
     /// Frames allocated and not yet freed.

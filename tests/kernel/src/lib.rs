@@ -43,7 +43,10 @@ fn tests(m: &Machine) -> &'static [Test<Machine>] {
 
 #[cfg(target_os = "none")]
 pub fn run_test_kernel(info: &BootInfo) -> ! {
-    let mut machine = Machine { info: *info, cmdline: Cmdline::new(info.cmdline) };
+    let mut machine = Machine {
+        info: *info,
+        cmdline: Cmdline::new(info.cmdline),
+    };
     println!("iommu test kernel: cmdline '{}'", info.cmdline);
     // `tests=a,b` runs only the named tests.
     let only = machine.cmdline.get("tests");
@@ -51,13 +54,20 @@ pub fn run_test_kernel(info: &BootInfo) -> ! {
     let summary = iommu_boot::testing::run(&mut machine, tests, |name| {
         only.is_none_or(|list| list.split(',').any(|n| n == name))
     });
-    let status = if summary.failed == 0 { ExitStatus::Success } else { ExitStatus::Failure };
+    let status = if summary.failed == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    };
     iommu_boot::exit(status)
 }
 
 #[cfg(target_os = "none")]
 pub fn run_demo(info: &BootInfo) -> ! {
-    let mut machine = Machine { info: *info, cmdline: Cmdline::new(info.cmdline) };
+    let mut machine = Machine {
+        info: *info,
+        cmdline: Cmdline::new(info.cmdline),
+    };
     #[cfg(target_arch = "x86_64")]
     vtd::demo(&mut machine);
     #[cfg(target_arch = "aarch64")]

@@ -5,9 +5,10 @@
 use crate::Machine;
 use iommu_boot::testing::{Test, TestResult};
 
-pub static TESTS: &[Test<Machine>] = &[
-    Test { name: "selftest_deliberate_fault", run: deliberate_fault },
-];
+pub static TESTS: &[Test<Machine>] = &[Test {
+    name: "selftest_deliberate_fault",
+    run: deliberate_fault,
+}];
 
 fn deliberate_fault(m: &mut Machine) -> TestResult {
     match m.cmdline.get("selftest") {

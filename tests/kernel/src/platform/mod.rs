@@ -78,7 +78,9 @@ fn mmio_window(m: &Machine) -> Result<pci::MmioWindow, iommu_boot::testing::Fail
 /// and logs it.
 pub fn provoke_guest_error(m: &mut Machine) -> TestResult {
     let devices = edu_devices(m)?;
-    let Some(d) = devices.last() else { iommu_boot::skip!("no edu device") };
+    let Some(d) = devices.last() else {
+        iommu_boot::skip!("no edu device")
+    };
     let buf = alloc::vec![0u8; 64];
     let beyond_mask = buf.as_ptr() as u64 | 1 << 40;
     d.edu.dma_from_ram(beyond_mask, 0, 8).map_err(fail)

@@ -516,7 +516,10 @@ pub(super) fn demo(m: &Machine) -> Result<(), Failure> {
         r.unit.mode()
     );
     let buf = DmaBuffer::new(0)?;
-    b"hello, VT-d DMA!".iter().enumerate().for_each(|(i, &c)| buf.set(i, c));
+    b"hello, VT-d DMA!"
+        .iter()
+        .enumerate()
+        .for_each(|(i, &c)| buf.set(i, c));
     let domain = r.domain_with(&[(IOVA_A, &buf, Prot::READ_WRITE)])?;
     r.unit
         .attach(dev, Attachment::Paging(&domain))
