@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::iova::ReservedKind;
-use super::{DeviceHandle, DomainId, GroupId, OwnerId, UnitId};
+use super::{DeviceHandle, DomainId, GroupId, OwnerId, UnitId, ViommuId};
 use crate::unit::{DeviceId, UnitError};
 
 /// Why the object model refused a call. Whatever the case, the call changed nothing: no record
@@ -103,7 +103,68 @@ pub enum Error {
         /// Units the firmware reported.
         units: usize,
     },
-    /// The operation is not implemented (named), e.g. nesting in this version.
+    /// The domain is not a paging domain (it is shared with the CPU or nested), so it has no
+    /// IOVA space here to map into or unmap from.
+    NotPaging(DomainId),
+    /// A vIOMMU needs a nest parent ([`Iommu::alloc_nest_parent`](super::Iommu::alloc_nest_parent)).
+    NotNestParent(DomainId),
+    /// The nest parent is still used by `viommus` vIOMMUs and cannot be destroyed.
+    ParentInUse {
+        /// The parent.
+        domain: DomainId,
+        /// vIOMMUs built on it.
+        viommus: usize,
+    },
+    /// No vIOMMU has this id (never allocated, or destroyed).
+    UnknownViommu(ViommuId),
+    /// The caller did not allocate this vIOMMU.
+    NotViommuOwner(ViommuId),
+    /// The device is on another unit than the vIOMMU.
+    ViommuWrongUnit {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// The device.
+        device: DeviceHandle,
+    },
+    /// The vIOMMU already has a device under this virtual id.
+    VirtualIdInUse {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// The virtual id.
+        virtual_id: u32,
+    },
+    /// The vIOMMU has no device under this virtual id.
+    UnknownVirtualId {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// The virtual id.
+        virtual_id: u32,
+    },
+    /// The device has a virtual id in `viommu`: it cannot get a second one, nor be released
+    /// before it is unset.
+    DeviceInViommu {
+        /// The device.
+        device: DeviceHandle,
+        /// The vIOMMU that names it.
+        viommu: ViommuId,
+    },
+    /// A nested domain of `viommu` can only be attached to a device with a virtual id there.
+    NotInViommu {
+        /// The device.
+        device: DeviceHandle,
+        /// The nested domain's vIOMMU.
+        viommu: ViommuId,
+    },
+    /// The vIOMMU still has `nested` nested domains and cannot be destroyed.
+    ViommuBusy {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// Nested domains built on it.
+        nested: usize,
+    },
+    /// PASID attach needs a device alone in its group.
+    GroupNotSingleton(GroupId),
+    /// The operation is not supported by the object model (named).
     Unsupported(&'static str),
 }
 
@@ -152,6 +213,34 @@ impl fmt::Display for Error {
                     f,
                     "{units} IOMMU(s) present: no-IOMMU mode only if forced by name"
                 )
+            }
+            Self::NotPaging(d) => write!(f, "{d:?} is not a paging domain"),
+            Self::NotNestParent(d) => write!(f, "{d:?} is not a nest parent"),
+            Self::ParentInUse { domain, viommus } => {
+                write!(f, "{domain:?} is the nest parent of {viommus} vIOMMU(s)")
+            }
+            Self::UnknownViommu(v) => write!(f, "no vIOMMU {v:?}"),
+            Self::NotViommuOwner(v) => write!(f, "caller does not own {v:?}"),
+            Self::ViommuWrongUnit { viommu, device } => {
+                write!(f, "{device:?} is not on the unit of {viommu:?}")
+            }
+            Self::VirtualIdInUse { viommu, virtual_id } => {
+                write!(f, "{viommu:?} already has virtual id {virtual_id:#x}")
+            }
+            Self::UnknownVirtualId { viommu, virtual_id } => {
+                write!(f, "{viommu:?} has no virtual id {virtual_id:#x}")
+            }
+            Self::DeviceInViommu { device, viommu } => {
+                write!(f, "{device:?} has a virtual id in {viommu:?}")
+            }
+            Self::NotInViommu { device, viommu } => {
+                write!(f, "{device:?} has no virtual id in {viommu:?}")
+            }
+            Self::ViommuBusy { viommu, nested } => {
+                write!(f, "{viommu:?} has {nested} nested domain(s)")
+            }
+            Self::GroupNotSingleton(g) => {
+                write!(f, "{g:?} has several devices: no PASID attach")
             }
             Self::Unsupported(what) => write!(f, "not supported: {what}"),
         }

@@ -107,10 +107,28 @@
 //! unit is present ([`Error::IommuPresent`]) unless enabled by
 //! [`InsecureNoIommu::enable_despite_iommu`], and every status it gives says `INSECURE`.
 //!
-//! # Not yet
+//! # Nesting and vIOMMUs
 //!
-//! Nesting, vIOMMUs, PASID attach and hardware info are not in this version;
-//! [`Iommu::alloc_nested_domain`] returns [`Error::Unsupported`].
+//! A hypervisor whose guest drives its own (virtual) IOMMU allocates a nest parent
+//! ([`Iommu::alloc_nest_parent`]: guest physical → host physical), a vIOMMU on it
+//! ([`Iommu::alloc_viommu`]), gives it the guest's virtual device ids
+//! ([`Iommu::set_virtual_device`]), builds nested domains from the guest's own configuration
+//! words ([`Iommu::alloc_nested_domain`]) and forwards the guest's invalidation commands
+//! ([`Iommu::invalidate`]). The units validate guest data and commands; the model checks that
+//! only the guest's own devices are named. A parent in use by a vIOMMU, a vIOMMU with nested
+//! domains, a virtual id whose device is attached to a nested domain, and a device with a
+//! virtual id are all kept (busy) until what depends on them is gone. See the `viommu` module.
+//!
+//! # PASIDs and shared CPU tables
+//!
+//! [`Iommu::attach_pasid`] attaches one PASID of a device (alone in its group) to a domain,
+//! e.g. one from [`Iommu::alloc_shared_domain`], which translates through a CPU page table the
+//! embedder owns; after changing that table the embedder calls [`Iommu::flush`].
+//!
+//! # Hardware info
+//!
+//! [`Iommu::hardware_info`] reports what a unit can do and its raw identification registers,
+//! for a VMM that builds a matching virtual IOMMU.
 
 extern crate alloc;
 
@@ -118,9 +136,11 @@ mod error;
 mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod model_tests;
+mod pasid;
 mod status;
 #[cfg(test)]
 mod tests;
+mod viommu;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -128,10 +148,13 @@ use alloc::vec::Vec;
 pub use error::{Error, Result};
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
 pub use status::{InsecureNoIommu, Protection, Status};
+pub use viommu::ViommuId;
+
+use viommu::Viommu;
 
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::Prot;
-use crate::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+use crate::unit::{Attachment, CpuTable, DeviceId, HardwareInfo, Stage, TranslationUnit};
 
 /// A unit registered with [`Iommu::add_unit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,9 +206,24 @@ struct Domain<D> {
     unit: UnitId,
     owner: OwnerId,
     hw: D,
-    space: IovaSpace,
-    /// Devices attached to it; destruction waits for zero.
+    kind: DomainKind,
+    /// Devices and (device, PASID) pairs attached to it; destruction waits for zero.
     users: usize,
+}
+
+/// What a domain is, beyond its unit's hardware object.
+enum DomainKind {
+    /// An I/O page table the owner maps into; a nest parent when `viommus` may build on it.
+    Paging {
+        space: IovaSpace,
+        nest_parent: bool,
+        /// vIOMMUs using it as their nest parent; destruction waits for zero.
+        viommus: usize,
+    },
+    /// Translates through a CPU table the embedder owns; mapped by changing that table.
+    Shared,
+    /// Guest stage 1 (from guest data) over the nest parent of `viommu`.
+    Nested { viommu: ViommuId },
 }
 
 /// The system's IOMMUs and the objects over them. See the [module docs](self).
@@ -195,6 +233,10 @@ pub struct Iommu<U: TranslationUnit> {
     devices: Vec<DeviceState>,
     domains: BTreeMap<DomainId, Domain<U::Domain>>,
     next_domain: u64,
+    viommus: BTreeMap<ViommuId, Viommu<U::VIommu>>,
+    next_viommu: u64,
+    /// (device, PASID) pairs attached to a domain; a pair not here is blocked.
+    pasids: BTreeMap<(DeviceHandle, u32), DomainId>,
     /// Whether owners may attach devices to identity; off until the embedder allows it.
     identity_allowed: bool,
 }
@@ -213,6 +255,9 @@ impl<U: TranslationUnit> Iommu<U> {
             devices: Vec::new(),
             domains: BTreeMap::new(),
             next_domain: 0,
+            viommus: BTreeMap::new(),
+            next_viommu: 0,
+            pasids: BTreeMap::new(),
             identity_allowed: false,
         }
     }
@@ -321,8 +366,21 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(())
     }
 
-    /// Gives up `owner`'s ownership of `device`, blocking it first.
+    /// Gives up `owner`'s ownership of `device`, blocking it first (and each of its PASIDs).
+    ///
+    /// Refused while the device has a virtual id in one of `owner`'s vIOMMUs: its guest could
+    /// still name it; [`Iommu::unset_virtual_device`] first.
     pub fn release(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
+        if self.device(device)?.owner != Some(owner) {
+            return Err(Error::NotOwner(device));
+        }
+        if let Some(viommu) = self.viommu_of(device) {
+            return Err(Error::DeviceInViommu { device, viommu });
+        }
+        let pasids: Vec<u32> = self.pasids_of(device).collect();
+        for pasid in pasids {
+            self.attach_pasid(device, owner, pasid, Target::Blocked)?;
+        }
         self.attach(device, owner, Target::Blocked)?;
         self.device_mut(device)?.owner = None;
         Ok(())
@@ -339,10 +397,7 @@ impl<U: TranslationUnit> Iommu<U> {
             return Err(Error::NotOwner(device));
         }
         if let Target::Domain(id) = target {
-            let dom = self.domain(id, owner)?;
-            if dom.unit != d.unit {
-                return Err(Error::WrongUnit { domain: id, device });
-            }
+            self.check_domain_for(device, &d, id, owner)?;
         }
         if d.target == target {
             return Ok(());
@@ -361,18 +416,49 @@ impl<U: TranslationUnit> Iommu<U> {
         };
         unit.attach(d.id, to)?;
         // The hardware has switched; only bookkeeping follows, which cannot fail.
-        if let Target::Domain(old) = d.target {
+        self.count_users(d.target, target);
+        self.device_mut(device)?.target = target;
+        Ok(())
+    }
+
+    /// Whether `device` may be attached to domain `id` of `owner`: same unit, and for a nested
+    /// domain, the device has a virtual id in the domain's vIOMMU (so its guest's
+    /// invalidations can name it).
+    fn check_domain_for(
+        &self,
+        device: DeviceHandle,
+        d: &DeviceState,
+        id: DomainId,
+        owner: OwnerId,
+    ) -> Result<()> {
+        let dom = self.domain(id, owner)?;
+        if dom.unit != d.unit {
+            return Err(Error::WrongUnit { domain: id, device });
+        }
+        if let DomainKind::Nested { viommu } = dom.kind {
+            let v = self
+                .viommus
+                .get(&viommu)
+                .ok_or(Error::UnknownViommu(viommu))?;
+            if !v.devices.values().any(|h| *h == device) {
+                return Err(Error::NotInViommu { device, viommu });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one attachment's count from the domain of `old` to the domain of `new`.
+    fn count_users(&mut self, old: Target, new: Target) {
+        if let Target::Domain(old) = old {
             if let Some(dom) = self.domains.get_mut(&old) {
                 dom.users = dom.users.saturating_sub(1);
             }
         }
-        if let Target::Domain(new) = target {
+        if let Target::Domain(new) = new {
             if let Some(dom) = self.domains.get_mut(&new) {
                 dom.users += 1;
             }
         }
-        self.device_mut(device)?.target = target;
-        Ok(())
     }
 
     fn check_viable(
@@ -411,10 +497,65 @@ impl<U: TranslationUnit> Iommu<U> {
         ia_bits: u32,
         layout: &Layout<'_>,
     ) -> Result<DomainId> {
+        self.alloc_paging(owner, unit, stage, ia_bits, layout, false)
+    }
+
+    /// Allocates a *nest parent*: a [`Stage::Second`] paging domain (guest physical → host
+    /// physical, mapped by the hypervisor like any paging domain) that vIOMMUs can build nested
+    /// domains on ([`Iommu::alloc_viommu`]). It can also be attached directly, giving a guest
+    /// DMA in guest-physical addresses.
+    pub fn alloc_nest_parent(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        ia_bits: u32,
+        layout: &Layout<'_>,
+    ) -> Result<DomainId> {
+        self.alloc_paging(owner, unit, Stage::Second, ia_bits, layout, true)
+    }
+
+    fn alloc_paging(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        stage: Stage,
+        ia_bits: u32,
+        layout: &Layout<'_>,
+        nest_parent: bool,
+    ) -> Result<DomainId> {
         let u = self.unit(unit)?;
         // Checked before the unit allocates anything, so a bad layout costs nothing to undo.
         let space = IovaSpace::new(ia_bits, layout)?;
         let hw = u.new_domain(stage, ia_bits)?;
+        let kind = DomainKind::Paging {
+            space,
+            nest_parent,
+            viommus: 0,
+        };
+        Ok(self.insert_domain(unit, owner, hw, kind))
+    }
+
+    /// Allocates a domain for `owner` on `unit` that translates through the CPU page table
+    /// `cpu` (shared virtual addressing, for an embedder that owns its CPU tables). It has no
+    /// IOVA space here: [`Iommu::map`] and [`Iommu::unmap`] are refused; the embedder changes
+    /// its table and calls [`Iommu::flush`].
+    pub fn alloc_shared_domain(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        cpu: &CpuTable,
+    ) -> Result<DomainId> {
+        let hw = self.unit(unit)?.new_shared_domain(cpu)?;
+        Ok(self.insert_domain(unit, owner, hw, DomainKind::Shared))
+    }
+
+    fn insert_domain(
+        &mut self,
+        unit: UnitId,
+        owner: OwnerId,
+        hw: U::Domain,
+        kind: DomainKind,
+    ) -> DomainId {
         let id = DomainId(self.next_domain);
         self.next_domain += 1;
         self.domains.insert(
@@ -423,20 +564,15 @@ impl<U: TranslationUnit> Iommu<U> {
                 unit,
                 owner,
                 hw,
-                space,
+                kind,
                 users: 0,
             },
         );
-        Ok(id)
+        id
     }
 
-    /// A nested domain on a nest parent, built from guest data. Not implemented yet.
-    pub fn alloc_nested_domain(&mut self, _owner: OwnerId, _parent: DomainId) -> Result<DomainId> {
-        Err(Error::Unsupported("nesting: not yet"))
-    }
-
-    /// Destroys `owner`'s domain `id`, unmapping what is still mapped. Refused while a device
-    /// is attached to it.
+    /// Destroys `owner`'s domain `id`, with whatever is still mapped in it. Refused while a
+    /// device or PASID is attached to it, or, for a nest parent, while a vIOMMU builds on it.
     pub fn destroy_domain(&mut self, owner: OwnerId, id: DomainId) -> Result<()> {
         let dom = self.domain(id, owner)?;
         if dom.users > 0 {
@@ -445,20 +581,45 @@ impl<U: TranslationUnit> Iommu<U> {
                 users: dom.users,
             });
         }
-        // The trait has no domain teardown yet: emptying the table at least gives its
-        // intermediate tables back to the HAL before the domain is dropped.
-        if let Some((span, _)) = dom.space.check_unmap_all() {
-            let len = span.size().ok_or(Error::WrapAround)?;
-            self.unit(dom.unit)?
-                .unmap(&dom.hw, Iova::new(span.start), len)?;
+        if let DomainKind::Paging { viommus, .. } = dom.kind {
+            if viommus > 0 {
+                return Err(Error::ParentInUse {
+                    domain: id,
+                    viommus,
+                });
+            }
         }
-        self.domains.remove(&id);
+        let dom = self.domains.remove(&id).ok_or(Error::UnknownDomain(id))?;
+        let Domain {
+            unit,
+            owner,
+            hw,
+            kind,
+            users,
+        } = dom;
+        if let Err((hw, e)) = self.unit(unit)?.destroy_domain(hw) {
+            // Put back exactly as it was: the unit refused and kept everything.
+            let back = Domain {
+                unit,
+                owner,
+                hw,
+                kind,
+                users,
+            };
+            self.domains.insert(id, back);
+            return Err(e.into());
+        }
+        if let DomainKind::Nested { viommu } = kind {
+            if let Some(v) = self.viommus.get_mut(&viommu) {
+                v.nested = v.nested.saturating_sub(1);
+            }
+        }
         Ok(())
     }
 
     /// The IOVA space of `owner`'s domain `id` (windows, reserved regions, mappings).
     pub fn iova_space(&self, owner: OwnerId, id: DomainId) -> Result<&IovaSpace> {
-        Ok(&self.domain(id, owner)?.space)
+        self.domain(id, owner)?.space(id)
     }
 
     /// How many devices are attached to domain `id`.
@@ -477,9 +638,11 @@ impl<U: TranslationUnit> Iommu<U> {
         prot: Prot,
     ) -> Result<()> {
         let dom = self.domain(id, owner)?;
-        let range = dom.space.check_map(iova.as_u64(), len)?;
+        let range = dom.space(id)?.check_map(iova.as_u64(), len)?;
         self.unit(dom.unit)?.map(&dom.hw, iova, phys, len, prot)?;
-        self.domain_mut(id)?.space.insert(range, phys.as_u64());
+        self.domain_mut(id)?
+            .space_mut(id)?
+            .insert(range, phys.as_u64());
         Ok(())
     }
 
@@ -492,7 +655,7 @@ impl<U: TranslationUnit> Iommu<U> {
         len: u64,
         prot: Prot,
     ) -> Result<Iova> {
-        let iova = Iova::new(self.domain(id, owner)?.space.find_free(len)?);
+        let iova = Iova::new(self.iova_space(owner, id)?.find_free(len)?);
         self.map(owner, id, iova, phys, len, prot)?;
         Ok(iova)
     }
@@ -501,8 +664,7 @@ impl<U: TranslationUnit> Iommu<U> {
     /// the bytes unmapped.
     pub fn unmap(&mut self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
         let (span, total) = self
-            .domain(id, owner)?
-            .space
+            .iova_space(owner, id)?
             .check_unmap(iova.as_u64(), len)?;
         self.unmap_span(id, span)?;
         Ok(total)
@@ -510,7 +672,7 @@ impl<U: TranslationUnit> Iommu<U> {
 
     /// Unmaps everything in `owner`'s domain `id`; returns the bytes unmapped (0 if empty).
     pub fn unmap_all(&mut self, owner: OwnerId, id: DomainId) -> Result<u64> {
-        match self.domain(id, owner)?.space.check_unmap_all() {
+        match self.iova_space(owner, id)?.check_unmap_all() {
             None => Ok(0),
             Some((span, total)) => {
                 self.unmap_span(id, span)?;
@@ -526,8 +688,26 @@ impl<U: TranslationUnit> Iommu<U> {
         let dom = self.domains.get(&id).ok_or(Error::UnknownDomain(id))?;
         self.unit(dom.unit)?
             .unmap(&dom.hw, Iova::new(span.start), len)?;
-        self.domain_mut(id)?.space.remove(span);
+        self.domain_mut(id)?.space_mut(id)?.remove(span);
         Ok(())
+    }
+
+    /// Invalidates the unit's cached translations of `[iova, iova + len)` in `owner`'s domain
+    /// `id`, after the embedder changed a table it owns (a shared CPU table).
+    pub fn flush(&mut self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<()> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        iova.as_u64().checked_add(len).ok_or(Error::WrapAround)?;
+        let dom = self.domain(id, owner)?;
+        self.unit(dom.unit)?.flush(&dom.hw, iova, len)?;
+        Ok(())
+    }
+
+    /// What unit `id` can do, with its raw identification registers, for a VMM building a
+    /// virtual IOMMU that matches it.
+    pub fn hardware_info(&self, id: UnitId) -> Result<HardwareInfo> {
+        Ok(self.unit(id)?.info())
     }
 
     fn domain(&self, id: DomainId, owner: OwnerId) -> Result<&Domain<U::Domain>> {
@@ -546,5 +726,22 @@ impl<U: TranslationUnit> Iommu<U> {
 
     fn domain_mut(&mut self, id: DomainId) -> Result<&mut Domain<U::Domain>> {
         self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))
+    }
+}
+
+impl<D> Domain<D> {
+    /// The IOVA space of a paging domain; other kinds have none.
+    fn space(&self, id: DomainId) -> Result<&IovaSpace> {
+        match &self.kind {
+            DomainKind::Paging { space, .. } => Ok(space),
+            _ => Err(Error::NotPaging(id)),
+        }
+    }
+
+    fn space_mut(&mut self, id: DomainId) -> Result<&mut IovaSpace> {
+        match &mut self.kind {
+            DomainKind::Paging { space, .. } => Ok(space),
+            _ => Err(Error::NotPaging(id)),
+        }
     }
 }

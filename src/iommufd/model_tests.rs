@@ -265,7 +265,7 @@ proptest! {
                 }
                 Op::MapAnywhere { pages } => {
                     let want = model.find(pages * PAGE);
-                    let got = io.domains[&dom].space.find_free(pages * PAGE);
+                    let got = io.iova_space(owner, dom).expect("paging domain").find_free(pages * PAGE);
                     prop_assert_eq!(got, want);
                     if let Ok(a) = want {
                         let phys = PhysAddr::new(PHYS_OFFSET + a);
@@ -276,7 +276,7 @@ proptest! {
                 }
             }
             // The records and the hardware table agree with the model, page by page.
-            let mut recorded: Vec<Region> = io.domains[&dom].space.mappings().map(|m| m.iova).collect();
+            let mut recorded: Vec<Region> = io.iova_space(owner, dom).expect("paging domain").mappings().map(|m| m.iova).collect();
             model.maps.sort();
             recorded.sort();
             prop_assert_eq!(&recorded, &model.maps);

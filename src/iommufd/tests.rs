@@ -9,7 +9,9 @@ use alloc::string::String;
 use core::cell::{Cell, RefCell};
 
 use super::*;
-use crate::unit::{Drained, FaultRecord, UnitError};
+use crate::unit::{
+    CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo, RawRegisters, UnitError,
+};
 
 /// What the mock hardware has for one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,8 +26,28 @@ enum Seen {
 #[derive(Debug)]
 struct MockDomain {
     tag: u32,
+    kind: MockKind,
     maps: RefCell<BTreeMap<u64, (u64, u64)>>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MockKind {
+    Paging,
+    /// Shares the CPU table at this root.
+    Shared(u64),
+    /// Built on the vIOMMU with this VMID.
+    Nested {
+        viommu: u32,
+    },
+}
+
+/// The mock's vIOMMU: its VMID (the parent's tag + 100).
+#[derive(Debug, PartialEq, Eq)]
+struct MockViommu {
+    vmid: u32,
+}
+
+const MOCK_PASID_BITS: u8 = 4;
 
 #[derive(Debug, Default)]
 struct MockUnit {
@@ -38,6 +60,16 @@ struct MockUnit {
     unmapped: Cell<u64>,
     /// The next call to the unit fails with this.
     fail_next: Cell<Option<UnitError>>,
+    /// (device, PASID) attachments.
+    pasids: RefCell<BTreeMap<(DeviceId, u32), Seen>>,
+    /// Live vIOMMUs (by VMID) and their nested domain counts.
+    viommus: RefCell<BTreeMap<u32, usize>>,
+    /// Guest commands issued, translated.
+    issued: RefCell<alloc::vec::Vec<[u64; 2]>>,
+    /// Bytes still mapped in domains when they were destroyed.
+    destroyed: Cell<u64>,
+    /// Bytes flushed.
+    flushed: Cell<u64>,
 }
 
 impl MockUnit {
@@ -52,72 +84,186 @@ impl MockUnit {
     fn injected(&self) -> core::result::Result<(), UnitError> {
         self.fail_next.take().map_or(Ok(()), Err)
     }
+
+    fn mock_domain(&self, kind: MockKind) -> MockDomain {
+        let tag = self.next_tag.get();
+        self.next_tag.set(tag + 1);
+        MockDomain {
+            tag,
+            kind,
+            maps: RefCell::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl TranslationUnit for MockUnit {
     type Domain = MockDomain;
 
-    type VIommu = core::convert::Infallible;
+    type VIommu = MockViommu;
     type GuestCommand = [u64; 2];
 
-    fn info(&self) -> crate::unit::HardwareInfo {
-        unimplemented!("mock")
+    fn info(&self) -> HardwareInfo {
+        HardwareInfo {
+            first_stage: true,
+            second_stage: true,
+            nesting: true,
+            identity: self.identity,
+            pasid_bits: MOCK_PASID_BITS,
+            first_stage_ia_bits: 48,
+            second_stage_ia_bits: 48,
+            output_bits: 48,
+            page_sizes: 1 << 12 | 1 << 21,
+            coherent_walks: true,
+            ats: false,
+            tags: 16,
+            raw: RawRegisters::Smmuv3 {
+                idr: [1, 2, 3, 4, 5, 6],
+                iidr: 7,
+                aidr: 8,
+            },
+        }
     }
 
-    fn new_shared_domain(
-        &self,
-        _cpu: &crate::unit::CpuTable,
-    ) -> core::result::Result<Self::Domain, UnitError> {
-        Err(UnitError::Unsupported("shared"))
+    fn new_shared_domain(&self, cpu: &CpuTable) -> core::result::Result<MockDomain, UnitError> {
+        self.injected()?;
+        Ok(self.mock_domain(MockKind::Shared(cpu.root.as_u64())))
     }
 
     fn destroy_domain(
         &self,
-        domain: Self::Domain,
-    ) -> core::result::Result<(), (Self::Domain, UnitError)> {
-        drop(domain);
+        domain: MockDomain,
+    ) -> core::result::Result<(), (MockDomain, UnitError)> {
+        if let Err(e) = self.injected() {
+            return Err((domain, e));
+        }
+        let seen = Seen::Paging(domain.tag);
+        let in_use = self.attached.borrow().values().any(|s| *s == seen)
+            || self.pasids.borrow().values().any(|s| *s == seen);
+        if in_use {
+            return Err((domain, UnitError::Busy));
+        }
+        if let MockKind::Nested { viommu } = domain.kind {
+            let mut v = self.viommus.borrow_mut();
+            if let Some(n) = v.get_mut(&viommu) {
+                *n -= 1;
+            }
+        }
+        let bytes: u64 = domain.maps.borrow().values().map(|(l, _)| l).sum();
+        self.destroyed.set(self.destroyed.get() + bytes);
         Ok(())
     }
 
     fn attach_pasid(
         &self,
-        _d: DeviceId,
-        _p: u32,
-        _to: Attachment<'_, Self::Domain>,
+        device: DeviceId,
+        pasid: u32,
+        to: Attachment<'_, MockDomain>,
     ) -> core::result::Result<(), UnitError> {
-        Err(UnitError::Unsupported("pasid"))
-    }
-
-    fn flush(&self, _d: &Self::Domain, _i: Iova, _l: u64) -> core::result::Result<(), UnitError> {
+        self.injected()?;
+        if !self.serves.contains(&device.0) {
+            return Err(UnitError::UnknownDevice(device));
+        }
+        if pasid >> MOCK_PASID_BITS != 0 {
+            return Err(UnitError::Unsupported("PASID beyond the unit's width"));
+        }
+        match to {
+            Attachment::Paging(d) => {
+                self.pasids
+                    .borrow_mut()
+                    .insert((device, pasid), Seen::Paging(d.tag));
+            }
+            Attachment::Blocking => {
+                self.pasids.borrow_mut().remove(&(device, pasid));
+            }
+            Attachment::Identity => return Err(UnitError::Unsupported("identity PASID")),
+        }
         Ok(())
     }
 
-    fn new_viommu(&self, _parent: &Self::Domain) -> core::result::Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("viommu"))
+    fn flush(&self, _d: &MockDomain, _i: Iova, len: u64) -> core::result::Result<(), UnitError> {
+        self.injected()?;
+        self.flushed.set(self.flushed.get() + len);
+        Ok(())
+    }
+
+    fn new_viommu(&self, parent: &MockDomain) -> core::result::Result<MockViommu, UnitError> {
+        self.injected()?;
+        let vmid = parent.tag + 100;
+        self.viommus.borrow_mut().insert(vmid, 0);
+        Ok(MockViommu { vmid })
     }
 
     fn destroy_viommu(
         &self,
-        v: Self::VIommu,
-    ) -> core::result::Result<(), (Self::VIommu, UnitError)> {
-        match v {}
+        viommu: MockViommu,
+    ) -> core::result::Result<(), (MockViommu, UnitError)> {
+        if let Err(e) = self.injected() {
+            return Err((viommu, e));
+        }
+        let nested = self.viommus.borrow().get(&viommu.vmid).copied();
+        match nested {
+            Some(0) => {
+                self.viommus.borrow_mut().remove(&viommu.vmid);
+                Ok(())
+            }
+            _ => Err((viommu, UnitError::Busy)),
+        }
     }
 
+    /// The mock's guest entry: word 0 bit 0 valid, every bit of word 7 reserved.
     fn new_nested(
         &self,
-        v: &Self::VIommu,
-        _g: &crate::unit::GuestEntry,
-    ) -> core::result::Result<Self::Domain, UnitError> {
-        match *v {}
+        viommu: &MockViommu,
+        guest: &GuestEntry,
+    ) -> core::result::Result<MockDomain, UnitError> {
+        self.injected()?;
+        if guest[0] & 1 == 0 {
+            return Err(UnitError::GuestEntry("V"));
+        }
+        if guest[7] != 0 {
+            return Err(UnitError::GuestEntry("reserved word 7"));
+        }
+        if let Some(n) = self.viommus.borrow_mut().get_mut(&viommu.vmid) {
+            *n += 1;
+        }
+        Ok(self.mock_domain(MockKind::Nested {
+            viommu: viommu.vmid,
+        }))
     }
 
+    /// The mock's guest commands: word 0 = opcode (1: invalidate the device whose virtual id is
+    /// word 1; 2: invalidate the guest's tag), everything else refused.
     fn forward_invalidations(
         &self,
-        v: &Self::VIommu,
-        _d: &dyn Fn(u32) -> Option<DeviceId>,
-        _c: &[Self::GuestCommand],
-    ) -> crate::unit::Forwarded {
-        match *v {}
+        viommu: &MockViommu,
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[[u64; 2]],
+    ) -> Forwarded {
+        for (done, cmd) in cmds.iter().enumerate() {
+            let issued = match cmd[0] {
+                1 => match u32::try_from(cmd[1]).ok().and_then(devices) {
+                    Some(dev) => [1, u64::from(dev.0)],
+                    None => {
+                        return Forwarded {
+                            done,
+                            refused: Some(UnitError::GuestCommand("not the guest's device")),
+                        }
+                    }
+                },
+                2 => [2, u64::from(viommu.vmid)],
+                _ => {
+                    return Forwarded {
+                        done,
+                        refused: Some(UnitError::GuestCommand("opcode")),
+                    }
+                }
+            };
+            self.issued.borrow_mut().push(issued);
+        }
+        Forwarded {
+            done: cmds.len(),
+            refused: None,
+        }
     }
 
     fn new_domain(
@@ -126,12 +272,7 @@ impl TranslationUnit for MockUnit {
         _ia_bits: u32,
     ) -> core::result::Result<MockDomain, UnitError> {
         self.injected()?;
-        let tag = self.next_tag.get();
-        self.next_tag.set(tag + 1);
-        Ok(MockDomain {
-            tag,
-            maps: RefCell::new(BTreeMap::new()),
-        })
+        Ok(self.mock_domain(MockKind::Paging))
     }
 
     fn attach(
@@ -240,10 +381,29 @@ fn snapshot(io: &Iommu<MockUnit>) -> String {
             d.users,
             d.hw.maps.borrow()
         );
-        s += &format!("{:?};", d.space.mappings().collect::<alloc::vec::Vec<_>>());
+        if let Ok(space) = d.space(*id) {
+            s += &format!("{:?};", space.mappings().collect::<alloc::vec::Vec<_>>());
+        }
+        if let DomainKind::Paging { viommus, .. } = d.kind {
+            s += &format!("viommus {viommus};");
+        }
     }
+    for (id, v) in &io.viommus {
+        s += &format!(
+            "{id:?}:{:?}/{:?}/{:?}/{};",
+            v.owner, v.hw, v.devices, v.nested
+        );
+    }
+    s += &format!("{:?};", io.pasids);
     for u in &io.units {
-        s += &format!("{:?};", u.attached.borrow());
+        s += &format!(
+            "{:?};{:?};{:?};{:?};{}",
+            u.attached.borrow(),
+            u.pasids.borrow(),
+            u.viommus.borrow(),
+            u.issued.borrow(),
+            u.flushed.get()
+        );
     }
     s
 }
@@ -699,9 +859,14 @@ fn attached_domain_is_busy() {
         io.destroy_domain(B, dom)
     });
     ok(io.attach(d1, A, Target::Blocked));
+    // The unit refusing the teardown leaves the domain as it was.
+    ok(io.unit(u)).fail_next.set(Some(UnitError::Busy));
+    refused(&mut io, Error::Unit(UnitError::Busy), |io| {
+        io.destroy_domain(A, dom)
+    });
     ok(io.destroy_domain(A, dom));
-    // Destruction emptied the table through the unit first.
-    assert_eq!(ok(io.unit(u)).unmapped.get(), 0x1000);
+    // The unit dropped the table with its mapping.
+    assert_eq!(ok(io.unit(u)).destroyed.get(), 0x1000);
     refused(&mut io, Error::UnknownDomain(dom), |io| {
         io.destroy_domain(A, dom)
     });
@@ -713,7 +878,7 @@ fn attached_domain_is_busy() {
 }
 
 #[test]
-fn bad_layout_and_nesting_are_refused() {
+fn bad_layouts_are_refused() {
     let (mut io, u, _) = system();
     refused(&mut io, Error::BadLayout("no usable window"), |io| {
         io.alloc_domain(
@@ -747,8 +912,280 @@ fn bad_layout_and_nesting_are_refused() {
             )
         },
     );
-    let dom = domain(&mut io, A, u);
-    refused(&mut io, Error::Unsupported("nesting: not yet"), |io| {
-        io.alloc_nested_domain(A, dom)
+}
+
+#[test]
+fn hardware_info_comes_from_the_unit() {
+    let (io, u, _) = system();
+    let info = ok(io.hardware_info(u));
+    assert_eq!(info.pasid_bits, MOCK_PASID_BITS);
+    assert!(matches!(info.raw, RawRegisters::Smmuv3 { iidr: 7, .. }));
+    let mut other: Iommu<MockUnit> = Iommu::new();
+    assert_eq!(other.hardware_info(u).err(), Some(Error::UnknownUnit(u)));
+    other.add_unit(MockUnit::new(false, &[]));
+    assert!(!ok(other.hardware_info(u)).identity);
+}
+
+fn nest_parent(io: &mut Iommu<MockUnit>, owner: OwnerId, u: UnitId) -> DomainId {
+    let w = window();
+    ok(io.alloc_nest_parent(
+        owner,
+        u,
+        48,
+        &Layout {
+            windows: &w,
+            reserved: &[MSI],
+        },
+    ))
+}
+
+const GOOD_GUEST: GuestEntry = [1, 0, 0, 0, 0, 0, 0, 0];
+
+/// The tiny-hypervisor flow over the mock: parent, vIOMMU, virtual id, nested domain, attach,
+/// guest invalidations; every refusal on the way leaves everything as it was.
+#[test]
+fn viommu_and_nesting_rules() {
+    let (mut io, u, [d1, _d2, d3]) = system();
+    let plain = domain(&mut io, A, u);
+    refused(&mut io, Error::NotNestParent(plain), |io| {
+        io.alloc_viommu(A, plain)
     });
+    let parent = nest_parent(&mut io, A, u);
+    refused(&mut io, Error::NotDomainOwner(parent), |io| {
+        io.alloc_viommu(B, parent)
+    });
+    ok(io.unit(u)).fail_next.set(Some(UnitError::OutOfIds));
+    refused(&mut io, Error::Unit(UnitError::OutOfIds), |io| {
+        io.alloc_viommu(A, parent)
+    });
+    let v = ok(io.alloc_viommu(A, parent));
+    assert_eq!(ok(io.viommu_parent(A, v)), parent);
+    refused(&mut io, Error::NotViommuOwner(v), |io| {
+        io.viommu_parent(B, v)
+    });
+
+    // Virtual ids: only owned devices, one id per device, one device per id.
+    refused(&mut io, Error::NotOwner(d3), |io| {
+        io.set_virtual_device(A, v, d3, 0x30)
+    });
+    ok(io.claim(d3, A));
+    ok(io.claim(d1, B));
+    refused(&mut io, Error::NotViommuOwner(v), |io| {
+        io.set_virtual_device(B, v, d1, 0x10)
+    });
+    ok(io.set_virtual_device(A, v, d3, 0x30));
+    refused(
+        &mut io,
+        Error::DeviceInViommu {
+            device: d3,
+            viommu: v,
+        },
+        |io| io.set_virtual_device(A, v, d3, 0x31),
+    );
+    refused(
+        &mut io,
+        Error::VirtualIdInUse {
+            viommu: v,
+            virtual_id: 0x30,
+        },
+        |io| io.set_virtual_device(A, v, d3, 0x30),
+    );
+    assert_eq!(ok(io.virtual_device(A, v, 0x30)), d3);
+    refused(
+        &mut io,
+        Error::UnknownVirtualId {
+            viommu: v,
+            virtual_id: 0x31,
+        },
+        |io| io.virtual_device(A, v, 0x31),
+    );
+
+    // Guest data the unit refuses changes nothing.
+    let mut bad = GOOD_GUEST;
+    bad[7] = 1;
+    refused(
+        &mut io,
+        Error::Unit(UnitError::GuestEntry("reserved word 7")),
+        |io| io.alloc_nested_domain(A, v, &bad),
+    );
+    let nested = ok(io.alloc_nested_domain(A, v, &GOOD_GUEST));
+    refused(&mut io, Error::NotPaging(nested), |io| {
+        io.map(
+            A,
+            nested,
+            Iova::new(0),
+            PhysAddr::new(0),
+            0x1000,
+            Prot::READ,
+        )
+    });
+    refused(&mut io, Error::NotPaging(nested), |io| {
+        io.unmap_all(A, nested)
+    });
+
+    // A nested domain only for devices the guest can name.
+    let other = ok(io.add_device(u, DeviceId(4), GroupId(12)));
+    ok(io.claim(other, A));
+    refused(
+        &mut io,
+        Error::NotInViommu {
+            device: other,
+            viommu: v,
+        },
+        |io| io.attach(other, A, Target::Domain(nested)),
+    );
+    ok(io.attach(d3, A, Target::Domain(nested)));
+    assert!(matches!(seen(&io, u, 3), Some(Seen::Paging(_))));
+
+    // Guest invalidations: virtual ids translated, the first bad command stops the rest.
+    let f = ok(io.invalidate(A, v, &[[2, 0], [1, 0x30]]));
+    assert_eq!((f.done, f.refused), (2, None));
+    let vmid = ok(io.unit(u)).viommus.borrow().keys().next().copied();
+    assert_eq!(
+        ok(io.unit(u)).issued.borrow().as_slice(),
+        &[[2, u64::from(vmid.unwrap_or(0))], [1, 3]]
+    );
+    let before = ok(io.unit(u)).issued.borrow().len();
+    let f = ok(io.invalidate(A, v, &[[1, 0x30], [1, 0x10], [2, 0]]));
+    assert_eq!(
+        (f.done, f.refused),
+        (1, Some(UnitError::GuestCommand("not the guest's device")))
+    );
+    assert_eq!(ok(io.unit(u)).issued.borrow().len(), before + 1);
+    assert_eq!(
+        io.invalidate(B, v, &[[2, 0]]).err(),
+        Some(Error::NotViommuOwner(v))
+    );
+
+    // Lifetimes: nothing in use can go away.
+    refused(
+        &mut io,
+        Error::ParentInUse {
+            domain: parent,
+            viommus: 1,
+        },
+        |io| io.destroy_domain(A, parent),
+    );
+    refused(
+        &mut io,
+        Error::ViommuBusy {
+            viommu: v,
+            nested: 1,
+        },
+        |io| io.destroy_viommu(A, v),
+    );
+    refused(
+        &mut io,
+        Error::Busy {
+            domain: nested,
+            users: 1,
+        },
+        |io| io.unset_virtual_device(A, v, 0x30),
+    );
+    refused(
+        &mut io,
+        Error::DeviceInViommu {
+            device: d3,
+            viommu: v,
+        },
+        |io| io.release(d3, A),
+    );
+    // Torn down in order, everything goes.
+    ok(io.attach(d3, A, Target::Blocked));
+    ok(io.destroy_domain(A, nested));
+    ok(io.unset_virtual_device(A, v, 0x30));
+    ok(io.release(d3, A));
+    ok(io.destroy_viommu(A, v));
+    ok(io.destroy_domain(A, parent));
+    assert!(ok(io.unit(u)).viommus.borrow().is_empty());
+    refused(&mut io, Error::UnknownViommu(v), |io| {
+        io.destroy_viommu(A, v)
+    });
+}
+
+#[test]
+fn pasid_attach_rules() {
+    let (mut io, u, [d1, _d2, d3]) = system();
+    let dom = domain(&mut io, A, u);
+    refused(&mut io, Error::NotOwner(d3), |io| {
+        io.attach_pasid(d3, A, 1, Target::Domain(dom))
+    });
+    ok(io.claim(d1, A));
+    ok(io.claim(d3, A));
+    // d1 aliases d2: its PASID traffic cannot be told apart.
+    refused(&mut io, Error::GroupNotSingleton(GroupId(10)), |io| {
+        io.attach_pasid(d1, A, 1, Target::Domain(dom))
+    });
+    refused(
+        &mut io,
+        Error::Unsupported("identity for one PASID"),
+        |io| io.attach_pasid(d3, A, 1, Target::Identity),
+    );
+    refused(
+        &mut io,
+        Error::Unit(UnitError::Unsupported("PASID beyond the unit's width")),
+        |io| io.attach_pasid(d3, A, 1 << MOCK_PASID_BITS, Target::Domain(dom)),
+    );
+    let other = domain(&mut io, B, u);
+    refused(&mut io, Error::NotDomainOwner(other), |io| {
+        io.attach_pasid(d3, A, 1, Target::Domain(other))
+    });
+    ok(io.attach_pasid(d3, A, 1, Target::Domain(dom)));
+    ok(io.attach_pasid(d3, A, 2, Target::Domain(dom)));
+    // The device's requests without PASID stay blocked.
+    assert_eq!(seen(&io, u, 3), Some(Seen::Blocking));
+    assert_eq!(ok(io.domain_users(A, dom)), 2);
+    assert_eq!(io.pasids_of(d3).collect::<alloc::vec::Vec<_>>(), [1, 2]);
+    refused(
+        &mut io,
+        Error::Busy {
+            domain: dom,
+            users: 2,
+        },
+        |io| io.destroy_domain(A, dom),
+    );
+    ok(io.attach_pasid(d3, A, 1, Target::Blocked));
+    assert_eq!(ok(io.domain_users(A, dom)), 1);
+    // Release blocks the remaining PASIDs too.
+    ok(io.release(d3, A));
+    assert!(ok(io.unit(u)).pasids.borrow().is_empty());
+    assert_eq!(io.pasids_of(d3).count(), 0);
+    ok(io.destroy_domain(A, dom));
+}
+
+#[test]
+fn shared_cpu_table_domain() {
+    let (mut io, u, [_, _, d3]) = system();
+    let cpu = CpuTable {
+        root: PhysAddr::new(0x8000),
+        ia_bits: 48,
+        asid: 1,
+        mair: 0xff,
+    };
+    ok(io.unit(u)).fail_next.set(Some(UnitError::OutOfMemory));
+    refused(&mut io, Error::Unit(UnitError::OutOfMemory), |io| {
+        io.alloc_shared_domain(A, u, &cpu)
+    });
+    let sva = ok(io.alloc_shared_domain(A, u, &cpu));
+    refused(&mut io, Error::NotPaging(sva), |io| {
+        io.map_anywhere(A, sva, PhysAddr::new(0), 0x1000, Prot::READ)
+    });
+    refused(&mut io, Error::NotPaging(sva), |io| {
+        io.iova_space(A, sva).map(|_| ())
+    });
+    refused(&mut io, Error::ZeroLength, |io| {
+        io.flush(A, sva, Iova::new(0), 0)
+    });
+    refused(&mut io, Error::WrapAround, |io| {
+        io.flush(A, sva, Iova::new(u64::MAX - 0xfff), 0x2000)
+    });
+    refused(&mut io, Error::NotDomainOwner(sva), |io| {
+        io.flush(B, sva, Iova::new(0), 0x1000)
+    });
+    ok(io.flush(A, sva, Iova::new(0x4000), 0x2000));
+    assert_eq!(ok(io.unit(u)).flushed.get(), 0x2000);
+    ok(io.claim(d3, A));
+    ok(io.attach_pasid(d3, A, 5, Target::Domain(sva)));
+    ok(io.release(d3, A));
+    ok(io.destroy_domain(A, sva));
 }
