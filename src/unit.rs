@@ -352,3 +352,76 @@ pub trait TranslationUnit {
         cmds: &[Self::GuestCommand],
     ) -> Forwarded;
 }
+
+/// A borrowed unit is a unit: an embedder that keeps its units elsewhere (in a static, next to
+/// their register mappings) can still register them with the object model
+/// ([`Iommu::add_unit`](crate::iommufd::Iommu::add_unit)`(&unit)`).
+impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
+    type Domain = T::Domain;
+    type VIommu = T::VIommu;
+    type GuestCommand = T::GuestCommand;
+
+    fn info(&self) -> HardwareInfo {
+        (**self).info()
+    }
+    fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {
+        (**self).new_domain(stage, ia_bits)
+    }
+    fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
+        (**self).new_shared_domain(cpu)
+    }
+    fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
+        (**self).destroy_domain(domain)
+    }
+    fn attach(&self, device: DeviceId, to: Attachment<'_, Self::Domain>) -> Result<(), UnitError> {
+        (**self).attach(device, to)
+    }
+    fn attach_pasid(
+        &self,
+        device: DeviceId,
+        pasid: u32,
+        to: Attachment<'_, Self::Domain>,
+    ) -> Result<(), UnitError> {
+        (**self).attach_pasid(device, pasid, to)
+    }
+    fn map(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), UnitError> {
+        (**self).map(domain, iova, phys, len, prot)
+    }
+    fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
+        (**self).unmap(domain, iova, len)
+    }
+    fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
+        (**self).flush(domain, iova, len)
+    }
+    fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
+        (**self).drain_faults(sink)
+    }
+    fn new_viommu(&self, parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        (**self).new_viommu(parent)
+    }
+    fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
+        (**self).destroy_viommu(viommu)
+    }
+    fn new_nested(
+        &self,
+        viommu: &Self::VIommu,
+        guest: &GuestEntry,
+    ) -> Result<Self::Domain, UnitError> {
+        (**self).new_nested(viommu, guest)
+    }
+    fn forward_invalidations(
+        &self,
+        viommu: &Self::VIommu,
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[Self::GuestCommand],
+    ) -> Forwarded {
+        (**self).forward_invalidations(viommu, devices, cmds)
+    }
+}

@@ -1189,3 +1189,24 @@ fn shared_cpu_table_domain() {
     ok(io.release(d3, A));
     ok(io.destroy_domain(A, sva));
 }
+
+#[test]
+fn a_borrowed_unit_serves_the_model() {
+    let unit = MockUnit::new(false, &[7]);
+    let mut io: Iommu<&MockUnit> = Iommu::new();
+    let u = io.add_unit(&unit);
+    let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
+    assert_eq!(unit.attached.borrow().get(&DeviceId(7)), Some(&Seen::Blocking));
+    ok(io.claim(d, A));
+    let w = window();
+    let layout = Layout {
+        windows: &w,
+        reserved: &[],
+    };
+    let dom = ok(io.alloc_domain(A, u, Stage::Second, 48, &layout));
+    ok(io.attach(d, A, Target::Domain(dom)));
+    assert!(matches!(
+        unit.attached.borrow().get(&DeviceId(7)),
+        Some(Seen::Paging(_))
+    ));
+}
