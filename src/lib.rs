@@ -13,6 +13,7 @@ pub mod addr;
 pub mod hal;
 pub mod iommufd;
 pub mod pagetable;
+pub mod pci;
 pub mod poll;
 pub mod sync;
 pub mod unit;

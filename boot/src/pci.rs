@@ -5,40 +5,9 @@
 //! assigns BARs; on `virt` nothing does, so [`assign_memory_bars`] does it from the host bridge's
 //! MMIO window.
 
-use core::fmt;
-
-/// A PCI function address. Its 16-bit form is the requester id an IOMMU sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bdf {
-    pub bus: u8,
-    pub device: u8,
-    pub function: u8,
-}
-
-impl Bdf {
-    pub const fn new(bus: u8, device: u8, function: u8) -> Self {
-        Self {
-            bus,
-            device: device & 0x1f,
-            function: function & 0x7,
-        }
-    }
-
-    /// The requester id: bus in bits 15:8, device in 7:3, function in 2:0.
-    pub const fn requester_id(self) -> u16 {
-        (self.bus as u16) << 8 | (self.device as u16) << 3 | self.function as u16
-    }
-
-    pub const fn from_requester_id(rid: u16) -> Self {
-        Self::new((rid >> 8) as u8, (rid >> 3) as u8, rid as u8)
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
+/// A PCI function address; its 16-bit form is the requester id an IOMMU sees. One type for
+/// the whole project, from the core crate.
+pub use iommu::pci::Bdf;
 
 /// Configuration-space offsets used here (PCI Local Bus Specification 3.0, 6.1).
 pub mod offset {

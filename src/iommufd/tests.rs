@@ -1196,7 +1196,10 @@ fn a_borrowed_unit_serves_the_model() {
     let mut io: Iommu<&MockUnit> = Iommu::new();
     let u = io.add_unit(&unit);
     let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
-    assert_eq!(unit.attached.borrow().get(&DeviceId(7)), Some(&Seen::Blocking));
+    assert_eq!(
+        unit.attached.borrow().get(&DeviceId(7)),
+        Some(&Seen::Blocking)
+    );
     ok(io.claim(d, A));
     let w = window();
     let layout = Layout {
