@@ -162,6 +162,14 @@ pub enum Error {
         /// Nested domains built on it.
         nested: usize,
     },
+    /// `id` is already the id or an alias of a device of `group`: devices sharing an id are one
+    /// group.
+    AliasCrossesGroups {
+        /// The shared id.
+        id: DeviceId,
+        /// The other device's group.
+        group: GroupId,
+    },
     /// PASID attach needs a device alone in its group.
     GroupNotSingleton(GroupId),
     /// The operation is not supported by the object model (named).
@@ -238,6 +246,9 @@ impl fmt::Display for Error {
             }
             Self::ViommuBusy { viommu, nested } => {
                 write!(f, "{viommu:?} has {nested} nested domain(s)")
+            }
+            Self::AliasCrossesGroups { id, group } => {
+                write!(f, "{id:?} is already used by a device of {group:?}")
             }
             Self::GroupNotSingleton(g) => {
                 write!(f, "{g:?} has several devices: no PASID attach")

@@ -11,9 +11,11 @@
 //!   reaches memory.
 //! - A *group* is the set of devices the hardware cannot tell apart: same requester id, or DMA
 //!   aliases (a conventional PCI bridge issues its children's requests with its own id). The
-//!   embedder knows this from the bus topology and says so by giving those devices the same
-//!   [`GroupId`]; devices that alias nothing get a group of their own. Isolation is a property of
-//!   groups, not devices.
+//!   embedder knows this from the bus topology ([`crate::pci::alias_groups`] computes it) and
+//!   says so by giving those devices the same [`GroupId`], and registers each alias id with
+//!   [`Iommu::add_alias`] so that attaching a device programs every id its DMA arrives with;
+//!   devices that alias nothing get a group of their own. Isolation is a property of groups,
+//!   not devices.
 //! - An *owner* ([`OwnerId`]) is whoever drives a device's DMA: a guest of a hypervisor, a driver
 //!   of a unikernel. Ownership is explicit: [`Iommu::claim`] and [`Iommu::release`]. A group has
 //!   at most one owner. Only the owner attaches a device; releasing a device blocks it again.
@@ -235,6 +237,8 @@ pub struct Iommu<U: TranslationUnit> {
     next_domain: u64,
     viommus: BTreeMap<ViommuId, Viommu<U::VIommu>>,
     next_viommu: u64,
+    /// Alias ids of devices (device, alias), see [`Iommu::add_alias`].
+    aliases: Vec<(DeviceHandle, DeviceId)>,
     /// (device, PASID) pairs attached to a domain; a pair not here is blocked.
     pasids: BTreeMap<(DeviceHandle, u32), DomainId>,
     /// Whether owners may attach devices to identity; off until the embedder allows it.
@@ -257,6 +261,7 @@ impl<U: TranslationUnit> Iommu<U> {
             next_domain: 0,
             viommus: BTreeMap::new(),
             next_viommu: 0,
+            aliases: Vec::new(),
             pasids: BTreeMap::new(),
             identity_allowed: false,
         }
@@ -294,6 +299,15 @@ impl<U: TranslationUnit> Iommu<U> {
         if self.devices.iter().any(|d| d.unit == unit && d.id == id) {
             return Err(Error::DuplicateDevice { unit, id });
         }
+        if let Some(other) = self
+            .users_of_id(unit, id)
+            .find(|h| self.devices[h.0].group != group)
+        {
+            return Err(Error::AliasCrossesGroups {
+                id,
+                group: self.devices[other.0].group,
+            });
+        }
         for d in self.devices.iter().filter(|d| d.group == group) {
             if d.unit != unit {
                 return Err(Error::GroupSpansUnits(group));
@@ -312,6 +326,128 @@ impl<U: TranslationUnit> Iommu<U> {
             target: Target::Blocked,
         });
         Ok(DeviceHandle(self.devices.len() - 1))
+    }
+
+    /// Adds `alias`, another id `device`'s DMA reaches its unit with (a bridge's requester id:
+    /// see [`crate::pci::dma_aliases`]), and blocks it. From then on, attaching the device
+    /// programs the alias too; devices of one group may share an alias, which then follows
+    /// whichever of them is attached (group viability makes that one target).
+    ///
+    /// Refused while a member of the group is owned, for an id the device already has, and for
+    /// an id that belongs to a device of another group (they would be one group).
+    pub fn add_alias(&mut self, device: DeviceHandle, alias: DeviceId) -> Result<()> {
+        let d = self.device(device)?;
+        if self
+            .devices
+            .iter()
+            .any(|m| m.group == d.group && m.owner.is_some())
+        {
+            return Err(Error::GroupInUse(d.group));
+        }
+        if self.ids_of(device, &d).any(|id| id == alias) {
+            return Err(Error::DuplicateDevice {
+                unit: d.unit,
+                id: alias,
+            });
+        }
+        if let Some(other) = self
+            .users_of_id(d.unit, alias)
+            .find(|h| self.devices[h.0].group != d.group)
+        {
+            return Err(Error::AliasCrossesGroups {
+                id: alias,
+                group: self.devices[other.0].group,
+            });
+        }
+        self.unit(d.unit)?.attach(alias, Attachment::Blocking)?;
+        self.aliases.push((device, alias));
+        Ok(())
+    }
+
+    /// The ids the unit sees `device` with: its own first, then its aliases.
+    pub fn device_ids(&self, device: DeviceHandle) -> Result<Vec<DeviceId>> {
+        let d = self.device(device)?;
+        Ok(self.ids_of(device, &d).collect())
+    }
+
+    fn ids_of<'a>(
+        &'a self,
+        device: DeviceHandle,
+        d: &DeviceState,
+    ) -> impl Iterator<Item = DeviceId> + 'a {
+        core::iter::once(d.id).chain(
+            self.aliases
+                .iter()
+                .filter(move |(h, _)| *h == device)
+                .map(|(_, a)| *a),
+        )
+    }
+
+    /// The devices on `unit` whose own id or an alias is `id`.
+    fn users_of_id(&self, unit: UnitId, id: DeviceId) -> impl Iterator<Item = DeviceHandle> + '_ {
+        let own = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| d.unit == unit && d.id == id)
+            .map(|(i, _)| DeviceHandle(i));
+        let aliased = self
+            .aliases
+            .iter()
+            .filter(move |(h, a)| *a == id && self.devices[h.0].unit == unit)
+            .map(|(h, _)| *h);
+        own.chain(aliased)
+    }
+
+    /// What `id` on `unit` must translate through if `device` moves to `target`: `target`
+    /// itself, unless that is blocked and another device sharing the id is attached elsewhere
+    /// (its group's viability makes that the only other target).
+    fn target_of_id(
+        &self,
+        unit: UnitId,
+        id: DeviceId,
+        device: DeviceHandle,
+        target: Target,
+    ) -> Target {
+        if target != Target::Blocked {
+            return target;
+        }
+        self.users_of_id(unit, id)
+            .filter(|h| *h != device)
+            .map(|h| self.devices[h.0].target)
+            .find(|t| *t != Target::Blocked)
+            .unwrap_or(Target::Blocked)
+    }
+
+    fn attachment(&self, target: Target) -> Result<Attachment<'_, U::Domain>> {
+        Ok(match target {
+            Target::Blocked => Attachment::Blocking,
+            Target::Identity => Attachment::Identity,
+            Target::Domain(id) => {
+                Attachment::Paging(&self.domains.get(&id).ok_or(Error::UnknownDomain(id))?.hw)
+            }
+        })
+    }
+
+    /// Points every id of `device` (own and aliases) at what it must translate through once the
+    /// device is on `target`. If the unit refuses one, the ids already switched are pointed back
+    /// at what they had, so the hardware is as before.
+    fn program(&self, device: DeviceHandle, d: &DeviceState, target: Target) -> Result<()> {
+        let unit = self.unit(d.unit)?;
+        let ids: Vec<DeviceId> = self.ids_of(device, d).collect();
+        for (done, id) in ids.iter().enumerate() {
+            let to = self.target_of_id(d.unit, *id, device, target);
+            if let Err(e) = unit.attach(*id, self.attachment(to)?) {
+                for back in &ids[..done] {
+                    let was = self.target_of_id(d.unit, *back, device, d.target);
+                    // Best effort: these ids held `was` a moment ago, so the unit accepts it
+                    // again unless the hardware itself failed, which `e` reports.
+                    let _ = self.attachment(was).map(|a| unit.attach(*back, a));
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// The device registered as `id` on `unit`.
@@ -408,13 +544,7 @@ impl<U: TranslationUnit> Iommu<U> {
         if target != Target::Blocked {
             self.check_viable(device, &d, owner, target)?;
         }
-        let unit = self.unit(d.unit)?;
-        let to = match target {
-            Target::Blocked => Attachment::Blocking,
-            Target::Identity => Attachment::Identity,
-            Target::Domain(id) => Attachment::Paging(&self.domain(id, owner)?.hw),
-        };
-        unit.attach(d.id, to)?;
+        self.program(device, &d, target)?;
         // The hardware has switched; only bookkeeping follows, which cannot fail.
         self.count_users(d.target, target);
         self.device_mut(device)?.target = target;

@@ -27,6 +27,10 @@ impl<U: TranslationUnit> Iommu<U> {
         if self.group_members(d.group).count() > 1 {
             return Err(Error::GroupNotSingleton(d.group));
         }
+        if self.aliases.iter().any(|(h, _)| *h == device) {
+            // PASIDs travel in PCIe TLP prefixes, which a bridge to conventional PCI drops.
+            return Err(Error::Unsupported("PASID for a device with DMA aliases"));
+        }
         let old = self
             .pasids
             .get(&(device, pasid))

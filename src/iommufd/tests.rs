@@ -60,6 +60,8 @@ struct MockUnit {
     unmapped: Cell<u64>,
     /// The next call to the unit fails with this.
     fail_next: Cell<Option<UnitError>>,
+    /// The call after this many more fails with this.
+    fail_later: Cell<Option<(u32, UnitError)>>,
     /// (device, PASID) attachments.
     pasids: RefCell<BTreeMap<(DeviceId, u32), Seen>>,
     /// Live vIOMMUs (by VMID) and their nested domain counts.
@@ -82,6 +84,13 @@ impl MockUnit {
     }
 
     fn injected(&self) -> core::result::Result<(), UnitError> {
+        if let Some((calls, e)) = self.fail_later.get() {
+            if calls == 0 {
+                self.fail_later.set(None);
+                return Err(e);
+            }
+            self.fail_later.set(Some((calls - 1, e)));
+        }
         self.fail_next.take().map_or(Ok(()), Err)
     }
 
@@ -1212,4 +1221,89 @@ fn a_borrowed_unit_serves_the_model() {
         unit.attached.borrow().get(&DeviceId(7)),
         Some(Seen::Paging(_))
     ));
+}
+
+#[test]
+fn aliases_follow_their_group() {
+    let (mut io, u, [d1, d2, d3]) = system();
+    // 1 and 2 sit behind one bridge whose id is 9; 3 is elsewhere.
+    const BRIDGE: DeviceId = DeviceId(9);
+    let serves = [1, 2, 3, 4, 9, 0x300];
+    io.units[u.0].serves = serves.to_vec();
+    ok(io.add_alias(d1, BRIDGE));
+    ok(io.add_alias(d2, BRIDGE));
+    assert_eq!(seen(&io, u, 9), Some(Seen::Blocking));
+    assert_eq!(ok(io.device_ids(d1)), [DeviceId(1), BRIDGE]);
+    refused(
+        &mut io,
+        Error::DuplicateDevice {
+            unit: u,
+            id: BRIDGE,
+        },
+        |io| io.add_alias(d1, BRIDGE),
+    );
+    refused(
+        &mut io,
+        Error::AliasCrossesGroups {
+            id: BRIDGE,
+            group: GroupId(10),
+        },
+        |io| io.add_alias(d3, BRIDGE),
+    );
+    refused(
+        &mut io,
+        Error::AliasCrossesGroups {
+            id: DeviceId(1),
+            group: GroupId(10),
+        },
+        |io| io.add_alias(d3, DeviceId(1)),
+    );
+    refused(
+        &mut io,
+        Error::AliasCrossesGroups {
+            id: BRIDGE,
+            group: GroupId(10),
+        },
+        |io| io.add_device(u, BRIDGE, GroupId(13)),
+    );
+
+    ok(io.claim(d1, A));
+    ok(io.claim(d2, A));
+    refused(&mut io, Error::GroupInUse(GroupId(10)), |io| {
+        io.add_alias(d1, DeviceId(4))
+    });
+    let dom = domain(&mut io, A, u);
+    // The unit refusing the alias leaves the own id as it was too.
+    ok(io.unit(u))
+        .fail_later
+        .set(Some((1, UnitError::Hardware("test"))));
+    refused(&mut io, Error::Unit(UnitError::Hardware("test")), |io| {
+        io.attach(d1, A, Target::Domain(dom))
+    });
+    ok(io.attach(d1, A, Target::Domain(dom)));
+    let tag = match seen(&io, u, 1) {
+        Some(Seen::Paging(t)) => t,
+        other => panic!("d1 not attached: {other:?}"),
+    };
+    assert_eq!(seen(&io, u, 9), Some(Seen::Paging(tag)));
+    ok(io.attach(d2, A, Target::Domain(dom)));
+    // d1 leaves: the bridge id still carries d2's DMA, so it stays on the domain.
+    ok(io.attach(d1, A, Target::Blocked));
+    assert_eq!(seen(&io, u, 1), Some(Seen::Blocking));
+    assert_eq!(seen(&io, u, 9), Some(Seen::Paging(tag)));
+    ok(io.release(d2, A));
+    assert_eq!(seen(&io, u, 2), Some(Seen::Blocking));
+    assert_eq!(seen(&io, u, 9), Some(Seen::Blocking));
+    // No PASIDs through a bridge.
+    refused(&mut io, Error::GroupNotSingleton(GroupId(10)), |io| {
+        io.attach_pasid(d1, A, 1, Target::Domain(dom))
+    });
+    let lone = ok(io.add_device(u, DeviceId(4), GroupId(14)));
+    ok(io.add_alias(lone, DeviceId(3 << 8)));
+    ok(io.claim(lone, A));
+    refused(
+        &mut io,
+        Error::Unsupported("PASID for a device with DMA aliases"),
+        |io| io.attach_pasid(lone, A, 1, Target::Domain(dom)),
+    );
 }
