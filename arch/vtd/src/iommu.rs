@@ -445,6 +445,11 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         self.mode
     }
 
+    /// The root table the unit walks (RTADDR), for inspection.
+    pub fn root_table(&self) -> PhysAddr {
+        self.root
+    }
+
     /// Sends a fault-event MSI (`msi`) whenever the unit records a fault while no earlier one
     /// is pending (VT-d 7.3.1: FSTS.PPF, PFO and IQE clear), and unmasks it (FECTL.IM = 0). The
     /// handler drains with [`TranslationUnit::drain_faults`], which clears the records so the

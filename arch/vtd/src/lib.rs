@@ -32,3 +32,7 @@ mod sync;
 // The unit brought up and driven (issue 4, part 2).
 pub mod fault;
 pub mod iommu;
+
+// Host tests against a simulated unit.
+#[cfg(all(test, not(loom)))]
+mod sim;
