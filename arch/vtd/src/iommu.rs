@@ -456,7 +456,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     /// next fault interrupts again. A fault pending when this is called (FECTL.IP) is signalled
     /// at once. With interrupt remapping off the message is delivered as written.
     pub fn enable_fault_interrupt(&self, msi: FaultEventMsi) -> Result<(), UnitError> {
-        if msi.address % 4 != 0 {
+        if !msi.address.is_multiple_of(4) {
             return Err(UnitError::Unsupported(
                 "fault-event MSI address not dword aligned",
             ));
@@ -500,7 +500,8 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     /// attach, so an embedder attaches such devices early.
     pub fn add_rmrr(&self, device: DeviceId, base: u64, limit: u64) -> Result<(), UnitError> {
         use iommu::pagetable::Error as PtError;
-        if base % 4096 != 0 || limit < base || limit.wrapping_add(1) % 4096 != 0 {
+        if !base.is_multiple_of(4096) || limit < base || !limit.wrapping_add(1).is_multiple_of(4096)
+        {
             return Err(UnitError::PageTable(PtError::UnalignedIova));
         }
         let region = ReservedRegion {
@@ -1237,7 +1238,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
             }
         };
         let root = cpu.root.as_u64();
-        if root % 4096 != 0 {
+        if !root.is_multiple_of(4096) {
             return Err(UnitError::PageTable(iommu::pagetable::Error::UnalignedPhys));
         }
         if self.output_width < 64 && root >> self.output_width != 0 {
