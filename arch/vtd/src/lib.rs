@@ -22,7 +22,6 @@ pub use unit::{read_unit_info, UnitError, UnitInfo, UnitRegisters};
 
 // In-memory structures and the invalidation queue (issue 4, part 1).
 pub mod descriptor;
-mod domain_ids;
 pub mod pasid;
 pub mod qi;
 pub mod register_invalidation;
