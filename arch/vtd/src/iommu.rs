@@ -98,7 +98,7 @@ pub(crate) enum DomainTable<H: Hal> {
 impl<H: Hal> DomainTable<H> {
     /// Whether the unit walks the table as first stage (x86-64 paging): its translations are
     /// tagged with (domain id, PASID) and need PASID-based invalidations.
-    fn first_stage(&self) -> bool {
+    pub(crate) fn first_stage(&self) -> bool {
         !matches!(self, Self::Second(_))
     }
 }
@@ -185,7 +185,7 @@ impl ReservedRegion {
 /// RMRR regions a unit keeps (no allocator in this crate).
 pub const MAX_RMRRS: usize = 16;
 
-struct Rmrrs {
+pub(crate) struct Rmrrs {
     regions: [Option<ReservedRegion>; MAX_RMRRS],
 }
 
@@ -201,37 +201,37 @@ impl Rmrrs {
 
 /// A brought-up remapping unit.
 pub struct VtdUnit<'u, H: Hal + Clone> {
-    regs: &'u UnitRegisters,
-    hal: H,
-    info: UnitInfo,
-    mode: Mode,
+    pub(crate) regs: &'u UnitRegisters,
+    pub(crate) hal: H,
+    pub(crate) info: UnitInfo,
+    pub(crate) mode: Mode,
     /// Host address width (DMAR HAW + 1): the output size of every table.
-    output_width: u32,
+    pub(crate) output_width: u32,
     /// The deepest second-stage table the unit supports: the AW of pass-through entries.
-    max_agaw: Agaw,
-    coherency: Coherency,
-    root: PhysAddr,
-    qi: Option<InvalidationQueue<'u, QiMmio<'u>>>,
+    pub(crate) max_agaw: Agaw,
+    pub(crate) coherency: Coherency,
+    pub(crate) root: PhysAddr,
+    pub(crate) qi: Option<InvalidationQueue<'u, QiMmio<'u>>>,
     /// Serialises changes of root, context and PASID entries and their invalidations.
-    tables: spin::Mutex<()>,
+    pub(crate) tables: spin::Mutex<()>,
     /// Domain ids in use, free for reuse, and how many entries point at each; changed under
     /// `tables`.
-    ids: DomainIds,
+    pub(crate) ids: DomainIds,
     /// RMRR regions of the devices this unit serves; taken under `tables` when both are held.
-    rmrrs: spin::Mutex<Rmrrs>,
+    pub(crate) rmrrs: spin::Mutex<Rmrrs>,
     /// The id pass-through entries are tagged with, taken at bring-up.
-    identity_id: DomainId,
+    pub(crate) identity_id: DomainId,
     /// Invalidation descriptors issued through registers (no queue), for statistics.
-    register_invalidations: AtomicU64,
+    pub(crate) register_invalidations: AtomicU64,
     /// Faults read from the hardware and not yet handed to a drain; one reader at a time, so
     /// a record is reported once. Taken after `tables` when both are held.
-    faults: spin::Mutex<Pending>,
+    pub(crate) faults: spin::Mutex<Pending>,
 }
 
 /// Faults collected from the recording registers before a drain asked for them: at attach
 /// time, a device's faults are read while its table is still attached, the only time a
 /// second-stage fault (same code for not present and read-only) can be classified.
-struct Pending {
+pub(crate) struct Pending {
     records: [Option<FaultRecord>; PENDING],
     len: usize,
     overflow: bool,
@@ -422,7 +422,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     }
 
     /// CAP.RWBF: flush the unit's write buffer so table writes reach memory before it looks.
-    fn flush_write_buffer(&self) -> Result<(), UnitError> {
+    pub(crate) fn flush_write_buffer(&self) -> Result<(), UnitError> {
         if !self.info.cap.rwbf() {
             return Ok(());
         }
@@ -663,13 +663,13 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         }
     }
 
-    fn drain(&self) -> Drain {
+    pub(crate) fn drain(&self) -> Drain {
         Drain::for_unit(self.info.cap)
     }
 
     /// Issues `descriptors` as one batch and waits for them: through the queue (one wait
     /// descriptor for the batch), or one register command each.
-    fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
+    pub(crate) fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
     where
         I: IntoIterator<Item = &'d Descriptor>,
         I::IntoIter: ExactSizeIterator + Clone,
@@ -708,7 +708,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     /// Invalidates the translations of `domain` for `range` (page-selective with address masks,
     /// or domain-selective past [`FLUSH_THRESHOLD`]), waiting for completion.
-    fn flush_range(
+    pub(crate) fn flush_range(
         &self,
         domain: &VtdDomain<H>,
         start: Iova,
@@ -760,14 +760,14 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     // ---- table memory -------------------------------------------------------------------
 
-    fn alloc_table(&self) -> Result<PhysAddr, UnitError> {
+    pub(crate) fn alloc_table(&self) -> Result<PhysAddr, UnitError> {
         self.hal
             .alloc_frame(FrameSize::SIZE_4K)
             .ok_or(UnitError::OutOfMemory)
     }
 
     /// The 64-bit word `index` of the 4 KiB table at `table`.
-    fn word(&self, table: PhysAddr, index: usize) -> &AtomicU64 {
+    pub(crate) fn word(&self, table: PhysAddr, index: usize) -> &AtomicU64 {
         let p: NonNull<u8> = self.hal.phys_to_virt(table);
         // SAFETY: every table this unit reads or writes through here is a 4 KiB HAL frame it
         // allocated and never frees while the unit lives (root, context, PASID tables), or a
@@ -776,7 +776,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         unsafe { &*p.as_ptr().cast::<AtomicU64>().add(index % 512) }
     }
 
-    fn write_words(&self, table: PhysAddr, first: usize, words: &[u64]) {
+    pub(crate) fn write_words(&self, table: PhysAddr, first: usize, words: &[u64]) {
         // Word 0 (with the present bit) is written last, with release, so the unit never sees
         // a present entry with stale upper words.
         for (i, w) in words.iter().enumerate().skip(1).rev() {
@@ -793,12 +793,12 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         }
     }
 
-    fn read_words<const N: usize>(&self, table: PhysAddr, first: usize) -> [u64; N] {
+    pub(crate) fn read_words<const N: usize>(&self, table: PhysAddr, first: usize) -> [u64; N] {
         core::array::from_fn(|i| self.word(table, first + i).load(Ordering::Acquire))
     }
 
     /// Clears the present bit of an entry (word `first`) and makes that visible.
-    fn clear_present(&self, table: PhysAddr, first: usize) {
+    pub(crate) fn clear_present(&self, table: PhysAddr, first: usize) {
         let w = self.word(table, first);
         w.store(w.load(Ordering::Relaxed) & !1, Ordering::Release);
         if self.coherency == Coherency::NonCoherent {
@@ -862,7 +862,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     /// The PASID table holding `device`'s entry for `pasid` (below 2^15: the directory is one
     /// page), creating the context entry, PASID directory and table on first use.
-    fn pasid_table(
+    pub(crate) fn pasid_table(
         &self,
         sid: SourceId,
         pasid: Pasid,
@@ -918,7 +918,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         Ok(Some(table))
     }
 
-    fn allocate_domain_id(&self) -> Result<DomainId, UnitError> {
+    pub(crate) fn allocate_domain_id(&self) -> Result<DomainId, UnitError> {
         let _guard = self.tables.lock();
         self.ids.allocate(&self.hal)
     }
