@@ -4,14 +4,24 @@
 //!
 //! Bring-up order (VT-d spec 10.4.4, 6.5, 7.3): translation off, root table set (SRTP), queued
 //! invalidation on (or register-based invalidation when ECAP.QI is clear), global context-cache
-//! and IOTLB invalidation, faults cleared and masked (polled through [`TranslationUnit::drain_faults`]),
+//! and IOTLB invalidation, faults cleared and masked (polled through [`TranslationUnit::drain_faults`],
+//! or signalled by a fault-event MSI once [`VtdUnit::enable_fault_interrupt`] is called),
 //! translation on. Every handshake is a bounded poll with a typed timeout.
 //!
-//! Structure changes (root/context/PASID entries) are serialised by one lock: they happen at
-//! attach time only. Map and unmap take no lock (the engine is lock-free and so is the queue).
+//! Structure changes (root/context/PASID entries, domain ids) are serialised by one lock: they
+//! happen at attach, create and destroy time only. Map and unmap take no lock (the engine is
+//! lock-free and so is the queue).
+//!
+//! Domain ids are reused: [`TranslationUnit::destroy_domain`] refuses a domain any context or
+//! PASID entry still points at (counted per id in [`crate::domain_ids`]), invalidates every
+//! cache entry tagged with its id, frees its table and gives the id back.
+//!
+//! RMRRs (DMAR reserved memory regions, given with [`VtdUnit::add_rmrrs`]) stay identity-mapped
+//! for the devices they name: attaching such a device to a paging domain maps them into the
+//! domain first; blocking such a device is refused (see [`VtdUnit::add_rmrr`]).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
@@ -30,6 +40,8 @@ use crate::descriptor::{
     plan_flush, ContextCacheScope, Descriptor, Drain, FlushLimits, FunctionMask, IotlbScope,
     IovaRange, PasidCacheScope, PasidIotlbScope,
 };
+use crate::dmar::Dmar;
+use crate::domain_ids::DomainIds;
 use crate::fault::{Classify, RawFault};
 use crate::pasid::{
     FirstStage, FirstStagePaging, Pasid, PasidDirEntry, PasidDirectorySize, PasidEntry,
@@ -37,7 +49,9 @@ use crate::pasid::{
 };
 use crate::qi::{InvalidationQueue, QiError, QiMmio, QueueConfig, QueueMemory, QueueSize};
 use crate::register_invalidation::{invalidate_context_cache, invalidate_iotlb};
-use crate::registers::{Readable, Writeable, FSTS, GCMD, GSTS, RTADDR};
+use crate::registers::{
+    Readable, Writeable, EVENT_ADDRESS, EVENT_CONTROL, EVENT_DATA, FSTS, GCMD, GSTS, RTADDR,
+};
 use crate::root_table::{
     scalable_context_slot, ContextEntry, ContextHalf, DomainId, EntryError, RootEntry,
     ScalableContext, ScalableContextEntry, ScalableRootEntry, SourceId,
@@ -62,15 +76,31 @@ const PERSISTENT: u32 = (GSTS::TES.mask << GSTS::TES.shift)
     | (GSTS::IRES.mask << GSTS::IRES.shift)
     | (GSTS::CFIS.mask << GSTS::CFIS.shift);
 
-/// A paging domain: its tag on this unit and its table.
+/// A domain: its tag on this unit and its table (one of the unit's paging formats, or a CPU
+/// table the embedder owns). Give it back with [`TranslationUnit::destroy_domain`]; a domain
+/// merely dropped keeps its id and table frames for the unit's life.
 pub struct VtdDomain<H: Hal> {
-    id: DomainId,
-    table: DomainTable<H>,
+    pub(crate) id: DomainId,
+    pub(crate) table: DomainTable<H>,
 }
 
-enum DomainTable<H: Hal> {
+pub(crate) enum DomainTable<H: Hal> {
     Second(PageTable<VtdSecondStage, H>),
     First(PageTable<X86FirstStage, H>),
+    /// The embedder's x86-64 CPU table (shared virtual addressing): first-stage format, changed
+    /// only by the embedder.
+    Shared {
+        root: PhysAddr,
+        paging: FirstStagePaging,
+    },
+}
+
+impl<H: Hal> DomainTable<H> {
+    /// Whether the unit walks the table as first stage (x86-64 paging): its translations are
+    /// tagged with (domain id, PASID) and need PASID-based invalidations.
+    pub(crate) fn first_stage(&self) -> bool {
+        !matches!(self, Self::Second(_))
+    }
 }
 
 impl<H: Hal> VtdDomain<H> {
@@ -82,7 +112,7 @@ impl<H: Hal> VtdDomain<H> {
     pub fn stage(&self) -> Stage {
         match self.table {
             DomainTable::Second(_) => Stage::Second,
-            DomainTable::First(_) => Stage::First,
+            DomainTable::First(_) | DomainTable::Shared { .. } => Stage::First,
         }
     }
 
@@ -91,40 +121,117 @@ impl<H: Hal> VtdDomain<H> {
         match &self.table {
             DomainTable::Second(t) => t.root(),
             DomainTable::First(t) => t.root(),
+            DomainTable::Shared { root, .. } => *root,
         }
+    }
+
+    /// Whether the domain translates through a CPU table the embedder owns.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.table, DomainTable::Shared { .. })
+    }
+
+    /// The physical address `iova` translates to in this domain's own table (not for shared
+    /// domains).
+    pub fn translate(&self, iova: Iova) -> Result<PhysAddr, UnitError> {
+        Ok(match &self.table {
+            DomainTable::Second(t) => t.iova_to_phys(iova)?,
+            DomainTable::First(t) => t.iova_to_phys(iova)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+        })
+    }
+}
+
+const SHARED_TABLE: &str =
+    "map/unmap of a domain sharing a CPU table (the embedder changes it, then calls flush)";
+
+/// A fault-event interrupt message (VT-d 5.1.6 / 11.4.7.3-5): the MSI address and data the
+/// unit writes when it records a fault. With interrupt remapping off this is a
+/// compatibility-format MSI: address 0xfee0_0000 | destination APIC id << 12, data = vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultEventMsi {
+    /// MSI address (dword aligned).
+    pub address: u64,
+    /// MSI data (the low 16 bits; the upper 16 only with ECAP.EIM).
+    pub data: u32,
+}
+
+impl FaultEventMsi {
+    /// A fixed, edge-triggered xAPIC interrupt `vector` to the CPU with APIC id `apic_id`
+    /// (physical destination mode; Intel SDM vol. 3, 11.11).
+    pub const fn xapic(apic_id: u8, vector: u8) -> Self {
+        Self {
+            address: 0xfee0_0000 | ((apic_id as u64) << 12),
+            data: vector as u32,
+        }
+    }
+}
+
+/// One RMRR range kept identity-mapped for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedRegion {
+    pub device: DeviceId,
+    /// First byte, 4 KiB aligned.
+    pub base: u64,
+    /// Last byte, inclusive (one below a 4 KiB boundary).
+    pub limit: u64,
+}
+
+impl ReservedRegion {
+    fn len(&self) -> u64 {
+        self.limit - self.base + 1
+    }
+}
+
+/// RMRR regions a unit keeps (no allocator in this crate).
+pub const MAX_RMRRS: usize = 16;
+
+pub(crate) struct Rmrrs {
+    regions: [Option<ReservedRegion>; MAX_RMRRS],
+}
+
+impl Rmrrs {
+    fn of(&self, device: DeviceId) -> impl Iterator<Item = ReservedRegion> + '_ {
+        self.regions
+            .iter()
+            .flatten()
+            .copied()
+            .filter(move |r| r.device == device)
     }
 }
 
 /// A brought-up remapping unit.
 pub struct VtdUnit<'u, H: Hal + Clone> {
-    regs: &'u UnitRegisters,
-    hal: H,
-    info: UnitInfo,
-    mode: Mode,
+    pub(crate) regs: &'u UnitRegisters,
+    pub(crate) hal: H,
+    pub(crate) info: UnitInfo,
+    pub(crate) mode: Mode,
     /// Host address width (DMAR HAW + 1): the output size of every table.
-    output_width: u32,
+    pub(crate) output_width: u32,
     /// The deepest second-stage table the unit supports: the AW of pass-through entries.
-    max_agaw: Agaw,
-    coherency: Coherency,
-    root: PhysAddr,
-    qi: Option<InvalidationQueue<'u, QiMmio<'u>>>,
+    pub(crate) max_agaw: Agaw,
+    pub(crate) coherency: Coherency,
+    pub(crate) root: PhysAddr,
+    pub(crate) qi: Option<InvalidationQueue<'u, QiMmio<'u>>>,
     /// Serialises changes of root, context and PASID entries and their invalidations.
-    tables: spin::Mutex<()>,
-    /// Next domain id to hand out; ids are not reused (a plain counter, orders nothing).
-    next_domain: AtomicU32,
+    pub(crate) tables: spin::Mutex<()>,
+    /// Domain ids in use, free for reuse, and how many entries point at each; changed under
+    /// `tables`.
+    pub(crate) ids: DomainIds,
+    /// RMRR regions of the devices this unit serves; taken under `tables` when both are held.
+    pub(crate) rmrrs: spin::Mutex<Rmrrs>,
     /// The id pass-through entries are tagged with, taken at bring-up.
-    identity_id: DomainId,
+    pub(crate) identity_id: DomainId,
     /// Invalidation descriptors issued through registers (no queue), for statistics.
-    register_invalidations: AtomicU64,
+    pub(crate) register_invalidations: AtomicU64,
     /// Faults read from the hardware and not yet handed to a drain; one reader at a time, so
     /// a record is reported once. Taken after `tables` when both are held.
-    faults: spin::Mutex<Pending>,
+    pub(crate) faults: spin::Mutex<Pending>,
 }
 
 /// Faults collected from the recording registers before a drain asked for them: at attach
 /// time, a device's faults are read while its table is still attached, the only time a
 /// second-stage fault (same code for not present and read-only) can be classified.
-struct Pending {
+pub(crate) struct Pending {
     records: [Option<FaultRecord>; PENDING],
     len: usize,
     overflow: bool,
@@ -244,7 +351,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             _ => None,
         };
 
-        let next_domain = if cap.caching_mode() { 1 } else { 0 };
+        // Caching mode reserves domain id 0 (tags of cached not-present entries).
+        let ids = DomainIds::new(&hal, cap.domain_ids(), u32::from(cap.caching_mode()))?;
+        let identity_id = ids.allocate(&hal)?;
         let unit = Self {
             regs,
             hal,
@@ -256,8 +365,11 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             root,
             qi,
             tables: spin::Mutex::new(()),
-            next_domain: AtomicU32::new(next_domain + 1),
-            identity_id: DomainId::new(next_domain as u16),
+            ids,
+            rmrrs: spin::Mutex::new(Rmrrs {
+                regions: [None; MAX_RMRRS],
+            }),
+            identity_id,
             register_invalidations: AtomicU64::new(0),
             faults: spin::Mutex::new(Pending {
                 records: [None; PENDING],
@@ -310,7 +422,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     }
 
     /// CAP.RWBF: flush the unit's write buffer so table writes reach memory before it looks.
-    fn flush_write_buffer(&self) -> Result<(), UnitError> {
+    pub(crate) fn flush_write_buffer(&self) -> Result<(), UnitError> {
         if !self.info.cap.rwbf() {
             return Ok(());
         }
@@ -333,6 +445,207 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         self.mode
     }
 
+    /// The root table the unit walks (RTADDR), for inspection.
+    pub fn root_table(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// Sends a fault-event MSI (`msi`) whenever the unit records a fault while no earlier one
+    /// is pending (VT-d 7.3.1: FSTS.PPF, PFO and IQE clear), and unmasks it (FECTL.IM = 0). The
+    /// handler drains with [`TranslationUnit::drain_faults`], which clears the records so the
+    /// next fault interrupts again. A fault pending when this is called (FECTL.IP) is signalled
+    /// at once. With interrupt remapping off the message is delivered as written.
+    pub fn enable_fault_interrupt(&self, msi: FaultEventMsi) -> Result<(), UnitError> {
+        if !msi.address.is_multiple_of(4) {
+            return Err(UnitError::Unsupported(
+                "fault-event MSI address not dword aligned",
+            ));
+        }
+        if msi.data >> 16 != 0 && !self.info.ecap.eim() {
+            return Err(UnitError::Unsupported(
+                "extended MSI data needs ECAP.EIM (32-bit data)",
+            ));
+        }
+        // The fault lock orders this against drains touching FSTS on other CPUs.
+        let _faults = self.faults.lock();
+        let block = self.regs.block();
+        block.fectl.write(EVENT_CONTROL::IM::SET);
+        block
+            .fedata
+            .write(EVENT_DATA::IMD.val(msi.data & 0xffff) + EVENT_DATA::EIMD.val(msi.data >> 16));
+        block
+            .feaddr
+            .write(EVENT_ADDRESS::MA.val((msi.address as u32) >> 2));
+        block.feuaddr.set((msi.address >> 32) as u32);
+        // Unmasked last, once the message is whole.
+        block.fectl.set(0);
+        Ok(())
+    }
+
+    /// Masks the fault-event interrupt again (faults are still recorded; poll them).
+    pub fn disable_fault_interrupt(&self) {
+        let _faults = self.faults.lock();
+        self.regs.block().fectl.write(EVENT_CONTROL::IM::SET);
+    }
+
+    /// Keeps `[base, limit]` identity-mapped (read-write) for `device`, as an RMRR asks (VT-d
+    /// 8.4): attaching the device to a paging domain maps the range into the domain first
+    /// (refused with [`iommu::pagetable::Error::AlreadyMapped`] if the domain maps anything
+    /// else there); identity attach keeps it reachable anyway.
+    ///
+    /// Blocking such a device is refused ([`UnitError::Unsupported`]): firmware keeps using the
+    /// range (USB legacy emulation, graphics), and Linux's IOMMU core also refuses a blocking
+    /// domain for a device whose firmware asked for a 1:1 region ("rejecting configuring the
+    /// device without a 1:1 mapping"). The device stays blocked from bring-up to its first
+    /// attach, so an embedder attaches such devices early.
+    pub fn add_rmrr(&self, device: DeviceId, base: u64, limit: u64) -> Result<(), UnitError> {
+        use iommu::pagetable::Error as PtError;
+        if !base.is_multiple_of(4096) || limit < base || !limit.wrapping_add(1).is_multiple_of(4096)
+        {
+            return Err(UnitError::PageTable(PtError::UnalignedIova));
+        }
+        let region = ReservedRegion {
+            device,
+            base,
+            limit,
+        };
+        let _tables = self.tables.lock();
+        let mut rmrrs = self.rmrrs.lock();
+        if rmrrs.regions.iter().flatten().any(|r| *r == region) {
+            return Ok(());
+        }
+        let slot = rmrrs
+            .regions
+            .iter_mut()
+            .find(|r| r.is_none())
+            .ok_or(UnitError::Unsupported("more RMRR regions than MAX_RMRRS"))?;
+        *slot = Some(region);
+        Ok(())
+    }
+
+    /// [`add_rmrr`](Self::add_rmrr) for every device every RMRR of `dmar` in PCI `segment`
+    /// names. Returns the (device, region) pairs added. Scopes behind a bridge (a path longer
+    /// than one step) need PCI enumeration to resolve and are refused, before any is added.
+    pub fn add_rmrrs(&self, dmar: &Dmar<'_>, segment: u16) -> Result<usize, UnitError> {
+        let rmrrs = || dmar.rmrrs().filter(|r| r.segment() == segment);
+        if rmrrs().any(|r| r.scopes().any(|s| s.direct_bdf().is_none())) {
+            return Err(UnitError::Unsupported(
+                "RMRR device scope behind a bridge (needs PCI enumeration)",
+            ));
+        }
+        let mut added = 0;
+        for r in rmrrs() {
+            for scope in r.scopes() {
+                if let Some(bdf) = scope.direct_bdf() {
+                    let device = DeviceId(u32::from(bdf.source_id()));
+                    self.add_rmrr(device, r.base(), r.limit())?;
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// The RMRR regions kept for `device`.
+    pub fn rmrrs_of(&self, device: DeviceId) -> impl Iterator<Item = ReservedRegion> {
+        let rmrrs = self.rmrrs.lock();
+        let mut out = [None; MAX_RMRRS];
+        for (slot, r) in out.iter_mut().zip(rmrrs.of(device)) {
+            *slot = Some(r);
+        }
+        out.into_iter().flatten()
+    }
+
+    /// For an attach of `device` to `to`: refuses blocking an RMRR device and maps the
+    /// device's RMRR ranges into a paging domain (those it mapped are returned, for rollback).
+    /// The caller holds `tables`.
+    fn prepare_rmrrs(
+        &self,
+        device: DeviceId,
+        to: &Attachment<'_, VtdDomain<H>>,
+    ) -> Result<[Option<ReservedRegion>; MAX_RMRRS], UnitError> {
+        use iommu::pagetable::Error as PtError;
+        let mut mapped = [None; MAX_RMRRS];
+        let rmrrs = self.rmrrs.lock();
+        if rmrrs.of(device).next().is_none() {
+            return Ok(mapped);
+        }
+        let d = match to {
+            Attachment::Identity => return Ok(mapped),
+            Attachment::Blocking => {
+                return Err(UnitError::Unsupported(
+                    "blocking a device with an RMRR (firmware needs its identity mapping)",
+                ))
+            }
+            Attachment::Paging(d) => *d,
+        };
+        if d.is_shared() {
+            return Err(UnitError::Unsupported(
+                "an RMRR device in a domain sharing a CPU table",
+            ));
+        }
+        // Check every region first, so a refusal changes nothing.
+        let mut todo = [None; MAX_RMRRS];
+        for (slot, r) in todo.iter_mut().zip(rmrrs.of(device)) {
+            let pages = r.len() / 4096;
+            let mut identity = 0;
+            for page in 0..pages {
+                let iova = r.base + page * 4096;
+                match d.translate(Iova::new(iova)) {
+                    Ok(p) if p.as_u64() == iova => identity += 1,
+                    Ok(_) => return Err(UnitError::PageTable(PtError::AlreadyMapped)),
+                    Err(UnitError::PageTable(PtError::NothingMapped)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match identity {
+                0 => *slot = Some(r),
+                n if n == pages => {} // already there (another RMRR device, a re-attach)
+                _ => return Err(UnitError::PageTable(PtError::AlreadyMapped)),
+            }
+        }
+        for (i, r) in todo.iter().flatten().enumerate() {
+            let result = self.map(
+                d,
+                Iova::new(r.base),
+                PhysAddr::new(r.base),
+                r.len(),
+                Prot::READ_WRITE,
+            );
+            if let Err(e) = result {
+                for done in mapped.iter().flatten() {
+                    let _ = self.unmap(d, Iova::new(done.base), done.len());
+                }
+                return Err(e);
+            }
+            if let Some(slot) = mapped.get_mut(i) {
+                *slot = Some(*r);
+            }
+        }
+        Ok(mapped)
+    }
+
+    /// Limits fresh domain ids to those below `limit` (at most CAP.ND's count; pass
+    /// `u32::MAX` to lift it). Ids given back by [`TranslationUnit::destroy_domain`] are
+    /// reused first whatever the limit; an embedder sharing the id space, or a test showing
+    /// reuse, narrows the window.
+    pub fn set_domain_id_limit(&self, limit: u32) {
+        let _guard = self.tables.lock();
+        self.ids.set_limit(limit);
+    }
+
+    /// The next fresh domain id: every id below it has been handed out at least once.
+    pub fn domain_id_high_water(&self) -> u32 {
+        let _guard = self.tables.lock();
+        self.ids.high_water()
+    }
+
+    /// How many context and PASID entries point at `domain` now.
+    pub fn domain_users(&self, domain: &VtdDomain<H>) -> u32 {
+        let _guard = self.tables.lock();
+        self.ids.users(&self.hal, domain.id)
+    }
+
     /// The invalidation queue, when the unit uses one (for statistics and error tests).
     pub fn queue(&self) -> Option<&InvalidationQueue<'u, QiMmio<'u>>> {
         self.qi.as_ref()
@@ -350,13 +663,13 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         }
     }
 
-    fn drain(&self) -> Drain {
+    pub(crate) fn drain(&self) -> Drain {
         Drain::for_unit(self.info.cap)
     }
 
     /// Issues `descriptors` as one batch and waits for them: through the queue (one wait
     /// descriptor for the batch), or one register command each.
-    fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
+    pub(crate) fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
     where
         I: IntoIterator<Item = &'d Descriptor>,
         I::IntoIter: ExactSizeIterator + Clone,
@@ -395,7 +708,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     /// Invalidates the translations of `domain` for `range` (page-selective with address masks,
     /// or domain-selective past [`FLUSH_THRESHOLD`]), waiting for completion.
-    fn flush_range(
+    pub(crate) fn flush_range(
         &self,
         domain: &VtdDomain<H>,
         start: Iova,
@@ -408,45 +721,53 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             FlushLimits::for_unit(self.info.cap, FLUSH_THRESHOLD),
         );
         let mut batch = Batch::new();
-        match domain.table {
-            DomainTable::Second(_) => {
-                for d in plan.iotlb_descriptors(domain.id, self.drain(), leaf_only) {
+        // First-stage translations are tagged with the PASID too: RID_PASID, and the one other
+        // PASID the domain may be attached at (see `attach_pasid`).
+        let other = self
+            .ids
+            .pasid_users(&self.hal, domain.id)
+            .map(Pasid::from_bits_truncated);
+        if domain.table.first_stage() {
+            for pasid in core::iter::once(Pasid::ZERO).chain(other) {
+                for d in plan.pasid_iotlb_descriptors(domain.id, pasid, leaf_only) {
                     batch.push(d);
                 }
             }
-            DomainTable::First(_) => {
-                for d in plan.pasid_iotlb_descriptors(domain.id, Pasid::ZERO, leaf_only) {
-                    batch.push(d);
-                }
+        } else {
+            for d in plan.iotlb_descriptors(domain.id, self.drain(), leaf_only) {
+                batch.push(d);
             }
         }
         if batch.overflowed {
-            // More blocks than fit in one batch cannot happen below the threshold; be safe.
+            // More blocks than fit in one batch: invalidate the domain (or its PASIDs) whole.
             batch = Batch::new();
-            batch.push(match domain.table {
-                DomainTable::Second(_) => Descriptor::Iotlb {
+            if domain.table.first_stage() {
+                for pasid in core::iter::once(Pasid::ZERO).chain(other) {
+                    batch.push(Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                        domain: domain.id,
+                        pasid,
+                    }));
+                }
+            } else {
+                batch.push(Descriptor::Iotlb {
                     scope: IotlbScope::Domain(domain.id),
                     drain: self.drain(),
-                },
-                DomainTable::First(_) => Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
-                    domain: domain.id,
-                    pasid: Pasid::ZERO,
-                }),
-            });
+                });
+            }
         }
         self.invalidate(batch.iter())
     }
 
     // ---- table memory -------------------------------------------------------------------
 
-    fn alloc_table(&self) -> Result<PhysAddr, UnitError> {
+    pub(crate) fn alloc_table(&self) -> Result<PhysAddr, UnitError> {
         self.hal
             .alloc_frame(FrameSize::SIZE_4K)
             .ok_or(UnitError::OutOfMemory)
     }
 
     /// The 64-bit word `index` of the 4 KiB table at `table`.
-    fn word(&self, table: PhysAddr, index: usize) -> &AtomicU64 {
+    pub(crate) fn word(&self, table: PhysAddr, index: usize) -> &AtomicU64 {
         let p: NonNull<u8> = self.hal.phys_to_virt(table);
         // SAFETY: every table this unit reads or writes through here is a 4 KiB HAL frame it
         // allocated and never frees while the unit lives (root, context, PASID tables), or a
@@ -455,7 +776,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         unsafe { &*p.as_ptr().cast::<AtomicU64>().add(index % 512) }
     }
 
-    fn write_words(&self, table: PhysAddr, first: usize, words: &[u64]) {
+    pub(crate) fn write_words(&self, table: PhysAddr, first: usize, words: &[u64]) {
         // Word 0 (with the present bit) is written last, with release, so the unit never sees
         // a present entry with stale upper words.
         for (i, w) in words.iter().enumerate().skip(1).rev() {
@@ -472,12 +793,12 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         }
     }
 
-    fn read_words<const N: usize>(&self, table: PhysAddr, first: usize) -> [u64; N] {
+    pub(crate) fn read_words<const N: usize>(&self, table: PhysAddr, first: usize) -> [u64; N] {
         core::array::from_fn(|i| self.word(table, first + i).load(Ordering::Acquire))
     }
 
     /// Clears the present bit of an entry (word `first`) and makes that visible.
-    fn clear_present(&self, table: PhysAddr, first: usize) {
+    pub(crate) fn clear_present(&self, table: PhysAddr, first: usize) {
         let w = self.word(table, first);
         w.store(w.load(Ordering::Relaxed) & !1, Ordering::Release);
         if self.coherency == Coherency::NonCoherent {
@@ -536,14 +857,43 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     /// The PASID table holding `device`'s RID_PASID entry, creating the context entry, PASID
     /// directory and table on first use.
     fn rid_pasid_table(&self, sid: SourceId, create: bool) -> Result<Option<PhysAddr>, UnitError> {
+        self.pasid_table(sid, Pasid::ZERO, create)
+    }
+
+    /// The PASID table holding `device`'s entry for `pasid` (below 2^15: the directory is one
+    /// page), creating the context entry, PASID directory and table on first use.
+    pub(crate) fn pasid_table(
+        &self,
+        sid: SourceId,
+        pasid: Pasid,
+        create: bool,
+    ) -> Result<Option<PhysAddr>, UnitError> {
+        if !PasidDirectorySize::ONE_PAGE.covers(pasid) {
+            return Err(UnitError::Unsupported(
+                "PASIDs from 2^15 (the PASID directory is one page)",
+            ));
+        }
         let Some(ctx_table) = self.scalable_context_table(sid.bus(), sid.devfn(), create)? else {
             return Ok(None);
         };
         let (_, slot) = scalable_context_slot(sid.devfn());
         let ctx = ScalableContextEntry::decode(self.read_words::<4>(ctx_table, 4 * slot));
         if let Some(fields) = ctx.fields() {
-            let dir = self.read_words::<1>(fields.pasid_directory, 0)[0];
-            return Ok(PasidDirEntry::decode(dir).table());
+            let dir = fields.pasid_directory;
+            let raw = self.read_words::<1>(dir, pasid.directory_index())[0];
+            if let Some(table) = PasidDirEntry::decode(raw).table() {
+                return Ok(Some(table));
+            }
+            if !create {
+                return Ok(None);
+            }
+            // A new PASID table under an existing directory; the PASID-cache invalidation
+            // after the PASID entry is written covers the directory entry too.
+            let table = self.alloc_table()?;
+            clean(&self.hal, self.coherency, table, 4096);
+            let dir_entry = PasidDirEntry::present(table).map_err(entry_error)?;
+            self.write_words(dir, pasid.directory_index(), &[dir_entry.encode()]);
+            return Ok(Some(table));
         }
         if !create {
             return Ok(None);
@@ -552,9 +902,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         let table = self.alloc_table()?;
         clean(&self.hal, self.coherency, table, 4096);
         let dir_entry = PasidDirEntry::present(table).map_err(entry_error)?;
-        self.write_words(dir, Pasid::ZERO.directory_index(), &[dir_entry.encode()]);
+        self.write_words(dir, pasid.directory_index(), &[dir_entry.encode()]);
         clean(&self.hal, self.coherency, dir, 4096);
-        let size = PasidDirectorySize::from_pdts(0).unwrap_or(PasidDirectorySize::ONE_PAGE);
+        let size = PasidDirectorySize::ONE_PAGE;
         let entry = ScalableContextEntry::new(ScalableContext::new(dir, size, Pasid::ZERO))
             .map_err(entry_error)?;
         self.write_words(ctx_table, 4 * slot, &entry.encode());
@@ -568,12 +918,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         Ok(Some(table))
     }
 
-    fn allocate_domain_id(&self) -> Result<DomainId, UnitError> {
-        let id = self.next_domain.fetch_add(1, Ordering::Relaxed);
-        if id >= self.info.cap.domain_ids() || id > u32::from(u16::MAX) {
-            return Err(UnitError::OutOfIds);
-        }
-        Ok(DomainId::new(id as u16))
+    pub(crate) fn allocate_domain_id(&self) -> Result<DomainId, UnitError> {
+        let _guard = self.tables.lock();
+        self.ids.allocate(&self.hal)
     }
 
     fn attach_legacy(
@@ -594,7 +941,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                     let agaw = agaw_of(t.format().aw())?;
                     ContextEntry::second_stage(d.id, agaw, t.root()).map_err(entry_error)?
                 }
-                DomainTable::First(_) => {
+                DomainTable::First(_) | DomainTable::Shared { .. } => {
                     return Err(UnitError::Unsupported(
                         "first-stage domains need scalable mode",
                     ))
@@ -610,6 +957,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             // A 128-bit entry cannot be replaced atomically: make it not present and flush
             // every cache that holds it before the new one goes in (6.5.3.3).
             self.clear_present(table, slot);
+            self.ids.detach(&self.hal, old.domain_id(), 0);
             self.flush_write_buffer()?;
             self.invalidate(&[
                 Descriptor::ContextCache(ContextCacheScope::Device {
@@ -627,6 +975,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             return Ok(());
         }
         self.write_words(table, slot, &new.encode());
+        self.ids.attach(&self.hal, new.domain_id(), 0);
         self.flush_write_buffer()?;
         if self.info.cap.caching_mode() {
             // Not-present → present in caching mode (6.1): cached not-present entries are
@@ -649,6 +998,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     fn attach_scalable(
         &self,
         sid: SourceId,
+        pasid: Pasid,
         to: Attachment<'_, VtdDomain<H>>,
     ) -> Result<(), UnitError> {
         let (cap, ecap) = (self.info.cap, self.info.ecap);
@@ -674,26 +1024,24 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                         .build(cap, ecap)
                         .map_err(entry_error)?
                 }
+                DomainTable::Shared { root, paging } => FirstStage::new(d.id, *root, *paging)
+                    .build(cap, ecap)
+                    .map_err(entry_error)?,
             },
         };
-        let Some(table) = self.rid_pasid_table(sid, new.is_present())? else {
+        let Some(table) = self.pasid_table(sid, pasid, new.is_present())? else {
             return Ok(());
         };
-        let slot = 8 * Pasid::ZERO.table_index();
+        let slot = 8 * pasid.table_index();
         let old = PasidEntry::decode(self.read_words::<8>(table, slot));
         if old.is_present() {
             // 512-bit entries are replaced through not-present (6.5.3.3 / 9.6).
             self.clear_present(table, slot);
             let did = old.domain_id();
+            self.ids.detach(&self.hal, did, pasid.raw());
             self.invalidate(&[
-                Descriptor::PasidCache(PasidCacheScope::Pasid {
-                    domain: did,
-                    pasid: Pasid::ZERO,
-                }),
-                Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
-                    domain: did,
-                    pasid: Pasid::ZERO,
-                }),
+                Descriptor::PasidCache(PasidCacheScope::Pasid { domain: did, pasid }),
+                Descriptor::PasidIotlb(PasidIotlbScope::Pasid { domain: did, pasid }),
                 Descriptor::Iotlb {
                     scope: IotlbScope::Domain(did),
                     drain: self.drain(),
@@ -707,12 +1055,13 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             return Ok(());
         }
         self.write_words(table, slot, &new.encode());
+        self.ids.attach(&self.hal, new.domain_id(), pasid.raw());
         // Not-present → present: the PASID cache may hold the not-present entry (CM) — flush
         // it for this PASID so the unit reads the new one; and the context cache, as above.
         self.invalidate(&[
             Descriptor::PasidCache(PasidCacheScope::Pasid {
                 domain: new.domain_id(),
-                pasid: Pasid::ZERO,
+                pasid,
             }),
             device_context(new.domain_id(), sid),
         ])?;
@@ -820,49 +1169,183 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     type VIommu = core::convert::Infallible;
     type GuestCommand = [u64; 4];
 
-    // --- Placeholders while the back-end's implementations are written (issue 4/5/6 work in
-    // progress): each refuses with a named Unsupported error, never pretends to succeed.
     fn info(&self) -> HardwareInfo {
+        let (cap, ecap) = (self.info.cap, self.info.ecap);
+        let scalable = self.mode == Mode::Scalable;
+        let first_stage = scalable && ecap.flts();
+        let second_stage = !scalable || ecap.slts();
+        let mut page_sizes = 1u64 << 12;
+        if second_stage {
+            let sp = cap.sllps();
+            page_sizes |= u64::from(sp.size_2m) << 21 | u64::from(sp.size_1g) << 30;
+        }
+        if first_stage {
+            // x86-64 paging always has 2 MiB pages; 1 GiB ones where CAP.FS1GP says so.
+            page_sizes |= 1 << 21 | u64::from(cap.fs1gp()) << 30;
+        }
         HardwareInfo {
-            first_stage: false,
-            second_stage: false,
-            nesting: false,
-            identity: false,
-            pasid_bits: 0,
-            first_stage_ia_bits: 0,
-            second_stage_ia_bits: 0,
-            output_bits: 0,
-            page_sizes: 0,
-            coherent_walks: false,
-            ats: false,
-            tags: 0,
+            first_stage,
+            second_stage,
+            nesting: scalable && ecap.nest() && ecap.flts() && ecap.slts(),
+            identity: ecap.pt(),
+            pasid_bits: if scalable && ecap.pasid() {
+                ecap.pasid_width()
+            } else {
+                0
+            },
+            first_stage_ia_bits: match (first_stage, cap.fs5lp()) {
+                (false, _) => 0,
+                (true, false) => 48,
+                (true, true) => 57,
+            },
+            second_stage_ia_bits: if second_stage {
+                self.max_agaw.width().min(cap.mgaw())
+            } else {
+                0
+            },
+            output_bits: self.output_width.min(64) as u8,
+            page_sizes,
+            coherent_walks: ecap.coherent(),
+            ats: ecap.dt(),
+            tags: cap.domain_ids(),
             raw: RawRegisters::Vtd {
-                version: 0,
-                cap: 0,
-                ecap: 0,
+                version: self.regs.block().ver.get(),
+                cap: cap.raw(),
+                ecap: ecap.raw(),
             },
         }
     }
 
-    fn new_shared_domain(&self, _cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
-        Err(UnitError::Unsupported("shared CPU tables (not yet)"))
+    fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
+        let (cap, ecap) = (self.info.cap, self.info.ecap);
+        if self.mode != Mode::Scalable || !ecap.flts() {
+            return Err(UnitError::Unsupported(
+                "shared CPU tables need first-stage PASID entries (scalable mode, ECAP.FLTS)",
+            ));
+        }
+        let paging = match cpu.ia_bits {
+            48 => FirstStagePaging::FourLevel,
+            57 if cap.fs5lp() => FirstStagePaging::FiveLevel,
+            57 => {
+                return Err(UnitError::Unsupported(
+                    "5-level first-stage paging (CAP.FS5LP)",
+                ))
+            }
+            _ => {
+                return Err(UnitError::Unsupported(
+                    "CPU table depth: ia_bits must be 48 (4-level) or 57 (5-level)",
+                ))
+            }
+        };
+        let root = cpu.root.as_u64();
+        if !root.is_multiple_of(4096) {
+            return Err(UnitError::PageTable(iommu::pagetable::Error::UnalignedPhys));
+        }
+        if self.output_width < 64 && root >> self.output_width != 0 {
+            return Err(UnitError::PageTable(iommu::pagetable::Error::PhysBeyondOas));
+        }
+        let id = self.allocate_domain_id()?;
+        Ok(VtdDomain {
+            id,
+            table: DomainTable::Shared {
+                root: cpu.root,
+                paging,
+            },
+        })
     }
 
     fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
-        Err((domain, UnitError::Unsupported("domain teardown (not yet)")))
+        let _guard = self.tables.lock();
+        if self.ids.users(&self.hal, domain.id) != 0 {
+            return Err((domain, UnitError::Busy));
+        }
+        // No entry points at the domain any more, and each detach invalidated what it cached;
+        // the id is invalidated once more as a whole before anyone else gets it, so no cache
+        // entry of this owner can serve the next one (6.5.3.3: before a domain id is reused).
+        let mut batch = Batch::new();
+        if self.mode == Mode::Scalable {
+            batch.push(Descriptor::PasidCache(PasidCacheScope::Domain(domain.id)));
+        }
+        if domain.table.first_stage() {
+            batch.push(Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                domain: domain.id,
+                pasid: Pasid::ZERO,
+            }));
+        }
+        batch.push(Descriptor::Iotlb {
+            scope: IotlbScope::Domain(domain.id),
+            drain: self.drain(),
+        });
+        if let Err(e) = self.invalidate(batch.iter()) {
+            return Err((domain, e));
+        }
+        let VtdDomain { id, table } = domain;
+        let mut gather = Gather::new();
+        match table {
+            DomainTable::Second(t) => drop(t.destroy(&mut gather)),
+            DomainTable::First(t) => drop(t.destroy(&mut gather)),
+            // The CPU table is the embedder's: nothing of it is freed.
+            DomainTable::Shared { .. } => {}
+        }
+        // SAFETY: no context or PASID entry of this unit points at the table (the count is 0
+        // under the lock, so none can be added meanwhile), every cache entry tagged with its
+        // domain id (IOTLB and paging-structure caches) was invalidated above and the unit
+        // reported completion; `destroy_domain` owns the domain, so no map or unmap on it can
+        // run; the frames came from a clone of `self.hal`.
+        unsafe { gather.complete(&self.hal) };
+        self.ids.release(&self.hal, id);
+        Ok(())
     }
 
     fn attach_pasid(
         &self,
-        _device: DeviceId,
-        _pasid: u32,
-        _to: Attachment<'_, Self::Domain>,
+        device: DeviceId,
+        pasid: u32,
+        to: Attachment<'_, Self::Domain>,
     ) -> Result<(), UnitError> {
-        Err(UnitError::Unsupported("PASID attach (not yet)"))
+        if self.mode != Mode::Scalable {
+            return Err(UnitError::Unsupported("PASID attach needs scalable mode"));
+        }
+        let bits = TranslationUnit::info(self).pasid_bits;
+        if bits == 0 {
+            return Err(UnitError::Unsupported("PASIDs (ECAP.PASID)"));
+        }
+        let pasid = Pasid::for_width(pasid, bits)
+            .map_err(|_| UnitError::Unsupported("PASID wider than ECAP.PSS allows"))?;
+        if pasid == Pasid::ZERO {
+            // PASID 0 is the RID_PASID: requests without a PASID.
+            return self.attach(device, to);
+        }
+        let raw = u16::try_from(device.0).map_err(|_| UnitError::UnknownDevice(device))?;
+        let sid = SourceId::from_raw(raw);
+        let _guard = self.tables.lock();
+        if let Attachment::Paging(d) = &to {
+            // First-stage translations are tagged with their PASID, so a flush must name each
+            // PASID the domain is attached at: one besides RID_PASID is tracked.
+            let other = self.ids.pasid_users(&self.hal, d.id);
+            if d.table.first_stage() && other.is_some_and(|p| p != pasid.raw()) {
+                return Err(UnitError::Unsupported(
+                    "a first-stage domain at a second PASID besides RID_PASID",
+                ));
+            }
+        }
+        self.collect_faults(&mut self.faults.lock());
+        self.attach_scalable(sid, pasid, to)
     }
 
-    fn flush(&self, _domain: &Self::Domain, _iova: Iova, _len: u64) -> Result<(), UnitError> {
-        Err(UnitError::Unsupported("flush (not yet)"))
+    fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
+        if len == 0 {
+            return Err(UnitError::PageTable(iommu::pagetable::Error::ZeroLength));
+        }
+        let start = iova.as_u64() & !0xfff;
+        let end = iova
+            .as_u64()
+            .checked_add(len)
+            .and_then(|e| e.checked_add(0xfff))
+            .ok_or(UnitError::PageTable(iommu::pagetable::Error::WrapAround))?
+            & !0xfff;
+        // Entries may have been removed or narrowed anywhere in the walk: not leaf-only.
+        self.flush_range(domain, Iova::new(start), end - start, false)
     }
 
     fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
@@ -928,12 +1411,26 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         let raw = u16::try_from(device.0).map_err(|_| UnitError::UnknownDevice(device))?;
         let sid = SourceId::from_raw(raw);
         let _guard = self.tables.lock();
+        let mapped = self.prepare_rmrrs(device, &to)?;
+        let paging = match &to {
+            Attachment::Paging(d) => Some(*d),
+            _ => None,
+        };
         // Faults the device caused so far are classified against the table they happened in.
         self.collect_faults(&mut self.faults.lock());
-        match self.mode {
+        let r = match self.mode {
             Mode::Legacy => self.attach_legacy(sid, to),
-            Mode::Scalable => self.attach_scalable(sid, to),
+            Mode::Scalable => self.attach_scalable(sid, Pasid::ZERO, to),
+        };
+        if r.is_err() {
+            // Leave the domain as it was: the RMRR ranges this call mapped go again.
+            if let Some(d) = paging {
+                for region in mapped.iter().flatten() {
+                    let _ = self.unmap(d, Iova::new(region.base), region.len());
+                }
+            }
         }
+        r
     }
 
     fn map(
@@ -947,6 +1444,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         match &domain.table {
             DomainTable::Second(t) => t.map(iova, phys, len, prot)?,
             DomainTable::First(t) => t.map(iova, phys, len, prot)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
         }
         if self.info.cap.caching_mode() {
             // Caching mode: the unit may cache not-present entries, so not-present → present
@@ -963,6 +1461,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         let bytes = match &domain.table {
             DomainTable::Second(t) => t.unmap(iova, len, &mut gather)?,
             DomainTable::First(t) => t.unmap(iova, len, &mut gather)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
         };
         if let Some((start, len)) = gather.range() {
             // On failure the gather is dropped: its frames leak rather than be freed while the

@@ -18,6 +18,9 @@ use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
 const EXCEPTION_VECTORS: usize = 32;
+/// The IDT covers every vector: the exceptions, plus the few interrupt vectors of
+/// `super::interrupts`; the others stay not present (#NP, reported like any exception).
+const IDT_ENTRIES: usize = 256;
 const VECTOR_DOUBLE_FAULT: u64 = 8;
 const VECTOR_GENERAL_PROTECTION: u64 = 13;
 const VECTOR_PAGE_FAULT: u64 = 14;
@@ -131,7 +134,7 @@ unsafe extern "C" {
 }
 
 #[repr(C, align(16))]
-struct Idt([Entry<HandlerFunc>; EXCEPTION_VECTORS]);
+struct Idt([Entry<HandlerFunc>; IDT_ENTRIES]);
 
 #[repr(C, align(16))]
 struct Stack([u8; DOUBLE_FAULT_STACK_SIZE]);
@@ -186,8 +189,8 @@ pub(super) fn init() {
 
     let idt = IDT.call_once(|| {
         let stubs = VirtAddr::from_ptr(&raw const iommu_boot_exception_stubs);
-        let mut idt = Idt([Entry::missing(); EXCEPTION_VECTORS]);
-        for (vector, entry) in idt.0.iter_mut().enumerate() {
+        let mut idt = Idt([Entry::missing(); IDT_ENTRIES]);
+        for (vector, entry) in idt.0.iter_mut().take(EXCEPTION_VECTORS).enumerate() {
             let stub = stubs + (vector * STUB_STRIDE) as u64;
             // SAFETY: `stub` is the assembly stub for this vector, which handles the frame the
             // CPU pushes for it (with or without an error code) and never returns.
@@ -199,6 +202,7 @@ pub(super) fn init() {
                 unsafe { options.set_stack_index(DOUBLE_FAULT_IST_INDEX) };
             }
         }
+        super::interrupts::install(&mut idt.0);
         idt
     });
     let pointer = DescriptorTablePointer {
@@ -237,7 +241,7 @@ extern "C" fn handle_exception(frame: &ExceptionFrame) -> ! {
         // Bit 1 of a #GP error code says the selector indexes the IDT: a vector with no handler.
         VECTOR_GENERAL_PROTECTION if frame.error_code & 0b10 != 0 => {
             crate::console::_print_unlocked(format_args!(
-                "  (interrupt vector {} has no handler; interrupts are not supported)\n",
+                "  (interrupt vector {} has no handler)\n",
                 frame.error_code >> 3
             ));
         }

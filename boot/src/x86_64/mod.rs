@@ -7,8 +7,10 @@
 //! - `UNCACHED_START..IDENTITY_MAP_END` (LAPIC, IOAPIC, VT-d at 0xfed9_0000, the 32-bit PCI BARs)
 //!   is mapped cache-disabled and, when the CPU supports it, no-execute.
 //! - Interrupts are disabled; every CPU exception prints what happened and fails the run.
+//!   [`interrupts`] enables the local APIC and one test vector for tests that need an interrupt.
 
 mod exceptions;
+pub mod interrupts;
 mod pvh;
 pub mod serial;
 mod start_info;

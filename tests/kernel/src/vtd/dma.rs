@@ -45,6 +45,12 @@ pub(super) fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
     .map_err(|e| fail(alloc::format!("VT-d bring-up failed: {e}")))
 }
 
+/// The unit, if a test brought it up already (for the interrupt handler, which cannot bring
+/// it up itself).
+pub(super) fn the_unit() -> Option<&'static Unit> {
+    UNIT.get().and_then(|r| r.as_ref().ok())
+}
+
 fn bring_up(m: &Machine, mode: Mode) -> Result<Unit, Failure> {
     let dmar = dmar(m)?;
     let drhd = the_drhd(&dmar)?;
@@ -65,7 +71,7 @@ fn bring_up(m: &Machine, mode: Mode) -> Result<Unit, Failure> {
     .map_err(fail)
 }
 
-fn device_id(e: &EduDevice) -> DeviceId {
+pub(super) fn device_id(e: &EduDevice) -> DeviceId {
     DeviceId(u32::from(e.bdf.requester_id()))
 }
 
@@ -78,7 +84,7 @@ fn stage(m: &Machine) -> Stage {
     }
 }
 
-fn rig(m: &Machine) -> Result<Rig<'static, Unit>, Failure> {
+pub(super) fn rig(m: &Machine) -> Result<Rig<'static, Unit>, Failure> {
     Ok(Rig {
         unit: unit(m)?,
         edus: edu_devices(m)?,

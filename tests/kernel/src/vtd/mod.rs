@@ -3,6 +3,7 @@
 //! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1` on the command line).
 
 mod dma;
+mod lifecycle;
 
 use crate::Machine;
 use alloc::vec::Vec;
@@ -101,6 +102,27 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "invalidation_descriptor_counts",
         run: dma::invalidation_descriptor_counts,
+    },
+    Test {
+        name: "hardware_info_matches_machine",
+        run: lifecycle::hardware_info_matches_machine,
+    },
+    Test {
+        name: "fault_event_interrupt_is_delivered_and_drained",
+        run: lifecycle::fault_event_interrupt_is_delivered_and_drained,
+    },
+    Test {
+        name: "destroyed_domain_ids_are_reused_without_stale_iotlb",
+        run: lifecycle::destroyed_domain_ids_are_reused_without_stale_iotlb,
+    },
+    Test {
+        name: "shared_cpu_table_domain_translates_and_flushes",
+        run: lifecycle::shared_cpu_table_domain_translates_and_flushes,
+    },
+    // Last: it leaves the third edu with an RMRR for the rest of the boot.
+    Test {
+        name: "rmrr_range_stays_identity_mapped_for_its_device",
+        run: lifecycle::rmrr_range_stays_identity_mapped_for_its_device,
     },
 ];
 
