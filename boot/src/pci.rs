@@ -16,7 +16,15 @@ pub mod offset {
     pub const CLASS_REVISION: u16 = 0x08;
     pub const HEADER_TYPE: u16 = 0x0c;
     pub const BAR0: u16 = 0x10;
+    /// Type-1 (bridge) header: primary, secondary, subordinate bus numbers (PCI-to-PCI Bridge
+    /// Architecture 1.2, 3.2).
+    pub const BUS_NUMBERS: u16 = 0x18;
+    pub const CAPABILITIES: u16 = 0x34;
 }
+
+/// The PCI Express capability's id and its device/port type field (PCIe base 7.5.3.2).
+const CAP_ID_PCIE: u8 = 0x10;
+const PCIE_TYPE_PCI_BRIDGE: u16 = 0x7;
 
 /// Command register bits (PCI 3.0, 6.2.2).
 pub mod command {
@@ -158,6 +166,44 @@ pub fn enumerate(cfg: &impl ConfigAccess, bus: u8) -> impl Iterator<Item = Funct
             })
         })
     })
+}
+
+/// If `bdf` is a bridge (type-1 header): its secondary bus and how it treats the requester ids of
+/// what is below it (a PCIe port keeps them; a PCIe-to-PCI bridge or a conventional bridge
+/// takes ownership, see [`iommu::pci::Bridge`]).
+pub fn bridge(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<(u8, iommu::pci::Bridge)> {
+    use iommu::pci::Bridge;
+    if cfg.read32(bdf, offset::HEADER_TYPE) >> 16 & 0x7f != 1 {
+        return None;
+    }
+    let secondary = (cfg.read32(bdf, offset::BUS_NUMBERS) >> 8) as u8;
+    let kind = match pcie_port_type(cfg, bdf) {
+        Some(PCIE_TYPE_PCI_BRIDGE) => Bridge::PcieToPci { secondary },
+        Some(_) => Bridge::PciePort,
+        None => Bridge::Conventional { id: bdf },
+    };
+    Some((secondary, kind))
+}
+
+/// The device/port type of `bdf`'s PCI Express capability, if it has one (the capability list
+/// walk is bounded: at most 48 entries fit in the 256-byte header space).
+fn pcie_port_type(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<u16> {
+    let status = cfg.read16(bdf, offset::COMMAND + 2);
+    if status & (1 << 4) == 0 {
+        return None;
+    }
+    let mut at = cfg.read32(bdf, offset::CAPABILITIES) as u8 & !3;
+    for _ in 0..48 {
+        if at < 0x40 {
+            return None;
+        }
+        let header = cfg.read32(bdf, u16::from(at));
+        if header as u8 == CAP_ID_PCIE {
+            return Some((header >> 16) as u16 >> 4 & 0xf);
+        }
+        at = (header >> 8) as u8 & !3;
+    }
+    None
 }
 
 /// The functions on `bus` with this vendor and device id, in bus order.

@@ -23,6 +23,14 @@ const EDUS: &str =
     "-device edu,dma_mask=0xffffffffffffffff -device edu,dma_mask=0xffffffffffffffff \
                     -device edu,dma_mask=0xffffffffffffffff";
 
+/// Two more `edu`s behind a PCIe-to-PCI bridge (under a root port): QEMU gives their DMA the
+/// bridge's alias requester id (secondary bus, 00.0), as hardware does. On q35 only: firmware
+/// (SeaBIOS) numbers the buses there; on `virt` nothing does.
+const BRIDGED_EDUS: &str = "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 \
+                            -device pcie-pci-bridge,id=br1,bus=rp1 \
+                            -device edu,bus=br1,addr=1,dma_mask=0xffffffffffffffff \
+                            -device edu,bus=br1,addr=2,dma_mask=0xffffffffffffffff";
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn words(s: &str) -> Vec<String> {
@@ -42,7 +50,8 @@ fn vtd_machine(mode: &str, aw: u32, cm: bool) -> Machine {
         arch: Arch::X86_64,
         args: words(&format!(
             "-machine q35 -m 256M -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-             -device intel-iommu,intremap=off,aw-bits={aw},caching-mode={cm_s}{sm} {EDUS}"
+             -device intel-iommu,intremap=off,aw-bits={aw},caching-mode={cm_s}{sm} {EDUS} \
+             {BRIDGED_EDUS}"
         )),
         cmdline: format!("vtd.mode={mode} vtd.aw={aw} vtd.cm={}", cm as u8),
         timeout: BOOT_TIMEOUT,

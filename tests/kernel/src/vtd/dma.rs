@@ -77,7 +77,7 @@ pub(super) fn device_id(e: &EduDevice) -> DeviceId {
 
 /// The stage the machine's paging domains use: first stage where second-stage PASID entries
 /// do not exist (`x-flts=on` clears SLTS).
-fn stage(m: &Machine) -> Stage {
+pub(super) fn stage(m: &Machine) -> Stage {
     match m.cmdline.get("vtd.mode") {
         Some("flts") => Stage::First,
         _ => Stage::Second,

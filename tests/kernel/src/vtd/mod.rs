@@ -2,6 +2,7 @@
 //! identification (VER/CAP/ECAP decoded), checked against the QEMU machine the runner started
 //! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1` on the command line).
 
+mod alias;
 mod dma;
 mod lifecycle;
 
@@ -118,6 +119,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "shared_cpu_table_domain_translates_and_flushes",
         run: lifecycle::shared_cpu_table_domain_translates_and_flushes,
+    },
+    Test {
+        name: "bridged_devices_share_an_alias_and_a_group",
+        run: alias::bridged_devices_share_an_alias_and_a_group,
     },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {
