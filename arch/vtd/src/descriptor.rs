@@ -297,6 +297,11 @@ impl AtsTarget {
         })
     }
 
+    /// MIP: the invalidate queue depth (0 means 32).
+    pub const fn queue_depth(&self) -> u8 {
+        self.queue_depth
+    }
+
     /// PFSID split over bits 15:12 (function bits 3:0) and 63:52 (bits 15:4).
     const fn pfsid_bits(&self) -> u64 {
         match self.physical_function {

@@ -31,3 +31,6 @@ mod sync;
 // The unit brought up and driven (issue 4, part 2).
 pub mod fault;
 pub mod iommu;
+
+// Nesting and the unit side of a vIOMMU (issue 6).
+pub mod guest;
