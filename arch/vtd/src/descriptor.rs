@@ -599,7 +599,10 @@ impl Descriptor {
             5 => (reserved::WAIT, "wait reserved bits"),
             6 => (reserved::PASID_IOTLB, "PASID-based IOTLB reserved bits"),
             7 => (reserved::PASID_CACHE, "PASID-cache reserved bits"),
-            8 => (reserved::PASID_DEV_TLB, "PASID-based device-TLB reserved bits"),
+            8 => (
+                reserved::PASID_DEV_TLB,
+                "PASID-based device-TLB reserved bits",
+            ),
             4 => {
                 return Err(DecodeError::UnsupportedType {
                     kind: "interrupt-entry-cache",
@@ -627,7 +630,13 @@ impl Descriptor {
             PageBlock::new(Iova::new(w1 & !0xfff), (w1 & 0x3f) as u8).map_err(DecodeError::Field)
         };
         let leaf_only = w1 & (1 << 6) != 0;
-        let no_address = |field| if w1 == 0 { Ok(()) } else { Err(DecodeError::Reserved { field }) };
+        let no_address = |field| {
+            if w1 == 0 {
+                Ok(())
+            } else {
+                Err(DecodeError::Reserved { field })
+            }
+        };
         Ok(match ty {
             // 6.5.2.1: G 01 global, 10 domain, 11 device; SID(47:32), FM(49:48).
             1 => Self::ContextCache(match g {
@@ -702,8 +711,7 @@ impl Descriptor {
                     },
                     (false, false) => WaitAction::Plain,
                 };
-                if !matches!(action, WaitAction::StatusWrite { .. }) && (w0 >> 32 != 0 || w1 != 0)
-                {
+                if !matches!(action, WaitAction::StatusWrite { .. }) && (w0 >> 32 != 0 || w1 != 0) {
                     return Err(DecodeError::Reserved {
                         field: "wait status data/address without SW",
                     });
@@ -1396,7 +1404,10 @@ mod tests {
                 target,
                 range: DeviceTlbRange::All,
             },
-            Descriptor::PasidIotlb(PasidIotlbScope::Pasid { domain: dom, pasid: p }),
+            Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                domain: dom,
+                pasid: p,
+            }),
             Descriptor::PasidIotlb(PasidIotlbScope::Pages {
                 domain: dom,
                 pasid: p,
@@ -1404,7 +1415,10 @@ mod tests {
                 leaf_only: false,
             }),
             Descriptor::PasidCache(PasidCacheScope::Domain(dom)),
-            Descriptor::PasidCache(PasidCacheScope::Pasid { domain: dom, pasid: p }),
+            Descriptor::PasidCache(PasidCacheScope::Pasid {
+                domain: dom,
+                pasid: p,
+            }),
             Descriptor::PasidCache(PasidCacheScope::Global),
             Descriptor::PasidDeviceTlb {
                 target: vf,
@@ -1449,19 +1463,49 @@ mod tests {
         // Types: 4 = IEC, 9 = page-group response, 0 and 0xf reserved; bits 11:9 extend the
         // type (0x201 = type 0x21).
         let unsupported = |kind| Err(DecodeError::UnsupportedType { kind });
-        assert_eq!(Descriptor::decode([0x4, 0, 0, 0]), unsupported("interrupt-entry-cache"));
-        assert_eq!(Descriptor::decode([0x9, 0, 0, 0]), unsupported("page-group response"));
-        assert_eq!(Descriptor::decode([0x0, 0, 0, 0]), unsupported("reserved type"));
-        assert_eq!(Descriptor::decode([0xf, 0, 0, 0]), unsupported("reserved type"));
-        assert_eq!(Descriptor::decode([0x211, 0, 0, 0]), unsupported("reserved type"));
+        assert_eq!(
+            Descriptor::decode([0x4, 0, 0, 0]),
+            unsupported("interrupt-entry-cache")
+        );
+        assert_eq!(
+            Descriptor::decode([0x9, 0, 0, 0]),
+            unsupported("page-group response")
+        );
+        assert_eq!(
+            Descriptor::decode([0x0, 0, 0, 0]),
+            unsupported("reserved type")
+        );
+        assert_eq!(
+            Descriptor::decode([0xf, 0, 0, 0]),
+            unsupported("reserved type")
+        );
+        assert_eq!(
+            Descriptor::decode([0x211, 0, 0, 0]),
+            unsupported("reserved type")
+        );
         // Context-cache: bit 6 reserved; granularity 00 reserved; quadword 1 reserved.
-        assert_eq!(Descriptor::decode([0x51, 0, 0, 0]), r("context-cache reserved bits"));
-        assert_eq!(Descriptor::decode([0x01, 0, 0, 0]), r("context-cache granularity 00"));
-        assert_eq!(Descriptor::decode([0x11, 1, 0, 0]), r("context-cache reserved bits"));
+        assert_eq!(
+            Descriptor::decode([0x51, 0, 0, 0]),
+            r("context-cache reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x01, 0, 0, 0]),
+            r("context-cache granularity 00")
+        );
+        assert_eq!(
+            Descriptor::decode([0x11, 1, 0, 0]),
+            r("context-cache reserved bits")
+        );
         // IOTLB: bit 32 reserved; bits 11:7 of the address word; an address with a domain
         // invalidation; a page block not aligned to its mask (AM 4 at 0x8000).
-        assert_eq!(Descriptor::decode([0x1_0000_0022, 0, 0, 0]), r("IOTLB reserved bits"));
-        assert_eq!(Descriptor::decode([0x32, 0x80, 0, 0]), r("IOTLB reserved bits"));
+        assert_eq!(
+            Descriptor::decode([0x1_0000_0022, 0, 0, 0]),
+            r("IOTLB reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x32, 0x80, 0, 0]),
+            r("IOTLB reserved bits")
+        );
         assert_eq!(
             Descriptor::decode([0x22, 0x1000, 0, 0]),
             r("IOTLB address of a domain invalidation")
@@ -1473,15 +1517,27 @@ mod tests {
                 am: 4
             }))
         );
-        assert_eq!(Descriptor::decode([0x02, 0, 0, 0]), r("IOTLB granularity 00"));
+        assert_eq!(
+            Descriptor::decode([0x02, 0, 0, 0]),
+            r("IOTLB granularity 00")
+        );
         // Wait: PD (bit 7), IF with SW, data without SW, misaligned status address (bit 1).
-        assert_eq!(Descriptor::decode([0x85, 0, 0, 0]), r("wait PD (page-request drain)"));
-        assert_eq!(Descriptor::decode([0x35, 0x1000, 0, 0]), r("wait with both IF and SW"));
+        assert_eq!(
+            Descriptor::decode([0x85, 0, 0, 0]),
+            r("wait PD (page-request drain)")
+        );
+        assert_eq!(
+            Descriptor::decode([0x35, 0x1000, 0, 0]),
+            r("wait with both IF and SW")
+        );
         assert_eq!(
             Descriptor::decode([0x1_0000_0015, 0, 0, 0]),
             r("wait status data/address without SW")
         );
-        assert_eq!(Descriptor::decode([0x25, 0x1002, 0, 0]), r("wait reserved bits"));
+        assert_eq!(
+            Descriptor::decode([0x25, 0x1002, 0, 0]),
+            r("wait reserved bits")
+        );
         // PASID-based IOTLB: G 00 and 01 reserved, bit 52 reserved.
         assert_eq!(
             Descriptor::decode([0x16, 0, 0, 0]),
@@ -1492,7 +1548,10 @@ mod tests {
             r("PASID-based IOTLB reserved bits")
         );
         // PASID-cache: G 10 reserved.
-        assert_eq!(Descriptor::decode([0x27, 0, 0, 0]), r("PASID-cache granularity 10"));
+        assert_eq!(
+            Descriptor::decode([0x27, 0, 0, 0]),
+            r("PASID-cache granularity 10")
+        );
         // PASID-based device-TLB: bit 1 of the address word; a PASID with G = 1.
         assert_eq!(
             Descriptor::decode([0x8, 0x2, 0, 0]),

@@ -421,7 +421,9 @@ mod tests {
             ..limits()
         };
         let five = validate_guest_pasid_entry(&with(2, 0x1234_5004), &l);
-        assert!(matches!(five, Ok(GuestConfig::FirstStage(f)) if f.paging == FirstStagePaging::FiveLevel));
+        assert!(
+            matches!(five, Ok(GuestConfig::FirstStage(f)) if f.paging == FirstStagePaging::FiveLevel)
+        );
         // The last page below 2^39.
         assert!(validate_guest_pasid_entry(&with(2, 0x7f_ffff_f000), &limits()).is_ok());
         // Guest pass-through (PGTT 100 = 0x100): the parent alone.
@@ -447,13 +449,25 @@ mod tests {
             refused(with(0, 0x89)),
             "PGTT (second-stage translation is the host's)"
         );
-        assert_eq!(refused(with(0, 0xc9)), "PGTT (nested translation is the host's)");
+        assert_eq!(
+            refused(with(0, 0xc9)),
+            "PGTT (nested translation is the host's)"
+        );
         assert_eq!(refused(with(0, 0x149)), "PGTT (reserved encoding)");
         // AW 4 (bits 4:2 = 100).
         assert_eq!(refused(with(0, 0x51)), "AW (reserved encoding)");
-        assert_eq!(refused(with(0, 0x4b)), "FPD (fault reporting is the host's)");
-        assert_eq!(refused(with(0, 0x69)), "SSEE (second-stage controls are the host's)");
-        assert_eq!(refused(with(0, 0x249)), "SSADE (second-stage controls are the host's)");
+        assert_eq!(
+            refused(with(0, 0x4b)),
+            "FPD (fault reporting is the host's)"
+        );
+        assert_eq!(
+            refused(with(0, 0x69)),
+            "SSEE (second-stage controls are the host's)"
+        );
+        assert_eq!(
+            refused(with(0, 0x249)),
+            "SSADE (second-stage controls are the host's)"
+        );
         assert_eq!(
             refused(with(0, 0x5000 | 0x49)),
             "SSPTPTR (the second stage is the nest parent)"
@@ -462,7 +476,10 @@ mod tests {
             refused(with(1, 0x42 | 1 << 23)),
             "PWSNP (page-walk snooping is the host's)"
         );
-        assert_eq!(refused(with(1, 0x42 | 1 << 24)), "PGSNP (snoop control is the host's)");
+        assert_eq!(
+            refused(with(1, 0x42 | 1 << 24)),
+            "PGSNP (snoop control is the host's)"
+        );
         assert_eq!(
             refused(with(2, 0x1234_5004)),
             "FSPM (5-level paging needs CAP.FS5LP)"
@@ -480,8 +497,14 @@ mod tests {
             validate_guest_pasid_entry(&with(2, 0x1234_5001), &no_srs),
             Err("SRE (supervisor requests need ECAP.SRS)")
         );
-        assert_eq!(refused(with(2, 0x1234_5002)), "ERE (execute requests are not offered)");
-        assert_eq!(refused(with(2, 0x1234_5020)), "bits 134:133 (NXE/SMEP are not offered)");
+        assert_eq!(
+            refused(with(2, 0x1234_5002)),
+            "ERE (execute requests are not offered)"
+        );
+        assert_eq!(
+            refused(with(2, 0x1234_5020)),
+            "bits 134:133 (NXE/SMEP are not offered)"
+        );
         assert_eq!(
             refused(with(2, 0x1234_5080)),
             "EAFE (extended-accessed flags need ECAP.EAFS)"
@@ -566,7 +589,10 @@ mod tests {
             Ok([0x0107_00f2, 0x7000, 0, 0])
         );
         // PASID-cache, domain-selective (G 00) and PASID-selective (G 01).
-        assert_eq!(issued([0x0042_0007, 0, 0, 0], &l), Ok([0x0107_0007, 0, 0, 0]));
+        assert_eq!(
+            issued([0x0042_0007, 0, 0, 0], &l),
+            Ok([0x0107_0007, 0, 0, 0])
+        );
         assert_eq!(
             issued([0x0000_0009_0042_0017, 0, 0, 0], &l),
             Ok([0x0000_0009_0107_0017, 0, 0, 0])
@@ -617,7 +643,10 @@ mod tests {
             refused([0x0001_0007, 0, 0, 0], &l),
             "DID (not one of the guest's domain ids)"
         );
-        assert_eq!(refused([0x12, 0, 0, 0], &l), "global IOTLB invalidation (host-wide)");
+        assert_eq!(
+            refused([0x12, 0, 0, 0], &l),
+            "global IOTLB invalidation (host-wide)"
+        );
         assert_eq!(
             refused([0x37, 0, 0, 0], &l),
             "global PASID-cache invalidation (host-wide)"

@@ -65,15 +65,21 @@ const PERSISTENT: u32 = (GSTS::TES.mask << GSTS::TES.shift)
 /// A paging domain: its tag on this unit and its table.
 pub struct VtdDomain<H: Hal> {
     id: DomainId,
-    table: DomainTable<H>,
+    pub(crate) table: DomainTable<H>,
 }
 
-enum DomainTable<H: Hal> {
+pub(crate) enum DomainTable<H: Hal> {
     Second(PageTable<VtdSecondStage, H>),
     First(PageTable<X86FirstStage, H>),
+    /// Built from a guest's PASID entry over a vIOMMU's nest parent (`crate::viommu`).
+    Nested(crate::viommu::NestedTable),
 }
 
 impl<H: Hal> VtdDomain<H> {
+    pub(crate) fn from_parts(id: DomainId, table: DomainTable<H>) -> Self {
+        Self { id, table }
+    }
+
     /// The domain id the unit's caches tag this domain's translations with.
     pub fn id(&self) -> DomainId {
         self.id
@@ -81,7 +87,7 @@ impl<H: Hal> VtdDomain<H> {
 
     pub fn stage(&self) -> Stage {
         match self.table {
-            DomainTable::Second(_) => Stage::Second,
+            DomainTable::Second(_) | DomainTable::Nested(_) => Stage::Second,
             DomainTable::First(_) => Stage::First,
         }
     }
@@ -91,6 +97,7 @@ impl<H: Hal> VtdDomain<H> {
         match &self.table {
             DomainTable::Second(t) => t.root(),
             DomainTable::First(t) => t.root(),
+            DomainTable::Nested(n) => n.root(),
         }
     }
 }
@@ -98,7 +105,7 @@ impl<H: Hal> VtdDomain<H> {
 /// A brought-up remapping unit.
 pub struct VtdUnit<'u, H: Hal + Clone> {
     regs: &'u UnitRegisters,
-    hal: H,
+    pub(crate) hal: H,
     info: UnitInfo,
     mode: Mode,
     /// Host address width (DMAR HAW + 1): the output size of every table.
@@ -119,6 +126,8 @@ pub struct VtdUnit<'u, H: Hal + Clone> {
     /// Faults read from the hardware and not yet handed to a drain; one reader at a time, so
     /// a record is reported once. Taken after `tables` when both are held.
     faults: spin::Mutex<Pending>,
+    /// Nest parents in use by vIOMMUs (`crate::viommu`).
+    pub(crate) nest_parents: crate::viommu::NestParents,
 }
 
 /// Faults collected from the recording registers before a drain asked for them: at attach
@@ -264,6 +273,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 len: 0,
                 overflow: false,
             }),
+            nest_parents: crate::viommu::NestParents::new(),
         };
         let mut global = Batch::new();
         global.push(Descriptor::ContextCache(ContextCacheScope::Global));
@@ -356,7 +366,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     /// Issues `descriptors` as one batch and waits for them: through the queue (one wait
     /// descriptor for the batch), or one register command each.
-    fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
+    pub(crate) fn invalidate<'d, I>(&self, descriptors: I) -> Result<(), UnitError>
     where
         I: IntoIterator<Item = &'d Descriptor>,
         I::IntoIter: ExactSizeIterator + Clone,
@@ -409,7 +419,8 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         );
         let mut batch = Batch::new();
         match domain.table {
-            DomainTable::Second(_) => {
+            // A nested domain on the parent alone shares the parent's table and tag.
+            DomainTable::Second(_) | DomainTable::Nested(_) => {
                 for d in plan.iotlb_descriptors(domain.id, self.drain(), leaf_only) {
                     batch.push(d);
                 }
@@ -424,7 +435,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             // More blocks than fit in one batch cannot happen below the threshold; be safe.
             batch = Batch::new();
             batch.push(match domain.table {
-                DomainTable::Second(_) => Descriptor::Iotlb {
+                DomainTable::Second(_) | DomainTable::Nested(_) => Descriptor::Iotlb {
                     scope: IotlbScope::Domain(domain.id),
                     drain: self.drain(),
                 },
@@ -594,9 +605,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                     let agaw = agaw_of(t.format().aw())?;
                     ContextEntry::second_stage(d.id, agaw, t.root()).map_err(entry_error)?
                 }
-                DomainTable::First(_) => {
+                DomainTable::First(_) | DomainTable::Nested(_) => {
                     return Err(UnitError::Unsupported(
-                        "first-stage domains need scalable mode",
+                        "first-stage and nested domains need scalable mode",
                     ))
                 }
             },
@@ -674,6 +685,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                         .build(cap, ecap)
                         .map_err(entry_error)?
                 }
+                DomainTable::Nested(n) => n.pasid_entry(d.id, cap, ecap).map_err(entry_error)?,
             },
         };
         let Some(table) = self.rid_pasid_table(sid, new.is_present())? else {
@@ -817,7 +829,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
 impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     type Domain = VtdDomain<H>;
-    type VIommu = core::convert::Infallible;
+    type VIommu = crate::viommu::VtdViommu;
     type GuestCommand = [u64; 4];
 
     // --- Placeholders while the back-end's implementations are written (issue 4/5/6 work in
@@ -865,29 +877,29 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         Err(UnitError::Unsupported("flush (not yet)"))
     }
 
-    fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("vIOMMU (not yet)"))
+    fn new_viommu(&self, parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        crate::viommu::new_viommu(self, parent)
     }
 
     fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
-        match viommu {}
+        crate::viommu::destroy_viommu(self, viommu)
     }
 
     fn new_nested(
         &self,
         viommu: &Self::VIommu,
-        _guest: &GuestEntry,
+        guest: &GuestEntry,
     ) -> Result<Self::Domain, UnitError> {
-        match *viommu {}
+        crate::viommu::new_nested(self, viommu, guest)
     }
 
     fn forward_invalidations(
         &self,
         viommu: &Self::VIommu,
-        _devices: &dyn Fn(u32) -> Option<DeviceId>,
-        _cmds: &[Self::GuestCommand],
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[Self::GuestCommand],
     ) -> Forwarded {
-        match *viommu {}
+        crate::viommu::forward_invalidations(self, viommu, devices, cmds)
     }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<VtdDomain<H>, UnitError> {
@@ -947,6 +959,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         match &domain.table {
             DomainTable::Second(t) => t.map(iova, phys, len, prot)?,
             DomainTable::First(t) => t.map(iova, phys, len, prot)?,
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
         }
         if self.info.cap.caching_mode() {
             // Caching mode: the unit may cache not-present entries, so not-present → present
@@ -963,6 +976,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         let bytes = match &domain.table {
             DomainTable::Second(t) => t.unmap(iova, len, &mut gather)?,
             DomainTable::First(t) => t.unmap(iova, len, &mut gather)?,
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
         };
         if let Some((start, len)) = gather.range() {
             // On failure the gather is dropped: its frames leak rather than be freed while the
@@ -1008,7 +1022,12 @@ fn device_context(domain: DomainId, source: SourceId) -> Descriptor {
     })
 }
 
-fn agaw_of(aw: u8) -> Result<Agaw, UnitError> {
+/// Map and unmap of a nested domain: its tables are the guest's and the parent's.
+const NESTED_MAP: UnitError = UnitError::Unsupported(
+    "map/unmap on a nested domain (the guest owns its table; map the nest parent)",
+);
+
+pub(crate) fn agaw_of(aw: u8) -> Result<Agaw, UnitError> {
     Agaw::ALL
         .into_iter()
         .find(|a| a.encoding() == aw)

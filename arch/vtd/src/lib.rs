@@ -34,3 +34,4 @@ pub mod iommu;
 
 // Nesting and the unit side of a vIOMMU (issue 6).
 pub mod guest;
+pub mod viommu;

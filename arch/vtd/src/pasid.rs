@@ -1081,7 +1081,10 @@ mod tests {
         };
         let mut fs = FirstStage::new(DomainId::new(1), pa(0x3000), FirstStagePaging::FourLevel);
         fs.memory_type = Some(mt);
-        assert_eq!(fs.build(CAP, ECAP_ALL).unwrap().fields().memory_type, Some(mt));
+        assert_eq!(
+            fs.build(CAP, ECAP_ALL).unwrap().fields().memory_type,
+            Some(mt)
+        );
         // Reserved bits and encodings, each named.
         let raw = |w: [u64; 3]| PasidEntry::decode([w[0], w[1], w[2], 0, 0, 0, 0, 0]).fields();
         assert_eq!(raw([0x401, 0, 0]).reserved, Some("reserved bits 11:10"));
