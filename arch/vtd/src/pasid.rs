@@ -1099,7 +1099,7 @@ mod tests {
         assert_eq!(raw([0x1c1, 0, 0]).pgtt, Err(7));
         assert!(raw([1, 3 << 27, 0]).emt_without_emte);
         assert_eq!(raw([1, 0, 0x60]).execute_controls, 3);
-        assert_eq!(raw([1, 0, 2]).execute_requests, true);
+        assert!(raw([1, 0, 2]).execute_requests);
         assert_eq!(FirstStagePaging::from_fspm(2), None);
     }
 

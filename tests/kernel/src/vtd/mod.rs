@@ -3,6 +3,7 @@
 //! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1` on the command line).
 
 mod dma;
+mod viommu;
 
 use crate::Machine;
 use alloc::vec::Vec;
@@ -101,6 +102,19 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "invalidation_descriptor_counts",
         run: dma::invalidation_descriptor_counts,
+    },
+    // The unit side of a vIOMMU (issue 6).
+    Test {
+        name: "viommu_needs_scalable_mode_and_a_second_stage_parent",
+        run: viommu::viommu_needs_scalable_mode_and_a_second_stage_parent,
+    },
+    Test {
+        name: "guest_pasid_entry_is_checked_before_nesting_is_refused",
+        run: viommu::guest_pasid_entry_is_checked_before_nesting_is_refused,
+    },
+    Test {
+        name: "guest_invalidations_are_checked_translated_and_issued",
+        run: viommu::guest_invalidations_are_checked_translated_and_issued,
     },
 ];
 
