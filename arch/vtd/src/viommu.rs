@@ -439,15 +439,33 @@ pub fn forward_invalidations<H: Hal + Clone>(
     }
     let limits = HostLimits::for_unit(info.cap, info.ecap);
     let names = Names { viommu, devices };
+    forward(cmds, &limits, &names, &mut |batch| unit.invalidate(batch))
+}
+
+/// The body of [`forward_invalidations`] over any issuer: `issue` gets each batch (never
+/// empty) and returns once it completed.
+fn forward(
+    cmds: &[[u64; 4]],
+    limits: &HostLimits,
+    names: &impl GuestNames,
+    issue: &mut dyn FnMut(&[Descriptor]) -> Result<(), UnitError>,
+) -> Forwarded {
     let mut batch = [Descriptor::Raw([0; 4]); CHUNK];
     let mut len = 0;
     // Index of the first command whose descriptor has not completed yet.
     let mut pending_from = 0;
+    let mut flush = |batch: &[Descriptor]| {
+        if batch.is_empty() {
+            Ok(())
+        } else {
+            issue(batch)
+        }
+    };
     for (i, raw) in cmds.iter().enumerate() {
-        match translate_guest_descriptor(raw, &limits, &names) {
+        match translate_guest_descriptor(raw, limits, names) {
             Ok(GuestAction::Issue(d)) => {
                 if len == CHUNK {
-                    if let Err(e) = issue(unit, &batch[..len]) {
+                    if let Err(e) = flush(&batch[..len]) {
                         return Forwarded {
                             done: pending_from,
                             refused: Some(e),
@@ -461,18 +479,18 @@ pub fn forward_invalidations<H: Hal + Clone>(
             }
             Ok(GuestAction::Consumed) => {}
             Err(reason) => {
-                let refused = match issue(unit, &batch[..len]) {
+                let (done, refused) = match flush(&batch[..len]) {
                     Ok(()) => (i, UnitError::GuestCommand(reason)),
                     Err(e) => (pending_from, e),
                 };
                 return Forwarded {
-                    done: refused.0,
-                    refused: Some(refused.1),
+                    done,
+                    refused: Some(refused),
                 };
             }
         }
     }
-    match issue(unit, &batch[..len]) {
+    match flush(&batch[..len]) {
         Ok(()) => Forwarded {
             done: cmds.len(),
             refused: None,
@@ -482,14 +500,6 @@ pub fn forward_invalidations<H: Hal + Clone>(
             refused: Some(e),
         },
     }
-}
-
-/// One batch through the unit's queue with its wait; nothing for an empty one.
-fn issue<H: Hal + Clone>(unit: &VtdUnit<'_, H>, batch: &[Descriptor]) -> Result<(), UnitError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    unit.invalidate(batch)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -590,5 +600,121 @@ mod tests {
                 feature: "ECAP.NEST"
             })
         );
+    }
+
+    /// Guest domain id 0x42 is host 0x107; guest device 0x10 is host 0x18.
+    struct Names;
+
+    impl GuestNames for Names {
+        fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+            (guest.raw() == 0x42).then_some(did(0x107))
+        }
+
+        fn device(&self, guest: SourceId) -> Option<SourceId> {
+            (guest.raw() == 0x10).then_some(SourceId::from_raw(0x18))
+        }
+    }
+
+    /// PASID-based IOTLB, PASID-selective, for guest domain id 0x42 and PASID `p`.
+    fn piotlb(p: u64) -> [u64; 4] {
+        [0x6 | 2 << 4 | 0x42 << 16 | p << 32, 0, 0, 0]
+    }
+
+    const WAIT: [u64; 4] = [0x25, 0x1000, 0, 0];
+    const FOREIGN: [u64; 4] = [0x3 | 0x20 << 32, 0, 0, 0];
+
+    fn run(
+        cmds: &[[u64; 4]],
+        fail_batch: Option<usize>,
+    ) -> (Forwarded, std::vec::Vec<std::vec::Vec<Descriptor>>) {
+        let limits = HostLimits::for_unit(
+            Capability(0x00d2_008c_222f_0606),
+            ExtendedCapability(0x4800_80f0_0f4a),
+        );
+        let mut batches = std::vec::Vec::new();
+        let f = forward(cmds, &limits, &Names, &mut |b| {
+            batches.push(b.to_vec());
+            if Some(batches.len() - 1) == fail_batch {
+                Err(UnitError::Hardware(
+                    "invalidation descriptor rejected (IQE)",
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        (f, batches)
+    }
+
+    #[test]
+    fn forwarding_batches_translates_and_stops_at_the_first_refusal() {
+        // Nothing to do: no batch at all.
+        let (f, batches) = run(&[], None);
+        assert_eq!(
+            (f, batches.len()),
+            (
+                Forwarded {
+                    done: 0,
+                    refused: None
+                },
+                0
+            )
+        );
+        // Waits only: consumed, nothing issued.
+        assert_eq!(run(&[WAIT, WAIT], None).1.len(), 0);
+        // 40 descriptors and a wait: batches of 32 and 8, host domain id in each.
+        let mut cmds: std::vec::Vec<_> = (0..40).map(piotlb).collect();
+        cmds.push(WAIT);
+        let (f, batches) = run(&cmds, None);
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 41,
+                refused: None
+            }
+        );
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.len())
+                .collect::<std::vec::Vec<_>>(),
+            [32, 8]
+        );
+        assert_eq!(batches[1][7].encode().unwrap()[0], 0x0000_0027_0107_0026);
+        // A foreign device at index 35: the 35 before are issued (32 + 3), it and the rest not.
+        cmds[35] = FOREIGN;
+        let (f, batches) = run(&cmds, None);
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 35,
+                refused: Some(UnitError::GuestCommand(
+                    "SID (not one of the guest's devices)"
+                ))
+            }
+        );
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.len())
+                .collect::<std::vec::Vec<_>>(),
+            [32, 3]
+        );
+        // The hardware fails the second batch: only the first 32 count as done.
+        let (f, _) = run(&cmds, Some(1));
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 32,
+                refused: Some(UnitError::Hardware(
+                    "invalidation descriptor rejected (IQE)"
+                ))
+            }
+        );
+        // ... or the first: none.
+        let (f, batches) = run(&cmds, Some(0));
+        assert_eq!((f.done, batches.len()), (0, 1));
+        // A refusal first: nothing issued.
+        let (f, batches) = run(&[FOREIGN, piotlb(0)], None);
+        assert_eq!((f.done, batches.len()), (0, 0));
     }
 }
