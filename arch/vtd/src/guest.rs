@@ -77,7 +77,9 @@ impl GuestConfig {
 /// (the text of [`UnitError::GuestEntry`](iommu::unit::UnitError::GuestEntry)).
 ///
 /// AW is accepted in its defined encodings (0 to 3) and replaced by the parent's: a guest's
-/// first-stage entry carries its own view of it, which the nested entry does not use.
+/// first-stage entry carries its own view of it, which the nested entry does not use. FSPTPTR
+/// is 4 KiB aligned by layout (its low bits are other fields, checked by name); it must lie
+/// below the parent's guest-physical width.
 pub fn validate_guest_pasid_entry(
     entry: &[u64; 8],
     limits: &NestLimits,
@@ -239,6 +241,10 @@ pub enum GuestAction {
 /// (consumed, see [`GuestAction::Consumed`]). Refused: context-cache, global IOTLB and
 /// PASID-cache, interrupt-entry-cache, page-request and reserved types, reserved bits, unknown
 /// domain ids and devices, address masks above CAP.MAMV.
+///
+/// PASIDs are not translated: a guest's PASID is the host's PASID for its devices (as on
+/// VT-d's iommufd nesting), and an invalidation of a PASID the host did not configure only
+/// costs time. Domain ids are what keeps a guest's invalidations to its own translations.
 pub fn translate_guest_descriptor(
     raw: &[u64; 4],
     limits: &HostLimits,
