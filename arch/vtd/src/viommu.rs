@@ -231,6 +231,11 @@ pub fn nested_entry(
 }
 
 /// Nest parents pinned by vIOMMUs, by domain id: a parent in here cannot be destroyed.
+///
+/// A spin lock over a small table: taken by `new_viommu`, `destroy_viommu` and
+/// `destroy_domain` for one scan, never across a hardware wait. `destroy_domain` checks the
+/// pin under the unit's `tables` lock; a pin taken concurrently comes from a `new_viommu`
+/// that holds `&parent`, which cannot coexist with `destroy_domain(parent)` taking it by value.
 pub struct NestParents {
     pins: spin::Mutex<[(DomainId, u32); NEST_PARENTS]>,
 }
