@@ -297,6 +297,11 @@ impl AtsTarget {
         })
     }
 
+    /// MIP: the invalidate queue depth (0 means 32).
+    pub const fn queue_depth(&self) -> u8 {
+        self.queue_depth
+    }
+
     /// PFSID split over bits 15:12 (function bits 3:0) and 63:52 (bits 15:4).
     const fn pfsid_bits(&self) -> u64 {
         match self.physical_function {
@@ -317,6 +322,8 @@ pub enum WaitAction {
     StatusWrite { addr: PhysAddr, data: u32 },
     /// IF: set ICS.IWC and raise the invalidation completion event.
     Interrupt,
+    /// Neither: the wait only orders (with FN) what follows after what precedes.
+    Plain,
 }
 
 /// An invalidation wait descriptor.
@@ -520,11 +527,270 @@ impl Descriptor {
                         (0x5 | 1 << 5 | f | (data as u64) << 32, addr.as_u64())
                     }
                     WaitAction::Interrupt => (0x5 | 1 << 4 | f, 0),
+                    WaitAction::Plain => (0x5 | f, 0),
                 }
             }
             Self::Raw(words) => return Ok(words),
         };
         Ok([w0, w1, 0, 0])
+    }
+}
+
+/// Why 256 bits written by someone else (a guest) do not decode into a [`Descriptor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A descriptor type this driver does not decode (named): interrupt-entry-cache,
+    /// page-request responses, reserved types.
+    UnsupportedType { kind: &'static str },
+    /// A reserved field or reserved encoding is set (named).
+    Reserved { field: &'static str },
+    /// A field holds a value the descriptor cannot carry (an unaligned block).
+    Field(DescriptorError),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::UnsupportedType { kind } => write!(f, "VT-d: {kind} descriptors not decoded"),
+            Self::Reserved { field } => write!(f, "VT-d: reserved field or encoding set: {field}"),
+            Self::Field(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Reserved bits of each descriptor type (6.5.2.1-6.5.2.8), quadwords 0 and 1. Bits 11:9 are
+/// the high type bits, checked through the type itself.
+mod reserved {
+    /// Context-cache: 8:6, 15:12, 63:50; quadword 1 all.
+    pub const CC: (u64, u64) = (0xfffc_0000_0000_f1c0, !0);
+    /// IOTLB: 8, 15:12, 63:32; quadword 1 bits 11:7.
+    pub const IOTLB: (u64, u64) = (0xffff_ffff_0000_f100, 0xf80);
+    /// Device-TLB: 8:4, 31:21, 51:48; quadword 1 bits 11:1.
+    pub const DEV_TLB: (u64, u64) = (0x000f_0000_ffe0_01f0, 0xffe);
+    /// Wait: 8, 31:12 (PD, bit 7, is decoded separately); quadword 1 bits 1:0.
+    pub const WAIT: (u64, u64) = (0xffff_f100, 0x3);
+    /// PASID-based IOTLB: 8:6, 15:12, 63:52; quadword 1 bits 11:7.
+    pub const PASID_IOTLB: (u64, u64) = (0xfff0_0000_0000_f1c0, 0xf80);
+    /// PASID-cache: 8:6, 15:12, 63:52; quadword 1 all.
+    pub const PASID_CACHE: (u64, u64) = (0xfff0_0000_0000_f1c0, !0);
+    /// PASID-based device-TLB: none in quadword 0; quadword 1 bits 10:1.
+    pub const PASID_DEV_TLB: (u64, u64) = (0, 0x7fe);
+}
+
+impl Descriptor {
+    /// The descriptor `words` encode (quadword 0 first; a 128-bit descriptor in the low half,
+    /// the upper half zero), refusing reserved bits, reserved encodings and the types this
+    /// driver does not issue. The inverse of [`encode`](Self::encode) for every type but
+    /// `Raw`: `decode(d.encode()?) == Ok(d)`.
+    pub fn decode(words: [u64; 4]) -> Result<Self, DecodeError> {
+        let [w0, w1, w2, w3] = words;
+        if w2 != 0 || w3 != 0 {
+            return Err(DecodeError::Reserved {
+                field: "bits 255:128",
+            });
+        }
+        let ty = (w0 & 0xf) | ((w0 >> 9) & 0x7) << 4;
+        let (rsvd, name): ((u64, u64), &'static str) = match ty {
+            1 => (reserved::CC, "context-cache reserved bits"),
+            2 => (reserved::IOTLB, "IOTLB reserved bits"),
+            3 => (reserved::DEV_TLB, "device-TLB reserved bits"),
+            5 => (reserved::WAIT, "wait reserved bits"),
+            6 => (reserved::PASID_IOTLB, "PASID-based IOTLB reserved bits"),
+            7 => (reserved::PASID_CACHE, "PASID-cache reserved bits"),
+            8 => (
+                reserved::PASID_DEV_TLB,
+                "PASID-based device-TLB reserved bits",
+            ),
+            4 => {
+                return Err(DecodeError::UnsupportedType {
+                    kind: "interrupt-entry-cache",
+                })
+            }
+            9 => {
+                return Err(DecodeError::UnsupportedType {
+                    kind: "page-group response",
+                })
+            }
+            _ => {
+                return Err(DecodeError::UnsupportedType {
+                    kind: "reserved type",
+                })
+            }
+        };
+        if w0 & rsvd.0 != 0 || w1 & rsvd.1 != 0 {
+            return Err(DecodeError::Reserved { field: name });
+        }
+        let g = (w0 >> 4) & 3;
+        let did = DomainId::new((w0 >> 16) as u16);
+        let pasid = Pasid::from_bits_truncated((w0 >> 32) as u32);
+        // ADDR(63:12), IH(6), AM(5:0) of the IOTLB and PASID-based IOTLB descriptors.
+        let block = || {
+            PageBlock::new(Iova::new(w1 & !0xfff), (w1 & 0x3f) as u8).map_err(DecodeError::Field)
+        };
+        let leaf_only = w1 & (1 << 6) != 0;
+        let no_address = |field| {
+            if w1 == 0 {
+                Ok(())
+            } else {
+                Err(DecodeError::Reserved { field })
+            }
+        };
+        Ok(match ty {
+            // 6.5.2.1: G 01 global, 10 domain, 11 device; SID(47:32), FM(49:48).
+            1 => Self::ContextCache(match g {
+                1 => ContextCacheScope::Global,
+                2 => ContextCacheScope::Domain(did),
+                3 => ContextCacheScope::Device {
+                    domain: did,
+                    source: SourceId::from_raw((w0 >> 32) as u16),
+                    mask: match (w0 >> 48) & 3 {
+                        0 => FunctionMask::None,
+                        1 => FunctionMask::Bit2,
+                        2 => FunctionMask::Bits2To1,
+                        _ => FunctionMask::AllFunctions,
+                    },
+                },
+                _ => {
+                    return Err(DecodeError::Reserved {
+                        field: "context-cache granularity 00",
+                    })
+                }
+            }),
+            // 6.5.2.3: G 01 global, 10 domain, 11 page-selective; DW(6), DR(7).
+            2 => {
+                let drain = Drain {
+                    writes: w0 & (1 << 6) != 0,
+                    reads: w0 & (1 << 7) != 0,
+                };
+                let scope = match g {
+                    1 => {
+                        no_address("IOTLB address of a global invalidation")?;
+                        IotlbScope::Global
+                    }
+                    2 => {
+                        no_address("IOTLB address of a domain invalidation")?;
+                        IotlbScope::Domain(did)
+                    }
+                    3 => IotlbScope::Pages {
+                        domain: did,
+                        block: block()?,
+                        leaf_only,
+                    },
+                    _ => {
+                        return Err(DecodeError::Reserved {
+                            field: "IOTLB granularity 00",
+                        })
+                    }
+                };
+                Self::Iotlb { scope, drain }
+            }
+            // 6.5.2.5: SID(47:32), MIP(20:16), PFSID(15:12, 63:52); S(0) and ADDR in w1.
+            3 => Self::DeviceTlb {
+                target: ats_target((w0 >> 32) as u16, (w0 >> 16) & 0x1f, w0)?,
+                range: device_tlb_range(w1 & !0xfff, w1 & 1 != 0),
+            },
+            // 6.5.2.8: IF(4), SW(5), FN(6), PD(7), data(63:32); address(63:2) in w1.
+            5 => {
+                if w0 & (1 << 7) != 0 {
+                    return Err(DecodeError::Reserved {
+                        field: "wait PD (page-request drain)",
+                    });
+                }
+                let action = match (w0 & (1 << 4) != 0, w0 & (1 << 5) != 0) {
+                    (true, true) => {
+                        return Err(DecodeError::Reserved {
+                            field: "wait with both IF and SW",
+                        })
+                    }
+                    (true, false) => WaitAction::Interrupt,
+                    (false, true) => WaitAction::StatusWrite {
+                        addr: PhysAddr::new(w1),
+                        data: (w0 >> 32) as u32,
+                    },
+                    (false, false) => WaitAction::Plain,
+                };
+                if !matches!(action, WaitAction::StatusWrite { .. }) && (w0 >> 32 != 0 || w1 != 0) {
+                    return Err(DecodeError::Reserved {
+                        field: "wait status data/address without SW",
+                    });
+                }
+                Self::Wait(Wait {
+                    action,
+                    fence: w0 & (1 << 6) != 0,
+                })
+            }
+            // 6.5.2.4: G 10 PASID-selective, 11 page-selective within the PASID.
+            6 => Self::PasidIotlb(match g {
+                2 => {
+                    no_address("PASID-based IOTLB address of a PASID invalidation")?;
+                    PasidIotlbScope::Pasid { domain: did, pasid }
+                }
+                3 => PasidIotlbScope::Pages {
+                    domain: did,
+                    pasid,
+                    block: block()?,
+                    leaf_only,
+                },
+                _ => {
+                    return Err(DecodeError::Reserved {
+                        field: "PASID-based IOTLB granularity 00/01",
+                    })
+                }
+            }),
+            // 6.5.2.2: G 00 domain, 01 PASID, 11 global.
+            7 => Self::PasidCache(match g {
+                0 => PasidCacheScope::Domain(did),
+                1 => PasidCacheScope::Pasid { domain: did, pasid },
+                3 => PasidCacheScope::Global,
+                _ => {
+                    return Err(DecodeError::Reserved {
+                        field: "PASID-cache granularity 10",
+                    })
+                }
+            }),
+            // 6.5.2.6: MIP(8:4), SID(31:16), PASID(51:32), PFSID; G(0), S(11), ADDR in w1.
+            _ => {
+                let all_pasids = w1 & 1 != 0;
+                if all_pasids && pasid.raw() != 0 {
+                    return Err(DecodeError::Reserved {
+                        field: "PASID of an all-PASIDs device-TLB invalidation",
+                    });
+                }
+                Self::PasidDeviceTlb {
+                    target: ats_target((w0 >> 16) as u16, (w0 >> 4) & 0x1f, w0)?,
+                    pasid: (!all_pasids).then_some(pasid),
+                    range: device_tlb_range(w1 & !0xfff, w1 & (1 << 11) != 0),
+                }
+            }
+        })
+    }
+}
+
+/// The device fields of a device-TLB descriptor: PFSID 0 reads as "none" (the encoder's
+/// `None`), as software that does not throttle writes it.
+fn ats_target(source: u16, mip: u64, w0: u64) -> Result<AtsTarget, DecodeError> {
+    let pfsid = ((w0 >> 12) & 0xf) | (w0 >> 52) << 4;
+    let pf = (pfsid != 0).then_some(SourceId::from_raw(pfsid as u16));
+    AtsTarget::new(SourceId::from_raw(source), pf, mip as u8).map_err(DecodeError::Field)
+}
+
+/// ADDR(63:12) with the size bit: S = 0 one page; S = 1 the lowest zero bit of ADDR says
+/// the size (2^(ones + 1) pages), the whole space from 52 ones up.
+fn device_tlb_range(addr: u64, s: bool) -> DeviceTlbRange {
+    if !s {
+        return DeviceTlbRange::Page(Iova::new(addr));
+    }
+    let ones = (addr >> 12).trailing_ones();
+    let order = ones + 1;
+    if order >= u32::from(MAX_ORDER) {
+        return DeviceTlbRange::All;
+    }
+    let base = addr & !(((1u64 << order) - 1) << 12);
+    DeviceTlbRange::Block {
+        addr: Iova::new(base),
+        order: order as u8,
     }
 }
 
@@ -1077,6 +1343,229 @@ mod tests {
         );
         assert!(!Descriptor::Wait(w).needs_256_bit());
         assert_eq!(Descriptor::Raw([1, 2, 3, 4]).encode(), Ok([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn decode_inverts_encode_for_every_type() {
+        let target = AtsTarget::new(sid(0x0100), None, 3).unwrap();
+        let vf = AtsTarget::new(sid(0x0100), Some(sid(0x0108)), 4).unwrap();
+        let p = Pasid::new(0x55).unwrap();
+        let dom = DomainId::new(0x1234);
+        let block = PageBlock::new(iova(0x40_0000), 9).unwrap();
+        let all = [
+            Descriptor::ContextCache(ContextCacheScope::Global),
+            Descriptor::ContextCache(ContextCacheScope::Domain(dom)),
+            Descriptor::ContextCache(ContextCacheScope::Device {
+                domain: dom,
+                source: sid(0x18),
+                mask: FunctionMask::Bits2To1,
+            }),
+            Descriptor::Iotlb {
+                scope: IotlbScope::Global,
+                drain: Drain {
+                    reads: true,
+                    writes: false,
+                },
+            },
+            Descriptor::Iotlb {
+                scope: IotlbScope::Domain(dom),
+                drain: Drain::default(),
+            },
+            Descriptor::Iotlb {
+                scope: IotlbScope::Pages {
+                    domain: dom,
+                    block,
+                    leaf_only: true,
+                },
+                drain: Drain {
+                    reads: true,
+                    writes: true,
+                },
+            },
+            Descriptor::DeviceTlb {
+                target: vf,
+                range: DeviceTlbRange::Page(iova(0x5000)),
+            },
+            Descriptor::DeviceTlb {
+                target,
+                range: DeviceTlbRange::Block {
+                    addr: iova(0x8000),
+                    order: 2,
+                },
+            },
+            Descriptor::DeviceTlb {
+                target,
+                range: DeviceTlbRange::Block {
+                    addr: iova(0x6000),
+                    order: 1,
+                },
+            },
+            Descriptor::DeviceTlb {
+                target,
+                range: DeviceTlbRange::All,
+            },
+            Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
+                domain: dom,
+                pasid: p,
+            }),
+            Descriptor::PasidIotlb(PasidIotlbScope::Pages {
+                domain: dom,
+                pasid: p,
+                block,
+                leaf_only: false,
+            }),
+            Descriptor::PasidCache(PasidCacheScope::Domain(dom)),
+            Descriptor::PasidCache(PasidCacheScope::Pasid {
+                domain: dom,
+                pasid: p,
+            }),
+            Descriptor::PasidCache(PasidCacheScope::Global),
+            Descriptor::PasidDeviceTlb {
+                target: vf,
+                pasid: Some(p),
+                range: DeviceTlbRange::Page(iova(0x3000)),
+            },
+            Descriptor::PasidDeviceTlb {
+                target,
+                pasid: None,
+                range: DeviceTlbRange::All,
+            },
+            Descriptor::Wait(
+                Wait::status_write(PhysAddr::new(0x1000_0040), 0x1234_5678)
+                    .unwrap()
+                    .with_fence(),
+            ),
+            Descriptor::Wait(Wait::interrupt()),
+            Descriptor::Wait(Wait {
+                action: WaitAction::Plain,
+                fence: true,
+            }),
+        ];
+        for d in all {
+            assert_eq!(Descriptor::decode(d.encode().unwrap()), Ok(d), "{d:?}");
+        }
+        // A plain fence: 5 | FN (0x40).
+        assert_eq!(
+            Descriptor::Wait(Wait {
+                action: WaitAction::Plain,
+                fence: true
+            })
+            .encode(),
+            Ok([0x45, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn decode_refuses_reserved_bits_types_and_encodings() {
+        let r = |field| Err(DecodeError::Reserved { field });
+        // Upper half of a 256-bit slot.
+        assert_eq!(Descriptor::decode([0x11, 0, 1, 0]), r("bits 255:128"));
+        // Types: 4 = IEC, 9 = page-group response, 0 and 0xf reserved; bits 11:9 extend the
+        // type (0x201 = type 0x21).
+        let unsupported = |kind| Err(DecodeError::UnsupportedType { kind });
+        assert_eq!(
+            Descriptor::decode([0x4, 0, 0, 0]),
+            unsupported("interrupt-entry-cache")
+        );
+        assert_eq!(
+            Descriptor::decode([0x9, 0, 0, 0]),
+            unsupported("page-group response")
+        );
+        assert_eq!(
+            Descriptor::decode([0x0, 0, 0, 0]),
+            unsupported("reserved type")
+        );
+        assert_eq!(
+            Descriptor::decode([0xf, 0, 0, 0]),
+            unsupported("reserved type")
+        );
+        assert_eq!(
+            Descriptor::decode([0x211, 0, 0, 0]),
+            unsupported("reserved type")
+        );
+        // Context-cache: bit 6 reserved; granularity 00 reserved; quadword 1 reserved.
+        assert_eq!(
+            Descriptor::decode([0x51, 0, 0, 0]),
+            r("context-cache reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x01, 0, 0, 0]),
+            r("context-cache granularity 00")
+        );
+        assert_eq!(
+            Descriptor::decode([0x11, 1, 0, 0]),
+            r("context-cache reserved bits")
+        );
+        // IOTLB: bit 32 reserved; bits 11:7 of the address word; an address with a domain
+        // invalidation; a page block not aligned to its mask (AM 4 at 0x8000).
+        assert_eq!(
+            Descriptor::decode([0x1_0000_0022, 0, 0, 0]),
+            r("IOTLB reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x32, 0x80, 0, 0]),
+            r("IOTLB reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x22, 0x1000, 0, 0]),
+            r("IOTLB address of a domain invalidation")
+        );
+        assert_eq!(
+            Descriptor::decode([0x32, 0x8004, 0, 0]),
+            Err(DecodeError::Field(DescriptorError::MisalignedBlock {
+                addr: iova(0x8000),
+                am: 4
+            }))
+        );
+        assert_eq!(
+            Descriptor::decode([0x02, 0, 0, 0]),
+            r("IOTLB granularity 00")
+        );
+        // Wait: PD (bit 7), IF with SW, data without SW, misaligned status address (bit 1).
+        assert_eq!(
+            Descriptor::decode([0x85, 0, 0, 0]),
+            r("wait PD (page-request drain)")
+        );
+        assert_eq!(
+            Descriptor::decode([0x35, 0x1000, 0, 0]),
+            r("wait with both IF and SW")
+        );
+        assert_eq!(
+            Descriptor::decode([0x1_0000_0015, 0, 0, 0]),
+            r("wait status data/address without SW")
+        );
+        assert_eq!(
+            Descriptor::decode([0x25, 0x1002, 0, 0]),
+            r("wait reserved bits")
+        );
+        // PASID-based IOTLB: G 00 and 01 reserved, bit 52 reserved.
+        assert_eq!(
+            Descriptor::decode([0x16, 0, 0, 0]),
+            r("PASID-based IOTLB granularity 00/01")
+        );
+        assert_eq!(
+            Descriptor::decode([0x0010_0000_0000_0026, 0, 0, 0]),
+            r("PASID-based IOTLB reserved bits")
+        );
+        // PASID-cache: G 10 reserved.
+        assert_eq!(
+            Descriptor::decode([0x27, 0, 0, 0]),
+            r("PASID-cache granularity 10")
+        );
+        // PASID-based device-TLB: bit 1 of the address word; a PASID with G = 1.
+        assert_eq!(
+            Descriptor::decode([0x8, 0x2, 0, 0]),
+            r("PASID-based device-TLB reserved bits")
+        );
+        assert_eq!(
+            Descriptor::decode([0x0000_0001_0000_0008, 0x1, 0, 0]),
+            r("PASID of an all-PASIDs device-TLB invalidation")
+        );
+        // Device-TLB: bits 31:21 reserved.
+        assert_eq!(
+            Descriptor::decode([0x0020_0003, 0, 0, 0]),
+            r("device-TLB reserved bits")
+        );
     }
 
     fn limits(mamv: u8, threshold: usize) -> FlushLimits {

@@ -93,17 +93,23 @@ pub(crate) enum DomainTable<H: Hal> {
         root: PhysAddr,
         paging: FirstStagePaging,
     },
+    /// Built from a guest's PASID entry over a vIOMMU's nest parent (`crate::viommu`).
+    Nested(crate::viommu::NestedTable),
 }
 
 impl<H: Hal> DomainTable<H> {
     /// Whether the unit walks the table as first stage (x86-64 paging): its translations are
     /// tagged with (domain id, PASID) and need PASID-based invalidations.
     pub(crate) fn first_stage(&self) -> bool {
-        !matches!(self, Self::Second(_))
+        !matches!(self, Self::Second(_) | Self::Nested(_))
     }
 }
 
 impl<H: Hal> VtdDomain<H> {
+    pub(crate) fn from_parts(id: DomainId, table: DomainTable<H>) -> Self {
+        Self { id, table }
+    }
+
     /// The domain id the unit's caches tag this domain's translations with.
     pub fn id(&self) -> DomainId {
         self.id
@@ -111,7 +117,7 @@ impl<H: Hal> VtdDomain<H> {
 
     pub fn stage(&self) -> Stage {
         match self.table {
-            DomainTable::Second(_) => Stage::Second,
+            DomainTable::Second(_) | DomainTable::Nested(_) => Stage::Second,
             DomainTable::First(_) | DomainTable::Shared { .. } => Stage::First,
         }
     }
@@ -122,6 +128,7 @@ impl<H: Hal> VtdDomain<H> {
             DomainTable::Second(t) => t.root(),
             DomainTable::First(t) => t.root(),
             DomainTable::Shared { root, .. } => *root,
+            DomainTable::Nested(n) => n.root(),
         }
     }
 
@@ -137,6 +144,7 @@ impl<H: Hal> VtdDomain<H> {
             DomainTable::Second(t) => t.iova_to_phys(iova)?,
             DomainTable::First(t) => t.iova_to_phys(iova)?,
             DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
         })
     }
 }
@@ -226,6 +234,8 @@ pub struct VtdUnit<'u, H: Hal + Clone> {
     /// Faults read from the hardware and not yet handed to a drain; one reader at a time, so
     /// a record is reported once. Taken after `tables` when both are held.
     pub(crate) faults: spin::Mutex<Pending>,
+    /// Nest parents in use by vIOMMUs (`crate::viommu`).
+    pub(crate) nest_parents: crate::viommu::NestParents,
 }
 
 /// Faults collected from the recording registers before a drain asked for them: at attach
@@ -376,6 +386,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 len: 0,
                 overflow: false,
             }),
+            nest_parents: crate::viommu::NestParents::new(),
         };
         let mut global = Batch::new();
         global.push(Descriptor::ContextCache(ContextCacheScope::Global));
@@ -941,9 +952,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                     let agaw = agaw_of(t.format().aw())?;
                     ContextEntry::second_stage(d.id, agaw, t.root()).map_err(entry_error)?
                 }
-                DomainTable::First(_) | DomainTable::Shared { .. } => {
+                DomainTable::First(_) | DomainTable::Shared { .. } | DomainTable::Nested(_) => {
                     return Err(UnitError::Unsupported(
-                        "first-stage domains need scalable mode",
+                        "first-stage and nested domains need scalable mode",
                     ))
                 }
             },
@@ -1027,6 +1038,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 DomainTable::Shared { root, paging } => FirstStage::new(d.id, *root, *paging)
                     .build(cap, ecap)
                     .map_err(entry_error)?,
+                DomainTable::Nested(n) => n.pasid_entry(d.id, cap, ecap).map_err(entry_error)?,
             },
         };
         let Some(table) = self.pasid_table(sid, pasid, new.is_present())? else {
@@ -1166,7 +1178,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
 impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     type Domain = VtdDomain<H>;
-    type VIommu = core::convert::Infallible;
+    type VIommu = crate::viommu::VtdViommu;
     type GuestCommand = [u64; 4];
 
     fn info(&self) -> HardwareInfo {
@@ -1259,6 +1271,20 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         if self.ids.users(&self.hal, domain.id) != 0 {
             return Err((domain, UnitError::Busy));
         }
+        // A nested domain on the parent alone carries the parent's id and table: neither is
+        // its to give back; its vIOMMU forgets one user of the guest's id. (The users count is
+        // per id, so this waits until the parent itself is attached nowhere either.)
+        let domain = match domain.table {
+            DomainTable::Nested(n) => {
+                crate::viommu::destroy_nested(n);
+                return Ok(());
+            }
+            table => VtdDomain { table, ..domain },
+        };
+        // A nest parent is in use while a vIOMMU holds it.
+        if self.nest_parents.is_pinned(domain.id) {
+            return Err((domain, UnitError::Busy));
+        }
         // No entry points at the domain any more, and each detach invalidated what it cached;
         // the id is invalidated once more as a whole before anyone else gets it, so no cache
         // entry of this owner can serve the next one (6.5.3.3: before a domain id is reused).
@@ -1285,7 +1311,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
             DomainTable::Second(t) => drop(t.destroy(&mut gather)),
             DomainTable::First(t) => drop(t.destroy(&mut gather)),
             // The CPU table is the embedder's: nothing of it is freed.
-            DomainTable::Shared { .. } => {}
+            DomainTable::Shared { .. } | DomainTable::Nested(_) => {}
         }
         // SAFETY: no context or PASID entry of this unit points at the table (the count is 0
         // under the lock, so none can be added meanwhile), every cache entry tagged with its
@@ -1348,29 +1374,29 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         self.flush_range(domain, Iova::new(start), end - start, false)
     }
 
-    fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("vIOMMU (not yet)"))
+    fn new_viommu(&self, parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        crate::viommu::new_viommu(self, parent)
     }
 
     fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
-        match viommu {}
+        crate::viommu::destroy_viommu(self, viommu)
     }
 
     fn new_nested(
         &self,
         viommu: &Self::VIommu,
-        _guest: &GuestEntry,
+        guest: &GuestEntry,
     ) -> Result<Self::Domain, UnitError> {
-        match *viommu {}
+        crate::viommu::new_nested(self, viommu, guest)
     }
 
     fn forward_invalidations(
         &self,
         viommu: &Self::VIommu,
-        _devices: &dyn Fn(u32) -> Option<DeviceId>,
-        _cmds: &[Self::GuestCommand],
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[Self::GuestCommand],
     ) -> Forwarded {
-        match *viommu {}
+        crate::viommu::forward_invalidations(self, viommu, devices, cmds)
     }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<VtdDomain<H>, UnitError> {
@@ -1445,6 +1471,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
             DomainTable::Second(t) => t.map(iova, phys, len, prot)?,
             DomainTable::First(t) => t.map(iova, phys, len, prot)?,
             DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
         }
         if self.info.cap.caching_mode() {
             // Caching mode: the unit may cache not-present entries, so not-present → present
@@ -1462,6 +1489,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
             DomainTable::Second(t) => t.unmap(iova, len, &mut gather)?,
             DomainTable::First(t) => t.unmap(iova, len, &mut gather)?,
             DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
         };
         if let Some((start, len)) = gather.range() {
             // On failure the gather is dropped: its frames leak rather than be freed while the
@@ -1507,7 +1535,12 @@ fn device_context(domain: DomainId, source: SourceId) -> Descriptor {
     })
 }
 
-fn agaw_of(aw: u8) -> Result<Agaw, UnitError> {
+/// Map and unmap of a nested domain: its tables are the guest's and the parent's.
+const NESTED_MAP: UnitError = UnitError::Unsupported(
+    "map/unmap on a nested domain (the guest owns its table; map the nest parent)",
+);
+
+pub(crate) fn agaw_of(aw: u8) -> Result<Agaw, UnitError> {
     Agaw::ALL
         .into_iter()
         .find(|a| a.encoding() == aw)

@@ -36,3 +36,7 @@ pub mod iommu;
 // Host tests against a simulated unit.
 #[cfg(all(test, not(loom)))]
 mod sim;
+
+// Nesting and the unit side of a vIOMMU (issue 6).
+pub mod guest;
+pub mod viommu;

@@ -312,6 +312,7 @@ impl FirstStage {
             pgsnp: self.page_snoop,
             slade: false,
             slee: false,
+            eafe: false,
             memory_type: self.memory_type,
             common: self.common,
         }))
@@ -371,6 +372,7 @@ impl SecondStage {
             pgsnp: self.page_snoop,
             slade: self.access_dirty,
             slee: self.execute,
+            eafe: false,
             memory_type: None,
             common: self.common,
         }))
@@ -418,6 +420,7 @@ impl PassThrough {
             pgsnp: false,
             slade: false,
             slee: false,
+            eafe: false,
             memory_type: None,
             common: self.common,
         }))
@@ -440,6 +443,8 @@ pub struct Nested {
     pub access_dirty: bool,
     pub execute: bool,
     pub page_snoop: bool,
+    /// EAFE: hardware sets the extended-accessed bit of first-stage entries (needs ECAP.EAFS).
+    pub extended_accessed: bool,
     pub memory_type: Option<MemoryType>,
     pub common: Common,
 }
@@ -463,6 +468,7 @@ impl Nested {
             access_dirty: false,
             execute: false,
             page_snoop: false,
+            extended_accessed: false,
             memory_type: None,
             common: Common {
                 fault_processing_disabled: false,
@@ -477,6 +483,9 @@ impl Nested {
         ecap: ExtendedCapability,
     ) -> Result<PasidEntry, EntryError> {
         require(ecap.nest(), "ECAP.NEST")?;
+        if self.extended_accessed {
+            require(ecap.eafs(), "ECAP.EAFS")?;
+        }
         require(ecap.flts(), "ECAP.FLTS")?;
         require(ecap.slts(), "ECAP.SLTS")?;
         let fl = table_pointer("first-stage table", self.first_stage_root)?;
@@ -502,6 +511,7 @@ impl Nested {
             pgsnp: self.page_snoop,
             slade: self.access_dirty,
             slee: self.execute,
+            eafe: self.extended_accessed,
             memory_type: self.memory_type,
             common: self.common,
         }))
@@ -592,6 +602,7 @@ struct Fields {
     pgsnp: bool,
     slade: bool,
     slee: bool,
+    eafe: bool,
     memory_type: Option<MemoryType>,
     common: Common,
 }
@@ -615,7 +626,7 @@ impl PasidEntry {
     /// - quadword 0: P(0), FPD(1), AW(4:2), SLEE(5), PGTT(8:6), SLADE(9), SLPTPTR(63:12);
     /// - quadword 1: DID(15:0), PWSNP(23), PGSNP(24), CD(25), EMTE(26), EMT(29:27), PWT(30),
     ///   PCD(31), PAT(63:32);
-    /// - quadword 2: SRE(0), FLPM(3:2), WPE(4), FLPTPTR(63:12);
+    /// - quadword 2: SRE(0), FLPM(3:2), WPE(4), EAFE(7), FLPTPTR(63:12);
     /// - quadwords 3 to 7 reserved.
     fn encode_fields(f: Fields) -> Self {
         let w0 = 1
@@ -636,7 +647,7 @@ impl PasidEntry {
                 | flag(mt.cache_disable_root, 31)
                 | (mt.pat as u64) << 32;
         }
-        let w2 = flag(f.sre, 0) | f.flpm << 2 | flag(f.wpe, 4) | f.flptptr;
+        let w2 = flag(f.sre, 0) | f.flpm << 2 | flag(f.wpe, 4) | flag(f.eafe, 7) | f.flptptr;
         Self {
             raw: [w0, w1, w2, 0, 0, 0, 0, 0],
         }
@@ -670,6 +681,132 @@ impl PasidEntry {
 
     pub const fn first_stage_root(&self) -> PhysAddr {
         PhysAddr::new(self.raw[2] & !0xfff)
+    }
+}
+
+/// Every field of a PASID entry as read (9.6): the view used to check entries someone else
+/// wrote (a guest's, for nesting) before any of their values is used. The one place besides
+/// [`PasidEntry::encode_fields`] that knows the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFields {
+    /// P, bit 0.
+    pub present: bool,
+    /// FPD, bit 1.
+    pub fault_processing_disabled: bool,
+    /// AW, bits 4:2, as stored.
+    pub aw: u8,
+    /// SSEE (SLEE), bit 5.
+    pub second_stage_execute: bool,
+    /// PGTT, bits 8:6: `Err(bits)` for a reserved encoding.
+    pub pgtt: Result<Pgtt, u8>,
+    /// SSADE (SLADE), bit 9.
+    pub second_stage_access_dirty: bool,
+    /// SSPTPTR (SLPTPTR), bits 63:12.
+    pub second_stage_root: PhysAddr,
+    /// DID, bits 79:64.
+    pub domain: DomainId,
+    /// PWSNP, bit 87.
+    pub page_walk_snoop: bool,
+    /// PGSNP, bit 88.
+    pub page_snoop: bool,
+    /// CD (89), EMTE (90), EMT (93:91), PWT (94), PCD (95), PAT (127:96): `None` when all are
+    /// zero.
+    pub memory_type: Option<MemoryType>,
+    /// EMT set while EMTE is clear (a value [`MemoryType`] cannot hold).
+    pub emt_without_emte: bool,
+    /// SRE, bit 128.
+    pub supervisor_requests: bool,
+    /// ERE, bit 129 (execute requests; deprecated with ECAP.ERS).
+    pub execute_requests: bool,
+    /// FSPM (FLPM), bits 131:130, as stored.
+    pub first_stage_paging: u8,
+    /// WPE, bit 132.
+    pub write_protect: bool,
+    /// Bits 134:133 (NXE and SMEP in revision 3 of the specification), as stored.
+    pub execute_controls: u8,
+    /// EAFE, bit 135.
+    pub extended_accessed: bool,
+    /// FSPTPTR (FLPTPTR), bits 191:140.
+    pub first_stage_root: PhysAddr,
+    /// The first reserved field found set, named: bits 75:74 (quadword 0 bits 11:10), 86:80,
+    /// 139:136, 511:192.
+    pub reserved: Option<&'static str>,
+}
+
+impl PasidEntry {
+    /// The entry's fields, decoded; see [`EntryFields`].
+    pub const fn fields(&self) -> EntryFields {
+        let [w0, w1, w2, ..] = self.raw;
+        let reserved = if w0 & 0xc00 != 0 {
+            Some("reserved bits 11:10")
+        } else if w1 & 0x7f_0000 != 0 {
+            Some("reserved bits 86:80")
+        } else if w2 & 0xf00 != 0 {
+            Some("reserved bits 139:136")
+        } else if self.raw[3] | self.raw[4] | self.raw[5] | self.raw[6] | self.raw[7] != 0 {
+            Some("reserved bits 511:192")
+        } else {
+            None
+        };
+        let pgtt_bits = ((w0 >> 6) & 7) as u8;
+        let emte = w1 & (1 << 26) != 0;
+        let emt = ((w1 >> 27) & 7) as u8;
+        let mt_bits = w1 & 0xffff_ffff_fe00_0000;
+        let memory_type = if mt_bits == 0 {
+            None
+        } else {
+            Some(MemoryType {
+                cache_disable: w1 & (1 << 25) != 0,
+                extended: if emte { Some(emt) } else { None },
+                write_through: w1 & (1 << 30) != 0,
+                cache_disable_root: w1 & (1 << 31) != 0,
+                pat: (w1 >> 32) as u32,
+            })
+        };
+        EntryFields {
+            present: w0 & 1 != 0,
+            fault_processing_disabled: w0 & 2 != 0,
+            aw: ((w0 >> 2) & 7) as u8,
+            second_stage_execute: w0 & (1 << 5) != 0,
+            pgtt: match Pgtt::from_bits(pgtt_bits as u64) {
+                Some(p) => Ok(p),
+                None => Err(pgtt_bits),
+            },
+            second_stage_access_dirty: w0 & (1 << 9) != 0,
+            second_stage_root: PhysAddr::new(w0 & !0xfff),
+            domain: DomainId::new(w1 as u16),
+            page_walk_snoop: w1 & (1 << 23) != 0,
+            page_snoop: w1 & (1 << 24) != 0,
+            memory_type,
+            emt_without_emte: !emte && emt != 0,
+            supervisor_requests: w2 & 1 != 0,
+            execute_requests: w2 & 2 != 0,
+            first_stage_paging: ((w2 >> 2) & 3) as u8,
+            write_protect: w2 & (1 << 4) != 0,
+            execute_controls: ((w2 >> 5) & 3) as u8,
+            extended_accessed: w2 & (1 << 7) != 0,
+            first_stage_root: PhysAddr::new(w2 & !0xfff),
+            reserved,
+        }
+    }
+}
+
+impl FirstStagePaging {
+    /// The mode FSPM (bits 131:130) encodes: 00 4-level, 01 5-level, 1x reserved.
+    pub const fn from_fspm(fspm: u8) -> Option<Self> {
+        match fspm {
+            0 => Some(Self::FourLevel),
+            1 => Some(Self::FiveLevel),
+            _ => None,
+        }
+    }
+
+    /// The input address width of the first-stage table: 48 or 57 bits.
+    pub const fn input_bits(self) -> u32 {
+        match self {
+            Self::FourLevel => 48,
+            Self::FiveLevel => 57,
+        }
     }
 }
 
@@ -897,6 +1034,73 @@ mod tests {
             misaligned.build(CAP, ECAP_ALL),
             Err(EntryError::MisalignedTable { .. })
         ));
+    }
+
+    #[test]
+    fn fields_decode_what_the_builders_encode() {
+        // The nested entry of `nested_entry` with EAFE (bit 135 = quadword 2 bit 7), SRE and
+        // WPE: w2 = 0xa000 | 0x80 | 0x10 | 0x1 = 0xa091.
+        let mut n = Nested::new(
+            DomainId::new(3),
+            pa(0xa000),
+            FirstStagePaging::FiveLevel,
+            Agaw::Level4,
+            pa(0xb000),
+        );
+        n.extended_accessed = true;
+        n.supervisor_requests = true;
+        n.write_protect = true;
+        let ecap = ExtendedCapability(ECAP_ALL.0 | 1 << 34);
+        let e = n.build(CAP, ecap).unwrap();
+        assert_eq!(e.encode()[2], 0xa000 | 0x80 | 0x10 | 0x4 | 0x1);
+        assert_eq!(
+            n.build(CAP, ECAP_ALL),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.EAFS"
+            })
+        );
+        let f = e.fields();
+        assert!(f.present && !f.fault_processing_disabled);
+        assert_eq!(f.pgtt, Ok(Pgtt::Nested));
+        assert_eq!((f.aw, f.domain), (2, DomainId::new(3)));
+        assert_eq!(f.second_stage_root, pa(0xb000));
+        assert_eq!(f.first_stage_root, pa(0xa000));
+        assert_eq!(
+            FirstStagePaging::from_fspm(f.first_stage_paging),
+            Some(FirstStagePaging::FiveLevel)
+        );
+        assert!(f.supervisor_requests && f.write_protect && f.extended_accessed);
+        assert_eq!((f.memory_type, f.reserved), (None, None));
+        // Memory type round trip (see `first_stage_memory_type`).
+        let mt = MemoryType {
+            cache_disable: true,
+            extended: Some(6),
+            write_through: true,
+            cache_disable_root: false,
+            pat: 0x0007_0406,
+        };
+        let mut fs = FirstStage::new(DomainId::new(1), pa(0x3000), FirstStagePaging::FourLevel);
+        fs.memory_type = Some(mt);
+        assert_eq!(
+            fs.build(CAP, ECAP_ALL).unwrap().fields().memory_type,
+            Some(mt)
+        );
+        // Reserved bits and encodings, each named.
+        let raw = |w: [u64; 3]| PasidEntry::decode([w[0], w[1], w[2], 0, 0, 0, 0, 0]).fields();
+        assert_eq!(raw([0x401, 0, 0]).reserved, Some("reserved bits 11:10"));
+        assert_eq!(raw([1, 1 << 16, 0]).reserved, Some("reserved bits 86:80"));
+        assert_eq!(raw([1, 0, 0x100]).reserved, Some("reserved bits 139:136"));
+        let mut high = [0u64; 8];
+        high[7] = 1 << 63;
+        assert_eq!(
+            PasidEntry::decode(high).fields().reserved,
+            Some("reserved bits 511:192")
+        );
+        assert_eq!(raw([0x1c1, 0, 0]).pgtt, Err(7));
+        assert!(raw([1, 3 << 27, 0]).emt_without_emte);
+        assert_eq!(raw([1, 0, 0x60]).execute_controls, 3);
+        assert!(raw([1, 0, 2]).execute_requests);
+        assert_eq!(FirstStagePaging::from_fspm(2), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod alias;
 mod dma;
 mod lifecycle;
+mod viommu;
 
 use crate::Machine;
 use alloc::vec::Vec;
@@ -123,6 +124,19 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "bridged_devices_share_an_alias_and_a_group",
         run: alias::bridged_devices_share_an_alias_and_a_group,
+    },
+    // The unit side of a vIOMMU (issue 6).
+    Test {
+        name: "viommu_needs_scalable_mode_and_a_second_stage_parent",
+        run: viommu::viommu_needs_scalable_mode_and_a_second_stage_parent,
+    },
+    Test {
+        name: "guest_pasid_entry_is_checked_before_nesting_is_refused",
+        run: viommu::guest_pasid_entry_is_checked_before_nesting_is_refused,
+    },
+    Test {
+        name: "guest_invalidations_are_checked_translated_and_issued",
+        run: viommu::guest_invalidations_are_checked_translated_and_issued,
     },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {

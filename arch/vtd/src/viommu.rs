@@ -1,0 +1,725 @@
+//! The unit's side of a vIOMMU (issue 6): what a hypervisor's virtual VT-d for one guest needs
+//! from a real unit. [`VtdViommu`] holds the nest parent (the second-stage table translating
+//! the guest's physical addresses, its domain id and depth) and the guest's domain ids known
+//! from the nested domains built on it; [`forward_invalidations`] checks and translates a
+//! guest's invalidation descriptors with [`crate::guest`] and issues them.
+//!
+//! Nested domains from a guest's PASID entry:
+//! - guest pass-through (PGTT 100) gives a domain translated by the parent alone: a second-stage
+//!   PASID entry on the parent's table, tagged with the parent's domain id so that the parent's
+//!   unmaps invalidate it;
+//! - guest first stage (PGTT 001) needs ECAP.NEST. QEMU 10 has none; on hardware that has it
+//!   the entry is checked and its nested PASID entry can be built ([`nested_entry`]), but the
+//!   domain is refused: nested translations are tagged with their own domain ids, and the
+//!   parent's unmaps do not invalidate those yet.
+//!
+//! Lifetimes: a vIOMMU pins its parent in the unit ([`NestParents`]), so a parent cannot be
+//! destroyed under it; its nested domains point at its state, which lives in a frame of its
+//! own, so [`destroy_viommu`] refuses while any exists.
+
+use core::ptr::NonNull;
+
+use iommu::addr::PhysAddr;
+use iommu::hal::{FrameSize, Hal};
+use iommu::pagetable::Format;
+use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
+
+use crate::caps::{Agaw, Capability, ExtendedCapability};
+use crate::descriptor::Descriptor;
+use crate::guest::{
+    translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
+    GuestFirstStage, GuestNames, HostLimits, NestLimits,
+};
+use crate::iommu::{DomainTable, Mode, VtdDomain, VtdUnit};
+use crate::pasid::{Nested, PasidEntry, SecondStage};
+use crate::root_table::{DomainId, EntryError, SourceId};
+
+/// The nest parent as a vIOMMU and its nested domains see it (copied at [`new_viommu`]; the
+/// pin keeps the table alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    pub root: PhysAddr,
+    pub domain: DomainId,
+    pub agaw: Agaw,
+    /// Guest-physical addresses are below `2^ia_bits`.
+    pub ia_bits: u32,
+}
+
+/// Guest domain ids one vIOMMU can know at once.
+pub const GUEST_DOMAINS: usize = 256;
+
+/// One guest domain id and what stands for it on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Binding {
+    guest: DomainId,
+    host: DomainId,
+    /// Nested domains built with this guest id; 0 marks a free slot.
+    users: u32,
+}
+
+const FREE: Binding = Binding {
+    guest: DomainId::new(0),
+    host: DomainId::new(0),
+    users: 0,
+};
+
+/// The guest domain ids of one vIOMMU. Changed by `new_nested` and by the destruction of a
+/// nested domain, read by every forwarded descriptor: a spin lock, held for a table scan only
+/// (never across a hardware wait).
+pub(crate) struct Bindings {
+    slots: [Binding; GUEST_DOMAINS],
+}
+
+impl Bindings {
+    const fn new() -> Self {
+        Self {
+            slots: [FREE; GUEST_DOMAINS],
+        }
+    }
+
+    fn host(&self, guest: DomainId) -> Option<DomainId> {
+        self.slots
+            .iter()
+            .find(|b| b.users > 0 && b.guest == guest)
+            .map(|b| b.host)
+    }
+
+    /// One more nested domain for `guest`, standing for `host`. A guest id already bound to
+    /// another host id is refused: one guest tag must not name two host tags.
+    fn bind(&mut self, guest: DomainId, host: DomainId) -> Result<(), UnitError> {
+        if let Some(b) = self
+            .slots
+            .iter_mut()
+            .find(|b| b.users > 0 && b.guest == guest)
+        {
+            if b.host != host {
+                return Err(UnitError::GuestEntry(
+                    "DID (the guest uses it for another translation)",
+                ));
+            }
+            b.users = b.users.checked_add(1).ok_or(UnitError::OutOfIds)?;
+            return Ok(());
+        }
+        let free = self
+            .slots
+            .iter_mut()
+            .find(|b| b.users == 0)
+            .ok_or(UnitError::OutOfIds)?;
+        *free = Binding {
+            guest,
+            host,
+            users: 1,
+        };
+        Ok(())
+    }
+
+    /// One nested domain of `guest` fewer; false if there was none.
+    fn release(&mut self, guest: DomainId) -> bool {
+        match self
+            .slots
+            .iter_mut()
+            .find(|b| b.users > 0 && b.guest == guest)
+        {
+            Some(b) => {
+                b.users -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn nested_domains(&self) -> u64 {
+        self.slots.iter().map(|b| u64::from(b.users)).sum()
+    }
+}
+
+/// A vIOMMU's state that its nested domains reach: in a HAL frame of its own, so its address
+/// stays fixed while the [`VtdViommu`] handle moves.
+struct Shared {
+    bindings: spin::Mutex<Bindings>,
+}
+
+const _: () = assert!(core::mem::size_of::<Shared>() <= 4096);
+
+/// A pointer to a vIOMMU's [`Shared`] state.
+#[derive(Clone, Copy)]
+struct SharedRef(NonNull<Shared>);
+
+// SAFETY: `Shared` is a spin lock (Send + Sync); the pointer stays valid while any holder
+// exists: the frame is freed only by `destroy_viommu`, which owns the last handle and has
+// checked under the lock that no nested domain (the other holders) is left.
+unsafe impl Send for SharedRef {}
+// SAFETY: as above; all access goes through the lock.
+unsafe impl Sync for SharedRef {}
+
+impl SharedRef {
+    fn get(&self) -> &Shared {
+        // SAFETY: see the `Send` impl: valid for as long as a holder (a vIOMMU handle or one
+        // of its nested domains) exists, and `self` is one.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// The unit's part of one guest's vIOMMU: `TranslationUnit::VIommu` of [`VtdUnit`].
+pub struct VtdViommu {
+    parent: Parent,
+    shared: SharedRef,
+    frame: PhysAddr,
+}
+
+impl VtdViommu {
+    pub fn parent(&self) -> Parent {
+        self.parent
+    }
+
+    /// The host domain id standing for the guest's `guest`, while a nested domain with it
+    /// exists.
+    pub fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+        self.shared.get().bindings.lock().host(guest)
+    }
+
+    /// Nested domains built on this vIOMMU and not destroyed.
+    pub fn nested_domains(&self) -> u64 {
+        self.shared.get().bindings.lock().nested_domains()
+    }
+}
+
+/// The table of a nested domain: what `attach` installs.
+pub struct NestedTable {
+    parent: Parent,
+    guest_domain: DomainId,
+    shared: SharedRef,
+}
+
+impl NestedTable {
+    /// The table the device's DMA goes through first (the parent's, for guest pass-through).
+    pub fn root(&self) -> PhysAddr {
+        self.parent.root
+    }
+
+    /// The guest's domain id this domain was built with.
+    pub fn guest_domain(&self) -> DomainId {
+        self.guest_domain
+    }
+
+    /// The PASID entry that puts a device in this domain (tagged `domain`, the domain's id):
+    /// a second-stage entry on the parent's table.
+    pub(crate) fn pasid_entry(
+        &self,
+        domain: DomainId,
+        cap: Capability,
+        ecap: ExtendedCapability,
+    ) -> Result<PasidEntry, EntryError> {
+        SecondStage::new(domain, self.parent.agaw, self.parent.root).build(cap, ecap)
+    }
+}
+
+/// The nested PASID entry (PGTT 011) for a guest's first stage over `parent`, tagged `host`.
+pub fn nested_entry(
+    guest: &GuestFirstStage,
+    parent: &Parent,
+    host: DomainId,
+    cap: Capability,
+    ecap: ExtendedCapability,
+) -> Result<PasidEntry, EntryError> {
+    let mut n = Nested::new(host, guest.root, guest.paging, parent.agaw, parent.root);
+    n.supervisor_requests = guest.supervisor_requests;
+    n.write_protect = guest.write_protect;
+    n.extended_accessed = guest.extended_accessed;
+    n.memory_type = guest.memory_type;
+    n.build(cap, ecap)
+}
+
+/// Nest parents pinned by vIOMMUs, by domain id: a parent in here cannot be destroyed.
+///
+/// A spin lock over a small table: taken by `new_viommu`, `destroy_viommu` and
+/// `destroy_domain` for one scan, never across a hardware wait. `destroy_domain` checks the
+/// pin under the unit's `tables` lock; a pin taken concurrently comes from a `new_viommu`
+/// that holds `&parent`, which cannot coexist with `destroy_domain(parent)` taking it by value.
+pub struct NestParents {
+    pins: spin::Mutex<[(DomainId, u32); NEST_PARENTS]>,
+}
+
+/// Nest parents one unit tracks at once.
+pub const NEST_PARENTS: usize = 16;
+
+impl NestParents {
+    pub const fn new() -> Self {
+        Self {
+            pins: spin::Mutex::new([(DomainId::new(0), 0); NEST_PARENTS]),
+        }
+    }
+
+    fn pin(&self, parent: DomainId) -> Result<(), UnitError> {
+        let mut pins = self.pins.lock();
+        if let Some(p) = pins.iter_mut().find(|p| p.1 > 0 && p.0 == parent) {
+            p.1 = p.1.checked_add(1).ok_or(UnitError::OutOfIds)?;
+            return Ok(());
+        }
+        let free = pins
+            .iter_mut()
+            .find(|p| p.1 == 0)
+            .ok_or(UnitError::OutOfIds)?;
+        *free = (parent, 1);
+        Ok(())
+    }
+
+    fn unpin(&self, parent: DomainId) {
+        if let Some(p) = self
+            .pins
+            .lock()
+            .iter_mut()
+            .find(|p| p.1 > 0 && p.0 == parent)
+        {
+            p.1 -= 1;
+        }
+    }
+
+    /// Whether a vIOMMU uses `parent`: `destroy_domain` must refuse it with `Busy`.
+    pub fn is_pinned(&self, parent: DomainId) -> bool {
+        self.pins.lock().iter().any(|p| p.1 > 0 && p.0 == parent)
+    }
+}
+
+impl Default for NestParents {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `TranslationUnit::new_viommu`: a scalable-mode unit and a second-stage parent.
+pub fn new_viommu<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    parent: &VtdDomain<H>,
+) -> Result<VtdViommu, UnitError> {
+    if unit.mode() != Mode::Scalable {
+        return Err(UnitError::Unsupported(
+            "vIOMMU on a legacy-mode unit (nesting needs scalable-mode PASID entries)",
+        ));
+    }
+    let DomainTable::Second(table) = &parent.table else {
+        return Err(UnitError::Unsupported(
+            "nest parent that is not a second-stage paging domain",
+        ));
+    };
+    let agaw = crate::iommu::agaw_of(table.format().aw())?;
+    let parent = Parent {
+        root: table.root(),
+        domain: parent.id(),
+        agaw,
+        ia_bits: table.format().ia_bits(),
+    };
+    let frame = unit
+        .hal
+        .alloc_frame(FrameSize::SIZE_4K)
+        .ok_or(UnitError::OutOfMemory)?;
+    let ptr = unit.hal.phys_to_virt(frame).cast::<Shared>();
+    // SAFETY: `frame` is a fresh 4 KiB frame from the HAL, owned by this vIOMMU alone, mapped
+    // at `ptr` and aligned to 4 KiB; `Shared` fits in it (checked at compile time).
+    unsafe {
+        ptr.as_ptr().write(Shared {
+            bindings: spin::Mutex::new(Bindings::new()),
+        })
+    };
+    if let Err(e) = unit.nest_parents.pin(parent.domain) {
+        // SAFETY: the frame was allocated above and nothing points at it.
+        unsafe { unit.hal.free_frame(frame, FrameSize::SIZE_4K) };
+        return Err(e);
+    }
+    Ok(VtdViommu {
+        parent,
+        shared: SharedRef(ptr),
+        frame,
+    })
+}
+
+/// `TranslationUnit::destroy_viommu`: refused with `Busy` while nested domains exist.
+pub fn destroy_viommu<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    viommu: VtdViommu,
+) -> Result<(), (VtdViommu, UnitError)> {
+    if viommu.nested_domains() > 0 {
+        return Err((viommu, UnitError::Busy));
+    }
+    unit.nest_parents.unpin(viommu.parent.domain);
+    // SAFETY: no nested domain points at the frame (none is left, and none can be made: the
+    // handle is ours by value), so this handle was its last user.
+    unsafe { unit.hal.free_frame(viommu.frame, FrameSize::SIZE_4K) };
+    Ok(())
+}
+
+/// `TranslationUnit::new_nested`: the guest's entry is checked first (refusals name its
+/// field), then what the unit can do with it decides.
+pub fn new_nested<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    viommu: &VtdViommu,
+    guest: &GuestEntry,
+) -> Result<VtdDomain<H>, UnitError> {
+    let info = unit.info();
+    let limits = NestLimits {
+        cap: info.cap,
+        ecap: info.ecap,
+        guest_address_bits: viommu.parent.ia_bits,
+    };
+    let config = validate_guest_pasid_entry(guest, &limits).map_err(UnitError::GuestEntry)?;
+    match config {
+        GuestConfig::FirstStage(_) if !info.ecap.nest() => {
+            Err(UnitError::Unsupported("nested translation (ECAP.NEST)"))
+        }
+        GuestConfig::FirstStage(_) => Err(UnitError::Unsupported(
+            "nested translation: parent unmaps do not yet invalidate nested domain ids",
+        )),
+        GuestConfig::ParentOnly { guest_domain } => {
+            let host = viommu.parent.domain;
+            viommu
+                .shared
+                .get()
+                .bindings
+                .lock()
+                .bind(guest_domain, host)?;
+            Ok(VtdDomain::from_parts(
+                host,
+                DomainTable::Nested(NestedTable {
+                    parent: viommu.parent,
+                    guest_domain,
+                    shared: viommu.shared,
+                }),
+            ))
+        }
+    }
+}
+
+/// What `destroy_domain` does with a nested domain once no device is attached to it: the
+/// vIOMMU forgets one user of its guest domain id. The host domain id is the parent's and
+/// stays with it.
+pub fn destroy_nested(table: NestedTable) {
+    table
+        .shared
+        .get()
+        .bindings
+        .lock()
+        .release(table.guest_domain);
+}
+
+/// Descriptors issued per batch (one wait each).
+const CHUNK: usize = 32;
+
+/// The guest's names as the unit knows them.
+struct Names<'a> {
+    viommu: &'a VtdViommu,
+    devices: &'a dyn Fn(u32) -> Option<DeviceId>,
+}
+
+impl GuestNames for Names<'_> {
+    fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+        self.viommu.host_domain(guest)
+    }
+
+    fn device(&self, guest: SourceId) -> Option<SourceId> {
+        let DeviceId(phys) = (self.devices)(u32::from(guest.raw()))?;
+        u16::try_from(phys).ok().map(SourceId::from_raw)
+    }
+}
+
+/// `TranslationUnit::forward_invalidations`: each guest descriptor checked and translated
+/// ([`translate_guest_descriptor`]), issued through the unit's queue in batches of up to
+/// [`CHUNK`] with one wait each; at the first refused one, what was accepted before it is
+/// issued and waited for, and the call reports it. Guest waits are consumed (see
+/// [`GuestAction::Consumed`]): when this returns, everything issued has completed. If the
+/// hardware fails a batch, `done` counts only the descriptors before that batch.
+pub fn forward_invalidations<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    viommu: &VtdViommu,
+    devices: &dyn Fn(u32) -> Option<DeviceId>,
+    cmds: &[[u64; 4]],
+) -> Forwarded {
+    let info = unit.info();
+    if unit.queue().is_none() {
+        return Forwarded {
+            done: 0,
+            refused: Some(UnitError::Unsupported(
+                "guest invalidations without an invalidation queue",
+            )),
+        };
+    }
+    let limits = HostLimits::for_unit(info.cap, info.ecap);
+    let names = Names { viommu, devices };
+    forward(cmds, &limits, &names, &mut |batch| unit.invalidate(batch))
+}
+
+/// The body of [`forward_invalidations`] over any issuer: `issue` gets each batch (never
+/// empty) and returns once it completed.
+fn forward(
+    cmds: &[[u64; 4]],
+    limits: &HostLimits,
+    names: &impl GuestNames,
+    issue: &mut dyn FnMut(&[Descriptor]) -> Result<(), UnitError>,
+) -> Forwarded {
+    let mut batch = [Descriptor::Raw([0; 4]); CHUNK];
+    let mut len = 0;
+    // Index of the first command whose descriptor has not completed yet.
+    let mut pending_from = 0;
+    let mut flush = |batch: &[Descriptor]| {
+        if batch.is_empty() {
+            Ok(())
+        } else {
+            issue(batch)
+        }
+    };
+    for (i, raw) in cmds.iter().enumerate() {
+        match translate_guest_descriptor(raw, limits, names) {
+            Ok(GuestAction::Issue(d)) => {
+                if len == CHUNK {
+                    if let Err(e) = flush(&batch[..len]) {
+                        return Forwarded {
+                            done: pending_from,
+                            refused: Some(e),
+                        };
+                    }
+                    len = 0;
+                    pending_from = i;
+                }
+                batch[len] = d;
+                len += 1;
+            }
+            Ok(GuestAction::Consumed) => {}
+            Err(reason) => {
+                let (done, refused) = match flush(&batch[..len]) {
+                    Ok(()) => (i, UnitError::GuestCommand(reason)),
+                    Err(e) => (pending_from, e),
+                };
+                return Forwarded {
+                    done,
+                    refused: Some(refused),
+                };
+            }
+        }
+    }
+    match flush(&batch[..len]) {
+        Ok(()) => Forwarded {
+            done: cmds.len(),
+            refused: None,
+        },
+        Err(e) => Forwarded {
+            done: pending_from,
+            refused: Some(e),
+        },
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::pasid::{FirstStagePaging, Pgtt};
+
+    fn did(d: u16) -> DomainId {
+        DomainId::new(d)
+    }
+
+    #[test]
+    fn guest_domain_ids_are_bound_counted_and_released() {
+        let mut b = Bindings::new();
+        assert_eq!(b.host(did(7)), None);
+        b.bind(did(7), did(0x100)).unwrap();
+        b.bind(did(7), did(0x100)).unwrap();
+        b.bind(did(8), did(0x100)).unwrap();
+        assert_eq!(b.host(did(7)), Some(did(0x100)));
+        assert_eq!(b.nested_domains(), 3);
+        // One guest tag cannot stand for two host tags; nothing changes.
+        assert_eq!(
+            b.bind(did(7), did(0x101)),
+            Err(UnitError::GuestEntry(
+                "DID (the guest uses it for another translation)"
+            ))
+        );
+        assert_eq!(b.nested_domains(), 3);
+        assert!(b.release(did(7)));
+        assert_eq!(b.host(did(7)), Some(did(0x100)));
+        assert!(b.release(did(7)));
+        assert_eq!(b.host(did(7)), None);
+        assert!(!b.release(did(7)));
+        assert!(b.release(did(8)));
+        assert_eq!(b.nested_domains(), 0);
+        // Full: every slot used by a distinct guest id.
+        for g in 0..GUEST_DOMAINS as u16 {
+            b.bind(did(g), did(1)).unwrap();
+        }
+        assert_eq!(b.bind(did(0xffff), did(1)), Err(UnitError::OutOfIds));
+        assert!(b.release(did(3)));
+        assert_eq!(b.bind(did(0xffff), did(1)), Ok(()));
+    }
+
+    #[test]
+    fn nest_parents_are_pinned_per_viommu() {
+        let p = NestParents::new();
+        assert!(!p.is_pinned(did(5)));
+        p.pin(did(5)).unwrap();
+        p.pin(did(5)).unwrap();
+        p.unpin(did(5));
+        assert!(p.is_pinned(did(5)));
+        p.unpin(did(5));
+        assert!(!p.is_pinned(did(5)));
+        for d in 0..NEST_PARENTS as u16 {
+            p.pin(did(d + 10)).unwrap();
+        }
+        assert_eq!(p.pin(did(99)), Err(UnitError::OutOfIds));
+        assert!(p.is_pinned(did(10)) && !p.is_pinned(did(99)));
+    }
+
+    #[test]
+    fn a_guest_first_stage_nests_over_the_parent() {
+        // CAP: ND 6, SAGAW 3+4 levels, MGAW 48. ECAP: NEST(26), SRS(31), EAFS(34), SMTS(43),
+        // SLTS(46), FLTS(47).
+        let cap = Capability(6 | 0b0110 << 8 | 47 << 16);
+        let ecap = ExtendedCapability(1 << 26 | 1 << 31 | 1 << 34 | 1 << 43 | 1 << 46 | 1 << 47);
+        let guest = GuestFirstStage {
+            guest_domain: did(0x42),
+            root: PhysAddr::new(0x1234_5000),
+            paging: FirstStagePaging::FourLevel,
+            supervisor_requests: true,
+            write_protect: true,
+            extended_accessed: true,
+            memory_type: None,
+        };
+        let parent = Parent {
+            root: PhysAddr::new(0xb000),
+            domain: did(2),
+            agaw: Agaw::Level3,
+            ia_bits: 39,
+        };
+        // w0: P | AW 1 << 2 (3-level parent) | PGTT 011 << 6 | SSPTPTR 0xb000 = 0xb0c5;
+        // w1: host DID 0x107; w2: FSPTPTR | EAFE (0x80) | WPE (0x10) | SRE (1).
+        let e = nested_entry(&guest, &parent, did(0x107), cap, ecap).unwrap();
+        assert_eq!(e.encode()[..3], [0xb0c5, 0x107, 0x1234_5091]);
+        assert_eq!(e.fields().pgtt, Ok(Pgtt::Nested));
+        // QEMU's ECAP (no NEST): refused by the builder too.
+        assert_eq!(
+            nested_entry(
+                &guest,
+                &parent,
+                did(0x107),
+                cap,
+                ExtendedCapability(1 << 43 | 1 << 46)
+            ),
+            Err(EntryError::Unsupported {
+                feature: "ECAP.NEST"
+            })
+        );
+    }
+
+    /// Guest domain id 0x42 is host 0x107; guest device 0x10 is host 0x18.
+    struct Names;
+
+    impl GuestNames for Names {
+        fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+            (guest.raw() == 0x42).then_some(did(0x107))
+        }
+
+        fn device(&self, guest: SourceId) -> Option<SourceId> {
+            (guest.raw() == 0x10).then_some(SourceId::from_raw(0x18))
+        }
+    }
+
+    /// PASID-based IOTLB, PASID-selective, for guest domain id 0x42 and PASID `p`.
+    fn piotlb(p: u64) -> [u64; 4] {
+        [0x6 | 2 << 4 | 0x42 << 16 | p << 32, 0, 0, 0]
+    }
+
+    const WAIT: [u64; 4] = [0x25, 0x1000, 0, 0];
+    const FOREIGN: [u64; 4] = [0x3 | 0x20 << 32, 0, 0, 0];
+
+    fn run(
+        cmds: &[[u64; 4]],
+        fail_batch: Option<usize>,
+    ) -> (Forwarded, std::vec::Vec<std::vec::Vec<Descriptor>>) {
+        let limits = HostLimits::for_unit(
+            Capability(0x00d2_008c_222f_0606),
+            ExtendedCapability(0x4800_80f0_0f4a),
+        );
+        let mut batches = std::vec::Vec::new();
+        let f = forward(cmds, &limits, &Names, &mut |b| {
+            batches.push(b.to_vec());
+            if Some(batches.len() - 1) == fail_batch {
+                Err(UnitError::Hardware(
+                    "invalidation descriptor rejected (IQE)",
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        (f, batches)
+    }
+
+    #[test]
+    fn forwarding_batches_translates_and_stops_at_the_first_refusal() {
+        // Nothing to do: no batch at all.
+        let (f, batches) = run(&[], None);
+        assert_eq!(
+            (f, batches.len()),
+            (
+                Forwarded {
+                    done: 0,
+                    refused: None
+                },
+                0
+            )
+        );
+        // Waits only: consumed, nothing issued.
+        assert_eq!(run(&[WAIT, WAIT], None).1.len(), 0);
+        // 40 descriptors and a wait: batches of 32 and 8, host domain id in each.
+        let mut cmds: std::vec::Vec<_> = (0..40).map(piotlb).collect();
+        cmds.push(WAIT);
+        let (f, batches) = run(&cmds, None);
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 41,
+                refused: None
+            }
+        );
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.len())
+                .collect::<std::vec::Vec<_>>(),
+            [32, 8]
+        );
+        assert_eq!(batches[1][7].encode().unwrap()[0], 0x0000_0027_0107_0026);
+        // A foreign device at index 35: the 35 before are issued (32 + 3), it and the rest not.
+        cmds[35] = FOREIGN;
+        let (f, batches) = run(&cmds, None);
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 35,
+                refused: Some(UnitError::GuestCommand(
+                    "SID (not one of the guest's devices)"
+                ))
+            }
+        );
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.len())
+                .collect::<std::vec::Vec<_>>(),
+            [32, 3]
+        );
+        // The hardware fails the second batch: only the first 32 count as done.
+        let (f, _) = run(&cmds, Some(1));
+        assert_eq!(
+            f,
+            Forwarded {
+                done: 32,
+                refused: Some(UnitError::Hardware(
+                    "invalidation descriptor rejected (IQE)"
+                ))
+            }
+        );
+        // ... or the first: none.
+        let (f, batches) = run(&cmds, Some(0));
+        assert_eq!((f.done, batches.len()), (0, 1));
+        // A refusal first: nothing issued.
+        let (f, batches) = run(&[FOREIGN, piotlb(0)], None);
+        assert_eq!((f.done, batches.len()), (0, 0));
+    }
+}
