@@ -23,6 +23,7 @@ pub mod command;
 pub mod context_descriptor;
 pub mod devicetree;
 pub mod eventq;
+pub mod guest;
 pub mod idr;
 pub mod iort;
 pub mod registers;
