@@ -33,3 +33,4 @@ pub mod smmu;
 pub mod stream_table;
 pub mod sync;
 pub mod unit;
+pub mod viommu;
