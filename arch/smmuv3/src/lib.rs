@@ -8,6 +8,8 @@
 //! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
 //! - [`unit`]: reading them from a mapped SMMU.
 //! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it.
+//! - [`guest`]: validation of a guest's vSTE and of its command-queue entries (pure).
+//! - [`viommu`]: the unit side of a vIOMMU: nested domains from vSTEs, forwarded commands.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.

@@ -112,19 +112,7 @@ pub(crate) fn new_viommu<H: Hal + Clone>(
             "a nest parent that is not a stage-2 domain",
         ));
     };
-    let hal = unit.hal.clone();
-    let frame = hal
-        .alloc_frame(FrameSize::SIZE_4K)
-        .ok_or(UnitError::OutOfMemory)?;
-    // The frame is zeroed: the counter starts at 0. The HAL guarantees the pointer is valid,
-    // aligned and usable for atomics for as long as we hold the frame.
-    let nested = hal.phys_to_virt(frame).cast::<AtomicUsize>();
-    Ok(SmmuViommu {
-        s2: *s2,
-        nested,
-        frame,
-        hal,
-    })
+    SmmuViommu::new(*s2, unit.hal.clone())
 }
 
 /// `TranslationUnit::destroy_viommu`: refused with [`UnitError::Busy`] while nested domains
@@ -145,6 +133,31 @@ pub(crate) fn destroy_viommu<H: Hal>(
 }
 
 impl<H: Hal> SmmuViommu<H> {
+    /// A vIOMMU over the stage 2 `s2`, its counter in a frame of `hal`.
+    fn new(s2: Stage2, hal: H) -> Result<Self, UnitError> {
+        let frame = hal
+            .alloc_frame(FrameSize::SIZE_4K)
+            .ok_or(UnitError::OutOfMemory)?;
+        // The frame is zeroed: the counter starts at 0. The HAL guarantees the pointer is
+        // valid, aligned and usable for atomics for as long as we hold the frame.
+        let nested = hal.phys_to_virt(frame).cast::<AtomicUsize>();
+        Ok(Self {
+            s2,
+            nested,
+            frame,
+            hal,
+        })
+    }
+
+    /// Counts one more nested domain in; the link counts it out when dropped.
+    fn link(&self) -> NestedLink {
+        // SAFETY: the frame lives while `self` does, and `self` cannot be destroyed while the
+        // count this adds is non-zero. Relaxed: only the count's value matters, and it is read
+        // (Acquire) by a destroy that owns the vIOMMU, which happens after this borrow ended.
+        unsafe { self.nested.as_ref() }.fetch_add(1, Ordering::Relaxed);
+        NestedLink { count: self.nested }
+    }
+
     fn nested_domains_acquire(&self) -> usize {
         // SAFETY: as in `nested_domains`.
         unsafe { self.nested.as_ref() }.load(Ordering::Acquire)
@@ -175,17 +188,11 @@ pub(crate) fn new_nested<H: Hal + Clone>(
     ste.check_features(features).map_err(SmmuError::Entry)?;
     // The entry must encode (it is written only at attach, which must not fail on it then).
     ste.encode().map_err(SmmuError::Entry)?;
-    // SAFETY: the frame lives while `viommu` does, and `viommu` cannot be destroyed while the
-    // count this adds is non-zero. Relaxed: only the count's value matters, and it is read
-    // (Acquire) by a destroy that owns the vIOMMU, which happens after this borrow ended.
-    unsafe { viommu.nested.as_ref() }.fetch_add(1, Ordering::Relaxed);
     Ok(SmmuDomain {
         kind: DomainKind::Nested {
             ste,
             vmid: viommu.s2.vmid,
-            _link: NestedLink {
-                count: viommu.nested,
-            },
+            _link: viommu.link(),
         },
     })
 }
@@ -288,5 +295,6 @@ pub fn forward(
     }
 }
 
-#[cfg(test)]
+// The tests use the core's host HAL, which the loom build leaves out.
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -171,3 +171,37 @@ fn nested_domains_install_abort_stage2_or_nested_entries() {
     assert_eq!(w[2] & 0xffff, 9);
     assert_eq!(w[3], 0x4010_0000);
 }
+
+#[test]
+fn a_viommu_is_busy_while_nested_domains_exist_and_gives_its_frame_back() {
+    let hal = iommu::hal::host::HostHal::new();
+    let s2 = match Stage2::new(
+        3,
+        PhysAddr::new(0x4010_0000),
+        40,
+        Granule::Size4K,
+        1,
+        OutputAddressSize::Bits44,
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let Ok(v) = SmmuViommu::new(s2, &hal) else {
+        panic!("no frame")
+    };
+    assert_eq!((v.vmid(), v.ipa_bits(), hal.live_frames()), (3, 40, 1));
+    let (a, b) = (v.link(), v.link());
+    assert_eq!(v.nested_domains(), 2);
+    let Err((v, UnitError::Busy)) = destroy_viommu(v) else {
+        panic!("destroyed with two nested domains")
+    };
+    drop(a);
+    let Err((v, UnitError::Busy)) = destroy_viommu(v) else {
+        panic!("destroyed with one nested domain")
+    };
+    // Dropped on another thread: the count is shared through the frame, not the value.
+    std::thread::spawn(move || drop(b)).join().ok();
+    assert_eq!(v.nested_domains(), 0);
+    assert!(destroy_viommu(v).is_ok());
+    assert_eq!(hal.live_frames(), 0);
+}
