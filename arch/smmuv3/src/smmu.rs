@@ -161,6 +161,9 @@ pub(crate) enum DomainKind<H: Hal> {
     Stage2 {
         table: PageTable<VmsaStage2, H>,
         s2: Stage2,
+        /// The vIOMMUs and nested domains using this domain as their nest parent
+        /// (`crate::viommu`): teardown must refuse while there are any.
+        nest_users: crate::viommu::NestUsers,
     },
     /// Built by a vIOMMU from a guest's vSTE (`crate::viommu`): the STE `attach` installs
     /// (abort, the parent's stage 2 alone, or the guest's CD table nested in it). It has no
@@ -169,7 +172,8 @@ pub(crate) enum DomainKind<H: Hal> {
         ste: StreamTableEntry,
         /// The parent's VMID.
         vmid: u16,
-        _link: crate::viommu::NestedLink,
+        /// Counted in its vIOMMU and in the parent until dropped.
+        _links: [crate::viommu::CountLink; 2],
     },
 }
 
@@ -183,7 +187,7 @@ impl<H: Hal> fmt::Debug for SmmuDomain<H> {
                     table.root()
                 )
             }
-            DomainKind::Stage2 { table, s2 } => {
+            DomainKind::Stage2 { table, s2, .. } => {
                 write!(
                     f,
                     "SmmuDomain(stage 2, VMID {}, root {:?})",
@@ -612,7 +616,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 )
                 .map_err(SmmuError::Entry)?;
                 Ok(SmmuDomain {
-                    kind: DomainKind::Stage2 { table, s2 },
+                    kind: DomainKind::Stage2 {
+                        table,
+                        s2,
+                        nest_users: crate::viommu::NestUsers::new(),
+                    },
                 })
             }
         }

@@ -11,8 +11,9 @@
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
 
@@ -35,13 +36,15 @@ pub struct SmmuViommu<H: Hal> {
     /// HAL frame (the crate does not allocate on its own), so that a nested domain can count
     /// itself out when it is dropped, wherever the vIOMMU value has moved meanwhile.
     nested: NonNull<AtomicUsize>,
-    frame: iommu::addr::PhysAddr,
+    frame: PhysAddr,
     hal: H,
+    /// This vIOMMU's registration with its parent, which is busy while it exists.
+    parent: CountLink,
 }
 
-// SAFETY: the only shared state is the counter, an atomic in a frame this value owns.
+// SAFETY: the shared state is two counters, atomics in frames that outlive this value.
 unsafe impl<H: Hal + Send> Send for SmmuViommu<H> {}
-// SAFETY: as above; `&self` methods only touch the atomic.
+// SAFETY: as above; `&self` methods only touch the atomics.
 unsafe impl<H: Hal + Sync> Sync for SmmuViommu<H> {}
 
 impl<H: Hal> fmt::Debug for SmmuViommu<H> {
@@ -69,29 +72,146 @@ impl<H: Hal> SmmuViommu<H> {
 
     /// How many nested domains built on this vIOMMU exist.
     pub fn nested_domains(&self) -> usize {
-        // SAFETY: the frame lives as long as `self` (freed only by `destroy`, which consumes
-        // it); the HAL made it readable with atomic accesses.
+        // SAFETY: the frame lives as long as `self` (freed only by `destroy_viommu`, which
+        // consumes it); the HAL made it usable with atomic accesses.
         unsafe { self.nested.as_ref() }.load(Ordering::Relaxed)
     }
 }
 
-/// A nested domain's registration with its vIOMMU: counted in when built, counted out when
-/// dropped (with the domain).
-pub(crate) struct NestedLink {
+/// One registration in a counter that lives in a HAL frame: counted in when made, counted out
+/// when dropped. Whoever frees the frame does so only once the count is 0 (read with Acquire),
+/// so the frame outlives every link.
+pub(crate) struct CountLink {
     count: NonNull<AtomicUsize>,
 }
 
-// SAFETY: points at an atomic whose frame outlives the link (see `destroy_viommu`).
-unsafe impl Send for NestedLink {}
+// SAFETY: points at an atomic whose frame outlives the link (see above).
+unsafe impl Send for CountLink {}
 // SAFETY: as above.
-unsafe impl Sync for NestedLink {}
+unsafe impl Sync for CountLink {}
 
-impl Drop for NestedLink {
+impl CountLink {
+    /// Counts one in at `count`.
+    ///
+    /// # Safety
+    /// `count` is an atomic in a frame that is freed only once the count it holds is 0.
+    unsafe fn new(count: NonNull<AtomicUsize>) -> Self {
+        // SAFETY: per the contract. Relaxed: only the value matters; the owner that frees the
+        // frame reads it with Acquire after every borrow that could make links has ended.
+        unsafe { count.as_ref() }.fetch_add(1, Ordering::Relaxed);
+        Self { count }
+    }
+
+    /// Another registration in the same counter.
+    fn another(&self) -> Self {
+        // SAFETY: `self` keeps the count above 0, so the frame is not freed.
+        unsafe { Self::new(self.count) }
+    }
+}
+
+impl Drop for CountLink {
     fn drop(&mut self) {
-        // SAFETY: `destroy_viommu` frees the frame only once the count is 0, i.e. after every
-        // link's decrement; the count was incremented when this link was made.
-        // Release: whatever this domain did happens before a destroy that sees the count drop.
+        // SAFETY: the frame is freed only once the count is 0, i.e. after this decrement.
+        // Release: whatever the holder did happens before a free that sees the count drop.
         unsafe { self.count.as_ref() }.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// How many vIOMMUs and nested domains use a stage-2 domain as their nest parent: a counter in
+/// a HAL frame allocated by the first `new_viommu` over the domain. The domain's teardown must
+/// refuse while [`in_use`](Self::in_use) and otherwise [`release`](Self::release) the frame.
+pub(crate) struct NestUsers {
+    /// Physical address of the counter frame, [`NestUsers::NONE`] until the first vIOMMU.
+    /// Acquire/Release: publishes the zeroed frame to the CPU that loads the address.
+    frame: AtomicU64,
+}
+
+impl NestUsers {
+    const NONE: u64 = u64::MAX;
+
+    /// No user yet (and no frame).
+    pub(crate) const fn new() -> Self {
+        Self {
+            frame: AtomicU64::new(Self::NONE),
+        }
+    }
+
+    /// Registers a user, allocating the counter frame on first use.
+    fn link<H: Hal>(&self, hal: &H) -> Result<CountLink, UnitError> {
+        let mut frame = self.frame.load(Ordering::Acquire);
+        if frame == Self::NONE {
+            let new = hal
+                .alloc_frame(FrameSize::SIZE_4K)
+                .ok_or(UnitError::OutOfMemory)?;
+            match self.frame.compare_exchange(
+                Self::NONE,
+                new.as_u64(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => frame = new.as_u64(),
+                Err(current) => {
+                    // SAFETY: allocated just above and never published.
+                    unsafe { hal.free_frame(new, FrameSize::SIZE_4K) };
+                    frame = current;
+                }
+            }
+        }
+        let count = hal.phys_to_virt(PhysAddr::new(frame)).cast::<AtomicUsize>();
+        // SAFETY: the frame is freed only by `release`, whose caller checked `in_use` (count
+        // 0) while owning the domain, so not while this link can exist.
+        Ok(unsafe { CountLink::new(count) })
+    }
+
+    /// Whether a vIOMMU or a nested domain still uses the parent.
+    pub(crate) fn in_use<H: Hal>(&self, hal: &H) -> bool {
+        let frame = self.frame.load(Ordering::Acquire);
+        if frame == Self::NONE {
+            return false;
+        }
+        let count = hal.phys_to_virt(PhysAddr::new(frame)).cast::<AtomicUsize>();
+        // SAFETY: the frame is live until `release`. Acquire: pairs with the users' Release
+        // decrements, so none of them touches the frame after a 0 is seen.
+        unsafe { count.as_ref() }.load(Ordering::Acquire) != 0
+    }
+
+    /// Gives the counter frame back.
+    ///
+    /// # Safety
+    /// The caller owns the parent domain (no new user can register) and saw
+    /// [`in_use`](Self::in_use) return false; `hal` is the HAL `link` was called with.
+    pub(crate) unsafe fn release<H: Hal>(&self, hal: &H) {
+        let frame = self.frame.swap(Self::NONE, Ordering::AcqRel);
+        if frame != Self::NONE {
+            // SAFETY: allocated by `link` with this size from `hal`; unused per the caller.
+            unsafe { hal.free_frame(PhysAddr::new(frame), FrameSize::SIZE_4K) };
+        }
+    }
+}
+
+/// Whether `domain` is the nest parent of a vIOMMU or nested domain that still exists: the
+/// check `destroy_domain` must make (refusing with [`UnitError::Busy`]) before freeing a
+/// stage-2 domain's table, then calling `release_parent`.
+pub fn parent_in_use<H: Hal + Clone>(unit: &SmmuUnit<H>, domain: &SmmuDomain<H>) -> bool {
+    match &domain.kind {
+        DomainKind::Stage2 { nest_users, .. } => nest_users.in_use(&unit.hal),
+        _ => false,
+    }
+}
+
+/// Returns the nest-parent counter of a stage-2 domain being destroyed.
+///
+/// # Safety
+/// The caller owns `domain` and [`parent_in_use`] returned false for it.
+#[allow(
+    dead_code,
+    reason = "for SmmuUnit::destroy_domain, written in parallel; until then a parent's \
+              counter frame is leaked with the parent, never freed early"
+)]
+pub(crate) unsafe fn release_parent<H: Hal + Clone>(unit: &SmmuUnit<H>, domain: &SmmuDomain<H>) {
+    if let DomainKind::Stage2 { nest_users, .. } = &domain.kind {
+        // SAFETY: per this function's contract.
+        unsafe { nest_users.release(&unit.hal) };
     }
 }
 
@@ -107,12 +227,14 @@ pub(crate) fn new_viommu<H: Hal + Clone>(
             "nesting (the SMMU lacks stage 1 or stage 2)",
         ));
     }
-    let DomainKind::Stage2 { s2, .. } = &parent.kind else {
+    let DomainKind::Stage2 { s2, nest_users, .. } = &parent.kind else {
         return Err(UnitError::Unsupported(
             "a nest parent that is not a stage-2 domain",
         ));
     };
-    SmmuViommu::new(*s2, unit.hal.clone())
+    let hal = unit.hal.clone();
+    let link = nest_users.link(&hal)?;
+    SmmuViommu::new(*s2, hal, link)
 }
 
 /// `TranslationUnit::destroy_viommu`: refused with [`UnitError::Busy`] while nested domains
@@ -120,21 +242,24 @@ pub(crate) fn new_viommu<H: Hal + Clone>(
 pub(crate) fn destroy_viommu<H: Hal>(
     viommu: SmmuViommu<H>,
 ) -> Result<(), (SmmuViommu<H>, UnitError)> {
-    // Acquire: pairs with the Release decrement of the last `NestedLink`, so no link touches
-    // the frame after we free it. No link can be made meanwhile: `new_nested` borrows the
-    // vIOMMU, which we own.
-    if viommu.nested_domains_acquire() != 0 {
+    // Acquire: pairs with the Release decrement of the last nested domain's link, so no link
+    // touches the frame after we free it. No link can be made meanwhile: `new_nested` borrows
+    // the vIOMMU, which we own.
+    // SAFETY: as in `nested_domains`.
+    if unsafe { viommu.nested.as_ref() }.load(Ordering::Acquire) != 0 {
         return Err((viommu, UnitError::Busy));
     }
-    // SAFETY: allocated by `new_viommu` with this size from this HAL (a clone of it); no nested
-    // domain points at it any more (count 0, see above).
+    // SAFETY: allocated by `SmmuViommu::new` with this size from this HAL; no nested domain
+    // points at it any more (count 0, see above).
     unsafe { viommu.hal.free_frame(viommu.frame, FrameSize::SIZE_4K) };
+    // Dropping `viommu.parent` counts this vIOMMU out of its parent.
     Ok(())
 }
 
 impl<H: Hal> SmmuViommu<H> {
-    /// A vIOMMU over the stage 2 `s2`, its counter in a frame of `hal`.
-    fn new(s2: Stage2, hal: H) -> Result<Self, UnitError> {
+    /// A vIOMMU over the stage 2 `s2` (registered with it by `parent`), its counter in a frame
+    /// of `hal`.
+    fn new(s2: Stage2, hal: H, parent: CountLink) -> Result<Self, UnitError> {
         let frame = hal
             .alloc_frame(FrameSize::SIZE_4K)
             .ok_or(UnitError::OutOfMemory)?;
@@ -146,21 +271,19 @@ impl<H: Hal> SmmuViommu<H> {
             nested,
             frame,
             hal,
+            parent,
         })
     }
 
-    /// Counts one more nested domain in; the link counts it out when dropped.
-    fn link(&self) -> NestedLink {
-        // SAFETY: the frame lives while `self` does, and `self` cannot be destroyed while the
-        // count this adds is non-zero. Relaxed: only the count's value matters, and it is read
-        // (Acquire) by a destroy that owns the vIOMMU, which happens after this borrow ended.
-        unsafe { self.nested.as_ref() }.fetch_add(1, Ordering::Relaxed);
-        NestedLink { count: self.nested }
-    }
-
-    fn nested_domains_acquire(&self) -> usize {
-        // SAFETY: as in `nested_domains`.
-        unsafe { self.nested.as_ref() }.load(Ordering::Acquire)
+    /// Registers one more nested domain, with this vIOMMU and with the parent (whose stage 2
+    /// the domain's STE points at).
+    fn links(&self) -> [CountLink; 2] {
+        // SAFETY: the frame lives while `self` does, and `destroy_viommu` frees it only once
+        // this link is dropped.
+        [
+            unsafe { CountLink::new(self.nested) },
+            self.parent.another(),
+        ]
     }
 }
 
@@ -192,7 +315,7 @@ pub(crate) fn new_nested<H: Hal + Clone>(
         kind: DomainKind::Nested {
             ste,
             vmid: viommu.s2.vmid,
-            _link: viommu.link(),
+            _links: viommu.links(),
         },
     })
 }

@@ -186,11 +186,15 @@ fn a_viommu_is_busy_while_nested_domains_exist_and_gives_its_frame_back() {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     };
-    let Ok(v) = SmmuViommu::new(s2, &hal) else {
+    let parent = NestUsers::new();
+    let Ok(link) = parent.link(&&hal) else {
         panic!("no frame")
     };
-    assert_eq!((v.vmid(), v.ipa_bits(), hal.live_frames()), (3, 40, 1));
-    let (a, b) = (v.link(), v.link());
+    let Ok(v) = SmmuViommu::new(s2, &hal, link) else {
+        panic!("no frame")
+    };
+    assert_eq!((v.vmid(), v.ipa_bits(), hal.live_frames()), (3, 40, 2));
+    let (a, b) = (v.links(), v.links());
     assert_eq!(v.nested_domains(), 2);
     let Err((v, UnitError::Busy)) = destroy_viommu(v) else {
         panic!("destroyed with two nested domains")
@@ -203,5 +207,45 @@ fn a_viommu_is_busy_while_nested_domains_exist_and_gives_its_frame_back() {
     std::thread::spawn(move || drop(b)).join().ok();
     assert_eq!(v.nested_domains(), 0);
     assert!(destroy_viommu(v).is_ok());
+    assert!(!parent.in_use(&&hal));
+    // SAFETY: no user is left and nothing else can register.
+    unsafe { parent.release(&&hal) };
+    assert_eq!(hal.live_frames(), 0);
+}
+
+#[test]
+fn a_parent_is_in_use_while_a_viommu_or_nested_domain_of_it_exists() {
+    let hal = iommu::hal::host::HostHal::new();
+    let users = NestUsers::new();
+    assert!(!users.in_use(&&hal));
+    let Ok(link) = users.link(&&hal) else {
+        panic!("no frame")
+    };
+    let s2 = match Stage2::new(
+        3,
+        PhysAddr::new(0x4010_0000),
+        40,
+        Granule::Size4K,
+        1,
+        OutputAddressSize::Bits44,
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let Ok(v) = SmmuViommu::new(s2, &hal, link) else {
+        panic!("no frame")
+    };
+    assert_eq!(hal.live_frames(), 2);
+    assert!(users.in_use(&&hal));
+    // A nested domain holds both the vIOMMU and the parent.
+    let nested = v.links();
+    let Err((v, UnitError::Busy)) = destroy_viommu(v) else {
+        panic!("destroyed with a nested domain")
+    };
+    drop(nested);
+    assert!(destroy_viommu(v).is_ok());
+    assert!(!users.in_use(&&hal));
+    // SAFETY: no user is left and nothing else can register.
+    unsafe { users.release(&&hal) };
     assert_eq!(hal.live_frames(), 0);
 }

@@ -27,6 +27,7 @@ use iommu_smmuv3::command::Command;
 use iommu_smmuv3::context_descriptor::ContextDescriptor;
 use iommu_smmuv3::idr::OutputAddressSize;
 use iommu_smmuv3::stream_table::{Stage1, StreamTableEntry};
+use iommu_smmuv3::viommu::parent_in_use;
 
 /// Guest RAM: 64 KiB at guest-physical 2 GiB. The last page is the guest's DMA buffer; the
 /// frames below it are the guest's allocator for its stage-1 tables and CD.
@@ -134,6 +135,10 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         "a vIOMMU over a stage-1 domain was accepted"
     );
     let viommu = unit.new_viommu(&parent).map_err(fail)?;
+    ensure!(
+        parent_in_use(unit, &parent),
+        "the nest parent is not marked in use"
+    );
     ensure_eq!(
         viommu.vmid(),
         parent.tag(),
@@ -272,6 +277,7 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     drop(nested);
     drop(bypass);
     let destroyed = unit.destroy_viommu(viommu).map_err(|(_, e)| e);
+    let parent_freed = !parent_in_use(unit, &parent);
 
     read.map_err(fail)?;
     write.map_err(fail)?;
@@ -314,5 +320,9 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         "with a bypass vSTE, DMA to a guest-physical address did not land through stage 2"
     );
     destroyed.map_err(fail)?;
+    ensure!(
+        parent_freed,
+        "the nest parent stayed in use after its vIOMMU went"
+    );
     Ok(())
 }
