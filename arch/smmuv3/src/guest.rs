@@ -163,6 +163,14 @@ pub fn check_command(
                 "range invalidation without IDR3.RIL",
             ))
         }
+        // 4.4.1 TG: a range names pages of a granule the SMMU walks (IDR5.GRAN*).
+        Command::TlbiNhVa { range: Some(r), .. } | Command::TlbiNhVaa { range: Some(r), .. }
+            if !r.granule.supported_by(&features.granules) =>
+        {
+            return Err(UnitError::GuestCommand(
+                "range TG is not a granule of the SMMU",
+            ))
+        }
         Command::TlbiNhAsid { asid, .. } | Command::TlbiNhVa { asid, .. }
             if u32::from(asid) >> features.asid_bits != 0 =>
         {

@@ -240,6 +240,13 @@ fn tlbi_limits_of_the_smmu() {
         refusal([0x12, 0x8000_0000 | 1 << 10], &f),
         "range invalidation without IDR3.RIL"
     );
+    f.range_invalidation = true;
+    f.granules.size_16k = false;
+    // TG = 0b10 (16K) at dword 1 [11:10] on an SMMU without 16K pages.
+    assert_eq!(
+        refusal([0x13, 0x8000_0000 | 2 << 10], &f),
+        "range TG is not a granule of the SMMU"
+    );
     f.asid_bits = 8;
     assert_eq!(
         refusal([0x11 | 0x100 << 48, 0], &f),
