@@ -211,6 +211,13 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
 
     // Host: the nested domain from the vSTE, attached to edu's physical stream id.
     let nested = unit.new_nested(&viommu, &vste).map_err(fail)?;
+    ensure!(
+        matches!(
+            unit.map(&nested, Iova::new(0), ram.phys(), 4096, Prot::READ_WRITE),
+            Err(UnitError::Unsupported(_))
+        ),
+        "the host mapped into a nested domain, whose stage 1 is the guest's"
+    );
     unit.attach(dev, Attachment::Paging(&nested))
         .map_err(fail)?;
     let viommu = match unit.destroy_viommu(viommu) {
