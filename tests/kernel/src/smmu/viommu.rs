@@ -279,10 +279,18 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     unit.attach(dev, Attachment::Paging(&bypass))
         .map_err(fail)?;
     let by_ipa = edu.dma_to_ram(0, IPA_BUFFER + 1024, 64);
+    // A guest abort vSTE (V = 1, Config = 0): the same DMA is refused, silently.
+    let abort = unit
+        .new_nested(&viommu, &StreamTableEntry::abort().encode().map_err(fail)?)
+        .map_err(fail)?;
+    unit.attach(dev, Attachment::Paging(&abort)).map_err(fail)?;
+    let aborted = edu.dma_to_ram(0, IPA_BUFFER + 512, 64);
+    let aborted_untouched = (512..512 + 64).all(|i| buffer_byte(i) == 0);
 
     unit.attach(dev, Attachment::Blocking).map_err(fail)?;
     drop(nested);
     drop(bypass);
+    drop(abort);
     let destroyed = unit.destroy_viommu(viommu).map_err(|(_, e)| e);
     let parent_freed = !parent_in_use(unit, &parent);
 
@@ -326,6 +334,8 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         (0..64).all(|i| buffer_byte(1024 + i) == 0x40 + i as u8),
         "with a bypass vSTE, DMA to a guest-physical address did not land through stage 2"
     );
+    aborted.map_err(fail)?;
+    ensure!(aborted_untouched, "DMA got through a guest abort vSTE");
     destroyed.map_err(fail)?;
     ensure!(
         parent_freed,
