@@ -8,6 +8,8 @@
 //! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
 //! - [`unit`]: reading them from a mapped SMMU.
 //! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it.
+//! - [`guest`]: validation of a guest's vSTE and of its command-queue entries (pure).
+//! - [`viommu`]: the unit side of a vIOMMU: nested domains from vSTEs, forwarded commands.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.
@@ -23,6 +25,7 @@ pub mod command;
 pub mod context_descriptor;
 pub mod devicetree;
 pub mod eventq;
+pub mod guest;
 pub mod idr;
 pub mod iort;
 pub mod registers;
@@ -32,3 +35,4 @@ pub mod smmu;
 pub mod stream_table;
 pub mod sync;
 pub mod unit;
+pub mod viommu;

@@ -128,6 +128,11 @@ impl From<CmdqError> for SmmuError {
     }
 }
 
+/// Why a nested domain refuses map/unmap: the guest maps in its own stage-1 table and the host
+/// in the nest parent.
+const NESTED_MAP: &str =
+    "map/unmap on a nested domain (the guest owns its stage 1, the host the parent)";
+
 /// Records one [`SmmuUnit::drain_events`] hands out at most (a full queue of the largest size
 /// QEMU allows is 2^19; ours is far smaller).
 const MAX_EVENTS_PER_DRAIN: usize = 1 << 16;
@@ -138,10 +143,10 @@ type MmioEventQueue = EventQueue<MmioEventqRegisters, DmaQueueMemory<4>>;
 
 /// A paging domain of an [`SmmuUnit`].
 pub struct SmmuDomain<H: Hal> {
-    kind: DomainKind<H>,
+    pub(crate) kind: DomainKind<H>,
 }
 
-enum DomainKind<H: Hal> {
+pub(crate) enum DomainKind<H: Hal> {
     Stage1 {
         table: PageTable<VmsaStage1, H>,
         /// The one CD (SSID 0): written whole before any STE points at it, never changed.
@@ -156,6 +161,19 @@ enum DomainKind<H: Hal> {
     Stage2 {
         table: PageTable<VmsaStage2, H>,
         s2: Stage2,
+        /// The vIOMMUs and nested domains using this domain as their nest parent
+        /// (`crate::viommu`): teardown must refuse while there are any.
+        nest_users: crate::viommu::NestUsers,
+    },
+    /// Built by a vIOMMU from a guest's vSTE (`crate::viommu`): the STE `attach` installs
+    /// (abort, the parent's stage 2 alone, or the guest's CD table nested in it). It has no
+    /// table of its own: the guest maps in its stage 1, the host in the parent.
+    Nested {
+        ste: StreamTableEntry,
+        /// The parent's VMID.
+        vmid: u16,
+        /// Counted in its vIOMMU and in the parent until dropped.
+        _links: [crate::viommu::CountLink; 2],
     },
 }
 
@@ -169,13 +187,16 @@ impl<H: Hal> fmt::Debug for SmmuDomain<H> {
                     table.root()
                 )
             }
-            DomainKind::Stage2 { table, s2 } => {
+            DomainKind::Stage2 { table, s2, .. } => {
                 write!(
                     f,
                     "SmmuDomain(stage 2, VMID {}, root {:?})",
                     s2.vmid,
                     table.root()
                 )
+            }
+            DomainKind::Nested { ste, vmid, .. } => {
+                write!(f, "SmmuDomain(nested, VMID {vmid}, {:?})", ste.config)
             }
         }
     }
@@ -187,6 +208,7 @@ impl<H: Hal> SmmuDomain<H> {
         match &self.kind {
             DomainKind::Stage1 { asid, .. } => *asid,
             DomainKind::Stage2 { s2, .. } => s2.vmid,
+            DomainKind::Nested { vmid, .. } => *vmid,
         }
     }
 
@@ -196,6 +218,7 @@ impl<H: Hal> SmmuDomain<H> {
         let walk = match &self.kind {
             DomainKind::Stage1 { table, .. } => table.walk(iova),
             DomainKind::Stage2 { table, .. } => table.walk(iova),
+            DomainKind::Nested { .. } => return None,
         };
         match walk.ok()?.leaf()?.kind {
             iommu::pagetable::EntryKind::Leaf { size, .. } => Some(size),
@@ -209,6 +232,7 @@ impl<H: Hal> SmmuDomain<H> {
         match &self.kind {
             DomainKind::Stage1 { table, .. } => table.walk(iova).ok(),
             DomainKind::Stage2 { table, .. } => table.walk(iova).ok(),
+            DomainKind::Nested { .. } => None,
         }
     }
 
@@ -216,14 +240,14 @@ impl<H: Hal> SmmuDomain<H> {
     pub fn context_descriptor_table(&self) -> Option<PhysAddr> {
         match &self.kind {
             DomainKind::Stage1 { cds, .. } => Some(cds.stage1().cd_table),
-            DomainKind::Stage2 { .. } => None,
+            DomainKind::Stage2 { .. } | DomainKind::Nested { .. } => None,
         }
     }
 
-    /// The stage of this domain's table.
+    /// The stage of this domain's table (a nested domain's guest table is stage 1).
     pub fn stage(&self) -> Stage {
         match self.kind {
-            DomainKind::Stage1 { .. } => Stage::First,
+            DomainKind::Stage1 { .. } | DomainKind::Nested { .. } => Stage::First,
             DomainKind::Stage2 { .. } => Stage::Second,
         }
     }
@@ -232,7 +256,7 @@ impl<H: Hal> SmmuDomain<H> {
 /// One SMMUv3, enabled, with its queues and stream table.
 pub struct SmmuUnit<H: Hal + Clone> {
     regs: NonNull<SmmuRegisters>,
-    hal: H,
+    pub(crate) hal: H,
     features: Features,
     cmdq: MmioCommandQueue,
     /// Single consumer: a poller holds the lock while draining.
@@ -592,7 +616,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 )
                 .map_err(SmmuError::Entry)?;
                 Ok(SmmuDomain {
-                    kind: DomainKind::Stage2 { table, s2 },
+                    kind: DomainKind::Stage2 {
+                        table,
+                        s2,
+                        nest_users: crate::viommu::NestUsers::new(),
+                    },
                 })
             }
         }
@@ -633,6 +661,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         match &domain.kind {
             DomainKind::Stage1 { cds, .. } => StreamTableEntry::stage1(cds.stage1()),
             DomainKind::Stage2 { s2, .. } => StreamTableEntry::stage2(*s2),
+            DomainKind::Nested { ste, .. } => *ste,
         }
     }
 
@@ -640,6 +669,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         let g = match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.format().granule(),
             DomainKind::Stage2 { table, .. } => table.format().granule(),
+            DomainKind::Nested { .. } => PtGranule::Size4K,
         };
         match g {
             PtGranule::Size4K => Granule::Size4K,
@@ -661,6 +691,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 asid: *asid,
             },
             DomainKind::Stage2 { s2, .. } => InvalidationScope::Stage2 { vmid: s2.vmid },
+            DomainKind::Nested { .. } => return Err(SmmuError::Unsupported(NESTED_MAP)),
         };
         let ranges = [range];
         let mut batch = self.cmdq.batch();
@@ -764,7 +795,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
 
 impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
     type Domain = SmmuDomain<H>;
-    type VIommu = core::convert::Infallible;
+    type VIommu = crate::viommu::SmmuViommu<H>;
     type GuestCommand = [u64; 2];
 
     // --- Placeholders while the back-end's implementations are written (issue 4/5/6 work in
@@ -812,29 +843,29 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         Err(UnitError::Unsupported("flush (not yet)"))
     }
 
-    fn new_viommu(&self, _parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("vIOMMU (not yet)"))
+    fn new_viommu(&self, parent: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        crate::viommu::new_viommu(self, parent)
     }
 
     fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
-        match viommu {}
+        crate::viommu::destroy_viommu(viommu)
     }
 
     fn new_nested(
         &self,
         viommu: &Self::VIommu,
-        _guest: &GuestEntry,
+        guest: &GuestEntry,
     ) -> Result<Self::Domain, UnitError> {
-        match *viommu {}
+        crate::viommu::new_nested(self, viommu, guest)
     }
 
     fn forward_invalidations(
         &self,
         viommu: &Self::VIommu,
-        _devices: &dyn Fn(u32) -> Option<DeviceId>,
-        _cmds: &[Self::GuestCommand],
+        devices: &dyn Fn(u32) -> Option<DeviceId>,
+        cmds: &[Self::GuestCommand],
     ) -> Forwarded {
-        match *viommu {}
+        crate::viommu::forward_invalidations(self, viommu, devices, cmds)
     }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {
@@ -868,6 +899,7 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.map(iova, phys, len, prot)?,
             DomainKind::Stage2 { table, .. } => table.map(iova, phys, len, prot)?,
+            DomainKind::Nested { .. } => return Err(UnitError::Unsupported(NESTED_MAP)),
         }
         Ok(())
     }
@@ -877,6 +909,7 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         let bytes = match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.unmap(iova, len, &mut gather)?,
             DomainKind::Stage2 { table, .. } => table.unmap(iova, len, &mut gather)?,
+            DomainKind::Nested { .. } => return Err(UnitError::Unsupported(NESTED_MAP)),
         };
         if let Some((start, len)) = gather.range() {
             let start = start.as_u64();

@@ -595,6 +595,243 @@ impl StreamTableEntry {
     }
 }
 
+/// Names of the STE fields (IHI 0070 5.2) this driver never sets, and of the reserved ranges
+/// between fields: `(word, hi, lo, name)`, so that a refused entry names what it set.
+const STE_FIELD_NAMES: &[(usize, u32, u32, &str)] = &[
+    (0, 58, 52, "STE word 0 reserved bits [58:52]"),
+    (1, 19, 12, "DRE/CONT/DCP/PPAR/MEV"),
+    (1, 24, 20, "STE word 1 reserved bits [24:20]"),
+    (1, 25, 25, "S2FWB"),
+    (1, 26, 26, "S1MPAM"),
+    (1, 35, 32, "MemAttr"),
+    (1, 36, 36, "MTCFG"),
+    (1, 40, 37, "ALLOCCFG"),
+    (1, 43, 41, "STE word 1 reserved bits [43:41]"),
+    (1, 47, 46, "NSCFG"),
+    (1, 49, 48, "PRIVCFG"),
+    (1, 51, 50, "INSTCFG"),
+    (1, 63, 52, "STE word 1 reserved bits [63:52]"),
+    (2, 31, 16, "STE word 2 reserved bits [31:16]"),
+    (2, 52, 52, "S2ENDI"),
+    (2, 55, 55, "S2HD"),
+    (2, 56, 56, "S2HA"),
+    (2, 63, 59, "STE word 2 bits [63:59] (S2NSW, S2NSA, ...)"),
+    (3, 3, 0, "STE word 3 reserved bits [3:0]"),
+    (3, 63, 52, "STE word 3 reserved bits [63:52]"),
+    (4, 63, 0, "STE word 4 (PARTID, PMG, ...)"),
+    (5, 63, 0, "STE word 5 (VMSPtr)"),
+    (6, 63, 0, "STE word 6 (S_S2TTB)"),
+    (7, 63, 0, "STE word 7"),
+];
+
+/// The name of the field holding the lowest of `stray` bits of word `word` (`stray` != 0).
+fn stray_field(word: usize, stray: u64) -> &'static str {
+    let bit = stray.trailing_zeros();
+    let named = [
+        (0, STE0_S1FMT, "S1Fmt"),
+        (0, STE0_S1CTXPTR, "S1ContextPtr"),
+        (0, STE0_S1CDMAX, "S1CDMax"),
+        (1, STE1_S1DSS, "S1DSS"),
+        (1, STE1_S1CIR, "S1CIR"),
+        (1, STE1_S1COR, "S1COR"),
+        (1, STE1_S1CSH, "S1CSH"),
+        (1, (STE1_S1STALLD, STE1_S1STALLD), "S1STALLD"),
+        (1, STE1_EATS, "EATS"),
+        (1, STE1_STRW, "STRW"),
+        (1, STE1_SHCFG, "SHCFG"),
+        (2, STE2_S2VMID, "S2VMID"),
+        (2, STE2_S2CONTROL, "S2 controls (S2T0SZ..S2R)"),
+        (3, STE3_S2TTB, "S2TTB"),
+    ];
+    STE_FIELD_NAMES
+        .iter()
+        .copied()
+        .chain(named.iter().map(|&(w, (hi, lo), name)| (w, hi, lo, name)))
+        .find(|&(w, hi, lo, _)| w == word && (lo..=hi).contains(&bit))
+        .map_or("STE reserved bits", |(.., name)| name)
+}
+
+impl StreamTableEntry {
+    /// The entry that `words` hold, for entries someone else wrote (a guest's vSTE): `None` when
+    /// V = 0. The exact inverse of [`encode`](Self::encode): refuses reserved values and every
+    /// bit `encode` would not set for the decoded configuration (fields this driver does not
+    /// model, stage fields of a configuration without that stage), naming the field, so that
+    /// `encode(decode(w)) == w` for every `w` it accepts.
+    pub fn decode(words: &EntryWords) -> Result<Option<Self>, SteError> {
+        let [w0, w1, w2, w3, ..] = *words;
+        if w0 & STE0_V == 0 {
+            return Ok(None);
+        }
+        let bad = |f: &'static str, value: u64| SteError::Field { field: f, value };
+        let config = field(w0, STE0_CONFIG.0, STE0_CONFIG.1);
+        let (has_s1, has_s2) = match config {
+            0b000 => (false, false),
+            0b100 => (false, false),
+            0b101 => (true, false),
+            0b110 => (false, true),
+            0b111 => (true, true),
+            other => return Err(bad("Config", other)),
+        };
+        // The bits `encode` may set for this configuration.
+        let mut allowed = [0u64; ENTRY_WORDS];
+        allowed[0] = STE0_V | m(STE0_CONFIG);
+        if config != 0 {
+            allowed[1] |= m(STE1_SHCFG);
+            if has_s1 || has_s2 {
+                allowed[1] |= m(STE1_EATS);
+            }
+            if has_s1 {
+                allowed[0] |= m(STE0_S1FMT) | m(STE0_S1CTXPTR) | m(STE0_S1CDMAX);
+                allowed[1] |= m(STE1_S1DSS)
+                    | m(STE1_S1CIR)
+                    | m(STE1_S1COR)
+                    | m(STE1_S1CSH)
+                    | 1 << STE1_S1STALLD
+                    | m(STE1_STRW);
+                allowed[2] |= m(STE2_S2VMID);
+            }
+            if has_s2 {
+                allowed[2] |= m(STE2_S2VMID)
+                    | m(STE2_S2T0SZ)
+                    | m(STE2_S2SL0)
+                    | m(STE2_S2IR0)
+                    | m(STE2_S2OR0)
+                    | m(STE2_S2SH0)
+                    | m(STE2_S2TG)
+                    | m(STE2_S2PS)
+                    | 1 << STE2_S2AA64
+                    | 1 << STE2_S2AFFD
+                    | 1 << STE2_S2PTW
+                    | 1 << STE2_S2S
+                    | 1 << STE2_S2R;
+                allowed[3] |= m(STE3_S2TTB);
+            }
+        }
+        for (i, (&w, &ok)) in words.iter().zip(allowed.iter()).enumerate() {
+            let stray = w & !ok;
+            if stray != 0 {
+                return Err(bad(stray_field(i, stray), stray));
+            }
+        }
+
+        let shcfg = field(w1, STE1_SHCFG.0, STE1_SHCFG.1);
+        if shcfg > 0b01 {
+            return Err(bad("SHCFG", shcfg));
+        }
+        let ats = match field(w1, STE1_EATS.0, STE1_EATS.1) {
+            0b00 => Eats::Abort,
+            0b01 => Eats::Translate,
+            0b10 => Eats::SplitStage,
+            other => return Err(bad("EATS", other)),
+        };
+        let stream_world = match field(w1, STE1_STRW.0, STE1_STRW.1) {
+            0b00 => StreamWorld::NsEl1,
+            0b10 => StreamWorld::El2,
+            0b11 => StreamWorld::El2E2h,
+            other => return Err(bad("STRW", other)),
+        };
+        let s1 = if has_s1 {
+            let format = match field(w0, STE0_S1FMT.0, STE0_S1FMT.1) {
+                0b00 => CdTableFormat::Linear,
+                0b01 => CdTableFormat::TwoLevel4K,
+                0b10 => CdTableFormat::TwoLevel64K,
+                other => return Err(bad("S1Fmt", other)),
+            };
+            let cd_max = field(w0, STE0_S1CDMAX.0, STE0_S1CDMAX.1) as u8;
+            if cd_max > 20 {
+                return Err(bad("S1CDMax", u64::from(cd_max)));
+            }
+            let default_substream = match field(w1, STE1_S1DSS.0, STE1_S1DSS.1) {
+                0b00 => DefaultSubstream::Terminate,
+                0b01 => DefaultSubstream::Bypass,
+                0b10 => DefaultSubstream::Substream0,
+                other => return Err(bad("S1DSS", other)),
+            };
+            let csh = field(w1, STE1_S1CSH.0, STE1_S1CSH.1);
+            let shareability = Shareability::from_encoding(csh).ok_or(bad("S1CSH", csh))?;
+            Some(Stage1 {
+                cd_table: PhysAddr::new(w0 & m(STE0_S1CTXPTR)),
+                format,
+                cd_max,
+                default_substream,
+                cd_fetch: WalkAttributes {
+                    inner: Cacheability::from_encoding(field(w1, STE1_S1CIR.0, STE1_S1CIR.1)),
+                    outer: Cacheability::from_encoding(field(w1, STE1_S1COR.0, STE1_S1COR.1)),
+                    shareability,
+                },
+                stall_disable: w1 & 1 << STE1_S1STALLD != 0,
+                // A nested entry's S2VMID is stage 2's; `encode` writes a stage-1 one only alone.
+                vmid: if has_s2 {
+                    0
+                } else {
+                    field(w2, STE2_S2VMID.0, STE2_S2VMID.1) as u16
+                },
+            })
+        } else {
+            None
+        };
+        let s2 = if has_s2 {
+            let t0sz = field(w2, STE2_S2T0SZ.0, STE2_S2T0SZ.1) as u8;
+            if !(12..=48).contains(&t0sz) {
+                return Err(bad("S2T0SZ", u64::from(t0sz)));
+            }
+            let sl0 = field(w2, STE2_S2SL0.0, STE2_S2SL0.1) as u8;
+            if sl0 > 0b10 {
+                return Err(bad("S2SL0", u64::from(sl0)));
+            }
+            let tg = field(w2, STE2_S2TG.0, STE2_S2TG.1);
+            let granule = Granule::from_tg0_encoding(tg).ok_or(bad("S2TG", tg))?;
+            let sh = field(w2, STE2_S2SH0.0, STE2_S2SH0.1);
+            let shareability = Shareability::from_encoding(sh).ok_or(bad("S2SH0", sh))?;
+            let output_size = match field(w2, STE2_S2PS.0, STE2_S2PS.1) {
+                0 => OutputAddressSize::Bits32,
+                1 => OutputAddressSize::Bits36,
+                2 => OutputAddressSize::Bits40,
+                3 => OutputAddressSize::Bits42,
+                4 => OutputAddressSize::Bits44,
+                5 => OutputAddressSize::Bits48,
+                6 => OutputAddressSize::Bits52,
+                other => return Err(bad("S2PS", other)),
+            };
+            if w2 & 1 << STE2_S2AA64 == 0 {
+                return Err(bad("S2AA64", 0));
+            }
+            Some(Stage2 {
+                vmid: field(w2, STE2_S2VMID.0, STE2_S2VMID.1) as u16,
+                table: PhysAddr::new(w3 & m(STE3_S2TTB)),
+                t0sz,
+                sl0,
+                granule,
+                walk: WalkAttributes {
+                    inner: Cacheability::from_encoding(field(w2, STE2_S2IR0.0, STE2_S2IR0.1)),
+                    outer: Cacheability::from_encoding(field(w2, STE2_S2OR0.0, STE2_S2OR0.1)),
+                    shareability,
+                },
+                output_size,
+                access_flag_fault_disable: w2 & 1 << STE2_S2AFFD != 0,
+                protected_table_walk: w2 & 1 << STE2_S2PTW != 0,
+                record_faults: w2 & 1 << STE2_S2R != 0,
+                stall: w2 & 1 << STE2_S2S != 0,
+            })
+        } else {
+            None
+        };
+        let config = match (config, s1, s2) {
+            (0b000, ..) => SteConfig::Abort,
+            (_, None, None) => SteConfig::Bypass,
+            (_, Some(s1), None) => SteConfig::Stage1(s1),
+            (_, None, Some(s2)) => SteConfig::Stage2(s2),
+            (_, Some(s1), Some(s2)) => SteConfig::Nested(s1, s2),
+        };
+        Ok(Some(Self {
+            config,
+            ats,
+            stream_world,
+            incoming_shareability: shcfg == 0b01,
+        }))
+    }
+}
+
 /// The bits of an STE the SMMU uses, given its current V and Config (5.2): a bit outside this
 /// set may change under a live entry without the SMMU noticing. Generous on purpose (fields this
 /// driver never sets count as used for every configuration that could read them): an extra used

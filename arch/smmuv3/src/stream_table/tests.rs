@@ -654,3 +654,71 @@ mod in_memory {
         ));
     }
 }
+
+proptest! {
+    /// `decode` is the inverse of `encode`: every encoded entry decodes to one that encodes to
+    /// the same words (a nested entry's stage-1 VMID is not in the words and decodes as 0).
+    #[test]
+    fn decode_inverts_encode(e in arb_entry()) {
+        let w = words(e);
+        let d = StreamTableEntry::decode(&w);
+        prop_assert!(matches!(d, Ok(Some(_))), "{:?} from {:x?}", d, w);
+        if let Ok(Some(d)) = d {
+            prop_assert_eq!(d.encode(), Ok(w));
+        }
+    }
+}
+
+#[test]
+fn decode_of_hand_built_words() {
+    // V = 0: no entry, whatever else is set.
+    assert_eq!(
+        StreamTableEntry::decode(&[0xffff_fff0, 0, 0, 0, 0, 0, 0, 0]),
+        Ok(None)
+    );
+    // Stage 1: V, Config = 0b101 ([3:1] = 0xa), S1ContextPtr 0x8000_1040; word 1: S1DSS =
+    // 0b10, S1CIR = S1COR = 0b01 (0x14), S1CSH = 0b11 (0xc0).
+    let w = [0x8000_1040 | 0xb, 0xd6, 0, 0, 0, 0, 0, 0];
+    let Ok(Some(e)) = StreamTableEntry::decode(&w) else {
+        panic!("stage-1 words refused")
+    };
+    let SteConfig::Stage1(s1) = e.config else {
+        panic!("{e:?}")
+    };
+    assert_eq!(s1.cd_table, PhysAddr::new(0x8000_1040));
+    assert_eq!(s1.default_substream, DefaultSubstream::Substream0);
+    assert_eq!(s1.cd_fetch, WalkAttributes::WRITE_BACK);
+    assert_eq!(
+        (s1.cd_max, s1.format, s1.vmid),
+        (0, CdTableFormat::Linear, 0)
+    );
+    // Reserved Config values 0b001..0b011.
+    for c in 1u64..4 {
+        assert_eq!(
+            StreamTableEntry::decode(&[1 | c << 1, 0, 0, 0, 0, 0, 0, 0]),
+            Err(SteError::Field {
+                field: "Config",
+                value: c
+            })
+        );
+    }
+    // Every refusal names the field: MemAttr (word 1 [35:32]) on a bypass entry, S2TTB on a
+    // stage-1 entry, stage-1 fields on an abort entry, word 5.
+    let named = |w: EntryWords| match StreamTableEntry::decode(&w) {
+        Err(SteError::Field { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(named([0x9, 1 << 32, 0, 0, 0, 0, 0, 0]), "MemAttr");
+    assert_eq!(named([0xb, 0, 0, 0x1000, 0, 0, 0, 0]), "S2TTB");
+    assert_eq!(named([0x1, 0x2, 0, 0, 0, 0, 0, 0]), "S1DSS");
+    assert_eq!(named([0x1 | 0x40, 0, 0, 0, 0, 0, 0, 0]), "S1ContextPtr");
+    assert_eq!(named([0xb, 0, 0, 0, 0, 1, 0, 0]), "STE word 5 (VMSPtr)");
+    assert_eq!(named([0xb | 0x30, 0, 0, 0, 0, 0, 0, 0]), "S1Fmt");
+    assert_eq!(named([0xb, 0x3, 0, 0, 0, 0, 0, 0]), "S1DSS");
+    assert_eq!(named([0xb, 0x40, 0, 0, 0, 0, 0, 0]), "S1CSH");
+    assert_eq!(named([0xb, 0x3 << 28, 0, 0, 0, 0, 0, 0]), "EATS");
+    assert_eq!(named([0xb, 0x1 << 30, 0, 0, 0, 0, 0, 0]), "STRW");
+    assert_eq!(named([0xb, 0x2 << 44, 0, 0, 0, 0, 0, 0]), "SHCFG");
+    // S2AA64 = 0 in a stage-2 entry (Config 0b110 = 0xc): AArch32 tables.
+    assert_eq!(named([0xd, 0, 24 << 32, 0x1000, 0, 0, 0, 0]), "S2AA64");
+}

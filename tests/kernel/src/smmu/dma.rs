@@ -63,7 +63,7 @@ fn default_config(_m: &Machine) -> Result<SmmuConfig, Failure> {
     Ok(SmmuConfig::default())
 }
 
-fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
+pub(super) fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
     if let Some(u) = *UNIT.lock() {
         return Ok(u);
     }
@@ -217,7 +217,7 @@ fn copy_through(edu: &EduDevice, buf: &Aligned, iova: u64, src: usize, dst: usiz
     Ok(())
 }
 
-fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
+pub(super) fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
     let edus = edu_devices(m)?;
     let e = edus.first().ok_or_else(|| fail("needs an edu device"))?;
     let dev = rid_stream_id(e);

@@ -7,6 +7,7 @@
 //! with `-global arm-smmuv3.stage=1`/`=2`.
 
 mod dma;
+mod viommu;
 
 use core::ptr::NonNull;
 
@@ -155,6 +156,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "nested_stage1_walks_go_through_stage2",
         run: dma::nested_stage1_walks_go_through_stage2,
+    },
+    Test {
+        name: "guest_stage1_over_viommu_translates_and_invalidates",
+        run: viommu::guest_stage1_over_viommu_translates_and_invalidates,
     },
     Test {
         name: "eventq_interrupt_raises_its_spi",

@@ -1,0 +1,345 @@
+//! The test kernel as a tiny hypervisor (issue 6): a guest's memory behind a stage-2 nest
+//! parent, a vIOMMU over it, and edu handed to the "guest" under a virtual stream id. The guest
+//! side builds its own stage-1 table and CD in guest-physical memory, installs them through a
+//! vSTE, and maintains them with SMMU commands that the host checks and forwards.
+//!
+//! Needs an SMMU with both stages: `virt` (QEMU 10), at EL1 and at EL2; skipped on the
+//! stage-only `virt-9.0` machines.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::vec::Vec;
+
+use super::dma::{first_edu, unit, Aligned};
+use crate::hal::KernelHal;
+use crate::Machine;
+use iommu::addr::{Iova, PhysAddr};
+use iommu::hal::{FrameSize, Hal};
+use iommu::pagetable::{
+    Coherency, Gather, Granule as PtGranule, PageTable, Prot, VmsaConfig, VmsaStage1,
+};
+use iommu::unit::{Attachment, FaultKind, Stage, TranslationUnit, UnitError};
+use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
+use iommu_boot::{ensure, ensure_eq, skip};
+use iommu_smmuv3::attributes::Granule;
+use iommu_smmuv3::command::Command;
+use iommu_smmuv3::context_descriptor::ContextDescriptor;
+use iommu_smmuv3::idr::OutputAddressSize;
+use iommu_smmuv3::stream_table::{Stage1, StreamTableEntry};
+use iommu_smmuv3::viommu::parent_in_use;
+
+/// Guest RAM: 64 KiB at guest-physical 2 GiB. The last page is the guest's DMA buffer; the
+/// frames below it are the guest's allocator for its stage-1 tables and CD.
+const GUEST_RAM: usize = 0x1_0000;
+const IPA_BASE: u64 = 0x8000_0000;
+const IPA_BUFFER: u64 = IPA_BASE + GUEST_RAM as u64 - 0x1000;
+/// The guest's IOVA for its buffer, its ASID, and the stream id it knows edu by.
+const GUEST_IOVA: u64 = 0x4_0000;
+const GUEST_ASID: u16 = 5;
+const VIRTUAL_SID: u32 = 0x20;
+/// Guest-physical bits the nest parent translates (and the guest's stage-1 input size).
+const GUEST_BITS: u32 = 39;
+
+/// The guest's frame allocator over its RAM: hands out guest-physical addresses (IPAs) and
+/// reaches them through the host's mapping of guest RAM. Frames are never reused (a bump
+/// allocator whose `free_frame` forgets), so a zeroed RAM keeps every new frame zeroed.
+struct GuestHal {
+    /// Host physical (== virtual) address of guest RAM.
+    host: u64,
+    /// Next free IPA; only the allocating CPU moves it.
+    next: AtomicU64,
+}
+
+// SAFETY: frames are distinct, aligned ranges of guest RAM (zeroed at creation and never
+// handed out twice); `phys_to_virt` gives the host's identity mapping of that RAM, which the
+// kernel reads and writes freely; the IPAs are what the guest's stage 1 (walked through the
+// nest parent) must be given.
+unsafe impl Hal for GuestHal {
+    fn alloc_frame(&self, size: FrameSize) -> Option<PhysAddr> {
+        let bytes = size.bytes() as u64;
+        let mut ipa = 0;
+        self.next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                ipa = next.next_multiple_of(bytes);
+                let end = ipa.checked_add(bytes)?;
+                (end <= IPA_BUFFER).then_some(end)
+            })
+            .ok()?;
+        Some(PhysAddr::new(ipa))
+    }
+
+    unsafe fn free_frame(&self, _frame: PhysAddr, _size: FrameSize) {}
+
+    fn phys_to_virt(&self, phys: PhysAddr) -> NonNull<u8> {
+        let host = phys.as_u64().wrapping_sub(IPA_BASE).wrapping_add(self.host);
+        NonNull::new(host as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    fn virt_to_phys(&self, virt: NonNull<u8>) -> PhysAddr {
+        PhysAddr::new((virt.as_ptr() as u64).wrapping_sub(self.host) + IPA_BASE)
+    }
+}
+
+/// A guest TLBI_NH_VA for its ASID at `iova`, with a VMID the host must replace.
+fn guest_tlbi_va(iova: u64) -> Result<[u64; 2], Failure> {
+    Command::TlbiNhVa {
+        vmid: 0x77,
+        asid: GUEST_ASID,
+        addr: iova,
+        leaf: true,
+        range: None,
+    }
+    .encode()
+    .map_err(fail)
+}
+
+fn encode(c: Command) -> Result<[u64; 2], Failure> {
+    c.encode().map_err(fail)
+}
+
+/// Issue 6's hypervisor flow on a nested-capable SMMU.
+pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> TestResult {
+    type Unit = iommu_smmuv3::smmu::SmmuUnit<&'static KernelHal>;
+    let unit: &Unit = unit(m)?;
+    let s = unit.features().stages;
+    if !(s.stage1() && s.stage2()) {
+        skip!("a vIOMMU needs an SMMU with both stages");
+    }
+    // The runner reads announcements at the start of a line.
+    iommu_boot::println!();
+    allow_guest_error("translation failed for iova");
+    let (edus, dev) = first_edu(m)?;
+    let edu = &edus.first().ok_or_else(|| fail("needs an edu"))?.edu;
+    let guest_devices = move |vsid: u32| (vsid == VIRTUAL_SID).then_some(dev);
+
+    // Host: guest RAM, and the nest parent mapping it at IPA_BASE.
+    let ram = Aligned::new(GUEST_RAM, 0)?;
+    let host_buffer = ram.phys().as_u64() + (IPA_BUFFER - IPA_BASE);
+    let buffer_byte = |i: usize| ram.get(GUEST_RAM - 0x1000 + i);
+    let parent = unit.new_domain(Stage::Second, GUEST_BITS).map_err(fail)?;
+    unit.map(
+        &parent,
+        Iova::new(IPA_BASE),
+        ram.phys(),
+        GUEST_RAM as u64,
+        Prot::READ_WRITE,
+    )
+    .map_err(fail)?;
+    let stage1_domain = unit.new_domain(Stage::First, GUEST_BITS).map_err(fail)?;
+    ensure!(
+        matches!(
+            unit.new_viommu(&stage1_domain),
+            Err(UnitError::Unsupported(_))
+        ),
+        "a vIOMMU over a stage-1 domain was accepted"
+    );
+    let viommu = unit.new_viommu(&parent).map_err(fail)?;
+    ensure!(
+        parent_in_use(unit, &parent),
+        "the nest parent is not marked in use"
+    );
+    ensure_eq!(
+        viommu.vmid(),
+        parent.tag(),
+        "the guest runs under the parent's VMID"
+    );
+
+    // Guest: its stage-1 table and CD, in its own memory, addresses all IPAs.
+    let ghal = GuestHal {
+        host: ram.phys().as_u64(),
+        next: AtomicU64::new(IPA_BASE),
+    };
+    let format = VmsaStage1::new(VmsaConfig {
+        granule: PtGranule::Size4K,
+        input_bits: GUEST_BITS,
+        output_bits: 40,
+    })
+    .map_err(fail)?;
+    let mair = format.mair();
+    let gtable = PageTable::new(format, &ghal, Coherency::Coherent).map_err(fail)?;
+    gtable
+        .map(
+            Iova::new(GUEST_IOVA),
+            PhysAddr::new(IPA_BUFFER),
+            4096,
+            Prot::READ_WRITE,
+        )
+        .map_err(fail)?;
+    let cd_ipa = ghal
+        .alloc_frame(FrameSize::SIZE_4K)
+        .ok_or_else(|| fail("guest RAM full"))?;
+    let cd = ContextDescriptor::new(
+        GUEST_ASID,
+        gtable.root(),
+        GUEST_BITS as u8,
+        Granule::Size4K,
+        OutputAddressSize::Bits40,
+        mair,
+    )
+    .map_err(fail)?
+    .encode()
+    .map_err(fail)?;
+    let cd_ptr = ghal.phys_to_virt(cd_ipa).cast::<u64>();
+    for (i, w) in cd.iter().enumerate() {
+        // SAFETY: the CD frame is a 4 KiB frame of guest RAM the guest allocator handed out;
+        // the 8 words are inside it and 8-byte aligned.
+        unsafe { cd_ptr.as_ptr().add(i).write_volatile(*w) };
+    }
+    let vste = StreamTableEntry::stage1(Stage1::single_cd(cd_ipa))
+        .encode()
+        .map_err(fail)?;
+
+    // A vSTE asking for stage 2 is refused, naming Config.
+    let s2_vste = StreamTableEntry::stage2(
+        iommu_smmuv3::stream_table::Stage2::new(
+            1,
+            PhysAddr::new(IPA_BASE),
+            39,
+            Granule::Size4K,
+            1,
+            OutputAddressSize::Bits40,
+        )
+        .map_err(fail)?,
+    )
+    .encode()
+    .map_err(fail)?;
+    ensure_eq!(
+        unit.new_nested(&viommu, &s2_vste).err(),
+        Some(UnitError::GuestEntry("Config"))
+    );
+
+    // Host: the nested domain from the vSTE, attached to edu's physical stream id.
+    let nested = unit.new_nested(&viommu, &vste).map_err(fail)?;
+    ensure!(
+        matches!(
+            unit.map(&nested, Iova::new(0), ram.phys(), 4096, Prot::READ_WRITE),
+            Err(UnitError::Unsupported(_))
+        ),
+        "the host mapped into a nested domain, whose stage 1 is the guest's"
+    );
+    unit.attach(dev, Attachment::Paging(&nested))
+        .map_err(fail)?;
+    let viommu = match unit.destroy_viommu(viommu) {
+        Err((v, UnitError::Busy)) => v,
+        Err((_, e)) => return Err(fail(e)),
+        Ok(()) => return Err(fail("a vIOMMU with a nested domain was destroyed")),
+    };
+    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+
+    // edu DMA with the guest's IOVA lands in the host page behind the guest's buffer.
+    (0..64).for_each(|i| ram.set(GUEST_RAM - 0x1000 + i, 0x40 + i as u8));
+    let read = edu.dma_from_ram(GUEST_IOVA, 0, 64);
+    let write = edu.dma_to_ram(0, GUEST_IOVA + 2048, 64);
+    let landed = (0..64).all(|i| buffer_byte(2048 + i) == 0x40 + i as u8);
+
+    // A guest batch whose second command names a stream that is not the guest's: the first
+    // is issued, the rest is not.
+    let refused = unit.forward_invalidations(
+        &viommu,
+        &guest_devices,
+        &[
+            guest_tlbi_va(0x9_0000)?,
+            encode(Command::CfgiCdAll {
+                sid: VIRTUAL_SID + 1,
+            })?,
+            encode(Command::sync())?,
+        ],
+    );
+
+    // The guest unmaps its buffer: until it forwards the TLBI, the SMMU may still use the
+    // cached translation; after TLBI_NH_VA + CMD_SYNC it must not.
+    let mut gather = Gather::new();
+    let unmapped = gtable.unmap(Iova::new(GUEST_IOVA), 4096, &mut gather);
+    // QEMU keeps the cached translation: the same page is still reachable here, which is what
+    // makes the forwarded TLBI (under the host's VMID, not the 0x77 the guest wrote) matter.
+    let stale = edu.dma_to_ram(0, GUEST_IOVA + 3072, 64);
+    let stale_landed = (0..64).all(|i| buffer_byte(3072 + i) == 0x40 + i as u8);
+    let forwarded = unit.forward_invalidations(
+        &viommu,
+        &guest_devices,
+        &[
+            guest_tlbi_va(GUEST_IOVA)?,
+            encode(Command::CfgiCdAll { sid: VIRTUAL_SID })?,
+            encode(Command::sync())?,
+        ],
+    );
+    // SAFETY: the guest's invalidation of the unmapped range completed (its forwarded batch
+    // ended with a CMD_SYNC the host waited for); the guest allocator never reuses frames.
+    unsafe { gather.complete(&ghal) };
+    (2048..2048 + 64).for_each(|i| ram.set(GUEST_RAM - 0x1000 + i, 0x11));
+    let after = edu.dma_to_ram(0, GUEST_IOVA + 2048, 64);
+    let mut faults = Vec::new();
+    unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
+
+    // A guest bypass vSTE: stage 2 alone, so the device's addresses are guest-physical.
+    let bypass = unit
+        .new_nested(&viommu, &StreamTableEntry::bypass().encode().map_err(fail)?)
+        .map_err(fail)?;
+    unit.attach(dev, Attachment::Paging(&bypass))
+        .map_err(fail)?;
+    let by_ipa = edu.dma_to_ram(0, IPA_BUFFER + 1024, 64);
+    // A guest abort vSTE (V = 1, Config = 0): the same DMA is refused, silently.
+    let abort = unit
+        .new_nested(&viommu, &StreamTableEntry::abort().encode().map_err(fail)?)
+        .map_err(fail)?;
+    unit.attach(dev, Attachment::Paging(&abort)).map_err(fail)?;
+    let aborted = edu.dma_to_ram(0, IPA_BUFFER + 512, 64);
+    let aborted_untouched = (512..512 + 64).all(|i| buffer_byte(i) == 0);
+
+    unit.attach(dev, Attachment::Blocking).map_err(fail)?;
+    drop(nested);
+    drop(bypass);
+    drop(abort);
+    let destroyed = unit.destroy_viommu(viommu).map_err(|(_, e)| e);
+    let parent_freed = !parent_in_use(unit, &parent);
+
+    read.map_err(fail)?;
+    write.map_err(fail)?;
+    ensure!(
+        landed,
+        "guest-IOVA DMA did not land in host page {host_buffer:#x}"
+    );
+    ensure_eq!(
+        refused.refused,
+        Some(UnitError::GuestCommand("stream id not the guest's"))
+    );
+    ensure_eq!(
+        refused.done,
+        1,
+        "the command before the refused one was issued"
+    );
+    ensure_eq!(unmapped.map_err(fail)?, 4096);
+    stale.map_err(fail)?;
+    ensure!(
+        stale_landed,
+        "no cached translation survived the guest's unmap: the TLBI test proves nothing"
+    );
+    ensure_eq!(forwarded.refused, None);
+    ensure_eq!(forwarded.done, 3);
+    after.map_err(fail)?;
+    ensure!(
+        (2048..2048 + 64).all(|i| buffer_byte(i) == 0x11),
+        "DMA to the guest IOVA landed after the guest's unmap and forwarded TLBI"
+    );
+    let hit = faults.iter().any(|f| {
+        f.device == dev && f.address & !0xfff == GUEST_IOVA && f.kind == FaultKind::Translation
+    });
+    ensure!(
+        hit,
+        "expected a translation fault by {dev:?} at {GUEST_IOVA:#x}, got {faults:?}"
+    );
+    by_ipa.map_err(fail)?;
+    ensure!(
+        (0..64).all(|i| buffer_byte(1024 + i) == 0x40 + i as u8),
+        "with a bypass vSTE, DMA to a guest-physical address did not land through stage 2"
+    );
+    aborted.map_err(fail)?;
+    ensure!(aborted_untouched, "DMA got through a guest abort vSTE");
+    destroyed.map_err(fail)?;
+    ensure!(
+        parent_freed,
+        "the nest parent stayed in use after its vIOMMU went"
+    );
+    Ok(())
+}
