@@ -4,6 +4,7 @@
 
 mod alias;
 mod dma;
+mod hypervisor;
 mod lifecycle;
 mod viommu;
 
@@ -137,6 +138,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "guest_invalidations_are_checked_translated_and_issued",
         run: viommu::guest_invalidations_are_checked_translated_and_issued,
+    },
+    Test {
+        name: "tiny_hypervisor_through_the_object_model",
+        run: hypervisor::tiny_hypervisor_through_the_object_model,
     },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {

@@ -23,26 +23,26 @@ fn device_id(e: &EduDevice) -> DeviceId {
 }
 
 /// The guest's name for its edu: 00:01.0.
-const GUEST_SID: u32 = 0x0008;
+pub(super) const GUEST_SID: u32 = 0x0008;
 /// The guest's domain id in its PASID entries and invalidations.
-const GUEST_DID: u64 = 0x42;
+pub(super) const GUEST_DID: u64 = 0x42;
 
 /// A guest's pass-through PASID entry (9.6): P | AW 2 << 2 | PGTT 100 << 6; DID.
-const GUEST_PASS_THROUGH: [u64; 8] = [0x109, GUEST_DID, 0, 0, 0, 0, 0, 0];
+pub(super) const GUEST_PASS_THROUGH: [u64; 8] = [0x109, GUEST_DID, 0, 0, 0, 0, 0, 0];
 /// A guest's first-stage PASID entry: P | AW 2 << 2 | PGTT 001 << 6; DID; FSPTPTR 0x20_0000,
 /// 4-level, WPE (bit 132).
-const GUEST_FIRST_STAGE: [u64; 8] = [0x49, GUEST_DID, 0x20_0010, 0, 0, 0, 0, 0];
+pub(super) const GUEST_FIRST_STAGE: [u64; 8] = [0x49, GUEST_DID, 0x20_0010, 0, 0, 0, 0, 0];
 
 /// PASID-based IOTLB invalidation (6.5.2.4), PASID-selective (G 10) for PASID 0.
-const fn piotlb(did: u64) -> [u64; 4] {
+pub(super) const fn piotlb(did: u64) -> [u64; 4] {
     [0x6 | 2 << 4 | did << 16, 0, 0, 0]
 }
 
 /// Invalidation wait (6.5.2.8) with a status write to a guest address the host must not write.
-const GUEST_WAIT: [u64; 4] = [0x5 | 1 << 5 | 0x1234 << 32, 0x10_0000, 0, 0];
+pub(super) const GUEST_WAIT: [u64; 4] = [0x5 | 1 << 5 | 0x1234 << 32, 0x10_0000, 0, 0];
 
 /// Device-TLB invalidation (6.5.2.5) of one page at 0 for source id `sid`.
-const fn device_tlb(sid: u64) -> [u64; 4] {
+pub(super) const fn device_tlb(sid: u64) -> [u64; 4] {
     [0x3 | sid << 32, 0, 0, 0]
 }
 
