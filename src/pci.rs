@@ -17,8 +17,9 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-/// A PCI function's address: bus, device (0-31), function (0-7).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+/// A PCI function's address: bus, device (0-31), function (0-7). Debug and Display both print
+/// the usual `bb:dd.f`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
     pub bus: u8,
     pub device: u8,
@@ -48,6 +49,12 @@ impl Bdf {
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+impl fmt::Debug for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

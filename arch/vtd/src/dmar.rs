@@ -666,32 +666,8 @@ impl DeviceScopeType {
     }
 }
 
-/// A PCI bus/device/function, e.g. the requester id a remapping unit sees for a device.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bdf {
-    pub bus: u8,
-    pub device: u8,
-    pub function: u8,
-}
-
-impl Bdf {
-    /// The 16-bit source id: bus in bits 15:8, device in 7:3, function in 2:0.
-    pub const fn source_id(self) -> u16 {
-        ((self.bus as u16) << 8) | ((self.device as u16 & 0x1f) << 3) | (self.function as u16 & 7)
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
-
-impl fmt::Debug for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+/// A PCI bus/device/function; its requester id is the source id a remapping unit sees.
+pub use iommu::pci::Bdf;
 
 /// One hop of a device scope path: a device and function on the bus reached so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1083,7 +1059,7 @@ mod tests {
                 device: 1,
                 function: 0
             }
-            .source_id(),
+            .requester_id(),
             0x0008
         );
         assert_eq!(
@@ -1092,7 +1068,7 @@ mod tests {
                 device: 0x1f,
                 function: 7
             }
-            .source_id(),
+            .requester_id(),
             0x12ff
         );
     }

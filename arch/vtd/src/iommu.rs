@@ -548,7 +548,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         for r in rmrrs() {
             for scope in r.scopes() {
                 if let Some(bdf) = scope.direct_bdf() {
-                    let device = DeviceId(u32::from(bdf.source_id()));
+                    let device = DeviceId(u32::from(bdf.requester_id()));
                     self.add_rmrr(device, r.base(), r.limit())?;
                     added += 1;
                 }

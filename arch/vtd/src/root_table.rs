@@ -152,7 +152,7 @@ impl SourceId {
 
 impl From<Bdf> for SourceId {
     fn from(bdf: Bdf) -> Self {
-        Self(bdf.source_id())
+        Self(bdf.requester_id())
     }
 }
 
