@@ -752,6 +752,13 @@ impl<U: TranslationUnit> Iommu<U> {
         self.domain(id, owner)?.space(id)
     }
 
+    /// The unit's own object behind `owner`'s domain `id`, for back-end specific queries (its
+    /// hardware tag, a table walk). Changing it behind the model's back is not possible: it is
+    /// shared.
+    pub fn domain_hw(&self, owner: OwnerId, id: DomainId) -> Result<&U::Domain> {
+        Ok(&self.domain(id, owner)?.hw)
+    }
+
     /// How many devices are attached to domain `id`.
     pub fn domain_users(&self, owner: OwnerId, id: DomainId) -> Result<usize> {
         Ok(self.domain(id, owner)?.users)

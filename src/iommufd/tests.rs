@@ -969,6 +969,13 @@ fn viommu_and_nesting_rules() {
     });
     let v = ok(io.alloc_viommu(A, parent));
     assert_eq!(ok(io.viommu_parent(A, v)), parent);
+    let parent_tag = ok(io.domain_hw(A, parent)).tag;
+    assert_eq!(ok(io.viommu_hw(A, v)).vmid, parent_tag + 100);
+    assert_eq!(io.viommu_hw(B, v).err(), Some(Error::NotViommuOwner(v)));
+    assert_eq!(
+        io.domain_hw(B, parent).err(),
+        Some(Error::NotDomainOwner(parent))
+    );
     refused(&mut io, Error::NotViommuOwner(v), |io| {
         io.viommu_parent(B, v)
     });

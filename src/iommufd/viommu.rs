@@ -232,6 +232,12 @@ impl<U: TranslationUnit> Iommu<U> {
             .forward_invalidations(&v.hw, &lookup, cmds))
     }
 
+    /// The unit's own object behind `owner`'s vIOMMU `id`, for back-end specific queries (its
+    /// VMID / domain ids).
+    pub fn viommu_hw(&self, owner: OwnerId, id: ViommuId) -> Result<&U::VIommu> {
+        Ok(&self.viommu(id, owner)?.hw)
+    }
+
     /// The nest parent of vIOMMU `id`.
     pub fn viommu_parent(&self, owner: OwnerId, id: ViommuId) -> Result<DomainId> {
         Ok(self.viommu(id, owner)?.parent)
