@@ -20,7 +20,7 @@ use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
 use iommu::pagetable::Prot;
 use iommu::unit::{FaultKind, Forwarded, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, TestResult};
-use iommu_boot::{ensure, ensure_eq, skip};
+use iommu_boot::{ensure, ensure_eq, println, skip};
 
 pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestResult {
     if m.cmdline.get("vtd.mode") != Some("scalable") {
@@ -40,6 +40,7 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
     let dev2 = io.add_device(u, id2, GroupId(id2.0)).map_err(fail)?;
     io.claim(dev, guest).map_err(fail)?;
     io.claim(dev2, OwnerId(2)).map_err(fail)?;
+    println!("  hypervisor: edu {id:?} claimed by the guest, edu {id2:?} by someone else");
 
     // Guest RAM: one page at guest-physical IOVA_A.
     let windows = [Region {
@@ -71,6 +72,10 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
     );
     io.set_virtual_device(guest, v, dev, GUEST_SID)
         .map_err(fail)?;
+    println!(
+        "  hypervisor: guest RAM page at guest-physical {IOVA_A:#x} in a nest parent; vIOMMU \
+         gives the guest {id:?} as virtual id {GUEST_SID:#x}"
+    );
 
     // The guest's first-stage PASID entry: valid, but QEMU has no nesting.
     ensure_eq!(
@@ -80,6 +85,7 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
         )))
     );
     // Its pass-through entry: the device's DMA is guest-physical, translated by the parent.
+    println!("  hypervisor: guest first-stage PASID entry checked, then refused (no ECAP.NEST)");
     let nested = io
         .alloc_nested_domain(guest, v, &GUEST_PASS_THROUGH)
         .map_err(fail)?;
@@ -93,6 +99,7 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
         (0..64).all(|i| ram.get(2048 + i) == 0xa0 + i as u8),
         "the guest's DMA did not land in its RAM"
     );
+    println!("  hypervisor: guest pass-through entry installed; edu DMA to guest-physical {IOVA_A:#x} lands");
 
     // Guest invalidations: its own domain id and device pass; the other edu (which the guest
     // could only name by a virtual id it was never given) stops the batch.
@@ -119,6 +126,11 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
         io.invalidate(OwnerId(2), v, &[piotlb(GUEST_DID)]),
         Err(Error::NotViommuOwner(v))
     );
+    println!(
+        "  hypervisor: guest PASID-IOTLB + wait forwarded; a device-TLB for a device not the \
+         guest's refused after {} issued",
+        refused.done
+    );
 
     // The host takes the page back: the guest's DMA to it faults.
     ensure_eq!(io.unmap(guest, parent, Iova::new(IOVA_A), 4096), Ok(4096));
@@ -135,6 +147,11 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
             && f.address & !0xfff == IOVA_A
             && f.kind == FaultKind::Translation),
         "expected a translation fault by {id:?} at {IOVA_A:#x}, got {faults:?}"
+    );
+
+    println!(
+        "  hypervisor: host unmapped the guest page; the guest's DMA faulted: {:?}",
+        faults.first()
     );
 
     // Teardown: each object waits for what depends on it.
@@ -166,5 +183,6 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
     );
     io.destroy_viommu(guest, v).map_err(fail)?;
     io.destroy_domain(guest, parent).map_err(fail)?;
+    println!("  hypervisor: torn down: device, nested domain, virtual id, vIOMMU, parent");
     Ok(())
 }

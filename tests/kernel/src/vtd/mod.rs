@@ -448,6 +448,13 @@ pub fn demo(m: &mut Machine) {
     if let Err(Failure::Failed(why) | Failure::Skipped(why)) = dma::demo(m) {
         println!("VT-d DMA demo failed: {why}");
     }
+    // Then the unit under a tiny hypervisor, through the object model.
+    println!("A tiny hypervisor gives edu to a guest with a vIOMMU:");
+    if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+        hypervisor::tiny_hypervisor_through_the_object_model(m)
+    {
+        println!("VT-d hypervisor demo failed: {why}");
+    }
 }
 
 fn show(m: &Machine) -> Result<(), Failure> {
