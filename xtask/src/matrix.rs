@@ -134,6 +134,7 @@ pub fn self_tests() -> Vec<Machine> {
 pub fn demo_machine(arch: Arch) -> Machine {
     match arch {
         Arch::X86_64 => vtd_machine("scalable", 48, true),
-        Arch::Aarch64 => smmu_machine("nested", false),
+        // At EL2, as a hypervisor runs.
+        Arch::Aarch64 => smmu_machine("nested", true),
     }
 }

@@ -409,4 +409,8 @@ pub fn demo(m: &mut Machine) {
     if let Err(e) = dma::demo(m) {
         println!("SMMU DMA demo failed: {e:?}");
     }
+    println!("A tiny hypervisor gives edu to a guest with a vIOMMU:");
+    if let Err(e) = viommu::guest_stage1_over_viommu_translates_and_invalidates(m) {
+        println!("SMMU hypervisor demo failed: {e:?}");
+    }
 }

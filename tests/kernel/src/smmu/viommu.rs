@@ -1,5 +1,6 @@
-//! The test kernel as a tiny hypervisor (issue 6): a guest's memory behind a stage-2 nest
-//! parent, a vIOMMU over it, and edu handed to the "guest" under a virtual stream id. The guest
+//! The test kernel as a tiny hypervisor (issue 6), through the object model
+//! (`iommu::iommufd`): a guest's memory behind a stage-2 nest parent, a vIOMMU over it, and edu
+//! handed to the "guest" under a virtual stream id. The guest
 //! side builds its own stage-1 table and CD in guest-physical memory, installs them through a
 //! vSTE, and maintains them with SMMU commands that the host checks and forwards.
 //!
@@ -16,12 +17,13 @@ use crate::hal::KernelHal;
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
+use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
 use iommu::pagetable::{
     Coherency, Gather, Granule as PtGranule, PageTable, Prot, VmsaConfig, VmsaStage1,
 };
-use iommu::unit::{Attachment, FaultKind, Stage, TranslationUnit, UnitError};
+use iommu::unit::{FaultKind, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
-use iommu_boot::{ensure, ensure_eq, skip};
+use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_smmuv3::attributes::Granule;
 use iommu_smmuv3::command::Command;
 use iommu_smmuv3::context_descriptor::ContextDescriptor;
@@ -111,38 +113,71 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     allow_guest_error("translation failed for iova");
     let (edus, dev) = first_edu(m)?;
     let edu = &edus.first().ok_or_else(|| fail("needs an edu"))?.edu;
-    let guest_devices = move |vsid: u32| (vsid == VIRTUAL_SID).then_some(dev);
+
+    // Host: the object model over the unit, edu owned by the guest.
+    let mut io = Iommu::new();
+    let u = io.add_unit(unit);
+    let guest = OwnerId(1);
+    let devh = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
+    io.claim(devh, guest).map_err(fail)?;
 
     // Host: guest RAM, and the nest parent mapping it at IPA_BASE.
     let ram = Aligned::new(GUEST_RAM, 0)?;
     let host_buffer = ram.phys().as_u64() + (IPA_BUFFER - IPA_BASE);
     let buffer_byte = |i: usize| ram.get(GUEST_RAM - 0x1000 + i);
-    let parent = unit.new_domain(Stage::Second, GUEST_BITS).map_err(fail)?;
-    unit.map(
-        &parent,
+    let windows = [Region {
+        start: 0,
+        last: (1 << GUEST_BITS) - 1,
+    }];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let parent = io
+        .alloc_nest_parent(guest, u, GUEST_BITS, &layout)
+        .map_err(fail)?;
+    io.map(
+        guest,
+        parent,
         Iova::new(IPA_BASE),
         ram.phys(),
         GUEST_RAM as u64,
         Prot::READ_WRITE,
     )
     .map_err(fail)?;
-    let stage1_domain = unit.new_domain(Stage::First, GUEST_BITS).map_err(fail)?;
+    // Only a nest parent can carry a vIOMMU; and the unit itself refuses a stage-1 one.
+    let stage1 = io
+        .alloc_domain(guest, u, Stage::First, GUEST_BITS, &layout)
+        .map_err(fail)?;
+    ensure_eq!(
+        io.alloc_viommu(guest, stage1),
+        Err(Error::NotNestParent(stage1))
+    );
     ensure!(
         matches!(
-            unit.new_viommu(&stage1_domain),
+            unit.new_viommu(io.domain_hw(guest, stage1).map_err(fail)?),
             Err(UnitError::Unsupported(_))
         ),
         "a vIOMMU over a stage-1 domain was accepted"
     );
-    let viommu = unit.new_viommu(&parent).map_err(fail)?;
+    io.destroy_domain(guest, stage1).map_err(fail)?;
+    let viommu = io.alloc_viommu(guest, parent).map_err(fail)?;
+    let parent_hw = io.domain_hw(guest, parent).map_err(fail)?;
     ensure!(
-        parent_in_use(unit, &parent),
+        parent_in_use(unit, parent_hw),
         "the nest parent is not marked in use"
     );
     ensure_eq!(
-        viommu.vmid(),
-        parent.tag(),
+        io.viommu_hw(guest, viommu).map_err(fail)?.vmid(),
+        parent_hw.tag(),
         "the guest runs under the parent's VMID"
+    );
+    io.set_virtual_device(guest, viommu, devh, VIRTUAL_SID)
+        .map_err(fail)?;
+    println!(
+        "  hypervisor: guest RAM ({} KiB at IPA {IPA_BASE:#x}) in a stage-2 nest parent; vIOMMU \
+         under the parent's VMID gives the guest edu {dev:?} as virtual stream id {VIRTUAL_SID:#x}",
+        GUEST_RAM / 1024
     );
 
     // Guest: its stage-1 table and CD, in its own memory, addresses all IPAs.
@@ -205,26 +240,48 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     .encode()
     .map_err(fail)?;
     ensure_eq!(
-        unit.new_nested(&viommu, &s2_vste).err(),
-        Some(UnitError::GuestEntry("Config"))
+        io.alloc_nested_domain(guest, viommu, &s2_vste),
+        Err(Error::Unit(UnitError::GuestEntry("Config")))
     );
 
-    // Host: the nested domain from the vSTE, attached to edu's physical stream id.
-    let nested = unit.new_nested(&viommu, &vste).map_err(fail)?;
-    ensure!(
-        matches!(
-            unit.map(&nested, Iova::new(0), ram.phys(), 4096, Prot::READ_WRITE),
-            Err(UnitError::Unsupported(_))
+    // Host: the nested domain from the vSTE, attached to edu (known to the guest as
+    // VIRTUAL_SID).
+    let nested = io.alloc_nested_domain(guest, viommu, &vste).map_err(fail)?;
+    ensure_eq!(
+        io.map(
+            guest,
+            nested,
+            Iova::new(0),
+            ram.phys(),
+            4096,
+            Prot::READ_WRITE
         ),
+        Err(Error::NotPaging(nested)),
         "the host mapped into a nested domain, whose stage 1 is the guest's"
     );
-    unit.attach(dev, Attachment::Paging(&nested))
+    ensure!(
+        matches!(
+            unit.map(
+                io.domain_hw(guest, nested).map_err(fail)?,
+                Iova::new(0),
+                ram.phys(),
+                4096,
+                Prot::READ_WRITE
+            ),
+            Err(UnitError::Unsupported(_))
+        ),
+        "the unit mapped into a nested domain"
+    );
+    io.attach(devh, guest, Target::Domain(nested))
         .map_err(fail)?;
-    let viommu = match unit.destroy_viommu(viommu) {
-        Err((v, UnitError::Busy)) => v,
-        Err((_, e)) => return Err(fail(e)),
-        Ok(()) => return Err(fail("a vIOMMU with a nested domain was destroyed")),
-    };
+    println!(
+        "  hypervisor: the guest's own stage-1 table and CD (in its RAM) installed from its vSTE; \
+         a vSTE asking for stage 2 was refused"
+    );
+    ensure_eq!(
+        io.destroy_viommu(guest, viommu),
+        Err(Error::ViommuBusy { viommu, nested: 1 })
+    );
     unit.drain_faults(&mut |_| {}).map_err(fail)?;
 
     // edu DMA with the guest's IOVA lands in the host page behind the guest's buffer.
@@ -232,12 +289,16 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     let read = edu.dma_from_ram(GUEST_IOVA, 0, 64);
     let write = edu.dma_to_ram(0, GUEST_IOVA + 2048, 64);
     let landed = (0..64).all(|i| buffer_byte(2048 + i) == 0x40 + i as u8);
+    println!(
+        "  hypervisor: edu DMA to guest IOVA {GUEST_IOVA:#x} {} host page {host_buffer:#x}",
+        if landed { "lands in" } else { "MISSED" }
+    );
 
     // A guest batch whose second command names a stream that is not the guest's: the first
     // is issued, the rest is not.
-    let refused = unit.forward_invalidations(
-        &viommu,
-        &guest_devices,
+    let refused = io.invalidate(
+        guest,
+        viommu,
         &[
             guest_tlbi_va(0x9_0000)?,
             encode(Command::CfgiCdAll {
@@ -255,9 +316,9 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     // makes the forwarded TLBI (under the host's VMID, not the 0x77 the guest wrote) matter.
     let stale = edu.dma_to_ram(0, GUEST_IOVA + 3072, 64);
     let stale_landed = (0..64).all(|i| buffer_byte(3072 + i) == 0x40 + i as u8);
-    let forwarded = unit.forward_invalidations(
-        &viommu,
-        &guest_devices,
+    let forwarded = io.invalidate(
+        guest,
+        viommu,
         &[
             guest_tlbi_va(GUEST_IOVA)?,
             encode(Command::CfgiCdAll { sid: VIRTUAL_SID })?,
@@ -271,28 +332,55 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     let after = edu.dma_to_ram(0, GUEST_IOVA + 2048, 64);
     let mut faults = Vec::new();
     unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
+    println!(
+        "  hypervisor: guest batch naming a foreign stream id stopped after {:?} command(s); \
+         guest unmapped its page and forwarded TLBI_NH_VA + SYNC",
+        refused.as_ref().map(|r| r.done)
+    );
+    if let Some(f) = faults.first() {
+        println!("  hypervisor: the guest's DMA to its old IOVA faulted: {f}");
+    }
 
     // A guest bypass vSTE: stage 2 alone, so the device's addresses are guest-physical.
-    let bypass = unit
-        .new_nested(&viommu, &StreamTableEntry::bypass().encode().map_err(fail)?)
+    let bypass = io
+        .alloc_nested_domain(
+            guest,
+            viommu,
+            &StreamTableEntry::bypass().encode().map_err(fail)?,
+        )
         .map_err(fail)?;
-    unit.attach(dev, Attachment::Paging(&bypass))
+    io.attach(devh, guest, Target::Domain(bypass))
         .map_err(fail)?;
     let by_ipa = edu.dma_to_ram(0, IPA_BUFFER + 1024, 64);
     // A guest abort vSTE (V = 1, Config = 0): the same DMA is refused, silently.
-    let abort = unit
-        .new_nested(&viommu, &StreamTableEntry::abort().encode().map_err(fail)?)
+    let abort = io
+        .alloc_nested_domain(
+            guest,
+            viommu,
+            &StreamTableEntry::abort().encode().map_err(fail)?,
+        )
         .map_err(fail)?;
-    unit.attach(dev, Attachment::Paging(&abort)).map_err(fail)?;
+    io.attach(devh, guest, Target::Domain(abort))
+        .map_err(fail)?;
     let aborted = edu.dma_to_ram(0, IPA_BUFFER + 512, 64);
     let aborted_untouched = (512..512 + 64).all(|i| buffer_byte(i) == 0);
 
-    unit.attach(dev, Attachment::Blocking).map_err(fail)?;
-    drop(nested);
-    drop(bypass);
-    drop(abort);
-    let destroyed = unit.destroy_viommu(viommu).map_err(|(_, e)| e);
-    let parent_freed = !parent_in_use(unit, &parent);
+    // Teardown, in the only order the model allows.
+    let parent_busy = io.destroy_domain(guest, parent);
+    io.attach(devh, guest, Target::Blocked).map_err(fail)?;
+    for d in [nested, bypass, abort] {
+        io.destroy_domain(guest, d).map_err(fail)?;
+    }
+    io.unset_virtual_device(guest, viommu, VIRTUAL_SID)
+        .map_err(fail)?;
+    io.release(devh, guest).map_err(fail)?;
+    let destroyed = io.destroy_viommu(guest, viommu);
+    let parent_freed = !parent_in_use(unit, io.domain_hw(guest, parent).map_err(fail)?);
+    io.destroy_domain(guest, parent).map_err(fail)?;
+    println!(
+        "  hypervisor: guest bypass and abort vSTEs honoured; torn down: device, nested \
+         domains, virtual id, vIOMMU, parent"
+    );
 
     read.map_err(fail)?;
     write.map_err(fail)?;
@@ -300,6 +388,7 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         landed,
         "guest-IOVA DMA did not land in host page {host_buffer:#x}"
     );
+    let refused = refused.map_err(fail)?;
     ensure_eq!(
         refused.refused,
         Some(UnitError::GuestCommand("stream id not the guest's"))
@@ -315,6 +404,7 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         stale_landed,
         "no cached translation survived the guest's unmap: the TLBI test proves nothing"
     );
+    let forwarded = forwarded.map_err(fail)?;
     ensure_eq!(forwarded.refused, None);
     ensure_eq!(forwarded.done, 3);
     after.map_err(fail)?;
@@ -336,6 +426,13 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     );
     aborted.map_err(fail)?;
     ensure!(aborted_untouched, "DMA got through a guest abort vSTE");
+    ensure_eq!(
+        parent_busy,
+        Err(Error::ParentInUse {
+            domain: parent,
+            viommus: 1
+        })
+    );
     destroyed.map_err(fail)?;
     ensure!(
         parent_freed,
