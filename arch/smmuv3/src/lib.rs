@@ -30,5 +30,6 @@ pub mod registers;
 pub mod sim;
 pub mod smmu;
 pub mod stream_table;
+pub mod substream;
 pub mod sync;
 pub mod unit;

@@ -85,8 +85,8 @@ impl CmdqRegisters for Arc<SimulatedSmmu> {
     fn read_gerrorn(&self) -> u32 {
         (**self).read_gerrorn()
     }
-    fn write_gerrorn(&self, value: u32) {
-        (**self).write_gerrorn(value)
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        (**self).acknowledge_gerror(mask)
     }
 }
 
@@ -438,7 +438,9 @@ impl CmdqRegisters for RunawayCons {
     fn read_gerrorn(&self) -> u32 {
         0
     }
-    fn write_gerrorn(&self, _: u32) {}
+    fn acknowledge_gerror(&self, _: u32) -> u32 {
+        0
+    }
 }
 
 #[test]
