@@ -27,16 +27,16 @@ use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
 use iommu_smmuv3::smmu::{SmmuConfig, SmmuUnit};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
 
-type Unit = SmmuUnit<&'static KernelHal>;
+pub(super) type Unit = SmmuUnit<&'static KernelHal>;
 
 /// Where QEMU logs a faulting translation (smmuv3_translate) and a command it refuses.
-const TRANSLATION_FAILED: &str = "translation failed for iova";
+pub(super) const TRANSLATION_FAILED: &str = "translation failed for iova";
 
 /// The SMMU as the tests share it: brought up once per boot, or again after a test that brought
 /// it up differently (the old unit's tables are then leaked, which a test kernel can afford).
-static UNIT: spin::Mutex<Option<&'static Unit>> = spin::Mutex::new(None);
+pub(super) static UNIT: spin::Mutex<Option<&'static Unit>> = spin::Mutex::new(None);
 
-fn smmu_regs(m: &Machine) -> Result<NonNull<SmmuRegisters>, Failure> {
+pub(super) fn smmu_regs(m: &Machine) -> Result<NonNull<SmmuRegisters>, Failure> {
     let dt = devicetree(m)?;
     let smmu = dt
         .smmus()
@@ -47,7 +47,7 @@ fn smmu_regs(m: &Machine) -> Result<NonNull<SmmuRegisters>, Failure> {
 }
 
 /// Brings the SMMU up with `config`, replacing whatever unit the tests used before.
-fn bring_up(m: &Machine, config: SmmuConfig) -> Result<&'static Unit, Failure> {
+pub(super) fn bring_up(m: &Machine, config: SmmuConfig) -> Result<&'static Unit, Failure> {
     let regs = smmu_regs(m)?;
     // SAFETY: the frame comes from the devicetree and lies in the first TiB, which the boot code
     // identity-maps as Device memory; the tests run on one CPU and only the unit they share
@@ -63,7 +63,7 @@ fn default_config(_m: &Machine) -> Result<SmmuConfig, Failure> {
     Ok(SmmuConfig::default())
 }
 
-fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
+pub(super) fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
     if let Some(u) = *UNIT.lock() {
         return Ok(u);
     }
@@ -202,7 +202,13 @@ impl Drop for Aligned {
 
 /// edu reads 64 bytes at `iova + src` and writes them back at `iova + dst`; checks they landed at
 /// `buf + dst`.
-fn copy_through(edu: &EduDevice, buf: &Aligned, iova: u64, src: usize, dst: usize) -> TestResult {
+pub(super) fn copy_through(
+    edu: &EduDevice,
+    buf: &Aligned,
+    iova: u64,
+    src: usize,
+    dst: usize,
+) -> TestResult {
     (0..64).for_each(|i| buf.set(src + i, 0x40 + i as u8));
     edu.edu
         .dma_from_ram(iova + src as u64, 0, 64)
@@ -217,7 +223,7 @@ fn copy_through(edu: &EduDevice, buf: &Aligned, iova: u64, src: usize, dst: usiz
     Ok(())
 }
 
-fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
+pub(super) fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
     let edus = edu_devices(m)?;
     let e = edus.first().ok_or_else(|| fail("needs an edu device"))?;
     let dev = rid_stream_id(e);
@@ -225,7 +231,7 @@ fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
 }
 
 /// Stage 1 where the SMMU has it, else stage 2.
-fn preferred_stage(unit: &Unit) -> Stage {
+pub(super) fn preferred_stage(unit: &Unit) -> Stage {
     if unit.features().stages.stage1() {
         Stage::First
     } else {
@@ -234,7 +240,7 @@ fn preferred_stage(unit: &Unit) -> Stage {
 }
 
 /// The stages the SMMU has.
-fn stages(unit: &Unit) -> Vec<Stage> {
+pub(super) fn stages(unit: &Unit) -> Vec<Stage> {
     let s = unit.features().stages;
     [(s.stage1(), Stage::First), (s.stage2(), Stage::Second)]
         .into_iter()
@@ -244,7 +250,7 @@ fn stages(unit: &Unit) -> Vec<Stage> {
 
 /// Fails unless a fault of `kind` by `dev` in the page of `iova` was recorded since the last
 /// drain; returns whether the queue overflowed.
-fn expect_fault(unit: &Unit, dev: DeviceId, iova: u64, kind: FaultKind) -> TestResult {
+pub(super) fn expect_fault(unit: &Unit, dev: DeviceId, iova: u64, kind: FaultKind) -> TestResult {
     let mut faults = Vec::new();
     unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
     let hit = faults
@@ -301,7 +307,7 @@ fn granule_round_trip(
     expect_fault(unit, dev, iova + 64, FaultKind::Translation)
 }
 
-fn announce_faults() {
+pub(super) fn announce_faults() {
     iommu_boot::println!();
     allow_guest_error(TRANSLATION_FAILED);
 }
