@@ -162,6 +162,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::eventq_interrupt_raises_its_spi,
     },
     Test {
+        name: "eventq_irq_is_taken_and_the_event_drained",
+        run: dma::eventq_irq_is_taken_and_the_event_drained,
+    },
+    Test {
         name: "event_storm_overflows_and_recovers",
         run: dma::event_storm_overflows_and_recovers,
     },
