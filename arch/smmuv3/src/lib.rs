@@ -25,6 +25,7 @@ pub mod devicetree;
 pub mod eventq;
 pub mod idr;
 pub mod iort;
+pub mod platform;
 pub mod registers;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

@@ -26,6 +26,7 @@ use iommu_smmuv3::attributes::Granule;
 use iommu_smmuv3::cmdq::{CmdqError, CommandErrorCode};
 use iommu_smmuv3::command::Command;
 use iommu_smmuv3::devicetree::{GicVersion, Interrupt, Trigger};
+use iommu_smmuv3::platform::SmmuDescription;
 use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
 use iommu_smmuv3::smmu::{SmmuConfig, SmmuUnit};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
@@ -46,7 +47,10 @@ pub(super) fn smmu_regs(m: &Machine) -> Result<NonNull<SmmuRegisters>, Failure> 
         .next()
         .ok_or_else(|| fail("no arm,smmu-v3 node"))?
         .map_err(fail)?;
-    NonNull::new(smmu.regs.base as *mut SmmuRegisters).ok_or_else(|| fail("SMMU at address 0"))
+    // The same description an ACPI machine gets from its IORT (platform.rs, host-tested).
+    SmmuDescription::from_devicetree(&smmu)
+        .identity_mapped_registers()
+        .ok_or_else(|| fail("SMMU at address 0"))
 }
 
 /// Brings the SMMU up with `config`, replacing whatever unit the tests used before.
