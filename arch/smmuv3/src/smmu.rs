@@ -1264,21 +1264,35 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         }
         // Every TLB and walk-cache entry tagged with the domain's tag goes before the tag is
         // handed out again and before the tables are freed.
-        let cmd = match &domain.kind {
-            DomainKind::Stage1 { asid, vmid, .. } => Command::TlbiNhAsid {
-                vmid: vmid.load(Ordering::Relaxed),
-                asid: *asid,
-            },
-            DomainKind::Shared { cd, .. } => Command::TlbiNhAsid {
-                vmid: 0,
-                asid: cd.asid,
-            },
-            DomainKind::Stage2 { s2, .. } => Command::TlbiS12Vmall { vmid: s2.vmid },
+        // A stage-1 domain nested in a parent may also have been attached on its own before
+        // (entries under VMID 0): both VMIDs are invalidated.
+        let cmds = match &domain.kind {
+            DomainKind::Stage1 { asid, vmid, .. } => [
+                Some(Command::TlbiNhAsid {
+                    vmid: 0,
+                    asid: *asid,
+                }),
+                match vmid.load(Ordering::Relaxed) {
+                    0 => None,
+                    vmid => Some(Command::TlbiNhAsid { vmid, asid: *asid }),
+                },
+            ],
+            DomainKind::Shared { cd, .. } => [
+                Some(Command::TlbiNhAsid {
+                    vmid: 0,
+                    asid: cd.asid,
+                }),
+                None,
+            ],
+            DomainKind::Stage2 { s2, .. } => [Some(Command::TlbiS12Vmall { vmid: s2.vmid }), None],
         };
-        let done = cmd
-            .encode()
-            .map_err(CmdqError::Encode)
-            .and_then(|c| self.cmdq.submit_and_sync(&[c]));
+        let done = (|| {
+            let mut batch = self.cmdq.batch();
+            for cmd in cmds.into_iter().flatten() {
+                batch.push(cmd)?;
+            }
+            batch.finish()
+        })();
         if let Err(e) = done {
             return Err((domain, SmmuError::Command(e).into()));
         }
