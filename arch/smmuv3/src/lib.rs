@@ -33,4 +33,5 @@ pub mod smmu;
 pub mod stream_table;
 pub mod substream;
 pub mod sync;
+pub mod two_level;
 pub mod unit;
