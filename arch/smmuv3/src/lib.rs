@@ -7,7 +7,11 @@
 //! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
 //! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
 //! - [`unit`]: reading them from a mapped SMMU.
-//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it.
+//! - [`platform`]: one description of an SMMU, from either the devicetree or the IORT.
+//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it, with the
+//!   records of which domains each stream uses.
+//! - [`substream`]: a stream's own CD table when PASIDs are attached.
+//! - [`two_level`]: the linear/2-level index arithmetic of stream and CD tables.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.
