@@ -28,7 +28,7 @@ pub const MAX_LOG2_ENTRIES: u8 = 19;
 /// The four registers the queue protocol uses.
 ///
 /// Implementations give the semantics of the device accessors a driver uses for MMIO:
-/// [`write_prod`](Self::write_prod) and [`write_gerrorn`](Self::write_gerrorn) order every
+/// [`write_prod`](Self::write_prod) and [`acknowledge_gerror`](Self::acknowledge_gerror) order every
 /// earlier memory access of this CPU before the register write as the SMMU observes it (Linux's
 /// `writel`: a `DMB OSHST` before the store on AArch64), and the reads order the register read
 /// before every later memory access (`readl`: a `DMB OSHLD` after it).
@@ -41,10 +41,12 @@ pub trait CmdqRegisters: Sync {
     fn read_gerror(&self) -> u32;
     /// SMMU_GERRORN.
     fn read_gerrorn(&self) -> u32;
-    /// SMMU_GERRORN: acknowledges the errors whose bits now equal GERROR's. The queue only
-    /// flips CMDQ_ERR; an embedder that also acknowledges other errors (event queue aborts)
-    /// from another CPU must serialise the read-modify-write.
-    fn write_gerrorn(&self, value: u32);
+    /// Acknowledges the global errors of `mask`: makes those bits of SMMU_GERRORN equal to
+    /// GERROR's and leaves the others, in one read-modify-write that the implementation
+    /// serialises against every other acknowledgement of the same SMMU (the command queue
+    /// acknowledges CMDQ_ERR, the event-queue drain EVENTQ_ABT_ERR, from any CPU). Returns the
+    /// bits of `mask` that were active.
+    fn acknowledge_gerror(&self, mask: u32) -> u32;
 }
 
 impl<T: CmdqRegisters + ?Sized> CmdqRegisters for &T {
@@ -60,8 +62,8 @@ impl<T: CmdqRegisters + ?Sized> CmdqRegisters for &T {
     fn read_gerrorn(&self) -> u32 {
         (**self).read_gerrorn()
     }
-    fn write_gerrorn(&self, value: u32) {
-        (**self).write_gerrorn(value)
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        (**self).acknowledge_gerror(mask)
     }
 }
 
@@ -164,6 +166,13 @@ impl<const W: usize> QueueMemory<W> for DmaQueueMemory<W> {
 #[derive(Debug)]
 pub struct MmioCmdqRegisters {
     regs: NonNull<SmmuRegisters>,
+    /// Serialises the read-modify-write of GERRORN ([`acknowledge_gerror`]): GERRORN is one
+    /// register whose bits different users acknowledge, so two unserialised writers could each
+    /// write back the other's stale bit and undo (or repeat) an acknowledgement. Every write of
+    /// GERRORN after bring-up goes through this one lock.
+    ///
+    /// [`acknowledge_gerror`]: CmdqRegisters::acknowledge_gerror
+    gerrorn: spin::Mutex<()>,
 }
 
 // SAFETY: the registers are MMIO cells accessed with volatile reads and writes; the SMMU
@@ -179,7 +188,10 @@ impl MmioCmdqRegisters {
     /// `regs` must point to the SMMU's register frame mapped as Device memory for as long as
     /// the value lives.
     pub unsafe fn new(regs: NonNull<SmmuRegisters>) -> Self {
-        Self { regs }
+        Self {
+            regs,
+            gerrorn: spin::Mutex::new(()),
+        }
     }
 
     fn regs(&self) -> &SmmuRegisters {
@@ -234,9 +246,15 @@ impl CmdqRegisters for MmioCmdqRegisters {
         io_read_barrier();
         v
     }
-    fn write_gerrorn(&self, value: u32) {
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        let _serialised = self.gerrorn.lock();
+        let gerror = self.read_gerror();
+        let gerrorn = self.read_gerrorn();
+        // The barrier orders this CPU's earlier stores (a rewritten command slot) before the
+        // acknowledgement that lets the SMMU resume.
         io_write_barrier();
-        self.regs().gerrorn.set(value);
+        self.regs().gerrorn.set((gerrorn & !mask) | (gerror & mask));
+        (gerror ^ gerrorn) & mask
     }
 }
 
@@ -770,7 +788,9 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             // happen after the acknowledgement below.
             self.errors[k].store(seq << 8 | u64::from(code.encoding()), Ordering::Release);
         }
-        self.regs.write_gerrorn((gerrorn & !mask) | (gerror & mask));
+        // CMDQ_ERR cannot toggle again before this acknowledgement (the SMMU is stopped), so
+        // the GERROR bit the acknowledgement copies is the one read above.
+        self.regs.acknowledge_gerror(mask);
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use crate::stream_table::{
     check_addr, frame_for, load_word, plan_entry_update, store_word, CdTableFormat, EntryWords,
     Stage1, SteError, UpdateKind, WalkAttributes, ENTRY_WORDS,
 };
+use crate::two_level::TableShape;
 
 /// Bytes in one CD.
 pub const CD_BYTES: usize = 64;
@@ -412,35 +413,39 @@ impl CdTableGeometry {
         }
     }
 
+    /// The table's shape, shared with the stream table.
+    pub const fn shape(&self) -> TableShape {
+        match *self {
+            Self::Linear { log2_cds } => TableShape {
+                bits: log2_cds,
+                leaf_bits: None,
+            },
+            Self::TwoLevel { log2_cds, leaf } => TableShape {
+                bits: log2_cds,
+                leaf_bits: Some(leaf_bits(leaf)),
+            },
+        }
+    }
+
     /// The first SubstreamID the table does not cover.
     pub const fn ssid_limit(&self) -> u64 {
-        1 << self.log2_cds()
+        self.shape().limit()
     }
 
     /// log2 of the bytes of the table S1ContextPtr points to.
     const fn base_log2_bytes(&self) -> u32 {
-        match *self {
-            Self::Linear { log2_cds } => log2_cds as u32 + 6,
-            Self::TwoLevel { log2_cds, leaf } => (log2_cds - leaf_bits(leaf)) as u32 + 3,
-        }
+        self.shape().base_log2_bytes()
     }
 
     /// Where the CD of `ssid` lives: (level-1 index, index in the table).
     const fn locate(&self, ssid: u32) -> Result<(Option<u64>, u64), CdTableError> {
-        let limit = self.ssid_limit();
-        if ssid as u64 >= limit {
-            return Err(CdTableError::SsidOutOfRange { ssid, limit });
+        match self.shape().locate(ssid) {
+            Some(at) => Ok(at),
+            None => Err(CdTableError::SsidOutOfRange {
+                ssid,
+                limit: self.ssid_limit(),
+            }),
         }
-        Ok(match *self {
-            Self::Linear { .. } => (None, ssid as u64),
-            Self::TwoLevel { leaf, .. } => {
-                let bits = leaf_bits(leaf);
-                (
-                    Some((ssid as u64) >> bits),
-                    (ssid as u64) & ((1 << bits) - 1),
-                )
-            }
-        })
     }
 }
 
@@ -512,10 +517,7 @@ impl<H: Hal> CdTable<H> {
     }
 
     fn leaf_frame(&self) -> Option<FrameSize> {
-        match self.geometry {
-            CdTableGeometry::Linear { .. } => None,
-            CdTableGeometry::TwoLevel { leaf, .. } => frame_for(u32::from(leaf_bits(leaf)) + 6),
-        }
+        frame_for(self.geometry.shape().leaf_log2_bytes()?)
     }
 
     fn frame_bytes(&self, table: PhysAddr) -> u64 {
@@ -629,10 +631,8 @@ impl<H: Hal> CdTable<H> {
     /// No STE the SMMU may still use points at this table (the STEs were changed and a
     /// CMD_CFGI_STE + CMD_SYNC completed for each), or the SMMU is disabled.
     pub unsafe fn free(self) {
-        if let (CdTableGeometry::TwoLevel { log2_cds, leaf }, Some(frame)) =
-            (self.geometry, self.leaf_frame())
-        {
-            for l1 in 0..1u64 << (log2_cds - leaf_bits(leaf)) {
+        if let Some(frame) = self.leaf_frame() {
+            for l1 in 0..self.geometry.shape().level1_entries() {
                 if let Some(l2) = l1cd_decode(self.load(self.base, l1)) {
                     // SAFETY: installed by `ensure_level2` from `alloc_frame(frame)`; unused
                     // per the caller.

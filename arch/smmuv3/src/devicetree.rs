@@ -144,6 +144,27 @@ impl core::error::Error for DtError {}
 /// Result alias of this module.
 pub type Result<T> = core::result::Result<T, DtError>;
 
+/// Which GIC architecture an interrupt controller node describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GicVersion {
+    /// GICv2: memory-mapped CPU interface (GICC).
+    V2,
+    /// GICv3/v4: system-register CPU interface, redistributors.
+    V3,
+}
+
+/// An Arm GIC as the devicetree describes it (bindings `arm,gic.yaml`, `arm,gic-v3.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gic<'a> {
+    /// The node's name, e.g. `intc@8000000`.
+    pub name: &'a str,
+    pub version: GicVersion,
+    /// GICD: the distributor frame (`reg` entry 0).
+    pub distributor: Region,
+    /// `reg` entry 1: the GICv2 CPU interface (GICC), or the GICv3 redistributor range.
+    pub cpu_interface: Region,
+}
+
 /// A physical address range from a `reg` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -475,6 +496,49 @@ impl<'a> Devicetree<'a> {
             .map(move |n| self.smmu_from_node(n))
     }
 
+    /// The interrupt controller the SMMU's wired interrupts go to: the first Arm GIC node, with
+    /// its distributor and (GICv2) CPU interface frames, the first two `reg` entries.
+    pub fn gic(&self) -> Result<Gic<'a>> {
+        let node = self
+            .fdt
+            .all_nodes()
+            .find(|n| {
+                compatibles(n).any(|c| GICV2_COMPATIBLE.contains(&c) || c == GICV3_COMPATIBLE)
+            })
+            .ok_or(DtError::MissingProperty {
+                node: "interrupt controller",
+                property: "compatible = arm,cortex-a15-gic / arm,gic-400 / arm,gic-v3",
+            })?;
+        let version = if is_compatible(&node, GICV3_COMPATIBLE) {
+            GicVersion::V3
+        } else {
+            GicVersion::V2
+        };
+        let mut regs = node.raw_reg().ok_or(DtError::MissingProperty {
+            node: "interrupt controller",
+            property: "reg",
+        })?;
+        let mut next = |what: &'static str| -> Result<Region> {
+            let r = regs.next().ok_or(DtError::BadProperty {
+                property: "reg",
+                problem: what,
+            })?;
+            Ok(Region {
+                base: cells_to_u64(r.address, "reg")?,
+                size: cells_to_u64(r.size, "reg")?,
+            })
+        };
+        let distributor = next("no distributor frame")?;
+        // GICv2: GICC; GICv3: the redistributors.
+        let second = next("no CPU interface / redistributor frame")?;
+        Ok(Gic {
+            name: node.name,
+            version,
+            distributor,
+            cpu_interface: second,
+        })
+    }
+
     /// Every `pci-host-ecam-generic` node, in tree order.
     pub fn pci_hosts(&self) -> impl Iterator<Item = Result<PciHost<'a>>> + '_ {
         self.fdt
@@ -634,6 +698,10 @@ impl<'a> Devicetree<'a> {
         Ok(out)
     }
 }
+
+/// Compatible strings of GICv2 nodes (QEMU's `virt` says `arm,cortex-a15-gic`).
+const GICV2_COMPATIBLE: &[&str] = &["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a9-gic"];
+const GICV3_COMPATIBLE: &str = "arm,gic-v3";
 
 const NODE_SMMU: &str = SMMUV3_COMPATIBLE;
 const NODE_PCI: &str = PCI_HOST_ECAM_COMPATIBLE;

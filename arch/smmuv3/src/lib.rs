@@ -7,7 +7,11 @@
 //! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
 //! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
 //! - [`unit`]: reading them from a mapped SMMU.
-//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it.
+//! - [`platform`]: one description of an SMMU, from either the devicetree or the IORT.
+//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it, with the
+//!   records of which domains each stream uses.
+//! - [`substream`]: a stream's own CD table when PASIDs are attached.
+//! - [`two_level`]: the linear/2-level index arithmetic of stream and CD tables.
 //! - [`guest`]: validation of a guest's vSTE and of its command-queue entries (pure).
 //! - [`viommu`]: the unit side of a vIOMMU: nested domains from vSTEs, forwarded commands.
 //!
@@ -28,11 +32,14 @@ pub mod eventq;
 pub mod guest;
 pub mod idr;
 pub mod iort;
+pub mod platform;
 pub mod registers;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod smmu;
 pub mod stream_table;
+pub mod substream;
 pub mod sync;
+pub mod two_level;
 pub mod unit;
 pub mod viommu;

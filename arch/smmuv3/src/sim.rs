@@ -199,8 +199,19 @@ impl CmdqRegisters for SimulatedSmmu {
     fn read_gerrorn(&self) -> u32 {
         self.gerrorn.load(Ordering::Acquire)
     }
-    fn write_gerrorn(&self, value: u32) {
-        self.gerrorn.store(value, Ordering::Release);
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        let gerror = self.gerror.load(Ordering::Acquire);
+        // One atomic read-modify-write: concurrent acknowledgements of other bits are kept.
+        // Release: software's rewrite of a failed slot is visible to the consumer that sees
+        // the acknowledgement.
+        let old = match self
+            .gerrorn
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some((n & !mask) | (gerror & mask))
+            }) {
+            Ok(n) | Err(n) => n,
+        };
+        (gerror ^ old) & mask
     }
 }
 

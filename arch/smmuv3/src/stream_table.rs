@@ -8,6 +8,7 @@
 //! reads. The SMMU reads each word single-copy atomically but the entry as a whole at any moment
 //! and may cache it until a CMD_CFGI_STE + CMD_SYNC, so updates follow [`plan_entry_update`].
 
+use crate::two_level::TableShape;
 use core::fmt;
 use core::ptr::NonNull;
 
@@ -1162,6 +1163,20 @@ impl StreamTableGeometry {
         Ok(())
     }
 
+    /// The table's shape, shared with CD tables.
+    pub const fn shape(&self) -> TableShape {
+        match *self {
+            Self::Linear { log2_entries } => TableShape {
+                bits: log2_entries,
+                leaf_bits: None,
+            },
+            Self::TwoLevel { sid_bits, split } => TableShape {
+                bits: sid_bits,
+                leaf_bits: Some(split),
+            },
+        }
+    }
+
     /// STRTAB_BASE_CFG.LOG2SIZE.
     pub const fn log2_size(&self) -> u8 {
         match *self {
@@ -1193,33 +1208,24 @@ impl StreamTableGeometry {
 
     /// log2 of the bytes of the table STRTAB_BASE points to (the linear table or level 1).
     const fn base_log2_bytes(&self) -> u32 {
-        match *self {
-            Self::Linear { log2_entries } => log2_entries as u32 + 6,
-            Self::TwoLevel { sid_bits, split } => (sid_bits - split) as u32 + 3,
-        }
+        self.shape().base_log2_bytes()
     }
 
     /// Level-2 table size: `2^split` STEs (2-level only).
     pub const fn level2_entries(&self) -> u64 {
-        match *self {
-            Self::Linear { .. } => 0,
-            Self::TwoLevel { split, .. } => 1 << split,
-        }
+        self.shape().leaf_entries()
     }
 
     /// Where the STE of `sid` lives.
     pub const fn locate(&self, sid: u32) -> Result<SteLocation, StreamTableError> {
-        let limit = self.sid_limit();
-        if sid as u64 >= limit {
-            return Err(StreamTableError::StreamIdOutOfRange { sid, limit });
+        match self.shape().locate(sid) {
+            None => Err(StreamTableError::StreamIdOutOfRange {
+                sid,
+                limit: self.sid_limit(),
+            }),
+            Some((None, index)) => Ok(SteLocation::Linear { index }),
+            Some((Some(l1_index), l2_index)) => Ok(SteLocation::TwoLevel { l1_index, l2_index }),
         }
-        Ok(match *self {
-            Self::Linear { .. } => SteLocation::Linear { index: sid as u64 },
-            Self::TwoLevel { split, .. } => SteLocation::TwoLevel {
-                l1_index: (sid as u64) >> split,
-                l2_index: (sid as u64) & ((1 << split) - 1),
-            },
-        })
     }
 }
 
@@ -1443,8 +1449,12 @@ impl<H: Hal> StreamTable<H> {
         if L1Descriptor::decode(self.load(self.base, l1_index)).is_some() {
             return Ok(false);
         }
-        let frame =
-            frame_for(u32::from(split) + 6).ok_or(StreamTableError::Geometry("table size"))?;
+        let frame = self
+            .geometry
+            .shape()
+            .leaf_log2_bytes()
+            .and_then(frame_for)
+            .ok_or(StreamTableError::Geometry("table size"))?;
         let l2 = self
             .hal
             .alloc_frame(frame)
@@ -1502,14 +1512,13 @@ impl<H: Hal> StreamTable<H> {
     /// The SMMU must no longer use the table: SMMU_CR0.SMMUEN is 0 (acknowledged), or
     /// SMMU_STRTAB_BASE points elsewhere and a CMD_CFGI_ALL + CMD_SYNC has completed.
     pub unsafe fn free(self) {
-        if let StreamTableGeometry::TwoLevel { sid_bits, split } = self.geometry {
-            if let Some(l2_frame) = frame_for(u32::from(split) + 6) {
-                for l1 in 0..1u64 << (sid_bits - split) {
-                    if let Some(d) = L1Descriptor::decode(self.load(self.base, l1)) {
-                        // SAFETY: installed by `ensure_level2` from `alloc_frame(l2_frame)`;
-                        // the caller guarantees the SMMU no longer walks it.
-                        unsafe { self.hal.free_frame(d.l2, l2_frame) };
-                    }
+        let shape = self.geometry.shape();
+        if let Some(l2_frame) = shape.leaf_log2_bytes().and_then(frame_for) {
+            for l1 in 0..shape.level1_entries() {
+                if let Some(d) = L1Descriptor::decode(self.load(self.base, l1)) {
+                    // SAFETY: installed by `ensure_level2` from `alloc_frame(l2_frame)`;
+                    // the caller guarantees the SMMU no longer walks it.
+                    unsafe { self.hal.free_frame(d.l2, l2_frame) };
                 }
             }
         }

@@ -191,27 +191,11 @@ impl NestUsers {
 
 /// Whether `domain` is the nest parent of a vIOMMU or nested domain that still exists: the
 /// check `destroy_domain` must make (refusing with [`UnitError::Busy`]) before freeing a
-/// stage-2 domain's table, then calling `release_parent`.
+/// stage-2 domain's table, then releasing its counter frame.
 pub fn parent_in_use<H: Hal + Clone>(unit: &SmmuUnit<H>, domain: &SmmuDomain<H>) -> bool {
     match &domain.kind {
         DomainKind::Stage2 { nest_users, .. } => nest_users.in_use(&unit.hal),
         _ => false,
-    }
-}
-
-/// Returns the nest-parent counter of a stage-2 domain being destroyed.
-///
-/// # Safety
-/// The caller owns `domain` and [`parent_in_use`] returned false for it.
-#[allow(
-    dead_code,
-    reason = "for SmmuUnit::destroy_domain, written in parallel; until then a parent's \
-              counter frame is leaked with the parent, never freed early"
-)]
-pub(crate) unsafe fn release_parent<H: Hal + Clone>(unit: &SmmuUnit<H>, domain: &SmmuDomain<H>) {
-    if let DomainKind::Stage2 { nest_users, .. } = &domain.kind {
-        // SAFETY: per this function's contract.
-        unsafe { nest_users.release(&unit.hal) };
     }
 }
 
@@ -312,6 +296,7 @@ pub(crate) fn new_nested<H: Hal + Clone>(
     // The entry must encode (it is written only at attach, which must not fail on it then).
     ste.encode().map_err(SmmuError::Entry)?;
     Ok(SmmuDomain {
+        id: unit.new_domain_id(),
         kind: DomainKind::Nested {
             ste,
             vmid: viommu.s2.vmid,

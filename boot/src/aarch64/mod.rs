@@ -8,6 +8,7 @@
 mod entry;
 mod exception;
 mod fdt;
+pub mod gic;
 mod mmu;
 mod psci;
 mod semihosting;

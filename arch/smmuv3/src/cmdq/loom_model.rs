@@ -61,8 +61,8 @@ impl CmdqRegisters for Regs {
     fn read_gerrorn(&self) -> u32 {
         self.smmu.read_gerrorn()
     }
-    fn write_gerrorn(&self, value: u32) {
-        self.smmu.write_gerrorn(value)
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        self.smmu.acknowledge_gerror(mask)
     }
 }
 

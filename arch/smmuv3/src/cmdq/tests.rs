@@ -85,8 +85,8 @@ impl CmdqRegisters for Arc<SimulatedSmmu> {
     fn read_gerrorn(&self) -> u32 {
         (**self).read_gerrorn()
     }
-    fn write_gerrorn(&self, value: u32) {
-        (**self).write_gerrorn(value)
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        (**self).acknowledge_gerror(mask)
     }
 }
 
@@ -438,7 +438,9 @@ impl CmdqRegisters for RunawayCons {
     fn read_gerrorn(&self) -> u32 {
         0
     }
-    fn write_gerrorn(&self, _: u32) {}
+    fn acknowledge_gerror(&self, _: u32) -> u32 {
+        0
+    }
 }
 
 #[test]
@@ -542,4 +544,45 @@ fn abort_and_atc_errors() {
     assert_eq!(q.sync(), Ok(()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(consumer.join().is_ok());
+}
+
+/// GERRORN is acknowledged bit by bit through one serialised read-modify-write: each caller
+/// acknowledges only its own bits and learns whether they were active, and two CPUs
+/// acknowledging different errors at once (the queue's CMDQ_ERR, the event drain's
+/// EVENTQ_ABT_ERR) never undo each other. A register frame in host memory stands in for the
+/// MMIO page; the "SMMU" raises errors only while no acknowledging thread runs.
+#[test]
+fn gerror_acknowledgements_from_two_cpus_are_not_lost() {
+    let mut frame = std::vec![0u64; crate::registers::REGISTER_FRAME_SIZE as usize / 8];
+    let base =
+        core::ptr::NonNull::new(frame.as_mut_ptr().cast::<crate::registers::SmmuRegisters>())
+            .expect("vec pointer");
+    // SAFETY: `frame` is a live, 8-byte aligned allocation as large as the register frame, and
+    // is only reached through `base` from here on.
+    let regs = unsafe { MmioCmdqRegisters::new(base) };
+    let gerror = base.as_ptr().cast::<u32>().wrapping_add(0x60 / 4);
+    let cmdq = GERROR::CMDQ_ERR::SET.value;
+    let abt = GERROR::EVENTQ_ABT_ERR::SET.value;
+    let other = GERROR::SFM_ERR::SET.value;
+    // Nothing active: nothing acknowledged, nothing written that changes a bit.
+    assert_eq!(regs.acknowledge_gerror(cmdq | abt), 0);
+    // An error nobody acknowledges stays active through the others' acknowledgements.
+    // SAFETY: inside `frame`; no other thread runs.
+    unsafe { gerror.write_volatile(gerror.read_volatile() ^ other) };
+    for round in 0..500 {
+        // SAFETY: as above: the SMMU raises both errors (toggles their GERROR bits).
+        unsafe { gerror.write_volatile(gerror.read_volatile() ^ (cmdq | abt)) };
+        thread::scope(|s| {
+            let r = &regs;
+            let a = s.spawn(move || r.acknowledge_gerror(cmdq));
+            let b = s.spawn(move || r.acknowledge_gerror(abt));
+            assert_eq!(a.join().ok(), Some(cmdq), "round {round}");
+            assert_eq!(b.join().ok(), Some(abt), "round {round}");
+        });
+        let active = regs.read_gerror() ^ regs.read_gerrorn();
+        assert_eq!(
+            active, other,
+            "round {round}: only the unacknowledged error is active"
+        );
+    }
 }

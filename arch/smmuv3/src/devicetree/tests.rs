@@ -646,3 +646,29 @@ proptest! {
         exercise(&blob);
     }
 }
+
+/// The GIC of `virt` (hw/arm/virt.c VIRT_GIC_DIST / VIRT_GIC_CPU), GICv2 by default, with the
+/// two frames the test kernels' GIC driver uses; the same on every machine the matrix starts.
+#[test]
+fn virt_gic_from_the_devicetree() {
+    for blob in [VIRT, VIRT_9_0, HIGHMEM_OFF, NO_IOMMU] {
+        let dt = Devicetree::new(blob).expect("QEMU blob parses");
+        let gic = dt.gic().expect("a GIC node");
+        assert_eq!(gic.name, "intc@8000000");
+        assert_eq!(gic.version, GicVersion::V2);
+        assert_eq!(
+            gic.distributor,
+            Region {
+                base: 0x800_0000,
+                size: 0x1_0000
+            }
+        );
+        assert_eq!(
+            gic.cpu_interface,
+            Region {
+                base: 0x801_0000,
+                size: 0x1_0000
+            }
+        );
+    }
+}

@@ -7,6 +7,7 @@
 //! with `-global arm-smmuv3.stage=1`/`=2`.
 
 mod dma;
+mod lifecycle;
 mod viommu;
 
 use core::ptr::NonNull;
@@ -166,12 +167,41 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::eventq_interrupt_raises_its_spi,
     },
     Test {
+        name: "eventq_irq_is_taken_and_the_event_drained",
+        run: dma::eventq_irq_is_taken_and_the_event_drained,
+    },
+    Test {
         name: "event_storm_overflows_and_recovers",
         run: dma::event_storm_overflows_and_recovers,
     },
     Test {
         name: "illegal_command_is_reported_and_queue_recovers",
         run: dma::illegal_command_is_reported_and_queue_recovers,
+    },
+    // The TranslationUnit methods beyond map/attach (lifecycle.rs).
+    Test {
+        name: "info_matches_the_machine",
+        run: lifecycle::info_matches_the_machine,
+    },
+    Test {
+        name: "destroy_refuses_used_domains_and_frees_the_rest",
+        run: lifecycle::destroy_refuses_used_domains_and_frees_the_rest,
+    },
+    Test {
+        name: "reused_tags_carry_no_stale_translation",
+        run: lifecycle::reused_tags_carry_no_stale_translation,
+    },
+    Test {
+        name: "shared_cpu_table_translates_until_flushed",
+        run: lifecycle::shared_cpu_table_translates_until_flushed,
+    },
+    Test {
+        name: "flush_of_a_paging_domain_keeps_mappings",
+        run: lifecycle::flush_of_a_paging_domain_keeps_mappings,
+    },
+    Test {
+        name: "pasid_attach_is_refused_without_substreams",
+        run: lifecycle::pasid_attach_is_refused_without_substreams,
     },
 ];
 
