@@ -333,9 +333,9 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     let mut faults = Vec::new();
     unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
     println!(
-        "  hypervisor: guest batch naming a foreign stream id stopped after {:?} command(s); \
+        "  hypervisor: guest batch naming a foreign stream id stopped after {} command(s); \
          guest unmapped its page and forwarded TLBI_NH_VA + SYNC",
-        refused.as_ref().map(|r| r.done)
+        refused.as_ref().map_or(0, |r| r.done)
     );
     if let Some(f) = faults.first() {
         println!("  hypervisor: the guest's DMA to its old IOVA faulted: {f}");
