@@ -333,8 +333,10 @@ pub trait TranslationUnit {
     fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)>;
 
     /// A nested domain: the guest's stage-1 configuration `guest` (validated field by field;
-    /// see [`GuestEntry`]) over `viommu`'s nest parent. Guest abort/bypass entries give a
-    /// blocking domain / the parent's translation alone.
+    /// see [`GuestEntry`]) over `viommu`'s nest parent. A guest abort / bypass entry gives a
+    /// blocking domain / the parent's translation alone (SMMUv3: V=0 or Config abort / bypass;
+    /// VT-d: PGTT pass-through; a not-present VT-d entry is refused: attach the device
+    /// [`Attachment::Blocking`] instead).
     fn new_nested(
         &self,
         viommu: &Self::VIommu,
