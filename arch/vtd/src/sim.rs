@@ -729,6 +729,13 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
         iotlb.contains(&(3, host.raw(), 0x20_0001)),
         "two pages (AM 1) for the nested id: {iotlb:?}"
     );
+    // Past the threshold (1 TiB: 1024 blocks of 2^MAMV pages): domain-selective for each.
+    unit.flush(&parent, Iova::new(0), 1 << 40).unwrap();
+    let iotlb = queued_iotlb(&sim.take_log());
+    for id in [parent.id(), host, c.id()] {
+        assert!(iotlb.contains(&(2, id.raw(), 0)), "{iotlb:?}");
+    }
+    assert_eq!(iotlb.len(), 3, "{iotlb:?}");
 
     // A guest's PASID-based IOTLB invalidation with its domain id reaches the host id; one
     // with a pass-through binding still reaches the parent's.
@@ -775,7 +782,6 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
         queued_iotlb(&sim.take_log()).is_empty(),
         "nothing to release yet"
     );
-    unit.unmap(&parent, Iova::new(0x10_0000), 4096).ok();
     unit.flush(&parent, Iova::new(0x10_0000), 4096).unwrap();
     assert!(queued_iotlb(&sim.take_log())
         .iter()
