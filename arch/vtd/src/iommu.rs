@@ -9,8 +9,9 @@
 //! translation on. Every handshake is a bounded poll with a typed timeout.
 //!
 //! Structure changes (root/context/PASID entries, domain ids) are serialised by one lock: they
-//! happen at attach, create and destroy time only. Map and unmap take no lock (the engine is
-//! lock-free and so is the queue).
+//! happen at attach, create and destroy time only. Map and unmap take no lock over the tables
+//! (the engine is lock-free and so is the queue); their flush reads a nest parent's nested
+//! domain ids under a short spin lock of its own (see [`crate::viommu::NestParents`]).
 //!
 //! Domain ids are reused: [`TranslationUnit::destroy_domain`] refuses a domain any context or
 //! PASID entry still points at (counted per id in [`crate::domain_ids`]), invalidates every
@@ -37,8 +38,8 @@ use iommu::unit::{
 
 use crate::caps::Agaw;
 use crate::descriptor::{
-    plan_flush, ContextCacheScope, Descriptor, Drain, FlushLimits, FunctionMask, IotlbScope,
-    IovaRange, PasidCacheScope, PasidIotlbScope,
+    plan_flush, ContextCacheScope, Descriptor, Drain, FlushLimits, FlushPlan, FunctionMask,
+    IotlbScope, IovaRange, PasidCacheScope, PasidIotlbScope,
 };
 use crate::dmar::Dmar;
 use crate::domain_ids::DomainIds;
@@ -766,7 +767,43 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 });
             }
         }
-        self.invalidate(batch.iter())
+        self.invalidate(batch.iter())?;
+        self.flush_nested(domain.id, &plan)
+    }
+
+    /// The rest of a nest parent's flush: the nested domains built on it (`crate::viommu`)
+    /// cache combined translations through its table under ids of their own, so each such id
+    /// gets the parent's IOTLB invalidation too (6.5.2.3, as for the parent: page-selective
+    /// on the parent's guest-physical addresses, which also drops the nested translations that
+    /// went through them, or domain-selective). Never with IH: a parent leaf may map a page of
+    /// a guest's first-stage table, which nested paging-structure caches point into.
+    ///
+    /// The ids are read under the nest-parents lock after the parent's table changed; why one
+    /// added meanwhile needs nothing is at [`crate::viommu::NestParents`].
+    fn flush_nested(&self, parent: DomainId, plan: &FlushPlan<'_>) -> Result<(), UnitError> {
+        let (ids, len) = self.nest_parents.nested_of(parent);
+        let mut batch = Batch::new();
+        for &id in ids.iter().take(len) {
+            let per_id = plan.iotlb_descriptors(id, self.drain(), false);
+            if batch.len + per_id.len() > batch.items.len() && batch.len > 0 {
+                self.invalidate(batch.iter())?;
+                batch = Batch::new();
+            }
+            if per_id.len() > batch.items.len() {
+                batch.push(Descriptor::Iotlb {
+                    scope: IotlbScope::Domain(id),
+                    drain: self.drain(),
+                });
+            } else {
+                for d in per_id {
+                    batch.push(d);
+                }
+            }
+        }
+        if batch.len > 0 {
+            self.invalidate(batch.iter())?;
+        }
+        Ok(())
     }
 
     // ---- table memory -------------------------------------------------------------------
@@ -1271,13 +1308,22 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         if self.ids.users(&self.hal, domain.id) != 0 {
             return Err((domain, UnitError::Busy));
         }
-        // A nested domain on the parent alone carries the parent's id and table: neither is
-        // its to give back; its vIOMMU forgets one user of the guest's id. (The users count is
-        // per id, so this waits until the parent itself is attached nowhere either.)
+        // A nested domain has no table of its own: its vIOMMU forgets one user of the guest's
+        // id, and the last one over a guest first stage gives the host id back. (The users
+        // count is per id, so this waits until no entry tagged with the id is left: for the
+        // parent alone, until the parent itself is attached nowhere either.)
         let domain = match domain.table {
             DomainTable::Nested(n) => {
-                crate::viommu::destroy_nested(n);
-                return Ok(());
+                let id = domain.id;
+                return crate::viommu::destroy_nested(self, id, n).map_err(|(n, e)| {
+                    (
+                        VtdDomain {
+                            id,
+                            table: DomainTable::Nested(n),
+                        },
+                        e,
+                    )
+                });
             }
             table => VtdDomain { table, ..domain },
         };
@@ -1553,7 +1599,7 @@ fn clean<H: Hal>(hal: &H, coherency: Coherency, frame: PhysAddr, len: usize) {
     }
 }
 
-fn entry_error(e: EntryError) -> UnitError {
+pub(crate) fn entry_error(e: EntryError) -> UnitError {
     match e {
         EntryError::Unsupported { feature } => UnitError::Unsupported(feature),
         EntryError::DomainIdOutOfRange { .. } | EntryError::DomainIdZeroInCachingMode => {

@@ -29,7 +29,7 @@ use crate::iommu::{Mode, VtdUnit};
 use crate::pasid::{Pasid, PasidDirEntry, PasidEntry, Pgtt};
 use crate::qi::{QueueFrames, QueueSize};
 use crate::root_table::{
-    scalable_context_slot, ContextEntry, ContextHalf, RootEntry, ScalableContextEntry,
+    scalable_context_slot, ContextEntry, ContextHalf, DomainId, RootEntry, ScalableContextEntry,
     ScalableRootEntry, SourceId,
 };
 use crate::unit::UnitRegisters;
@@ -628,4 +628,222 @@ fn rmrr_ranges_are_identity_mapped_for_their_device_in_every_domain() {
     unit.destroy_domain(other).map_err(|(_, e)| e).unwrap();
     // SAFETY: allocated above, unmapped.
     unsafe { hal.free_frame(frame, FrameSize::SIZE_4K) };
+}
+
+/// ECAP.NEST.
+const NEST: u64 = 1 << 26;
+
+/// The queued IOTLB invalidations (type 2): (granularity, domain id, ADDR | IH | AM).
+fn queued_iotlb(log: &[Event]) -> Vec<(u64, u16, u64)> {
+    log.iter()
+        .filter_map(|e| match e {
+            Event::Queued([w0, w1]) if w0 & 0xf == 2 => {
+                Some(((w0 >> 4) & 3, (w0 >> 16) as u16, *w1))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach() {
+    let sim = SimUnit::new(CAP, ECAP_SCALABLE | NEST);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let width = VtdUnit::<&HostHal>::queue_width(regs.info());
+    let frames = QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, width).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, Some(frames.memory())).unwrap();
+    assert!(TranslationUnit::info(&unit).nesting);
+
+    let parent = unit.new_domain(Stage::Second, 48).unwrap();
+    let page = hal.alloc_frame(FrameSize::SIZE_4K).unwrap();
+    unit.map(&parent, Iova::new(0x10_0000), page, 4096, Prot::READ_WRITE)
+        .unwrap();
+    let viommu = unit.new_viommu(&parent).unwrap();
+
+    // A guest's first-stage entry: P | AW 2 | PGTT 001, DID 0x42, FSPTPTR 0x1234_5000 | WPE.
+    let guest = |did: u64| [0x49, did, 0x1234_5010, 0, 0, 0, 0, 0];
+    let a = unit.new_nested(&viommu, &guest(0x42)).unwrap();
+    let host = a.id();
+    assert_ne!(
+        host,
+        parent.id(),
+        "nested translations get a host id of their own"
+    );
+    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    // Another nested domain with the same guest id shares the host id; another guest id not.
+    let b = unit.new_nested(&viommu, &guest(0x42)).unwrap();
+    assert_eq!(b.id(), host);
+    let c = unit.new_nested(&viommu, &guest(0x43)).unwrap();
+    assert!(c.id() != host && c.id() != parent.id());
+    assert_eq!(viommu.nested_domains(), 3);
+    // A guest pass-through entry with a guest id that tags nested translations: refused.
+    let pass_through = [0x1 | 4 << 6, 0x42, 0, 0, 0, 0, 0, 0];
+    assert!(matches!(
+        unit.new_nested(&viommu, &pass_through),
+        Err(UnitError::GuestEntry(s)) if s.starts_with("DID")
+    ));
+    assert_eq!(viommu.nested_domains(), 3);
+    // Map and unmap belong to the guest's table and the parent.
+    assert!(matches!(
+        unit.unmap(&a, Iova::new(0), 4096),
+        Err(UnitError::Unsupported(_))
+    ));
+
+    // Attach: a nested PASID entry, read back from the unit's tables.
+    let sid = SourceId::from_raw(EDU.0 as u16);
+    unit.attach_pasid(EDU, 3, Attachment::Paging(&a)).unwrap();
+    let e = pasid_entry(&hal, unit_root(&unit), sid, Pasid::new(3).unwrap()).unwrap();
+    let f = e.fields();
+    assert!(f.present && f.reserved.is_none());
+    assert_eq!(f.pgtt, Ok(Pgtt::Nested));
+    assert_eq!(f.domain, host);
+    assert_eq!(f.first_stage_root, PhysAddr::new(0x1234_5000));
+    assert_eq!(f.first_stage_paging, 0, "4-level");
+    assert!(f.write_protect && !f.supervisor_requests);
+    assert_eq!(f.second_stage_root, parent.root());
+    assert_eq!(f.aw, 2, "the parent's 4-level depth");
+    assert_eq!(unit.domain_users(&a), 1);
+    sim.take_log();
+
+    // A parent unmap invalidates the parent's id and both nested ids over the range, with
+    // IH clear for the nested ones.
+    assert_eq!(unit.unmap(&parent, Iova::new(0x10_0000), 4096), Ok(4096));
+    let iotlb = queued_iotlb(&sim.take_log());
+    let mut got_nested: Vec<_> = iotlb
+        .iter()
+        .filter(|i| i.1 != parent.id().raw())
+        .copied()
+        .collect();
+    got_nested.sort();
+    let mut want_nested = std::vec![(3, host.raw(), 0x10_0000), (3, c.id().raw(), 0x10_0000)];
+    want_nested.sort();
+    assert_eq!(got_nested, want_nested, "{iotlb:?}");
+    assert!(iotlb
+        .iter()
+        .any(|i| i.1 == parent.id().raw() && i.0 == 3 && i.2 & !0xfff == 0x10_0000));
+    // And so does a flush of the parent (a table the embedder changed).
+    unit.flush(&parent, Iova::new(0x20_0000), 0x2000).unwrap();
+    let iotlb = queued_iotlb(&sim.take_log());
+    assert!(
+        iotlb.contains(&(3, host.raw(), 0x20_0001)),
+        "two pages (AM 1) for the nested id: {iotlb:?}"
+    );
+    // Past the threshold (1 TiB: 1024 blocks of 2^MAMV pages): domain-selective for each.
+    unit.flush(&parent, Iova::new(0), 1 << 40).unwrap();
+    let iotlb = queued_iotlb(&sim.take_log());
+    for id in [parent.id(), host, c.id()] {
+        assert!(iotlb.contains(&(2, id.raw(), 0)), "{iotlb:?}");
+    }
+    assert_eq!(iotlb.len(), 3, "{iotlb:?}");
+
+    // A guest's PASID-based IOTLB invalidation with its domain id reaches the host id; one
+    // with a pass-through binding still reaches the parent's.
+    let piotlb = |did: u64| [0x6 | 2 << 4 | did << 16 | 3 << 32, 0, 0, 0];
+    let devices = |v: u32| (v == 0x10).then_some(EDU);
+    let f = unit.forward_invalidations(&viommu, &devices, &[piotlb(0x42), piotlb(0x43)]);
+    assert_eq!((f.done, f.refused), (2, None));
+    let dids: Vec<_> = sim
+        .take_log()
+        .iter()
+        .filter_map(|e| queued(e).filter(|(t, _)| *t == 6).map(|(_, d)| d))
+        .collect();
+    assert_eq!(dids, [host.raw(), c.id().raw()]);
+    let pt = unit
+        .new_nested(&viommu, &[0x1 | 4 << 6, 0x50, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    assert_eq!(pt.id(), parent.id());
+    let f = unit.forward_invalidations(&viommu, &devices, &[piotlb(0x50)]);
+    assert_eq!((f.done, f.refused), (1, None));
+    assert!(sim
+        .take_log()
+        .iter()
+        .any(|e| queued(e) == Some((6, parent.id().raw()))));
+    let f = unit.forward_invalidations(&viommu, &devices, &[piotlb(0x44)]);
+    assert_eq!(f.done, 0);
+
+    // The vIOMMU and the parent are busy while nested domains exist; `a` while attached.
+    let viommu = match unit.destroy_viommu(viommu) {
+        Err((v, UnitError::Busy)) => v,
+        _ => panic!("destroy_viommu with nested domains"),
+    };
+    let (parent, err) = unit.destroy_domain(parent).unwrap_err();
+    assert_eq!(err, UnitError::Busy);
+    let (a, err) = unit.destroy_domain(a).unwrap_err();
+    assert_eq!(err, UnitError::Busy);
+    unit.attach_pasid(EDU, 3, Attachment::Blocking).unwrap();
+    sim.take_log();
+
+    // The first of two domains with the host id goes: the id stays, still flushed with the
+    // parent.
+    unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
+    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    assert!(
+        queued_iotlb(&sim.take_log()).is_empty(),
+        "nothing to release yet"
+    );
+    unit.flush(&parent, Iova::new(0x10_0000), 4096).unwrap();
+    assert!(queued_iotlb(&sim.take_log())
+        .iter()
+        .any(|i| i.1 == host.raw()));
+    // The last one: a domain-selective PASID-cache and IOTLB invalidation of the host id,
+    // which then is no longer flushed with the parent and goes back for reuse.
+    unit.destroy_domain(b).map_err(|(_, e)| e).unwrap();
+    let log = sim.take_log();
+    assert!(
+        log.iter().any(|e| queued(e) == Some((7, host.raw()))),
+        "{log:?}"
+    );
+    assert!(
+        queued_iotlb(&log)
+            .iter()
+            .any(|i| i.0 == 2 && i.1 == host.raw()),
+        "{log:?}"
+    );
+    assert_eq!(viommu.host_domain(DomainId::new(0x42)), None);
+    unit.flush(&parent, Iova::new(0x10_0000), 4096).unwrap();
+    let iotlb = queued_iotlb(&sim.take_log());
+    assert!(!iotlb.iter().any(|i| i.1 == host.raw()), "{iotlb:?}");
+    assert!(iotlb.iter().any(|i| i.1 == c.id().raw()));
+    let c_id = c.id();
+    unit.destroy_domain(c).map_err(|(_, e)| e).unwrap();
+    unit.destroy_domain(pt).map_err(|(_, e)| e).unwrap();
+    assert_eq!(viommu.nested_domains(), 0);
+    unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
+    let again = unit.new_domain(Stage::Second, 48).unwrap();
+    assert!(
+        again.id() == host || again.id() == c_id,
+        "a released id is reused"
+    );
+    unit.destroy_domain(again).map_err(|(_, e)| e).unwrap();
+    unit.destroy_domain(parent).map_err(|(_, e)| e).unwrap();
+    // SAFETY: allocated above; unmapped from the parent, which is gone.
+    unsafe { hal.free_frame(page, FrameSize::SIZE_4K) };
+}
+
+#[test]
+fn without_nest_a_guest_first_stage_is_refused_after_its_check() {
+    let sim = SimUnit::new(CAP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let width = VtdUnit::<&HostHal>::queue_width(regs.info());
+    let frames = QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, width).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, Some(frames.memory())).unwrap();
+    let parent = unit.new_domain(Stage::Second, 48).unwrap();
+    let viommu = unit.new_viommu(&parent).unwrap();
+    let high = unit.domain_id_high_water();
+    assert_eq!(
+        unit.new_nested(&viommu, &[0x49, 0x42, 0x1234_5010, 0, 0, 0, 0, 0])
+            .err(),
+        Some(UnitError::Unsupported("nested translation (ECAP.NEST)"))
+    );
+    // A bad entry is refused by its field first.
+    assert!(matches!(
+        unit.new_nested(&viommu, &[0x49, 0x42, 0x1234_5010 | 1 << 9, 0, 0, 0, 0, 0]),
+        Err(UnitError::GuestEntry(_))
+    ));
+    assert_eq!(unit.domain_id_high_water(), high, "no id taken");
+    assert_eq!(viommu.nested_domains(), 0);
+    unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
+    unit.destroy_domain(parent).map_err(|(_, e)| e).unwrap();
 }

@@ -8,10 +8,13 @@
 //! - guest pass-through (PGTT 100) gives a domain translated by the parent alone: a second-stage
 //!   PASID entry on the parent's table, tagged with the parent's domain id so that the parent's
 //!   unmaps invalidate it;
-//! - guest first stage (PGTT 001) needs ECAP.NEST. QEMU 10 has none; on hardware that has it
-//!   the entry is checked and its nested PASID entry can be built ([`nested_entry`]), but the
-//!   domain is refused: nested translations are tagged with their own domain ids, and the
-//!   parent's unmaps do not invalidate those yet.
+//! - guest first stage (PGTT 001) needs ECAP.NEST (with FLTS and SLTS; QEMU 10 has none): a
+//!   nested PASID entry ([`nested_entry`], PGTT 011, 3.8) with the guest's first-stage table
+//!   over the parent's second stage, tagged with a host domain id of its own: one per (vIOMMU,
+//!   guest domain id), shared by the nested domains built with that guest id and given back
+//!   with the last of them. Its IOTLB entries cache combined (guest IOVA to host physical)
+//!   translations, so every unmap and flush of the parent also invalidates it: the unit keeps,
+//!   per pinned parent, the live nested domain ids ([`NestParents::nested_of`]).
 //!
 //! Lifetimes: a vIOMMU pins its parent in the unit ([`NestParents`]), so a parent cannot be
 //! destroyed under it; its nested domains point at its state, which lives in a frame of its
@@ -25,7 +28,7 @@ use iommu::pagetable::Format;
 use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
 
 use crate::caps::{Agaw, Capability, ExtendedCapability};
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, IotlbScope, PasidCacheScope};
 use crate::guest::{
     translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
     GuestFirstStage, GuestNames, HostLimits, NestLimits,
@@ -128,6 +131,14 @@ impl Bindings {
         }
     }
 
+    /// Nested domains built with `guest` and not destroyed.
+    fn users(&self, guest: DomainId) -> u32 {
+        self.slots
+            .iter()
+            .find(|b| b.users > 0 && b.guest == guest)
+            .map_or(0, |b| b.users)
+    }
+
     fn nested_domains(&self) -> u64 {
         self.slots.iter().map(|b| u64::from(b.users)).sum()
     }
@@ -188,11 +199,15 @@ impl VtdViommu {
 pub struct NestedTable {
     parent: Parent,
     guest_domain: DomainId,
+    /// The guest's first stage, nested over the parent; `None` for the parent alone (guest
+    /// pass-through, tagged with the parent's domain id).
+    first_stage: Option<GuestFirstStage>,
     shared: SharedRef,
 }
 
 impl NestedTable {
-    /// The table the device's DMA goes through first (the parent's, for guest pass-through).
+    /// The nest parent's table (the second stage of a nested entry, the only one of a guest
+    /// pass-through).
     pub fn root(&self) -> PhysAddr {
         self.parent.root
     }
@@ -202,15 +217,23 @@ impl NestedTable {
         self.guest_domain
     }
 
+    /// The guest's first stage, for a domain nested over the parent.
+    pub fn first_stage(&self) -> Option<&GuestFirstStage> {
+        self.first_stage.as_ref()
+    }
+
     /// The PASID entry that puts a device in this domain (tagged `domain`, the domain's id):
-    /// a second-stage entry on the parent's table.
+    /// the nested entry, or a second-stage entry on the parent's table.
     pub(crate) fn pasid_entry(
         &self,
         domain: DomainId,
         cap: Capability,
         ecap: ExtendedCapability,
     ) -> Result<PasidEntry, EntryError> {
-        SecondStage::new(domain, self.parent.agaw, self.parent.root).build(cap, ecap)
+        match &self.first_stage {
+            Some(guest) => nested_entry(guest, &self.parent, domain, cap, ecap),
+            None => SecondStage::new(domain, self.parent.agaw, self.parent.root).build(cap, ecap),
+        }
     }
 }
 
@@ -230,33 +253,60 @@ pub fn nested_entry(
     n.build(cap, ecap)
 }
 
-/// Nest parents pinned by vIOMMUs, by domain id: a parent in here cannot be destroyed.
+/// Nest parents pinned by vIOMMUs, by domain id, and the domain ids of the nested domains
+/// built on each: a parent in here cannot be destroyed, and its flushes cover its nested ids.
 ///
-/// A spin lock over a small table: taken by `new_viommu`, `destroy_viommu` and
-/// `destroy_domain` for one scan, never across a hardware wait. `destroy_domain` checks the
-/// pin under the unit's `tables` lock; a pin taken concurrently comes from a `new_viommu`
-/// that holds `&parent`, which cannot coexist with `destroy_domain(parent)` taking it by value.
+/// A spin lock over two small tables, never held across a hardware wait and taken after the
+/// unit's `tables` lock (never before it): pins change in `new_viommu` / `destroy_viommu`,
+/// nested ids in `new_nested` / `destroy_domain` (under `tables`), and every flush of a
+/// domain reads the nested ids of that domain ([`nested_of`](Self::nested_of)).
+///
+/// `destroy_domain` checks the pin under `tables`; a pin taken concurrently comes from a
+/// `new_viommu` that holds `&parent`, which cannot coexist with `destroy_domain(parent)`
+/// taking it by value.
+///
+/// Why a flush may miss a nested id added meanwhile: the flush reads the list after the
+/// parent's table changed (the unmap cleared its entries first). If the read does not see an
+/// id, the insertion took the lock after the read released it, so the table change happens
+/// before the insertion, and so before the nested domain's attach (a nested domain exists only
+/// once inserted) and before any walk the unit does for that id: its IOTLB can only be filled
+/// from the table as changed. An id released meanwhile is still invalidated by a flush that
+/// read it: harmless, even if the id is already reused.
 pub struct NestParents {
-    pins: spin::Mutex<[(DomainId, u32); NEST_PARENTS]>,
+    inner: spin::Mutex<Nests>,
+}
+
+struct Nests {
+    /// (parent's domain id, vIOMMUs pinning it); 0 marks a free slot.
+    pins: [(DomainId, u32); NEST_PARENTS],
+    /// (parent's domain id, a nested domain id over it).
+    nested: [Option<(DomainId, DomainId)>; NESTED_IDS],
 }
 
 /// Nest parents one unit tracks at once.
 pub const NEST_PARENTS: usize = 16;
 
+/// Host domain ids of nested domains (first stage over a parent) one unit tracks at once.
+pub const NESTED_IDS: usize = 64;
+
 impl NestParents {
     pub const fn new() -> Self {
         Self {
-            pins: spin::Mutex::new([(DomainId::new(0), 0); NEST_PARENTS]),
+            inner: spin::Mutex::new(Nests {
+                pins: [(DomainId::new(0), 0); NEST_PARENTS],
+                nested: [None; NESTED_IDS],
+            }),
         }
     }
 
     fn pin(&self, parent: DomainId) -> Result<(), UnitError> {
-        let mut pins = self.pins.lock();
-        if let Some(p) = pins.iter_mut().find(|p| p.1 > 0 && p.0 == parent) {
+        let mut inner = self.inner.lock();
+        if let Some(p) = inner.pins.iter_mut().find(|p| p.1 > 0 && p.0 == parent) {
             p.1 = p.1.checked_add(1).ok_or(UnitError::OutOfIds)?;
             return Ok(());
         }
-        let free = pins
+        let free = inner
+            .pins
             .iter_mut()
             .find(|p| p.1 == 0)
             .ok_or(UnitError::OutOfIds)?;
@@ -266,8 +316,9 @@ impl NestParents {
 
     fn unpin(&self, parent: DomainId) {
         if let Some(p) = self
-            .pins
+            .inner
             .lock()
+            .pins
             .iter_mut()
             .find(|p| p.1 > 0 && p.0 == parent)
         {
@@ -277,7 +328,50 @@ impl NestParents {
 
     /// Whether a vIOMMU uses `parent`: `destroy_domain` must refuse it with `Busy`.
     pub fn is_pinned(&self, parent: DomainId) -> bool {
-        self.pins.lock().iter().any(|p| p.1 > 0 && p.0 == parent)
+        self.inner
+            .lock()
+            .pins
+            .iter()
+            .any(|p| p.1 > 0 && p.0 == parent)
+    }
+
+    /// Records `nested` as built on `parent`, before any device can be attached to it.
+    fn add_nested(&self, parent: DomainId, nested: DomainId) -> Result<(), UnitError> {
+        let mut inner = self.inner.lock();
+        let free = inner
+            .nested
+            .iter_mut()
+            .find(|n| n.is_none())
+            .ok_or(UnitError::OutOfIds)?;
+        *free = Some((parent, nested));
+        Ok(())
+    }
+
+    /// Forgets `nested` (no entry points at it any more and its caches were invalidated).
+    fn remove_nested(&self, nested: DomainId) {
+        let mut inner = self.inner.lock();
+        for slot in inner.nested.iter_mut() {
+            if slot.is_some_and(|(_, n)| n == nested) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The nested domain ids built on `parent` now (a copy: the flush issues its
+    /// invalidations without the lock), and how many there are.
+    pub fn nested_of(&self, parent: DomainId) -> ([DomainId; NESTED_IDS], usize) {
+        let inner = self.inner.lock();
+        let mut out = [DomainId::new(0); NESTED_IDS];
+        let mut len = 0;
+        for (p, n) in inner.nested.iter().flatten() {
+            if *p == parent {
+                if let Some(slot) = out.get_mut(len) {
+                    *slot = *n;
+                    len += 1;
+                }
+            }
+        }
+        (out, len)
     }
 }
 
@@ -366,9 +460,10 @@ pub fn new_nested<H: Hal + Clone>(
         GuestConfig::FirstStage(_) if !info.ecap.nest() => {
             Err(UnitError::Unsupported("nested translation (ECAP.NEST)"))
         }
-        GuestConfig::FirstStage(_) => Err(UnitError::Unsupported(
-            "nested translation: parent unmaps do not yet invalidate nested domain ids",
-        )),
+        GuestConfig::FirstStage(_) if !(info.ecap.flts() && info.ecap.slts()) => Err(
+            UnitError::Unsupported("nested translation (ECAP.FLTS and ECAP.SLTS)"),
+        ),
+        GuestConfig::FirstStage(first) => new_nested_first_stage(unit, viommu, first),
         GuestConfig::ParentOnly { guest_domain } => {
             let host = viommu.parent.domain;
             viommu
@@ -382,6 +477,7 @@ pub fn new_nested<H: Hal + Clone>(
                 DomainTable::Nested(NestedTable {
                     parent: viommu.parent,
                     guest_domain,
+                    first_stage: None,
                     shared: viommu.shared,
                 }),
             ))
@@ -389,16 +485,96 @@ pub fn new_nested<H: Hal + Clone>(
     }
 }
 
-/// What `destroy_domain` does with a nested domain once no device is attached to it: the
-/// vIOMMU forgets one user of its guest domain id. The host domain id is the parent's and
-/// stays with it.
-pub fn destroy_nested(table: NestedTable) {
-    table
-        .shared
-        .get()
-        .bindings
-        .lock()
-        .release(table.guest_domain);
+/// A guest first stage nested over the parent, tagged with the host domain id standing for
+/// the guest's: the one its earlier nested domains use, else a fresh one, recorded as nested
+/// on the parent before the domain exists (see [`NestParents`] for why that order).
+fn new_nested_first_stage<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    viommu: &VtdViommu,
+    first: GuestFirstStage,
+) -> Result<VtdDomain<H>, UnitError> {
+    let info = unit.info();
+    let parent = viommu.parent;
+    let guest = first.guest_domain;
+    // Everything the entry needs from the unit is checked now, with the parent's id standing
+    // in for the host id (same range), so a refusal allocates nothing.
+    nested_entry(&first, &parent, parent.domain, info.cap, info.ecap)
+        .map_err(crate::iommu::entry_error)?;
+    // Lock order: `tables`, then the bindings, then the nest parents (see `NestParents`).
+    let _tables = unit.tables.lock();
+    let mut bindings = viommu.shared.get().bindings.lock();
+    let host = match bindings.host(guest) {
+        // The guest's id already tags a pass-through entry, which is the parent's id: nested
+        // translations need their own.
+        Some(host) if host == parent.domain => {
+            return Err(UnitError::GuestEntry(
+                "DID (the guest uses it for another translation)",
+            ))
+        }
+        Some(host) => {
+            bindings.bind(guest, host)?;
+            host
+        }
+        None => {
+            let host = unit.ids.allocate(&unit.hal)?;
+            let recorded = unit
+                .nest_parents
+                .add_nested(parent.domain, host)
+                .and_then(|()| bindings.bind(guest, host));
+            if let Err(e) = recorded {
+                unit.nest_parents.remove_nested(host);
+                // Never attached nor cached: the id goes back as it came.
+                unit.ids.release(&unit.hal, host);
+                return Err(e);
+            }
+            host
+        }
+    };
+    Ok(VtdDomain::from_parts(
+        host,
+        DomainTable::Nested(NestedTable {
+            parent,
+            guest_domain: guest,
+            first_stage: Some(first),
+            shared: viommu.shared,
+        }),
+    ))
+}
+
+/// What `destroy_domain` does with a nested domain once no device is attached to it (the
+/// caller holds `tables` and has checked that no entry points at the domain's id).
+///
+/// On the parent alone: the vIOMMU forgets one user of its guest domain id; the host domain
+/// id is the parent's and stays with it. Nested over the parent: the last domain of its guest
+/// id also gives the host id back, after a domain-selective PASID-cache and IOTLB invalidation
+/// of it (6.5.3.3: before a domain id is reused); if that fails, nothing changes and the
+/// domain is handed back.
+pub(crate) fn destroy_nested<H: Hal + Clone>(
+    unit: &VtdUnit<'_, H>,
+    id: DomainId,
+    table: NestedTable,
+) -> Result<(), (NestedTable, UnitError)> {
+    let bindings = &table.shared.get().bindings;
+    let last = table.first_stage.is_some() && bindings.lock().users(table.guest_domain) == 1;
+    if last {
+        // `tables` is held: no `new_nested` can take another reference meanwhile.
+        let flush = [
+            Descriptor::PasidCache(PasidCacheScope::Domain(id)),
+            Descriptor::Iotlb {
+                scope: IotlbScope::Domain(id),
+                drain: unit.drain(),
+            },
+        ];
+        if let Err(e) = unit.invalidate(&flush) {
+            return Err((table, e));
+        }
+        unit.nest_parents.remove_nested(id);
+    }
+    bindings.lock().release(table.guest_domain);
+    if last {
+        unit.ids.release(&unit.hal, id);
+    }
+    Ok(())
 }
 
 /// Descriptors issued per batch (one wait each).
@@ -525,6 +701,10 @@ mod tests {
         b.bind(did(8), did(0x100)).unwrap();
         assert_eq!(b.host(did(7)), Some(did(0x100)));
         assert_eq!(b.nested_domains(), 3);
+        assert_eq!(
+            (b.users(did(7)), b.users(did(8)), b.users(did(9))),
+            (2, 1, 0)
+        );
         // One guest tag cannot stand for two host tags; nothing changes.
         assert_eq!(
             b.bind(did(7), did(0x101)),
@@ -564,6 +744,25 @@ mod tests {
         }
         assert_eq!(p.pin(did(99)), Err(UnitError::OutOfIds));
         assert!(p.is_pinned(did(10)) && !p.is_pinned(did(99)));
+    }
+
+    #[test]
+    fn nested_ids_are_listed_per_parent_until_removed() {
+        let p = NestParents::new();
+        p.add_nested(did(5), did(0x20)).unwrap();
+        p.add_nested(did(6), did(0x21)).unwrap();
+        p.add_nested(did(5), did(0x22)).unwrap();
+        let (ids, len) = p.nested_of(did(5));
+        assert_eq!(ids[..len], [did(0x20), did(0x22)]);
+        p.remove_nested(did(0x20));
+        let (ids, len) = p.nested_of(did(5));
+        assert_eq!(ids[..len], [did(0x22)]);
+        assert_eq!(p.nested_of(did(7)).1, 0);
+        for n in 0..NESTED_IDS as u16 - 2 {
+            p.add_nested(did(9), did(0x100 + n)).unwrap();
+        }
+        assert_eq!(p.add_nested(did(9), did(0x999)), Err(UnitError::OutOfIds));
+        assert_eq!(p.nested_of(did(9)).1, NESTED_IDS - 2);
     }
 
     #[test]
