@@ -35,6 +35,17 @@ impl Region {
         }
     }
 
+    /// Every address below `2^bits` (the whole space from 64 bits on): the usual single window
+    /// of a domain whose table translates `bits` input bits.
+    pub const fn below_bits(bits: u32) -> Self {
+        let last = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits).wrapping_sub(1)
+        };
+        Self { start: 0, last }
+    }
+
     /// The length in bytes, or `None` for the whole 64-bit space (`2^64` does not fit).
     pub const fn size(self) -> Option<u64> {
         (self.last - self.start).checked_add(1)
@@ -299,6 +310,19 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_bits() {
+        assert_eq!(
+            Region::below_bits(12),
+            Region {
+                start: 0,
+                last: 0xfff
+            }
+        );
+        assert_eq!(Region::below_bits(64).last, u64::MAX);
+        assert_eq!(Region::below_bits(0), Region { start: 0, last: 0 });
+    }
 
     fn r(start: u64, len: u64) -> Region {
         Region {

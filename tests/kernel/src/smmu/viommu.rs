@@ -125,10 +125,7 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     let ram = Aligned::new(GUEST_RAM, 0)?;
     let host_buffer = ram.phys().as_u64() + (IPA_BUFFER - IPA_BASE);
     let buffer_byte = |i: usize| ram.get(GUEST_RAM - 0x1000 + i);
-    let windows = [Region {
-        start: 0,
-        last: (1 << GUEST_BITS) - 1,
-    }];
+    let windows = [Region::below_bits(GUEST_BITS)];
     let layout = Layout {
         windows: &windows,
         reserved: &[],

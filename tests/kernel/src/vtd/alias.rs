@@ -100,10 +100,7 @@ pub(super) fn bridged_devices_share_an_alias_and_a_group(m: &mut Machine) -> Tes
         })
     );
     io.claim(db, guest).map_err(fail)?;
-    let windows = [Region {
-        start: 0,
-        last: (1 << IA_BITS) - 1,
-    }];
+    let windows = [Region::below_bits(IA_BITS)];
     let layout = Layout {
         windows: &windows,
         reserved: &[],

@@ -43,10 +43,7 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
     println!("  hypervisor: edu {id:?} claimed by the guest, edu {id2:?} by someone else");
 
     // Guest RAM: one page at guest-physical IOVA_A.
-    let windows = [Region {
-        start: 0,
-        last: (1 << IA_BITS) - 1,
-    }];
+    let windows = [Region::below_bits(IA_BITS)];
     let layout = Layout {
         windows: &windows,
         reserved: &[],
