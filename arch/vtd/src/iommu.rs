@@ -449,7 +449,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         Ok(())
     }
 
-    pub fn info(&self) -> UnitInfo {
+    /// The decoded VER/CAP/ECAP the unit runs with (named apart from
+    /// [`TranslationUnit::info`], which reports them in the core's common terms).
+    pub fn unit_info(&self) -> UnitInfo {
         self.info
     }
 

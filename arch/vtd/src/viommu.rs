@@ -449,7 +449,7 @@ pub fn new_nested<H: Hal + Clone>(
     viommu: &VtdViommu,
     guest: &GuestEntry,
 ) -> Result<VtdDomain<H>, UnitError> {
-    let info = unit.info();
+    let info = unit.unit_info();
     let limits = NestLimits {
         cap: info.cap,
         ecap: info.ecap,
@@ -493,7 +493,7 @@ fn new_nested_first_stage<H: Hal + Clone>(
     viommu: &VtdViommu,
     first: GuestFirstStage,
 ) -> Result<VtdDomain<H>, UnitError> {
-    let info = unit.info();
+    let info = unit.unit_info();
     let parent = viommu.parent;
     let guest = first.guest_domain;
     // Everything the entry needs from the unit is checked now, with the parent's id standing
@@ -609,7 +609,7 @@ pub fn forward_invalidations<H: Hal + Clone>(
     devices: &dyn Fn(u32) -> Option<DeviceId>,
     cmds: &[[u64; 4]],
 ) -> Forwarded {
-    let info = unit.info();
+    let info = unit.unit_info();
     if unit.queue().is_none() {
         return Forwarded {
             done: 0,

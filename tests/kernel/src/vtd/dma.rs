@@ -478,7 +478,7 @@ pub(super) fn invalidation_descriptor_counts(m: &mut Machine) -> TestResult {
     println!(
         "invalidation descriptors / batches: attach {attach:?}, switch domain {switch:?}, \
          block {block:?}, map 4 KiB {map_one:?} (caching mode {})",
-        r.unit.info().cap.caching_mode()
+        r.unit.unit_info().cap.caching_mode()
     );
     ensure!(
         switch.1 >= 1 && block.1 >= 1,
@@ -487,7 +487,7 @@ pub(super) fn invalidation_descriptor_counts(m: &mut Machine) -> TestResult {
     let ranges = [IovaRange::new(Iova::new(IOVA_A), span)];
     let plan = plan_flush(
         &ranges,
-        FlushLimits::for_unit(r.unit.info().cap, FLUSH_THRESHOLD),
+        FlushLimits::for_unit(r.unit.unit_info().cap, FLUSH_THRESHOLD),
     );
     println!(
         "invalidation descriptors (incl. the wait) / batches: unmap 4 KiB {one:?}, 64 KiB {sixteen:?}, \

@@ -25,7 +25,7 @@ pub(super) fn hardware_info_matches_machine(m: &mut Machine) -> TestResult {
     let want = expected(m)?;
     let r = rig(m)?;
     let info = TranslationUnit::info(r.unit);
-    let raw = r.unit.info();
+    let raw = r.unit.unit_info();
     let (first, second) = match want.mode {
         MachineMode::Legacy => (false, true),
         MachineMode::Scalable => (false, true),
