@@ -19,6 +19,11 @@ pub mod offset {
     /// Type-1 (bridge) header: primary, secondary, subordinate bus numbers (PCI-to-PCI Bridge
     /// Architecture 1.2, 3.2).
     pub const BUS_NUMBERS: u16 = 0x18;
+    /// Type-1 header: non-prefetchable memory base and limit, 16 bits each (PCI-to-PCI Bridge
+    /// Architecture 1.2, 3.2.5.8).
+    pub const MEMORY_BASE_LIMIT: u16 = 0x20;
+    /// Type-1 header: prefetchable memory base and limit (PCI-to-PCI Bridge 1.2, 3.2.5.9).
+    pub const PREFETCHABLE_BASE_LIMIT: u16 = 0x24;
     pub const CAPABILITIES: u16 = 0x34;
 }
 
@@ -277,7 +282,7 @@ pub fn memory_bar(cfg: &impl ConfigAccess, bdf: Bdf, index: u8) -> Option<Memory
 }
 
 /// A bump allocator over a host bridge's MMIO window, for BAR assignment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmioWindow {
     pub next: u64,
     pub end: u64,
@@ -286,7 +291,15 @@ pub struct MmioWindow {
 impl MmioWindow {
     /// Takes `size` bytes aligned to `size` (BAR sizes are powers of two).
     pub fn take(&mut self, size: u64) -> Option<u64> {
-        let addr = self.next.checked_add(size - 1)? & !(size - 1);
+        self.take_aligned(size, size)
+    }
+
+    /// Takes `size` bytes at a multiple of `align` (a power of two).
+    pub fn take_aligned(&mut self, size: u64, align: u64) -> Option<u64> {
+        if size == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let addr = self.next.checked_add(align - 1)? & !(align - 1);
         let end = addr.checked_add(size)?;
         (end <= self.end).then(|| {
             self.next = end;
@@ -332,6 +345,120 @@ pub fn enable_dma(cfg: &impl ConfigAccess, bdf: Bdf) {
         offset::COMMAND,
         cmd | command::MEMORY_SPACE | command::BUS_MASTER,
     );
+}
+
+/// A bridge's bus numbers (PCI-to-PCI Bridge Architecture 1.2, 3.2.5.3-5): the bus it sits on,
+/// the bus right below it, and the highest bus below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusNumbers {
+    pub primary: u8,
+    pub secondary: u8,
+    pub subordinate: u8,
+}
+
+/// Why [`configure_bridge`] left a bridge alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeError {
+    /// The function has no type-1 (bridge) header.
+    NotABridge(Bdf),
+    /// Not `primary < secondary <= subordinate`.
+    BadBusNumbers(BusNumbers),
+    /// The memory window must be a non-zero number of MiB (the base/limit registers' granule)
+    /// and fit the parent's window below 4 GiB (they hold address bits 31:20 only).
+    WindowDoesNotFit { size: u64 },
+}
+
+impl core::fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotABridge(bdf) => write!(f, "{bdf} is not a bridge"),
+            Self::BadBusNumbers(b) => write!(
+                f,
+                "bus numbers {}/{}/{} are not primary < secondary <= subordinate",
+                b.primary, b.secondary, b.subordinate
+            ),
+            Self::WindowDoesNotFit { size } => {
+                write!(f, "a {size:#x}-byte bridge window does not fit")
+            }
+        }
+    }
+}
+
+impl core::error::Error for BridgeError {}
+
+/// The granule of a bridge's memory base and limit registers.
+const BRIDGE_WINDOW_GRANULE: u64 = 1 << 20;
+
+fn check_bridge(cfg: &impl ConfigAccess, bdf: Bdf, buses: BusNumbers) -> Result<(), BridgeError> {
+    if cfg.read32(bdf, offset::HEADER_TYPE) >> 16 & 0x7f != 1 {
+        return Err(BridgeError::NotABridge(bdf));
+    }
+    if buses.primary >= buses.secondary || buses.secondary > buses.subordinate {
+        return Err(BridgeError::BadBusNumbers(buses));
+    }
+    Ok(())
+}
+
+/// Writes a bridge's bus numbers, keeping its secondary latency timer (the dword's top byte).
+pub fn set_bus_numbers(
+    cfg: &impl ConfigAccess,
+    bdf: Bdf,
+    buses: BusNumbers,
+) -> Result<(), BridgeError> {
+    check_bridge(cfg, bdf, buses)?;
+    let latency = cfg.read32(bdf, offset::BUS_NUMBERS) & 0xff00_0000;
+    cfg.write32(
+        bdf,
+        offset::BUS_NUMBERS,
+        latency
+            | u32::from(buses.subordinate) << 16
+            | u32::from(buses.secondary) << 8
+            | u32::from(buses.primary),
+    );
+    Ok(())
+}
+
+/// Configures bridge `bdf` for what firmware would have done: its bus numbers, a
+/// non-prefetchable memory window of `size` bytes (whole MiB) carved from `parent`, the
+/// prefetchable window closed, and memory decoding plus bus mastering on, so that it forwards
+/// MMIO down and DMA up. Returns the window for what is below it. On error nothing is written
+/// and `parent` is unchanged.
+pub fn configure_bridge(
+    cfg: &impl ConfigAccess,
+    bdf: Bdf,
+    buses: BusNumbers,
+    parent: &mut MmioWindow,
+    size: u64,
+) -> Result<MmioWindow, BridgeError> {
+    check_bridge(cfg, bdf, buses)?;
+    let too_big = BridgeError::WindowDoesNotFit { size };
+    if size == 0 || !size.is_multiple_of(BRIDGE_WINDOW_GRANULE) {
+        return Err(too_big);
+    }
+    let mut rest = *parent;
+    let base = rest
+        .take_aligned(size, BRIDGE_WINDOW_GRANULE)
+        .ok_or(too_big)?;
+    let end = base + size;
+    if end > 1 << 32 {
+        return Err(too_big);
+    }
+    set_bus_numbers(cfg, bdf, buses)?;
+    // Base and limit hold address bits 31:20 in their bits 15:4; the limit names the last MiB.
+    let base_reg = (base >> 16) as u32 & 0xfff0;
+    let limit_reg = ((end - 1) >> 16) as u32 & 0xfff0;
+    cfg.write32(bdf, offset::MEMORY_BASE_LIMIT, limit_reg << 16 | base_reg);
+    // Base above limit closes the prefetchable window (its reset value, 0/0, opens the first
+    // MiB).
+    cfg.write32(bdf, offset::PREFETCHABLE_BASE_LIMIT, 0xfff0);
+    let cmd = cfg.read16(bdf, offset::COMMAND);
+    cfg.write16(
+        bdf,
+        offset::COMMAND,
+        cmd | command::MEMORY_SPACE | command::BUS_MASTER,
+    );
+    *parent = rest;
+    Ok(MmioWindow { next: base, end })
 }
 
 /// The memory BARs of one function as assigned (a function has at most six).
@@ -436,6 +563,114 @@ mod tests {
             bus.read16(DEV, offset::COMMAND) & command::MEMORY_SPACE,
             command::MEMORY_SPACE
         );
+    }
+
+    /// A bridge's type-1 header as plain storage (every register writable).
+    struct FakeBridge {
+        regs: RefCell<BTreeMap<u16, u32>>,
+    }
+
+    const BRIDGE: Bdf = Bdf::new(0, 4, 0);
+
+    impl FakeBridge {
+        fn new(header_type: u32) -> Self {
+            let mut regs = BTreeMap::new();
+            regs.insert(offset::HEADER_TYPE, header_type << 16);
+            regs.insert(offset::BUS_NUMBERS, 0x2000_0000);
+            regs.insert(offset::COMMAND, 0x0010_0000);
+            Self {
+                regs: RefCell::new(regs),
+            }
+        }
+        fn snapshot(&self) -> BTreeMap<u16, u32> {
+            self.regs.borrow().clone()
+        }
+    }
+
+    impl ConfigAccess for FakeBridge {
+        fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+            if bdf != BRIDGE {
+                return u32::MAX;
+            }
+            *self.regs.borrow().get(&offset).unwrap_or(&0)
+        }
+        fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+            assert_eq!(bdf, BRIDGE);
+            self.regs.borrow_mut().insert(offset, value);
+        }
+    }
+
+    #[test]
+    fn bridge_gets_bus_numbers_window_and_bus_mastering() {
+        let br = FakeBridge::new(0x81);
+        let mut parent = MmioWindow {
+            next: 0x1010_0000,
+            end: 0x1800_0000,
+        };
+        let buses = BusNumbers {
+            primary: 0,
+            secondary: 1,
+            subordinate: 2,
+        };
+        let below = configure_bridge(&br, BRIDGE, buses, &mut parent, 0x40_0000).unwrap();
+        assert_eq!((below.next, below.end), (0x1010_0000, 0x1050_0000));
+        assert_eq!(parent.next, 0x1050_0000);
+        // Latency timer kept; subordinate 2, secondary 1, primary 0.
+        assert_eq!(br.read32(BRIDGE, 0x18), 0x2002_0100);
+        // Limit 0x104 (last MiB 0x104xxxxx) in bits 31:20, base 0x101 in bits 15:4.
+        assert_eq!(br.read32(BRIDGE, 0x20), 0x1040_1010);
+        assert_eq!(br.read32(BRIDGE, 0x24), 0x0000_fff0);
+        // Status kept, memory space and bus master set.
+        assert_eq!(br.read32(BRIDGE, 0x04), 0x0010_0006);
+        // A second bridge carves the next part.
+        let below = configure_bridge(&br, BRIDGE, buses, &mut parent, 0x10_0000).unwrap();
+        assert_eq!((below.next, below.end), (0x1050_0000, 0x1060_0000));
+    }
+
+    #[test]
+    fn bridge_refusals_leave_everything_unchanged() {
+        let ok = BusNumbers {
+            primary: 1,
+            secondary: 2,
+            subordinate: 2,
+        };
+        let parent = MmioWindow {
+            next: 0xffe0_0000,
+            end: 0x1_0010_0000,
+        };
+        let endpoint = FakeBridge::new(0);
+        let mut w = parent;
+        assert_eq!(
+            configure_bridge(&endpoint, BRIDGE, ok, &mut w, 1 << 20),
+            Err(BridgeError::NotABridge(BRIDGE))
+        );
+        let br = FakeBridge::new(1);
+        let before = br.snapshot();
+        for (buses, size) in [
+            (BusNumbers { primary: 2, ..ok }, 1 << 20),
+            (
+                BusNumbers {
+                    subordinate: 1,
+                    ..ok
+                },
+                1 << 20,
+            ),
+            (ok, 0),
+            (ok, 0x18_0000),
+            // Fits the parent but crosses 4 GiB.
+            (ok, 0x30_0000),
+            // Larger than the parent.
+            (ok, 0x100_0000),
+        ] {
+            let r = configure_bridge(&br, BRIDGE, buses, &mut w, size);
+            assert!(r.is_err(), "{buses:?} {size:#x}: {r:?}");
+            assert_eq!(br.snapshot(), before);
+            assert_eq!((w.next, w.end), (parent.next, parent.end));
+        }
+        // The last MiB below 4 GiB is fine.
+        let below = configure_bridge(&br, BRIDGE, ok, &mut w, 0x20_0000).unwrap();
+        assert_eq!((below.next, below.end), (0xffe0_0000, 0x1_0000_0000));
+        assert_eq!(br.read32(BRIDGE, 0x20), 0xfff0_ffe0);
     }
 
     #[test]

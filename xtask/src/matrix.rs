@@ -24,8 +24,8 @@ const EDUS: &str =
                     -device edu,dma_mask=0xffffffffffffffff";
 
 /// Two more `edu`s behind a PCIe-to-PCI bridge (under a root port): QEMU gives their DMA the
-/// bridge's alias requester id (secondary bus, 00.0), as hardware does. On q35 only: firmware
-/// (SeaBIOS) numbers the buses there; on `virt` nothing does.
+/// bridge's alias requester id (secondary bus, 00.0), as hardware does. On q35 firmware
+/// (SeaBIOS) numbers the buses and assigns the BARs; on `virt` the test kernel does.
 const BRIDGED_EDUS: &str = "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 \
                             -device pcie-pci-bridge,id=br1,bus=rp1 \
                             -device edu,bus=br1,addr=1,dma_mask=0xffffffffffffffff \
@@ -74,7 +74,8 @@ fn smmu_machine(stage: &str, el2: bool) -> Machine {
         ),
         arch: Arch::Aarch64,
         args: words(&format!(
-            "-machine {machine},iommu=smmuv3{virt} -cpu max -m 256M -semihosting {global} {EDUS}"
+            "-machine {machine},iommu=smmuv3{virt} -cpu max -m 256M -semihosting {global} {EDUS} \
+             {BRIDGED_EDUS}"
         )),
         cmdline: format!("smmu.stage={stage}"),
         timeout: BOOT_TIMEOUT,

@@ -8,6 +8,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod alias;
+#[cfg(target_os = "none")]
 pub mod dma;
 #[cfg(target_os = "none")]
 pub mod hal;

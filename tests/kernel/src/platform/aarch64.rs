@@ -2,7 +2,7 @@
 //! so they come from the host bridge's 32-bit MMIO window.
 
 use crate::Machine;
-use iommu_boot::pci::{Ecam, MmioWindow};
+use iommu_boot::pci::{self, BusNumbers, Ecam, MmioWindow};
 use iommu_boot::testing::{fail, Failure};
 use iommu_smmuv3::devicetree::{Devicetree, PciHost, PciSpace};
 
@@ -30,7 +30,31 @@ pub fn pci_host(m: &Machine) -> Result<PciHost<'static>, Failure> {
     host.map_err(fail)
 }
 
+/// Configuration access, with the bridges numbered on first use (see [`configure_bridges`]).
 pub fn pci_config(m: &Machine) -> Result<Ecam, Failure> {
+    let cfg = ecam(m)?;
+    BRIDGES
+        .call_once(|| {
+            configure_bridges(m, &cfg).map_err(|e| match e {
+                Failure::Failed(s) | Failure::Skipped(s) => s,
+            })
+        })
+        .as_ref()
+        .map_err(|e| fail(alloc::format!("configuring the PCI bridges failed: {e}")))?;
+    Ok(cfg)
+}
+
+/// Whether the bridges were configured, once per boot, before any test touched the SMMU.
+///
+/// It has to come first: a bridge left unnumbered (secondary bus 0, its reset value) makes
+/// its bus claim number 0 as well. QEMU's SMMU finds the bus of a stream id (for CFGI_STE and
+/// the like) by searching its buses for the number, in hash order, and keeps the first answer
+/// until reset: if that is the bridge's bus, the bus-0 devices' configuration invalidations go
+/// nowhere and their DMA runs on stale stream table entries (seen: half the SMMU tests failing,
+/// which half varying from boot to boot).
+static BRIDGES: spin::Once<Result<(), alloc::string::String>> = spin::Once::new();
+
+fn ecam(m: &Machine) -> Result<Ecam, Failure> {
     let host = pci_host(m)?;
     let buses = u16::from(host.bus_range.end - host.bus_range.start) + 1;
     // SAFETY: the ECAM window comes from the devicetree and lies in the first TiB, which the
@@ -55,4 +79,83 @@ pub fn mmio_window(m: &Machine) -> Result<MmioWindow, Failure> {
         next: w.cpu_addr,
         end: w.cpu_addr + w.size,
     })
+}
+
+/// Each root port's memory window, and each bridge's below it: room for a few 1 MiB `edu` BARs.
+const ROOT_PORT_WINDOW: u64 = 16 << 20;
+const BRIDGE_WINDOW: u64 = 4 << 20;
+
+/// What firmware does on q35, for the bridges the runner adds: every bridge on bus 0 (a root
+/// port) gets the next free bus number and a memory window, every bridge right below it the next
+/// bus and a part of that window, and the memory BARs of the functions below are assigned
+/// inside. Two levels, as the matrix builds them. Bridged windows come from the upper half of the
+/// host window; bus-0 BARs come from the lower half (`super::bar0`), so the two never meet.
+fn configure_bridges(m: &Machine, cfg: &Ecam) -> Result<(), Failure> {
+    let host = mmio_window(m)?;
+    let mut window = MmioWindow {
+        next: host.next + (host.end - host.next) / 2,
+        end: host.end,
+    };
+    let mut next_bus: u8 = 1;
+    let ports: alloc::vec::Vec<_> = pci::enumerate(cfg, 0)
+        .filter(|f| pci::bridge(cfg, f.bdf).is_some())
+        .map(|f| f.bdf)
+        .collect();
+    for port in ports {
+        let secondary = next_bus;
+        // Subordinate 255 while we look below; narrowed once we know how many buses are there.
+        let open = BusNumbers {
+            primary: 0,
+            secondary,
+            subordinate: u8::MAX,
+        };
+        let mut below_port =
+            pci::configure_bridge(cfg, port, open, &mut window, ROOT_PORT_WINDOW).map_err(fail)?;
+        next_bus = next_bus
+            .checked_add(1)
+            .ok_or_else(|| fail("out of bus numbers"))?;
+        let bridges: alloc::vec::Vec<_> = pci::enumerate(cfg, secondary)
+            .filter(|f| pci::bridge(cfg, f.bdf).is_some())
+            .map(|f| f.bdf)
+            .collect();
+        for bridge in bridges {
+            let bus = next_bus;
+            let buses = BusNumbers {
+                primary: secondary,
+                secondary: bus,
+                subordinate: bus,
+            };
+            let mut below =
+                pci::configure_bridge(cfg, bridge, buses, &mut below_port, BRIDGE_WINDOW)
+                    .map_err(fail)?;
+            assign_endpoints(cfg, bus, &mut below)?;
+            next_bus = next_bus
+                .checked_add(1)
+                .ok_or_else(|| fail("out of bus numbers"))?;
+        }
+        assign_endpoints(cfg, secondary, &mut below_port)?;
+        let closed = BusNumbers {
+            subordinate: next_bus - 1,
+            ..open
+        };
+        pci::set_bus_numbers(cfg, port, closed).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Assigns the memory BARs of every non-bridge function on `bus` from `window`.
+fn assign_endpoints(cfg: &Ecam, bus: u8, window: &mut MmioWindow) -> Result<(), Failure> {
+    let endpoints: alloc::vec::Vec<_> = pci::enumerate(cfg, bus)
+        .filter(|f| pci::bridge(cfg, f.bdf).is_none())
+        .map(|f| f.bdf)
+        .collect();
+    for bdf in endpoints {
+        let bars = pci::assign_memory_bars(cfg, bdf, window);
+        if pci::memory_bar(cfg, bdf, 0).is_some() && bars.get(0).is_none() {
+            return Err(fail(alloc::format!(
+                "{bdf}: BAR0 does not fit its bridge window"
+            )));
+        }
+    }
+    Ok(())
 }

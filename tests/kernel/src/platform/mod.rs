@@ -39,6 +39,51 @@ pub fn edu_devices(m: &Machine) -> Result<Vec<EduDevice>, iommu_boot::testing::F
     Ok(found)
 }
 
+/// An `edu` behind bridges, with the bridges between it and the root complex (nearest first).
+pub struct BridgedEdu {
+    pub bdf: Bdf,
+    pub upstream: Vec<iommu::pci::Bridge>,
+    pub edu: Edu,
+}
+
+/// Every `edu` one or two bridges below bus 0 (the runner puts two behind a root port and a
+/// PCIe-to-PCI bridge), with bus mastering on. On q35 firmware numbered the buses and assigned
+/// the BARs; on `virt` `pci_config` did.
+pub fn bridged_edus(m: &Machine) -> Result<Vec<BridgedEdu>, iommu_boot::testing::Failure> {
+    let cfg = pci_config(m)?;
+    let mut found = Vec::new();
+    let mut walk = |bus: u8, upstream: Vec<iommu::pci::Bridge>| -> TestResult {
+        for bdf in pci::find(&cfg, bus, edu::VENDOR_ID, edu::DEVICE_ID) {
+            let bar = pci::memory_bar(&cfg, bdf, 0)
+                .filter(|b| b.address != 0)
+                .ok_or_else(|| fail("nothing assigned a bridged edu's BAR0"))?;
+            pci::enable_dma(&cfg, bdf);
+            // SAFETY: BAR0 as assigned, in the MMIO range the boot code maps as device memory.
+            let edu = unsafe { Edu::new(bar.address as usize) }.map_err(fail)?;
+            found.push(BridgedEdu {
+                bdf,
+                upstream: upstream.clone(),
+                edu,
+            });
+        }
+        Ok(())
+    };
+    for (bus1, kind1) in pci::enumerate(&cfg, 0).filter_map(|f| pci::bridge(&cfg, f.bdf)) {
+        // An unnumbered bridge (secondary 0) hides nothing we could reach.
+        if bus1 == 0 {
+            continue;
+        }
+        walk(bus1, Vec::from([kind1]))?;
+        for (bus2, kind2) in pci::enumerate(&cfg, bus1).filter_map(|f| pci::bridge(&cfg, f.bdf)) {
+            if bus2 <= bus1 {
+                continue;
+            }
+            walk(bus2, Vec::from([kind2, kind1]))?;
+        }
+    }
+    Ok(found)
+}
+
 /// BAR0 as firmware assigned it or, where no firmware did (aarch64 `virt`), as we assign it from
 /// the host bridge window (`window` carries the cursor from one device to the next). Assigned
 /// BARs stay assigned, so a later call finds them in place.
@@ -70,7 +115,12 @@ fn mmio_window(_m: &Machine) -> Result<pci::MmioWindow, iommu_boot::testing::Fai
 
 #[cfg(target_arch = "aarch64")]
 fn mmio_window(m: &Machine) -> Result<pci::MmioWindow, iommu_boot::testing::Failure> {
-    aarch64::mmio_window(m)
+    // The lower half: `aarch64::configure_bridges` takes the upper half for bridged devices.
+    let w = aarch64::mmio_window(m)?;
+    Ok(pci::MmioWindow {
+        next: w.next,
+        end: w.next + (w.end - w.next) / 2,
+    })
 }
 
 /// Makes QEMU log a guest error on purpose (for the runner's self-test): a DMA by the last edu,

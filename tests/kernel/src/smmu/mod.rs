@@ -203,6 +203,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "pasid_attach_is_refused_without_substreams",
         run: lifecycle::pasid_attach_is_refused_without_substreams,
     },
+    Test {
+        name: "bridged_devices_share_an_alias_and_a_group",
+        run: dma::bridged_devices_share_an_alias_and_a_group,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.

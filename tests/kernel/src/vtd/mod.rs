@@ -2,7 +2,6 @@
 //! identification (VER/CAP/ECAP decoded), checked against the QEMU machine the runner started
 //! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1` on the command line).
 
-mod alias;
 mod dma;
 mod hypervisor;
 mod lifecycle;
@@ -124,7 +123,14 @@ pub static TESTS: &[Test<Machine>] = &[
     },
     Test {
         name: "bridged_devices_share_an_alias_and_a_group",
-        run: alias::bridged_devices_share_an_alias_and_a_group,
+        run: |m| {
+            crate::alias::bridged_devices_share_an_alias_and_a_group(
+                m,
+                dma::unit(m)?,
+                dma::stage(m),
+                &|bdf| Ok(iommu::unit::DeviceId(u32::from(bdf.requester_id()))),
+            )
+        },
     },
     // The unit side of a vIOMMU (issue 6).
     Test {

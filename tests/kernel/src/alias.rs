@@ -5,64 +5,31 @@
 
 use alloc::vec::Vec;
 
-use super::dma::{stage, unit};
 use crate::dma::{DmaBuffer, IA_BITS, IOVA_A};
+use crate::platform::bridged_edus;
 use crate::Machine;
 use iommu::addr::Iova;
 use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
 use iommu::pagetable::Prot;
 use iommu::pci::{alias_groups, dma_aliases, Bdf, Bridge};
-use iommu::unit::{DeviceId, FaultKind, TranslationUnit};
-use iommu_boot::edu::{self, Edu};
-use iommu_boot::pci::{self, PortIo};
+use iommu::unit::{DeviceId, FaultKind, Stage, TranslationUnit};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
-
-/// An `edu` behind bridges, with the bridges between it and the root complex (nearest first).
-struct Bridged {
-    bdf: Bdf,
-    upstream: Vec<Bridge>,
-    edu: Edu,
-}
-
-/// Every `edu` one or two bridges below bus 0 (the runner puts two behind a root port and a
-/// PCIe-to-PCI bridge), with bus mastering on.
-fn bridged_edus(cfg: &PortIo) -> Result<Vec<Bridged>, Failure> {
-    let mut found = Vec::new();
-    let mut walk = |bus: u8, upstream: Vec<Bridge>| -> Result<(), Failure> {
-        for bdf in pci::find(cfg, bus, edu::VENDOR_ID, edu::DEVICE_ID) {
-            let bar = pci::memory_bar(cfg, bdf, 0)
-                .filter(|b| b.address != 0)
-                .ok_or_else(|| fail("firmware left a bridged edu's BAR0 unassigned"))?;
-            pci::enable_dma(cfg, bdf);
-            // SAFETY: BAR0 as firmware assigned it, in the MMIO range the boot code maps as
-            // device memory.
-            let edu = unsafe { Edu::new(bar.address as usize) }.map_err(fail)?;
-            found.push(Bridged {
-                bdf,
-                upstream: upstream.clone(),
-                edu,
-            });
-        }
-        Ok(())
-    };
-    for port in pci::enumerate(cfg, 0).filter_map(|f| pci::bridge(cfg, f.bdf)) {
-        let (bus1, kind1) = port;
-        walk(bus1, Vec::from([kind1]))?;
-        for below in pci::enumerate(cfg, bus1).filter_map(|f| pci::bridge(cfg, f.bdf)) {
-            let (bus2, kind2) = below;
-            walk(bus2, Vec::from([kind2, kind1]))?;
-        }
-    }
-    Ok(found)
-}
 
 /// Two edus behind one PCIe-to-PCI bridge: one group by their shared alias; attaching one
 /// programs the alias, so its DMA lands; the alias keeps serving the group's attached member
 /// (which is why a group has one owner and one target); once the group is released, DMA is
 /// blocked and the fault names the alias, not the device.
-pub(super) fn bridged_devices_share_an_alias_and_a_group(m: &mut Machine) -> TestResult {
-    let edus = bridged_edus(&PortIo)?;
+///
+/// Written over any unit: `device_id` names a requester id as `unit` sees it (VT-d: the
+/// requester id itself; SMMUv3: the stream id the firmware's map gives it).
+pub fn bridged_devices_share_an_alias_and_a_group<U: TranslationUnit + Copy>(
+    m: &Machine,
+    unit: U,
+    stage: Stage,
+    device_id: &dyn Fn(Bdf) -> Result<DeviceId, Failure>,
+) -> TestResult {
+    let edus = bridged_edus(m)?;
     if edus.len() < 2 {
         skip!("needs two edu devices behind a PCIe-to-PCI bridge");
     }
@@ -81,14 +48,13 @@ pub(super) fn bridged_devices_share_an_alias_and_a_group(m: &mut Machine) -> Tes
     ensure_eq!(groups[0], groups[1]);
     let group = GroupId(groups[0]);
 
-    let unit = unit(m)?;
+    let (id_a, id_b, id_alias) = (device_id(a.bdf)?, device_id(b.bdf)?, device_id(alias)?);
     let mut io = Iommu::new();
     let u = io.add_unit(unit);
-    let id = |bdf: Bdf| DeviceId(u32::from(bdf.requester_id()));
-    let da = io.add_device(u, id(a.bdf), group).map_err(fail)?;
-    let db = io.add_device(u, id(b.bdf), group).map_err(fail)?;
-    io.add_alias(da, id(alias)).map_err(fail)?;
-    io.add_alias(db, id(alias)).map_err(fail)?;
+    let da = io.add_device(u, id_a, group).map_err(fail)?;
+    let db = io.add_device(u, id_b, group).map_err(fail)?;
+    io.add_alias(da, id_alias).map_err(fail)?;
+    io.add_alias(db, id_alias).map_err(fail)?;
 
     let (guest, other) = (OwnerId(1), OwnerId(2));
     io.claim(da, guest).map_err(fail)?;
@@ -106,7 +72,7 @@ pub(super) fn bridged_devices_share_an_alias_and_a_group(m: &mut Machine) -> Tes
         reserved: &[],
     };
     let dom = io
-        .alloc_domain(guest, u, stage(m), IA_BITS, &layout)
+        .alloc_domain(guest, u, stage, IA_BITS, &layout)
         .map_err(fail)?;
     let buf = DmaBuffer::new(0)?;
     io.map(
@@ -160,7 +126,7 @@ pub(super) fn bridged_devices_share_an_alias_and_a_group(m: &mut Machine) -> Tes
     ensure!(
         faults
             .iter()
-            .any(|f| f.device == id(alias) && f.write && f.kind != FaultKind::Permission),
+            .any(|f| f.device == id_alias && f.write && f.kind != FaultKind::Permission),
         "expected a write fault by the alias {alias}, got {faults:?}"
     );
     io.destroy_domain(guest, dom).map_err(fail)?;
