@@ -55,6 +55,9 @@ pub(super) fn smmu_regs(m: &Machine) -> Result<NonNull<SmmuRegisters>, Failure> 
 
 /// Brings the SMMU up with `config`, replacing whatever unit the tests used before.
 pub(super) fn bring_up(m: &Machine, config: SmmuConfig) -> Result<&'static Unit, Failure> {
+    // The bridges must be numbered before the SMMU sees its first invalidation
+    // (`platform::aarch64::BRIDGES` says why); the first configuration access does it.
+    crate::platform::pci_config(m)?;
     let regs = smmu_regs(m)?;
     // SAFETY: the frame comes from the devicetree and lies in the first TiB, which the boot code
     // identity-maps as Device memory; the tests run on one CPU and only the unit they share
