@@ -233,11 +233,29 @@ pub(super) fn copy_through(
     Ok(())
 }
 
-pub(super) fn first_edu(m: &Machine) -> Result<(Vec<EduDevice>, DeviceId), Failure> {
-    let edus = edu_devices(m)?;
-    let e = edus.first().ok_or_else(|| fail("needs an edu device"))?;
-    let dev = rid_stream_id(e);
-    Ok((edus, dev))
+/// An empty domain of the preferred stage attached to `dev` (so every DMA of it faults), with
+/// the faults recorded so far drained.
+fn faulting_domain(
+    unit: &Unit,
+    dev: DeviceId,
+) -> Result<<Unit as TranslationUnit>::Domain, Failure> {
+    let domain = unit
+        .new_domain(preferred_stage(unit), IA_BITS)
+        .map_err(fail)?;
+    unit.attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
+    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+    Ok(domain)
+}
+
+/// The first edu on bus 0 and the stream id the SMMU sees it with.
+pub(super) fn first_edu(m: &Machine) -> Result<(EduDevice, DeviceId), Failure> {
+    let edu = edu_devices(m)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("needs an edu device"))?;
+    let dev = rid_stream_id(&edu);
+    Ok((edu, dev))
 }
 
 /// Stage 1 where the SMMU has it, else stage 2.
@@ -339,8 +357,7 @@ pub fn linear_stream_table_translates(m: &mut Machine) -> TestResult {
     *UNIT.lock() = None;
     let unit = unit?;
     ensure_eq!(unit.stream_table_geometry(), geometry);
-    let (edus, _) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, _) = first_edu(m)?;
     granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
 }
 
@@ -354,8 +371,7 @@ pub fn two_level_stream_table_grows_on_attach(m: &mut Machine) -> TestResult {
     ) {
         skip!("the SMMU has no 2-level stream tables");
     }
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     ensure!(
         unit.stream_table_entry(dev.0).is_err(),
         "a level-2 table before any attach"
@@ -372,8 +388,7 @@ pub fn two_level_stream_table_grows_on_attach(m: &mut Machine) -> TestResult {
 pub fn granules_4k_16k_64k_translate(m: &mut Machine) -> TestResult {
     announce_faults();
     let unit = unit(m)?;
-    let (edus, _) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, _) = first_edu(m)?;
     let g = unit.features().granules;
     for stage in stages(unit) {
         for (has, granule) in [
@@ -396,8 +411,7 @@ pub fn block_mapping_translates(m: &mut Machine) -> TestResult {
     const BLOCK: usize = 2 << 20;
     const IOVA: u64 = 0x4000_0000;
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     for stage in stages(unit) {
         let buf = Aligned::new(BLOCK, 0)?;
         let domain = unit
@@ -433,8 +447,7 @@ pub fn block_mapping_translates(m: &mut Machine) -> TestResult {
 /// Issue item 6: A bypass STE (Attachment::Identity): DMA addresses are physical addresses.
 pub fn bypass_ste_passes_physical_addresses(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let buf = DmaBuffer::new(0)?;
     (0..64).for_each(|i| buf.set(i, 0x70 + i as u8));
     unit.drain_faults(&mut |_| {}).map_err(fail)?;
@@ -459,8 +472,7 @@ pub fn bypass_ste_passes_physical_addresses(m: &mut Machine) -> TestResult {
 /// Issue item 6: An aborting STE: DMA refused and, as the architecture says, nothing recorded.
 pub fn abort_ste_refuses_silently(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let victim = DmaBuffer::new(0x99)?;
     unit.drain_faults(&mut |_| {}).map_err(fail)?;
     unit.abort_stream(dev.0).map_err(fail)?;
@@ -483,14 +495,9 @@ pub fn abort_ste_refuses_silently(m: &mut Machine) -> TestResult {
 pub fn event_storm_overflows_and_recovers(m: &mut Machine) -> TestResult {
     announce_faults();
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
-    let domain = unit
-        .new_domain(preferred_stage(unit), IA_BITS)
-        .map_err(fail)?;
-    unit.attach(dev, Attachment::Paging(&domain))
-        .map_err(fail)?;
-    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+    let (ref edu, dev) = first_edu(m)?;
+    // Kept alive (not `_`) while the device is attached to it.
+    let _domain = faulting_domain(unit, dev)?;
     let storm = edu.edu.dma_to_ram(0, IOVA_A, 4096);
     let mut first = Vec::new();
     let flood = unit.drain_faults(&mut |f| first.push(f)).map_err(fail);
@@ -565,8 +572,7 @@ pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestRe
         r.gerrorn.get() & 1,
         "CMDQ_ERR acknowledged"
     );
-    let (edus, _) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, _) = first_edu(m)?;
     granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
 }
 
@@ -575,8 +581,7 @@ pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestRe
 pub fn demo(m: &mut Machine) -> TestResult {
     use iommu_boot::println;
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let stage = preferred_stage(unit);
     println!(
         "SMMUv3 enabled: {:?} stream table, {stage:?}-stage domains",
@@ -633,8 +638,7 @@ pub fn nested_stage1_walks_go_through_stage2(m: &mut Machine) -> TestResult {
     if !(s.stage1() && s.stage2()) {
         skip!("nesting needs both stages");
     }
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let buf = Aligned::new(4096, 0)?;
     let s1 = unit.new_domain(Stage::First, IA_BITS).map_err(fail)?;
     let s2 = unit.new_domain(Stage::Second, IA_BITS).map_err(fail)?;
@@ -780,14 +784,9 @@ pub fn eventq_interrupt_raises_its_spi(m: &mut Machine) -> TestResult {
     let (gic, intid, edge) = gic_and_eventq_spi(m)?;
     ensure!(edge, "virt wires the SMMU's SPIs edge-triggered");
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
-    let domain = unit
-        .new_domain(preferred_stage(unit), IA_BITS)
-        .map_err(fail)?;
-    unit.attach(dev, Attachment::Paging(&domain))
-        .map_err(fail)?;
-    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+    let (ref edu, dev) = first_edu(m)?;
+    // Kept alive (not `_`) while the device is attached to it.
+    let _domain = faulting_domain(unit, dev)?;
     gic.clear_pending(intid).map_err(fail)?;
     // Without the enable: a fault, no interrupt.
     let quiet = edu.edu.dma_to_ram(0, IOVA_A, 4);
@@ -826,14 +825,9 @@ pub fn eventq_irq_is_taken_and_the_event_drained(m: &mut Machine) -> TestResult 
     announce_faults();
     let (gic, intid, _) = gic_and_eventq_spi(m)?;
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
-    let domain = unit
-        .new_domain(preferred_stage(unit), IA_BITS)
-        .map_err(fail)?;
-    unit.attach(dev, Attachment::Paging(&domain))
-        .map_err(fail)?;
-    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+    let (ref edu, dev) = first_edu(m)?;
+    // Kept alive (not `_`) while the device is attached to it.
+    let _domain = faulting_domain(unit, dev)?;
     gic.clear_pending(intid).map_err(fail)?;
     let before = gic::irqs_taken();
     gic.enable(intid).map_err(fail)?;

@@ -59,8 +59,7 @@ pub fn info_matches_the_machine(m: &mut Machine) -> TestResult {
 pub fn destroy_refuses_used_domains_and_frees_the_rest(m: &mut Machine) -> TestResult {
     announce_faults();
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     for stage in stages(unit) {
         let buf = Aligned::new(4096, 0)?;
         let before = HAL.live_frames();
@@ -131,8 +130,7 @@ pub fn reused_tags_carry_no_stale_translation(m: &mut Machine) -> TestResult {
     // The next test gets the default unit again, whatever happens here.
     *UNIT.lock() = None;
     let unit = unit?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     for stage in stages(unit) {
         let bufs: Vec<Aligned> = (0..5)
             .map(|_| Aligned::new(4096, 0))
@@ -203,8 +201,7 @@ pub fn shared_cpu_table_translates_until_flushed(m: &mut Machine) -> TestResult 
     if !unit.features().stages.stage1() {
         skip!("sharing a CPU table needs stage 1");
     }
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let oas = u32::from(unit.features().oas.bits().unwrap_or(48));
     let format = VmsaStage1::new(VmsaConfig {
         granule: PtGranule::Size4K,
@@ -303,8 +300,7 @@ pub fn pasid_attach_is_refused_without_substreams(m: &mut Machine) -> TestResult
     announce_faults();
     let unit = unit(m)?;
     ensure_eq!(unit.features().ssid_bits, 0);
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     let stage = preferred_stage(unit);
     let buf = Aligned::new(4096, 0)?;
     let domain = unit.new_domain(stage, IA_BITS).map_err(fail)?;
@@ -345,8 +341,7 @@ pub fn pasid_attach_is_refused_without_substreams(m: &mut Machine) -> TestResult
 /// is refused.
 pub fn flush_of_a_paging_domain_keeps_mappings(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
-    let (edus, dev) = first_edu(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu"))?;
+    let (ref edu, dev) = first_edu(m)?;
     for stage in stages(unit) {
         let buf = Aligned::new(4096, 0)?;
         let domain = unit.new_domain(stage, IA_BITS).map_err(fail)?;

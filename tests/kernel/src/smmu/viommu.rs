@@ -111,8 +111,8 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     // The runner reads announcements at the start of a line.
     iommu_boot::println!();
     allow_guest_error("translation failed for iova");
-    let (edus, dev) = first_edu(m)?;
-    let edu = &edus.first().ok_or_else(|| fail("needs an edu"))?.edu;
+    let (first, dev) = first_edu(m)?;
+    let edu = &first.edu;
 
     // Host: the object model over the unit, edu owned by the guest.
     let mut io = Iommu::new();
