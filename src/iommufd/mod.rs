@@ -505,7 +505,9 @@ impl<U: TranslationUnit> Iommu<U> {
     /// Gives up `owner`'s ownership of `device`, blocking it first (and each of its PASIDs).
     ///
     /// Refused while the device has a virtual id in one of `owner`'s vIOMMUs: its guest could
-    /// still name it; [`Iommu::unset_virtual_device`] first.
+    /// still name it; [`Iommu::unset_virtual_device`] first. Blocking takes one unit call per
+    /// PASID and one for the device: if the hardware fails part-way, what was blocked stays
+    /// blocked and the device stays owned (it only ever loses access).
     pub fn release(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
         if self.device(device)?.owner != Some(owner) {
             return Err(Error::NotOwner(device));
