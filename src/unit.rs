@@ -131,8 +131,8 @@ pub enum UnitError {
     OutOfMemory,
     /// The hardware did not complete a handshake or an invalidation in time.
     Timeout(crate::poll::Timeout),
-    /// The hardware reported an error for a command or descriptor (named).
-    Hardware(&'static str),
+    /// The hardware reported an error, or refused what the driver gave it.
+    Hardware(HardwareError),
     /// The domain (or vIOMMU) is still in use: attached to a device, or the parent of nested
     /// domains. Nothing was changed.
     Busy,
@@ -153,7 +153,7 @@ impl fmt::Display for UnitError {
             Self::OutOfIds => write!(f, "no free domain id / ASID / VMID"),
             Self::OutOfMemory => write!(f, "out of memory for IOMMU structures"),
             Self::Timeout(t) => write!(f, "{t}"),
-            Self::Hardware(what) => write!(f, "hardware error: {what}"),
+            Self::Hardware(e) => write!(f, "hardware error: {e}"),
             Self::Busy => write!(f, "still in use"),
             Self::GuestEntry(what) => write!(f, "guest entry refused: {what}"),
             Self::GuestCommand(what) => write!(f, "guest command refused: {what}"),
@@ -162,6 +162,45 @@ impl fmt::Display for UnitError {
 }
 
 impl core::error::Error for UnitError {}
+
+/// What the hardware reported in a [`UnitError::Hardware`]: the same causes on both back-ends,
+/// each naming the registers or event that report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HardwareError {
+    /// The unit rejected an invalidation descriptor or command as malformed (VT-d FSTS.IQE,
+    /// SMMU `CERROR_ILL`).
+    CommandRejected,
+    /// A device-TLB (ATS) invalidation did not complete (VT-d FSTS.ITE, SMMU
+    /// `CERROR_ATC_INV_SYNC`).
+    DeviceTlbTimeout,
+    /// The command or invalidation queue reported an error of another kind (SMMU `CERROR_ABT`,
+    /// a queue whose indices the hardware no longer agrees with).
+    Queue,
+    /// Queue memory the HAL handed out does not suit the hardware (alignment, address width).
+    QueueMemory,
+    /// A register-based invalidation (VT-d CCMD / IOTLB registers) reported a failure.
+    RegisterInvalidation,
+    /// A table entry cannot be encoded for this unit (an address or field beyond what it
+    /// supports); nothing was written.
+    EntryEncoding,
+    /// The driver's records of which tables a device uses no longer match (a driver bug,
+    /// reported rather than acted on).
+    RecordsOutOfStep,
+}
+
+impl fmt::Display for HardwareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::CommandRejected => "the unit rejected a command or invalidation descriptor",
+            Self::DeviceTlbTimeout => "a device-TLB invalidation timed out",
+            Self::Queue => "the command or invalidation queue reported an error",
+            Self::QueueMemory => "queue memory unusable by the unit",
+            Self::RegisterInvalidation => "a register-based invalidation failed",
+            Self::EntryEncoding => "a table entry cannot be encoded for this unit",
+            Self::RecordsOutOfStep => "the driver's device records are out of step",
+        })
+    }
+}
 
 impl From<crate::pagetable::Error> for UnitError {
     fn from(e: crate::pagetable::Error) -> Self {

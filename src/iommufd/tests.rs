@@ -10,7 +10,8 @@ use core::cell::{Cell, RefCell};
 
 use super::*;
 use crate::unit::{
-    CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo, RawRegisters, UnitError,
+    CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError, HardwareInfo,
+    RawRegisters, UnitError,
 };
 
 /// What the mock hardware has for one device.
@@ -660,7 +661,7 @@ fn unit_failure_changes_nothing() {
         0x1000,
         Prot::READ_WRITE,
     ));
-    let t = UnitError::Hardware("injected");
+    let t = UnitError::Hardware(HardwareError::Queue);
     ok(io.unit(u)).fail_next.set(Some(t));
     refused(&mut io, Error::Unit(t), |io| {
         io.attach(d1, A, Target::Domain(dom))
@@ -1283,10 +1284,12 @@ fn aliases_follow_their_group() {
     // The unit refusing the alias leaves the own id as it was too.
     ok(io.unit(u))
         .fail_later
-        .set(Some((1, UnitError::Hardware("test"))));
-    refused(&mut io, Error::Unit(UnitError::Hardware("test")), |io| {
-        io.attach(d1, A, Target::Domain(dom))
-    });
+        .set(Some((1, UnitError::Hardware(HardwareError::Queue))));
+    refused(
+        &mut io,
+        Error::Unit(UnitError::Hardware(HardwareError::Queue)),
+        |io| io.attach(d1, A, Target::Domain(dom)),
+    );
     ok(io.attach(d1, A, Target::Domain(dom)));
     let tag = match seen(&io, u, 1) {
         Some(Seen::Paging(t)) => t,

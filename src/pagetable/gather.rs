@@ -162,6 +162,28 @@ impl Gather {
     }
 }
 
+/// The hardware side of an unmap: invalidates the IOTLB entries (and, unless `leaf_only`, the
+/// paging-structure / walk-cache entries) of one table's range on every unit that walks it.
+///
+/// Each back-end implements it once for its domains (VT-d: page- or domain-selective IOTLB
+/// descriptors and a wait descriptor; SMMUv3: `TLBI_NH_VA` / `TLBI_S2_IPA` and a `CMD_SYNC`), and
+/// [`PageTable::unmap_flushed`](super::PageTable::unmap_flushed) uses it to free the unlinked
+/// tables of an unmap without an `unsafe` call at every unmap site.
+///
+/// # Safety
+///
+/// `flush` returns `Ok` only once the hardware has reported complete the invalidation of
+/// `[iova, iova + len)` for every unit that may walk the table whose unmap is being flushed
+/// (with walk caches too when `leaf_only` is false). On `Err` it may have done anything short of
+/// that: the frames are then leaked, never freed.
+pub unsafe trait FlushRange {
+    /// What a failed invalidation returns.
+    type Error;
+
+    /// Invalidates `[iova, iova + len)` and waits for the hardware to report it complete.
+    fn flush(&self, iova: Iova, len: u64, leaf_only: bool) -> Result<(), Self::Error>;
+}
+
 impl Default for Gather {
     fn default() -> Self {
         Self::new()

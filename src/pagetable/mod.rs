@@ -75,7 +75,7 @@ pub mod x86_first_stage;
 use core::fmt;
 
 pub use format::Format;
-pub use gather::Gather;
+pub use gather::{FlushRange, Gather};
 pub use table::{Coherency, EntryKind, PageTable, Walk, WalkStep, MAX_LEVELS};
 pub use vmsa::{Granule, VmsaConfig, VmsaStage1, VmsaStage2};
 pub use vtd_second_stage::{VtdSecondStage, VtdSecondStageConfig};

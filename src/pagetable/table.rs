@@ -17,7 +17,7 @@ use core::fmt;
 use core::mem::size_of_val;
 use core::ptr::NonNull;
 
-use super::{Error, Format, Gather, Prot, Result};
+use super::{Error, FlushRange, Format, Gather, Prot, Result};
 use crate::addr::{Iova, PhysAddr};
 use crate::hal::{FrameSize, Hal};
 use crate::sync::{AtomicU64, Ordering};
@@ -272,6 +272,34 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         }
         gather.record(start, end, removed.page_sizes, removed.tables);
         Ok(removed.bytes)
+    }
+
+    /// [`unmap`](Self::unmap), then the invalidation through `flush`, then the unlinked tables
+    /// back to the HAL: the whole of an unmap for a back-end, with the one `unsafe` call of
+    /// [`Gather::complete`] and its proof here instead of at every unmap site.
+    ///
+    /// If the flush fails its error is returned and the unlinked frames are leaked (a walker may
+    /// still hold a cached pointer to them). Same concurrency rule as `unmap`.
+    pub fn unmap_flushed<I: FlushRange>(
+        &self,
+        iova: Iova,
+        len: u64,
+        flush: &I,
+    ) -> core::result::Result<u64, I::Error>
+    where
+        I::Error: From<Error>,
+    {
+        let mut gather = Gather::new();
+        let bytes = self.unmap(iova, len, &mut gather)?;
+        if let Some((start, len)) = gather.range() {
+            flush.flush(start, len, !gather.tables_removed())?;
+        }
+        // SAFETY: `FlushRange`'s contract: every unit that walks this table has completed the
+        // invalidation of the gathered range, walk caches included when tables were removed;
+        // the engine's rule that no operation overlapping the range runs meanwhile is the one
+        // `unmap` itself relies on; the frames came from this table's own HAL.
+        unsafe { gather.complete(&self.hal) };
+        Ok(bytes)
     }
 
     /// The physical address `iova` translates to.

@@ -345,3 +345,79 @@ fn every_format_maps_its_page_sizes() {
     assert_eq!(t.iova_to_phys(iova((1 << 39) + G1 + 8)), Ok(pa(G1 + 8)));
     unmap_all_frees_everything(&t, &hal);
 }
+
+/// A flush that records what it was asked and succeeds or fails as told.
+struct RecordingFlush {
+    fail: bool,
+    asked: core::cell::RefCell<Vec<(u64, u64, bool)>>,
+}
+
+// SAFETY: host memory and no hardware walker: there is no cache to invalidate, so "complete"
+// holds at once; a failing flush returns `Err`.
+unsafe impl FlushRange for RecordingFlush {
+    type Error = Error;
+
+    fn flush(&self, iova: Iova, len: u64, leaf_only: bool) -> core::result::Result<(), Error> {
+        self.asked
+            .borrow_mut()
+            .push((iova.as_u64(), len, leaf_only));
+        if self.fail {
+            Err(Error::OutOfMemory)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn unmap_flushed_frees_tables_only_after_a_successful_flush() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    // A 4K page alone in its tables: unmapping its 2M span removes the leaf and the last table.
+    t.map(iova(M2), pa(0x5000_0000), K4, Prot::READ_WRITE)
+        .unwrap();
+    let before = hal.live_frames();
+    assert_eq!(t.unmap_flushed(iova(M2), K4, &ok), Ok(K4));
+    assert_eq!(ok.asked.borrow().as_slice(), &[(M2, K4, true)]);
+    assert_eq!(
+        hal.live_frames(),
+        before,
+        "a leaf-only unmap frees no table"
+    );
+    assert_eq!(t.unmap_flushed(iova(0), G1, &ok), Ok(0));
+    assert_eq!(
+        ok.asked.borrow()[1],
+        (0, G1, false),
+        "tables removed: walk caches too"
+    );
+    assert!(
+        hal.live_frames() < before,
+        "the emptied table went back to the HAL"
+    );
+
+    // A failed flush: its error is returned and the unlinked frames are leaked, never freed.
+    let bad = RecordingFlush {
+        fail: true,
+        asked: Default::default(),
+    };
+    t.map(iova(M2), pa(0x5000_0000), K4, Prot::READ_WRITE)
+        .unwrap();
+    let mapped = hal.live_frames();
+    assert_eq!(t.unmap_flushed(iova(0), G1, &bad), Err(Error::OutOfMemory));
+    assert_eq!(t.iova_to_phys(iova(M2)), Err(Error::NothingMapped));
+    assert_eq!(
+        hal.live_frames(),
+        mapped,
+        "frames of a failed flush stay allocated"
+    );
+    // Nothing is asked of the hardware when nothing was mapped.
+    assert_eq!(
+        t.unmap_flushed(iova(M2), K4, &bad),
+        Err(Error::NothingMapped)
+    );
+    assert_eq!(bad.asked.borrow().len(), 1);
+}

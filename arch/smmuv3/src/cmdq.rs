@@ -17,7 +17,7 @@ use tock_registers::LocalRegisterCopy;
 
 use crate::command::{Command, EncodeError, RawCommand};
 use crate::registers::{SmmuRegisters, GERROR, QUEUE_BASE, QUEUE_CONS, QUEUE_PROD};
-use crate::sync::{spin_loop, AtomicBool, AtomicU64, Ordering};
+use iommu::sync::{spin_loop, AtomicBool, AtomicU64, Ordering};
 
 /// Bytes of one command.
 pub const ENTRY_BYTES: usize = 16;

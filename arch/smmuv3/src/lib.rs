@@ -39,7 +39,6 @@ pub mod sim;
 pub mod smmu;
 pub mod stream_table;
 pub mod substream;
-pub mod sync;
 pub mod two_level;
 pub mod unit;
 pub mod viommu;

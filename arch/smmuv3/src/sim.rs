@@ -13,7 +13,7 @@ use crate::cmdq::{CmdqRegisters, CommandErrorCode, QueueMemory};
 use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
-use crate::sync::{AtomicU32, Ordering, RacyCell};
+use iommu::sync::{AtomicU32, Ordering, RacyCell};
 
 /// A queue ring in host memory whose slot accesses loom checks for races.
 #[derive(Debug)]

@@ -22,18 +22,19 @@ use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::{
-    Coherency, Gather, Granule as PtGranule, PageTable, Prot, VmsaConfig, VmsaStage1, VmsaStage2,
+    Coherency, FlushRange, Gather, Granule as PtGranule, PageTable, Prot, VmsaConfig, VmsaStage1,
+    VmsaStage2,
 };
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
     Attachment, CpuTable, DeviceId, Drained, FaultKind, FaultRecord, Forwarded, GuestEntry,
-    HardwareInfo, RawRegisters, Stage, TranslationUnit, UnitError,
+    HardwareError, HardwareInfo, RawRegisters, Stage, TranslationUnit, UnitError,
 };
 
 use crate::attributes::Granule;
 use crate::cmdq::{
-    queue_base_register, CmdqError, CmdqRegisters, CommandQueue, DmaQueueMemory, MmioCmdqRegisters,
-    ENTRY_BYTES,
+    queue_base_register, CmdqError, CmdqRegisters, CommandErrorCode, CommandQueue, DmaQueueMemory,
+    MmioCmdqRegisters, ENTRY_BYTES,
 };
 use crate::command::{
     plan_invalidation, Command, InvalidationPolicy, InvalidationScope, RawCommand,
@@ -121,9 +122,17 @@ impl From<SmmuError> for UnitError {
                 UnitError::UnknownDevice(DeviceId(sid))
             }
             SmmuError::Command(CmdqError::Timeout(t)) => UnitError::Timeout(t),
-            SmmuError::Command(_) => UnitError::Hardware("command queue error"),
+            SmmuError::Command(c) => UnitError::Hardware(match c {
+                CmdqError::Command(f) if f.code == CommandErrorCode::Illegal => {
+                    HardwareError::CommandRejected
+                }
+                CmdqError::Command(f) if f.code == CommandErrorCode::AtcInvalidationSync => {
+                    HardwareError::DeviceTlbTimeout
+                }
+                _ => HardwareError::Queue,
+            }),
             SmmuError::StreamTable(_) | SmmuError::CdTable(_) | SmmuError::Entry(_) => {
-                UnitError::Hardware("invalid stream table or context descriptor")
+                UnitError::Hardware(HardwareError::EntryEncoding)
             }
             SmmuError::Unsupported(what) => UnitError::Unsupported(what),
         }
@@ -586,7 +595,7 @@ impl<H: Hal + Clone> Streams<H> {
             users,
         } = self;
         let Some(StreamUse::Substreams { table, default, .. }) = uses.get_mut(&sid) else {
-            return Err(UnitError::Hardware("stream records out of step"));
+            return Err(UnitError::Hardware(HardwareError::RecordsOutOfStep));
         };
         let invalidate = |ssid: u32, leaf: bool| hw.invalidate_cd(sid, ssid, leaf);
         let changed = table
@@ -1346,6 +1355,26 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 }
 
+/// One domain's TLB invalidation on this SMMU, for the page-table engine's unmap.
+struct DomainFlush<'a, H: Hal + Clone> {
+    unit: &'a SmmuUnit<H>,
+    domain: &'a SmmuDomain<H>,
+}
+
+// SAFETY: `invalidate` returns `Ok` only after the batch's CMD_SYNC completed, the TLBIs carrying
+// `Leaf` = 0 (walk caches too) unless `leaf_only`; this SMMU is the only walker of the domain's
+// table (domains are not shared across units).
+unsafe impl<H: Hal + Clone> FlushRange for DomainFlush<'_, H> {
+    type Error = UnitError;
+
+    fn flush(&self, iova: Iova, len: u64, leaf_only: bool) -> Result<(), UnitError> {
+        let start = iova.as_u64();
+        self.unit
+            .invalidate(self.domain, start..start.saturating_add(len), leaf_only)
+            .map_err(UnitError::from)
+    }
+}
+
 impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
     type Domain = SmmuDomain<H>;
     type VIommu = crate::viommu::SmmuViommu<H>;
@@ -1629,26 +1658,13 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
     }
 
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
-        let mut gather = Gather::new();
-        let bytes = match &domain.kind {
-            DomainKind::Stage1 { table, .. } => table.unmap(iova, len, &mut gather)?,
-            DomainKind::Stage2 { table, .. } => table.unmap(iova, len, &mut gather)?,
-            DomainKind::Nested { .. } => return Err(UnitError::Unsupported(NESTED_MAP)),
-            DomainKind::Shared { .. } => return Err(SHARED_MAP),
-        };
-        if let Some((start, len)) = gather.range() {
-            let start = start.as_u64();
-            self.invalidate(
-                domain,
-                start..start.saturating_add(len),
-                !gather.tables_removed(),
-            )?;
+        let flush = DomainFlush { unit: self, domain };
+        match &domain.kind {
+            DomainKind::Stage1 { table, .. } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Stage2 { table, .. } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
+            DomainKind::Shared { .. } => Err(SHARED_MAP),
         }
-        // SAFETY: the invalidation of the gathered range (walk caches too when tables were
-        // removed: `leaf` false) completed with its CMD_SYNC above; this SMMU is the only
-        // walker of the domain's table; the frames belong to the table's HAL, a clone of ours.
-        unsafe { gather.complete(&self.hal) };
-        Ok(bytes)
     }
 
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
-use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
+use iommu::unit::{DeviceId, Forwarded, GuestEntry, HardwareError, UnitError};
 
 use crate::cmdq::{CmdqError, BATCH_CAPACITY};
 use crate::command::RawCommand;
@@ -355,7 +355,7 @@ pub fn forward(
                 CmdqError::Command(f) => (
                     // The failed command, or (the batch's CMD_SYNC failed) the last one.
                     origin.get(f.position).or(origin.last()).copied(),
-                    UnitError::Hardware("the SMMU refused a forwarded guest command"),
+                    UnitError::Hardware(HardwareError::CommandRejected),
                 ),
                 other => (origin.first().copied(), SmmuError::Command(other).into()),
             };

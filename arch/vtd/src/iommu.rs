@@ -27,13 +27,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::{
-    Coherency, Gather, PageTable, Prot, VtdSecondStage, VtdSecondStageConfig, X86FirstStage,
-    X86FirstStageConfig,
+    Coherency, FlushRange, Gather, PageTable, Prot, VtdSecondStage, VtdSecondStageConfig,
+    X86FirstStage, X86FirstStageConfig,
 };
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
-    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
-    RawRegisters, Stage, TranslationUnit, UnitError,
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError,
+    HardwareInfo, RawRegisters, Stage, TranslationUnit, UnitError,
 };
 
 use crate::caps::Agaw;
@@ -344,7 +344,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             (true, Some(memory)) => {
                 let config = QueueConfig::for_unit(ecap, QueueSize::ONE_PAGE);
                 let q = InvalidationQueue::new(QiMmio::new(block), memory, config)
-                    .map_err(|_| UnitError::Hardware("invalidation queue memory unusable"))?;
+                    .map_err(|_| UnitError::Hardware(HardwareError::QueueMemory))?;
                 block.iqt.set(0);
                 block.iqa.set(q.iqa_value());
                 Self::command(
@@ -714,7 +714,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 crate::register_invalidation::RegisterInvalidationError::Timeout(t) => {
                     UnitError::Timeout(t)
                 }
-                _ => UnitError::Hardware("register invalidation refused"),
+                _ => UnitError::Hardware(HardwareError::RegisterInvalidation),
             })?;
         }
         Ok(())
@@ -1532,25 +1532,13 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     }
 
     fn unmap(&self, domain: &VtdDomain<H>, iova: Iova, len: u64) -> Result<u64, UnitError> {
-        let mut gather = Gather::new();
-        let bytes = match &domain.table {
-            DomainTable::Second(t) => t.unmap(iova, len, &mut gather)?,
-            DomainTable::First(t) => t.unmap(iova, len, &mut gather)?,
-            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
-            DomainTable::Nested(_) => return Err(NESTED_MAP),
-        };
-        if let Some((start, len)) = gather.range() {
-            // On failure the gather is dropped: its frames leak rather than be freed while the
-            // unit may still hold cached pointers to them.
-            self.flush_range(domain, start, len, !gather.tables_removed())?;
+        let flush = DomainFlush { unit: self, domain };
+        match &domain.table {
+            DomainTable::Second(t) => t.unmap_flushed(iova, len, &flush),
+            DomainTable::First(t) => t.unmap_flushed(iova, len, &flush),
+            DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => Err(NESTED_MAP),
         }
-        // SAFETY: the IOTLB and paging-structure caches for the gathered range were invalidated
-        // and the unit reported completion (the batch's wait descriptor, or the register
-        // handshakes); the caller's contract (no overlapping operation running) is the
-        // `TranslationUnit::unmap` one; the frames are from this domain's table, whose HAL is
-        // a clone of `self.hal` handing out from the same allocator.
-        unsafe { gather.complete(&self.hal) };
-        Ok(bytes)
     }
 
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
@@ -1601,13 +1589,31 @@ fn clean<H: Hal>(hal: &H, coherency: Coherency, frame: PhysAddr, len: usize) {
     }
 }
 
+/// One domain's IOTLB flush on this unit, for the page-table engine's unmap.
+struct DomainFlush<'a, 'u, H: Hal + Clone> {
+    unit: &'a VtdUnit<'u, H>,
+    domain: &'a VtdDomain<H>,
+}
+
+// SAFETY: `flush_range` returns `Ok` only after the unit reported the invalidation of the range
+// complete (the batch's wait descriptor, or the register handshakes), with the paging-structure
+// caches too unless `leaf_only`; a domain's table is walked by this unit only (domains are not
+// shared across units).
+unsafe impl<H: Hal + Clone> FlushRange for DomainFlush<'_, '_, H> {
+    type Error = UnitError;
+
+    fn flush(&self, iova: Iova, len: u64, leaf_only: bool) -> Result<(), UnitError> {
+        self.unit.flush_range(self.domain, iova, len, leaf_only)
+    }
+}
+
 pub(crate) fn entry_error(e: EntryError) -> UnitError {
     match e {
         EntryError::Unsupported { feature } => UnitError::Unsupported(feature),
         EntryError::DomainIdOutOfRange { .. } | EntryError::DomainIdZeroInCachingMode => {
             UnitError::OutOfIds
         }
-        _ => UnitError::Hardware("table entry cannot be encoded"),
+        _ => UnitError::Hardware(HardwareError::EntryEncoding),
     }
 }
 
@@ -1616,14 +1622,10 @@ fn qi_error(e: QiError) -> UnitError {
         QiError::Timeout { .. } | QiError::QueueFull => UnitError::Timeout(iommu::poll::Timeout {
             waiting_for: "invalidation queue",
         }),
-        QiError::InvalidDescriptor { .. } => {
-            UnitError::Hardware("invalidation descriptor rejected (IQE)")
-        }
-        QiError::DeviceTlbTimeout { .. } => {
-            UnitError::Hardware("device-TLB invalidation timed out")
-        }
+        QiError::InvalidDescriptor { .. } => UnitError::Hardware(HardwareError::CommandRejected),
+        QiError::DeviceTlbTimeout { .. } => UnitError::Hardware(HardwareError::DeviceTlbTimeout),
         QiError::OutOfMemory => UnitError::OutOfMemory,
-        _ => UnitError::Hardware("invalidation queue error"),
+        _ => UnitError::Hardware(HardwareError::Queue),
     }
 }
 

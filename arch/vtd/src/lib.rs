@@ -26,7 +26,6 @@ pub mod pasid;
 pub mod qi;
 pub mod register_invalidation;
 pub mod root_table;
-mod sync;
 
 // The unit brought up and driven (issue 4, part 2); domain ids counted and reused.
 mod domain_ids;

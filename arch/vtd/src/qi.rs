@@ -18,7 +18,7 @@ use crate::caps::ExtendedCapability;
 use crate::descriptor::{Descriptor, DescriptorError, Wait};
 use crate::registers::{RegisterBlock, FSTS, IQERCD, IQH};
 use crate::root_table::SourceId;
-use crate::sync::{fence, spin_wait, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use iommu::sync::{fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// FSTS bits the queue handles (11.4.9.1), all RW1C.
 const FSTS_IQE: u32 = FSTS::IQE.mask << FSTS::IQE.shift;
@@ -751,7 +751,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
                 });
             }
             polls += 1;
-            spin_wait();
+            spin_loop();
         }
     }
 
@@ -842,7 +842,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
                 self.recover();
             }
             polls += 1;
-            spin_wait();
+            spin_loop();
         }
     }
 

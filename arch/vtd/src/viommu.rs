@@ -25,6 +25,8 @@ use core::ptr::NonNull;
 use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::Format;
+#[cfg(test)]
+use iommu::unit::HardwareError;
 use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
 
 use crate::caps::{Agaw, Capability, ExtendedCapability};
@@ -839,9 +841,7 @@ mod tests {
         let f = forward(cmds, &limits, &Names, &mut |b| {
             batches.push(b.to_vec());
             if Some(batches.len() - 1) == fail_batch {
-                Err(UnitError::Hardware(
-                    "invalidation descriptor rejected (IQE)",
-                ))
+                Err(UnitError::Hardware(HardwareError::CommandRejected))
             } else {
                 Ok(())
             }
@@ -909,9 +909,7 @@ mod tests {
             f,
             Forwarded {
                 done: 32,
-                refused: Some(UnitError::Hardware(
-                    "invalidation descriptor rejected (IQE)"
-                ))
+                refused: Some(UnitError::Hardware(HardwareError::CommandRejected))
             }
         );
         // ... or the first: none.
