@@ -18,6 +18,7 @@ pub mod cmdline;
 pub mod console;
 pub mod edu;
 pub mod fdt;
+pub mod logger;
 pub mod pci;
 pub mod testing;
 

@@ -480,6 +480,12 @@ impl<U: TranslationUnit> Iommu<U> {
     /// Refused if the device is owned (even by `owner`) or another member of its group has a
     /// different owner.
     pub fn claim(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
+        let claimed = self.try_claim(device, owner);
+        logged("claim", device, owner, &claimed);
+        claimed
+    }
+
+    fn try_claim(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
         let d = self.device(device)?;
         if let Some(current) = d.owner {
             return Err(Error::AlreadyOwned {
@@ -509,6 +515,12 @@ impl<U: TranslationUnit> Iommu<U> {
     /// PASID and one for the device: if the hardware fails part-way, what was blocked stays
     /// blocked and the device stays owned (it only ever loses access).
     pub fn release(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
+        let released = self.try_release(device, owner);
+        logged("release", device, owner, &released);
+        released
+    }
+
+    fn try_release(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
         if self.device(device)?.owner != Some(owner) {
             return Err(Error::NotOwner(device));
         }
@@ -530,6 +542,15 @@ impl<U: TranslationUnit> Iommu<U> {
     /// unit) and the group stays viable (see the [module docs](self)). Re-attaching to the
     /// current target does nothing.
     pub fn attach(&mut self, device: DeviceHandle, owner: OwnerId, target: Target) -> Result<()> {
+        let attached = self.try_attach(device, owner, target);
+        match &attached {
+            Ok(()) => log::debug!("attach: {device:?} of {owner:?} now on {target:?}"),
+            Err(e) => log::debug!("attach: {device:?} of {owner:?} to {target:?} refused: {e}"),
+        }
+        attached
+    }
+
+    fn try_attach(&mut self, device: DeviceHandle, owner: OwnerId, target: Target) -> Result<()> {
         let d = self.device(device)?;
         if d.owner != Some(owner) {
             return Err(Error::NotOwner(device));
@@ -882,5 +903,14 @@ impl<D> Domain<D> {
             DomainKind::Paging { space, .. } => Ok(space),
             _ => Err(Error::NotPaging(id)),
         }
+    }
+}
+
+/// Says at `debug` level what a control-path call on a device did or why it was refused: the
+/// embedder sees the object model's decisions without printing every error itself.
+fn logged(op: &str, device: DeviceHandle, owner: OwnerId, result: &Result<()>) {
+    match result {
+        Ok(()) => log::debug!("{op}: {device:?} by {owner:?}"),
+        Err(e) => log::debug!("{op}: {device:?} by {owner:?} refused: {e}"),
     }
 }

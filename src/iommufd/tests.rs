@@ -1317,3 +1317,66 @@ fn aliases_follow_their_group() {
         |io| io.attach_pasid(lone, A, 1, Target::Domain(dom)),
     );
 }
+
+/// The records this thread logged, for tests of what the object model says through `log`.
+mod captured_log {
+    use core::cell::RefCell;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    struct Capture;
+
+    std::thread_local! {
+        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let line = std::format!("{} {}", record.level(), record.args());
+            LINES.with(|l| l.borrow_mut().push(line));
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture;
+
+    /// Installs the capturing logger (once per test process) and empties this thread's lines.
+    pub fn start() {
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Debug);
+        LINES.with(|l| l.borrow_mut().clear());
+    }
+
+    pub fn lines() -> Vec<String> {
+        LINES.with(|l| l.borrow().iter().map(ToString::to_string).collect())
+    }
+}
+
+#[test]
+fn control_path_decisions_are_logged_at_debug() {
+    captured_log::start();
+    let (mut io, u, [d1, _, d3]) = system();
+    let dom = domain(&mut io, A, u);
+    assert!(io.attach(d1, A, Target::Domain(dom)).is_err());
+    ok(io.claim(d1, A));
+    ok(io.attach(d1, A, Target::Domain(dom)));
+    assert!(io.release(d3, A).is_err());
+    let lines = captured_log::lines();
+    let expect = [
+        "DEBUG attach: DeviceHandle(0) of OwnerId(1) to Domain(",
+        "DEBUG claim: DeviceHandle(0) by OwnerId(1)",
+        "DEBUG attach: DeviceHandle(0) of OwnerId(1) now on Domain(",
+        "DEBUG release: DeviceHandle(2) by OwnerId(1) refused: ",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{lines:?}");
+    for (line, start) in lines.iter().zip(expect) {
+        assert!(
+            line.starts_with(start),
+            "{line:?} should start with {start:?}"
+        );
+    }
+    assert!(lines[0].contains("refused"), "{lines:?}");
+}

@@ -50,6 +50,7 @@ pub fn run_test_kernel(info: &BootInfo) -> ! {
         cmdline: Cmdline::new(info.cmdline),
     };
     println!("iommu test kernel: cmdline '{}'", info.cmdline);
+    iommu_boot::logger::init(&machine.cmdline);
     // `tests=a,b` runs only the named tests.
     let only = machine.cmdline.get("tests");
     let tests = tests(&machine);
@@ -70,6 +71,7 @@ pub fn run_demo(info: &BootInfo) -> ! {
         info: *info,
         cmdline: Cmdline::new(info.cmdline),
     };
+    iommu_boot::logger::init(&machine.cmdline);
     #[cfg(target_arch = "x86_64")]
     vtd::demo(&mut machine);
     #[cfg(target_arch = "aarch64")]
