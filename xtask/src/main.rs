@@ -392,7 +392,11 @@ fn report_failure(boot: &qemu::Boot, reasons: &[String], verbose: bool) {
     println!("    log: {}", boot.log.display());
     println!("    rerun: {}", boot.command);
     if !verbose {
-        println!("    serial output:");
+        if boot.serial.is_empty() {
+            println!("    serial output: none");
+        } else {
+            println!("    serial output:");
+        }
         for l in boot.serial.lines().take(200) {
             println!("    | {l}");
         }
