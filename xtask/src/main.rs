@@ -248,18 +248,23 @@ fn list(filter: &str) {
         println!("    qemu:    {} {}", m.arch.qemu(), m.args.join(" "));
         println!("    append:  {}", m.cmdline);
     };
-    println!("QEMU matrix:");
-    for m in matrix::machines()
-        .iter()
+    let machines: Vec<_> = matrix::machines()
+        .into_iter()
         .filter(|m| m.name.contains(filter))
-    {
+        .collect();
+    let self_tests: Vec<_> = matrix::self_tests()
+        .into_iter()
+        .filter(|m| m.name.contains(filter))
+        .collect();
+    println!("QEMU matrix: {} boots", machines.len());
+    for m in &machines {
         show(m);
     }
-    println!("runner self-tests (each boot must fail, for the reason named):");
-    for s in matrix::self_tests()
-        .iter()
-        .filter(|m| m.name.contains(filter))
-    {
+    println!(
+        "runner self-tests: {} boots, each must fail for the reason named",
+        self_tests.len()
+    );
+    for s in &self_tests {
         show(s);
         println!(
             "    expect:  '{}' (timeout {}s)",

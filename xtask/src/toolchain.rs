@@ -180,7 +180,10 @@ fn rustup(args: &[&str]) -> Result<String, String> {
     let out = Command::new("rustup")
         .args(args)
         .output()
-        .map_err(|e| format!("rustup: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "rustup not found".to_string(),
+            _ => format!("rustup: {e}"),
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
