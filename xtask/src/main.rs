@@ -3,15 +3,18 @@
 //! `test` runs the host tests, clippy (warnings denied), the loom models, then boots the test
 //! kernel under every machine of the QEMU matrix and checks the runner itself catches a failing
 //! assertion, a panic, a hang and a QEMU guest error. `demo` boots the demo kernel and shows its
-//! output.
+//! output. Both first make sure the pinned toolchain has its targets (`toolchain.rs`); every
+//! boot keeps its log in `target/xtask/`.
 
 mod matrix;
 mod qemu;
+mod toolchain;
+mod transcript;
 mod verdict;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -44,8 +47,35 @@ impl Arch {
 }
 
 const USAGE: &str = "usage:
-  cargo xtask test [--qemu-only] [--filter TEXT]   host tests, clippy, loom, then the QEMU matrix
+  cargo xtask test [--qemu-only] [--filter TEXT] [--verbose] [--list]
+      host tests, clippy, loom, packaging, then the QEMU matrix; --qemu-only: the matrix only;
+      --filter: the boots whose name contains TEXT; --verbose: every test of every boot with
+      what it printed; --list: print the boots and exit
   cargo xtask demo [--arch x86_64|aarch64]         boot the demo kernel (both architectures by default)";
+
+/// The options of `cargo xtask test`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestOptions {
+    qemu_only: bool,
+    filter: String,
+    verbose: bool,
+    list: bool,
+}
+
+fn parse_test_args(args: &[String]) -> Result<TestOptions, String> {
+    let mut o = TestOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--qemu-only" => o.qemu_only = true,
+            "--verbose" | "-v" => o.verbose = true,
+            "--list" => o.list = true,
+            "--filter" => o.filter = it.next().cloned().ok_or(USAGE)?,
+            _ => return Err(USAGE.to_string()),
+        }
+    }
+    Ok(o)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -90,6 +120,19 @@ fn step(name: &str, cmd: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the current directory, as cargo takes
+/// it) or the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Where every boot leaves its log.
+fn log_dir() -> PathBuf {
+    target_dir().join("xtask")
+}
+
 /// Builds a kernel binary for `arch` and returns its path.
 fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
     step(
@@ -105,10 +148,7 @@ fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
             arch.target(),
         ]),
     )?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    Ok(target_dir.join(arch.target()).join("debug").join(bin))
+    Ok(target_dir().join(arch.target()).join("debug").join(bin))
 }
 
 fn host_checks() -> Result<(), String> {
@@ -171,20 +211,87 @@ fn host_checks() -> Result<(), String> {
     Ok(())
 }
 
-fn test(args: &[String]) -> Result<(), String> {
-    let mut qemu_only = false;
-    let mut filter = String::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--qemu-only" => qemu_only = true,
-            "--filter" => filter = it.next().cloned().ok_or(USAGE)?,
-            _ => return Err(USAGE.to_string()),
-        }
+/// Packages the three driver crates as crates.io would get them, without uploading.
+///
+/// They depend on each other by path and version and none is on crates.io. Named together
+/// with `-p`, cargo packages them in dependency order and resolves each against the ones
+/// already packaged (a local registry overlay), so `iommu-vtd` finds `iommu 0.1.0`. What still
+/// fails is the lock file cargo writes into each `.crate`: resolving it needs `iommu` itself
+/// from crates.io, for the root package's dev-dependency on itself (its `host-hal` feature).
+/// A library's lock file is never used by its dependents, so `--exclude-lockfile` leaves it
+/// out. `--no-verify` skips building each package again from its `.crate`: that passes too
+/// (about 15 s on a 2-core machine) but fetches the crates.io index, and the host checks have just built the
+/// same sources; without it the step needs no network. `--allow-dirty` lets a work tree with
+/// edits be checked.
+fn package_check() -> Result<(), String> {
+    step(
+        "cargo package (iommu, iommu-vtd, iommu-smmuv3)",
+        cargo().args([
+            "package",
+            "--quiet",
+            "--no-verify",
+            "--allow-dirty",
+            "--exclude-lockfile",
+            "-p",
+            "iommu",
+            "-p",
+            "iommu-vtd",
+            "-p",
+            "iommu-smmuv3",
+        ]),
+    )
+}
+
+/// `--list`: the boots `test` would make, without making them.
+fn list(filter: &str) {
+    let show = |m: &matrix::Machine| {
+        println!("{}", m.name);
+        println!("    arch:    {}", m.arch.target());
+        println!("    qemu:    {} {}", m.arch.qemu(), m.args.join(" "));
+        println!("    append:  {}", m.cmdline);
+    };
+    let machines: Vec<_> = matrix::machines()
+        .into_iter()
+        .filter(|m| m.name.contains(filter))
+        .collect();
+    let self_tests: Vec<_> = matrix::self_tests()
+        .into_iter()
+        .filter(|m| m.name.contains(filter))
+        .collect();
+    println!("QEMU matrix: {} boots", machines.len());
+    for m in &machines {
+        show(m);
     }
+    println!(
+        "runner self-tests: {} boots, each must fail for the reason named",
+        self_tests.len()
+    );
+    for s in &self_tests {
+        show(s);
+        println!(
+            "    expect:  '{}' (timeout {}s)",
+            s.expect_reason,
+            s.timeout.as_secs()
+        );
+    }
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    let TestOptions {
+        qemu_only,
+        filter,
+        verbose,
+        list: list_only,
+    } = parse_test_args(args)?;
+    if list_only {
+        list(&filter);
+        return Ok(());
+    }
+    toolchain::ensure(&root())?;
     qemu::ensure_installed()?;
     if !qemu_only {
         host_checks()?;
+        package_check()?;
     }
     let kernels = [
         (Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?),
@@ -205,14 +312,7 @@ fn test(args: &[String]) -> Result<(), String> {
         .iter()
         .filter(|m| m.name.contains(&filter))
     {
-        let boot = qemu::boot(
-            m.arch.qemu(),
-            &m.args,
-            &kernel(m.arch),
-            &m.cmdline,
-            m.timeout,
-            false,
-        )?;
+        let boot = qemu::boot(m, &m.name, &kernel(m.arch), false, &log_dir())?;
         let v = verdict::judge(m.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
         let c = v.counts();
         println!(
@@ -224,8 +324,11 @@ fn test(args: &[String]) -> Result<(), String> {
             boot.elapsed.as_secs_f64(),
             if v.is_pass() { "" } else { "  FAILED" }
         );
+        if verbose {
+            show_boot(&boot);
+        }
         if let verdict::Verdict::Failed { reasons, .. } = &v {
-            report_failure(m, &boot, reasons);
+            report_failure(&boot, reasons, verbose);
             failed_boots.push(m.name.clone());
         }
         total.passed += c.passed;
@@ -238,14 +341,7 @@ fn test(args: &[String]) -> Result<(), String> {
         .iter()
         .filter(|m| m.name.contains(&filter))
     {
-        let boot = qemu::boot(
-            s.arch.qemu(),
-            &s.args,
-            &kernel(s.arch),
-            &s.cmdline,
-            s.timeout,
-            false,
-        )?;
+        let boot = qemu::boot(s, &s.name, &kernel(s.arch), false, &log_dir())?;
         let v = verdict::judge(s.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
         let caught = match &v {
             verdict::Verdict::Failed { reasons, .. } => {
@@ -263,11 +359,14 @@ fn test(args: &[String]) -> Result<(), String> {
             },
             boot.elapsed.as_secs_f64()
         );
+        if verbose {
+            show_boot(&boot);
+        }
         if caught {
             total.passed += 1;
         } else {
             if let verdict::Verdict::Failed { reasons, .. } = &v {
-                report_failure(s, &boot, reasons);
+                report_failure(&boot, reasons, verbose);
             }
             total.failed += 1;
             failed_boots.push(s.name.clone());
@@ -285,19 +384,29 @@ fn test(args: &[String]) -> Result<(), String> {
     }
 }
 
-fn report_failure(m: &matrix::Machine, boot: &qemu::Boot, reasons: &[String]) {
-    println!(
-        "    command: {} {} -kernel ... -append '{}'",
-        m.arch.qemu(),
-        m.args.join(" "),
-        m.cmdline
-    );
+/// `--verbose`: each test of a boot with what it printed, and where the boot's log is.
+fn show_boot(boot: &qemu::Boot) {
+    print!("{}", transcript::render(&boot.serial, "    "));
+    println!("    log: {}", boot.log.display());
+}
+
+/// Why a boot failed, where its log is, and the command that reruns it alone. The serial
+/// output is shown here unless `--verbose` has already shown it.
+fn report_failure(boot: &qemu::Boot, reasons: &[String], verbose: bool) {
     for r in reasons {
         println!("    why: {r}");
     }
-    println!("    serial output:");
-    for l in boot.serial.lines().take(200) {
-        println!("    | {l}");
+    println!("    log: {}", boot.log.display());
+    println!("    rerun: {}", boot.command);
+    if !verbose {
+        if boot.serial.is_empty() {
+            println!("    serial output: none");
+        } else {
+            println!("    serial output:");
+        }
+        for l in boot.serial.lines().take(200) {
+            println!("    | {l}");
+        }
     }
     for l in boot.stderr.lines().take(20) {
         println!("    qemu stderr| {l}");
@@ -310,25 +419,50 @@ fn demo(args: &[String]) -> Result<(), String> {
         [flag, a] if flag == "--arch" => vec![Arch::parse(a).ok_or(USAGE)?],
         _ => return Err(USAGE.to_string()),
     };
+    toolchain::ensure(&root())?;
     qemu::ensure_installed()?;
     for arch in arches {
         let kernel = build_kernel(arch, "demo")?;
         let m = matrix::demo_machine(arch);
         println!("==> {}: {} {}", m.name, arch.qemu(), m.args.join(" "));
-        let boot = qemu::boot(
-            arch.qemu(),
-            &m.args,
-            &kernel,
-            &m.cmdline,
-            Duration::from_secs(120),
-            true,
-        )?;
+        // Named apart from the matrix boot on the same machine, whose log it would replace.
+        let boot = qemu::boot(&m, &format!("demo {}", m.name), &kernel, true, &log_dir())?;
+        println!("==> log: {}", boot.log.display());
         if boot.exit_code != Some(verdict::exit_codes(arch).0) {
             return Err(format!(
-                "demo kernel on {} did not finish cleanly (exit {:?})",
-                m.name, boot.exit_code
+                "demo kernel on {} did not finish cleanly (exit {:?}); log: {}; rerun: {}",
+                m.name,
+                boot.exit_code,
+                boot.log.display(),
+                boot.command
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn test_options() {
+        assert_eq!(parse_test_args(&[]), Ok(TestOptions::default()));
+        assert_eq!(
+            parse_test_args(&args(&["--qemu-only", "--filter", "vtd-flts", "--verbose"])),
+            Ok(TestOptions {
+                qemu_only: true,
+                filter: "vtd-flts".into(),
+                verbose: true,
+                list: false
+            })
+        );
+        assert!(parse_test_args(&args(&["--list"])).is_ok_and(|o| o.list));
+        assert!(parse_test_args(&args(&["--filter"])).is_err());
+        assert!(parse_test_args(&args(&["--bogus"])).is_err());
+    }
 }

@@ -1,7 +1,12 @@
 //! Finding (or installing) QEMU >= 10.0, and booting one kernel in it with a timeout.
+//!
+//! Every boot leaves one log, `target/xtask/<boot name>.log`: the full QEMU command line at its
+//! top (to rerun the boot alone), then the serial output, QEMU's stderr and its
+//! `-d guest_errors` log.
 
+use crate::matrix::Machine;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,42 +117,115 @@ pub struct Boot {
     /// QEMU's own stderr (warnings such as DMA faults it reports).
     pub stderr: String,
     pub elapsed: Duration,
+    /// The command that ran, quoted for a POSIX shell: it reruns this boot alone.
+    pub command: String,
+    /// The boot's log: command, serial, stderr, guest errors.
+    pub log: PathBuf,
 }
 
-/// Boots `kernel` in `binary` with `args`, the debug-exit / semihosting device, serial on stdout
-/// and guest errors logged to a file; kills QEMU after `timeout`. With `echo`, serial output is
-/// also copied to our stdout as it comes (for the demo).
-pub fn boot(
-    binary: &str,
-    args: &[String],
-    kernel: &Path,
-    cmdline: &str,
-    timeout: Duration,
-    echo: bool,
-) -> Result<Boot, String> {
-    let log = std::env::temp_dir().join(format!(
-        "iommu-qemu-{}-{}.log",
-        std::process::id(),
-        unique()
-    ));
-    let _ = std::fs::remove_file(&log);
-    let mut cmd = Command::new(binary);
-    cmd.args([
+/// The log file's name for a boot: letters, digits, `.`, `_` and `-` kept, runs of anything
+/// else (spaces, `:`, `=`) made one `-`.
+pub fn log_file_name(boot_name: &str) -> String {
+    let mut name = String::new();
+    for c in boot_name.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_') {
+            name.push(c);
+        } else if !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    format!("{}.log", name.trim_matches('-'))
+}
+
+/// One word for a POSIX shell: as it is when it is safe, in single quotes otherwise.
+pub fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-.,/=:@%+".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The full argument list of a boot after the binary.
+fn qemu_args(args: &[String], kernel: &Path, cmdline: &str, guest_errors: &Path) -> Vec<String> {
+    let mut all: Vec<String> = [
         "-nodefaults",
         "-display",
         "none",
         "-serial",
         "stdio",
         "-no-reboot",
-    ])
-    .args(args)
-    .arg("-kernel")
-    .arg(kernel)
-    .args(["-append", cmdline, "-d", "guest_errors", "-D"])
-    .arg(&log)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    ]
+    .map(String::from)
+    .into();
+    all.extend(args.iter().cloned());
+    all.extend([
+        "-kernel".to_string(),
+        kernel.display().to_string(),
+        "-append".to_string(),
+        cmdline.to_string(),
+        "-d".to_string(),
+        "guest_errors".to_string(),
+        "-D".to_string(),
+        guest_errors.display().to_string(),
+    ]);
+    all
+}
+
+/// `binary args...` for a shell, `-append`'s value always quoted (it is one argument however
+/// many words it has).
+pub fn command_line(binary: &str, args: &[String]) -> String {
+    let mut line = shell_word(binary);
+    let mut after_append = false;
+    for a in args {
+        line.push(' ');
+        if after_append {
+            line.push_str(&format!("'{}'", a.replace('\'', "'\\''")));
+        } else {
+            line.push_str(&shell_word(a));
+        }
+        after_append = a == "-append";
+    }
+    line
+}
+
+/// An absolute form of `path` where one can be had, so that printed commands work from any
+/// directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Boots `kernel` on machine `m` (its QEMU arguments and kernel command line), with serial on
+/// stdout and guest errors logged to a file; kills QEMU after the machine's timeout. With
+/// `echo`, serial output is also copied to our stdout as it comes (for the demo). `name` names
+/// the boot's log in `log_dir`.
+pub fn boot(
+    m: &Machine,
+    name: &str,
+    kernel: &Path,
+    echo: bool,
+    log_dir: &Path,
+) -> Result<Boot, String> {
+    let (binary, args, cmdline, timeout) = (m.arch.qemu(), &m.args, &m.cmdline, m.timeout);
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
+    let log = absolute(log_dir).join(log_file_name(name));
+    // QEMU writes its `-D` log itself; it is folded into the boot's log afterwards.
+    let guest_errors_file = log.with_extension("guest-errors");
+    let _ = std::fs::remove_file(&guest_errors_file);
+    let all_args = qemu_args(args, &absolute(kernel), cmdline, &guest_errors_file);
+    let command = command_line(binary, &all_args);
+    // The command goes in first, so that even a run killed mid-boot leaves it behind.
+    let header = format!("# {name}\n{command}\n");
+    std::fs::write(&log, &header).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(&all_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -189,19 +267,66 @@ pub fn boot(
     let elapsed = start.elapsed();
     let serial = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    let guest_errors = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
+    let guest_errors = std::fs::read_to_string(&guest_errors_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&guest_errors_file);
+    let exit = match exit_code {
+        Some(c) => format!("QEMU exited with {c}"),
+        None => format!("QEMU killed at the {}s timeout", timeout.as_secs()),
+    };
+    let text = format!(
+        "{header}# {exit} after {:.1}s\n\n== serial ==\n{serial}\n== qemu stderr ==\n{stderr}\n\
+         == qemu -d guest_errors ==\n{guest_errors}",
+        elapsed.as_secs_f64()
+    );
+    std::fs::write(&log, text).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
     Ok(Boot {
         exit_code,
         serial,
         guest_errors,
         stderr,
         elapsed,
+        command,
+        log,
     })
 }
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names_are_filename_safe() {
+        assert_eq!(
+            log_file_name("x86_64 q35 vtd-legacy aw48 cm=off"),
+            "x86_64-q35-vtd-legacy-aw48-cm-off.log"
+        );
+        assert_eq!(
+            log_file_name("aarch64 self-test: deliberate guest-error"),
+            "aarch64-self-test-deliberate-guest-error.log"
+        );
+        assert_eq!(
+            log_file_name("aarch64 virt-9.0 smmuv3 stage=2/../x"),
+            "aarch64-virt-9.0-smmuv3-stage-2-..-x.log"
+        );
+    }
+
+    #[test]
+    fn command_line_is_quoted_for_a_shell() {
+        let args = qemu_args(
+            &["-device".into(), "edu,dma_mask=0xff".into()],
+            Path::new("/t/my kernel"),
+            "vtd.mode=legacy vtd.aw=48",
+            Path::new("/t/x.guest-errors"),
+        );
+        assert_eq!(
+            command_line("qemu-system-x86_64", &args),
+            "qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+             -device edu,dma_mask=0xff -kernel '/t/my kernel' -append 'vtd.mode=legacy vtd.aw=48' \
+             -d guest_errors -D /t/x.guest-errors"
+        );
+        let one = ["-append".to_string(), "smmu.stage=2".to_string()];
+        assert_eq!(command_line("q", &one), "q -append 'smmu.stage=2'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }
