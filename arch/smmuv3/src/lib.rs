@@ -5,8 +5,8 @@
 //!   nodes, `pci-host-ecam-generic` with its `iommu-map`), and requester id → stream id.
 //! - [`iort`]: the same from ACPI's IO Remapping Table, for machines booted with ACPI.
 //! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
-//! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
-//! - [`unit`]: reading them from a mapped SMMU.
+//! - [`idr`]: the identification registers, read from a mapped SMMU and decoded into typed
+//!   [`idr::Features`].
 //! - [`platform`]: one description of an SMMU, from either the devicetree or the IORT.
 //! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it, with the
 //!   records of which domains each stream uses.
@@ -36,7 +36,6 @@ pub mod platform;
 pub mod registers;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
-pub mod smmu;
 pub mod stream_table;
 pub mod substream;
 pub mod two_level;

@@ -21,8 +21,9 @@ use crate::cmdq::{CmdqError, BATCH_CAPACITY};
 use crate::command::RawCommand;
 use crate::guest::{check_command, validate_vste, GuestSte, HostCommand};
 use crate::idr::Features;
-use crate::smmu::{DomainKind, SmmuDomain, SmmuError, SmmuUnit};
 use crate::stream_table::{Stage2, StreamTableEntry};
+use crate::unit::domain::{DomainKind, SmmuDomain};
+use crate::unit::{SmmuError, SmmuUnit};
 
 /// The unit's part of one guest's vIOMMU: the nest parent's stage-2 configuration (its VMID
 /// tags all the guest's translations) and the count of nested domains built on it.

@@ -28,7 +28,7 @@ use iommu_smmuv3::command::Command;
 use iommu_smmuv3::devicetree::{GicVersion, Interrupt, Trigger};
 use iommu_smmuv3::platform::SmmuDescription;
 use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
-use iommu_smmuv3::smmu::{SmmuConfig, SmmuUnit};
+use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
 
 pub(super) type Unit = SmmuUnit<&'static KernelHal>;

@@ -21,7 +21,7 @@ use iommu::unit::{
 };
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
-use iommu_smmuv3::smmu::SmmuConfig;
+use iommu_smmuv3::unit::SmmuConfig;
 
 /// `info` against what `smmu.stage` says the machine has and QEMU 10's fixed IDR values
 /// (docs/qemu-facts.md): OAS 44 bits, 4K/16K/64K granules, COHACC, no ATS, no substreams,

@@ -102,7 +102,7 @@ fn encode(c: Command) -> Result<[u64; 2], Failure> {
 
 /// Issue 6's hypervisor flow on a nested-capable SMMU.
 pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> TestResult {
-    type Unit = iommu_smmuv3::smmu::SmmuUnit<&'static KernelHal>;
+    type Unit = iommu_smmuv3::unit::SmmuUnit<&'static KernelHal>;
     let unit: &Unit = unit(m)?;
     let s = unit.features().stages;
     if !(s.stage1() && s.stage2()) {
