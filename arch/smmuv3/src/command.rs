@@ -10,7 +10,7 @@
 
 use core::fmt;
 
-use crate::attributes::{bits, field, place, Granule, Shareability};
+use crate::attributes::{bits, field, granule_from_tlbi_tg, place, tlbi_tg, Granule, Shareability};
 
 /// One command as it sits in the queue: two little-endian 64-bit words.
 pub type RawCommand = [u64; 2];
@@ -475,8 +475,7 @@ fn encode_range(range: &Option<TlbiRange>) -> Result<(u64, u64), EncodeError> {
             check_width("TTL", u64::from(r.ttl), 2)?;
             Ok((
                 place(u64::from(r.num), NUM.0, NUM.1) | place(u64::from(r.scale), SCALE.0, SCALE.1),
-                place(r.granule.tlbi_encoding(), TG.0, TG.1)
-                    | place(u64::from(r.ttl), TTL.0, TTL.1),
+                place(tlbi_tg(r.granule), TG.0, TG.1) | place(u64::from(r.ttl), TTL.0, TTL.1),
             ))
         }
     }
@@ -819,7 +818,7 @@ impl Command {
         };
         let range = || -> Result<Option<TlbiRange>, DecodeError> {
             let tg = field(w1, TG.0, TG.1);
-            match Granule::from_tlbi_encoding(tg) {
+            match granule_from_tlbi_tg(tg) {
                 Some(granule) => Ok(Some(TlbiRange {
                     granule,
                     scale: field(w0, SCALE.0, SCALE.1) as u8,

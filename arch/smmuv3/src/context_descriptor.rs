@@ -12,7 +12,7 @@ use core::fmt;
 use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 
-use crate::attributes::{bits, field, place, Granule};
+use crate::attributes::{bits, field, granule_supported, place, tg0, Granule};
 use crate::cmdq::CmdqError;
 use crate::idr::{Features, Httu, OutputAddressSize, StallModel, TermModel};
 use crate::stream_table::{
@@ -171,7 +171,7 @@ impl ContextDescriptor {
         }
         let mut w = [0u64; ENTRY_WORDS];
         w[0] = place(u64::from(self.t0sz), CD0_T0SZ.0, CD0_T0SZ.1)
-            | place(self.granule.tg0_encoding(), CD0_TG0.0, CD0_TG0.1)
+            | place(tg0(self.granule), CD0_TG0.0, CD0_TG0.1)
             | place(self.walk.inner.encoding(), CD0_IR0.0, CD0_IR0.1)
             | place(self.walk.outer.encoding(), CD0_OR0.0, CD0_OR0.1)
             | place(self.walk.shareability.encoding(), CD0_SH0.0, CD0_SH0.1)
@@ -211,7 +211,7 @@ impl ContextDescriptor {
                 value: u64::from(self.asid),
             });
         }
-        if !self.granule.supported_by(&f.granules) {
+        if !granule_supported(self.granule, &f.granules) {
             return Err(SteError::Unsupported("the stage-1 granule"));
         }
         if self.ips.encoding() > f.oas.encoding() {

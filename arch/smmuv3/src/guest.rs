@@ -11,6 +11,7 @@
 
 use iommu::unit::{DeviceId, GuestEntry, UnitError};
 
+use crate::attributes::granule_supported;
 use crate::command::{opcode, Command, DecodeError, RawCommand};
 use crate::idr::{Features, StallModel};
 use crate::stream_table::{
@@ -165,7 +166,7 @@ pub fn check_command(
         }
         // 4.4.1 TG: a range names pages of a granule the SMMU walks (IDR5.GRAN*).
         Command::TlbiNhVa { range: Some(r), .. } | Command::TlbiNhVaa { range: Some(r), .. }
-            if !r.granule.supported_by(&features.granules) =>
+            if !granule_supported(r.granule, &features.granules) =>
         {
             return Err(UnitError::GuestCommand(
                 "range TG is not a granule of the SMMU",

@@ -16,7 +16,10 @@ use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 use tock_registers::fields::FieldValue;
 
-use crate::attributes::{bits, field, place, Cacheability, Granule, Shareability};
+use crate::attributes::{
+    bits, field, granule_from_tg0, granule_supported, place, tg0, Cacheability, Granule,
+    Shareability,
+};
 use crate::cmdq::CmdqError;
 use crate::command::Command;
 use crate::idr::{Features, OutputAddressSize, StreamTableLevels};
@@ -479,7 +482,7 @@ impl StreamTableEntry {
                     value: u64::from(s2.vmid),
                 });
             }
-            if !s2.granule.supported_by(&f.granules) {
+            if !granule_supported(s2.granule, &f.granules) {
                 return Err(SteError::Unsupported("the stage-2 granule"));
             }
             if s2.output_size.encoding() > f.oas.encoding() {
@@ -582,7 +585,7 @@ impl StreamTableEntry {
                 | place(s2.walk.inner.encoding(), STE2_S2IR0.0, STE2_S2IR0.1)
                 | place(s2.walk.outer.encoding(), STE2_S2OR0.0, STE2_S2OR0.1)
                 | place(s2.walk.shareability.encoding(), STE2_S2SH0.0, STE2_S2SH0.1)
-                | place(s2.granule.tg0_encoding(), STE2_S2TG.0, STE2_S2TG.1)
+                | place(tg0(s2.granule), STE2_S2TG.0, STE2_S2TG.1)
                 | place(u64::from(s2.output_size.encoding()), STE2_S2PS.0, STE2_S2PS.1)
                 // AArch64 tables only; little-endian walks (S2ENDI = 0).
                 | 1 << STE2_S2AA64
@@ -781,7 +784,7 @@ impl StreamTableEntry {
                 return Err(bad("S2SL0", u64::from(sl0)));
             }
             let tg = field(w2, STE2_S2TG.0, STE2_S2TG.1);
-            let granule = Granule::from_tg0_encoding(tg).ok_or(bad("S2TG", tg))?;
+            let granule = granule_from_tg0(tg).ok_or(bad("S2TG", tg))?;
             let sh = field(w2, STE2_S2SH0.0, STE2_S2SH0.1);
             let shareability = Shareability::from_encoding(sh).ok_or(bad("S2SH0", sh))?;
             let output_size = match field(w2, STE2_S2PS.0, STE2_S2PS.1) {

@@ -297,7 +297,7 @@ pub(crate) fn new_nested<H: Hal + Clone>(
     // The entry must encode (it is written only at attach, which must not fail on it then).
     ste.encode().map_err(SmmuError::Entry)?;
     Ok(SmmuDomain {
-        id: unit.new_domain_id(),
+        serial: unit.new_domain_serial(),
         kind: DomainKind::Nested {
             ste,
             vmid: viommu.s2.vmid,

@@ -9,7 +9,7 @@ use core::sync::atomic::Ordering;
 use iommu::hal::Hal;
 use iommu::unit::{Attachment, DeviceId, HardwareError, UnitError};
 
-use super::domain::{DomainId, DomainKind, SmmuDomain};
+use super::domain::{DomainKind, DomainSerial, SmmuDomain};
 use super::streams::{release, retain, StreamUse, Streams};
 use super::{SmmuError, SmmuUnit};
 use crate::cmdq::CmdqError;
@@ -60,10 +60,10 @@ impl<H: Hal + Clone> Streams<H> {
         hw: &impl StreamHardware<H>,
         hal: &H,
         features: &Features,
-        blocking: Option<(DomainId, ContextDescriptor)>,
+        blocking: Option<(DomainSerial, ContextDescriptor)>,
         sid: u32,
         pasid: u32,
-        target: Option<(DomainId, ContextDescriptor)>,
+        target: Option<(DomainSerial, ContextDescriptor)>,
     ) -> Result<Option<StreamUse<H>>, UnitError> {
         let Self {
             table: strtab,
@@ -134,7 +134,7 @@ impl<H: Hal + Clone> Streams<H> {
         &mut self,
         hw: &impl StreamHardware<H>,
         sid: u32,
-        target: Option<(DomainId, ContextDescriptor)>,
+        target: Option<(DomainSerial, ContextDescriptor)>,
     ) -> Result<(), UnitError> {
         let Self {
             table: strtab,
@@ -267,7 +267,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             }
         };
         let uses = StreamUse::Domains {
-            ids: [Some(s1.id), Some(s2.id)],
+            ids: [Some(s1.serial), Some(s2.serial)],
             cd: None,
         };
         Ok(self.install_use(device.0, &ste, Some(uses))?)
@@ -290,7 +290,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             DomainKind::Stage2 { .. } | DomainKind::Nested { .. } => None,
         };
         StreamUse::Domains {
-            ids: [Some(domain.id), None],
+            ids: [Some(domain.serial), None],
             cd,
         }
     }
@@ -300,14 +300,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     fn default_substream(
         &self,
         to: Attachment<'_, SmmuDomain<H>>,
-    ) -> Result<Option<(DomainId, ContextDescriptor)>, UnitError> {
+    ) -> Result<Option<(DomainSerial, ContextDescriptor)>, UnitError> {
         match to {
             Attachment::Identity => Ok(None),
             Attachment::Blocking => match &self.blocking {
-                Some(d) => Ok(Some((d.id, d.substream_cd()?))),
+                Some(d) => Ok(Some((d.serial, d.substream_cd()?))),
                 None => Err(UnitError::Unsupported("a blocking domain")),
             },
-            Attachment::Paging(d) => Ok(Some((d.id, d.substream_cd()?))),
+            Attachment::Paging(d) => Ok(Some((d.serial, d.substream_cd()?))),
         }
     }
 
@@ -385,13 +385,13 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             Attachment::Identity => {
                 return Err(UnitError::Unsupported("identity for one PASID"));
             }
-            Attachment::Paging(d) => Some((d.id, d.substream_cd()?)),
+            Attachment::Paging(d) => Some((d.serial, d.substream_cd()?)),
         };
         // Only a stage-1 blocking domain can serve as CD 0 (substreams need stage 1 anyway).
         let blocking = self
             .blocking
             .as_ref()
-            .and_then(|b| b.substream_cd().ok().map(|cd| (b.id, cd)));
+            .and_then(|b| b.substream_cd().ok().map(|cd| (b.serial, cd)));
         let mut streams = self.strtab.lock();
         let old = streams.attach_pasid(
             self,
@@ -511,7 +511,7 @@ mod tests {
             c.encode().unwrap_or_else(|e| panic!("{e}"))
         }
 
-        fn users(s: &Streams<TestHal<'_>>) -> Vec<(DomainId, u32)> {
+        fn users(s: &Streams<TestHal<'_>>) -> Vec<(DomainSerial, u32)> {
             s.users.iter().map(|(&k, &v)| (k, v)).collect()
         }
 

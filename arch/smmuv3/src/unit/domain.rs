@@ -10,9 +10,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::Hal;
-use iommu::pagetable::{
-    Coherency, Gather, Granule as PtGranule, PageTable, Prot, VmsaConfig, VmsaStage1, VmsaStage2,
-};
+use iommu::pagetable::{Coherency, Gather, PageTable, Prot, VmsaConfig, VmsaStage1, VmsaStage2};
 use iommu::unit::{CpuTable, Stage, UnitError};
 
 use super::info::output_size;
@@ -24,11 +22,11 @@ use crate::stream_table::{Stage2, StreamTableEntry};
 
 /// Names a domain in the unit's attachment records: unique for the unit's life (a 64-bit
 /// counter does not wrap).
-pub(crate) type DomainId = u64;
+pub(crate) type DomainSerial = u64;
 
 /// A domain of an [`SmmuUnit`].
 pub struct SmmuDomain<H: Hal> {
-    pub(crate) id: DomainId,
+    pub(crate) serial: DomainSerial,
     pub(crate) kind: DomainKind<H>,
 }
 
@@ -265,17 +263,9 @@ pub(super) const SHARED_MAP: UnitError = UnitError::Unsupported(
     "map/unmap of a shared CPU table (the embedder changes it and calls flush)",
 );
 
-fn pt_granule(g: Granule) -> PtGranule {
-    match g {
-        Granule::Size4K => PtGranule::Size4K,
-        Granule::Size16K => PtGranule::Size16K,
-        Granule::Size64K => PtGranule::Size64K,
-    }
-}
-
 impl<H: Hal + Clone> SmmuUnit<H> {
-    pub(crate) fn new_domain_id(&self) -> DomainId {
-        self.next_domain_id.fetch_add(1, Ordering::Relaxed)
+    pub(crate) fn new_domain_serial(&self) -> DomainSerial {
+        self.next_domain_serial.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A paging domain of `stage` with pages of `granule`, translating `ia_bits` of input
@@ -309,7 +299,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 // QEMU accepts T0SZ 16..=39 only: at least 25 input bits.
                 let ia = ia_bits.clamp(25, 48);
                 let cfg = VmsaConfig {
-                    granule: pt_granule(granule),
+                    granule,
                     input_bits: ia,
                     output_bits: self.oas_bits,
                 };
@@ -330,7 +320,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     }
                 };
                 Ok(SmmuDomain {
-                    id: self.new_domain_id(),
+                    serial: self.new_domain_serial(),
                     kind: DomainKind::Stage1 {
                         table,
                         cds,
@@ -346,7 +336,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 }
                 let ia = ia_bits.clamp(25, self.oas_bits);
                 let cfg = VmsaConfig {
-                    granule: pt_granule(granule),
+                    granule,
                     input_bits: ia,
                     output_bits: self.oas_bits,
                 };
@@ -371,7 +361,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     }
                 };
                 Ok(SmmuDomain {
-                    id: self.new_domain_id(),
+                    serial: self.new_domain_serial(),
                     kind: DomainKind::Stage2 {
                         table,
                         s2,
@@ -400,15 +390,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 
     pub(super) fn domain_granule(domain: &SmmuDomain<H>) -> Granule {
-        let g = match &domain.kind {
+        match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.format().granule(),
             DomainKind::Stage2 { table, .. } => table.format().granule(),
-            DomainKind::Shared { .. } | DomainKind::Nested { .. } => return Granule::Size4K,
-        };
-        match g {
-            PtGranule::Size4K => Granule::Size4K,
-            PtGranule::Size16K => Granule::Size16K,
-            PtGranule::Size64K => Granule::Size64K,
+            DomainKind::Shared { .. } | DomainKind::Nested { .. } => Granule::Size4K,
         }
     }
 
@@ -452,7 +437,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         }
         match self.single_cd_table(&cd) {
             Ok(cds) => Ok(SmmuDomain {
-                id: self.new_domain_id(),
+                serial: self.new_domain_serial(),
                 kind: DomainKind::Shared { cds, cd },
             }),
             Err(e) => {
@@ -463,10 +448,13 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 
     pub(super) fn destroy(&self, domain: SmmuDomain<H>) -> Result<(), (SmmuDomain<H>, UnitError)> {
-        let is_blocking = self.blocking.as_ref().is_some_and(|b| b.id == domain.id);
+        let is_blocking = self
+            .blocking
+            .as_ref()
+            .is_some_and(|b| b.serial == domain.serial);
         // Attaches are serialised by this lock; none can start for `domain` after the check,
         // since every attach needs a reference to it and we own it.
-        if is_blocking || self.strtab.lock().users.contains_key(&domain.id) {
+        if is_blocking || self.strtab.lock().users.contains_key(&domain.serial) {
             return Err((domain, UnitError::Busy));
         }
         // A nest parent stays while a vIOMMU or a nested domain builds on it.

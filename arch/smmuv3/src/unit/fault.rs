@@ -33,7 +33,7 @@ pub fn fault_kind(event: EventType) -> FaultKind {
 }
 
 /// An SMMU event record in the core's terms.
-pub fn fault_record(e: &crate::eventq::FaultRecord) -> FaultRecord {
+pub fn fault_record(e: &crate::eventq::Event) -> FaultRecord {
     FaultRecord {
         device: DeviceId(e.stream_id),
         pasid: e.substream_id,
@@ -55,7 +55,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     /// recovery on two CPUs cannot undo each other's acknowledgement.
     ///
     /// [`CmdqRegisters::acknowledge_gerror`]: crate::cmdq::CmdqRegisters::acknowledge_gerror
-    pub fn drain_events(&self, sink: &mut dyn FnMut(&crate::eventq::FaultRecord)) -> Drained {
+    pub fn drain_events(&self, sink: &mut dyn FnMut(&crate::eventq::Event)) -> Drained {
         let mut q = self.eventq.lock();
         // `drain` pops until the queue is empty (re-reading PROD), bounded so that a device
         // faulting without pause cannot keep the caller here forever.
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn translation_event_becomes_a_core_fault_record() {
         let raw = [0x10 | 8 << 32, 2 << 40, 0xcd0_0040, 0];
-        let f = fault_record(&crate::eventq::FaultRecord::decode(raw));
+        let f = fault_record(&crate::eventq::Event::decode(raw));
         assert_eq!(f.device, DeviceId(8));
         assert_eq!(f.pasid, None);
         assert_eq!(f.address, 0xcd0_0040);
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn read_permission_fault_and_configuration_errors_are_classified() {
         let raw = [0x13 | 16 << 32, 1 << 35 | 2 << 40, 0x1000, 0];
-        let f = fault_record(&crate::eventq::FaultRecord::decode(raw));
+        let f = fault_record(&crate::eventq::Event::decode(raw));
         assert_eq!(
             (f.device, f.write, f.kind),
             (DeviceId(16), false, FaultKind::Permission)

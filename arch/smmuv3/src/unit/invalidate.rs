@@ -211,7 +211,7 @@ pub fn plan_invalidation<'a>(
     leaf: bool,
     policy: &InvalidationPolicy,
 ) -> InvalidationPlan<'a> {
-    let log2 = granule.log2();
+    let log2 = granule.shift();
     let commands: u128 = ranges
         .iter()
         .map(|r| {
@@ -330,7 +330,7 @@ impl Iterator for InvalidationPlan<'_> {
                             self.state = PlanState::Done;
                             return None;
                         };
-                        let (first, pages) = page_span(r, self.granule.log2());
+                        let (first, pages) = page_span(r, self.granule.shift());
                         self.state = PlanState::Addresses {
                             range: range + 1,
                             next: first,
@@ -338,7 +338,7 @@ impl Iterator for InvalidationPlan<'_> {
                         };
                         continue;
                     }
-                    let log2 = self.granule.log2();
+                    let log2 = self.granule.shift();
                     let (cmd, pages) = if self.use_ranges {
                         let scale = left.trailing_zeros().min(31);
                         let units = (left >> scale) & 31;
@@ -498,8 +498,8 @@ mod tests {
         // commands tile the range without gap or overlap.
         for pages in [1u64, 2, 3, 31, 32, 33, 63, 100, 4096, 0x1234_5678] {
             for granule in [Granule::Size4K, Granule::Size16K, Granule::Size64K] {
-                let start = 7 << granule.log2();
-                let len = pages << granule.log2();
+                let start = 7 << granule.shift();
+                let len = pages << granule.shift();
                 let cmds = collect(plan_invalidation(
                     scope,
                     &[start..start + len],
@@ -524,9 +524,9 @@ mod tests {
                     assert_eq!(r.ttl, 0);
                     assert!(r.scale <= 31 && r.num <= 31);
                     assert!(c.encode().is_ok());
-                    next += r.pages() << granule.log2();
+                    next += r.pages() << granule.shift();
                 }
-                assert_eq!(next, start + len, "{pages} pages of {granule}");
+                assert_eq!(next, start + len, "{pages} pages of {granule:?}");
                 assert!(
                     cmds.len() as u32 <= 7,
                     "{pages} pages took {} commands",

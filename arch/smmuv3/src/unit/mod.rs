@@ -176,8 +176,8 @@ pub struct SmmuUnit<H: Hal + Clone> {
     strtab: spin::Mutex<Streams<H>>,
     /// ASIDs and VMIDs. A tag goes back only after its domain's TLB entries were invalidated.
     tags: spin::Mutex<Tags>,
-    /// The next [`DomainId`] (relaxed: uniqueness comes from the atomic increment alone).
-    next_domain_id: AtomicU64,
+    /// The next domain serial (relaxed: uniqueness comes from the atomic increment alone).
+    next_domain_serial: AtomicU64,
     /// The identification registers as read at bring-up.
     id_regs: IdRegisters,
     policy: InvalidationPolicy,
@@ -339,7 +339,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 asids: TagPool::new(features.asid_bits, config.tag_window),
                 vmids: TagPool::new(features.vmid_bits, config.tag_window),
             }),
-            next_domain_id: AtomicU64::new(1),
+            next_domain_serial: AtomicU64::new(1),
             id_regs,
             oas_bits,
             blocking: None,
@@ -385,7 +385,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         self.strtab
             .lock()
             .users
-            .get(&domain.id)
+            .get(&domain.serial)
             .copied()
             .unwrap_or(0)
     }

@@ -7,7 +7,7 @@ use alloc::collections::BTreeMap;
 
 use iommu::hal::Hal;
 
-use super::domain::DomainId;
+use super::domain::DomainSerial;
 use crate::context_descriptor::ContextDescriptor;
 use crate::stream_table::StreamTable;
 use crate::substream::SubstreamTable;
@@ -20,20 +20,20 @@ pub(super) enum StreamUse<H: Hal> {
     /// parent. `cd` is the CD of a single stage-1 or shared domain (what a conversion to
     /// substreams keeps as the default).
     Domains {
-        ids: [Option<DomainId>; 2],
+        ids: [Option<DomainSerial>; 2],
         cd: Option<ContextDescriptor>,
     },
     /// The stream has its own CD table: `default` is CD 0's domain (`None`: untagged requests
     /// bypass stage 1), `pasids` the domain of every other valid CD.
     Substreams {
         table: SubstreamTable<H>,
-        default: Option<DomainId>,
-        pasids: BTreeMap<u32, DomainId>,
+        default: Option<DomainSerial>,
+        pasids: BTreeMap<u32, DomainSerial>,
     },
 }
 
 impl<H: Hal> StreamUse<H> {
-    fn for_each_domain(&self, mut f: impl FnMut(DomainId)) {
+    fn for_each_domain(&self, mut f: impl FnMut(DomainSerial)) {
         match self {
             Self::Bypass => {}
             Self::Domains { ids, .. } => ids.iter().flatten().for_each(|&id| f(id)),
@@ -53,14 +53,14 @@ pub(super) struct Streams<H: Hal> {
     /// Streams whose STE the unit configured; any other stream is blocked or aborted.
     pub(super) uses: BTreeMap<u32, StreamUse<H>>,
     /// How many STEs and CDs point at each domain (absent: none).
-    pub(super) users: BTreeMap<DomainId, u32>,
+    pub(super) users: BTreeMap<DomainSerial, u32>,
 }
 
-pub(super) fn retain(users: &mut BTreeMap<DomainId, u32>, id: DomainId) {
+pub(super) fn retain(users: &mut BTreeMap<DomainSerial, u32>, id: DomainSerial) {
     *users.entry(id).or_insert(0) += 1;
 }
 
-pub(super) fn release(users: &mut BTreeMap<DomainId, u32>, id: DomainId) {
+pub(super) fn release(users: &mut BTreeMap<DomainSerial, u32>, id: DomainSerial) {
     if let Some(n) = users.get_mut(&id) {
         *n = n.saturating_sub(1);
         if *n == 0 {

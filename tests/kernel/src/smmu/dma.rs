@@ -301,7 +301,7 @@ fn granule_round_trip(
     iova: u64,
 ) -> TestResult {
     let dev = rid_stream_id(edu);
-    let size = granule.bytes() as usize;
+    let size = 1usize << granule.shift();
     let buf = Aligned::new(size, 0)?;
     let domain = unit
         .new_domain_with_granule(stage, IA_BITS, granule)
