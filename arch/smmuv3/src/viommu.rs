@@ -23,7 +23,8 @@ use crate::guest::{check_command, validate_vste, GuestSte, HostCommand};
 use crate::idr::Features;
 use crate::stream_table::{Stage2, StreamTableEntry};
 use crate::unit::domain::{DomainKind, SmmuDomain};
-use crate::unit::{SmmuError, SmmuUnit};
+use crate::unit::SmmuUnit;
+use crate::Error;
 
 /// The unit's part of one guest's vIOMMU: the nest parent's stage-2 configuration (its VMID
 /// tags all the guest's translations) and the count of nested domains built on it.
@@ -293,9 +294,9 @@ pub(crate) fn new_nested<H: Hal + Clone>(
         viommu.s2,
         validate_vste(guest, features, viommu.ipa_bits())?,
     );
-    ste.check_features(features).map_err(SmmuError::Entry)?;
+    ste.check_features(features).map_err(Error::Entry)?;
     // The entry must encode (it is written only at attach, which must not fail on it then).
-    ste.encode().map_err(SmmuError::Entry)?;
+    ste.encode().map_err(Error::Entry)?;
     Ok(SmmuDomain {
         serial: unit.new_domain_serial(),
         kind: DomainKind::Nested {
@@ -358,7 +359,7 @@ pub fn forward(
                     origin.get(f.position).or(origin.last()).copied(),
                     UnitError::Hardware(HardwareError::CommandRejected),
                 ),
-                other => (origin.first().copied(), SmmuError::Command(other).into()),
+                other => (origin.first().copied(), Error::Command(other).into()),
             };
             Forwarded {
                 done: at.unwrap_or(0),

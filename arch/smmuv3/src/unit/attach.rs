@@ -11,13 +11,14 @@ use iommu::unit::{Attachment, DeviceId, HardwareError, UnitError};
 
 use super::domain::{DomainKind, DomainSerial, SmmuDomain};
 use super::streams::{release, retain, StreamUse, Streams};
-use super::{SmmuError, SmmuUnit};
+use super::SmmuUnit;
 use crate::cmdq::CmdqError;
 use crate::command::Command;
 use crate::context_descriptor::ContextDescriptor;
 use crate::idr::Features;
 use crate::stream_table::{StreamTable, StreamTableEntry};
 use crate::substream::SubstreamTable;
+use crate::Error;
 
 /// What the attachment records drive on the hardware: STE writes (each with its CMD_CFGI_STE +
 /// CMD_SYNC) and CD invalidations (CMD_CFGI_CD + CMD_SYNC), completed before returning. The unit
@@ -28,7 +29,7 @@ pub(crate) trait StreamHardware<H: Hal> {
         table: &mut StreamTable<H>,
         sid: u32,
         ste: &StreamTableEntry,
-    ) -> Result<(), SmmuError>;
+    ) -> Result<(), Error>;
     fn invalidate_cd(&self, sid: u32, ssid: u32, leaf: bool) -> Result<(), CmdqError>;
 }
 
@@ -38,7 +39,7 @@ impl<H: Hal + Clone> StreamHardware<H> for SmmuUnit<H> {
         table: &mut StreamTable<H>,
         sid: u32,
         ste: &StreamTableEntry,
-    ) -> Result<(), SmmuError> {
+    ) -> Result<(), Error> {
         self.install_on(table, sid, ste)
     }
 
@@ -75,7 +76,7 @@ impl<H: Hal + Clone> Streams<H> {
                 .set(pasid, target.as_ref().map(|(_, cd)| cd), |ssid, leaf| {
                     hw.invalidate_cd(sid, ssid, leaf)
                 })
-                .map_err(SmmuError::CdTable)?;
+                .map_err(Error::CdTable)?;
             let old = match target {
                 Some((id, _)) => {
                     retain(users, id);
@@ -107,11 +108,11 @@ impl<H: Hal + Clone> Streams<H> {
             }
         };
         let mut table = SubstreamTable::new(hal.clone(), features, default.as_ref().map(|d| &d.1))
-            .map_err(SmmuError::CdTable)?;
+            .map_err(Error::CdTable)?;
         // No STE points at the new table yet: nothing to invalidate.
         let ste = table
             .set(pasid, Some(&cd), |_, _| Ok(()))
-            .map_err(SmmuError::CdTable)
+            .map_err(Error::CdTable)
             .map(|_| StreamTableEntry::stage1(table.stage1()));
         if let Err(e) = ste.and_then(|ste| hw.install_ste(strtab, sid, &ste)) {
             // The STE may point at the table if the failure came late: leak it rather than
@@ -147,12 +148,12 @@ impl<H: Hal + Clone> Streams<H> {
         let invalidate = |ssid: u32, leaf: bool| hw.invalidate_cd(sid, ssid, leaf);
         let changed = table
             .set_default(target.as_ref().map(|(_, cd)| cd), invalidate)
-            .map_err(SmmuError::CdTable)?;
+            .map_err(Error::CdTable)?;
         if changed {
             hw.install_ste(strtab, sid, &StreamTableEntry::stage1(table.stage1()))?;
             table
                 .retire_default_cd(invalidate)
-                .map_err(SmmuError::CdTable)?;
+                .map_err(Error::CdTable)?;
         }
         let new = target.map(|(id, _)| id);
         if let Some(id) = new {
@@ -179,7 +180,7 @@ pub(super) unsafe fn free_old_use<H: Hal>(old: Option<StreamUse<H>>) {
 impl<H: Hal + Clone> SmmuUnit<H> {
     /// Installs `ste` for `sid` with no domain recorded for it (raw STEs of tests and of
     /// callers that track their own configuration); the domains it used before are released.
-    pub(crate) fn install(&self, sid: u32, ste: &StreamTableEntry) -> Result<(), SmmuError> {
+    pub(crate) fn install(&self, sid: u32, ste: &StreamTableEntry) -> Result<(), Error> {
         self.install_use(sid, ste, None)
     }
 
@@ -189,7 +190,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         sid: u32,
         ste: &StreamTableEntry,
         new: Option<StreamUse<H>>,
-    ) -> Result<(), SmmuError> {
+    ) -> Result<(), Error> {
         let mut streams = self.strtab.lock();
         self.install_on(&mut streams.table, sid, ste)?;
         let old = streams.set_use(sid, new);
@@ -205,11 +206,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         strtab: &mut StreamTable<H>,
         sid: u32,
         ste: &StreamTableEntry,
-    ) -> Result<(), SmmuError> {
-        ste.check_features(&self.features)
-            .map_err(SmmuError::Entry)?;
+    ) -> Result<(), Error> {
+        ste.check_features(&self.features).map_err(Error::Entry)?;
         let invalidate = |cmd: Command| self.cmdq.submit_and_sync(&[cmd.encode()?]);
-        if strtab.ensure_level2(sid).map_err(SmmuError::StreamTable)? {
+        if strtab.ensure_level2(sid).map_err(Error::StreamTable)? {
             invalidate(Command::CfgiSte { sid, leaf: false })?;
             // A new level-2 table starts with aborting STEs, which record nothing: its other
             // streams are blocked in the reporting way before anything can use them.
@@ -221,14 +221,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     if other != sid {
                         strtab
                             .install(other, &blocking, invalidate)
-                            .map_err(SmmuError::StreamTable)?;
+                            .map_err(Error::StreamTable)?;
                     }
                 }
             }
         }
         strtab
             .install(sid, ste, invalidate)
-            .map_err(SmmuError::StreamTable)?;
+            .map_err(Error::StreamTable)?;
         Ok(())
     }
 
@@ -467,12 +467,11 @@ mod tests {
                 table: &mut StreamTable<TestHal<'h>>,
                 sid: u32,
                 ste: &StreamTableEntry,
-            ) -> Result<(), SmmuError> {
-                ste.check_features(&self.features)
-                    .map_err(SmmuError::Entry)?;
+            ) -> Result<(), Error> {
+                ste.check_features(&self.features).map_err(Error::Entry)?;
                 table
                     .install(sid, ste, |cmd| self.issue(cmd))
-                    .map_err(SmmuError::StreamTable)?;
+                    .map_err(Error::StreamTable)?;
                 Ok(())
             }
             fn invalidate_cd(&self, sid: u32, ssid: u32, leaf: bool) -> Result<(), CmdqError> {

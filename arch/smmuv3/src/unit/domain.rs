@@ -14,11 +14,12 @@ use iommu::pagetable::{Coherency, Gather, PageTable, Prot, VmsaConfig, VmsaStage
 use iommu::unit::{CpuTable, Stage, UnitError};
 
 use super::info::output_size;
-use super::{SmmuError, SmmuUnit};
+use super::SmmuUnit;
 use crate::attributes::Granule;
 use crate::command::Command;
 use crate::context_descriptor::{CdTable, CdTableGeometry, ContextDescriptor};
 use crate::stream_table::{Stage2, StreamTableEntry};
+use crate::Error;
 
 /// Names a domain in the unit's attachment records: unique for the unit's life (a 64-bit
 /// counter does not wrap).
@@ -309,7 +310,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 let asid = self.tags.lock().asids.alloc().ok_or(UnitError::OutOfIds)?;
                 let cds = ContextDescriptor::new(asid, table.root(), ia as u8, granule, ips, mair)
                     .and_then(|cd| cd.check_features(&self.features).map(|()| cd))
-                    .map_err(SmmuError::Entry)
+                    .map_err(Error::Entry)
                     .and_then(|cd| Ok((cd, self.single_cd_table(&cd)?)));
                 let (cd, cds) = match cds {
                     Ok(c) => c,
@@ -357,7 +358,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     Err(e) => {
                         // Never used: no TLB entry can carry it.
                         self.tags.lock().vmids.release(vmid);
-                        return Err(SmmuError::Entry(e).into());
+                        return Err(Error::Entry(e).into());
                     }
                 };
                 Ok(SmmuDomain {
@@ -373,18 +374,18 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 
     /// A one-CD table holding `cd`, not yet pointed at by any STE.
-    pub(super) fn single_cd_table(&self, cd: &ContextDescriptor) -> Result<CdTable<H>, SmmuError> {
+    pub(super) fn single_cd_table(&self, cd: &ContextDescriptor) -> Result<CdTable<H>, Error> {
         let mut cds = CdTable::new(
             self.hal.clone(),
             CdTableGeometry::SINGLE,
             self.features.coherent,
         )
-        .map_err(SmmuError::CdTable)?;
+        .map_err(Error::CdTable)?;
         // No STE points at the table yet: nothing to invalidate.
         if let Err(e) = cds.install(0, Some(cd), |_, _| Ok(())) {
             // SAFETY: nothing points at the table.
             unsafe { cds.free() };
-            return Err(SmmuError::CdTable(e));
+            return Err(Error::CdTable(e));
         }
         Ok(cds)
     }
@@ -425,12 +426,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             self.features.oas,
             cpu.mair,
         )
-        .map_err(SmmuError::Entry)?;
+        .map_err(Error::Entry)?;
         // The ASID is the CPU's: the common set (ASET = 0), where broadcast TLB maintenance
         // would apply if CR2.PTM allowed it. With PTM set the embedder calls `flush`.
         cd.private_asid_set = false;
-        cd.check_features(&self.features)
-            .map_err(SmmuError::Entry)?;
+        cd.check_features(&self.features).map_err(Error::Entry)?;
         // The CPU's ASID must not tag any other domain of this unit.
         if !self.tags.lock().asids.borrow(cpu.asid) {
             return Err(UnitError::OutOfIds);
@@ -500,7 +500,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             batch.finish()
         })();
         if let Err(e) = done {
-            return Err((domain, SmmuError::Command(e).into()));
+            return Err((domain, Error::Command(e).into()));
         }
         let mut gather = Gather::new();
         match domain.kind {

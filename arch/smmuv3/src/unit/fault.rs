@@ -5,10 +5,11 @@ use iommu::hal::Hal;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{DeviceId, Drained, FaultKind, FaultRecord};
 
-use super::{SmmuError, SmmuUnit};
+use super::SmmuUnit;
 use crate::cmdq::CmdqRegisters;
 use crate::eventq::EventType;
 use crate::registers::{Readable, Writeable, GERROR, IRQ_CTRL};
+use crate::Error;
 
 /// Records one [`SmmuUnit::drain_events`] hands out at most (a full queue of the largest size
 /// QEMU allows is 2^19; ours is far smaller).
@@ -81,7 +82,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     /// (IHI 0070 6.3.16), with the SMMU_IRQ_CTRLACK handshake. The embedder routes the SPIs the
     /// devicetree names and calls [`drain_faults`](TranslationUnit::drain_faults) from the
     /// handler.
-    pub fn set_wired_interrupts(&self, eventq: bool, gerror: bool) -> Result<(), SmmuError> {
+    pub fn set_wired_interrupts(&self, eventq: bool, gerror: bool) -> Result<(), Error> {
         // SAFETY: mapped for our life per `new`'s contract; interior-mutable MMIO cells.
         let r = unsafe { self.regs.as_ref() };
         let want = IRQ_CTRL::EVENTQ_IRQEN.val(u32::from(eventq))

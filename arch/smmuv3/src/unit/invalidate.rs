@@ -11,10 +11,11 @@ use iommu::pagetable::FlushRange;
 use iommu::unit::UnitError;
 
 use super::domain::{DomainKind, SmmuDomain, NESTED_MAP, SHARED_MAP};
-use super::{SmmuError, SmmuUnit};
+use super::SmmuUnit;
 use crate::attributes::Granule;
 use crate::command::{Command, TlbiRange};
 use crate::idr::Features;
+use crate::Error;
 
 impl<H: Hal + Clone> SmmuUnit<H> {
     /// Invalidates the TLB entries of `domain` for `range` (one CMD_SYNC per batch) and waits.
@@ -23,14 +24,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         domain: &SmmuDomain<H>,
         range: Range<u64>,
         leaf: bool,
-    ) -> Result<(), SmmuError> {
+    ) -> Result<(), Error> {
         let scope = match &domain.kind {
             DomainKind::Stage1 { asid, vmid, .. } => InvalidationScope::Stage1 {
                 vmid: vmid.load(Ordering::Relaxed),
                 asid: *asid,
             },
             DomainKind::Stage2 { s2, .. } => InvalidationScope::Stage2 { vmid: s2.vmid },
-            DomainKind::Nested { .. } => return Err(SmmuError::Unsupported(NESTED_MAP)),
+            DomainKind::Nested { .. } => return Err(Error::Unsupported(NESTED_MAP)),
             // A shared domain's streams are stage-1-only: their S2VMID is 0.
             DomainKind::Shared { cd, .. } => InvalidationScope::Stage1 {
                 vmid: 0,

@@ -34,21 +34,20 @@ use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
-    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError,
-    HardwareInfo, Stage, TranslationUnit, UnitError,
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
+    Stage, TranslationUnit, UnitError,
 };
 
 use crate::attributes::Granule;
 use crate::cmdq::{
-    queue_base_register, CmdqError, CommandErrorCode, CommandQueue, DmaQueueMemory,
-    MmioCmdqRegisters, ENTRY_BYTES,
+    queue_base_register, CmdqError, CommandQueue, DmaQueueMemory, MmioCmdqRegisters, ENTRY_BYTES,
 };
 use crate::command::{Command, RawCommand};
-use crate::context_descriptor::CdTableError;
 use crate::eventq::{EventQueue, MmioEventqRegisters, EVENT_BYTES};
 use crate::idr::{Features, IdRegisters};
 use crate::registers::{ReadWriteable, Readable, SmmuRegisters, Writeable, CR0, CR1, CR2, GBPA};
-use crate::stream_table::{SteError, StreamTable, StreamTableError, StreamTableGeometry};
+use crate::stream_table::{StreamTable, StreamTableGeometry};
+use crate::Error;
 
 pub use domain::SmmuDomain;
 use domain::{TagPool, Tags};
@@ -80,81 +79,6 @@ impl Default for SmmuConfig {
             eventq_log2: 7,
             tag_window: None,
         }
-    }
-}
-
-/// Why bring-up or an operation failed, before it is folded into [`UnitError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmmuError {
-    /// A handshake (GBPA.UPDATE, CR0ACK) did not complete.
-    Timeout(iommu::poll::Timeout),
-    /// The HAL had no frame for a queue or table.
-    OutOfMemory,
-    /// The stream table could not be built or updated.
-    StreamTable(StreamTableError),
-    /// A context descriptor table could not be built or updated.
-    CdTable(CdTableError),
-    /// An STE or CD field was out of range.
-    Entry(SteError),
-    /// A command failed.
-    Command(CmdqError),
-    /// The SMMU lacks something the driver needs (named).
-    Unsupported(&'static str),
-}
-
-impl fmt::Display for SmmuError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Timeout(t) => write!(f, "{t}"),
-            Self::OutOfMemory => f.write_str("out of memory for SMMU queues or tables"),
-            Self::StreamTable(e) => write!(f, "stream table: {e}"),
-            Self::CdTable(e) => write!(f, "context descriptor table: {e}"),
-            Self::Entry(e) => write!(f, "STE/CD: {e}"),
-            Self::Command(e) => write!(f, "command queue: {e}"),
-            Self::Unsupported(what) => write!(f, "SMMU lacks {what}"),
-        }
-    }
-}
-
-impl core::error::Error for SmmuError {}
-
-impl From<SmmuError> for UnitError {
-    fn from(e: SmmuError) -> Self {
-        match e {
-            SmmuError::Timeout(t) => UnitError::Timeout(t),
-            SmmuError::OutOfMemory
-            | SmmuError::StreamTable(StreamTableError::OutOfMemory)
-            | SmmuError::CdTable(CdTableError::OutOfMemory) => UnitError::OutOfMemory,
-            SmmuError::StreamTable(StreamTableError::StreamIdOutOfRange { sid, .. }) => {
-                UnitError::UnknownDevice(DeviceId(sid))
-            }
-            SmmuError::Command(CmdqError::Timeout(t)) => UnitError::Timeout(t),
-            SmmuError::Command(c) => UnitError::Hardware(match c {
-                CmdqError::Command(f) if f.code == CommandErrorCode::Illegal => {
-                    HardwareError::CommandRejected
-                }
-                CmdqError::Command(f) if f.code == CommandErrorCode::AtcInvalidationSync => {
-                    HardwareError::DeviceTlbTimeout
-                }
-                _ => HardwareError::Queue,
-            }),
-            SmmuError::StreamTable(_) | SmmuError::CdTable(_) | SmmuError::Entry(_) => {
-                UnitError::Hardware(HardwareError::EntryEncoding)
-            }
-            SmmuError::Unsupported(what) => UnitError::Unsupported(what),
-        }
-    }
-}
-
-impl From<iommu::poll::Timeout> for SmmuError {
-    fn from(t: iommu::poll::Timeout) -> Self {
-        Self::Timeout(t)
-    }
-}
-
-impl From<CmdqError> for SmmuError {
-    fn from(e: CmdqError) -> Self {
-        Self::Command(e)
     }
 }
 
@@ -209,11 +133,10 @@ fn alloc_ring<H: Hal>(
     hal: &H,
     log2: u8,
     entry_bytes: usize,
-) -> Result<(PhysAddr, FrameSize), SmmuError> {
+) -> Result<(PhysAddr, FrameSize), Error> {
     let bytes_log2 = u32::from(log2) + entry_bytes.trailing_zeros();
-    let size =
-        FrameSize::from_log2(bytes_log2.max(12)).ok_or(SmmuError::Unsupported("queue size"))?;
-    let phys = hal.alloc_frame(size).ok_or(SmmuError::OutOfMemory)?;
+    let size = FrameSize::from_log2(bytes_log2.max(12)).ok_or(Error::Unsupported("queue size"))?;
+    let phys = hal.alloc_frame(size).ok_or(Error::OutOfMemory)?;
     Ok((phys, size))
 }
 
@@ -229,7 +152,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         regs: NonNull<SmmuRegisters>,
         hal: H,
         config: SmmuConfig,
-    ) -> Result<Self, SmmuError> {
+    ) -> Result<Self, Error> {
         // SAFETY: per this function's contract.
         let id_regs = unsafe { crate::idr::read_id_registers(regs) };
         let features = Features::decode(&id_regs);
@@ -267,13 +190,13 @@ impl<H: Hal + Clone> SmmuUnit<H> {
 
         let geometry = match config.stream_table {
             Some(g) => g,
-            None => StreamTableGeometry::for_features(&features).map_err(SmmuError::StreamTable)?,
+            None => StreamTableGeometry::for_features(&features).map_err(Error::StreamTable)?,
         };
         geometry
             .check_features(&features)
-            .map_err(SmmuError::StreamTable)?;
+            .map_err(Error::StreamTable)?;
         let strtab = StreamTable::new(hal.clone(), geometry, features.coherent)
-            .map_err(SmmuError::StreamTable)?;
+            .map_err(Error::StreamTable)?;
         r.strtab_base.set(strtab.base_register());
         r.strtab_base_cfg.set(strtab.base_cfg_register());
 
@@ -307,7 +230,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             CommandQueue::with_default_budget(unsafe { MmioCmdqRegisters::new(regs) }, cmd_mem)?;
         // SAFETY: as above.
         let eventq = EventQueue::new(unsafe { MmioEventqRegisters::new(regs) }, evt_mem)
-            .map_err(|_| SmmuError::Unsupported("event queue size"))?;
+            .map_err(|_| Error::Unsupported("event queue size"))?;
 
         // Whatever an earlier user left in the SMMU's caches goes. No EL2 stream world is ever
         // configured, so no EL2 TLB entry can exist to need TLBI_EL2_ALL.
@@ -351,7 +274,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         };
         unit.blocking = Some(
             unit.new_domain_with_granule(stage, 48, Granule::Size4K)
-                .map_err(|_| SmmuError::Unsupported("a blocking domain"))?,
+                .map_err(|_| Error::Unsupported("a blocking domain"))?,
         );
         Ok(unit)
     }
@@ -372,12 +295,12 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 
     /// The eight words of `sid`'s STE as the SMMU reads them.
-    pub fn stream_table_entry(&self, sid: u32) -> Result<[u64; 8], SmmuError> {
+    pub fn stream_table_entry(&self, sid: u32) -> Result<[u64; 8], Error> {
         self.strtab
             .lock()
             .table
             .entry(sid)
-            .map_err(SmmuError::StreamTable)
+            .map_err(Error::StreamTable)
     }
 
     /// How many STEs and CDs point at `domain` (for tests of the attachment records).
@@ -485,31 +408,5 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
 
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
         Ok(self.drain_events(&mut |e| sink(fault_record(e))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smmu_errors_fold_into_unit_errors() {
-        assert_eq!(
-            UnitError::from(SmmuError::OutOfMemory),
-            UnitError::OutOfMemory
-        );
-        let t = iommu::poll::Timeout { waiting_for: "x" };
-        assert_eq!(
-            UnitError::from(SmmuError::Timeout(t)),
-            UnitError::Timeout(t)
-        );
-        assert_eq!(
-            UnitError::from(SmmuError::Command(CmdqError::Timeout(t))),
-            UnitError::Timeout(t)
-        );
-        assert_eq!(
-            UnitError::from(SmmuError::Unsupported("stage 1")),
-            UnitError::Unsupported("stage 1")
-        );
     }
 }
