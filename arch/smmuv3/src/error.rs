@@ -9,9 +9,10 @@ use crate::cmdq::{CmdqError, CommandErrorCode};
 use crate::command::{DecodeError, EncodeError};
 use crate::context_descriptor::CdTableError;
 use crate::devicetree::DtError;
+use crate::entry::EntryError;
 use crate::eventq::EventqError;
 use crate::iort::IortError;
-use crate::stream_table::{SteError, StreamTableError};
+use crate::stream_table::StreamTableError;
 
 /// Why anything in this crate failed: bring-up and unit operations (folded into the core's
 /// [`UnitError`] at the `TranslationUnit` boundary), the tables, the queues, and the firmware
@@ -27,7 +28,7 @@ pub enum Error {
     /// A context descriptor table could not be built or updated.
     CdTable(CdTableError),
     /// An STE or CD field was out of range.
-    Entry(SteError),
+    Entry(EntryError),
     /// A command failed.
     Command(CmdqError),
     /// The SMMU lacks something the driver needs (named).
@@ -122,8 +123,8 @@ impl From<CdTableError> for Error {
     }
 }
 
-impl From<SteError> for Error {
-    fn from(e: SteError) -> Self {
+impl From<EntryError> for Error {
+    fn from(e: EntryError) -> Self {
         Self::Entry(e)
     }
 }

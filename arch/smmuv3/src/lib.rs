@@ -43,6 +43,7 @@ pub mod cmdq;
 pub mod command;
 pub mod context_descriptor;
 pub mod devicetree;
+pub mod entry;
 mod error;
 pub mod eventq;
 pub mod guest;

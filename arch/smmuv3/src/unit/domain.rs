@@ -447,6 +447,8 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         }
     }
 
+    // The shape of `TranslationUnit::destroy_domain`, which hands a refused domain back.
+    #[allow(clippy::result_large_err)]
     pub(super) fn destroy(&self, domain: SmmuDomain<H>) -> Result<(), (SmmuDomain<H>, UnitError)> {
         let is_blocking = self
             .blocking
