@@ -163,7 +163,7 @@ impl<R: EventqRegisters, M: QueueMemory<4>> EventQueue<R, M> {
             log2,
             cons,
             prod: cons,
-            ovack: cons_reg >> 31 != 0,
+            ovack: cons_reg & QUEUE_CONS::OVACKFLG::SET.value != 0,
             overflowed: false,
         })
     }

@@ -175,15 +175,21 @@ impl<H: Hal + Clone> SmmuUnit<H> {
 
         // Table and queue accesses as coherent as the SMMU is (COHACC): write-back and inner
         // shareable, else non-cacheable (the HAL then cleans every table store).
-        let (cache, share) = if features.coherent { (1, 3) } else { (0, 2) };
-        r.cr1.write(
-            CR1::QUEUE_IC.val(cache)
-                + CR1::QUEUE_OC.val(cache)
-                + CR1::QUEUE_SH.val(share)
-                + CR1::TABLE_IC.val(cache)
-                + CR1::TABLE_OC.val(cache)
-                + CR1::TABLE_SH.val(share),
-        );
+        r.cr1.write(if features.coherent {
+            CR1::QUEUE_IC::WriteBack
+                + CR1::QUEUE_OC::WriteBack
+                + CR1::QUEUE_SH::InnerShareable
+                + CR1::TABLE_IC::WriteBack
+                + CR1::TABLE_OC::WriteBack
+                + CR1::TABLE_SH::InnerShareable
+        } else {
+            CR1::QUEUE_IC::NonCacheable
+                + CR1::QUEUE_OC::NonCacheable
+                + CR1::QUEUE_SH::OuterShareable
+                + CR1::TABLE_IC::NonCacheable
+                + CR1::TABLE_OC::NonCacheable
+                + CR1::TABLE_SH::OuterShareable
+        });
         // PTM: the CPUs' broadcast TLB maintenance is not for our ASIDs; RECINVSID: record
         // out-of-range StreamIDs as C_BAD_STREAMID.
         r.cr2.write(CR2::PTM::SET + CR2::RECINVSID::SET);
