@@ -2,9 +2,9 @@
 //! entry in one place, decoded back (for a vIOMMU that must read, check and rewrite a guest's
 //! commands). Which invalidations an unmap needs is planned in `crate::unit::invalidate`.
 //!
-//! Layout shared by every command: dword 0 bits [7:0] are the opcode; a StreamID sits in dword 0
-//! [63:32], a SubstreamID in [31:12] with SSV (bit 11) saying whether it is given, a VMID in
-//! [47:32] and an ASID in [63:48]. Bit 10 (SSec) selects the Secure stream namespace and must be
+//! Layout shared by every command: dword 0 bits \[7:0\] are the opcode; a StreamID sits in dword 0
+//! \[63:32\], a SubstreamID in \[31:12\] with SSV (bit 11) saying whether it is given, a VMID in
+//! \[47:32\] and an ASID in \[63:48\]. Bit 10 (SSec) selects the Secure stream namespace and must be
 //! 0 on the Non-secure queue, so this driver never sets it and the decoder refuses it. Every bit
 //! a command does not define is reserved: the encoder never sets one and the decoder refuses any.
 
@@ -105,8 +105,8 @@ const fn m(f: (u32, u32)) -> u64 {
 pub const MAX_SSID: u32 = (1 << 20) - 1;
 
 /// A range TLB invalidation (IDR3.RIL): `(num + 1) << scale` pages of `granule`, starting at the
-/// command's address. Encoded in dword 0 NUM [16:12], SCALE [24:20] and dword 1 TG [11:10],
-/// TTL [9:8].
+/// command's address. Encoded in dword 0 NUM \[16:12\], SCALE \[24:20\] and dword 1 TG \[11:10\],
+/// TTL \[9:8\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbiRange {
     /// Page size of the translation table the entries come from.

@@ -22,7 +22,7 @@
 //! - [`substream`]: a stream's own CD table when PASIDs are attached.
 //! - [`command`]: command encodings; [`cmdq`]: the lock-free command queue;
 //!   [`eventq`]: the event queue and its typed [`eventq::Event`]s.
-//! - [`unit`]: the live SMMU: bring-up (`mod.rs`), domains and ASID/VMID pools (`domain.rs`),
+//! - [`unit`](mod@unit): the live SMMU: bring-up (`mod.rs`), domains and ASID/VMID pools (`domain.rs`),
 //!   STE/CD programming on attach (`attach.rs`), the per-stream records (`streams.rs`), unmap
 //!   and its invalidation planning (`invalidate.rs`), events and interrupts (`fault.rs`),
 //!   hardware info (`info.rs`).

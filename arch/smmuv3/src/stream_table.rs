@@ -110,9 +110,9 @@ impl SteConfig {
 pub enum CdTableFormat {
     /// 0b00: a linear array of CDs (also the only meaning when S1CDMax = 0).
     Linear,
-    /// 0b01: 2-level, level-2 tables of 4 KiB (64 CDs, indexed by SSID[5:0]).
+    /// 0b01: 2-level, level-2 tables of 4 KiB (64 CDs, indexed by SSID\[5:0\]).
     TwoLevel4K,
-    /// 0b10: 2-level, level-2 tables of 64 KiB (1024 CDs, indexed by SSID[9:0]).
+    /// 0b10: 2-level, level-2 tables of 64 KiB (1024 CDs, indexed by SSID\[9:0\]).
     TwoLevel64K,
 }
 
@@ -1029,7 +1029,7 @@ impl StreamTableGeometry {
     }
 }
 
-/// A level-1 stream table descriptor (5.3): Span [4:0], L2Ptr [51:6].
+/// A level-1 stream table descriptor (5.3): Span \[4:0\], L2Ptr \[51:6\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Descriptor {
     /// The level-2 table.

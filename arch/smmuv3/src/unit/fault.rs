@@ -80,7 +80,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
 
     /// Enables (or disables) the wired interrupts of the event queue and of global errors
     /// (IHI 0070 6.3.16), with the SMMU_IRQ_CTRLACK handshake. The embedder routes the SPIs the
-    /// devicetree names and calls [`drain_faults`](TranslationUnit::drain_faults) from the
+    /// devicetree names and calls [`drain_faults`](iommu::unit::TranslationUnit::drain_faults) from the
     /// handler.
     pub fn set_wired_interrupts(&self, eventq: bool, gerror: bool) -> Result<(), Error> {
         // SAFETY: mapped for our life per `new`'s contract; interior-mutable MMIO cells.

@@ -6,7 +6,7 @@ use crate::idr::{Features, IdRegisters, OutputAddressSize, Stages};
 
 /// What an SMMU with `f` (decoded from `raw`) can do, in the core's terms.
 ///
-/// Input sizes are what [`SmmuUnit::new_domain`](TranslationUnit::new_domain) builds: stage 1
+/// Input sizes are what [`SmmuUnit::new_domain`](iommu::unit::TranslationUnit::new_domain) builds: stage 1
 /// up to 48 bits (no 52-bit VAs), stage 2 up to the output size (IPA ≤ OAS, at most 48 bits).
 /// Page sizes are each supported granule's page and its level-2 and (4K only) level-1 blocks.
 pub fn hardware_info(f: &Features, raw: &IdRegisters) -> HardwareInfo {

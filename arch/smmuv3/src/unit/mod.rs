@@ -2,25 +2,26 @@
 //! queues, stream table, global invalidation, SMMUEN) and the core's [`TranslationUnit`] over it.
 //!
 //! The rooms of the unit, named like the VT-d back-end's so the two read side by side:
-//! - [`domain`]: the domain type and the ASID/VMID pools; paging domains hold an Arm VMSAv8-64
+//! - `domain`: the domain type and the ASID/VMID pools; paging domains hold an Arm VMSAv8-64
 //!   table from the core's engine (a stage-1 domain owns a single-CD table, a stage-2 domain its
-//!   VMID; a shared domain's CD points at the embedder's CPU table under the CPU's ASID).
-//! - [`attach`]: STE and CD programming for attach and PASID attach, in the safe order of
+//!   VMID; a shared domain's CD points at the embedder's CPU table under the CPU's ASID); a
+//!   destroyed domain's ASID/VMID is handed out again only after a TLBI of everything tagged
+//!   with it has completed.
+//! - `attach`: STE and CD programming for attach and PASID attach, in the safe order of
 //!   [`StreamTable::install`].
 //! - `streams`: the records of what every configured stream uses (under the stream-table lock),
 //!   so a domain still pointed at by an STE or a CD cannot be destroyed.
 //! - [`invalidate`]: unmap and its TLB invalidation: range commands where IDR3.RIL allows, one
-//!   CMD_SYNC per batch, before the gathered tables are freed; a destroyed domain's ASID/VMID is
-//!   handed out again only after a TLBI of everything tagged with it has completed.
-//! - [`fault`]: the event queue drained into the core's fault records, wired interrupts.
-//! - [`info`]: what the hardware can do, in the core's terms.
+//!   CMD_SYNC per batch, before the gathered tables are freed.
+//! - `fault`: the event queue drained into the core's fault records, wired interrupts.
+//! - `info`: what the hardware can do, in the core's terms.
 
 extern crate alloc;
 
 mod attach;
-pub mod domain;
-pub mod fault;
-pub mod info;
+pub(crate) mod domain;
+mod fault;
+mod info;
 pub mod invalidate;
 mod streams;
 
