@@ -774,6 +774,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         if seq >= self.reserved.0.load(Ordering::Acquire) {
             return Err(CmdqError::ConsOutOfRange { cons });
         }
+        log::warn!("SMMU command queue error: {code} at command {seq}");
         match code {
             CommandErrorCode::None | CommandErrorCode::AtcInvalidationSync => {}
             CommandErrorCode::Illegal | CommandErrorCode::Abort | CommandErrorCode::Reserved(_) => {

@@ -284,6 +284,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             Granule::Size64K => g.size_64k,
         };
         if !supported {
+            log::debug!("SMMU: a {granule:?} domain refused: IDR5 lacks the granule");
             return Err(UnitError::Unsupported("granule"));
         }
         let coherency = if self.features.coherent {

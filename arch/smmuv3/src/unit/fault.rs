@@ -60,7 +60,16 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         let mut q = self.eventq.lock();
         // `drain` pops until the queue is empty (re-reading PROD), bounded so that a device
         // faulting without pause cannot keep the caller here forever.
-        let report = q.drain(MAX_EVENTS_PER_DRAIN, |e| sink(&e));
+        // One warning per drain with its first event: a faulting device can make thousands, and
+        // the fault path formats in place (no allocation).
+        let mut first = true;
+        let report = q.drain(MAX_EVENTS_PER_DRAIN, |e| {
+            if first {
+                log::warn!("SMMU event: {e}");
+                first = false;
+            }
+            sink(&e)
+        });
         let mut drained = Drained {
             records: report.events,
             overflow: report.overflowed,
@@ -73,7 +82,19 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         if (r.gerror.get() ^ r.gerrorn.get()) & abt != 0
             && self.cmdq.registers().acknowledge_gerror(abt) != 0
         {
+            log::warn!("SMMU GERROR.EVENTQ_ABT_ERR: the event queue was full, events lost");
             drained.overflow = true;
+        }
+        if drained.records > 1 || drained.overflow {
+            log::warn!(
+                "SMMU: {} events drained{}",
+                drained.records,
+                if drained.overflow {
+                    " (overflow: some were lost)"
+                } else {
+                    ""
+                }
+            );
         }
         drained
     }
@@ -85,6 +106,8 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     pub fn set_wired_interrupts(&self, eventq: bool, gerror: bool) -> Result<(), Error> {
         // SAFETY: mapped for our life per `new`'s contract; interior-mutable MMIO cells.
         let r = unsafe { self.regs.as_ref() };
+        // Wired SPIs only: the unit programs no MSI (IRQ_CFG0..2 stay at reset).
+        log::debug!("SMMU wired interrupts: event queue {eventq}, GERROR {gerror}");
         let want = IRQ_CTRL::EVENTQ_IRQEN.val(u32::from(eventq))
             + IRQ_CTRL::GERROR_IRQEN.val(u32::from(gerror));
         r.irq_ctrl.write(want);

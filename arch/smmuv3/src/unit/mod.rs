@@ -207,6 +207,8 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         r.strtab_base.set(strtab.base_register());
         r.strtab_base_cfg.set(strtab.base_cfg_register());
 
+        log::debug!("SMMU at {regs:p}: {features}");
+        log::debug!("SMMU stream table: {geometry:?}");
         let cmdq_log2 = config.cmdq_log2.clamp(1, features.cmdq_max_log2.max(1));
         let (cmdq_phys, _) = alloc_ring(&hal, cmdq_log2, ENTRY_BYTES)?;
         r.cmdq_base
@@ -221,6 +223,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         r.eventq_prod.set(0);
         r.eventq_cons.set(0);
 
+        log::debug!("SMMU queues: 2^{cmdq_log2} commands, 2^{eventq_log2} events");
         r.cr0.write(CR0::CMDQEN::SET + CR0::EVENTQEN::SET);
         poll_until("CR0ACK queues", budget, || {
             r.cr0ack.is_set(CR0::CMDQEN) && r.cr0ack.is_set(CR0::EVENTQEN)
@@ -279,6 +282,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         } else {
             Stage::Second
         };
+        log::debug!(
+            "SMMU blocking domain at {stage:?}; accesses {}",
+            if features.coherent {
+                "coherent (write-back, inner shareable)"
+            } else {
+                "non-coherent (non-cacheable, stores cleaned)"
+            }
+        );
         unit.blocking = Some(
             unit.new_domain_with_granule(stage, 48, Granule::Size4K)
                 .map_err(|_| Error::Unsupported("a blocking domain"))?,
@@ -358,7 +369,12 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         pasid: u32,
         to: Attachment<'_, Self::Domain>,
     ) -> Result<(), UnitError> {
-        self.attach_substream(device, pasid, to)
+        self.attach_substream(device, pasid, to).inspect_err(|e| {
+            log::debug!(
+                "SMMU: PASID {pasid} attach of stream {:#x} refused: {e}",
+                device.0
+            )
+        })
     }
 
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
@@ -392,10 +408,12 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {
         self.new_domain_with_granule(stage, ia_bits, Granule::Size4K)
+            .inspect_err(|e| log::debug!("SMMU: {stage:?} domain of {ia_bits} bits refused: {e}"))
     }
 
     fn attach(&self, device: DeviceId, to: Attachment<'_, Self::Domain>) -> Result<(), UnitError> {
         self.attach_stream(device, to)
+            .inspect_err(|e| log::debug!("SMMU: attach of stream {:#x} refused: {e}", device.0))
     }
 
     fn map(
@@ -407,6 +425,7 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         prot: Prot,
     ) -> Result<(), UnitError> {
         self.map_range(domain, iova, phys, len, prot)
+            .inspect_err(|e| log::debug!("SMMU: map of {len:#x} bytes at {iova:?} refused: {e}"))
     }
 
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
