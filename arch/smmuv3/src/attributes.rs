@@ -2,103 +2,53 @@
 //! commands all name, each with the encodings of the fields that carry it (IHI 0070 5.2, 5.4, 4.4).
 //!
 //! The same granule is spelled three ways by the architecture (CD.TG0, STE.S2TG and the TLBI
-//! commands' TG); keeping one [`Granule`] type with one method per spelling means the three
-//! encodings live side by side where they can be compared.
+//! commands' TG); the one [`Granule`] type is the core's (its page tables are built with it), and
+//! one function per spelling here keeps the three encodings side by side where they can be
+//! compared.
 
-use core::fmt;
+pub use iommu::pagetable::Granule;
 
-/// A translation granule: the page size of a translation table (IDR5.GRAN4K/16K/64K).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Granule {
-    /// 4 KiB pages.
-    Size4K,
-    /// 16 KiB pages.
-    Size16K,
-    /// 64 KiB pages.
-    Size64K,
+/// CD.TG0 and STE.S2TG (the TCR_ELx.TG0 spelling): 0b00 4K, 0b01 64K, 0b10 16K.
+pub const fn tg0(g: Granule) -> u64 {
+    g.tg0() as u64
 }
 
-impl Granule {
-    /// log2 of the page size in bytes: 12, 14 or 16.
-    pub const fn log2(self) -> u32 {
-        match self {
-            Self::Size4K => 12,
-            Self::Size16K => 14,
-            Self::Size64K => 16,
-        }
-    }
-
-    /// The page size in bytes.
-    pub const fn bytes(self) -> u64 {
-        1 << self.log2()
-    }
-
-    /// The granule of `1 << log2` byte pages, if the architecture has one.
-    pub const fn from_log2(log2: u32) -> Option<Self> {
-        match log2 {
-            12 => Some(Self::Size4K),
-            14 => Some(Self::Size16K),
-            16 => Some(Self::Size64K),
-            _ => None,
-        }
-    }
-
-    /// CD.TG0 and STE.S2TG (the TCR_ELx.TG0 spelling): 0b00 4K, 0b01 64K, 0b10 16K.
-    pub const fn tg0_encoding(self) -> u64 {
-        match self {
-            Self::Size4K => 0b00,
-            Self::Size64K => 0b01,
-            Self::Size16K => 0b10,
-        }
-    }
-
-    /// The inverse of [`tg0_encoding`](Self::tg0_encoding); 0b11 is reserved.
-    pub const fn from_tg0_encoding(tg: u64) -> Option<Self> {
-        match tg {
-            0b00 => Some(Self::Size4K),
-            0b01 => Some(Self::Size64K),
-            0b10 => Some(Self::Size16K),
-            _ => None,
-        }
-    }
-
-    /// The TG field of the range TLBI commands (4.4.1): 0b01 4K, 0b10 16K, 0b11 64K
-    /// (0b00 means "not a range invalidation").
-    pub const fn tlbi_encoding(self) -> u64 {
-        match self {
-            Self::Size4K => 0b01,
-            Self::Size16K => 0b10,
-            Self::Size64K => 0b11,
-        }
-    }
-
-    /// The inverse of [`tlbi_encoding`](Self::tlbi_encoding); 0 is "no range" and decodes to `None`.
-    pub const fn from_tlbi_encoding(tg: u64) -> Option<Self> {
-        match tg {
-            0b01 => Some(Self::Size4K),
-            0b10 => Some(Self::Size16K),
-            0b11 => Some(Self::Size64K),
-            _ => None,
-        }
-    }
-
-    /// Whether the SMMU described by `granules` (IDR5) walks tables of this granule.
-    pub const fn supported_by(self, granules: &crate::idr::Granules) -> bool {
-        match self {
-            Self::Size4K => granules.size_4k,
-            Self::Size16K => granules.size_16k,
-            Self::Size64K => granules.size_64k,
-        }
+/// The inverse of [`tg0`]; 0b11 is reserved.
+pub const fn granule_from_tg0(tg: u64) -> Option<Granule> {
+    match tg {
+        0b00 => Some(Granule::Size4K),
+        0b01 => Some(Granule::Size64K),
+        0b10 => Some(Granule::Size16K),
+        _ => None,
     }
 }
 
-impl fmt::Display for Granule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Size4K => "4K",
-            Self::Size16K => "16K",
-            Self::Size64K => "64K",
-        })
+/// The TG field of the range TLBI commands (4.4.1): 0b01 4K, 0b10 16K, 0b11 64K
+/// (0b00 means "not a range invalidation").
+pub const fn tlbi_tg(g: Granule) -> u64 {
+    match g {
+        Granule::Size4K => 0b01,
+        Granule::Size16K => 0b10,
+        Granule::Size64K => 0b11,
+    }
+}
+
+/// The inverse of [`tlbi_tg`]; 0 is "no range" and decodes to `None`.
+pub const fn granule_from_tlbi_tg(tg: u64) -> Option<Granule> {
+    match tg {
+        0b01 => Some(Granule::Size4K),
+        0b10 => Some(Granule::Size16K),
+        0b11 => Some(Granule::Size64K),
+        _ => None,
+    }
+}
+
+/// Whether the SMMU described by `granules` (IDR5) walks tables of granule `g`.
+pub const fn granule_supported(g: Granule, granules: &crate::idr::Granules) -> bool {
+    match g {
+        Granule::Size4K => granules.size_4k,
+        Granule::Size16K => granules.size_16k,
+        Granule::Size64K => granules.size_64k,
     }
 }
 
@@ -205,20 +155,19 @@ mod tests {
     #[test]
     fn granule_encodings_match_the_three_spellings() {
         // TCR_ELx.TG0 as used by CD.TG0 and STE.S2TG: 4K=0, 64K=1, 16K=2.
-        assert_eq!(Granule::Size4K.tg0_encoding(), 0);
-        assert_eq!(Granule::Size64K.tg0_encoding(), 1);
-        assert_eq!(Granule::Size16K.tg0_encoding(), 2);
+        assert_eq!(tg0(Granule::Size4K), 0);
+        assert_eq!(tg0(Granule::Size64K), 1);
+        assert_eq!(tg0(Granule::Size16K), 2);
         // TLBI TG: 4K=1, 16K=2, 64K=3 (0 = not a range).
-        assert_eq!(Granule::Size4K.tlbi_encoding(), 1);
-        assert_eq!(Granule::Size16K.tlbi_encoding(), 2);
-        assert_eq!(Granule::Size64K.tlbi_encoding(), 3);
+        assert_eq!(tlbi_tg(Granule::Size4K), 1);
+        assert_eq!(tlbi_tg(Granule::Size16K), 2);
+        assert_eq!(tlbi_tg(Granule::Size64K), 3);
         for g in [Granule::Size4K, Granule::Size16K, Granule::Size64K] {
-            assert_eq!(Granule::from_tg0_encoding(g.tg0_encoding()), Some(g));
-            assert_eq!(Granule::from_tlbi_encoding(g.tlbi_encoding()), Some(g));
-            assert_eq!(Granule::from_log2(g.log2()), Some(g));
+            assert_eq!(granule_from_tg0(tg0(g)), Some(g));
+            assert_eq!(granule_from_tlbi_tg(tlbi_tg(g)), Some(g));
         }
-        assert_eq!(Granule::from_tg0_encoding(3), None);
-        assert_eq!(Granule::from_tlbi_encoding(0), None);
+        assert_eq!(granule_from_tg0(3), None);
+        assert_eq!(granule_from_tlbi_tg(0), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! The hardware is reached through [`CmdqRegisters`] (CONS, PROD, GERROR, GERRORN) and the ring
 //! through [`QueueMemory`], so the whole protocol runs on the host against a simulated consumer
-//! ([`crate::sim`]) and under loom. [`MmioCmdqRegisters`] and [`DmaQueueMemory`] are the real
+//! (`crate::sim`, feature `sim`) and under loom. [`MmioCmdqRegisters`] and [`DmaQueueMemory`] are the real
 //! ones.
 
 use core::fmt;
@@ -33,7 +33,7 @@ pub const MAX_LOG2_ENTRIES: u8 = 19;
 /// `writel`: a `DMB OSHST` before the store on AArch64), and the reads order the register read
 /// before every later memory access (`readl`: a `DMB OSHLD` after it).
 pub trait CmdqRegisters: Sync {
-    /// SMMU_CMDQ_CONS: the consumer index and wrap bit, and CERROR in ERR [30:24].
+    /// SMMU_CMDQ_CONS: the consumer index and wrap bit, and CERROR in ERR \[30:24\].
     fn read_cons(&self) -> u32;
     /// SMMU_CMDQ_PROD: hands every command before this index to the SMMU.
     fn write_prod(&self, prod: u32);
@@ -774,6 +774,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         if seq >= self.reserved.0.load(Ordering::Acquire) {
             return Err(CmdqError::ConsOutOfRange { cons });
         }
+        log::warn!("SMMU command queue error: {code} at command {seq}");
         match code {
             CommandErrorCode::None | CommandErrorCode::AtcInvalidationSync => {}
             CommandErrorCode::Illegal | CommandErrorCode::Abort | CommandErrorCode::Reserved(_) => {

@@ -1,18 +1,16 @@
 //! SMMUv3 commands (IHI 0070 chapter 4): typed values encoded into the 16-byte command queue
 //! entry in one place, decoded back (for a vIOMMU that must read, check and rewrite a guest's
-//! commands), and a planner that turns unmapped IOVA ranges into TLB invalidations.
+//! commands). Which invalidations an unmap needs is planned in `crate::unit::invalidate`.
 //!
-//! Layout shared by every command: dword 0 bits [7:0] are the opcode; a StreamID sits in dword 0
-//! [63:32], a SubstreamID in [31:12] with SSV (bit 11) saying whether it is given, a VMID in
-//! [47:32] and an ASID in [63:48]. Bit 10 (SSec) selects the Secure stream namespace and must be
+//! Layout shared by every command: dword 0 bits \[7:0\] are the opcode; a StreamID sits in dword 0
+//! \[63:32\], a SubstreamID in \[31:12\] with SSV (bit 11) saying whether it is given, a VMID in
+//! \[47:32\] and an ASID in \[63:48\]. Bit 10 (SSec) selects the Secure stream namespace and must be
 //! 0 on the Non-secure queue, so this driver never sets it and the decoder refuses it. Every bit
 //! a command does not define is reserved: the encoder never sets one and the decoder refuses any.
 
 use core::fmt;
-use core::ops::Range;
 
-use crate::attributes::{bits, field, place, Granule, Shareability};
-use crate::idr::Features;
+use crate::attributes::{bits, field, granule_from_tlbi_tg, place, tlbi_tg, Granule, Shareability};
 
 /// One command as it sits in the queue: two little-endian 64-bit words.
 pub type RawCommand = [u64; 2];
@@ -107,8 +105,8 @@ const fn m(f: (u32, u32)) -> u64 {
 pub const MAX_SSID: u32 = (1 << 20) - 1;
 
 /// A range TLB invalidation (IDR3.RIL): `(num + 1) << scale` pages of `granule`, starting at the
-/// command's address. Encoded in dword 0 NUM [16:12], SCALE [24:20] and dword 1 TG [11:10],
-/// TTL [9:8].
+/// command's address. Encoded in dword 0 NUM \[16:12\], SCALE \[24:20\] and dword 1 TG \[11:10\],
+/// TTL \[9:8\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbiRange {
     /// Page size of the translation table the entries come from.
@@ -477,8 +475,7 @@ fn encode_range(range: &Option<TlbiRange>) -> Result<(u64, u64), EncodeError> {
             check_width("TTL", u64::from(r.ttl), 2)?;
             Ok((
                 place(u64::from(r.num), NUM.0, NUM.1) | place(u64::from(r.scale), SCALE.0, SCALE.1),
-                place(r.granule.tlbi_encoding(), TG.0, TG.1)
-                    | place(u64::from(r.ttl), TTL.0, TTL.1),
+                place(tlbi_tg(r.granule), TG.0, TG.1) | place(u64::from(r.ttl), TTL.0, TTL.1),
             ))
         }
     }
@@ -821,7 +818,7 @@ impl Command {
         };
         let range = || -> Result<Option<TlbiRange>, DecodeError> {
             let tg = field(w1, TG.0, TG.1);
-            match Granule::from_tlbi_encoding(tg) {
+            match granule_from_tlbi_tg(tg) {
                 Some(granule) => Ok(Some(TlbiRange {
                     granule,
                     scale: field(w0, SCALE.0, SCALE.1) as u8,
@@ -1005,257 +1002,6 @@ impl Command {
             // Every other opcode returned above.
             _ => return Err(DecodeError::UnknownOpcode(op)),
         })
-    }
-}
-
-/// Which TLB entries an invalidation is for, and so which commands carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidationScope {
-    /// Stage-1 entries of one address space: TLBI_NH_VA, or TLBI_NH_ASID when wide.
-    Stage1 {
-        /// VMID tagging the entries (0 without stage 2).
-        vmid: u16,
-        /// ASID of the address space.
-        asid: u16,
-    },
-    /// Stage-1 entries of every ASID of a VMID: TLBI_NH_VAA, or TLBI_NH_ALL when wide.
-    Stage1AllAsids {
-        /// VMID.
-        vmid: u16,
-    },
-    /// EL2 (STRW = EL2) stage-1 entries: TLBI_EL2_VA, or TLBI_EL2_ASID when wide.
-    El2 {
-        /// ASID.
-        asid: u16,
-    },
-    /// Stage-2 entries: TLBI_S2_IPA, or TLBI_S12_VMALL when wide. Combined (nested) entries
-    /// are tagged with the VMID too: after a stage-2 change under a nested stream, follow with
-    /// TLBI_NH_ALL for the VMID or use the wide command.
-    Stage2 {
-        /// VMID.
-        vmid: u16,
-    },
-}
-
-/// How addresses are invalidated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InvalidationPolicy {
-    /// The SMMU has range invalidation (IDR3.RIL).
-    pub range_invalidation: bool,
-    /// Above this many commands, one ASID- or VMID-wide invalidation is cheaper.
-    pub max_commands: u32,
-}
-
-impl InvalidationPolicy {
-    /// Commands per invalidation before falling back to the wide one when RIL is absent (as
-    /// many as fit a small batch without stalling other producers for long).
-    pub const DEFAULT_MAX_COMMANDS: u32 = 32;
-
-    /// The policy for an SMMU with `features`.
-    pub const fn for_features(features: &Features) -> Self {
-        Self {
-            range_invalidation: features.range_invalidation,
-            max_commands: Self::DEFAULT_MAX_COMMANDS,
-        }
-    }
-}
-
-/// The pages `[first, first + count)` of granule `log2` that `range` touches (`count` may
-/// exceed u64 when the range ends at the top of the address space).
-fn page_span(range: &Range<u64>, log2: u32) -> (u64, u128) {
-    if range.end <= range.start {
-        return (range.start, 0);
-    }
-    let first = range.start >> log2 << log2;
-    let end = (u128::from(range.end) + (1u128 << log2) - 1) >> log2 << log2;
-    (first, (end - u128::from(first)) >> log2)
-}
-
-/// The range commands for `pages` pages: each covers the low set bit of the remaining count
-/// times up to 31, so a count costs about one command per 5 bits.
-fn range_commands(pages: u128) -> u32 {
-    let mut left = pages;
-    let mut n = 0;
-    while left != 0 {
-        let scale = left.trailing_zeros().min(31);
-        let units = (left >> scale) & 31;
-        let units = if units == 0 { 31 } else { units };
-        left -= units << scale;
-        n += 1;
-    }
-    n
-}
-
-/// The TLB invalidation commands for the addresses in `ranges` (byte ranges, rounded out to
-/// pages of `granule`), as an iterator so no buffer is needed. Append a CMD_SYNC (the queue's
-/// `submit_and_sync` does) before relying on the invalidation.
-///
-/// With range invalidation each range becomes a few range commands; without it each page gets
-/// one command, up to `policy.max_commands`; beyond that (or beyond `max_commands` range
-/// commands) a single ASID- or VMID-wide command replaces them all. `leaf` says only leaf
-/// entries changed (no table was freed), which lets the SMMU keep its walk caches. The level
-/// hint TTL is left 0: a wrong hint would make the invalidation miss, and the planner does not
-/// know at which level the entries were.
-pub fn plan_invalidation<'a>(
-    scope: InvalidationScope,
-    ranges: &'a [Range<u64>],
-    granule: Granule,
-    leaf: bool,
-    policy: &InvalidationPolicy,
-) -> InvalidationPlan<'a> {
-    let log2 = granule.log2();
-    let commands: u128 = ranges
-        .iter()
-        .map(|r| {
-            let (_, pages) = page_span(r, log2);
-            if policy.range_invalidation {
-                u128::from(range_commands(pages))
-            } else {
-                pages
-            }
-        })
-        .sum();
-    let state = if commands > u128::from(policy.max_commands) {
-        PlanState::Wide
-    } else {
-        PlanState::Addresses {
-            range: 0,
-            next: 0,
-            left: 0,
-        }
-    };
-    InvalidationPlan {
-        scope,
-        ranges,
-        granule,
-        leaf,
-        use_ranges: policy.range_invalidation,
-        state,
-    }
-}
-
-/// The commands of one invalidation; see [`plan_invalidation`].
-#[derive(Debug, Clone)]
-pub struct InvalidationPlan<'a> {
-    scope: InvalidationScope,
-    ranges: &'a [Range<u64>],
-    granule: Granule,
-    leaf: bool,
-    use_ranges: bool,
-    state: PlanState,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum PlanState {
-    /// One scope-wide command, then done.
-    Wide,
-    /// Walking `ranges[range]`: `left` pages from `next` (0 pages: load the range).
-    Addresses {
-        range: usize,
-        next: u64,
-        left: u128,
-    },
-    Done,
-}
-
-impl InvalidationPlan<'_> {
-    /// Whether the plan replaced the per-address commands with one wide command.
-    pub fn is_wide(&self) -> bool {
-        matches!(self.state, PlanState::Wide)
-    }
-
-    fn wide(&self) -> Command {
-        match self.scope {
-            InvalidationScope::Stage1 { vmid, asid } => Command::TlbiNhAsid { vmid, asid },
-            InvalidationScope::Stage1AllAsids { vmid } => Command::TlbiNhAll { vmid },
-            InvalidationScope::El2 { asid } => Command::TlbiEl2Asid { asid },
-            InvalidationScope::Stage2 { vmid } => Command::TlbiS12Vmall { vmid },
-        }
-    }
-
-    fn at(&self, addr: u64, range: Option<TlbiRange>) -> Command {
-        let leaf = self.leaf;
-        match self.scope {
-            InvalidationScope::Stage1 { vmid, asid } => Command::TlbiNhVa {
-                vmid,
-                asid,
-                addr,
-                leaf,
-                range,
-            },
-            InvalidationScope::Stage1AllAsids { vmid } => Command::TlbiNhVaa {
-                vmid,
-                addr,
-                leaf,
-                range,
-            },
-            InvalidationScope::El2 { asid } => Command::TlbiEl2Va {
-                asid,
-                addr,
-                leaf,
-                range,
-            },
-            InvalidationScope::Stage2 { vmid } => Command::TlbiS2Ipa {
-                vmid,
-                ipa: addr,
-                leaf,
-                range,
-            },
-        }
-    }
-}
-
-impl Iterator for InvalidationPlan<'_> {
-    type Item = Command;
-
-    fn next(&mut self) -> Option<Command> {
-        loop {
-            match self.state {
-                PlanState::Done => return None,
-                PlanState::Wide => {
-                    self.state = PlanState::Done;
-                    return Some(self.wide());
-                }
-                PlanState::Addresses { range, next, left } => {
-                    if left == 0 {
-                        let Some(r) = self.ranges.get(range) else {
-                            self.state = PlanState::Done;
-                            return None;
-                        };
-                        let (first, pages) = page_span(r, self.granule.log2());
-                        self.state = PlanState::Addresses {
-                            range: range + 1,
-                            next: first,
-                            left: pages,
-                        };
-                        continue;
-                    }
-                    let log2 = self.granule.log2();
-                    let (cmd, pages) = if self.use_ranges {
-                        let scale = left.trailing_zeros().min(31);
-                        let units = (left >> scale) & 31;
-                        let units = if units == 0 { 31 } else { units };
-                        let r = TlbiRange {
-                            granule: self.granule,
-                            scale: scale as u8,
-                            num: (units - 1) as u8,
-                            ttl: 0,
-                        };
-                        (self.at(next, Some(r)), units << scale)
-                    } else {
-                        (self.at(next, None), 1)
-                    };
-                    // Wrapping: the last chunk of a range ending at the top of the address space.
-                    let advance = (pages << log2) as u64;
-                    self.state = PlanState::Addresses {
-                        range,
-                        next: next.wrapping_add(advance),
-                        left: left - pages,
-                    };
-                    return Some(cmd);
-                }
-            }
-        }
     }
 }
 

@@ -4,22 +4,22 @@
 //!
 //! A CD is built as a typed [`ContextDescriptor`] and encoded in one place
 //! ([`ContextDescriptor::encode`]); live changes go through the same update planner as STEs
-//! ([`crate::stream_table::plan_entry_update`]) with the CD's own used bits, followed by
+//! ([`crate::entry::plan_entry_update`]) with the CD's own used bits, followed by
 //! CMD_CFGI_CD + CMD_SYNC.
 
 use core::fmt;
 
 use iommu::addr::PhysAddr;
-use iommu::hal::{FrameSize, Hal};
+use iommu::hal::Hal;
 
-use crate::attributes::{bits, field, place, Granule};
+use crate::attributes::{bits, field, granule_supported, place, tg0, Granule};
 use crate::cmdq::CmdqError;
-use crate::idr::{Features, Httu, OutputAddressSize, StallModel, TermModel};
-use crate::stream_table::{
-    check_addr, frame_for, load_word, plan_entry_update, store_word, CdTableFormat, EntryWords,
-    Stage1, SteError, UpdateKind, WalkAttributes, ENTRY_WORDS,
+use crate::entry::{
+    check_addr, plan_entry_update, EntryError, EntryWords, UpdateKind, UpdatePlan, ENTRY_WORDS,
 };
-use crate::two_level::TableShape;
+use crate::idr::{Features, Httu, OutputAddressSize, StallModel, TermModel};
+use crate::stream_table::{CdTableFormat, Stage1, WalkAttributes};
+use crate::two_level::{Level1Format, TableError, TableShape, TwoLevelTable};
 
 /// Bytes in one CD.
 pub const CD_BYTES: usize = 64;
@@ -109,9 +109,6 @@ pub struct ContextDescriptor {
     pub nscfg0: bool,
 }
 
-/// An error of a CD field: the same kinds as an STE's.
-pub type CdError = SteError;
-
 impl ContextDescriptor {
     /// A CD translating `va_bits` of input address through the table at `ttb0` with `granule`
     /// pages, output size `ips`, attributes `mair`; walks write-back cacheable, faults recorded
@@ -123,9 +120,9 @@ impl ContextDescriptor {
         granule: Granule,
         ips: OutputAddressSize,
         mair: u64,
-    ) -> Result<Self, CdError> {
+    ) -> Result<Self, EntryError> {
         if !(16..=52).contains(&va_bits) {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "T0SZ",
                 value: u64::from(va_bits),
             });
@@ -155,23 +152,23 @@ impl ContextDescriptor {
     }
 
     /// The eight words of the CD (V = 1).
-    pub fn encode(&self) -> Result<EntryWords, CdError> {
+    pub fn encode(&self) -> Result<EntryWords, EntryError> {
         let ttb0 = check_addr("TTB0", self.ttb0.as_u64(), 16)?;
         if !(12..=48).contains(&self.t0sz) {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "T0SZ",
                 value: u64::from(self.t0sz),
             });
         }
         if self.ips == OutputAddressSize::Reserved {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "IPS",
                 value: 7,
             });
         }
         let mut w = [0u64; ENTRY_WORDS];
         w[0] = place(u64::from(self.t0sz), CD0_T0SZ.0, CD0_T0SZ.1)
-            | place(self.granule.tg0_encoding(), CD0_TG0.0, CD0_TG0.1)
+            | place(tg0(self.granule), CD0_TG0.0, CD0_TG0.1)
             | place(self.walk.inner.encoding(), CD0_IR0.0, CD0_IR0.1)
             | place(self.walk.outer.encoding(), CD0_OR0.0, CD0_OR0.1)
             | place(self.walk.shareability.encoding(), CD0_SH0.0, CD0_SH0.1)
@@ -201,45 +198,45 @@ impl ContextDescriptor {
 
     /// Checks the CD against the SMMU: stage 1, ASID width, granule, IPS ≤ OAS, input size
     /// (T0SZ above 39 needs IDR3.STT), HTTU, HAD, stall and termination models.
-    pub fn check_features(&self, f: &Features) -> Result<(), CdError> {
+    pub fn check_features(&self, f: &Features) -> Result<(), EntryError> {
         if !f.stages.stage1() {
-            return Err(SteError::Unsupported("stage 1"));
+            return Err(EntryError::Unsupported("stage 1"));
         }
         if u32::from(self.asid) >> f.asid_bits != 0 {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "ASID",
                 value: u64::from(self.asid),
             });
         }
-        if !self.granule.supported_by(&f.granules) {
-            return Err(SteError::Unsupported("the stage-1 granule"));
+        if !granule_supported(self.granule, &f.granules) {
+            return Err(EntryError::Unsupported("the stage-1 granule"));
         }
         if self.ips.encoding() > f.oas.encoding() {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "IPS",
                 value: u64::from(self.ips.encoding()),
             });
         }
         if self.t0sz > 39 && !f.stt {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "T0SZ",
                 value: u64::from(self.t0sz),
             });
         }
         if self.hw_access_flag && f.httu == Httu::None {
-            return Err(SteError::Unsupported("hardware access flag updates"));
+            return Err(EntryError::Unsupported("hardware access flag updates"));
         }
         if self.hw_dirty && f.httu != Httu::AccessFlagAndDirty {
-            return Err(SteError::Unsupported("hardware dirty state updates"));
+            return Err(EntryError::Unsupported("hardware dirty state updates"));
         }
         if self.hierarchical_attributes_disabled && !f.had {
-            return Err(SteError::Unsupported("hierarchical attribute disables"));
+            return Err(EntryError::Unsupported("hierarchical attribute disables"));
         }
         if self.stall && f.stall_model == StallModel::TerminateOnly {
-            return Err(SteError::Unsupported("stalls"));
+            return Err(EntryError::Unsupported("stalls"));
         }
         if !self.abort && f.term_model == TermModel::AbortOnly {
-            return Err(SteError::Unsupported("RAZ/WI termination"));
+            return Err(EntryError::Unsupported("RAZ/WI termination"));
         }
         Ok(())
     }
@@ -270,10 +267,7 @@ pub fn cd_used_bits(cd: &EntryWords) -> EntryWords {
 }
 
 /// [`plan_entry_update`] for CDs (V is bit 31 of word 0).
-pub fn plan_cd_update(
-    current: &EntryWords,
-    target: &EntryWords,
-) -> crate::stream_table::UpdatePlan {
+pub fn plan_cd_update(current: &EntryWords, target: &EntryWords) -> UpdatePlan {
     plan_entry_update(current, target, cd_used_bits, 0)
 }
 
@@ -312,7 +306,7 @@ pub enum CdTableError {
     /// The HAL had no frame for a table.
     OutOfMemory,
     /// The CD cannot be encoded.
-    Entry(CdError),
+    Entry(EntryError),
     /// The invalidation of the SMMU's cached copy failed.
     Invalidation(CmdqError),
 }
@@ -337,8 +331,8 @@ impl fmt::Display for CdTableError {
 
 impl core::error::Error for CdTableError {}
 
-impl From<CdError> for CdTableError {
-    fn from(e: CdError) -> Self {
+impl From<EntryError> for CdTableError {
+    fn from(e: EntryError) -> Self {
         Self::Entry(e)
     }
 }
@@ -414,7 +408,7 @@ impl CdTableGeometry {
     }
 
     /// The table's shape, shared with the stream table.
-    pub const fn shape(&self) -> TableShape {
+    pub(crate) const fn shape(&self) -> TableShape {
         match *self {
             Self::Linear { log2_cds } => TableShape {
                 bits: log2_cds,
@@ -432,12 +426,15 @@ impl CdTableGeometry {
         self.shape().limit()
     }
 
-    /// log2 of the bytes of the table S1ContextPtr points to.
+    /// log2 of the bytes of the table S1ContextPtr points to (for tests of the geometry).
+    #[cfg(test)]
     const fn base_log2_bytes(&self) -> u32 {
         self.shape().base_log2_bytes()
     }
 
-    /// Where the CD of `ssid` lives: (level-1 index, index in the table).
+    /// Where the CD of `ssid` lives: (level-1 index, index in the table). The table itself
+    /// locates entries through its shape; this is for tests of the geometry.
+    #[cfg(test)]
     const fn locate(&self, ssid: u32) -> Result<(Option<u64>, u64), CdTableError> {
         match self.shape().locate(ssid) {
             Some(at) => Ok(at),
@@ -464,23 +461,39 @@ const fn l1cd_decode(raw: u64) -> Option<PhysAddr> {
     }
 }
 
+/// Level-1 CD table descriptors.
+static CD_LEVEL1: Level1Format = Level1Format {
+    encode: |l2, _| Ok(l1cd(l2)),
+    decode: l1cd_decode,
+};
+
+impl From<TableError> for CdTableError {
+    fn from(e: TableError) -> Self {
+        match e {
+            TableError::Geometry(why) => Self::Geometry(why),
+            TableError::OutOfRange { index, limit } => Self::SsidOutOfRange { ssid: index, limit },
+            TableError::NoLevel2(ssid) => Self::NoLevel2(ssid),
+            TableError::OutOfMemory => Self::OutOfMemory,
+            TableError::Entry(e) => Self::Entry(e),
+            TableError::Invalidation(e) => Self::Invalidation(e),
+        }
+    }
+}
+
 /// The CD table of one stream (or of several streams attached alike) in HAL frames.
 ///
 /// Updates take `&mut self`. Frames are not freed on drop; [`CdTable::free`] returns them once
 /// no STE points at the table.
 pub struct CdTable<H: Hal> {
-    hal: H,
+    table: TwoLevelTable<H>,
     geometry: CdTableGeometry,
-    base: PhysAddr,
-    base_frame: FrameSize,
-    clean: bool,
 }
 
 impl<H: Hal> fmt::Debug for CdTable<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CdTable")
             .field("geometry", &self.geometry)
-            .field("base", &self.base)
+            .field("base", &self.table.base())
             .finish_non_exhaustive()
     }
 }
@@ -488,18 +501,8 @@ impl<H: Hal> fmt::Debug for CdTable<H> {
 impl<H: Hal> CdTable<H> {
     /// Allocates the table with every CD invalid. `coherent` is IDR0.COHACC.
     pub fn new(hal: H, geometry: CdTableGeometry, coherent: bool) -> Result<Self, CdTableError> {
-        let base_frame =
-            frame_for(geometry.base_log2_bytes()).ok_or(CdTableError::Geometry("table size"))?;
-        let base = hal
-            .alloc_frame(base_frame)
-            .ok_or(CdTableError::OutOfMemory)?;
-        Ok(Self {
-            hal,
-            geometry,
-            base,
-            base_frame,
-            clean: !coherent,
-        })
+        let table = TwoLevelTable::new(hal, geometry.shape(), coherent, &CD_LEVEL1, INVALID_CD)?;
+        Ok(Self { table, geometry })
     }
 
     /// The geometry.
@@ -510,87 +513,21 @@ impl<H: Hal> CdTable<H> {
     /// The stage-1 half of an STE pointing at this table (S1ContextPtr, S1Fmt, S1CDMax), with
     /// the default attributes of [`Stage1::single_cd`]; adjust `vmid` and the rest as needed.
     pub fn stage1(&self) -> Stage1 {
-        let mut s1 = Stage1::single_cd(self.base);
+        let mut s1 = Stage1::single_cd(self.table.base());
         s1.format = self.geometry.format();
         s1.cd_max = self.geometry.log2_cds();
         s1
     }
 
-    fn leaf_frame(&self) -> Option<FrameSize> {
-        frame_for(self.geometry.shape().leaf_log2_bytes()?)
-    }
-
-    fn frame_bytes(&self, table: PhysAddr) -> u64 {
-        if table == self.base {
-            self.base_frame.bytes() as u64
-        } else {
-            self.leaf_frame().map_or(0, |f| f.bytes() as u64)
-        }
-    }
-
-    fn store(&self, table: PhysAddr, index: u64, value: u64) {
-        if (index + 1) * 8 > self.frame_bytes(table) {
-            return;
-        }
-        // SAFETY: `table` is the base frame or a level-2 frame this table allocated, the index
-        // was just checked, and `&mut self` (or construction) excludes other CPU writers.
-        unsafe { store_word(&self.hal, self.clean, table, index, value) }
-    }
-
-    fn load(&self, table: PhysAddr, index: u64) -> u64 {
-        if (index + 1) * 8 > self.frame_bytes(table) {
-            return 0;
-        }
-        // SAFETY: as for `store`.
-        unsafe { load_word(&self.hal, table, index) }
-    }
-
-    /// The table and first word of the CD of `ssid`.
-    fn cd_at(&self, ssid: u32) -> Result<(PhysAddr, u64), CdTableError> {
-        match self.geometry.locate(ssid)? {
-            (None, index) => Ok((self.base, index * ENTRY_WORDS as u64)),
-            (Some(l1), index) => match l1cd_decode(self.load(self.base, l1)) {
-                Some(l2) => Ok((l2, index * ENTRY_WORDS as u64)),
-                None => Err(CdTableError::NoLevel2(ssid)),
-            },
-        }
-    }
-
     /// Makes sure a level-2 table covers `ssid`; returns whether one was installed (then
     /// CMD_CFGI_CD with leaf = false is due for the streams using the table).
     pub fn ensure_level2(&mut self, ssid: u32) -> Result<bool, CdTableError> {
-        let (Some(l1), _) = self.geometry.locate(ssid)? else {
-            return Ok(false);
-        };
-        if l1cd_decode(self.load(self.base, l1)).is_some() {
-            return Ok(false);
-        }
-        let frame = self
-            .leaf_frame()
-            .ok_or(CdTableError::Geometry("table size"))?;
-        let l2 = self
-            .hal
-            .alloc_frame(frame)
-            .ok_or(CdTableError::OutOfMemory)?;
-        // A fresh frame is zero: every CD in it is invalid. Make that visible before the
-        // descriptor (and cleaned, for a non-coherent SMMU).
-        if self.clean {
-            self.hal
-                .clean_to_poc(self.hal.phys_to_virt(l2), frame.bytes());
-        }
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        self.store(self.base, l1, l1cd(l2));
-        Ok(true)
+        Ok(self.table.ensure_level2(ssid)?)
     }
 
     /// The current eight words of the CD of `ssid`.
     pub fn entry(&self, ssid: u32) -> Result<EntryWords, CdTableError> {
-        let (table, first) = self.cd_at(ssid)?;
-        let mut words = [0u64; ENTRY_WORDS];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = self.load(table, first + i as u64);
-        }
-        Ok(words)
+        Ok(self.table.entry(ssid)?)
     }
 
     /// Installs `cd` for `ssid` (or makes it invalid with `None`) on a live SMMU, following
@@ -606,23 +543,14 @@ impl<H: Hal> CdTable<H> {
             Some(cd) => cd.encode()?,
             None => INVALID_CD,
         };
-        if cd.is_none() && matches!(self.cd_at(ssid), Err(CdTableError::NoLevel2(_))) {
+        if cd.is_none() && self.table.lacks_level2(ssid) {
             // Nothing to clear.
             return Ok(UpdateKind::Unchanged);
         }
-        if self.ensure_level2(ssid)? {
-            invalidate(ssid, false).map_err(CdTableError::Invalidation)?;
-        }
-        let (table, first) = self.cd_at(ssid)?;
-        let current = self.entry(ssid)?;
-        let plan = plan_cd_update(&current, &target);
-        for write in plan.writes() {
-            self.store(table, first + write.word as u64, write.value);
-            if write.sync_after {
-                invalidate(ssid, true).map_err(CdTableError::Invalidation)?;
-            }
-        }
-        Ok(plan.kind())
+        let kind = self
+            .table
+            .write(ssid, &target, cd_used_bits, |leaf| invalidate(ssid, leaf))?;
+        Ok(kind)
     }
 
     /// Returns every frame of the table to the HAL.
@@ -631,17 +559,8 @@ impl<H: Hal> CdTable<H> {
     /// No STE the SMMU may still use points at this table (the STEs were changed and a
     /// CMD_CFGI_STE + CMD_SYNC completed for each), or the SMMU is disabled.
     pub unsafe fn free(self) {
-        if let Some(frame) = self.leaf_frame() {
-            for l1 in 0..self.geometry.shape().level1_entries() {
-                if let Some(l2) = l1cd_decode(self.load(self.base, l1)) {
-                    // SAFETY: installed by `ensure_level2` from `alloc_frame(frame)`; unused
-                    // per the caller.
-                    unsafe { self.hal.free_frame(l2, frame) };
-                }
-            }
-        }
-        // SAFETY: allocated in `new` with this size; unused per the caller.
-        unsafe { self.hal.free_frame(self.base, self.base_frame) };
+        // SAFETY: per this function's contract.
+        unsafe { self.table.free() }
     }
 }
 

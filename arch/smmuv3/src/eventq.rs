@@ -1,6 +1,6 @@
 //! The event queue (IHI 0070 3.5.2, 7.3): the ring of 32-byte fault and configuration-error
 //! records the SMMU writes, its single consumer (with wrap and overflow acknowledgement), and the
-//! records decoded into a typed [`FaultRecord`].
+//! records decoded into a typed [`Event`].
 //!
 //! Hardware is reached through [`EventqRegisters`] (PROD, CONS on page 1) and the ring through
 //! [`QueueMemory`], as for the command queue.
@@ -163,7 +163,7 @@ impl<R: EventqRegisters, M: QueueMemory<4>> EventQueue<R, M> {
             log2,
             cons,
             prod: cons,
-            ovack: cons_reg >> 31 != 0,
+            ovack: cons_reg & QUEUE_CONS::OVACKFLG::SET.value != 0,
             overflowed: false,
         })
     }
@@ -216,11 +216,11 @@ impl<R: EventqRegisters, M: QueueMemory<4>> EventQueue<R, M> {
 
     /// Hands every waiting record, decoded, to `handle`; at most `limit` of them, so an event
     /// storm cannot keep an interrupt handler forever.
-    pub fn drain(&mut self, limit: usize, mut handle: impl FnMut(FaultRecord)) -> DrainReport {
+    pub fn drain(&mut self, limit: usize, mut handle: impl FnMut(Event)) -> DrainReport {
         let mut report = DrainReport::default();
         while report.events < limit {
             let Some(raw) = self.pop() else { break };
-            handle(FaultRecord::decode(raw));
+            handle(Event::decode(raw));
             report.events += 1;
         }
         report.overflowed = self.take_overflow();
@@ -436,7 +436,7 @@ pub struct AccessKind {
 /// An event record decoded: which stream, what went wrong, where, and how. The fields an event
 /// type does not carry are `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultRecord {
+pub struct Event {
     /// The event type.
     pub event: EventType,
     /// StreamID of the device (for PCI, the requester id through the `iommu-map`).
@@ -476,7 +476,7 @@ const EVT1_CLASS: (u32, u32) = (41, 40);
 const EVT3_IPA: (u32, u32) = (51, 12);
 const EVT3_FETCH: (u32, u32) = (51, 3);
 
-impl FaultRecord {
+impl Event {
     /// Decodes a record; never fails (unknown types keep their raw words).
     pub fn decode(raw: RawEvent) -> Self {
         let [w0, w1, w2, w3] = raw;
@@ -570,7 +570,7 @@ impl FaultRecord {
     }
 }
 
-impl fmt::Display for FaultRecord {
+impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} stream {:#x}", self.event, self.stream_id)?;
         if let Some(ssid) = self.substream_id {

@@ -11,11 +11,11 @@
 
 use iommu::unit::{DeviceId, GuestEntry, UnitError};
 
+use crate::attributes::granule_supported;
 use crate::command::{opcode, Command, DecodeError, RawCommand};
+use crate::entry::EntryError;
 use crate::idr::{Features, StallModel};
-use crate::stream_table::{
-    CdTableFormat, Eats, Stage1, SteConfig, SteError, StreamTableEntry, StreamWorld,
-};
+use crate::stream_table::{CdTableFormat, Eats, Stage1, SteConfig, StreamTableEntry, StreamWorld};
 
 /// A guest STE after validation: what the nested domain built from it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,10 @@ fn cd_table_bytes(s1: &Stage1) -> u64 {
     }
 }
 
-fn guest_field(e: SteError) -> UnitError {
+fn guest_field(e: EntryError) -> UnitError {
     UnitError::GuestEntry(match e {
-        SteError::Field { field, .. } | SteError::Misaligned { field, .. } => field,
-        SteError::Unsupported(what) => what,
+        EntryError::Field { field, .. } | EntryError::Misaligned { field, .. } => field,
+        EntryError::Unsupported(what) => what,
     })
 }
 
@@ -165,7 +165,7 @@ pub fn check_command(
         }
         // 4.4.1 TG: a range names pages of a granule the SMMU walks (IDR5.GRAN*).
         Command::TlbiNhVa { range: Some(r), .. } | Command::TlbiNhVaa { range: Some(r), .. }
-            if !r.granule.supported_by(&features.granules) =>
+            if !granule_supported(r.granule, &features.granules) =>
         {
             return Err(UnitError::GuestCommand(
                 "range TG is not a granule of the SMMU",

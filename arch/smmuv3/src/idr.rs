@@ -1,14 +1,16 @@
 //! What an SMMU can do: SMMU_IDR0..IDR5, SMMU_IIDR and SMMU_AIDR decoded into typed values.
 //!
-//! The raw words are read once at discovery ([`crate::unit::read_id_registers`]); everything the
-//! driver later decides (stages, table layouts, queue sizes, granules, address sizes) comes from
-//! the [`Features`] decoded here. The bit positions live in [`crate::registers`] only.
+//! The raw words are read once at discovery ([`read_id_registers`], the only hardware access of
+//! identification, safe on a live SMMU); everything the driver later decides (stages, table
+//! layouts, queue sizes, granules, address sizes) comes from the [`Features`] decoded here. The bit positions live in [`crate::registers`] only.
 
 use core::fmt;
+use core::ptr::NonNull;
 
+use tock_registers::interfaces::Readable;
 use tock_registers::LocalRegisterCopy;
 
-use crate::registers::{AIDR, IDR0, IDR1, IDR2, IDR3, IDR5, IIDR};
+use crate::registers::{SmmuRegisters, AIDR, IDR0, IDR1, IDR2, IDR3, IDR5, IIDR};
 
 /// The identification registers as read from the hardware, undecoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -642,6 +644,41 @@ impl fmt::Display for Features {
     }
 }
 
+/// Reads SMMU_IDR0..IDR5, SMMU_IIDR and SMMU_AIDR. These are read-only and reading them has no
+/// side effect, so this is safe to do on a live SMMU at any time.
+///
+/// # Safety
+/// `base` must point to the mapped register frame of an SMMUv3 (at least page 0, 64 KiB),
+/// mapped as Device memory (or another mapping where 32-bit volatile reads reach the
+/// device), and stay mapped for the duration of the call.
+pub unsafe fn read_id_registers(base: NonNull<SmmuRegisters>) -> IdRegisters {
+    // SAFETY: the caller guarantees `base` points to a mapped SMMUv3 register frame; the
+    // registers are tock-registers cells (interior mutability, volatile access), so a shared
+    // reference to the frame is sound while it stays mapped.
+    let regs = unsafe { base.as_ref() };
+    IdRegisters {
+        idr: [
+            regs.idr0.get(),
+            regs.idr1.get(),
+            regs.idr2.get(),
+            regs.idr3.get(),
+            regs.idr4.get(),
+            regs.idr5.get(),
+        ],
+        iidr: regs.iidr.get(),
+        aidr: regs.aidr.get(),
+    }
+}
+
+/// Reads and decodes the identification registers of the SMMU at `base`.
+///
+/// # Safety
+/// As for [`read_id_registers`].
+pub unsafe fn read_features(base: NonNull<SmmuRegisters>) -> Features {
+    // SAFETY: forwarded; the caller upholds `read_id_registers`' contract.
+    Features::decode(&unsafe { read_id_registers(base) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -848,5 +885,36 @@ mod tests {
             s.contains("queues up to 2^19 commands, 2^19 events; OAS 44 bits, granules 4K/16K/64K")
         );
         assert!(s.contains("features: RIL HAD XNX BBML2"));
+    }
+
+    /// A register frame in ordinary memory stands in for the MMIO page: the values written at
+    /// the spec's offsets must come back through the typed registers.
+    #[test]
+    fn reads_identification_registers_at_their_offsets() {
+        let mut frame = std::vec![0u32; 0x2_0000 / 4];
+        let words: [(usize, u32); 8] = [
+            (0x00, 0x0d44_101b),
+            (0x04, 0x0273_0010),
+            (0x08, 0x1),
+            (0x0c, 0x1414),
+            (0x10, 0x4),
+            (0x14, 0x74),
+            (0x18, 0x43b),
+            (0x1c, 0x1),
+        ];
+        for (offset, value) in words {
+            frame[offset / 4] = value;
+        }
+        let base = NonNull::new(frame.as_mut_ptr().cast::<SmmuRegisters>()).expect("vec pointer");
+        // SAFETY: `frame` is a live, 4-byte aligned allocation as large as the register frame,
+        // not otherwise accessed while `base` is in use.
+        let raw = unsafe { read_id_registers(base) };
+        assert_eq!(raw.idr, [0x0d44_101b, 0x0273_0010, 0x1, 0x1414, 0x4, 0x74]);
+        assert_eq!(raw.iidr, 0x43b);
+        assert_eq!(raw.aidr, 0x1);
+        // SAFETY: as above.
+        let features = unsafe { read_features(base) };
+        assert_eq!(features.stages, Stages::Nested);
+        assert_eq!(features.implementation.implementer, 0x43b);
     }
 }

@@ -1,19 +1,34 @@
-//! Arm SMMUv3 back-end (Arm IHI 0070).
+//! Arm SMMUv3 back-end (Arm IHI 0070): an SMMU found in firmware, brought up, and driven
+//! through the core's [`TranslationUnit`](iommu::unit::TranslationUnit) by [`SmmuUnit`].
 //!
-//! Discovery and identification so far:
+//! Entry points: [`SmmuDescription`] (an SMMU from the devicetree or the IORT), [`SmmuUnit`]
+//! (bring-up with [`SmmuConfig`], then the core's trait), [`SmmuDomain`], and the one error type
+//! [`Error`].
+//!
+//! The modules, from firmware to the live unit:
 //! - [`devicetree`]: the SMMUs and PCIe hosts a flattened devicetree describes (`arm,smmu-v3`
 //!   nodes, `pci-host-ecam-generic` with its `iommu-map`), and requester id → stream id.
 //! - [`iort`]: the same from ACPI's IO Remapping Table, for machines booted with ACPI.
-//! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
-//! - [`idr`]: the identification registers decoded into typed [`idr::Features`].
-//! - [`unit`]: reading them from a mapped SMMU.
 //! - [`platform`]: one description of an SMMU, from either the devicetree or the IORT.
-//! - [`smmu`]: bring-up of a live SMMU and the core's `TranslationUnit` over it, with the
-//!   records of which domains each stream uses.
+//! - [`registers`]: the SMMUv3 register frame, declared once with tock-registers.
+//! - [`idr`]: the identification registers, read from a mapped SMMU and decoded into typed
+//!   [`idr::Features`].
+//! - [`attributes`]: granule, cacheability and shareability spellings shared by STEs, CDs and
+//!   commands.
+//! - [`entry`]: the 64-byte entries (STE and CD) as words in HAL frames, and the one safe
+//!   entry-update plan (hitless where possible) both are written with.
+//! - [`stream_table`]: STEs and the stream table; [`context_descriptor`]: CDs and CD tables;
+//!   both are linear or 2-level tables of `two_level` (the shared table machinery).
 //! - [`substream`]: a stream's own CD table when PASIDs are attached.
-//! - [`two_level`]: the linear/2-level index arithmetic of stream and CD tables.
+//! - [`command`]: command encodings; [`cmdq`]: the lock-free command queue;
+//!   [`eventq`]: the event queue and its typed [`eventq::Event`]s.
+//! - [`unit`](mod@unit): the live SMMU: bring-up (`mod.rs`), domains and ASID/VMID pools (`domain.rs`),
+//!   STE/CD programming on attach (`attach.rs`), the per-stream records (`streams.rs`), unmap
+//!   and its invalidation planning (`invalidate.rs`), events and interrupts (`fault.rs`),
+//!   hardware info (`info.rs`).
 //! - [`guest`]: validation of a guest's vSTE and of its command-queue entries (pure).
 //! - [`viommu`]: the unit side of a vIOMMU: nested domains from vSTEs, forwarded commands.
+//! - `sim` (feature `sim`, and tests): a simulated SMMU consuming the command queue.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.
@@ -28,6 +43,8 @@ pub mod cmdq;
 pub mod command;
 pub mod context_descriptor;
 pub mod devicetree;
+pub mod entry;
+mod error;
 pub mod eventq;
 pub mod guest;
 pub mod idr;
@@ -36,9 +53,12 @@ pub mod platform;
 pub mod registers;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
-pub mod smmu;
 pub mod stream_table;
 pub mod substream;
-pub mod two_level;
+mod two_level;
 pub mod unit;
 pub mod viommu;
+
+pub use error::Error;
+pub use platform::SmmuDescription;
+pub use unit::{SmmuConfig, SmmuDomain, SmmuUnit};

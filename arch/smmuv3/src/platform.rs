@@ -59,7 +59,7 @@ impl SmmuDescription {
         }
     }
 
-    /// The register frame as [`SmmuUnit::new`](crate::smmu::SmmuUnit::new) takes it, where
+    /// The register frame as [`SmmuUnit::new`](crate::unit::SmmuUnit::new) takes it, where
     /// physical and virtual addresses are the same (identity-mapped MMIO); `None` for address
     /// 0 or one beyond the address space.
     pub fn identity_mapped_registers(&self) -> Option<NonNull<SmmuRegisters>> {

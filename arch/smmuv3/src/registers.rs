@@ -179,18 +179,42 @@ register_bitfields! [u32,
     ],
     /// 6.3.11 SMMU_CR1: attributes of the SMMU's own table and queue accesses.
     pub CR1 [
-        /// Queue accesses: inner cacheability (0 NC, 1 WB, 2 WT).
-        QUEUE_IC OFFSET(0) NUMBITS(2) [],
+        /// Queue accesses: inner cacheability.
+        QUEUE_IC OFFSET(0) NUMBITS(2) [
+            NonCacheable = 0,
+            WriteBack = 1,
+            WriteThrough = 2
+        ],
         /// Queue accesses: outer cacheability.
-        QUEUE_OC OFFSET(2) NUMBITS(2) [],
-        /// Queue accesses: shareability (0 non, 2 outer, 3 inner).
-        QUEUE_SH OFFSET(4) NUMBITS(2) [],
+        QUEUE_OC OFFSET(2) NUMBITS(2) [
+            NonCacheable = 0,
+            WriteBack = 1,
+            WriteThrough = 2
+        ],
+        /// Queue accesses: shareability.
+        QUEUE_SH OFFSET(4) NUMBITS(2) [
+            NonShareable = 0,
+            OuterShareable = 2,
+            InnerShareable = 3
+        ],
         /// Table walks of stream and CD tables: inner cacheability.
-        TABLE_IC OFFSET(6) NUMBITS(2) [],
+        TABLE_IC OFFSET(6) NUMBITS(2) [
+            NonCacheable = 0,
+            WriteBack = 1,
+            WriteThrough = 2
+        ],
         /// Table walks: outer cacheability.
-        TABLE_OC OFFSET(8) NUMBITS(2) [],
+        TABLE_OC OFFSET(8) NUMBITS(2) [
+            NonCacheable = 0,
+            WriteBack = 1,
+            WriteThrough = 2
+        ],
         /// Table walks: shareability.
-        TABLE_SH OFFSET(10) NUMBITS(2) []
+        TABLE_SH OFFSET(10) NUMBITS(2) [
+            NonShareable = 0,
+            OuterShareable = 2,
+            InnerShareable = 3
+        ]
     ],
     /// 6.3.12 SMMU_CR2: global behaviour controls.
     pub CR2 [

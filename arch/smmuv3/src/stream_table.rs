@@ -1,32 +1,31 @@
 //! The stream table (IHI 0070 5.2, 5.3): one stream table entry (STE) per StreamID saying how
 //! that device's transactions are handled, in a linear table or a 2-level table whose level-2
-//! parts are created when a device is attached; and the planner that changes a live entry
-//! without the SMMU ever using a half-written one.
+//! parts are created when a device is attached.
 //!
 //! An STE is built as a typed [`StreamTableEntry`] (abort, bypass, stage 1, stage 2, nested) and
 //! encoded in one place ([`StreamTableEntry::encode`]) into the eight 64-bit words the SMMU
 //! reads. The SMMU reads each word single-copy atomically but the entry as a whole at any moment
-//! and may cache it until a CMD_CFGI_STE + CMD_SYNC, so updates follow [`plan_entry_update`].
+//! and may cache it until a CMD_CFGI_STE + CMD_SYNC, so updates follow
+//! [`crate::entry::plan_entry_update`]; the table itself is the 2-level table CD tables use too.
 
-use crate::two_level::TableShape;
 use core::fmt;
-use core::ptr::NonNull;
 
 use iommu::addr::PhysAddr;
-use iommu::hal::{FrameSize, Hal};
+use iommu::hal::Hal;
 use tock_registers::fields::FieldValue;
 
-use crate::attributes::{bits, field, place, Cacheability, Granule, Shareability};
+use crate::attributes::{
+    bits, field, granule_from_tg0, granule_supported, place, tg0, Cacheability, Granule,
+    Shareability,
+};
 use crate::cmdq::CmdqError;
 use crate::command::Command;
+use crate::entry::{
+    check_addr, plan_entry_update, EntryError, EntryWords, UpdateKind, UpdatePlan, ENTRY_WORDS,
+};
 use crate::idr::{Features, OutputAddressSize, StreamTableLevels};
 use crate::registers::{STRTAB_BASE, STRTAB_BASE_CFG};
-
-/// Words in an STE or a CD.
-pub const ENTRY_WORDS: usize = 8;
-
-/// The in-memory form of an STE or CD: eight little-endian 64-bit words (64 bytes).
-pub type EntryWords = [u64; ENTRY_WORDS];
+use crate::two_level::{Level1Format, TableError, TableShape, TwoLevelTable};
 
 /// Bytes in one STE.
 pub const STE_BYTES: usize = 64;
@@ -111,9 +110,9 @@ impl SteConfig {
 pub enum CdTableFormat {
     /// 0b00: a linear array of CDs (also the only meaning when S1CDMax = 0).
     Linear,
-    /// 0b01: 2-level, level-2 tables of 4 KiB (64 CDs, indexed by SSID[5:0]).
+    /// 0b01: 2-level, level-2 tables of 4 KiB (64 CDs, indexed by SSID\[5:0\]).
     TwoLevel4K,
-    /// 0b10: 2-level, level-2 tables of 64 KiB (1024 CDs, indexed by SSID[9:0]).
+    /// 0b10: 2-level, level-2 tables of 64 KiB (1024 CDs, indexed by SSID\[9:0\]).
     TwoLevel64K,
 }
 
@@ -270,15 +269,15 @@ impl Stage2 {
         granule: Granule,
         start_level: u8,
         output_size: OutputAddressSize,
-    ) -> Result<Self, SteError> {
+    ) -> Result<Self, EntryError> {
         if !(16..=52).contains(&ias_bits) {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "S2T0SZ",
                 value: u64::from(ias_bits),
             });
         }
         let Some(sl0) = s2_sl0(granule, start_level) else {
-            return Err(SteError::Field {
+            return Err(EntryError::Field {
                 field: "S2SL0",
                 value: u64::from(start_level),
             });
@@ -329,53 +328,6 @@ pub struct StreamTableEntry {
     /// when IDR1.ATTR_TYPES_OVR is set (else the field is ignored and left 0); set it from
     /// `features.attr_types_override`.
     pub incoming_shareability: bool,
-}
-
-/// A value that does not fit an STE or CD field, or an SMMU that cannot do what is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SteError {
-    /// A field value out of range.
-    Field {
-        /// The field.
-        field: &'static str,
-        /// The value.
-        value: u64,
-    },
-    /// An address not aligned as its field requires.
-    Misaligned {
-        /// The field.
-        field: &'static str,
-        /// The address.
-        addr: u64,
-        /// The required alignment in bytes.
-        align: u64,
-    },
-    /// The SMMU lacks what the entry needs.
-    Unsupported(&'static str),
-}
-
-impl fmt::Display for SteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Field { field, value } => write!(f, "{field} = {value:#x} is out of range"),
-            Self::Misaligned { field, addr, align } => {
-                write!(f, "{field} = {addr:#x} is not {align:#x}-byte aligned")
-            }
-            Self::Unsupported(what) => write!(f, "the SMMU does not support {what}"),
-        }
-    }
-}
-
-impl core::error::Error for SteError {}
-
-pub(crate) fn check_addr(field: &'static str, addr: u64, align: u64) -> Result<u64, SteError> {
-    if addr & (align - 1) != 0 {
-        return Err(SteError::Misaligned { field, addr, align });
-    }
-    if addr >> 52 != 0 {
-        return Err(SteError::Field { field, value: addr });
-    }
-    Ok(addr)
 }
 
 impl StreamTableEntry {
@@ -434,7 +386,7 @@ impl StreamTableEntry {
     /// Checks the entry against what the SMMU implements: the stages, VMID width, granules,
     /// output size, substream count, CD table format and stall model. (QEMU's additional
     /// limits, S1CDMax = 0 and no S1STALLD, are what [`Stage1::single_cd`] gives.)
-    pub fn check_features(&self, f: &Features) -> Result<(), SteError> {
+    pub fn check_features(&self, f: &Features) -> Result<(), EntryError> {
         let (s1, s2) = match &self.config {
             SteConfig::Abort | SteConfig::Bypass => (None, None),
             SteConfig::Stage1(s1) => (Some(s1), None),
@@ -443,27 +395,27 @@ impl StreamTableEntry {
         };
         if let Some(s1) = s1 {
             if !f.stages.stage1() {
-                return Err(SteError::Unsupported("stage 1"));
+                return Err(EntryError::Unsupported("stage 1"));
             }
             if s1.cd_max > f.ssid_bits {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S1CDMax",
                     value: u64::from(s1.cd_max),
                 });
             }
             if s1.cd_max > 0 && s1.format != CdTableFormat::Linear && !f.cd_two_level {
-                return Err(SteError::Unsupported("2-level CD tables"));
+                return Err(EntryError::Unsupported("2-level CD tables"));
             }
             if s1.stall_disable && f.stall_model == crate::idr::StallModel::TerminateOnly {
-                return Err(SteError::Unsupported(
+                return Err(EntryError::Unsupported(
                     "S1STALLD with the terminate-only model",
                 ));
             }
             if self.stream_world != StreamWorld::NsEl1 && !f.hyp {
-                return Err(SteError::Unsupported("EL2 stream worlds"));
+                return Err(EntryError::Unsupported("EL2 stream worlds"));
             }
             if s2.is_none() && f.stages.stage2() && u32::from(s1.vmid) >> f.vmid_bits != 0 {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2VMID",
                     value: u64::from(s1.vmid),
                 });
@@ -471,36 +423,36 @@ impl StreamTableEntry {
         }
         if let Some(s2) = s2 {
             if !f.stages.stage2() {
-                return Err(SteError::Unsupported("stage 2"));
+                return Err(EntryError::Unsupported("stage 2"));
             }
             if u32::from(s2.vmid) >> f.vmid_bits != 0 {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2VMID",
                     value: u64::from(s2.vmid),
                 });
             }
-            if !s2.granule.supported_by(&f.granules) {
-                return Err(SteError::Unsupported("the stage-2 granule"));
+            if !granule_supported(s2.granule, &f.granules) {
+                return Err(EntryError::Unsupported("the stage-2 granule"));
             }
             if s2.output_size.encoding() > f.oas.encoding() {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2PS",
                     value: u64::from(s2.output_size.encoding()),
                 });
             }
             if s2.stall && f.stall_model == crate::idr::StallModel::TerminateOnly {
-                return Err(SteError::Unsupported("S2S with the terminate-only model"));
+                return Err(EntryError::Unsupported("S2S with the terminate-only model"));
             }
         }
         if self.ats != Eats::Abort && !f.ats {
-            return Err(SteError::Unsupported("ATS"));
+            return Err(EntryError::Unsupported("ATS"));
         }
         Ok(())
     }
 
     /// The eight words of the entry. Checks field widths and alignments; leaves every field the
     /// configuration does not use at 0 (the update planner relies on that).
-    pub fn encode(&self) -> Result<EntryWords, SteError> {
+    pub fn encode(&self) -> Result<EntryWords, EntryError> {
         let mut w = [0u64; ENTRY_WORDS];
         w[0] = STE0_V | place(self.config.encoding(), STE0_CONFIG.0, STE0_CONFIG.1);
         let (s1, s2) = match &self.config {
@@ -524,7 +476,7 @@ impl StreamTableEntry {
         if let Some(s1) = s1 {
             let ptr = check_addr("S1ContextPtr", s1.cd_table.as_u64(), 64)?;
             if s1.cd_max > 20 {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S1CDMax",
                     value: u64::from(s1.cd_max),
                 });
@@ -559,19 +511,19 @@ impl StreamTableEntry {
         if let Some(s2) = s2 {
             let ttb = check_addr("S2TTB", s2.table.as_u64(), 16)?;
             if !(12..=48).contains(&s2.t0sz) {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2T0SZ",
                     value: u64::from(s2.t0sz),
                 });
             }
             if s2.sl0 > 0b10 {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2SL0",
                     value: u64::from(s2.sl0),
                 });
             }
             if s2.output_size == OutputAddressSize::Reserved {
-                return Err(SteError::Field {
+                return Err(EntryError::Field {
                     field: "S2PS",
                     value: 7,
                 });
@@ -582,7 +534,7 @@ impl StreamTableEntry {
                 | place(s2.walk.inner.encoding(), STE2_S2IR0.0, STE2_S2IR0.1)
                 | place(s2.walk.outer.encoding(), STE2_S2OR0.0, STE2_S2OR0.1)
                 | place(s2.walk.shareability.encoding(), STE2_S2SH0.0, STE2_S2SH0.1)
-                | place(s2.granule.tg0_encoding(), STE2_S2TG.0, STE2_S2TG.1)
+                | place(tg0(s2.granule), STE2_S2TG.0, STE2_S2TG.1)
                 | place(u64::from(s2.output_size.encoding()), STE2_S2PS.0, STE2_S2PS.1)
                 // AArch64 tables only; little-endian walks (S2ENDI = 0).
                 | 1 << STE2_S2AA64
@@ -658,12 +610,12 @@ impl StreamTableEntry {
     /// bit `encode` would not set for the decoded configuration (fields this driver does not
     /// model, stage fields of a configuration without that stage), naming the field, so that
     /// `encode(decode(w)) == w` for every `w` it accepts.
-    pub fn decode(words: &EntryWords) -> Result<Option<Self>, SteError> {
+    pub fn decode(words: &EntryWords) -> Result<Option<Self>, EntryError> {
         let [w0, w1, w2, w3, ..] = *words;
         if w0 & STE0_V == 0 {
             return Ok(None);
         }
-        let bad = |f: &'static str, value: u64| SteError::Field { field: f, value };
+        let bad = |f: &'static str, value: u64| EntryError::Field { field: f, value };
         let config = field(w0, STE0_CONFIG.0, STE0_CONFIG.1);
         let (has_s1, has_s2) = match config {
             0b000 => (false, false),
@@ -781,7 +733,7 @@ impl StreamTableEntry {
                 return Err(bad("S2SL0", u64::from(sl0)));
             }
             let tg = field(w2, STE2_S2TG.0, STE2_S2TG.1);
-            let granule = Granule::from_tg0_encoding(tg).ok_or(bad("S2TG", tg))?;
+            let granule = granule_from_tg0(tg).ok_or(bad("S2TG", tg))?;
             let sh = field(w2, STE2_S2SH0.0, STE2_S2SH0.1);
             let shareability = Shareability::from_encoding(sh).ok_or(bad("S2SH0", sh))?;
             let output_size = match field(w2, STE2_S2PS.0, STE2_S2PS.1) {
@@ -869,153 +821,6 @@ pub fn ste_used_bits(ste: &EntryWords) -> EntryWords {
     used
 }
 
-/// One 64-bit store of an entry update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WordWrite {
-    /// Which word of the entry (0..8).
-    pub word: usize,
-    /// The value to store, single-copy atomically.
-    pub value: u64,
-    /// After this store (and the stores before it), invalidate the SMMU's cached copy
-    /// (CMD_CFGI_STE / CMD_CFGI_CD) and wait for a CMD_SYNC before the next store.
-    pub sync_after: bool,
-}
-
-/// How an update reaches its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateKind {
-    /// Nothing to write.
-    Unchanged,
-    /// Only bits the SMMU ignores change.
-    UnusedBitsOnly,
-    /// Hitless: bits the SMMU ignores first, then the single word whose used bits change, then
-    /// the leftovers; the SMMU sees the old entry, then the new one.
-    Hitless {
-        /// The word that switches the entry.
-        critical: usize,
-    },
-    /// Breaking: the entry is made invalid (V = 0) first, so the SMMU sees the old entry,
-    /// then none (transactions abort with C_BAD_STE / C_BAD_CD), then the new one.
-    Breaking,
-}
-
-/// The ordered word stores of an entry update; see [`plan_entry_update`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpdatePlan {
-    writes: [WordWrite; 3 * ENTRY_WORDS],
-    len: usize,
-    kind: UpdateKind,
-}
-
-impl UpdatePlan {
-    /// The stores, in order.
-    pub fn writes(&self) -> &[WordWrite] {
-        &self.writes[..self.len]
-    }
-
-    /// Which kind of update this is.
-    pub fn kind(&self) -> UpdateKind {
-        self.kind
-    }
-
-    /// Stores every word of `values` that differs from `state` among `words`, tracking `state`;
-    /// the last store of the step asks for a sync.
-    fn step(
-        &mut self,
-        state: &mut EntryWords,
-        values: &EntryWords,
-        words: impl Iterator<Item = usize>,
-    ) {
-        let before = self.len;
-        for i in words {
-            if state[i] != values[i] {
-                self.writes[self.len] = WordWrite {
-                    word: i,
-                    value: values[i],
-                    sync_after: false,
-                };
-                self.len += 1;
-                state[i] = values[i];
-            }
-        }
-        if self.len > before {
-            self.writes[self.len - 1].sync_after = true;
-        }
-    }
-}
-
-/// Plans the change of a live entry (STE or CD) from `current` to `target` so that the SMMU,
-/// reading words at arbitrary moments and caching the entry until invalidated, only ever acts
-/// on the old entry, an invalid one, or the new one: never a valid mix.
-///
-/// `used` gives the bits the SMMU reads for an entry; `valid_word` is the word holding V (and
-/// the configuration), which is also what a breaking update clears first. The method (the one
-/// Linux has used since 2024, here written from the spec's rules): first store, everywhere,
-/// the target's value of every bit the current entry does not use (invisible); if then a single
-/// word still has to change in bits the target uses, store it (one 64-bit store switches the
-/// entry: hitless), then clear the bits the target does not use. Otherwise, clear the valid
-/// word (V = 0), store the other words, then the valid word. Each step ends with an
-/// invalidation + sync so the next step cannot be observed before the previous one.
-pub fn plan_entry_update(
-    current: &EntryWords,
-    target: &EntryWords,
-    used: fn(&EntryWords) -> EntryWords,
-    valid_word: usize,
-) -> UpdatePlan {
-    let mut plan = UpdatePlan {
-        writes: [WordWrite {
-            word: 0,
-            value: 0,
-            sync_after: false,
-        }; 3 * ENTRY_WORDS],
-        len: 0,
-        kind: UpdateKind::Unchanged,
-    };
-    let cur_used = used(current);
-    let target_used = used(target);
-    let mut unused_update = [0u64; ENTRY_WORDS];
-    let mut critical = [false; ENTRY_WORDS];
-    let mut n_critical = 0;
-    for i in 0..ENTRY_WORDS {
-        unused_update[i] = (current[i] & cur_used[i]) | (target[i] & !cur_used[i]);
-        // Still wrong in a bit the target uses (or sets) after the invisible stores?
-        if unused_update[i] & target_used[i] != target[i] {
-            critical[i] = true;
-            n_critical += 1;
-        }
-    }
-    let mut state = *current;
-    let all = || 0..ENTRY_WORDS;
-    match n_critical {
-        0 => {
-            plan.step(&mut state, target, all());
-            plan.kind = if plan.len == 0 {
-                UpdateKind::Unchanged
-            } else {
-                UpdateKind::UnusedBitsOnly
-            };
-        }
-        1 => {
-            let c = critical.iter().position(|&x| x).unwrap_or(valid_word);
-            // The critical word is stored whole in the next step.
-            unused_update[c] = current[c];
-            plan.step(&mut state, &unused_update, all());
-            plan.step(&mut state, target, core::iter::once(c));
-            plan.step(&mut state, target, all());
-            plan.kind = UpdateKind::Hitless { critical: c };
-        }
-        _ => {
-            let mut invalid = state;
-            invalid[valid_word] = 0;
-            plan.step(&mut state, &invalid, core::iter::once(valid_word));
-            plan.step(&mut state, target, all().filter(|&i| i != valid_word));
-            plan.step(&mut state, target, core::iter::once(valid_word));
-            plan.kind = UpdateKind::Breaking;
-        }
-    }
-    plan
-}
-
 /// [`plan_entry_update`] for STEs.
 pub fn plan_ste_update(current: &EntryWords, target: &EntryWords) -> UpdatePlan {
     plan_entry_update(current, target, ste_used_bits, 0)
@@ -1055,7 +860,7 @@ pub enum StreamTableError {
     /// The HAL had no frame for a table.
     OutOfMemory,
     /// The entry cannot be encoded or is not supported.
-    Entry(SteError),
+    Entry(EntryError),
     /// The invalidation of the SMMU's cached copy failed.
     Invalidation(CmdqError),
 }
@@ -1080,8 +885,8 @@ impl fmt::Display for StreamTableError {
 
 impl core::error::Error for StreamTableError {}
 
-impl From<SteError> for StreamTableError {
-    fn from(e: SteError) -> Self {
+impl From<EntryError> for StreamTableError {
+    fn from(e: EntryError) -> Self {
         Self::Entry(e)
     }
 }
@@ -1164,7 +969,7 @@ impl StreamTableGeometry {
     }
 
     /// The table's shape, shared with CD tables.
-    pub const fn shape(&self) -> TableShape {
+    pub(crate) const fn shape(&self) -> TableShape {
         match *self {
             Self::Linear { log2_entries } => TableShape {
                 bits: log2_entries,
@@ -1206,11 +1011,6 @@ impl StreamTableGeometry {
         value.value
     }
 
-    /// log2 of the bytes of the table STRTAB_BASE points to (the linear table or level 1).
-    const fn base_log2_bytes(&self) -> u32 {
-        self.shape().base_log2_bytes()
-    }
-
     /// Level-2 table size: `2^split` STEs (2-level only).
     pub const fn level2_entries(&self) -> u64 {
         self.shape().leaf_entries()
@@ -1229,7 +1029,7 @@ impl StreamTableGeometry {
     }
 }
 
-/// A level-1 stream table descriptor (5.3): Span [4:0], L2Ptr [51:6].
+/// A level-1 stream table descriptor (5.3): Span \[4:0\], L2Ptr \[51:6\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Descriptor {
     /// The level-2 table.
@@ -1240,7 +1040,7 @@ pub struct L1Descriptor {
 
 impl L1Descriptor {
     /// The descriptor of a level-2 table of `2^split` STEs at `l2`.
-    pub fn new(l2: PhysAddr, split: u8) -> Result<Self, SteError> {
+    pub fn new(l2: PhysAddr, split: u8) -> Result<Self, EntryError> {
         check_addr("L2Ptr", l2.as_u64(), (STE_BYTES as u64) << split)?;
         Ok(Self {
             l2,
@@ -1267,52 +1067,6 @@ impl L1Descriptor {
     }
 }
 
-/// The `index`th 64-bit word of the frame at `table`.
-///
-/// # Safety
-/// `table` must be a frame `hal` allocated, and `index * 8` must be inside it.
-unsafe fn word_ptr<H: Hal>(hal: &H, table: PhysAddr, index: u64) -> NonNull<u64> {
-    // SAFETY: the caller keeps the offset inside the frame, so the result stays in the same
-    // allocation; HAL frames are at least 4 KiB aligned, so every word is 8-byte aligned.
-    unsafe { hal.phys_to_virt(table).cast::<u64>().add(index as usize) }
-}
-
-/// Stores `value` to word `index` of the frame at `table` with one single-copy atomic store,
-/// then cleans it to the point of coherency if `clean` (a non-coherent SMMU).
-///
-/// # Safety
-/// As for [`word_ptr`]; and no other CPU writes the word concurrently (the tables' `&mut self`).
-pub(crate) unsafe fn store_word<H: Hal>(
-    hal: &H,
-    clean: bool,
-    table: PhysAddr,
-    index: u64,
-    value: u64,
-) {
-    // SAFETY: forwarded from the caller.
-    let ptr = unsafe { word_ptr(hal, table, index) };
-    // SAFETY: a valid, aligned word of a frame we own. A volatile aligned 64-bit store is one
-    // single-copy atomic access on AArch64 and x86-64, which the SMMU's 64-bit reads rely on.
-    unsafe { ptr.as_ptr().write_volatile(value) };
-    if clean {
-        hal.clean_to_poc(ptr.cast(), 8);
-    }
-}
-
-/// Loads word `index` of the frame at `table`.
-///
-/// # Safety
-/// As for [`word_ptr`].
-pub(crate) unsafe fn load_word<H: Hal>(hal: &H, table: PhysAddr, index: u64) -> u64 {
-    // SAFETY: forwarded from the caller; the word is valid and aligned.
-    unsafe { word_ptr(hal, table, index).as_ptr().read_volatile() }
-}
-
-/// The frame holding `2^log2_bytes` bytes (at least 4 KiB).
-pub(crate) fn frame_for(log2_bytes: u32) -> Option<FrameSize> {
-    FrameSize::from_log2(log2_bytes.max(12))
-}
-
 /// The stream table of one SMMU in HAL frames: the linear table, or the level-1 table and the
 /// level-2 tables created by [`ensure_level2`](Self::ensure_level2).
 ///
@@ -1320,20 +1074,37 @@ pub(crate) fn frame_for(log2_bytes: u32) -> Option<FrameSize> {
 /// freed on drop (the SMMU may still walk them); [`StreamTable::free`] returns them once it
 /// cannot.
 pub struct StreamTable<H: Hal> {
-    hal: H,
+    table: TwoLevelTable<H>,
     geometry: StreamTableGeometry,
-    base: PhysAddr,
-    base_frame: FrameSize,
-    /// Clean written words to the point of coherency (IDR0.COHACC = 0).
-    clean: bool,
 }
 
 impl<H: Hal> fmt::Debug for StreamTable<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamTable")
             .field("geometry", &self.geometry)
-            .field("base", &self.base)
+            .field("base", &self.table.base())
             .finish_non_exhaustive()
+    }
+}
+
+/// Level-1 stream table descriptors ([`L1Descriptor`]).
+static STE_LEVEL1: Level1Format = Level1Format {
+    encode: |l2, split| Ok(L1Descriptor::new(l2, split)?.encode()),
+    decode: |raw| L1Descriptor::decode(raw).map(|d| d.l2),
+};
+
+impl From<TableError> for StreamTableError {
+    fn from(e: TableError) -> Self {
+        match e {
+            TableError::Geometry(why) => Self::Geometry(why),
+            TableError::OutOfRange { index, limit } => {
+                Self::StreamIdOutOfRange { sid: index, limit }
+            }
+            TableError::NoLevel2(sid) => Self::NoLevel2(sid),
+            TableError::OutOfMemory => Self::OutOfMemory,
+            TableError::Entry(e) => Self::Entry(e),
+            TableError::Invalidation(e) => Self::Invalidation(e),
+        }
     }
 }
 
@@ -1347,22 +1118,9 @@ impl<H: Hal> StreamTable<H> {
         geometry: StreamTableGeometry,
         coherent: bool,
     ) -> Result<Self, StreamTableError> {
-        let base_frame = frame_for(geometry.base_log2_bytes())
-            .ok_or(StreamTableError::Geometry("table size"))?;
-        let base = hal
-            .alloc_frame(base_frame)
-            .ok_or(StreamTableError::OutOfMemory)?;
-        let table = Self {
-            hal,
-            geometry,
-            base,
-            base_frame,
-            clean: !coherent,
-        };
-        if let StreamTableGeometry::Linear { log2_entries } = geometry {
-            table.fill_abort(base, 1u64 << log2_entries)?;
-        }
-        Ok(table)
+        let abort = StreamTableEntry::abort().encode()?;
+        let table = TwoLevelTable::new(hal, geometry.shape(), coherent, &STE_LEVEL1, abort)?;
+        Ok(Self { table, geometry })
     }
 
     /// The geometry.
@@ -1372,64 +1130,12 @@ impl<H: Hal> StreamTable<H> {
 
     /// The SMMU_STRTAB_BASE value: the table's address, with the read-allocate hint.
     pub fn base_register(&self) -> u64 {
-        (STRTAB_BASE::ADDR.val(self.base.as_u64() >> 6) + STRTAB_BASE::RA::SET).value
+        (STRTAB_BASE::ADDR.val(self.table.base().as_u64() >> 6) + STRTAB_BASE::RA::SET).value
     }
 
     /// The SMMU_STRTAB_BASE_CFG value.
     pub fn base_cfg_register(&self) -> u32 {
         self.geometry.base_cfg()
-    }
-
-    /// Bytes of the frame at `table`: the base table or a level-2 table.
-    fn frame_bytes(&self, table: PhysAddr) -> u64 {
-        if table == self.base {
-            self.base_frame.bytes() as u64
-        } else {
-            STE_BYTES as u64 * self.geometry.level2_entries()
-        }
-    }
-
-    fn store(&self, table: PhysAddr, index: u64, value: u64) {
-        if (index + 1) * 8 > self.frame_bytes(table) {
-            return;
-        }
-        // SAFETY: `table` is the base frame or a level-2 frame this table allocated (callers
-        // take it from `self.base` or a descriptor we wrote), the index was just checked, and
-        // `&mut self` (or construction) excludes other CPU writers.
-        unsafe { store_word(&self.hal, self.clean, table, index, value) }
-    }
-
-    fn load(&self, table: PhysAddr, index: u64) -> u64 {
-        if (index + 1) * 8 > self.frame_bytes(table) {
-            return 0;
-        }
-        // SAFETY: as for `store`.
-        unsafe { load_word(&self.hal, table, index) }
-    }
-
-    fn fill_abort(&self, table: PhysAddr, entries: u64) -> Result<(), StreamTableError> {
-        let abort = StreamTableEntry::abort().encode()?;
-        for e in 0..entries {
-            for (w, value) in abort.iter().enumerate() {
-                if *value != 0 {
-                    self.store(table, e * ENTRY_WORDS as u64 + w as u64, *value);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The STE of `sid`: its table and the index of its first word.
-    fn ste_words_at(&self, sid: u32) -> Result<(PhysAddr, u64), StreamTableError> {
-        match self.geometry.locate(sid)? {
-            SteLocation::Linear { index } => Ok((self.base, index * ENTRY_WORDS as u64)),
-            SteLocation::TwoLevel { l1_index, l2_index } => {
-                match L1Descriptor::decode(self.load(self.base, l1_index)) {
-                    Some(d) => Ok((d.l2, l2_index * ENTRY_WORDS as u64)),
-                    None => Err(StreamTableError::NoLevel2(sid)),
-                }
-            }
-        }
     }
 
     /// Makes sure a level-2 table covers `sid` (2-level tables; a no-op for linear ones).
@@ -1439,43 +1145,12 @@ impl<H: Hal> StreamTable<H> {
     /// have dropped a cached invalid descriptor (invalid descriptors are not normally cached,
     /// so QEMU and Linux do without).
     pub fn ensure_level2(&mut self, sid: u32) -> Result<bool, StreamTableError> {
-        let StreamTableGeometry::TwoLevel { split, .. } = self.geometry else {
-            self.geometry.locate(sid)?;
-            return Ok(false);
-        };
-        let SteLocation::TwoLevel { l1_index, .. } = self.geometry.locate(sid)? else {
-            return Ok(false);
-        };
-        if L1Descriptor::decode(self.load(self.base, l1_index)).is_some() {
-            return Ok(false);
-        }
-        let frame = self
-            .geometry
-            .shape()
-            .leaf_log2_bytes()
-            .and_then(frame_for)
-            .ok_or(StreamTableError::Geometry("table size"))?;
-        let l2 = self
-            .hal
-            .alloc_frame(frame)
-            .ok_or(StreamTableError::OutOfMemory)?;
-        self.fill_abort(l2, 1 << split)?;
-        let desc = L1Descriptor::new(l2, split)?;
-        // The level-2 STEs must be visible before the descriptor: the same barrier a queue
-        // publication uses orders the normal-memory stores for the SMMU's reads.
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        self.store(self.base, l1_index, desc.encode());
-        Ok(true)
+        Ok(self.table.ensure_level2(sid)?)
     }
 
     /// The current eight words of the STE of `sid`.
     pub fn entry(&self, sid: u32) -> Result<EntryWords, StreamTableError> {
-        let (table, first) = self.ste_words_at(sid)?;
-        let mut words = [0u64; ENTRY_WORDS];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = self.load(table, first + i as u64);
-        }
-        Ok(words)
+        Ok(self.table.entry(sid)?)
     }
 
     /// Installs `ste` for `sid` on a live SMMU: creates the level-2 table if needed, then
@@ -1489,21 +1164,10 @@ impl<H: Hal> StreamTable<H> {
         mut invalidate: impl FnMut(Command) -> Result<(), CmdqError>,
     ) -> Result<UpdateKind, StreamTableError> {
         let target = ste.encode()?;
-        if self.ensure_level2(sid)? {
-            invalidate(Command::CfgiSte { sid, leaf: false })
-                .map_err(StreamTableError::Invalidation)?;
-        }
-        let (table, first) = self.ste_words_at(sid)?;
-        let current = self.entry(sid)?;
-        let plan = plan_ste_update(&current, &target);
-        for write in plan.writes() {
-            self.store(table, first + write.word as u64, write.value);
-            if write.sync_after {
-                invalidate(Command::CfgiSte { sid, leaf: true })
-                    .map_err(StreamTableError::Invalidation)?;
-            }
-        }
-        Ok(plan.kind())
+        let kind = self.table.write(sid, &target, ste_used_bits, |leaf| {
+            invalidate(Command::CfgiSte { sid, leaf })
+        })?;
+        Ok(kind)
     }
 
     /// Returns every frame of the table to the HAL.
@@ -1512,18 +1176,8 @@ impl<H: Hal> StreamTable<H> {
     /// The SMMU must no longer use the table: SMMU_CR0.SMMUEN is 0 (acknowledged), or
     /// SMMU_STRTAB_BASE points elsewhere and a CMD_CFGI_ALL + CMD_SYNC has completed.
     pub unsafe fn free(self) {
-        let shape = self.geometry.shape();
-        if let Some(l2_frame) = shape.leaf_log2_bytes().and_then(frame_for) {
-            for l1 in 0..shape.level1_entries() {
-                if let Some(d) = L1Descriptor::decode(self.load(self.base, l1)) {
-                    // SAFETY: installed by `ensure_level2` from `alloc_frame(l2_frame)`;
-                    // the caller guarantees the SMMU no longer walks it.
-                    unsafe { self.hal.free_frame(d.l2, l2_frame) };
-                }
-            }
-        }
-        // SAFETY: allocated in `new` with this size; unused per the caller.
-        unsafe { self.hal.free_frame(self.base, self.base_frame) };
+        // SAFETY: per this function's contract.
+        unsafe { self.table.free() }
     }
 }
 

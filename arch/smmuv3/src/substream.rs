@@ -14,8 +14,9 @@ use iommu::hal::Hal;
 
 use crate::cmdq::CmdqError;
 use crate::context_descriptor::{CdTable, CdTableError, CdTableGeometry, ContextDescriptor};
+use crate::entry::{EntryWords, UpdateKind};
 use crate::idr::Features;
-use crate::stream_table::{DefaultSubstream, EntryWords, Stage1, UpdateKind};
+use crate::stream_table::{DefaultSubstream, Stage1};
 
 /// A stream's CD table with substreams, and what its requests without a SubstreamID use.
 pub struct SubstreamTable<H: Hal> {

@@ -21,8 +21,10 @@ use crate::cmdq::{CmdqError, BATCH_CAPACITY};
 use crate::command::RawCommand;
 use crate::guest::{check_command, validate_vste, GuestSte, HostCommand};
 use crate::idr::Features;
-use crate::smmu::{DomainKind, SmmuDomain, SmmuError, SmmuUnit};
 use crate::stream_table::{Stage2, StreamTableEntry};
+use crate::unit::domain::{DomainKind, SmmuDomain};
+use crate::unit::SmmuUnit;
+use crate::Error;
 
 /// The unit's part of one guest's vIOMMU: the nest parent's stage-2 configuration (its VMID
 /// tags all the guest's translations) and the count of nested domains built on it.
@@ -292,11 +294,11 @@ pub(crate) fn new_nested<H: Hal + Clone>(
         viommu.s2,
         validate_vste(guest, features, viommu.ipa_bits())?,
     );
-    ste.check_features(features).map_err(SmmuError::Entry)?;
+    ste.check_features(features).map_err(Error::Entry)?;
     // The entry must encode (it is written only at attach, which must not fail on it then).
-    ste.encode().map_err(SmmuError::Entry)?;
+    ste.encode().map_err(Error::Entry)?;
     Ok(SmmuDomain {
-        id: unit.new_domain_id(),
+        serial: unit.new_domain_serial(),
         kind: DomainKind::Nested {
             ste,
             vmid: viommu.s2.vmid,
@@ -357,7 +359,7 @@ pub fn forward(
                     origin.get(f.position).or(origin.last()).copied(),
                     UnitError::Hardware(HardwareError::CommandRejected),
                 ),
-                other => (origin.first().copied(), SmmuError::Command(other).into()),
+                other => (origin.first().copied(), Error::Command(other).into()),
             };
             Forwarded {
                 done: at.unwrap_or(0),

@@ -13,8 +13,9 @@ use std::vec::Vec;
 
 use super::*;
 use crate::attributes::Granule;
-use crate::command::{plan_invalidation, Command, InvalidationPolicy, InvalidationScope};
+use crate::command::Command;
 use crate::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
+use crate::unit::invalidate::{plan_invalidation, InvalidationPolicy, InvalidationScope};
 
 /// A simulated SMMU consumer running on its own thread until dropped, recording what it
 /// executed.

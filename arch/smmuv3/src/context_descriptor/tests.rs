@@ -92,7 +92,7 @@ fn cd_refuses_bad_fields() {
     let mut c = cd(1, 0x1008);
     assert!(matches!(
         c.encode(),
-        Err(SteError::Misaligned { field: "TTB0", .. })
+        Err(EntryError::Misaligned { field: "TTB0", .. })
     ));
     c.ttb0 = PhysAddr::new(1 << 52);
     assert!(c.encode().is_err());
@@ -167,7 +167,7 @@ fn cd_update_kinds() {
     let plan = plan_cd_update(&a, &INVALID_CD);
     assert_eq!(
         plan.writes()[0],
-        crate::stream_table::WordWrite {
+        crate::entry::WordWrite {
             word: 0,
             value: 0,
             sync_after: true
@@ -287,7 +287,7 @@ mod in_memory {
         ));
         let s1 = table.stage1();
         assert_eq!((s1.cd_max, s1.format), (0, CdTableFormat::Linear));
-        assert_eq!(s1.cd_table, table.base);
+        assert_eq!(s1.cd_table, table.table.base());
         let mut calls = Vec::new();
         let c = cd(5, 0x4000);
         let kind = table.install(0, Some(&c), |ssid, leaf| {

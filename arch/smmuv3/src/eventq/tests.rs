@@ -24,7 +24,7 @@ const PERMISSION: RawEvent = [
 
 #[test]
 fn decodes_a_translation_fault() {
-    let r = FaultRecord::decode(TRANSLATION);
+    let r = Event::decode(TRANSLATION);
     assert_eq!(r.event, EventType::Translation);
     assert_eq!(r.stream_id, 8);
     assert_eq!(r.substream_id, None);
@@ -55,7 +55,7 @@ fn decodes_a_translation_fault() {
 
 #[test]
 fn decodes_a_stage2_permission_fault() {
-    let r = FaultRecord::decode(PERMISSION);
+    let r = Event::decode(PERMISSION);
     assert_eq!(r.event, EventType::Permission);
     assert_eq!(r.stream_id, 0x10);
     assert_eq!(r.substream_id, Some(3));
@@ -78,29 +78,29 @@ fn decodes_a_stage2_permission_fault() {
 #[test]
 fn decodes_configuration_and_fetch_events() {
     // C_BAD_STE 0x04, StreamID 0x20: nothing but the stream.
-    let r = FaultRecord::decode([0x0000_0020_0000_0004, 0, 0, 0]);
+    let r = Event::decode([0x0000_0020_0000_0004, 0, 0, 0]);
     assert_eq!((r.event, r.stream_id), (EventType::BadSte, 0x20));
     assert_eq!((r.input_address, r.access, r.stage), (None, None, None));
     // F_STE_FETCH 0x03: fetch address in word 3 [51:3].
-    let r = FaultRecord::decode([0x0000_0001_0000_0003, 0, 0, 0x4000_0047]);
+    let r = Event::decode([0x0000_0001_0000_0003, 0, 0, 0x4000_0047]);
     assert_eq!(r.fetch_address, Some(0x4000_0040));
     // F_CD_FETCH 0x09 with SSV and SubstreamID 0x1f.
-    let r = FaultRecord::decode([0x0000_0001_0001_f809, 0, 0, 0x8_0000]);
+    let r = Event::decode([0x0000_0001_0001_f809, 0, 0, 0x8_0000]);
     assert_eq!(
         (r.event, r.substream_id, r.fetch_address),
         (EventType::CdFetch, Some(0x1f), Some(0x8_0000))
     );
     // C_BAD_SUBSTREAMID 0x08: the SubstreamID is valid without SSV.
-    let r = FaultRecord::decode([0x0000_0001_0000_5008, 0, 0, 0]);
+    let r = Event::decode([0x0000_0001_0000_5008, 0, 0, 0]);
     assert_eq!(r.substream_id, Some(5));
     // F_WALK_EABT 0x0b: the descriptor address in word 3.
-    let r = FaultRecord::decode([0x0b, 0x0000_0100_0000_0000, 0x1000, 0x9_0008]);
+    let r = Event::decode([0x0b, 0x0000_0100_0000_0000, 0x1000, 0x9_0008]);
     assert_eq!(
         (r.fetch_address, r.class, r.ipa),
         (Some(0x9_0008), Some(FaultClass::TranslationTable), None)
     );
     // F_TRANSL_FORBIDDEN 0x07: address and direction only.
-    let r = FaultRecord::decode([0x07, 0x0000_0008_0000_0000, 0x7000, 0]);
+    let r = Event::decode([0x07, 0x0000_0008_0000_0000, 0x7000, 0]);
     assert_eq!(
         r.access,
         Some(AccessKind {
@@ -111,11 +111,11 @@ fn decodes_configuration_and_fetch_events() {
     );
     // Unknown and implementation-defined types keep their code.
     assert_eq!(
-        FaultRecord::decode([0x30, 0, 0, 0]).event,
+        Event::decode([0x30, 0, 0, 0]).event,
         EventType::Unknown(0x30)
     );
     assert_eq!(
-        FaultRecord::decode([0xe5, 0, 0, 0]).event,
+        Event::decode([0xe5, 0, 0, 0]).event,
         EventType::ImplementationDefined(0xe5)
     );
 }
@@ -170,7 +170,7 @@ fn consumes_in_order_across_wraps() {
         }
         let mut seen = 0;
         while let Some(raw) = q.pop() {
-            assert_eq!(FaultRecord::decode(raw).stream_id as u64, next + seen);
+            assert_eq!(Event::decode(raw).stream_id as u64, next + seen);
             seen += 1;
         }
         assert_eq!(seen, round % 8 + 1);

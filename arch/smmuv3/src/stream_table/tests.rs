@@ -8,6 +8,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::entry::WordWrite;
 use crate::idr::{Granules, IdRegisters};
 
 fn words(ste: StreamTableEntry) -> EntryWords {
@@ -147,7 +148,7 @@ fn encode_refuses_bad_fields() {
     let mut s1 = Stage1::single_cd(PhysAddr::new(0x1020));
     assert!(matches!(
         StreamTableEntry::stage1(s1).encode(),
-        Err(SteError::Misaligned {
+        Err(EntryError::Misaligned {
             field: "S1ContextPtr",
             ..
         })
@@ -202,11 +203,11 @@ fn feature_checks() {
     assert_eq!(s1.check_features(&s1_only), Ok(()));
     assert_eq!(
         s1.check_features(&s2_only),
-        Err(SteError::Unsupported("stage 1"))
+        Err(EntryError::Unsupported("stage 1"))
     );
     assert_eq!(
         s2.check_features(&s1_only),
-        Err(SteError::Unsupported("stage 2"))
+        Err(EntryError::Unsupported("stage 2"))
     );
     assert_eq!(s2.check_features(&s2_only), Ok(()));
     // QEMU: no substreams (SSIDSIZE 0), no ATS, terminate-only stalls.
@@ -565,7 +566,10 @@ mod in_memory {
             Err(StreamTableError::StreamIdOutOfRange { .. })
         ));
         // STRTAB_BASE: address | RA (bit 62).
-        assert_eq!(table.base_register() & !(1 << 62), table.base.as_u64());
+        assert_eq!(
+            table.base_register() & !(1 << 62),
+            table.table.base().as_u64()
+        );
         assert_eq!(table.base_register() >> 62, 1);
         let mut issued = Vec::new();
         let ste = StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x4000)));
@@ -599,8 +603,8 @@ mod in_memory {
         assert_eq!(table.ensure_level2(200), Ok(false), "same level-2 table");
         assert_eq!(hal.live_frames(), 2);
         // The level-1 descriptor points at a 16 KiB table with Span 9.
-        let desc =
-            L1Descriptor::decode(table.load(table.base, 0)).unwrap_or_else(|| panic!("no L1"));
+        let desc = L1Descriptor::decode(table.table.load(table.table.base(), 0))
+            .unwrap_or_else(|| panic!("no L1"));
         assert_eq!(desc.span, 9);
         assert_eq!(desc.l2.as_u64() % 0x4000, 0);
         assert_eq!(table.entry(255), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
@@ -696,7 +700,7 @@ fn decode_of_hand_built_words() {
     for c in 1u64..4 {
         assert_eq!(
             StreamTableEntry::decode(&[1 | c << 1, 0, 0, 0, 0, 0, 0, 0]),
-            Err(SteError::Field {
+            Err(EntryError::Field {
                 field: "Config",
                 value: c
             })
@@ -705,7 +709,7 @@ fn decode_of_hand_built_words() {
     // Every refusal names the field: MemAttr (word 1 [35:32]) on a bypass entry, S2TTB on a
     // stage-1 entry, stage-1 fields on an abort entry, word 5.
     let named = |w: EntryWords| match StreamTableEntry::decode(&w) {
-        Err(SteError::Field { field, .. }) => field,
+        Err(EntryError::Field { field, .. }) => field,
         other => panic!("{other:?}"),
     };
     assert_eq!(named([0x9, 1 << 32, 0, 0, 0, 0, 0, 0]), "MemAttr");

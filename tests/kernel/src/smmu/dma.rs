@@ -28,7 +28,7 @@ use iommu_smmuv3::command::Command;
 use iommu_smmuv3::devicetree::{GicVersion, Interrupt, Trigger};
 use iommu_smmuv3::platform::SmmuDescription;
 use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
-use iommu_smmuv3::smmu::{SmmuConfig, SmmuUnit};
+use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
 
 pub(super) type Unit = SmmuUnit<&'static KernelHal>;
@@ -301,7 +301,7 @@ fn granule_round_trip(
     iova: u64,
 ) -> TestResult {
     let dev = rid_stream_id(edu);
-    let size = granule.bytes() as usize;
+    let size = 1usize << granule.shift();
     let buf = Aligned::new(size, 0)?;
     let domain = unit
         .new_domain_with_granule(stage, IA_BITS, granule)
@@ -340,7 +340,7 @@ pub(super) fn announce_faults() {
     allow_guest_error(TRANSLATION_FAILED);
 }
 
-/// Issue item 6: A linear stream table (a bring-up with that format) translates like the 2-level one.
+/// A linear stream table (a bring-up with that format) translates like the 2-level one.
 /// Must run before any 2-level bring-up of the boot: QEMU 10 sets its 2-level flag when
 /// STRTAB_BASE_CFG.FMT = 2-level is written and never clears it.
 pub fn linear_stream_table_translates(m: &mut Machine) -> TestResult {
@@ -361,7 +361,7 @@ pub fn linear_stream_table_translates(m: &mut Machine) -> TestResult {
     granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
 }
 
-/// Issue item 6: The 2-level stream table gets the level-2 table of a stream when the stream is attached.
+/// The 2-level stream table gets the level-2 table of a stream when the stream is attached.
 pub fn two_level_stream_table_grows_on_attach(m: &mut Machine) -> TestResult {
     announce_faults();
     let unit = bring_up(m, default_config(m)?)?;
@@ -384,7 +384,7 @@ pub fn two_level_stream_table_grows_on_attach(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 6: 4K, 16K and 64K granules, on every stage the SMMU has.
+/// 4K, 16K and 64K granules, on every stage the SMMU has.
 pub fn granules_4k_16k_64k_translate(m: &mut Machine) -> TestResult {
     announce_faults();
     let unit = unit(m)?;
@@ -405,7 +405,7 @@ pub fn granules_4k_16k_64k_translate(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 6: A 2 MiB block mapping (4K granule, level 2) translates at an offset inside the block.
+/// A 2 MiB block mapping (4K granule, level 2) translates at an offset inside the block.
 pub fn block_mapping_translates(m: &mut Machine) -> TestResult {
     announce_faults();
     const BLOCK: usize = 2 << 20;
@@ -444,7 +444,7 @@ pub fn block_mapping_translates(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 6: A bypass STE (Attachment::Identity): DMA addresses are physical addresses.
+/// A bypass STE (Attachment::Identity): DMA addresses are physical addresses.
 pub fn bypass_ste_passes_physical_addresses(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
     let (ref edu, dev) = first_edu(m)?;
@@ -469,7 +469,7 @@ pub fn bypass_ste_passes_physical_addresses(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 6: An aborting STE: DMA refused and, as the architecture says, nothing recorded.
+/// An aborting STE: DMA refused and, as the architecture says, nothing recorded.
 pub fn abort_ste_refuses_silently(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
     let (ref edu, dev) = first_edu(m)?;
@@ -490,7 +490,7 @@ pub fn abort_ste_refuses_silently(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 8: An event storm: a 4 KiB faulting DMA makes 1024 events for a 128-entry queue; the loss
+/// An event storm: a 4 KiB faulting DMA makes 1024 events for a 128-entry queue; the loss
 /// is reported, and the events of a later fault are reported whole.
 pub fn event_storm_overflows_and_recovers(m: &mut Machine) -> TestResult {
     announce_faults();
@@ -539,7 +539,7 @@ pub fn event_storm_overflows_and_recovers(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 9: An illegal command: CERROR_ILL reported as a typed error, the queue recovers, later
+/// An illegal command: CERROR_ILL reported as a typed error, the queue recovers, later
 /// commands (and the invalidations of an unmap) complete.
 pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestResult {
     iommu_boot::println!();
@@ -576,7 +576,7 @@ pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestRe
     granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
 }
 
-/// Issue item 10: The demo: the SMMU brought up, an edu attached, a DMA landing, a bad DMA blocked with
+/// The demo: the SMMU brought up, an edu attached, a DMA landing, a bad DMA blocked with
 /// its decoded event.
 pub fn demo(m: &mut Machine) -> TestResult {
     use iommu_boot::println;
@@ -625,7 +625,7 @@ pub fn demo(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue item 7: nested translation. A stage-1 domain whose CD table, table walks and output
+/// nested translation. A stage-1 domain whose CD table, table walks and output
 /// addresses are IPAs of a stage-2 domain that maps exactly those pages (IPA = PA): the DMA
 /// lands; once stage 2 stops mapping the stage-1 leaf table, the same DMA faults at stage 2
 /// while walking stage 1, and the event says so.
@@ -817,7 +817,7 @@ pub fn eventq_interrupt_raises_its_spi(m: &mut Machine) -> TestResult {
     Ok(())
 }
 
-/// Issue 5, interrupt-driven events: a faulting DMA raises the event queue's SPI (from the
+/// Interrupt-driven events: a faulting DMA raises the event queue's SPI (from the
 /// devicetree), the CPU takes it as an IRQ, the boot code's handler acknowledges it at the GIC,
 /// records its id and ends it, and the drain then reports the decoded event. IRQs are unmasked
 /// only around the DMA.

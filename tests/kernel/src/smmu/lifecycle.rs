@@ -21,7 +21,7 @@ use iommu::unit::{
 };
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
-use iommu_smmuv3::smmu::SmmuConfig;
+use iommu_smmuv3::unit::SmmuConfig;
 
 /// `info` against what `smmu.stage` says the machine has and QEMU 10's fixed IDR values
 /// (docs/qemu-facts.md): OAS 44 bits, 4K/16K/64K granules, COHACC, no ATS, no substreams,
@@ -114,7 +114,7 @@ pub fn destroy_refuses_used_domains_and_frees_the_rest(m: &mut Machine) -> TestR
     Ok(())
 }
 
-/// Issue 5 item 3: tags are reused, and a reused tag carries no stale translation. With a
+/// Tags are reused, and a reused tag carries no stale translation. With a
 /// window of two ASIDs/VMIDs, five domains in a row each get a tag an earlier, destroyed domain
 /// had, after that domain's DMA cached a translation of the same IOVA to its own buffer: each
 /// DMA lands in its own domain's buffer, never in a predecessor's.

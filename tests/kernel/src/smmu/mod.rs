@@ -316,7 +316,7 @@ fn read_features(smmu: &Smmu<'_>) -> Result<Features, Failure> {
         .ok_or_else(|| fail("SMMU at address 0"))?;
     // SAFETY: the base comes from the devicetree's `arm,smmu-v3` node and lies in the first
     // TiB, which the boot code identity-maps as Device memory for the whole run.
-    Ok(unsafe { iommu_smmuv3::unit::read_features(base) })
+    Ok(unsafe { iommu_smmuv3::idr::read_features(base) })
 }
 
 fn smmu_id_registers_match_machine(m: &mut Machine) -> TestResult {

@@ -1,4 +1,4 @@
-//! The test kernel as a tiny hypervisor (issue 6), through the object model
+//! The test kernel as a tiny hypervisor, through the object model
 //! (`iommu::iommufd`): a guest's memory behind a stage-2 nest parent, a vIOMMU over it, and edu
 //! handed to the "guest" under a virtual stream id. The guest
 //! side builds its own stage-1 table and CD in guest-physical memory, installs them through a
@@ -100,9 +100,9 @@ fn encode(c: Command) -> Result<[u64; 2], Failure> {
     c.encode().map_err(fail)
 }
 
-/// Issue 6's hypervisor flow on a nested-capable SMMU.
+/// The hypervisor flow on a nested-capable SMMU.
 pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> TestResult {
-    type Unit = iommu_smmuv3::smmu::SmmuUnit<&'static KernelHal>;
+    type Unit = iommu_smmuv3::unit::SmmuUnit<&'static KernelHal>;
     let unit: &Unit = unit(m)?;
     let s = unit.features().stages;
     if !(s.stage1() && s.stage2()) {
