@@ -1,4 +1,4 @@
-//! GICv3 ITS commands (Arm IHI 0069H, 5.3 "ITS commands"): the typed values the driver in
+//! GICv3 ITS commands (Arm IHI 0069H, "ITS commands"): the typed values the driver in
 //! `aarch64::its` queues, and their one encoding into the 32-byte command-queue entry.
 //!
 //! Pure and host-compiled (the driver itself only exists on the bare-metal target), so every
@@ -162,8 +162,8 @@ pub const fn event_id_bits(events: u32) -> u8 {
 mod tests {
     use super::*;
 
-    // Each expected word below is assembled by hand from the command's layout in IHI 0069H
-    // 5.3: opcode in DW0 [7:0], DeviceID in DW0 [63:32], EventID in DW1 [31:0], pINTID in
+    // Each expected word below is assembled by hand from the command layouts of IHI 0069H's
+    // "ITS commands": opcode in DW0 [7:0], DeviceID in DW0 [63:32], EventID in DW1 [31:0], pINTID in
     // DW1 [63:32], Size in DW1 [4:0], ICID in DW2 [15:0], RDbase in DW2 [51:16], ITT_addr in
     // DW2 [51:8], V in DW2 [63].
 
