@@ -221,6 +221,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "discard_stops_the_lpi",
         run: msi::discard_stops_the_lpi,
     },
+    Test {
+        name: "msi_through_a_paging_domain_needs_the_doorbell_mapped",
+        run: msi::msi_through_a_paging_domain_needs_the_doorbell_mapped,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.

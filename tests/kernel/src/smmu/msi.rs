@@ -11,11 +11,14 @@
 
 use alloc::vec::Vec;
 
-use super::dma::unit;
+use super::dma::{preferred_stage, unit, TRANSLATION_FAILED};
+use crate::dma::IA_BITS;
 use crate::platform::{devicetree, edu_devices, gicv3, its, pci_config, EduDevice};
 use crate::Machine;
+use iommu::addr::{Iova, PhysAddr};
+use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
-use iommu::unit::{Attachment, DeviceId, TranslationUnit};
+use iommu::unit::{Attachment, DeviceId, FaultKind, TranslationUnit};
 use iommu_boot::aarch64::gic;
 use iommu_boot::aarch64::gicv3::FIRST_LPI;
 use iommu_boot::aarch64::its::Its;
@@ -209,5 +212,56 @@ pub fn discard_stops_the_lpi(m: &mut Machine) -> TestResult {
         Ok(())
     })();
     tear_down(m, its, &edus)?;
+    result
+}
+
+/// QEMU sends an MSI through the IOMMU like any DMA write (its SMMUv3 has no MSI bypass): with
+/// edu in a paging domain that does not map the ITS doorbell, the MSI faults at the SMMU and no
+/// LPI is raised; once the doorbell page is mapped (IOVA = its physical address), the same MSI
+/// is taken.
+pub fn msi_through_a_paging_domain_needs_the_doorbell_mapped(m: &mut Machine) -> TestResult {
+    let (its, edus) = rig(m, 1)?;
+    let a = &edus[0];
+    let unit = unit(m)?;
+    let lpi = FIRST_LPI + 13;
+    let event_id = 0;
+    let doorbell_page = its.doorbell() & !0xfff;
+    let domain = unit
+        .new_domain(preferred_stage(unit), IA_BITS)
+        .map_err(fail)?;
+    let result = (|| {
+        unit.attach(a.stream, Attachment::Paging(&domain))
+            .map_err(fail)?;
+        unit.drain_faults(&mut |_| {}).map_err(fail)?;
+        its.map_device(a.device_id, 1).map_err(fail)?;
+        its.map_interrupt(a.device_id, event_id, lpi)
+            .map_err(fail)?;
+        program_msi(m, its, a, event_id as u16)?;
+        iommu_boot::println!();
+        allow_guest_error(TRANSLATION_FAILED);
+        ensure_eq!(raise(a, false), 0, "an MSI through an unmapped doorbell");
+        let mut faults = Vec::new();
+        unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
+        ensure!(
+            faults.iter().any(|f| f.device == a.stream
+                && f.address == its.doorbell()
+                && f.write
+                && f.kind == FaultKind::Translation),
+            "the SMMU recorded the MSI write to the doorbell: {faults:?}"
+        );
+        unit.map(
+            &domain,
+            Iova::new(doorbell_page),
+            PhysAddr::new(doorbell_page),
+            4096,
+            Prot::READ_WRITE,
+        )
+        .map_err(fail)?;
+        ensure_eq!(raise(a, true), 1, "the MSI through the mapped doorbell");
+        ensure_eq!(gic::last_irq(), Some(lpi));
+        Ok(())
+    })();
+    tear_down(m, its, &edus)?;
+    drop(domain);
     result
 }
