@@ -190,25 +190,10 @@ pub fn bridge(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<(u8, iommu::pci::Brid
     Some((secondary, kind))
 }
 
-/// The device/port type of `bdf`'s PCI Express capability, if it has one (the capability list
-/// walk is bounded: at most 48 entries fit in the 256-byte header space).
+/// The device/port type of `bdf`'s PCI Express capability, if it has one.
 fn pcie_port_type(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<u16> {
-    let status = cfg.read16(bdf, offset::COMMAND + 2);
-    if status & (1 << 4) == 0 {
-        return None;
-    }
-    let mut at = cfg.read32(bdf, offset::CAPABILITIES) as u8 & !3;
-    for _ in 0..48 {
-        if at < 0x40 {
-            return None;
-        }
-        let header = cfg.read32(bdf, u16::from(at));
-        if header as u8 == CAP_ID_PCIE {
-            return Some((header >> 16) as u16 >> 4 & 0xf);
-        }
-        at = (header >> 8) as u8 & !3;
-    }
-    None
+    let at = find_capability(cfg, bdf, CAP_ID_PCIE)?;
+    Some((cfg.read32(bdf, at) >> 16) as u16 >> 4 & 0xf)
 }
 
 /// Capability ids (PCI 3.0, appendix H).

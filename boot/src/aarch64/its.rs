@@ -6,6 +6,11 @@
 //! Tables (device, collection) and the command queue come from the heap and are never freed;
 //! a device's ITT is freed when it is unmapped. Commands are encoded in
 //! [`crate::its_command`]; every wait for the ITS to consume them is bounded.
+//!
+//! Limits: the ITS is assumed coherent with the CPU's caches (the tables are programmed Inner
+//! Shareable write-back, as QEMU's ITS is; one that reads back non-shareable would need cache
+//! cleaning, which is not done), the device table is flat, and a stalled command queue
+//! (GITS_CREADR.Stalled) is reported, not recovered.
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use alloc::collections::BTreeMap;
@@ -401,16 +406,13 @@ impl Its {
                 },
             ],
         );
-        match result {
-            Ok(()) => {
-                if let Some(old) = state.devices.insert(device_id, itt) {
-                    free_itt(old);
-                }
-                Ok(())
-            }
-            // The ITS may hold the new ITT's address: keep (leak) it rather than free it.
-            Err(e) => Err(e),
+        // On an error the ITS may hold the new ITT's address: it is leaked (`Itt` frees nothing
+        // when dropped), never freed under the ITS.
+        result?;
+        if let Some(old) = state.devices.insert(device_id, itt) {
+            free_itt(old);
         }
+        Ok(())
     }
 
     /// Unmaps `device_id` (MAPD with V = 0): its MSIs translate to nothing, and its ITT is
