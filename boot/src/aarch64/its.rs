@@ -393,19 +393,26 @@ impl Its {
             event_ids: entries as u32,
         };
         let mut state = self.state.lock();
-        let result = self.submit_locked(
-            &mut state,
-            &[
-                Command::Mapd {
-                    device_id,
-                    event_id_bits: bits,
-                    itt: Some(memory.as_ptr() as u64),
-                },
-                Command::Sync {
-                    target: self.target,
-                },
-            ],
-        );
+        let map = Command::Mapd {
+            device_id,
+            event_id_bits: bits,
+            itt: Some(memory.as_ptr() as u64),
+        };
+        let sync = Command::Sync {
+            target: self.target,
+        };
+        // A mapped device is unmapped first rather than remapped in place: the result of MAPD
+        // over a valid entry is not the driver's to guess.
+        let result = if state.devices.contains_key(&device_id) {
+            let unmap = Command::Mapd {
+                device_id,
+                event_id_bits: 1,
+                itt: None,
+            };
+            self.submit_locked(&mut state, &[unmap, sync, map, sync])
+        } else {
+            self.submit_locked(&mut state, &[map, sync])
+        };
         // On an error the ITS may hold the new ITT's address: it is leaked (`Itt` frees nothing
         // when dropped), never freed under the ITS.
         result?;

@@ -154,6 +154,15 @@ pub fn edu_msi_becomes_the_lpi_mapped_for_it(m: &mut Machine) -> TestResult {
         // A second MSI: the LPI was ended, so it is taken again.
         ensure_eq!(raise(a, true), 1, "the next MSI is taken too");
         ensure_eq!(gic::last_irq(), Some(lpi));
+        // An EventID that is its own LPI number (the driver maps it with MAPI), in an ITT
+        // remapped large enough for it.
+        let same = FIRST_LPI + 20;
+        its.map_device(a.device_id, same + 1).map_err(fail)?;
+        its.map_interrupt(a.device_id, same, same).map_err(fail)?;
+        let data = u16::try_from(same).map_err(fail)?;
+        program_msi(m, its, a, data)?;
+        ensure_eq!(raise(a, true), 1, "the MSI of the MAPI-mapped event");
+        ensure_eq!(gic::last_irq(), Some(same));
         Ok(())
     })();
     tear_down(m, its, &edus)?;
