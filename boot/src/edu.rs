@@ -5,7 +5,9 @@
 //! Register map (QEMU docs/specs/edu.rst; BAR0): 0x00 identification, 0x04 liveness (reads back
 //! the inverse), 0x80 DMA source, 0x88 DMA destination, 0x90 DMA count, 0x98 DMA command
 //! (bit 0 start / busy, bit 1 direction: 1 = buffer → RAM, bit 2 raise an interrupt when done).
-//! A DMA completes on a 100 ms virtual-clock timer.
+//! A DMA completes on a 100 ms virtual-clock timer. Interrupts: 0x24 status, 0x60 raise (ORs the
+//! value into the status and signals: one MSI per write while MSI is enabled, else INTx), 0x64
+//! acknowledge (clears those status bits).
 
 use core::fmt;
 
@@ -17,6 +19,9 @@ pub const BUFFER_SIZE: u64 = 4096;
 
 const REG_ID: usize = 0x00;
 const REG_LIVENESS: usize = 0x04;
+const REG_IRQ_STATUS: usize = 0x24;
+const REG_IRQ_RAISE: usize = 0x60;
+const REG_IRQ_ACK: usize = 0x64;
 const REG_DMA_SRC: usize = 0x80;
 const REG_DMA_DST: usize = 0x88;
 const REG_DMA_COUNT: usize = 0x90;
@@ -97,6 +102,22 @@ impl Edu {
     pub fn is_alive(&self) -> bool {
         self.write32(REG_LIVENESS, 0x1234_5678);
         self.read32(REG_LIVENESS) == !0x1234_5678
+    }
+
+    /// Raises the device's interrupt with the status bits `bits` (non-zero): with MSI enabled,
+    /// the device writes its MSI message once, through the IOMMU like any DMA.
+    pub fn raise_interrupt(&self, bits: u32) {
+        self.write32(REG_IRQ_RAISE, bits);
+    }
+
+    /// Clears the interrupt status bits `bits` (and lowers INTx once none is left).
+    pub fn acknowledge_interrupt(&self, bits: u32) {
+        self.write32(REG_IRQ_ACK, bits);
+    }
+
+    /// The interrupt status register.
+    pub fn interrupt_status(&self) -> u32 {
+        self.read32(REG_IRQ_STATUS)
     }
 
     /// Copies `len` bytes from bus address `iova` into the device buffer at `offset`, and waits.

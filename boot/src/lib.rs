@@ -24,6 +24,9 @@ pub mod testing;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 pub mod aarch64;
+/// The GICv3 ITS command encodings, pure and host-tested; the ITS driver is `aarch64::its`.
+#[path = "aarch64/its_command.rs"]
+pub mod its_command;
 #[cfg(target_os = "none")]
 mod rt;
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]

@@ -190,9 +190,22 @@ pub fn bridge(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<(u8, iommu::pci::Brid
     Some((secondary, kind))
 }
 
-/// The device/port type of `bdf`'s PCI Express capability, if it has one (the capability list
-/// walk is bounded: at most 48 entries fit in the 256-byte header space).
+/// The device/port type of `bdf`'s PCI Express capability, if it has one.
 fn pcie_port_type(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<u16> {
+    let at = find_capability(cfg, bdf, CAP_ID_PCIE)?;
+    Some((cfg.read32(bdf, at) >> 16) as u16 >> 4 & 0xf)
+}
+
+/// Capability ids (PCI 3.0, appendix H).
+pub mod capability {
+    /// Message Signalled Interrupts (PCI 3.0, 6.8.1).
+    pub const MSI: u8 = 0x05;
+}
+
+/// The configuration-space offset of `bdf`'s first capability with id `id`, if its status
+/// register says it has a capability list and the list holds one. The walk is bounded: at most
+/// 48 entries fit in the 192 bytes after the header.
+pub fn find_capability(cfg: &impl ConfigAccess, bdf: Bdf, id: u8) -> Option<u16> {
     let status = cfg.read16(bdf, offset::COMMAND + 2);
     if status & (1 << 4) == 0 {
         return None;
@@ -203,12 +216,162 @@ fn pcie_port_type(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<u16> {
             return None;
         }
         let header = cfg.read32(bdf, u16::from(at));
-        if header as u8 == CAP_ID_PCIE {
-            return Some((header >> 16) as u16 >> 4 & 0xf);
+        if header as u8 == id {
+            return Some(u16::from(at));
         }
         at = (header >> 8) as u8 & !3;
     }
     None
+}
+
+/// A function's MSI capability (PCI 3.0, 6.8.1): where it is and its layout. Arch-neutral: the
+/// message address is whatever the interrupt controller (or interrupt remapper) wants written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiCapability {
+    pub bdf: Bdf,
+    /// Offset of the capability header in configuration space.
+    pub offset: u16,
+    /// Message Control bit 7: the address may have 64 bits (an upper-address register follows).
+    pub is_64bit: bool,
+    /// Message Control bit 8: per-vector mask and pending registers follow the data.
+    pub per_vector_masking: bool,
+    /// Message Control bits 3:1: the function asks for 2^n vectors.
+    pub vectors_log2: u8,
+}
+
+/// An MSI message: the function writes `data` to `address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u16,
+}
+
+/// Why an MSI message cannot be programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiError {
+    /// The function has no MSI capability.
+    NoCapability(Bdf),
+    /// The address has bits above 31 but the capability is 32-bit only.
+    AddressNeeds64Bits { bdf: Bdf, address: u64 },
+    /// The address is not dword-aligned (Message Address bits 1:0 are reserved).
+    Misaligned { bdf: Bdf, address: u64 },
+}
+
+impl core::fmt::Display for MsiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoCapability(bdf) => write!(f, "{bdf} has no MSI capability"),
+            Self::AddressNeeds64Bits { bdf, address } => write!(
+                f,
+                "{bdf}: MSI address {address:#x} needs 64 bits, its capability has 32"
+            ),
+            Self::Misaligned { bdf, address } => {
+                write!(f, "{bdf}: MSI address {address:#x} is not dword-aligned")
+            }
+        }
+    }
+}
+
+impl core::error::Error for MsiError {}
+
+/// MSI capability registers, as offsets from the capability header (PCI 3.0, 6.8.1).
+mod msi {
+    pub const CONTROL: u16 = 0x02;
+    pub const ADDRESS_LOW: u16 = 0x04;
+    pub const ADDRESS_HIGH: u16 = 0x08;
+    /// Message Data: after the upper address if the capability has one.
+    pub const DATA_64: u16 = 0x0c;
+    pub const DATA_32: u16 = 0x08;
+    pub const CONTROL_ENABLE: u16 = 1 << 0;
+    /// Multiple Message Enable, bits 6:4: how many vectors software granted (2^n).
+    pub const CONTROL_MULTIPLE_ENABLE: u16 = 0b111 << 4;
+    pub const CONTROL_64BIT: u16 = 1 << 7;
+    pub const CONTROL_PER_VECTOR_MASKING: u16 = 1 << 8;
+}
+
+impl MsiCapability {
+    /// The MSI capability of `bdf`, if it has one.
+    pub fn find(cfg: &impl ConfigAccess, bdf: Bdf) -> Result<Self, MsiError> {
+        let offset =
+            find_capability(cfg, bdf, capability::MSI).ok_or(MsiError::NoCapability(bdf))?;
+        let control = cfg.read16(bdf, offset + msi::CONTROL);
+        Ok(Self {
+            bdf,
+            offset,
+            is_64bit: control & msi::CONTROL_64BIT != 0,
+            per_vector_masking: control & msi::CONTROL_PER_VECTOR_MASKING != 0,
+            vectors_log2: (control >> 1 & 0b111) as u8,
+        })
+    }
+
+    fn data_offset(&self) -> u16 {
+        self.offset
+            + if self.is_64bit {
+                msi::DATA_64
+            } else {
+                msi::DATA_32
+            }
+    }
+
+    /// Programs the message (one vector: Multiple Message Enable 0), leaving MSI enable as it
+    /// was. Disable MSI around a change the function must not see half-made.
+    pub fn set_message(
+        &self,
+        cfg: &impl ConfigAccess,
+        message: MsiMessage,
+    ) -> Result<(), MsiError> {
+        let (bdf, address) = (self.bdf, message.address);
+        if address & 3 != 0 {
+            return Err(MsiError::Misaligned { bdf, address });
+        }
+        if address >> 32 != 0 && !self.is_64bit {
+            return Err(MsiError::AddressNeeds64Bits { bdf, address });
+        }
+        cfg.write32(bdf, self.offset + msi::ADDRESS_LOW, address as u32);
+        if self.is_64bit {
+            cfg.write32(bdf, self.offset + msi::ADDRESS_HIGH, (address >> 32) as u32);
+        }
+        cfg.write16(bdf, self.data_offset(), message.data);
+        let control = cfg.read16(bdf, self.offset + msi::CONTROL);
+        cfg.write16(
+            bdf,
+            self.offset + msi::CONTROL,
+            control & !msi::CONTROL_MULTIPLE_ENABLE,
+        );
+        Ok(())
+    }
+
+    /// The message as programmed.
+    pub fn message(&self, cfg: &impl ConfigAccess) -> MsiMessage {
+        let low = u64::from(cfg.read32(self.bdf, self.offset + msi::ADDRESS_LOW));
+        let high = if self.is_64bit {
+            u64::from(cfg.read32(self.bdf, self.offset + msi::ADDRESS_HIGH))
+        } else {
+            0
+        };
+        MsiMessage {
+            address: high << 32 | low,
+            data: cfg.read16(self.bdf, self.data_offset()),
+        }
+    }
+
+    /// Turns MSI on or off (Message Control bit 0). While on, the function signals with the
+    /// message instead of its INTx pin.
+    pub fn set_enabled(&self, cfg: &impl ConfigAccess, enabled: bool) {
+        let at = self.offset + msi::CONTROL;
+        let control = cfg.read16(self.bdf, at);
+        let control = if enabled {
+            control | msi::CONTROL_ENABLE
+        } else {
+            control & !msi::CONTROL_ENABLE
+        };
+        cfg.write16(self.bdf, at, control);
+    }
+
+    /// Whether MSI is on.
+    pub fn is_enabled(&self, cfg: &impl ConfigAccess) -> bool {
+        cfg.read16(self.bdf, self.offset + msi::CONTROL) & msi::CONTROL_ENABLE != 0
+    }
 }
 
 /// The functions on `bus` with this vendor and device id, in bus order.
@@ -671,6 +834,133 @@ mod tests {
         let below = configure_bridge(&br, BRIDGE, ok, &mut w, 0x20_0000).unwrap();
         assert_eq!((below.next, below.end), (0xffe0_0000, 0x1_0000_0000));
         assert_eq!(br.read32(BRIDGE, 0x20), 0xfff0_ffe0);
+    }
+
+    /// A function with a capability list: a PCIe capability at 0x40, then MSI at 0x50 with
+    /// the control bits given (read-only bits as QEMU keeps them; everything else writable).
+    struct FakeMsi {
+        regs: RefCell<BTreeMap<u16, u32>>,
+    }
+
+    impl FakeMsi {
+        fn new(control: u16) -> Self {
+            let mut regs = BTreeMap::new();
+            regs.insert(offset::COMMAND, 0x0010_0000);
+            regs.insert(offset::CAPABILITIES, 0x40);
+            regs.insert(0x40, 0x0002_5010);
+            regs.insert(0x50, u32::from(control) << 16 | 0x0005);
+            Self {
+                regs: RefCell::new(regs),
+            }
+        }
+        fn reg(&self, offset: u16) -> u32 {
+            self.read32(DEV, offset)
+        }
+    }
+
+    impl ConfigAccess for FakeMsi {
+        fn read32(&self, _bdf: Bdf, offset: u16) -> u32 {
+            *self.regs.borrow().get(&offset).unwrap_or(&0)
+        }
+        fn write32(&self, _bdf: Bdf, offset: u16, value: u32) {
+            let value = if offset == 0x50 {
+                // Id, next pointer and the capability bits of Message Control are read-only.
+                let old = self.reg(0x50);
+                old & 0x01ff_ffff & !(0x71 << 16) | value & (0x71 << 16)
+            } else {
+                value
+            };
+            self.regs.borrow_mut().insert(offset, value);
+        }
+    }
+
+    #[test]
+    fn msi_capability_is_found_past_other_capabilities() {
+        // 64-bit, one vector requested (edu's).
+        let f = FakeMsi::new(0x0080);
+        assert_eq!(find_capability(&f, DEV, 0x10), Some(0x40));
+        assert_eq!(find_capability(&f, DEV, capability::MSI), Some(0x50));
+        assert_eq!(find_capability(&f, DEV, 0x11), None);
+        let cap = MsiCapability::find(&f, DEV).unwrap();
+        assert_eq!(
+            cap,
+            MsiCapability {
+                bdf: DEV,
+                offset: 0x50,
+                is_64bit: true,
+                per_vector_masking: false,
+                vectors_log2: 0,
+            }
+        );
+        let four = MsiCapability::find(&FakeMsi::new(0x0104), DEV).unwrap();
+        assert!(four.per_vector_masking && !four.is_64bit);
+        assert_eq!(four.vectors_log2, 2);
+        // No capability list at all.
+        let bus = FakeBus::new();
+        assert_eq!(
+            MsiCapability::find(&bus, DEV),
+            Err(MsiError::NoCapability(DEV))
+        );
+    }
+
+    #[test]
+    fn msi_64bit_message_lands_in_address_upper_and_data() {
+        let f = FakeMsi::new(0x0080);
+        let cap = MsiCapability::find(&f, DEV).unwrap();
+        let message = MsiMessage {
+            address: 0x1_0809_0040,
+            data: 0x1234,
+        };
+        cap.set_message(&f, message).unwrap();
+        assert_eq!(f.reg(0x54), 0x0809_0040);
+        assert_eq!(f.reg(0x58), 0x1);
+        assert_eq!(f.reg(0x5c) & 0xffff, 0x1234);
+        assert_eq!(cap.message(&f), message);
+        assert!(!cap.is_enabled(&f));
+        cap.set_enabled(&f, true);
+        assert!(cap.is_enabled(&f));
+        assert_eq!(f.reg(0x50), 0x0081_0005, "enable set, capability bits kept");
+        cap.set_enabled(&f, false);
+        assert_eq!(f.reg(0x50), 0x0080_0005);
+    }
+
+    #[test]
+    fn msi_32bit_capability_takes_data_at_8_and_refuses_high_addresses() {
+        let f = FakeMsi::new(0x0000);
+        let cap = MsiCapability::find(&f, DEV).unwrap();
+        let message = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        cap.set_message(&f, message).unwrap();
+        assert_eq!(f.reg(0x54), 0xfee0_0000);
+        assert_eq!(f.reg(0x58) & 0xffff, 0x41);
+        assert_eq!(cap.message(&f), message);
+        let high = MsiMessage {
+            address: 0x1_0000_0000,
+            data: 0,
+        };
+        assert_eq!(
+            cap.set_message(&f, high),
+            Err(MsiError::AddressNeeds64Bits {
+                bdf: DEV,
+                address: 0x1_0000_0000
+            })
+        );
+        assert_eq!(
+            cap.set_message(
+                &f,
+                MsiMessage {
+                    address: 0xfee0_0002,
+                    data: 0
+                }
+            ),
+            Err(MsiError::Misaligned {
+                bdf: DEV,
+                address: 0xfee0_0002
+            })
+        );
+        assert_eq!(cap.message(&f), message, "refusals write nothing");
     }
 
     #[test]

@@ -83,6 +83,23 @@ fn smmu_machine(stage: &str, el2: bool) -> Machine {
     }
 }
 
+/// Arm SMMUv3 on `virt` with a GICv3 and its ITS (`gic-version=3`; the other boots have
+/// `virt`'s default GICv2): the same tests, the SMMU's wired interrupt through the GICv3
+/// distributor, and edu's MSIs as LPIs through the ITS.
+fn smmu_gicv3_machine(el2: bool) -> Machine {
+    let mut m = smmu_machine("nested", el2);
+    let virt = if el2 { ",virtualization=on" } else { "" };
+    let plain = format!("virt,iommu=smmuv3{virt}");
+    for arg in m.args.iter_mut().filter(|a| **a == plain) {
+        *arg = format!("{plain},gic-version=3");
+    }
+    m.name = format!(
+        "aarch64 virt smmuv3 stage=nested gicv3{}",
+        if el2 { " el2" } else { "" }
+    );
+    m
+}
+
 pub fn machines() -> Vec<Machine> {
     let mut v = Vec::new();
     for mode in ["legacy", "scalable", "flts"] {
@@ -98,6 +115,8 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("nested", true));
     v.push(smmu_machine("1", false));
     v.push(smmu_machine("2", false));
+    v.push(smmu_gicv3_machine(false));
+    v.push(smmu_gicv3_machine(true));
     v
 }
 

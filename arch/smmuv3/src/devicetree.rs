@@ -539,6 +539,100 @@ impl<'a> Devicetree<'a> {
         })
     }
 
+    /// Every GICv3 ITS (`arm,gic-v3-its`, a child of the GIC node), in tree order, with its
+    /// register frames (control and translation, 128 KiB on QEMU `virt`).
+    pub fn its_nodes(&self) -> impl Iterator<Item = Result<GicIts<'a>>> + '_ {
+        self.fdt
+            .all_nodes()
+            .filter(|n| is_compatible(n, GIC_ITS_COMPATIBLE))
+            .map(|n| {
+                Ok(GicIts {
+                    name: n.name,
+                    regs: first_reg(&n, GIC_ITS_COMPATIBLE)?,
+                    phandle: u32_property(&n, "phandle")?,
+                })
+            })
+    }
+
+    /// How `host` sends MSIs: its `msi-map` (with `msi-map-mask`), or its `msi-parent` (every
+    /// requester id is the DeviceID), per the PCI `msi-map` binding (`pci-msi.txt`).
+    pub fn msi_map(&self, host: &PciHost<'_>) -> Result<MsiMap> {
+        let node = self
+            .fdt
+            .all_nodes()
+            .find(|n| n.name == host.name && is_compatible(n, PCI_HOST_ECAM_COMPATIBLE))
+            .ok_or(DtError::MissingProperty {
+                node: NODE_PCI,
+                property: "compatible",
+            })?;
+        let mut map = MsiMap {
+            mask: u32_property(&node, "msi-map-mask")?,
+            entries: [MsiMapEntry::default(); MAX_MSI_MAP_ENTRIES],
+            len: 0,
+        };
+        if let Some(prop) = node.property("msi-map") {
+            // (rid-base, msi-controller phandle, msi-base, length), one cell each.
+            if prop.value.len() % 16 != 0 {
+                return Err(DtError::BadProperty {
+                    property: "msi-map",
+                    problem: "length is not a whole number of (rid-base, msi-controller, \
+                              msi-base, length)",
+                });
+            }
+            for (i, entry) in prop.value.chunks_exact(16).enumerate() {
+                let slot = map.entries.get_mut(i).ok_or(DtError::TooManyEntries {
+                    property: "msi-map",
+                    max: MAX_MSI_MAP_ENTRIES,
+                })?;
+                *slot = MsiMapEntry {
+                    rid_base: be32(entry, 0).unwrap_or(0),
+                    controller: be32(entry, 4).unwrap_or(0),
+                    device_id_base: be32(entry, 8).unwrap_or(0),
+                    length: be32(entry, 12).unwrap_or(0),
+                };
+                map.len = i + 1;
+            }
+        } else if let Some(parent) = u32_property(&node, "msi-parent")? {
+            map.entries[0] = MsiMapEntry {
+                rid_base: 0,
+                controller: parent,
+                device_id_base: 0,
+                length: 0x1_0000,
+            };
+            map.len = 1;
+        } else {
+            return Err(DtError::MissingProperty {
+                node: NODE_PCI,
+                property: "msi-map or msi-parent",
+            });
+        }
+        Ok(map)
+    }
+
+    /// The ITS and DeviceID an MSI of requester id `rid` behind `host` reaches.
+    pub fn msi_device_id(&self, host: &PciHost<'_>, rid: u16) -> Result<(GicIts<'a>, u32)> {
+        let (phandle, device_id) = self.msi_map(host)?.map_rid(rid)?;
+        let node = self
+            .fdt
+            .find_phandle(phandle)
+            .ok_or(DtError::DanglingPhandle {
+                property: "msi-map",
+                phandle,
+            })?;
+        if !is_compatible(&node, GIC_ITS_COMPATIBLE) {
+            return Err(DtError::BadProperty {
+                property: "msi-map",
+                problem: "the MSI controller is not an arm,gic-v3-its node",
+            });
+        }
+        let its = GicIts {
+            name: node.name,
+            regs: first_reg(&node, GIC_ITS_COMPATIBLE)?,
+            phandle: Some(phandle),
+        };
+        Ok((its, device_id))
+    }
+
     /// Every `pci-host-ecam-generic` node, in tree order.
     pub fn pci_hosts(&self) -> impl Iterator<Item = Result<PciHost<'a>>> + '_ {
         self.fdt
@@ -696,6 +790,65 @@ impl<'a> Devicetree<'a> {
             });
         }
         Ok(out)
+    }
+}
+
+/// The compatible string of a GICv3 ITS node.
+pub const GIC_ITS_COMPATIBLE: &str = "arm,gic-v3-its";
+/// Most `msi-map` entries a PCIe host may list here (QEMU has one).
+pub const MAX_MSI_MAP_ENTRIES: usize = 16;
+
+/// A GICv3 Interrupt Translation Service as the devicetree describes it (`arm,gic-v3-its`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GicIts<'a> {
+    /// The node's name, e.g. `its@8080000`.
+    pub name: &'a str,
+    /// ITS_base: the control frame, the translation frame 64 KiB above it.
+    pub regs: Region,
+    pub phandle: Option<u32>,
+}
+
+impl GicIts<'_> {
+    /// The MSI doorbell: GITS_TRANSLATER, 0x40 into the translation frame.
+    pub fn translater(&self) -> u64 {
+        self.regs.base + 0x1_0040
+    }
+}
+
+/// One `msi-map` entry: requester ids `rid_base..rid_base + length` reach the MSI controller
+/// `controller` (a phandle) as DeviceIDs from `device_id_base`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsiMapEntry {
+    pub rid_base: u32,
+    pub controller: u32,
+    pub device_id_base: u32,
+    pub length: u32,
+}
+
+/// A PCIe host's `msi-map` (an `msi-parent` becomes one identity entry over every requester id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMap {
+    /// `msi-map-mask`: requester ids are ANDed with it before lookup.
+    pub mask: Option<u32>,
+    entries: [MsiMapEntry; MAX_MSI_MAP_ENTRIES],
+    len: usize,
+}
+
+impl MsiMap {
+    pub fn entries(&self) -> &[MsiMapEntry] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Which MSI controller (its phandle) and DeviceID the requester id `rid` reaches.
+    pub fn map_rid(&self, rid: u16) -> Result<(u32, u32)> {
+        let masked = u32::from(rid) & self.mask.unwrap_or(u32::MAX);
+        self.entries()
+            .iter()
+            .find_map(|e| {
+                let offset = masked.checked_sub(e.rid_base)?;
+                (offset < e.length).then(|| (e.controller, e.device_id_base.wrapping_add(offset)))
+            })
+            .ok_or(DtError::RidNotMapped { rid })
     }
 }
 

@@ -1,11 +1,12 @@
 //! A minimal GICv2 driver (Arm IHI 0048B): the distributor and the memory-mapped CPU interface,
-//! enough to take one wired SPI as an IRQ, and the IRQ handler the exception vectors call.
+//! enough to take one wired SPI as an IRQ, and the IRQ handler the exception vectors call, which
+//! dispatches to the GIC brought up: this GICv2, or the GICv3 of [`super::gicv3`].
 //!
 //! The handler acknowledges the interrupt (GICC_IAR), records its id where a test reads it, and
 //! ends it (GICC_EOIR). Interrupts stay masked (PSTATE.I) except inside [`with_irqs_unmasked`].
 //! The frames' addresses come from the devicetree; nothing here knows the board.
 
-use core::sync::atomic::{compiler_fence, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{ReadWriteable, Readable, Writeable, HCR_EL2};
 use tock_registers::register_structs;
@@ -80,6 +81,14 @@ static GICC_BASE: AtomicUsize = AtomicUsize::new(0);
 static TAKEN: AtomicU32 = AtomicU32::new(0);
 static LAST_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
 
+/// Which GIC the IRQ handler acknowledges through: set by [`Gic::init`] or `GicV3::init`
+/// (from the version the devicetree names) before interrupts are unmasked on the same CPU, so
+/// relaxed ordering is enough, as for [`GICC_BASE`].
+static IN_USE: AtomicU8 = AtomicU8::new(NO_GIC);
+const NO_GIC: u8 = 0;
+const GICV2: u8 = 2;
+const GICV3: u8 = 3;
+
 /// Why an interrupt cannot be configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GicError {
@@ -127,6 +136,7 @@ impl Gic {
         self.cpu.bpr.set(0);
         self.cpu.ctlr.set(1);
         GICC_BASE.store(self.cpu as *const GiccRegisters as usize, Ordering::Relaxed);
+        IN_USE.store(GICV2, Ordering::Relaxed);
     }
 
     /// The number of SPI lines plus 32 (GICD_TYPER.ITLinesNumber).
@@ -226,10 +236,31 @@ pub fn with_irqs_unmasked<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Called by the IRQ vector (current EL, SP_ELx) with the interrupted context saved: acknowledges
-/// the interrupt, records it and ends it. Returns whether it was handled; without a GIC set up
-/// by [`Gic::init`] an IRQ is unexpected and the caller reports it.
+/// Makes the IRQ handler acknowledge through the GICv3 CPU interface (`GicV3::init`).
+pub(super) fn use_gicv3() {
+    IN_USE.store(GICV3, Ordering::Relaxed);
+}
+
+/// Records an acknowledged interrupt for [`irqs_taken`] and [`last_irq`] (either GIC's
+/// handler calls it).
+pub(super) fn record_irq(intid: u32) {
+    LAST_INTID.store(intid, Ordering::Release);
+    TAKEN.fetch_add(1, Ordering::Release);
+}
+
+/// Called by the IRQ vector (current EL, SP_ELx) with the interrupted context saved: the GIC in
+/// use acknowledges the interrupt, records it and ends it. Returns whether it was handled;
+/// without a GIC set up by [`Gic::init`] or `GicV3::init` an IRQ is unexpected and the caller
+/// reports it.
 pub(super) fn handle_irq() -> bool {
+    match IN_USE.load(Ordering::Relaxed) {
+        GICV2 => handle_gicv2_irq(),
+        GICV3 => super::gicv3::handle_irq(),
+        _ => false,
+    }
+}
+
+fn handle_gicv2_irq() -> bool {
     let base = GICC_BASE.load(Ordering::Relaxed);
     if base == 0 {
         return false;
@@ -242,8 +273,52 @@ pub(super) fn handle_irq() -> bool {
         // Spurious: nothing was acknowledged, so nothing is ended.
         return true;
     }
-    LAST_INTID.store(intid, Ordering::Release);
-    TAKEN.fetch_add(1, Ordering::Release);
+    record_irq(intid);
     cpu.eoir.set(iar);
     true
+}
+
+/// The machine's GIC, whichever version the devicetree names: the SPI operations the tests
+/// use, on either.
+pub enum Controller {
+    V2(Gic),
+    V3(&'static super::gicv3::GicV3),
+}
+
+impl Controller {
+    /// See [`Gic::configure_spi`] and `GicV3::configure_spi`.
+    pub fn configure_spi(&self, intid: u32, edge: bool) -> Result<(), GicError> {
+        match self {
+            Self::V2(g) => g.configure_spi(intid, edge),
+            Self::V3(g) => g.configure_spi(intid, edge),
+        }
+    }
+
+    pub fn enable(&self, intid: u32) -> Result<(), GicError> {
+        match self {
+            Self::V2(g) => g.enable(intid),
+            Self::V3(g) => g.enable(intid),
+        }
+    }
+
+    pub fn disable(&self, intid: u32) -> Result<(), GicError> {
+        match self {
+            Self::V2(g) => g.disable(intid),
+            Self::V3(g) => g.disable(intid),
+        }
+    }
+
+    pub fn is_pending(&self, intid: u32) -> Result<bool, GicError> {
+        match self {
+            Self::V2(g) => g.is_pending(intid),
+            Self::V3(g) => g.is_pending(intid),
+        }
+    }
+
+    pub fn clear_pending(&self, intid: u32) -> Result<(), GicError> {
+        match self {
+            Self::V2(g) => g.clear_pending(intid),
+            Self::V3(g) => g.clear_pending(intid),
+        }
+    }
 }

@@ -9,6 +9,8 @@ mod entry;
 mod exception;
 mod fdt;
 pub mod gic;
+pub mod gicv3;
+pub mod its;
 mod mmu;
 mod psci;
 mod semihosting;

@@ -672,3 +672,133 @@ fn virt_gic_from_the_devicetree() {
         );
     }
 }
+
+const VIRT_GICV3: &[u8] = include_bytes!("../../tests/data/qemu10-virt-gicv3-smmuv3-edu.dtb");
+
+#[test]
+fn gicv3_its_and_msi_map_from_the_devicetree() {
+    let dt = Devicetree::new(VIRT_GICV3).expect("valid blob");
+    let gic = dt.gic().expect("a GIC node");
+    assert_eq!(gic.version, GicVersion::V3);
+    assert_eq!(
+        gic.distributor,
+        Region {
+            base: 0x800_0000,
+            size: 0x1_0000
+        }
+    );
+    assert_eq!(
+        gic.cpu_interface,
+        Region {
+            base: 0x80a_0000,
+            size: 0xf6_0000
+        },
+        "the redistributor region"
+    );
+    let its: Vec<_> = dt.its_nodes().collect();
+    assert_eq!(its.len(), 1);
+    let its = its[0].expect("ITS node parses");
+    assert_eq!(its.name, "its@8080000");
+    assert_eq!(
+        its.regs,
+        Region {
+            base: 0x808_0000,
+            size: 0x2_0000
+        }
+    );
+    assert_eq!(its.phandle, Some(0x8003));
+    assert_eq!(its.translater(), 0x809_0040);
+
+    let host = the_host(&dt);
+    let map = dt.msi_map(&host).expect("msi-map");
+    assert_eq!(map.mask, None);
+    assert_eq!(
+        map.entries(),
+        [MsiMapEntry {
+            rid_base: 0,
+            controller: 0x8003,
+            device_id_base: 0,
+            length: 0x1_0000
+        }]
+    );
+    // The SMMU's iommu-map is there too: MSIs go to the ITS, DMA to the SMMU.
+    assert_eq!(host.iommu_map().len(), 1);
+    for rid in [0x0008u16, 0x0010, 0x0200, 0xffff] {
+        let (target, device_id) = dt.msi_device_id(&host, rid).expect("mapped");
+        assert_eq!(target, its);
+        assert_eq!(device_id, u32::from(rid), "virt's msi-map is the identity");
+    }
+}
+
+#[test]
+fn gicv2_machines_have_no_its_and_their_msi_map_names_a_v2m_frame() {
+    let dt = Devicetree::new(VIRT).expect("valid blob");
+    assert_eq!(dt.its_nodes().count(), 0);
+    let host = the_host(&dt);
+    let map = dt.msi_map(&host).expect("msi-map to the GICv2m frame");
+    assert_eq!(map.map_rid(8), Ok((0x8003, 8)));
+    assert_eq!(
+        dt.msi_device_id(&host, 8),
+        Err(DtError::BadProperty {
+            property: "msi-map",
+            problem: "the MSI controller is not an arm,gic-v3-its node",
+        })
+    );
+}
+
+#[test]
+fn msi_map_mask_offsets_and_misses() {
+    let mut map = MsiMap {
+        mask: Some(0xff),
+        entries: [MsiMapEntry::default(); MAX_MSI_MAP_ENTRIES],
+        len: 2,
+    };
+    map.entries[0] = MsiMapEntry {
+        rid_base: 0x10,
+        controller: 7,
+        device_id_base: 0x1000,
+        length: 0x10,
+    };
+    map.entries[1] = MsiMapEntry {
+        rid_base: 0x40,
+        controller: 9,
+        device_id_base: 0,
+        length: 1,
+    };
+    assert_eq!(map.map_rid(0x0010), Ok((7, 0x1000)));
+    // The mask drops the bus number before lookup.
+    assert_eq!(map.map_rid(0x031f), Ok((7, 0x100f)));
+    assert_eq!(map.map_rid(0x0040), Ok((9, 0)));
+    assert_eq!(
+        map.map_rid(0x0020),
+        Err(DtError::RidNotMapped { rid: 0x20 })
+    );
+    assert_eq!(
+        map.map_rid(0x0041),
+        Err(DtError::RidNotMapped { rid: 0x41 })
+    );
+}
+
+#[test]
+fn msi_parent_is_an_identity_map_and_its_absence_an_error() {
+    let with_parent = machine(
+        |_| {},
+        |b| {
+            b.cells("msi-parent", &[0x8002]);
+        },
+    );
+    let dt = Devicetree::new(&with_parent).expect("builder blob");
+    let host = the_host(&dt);
+    let map = dt.msi_map(&host).expect("msi-parent");
+    assert_eq!(map.map_rid(0x1234), Ok((0x8002, 0x1234)));
+    let without = machine(|_| {}, |_| {});
+    let dt = Devicetree::new(&without).expect("builder blob");
+    let host = the_host(&dt);
+    assert_eq!(
+        dt.msi_map(&host),
+        Err(DtError::MissingProperty {
+            node: NODE_PCI,
+            property: "msi-map or msi-parent",
+        })
+    );
+}

@@ -2,9 +2,12 @@
 //! so they come from the host bridge's 32-bit MMIO window.
 
 use crate::Machine;
+use iommu_boot::aarch64::gic::{Controller, Gic};
+use iommu_boot::aarch64::gicv3::GicV3;
+use iommu_boot::aarch64::its::Its;
 use iommu_boot::pci::{self, BusNumbers, Ecam, MmioWindow};
 use iommu_boot::testing::{fail, Failure};
-use iommu_smmuv3::devicetree::{Devicetree, PciHost, PciSpace};
+use iommu_smmuv3::devicetree::{Devicetree, GicVersion, PciHost, PciSpace};
 
 /// How much of RAM the devicetree may span: QEMU declares 1 MiB; the kernel starts 2 MiB in.
 const DTB_MAX_LEN: usize = 2 << 20;
@@ -159,3 +162,77 @@ fn assign_endpoints(cfg: &Ecam, bus: u8, window: &mut MmioWindow) -> Result<(), 
     }
     Ok(())
 }
+
+/// The machine's GIC, initialised (distributor and CPU interface on, no interrupt enabled) as
+/// the version the devicetree names: GICv2 again on every call, GICv3 once per boot (its LPI
+/// tables cannot move once LPIs are on).
+pub fn gic(m: &Machine) -> Result<Controller, Failure> {
+    let dt = devicetree(m)?;
+    let g = dt.gic().map_err(fail)?;
+    let to_usize = |a: u64| usize::try_from(a).map_err(fail);
+    let dist = to_usize(g.distributor.base)?;
+    let second = to_usize(g.cpu_interface.base)?;
+    match g.version {
+        GicVersion::V2 => {
+            // SAFETY: the frames come from the devicetree's GICv2 node and lie in the low GiB,
+            // which the boot code identity-maps as Device memory; the tests run on one CPU and
+            // are the GIC's only users.
+            let gic = unsafe { Gic::new(dist, second) };
+            gic.init();
+            Ok(Controller::V2(gic))
+        }
+        GicVersion::V3 => {
+            let end = second
+                .checked_add(to_usize(g.cpu_interface.size)?)
+                .ok_or_else(|| fail("redistributor region wraps"))?;
+            // SAFETY: as for GICv2: the distributor and the redistributor region come from the
+            // devicetree's GICv3 node, identity-mapped as Device memory, used only by the tests.
+            let gic = unsafe { GicV3::init(dist, second..end) }.map_err(fail)?;
+            Ok(Controller::V3(gic))
+        }
+    }
+}
+
+/// The GICv3 (initialised), or a skip on a GICv2 machine.
+pub fn gicv3(m: &Machine) -> Result<&'static GicV3, Failure> {
+    let g = devicetree(m)?.gic().map_err(fail)?;
+    if g.version != GicVersion::V3 {
+        iommu_boot::skip!(
+            "{} is a GICv2: no LPIs or ITS (start QEMU with -machine ...,gic-version=3)",
+            g.name
+        );
+    }
+    match gic(m)? {
+        Controller::V3(g) => Ok(g),
+        Controller::V2(_) => Err(fail("the devicetree changed its mind about the GIC")),
+    }
+}
+
+/// The devicetree's ITS, brought up once per boot (GITS_BASER and GITS_CBASER cannot change
+/// once it is enabled) with a device table for every 16-bit DeviceID.
+pub fn its(m: &Machine) -> Result<&'static Its, Failure> {
+    let gic = gicv3(m)?;
+    let dt = devicetree(m)?;
+    let node = dt
+        .its_nodes()
+        .next()
+        .ok_or_else(|| fail("no arm,gic-v3-its node"))?
+        .map_err(fail)?;
+    let its = ITS
+        .call_once(|| {
+            // SAFETY: the frames come from the devicetree's ITS node, in the low GiB the boot
+            // code identity-maps as Device memory; only this `Its` programs the ITS.
+            unsafe { Its::new(node.regs.base, gic, 1 << 16) }
+                .map_err(|e| alloc::format!("bringing up the ITS failed: {e}"))
+        })
+        .as_ref()
+        .map_err(fail)?;
+    if its.doorbell() != node.translater() {
+        return Err(fail(
+            "the ITS driver and the devicetree disagree on GITS_TRANSLATER",
+        ));
+    }
+    Ok(its)
+}
+
+static ITS: spin::Once<Result<Its, alloc::string::String>> = spin::Once::new();

@@ -13,7 +13,7 @@ mod aarch64;
 mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64::{devicetree, pci_config};
+pub use aarch64::{devicetree, gic, gicv3, its, pci_config};
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::pci_config;
 

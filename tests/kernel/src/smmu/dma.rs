@@ -19,13 +19,13 @@ use iommu::addr::{Iova, PhysAddr};
 use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{Attachment, DeviceId, FaultKind, Stage, TranslationUnit};
-use iommu_boot::aarch64::gic::{self, Gic};
+use iommu_boot::aarch64::gic;
 use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
 use iommu_smmuv3::attributes::Granule;
 use iommu_smmuv3::cmdq::{CmdqError, CommandErrorCode};
 use iommu_smmuv3::command::Command;
-use iommu_smmuv3::devicetree::{GicVersion, Interrupt, Trigger};
+use iommu_smmuv3::devicetree::{Interrupt, Trigger};
 use iommu_smmuv3::platform::SmmuDescription;
 use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
 use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
@@ -731,17 +731,10 @@ pub fn nested_stage1_walks_go_through_stage2(m: &mut Machine) -> TestResult {
 }
 
 /// The machine's GIC from the devicetree, initialised (distributor and CPU interface on, no
-/// interrupt enabled), and the event queue's SPI with whether it is edge-triggered.
-fn gic_and_eventq_spi(m: &Machine) -> Result<(Gic, u32, bool), Failure> {
+/// interrupt enabled; GICv2 or GICv3 with affinity routing), and the event queue's SPI with
+/// whether it is edge-triggered.
+fn gic_and_eventq_spi(m: &Machine) -> Result<(gic::Controller, u32, bool), Failure> {
     let dt = devicetree(m)?;
-    let g = dt.gic().map_err(fail)?;
-    if g.version != GicVersion::V2 {
-        skip!(
-            "the test kernels' GIC driver is GICv2 only; {} is {:?}",
-            g.name,
-            g.version
-        );
-    }
     let smmu = dt
         .smmus()
         .next()
@@ -761,17 +754,7 @@ fn gic_and_eventq_spi(m: &Machine) -> Result<(Gic, u32, bool), Failure> {
             ..
         }
     );
-    let to_usize = |a: u64| usize::try_from(a).map_err(fail);
-    // SAFETY: the frames come from the devicetree's GICv2 node and lie in the low GiB, which
-    // the boot code identity-maps as Device memory; the tests run on one CPU and are the GIC's
-    // only users.
-    let gic = unsafe {
-        Gic::new(
-            to_usize(g.distributor.base)?,
-            to_usize(g.cpu_interface.base)?,
-        )
-    };
-    gic.init();
+    let gic = crate::platform::gic(m)?;
     gic.configure_spi(intid, edge).map_err(fail)?;
     Ok((gic, intid, edge))
 }

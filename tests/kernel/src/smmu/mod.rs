@@ -8,6 +8,7 @@
 
 mod dma;
 mod lifecycle;
+mod msi;
 mod viommu;
 
 use core::ptr::NonNull;
@@ -206,6 +207,23 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "bridged_devices_share_an_alias_and_a_group",
         run: dma::bridged_devices_share_an_alias_and_a_group,
+    },
+    // MSIs as LPIs through the GICv3 ITS (msi.rs); skipped on GICv2 machines.
+    Test {
+        name: "edu_msi_becomes_the_lpi_mapped_for_it",
+        run: msi::edu_msi_becomes_the_lpi_mapped_for_it,
+    },
+    Test {
+        name: "lpi_of_one_device_cannot_be_raised_by_another",
+        run: msi::lpi_of_one_device_cannot_be_raised_by_another,
+    },
+    Test {
+        name: "discard_stops_the_lpi",
+        run: msi::discard_stops_the_lpi,
+    },
+    Test {
+        name: "msi_through_a_paging_domain_needs_the_doorbell_mapped",
+        run: msi::msi_through_a_paging_domain_needs_the_doorbell_mapped,
     },
 ];
 
