@@ -53,11 +53,11 @@ use crate::register_invalidation::{invalidate_context_cache, invalidate_iotlb};
 use crate::registers::{
     Readable, Writeable, EVENT_ADDRESS, EVENT_CONTROL, EVENT_DATA, FSTS, GCMD, GSTS, RTADDR,
 };
+use crate::registers::{UnitInfo, UnitRegisters};
 use crate::root_table::{
     scalable_context_slot, ContextEntry, ContextHalf, DomainId, EntryError, RootEntry,
     ScalableContext, ScalableContextEntry, ScalableRootEntry, SourceId,
 };
-use crate::unit::{UnitInfo, UnitRegisters};
 
 /// Which table format the root table uses (RTADDR.TTM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,11 +14,10 @@ extern crate std;
 pub mod caps;
 pub mod dmar;
 pub mod registers;
-pub mod unit;
 
 pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
 pub use dmar::{Dmar, DmarError};
-pub use unit::{read_unit_info, UnitError, UnitInfo, UnitRegisters};
+pub use registers::{read_unit_info, RegisterMapError, UnitInfo, UnitRegisters};
 
 // In-memory structures and the invalidation queue (issue 4, part 1).
 pub mod descriptor;

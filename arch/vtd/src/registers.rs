@@ -4,10 +4,14 @@
 //! [`RegisterBlock`] is the fixed part at the unit's base (DRHD register base address). Two groups
 //! sit at offsets the hardware reports: the IOTLB registers at `ECAP.IRO × 16`
 //! ([`IotlbRegisters`]) and the fault recording registers at `CAP.FRO × 16`, `CAP.NFR + 1` of them
-//! ([`FaultRecordingRegister`]); `crate::unit::UnitRegisters` finds them. Read-only registers
+//! ([`FaultRecordingRegister`]); [`UnitRegisters`] finds them. Read-only registers
 //! have read-only types. Fields that the spec marks RW1C (write 1 to clear) are noted per field:
 //! write them with `write`, never `modify`, or other pending bits get cleared along the way.
 //! The MTRR, performance-monitoring and extended-command registers are not used and not declared.
+
+mod mapping;
+
+pub use mapping::{read_unit_info, RegisterMapError, UnitInfo, UnitRegisters};
 
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;

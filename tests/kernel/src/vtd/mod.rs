@@ -16,7 +16,7 @@ use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_vtd::caps::{Agaw, AgawError, SuperPages};
 use iommu_vtd::dmar::{DeviceScopeType, Dmar, Drhd};
 use iommu_vtd::registers::{Readable, FRCD_HI, FSTS, GSTS};
-use iommu_vtd::unit::{UnitInfo, UnitRegisters};
+use iommu_vtd::registers::{UnitInfo, UnitRegisters};
 
 pub static TESTS: &[Test<Machine>] = &[
     Test {

@@ -61,7 +61,7 @@ fn offsets_beyond_the_mapping_are_refused() {
     let err = unsafe { UnitRegisters::new(base, 4096) }.err();
     assert_eq!(
         err,
-        Some(UnitError::OutsideMapping {
+        Some(RegisterMapError::OutsideMapping {
             what: "the fault recording registers",
             end: 0x4000,
             mapped: 4096
@@ -74,17 +74,17 @@ fn offsets_beyond_the_mapping_are_refused() {
     let err = unsafe { UnitRegisters::new(base, 4096) }.err();
     assert!(matches!(
         err,
-        Some(UnitError::OutsideMapping {
+        Some(RegisterMapError::OutsideMapping {
             what: "the IOTLB registers",
             ..
         })
     ));
     // SAFETY: as above; a mapping smaller than the fixed block is refused before any read.
     let err = unsafe { UnitRegisters::new(base, 0x80) }.err();
-    assert!(matches!(err, Some(UnitError::OutsideMapping { .. })));
+    assert!(matches!(err, Some(RegisterMapError::OutsideMapping { .. })));
     // SAFETY: the pointer is misaligned, which `new` rejects before reading.
     let err = unsafe { UnitRegisters::new(base.add(8), 4096) }.err();
-    assert!(matches!(err, Some(UnitError::MisalignedBase { .. })));
+    assert!(matches!(err, Some(RegisterMapError::MisalignedBase { .. })));
     free(base);
 }
 

@@ -6,8 +6,8 @@
 //! structs, with the hardware-reported offsets of the IOTLB and fault recording registers checked
 //! against the mapped size first.
 
+use super::{FaultRecordingRegister, IotlbRegisters, RegisterBlock};
 use crate::caps::{Capability, ExtendedCapability, Version};
-use crate::registers::{FaultRecordingRegister, IotlbRegisters, RegisterBlock};
 use core::fmt;
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -48,7 +48,7 @@ pub unsafe fn read_unit_info(base: NonNull<RegisterBlock>) -> UnitInfo {
 
 /// Why a unit's registers cannot be used as mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitError {
+pub enum RegisterMapError {
     /// The register base is not 4 KiB aligned (the spec places register sets on pages).
     MisalignedBase { base: usize },
     /// A register group the hardware places at `offset` (from CAP.FRO/NFR or ECAP.IRO) ends
@@ -60,7 +60,7 @@ pub enum UnitError {
     },
 }
 
-impl fmt::Display for UnitError {
+impl fmt::Display for RegisterMapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::MisalignedBase { base } => {
@@ -74,7 +74,7 @@ impl fmt::Display for UnitError {
     }
 }
 
-impl core::error::Error for UnitError {}
+impl core::error::Error for RegisterMapError {}
 
 /// The registers of one remapping unit: the fixed block, the IOTLB registers and the fault
 /// recording registers, located and bounds-checked once.
@@ -92,10 +92,10 @@ impl UnitRegisters {
     /// as the returned value (and references obtained from it) live. Other code may use the
     /// same registers: every access is a single volatile read or write, but coordinating
     /// read-modify-write sequences between users is theirs to do.
-    pub unsafe fn new(base: NonNull<u8>, mapped_len: usize) -> Result<Self, UnitError> {
+    pub unsafe fn new(base: NonNull<u8>, mapped_len: usize) -> Result<Self, RegisterMapError> {
         let addr = base.as_ptr() as usize;
         if !addr.is_multiple_of(4096) {
-            return Err(UnitError::MisalignedBase { base: addr });
+            return Err(RegisterMapError::MisalignedBase { base: addr });
         }
         check_inside(
             "the fixed registers",
@@ -155,9 +155,9 @@ impl UnitRegisters {
     }
 }
 
-fn check_inside(what: &'static str, end: usize, mapped: usize) -> Result<(), UnitError> {
+fn check_inside(what: &'static str, end: usize, mapped: usize) -> Result<(), RegisterMapError> {
     if end > mapped {
-        return Err(UnitError::OutsideMapping { what, end, mapped });
+        return Err(RegisterMapError::OutsideMapping { what, end, mapped });
     }
     Ok(())
 }
