@@ -29,7 +29,7 @@ pub mod root_table;
 // The unit brought up and driven (issue 4, part 2); domain ids counted and reused.
 mod domain_ids;
 pub mod fault;
-pub mod iommu;
+pub mod unit;
 
 // Host tests against a simulated unit.
 #[cfg(all(test, not(loom)))]

@@ -25,7 +25,7 @@ use iommu::unit::{
 };
 
 use crate::dmar::Dmar;
-use crate::iommu::{Mode, VtdUnit};
+use crate::unit::{Mode, VtdUnit};
 use crate::pasid::{Pasid, PasidDirEntry, PasidEntry, Pgtt};
 use crate::qi::{QueueFrames, QueueSize};
 use crate::registers::UnitRegisters;

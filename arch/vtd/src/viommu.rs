@@ -35,7 +35,7 @@ use crate::guest::{
     translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
     GuestFirstStage, GuestNames, HostLimits, NestLimits,
 };
-use crate::iommu::{DomainTable, Mode, VtdDomain, VtdUnit};
+use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 use crate::pasid::{Nested, PasidEntry, SecondStage};
 use crate::root_table::{DomainId, EntryError, SourceId};
 
@@ -398,7 +398,7 @@ pub fn new_viommu<H: Hal + Clone>(
             "nest parent that is not a second-stage paging domain",
         ));
     };
-    let agaw = crate::iommu::agaw_of(table.format().aw())?;
+    let agaw = crate::unit::agaw_of(table.format().aw())?;
     let parent = Parent {
         root: table.root(),
         domain: parent.id(),
@@ -501,7 +501,7 @@ fn new_nested_first_stage<H: Hal + Clone>(
     // Everything the entry needs from the unit is checked now, with the parent's id standing
     // in for the host id (same range), so a refusal allocates nothing.
     nested_entry(&first, &parent, parent.domain, info.cap, info.ecap)
-        .map_err(crate::iommu::entry_error)?;
+        .map_err(crate::unit::entry_error)?;
     // Lock order: `tables`, then the bindings, then the nest parents (see `NestParents`).
     let _tables = unit.tables.lock();
     let mut bindings = viommu.shared.get().bindings.lock();

@@ -21,7 +21,7 @@ use iommu_boot::{ensure, ensure_eq, println};
 use iommu_vtd::descriptor::{
     plan_flush, Descriptor, FlushLimits, FlushPlan, IotlbScope, IovaRange,
 };
-use iommu_vtd::iommu::{Mode, VtdUnit, FLUSH_THRESHOLD};
+use iommu_vtd::unit::{Mode, VtdUnit, FLUSH_THRESHOLD};
 use iommu_vtd::qi::{QiError, QueueFrames, QueueSize};
 use iommu_vtd::registers::{Readable, GSTS};
 

@@ -18,7 +18,7 @@ use iommu::unit::{
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::x86_64::interrupts;
 use iommu_boot::{ensure, ensure_eq, println, skip};
-use iommu_vtd::iommu::FaultEventMsi;
+use iommu_vtd::unit::FaultEventMsi;
 
 /// What the unit reports ([`TranslationUnit::info`]) matches the machine QEMU was asked for.
 pub(super) fn hardware_info_matches_machine(m: &mut Machine) -> TestResult {

@@ -16,7 +16,7 @@ use iommu::pagetable::Prot;
 use iommu::unit::{Attachment, DeviceId, FaultKind, Forwarded, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
-use iommu_vtd::iommu::Mode;
+use iommu_vtd::unit::Mode;
 
 fn device_id(e: &EduDevice) -> DeviceId {
     DeviceId(u32::from(e.bdf.requester_id()))
