@@ -27,8 +27,7 @@ pub mod register_invalidation;
 pub mod root_table;
 
 // The unit brought up and driven (issue 4, part 2); domain ids counted and reused.
-mod domain_ids;
-pub mod fault;
+pub mod fault_record;
 pub mod unit;
 
 // Host tests against a simulated unit.

@@ -25,7 +25,6 @@ use iommu::unit::{
 };
 
 use crate::dmar::Dmar;
-use crate::unit::{Mode, VtdUnit};
 use crate::pasid::{Pasid, PasidDirEntry, PasidEntry, Pgtt};
 use crate::qi::{QueueFrames, QueueSize};
 use crate::registers::UnitRegisters;
@@ -33,6 +32,7 @@ use crate::root_table::{
     scalable_context_slot, ContextEntry, ContextHalf, DomainId, RootEntry, ScalableContextEntry,
     ScalableRootEntry, SourceId,
 };
+use crate::unit::{Mode, VtdUnit};
 
 /// QEMU's default CAP (ND = 6, SAGAW 3/4-level, MGAW 48, FRO 0x220, NFR 0, PSI, SLLPS 2M/1G).
 const CAP: u64 = 0x00d2_008c_222f_0606;

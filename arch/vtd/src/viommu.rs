@@ -35,9 +35,9 @@ use crate::guest::{
     translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
     GuestFirstStage, GuestNames, HostLimits, NestLimits,
 };
-use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 use crate::pasid::{Nested, PasidEntry, SecondStage};
 use crate::root_table::{DomainId, EntryError, SourceId};
+use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 
 /// The nest parent as a vIOMMU and its nested domains see it (copied at [`new_viommu`]; the
 /// pin keeps the table alive).

@@ -1,4 +1,4 @@
-//! Host tests of bring-up and batches that need no simulated unit.
+//! Host tests of bring-up that need no simulated unit.
 
 use super::*;
 use iommu::hal::host::HostHal;
@@ -30,16 +30,4 @@ fn a_unit_that_does_not_answer_gives_a_typed_timeout() {
     assert!(matches!(r.err(), Some(UnitError::Unsupported(_))));
     // SAFETY: `base` came from `Box::leak` of a `Page` and is freed once.
     drop(unsafe { Box::from_raw(base.cast::<Page>().as_ptr()) });
-}
-
-#[test]
-fn a_batch_keeps_what_fits() {
-    let mut b = Batch::new();
-    for _ in 0..FLUSH_THRESHOLD + 3 {
-        b.push(Descriptor::ContextCache(ContextCacheScope::Global));
-    }
-    assert_eq!(b.iter().len(), FLUSH_THRESHOLD + 2);
-    assert!(b.overflowed);
-    assert_eq!(agaw_of(2), Ok(Agaw::Level4));
-    assert!(agaw_of(7).is_err());
 }

@@ -18,12 +18,12 @@ use iommu::pagetable::{Error as PtError, Prot};
 use iommu::unit::{Attachment, DeviceId, FaultKind, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println};
-use iommu_vtd::descriptor::{
-    plan_flush, Descriptor, FlushLimits, FlushPlan, IotlbScope, IovaRange,
-};
-use iommu_vtd::unit::{Mode, VtdUnit, FLUSH_THRESHOLD};
+use iommu_vtd::descriptor::{Descriptor, IotlbScope};
 use iommu_vtd::qi::{QiError, QueueFrames, QueueSize};
 use iommu_vtd::registers::{Readable, GSTS};
+use iommu_vtd::unit::{
+    plan_flush, FlushLimits, FlushPlan, IovaRange, Mode, VtdUnit, FLUSH_THRESHOLD,
+};
 
 type Unit = VtdUnit<'static, &'static KernelHal>;
 
