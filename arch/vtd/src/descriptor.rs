@@ -14,7 +14,7 @@ use iommu::addr::{Iova, PhysAddr};
 
 use crate::caps::Capability;
 use crate::pasid::Pasid;
-use crate::root_table::{DomainId, SourceId};
+use crate::root_table::{Did, SourceId};
 
 /// The largest invalidation address mask: 2^52 pages cover the whole 64-bit space.
 pub(crate) const MAX_ORDER: u8 = 52;
@@ -148,11 +148,11 @@ impl FunctionMask {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContextCacheScope {
     Global,
-    Domain(DomainId),
+    Domain(Did),
     /// The context entries of `source` (and the functions `mask` adds), which were tagged with
     /// `domain`.
     Device {
-        domain: DomainId,
+        domain: Did,
         source: SourceId,
         mask: FunctionMask,
     },
@@ -182,11 +182,11 @@ impl Drain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IotlbScope {
     Global,
-    Domain(DomainId),
+    Domain(Did),
     /// The pages of `block` in `domain`. `leaf_only` (IH) tells the unit only leaf entries
     /// changed, so it may keep cached upper-level (paging-structure) entries.
     Pages {
-        domain: DomainId,
+        domain: Did,
         block: PageBlock,
         leaf_only: bool,
     },
@@ -196,9 +196,9 @@ pub enum IotlbScope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasidCacheScope {
     /// Every PASID entry tagged with the domain (G = 00).
-    Domain(DomainId),
+    Domain(Did),
     /// One PASID of the domain (G = 01).
-    Pasid { domain: DomainId, pasid: Pasid },
+    Pasid { domain: Did, pasid: Pasid },
     /// Everything (G = 11).
     Global,
 }
@@ -208,10 +208,10 @@ pub enum PasidCacheScope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasidIotlbScope {
     /// All mappings of the PASID in the domain, globals excepted (G = 10).
-    Pasid { domain: DomainId, pasid: Pasid },
+    Pasid { domain: Did, pasid: Pasid },
     /// The pages of `block` for the PASID (G = 11).
     Pages {
-        domain: DomainId,
+        domain: Did,
         pasid: Pasid,
         block: PageBlock,
         leaf_only: bool,
@@ -424,7 +424,7 @@ impl Descriptor {
     /// laid out; the type code is bits 3:0 (bits 11:9 hold type bits 6:4, zero for all types
     /// here).
     pub const fn encode(&self) -> Result<[u64; 4], DescriptorError> {
-        const fn did(d: DomainId) -> u64 {
+        const fn did(d: Did) -> u64 {
             (d.raw() as u64) << 16
         }
         const fn pasid32(p: Pasid) -> u64 {
@@ -623,7 +623,7 @@ impl Descriptor {
             return Err(DecodeError::Reserved { field: name });
         }
         let g = (w0 >> 4) & 3;
-        let did = DomainId::new((w0 >> 16) as u16);
+        let did = Did::new((w0 >> 16) as u16);
         let pasid = Pasid::from_bits_truncated((w0 >> 32) as u32);
         // ADDR(63:12), IH(6), AM(5:0) of the IOTLB and PASID-based IOTLB descriptors.
         let block = || {

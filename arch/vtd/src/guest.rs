@@ -22,7 +22,7 @@ use crate::descriptor::{
     PasidIotlbScope,
 };
 use crate::pasid::{EntryFields, FirstStagePaging, MemoryType, PasidEntry, Pgtt};
-use crate::root_table::{DomainId, SourceId};
+use crate::root_table::{Did, SourceId};
 
 /// What the host offers a guest's PASID entries: the unit's capabilities and the input width
 /// of the nest parent (the guest-physical address space).
@@ -39,7 +39,7 @@ pub struct NestLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestFirstStage {
     /// The guest's own domain id for this entry: the tag its invalidations will name.
-    pub guest_domain: DomainId,
+    pub guest_domain: Did,
     /// The first-stage table, a guest-physical address (translated by the nest parent).
     pub root: PhysAddr,
     pub paging: FirstStagePaging,
@@ -61,11 +61,11 @@ pub enum GuestConfig {
     FirstStage(GuestFirstStage),
     /// Guest pass-through (PGTT 100): the guest's IOVA is its physical address, so the device
     /// is translated by the nest parent alone (never host pass-through).
-    ParentOnly { guest_domain: DomainId },
+    ParentOnly { guest_domain: Did },
 }
 
 impl GuestConfig {
-    pub const fn guest_domain(&self) -> DomainId {
+    pub const fn guest_domain(&self) -> Did {
         match self {
             Self::FirstStage(f) => f.guest_domain,
             Self::ParentOnly { guest_domain } => *guest_domain,
@@ -214,7 +214,7 @@ impl HostLimits {
 /// on its vIOMMU) and its devices (the vIOMMU's virtual id table).
 pub trait GuestNames {
     /// The host domain id standing for the guest's `guest` domain id, if the guest has one.
-    fn host_domain(&self, guest: DomainId) -> Option<DomainId>;
+    fn host_domain(&self, guest: Did) -> Option<Did>;
     /// The physical source id of the guest's device `guest`, if it is one of the guest's.
     fn device(&self, guest: SourceId) -> Option<SourceId>;
 }
@@ -251,7 +251,7 @@ pub fn translate_guest_descriptor(
     names: &impl GuestNames,
 ) -> Result<GuestAction, &'static str> {
     let d = Descriptor::decode(*raw).map_err(decode_reason)?;
-    let host_domain = |g: DomainId| {
+    let host_domain = |g: Did| {
         names
             .host_domain(g)
             .ok_or("DID (not one of the guest's domain ids)")

@@ -14,7 +14,7 @@ use core::fmt;
 use iommu::addr::PhysAddr;
 
 use crate::caps::{Agaw, Capability, ExtendedCapability};
-use crate::root_table::{table_pointer, DomainId, EntryError};
+use crate::root_table::{table_pointer, Did, EntryError};
 
 /// A process address space id: 20 bits (PCIe PASID TLP prefix).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -255,7 +255,7 @@ pub struct Common {
 /// x86-format table at `root`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FirstStage {
-    pub domain: DomainId,
+    pub domain: Did,
     pub root: PhysAddr,
     pub paging: FirstStagePaging,
     /// SRE: supervisor requests allowed (needs ECAP.SRS).
@@ -269,7 +269,7 @@ pub struct FirstStage {
 }
 
 impl FirstStage {
-    pub const fn new(domain: DomainId, root: PhysAddr, paging: FirstStagePaging) -> Self {
+    pub const fn new(domain: Did, root: PhysAddr, paging: FirstStagePaging) -> Self {
         Self {
             domain,
             root,
@@ -323,7 +323,7 @@ impl FirstStage {
 /// legacy context entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecondStage {
-    pub domain: DomainId,
+    pub domain: Did,
     pub agaw: Agaw,
     pub root: PhysAddr,
     /// SLADE: hardware sets accessed/dirty bits in second-stage entries (needs ECAP.SLADS).
@@ -336,7 +336,7 @@ pub struct SecondStage {
 }
 
 impl SecondStage {
-    pub const fn new(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Self {
+    pub const fn new(domain: Did, agaw: Agaw, root: PhysAddr) -> Self {
         Self {
             domain,
             agaw,
@@ -383,13 +383,13 @@ impl SecondStage {
 /// unit supports and the domain id still tags the PASID cache and IOTLB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassThrough {
-    pub domain: DomainId,
+    pub domain: Did,
     pub agaw: Agaw,
     pub common: Common,
 }
 
 impl PassThrough {
-    pub const fn new(domain: DomainId, agaw: Agaw) -> Self {
+    pub const fn new(domain: Did, agaw: Agaw) -> Self {
         Self {
             domain,
             agaw,
@@ -431,7 +431,7 @@ impl PassThrough {
 /// output addresses are translated by a second-stage table (the host's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nested {
-    pub domain: DomainId,
+    pub domain: Did,
     /// The first-stage table, as an address in the second stage's input space.
     pub first_stage_root: PhysAddr,
     pub paging: FirstStagePaging,
@@ -451,7 +451,7 @@ pub struct Nested {
 
 impl Nested {
     pub const fn new(
-        domain: DomainId,
+        domain: Did,
         first_stage_root: PhysAddr,
         paging: FirstStagePaging,
         agaw: Agaw,
@@ -572,13 +572,13 @@ fn check_second_stage(
 }
 
 fn check_common(
-    domain: DomainId,
+    domain: Did,
     common: Common,
     page_snoop: bool,
     cap: Capability,
     ecap: ExtendedCapability,
 ) -> Result<(), EntryError> {
-    DomainId::for_unit(domain.raw(), cap)?;
+    Did::for_unit(domain.raw(), cap)?;
     if common.page_walk_snoop {
         require(ecap.smpwcs(), "ECAP.SMPWC")?;
     }
@@ -592,7 +592,7 @@ fn check_common(
 /// [`PasidEntry::encode_fields`].
 struct Fields {
     pgtt: Pgtt,
-    domain: DomainId,
+    domain: Did,
     aw: Agaw,
     slptptr: u64,
     flptptr: u64,
@@ -671,8 +671,8 @@ impl PasidEntry {
         Pgtt::from_bits((self.raw[0] >> 6) & 7)
     }
 
-    pub const fn domain_id(&self) -> DomainId {
-        DomainId::new(self.raw[1] as u16)
+    pub const fn domain_id(&self) -> Did {
+        Did::new(self.raw[1] as u16)
     }
 
     pub const fn second_stage_root(&self) -> PhysAddr {
@@ -704,7 +704,7 @@ pub struct EntryFields {
     /// SSPTPTR (SLPTPTR), bits 63:12.
     pub second_stage_root: PhysAddr,
     /// DID, bits 79:64.
-    pub domain: DomainId,
+    pub domain: Did,
     /// PWSNP, bit 87.
     pub page_walk_snoop: bool,
     /// PGSNP, bit 88.
@@ -774,7 +774,7 @@ impl PasidEntry {
             },
             second_stage_access_dirty: w0 & (1 << 9) != 0,
             second_stage_root: PhysAddr::new(w0 & !0xfff),
-            domain: DomainId::new(w1 as u16),
+            domain: Did::new(w1 as u16),
             page_walk_snoop: w1 & (1 << 23) != 0,
             page_snoop: w1 & (1 << 24) != 0,
             memory_type,

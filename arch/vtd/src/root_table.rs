@@ -174,13 +174,13 @@ impl fmt::Debug for SourceId {
     }
 }
 
-/// A domain identifier: the tag the unit's caches (IOTLB, context and PASID caches) keep per
+/// A Domain-ID (DID): the tag the unit's caches (IOTLB, context and PASID caches) keep per
 /// translation, and the handle invalidations select by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DomainId(u16);
+pub struct Did(u16);
 
-impl DomainId {
-    /// Any 16-bit domain id; [`DomainId::for_unit`] checks it against a unit.
+impl Did {
+    /// Any 16-bit domain id; [`Did::for_unit`] checks it against a unit.
     pub const fn new(id: u16) -> Self {
         Self(id)
     }
@@ -373,7 +373,7 @@ impl ContextEntry {
 
     /// Untranslated requests walk the `agaw`-deep second-stage table at `root`, tagged with
     /// `domain`.
-    pub fn second_stage(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
+    pub fn second_stage(domain: Did, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
         let root = table_pointer("second-stage table", root)?;
         Ok(Self::encode_fields(
             false,
@@ -386,7 +386,7 @@ impl ContextEntry {
 
     /// As [`second_stage`](Self::second_stage), and the device may also use ATS
     /// (device-TLB); needs ECAP.DT.
-    pub fn device_tlb(domain: DomainId, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
+    pub fn device_tlb(domain: Did, agaw: Agaw, root: PhysAddr) -> Result<Self, EntryError> {
         let root = table_pointer("second-stage table", root)?;
         Ok(Self::encode_fields(
             false,
@@ -400,7 +400,7 @@ impl ContextEntry {
     /// Requests pass through untranslated; needs ECAP.PT. The spec asks AW to hold the largest
     /// width the unit supports (QEMU checks AW against SAGAW even here), and `domain` still
     /// tags the context cache.
-    pub const fn pass_through(domain: DomainId, agaw: Agaw) -> Self {
+    pub const fn pass_through(domain: Did, agaw: Agaw) -> Self {
         Self::encode_fields(false, TranslationType::PassThrough, 0, agaw, domain)
     }
 
@@ -419,7 +419,7 @@ impl ContextEntry {
         tt: TranslationType,
         slptptr: u64,
         agaw: Agaw,
-        domain: DomainId,
+        domain: Did,
     ) -> Self {
         let lo = PRESENT | if fpd { FPD } else { 0 } | (tt.bits() << 2) | (slptptr & POINTER_MASK);
         let hi = agaw.encoding() as u64 | ((domain.raw() as u64) << 8);
@@ -458,8 +458,8 @@ impl ContextEntry {
         (self.raw[1] & 7) as u8
     }
 
-    pub const fn domain_id(&self) -> DomainId {
-        DomainId::new((self.raw[1] >> 8) as u16)
+    pub const fn domain_id(&self) -> Did {
+        Did::new((self.raw[1] >> 8) as u16)
     }
 
     /// Checks a present entry against what the unit supports: AW in SAGAW, the domain id in

@@ -29,7 +29,7 @@ use crate::pasid::{Pasid, PasidDirEntry, PasidEntry, Pgtt};
 use crate::qi::{QueueFrames, QueueSize};
 use crate::registers::UnitRegisters;
 use crate::root_table::{
-    scalable_context_slot, ContextEntry, ContextHalf, DomainId, RootEntry, ScalableContextEntry,
+    scalable_context_slot, ContextEntry, ContextHalf, Did, RootEntry, ScalableContextEntry,
     ScalableRootEntry, SourceId,
 };
 use crate::unit::{Mode, VtdUnit};
@@ -670,7 +670,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
         parent.id(),
         "nested translations get a host id of their own"
     );
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    assert_eq!(viommu.host_domain(Did::new(0x42)), Some(host));
     // Another nested domain with the same guest id shares the host id; another guest id not.
     let b = unit.new_nested(&viommu, &guest(0x42)).unwrap();
     assert_eq!(b.id(), host);
@@ -777,7 +777,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
     // The first of two domains with the host id goes: the id stays, still flushed with the
     // parent.
     unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    assert_eq!(viommu.host_domain(Did::new(0x42)), Some(host));
     assert!(
         queued_iotlb(&sim.take_log()).is_empty(),
         "nothing to release yet"
@@ -800,7 +800,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
             .any(|i| i.0 == 2 && i.1 == host.raw()),
         "{log:?}"
     );
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), None);
+    assert_eq!(viommu.host_domain(Did::new(0x42)), None);
     unit.flush(&parent, Iova::new(0x10_0000), 4096).unwrap();
     let iotlb = queued_iotlb(&sim.take_log());
     assert!(!iotlb.iter().any(|i| i.1 == host.raw()), "{iotlb:?}");

@@ -36,7 +36,7 @@ use crate::guest::{
     GuestFirstStage, GuestNames, HostLimits, NestLimits,
 };
 use crate::pasid::{Nested, PasidEntry, SecondStage};
-use crate::root_table::{DomainId, EntryError, SourceId};
+use crate::root_table::{Did, EntryError, SourceId};
 use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 
 /// The nest parent as a vIOMMU and its nested domains see it (copied at [`new_viommu`]; the
@@ -44,7 +44,7 @@ use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parent {
     pub root: PhysAddr,
-    pub domain: DomainId,
+    pub domain: Did,
     pub agaw: Agaw,
     /// Guest-physical addresses are below `2^ia_bits`.
     pub ia_bits: u32,
@@ -56,15 +56,15 @@ pub const GUEST_DOMAINS: usize = 256;
 /// One guest domain id and what stands for it on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Binding {
-    guest: DomainId,
-    host: DomainId,
+    guest: Did,
+    host: Did,
     /// Nested domains built with this guest id; 0 marks a free slot.
     users: u32,
 }
 
 const FREE: Binding = Binding {
-    guest: DomainId::new(0),
-    host: DomainId::new(0),
+    guest: Did::new(0),
+    host: Did::new(0),
     users: 0,
 };
 
@@ -82,7 +82,7 @@ impl Bindings {
         }
     }
 
-    fn host(&self, guest: DomainId) -> Option<DomainId> {
+    fn host(&self, guest: Did) -> Option<Did> {
         self.slots
             .iter()
             .find(|b| b.users > 0 && b.guest == guest)
@@ -91,7 +91,7 @@ impl Bindings {
 
     /// One more nested domain for `guest`, standing for `host`. A guest id already bound to
     /// another host id is refused: one guest tag must not name two host tags.
-    fn bind(&mut self, guest: DomainId, host: DomainId) -> Result<(), UnitError> {
+    fn bind(&mut self, guest: Did, host: Did) -> Result<(), UnitError> {
         if let Some(b) = self
             .slots
             .iter_mut()
@@ -119,7 +119,7 @@ impl Bindings {
     }
 
     /// One nested domain of `guest` fewer; false if there was none.
-    fn release(&mut self, guest: DomainId) -> bool {
+    fn release(&mut self, guest: Did) -> bool {
         match self
             .slots
             .iter_mut()
@@ -134,7 +134,7 @@ impl Bindings {
     }
 
     /// Nested domains built with `guest` and not destroyed.
-    fn users(&self, guest: DomainId) -> u32 {
+    fn users(&self, guest: Did) -> u32 {
         self.slots
             .iter()
             .find(|b| b.users > 0 && b.guest == guest)
@@ -187,7 +187,7 @@ impl VtdViommu {
 
     /// The host domain id standing for the guest's `guest`, while a nested domain with it
     /// exists.
-    pub fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+    pub fn host_domain(&self, guest: Did) -> Option<Did> {
         self.shared.get().bindings.lock().host(guest)
     }
 
@@ -200,7 +200,7 @@ impl VtdViommu {
 /// The table of a nested domain: what `attach` installs.
 pub struct NestedTable {
     parent: Parent,
-    guest_domain: DomainId,
+    guest_domain: Did,
     /// The guest's first stage, nested over the parent; `None` for the parent alone (guest
     /// pass-through, tagged with the parent's domain id).
     first_stage: Option<GuestFirstStage>,
@@ -215,7 +215,7 @@ impl NestedTable {
     }
 
     /// The guest's domain id this domain was built with.
-    pub fn guest_domain(&self) -> DomainId {
+    pub fn guest_domain(&self) -> Did {
         self.guest_domain
     }
 
@@ -228,7 +228,7 @@ impl NestedTable {
     /// the nested entry, or a second-stage entry on the parent's table.
     pub(crate) fn pasid_entry(
         &self,
-        domain: DomainId,
+        domain: Did,
         cap: Capability,
         ecap: ExtendedCapability,
     ) -> Result<PasidEntry, EntryError> {
@@ -243,7 +243,7 @@ impl NestedTable {
 pub fn nested_entry(
     guest: &GuestFirstStage,
     parent: &Parent,
-    host: DomainId,
+    host: Did,
     cap: Capability,
     ecap: ExtendedCapability,
 ) -> Result<PasidEntry, EntryError> {
@@ -280,9 +280,9 @@ pub struct NestParents {
 
 struct Nests {
     /// (parent's domain id, vIOMMUs pinning it); 0 marks a free slot.
-    pins: [(DomainId, u32); NEST_PARENTS],
+    pins: [(Did, u32); NEST_PARENTS],
     /// (parent's domain id, a nested domain id over it).
-    nested: [Option<(DomainId, DomainId)>; NESTED_IDS],
+    nested: [Option<(Did, Did)>; NESTED_IDS],
 }
 
 /// Nest parents one unit tracks at once.
@@ -295,13 +295,13 @@ impl NestParents {
     pub const fn new() -> Self {
         Self {
             inner: spin::Mutex::new(Nests {
-                pins: [(DomainId::new(0), 0); NEST_PARENTS],
+                pins: [(Did::new(0), 0); NEST_PARENTS],
                 nested: [None; NESTED_IDS],
             }),
         }
     }
 
-    fn pin(&self, parent: DomainId) -> Result<(), UnitError> {
+    fn pin(&self, parent: Did) -> Result<(), UnitError> {
         let mut inner = self.inner.lock();
         if let Some(p) = inner.pins.iter_mut().find(|p| p.1 > 0 && p.0 == parent) {
             p.1 = p.1.checked_add(1).ok_or(UnitError::OutOfIds)?;
@@ -316,7 +316,7 @@ impl NestParents {
         Ok(())
     }
 
-    fn unpin(&self, parent: DomainId) {
+    fn unpin(&self, parent: Did) {
         if let Some(p) = self
             .inner
             .lock()
@@ -329,7 +329,7 @@ impl NestParents {
     }
 
     /// Whether a vIOMMU uses `parent`: `destroy_domain` must refuse it with `Busy`.
-    pub fn is_pinned(&self, parent: DomainId) -> bool {
+    pub fn is_pinned(&self, parent: Did) -> bool {
         self.inner
             .lock()
             .pins
@@ -338,7 +338,7 @@ impl NestParents {
     }
 
     /// Records `nested` as built on `parent`, before any device can be attached to it.
-    fn add_nested(&self, parent: DomainId, nested: DomainId) -> Result<(), UnitError> {
+    fn add_nested(&self, parent: Did, nested: Did) -> Result<(), UnitError> {
         let mut inner = self.inner.lock();
         let free = inner
             .nested
@@ -350,7 +350,7 @@ impl NestParents {
     }
 
     /// Forgets `nested` (no entry points at it any more and its caches were invalidated).
-    fn remove_nested(&self, nested: DomainId) {
+    fn remove_nested(&self, nested: Did) {
         let mut inner = self.inner.lock();
         for slot in inner.nested.iter_mut() {
             if slot.is_some_and(|(_, n)| n == nested) {
@@ -361,9 +361,9 @@ impl NestParents {
 
     /// The nested domain ids built on `parent` now (a copy: the flush issues its
     /// invalidations without the lock), and how many there are.
-    pub fn nested_of(&self, parent: DomainId) -> ([DomainId; NESTED_IDS], usize) {
+    pub fn nested_of(&self, parent: Did) -> ([Did; NESTED_IDS], usize) {
         let inner = self.inner.lock();
-        let mut out = [DomainId::new(0); NESTED_IDS];
+        let mut out = [Did::new(0); NESTED_IDS];
         let mut len = 0;
         for (p, n) in inner.nested.iter().flatten() {
             if *p == parent {
@@ -553,7 +553,7 @@ fn new_nested_first_stage<H: Hal + Clone>(
 /// domain is handed back.
 pub(crate) fn destroy_nested<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
-    id: DomainId,
+    id: Did,
     table: NestedTable,
 ) -> Result<(), (NestedTable, UnitError)> {
     let bindings = &table.shared.get().bindings;
@@ -589,7 +589,7 @@ struct Names<'a> {
 }
 
 impl GuestNames for Names<'_> {
-    fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+    fn host_domain(&self, guest: Did) -> Option<Did> {
         self.viommu.host_domain(guest)
     }
 

@@ -29,14 +29,14 @@ fn context_cache_descriptors() {
     // Domain 0x1234: 1 | 2 << 4 | 0x1234 << 16 = 0x1234_0021.
     assert_eq!(
         enc(Descriptor::ContextCache(ContextCacheScope::Domain(
-            DomainId::new(0x1234)
+            Did::new(0x1234)
         ))),
         [0x1234_0021, 0]
     );
     // Device: DID 5 (0x5_0000), SID 00:03.0 = 0x18 in 47:32, FM 3 in 49:48, G 3 (0x30):
     // 0x0003_0018_0005_0031.
     let dev = ContextCacheScope::Device {
-        domain: DomainId::new(5),
+        domain: Did::new(5),
         source: sid(0x18),
         mask: FunctionMask::AllFunctions,
     };
@@ -63,7 +63,7 @@ fn iotlb_descriptors() {
     // Domain 7, no drain: 2 | 0x20 | 7 << 16 = 0x7_0022.
     assert_eq!(
         enc(Descriptor::Iotlb {
-            scope: IotlbScope::Domain(DomainId::new(7)),
+            scope: IotlbScope::Domain(Did::new(7)),
             drain: Drain::default(),
         }),
         [0x7_0022, 0]
@@ -73,7 +73,7 @@ fn iotlb_descriptors() {
     let block = PageBlock::new(iova(0x1_2340_0000), 4).unwrap();
     let d = Descriptor::Iotlb {
         scope: IotlbScope::Pages {
-            domain: DomainId::new(7),
+            domain: Did::new(7),
             block,
             leaf_only: true,
         },
@@ -182,7 +182,7 @@ fn device_tlb_descriptors() {
 
 #[test]
 fn pasid_granular_descriptors() {
-    let dom = DomainId::new(2);
+    let dom = Did::new(2);
     let p = Pasid::new(0x55).unwrap();
     // PASID-cache, type 7: domain-selective G 0: 7 | 2 << 16 = 0x2_0007.
     assert_eq!(
@@ -204,7 +204,7 @@ fn pasid_granular_descriptors() {
     );
 
     // PASID-based IOTLB, type 6, DID 3, PASID 0x10: G 2 → 6 | 0x20 | 0x3_0000 | 0x10 << 32.
-    let d3 = DomainId::new(3);
+    let d3 = Did::new(3);
     let p10 = Pasid::new(0x10).unwrap();
     assert_eq!(
         enc(Descriptor::PasidIotlb(PasidIotlbScope::Pasid {
@@ -278,7 +278,7 @@ fn decode_inverts_encode_for_every_type() {
     let target = AtsTarget::new(sid(0x0100), None, 3).unwrap();
     let vf = AtsTarget::new(sid(0x0100), Some(sid(0x0108)), 4).unwrap();
     let p = Pasid::new(0x55).unwrap();
-    let dom = DomainId::new(0x1234);
+    let dom = Did::new(0x1234);
     let block = PageBlock::new(iova(0x40_0000), 9).unwrap();
     let all = [
         Descriptor::ContextCache(ContextCacheScope::Global),

@@ -30,7 +30,7 @@ fn a_guest_first_stage_entry_is_accepted_with_its_fields() {
     assert_eq!(
         validate_guest_pasid_entry(&GOOD, &limits()),
         Ok(GuestConfig::FirstStage(GuestFirstStage {
-            guest_domain: DomainId::new(0x42),
+            guest_domain: Did::new(0x42),
             root: PhysAddr::new(0x1234_5000),
             paging: FirstStagePaging::FourLevel,
             supervisor_requests: false,
@@ -57,7 +57,7 @@ fn a_guest_first_stage_entry_is_accepted_with_its_fields() {
     assert_eq!(
         validate_guest_pasid_entry(&[0x109, 0x7, 0, 0, 0, 0, 0, 0], &limits()),
         Ok(GuestConfig::ParentOnly {
-            guest_domain: DomainId::new(7)
+            guest_domain: Did::new(7)
         })
     );
 }
@@ -159,8 +159,8 @@ fn guest_entry_refusals_name_the_field() {
 struct Names;
 
 impl GuestNames for Names {
-    fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
-        (guest.raw() == 0x42).then_some(DomainId::new(0x107))
+    fn host_domain(&self, guest: Did) -> Option<Did> {
+        (guest.raw() == 0x42).then_some(Did::new(0x107))
     }
 
     fn device(&self, guest: SourceId) -> Option<SourceId> {

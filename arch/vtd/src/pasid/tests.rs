@@ -61,16 +61,16 @@ fn directory_entry_encoding() {
 fn second_stage_entry() {
     // w0: P(1) | AW 2 << 2 (8) | PGTT 010 << 6 (0x80) | SLPTPTR 0x1_2345_6000
     //   = 0x1_2345_6089. w1: DID 5. Rest 0.
-    let e = SecondStage::new(DomainId::new(5), Agaw::Level4, pa(0x1_2345_6000))
+    let e = SecondStage::new(Did::new(5), Agaw::Level4, pa(0x1_2345_6000))
         .build(CAP, ECAP_QEMU_SM)
         .unwrap();
     assert_eq!(e.encode(), [0x1_2345_6089, 5, 0, 0, 0, 0, 0, 0]);
     assert_eq!(e.pgtt(), Some(Pgtt::SecondStage));
-    assert_eq!(e.domain_id(), DomainId::new(5));
+    assert_eq!(e.domain_id(), Did::new(5));
     assert_eq!(e.second_stage_root(), pa(0x1_2345_6000));
 
     // SLEE bit 5, SLADE bit 9, PGSNP bit 88 (w1 bit 24), PWSNP bit 87 (w1 bit 23), FPD bit 1.
-    let mut s = SecondStage::new(DomainId::new(5), Agaw::Level3, pa(0x2000));
+    let mut s = SecondStage::new(Did::new(5), Agaw::Level3, pa(0x2000));
     s.access_dirty = true;
     s.execute = true;
     s.page_snoop = true;
@@ -96,7 +96,7 @@ fn first_stage_entry() {
     //   = 1 + 8 + 0x40 = 0x49; SLPTPTR 0.
     // w1: DID 9 | PWSNP (bit 23) | PGSNP (bit 24) = 0x180_0009.
     // w2: SRE (bit 0) | FLPM 0 | WPE (bit 4) | FLPTPTR 0x7000 = 0x7011.
-    let mut f = FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FourLevel);
+    let mut f = FirstStage::new(Did::new(9), pa(0x7000), FirstStagePaging::FourLevel);
     f.supervisor_requests = true;
     f.write_protect = true;
     f.page_snoop = true;
@@ -106,7 +106,7 @@ fn first_stage_entry() {
     assert_eq!(e.first_stage_root(), pa(0x7000));
 
     // 5-level: FLPM 01 in bits 3:2 (0x4), AW 3 (0xc in w0).
-    let five = FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FiveLevel);
+    let five = FirstStage::new(Did::new(9), pa(0x7000), FirstStagePaging::FiveLevel);
     let e = five.build(CAP, ECAP_ALL).unwrap();
     assert_eq!(e.encode()[..3], [0x4d, 9, 0x7004]);
     assert_eq!(
@@ -117,7 +117,7 @@ fn first_stage_entry() {
     );
     // QEMU without x-flts has no first stage.
     assert_eq!(
-        FirstStage::new(DomainId::new(9), pa(0x7000), FirstStagePaging::FourLevel)
+        FirstStage::new(Did::new(9), pa(0x7000), FirstStagePaging::FourLevel)
             .build(CAP, ECAP_QEMU_SM),
         Err(EntryError::Unsupported {
             feature: "ECAP.FLTS"
@@ -136,7 +136,7 @@ fn first_stage_entry() {
 fn first_stage_memory_type() {
     // CD bit 25, EMTE bit 26, EMT 6 in 29:27 (0x3000_0000), PWT bit 30, PCD bit 31,
     // PAT 0x0007_0406 in 63:32. w1 = 0x0007_0406_0000_0000 | 0x7600_0000 | DID 1.
-    let mut f = FirstStage::new(DomainId::new(1), pa(0x3000), FirstStagePaging::FourLevel);
+    let mut f = FirstStage::new(Did::new(1), pa(0x3000), FirstStagePaging::FourLevel);
     f.memory_type = Some(MemoryType {
         cache_disable: true,
         extended: Some(6),
@@ -157,23 +157,22 @@ fn first_stage_memory_type() {
 #[test]
 fn pass_through_entry() {
     // w0: P | AW 2 << 2 | PGTT 100 << 6 (0x100) = 0x109; w1: DID 1.
-    let e = PassThrough::new(DomainId::new(1), Agaw::Level4)
+    let e = PassThrough::new(Did::new(1), Agaw::Level4)
         .build(CAP, ECAP_QEMU_SM)
         .unwrap();
     assert_eq!(e.encode(), [0x109, 1, 0, 0, 0, 0, 0, 0]);
     assert_eq!(e.pgtt(), Some(Pgtt::PassThrough));
     assert_eq!(
-        PassThrough::new(DomainId::new(1), Agaw::Level5).build(CAP, ECAP_QEMU_SM),
+        PassThrough::new(Did::new(1), Agaw::Level5).build(CAP, ECAP_QEMU_SM),
         Err(EntryError::AddressWidthUnsupported { agaw: Agaw::Level5 })
     );
     assert_eq!(
-        PassThrough::new(DomainId::new(1), Agaw::Level4).build(CAP, ExtendedCapability(1 << 43)),
+        PassThrough::new(Did::new(1), Agaw::Level4).build(CAP, ExtendedCapability(1 << 43)),
         Err(EntryError::Unsupported { feature: "ECAP.PT" })
     );
     // Caching mode reserves domain id 0.
     assert_eq!(
-        PassThrough::new(DomainId::new(0), Agaw::Level4)
-            .build(Capability(CAP.0 | 1 << 7), ECAP_QEMU_SM),
+        PassThrough::new(Did::new(0), Agaw::Level4).build(Capability(CAP.0 | 1 << 7), ECAP_QEMU_SM),
         Err(EntryError::DomainIdZeroInCachingMode)
     );
 }
@@ -183,7 +182,7 @@ fn nested_entry() {
     // w0: P | AW 2 << 2 | PGTT 011 << 6 (0xc0) | SLADE (0x200) | SLPTPTR 0xb000 = 0xb2c9.
     // w1: DID 3. w2: FLPTPTR 0xa000, FLPM 0.
     let mut n = Nested::new(
-        DomainId::new(3),
+        Did::new(3),
         pa(0xa000),
         FirstStagePaging::FourLevel,
         Agaw::Level4,
@@ -215,7 +214,7 @@ fn fields_decode_what_the_builders_encode() {
     // The nested entry of `nested_entry` with EAFE (bit 135 = quadword 2 bit 7), SRE and
     // WPE: w2 = 0xa000 | 0x80 | 0x10 | 0x1 = 0xa091.
     let mut n = Nested::new(
-        DomainId::new(3),
+        Did::new(3),
         pa(0xa000),
         FirstStagePaging::FiveLevel,
         Agaw::Level4,
@@ -236,7 +235,7 @@ fn fields_decode_what_the_builders_encode() {
     let f = e.fields();
     assert!(f.present && !f.fault_processing_disabled);
     assert_eq!(f.pgtt, Ok(Pgtt::Nested));
-    assert_eq!((f.aw, f.domain), (2, DomainId::new(3)));
+    assert_eq!((f.aw, f.domain), (2, Did::new(3)));
     assert_eq!(f.second_stage_root, pa(0xb000));
     assert_eq!(f.first_stage_root, pa(0xa000));
     assert_eq!(
@@ -253,7 +252,7 @@ fn fields_decode_what_the_builders_encode() {
         cache_disable_root: false,
         pat: 0x0007_0406,
     };
-    let mut fs = FirstStage::new(DomainId::new(1), pa(0x3000), FirstStagePaging::FourLevel);
+    let mut fs = FirstStage::new(Did::new(1), pa(0x3000), FirstStagePaging::FourLevel);
     fs.memory_type = Some(mt);
     assert_eq!(
         fs.build(CAP, ECAP_ALL).unwrap().fields().memory_type,

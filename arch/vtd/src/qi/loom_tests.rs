@@ -11,13 +11,13 @@ use loom::sync::Arc;
 use super::sim::*;
 use super::*;
 use crate::descriptor::{Drain, IotlbScope};
-use crate::root_table::DomainId;
+use crate::root_table::Did;
 
 const WIDTH: DescriptorWidth = DescriptorWidth::Bits128;
 
 fn iotlb(domain: u16) -> Descriptor {
     Descriptor::Iotlb {
-        scope: IotlbScope::Domain(DomainId::new(domain)),
+        scope: IotlbScope::Domain(Did::new(domain)),
         drain: Drain::default(),
     }
 }

@@ -8,7 +8,7 @@ use std::vec::Vec;
 use super::sim::*;
 use super::*;
 use crate::descriptor::{Drain, IotlbScope, PageBlock, PasidCacheScope};
-use crate::root_table::DomainId;
+use crate::root_table::Did;
 use iommu::addr::Iova;
 
 /// A descriptor that names (producer, sequence number) uniquely: page-selective IOTLB
@@ -16,7 +16,7 @@ use iommu::addr::Iova;
 fn tagged(producer: u16, seq: u64) -> Descriptor {
     Descriptor::Iotlb {
         scope: IotlbScope::Pages {
-            domain: DomainId::new(producer),
+            domain: Did::new(producer),
             block: PageBlock::page(Iova::new(seq << 12)),
             leaf_only: false,
         },

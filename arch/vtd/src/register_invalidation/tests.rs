@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::descriptor::{FunctionMask, PageBlock};
-use crate::root_table::{DomainId, SourceId};
+use crate::root_table::{Did, SourceId};
 use core::cell::UnsafeCell;
 use iommu::addr::Iova;
 
@@ -34,7 +34,7 @@ impl FakeRegisters {
 fn context_command_encoding() {
     let fake = FakeRegisters::new();
     let scope = ContextCacheScope::Device {
-        domain: DomainId::new(5),
+        domain: Did::new(5),
         source: SourceId::from_raw(0x18),
         mask: FunctionMask::AllFunctions,
     };
@@ -48,7 +48,7 @@ fn context_command_encoding() {
 fn iotlb_command_encoding() {
     let fake = FakeRegisters::new();
     let scope = IotlbScope::Pages {
-        domain: DomainId::new(7),
+        domain: Did::new(7),
         block: PageBlock::new(Iova::new(0x1_2340_0000), 4).unwrap(),
         leaf_only: true,
     };

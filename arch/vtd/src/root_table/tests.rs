@@ -75,11 +75,11 @@ fn scalable_root_entry_encoding() {
 fn legacy_context_entry_second_stage() {
     // lo: P = 1, FPD = 0, TT = 00, SLPTPTR = 0xabc_d000 → 0xabc_d001.
     // hi: AW = 2 (4-level, 48-bit), DID 0x2a in bits 23:8 → 0x2a << 8 | 2 = 0x2a02.
-    let e = ContextEntry::second_stage(DomainId::new(0x2a), Agaw::Level4, pa(0xabc_d000)).unwrap();
+    let e = ContextEntry::second_stage(Did::new(0x2a), Agaw::Level4, pa(0xabc_d000)).unwrap();
     assert_eq!(e.encode(), [0xabc_d001, 0x2a02]);
     assert!(e.is_present());
     assert_eq!(e.translation_type(), Some(TranslationType::Untranslated));
-    assert_eq!(e.domain_id(), DomainId::new(0x2a));
+    assert_eq!(e.domain_id(), Did::new(0x2a));
     assert_eq!(e.second_stage_root(), pa(0xabc_d000));
     assert_eq!(e.address_width(), 2);
     assert_eq!(e.check_against(CAP_QEMU, ECAP_PT_SM), Ok(()));
@@ -88,7 +88,7 @@ fn legacy_context_entry_second_stage() {
 #[test]
 fn legacy_context_entry_device_tlb_and_fpd() {
     // TT = 01 → bit 2; FPD → bit 1; P → bit 0: 0x7 | root. hi: AW 1 (3-level), DID 0xffff.
-    let e = ContextEntry::device_tlb(DomainId::new(0xffff), Agaw::Level3, pa(0x4000))
+    let e = ContextEntry::device_tlb(Did::new(0xffff), Agaw::Level3, pa(0x4000))
         .unwrap()
         .with_fault_processing_disabled();
     assert_eq!(e.encode(), [0x4007, 0xff_ff01]);
@@ -103,7 +103,7 @@ fn legacy_context_entry_device_tlb_and_fpd() {
 #[test]
 fn legacy_context_entry_pass_through() {
     // TT = 10 → 0b1000 | P = 0x9, no table pointer. hi: AW 2, DID 7 → 0x702.
-    let e = ContextEntry::pass_through(DomainId::new(7), Agaw::Level4);
+    let e = ContextEntry::pass_through(Did::new(7), Agaw::Level4);
     assert_eq!(e.encode(), [0x9, 0x702]);
     assert_eq!(e.translation_type(), Some(TranslationType::PassThrough));
     assert_eq!(e.check_against(CAP_QEMU, ECAP_PT_SM), Ok(()));
@@ -112,7 +112,7 @@ fn legacy_context_entry_pass_through() {
         Err(EntryError::Unsupported { feature: "ECAP.PT" })
     );
     // 5-level is not in QEMU's SAGAW.
-    let deep = ContextEntry::pass_through(DomainId::new(7), Agaw::Level5);
+    let deep = ContextEntry::pass_through(Did::new(7), Agaw::Level5);
     assert_eq!(
         deep.check_against(CAP_QEMU, ECAP_PT_SM),
         Err(EntryError::AddressWidthUnsupported { agaw: Agaw::Level5 })
@@ -125,9 +125,9 @@ fn legacy_context_entry_pass_through() {
 fn domain_ids_against_the_unit() {
     // ND = 0: 16 domain ids.
     let small = Capability(0);
-    assert_eq!(DomainId::for_unit(15, small), Ok(DomainId::new(15)));
+    assert_eq!(Did::for_unit(15, small), Ok(Did::new(15)));
     assert_eq!(
-        DomainId::for_unit(16, small),
+        Did::for_unit(16, small),
         Err(EntryError::DomainIdOutOfRange {
             id: 16,
             supported: 16
@@ -136,10 +136,10 @@ fn domain_ids_against_the_unit() {
     // CM = bit 7: domain id 0 reserved.
     let cm = Capability(6 | 1 << 7);
     assert_eq!(
-        DomainId::for_unit(0, cm),
+        Did::for_unit(0, cm),
         Err(EntryError::DomainIdZeroInCachingMode)
     );
-    assert_eq!(DomainId::for_unit(0, CAP_QEMU), Ok(DomainId::new(0)));
+    assert_eq!(Did::for_unit(0, CAP_QEMU), Ok(Did::new(0)));
 }
 
 #[test]

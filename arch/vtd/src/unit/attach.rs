@@ -14,7 +14,7 @@ use crate::pasid::{
     PassThrough, SecondStage,
 };
 use crate::root_table::{
-    scalable_context_slot, ContextEntry, ContextHalf, DomainId, RootEntry, ScalableContext,
+    scalable_context_slot, ContextEntry, ContextHalf, Did, RootEntry, ScalableContext,
     ScalableContextEntry, ScalableRootEntry, SourceId,
 };
 
@@ -129,7 +129,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         // Not-present → present: needed in caching mode (cached not-present entries are tagged
         // with domain 0), harmless otherwise.
         self.invalidate(&[Descriptor::ContextCache(ContextCacheScope::Device {
-            domain: DomainId::new(0),
+            domain: Did::new(0),
             source: sid,
             mask: FunctionMask::None,
         })])?;
@@ -195,7 +195,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
             // tagged with domain 0.
             self.invalidate(&[
                 Descriptor::ContextCache(ContextCacheScope::Device {
-                    domain: DomainId::new(0),
+                    domain: Did::new(0),
                     source: sid,
                     mask: FunctionMask::None,
                 }),
@@ -352,7 +352,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
 }
 
 /// A device-selective context-cache invalidation of `source`.
-pub(super) fn device_context(domain: DomainId, source: SourceId) -> Descriptor {
+pub(super) fn device_context(domain: Did, source: SourceId) -> Descriptor {
     Descriptor::ContextCache(ContextCacheScope::Device {
         domain,
         source,

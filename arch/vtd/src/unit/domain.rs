@@ -12,13 +12,13 @@ use super::{Batch, Mode, VtdUnit};
 use crate::caps::Agaw;
 use crate::descriptor::{Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope};
 use crate::pasid::{FirstStagePaging, Pasid};
-use crate::root_table::DomainId;
+use crate::root_table::Did;
 
 /// A domain: its tag on this unit and its table (one of the unit's paging formats, or a CPU
 /// table the embedder owns). Give it back with [`TranslationUnit::destroy_domain`]; a domain
 /// merely dropped keeps its id and table frames for the unit's life.
 pub struct VtdDomain<H: Hal> {
-    pub(crate) id: DomainId,
+    pub(crate) id: Did,
     pub(crate) table: DomainTable<H>,
 }
 
@@ -44,12 +44,12 @@ impl<H: Hal> DomainTable<H> {
 }
 
 impl<H: Hal> VtdDomain<H> {
-    pub(crate) fn from_parts(id: DomainId, table: DomainTable<H>) -> Self {
+    pub(crate) fn from_parts(id: Did, table: DomainTable<H>) -> Self {
         Self { id, table }
     }
 
     /// The domain id the unit's caches tag this domain's translations with.
-    pub fn id(&self) -> DomainId {
+    pub fn id(&self) -> Did {
         self.id
     }
 
@@ -112,7 +112,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         self.ids.users(&self.hal, domain.id)
     }
 
-    pub(crate) fn allocate_domain_id(&self) -> Result<DomainId, UnitError> {
+    pub(crate) fn allocate_domain_id(&self) -> Result<Did, UnitError> {
         let _guard = self.tables.lock();
         self.ids.allocate(&self.hal)
     }

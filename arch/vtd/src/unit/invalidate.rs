@@ -18,7 +18,7 @@ use crate::descriptor::{
 use crate::pasid::Pasid;
 use crate::qi::{InvalidationQueue, QiError, QiMmio};
 use crate::register_invalidation::{invalidate_context_cache, invalidate_iotlb};
-use crate::root_table::DomainId;
+use crate::root_table::Did;
 
 /// Past this many page-selective IOTLB descriptors, one domain-selective one is used.
 pub const FLUSH_THRESHOLD: usize = 16;
@@ -146,7 +146,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     ///
     /// The ids are read under the nest-parents lock after the parent's table changed; why one
     /// added meanwhile needs nothing is at [`crate::viommu::NestParents`].
-    fn flush_nested(&self, parent: DomainId, plan: &FlushPlan<'_>) -> Result<(), UnitError> {
+    fn flush_nested(&self, parent: Did, plan: &FlushPlan<'_>) -> Result<(), UnitError> {
         let (ids, len) = self.nest_parents.nested_of(parent);
         let mut batch = Batch::new();
         for &id in ids.iter().take(len) {
@@ -373,7 +373,7 @@ impl<'a> FlushPlan<'a> {
     /// entries in scalable mode).
     pub fn iotlb_descriptors(
         &self,
-        domain: DomainId,
+        domain: Did,
         drain: Drain,
         leaf_only: bool,
     ) -> impl ExactSizeIterator<Item = Descriptor> + Clone + 'a {
@@ -399,7 +399,7 @@ impl<'a> FlushPlan<'a> {
     /// The plan as PASID-based IOTLB descriptors (first-stage and nested PASID entries).
     pub fn pasid_iotlb_descriptors(
         &self,
-        domain: DomainId,
+        domain: Did,
         pasid: Pasid,
         leaf_only: bool,
     ) -> impl ExactSizeIterator<Item = Descriptor> + Clone + 'a {

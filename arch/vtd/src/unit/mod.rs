@@ -57,7 +57,7 @@ use crate::descriptor::{ContextCacheScope, Descriptor, IotlbScope, PasidCacheSco
 use crate::qi::{InvalidationQueue, QiMmio, QueueConfig, QueueMemory, QueueSize};
 use crate::registers::{Readable, Writeable, GCMD, GSTS, RTADDR};
 use crate::registers::{UnitInfo, UnitRegisters};
-use crate::root_table::{DomainId, EntryError};
+use crate::root_table::{Did, EntryError};
 use domain_ids::DomainIds;
 
 /// Which table format the root table uses (RTADDR.TTM).
@@ -96,7 +96,7 @@ pub struct VtdUnit<'u, H: Hal + Clone> {
     /// RMRR regions of the devices this unit serves; taken under `tables` when both are held.
     pub(crate) rmrrs: spin::Mutex<Rmrrs>,
     /// The id pass-through entries are tagged with, taken at bring-up.
-    pub(crate) identity_id: DomainId,
+    pub(crate) identity_id: Did,
     /// Invalidation descriptors issued through registers (no queue), for statistics.
     pub(crate) register_invalidations: AtomicU64,
     /// Faults read from the hardware and not yet handed to a drain; one reader at a time, so

@@ -3,8 +3,8 @@
 use super::*;
 use crate::pasid::{FirstStagePaging, Pgtt};
 
-fn did(d: u16) -> DomainId {
-    DomainId::new(d)
+fn did(d: u16) -> Did {
+    Did::new(d)
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn a_guest_first_stage_nests_over_the_parent() {
 struct Names;
 
 impl GuestNames for Names {
-    fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+    fn host_domain(&self, guest: Did) -> Option<Did> {
         (guest.raw() == 0x42).then_some(did(0x107))
     }
 

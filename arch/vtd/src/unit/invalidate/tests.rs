@@ -112,7 +112,7 @@ fn plan_descriptors_and_counts() {
         IovaRange::new(iova(0x7000), 0x800),
     ];
     let plan = plan_flush(&r, limits(18, 8));
-    let dom = DomainId::new(4);
+    let dom = Did::new(4);
     let descs: Vec<_> = plan
         .iotlb_descriptors(dom, Drain::default(), false)
         .collect();
