@@ -16,7 +16,7 @@ use crate::registers::{IotlbRegisters, RegisterBlock, CCMD, IOTLB, IVA};
 /// The granularity the unit actually used (CCMD.CAIG, IOTLB.IAIG): it may invalidate more than
 /// asked, never less.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Granularity {
+pub(crate) enum Granularity {
     Global,
     Domain,
     /// Device-selective (context cache) or page-selective (IOTLB).
@@ -62,7 +62,7 @@ impl fmt::Display for RegisterInvalidationError {
 impl core::error::Error for RegisterInvalidationError {}
 
 /// Invalidates the context cache through CCMD (11.4.7) and waits (bounded) for completion.
-pub fn invalidate_context_cache(
+pub(crate) fn invalidate_context_cache(
     regs: &RegisterBlock,
     scope: ContextCacheScope,
     poll_budget: u32,
@@ -90,7 +90,7 @@ pub fn invalidate_context_cache(
 }
 
 /// Invalidates the IOTLB through IVA and IOTLB_REG (11.4.8) and waits (bounded) for completion.
-pub fn invalidate_iotlb(
+pub(crate) fn invalidate_iotlb(
     regs: &IotlbRegisters,
     scope: IotlbScope,
     drain: Drain,
