@@ -84,7 +84,7 @@ pub struct RawFault {
 
 impl RawFault {
     fn field(&self, f: tock_registers::fields::Field<u64, FRCD_HI::Register>) -> u64 {
-        (self.hi >> f.shift) & f.mask
+        f.read(self.hi)
     }
 
     /// F: the register holds a fault.
@@ -99,7 +99,7 @@ impl RawFault {
 
     /// The faulting page address.
     pub fn address(&self) -> u64 {
-        self.lo & (FRCD_LO::FI.mask << FRCD_LO::FI.shift)
+        self.lo & FRCD_LO::FI::SET.mask()
     }
 
     /// T1 = 0 is a write (for requests other than page requests).

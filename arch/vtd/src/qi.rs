@@ -21,11 +21,11 @@ use crate::root_table::SourceId;
 use iommu::sync::{fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// FSTS bits the queue handles (11.4.9.1), all RW1C.
-const FSTS_IQE: u32 = FSTS::IQE.mask << FSTS::IQE.shift;
-const FSTS_ICE: u32 = FSTS::ICE.mask << FSTS::ICE.shift;
-const FSTS_ITE: u32 = FSTS::ITE.mask << FSTS::ITE.shift;
+const FSTS_IQE: u32 = FSTS::IQE::SET.value;
+const FSTS_ICE: u32 = FSTS::ICE::SET.value;
+const FSTS_ITE: u32 = FSTS::ITE::SET.value;
 /// IQH/IQT bits 18:4 hold the head/tail as a byte offset into the queue.
-const QUEUE_OFFSET_MASK: u64 = IQH::QH.mask << IQH::QH.shift;
+const QUEUE_OFFSET_MASK: u64 = IQH::QH::SET.mask();
 
 /// The width of every descriptor in a queue (IQA.DW).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +419,28 @@ impl<'h, H: iommu::hal::Hal> QueueFrames<'h, H> {
 
     /// The memory a queue needs, borrowed from these frames.
     pub fn memory(&self) -> QueueMemory<'_> {
+        // SAFETY: the frames stay allocated as long as `self`, which the result borrows.
+        unsafe { self.memory_for() }
+    }
+
+    /// The memory a queue needs, for a queue that keeps these frames for good (they are never
+    /// given back, like a unit's root table).
+    ///
+    /// # Safety
+    ///
+    /// The HAL must keep the frames allocated and reachable for `'m`: a HAL frees a frame only
+    /// when asked, so it is enough that the HAL itself outlives every use of the result.
+    pub unsafe fn into_memory<'m>(self) -> QueueMemory<'m> {
+        // SAFETY: per this function's contract; `self` is consumed without freeing the frames.
+        unsafe { self.memory_for() }
+    }
+
+    /// The memory of these frames for `'m`.
+    ///
+    /// # Safety
+    ///
+    /// The frames must stay allocated for `'m`.
+    unsafe fn memory_for<'m>(&self) -> QueueMemory<'m> {
         let n = self.entries;
         let ring = self.hal.phys_to_virt(self.ring).cast::<AtomicU64>();
         let book = self.hal.phys_to_virt(self.book);
@@ -432,7 +454,7 @@ impl<'h, H: iommu::hal::Hal> QueueFrames<'h, H> {
         // SAFETY: the HAL contract gives zeroed frames of the requested size, aligned to it,
         // used by nothing else until freed, reachable through `phys_to_virt` with 64-bit atomic
         // accesses; atomics have the size and alignment of the integers they wrap, all-zero is
-        // a valid value, and the frames live as long as `self`, which the slices borrow.
+        // a valid value, and the frames stay allocated for `'m` (this function's contract).
         let (descriptors, status, marks, ready) = unsafe {
             (
                 core::slice::from_raw_parts(ring.as_ptr(), n * self.width.words()),
@@ -779,10 +801,8 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         }
         let fsts = self.regs.read_fault_status();
         let record = self.regs.read_error_record();
-        let field =
-            |f: tock_registers::fields::Field<u64, IQERCD::Register>| (record >> f.shift) & f.mask;
         if fsts & FSTS_IQE != 0 {
-            let info = QueueErrorInfo::from_iqei(field(IQERCD::IQEI) as u8);
+            let info = QueueErrorInfo::from_iqei(IQERCD::IQEI.read(record) as u8);
             let head = self.head_position();
             if info.blames_head() {
                 let mark = self.mark_value(head, MARK_INVALID, u64::from(info.iqei()));
@@ -796,7 +816,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             self.regs.clear_fault_status(FSTS_IQE);
         }
         if fsts & FSTS_ITE != 0 {
-            let source = SourceId::from_raw(field(IQERCD::ITESID) as u16);
+            let source = SourceId::from_raw(IQERCD::ITESID.read(record) as u16);
             // Waits the unit fetched (positions before its head) but had not completed were
             // dropped; those whose status is written are not affected.
             let head = self.head_position();
@@ -811,7 +831,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             done.device_tlb_timeout = Some(source);
         }
         if fsts & FSTS_ICE != 0 {
-            done.completion_error = Some(SourceId::from_raw(field(IQERCD::ICESID) as u16));
+            done.completion_error = Some(SourceId::from_raw(IQERCD::ICESID.read(record) as u16));
             self.regs.clear_fault_status(FSTS_ICE);
         }
         self.recovering.store(false, Ordering::Release);

@@ -95,11 +95,11 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         // until a whole pass finds nothing, within a bound.
         for _ in 0..1024 {
             let fsts = block.fsts.get();
-            if fsts & (FSTS::PFO.mask << FSTS::PFO.shift) != 0 {
+            if FSTS::PFO.is_set(fsts) {
                 pending.overflow = true;
                 block.fsts.write(FSTS::PFO::SET);
             }
-            let first = ((fsts >> FSTS::FRI.shift) & FSTS::FRI.mask) as u16 % count;
+            let first = FSTS::FRI.read(fsts) as u16 % count;
             let mut found = false;
             for i in 0..count {
                 let Some(frcd) = self.regs.fault_recording((first + i) % count) else {

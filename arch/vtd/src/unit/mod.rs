@@ -54,11 +54,14 @@ use iommu::unit::{
 
 use crate::caps::Agaw;
 use crate::descriptor::{ContextCacheScope, Descriptor, IotlbScope, PasidCacheScope};
-use crate::qi::{InvalidationQueue, QiMmio, QueueConfig, QueueMemory, QueueSize};
+#[cfg(not(loom))]
+use crate::qi::QueueFrames;
+use crate::qi::{DescriptorWidth, InvalidationQueue, QiMmio, QueueConfig, QueueMemory, QueueSize};
 use crate::registers::{Readable, Writeable, GCMD, GSTS, RTADDR};
 use crate::registers::{UnitInfo, UnitRegisters};
 use crate::root_table::{Did, EntryError};
 use domain_ids::DomainIds;
+use tock_registers::fields::FieldValue;
 
 /// Which table format the root table uses (RTADDR.TTM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +73,8 @@ pub enum Mode {
 }
 
 /// The GSTS bits that are states (not one-shot commands): what a GCMD write must repeat.
-const PERSISTENT: u32 = (GSTS::TES.mask << GSTS::TES.shift)
-    | (GSTS::QIES.mask << GSTS::QIES.shift)
-    | (GSTS::IRES.mask << GSTS::IRES.shift)
-    | (GSTS::CFIS.mask << GSTS::CFIS.shift);
+const PERSISTENT: u32 =
+    GSTS::TES::SET.value | GSTS::QIES::SET.value | GSTS::IRES::SET.value | GSTS::CFIS::SET.value;
 
 /// A brought-up remapping unit.
 pub struct VtdUnit<'u, H: Hal + Clone> {
@@ -121,22 +122,23 @@ unsafe impl<H: Hal + Clone + Send> Send for VtdUnit<'_, H> {}
 pub type BringupError = UnitError;
 
 impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
-    /// The descriptor width the queue memory given to [`VtdUnit::new`] must be laid out for.
-    pub fn queue_width(info: UnitInfo) -> crate::qi::DescriptorWidth {
-        crate::qi::DescriptorWidth::for_unit(info.ecap)
+    /// The descriptor width of the queue [`VtdUnit::new`] allocates for a unit reporting `info`.
+    pub fn queue_width(info: UnitInfo) -> DescriptorWidth {
+        DescriptorWidth::for_unit(info.ecap)
     }
 
     /// Takes the unit over and turns translation on with every device blocked.
     ///
-    /// `queue` is the memory of a one-page invalidation queue laid out for
-    /// [`queue_width`](Self::queue_width) (ignored when ECAP.QI is clear); `output_width` is the
-    /// DMAR host address width + 1.
+    /// A unit with queued invalidation (ECAP.QI) gets its queue of `queue_size` (2^QS pages of
+    /// descriptors as wide as [`queue_width`](Self::queue_width)) from `hal`, kept for the
+    /// unit's life like its root table; without one, invalidations go through the registers.
+    /// `output_width` is the DMAR host address width + 1.
     pub fn new(
         regs: &'u UnitRegisters,
         hal: H,
         mode: Mode,
         output_width: u32,
-        queue: Option<QueueMemory<'u>>,
+        queue_size: QueueSize,
     ) -> Result<Self, BringupError> {
         let info = regs.info();
         let (cap, ecap) = (info.cap, info.ecap);
@@ -158,22 +160,10 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         // Firmware may have left translation or the queue on: turn them off before the root
         // table and queue registers change under a running unit.
         if block.gsts.is_set(GSTS::TES) {
-            Self::command(
-                regs,
-                GCMD::TE.mask << GCMD::TE.shift,
-                false,
-                GSTS::TES,
-                "GSTS.TES clear",
-            )?;
+            Self::command(regs, GCMD::TE::SET, false, GSTS::TES, "GSTS.TES clear")?;
         }
         if block.gsts.is_set(GSTS::QIES) {
-            Self::command(
-                regs,
-                GCMD::QIE.mask << GCMD::QIE.shift,
-                false,
-                GSTS::QIES,
-                "GSTS.QIES clear",
-            )?;
+            Self::command(regs, GCMD::QIE::SET, false, GSTS::QIES, "GSTS.QIES clear")?;
         }
 
         let root = hal
@@ -187,34 +177,19 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         block
             .rtaddr
             .write(ttm + RTADDR::RTA.val(root.as_u64() >> 12));
-        Self::command(
-            regs,
-            GCMD::SRTP.mask << GCMD::SRTP.shift,
-            true,
-            GSTS::RTPS,
-            "GSTS.RTPS",
-        )?;
+        Self::command(regs, GCMD::SRTP::SET, true, GSTS::RTPS, "GSTS.RTPS")?;
 
-        let qi = match (ecap.qi(), queue) {
-            (true, Some(memory)) => {
-                let config = QueueConfig::for_unit(ecap, QueueSize::ONE_PAGE);
-                let q = InvalidationQueue::new(QiMmio::new(block), memory, config)
-                    .map_err(|_| UnitError::Hardware(HardwareError::QueueMemory))?;
-                block.iqt.set(0);
-                block.iqa.set(q.iqa_value());
-                Self::command(
-                    regs,
-                    GCMD::QIE.mask << GCMD::QIE.shift,
-                    true,
-                    GSTS::QIES,
-                    "GSTS.QIES",
-                )?;
-                Some(q)
-            }
-            (true, None) if mode == Mode::Scalable => {
-                return Err(UnitError::Unsupported("scalable mode needs queue memory"))
-            }
-            _ => None,
+        let qi = if ecap.qi() {
+            let memory = queue_memory(&hal, queue_size, Self::queue_width(info))?;
+            let config = QueueConfig::for_unit(ecap, queue_size);
+            let q = InvalidationQueue::new(QiMmio::new(block), memory, config)
+                .map_err(|_| UnitError::Hardware(HardwareError::QueueMemory))?;
+            block.iqt.set(0);
+            block.iqa.set(q.iqa_value());
+            Self::command(regs, GCMD::QIE::SET, true, GSTS::QIES, "GSTS.QIES")?;
+            Some(q)
+        } else {
+            None
         };
 
         // Caching mode reserves domain id 0 (tags of cached not-present entries).
@@ -259,13 +234,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         unit.drain_faults(&mut |_| {})?;
         block.fectl.write(crate::registers::EVENT_CONTROL::IM::SET);
         unit.flush_write_buffer()?;
-        Self::command(
-            regs,
-            GCMD::TE.mask << GCMD::TE.shift,
-            true,
-            GSTS::TES,
-            "GSTS.TES",
-        )?;
+        Self::command(regs, GCMD::TE::SET, true, GSTS::TES, "GSTS.TES")?;
         Ok(unit)
     }
 
@@ -273,14 +242,18 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     /// written back with `bit` set or cleared, then GSTS must follow.
     fn command(
         regs: &UnitRegisters,
-        bit: u32,
+        bit: FieldValue<u32, GCMD::Register>,
         on: bool,
         status: tock_registers::fields::Field<u32, GSTS::Register>,
         waiting_for: &'static str,
     ) -> Result<(), UnitError> {
         let block = regs.block();
         let current = block.gsts.get() & PERSISTENT;
-        let value = if on { current | bit } else { current & !bit };
+        let value = if on {
+            current | bit.value
+        } else {
+            current & !bit.mask()
+        };
         block.gcmd.set(value);
         poll_until(waiting_for, DEFAULT_POLL_BUDGET, || {
             block.gsts.is_set(status) == on
@@ -295,9 +268,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         }
         let block = self.regs.block();
         let current = block.gsts.get() & PERSISTENT;
-        block
-            .gcmd
-            .set(current | (GCMD::WBF.mask << GCMD::WBF.shift));
+        block.gcmd.set(current | GCMD::WBF::SET.value);
         poll_until("GSTS.WBFS clear", DEFAULT_POLL_BUDGET, || {
             !block.gsts.is_set(GSTS::WBFS)
         })?;
@@ -471,6 +442,32 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
         self.drain_pending(sink)
     }
+}
+
+/// A queue's memory in frames from `hal`, never given back: the unit keeps its queue for its
+/// whole life.
+#[cfg(not(loom))]
+fn queue_memory<'u, H: Hal>(
+    hal: &H,
+    size: QueueSize,
+    width: DescriptorWidth,
+) -> Result<QueueMemory<'u>, UnitError> {
+    let frames = QueueFrames::allocate(hal, size, width).map_err(|_| UnitError::OutOfMemory)?;
+    // SAFETY: the frames are never freed, and the unit keeps `hal` (the HAL itself, or a
+    // handle that keeps it alive) for as long as the queue: the queue is the unit's own and is
+    // lent out only for a borrow of the unit.
+    Ok(unsafe { frames.into_memory() })
+}
+
+/// Under loom only the queue's protocol is modelled (`qi::loom_tests`, on simulated memory):
+/// no unit is brought up, and HAL frames cannot hold loom atomics.
+#[cfg(loom)]
+fn queue_memory<'u, H: Hal>(
+    _hal: &H,
+    _size: QueueSize,
+    _width: DescriptorWidth,
+) -> Result<QueueMemory<'u>, UnitError> {
+    Err(UnitError::OutOfMemory)
 }
 
 pub(super) fn clean<H: Hal>(hal: &H, coherency: Coherency, frame: PhysAddr, len: usize) {

@@ -18,15 +18,15 @@ fn a_unit_that_does_not_answer_gives_a_typed_timeout() {
     // SAFETY: `base` is a live, aligned 4 KiB page, freed below after the last use.
     let regs = unsafe { UnitRegisters::new(base, 4096) }.unwrap();
     let hal = HostHal::new();
-    let r = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, None);
+    let r = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE);
     assert_eq!(
         r.err(),
         Some(UnitError::Timeout(iommu::poll::Timeout {
             waiting_for: "GSTS.RTPS"
         }))
     );
-    // Scalable mode without a queue is refused before any register is touched.
-    let r = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, None);
+    // Scalable mode without ECAP.SMTS is refused before any register is touched.
+    let r = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE);
     assert!(matches!(r.err(), Some(UnitError::Unsupported(_))));
     // SAFETY: `base` came from `Box::leak` of a `Page` and is freed once.
     drop(unsafe { Box::from_raw(base.cast::<Page>().as_ptr()) });
