@@ -1,10 +1,9 @@
 //! Faults: collecting the primary fault records (classifying the ambiguous second-stage
 //! codes against the attached table), draining them, and the fault-event interrupt.
 
-use core::sync::atomic::Ordering;
-
-use iommu::addr::PhysAddr;
+use iommu::addr::Iova;
 use iommu::hal::Hal;
+use iommu::pagetable::{PageTable, VtdSecondStage};
 use iommu::unit::{Drained, FaultRecord, UnitError};
 
 use super::{Mode, VtdUnit};
@@ -140,7 +139,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
     /// The caller holds the `tables` lock, so the device cannot be detached meanwhile.
     fn classify(&self, source: u16, address: u64) -> Classify {
         let sid = SourceId::from_raw(source);
-        let (root, levels) = match self.mode {
+        let (root, aw) = match self.mode {
             Mode::Legacy => {
                 let Ok(Some(table)) = self.legacy_context_table(sid.bus(), false) else {
                     return Classify::Unknown;
@@ -149,7 +148,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
                 if !e.is_present() {
                     return Classify::Unknown;
                 }
-                (e.second_stage_root(), u32::from(e.address_width()) + 2)
+                (e.second_stage_root(), e.address_width())
             }
             Mode::Scalable => {
                 let Ok(Some(table)) = self.rid_pasid_table(sid, false) else {
@@ -160,25 +159,21 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
                 if e.pgtt() != Some(crate::pasid::Pgtt::SecondStage) {
                     return Classify::Unknown;
                 }
-                let aw = ((e.encode()[0] >> 2) & 7) as u32;
-                (e.second_stage_root(), aw + 2)
+                (e.second_stage_root(), e.fields().aw)
             }
         };
-        let mut table = root;
-        for level in (1..=levels).rev() {
-            let index = ((address >> (12 + 9 * (level - 1))) & 511) as usize;
-            // The table is the attached domain's, which outlives its attachment (trait
-            // contract), and the attach lock is held, so it cannot be detached meanwhile.
-            let entry = self.word(table, index).load(Ordering::Acquire);
-            if entry & 3 == 0 {
-                return Classify::Unmapped;
-            }
-            if level == 1 || entry & (1 << 7) != 0 {
-                return Classify::Mapped;
-            }
-            table = PhysAddr::new(entry & 0x000f_ffff_ffff_f000);
+        let Ok(format) = VtdSecondStage::for_aw(aw, self.output_width) else {
+            return Classify::Unknown;
+        };
+        // SAFETY: the table is the attached domain's, built by the engine with frames of this
+        // unit's HAL; the domain outlives its attachment (trait contract), and the attach lock
+        // is held, so it cannot be detached and destroyed meanwhile.
+        let walk = unsafe { PageTable::walk_root(format, &self.hal, root, Iova::new(address)) };
+        match walk {
+            Ok(w) if w.leaf().is_some() => Classify::Mapped,
+            Ok(_) => Classify::Unmapped,
+            Err(_) => Classify::Unknown,
         }
-        Classify::Unknown
     }
 
     /// [`TranslationUnit::drain_faults`]: what is recorded now and what was collected before.
