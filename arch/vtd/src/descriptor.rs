@@ -219,7 +219,7 @@ pub enum PasidIotlbScope {
 }
 
 /// The range of a device-TLB invalidation, encoded with the ATS size bit S: with S = 1 the
-/// lowest 0 bit of ADDR[63:12] tells the size (PCIe ATS, invalidate request).
+/// lowest 0 bit of `ADDR[63:12]` tells the size (PCIe ATS, invalidate request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceTlbRange {
     /// One 4 KiB page (S = 0).

@@ -1,4 +1,4 @@
-//! Guest data checked before the host uses it (issue 6, nesting on VT-d): the scalable-mode
+//! Guest data checked before the host uses it (nesting on VT-d): the scalable-mode
 //! PASID entry a guest wrote for one of its devices (9.6), from which a nested domain is built,
 //! and the invalidation descriptors a guest queued in its virtual IOMMU (6.5.2), translated to
 //! the host's domain ids and devices or refused by name.

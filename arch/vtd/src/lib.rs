@@ -8,13 +8,13 @@
 //! - [`registers`]: each unit's register set declared once (tock-registers), and
 //!   [`UnitRegisters`], the register page mapped from a DRHD base and bounds-checked.
 //! - [`caps`]: VER, CAP and ECAP decoded.
-//! - [`root_table`] (root and context entries, the domain id [`Did`](root_table::Did)) and
+//! - [`root_table`] (root and context entries, the domain id [`Did`]) and
 //!   [`pasid`] (PASID directory and PASID entries): the in-memory structures the unit walks.
 //! - [`descriptor`]: the invalidation descriptors; [`qi`]: the lock-free invalidation queue that
 //!   carries them; `register_invalidation` (internal): the CCMD / IOTLB registers for units
 //!   without a queue.
 //! - [`fault_record`]: the fault recording registers' contents decoded (reason codes).
-//! - [`unit`]: [`VtdUnit`], one unit brought up and driven: domains and their ids, attach,
+//! - [`unit`](mod@unit): [`VtdUnit`], one unit brought up and driven: domains and their ids, attach,
 //!   invalidation, faults, RMRRs, hardware info.
 //! - [`guest`] (a guest's PASID entries and descriptors checked and translated) and [`viommu`]
 //!   (nest parents, vIOMMUs, nested domains): the unit side of a virtual IOMMU.

@@ -7,7 +7,7 @@
 //! entry has a PASID Granular Translation Type (PGTT); one typed builder per PGTT
 //! ([`FirstStage`], [`SecondStage`], [`PassThrough`], [`Nested`]) holds only the fields that type
 //! uses, and its `build` checks them against the unit's CAP/ECAP before the one encoder
-//! ([`PasidEntry::encode_fields`]) lays out the bits.
+//! (`PasidEntry::encode_fields`) lays out the bits.
 
 use core::fmt;
 
@@ -589,7 +589,7 @@ fn check_common(
 }
 
 /// Every field of a PASID entry, filled by one PGTT builder and laid out by
-/// [`PasidEntry::encode_fields`].
+/// `PasidEntry::encode_fields`.
 struct Fields {
     pgtt: Pgtt,
     domain: Did,
@@ -686,7 +686,7 @@ impl PasidEntry {
 
 /// Every field of a PASID entry as read (9.6): the view used to check entries someone else
 /// wrote (a guest's, for nesting) before any of their values is used. The one place besides
-/// [`PasidEntry::encode_fields`] that knows the layout.
+/// `PasidEntry::encode_fields` that knows the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryFields {
     /// P, bit 0.

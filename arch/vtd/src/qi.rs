@@ -550,7 +550,7 @@ const MARK_INVALID: u64 = 1;
 ///
 /// - `reserved`: next free position. A producer claims `[r, r + k)` with a compare-exchange
 ///   only if `r + k ≤ head + N − 1`, where `head` is a lower bound of the unit's head (see
-///   [`head_position`](Self::head_position)); so a slot is rewritten only after the unit has
+///   `head_position`); so a slot is rewritten only after the unit has
 ///   consumed its previous use, and the ring never looks empty when full. The counter only
 ///   partitions slots, so it is `Relaxed`; what orders slot reuse after the unit's read is the
 ///   head register read, which no later write may pass (trait contract).

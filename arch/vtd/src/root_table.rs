@@ -314,7 +314,7 @@ impl ScalableRootEntry {
 
 /// Which scalable-mode context table and which entry in it serve `devfn` (9.2: the lower
 /// table covers devfn 0..=127, the upper one 128..=255, 128 entries of 32 bytes each).
-pub const fn scalable_context_slot(devfn: u8) -> (ContextHalf, usize) {
+pub(crate) const fn scalable_context_slot(devfn: u8) -> (ContextHalf, usize) {
     if devfn < 128 {
         (ContextHalf::Lower, devfn as usize)
     } else {

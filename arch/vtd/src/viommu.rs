@@ -1,7 +1,7 @@
-//! The unit's side of a vIOMMU (issue 6): what a hypervisor's virtual VT-d for one guest needs
+//! The unit's side of a vIOMMU: what a hypervisor's virtual VT-d for one guest needs
 //! from a real unit. [`VtdViommu`] holds the nest parent (the second-stage table translating
 //! the guest's physical addresses, its domain id and depth) and the guest's domain ids known
-//! from the nested domains built on it; [`forward_invalidations`] checks and translates a
+//! from the nested domains built on it; `forward_invalidations` checks and translates a
 //! guest's invalidation descriptors with [`crate::guest`] and issues them.
 //!
 //! Nested domains from a guest's PASID entry:
@@ -9,7 +9,7 @@
 //!   PASID entry on the parent's table, tagged with the parent's domain id so that the parent's
 //!   unmaps invalidate it;
 //! - guest first stage (PGTT 001) needs ECAP.NEST (with FLTS and SLTS; QEMU 10 has none): a
-//!   nested PASID entry ([`nested_entry`], PGTT 011, 3.8) with the guest's first-stage table
+//!   nested PASID entry (`nested_entry`, PGTT 011, 3.8) with the guest's first-stage table
 //!   over the parent's second stage, tagged with a host domain id of its own: one per (vIOMMU,
 //!   guest domain id), shared by the nested domains built with that guest id and given back
 //!   with the last of them. Its IOTLB entries cache combined (guest IOVA to host physical)
@@ -18,7 +18,7 @@
 //!
 //! Lifetimes: a vIOMMU pins its parent in the unit ([`NestParents`]), so a parent cannot be
 //! destroyed under it; its nested domains point at its state, which lives in a frame of its
-//! own, so [`destroy_viommu`] refuses while any exists.
+//! own, so `destroy_viommu` refuses while any exists.
 
 use core::ptr::NonNull;
 
@@ -39,7 +39,7 @@ use crate::pasid::{Nested, PasidEntry, SecondStage};
 use crate::root_table::{Did, EntryError, SourceId};
 use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 
-/// The nest parent as a vIOMMU and its nested domains see it (copied at [`new_viommu`]; the
+/// The nest parent as a vIOMMU and its nested domains see it (copied at `new_viommu`; the
 /// pin keeps the table alive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parent {
@@ -240,7 +240,7 @@ impl NestedTable {
 }
 
 /// The nested PASID entry (PGTT 011) for a guest's first stage over `parent`, tagged `host`.
-pub fn nested_entry(
+pub(crate) fn nested_entry(
     guest: &GuestFirstStage,
     parent: &Parent,
     host: Did,
@@ -384,7 +384,7 @@ impl Default for NestParents {
 }
 
 /// `TranslationUnit::new_viommu`: a scalable-mode unit and a second-stage parent.
-pub fn new_viommu<H: Hal + Clone>(
+pub(crate) fn new_viommu<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     parent: &VtdDomain<H>,
 ) -> Result<VtdViommu, UnitError> {
@@ -430,7 +430,7 @@ pub fn new_viommu<H: Hal + Clone>(
 }
 
 /// `TranslationUnit::destroy_viommu`: refused with `Busy` while nested domains exist.
-pub fn destroy_viommu<H: Hal + Clone>(
+pub(crate) fn destroy_viommu<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: VtdViommu,
 ) -> Result<(), (VtdViommu, UnitError)> {
@@ -446,7 +446,7 @@ pub fn destroy_viommu<H: Hal + Clone>(
 
 /// `TranslationUnit::new_nested`: the guest's entry is checked first (refusals name its
 /// field), then what the unit can do with it decides.
-pub fn new_nested<H: Hal + Clone>(
+pub(crate) fn new_nested<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: &VtdViommu,
     guest: &GuestEntry,
@@ -601,11 +601,11 @@ impl GuestNames for Names<'_> {
 
 /// `TranslationUnit::forward_invalidations`: each guest descriptor checked and translated
 /// ([`translate_guest_descriptor`]), issued through the unit's queue in batches of up to
-/// [`CHUNK`] with one wait each; at the first refused one, what was accepted before it is
+/// `CHUNK` with one wait each; at the first refused one, what was accepted before it is
 /// issued and waited for, and the call reports it. Guest waits are consumed (see
 /// [`GuestAction::Consumed`]): when this returns, everything issued has completed. If the
 /// hardware fails a batch, `done` counts only the descriptors before that batch.
-pub fn forward_invalidations<H: Hal + Clone>(
+pub(crate) fn forward_invalidations<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: &VtdViommu,
     devices: &dyn Fn(u32) -> Option<DeviceId>,
@@ -625,7 +625,7 @@ pub fn forward_invalidations<H: Hal + Clone>(
     forward(cmds, &limits, &names, &mut |batch| unit.invalidate(batch))
 }
 
-/// The body of [`forward_invalidations`] over any issuer: `issue` gets each batch (never
+/// The body of `forward_invalidations` over any issuer: `issue` gets each batch (never
 /// empty) and returns once it completed.
 fn forward(
     cmds: &[[u64; 4]],

@@ -15,7 +15,7 @@ use crate::pasid::{FirstStagePaging, Pasid};
 use crate::root_table::Did;
 
 /// A domain: its tag on this unit and its table (one of the unit's paging formats, or a CPU
-/// table the embedder owns). Give it back with [`TranslationUnit::destroy_domain`]; a domain
+/// table the embedder owns). Give it back with [`TranslationUnit::destroy_domain`](iommu::unit::TranslationUnit::destroy_domain); a domain
 /// merely dropped keeps its id and table frames for the unit's life.
 pub struct VtdDomain<H: Hal> {
     pub(crate) id: Did,
@@ -92,7 +92,7 @@ pub(super) const SHARED_TABLE: &str =
 
 impl<H: Hal + Clone> VtdUnit<'_, H> {
     /// Limits fresh domain ids to those below `limit` (at most CAP.ND's count; pass
-    /// `u32::MAX` to lift it). Ids given back by [`TranslationUnit::destroy_domain`] are
+    /// `u32::MAX` to lift it). Ids given back by [`TranslationUnit::destroy_domain`](iommu::unit::TranslationUnit::destroy_domain) are
     /// reused first whatever the limit; an embedder sharing the id space, or a test showing
     /// reuse, narrows the window.
     pub fn set_domain_id_limit(&self, limit: u32) {
@@ -195,7 +195,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         })
     }
 
-    /// [`TranslationUnit::destroy_domain`]: refused while any entry points at the domain;
+    /// [`TranslationUnit::destroy_domain`](iommu::unit::TranslationUnit::destroy_domain): refused while any entry points at the domain;
     /// otherwise its id is invalidated whole, its table freed and the id given back.
     pub(super) fn destroy(&self, domain: VtdDomain<H>) -> Result<(), (VtdDomain<H>, UnitError)> {
         let _guard = self.tables.lock();

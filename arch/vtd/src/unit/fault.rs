@@ -49,7 +49,7 @@ pub(super) const PENDING: usize = 32;
 impl<H: Hal + Clone> VtdUnit<'_, H> {
     /// Sends a fault-event MSI (`msi`) whenever the unit records a fault while no earlier one
     /// is pending (VT-d 7.3.1: FSTS.PPF, PFO and IQE clear), and unmasks it (FECTL.IM = 0). The
-    /// handler drains with [`TranslationUnit::drain_faults`], which clears the records so the
+    /// handler drains with [`TranslationUnit::drain_faults`](iommu::unit::TranslationUnit::drain_faults), which clears the records so the
     /// next fault interrupts again. A fault pending when this is called (FECTL.IP) is signalled
     /// at once. With interrupt remapping off the message is delivered as written.
     pub fn enable_fault_interrupt(&self, msi: FaultEventMsi) -> Result<(), UnitError> {

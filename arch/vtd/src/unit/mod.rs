@@ -14,7 +14,7 @@
 //! domain ids under a short spin lock of its own (see [`crate::viommu::NestParents`]).
 //!
 //! Domain ids are reused: [`TranslationUnit::destroy_domain`] refuses a domain any context or
-//! PASID entry still points at (counted per id in [`crate::unit::domain_ids`]), invalidates every
+//! PASID entry still points at (counted per id in `domain_ids`), invalidates every
 //! cache entry tagged with its id, frees its table and gives the id back.
 //!
 //! RMRRs (DMAR reserved memory regions, given with [`VtdUnit::add_rmrrs`]) stay identity-mapped
@@ -302,9 +302,9 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
     pub(crate) fn word(&self, table: PhysAddr, index: usize) -> &AtomicU64 {
         let p: NonNull<u8> = self.hal.phys_to_virt(table);
         // SAFETY: every table this unit reads or writes through here is a 4 KiB HAL frame it
-        // allocated and never frees while the unit lives (root, context, PASID tables), or a
-        // domain's table frame read by `mapped` (see there); `index` < 512 at every caller, so
-        // the word is inside the frame, 8-byte aligned; the HAL allows 64-bit atomic access.
+        // allocated and never frees while the unit lives (root, context, PASID tables);
+        // `index` < 512 at every caller, so the word is inside the frame, 8-byte aligned; the
+        // HAL allows 64-bit atomic access.
         unsafe { &*p.as_ptr().cast::<AtomicU64>().add(index % 512) }
     }
 

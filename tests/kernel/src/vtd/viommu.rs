@@ -1,4 +1,4 @@
-//! VT-d vIOMMU tests (issue 6): the kernel plays a tiny hypervisor whose "guest" owns one edu
+//! VT-d vIOMMU tests: the kernel plays a tiny hypervisor whose "guest" owns one edu
 //! under a virtual requester id. The guest's memory is a second-stage nest parent; its PASID
 //! entries become nested domains; its invalidation descriptors are checked, translated and
 //! issued. QEMU 10's VT-d has no nesting (ECAP.NEST), so a guest first stage is checked and then
