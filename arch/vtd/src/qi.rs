@@ -804,6 +804,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         if fsts & FSTS_IQE != 0 {
             let info = QueueErrorInfo::from_iqei(IQERCD::IQEI.read(record) as u8);
             let head = self.head_position();
+            log::warn!("VT-d QI: invalidation queue error (IQE) at position {head}: {info:?}");
             if info.blames_head() {
                 let mark = self.mark_value(head, MARK_INVALID, u64::from(info.iqei()));
                 self.mem.marks[self.slot(head)].store(mark, Ordering::Release);
@@ -817,6 +818,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         }
         if fsts & FSTS_ITE != 0 {
             let source = SourceId::from_raw(IQERCD::ITESID.read(record) as u16);
+            log::warn!("VT-d QI: device-TLB invalidation timeout (ITE) for {source:?}");
             // Waits the unit fetched (positions before its head) but had not completed were
             // dropped; those whose status is written are not affected.
             let head = self.head_position();
@@ -831,7 +833,9 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             done.device_tlb_timeout = Some(source);
         }
         if fsts & FSTS_ICE != 0 {
-            done.completion_error = Some(SourceId::from_raw(IQERCD::ICESID.read(record) as u16));
+            let source = SourceId::from_raw(IQERCD::ICESID.read(record) as u16);
+            log::warn!("VT-d QI: invalidation completion error (ICE) for {source:?}");
+            done.completion_error = Some(source);
             self.regs.clear_fault_status(FSTS_ICE);
         }
         self.recovering.store(false, Ordering::Release);

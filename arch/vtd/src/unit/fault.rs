@@ -95,6 +95,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         for _ in 0..1024 {
             let fsts = block.fsts.get();
             if FSTS::PFO.is_set(fsts) {
+                log::warn!("VT-d: fault records overflowed (FSTS.PFO): later faults were lost");
                 pending.overflow = true;
                 block.fsts.write(FSTS::PFO::SET);
             }
@@ -123,7 +124,10 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
                         *slot = Some(raw.decode(classify));
                         pending.len += 1;
                     }
-                    None => pending.overflow = true,
+                    None => {
+                        log::warn!("VT-d: more than {PENDING} faults between drains: dropped");
+                        pending.overflow = true;
+                    }
                 }
             }
             if !found && block.fsts.read(FSTS::PPF) == 0 {
@@ -191,6 +195,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         let len = pending.len;
         for slot in pending.records.iter_mut().take(len) {
             if let Some(record) = slot.take() {
+                log::warn!("VT-d: fault: {record}");
                 sink(record);
                 drained.records += 1;
             }

@@ -195,6 +195,23 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         // Caching mode reserves domain id 0 (tags of cached not-present entries).
         let ids = DomainIds::new(&hal, cap.domain_ids(), u32::from(cap.caching_mode()))?;
         let identity_id = ids.allocate(&hal)?;
+        log::debug!(
+            "VT-d: {mode:?} mode, {} second-stage tables at most, {}, caching mode {}, {} domain \
+             ids, {} table walks",
+            max_agaw,
+            if qi.is_some() {
+                "queued invalidation"
+            } else {
+                "register-based invalidation (no ECAP.QI)"
+            },
+            if cap.caching_mode() { "on" } else { "off" },
+            cap.domain_ids(),
+            if ecap.coherent() {
+                "coherent"
+            } else {
+                "non-coherent"
+            },
+        );
         let unit = Self {
             regs,
             hal,
@@ -272,6 +289,32 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         poll_until("GSTS.WBFS clear", DEFAULT_POLL_BUDGET, || {
             !block.gsts.is_set(GSTS::WBFS)
         })?;
+        Ok(())
+    }
+
+    /// [`TranslationUnit::map`]: the engine maps, then the unit is made to see it (an IOTLB
+    /// flush in caching mode, else the write-buffer flush where CAP.RWBF asks for one).
+    fn map_and_sync(
+        &self,
+        domain: &VtdDomain<H>,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), UnitError> {
+        match &domain.table {
+            DomainTable::Second(t) => t.map(iova, phys, len, prot)?,
+            DomainTable::First(t) => t.map(iova, phys, len, prot)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
+        }
+        if self.info.cap.caching_mode() {
+            // Caching mode: the unit may cache not-present entries, so not-present → present
+            // needs an invalidation too (6.1).
+            self.flush_range(domain, iova, len, true)?;
+        } else {
+            self.flush_write_buffer()?;
+        }
         Ok(())
     }
 
@@ -365,7 +408,9 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         pasid: u32,
         to: Attachment<'_, Self::Domain>,
     ) -> Result<(), UnitError> {
-        self.attach_at_pasid(device, pasid, to)
+        self.attach_at_pasid(device, pasid, to).inspect_err(|e| {
+            log::debug!("VT-d: attach of {device:?} at PASID {pasid:#x} refused: {e}")
+        })
     }
 
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
@@ -403,6 +448,7 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
 
     fn attach(&self, device: DeviceId, to: Attachment<'_, VtdDomain<H>>) -> Result<(), UnitError> {
         self.attach_device(device, to)
+            .inspect_err(|e| log::debug!("VT-d: attach of {device:?} refused: {e}"))
     }
 
     fn map(
@@ -413,20 +459,13 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         len: u64,
         prot: Prot,
     ) -> Result<(), UnitError> {
-        match &domain.table {
-            DomainTable::Second(t) => t.map(iova, phys, len, prot)?,
-            DomainTable::First(t) => t.map(iova, phys, len, prot)?,
-            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
-            DomainTable::Nested(_) => return Err(NESTED_MAP),
-        }
-        if self.info.cap.caching_mode() {
-            // Caching mode: the unit may cache not-present entries, so not-present → present
-            // needs an invalidation too (6.1).
-            self.flush_range(domain, iova, len, true)?;
-        } else {
-            self.flush_write_buffer()?;
-        }
-        Ok(())
+        self.map_and_sync(domain, iova, phys, len, prot)
+            .inspect_err(|e| {
+                log::debug!(
+                    "VT-d: map of {len:#x} bytes at {iova} in domain {} refused: {e}",
+                    domain.id.raw()
+                )
+            })
     }
 
     fn unmap(&self, domain: &VtdDomain<H>, iova: Iova, len: u64) -> Result<u64, UnitError> {
