@@ -20,6 +20,13 @@
 //! RMRRs (DMAR reserved memory regions, given with [`VtdUnit::add_rmrrs`]) stay identity-mapped
 //! for the devices they name: attaching such a device to a paging domain maps them into the
 //! domain first; blocking such a device is refused (see [`VtdUnit::add_rmrr`]).
+//!
+//! The rooms, as on the SMMUv3 side: this file holds the unit, its bring-up, table memory and
+//! the [`TranslationUnit`] impl, which hands each operation to the file of its role: `domain`
+//! (the domain type, creation and destruction) with `domain_ids` (the id pool), `attach`
+//! (root, context and PASID entries), `invalidate` (the batch, the range-flush plan, nested
+//! ids), `fault` (collect, classify, drain, the fault-event interrupt), `info` (hardware info);
+//! VT-d's own `rmrr` (reserved memory regions).
 
 mod attach;
 mod domain;
@@ -34,7 +41,7 @@ pub(crate) use domain::{agaw_of, DomainTable};
 use domain::{NESTED_MAP, SHARED_TABLE};
 pub use fault::FaultEventMsi;
 use fault::{Pending, PENDING};
-pub(crate) use invalidate::Batch;
+use invalidate::Batch;
 use invalidate::DomainFlush;
 pub use invalidate::{plan_flush, FlushLimits, FlushPlan, IovaRange, PlanBlocks, FLUSH_THRESHOLD};
 use rmrr::Rmrrs;
