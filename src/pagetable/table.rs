@@ -78,26 +78,8 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// Fails with [`Error::UnsupportedConfig`] if the format's geometry is inconsistent and
     /// [`Error::OutOfMemory`] if the HAL has no frame for the root.
     pub fn new(format: F, hal: H, coherency: Coherency) -> Result<Self> {
-        let g = format.granule_shift();
-        let levels = format.levels();
+        let top_entries = Self::root_entries(&format)?;
         let ia = format.ia_bits();
-        if !matches!(g, 12 | 14 | 16)
-            || levels == 0
-            || levels as usize > MAX_LEVELS
-            || format.oa_bits() > 52
-            || format.oa_bits() < g
-        {
-            return Err(Error::UnsupportedConfig);
-        }
-        let top_shift = g + (levels - 1) * (g - 3);
-        if ia > 57 || ia <= top_shift || ia - top_shift > (g - 3) + 4 {
-            return Err(Error::UnsupportedConfig);
-        }
-        let top_entries = 1usize << (ia - top_shift);
-        // The root frame must hold every root entry (8 bytes each).
-        if format.root_frame().bytes() / 8 < top_entries {
-            return Err(Error::UnsupportedConfig);
-        }
         let root = hal
             .alloc_frame(format.root_frame())
             .ok_or(Error::OutOfMemory)?
@@ -121,6 +103,57 @@ impl<F: Format, H: Hal> PageTable<F, H> {
                 .clean_to_poc(root, table.format.root_frame().bytes());
         }
         Ok(table)
+    }
+
+    /// The entries of the root table of `format`, once its geometry is checked.
+    fn root_entries(format: &F) -> Result<usize> {
+        let g = format.granule_shift();
+        let levels = format.levels();
+        let ia = format.ia_bits();
+        if !matches!(g, 12 | 14 | 16)
+            || levels == 0
+            || levels as usize > MAX_LEVELS
+            || format.oa_bits() > 52
+            || format.oa_bits() < g
+        {
+            return Err(Error::UnsupportedConfig);
+        }
+        let top_shift = g + (levels - 1) * (g - 3);
+        if ia > 57 || ia <= top_shift || ia - top_shift > (g - 3) + 4 {
+            return Err(Error::UnsupportedConfig);
+        }
+        let top_entries = 1usize << (ia - top_shift);
+        // The root frame must hold every root entry (8 bytes each).
+        if format.root_frame().bytes() / 8 < top_entries {
+            return Err(Error::UnsupportedConfig);
+        }
+        Ok(top_entries)
+    }
+
+    /// [`walk`](Self::walk) in a table this caller holds no `PageTable` for, found by its root:
+    /// a back-end reading the table a hardware context points at (VT-d settles whether a
+    /// second-stage fault hit a mapping by walking the table the device's context entry names).
+    ///
+    /// # Safety
+    ///
+    /// `root` must be the root of a table of `format` built by this engine with frames of `hal`,
+    /// and its frames must stay allocated during the call (no destroy, and no unmap that frees
+    /// tables on the way to `iova`, may run meanwhile).
+    pub unsafe fn walk_root(format: F, hal: H, root: PhysAddr, iova: Iova) -> Result<Walk> {
+        let top_entries = Self::root_entries(&format)?;
+        let (ia, oa) = (format.ia_bits(), format.oa_bits());
+        // A view of the table, only walked and then dropped (which frees nothing): the caller
+        // vouches for the frames as `new` would have allocated them.
+        let view = Self {
+            format,
+            hal,
+            root: root.as_u64(),
+            coherent: true,
+            top_entries,
+            aperture_end: 1 << ia,
+            oa_end: 1 << oa,
+        };
+        view.walk(iova)
     }
 
     /// Physical address of the root table, for the context / PASID entry, STE or CD.

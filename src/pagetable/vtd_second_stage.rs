@@ -78,6 +78,20 @@ impl VtdSecondStage {
     pub fn aw(&self) -> u8 {
         self.levels - 2
     }
+
+    /// The format of a table someone else built, as a context or PASID entry describes it:
+    /// its `AW` field (1, 2, 3) and the unit's output width; for walking it
+    /// ([`PageTable::walk_root`](super::PageTable::walk_root)), not for mapping.
+    pub fn for_aw(aw: u8, output_width: u32) -> Result<Self, Error> {
+        let levels = u32::from(aw) + 2;
+        Self::new(VtdSecondStageConfig {
+            sagaw: 1u8.checked_shl(u32::from(aw)).ok_or(Error::UnsupportedConfig)?,
+            sllps: 0b11,
+            address_width: 12 + 9 * levels,
+            output_width,
+            snoop_control: false,
+        })
+    }
 }
 
 // SAFETY: table entries are R|W|address (non-zero, PS clear so `is_table` holds above level 0)

@@ -1,10 +1,28 @@
-//! Intel VT-d back-end (Intel Virtualization Technology for Directed I/O, spec rev. 4.x/5.x).
+//! Intel VT-d back-end (Intel Virtualization Technology for Directed I/O, spec rev. 4.x/5.x):
+//! finds the remapping units in firmware, brings each up and implements the core's
+//! [`TranslationUnit`](iommu::unit::TranslationUnit) with [`VtdUnit`].
 //!
-//! Discovery and identification so far: [`dmar`] parses the ACPI DMAR table that names the
-//! remapping units (find it with `iommu::acpi`), [`registers`] declares each unit's register set
-//! once, [`unit`] reaches a unit's registers from its DRHD base, and [`caps`] decodes what the
-//! unit reports (VER, CAP, ECAP). Everything but the register access itself is plain data
-//! decoding, unit-tested on the host.
+//! The modules, from firmware to the unit:
+//! - [`dmar`]: the ACPI DMAR table (DRHDs, RMRRs, ATSRs, device scopes); find it with
+//!   `iommu::acpi`.
+//! - [`registers`]: each unit's register set declared once (tock-registers), and
+//!   [`UnitRegisters`], the register page mapped from a DRHD base and bounds-checked.
+//! - [`caps`]: VER, CAP and ECAP decoded.
+//! - [`root_table`] (root and context entries, the domain id [`Did`]) and
+//!   [`pasid`] (PASID directory and PASID entries): the in-memory structures the unit walks.
+//! - [`descriptor`]: the invalidation descriptors; [`qi`]: the lock-free invalidation queue that
+//!   carries them; `register_invalidation` (internal): the CCMD / IOTLB registers for units
+//!   without a queue.
+//! - [`fault_record`]: the fault recording registers' contents decoded (reason codes).
+//! - [`unit`](mod@unit): [`VtdUnit`], one unit brought up and driven: domains and their ids, attach,
+//!   invalidation, faults, RMRRs, hardware info.
+//! - [`guest`] (a guest's PASID entries and descriptors checked and translated) and [`viommu`]
+//!   (nest parents, vIOMMUs, nested domains): the unit side of a virtual IOMMU.
+//! - [`error`]: the crate's [`Error`], one variant per layer.
+//!
+//! Everything but the register and DMA accesses is plain data, unit-tested on the host; `sim`
+//! (tests only) plays a whole unit's side of the register handshakes for [`VtdUnit`]'s host
+//! tests.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -12,30 +30,29 @@
 extern crate std;
 
 pub mod caps;
-pub mod dmar;
-pub mod registers;
-pub mod unit;
-
-pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
-pub use dmar::{Dmar, DmarError};
-pub use unit::{read_unit_info, UnitError, UnitInfo, UnitRegisters};
-
-// In-memory structures and the invalidation queue (issue 4, part 1).
 pub mod descriptor;
+pub mod dmar;
+pub mod error;
+pub mod fault_record;
+pub mod guest;
 pub mod pasid;
 pub mod qi;
-pub mod register_invalidation;
+mod register_invalidation;
+pub mod registers;
 pub mod root_table;
-
-// The unit brought up and driven (issue 4, part 2); domain ids counted and reused.
-mod domain_ids;
-pub mod fault;
-pub mod iommu;
+pub mod unit;
+pub mod viommu;
 
 // Host tests against a simulated unit.
 #[cfg(all(test, not(loom)))]
 mod sim;
 
-// Nesting and the unit side of a vIOMMU (issue 6).
-pub mod guest;
-pub mod viommu;
+pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
+pub use descriptor::{DecodeError, DescriptorError};
+pub use dmar::{Dmar, DmarError};
+pub use error::Error;
+pub use qi::{QiError, QueueSize};
+pub use register_invalidation::RegisterInvalidationError;
+pub use registers::{read_unit_info, RegisterMapError, UnitInfo, UnitRegisters};
+pub use root_table::{Did, EntryError};
+pub use unit::{FaultEventMsi, Mode, VtdDomain, VtdUnit};

@@ -25,14 +25,14 @@ use iommu::unit::{
 };
 
 use crate::dmar::Dmar;
-use crate::iommu::{Mode, VtdUnit};
 use crate::pasid::{Pasid, PasidDirEntry, PasidEntry, Pgtt};
-use crate::qi::{QueueFrames, QueueSize};
+use crate::qi::QueueSize;
+use crate::registers::UnitRegisters;
 use crate::root_table::{
-    scalable_context_slot, ContextEntry, ContextHalf, DomainId, RootEntry, ScalableContextEntry,
+    scalable_context_slot, ContextEntry, ContextHalf, Did, RootEntry, ScalableContextEntry,
     ScalableRootEntry, SourceId,
 };
-use crate::unit::UnitRegisters;
+use crate::unit::{Mode, VtdUnit};
 
 /// QEMU's default CAP (ND = 6, SAGAW 3/4-level, MGAW 48, FRO 0x220, NFR 0, PSI, SLLPS 2M/1G).
 const CAP: u64 = 0x00d2_008c_222f_0606;
@@ -245,7 +245,7 @@ fn legacy_unit_with_register_invalidation_attaches_maps_destroys_and_reuses_ids(
     let sim = SimUnit::new(CAP, ECAP_NO_QI);
     let regs = sim.registers();
     let hal = HostHal::new();
-    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, None).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
     assert!(unit.queue().is_none());
     assert_eq!(
         sim.gsts() & (1 << 31 | 1 << 30),
@@ -389,9 +389,7 @@ fn scalable_unit_with_queue_attaches_pasids_and_shares_cpu_tables() {
     let sim = SimUnit::new(CAP | FS1GP, ECAP_SCALABLE);
     let regs = sim.registers();
     let hal = HostHal::new();
-    let width = VtdUnit::<&HostHal>::queue_width(regs.info());
-    let frames = QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, width).unwrap();
-    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, Some(frames.memory())).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
     assert!(unit.queue().is_some());
     let info = TranslationUnit::info(&unit);
     assert!(info.first_stage && info.second_stage && !info.nesting);
@@ -566,7 +564,7 @@ fn rmrr_ranges_are_identity_mapped_for_their_device_in_every_domain() {
     let sim = SimUnit::new(CAP, ECAP_NO_QI);
     let regs = sim.registers();
     let hal = HostHal::new();
-    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, None).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
     let (base, limit) = (0xe_0000, 0xe_ffff);
 
     // A scope behind a bridge cannot be resolved without PCI enumeration: refused whole.
@@ -650,9 +648,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
     let sim = SimUnit::new(CAP, ECAP_SCALABLE | NEST);
     let regs = sim.registers();
     let hal = HostHal::new();
-    let width = VtdUnit::<&HostHal>::queue_width(regs.info());
-    let frames = QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, width).unwrap();
-    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, Some(frames.memory())).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
     assert!(TranslationUnit::info(&unit).nesting);
 
     let parent = unit.new_domain(Stage::Second, 48).unwrap();
@@ -670,7 +666,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
         parent.id(),
         "nested translations get a host id of their own"
     );
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    assert_eq!(viommu.host_domain(Did::new(0x42)), Some(host));
     // Another nested domain with the same guest id shares the host id; another guest id not.
     let b = unit.new_nested(&viommu, &guest(0x42)).unwrap();
     assert_eq!(b.id(), host);
@@ -777,7 +773,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
     // The first of two domains with the host id goes: the id stays, still flushed with the
     // parent.
     unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), Some(host));
+    assert_eq!(viommu.host_domain(Did::new(0x42)), Some(host));
     assert!(
         queued_iotlb(&sim.take_log()).is_empty(),
         "nothing to release yet"
@@ -800,7 +796,7 @@ fn nested_domains_get_host_ids_that_parent_unmaps_and_guest_invalidations_reach(
             .any(|i| i.0 == 2 && i.1 == host.raw()),
         "{log:?}"
     );
-    assert_eq!(viommu.host_domain(DomainId::new(0x42)), None);
+    assert_eq!(viommu.host_domain(Did::new(0x42)), None);
     unit.flush(&parent, Iova::new(0x10_0000), 4096).unwrap();
     let iotlb = queued_iotlb(&sim.take_log());
     assert!(!iotlb.iter().any(|i| i.1 == host.raw()), "{iotlb:?}");
@@ -826,9 +822,7 @@ fn without_nest_a_guest_first_stage_is_refused_after_its_check() {
     let sim = SimUnit::new(CAP, ECAP_SCALABLE);
     let regs = sim.registers();
     let hal = HostHal::new();
-    let width = VtdUnit::<&HostHal>::queue_width(regs.info());
-    let frames = QueueFrames::allocate(&hal, QueueSize::ONE_PAGE, width).unwrap();
-    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, Some(frames.memory())).unwrap();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
     let parent = unit.new_domain(Stage::Second, 48).unwrap();
     let viommu = unit.new_viommu(&parent).unwrap();
     let high = unit.domain_id_high_water();

@@ -1,7 +1,7 @@
-//! The unit's side of a vIOMMU (issue 6): what a hypervisor's virtual VT-d for one guest needs
+//! The unit's side of a vIOMMU: what a hypervisor's virtual VT-d for one guest needs
 //! from a real unit. [`VtdViommu`] holds the nest parent (the second-stage table translating
 //! the guest's physical addresses, its domain id and depth) and the guest's domain ids known
-//! from the nested domains built on it; [`forward_invalidations`] checks and translates a
+//! from the nested domains built on it; `forward_invalidations` checks and translates a
 //! guest's invalidation descriptors with [`crate::guest`] and issues them.
 //!
 //! Nested domains from a guest's PASID entry:
@@ -9,7 +9,7 @@
 //!   PASID entry on the parent's table, tagged with the parent's domain id so that the parent's
 //!   unmaps invalidate it;
 //! - guest first stage (PGTT 001) needs ECAP.NEST (with FLTS and SLTS; QEMU 10 has none): a
-//!   nested PASID entry ([`nested_entry`], PGTT 011, 3.8) with the guest's first-stage table
+//!   nested PASID entry (`nested_entry`, PGTT 011, 3.8) with the guest's first-stage table
 //!   over the parent's second stage, tagged with a host domain id of its own: one per (vIOMMU,
 //!   guest domain id), shared by the nested domains built with that guest id and given back
 //!   with the last of them. Its IOTLB entries cache combined (guest IOVA to host physical)
@@ -18,7 +18,7 @@
 //!
 //! Lifetimes: a vIOMMU pins its parent in the unit ([`NestParents`]), so a parent cannot be
 //! destroyed under it; its nested domains point at its state, which lives in a frame of its
-//! own, so [`destroy_viommu`] refuses while any exists.
+//! own, so `destroy_viommu` refuses while any exists.
 
 use core::ptr::NonNull;
 
@@ -35,16 +35,16 @@ use crate::guest::{
     translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
     GuestFirstStage, GuestNames, HostLimits, NestLimits,
 };
-use crate::iommu::{DomainTable, Mode, VtdDomain, VtdUnit};
 use crate::pasid::{Nested, PasidEntry, SecondStage};
-use crate::root_table::{DomainId, EntryError, SourceId};
+use crate::root_table::{Did, EntryError, SourceId};
+use crate::unit::{DomainTable, Mode, VtdDomain, VtdUnit};
 
-/// The nest parent as a vIOMMU and its nested domains see it (copied at [`new_viommu`]; the
+/// The nest parent as a vIOMMU and its nested domains see it (copied at `new_viommu`; the
 /// pin keeps the table alive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parent {
     pub root: PhysAddr,
-    pub domain: DomainId,
+    pub domain: Did,
     pub agaw: Agaw,
     /// Guest-physical addresses are below `2^ia_bits`.
     pub ia_bits: u32,
@@ -56,15 +56,15 @@ pub const GUEST_DOMAINS: usize = 256;
 /// One guest domain id and what stands for it on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Binding {
-    guest: DomainId,
-    host: DomainId,
+    guest: Did,
+    host: Did,
     /// Nested domains built with this guest id; 0 marks a free slot.
     users: u32,
 }
 
 const FREE: Binding = Binding {
-    guest: DomainId::new(0),
-    host: DomainId::new(0),
+    guest: Did::new(0),
+    host: Did::new(0),
     users: 0,
 };
 
@@ -82,7 +82,7 @@ impl Bindings {
         }
     }
 
-    fn host(&self, guest: DomainId) -> Option<DomainId> {
+    fn host(&self, guest: Did) -> Option<Did> {
         self.slots
             .iter()
             .find(|b| b.users > 0 && b.guest == guest)
@@ -91,7 +91,7 @@ impl Bindings {
 
     /// One more nested domain for `guest`, standing for `host`. A guest id already bound to
     /// another host id is refused: one guest tag must not name two host tags.
-    fn bind(&mut self, guest: DomainId, host: DomainId) -> Result<(), UnitError> {
+    fn bind(&mut self, guest: Did, host: Did) -> Result<(), UnitError> {
         if let Some(b) = self
             .slots
             .iter_mut()
@@ -119,7 +119,7 @@ impl Bindings {
     }
 
     /// One nested domain of `guest` fewer; false if there was none.
-    fn release(&mut self, guest: DomainId) -> bool {
+    fn release(&mut self, guest: Did) -> bool {
         match self
             .slots
             .iter_mut()
@@ -134,7 +134,7 @@ impl Bindings {
     }
 
     /// Nested domains built with `guest` and not destroyed.
-    fn users(&self, guest: DomainId) -> u32 {
+    fn users(&self, guest: Did) -> u32 {
         self.slots
             .iter()
             .find(|b| b.users > 0 && b.guest == guest)
@@ -187,7 +187,7 @@ impl VtdViommu {
 
     /// The host domain id standing for the guest's `guest`, while a nested domain with it
     /// exists.
-    pub fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+    pub fn host_domain(&self, guest: Did) -> Option<Did> {
         self.shared.get().bindings.lock().host(guest)
     }
 
@@ -200,7 +200,7 @@ impl VtdViommu {
 /// The table of a nested domain: what `attach` installs.
 pub struct NestedTable {
     parent: Parent,
-    guest_domain: DomainId,
+    guest_domain: Did,
     /// The guest's first stage, nested over the parent; `None` for the parent alone (guest
     /// pass-through, tagged with the parent's domain id).
     first_stage: Option<GuestFirstStage>,
@@ -215,7 +215,7 @@ impl NestedTable {
     }
 
     /// The guest's domain id this domain was built with.
-    pub fn guest_domain(&self) -> DomainId {
+    pub fn guest_domain(&self) -> Did {
         self.guest_domain
     }
 
@@ -228,7 +228,7 @@ impl NestedTable {
     /// the nested entry, or a second-stage entry on the parent's table.
     pub(crate) fn pasid_entry(
         &self,
-        domain: DomainId,
+        domain: Did,
         cap: Capability,
         ecap: ExtendedCapability,
     ) -> Result<PasidEntry, EntryError> {
@@ -240,10 +240,10 @@ impl NestedTable {
 }
 
 /// The nested PASID entry (PGTT 011) for a guest's first stage over `parent`, tagged `host`.
-pub fn nested_entry(
+pub(crate) fn nested_entry(
     guest: &GuestFirstStage,
     parent: &Parent,
-    host: DomainId,
+    host: Did,
     cap: Capability,
     ecap: ExtendedCapability,
 ) -> Result<PasidEntry, EntryError> {
@@ -280,9 +280,9 @@ pub struct NestParents {
 
 struct Nests {
     /// (parent's domain id, vIOMMUs pinning it); 0 marks a free slot.
-    pins: [(DomainId, u32); NEST_PARENTS],
+    pins: [(Did, u32); NEST_PARENTS],
     /// (parent's domain id, a nested domain id over it).
-    nested: [Option<(DomainId, DomainId)>; NESTED_IDS],
+    nested: [Option<(Did, Did)>; NESTED_IDS],
 }
 
 /// Nest parents one unit tracks at once.
@@ -295,13 +295,13 @@ impl NestParents {
     pub const fn new() -> Self {
         Self {
             inner: spin::Mutex::new(Nests {
-                pins: [(DomainId::new(0), 0); NEST_PARENTS],
+                pins: [(Did::new(0), 0); NEST_PARENTS],
                 nested: [None; NESTED_IDS],
             }),
         }
     }
 
-    fn pin(&self, parent: DomainId) -> Result<(), UnitError> {
+    fn pin(&self, parent: Did) -> Result<(), UnitError> {
         let mut inner = self.inner.lock();
         if let Some(p) = inner.pins.iter_mut().find(|p| p.1 > 0 && p.0 == parent) {
             p.1 = p.1.checked_add(1).ok_or(UnitError::OutOfIds)?;
@@ -316,7 +316,7 @@ impl NestParents {
         Ok(())
     }
 
-    fn unpin(&self, parent: DomainId) {
+    fn unpin(&self, parent: Did) {
         if let Some(p) = self
             .inner
             .lock()
@@ -329,7 +329,7 @@ impl NestParents {
     }
 
     /// Whether a vIOMMU uses `parent`: `destroy_domain` must refuse it with `Busy`.
-    pub fn is_pinned(&self, parent: DomainId) -> bool {
+    pub fn is_pinned(&self, parent: Did) -> bool {
         self.inner
             .lock()
             .pins
@@ -338,7 +338,7 @@ impl NestParents {
     }
 
     /// Records `nested` as built on `parent`, before any device can be attached to it.
-    fn add_nested(&self, parent: DomainId, nested: DomainId) -> Result<(), UnitError> {
+    fn add_nested(&self, parent: Did, nested: Did) -> Result<(), UnitError> {
         let mut inner = self.inner.lock();
         let free = inner
             .nested
@@ -350,7 +350,7 @@ impl NestParents {
     }
 
     /// Forgets `nested` (no entry points at it any more and its caches were invalidated).
-    fn remove_nested(&self, nested: DomainId) {
+    fn remove_nested(&self, nested: Did) {
         let mut inner = self.inner.lock();
         for slot in inner.nested.iter_mut() {
             if slot.is_some_and(|(_, n)| n == nested) {
@@ -361,9 +361,9 @@ impl NestParents {
 
     /// The nested domain ids built on `parent` now (a copy: the flush issues its
     /// invalidations without the lock), and how many there are.
-    pub fn nested_of(&self, parent: DomainId) -> ([DomainId; NESTED_IDS], usize) {
+    pub fn nested_of(&self, parent: Did) -> ([Did; NESTED_IDS], usize) {
         let inner = self.inner.lock();
-        let mut out = [DomainId::new(0); NESTED_IDS];
+        let mut out = [Did::new(0); NESTED_IDS];
         let mut len = 0;
         for (p, n) in inner.nested.iter().flatten() {
             if *p == parent {
@@ -384,7 +384,7 @@ impl Default for NestParents {
 }
 
 /// `TranslationUnit::new_viommu`: a scalable-mode unit and a second-stage parent.
-pub fn new_viommu<H: Hal + Clone>(
+pub(crate) fn new_viommu<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     parent: &VtdDomain<H>,
 ) -> Result<VtdViommu, UnitError> {
@@ -398,7 +398,7 @@ pub fn new_viommu<H: Hal + Clone>(
             "nest parent that is not a second-stage paging domain",
         ));
     };
-    let agaw = crate::iommu::agaw_of(table.format().aw())?;
+    let agaw = crate::unit::agaw_of(table.format().aw())?;
     let parent = Parent {
         root: table.root(),
         domain: parent.id(),
@@ -430,7 +430,7 @@ pub fn new_viommu<H: Hal + Clone>(
 }
 
 /// `TranslationUnit::destroy_viommu`: refused with `Busy` while nested domains exist.
-pub fn destroy_viommu<H: Hal + Clone>(
+pub(crate) fn destroy_viommu<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: VtdViommu,
 ) -> Result<(), (VtdViommu, UnitError)> {
@@ -446,7 +446,7 @@ pub fn destroy_viommu<H: Hal + Clone>(
 
 /// `TranslationUnit::new_nested`: the guest's entry is checked first (refusals name its
 /// field), then what the unit can do with it decides.
-pub fn new_nested<H: Hal + Clone>(
+pub(crate) fn new_nested<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: &VtdViommu,
     guest: &GuestEntry,
@@ -501,7 +501,7 @@ fn new_nested_first_stage<H: Hal + Clone>(
     // Everything the entry needs from the unit is checked now, with the parent's id standing
     // in for the host id (same range), so a refusal allocates nothing.
     nested_entry(&first, &parent, parent.domain, info.cap, info.ecap)
-        .map_err(crate::iommu::entry_error)?;
+        .map_err(crate::unit::entry_error)?;
     // Lock order: `tables`, then the bindings, then the nest parents (see `NestParents`).
     let _tables = unit.tables.lock();
     let mut bindings = viommu.shared.get().bindings.lock();
@@ -553,7 +553,7 @@ fn new_nested_first_stage<H: Hal + Clone>(
 /// domain is handed back.
 pub(crate) fn destroy_nested<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
-    id: DomainId,
+    id: Did,
     table: NestedTable,
 ) -> Result<(), (NestedTable, UnitError)> {
     let bindings = &table.shared.get().bindings;
@@ -589,7 +589,7 @@ struct Names<'a> {
 }
 
 impl GuestNames for Names<'_> {
-    fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
+    fn host_domain(&self, guest: Did) -> Option<Did> {
         self.viommu.host_domain(guest)
     }
 
@@ -601,11 +601,11 @@ impl GuestNames for Names<'_> {
 
 /// `TranslationUnit::forward_invalidations`: each guest descriptor checked and translated
 /// ([`translate_guest_descriptor`]), issued through the unit's queue in batches of up to
-/// [`CHUNK`] with one wait each; at the first refused one, what was accepted before it is
+/// `CHUNK` with one wait each; at the first refused one, what was accepted before it is
 /// issued and waited for, and the call reports it. Guest waits are consumed (see
 /// [`GuestAction::Consumed`]): when this returns, everything issued has completed. If the
 /// hardware fails a batch, `done` counts only the descriptors before that batch.
-pub fn forward_invalidations<H: Hal + Clone>(
+pub(crate) fn forward_invalidations<H: Hal + Clone>(
     unit: &VtdUnit<'_, H>,
     viommu: &VtdViommu,
     devices: &dyn Fn(u32) -> Option<DeviceId>,
@@ -625,7 +625,7 @@ pub fn forward_invalidations<H: Hal + Clone>(
     forward(cmds, &limits, &names, &mut |batch| unit.invalidate(batch))
 }
 
-/// The body of [`forward_invalidations`] over any issuer: `issue` gets each batch (never
+/// The body of `forward_invalidations` over any issuer: `issue` gets each batch (never
 /// empty) and returns once it completed.
 fn forward(
     cmds: &[[u64; 4]],
@@ -686,237 +686,4 @@ fn forward(
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use crate::pasid::{FirstStagePaging, Pgtt};
-
-    fn did(d: u16) -> DomainId {
-        DomainId::new(d)
-    }
-
-    #[test]
-    fn guest_domain_ids_are_bound_counted_and_released() {
-        let mut b = Bindings::new();
-        assert_eq!(b.host(did(7)), None);
-        b.bind(did(7), did(0x100)).unwrap();
-        b.bind(did(7), did(0x100)).unwrap();
-        b.bind(did(8), did(0x100)).unwrap();
-        assert_eq!(b.host(did(7)), Some(did(0x100)));
-        assert_eq!(b.nested_domains(), 3);
-        assert_eq!(
-            (b.users(did(7)), b.users(did(8)), b.users(did(9))),
-            (2, 1, 0)
-        );
-        // One guest tag cannot stand for two host tags; nothing changes.
-        assert_eq!(
-            b.bind(did(7), did(0x101)),
-            Err(UnitError::GuestEntry(
-                "DID (the guest uses it for another translation)"
-            ))
-        );
-        assert_eq!(b.nested_domains(), 3);
-        assert!(b.release(did(7)));
-        assert_eq!(b.host(did(7)), Some(did(0x100)));
-        assert!(b.release(did(7)));
-        assert_eq!(b.host(did(7)), None);
-        assert!(!b.release(did(7)));
-        assert!(b.release(did(8)));
-        assert_eq!(b.nested_domains(), 0);
-        // Full: every slot used by a distinct guest id.
-        for g in 0..GUEST_DOMAINS as u16 {
-            b.bind(did(g), did(1)).unwrap();
-        }
-        assert_eq!(b.bind(did(0xffff), did(1)), Err(UnitError::OutOfIds));
-        assert!(b.release(did(3)));
-        assert_eq!(b.bind(did(0xffff), did(1)), Ok(()));
-    }
-
-    #[test]
-    fn nest_parents_are_pinned_per_viommu() {
-        let p = NestParents::new();
-        assert!(!p.is_pinned(did(5)));
-        p.pin(did(5)).unwrap();
-        p.pin(did(5)).unwrap();
-        p.unpin(did(5));
-        assert!(p.is_pinned(did(5)));
-        p.unpin(did(5));
-        assert!(!p.is_pinned(did(5)));
-        for d in 0..NEST_PARENTS as u16 {
-            p.pin(did(d + 10)).unwrap();
-        }
-        assert_eq!(p.pin(did(99)), Err(UnitError::OutOfIds));
-        assert!(p.is_pinned(did(10)) && !p.is_pinned(did(99)));
-    }
-
-    #[test]
-    fn nested_ids_are_listed_per_parent_until_removed() {
-        let p = NestParents::new();
-        p.add_nested(did(5), did(0x20)).unwrap();
-        p.add_nested(did(6), did(0x21)).unwrap();
-        p.add_nested(did(5), did(0x22)).unwrap();
-        let (ids, len) = p.nested_of(did(5));
-        assert_eq!(ids[..len], [did(0x20), did(0x22)]);
-        p.remove_nested(did(0x20));
-        let (ids, len) = p.nested_of(did(5));
-        assert_eq!(ids[..len], [did(0x22)]);
-        assert_eq!(p.nested_of(did(7)).1, 0);
-        for n in 0..NESTED_IDS as u16 - 2 {
-            p.add_nested(did(9), did(0x100 + n)).unwrap();
-        }
-        assert_eq!(p.add_nested(did(9), did(0x999)), Err(UnitError::OutOfIds));
-        assert_eq!(p.nested_of(did(9)).1, NESTED_IDS - 2);
-    }
-
-    #[test]
-    fn a_guest_first_stage_nests_over_the_parent() {
-        // CAP: ND 6, SAGAW 3+4 levels, MGAW 48. ECAP: NEST(26), SRS(31), EAFS(34), SMTS(43),
-        // SLTS(46), FLTS(47).
-        let cap = Capability(6 | 0b0110 << 8 | 47 << 16);
-        let ecap = ExtendedCapability(1 << 26 | 1 << 31 | 1 << 34 | 1 << 43 | 1 << 46 | 1 << 47);
-        let guest = GuestFirstStage {
-            guest_domain: did(0x42),
-            root: PhysAddr::new(0x1234_5000),
-            paging: FirstStagePaging::FourLevel,
-            supervisor_requests: true,
-            write_protect: true,
-            extended_accessed: true,
-            memory_type: None,
-        };
-        let parent = Parent {
-            root: PhysAddr::new(0xb000),
-            domain: did(2),
-            agaw: Agaw::Level3,
-            ia_bits: 39,
-        };
-        // w0: P | AW 1 << 2 (3-level parent) | PGTT 011 << 6 | SSPTPTR 0xb000 = 0xb0c5;
-        // w1: host DID 0x107; w2: FSPTPTR | EAFE (0x80) | WPE (0x10) | SRE (1).
-        let e = nested_entry(&guest, &parent, did(0x107), cap, ecap).unwrap();
-        assert_eq!(e.encode()[..3], [0xb0c5, 0x107, 0x1234_5091]);
-        assert_eq!(e.fields().pgtt, Ok(Pgtt::Nested));
-        // QEMU's ECAP (no NEST): refused by the builder too.
-        assert_eq!(
-            nested_entry(
-                &guest,
-                &parent,
-                did(0x107),
-                cap,
-                ExtendedCapability(1 << 43 | 1 << 46)
-            ),
-            Err(EntryError::Unsupported {
-                feature: "ECAP.NEST"
-            })
-        );
-    }
-
-    /// Guest domain id 0x42 is host 0x107; guest device 0x10 is host 0x18.
-    struct Names;
-
-    impl GuestNames for Names {
-        fn host_domain(&self, guest: DomainId) -> Option<DomainId> {
-            (guest.raw() == 0x42).then_some(did(0x107))
-        }
-
-        fn device(&self, guest: SourceId) -> Option<SourceId> {
-            (guest.raw() == 0x10).then_some(SourceId::from_raw(0x18))
-        }
-    }
-
-    /// PASID-based IOTLB, PASID-selective, for guest domain id 0x42 and PASID `p`.
-    fn piotlb(p: u64) -> [u64; 4] {
-        [0x6 | 2 << 4 | 0x42 << 16 | p << 32, 0, 0, 0]
-    }
-
-    const WAIT: [u64; 4] = [0x25, 0x1000, 0, 0];
-    const FOREIGN: [u64; 4] = [0x3 | 0x20 << 32, 0, 0, 0];
-
-    fn run(
-        cmds: &[[u64; 4]],
-        fail_batch: Option<usize>,
-    ) -> (Forwarded, std::vec::Vec<std::vec::Vec<Descriptor>>) {
-        let limits = HostLimits::for_unit(
-            Capability(0x00d2_008c_222f_0606),
-            ExtendedCapability(0x4800_80f0_0f4a),
-        );
-        let mut batches = std::vec::Vec::new();
-        let f = forward(cmds, &limits, &Names, &mut |b| {
-            batches.push(b.to_vec());
-            if Some(batches.len() - 1) == fail_batch {
-                Err(UnitError::Hardware(HardwareError::CommandRejected))
-            } else {
-                Ok(())
-            }
-        });
-        (f, batches)
-    }
-
-    #[test]
-    fn forwarding_batches_translates_and_stops_at_the_first_refusal() {
-        // Nothing to do: no batch at all.
-        let (f, batches) = run(&[], None);
-        assert_eq!(
-            (f, batches.len()),
-            (
-                Forwarded {
-                    done: 0,
-                    refused: None
-                },
-                0
-            )
-        );
-        // Waits only: consumed, nothing issued.
-        assert_eq!(run(&[WAIT, WAIT], None).1.len(), 0);
-        // 40 descriptors and a wait: batches of 32 and 8, host domain id in each.
-        let mut cmds: std::vec::Vec<_> = (0..40).map(piotlb).collect();
-        cmds.push(WAIT);
-        let (f, batches) = run(&cmds, None);
-        assert_eq!(
-            f,
-            Forwarded {
-                done: 41,
-                refused: None
-            }
-        );
-        assert_eq!(
-            batches
-                .iter()
-                .map(|b| b.len())
-                .collect::<std::vec::Vec<_>>(),
-            [32, 8]
-        );
-        assert_eq!(batches[1][7].encode().unwrap()[0], 0x0000_0027_0107_0026);
-        // A foreign device at index 35: the 35 before are issued (32 + 3), it and the rest not.
-        cmds[35] = FOREIGN;
-        let (f, batches) = run(&cmds, None);
-        assert_eq!(
-            f,
-            Forwarded {
-                done: 35,
-                refused: Some(UnitError::GuestCommand(
-                    "SID (not one of the guest's devices)"
-                ))
-            }
-        );
-        assert_eq!(
-            batches
-                .iter()
-                .map(|b| b.len())
-                .collect::<std::vec::Vec<_>>(),
-            [32, 3]
-        );
-        // The hardware fails the second batch: only the first 32 count as done.
-        let (f, _) = run(&cmds, Some(1));
-        assert_eq!(
-            f,
-            Forwarded {
-                done: 32,
-                refused: Some(UnitError::Hardware(HardwareError::CommandRejected))
-            }
-        );
-        // ... or the first: none.
-        let (f, batches) = run(&cmds, Some(0));
-        assert_eq!((f.done, batches.len()), (0, 1));
-        // A refusal first: nothing issued.
-        let (f, batches) = run(&[FOREIGN, piotlb(0)], None);
-        assert_eq!((f.done, batches.len()), (0, 0));
-    }
-}
+mod tests;

@@ -18,12 +18,12 @@ use iommu::pagetable::{Error as PtError, Prot};
 use iommu::unit::{Attachment, DeviceId, FaultKind, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println};
-use iommu_vtd::descriptor::{
-    plan_flush, Descriptor, FlushLimits, FlushPlan, IotlbScope, IovaRange,
-};
-use iommu_vtd::iommu::{Mode, VtdUnit, FLUSH_THRESHOLD};
-use iommu_vtd::qi::{QiError, QueueFrames, QueueSize};
+use iommu_vtd::descriptor::{Descriptor, IotlbScope};
+use iommu_vtd::qi::{QiError, QueueSize};
 use iommu_vtd::registers::{Readable, GSTS};
+use iommu_vtd::unit::{
+    plan_flush, FlushLimits, FlushPlan, IovaRange, Mode, VtdUnit, FLUSH_THRESHOLD,
+};
 
 type Unit = VtdUnit<'static, &'static KernelHal>;
 
@@ -54,19 +54,15 @@ pub(super) fn the_unit() -> Option<&'static Unit> {
 fn bring_up(m: &Machine, mode: Mode) -> Result<Unit, Failure> {
     let dmar = dmar(m)?;
     let drhd = the_drhd(&dmar)?;
-    // The unit lives for the whole boot: its registers and queue frames are leaked on purpose.
+    // The unit lives for the whole boot: its registers are leaked on purpose.
     let regs: &'static _ = Box::leak(Box::new(registers(&drhd)?));
-    let width = Unit::queue_width(regs.info());
-    let frames: &'static _ = Box::leak(Box::new(
-        QueueFrames::allocate(&HAL, QueueSize::ONE_PAGE, width).map_err(fail)?,
-    ));
     let hal: &'static KernelHal = &HAL;
     Unit::new(
         regs,
         hal,
         mode,
         u32::from(dmar.host_address_width()),
-        Some(frames.memory()),
+        QueueSize::ONE_PAGE,
     )
     .map_err(fail)
 }

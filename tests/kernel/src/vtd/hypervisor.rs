@@ -1,4 +1,4 @@
-//! The tiny-hypervisor flow of issue 6 through the object model (`iommu::iommufd`) on VT-d, as
+//! The tiny-hypervisor flow through the object model (`iommu::iommufd`) on VT-d, as
 //! far as QEMU's VT-d emulates it: guest memory as a nest parent, a vIOMMU, edu given to the
 //! guest under a virtual requester id, the guest's PASID entry turned into a nested domain (its
 //! first stage refused without ECAP.NEST, its pass-through entry translated by the parent), the

@@ -18,7 +18,7 @@ use iommu::unit::{
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::x86_64::interrupts;
 use iommu_boot::{ensure, ensure_eq, println, skip};
-use iommu_vtd::iommu::FaultEventMsi;
+use iommu_vtd::unit::FaultEventMsi;
 
 /// What the unit reports ([`TranslationUnit::info`]) matches the machine QEMU was asked for.
 pub(super) fn hardware_info_matches_machine(m: &mut Machine) -> TestResult {
@@ -91,7 +91,7 @@ fn on_fault_interrupt() {
     });
 }
 
-/// Issue 4, faults: a DMA to an unmapped IOVA makes the unit send its fault-event MSI to the
+/// Fault interrupt: a DMA to an unmapped IOVA makes the unit send its fault-event MSI to the
 /// CPU's local APIC; the handler runs (counted), drains the unit and finds the decoded fault.
 /// With the interrupt masked again, the polled path still reports faults.
 pub(super) fn fault_event_interrupt_is_delivered_and_drained(m: &mut Machine) -> TestResult {
@@ -155,7 +155,7 @@ pub(super) fn fault_event_interrupt_is_delivered_and_drained(m: &mut Machine) ->
     Ok(())
 }
 
-/// Issue 4, domain ids: with fresh ids limited to a window of 4, 24 domains are created,
+/// Domain ids: with fresh ids limited to a window of 4, 24 domains are created,
 /// attached, used for DMA and destroyed one after the other, so ids are reused; each round maps
 /// the same IOVA to a different buffer than the round before, and its DMA must land in its own
 /// buffer: a translation cached under the reused id by its previous owner would send it to the
@@ -226,7 +226,7 @@ pub(super) fn destroyed_domain_ids_are_reused_without_stale_iotlb(m: &mut Machin
     Ok(())
 }
 
-/// Issue 6 on VT-d: a domain sharing a CPU table (x86-64 paging, built here with the core's
+/// Shared CPU tables: a domain sharing a CPU table (x86-64 paging, built here with the core's
 /// engine as the embedder's stand-in): DMA translates through it; map/unmap through the unit are
 /// refused; after the embedder removes a page from its table and calls `flush`, the unit no
 /// longer translates it (QEMU caches translations, so a missing flush would let the DMA land).
@@ -306,7 +306,7 @@ pub(super) fn shared_cpu_table_domain_translates_and_flushes(m: &mut Machine) ->
     Ok(())
 }
 
-/// Issue 4, RMRR: q35's DMAR has none, so one is given by hand for the third edu over a DMA
+/// RMRR: q35's DMAR has none, so one is given by hand for the third edu over a DMA
 /// buffer: attached to a paging domain that maps nothing there, the device reaches the buffer at
 /// its physical address; a domain mapping something else over it is refused; blocking the
 /// device is refused. Runs last: the device keeps its RMRR for the rest of the boot.

@@ -16,7 +16,7 @@ use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_vtd::caps::{Agaw, AgawError, SuperPages};
 use iommu_vtd::dmar::{DeviceScopeType, Dmar, Drhd};
 use iommu_vtd::registers::{Readable, FRCD_HI, FSTS, GSTS};
-use iommu_vtd::unit::{UnitInfo, UnitRegisters};
+use iommu_vtd::registers::{UnitInfo, UnitRegisters};
 
 pub static TESTS: &[Test<Machine>] = &[
     Test {
@@ -51,7 +51,7 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "vtd_unit_starts_disabled_with_no_fault_recorded",
         run: vtd_unit_starts_disabled_with_no_fault_recorded,
     },
-    // DMA through the brought-up unit (issue 4); they run after the discovery tests, which
+    // DMA through the brought-up unit; they run after the discovery tests, which
     // check the unit as firmware left it.
     Test {
         name: "vtd_unit_comes_up_translating",
@@ -132,7 +132,7 @@ pub static TESTS: &[Test<Machine>] = &[
             )
         },
     },
-    // The unit side of a vIOMMU (issue 6).
+    // The unit side of a vIOMMU.
     Test {
         name: "viommu_needs_scalable_mode_and_a_second_stage_parent",
         run: viommu::viommu_needs_scalable_mode_and_a_second_stage_parent,

@@ -1,4 +1,4 @@
-//! VT-d vIOMMU tests (issue 6): the kernel plays a tiny hypervisor whose "guest" owns one edu
+//! VT-d vIOMMU tests: the kernel plays a tiny hypervisor whose "guest" owns one edu
 //! under a virtual requester id. The guest's memory is a second-stage nest parent; its PASID
 //! entries become nested domains; its invalidation descriptors are checked, translated and
 //! issued. QEMU 10's VT-d has no nesting (ECAP.NEST), so a guest first stage is checked and then
@@ -16,7 +16,7 @@ use iommu::pagetable::Prot;
 use iommu::unit::{Attachment, DeviceId, FaultKind, Forwarded, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
-use iommu_vtd::iommu::Mode;
+use iommu_vtd::unit::Mode;
 
 fn device_id(e: &EduDevice) -> DeviceId {
     DeviceId(u32::from(e.bdf.requester_id()))

@@ -16,7 +16,7 @@ use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 use iommu::unit::UnitError;
 
-use crate::root_table::DomainId;
+use crate::root_table::Did;
 
 /// Records per 4 KiB frame (16 bytes each).
 const RECORDS_PER_FRAME: u32 = 256;
@@ -67,14 +67,14 @@ impl DomainIds {
 
     /// Hands out an id: the last one given back, else a fresh one below the limit. The id's
     /// record is allocated before the id is taken, so a HAL out of memory changes nothing.
-    pub(crate) fn allocate<H: Hal>(&self, hal: &H) -> Result<DomainId, UnitError> {
+    pub(crate) fn allocate<H: Hal>(&self, hal: &H) -> Result<Did, UnitError> {
         let head = self.free_head.load(Ordering::Relaxed);
         if head != 0 {
             let id = head - 1;
             let r = self.record(hal, id).ok_or(UnitError::OutOfIds)?;
             let next = r[NEXT_FREE].swap(0, Ordering::Relaxed);
             self.free_head.store(next, Ordering::Relaxed);
-            return Ok(DomainId::new(id as u16));
+            return Ok(Did::new(id as u16));
         }
         let id = self.next_fresh.load(Ordering::Relaxed);
         if id >= self.limit.load(Ordering::Relaxed).min(self.supported) {
@@ -82,12 +82,12 @@ impl DomainIds {
         }
         self.record_or_create(hal, id)?;
         self.next_fresh.store(id + 1, Ordering::Relaxed);
-        Ok(DomainId::new(id as u16))
+        Ok(Did::new(id as u16))
     }
 
     /// Gives `id` back for reuse. The caller has checked it has no users and has invalidated
     /// every cache entry tagged with it.
-    pub(crate) fn release<H: Hal>(&self, hal: &H, id: DomainId) {
+    pub(crate) fn release<H: Hal>(&self, hal: &H, id: Did) {
         let raw = u32::from(id.raw());
         if let Some(r) = self.record(hal, raw) {
             r[PASID_USERS].store(0, Ordering::Relaxed);
@@ -110,7 +110,7 @@ impl DomainIds {
 
     /// One more context / PASID entry points at `id` (through `pasid`; 0 for a context entry or
     /// RID_PASID).
-    pub(crate) fn attach<H: Hal>(&self, hal: &H, id: DomainId, pasid: u32) {
+    pub(crate) fn attach<H: Hal>(&self, hal: &H, id: Did, pasid: u32) {
         if let Some(r) = self.record(hal, u32::from(id.raw())) {
             if pasid != 0 {
                 r[PASID].store(pasid, Ordering::Relaxed);
@@ -122,7 +122,7 @@ impl DomainIds {
     }
 
     /// An entry that pointed at `id` (through `pasid`) was cleared.
-    pub(crate) fn detach<H: Hal>(&self, hal: &H, id: DomainId, pasid: u32) {
+    pub(crate) fn detach<H: Hal>(&self, hal: &H, id: Did, pasid: u32) {
         if let Some(r) = self.record(hal, u32::from(id.raw())) {
             if pasid != 0 {
                 let _ = r[PASID_USERS]
@@ -134,14 +134,14 @@ impl DomainIds {
     }
 
     /// How many context / PASID entries point at `id`.
-    pub(crate) fn users<H: Hal>(&self, hal: &H, id: DomainId) -> u32 {
+    pub(crate) fn users<H: Hal>(&self, hal: &H, id: Did) -> u32 {
         self.record(hal, u32::from(id.raw()))
             .map_or(0, |r| r[USERS].load(Ordering::Acquire))
     }
 
     /// The non-zero PASID `id` is attached at, if any: its first-stage translations are tagged
     /// with it and need their own PASID-based invalidations.
-    pub(crate) fn pasid_users<H: Hal>(&self, hal: &H, id: DomainId) -> Option<u32> {
+    pub(crate) fn pasid_users<H: Hal>(&self, hal: &H, id: Did) -> Option<u32> {
         let r = self.record(hal, u32::from(id.raw()))?;
         // Acquire pairs with the Release in `attach`: the PASID stored before is visible.
         if r[PASID_USERS].load(Ordering::Acquire) == 0 {
@@ -191,41 +191,4 @@ impl DomainIds {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use iommu::hal::host::HostHal;
-
-    #[test]
-    fn ids_are_reused_last_freed_first_and_the_limit_holds() {
-        let hal = HostHal::new();
-        let ids = DomainIds::new(&hal, 65536, 1).unwrap();
-        let a = ids.allocate(&hal).unwrap();
-        let b = ids.allocate(&hal).unwrap();
-        assert_eq!((a.raw(), b.raw()), (1, 2));
-        ids.release(&hal, a);
-        ids.release(&hal, b);
-        assert_eq!(ids.allocate(&hal).unwrap(), b);
-        assert_eq!(ids.allocate(&hal).unwrap(), a);
-        ids.set_limit(4);
-        assert_eq!(ids.allocate(&hal).unwrap().raw(), 3);
-        assert_eq!(ids.allocate(&hal), Err(UnitError::OutOfIds));
-        assert_eq!(ids.high_water(), 4);
-        // Ids far apart live in different record frames.
-        ids.set_limit(65536);
-        ids.attach(&hal, a, 0);
-        ids.attach(&hal, a, 5);
-        assert_eq!(ids.users(&hal, a), 2);
-        assert_eq!(ids.pasid_users(&hal, a), Some(5));
-        ids.detach(&hal, a, 5);
-        assert_eq!(ids.pasid_users(&hal, a), None);
-        ids.detach(&hal, a, 0);
-        ids.detach(&hal, a, 0);
-        assert_eq!(ids.users(&hal, a), 0, "a count never goes below zero");
-        // The HAL out of memory: no id is consumed.
-        let small = DomainIds::new(&hal, 65536, 255).unwrap();
-        assert_eq!(small.allocate(&hal).unwrap().raw(), 255);
-        hal.set_budget(0);
-        assert_eq!(small.allocate(&hal), Err(UnitError::OutOfMemory));
-        assert_eq!(small.high_water(), 256);
-    }
-}
+mod tests;

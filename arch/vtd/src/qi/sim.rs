@@ -1,0 +1,192 @@
+//! A simulated unit for host and loom tests: registers as atomics, and a consumer step that
+//! executes one descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with
+//! the head left at the bad descriptor, no progress while IQE or ITE is set).
+
+extern crate std;
+use std::vec::Vec;
+
+use super::*;
+
+pub struct SimUnit {
+    pub head: AtomicU64,
+    pub tail: AtomicU64,
+    pub fsts: AtomicU32,
+    pub iqercd: AtomicU64,
+    pub width: DescriptorWidth,
+    pub entries: u64,
+    pub status_phys: u64,
+    pub tail_writes: AtomicU64,
+}
+
+impl QiRegisters for SimUnit {
+    fn read_head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+    fn write_tail(&self, value: u64) {
+        self.tail_writes.fetch_add(1, Ordering::Relaxed);
+        self.tail.store(value, Ordering::Release);
+    }
+    fn read_fault_status(&self) -> u32 {
+        self.fsts.load(Ordering::Acquire)
+    }
+    fn clear_fault_status(&self, bits: u32) {
+        self.fsts.fetch_and(!bits, Ordering::AcqRel);
+    }
+    fn read_error_record(&self) -> u64 {
+        self.iqercd.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Idle,
+    Stopped,
+    Executed([u64; 4]),
+    Rejected,
+}
+
+/// QEMU 10.0's reserved-bit masks per type, for (quadword 0, quadword 1).
+fn reserved(ty: u64) -> Option<(u64, u64, bool)> {
+    // (mask 0, mask 1, 256-bit only)
+    match ty {
+        1 => Some((0xfffc_0000_0000_f1c0, !0, false)),
+        2 => Some((0xffff_ffff_0000_f100, 0xf80, false)),
+        3 => Some((0xffff_0000_ffe0_f1f0, 0xffe, false)),
+        5 => Some((0xffff_f180, 3, false)),
+        6 => Some((0xfff0_0000_0000_f1c0, 0xf80, true)),
+        7 => Some((0, 0, true)),
+        8 => Some((0xfff0_0000_0000_f000, 0x7fe, true)),
+        _ => None,
+    }
+}
+
+impl SimUnit {
+    pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
+        Self {
+            head: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            fsts: AtomicU32::new(0),
+            iqercd: AtomicU64::new(0),
+            width,
+            entries,
+            status_phys,
+            tail_writes: AtomicU64::new(0),
+        }
+    }
+
+    fn index(&self, raw: u64) -> u64 {
+        ((raw & QUEUE_OFFSET_MASK) >> self.width.shift()) % self.entries
+    }
+
+    /// Executes the descriptor at the head, if any.
+    pub fn step(&self, mem: &QueueMemory<'_>) -> Step {
+        if self.fsts.load(Ordering::Acquire) & (FSTS_IQE | FSTS_ITE) != 0 {
+            return Step::Stopped;
+        }
+        let head = self.index(self.head.load(Ordering::Relaxed));
+        let tail = self.index(self.tail.load(Ordering::Acquire));
+        if head == tail {
+            return Step::Idle;
+        }
+        let n = self.width.words();
+        let mut w = [0u64; 4];
+        for (i, word) in w.iter_mut().enumerate().take(n) {
+            *word = mem.descriptors[head as usize * n + i].load(Ordering::Relaxed);
+        }
+        let ty = (w[0] & 0xf) | ((w[0] >> 5) & 0x70);
+        let wide = self.width == DescriptorWidth::Bits256;
+        let valid = match reserved(ty) {
+            Some((m0, m1, wide_only)) => {
+                (!wide_only || wide) && w[0] & m0 == 0 && w[1] & m1 == 0 && w[2] == 0 && w[3] == 0
+            }
+            None => false,
+        };
+        // A wait must ask for exactly one of SW and IF (QEMU asserts on both).
+        let valid = valid && (ty != 5 || (w[0] >> 4) & 3 == 1 || (w[0] >> 4) & 3 == 2);
+        if !valid {
+            // QEMU leaves IQERCD at 0; reserved-field (4) here exercises the decoding.
+            self.iqercd.store(4, Ordering::Relaxed);
+            self.fsts.fetch_or(FSTS_IQE, Ordering::Release);
+            return Step::Rejected;
+        }
+        if ty == 5 && w[0] & (1 << 5) != 0 {
+            let idx = ((w[1] - self.status_phys) / 4) as usize;
+            mem.status[idx].store((w[0] >> 32) as u32, Ordering::Release);
+        }
+        self.head.store(
+            ((head + 1) % self.entries) << self.width.shift(),
+            Ordering::Release,
+        );
+        Step::Executed(w)
+    }
+
+    /// A device-TLB invalidation timed out: the unit drops everything fetched (here:
+    /// everything up to the tail) and stops until ITE is cleared.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub fn inject_ite(&self, source: u16) {
+        let tail = self.tail.load(Ordering::Acquire);
+        self.head.store(tail, Ordering::Release);
+        self.iqercd
+            .store(u64::from(source) << 32, Ordering::Relaxed);
+        self.fsts.fetch_or(FSTS_ITE, Ordering::Release);
+    }
+}
+
+/// Memory for a tiny queue, leaked so threads that need `'static` can use it.
+pub struct SimMemory {
+    pub descriptors: Vec<AtomicU64>,
+    pub status: Vec<AtomicU32>,
+    pub marks: Vec<AtomicU64>,
+    pub ready: Vec<AtomicU64>,
+}
+
+pub const RING_PHYS: u64 = 0x10_0000;
+pub const STATUS_PHYS: u64 = 0x20_0000;
+
+impl SimMemory {
+    pub fn new(entries: usize, width: DescriptorWidth) -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        Self {
+            descriptors: zeros(entries * width.words()),
+            status: (0..entries + 1).map(|_| AtomicU32::new(0)).collect(),
+            marks: zeros(entries),
+            ready: zeros(entries),
+        }
+    }
+
+    pub fn memory(&self) -> QueueMemory<'_> {
+        // SAFETY: the simulated unit reaches the status words by subtracting STATUS_PHYS,
+        // and nothing else uses this memory.
+        unsafe {
+            QueueMemory::new(
+                &self.descriptors,
+                PhysAddr::new(RING_PHYS),
+                &self.status,
+                PhysAddr::new(STATUS_PHYS),
+                &self.marks,
+                &self.ready,
+            )
+        }
+    }
+}
+
+pub fn config(width: DescriptorWidth, poll_budget: u32, fault_check_interval: u32) -> QueueConfig {
+    QueueConfig {
+        width,
+        size: QueueSize::ONE_PAGE,
+        poll_budget,
+        fault_check_interval,
+    }
+}
+
+/// A queue of `entries` slots over `mem`, driven through `unit`.
+pub fn queue<'m>(
+    unit: &'m SimUnit,
+    mem: &'m SimMemory,
+    config: QueueConfig,
+) -> InvalidationQueue<'m, &'m SimUnit> {
+    match InvalidationQueue::with_entries(unit, mem.memory(), config, unit.entries as usize) {
+        Ok(q) => q,
+        Err(e) => panic!("test queue: {e}"),
+    }
+}
