@@ -11,6 +11,7 @@ extern crate std;
 pub mod acpi;
 pub mod addr;
 pub mod hal;
+pub mod irq;
 pub mod iommufd;
 pub mod pagetable;
 pub mod pci;
