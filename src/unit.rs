@@ -51,6 +51,15 @@ pub enum Stage {
     Second,
 }
 
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::First => "first-stage",
+            Self::Second => "second-stage",
+        })
+    }
+}
+
 /// Broad class of a fault, common to both architectures; the back-end's own decoded record
 /// gives the exact reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

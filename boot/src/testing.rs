@@ -18,6 +18,15 @@ pub enum Failure {
     Skipped(String),
 }
 
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Failed(why) => f.write_str(why),
+            Self::Skipped(why) => write!(f, "skipped ({why})"),
+        }
+    }
+}
+
 pub type TestResult = Result<(), Failure>;
 
 /// One named test over a kernel-defined context `C` (the machine, its IOMMU, its devices).

@@ -85,7 +85,9 @@ impl VtdSecondStage {
     pub fn for_aw(aw: u8, output_width: u32) -> Result<Self, Error> {
         let levels = u32::from(aw) + 2;
         Self::new(VtdSecondStageConfig {
-            sagaw: 1u8.checked_shl(u32::from(aw)).ok_or(Error::UnsupportedConfig)?,
+            sagaw: 1u8
+                .checked_shl(u32::from(aw))
+                .ok_or(Error::UnsupportedConfig)?,
             sllps: 0b11,
             address_width: 12 + 9 * levels,
             output_width,

@@ -742,6 +742,34 @@ impl fmt::Debug for DeviceScope<'_> {
     }
 }
 
+/// In a person's words: `00:1f.0`, `bridge 00:04.0 and every device below it`, `IOAPIC 0`;
+/// a path through bridges is written hop by hop from its start bus (`00:1c.0/00.0`).
+impl fmt::Display for DeviceScope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.enumeration_id();
+        let write_path = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
+            write!(f, "{:02x}:", self.start_bus())?;
+            for (i, hop) in self.path().enumerate() {
+                let sep = if i == 0 { "" } else { "/" };
+                write!(f, "{sep}{:02x}.{:x}", hop.device, hop.function)?;
+            }
+            Ok(())
+        };
+        match self.kind() {
+            DeviceScopeType::PciEndpoint => write_path(f),
+            DeviceScopeType::PciSubHierarchy => {
+                f.write_str("bridge ")?;
+                write_path(f)?;
+                f.write_str(" and every device below it")
+            }
+            DeviceScopeType::IoApic => write!(f, "IOAPIC {id}"),
+            DeviceScopeType::MsiCapableHpet => write!(f, "HPET {id}"),
+            DeviceScopeType::AcpiNamespaceDevice => write!(f, "ACPI device {id}"),
+            DeviceScopeType::Reserved(kind) => write!(f, "reserved scope type {kind}"),
+        }
+    }
+}
+
 /// Iterator over the device scopes of one structure.
 #[derive(Clone)]
 pub struct DeviceScopes<'a> {

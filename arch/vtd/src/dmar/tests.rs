@@ -539,3 +539,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn scopes_read_as_a_person_would_say_them() {
+    let table = build(&[drhd(
+        0,
+        0,
+        0,
+        0xfed9_0000,
+        &[
+            scope(1, 0, 0, &[(0x1f, 3)]),
+            scope(2, 0, 0, &[(4, 0)]),
+            scope(1, 0, 0, &[(0x1c, 0), (0, 1)]),
+            scope(3, 2, 0xf0, &[(0x1f, 0)]),
+            scope(4, 0, 0, &[(0x1f, 7)]),
+            scope(5, 1, 0, &[(0, 0)]),
+        ],
+    )]);
+    let dmar = Dmar::parse(&table).unwrap();
+    let drhd = dmar.drhds().next().unwrap();
+    let said: Vec<std::string::String> = drhd.scopes().map(|s| std::format!("{s}")).collect();
+    assert_eq!(
+        said,
+        [
+            "00:1f.3",
+            "bridge 00:04.0 and every device below it",
+            "00:1c.0/00.1",
+            "IOAPIC 2",
+            "HPET 0",
+            "ACPI device 1",
+        ]
+    );
+}

@@ -28,8 +28,8 @@ use iommu_smmuv3::command::Command;
 use iommu_smmuv3::devicetree::{Interrupt, Trigger};
 use iommu_smmuv3::platform::SmmuDescription;
 use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
-use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
+use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
 
 pub(super) type Unit = SmmuUnit<&'static KernelHal>;
 
@@ -131,9 +131,6 @@ pub fn generic(
     test: fn(&Rig<'static, Unit>) -> TestResult,
 ) -> TestResult {
     let r = rig(m, stage)?;
-    // The runner reads announcements at the start of a line; the test name is not followed by
-    // a newline yet.
-    iommu_boot::println!();
     allow_guest_error(TRANSLATION_FAILED);
     test(&r)
 }
@@ -336,7 +333,6 @@ fn granule_round_trip(
 }
 
 pub(super) fn announce_faults() {
-    iommu_boot::println!();
     allow_guest_error(TRANSLATION_FAILED);
 }
 
@@ -542,7 +538,6 @@ pub fn event_storm_overflows_and_recovers(m: &mut Machine) -> TestResult {
 /// An illegal command: CERROR_ILL reported as a typed error, the queue recovers, later
 /// commands (and the invalidations of an unmap) complete.
 pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestResult {
-    iommu_boot::println!();
     allow_guest_error("Illegal command type");
     allow_guest_error(TRANSLATION_FAILED);
     let unit = unit(m)?;
@@ -584,8 +579,15 @@ pub fn demo(m: &mut Machine) -> TestResult {
     let (ref edu, dev) = first_edu(m)?;
     let stage = preferred_stage(unit);
     println!(
-        "SMMUv3 enabled: {:?} stream table, {stage:?}-stage domains",
-        unit.stream_table_geometry()
+        "SMMUv3 enabled: {}, every stream aborting until attached",
+        match unit.stream_table_geometry() {
+            StreamTableGeometry::Linear { log2_entries } => {
+                alloc::format!("linear stream table of 2^{log2_entries} entries")
+            }
+            StreamTableGeometry::TwoLevel { sid_bits, split } => alloc::format!(
+                "2-level stream table ({sid_bits} stream id bits, level-2 tables of 2^{split})"
+            ),
+        }
     );
     let buf = DmaBuffer::new(0)?;
     (0..64).for_each(|i| buf.set(i, i as u8));
@@ -601,23 +603,28 @@ pub fn demo(m: &mut Machine) -> TestResult {
     unit.attach(dev, Attachment::Paging(&domain))
         .map_err(fail)?;
     println!(
-        "{} (stream {:#x}) attached to {domain:?}, IOVA {IOVA_A:#x} -> {:?}",
+        "edu {} (stream {:#x}) attached to a {stage} domain ({} {}): IOVA {IOVA_A:#x} -> {}",
         edu.bdf,
         dev.0,
+        if stage == Stage::First {
+            "ASID"
+        } else {
+            "VMID"
+        },
+        domain.tag(),
         buf.phys()
     );
-    let good = edu
-        .edu
-        .dma_from_ram(IOVA_A, 0, 64)
-        .and_then(|()| edu.edu.dma_to_ram(0, IOVA_A + 2048, 64));
+    edu.edu.dma_from_ram(IOVA_A, 0, 64).map_err(fail)?;
+    edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
     let landed = (0..64).all(|i| buf.get(2048 + i) == i as u8);
     println!(
-        "DMA through IOVA {IOVA_A:#x}: {good:?}, landed at {:#x}: {landed}",
+        "DMA round trip through IOVA {IOVA_A:#x}: 64 bytes {} at {:#x}",
+        if landed { "landed" } else { "did NOT land" },
         buf.phys().as_u64() + 2048
     );
-    let bad = edu.edu.dma_to_ram(0, dma::IOVA_B, 4);
+    edu.edu.dma_to_ram(0, dma::IOVA_B, 4).map_err(fail)?;
     println!(
-        "DMA to unmapped IOVA {:#x}: {bad:?}; the SMMU reported:",
+        "DMA to unmapped IOVA {:#x} blocked; the SMMU reported:",
         dma::IOVA_B
     );
     unit.drain_events(&mut |e| println!("  {e}"));

@@ -396,7 +396,9 @@ fn smmu_starts_disabled_and_bypassing(m: &mut Machine) -> TestResult {
 pub fn demo(m: &mut Machine) {
     let dt = match devicetree(m) {
         Ok(dt) => dt,
-        Err(e) => return println!("no devicetree: {e:?}"),
+        Err(Failure::Failed(why) | Failure::Skipped(why)) => {
+            return println!("no devicetree: {why}")
+        }
     };
     for smmu in dt.smmus() {
         match smmu {
@@ -420,7 +422,7 @@ pub fn demo(m: &mut Machine) {
                             println!("  {line}");
                         }
                     }
-                    Err(e) => println!("  cannot read its ID registers: {e:?}"),
+                    Err(e) => println!("  cannot read its ID registers: {e}"),
                 }
             }
             Err(e) => println!("SMMUv3 node unusable: {e}"),
@@ -458,11 +460,13 @@ pub fn demo(m: &mut Machine) {
             Err(e) => println!("PCIe host node unusable: {e}"),
         }
     }
-    if let Err(e) = dma::demo(m) {
-        println!("SMMU DMA demo failed: {e:?}");
+    if let Err(Failure::Failed(why) | Failure::Skipped(why)) = dma::demo(m) {
+        println!("SMMU DMA demo failed: {why}");
     }
     println!("A tiny hypervisor gives edu to a guest with a vIOMMU:");
-    if let Err(e) = viommu::guest_stage1_over_viommu_translates_and_invalidates(m) {
-        println!("SMMU hypervisor demo failed: {e:?}");
+    if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+        viommu::guest_stage1_over_viommu_translates_and_invalidates(m)
+    {
+        println!("SMMU hypervisor demo failed: {why}");
     }
 }

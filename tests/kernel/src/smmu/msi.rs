@@ -183,7 +183,6 @@ pub fn lpi_of_one_device_cannot_be_raised_by_another(m: &mut Machine) -> TestRes
         // b writes a's EventID to the same doorbell, but the ITS knows it by its own DeviceID,
         // which has no ITT.
         program_msi(m, its, b, event_id as u16)?;
-        iommu_boot::println!();
         allow_guest_error(UNMAPPED_DEVICE);
         let before = gic::last_irq();
         ensure_eq!(raise(b, false), 0, "another device's MSI raised an LPI");
@@ -210,7 +209,6 @@ pub fn discard_stops_the_lpi(m: &mut Machine) -> TestResult {
         ensure_eq!(raise(a, true), 1, "the MSI before DISCARD");
         ensure_eq!(gic::last_irq(), Some(lpi));
         its.discard(a.device_id, event_id).map_err(fail)?;
-        iommu_boot::println!();
         allow_guest_error(DISCARDED_EVENT);
         ensure_eq!(raise(a, false), 0, "the MSI after DISCARD raised an LPI");
         // Mapped again, the same event raises the LPI again.
@@ -246,7 +244,6 @@ pub fn msi_through_a_paging_domain_needs_the_doorbell_mapped(m: &mut Machine) ->
         its.map_interrupt(a.device_id, event_id, lpi)
             .map_err(fail)?;
         program_msi(m, its, a, event_id as u16)?;
-        iommu_boot::println!();
         allow_guest_error(TRANSLATION_FAILED);
         ensure_eq!(raise(a, false), 0, "an MSI through an unmapped doorbell");
         let mut faults = Vec::new();

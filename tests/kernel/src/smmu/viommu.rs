@@ -108,8 +108,6 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     if !(s.stage1() && s.stage2()) {
         skip!("a vIOMMU needs an SMMU with both stages");
     }
-    // The runner reads announcements at the start of a line.
-    iommu_boot::println!();
     allow_guest_error("translation failed for iova");
     let (first, dev) = first_edu(m)?;
     let edu = &first.edu;
@@ -173,8 +171,9 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
         .map_err(fail)?;
     println!(
         "  hypervisor: guest RAM ({} KiB at IPA {IPA_BASE:#x}) in a stage-2 nest parent; vIOMMU \
-         under the parent's VMID gives the guest edu {dev:?} as virtual stream id {VIRTUAL_SID:#x}",
-        GUEST_RAM / 1024
+         under the parent's VMID gives the guest edu (stream id {:#x}) as virtual stream id {VIRTUAL_SID:#x}",
+        GUEST_RAM / 1024,
+        dev.0
     );
 
     // Guest: its stage-1 table and CD, in its own memory, addresses all IPAs.

@@ -514,8 +514,11 @@ pub(super) fn demo(m: &Machine) -> Result<(), Failure> {
     let edu = r.edus.first().ok_or_else(|| fail("no edu device"))?;
     let dev = device_id(edu);
     println!(
-        "VT-d unit up: {:?} mode, translation enabled, every device blocked",
-        r.unit.mode()
+        "VT-d unit up in {} mode, translation enabled, every device blocked",
+        match r.unit.mode() {
+            Mode::Legacy => "legacy",
+            Mode::Scalable => "scalable",
+        }
     );
     let buf = DmaBuffer::new(0)?;
     b"hello, VT-d DMA!"
@@ -527,7 +530,7 @@ pub(super) fn demo(m: &Machine) -> Result<(), Failure> {
         .attach(dev, Attachment::Paging(&domain))
         .map_err(fail)?;
     println!(
-        "edu {} attached to domain {} ({:?} stage): IOVA {IOVA_A:#x} -> {}",
+        "edu {} attached to domain {} ({} tables): IOVA {IOVA_A:#x} -> {}",
         edu.bdf,
         domain.id().raw(),
         domain.stage(),

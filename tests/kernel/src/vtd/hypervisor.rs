@@ -40,7 +40,10 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
     let dev2 = io.add_device(u, id2, GroupId(id2.0)).map_err(fail)?;
     io.claim(dev, guest).map_err(fail)?;
     io.claim(dev2, OwnerId(2)).map_err(fail)?;
-    println!("  hypervisor: edu {id:?} claimed by the guest, edu {id2:?} by someone else");
+    println!(
+        "  hypervisor: edu {} claimed by the guest, edu {} by someone else",
+        edu.bdf, other.bdf
+    );
 
     // Guest RAM: one page at guest-physical IOVA_A.
     let windows = [Region::below_bits(IA_BITS)];
@@ -71,7 +74,8 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
         .map_err(fail)?;
     println!(
         "  hypervisor: guest RAM page at guest-physical {IOVA_A:#x} in a nest parent; vIOMMU \
-         gives the guest {id:?} as virtual id {GUEST_SID:#x}"
+         gives the guest edu {} as virtual id {GUEST_SID:#x}",
+        edu.bdf
     );
 
     // The guest's first-stage PASID entry: valid, but QEMU has no nesting.

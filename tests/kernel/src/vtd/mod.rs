@@ -494,15 +494,25 @@ fn show(m: &Machine) -> Result<(), Failure> {
         }
     );
     for rmrr in dmar.rmrrs() {
-        println!(
-            "  reserved memory {:#x}..={:#x} for {:?}",
+        let mut line = alloc::format!(
+            "  reserved memory {:#x}..={:#x}, kept identity-mapped for",
             rmrr.base(),
-            rmrr.limit(),
-            rmrr
+            rmrr.limit()
         );
+        for scope in rmrr.scopes() {
+            line.push_str(&alloc::format!(" {scope}"));
+        }
+        println!("{line}");
     }
     for atsr in dmar.atsrs() {
-        println!("  ATS: {atsr:?}");
+        let mut line = alloc::format!("  ATS (device-TLBs) allowed below");
+        if atsr.all_ports() {
+            line.push_str(" every root port");
+        }
+        for scope in atsr.scopes() {
+            line.push_str(&alloc::format!(" {scope}"));
+        }
+        println!("{line}");
     }
     let edus: Vec<_> = crate::platform::pci_config(m)
         .map(|cfg| {
@@ -548,7 +558,7 @@ fn print_drhd(drhd: &Drhd<'_>, edus: &[(u8, u8, u8)]) {
             (DeviceScopeType::MsiCapableHpet, _) => {
                 alloc::format!(" HPET {}", scope.enumeration_id())
             }
-            _ => alloc::format!(" {scope:?}"),
+            _ => alloc::format!(" {scope}"),
         };
         line.push_str(&item);
     }
