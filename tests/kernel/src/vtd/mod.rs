@@ -505,7 +505,7 @@ fn show(m: &Machine) -> Result<(), Failure> {
         println!("{line}");
     }
     for atsr in dmar.atsrs() {
-        let mut line = alloc::format!("  ATS (device-TLBs) allowed below");
+        let mut line = alloc::string::String::from("  ATS (device-TLBs) allowed below");
         if atsr.all_ports() {
             line.push_str(" every root port");
         }
