@@ -117,6 +117,17 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("2", false));
     v.push(smmu_gicv3_machine(false));
     v.push(smmu_gicv3_machine(true));
+    // One boot per architecture with the driver's `log` output on the console: the kernels'
+    // `logging_follows_the_command_line` test checks it appears there and nowhere else.
+    for name in [
+        "x86_64 q35 vtd-scalable aw48 cm=on",
+        "aarch64 virt smmuv3 stage=nested gicv3 el2",
+    ] {
+        if let Some(m) = v.iter_mut().find(|m| m.name == name) {
+            m.name.push_str(" log=debug");
+            m.cmdline.push_str(" log=debug");
+        }
+    }
     v
 }
 
@@ -156,5 +167,20 @@ pub fn demo_machine(arch: Arch) -> Machine {
         Arch::X86_64 => vtd_machine("scalable", 48, true),
         // At EL2, as a hypervisor runs.
         Arch::Aarch64 => smmu_machine("nested", true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_boot_per_architecture_logs_at_debug() {
+        let logged: Vec<Arch> = machines()
+            .iter()
+            .filter(|m| m.cmdline.contains("log=debug") && m.name.ends_with("log=debug"))
+            .map(|m| m.arch)
+            .collect();
+        assert_eq!(logged, [Arch::X86_64, Arch::Aarch64]);
     }
 }

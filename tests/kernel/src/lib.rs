@@ -14,6 +14,8 @@ pub mod dma;
 #[cfg(target_os = "none")]
 pub mod hal;
 #[cfg(target_os = "none")]
+mod logging;
+#[cfg(target_os = "none")]
 pub mod platform;
 #[cfg(target_os = "none")]
 mod selftest;

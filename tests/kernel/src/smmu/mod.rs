@@ -225,6 +225,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "msi_through_a_paging_domain_needs_the_doorbell_mapped",
         run: msi::msi_through_a_paging_domain_needs_the_doorbell_mapped,
     },
+    Test {
+        name: "logging_follows_the_command_line",
+        run: logging_follows_the_command_line,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
@@ -469,4 +473,9 @@ pub fn demo(m: &mut Machine) {
     {
         println!("SMMU hypervisor demo failed: {why}");
     }
+}
+
+/// The driver's `log` output appears on the console exactly when the command line asks for it.
+fn logging_follows_the_command_line(m: &mut Machine) -> TestResult {
+    crate::logging::logging_follows_the_command_line(m, |m| dma::unit(m).map(|_| ()))
 }

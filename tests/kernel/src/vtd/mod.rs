@@ -154,6 +154,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "rmrr_range_stays_identity_mapped_for_its_device",
         run: lifecycle::rmrr_range_stays_identity_mapped_for_its_device,
     },
+    Test {
+        name: "logging_follows_the_command_line",
+        run: logging_follows_the_command_line,
+    },
 ];
 
 /// The firmware tables in low memory, read in place through the boot code's identity map.
@@ -567,4 +571,9 @@ fn print_drhd(drhd: &Drhd<'_>, edus: &[(u8, u8, u8)]) {
         Ok(regs) => println!("{}", regs.info()),
         Err(Failure::Failed(why) | Failure::Skipped(why)) => println!("  registers: {why}"),
     }
+}
+
+/// The driver's `log` output appears on the console exactly when the command line asks for it.
+fn logging_follows_the_command_line(m: &mut Machine) -> TestResult {
+    crate::logging::logging_follows_the_command_line(m, |m| dma::unit(m).map(|_| ()))
 }
