@@ -242,6 +242,36 @@ fn package_check() -> Result<(), String> {
     )
 }
 
+/// The driver crates' API documentation, built as docs.rs builds it (the host and both bare-metal
+/// targets), with every rustdoc warning an error: broken links and unclosed HTML fail the run.
+fn doc_check() -> Result<(), String> {
+    for target in [None, Some(Arch::X86_64), Some(Arch::Aarch64)] {
+        let mut cmd = cargo();
+        cmd.env("RUSTDOCFLAGS", "-D warnings").args([
+            "doc",
+            "--quiet",
+            "--no-deps",
+            "-p",
+            "iommu",
+            "-p",
+            "iommu-vtd",
+            "-p",
+            "iommu-smmuv3",
+        ]);
+        if let Some(arch) = target {
+            cmd.args(["--target", arch.target()]);
+        }
+        step(
+            &format!(
+                "cargo doc, warnings denied ({})",
+                target.map_or("host", Arch::target)
+            ),
+            &mut cmd,
+        )?;
+    }
+    Ok(())
+}
+
 /// `--list`: the boots `test` would make, without making them.
 fn list(filter: &str) {
     let show = |m: &matrix::Machine| {
@@ -292,6 +322,7 @@ fn test(args: &[String]) -> Result<(), String> {
     if !qemu_only {
         host_checks()?;
         package_check()?;
+        doc_check()?;
     }
     let kernels = [
         (Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?),
