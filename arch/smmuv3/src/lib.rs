@@ -32,6 +32,47 @@
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.
+//!
+//! # Bring-up, attach, map
+//!
+//! A PCI device behind the SMMU gets DMA access to one buffer and nothing else; every stream
+//! starts aborting. (A hypervisor usually goes through the object model, `iommu::iommufd`.)
+//!
+//! ```no_run
+//! use iommu::addr::{Iova, PhysAddr};
+//! use iommu::hal::Hal;
+//! use iommu::pagetable::Prot;
+//! use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+//! use iommu_smmuv3::devicetree::Devicetree;
+//! use iommu_smmuv3::{SmmuConfig, SmmuDescription, SmmuUnit};
+//!
+//! /// `dtb`: the flattened devicetree; the SMMU's registers are identity-mapped as Device memory.
+//! fn give_device_one_buffer<H: Hal + Clone>(
+//!     hal: H,
+//!     dtb: &[u8],
+//!     buffer: PhysAddr,
+//! ) -> Result<(), Box<dyn core::error::Error>> {
+//!     let dt = Devicetree::new(dtb)?;
+//!     let host = dt.pci_hosts().next().ok_or("no PCIe host")??;
+//!     // 00:01.0 through the host's iommu-map: which SMMU, which stream id.
+//!     let (smmu, sid) = dt.stream_id(&host, 0x0008)?;
+//!     let smmu = SmmuDescription::from_devicetree(&smmu);
+//!     let regs = smmu.identity_mapped_registers().ok_or("registers not addressable")?;
+//!     // SAFETY: the register frame is mapped as Device memory for the program's life and
+//!     // nothing else drives this SMMU.
+//!     let unit = unsafe { SmmuUnit::new(regs, hal, SmmuConfig::default())? };
+//!
+//!     let domain = unit.new_domain(Stage::First, 48)?;
+//!     unit.map(&domain, Iova::new(0x10_0000), buffer, 0x1000, Prot::READ_WRITE)?;
+//!     unit.attach(DeviceId(sid), Attachment::Paging(&domain))?;
+//!     // The device's DMA to IOVA 0x10_0000 now reaches `buffer`; anything else is an event:
+//!     unit.drain_faults(&mut |fault| log::warn!("{fault}"))?;
+//!
+//!     unit.attach(DeviceId(sid), Attachment::Blocking)?;
+//!     unit.destroy_domain(domain).map_err(|(_, e)| e)?;
+//!     Ok(())
+//! }
+//! ```
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 

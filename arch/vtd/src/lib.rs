@@ -23,6 +23,47 @@
 //! Everything but the register and DMA accesses is plain data, unit-tested on the host; `sim`
 //! (tests only) plays a whole unit's side of the register handshakes for [`VtdUnit`]'s host
 //! tests.
+//!
+//! # Bring-up, attach, map
+//!
+//! A device gets DMA access to one buffer and nothing else; everything the unit serves starts
+//! blocked. (A hypervisor usually goes through the object model, `iommu::iommufd`, on top.)
+//!
+//! ```no_run
+//! use core::ptr::NonNull;
+//! use iommu::addr::{Iova, PhysAddr};
+//! use iommu::hal::Hal;
+//! use iommu::pagetable::Prot;
+//! use iommu::pci::Bdf;
+//! use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+//! use iommu_vtd::{Dmar, Mode, QueueSize, UnitRegisters, VtdUnit};
+//!
+//! /// `dmar`: the ACPI DMAR table; `regs`: its first DRHD's register page, mapped uncached.
+//! fn give_nic_one_buffer<H: Hal + Clone>(
+//!     hal: H,
+//!     dmar: &[u8],
+//!     regs: NonNull<u8>,
+//!     buffer: PhysAddr,
+//! ) -> Result<(), Box<dyn core::error::Error>> {
+//!     let dmar = Dmar::parse(dmar)?;
+//!     // SAFETY: `regs` maps the unit's whole register page and nothing else drives the unit.
+//!     let regs = unsafe { UnitRegisters::new(regs, 4096)? };
+//!     let aw = u32::from(dmar.host_address_width());
+//!     let unit = VtdUnit::new(&regs, hal, Mode::Scalable, aw, QueueSize::ONE_PAGE)?;
+//!
+//!     let domain = unit.new_domain(Stage::Second, 48)?;
+//!     unit.map(&domain, Iova::new(0x10_0000), buffer, 0x1000, Prot::READ_WRITE)?;
+//!     let nic = DeviceId(Bdf::new(0, 3, 0).requester_id().into());
+//!     unit.attach(nic, Attachment::Paging(&domain))?;
+//!     // The NIC's DMA to IOVA 0x10_0000 now reaches `buffer`; anything else faults:
+//!     unit.drain_faults(&mut |fault| log::warn!("{fault}"))?;
+//!
+//!     unit.attach(nic, Attachment::Blocking)?;
+//!     unit.unmap(&domain, Iova::new(0x10_0000), 0x1000)?;
+//!     unit.destroy_domain(domain).map_err(|(_, e)| e)?;
+//!     Ok(())
+//! }
+//! ```
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
