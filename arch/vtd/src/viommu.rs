@@ -25,8 +25,6 @@ use core::ptr::NonNull;
 use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::Format;
-#[cfg(test)]
-use iommu::unit::HardwareError;
 use iommu::unit::{DeviceId, Forwarded, GuestEntry, UnitError};
 
 use crate::caps::{Agaw, Capability, ExtendedCapability};

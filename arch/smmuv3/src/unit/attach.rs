@@ -410,7 +410,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::cmdq::CommandQueue;
@@ -422,7 +422,6 @@ mod tests {
     /// The attachment records and PASID attach on an SMMU with substreams (IDR1.SSIDSIZE = 5;
     /// QEMU has none), over a stream table in host memory, with every STE and CD invalidation
     /// going through a command queue that the simulated SMMU consumes.
-    #[cfg(not(loom))]
     mod pasid {
         use super::*;
         use crate::attributes::Granule;

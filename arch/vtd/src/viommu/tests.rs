@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::pasid::{FirstStagePaging, Pgtt};
+use iommu::unit::HardwareError;
 
 fn did(d: u16) -> Did {
     Did::new(d)
