@@ -1,5 +1,6 @@
 //! Devicetree parsing against real QEMU blobs, hand-built malformed blobs, and random damage.
 
+use super::validate::{FDT_BEGIN_NODE, FDT_END, FDT_END_NODE, FDT_MAGIC, FDT_PROP, MAX_DEPTH};
 use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
