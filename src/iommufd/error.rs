@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::iova::ReservedKind;
-use super::{DeviceHandle, DomainId, GroupId, OwnerId, UnitId, ViommuId};
+use super::{DeviceHandle, DomainId, GroupId, InterruptId, OwnerId, UnitId, ViommuId};
 use crate::unit::{DeviceId, UnitError};
 
 /// Why the object model refused a call. Whatever the case, the call changed nothing: no record
@@ -172,6 +172,17 @@ pub enum Error {
     },
     /// PASID attach needs a device alone in its group.
     GroupNotSingleton(GroupId),
+    /// The unit's devices cannot get an owner: nothing remaps their interrupts (no remapper
+    /// registered) and the embedder has not allowed unsafe interrupts.
+    InterruptsNotIsolated(UnitId),
+    /// The unit has no interrupt remapper to allocate from.
+    NoInterruptRemapper(UnitId),
+    /// The unit has an interrupt remapper already.
+    RemapperPresent(UnitId),
+    /// No interrupt has this id (never allocated, or freed).
+    UnknownInterrupt(InterruptId),
+    /// The caller did not allocate this interrupt.
+    NotInterruptOwner(InterruptId),
     /// The operation is not supported by the object model (named).
     Unsupported(&'static str),
 }
@@ -253,6 +264,14 @@ impl fmt::Display for Error {
             Self::GroupNotSingleton(g) => {
                 write!(f, "{g:?} has several devices: no PASID attach")
             }
+            Self::InterruptsNotIsolated(u) => write!(
+                f,
+                "{u:?} does not isolate interrupts: no remapper, and unsafe interrupts not allowed"
+            ),
+            Self::NoInterruptRemapper(u) => write!(f, "{u:?} has no interrupt remapper"),
+            Self::RemapperPresent(u) => write!(f, "{u:?} has an interrupt remapper already"),
+            Self::UnknownInterrupt(i) => write!(f, "no interrupt {i:?}"),
+            Self::NotInterruptOwner(i) => write!(f, "caller does not own {i:?}"),
             Self::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }

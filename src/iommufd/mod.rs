@@ -47,7 +47,9 @@
 //!     size: u64,
 //! ) -> Result<()> {
 //!     let guest = OwnerId(1);
-//!     // From the PCI topology: 00:03.0 aliases no other device, so it is a group of its own.
+//!     // The unit's interrupt remapper is registered (see "Interrupts" below), so the device
+//!     // can be owned. From the PCI topology: 00:03.0 aliases no other device, so it is a
+//!     // group of its own.
 //!     let dev = io.add_device(unit, DeviceId(0x18), GroupId(0x18))?;
 //!     io.claim(dev, guest)?;
 //!     let windows = [Region { start: 0, last: (1 << 39) - 1 }];
@@ -127,6 +129,18 @@
 //! e.g. one from [`Iommu::alloc_shared_domain`], which translates through a CPU page table the
 //! embedder owns; after changing that table the embedder calls [`Iommu::flush`].
 //!
+//! # Interrupts
+//!
+//! A device given to an owner must not be able to raise other owners' interrupts, so a unit's
+//! devices can only be claimed once the embedder has registered the unit's interrupt remapper
+//! ([`Iommu::set_interrupt_remapper`]: the VT-d unit with interrupt remapping on, or the GICv3
+//! ITS its devices' MSIs go to), or has said by name that interrupts may be unsafe
+//! ([`Iommu::allow_unsafe_interrupts`]; every [`Status`] then says `INSECURE` while such a device
+//! is owned) — the rule Linux VFIO applies. The owner allocates a device's interrupts
+//! ([`Iommu::alloc_interrupt`]: pinned to the id the unit sees the device with, its alias behind
+//! a bridge), retargets and frees them; nobody else can name them, and releasing the device
+//! frees them.
+//!
 //! # Hardware info
 //!
 //! [`Iommu::hardware_info`] reports what a unit can do and its raw identification registers,
@@ -135,6 +149,7 @@
 extern crate alloc;
 
 mod error;
+mod interrupts;
 mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod model_tests;
@@ -148,10 +163,12 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 pub use error::{Error, Result};
+pub use interrupts::InterruptId;
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
 pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
 
+use interrupts::Interrupts;
 use viommu::Viommu;
 
 use crate::addr::{Iova, PhysAddr};
@@ -243,6 +260,8 @@ pub struct Iommu<U: TranslationUnit> {
     pasids: BTreeMap<(DeviceHandle, u32), DomainId>,
     /// Whether owners may attach devices to identity; off until the embedder allows it.
     identity_allowed: bool,
+    /// Interrupt remappers of the units, and the interrupts owners allocated.
+    interrupts: Interrupts,
 }
 
 impl<U: TranslationUnit> Default for Iommu<U> {
@@ -264,6 +283,7 @@ impl<U: TranslationUnit> Iommu<U> {
             aliases: Vec::new(),
             pasids: BTreeMap::new(),
             identity_allowed: false,
+            interrupts: Interrupts::new(),
         }
     }
 
@@ -487,6 +507,9 @@ impl<U: TranslationUnit> Iommu<U> {
 
     fn try_claim(&mut self, device: DeviceHandle, owner: OwnerId) -> Result<()> {
         let d = self.device(device)?;
+        if !self.interrupts.may_own(d.unit) {
+            return Err(Error::InterruptsNotIsolated(d.unit));
+        }
         if let Some(current) = d.owner {
             return Err(Error::AlreadyOwned {
                 device,
@@ -527,6 +550,7 @@ impl<U: TranslationUnit> Iommu<U> {
         if let Some(viommu) = self.viommu_of(device) {
             return Err(Error::DeviceInViommu { device, viommu });
         }
+        self.free_interrupts_of(device, owner)?;
         let pasids: Vec<u32> = self.pasids_of(device).collect();
         for pasid in pasids {
             self.attach_pasid(device, owner, pasid, Target::Blocked)?;

@@ -27,7 +27,7 @@ pub enum Protection {
 }
 
 /// What the object model is doing, for logs and consoles. Its `Display` starts with
-/// `INSECURE` whenever DMA is not confined.
+/// `INSECURE` whenever DMA is not confined or a device's interrupts are not remapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {
     /// How far DMA is confined.
@@ -38,15 +38,19 @@ pub struct Status {
     pub devices: usize,
     /// Live paging domains.
     pub domains: usize,
+    /// Owned devices whose unit has no interrupt remapper (allowed only by
+    /// [`Iommu::allow_unsafe_interrupts`]): each can raise any interrupt of the machine.
+    pub unremapped_interrupts: usize,
 }
 
 impl Status {
     /// Whether some device's DMA reaches all memory (no-IOMMU mode, or an identity attach).
     pub const fn is_insecure(&self) -> bool {
-        match self.protection {
-            Protection::Enforced { identity_devices } => identity_devices > 0,
-            Protection::InsecureNoIommu { .. } => true,
-        }
+        self.unremapped_interrupts > 0
+            || match self.protection {
+                Protection::Enforced { identity_devices } => identity_devices > 0,
+                Protection::InsecureNoIommu { .. } => true,
+            }
     }
 }
 
@@ -62,19 +66,29 @@ impl fmt::Display for Status {
                     ""
                 }
             ),
-            Protection::Enforced {
-                identity_devices: 0,
-            } => write!(
-                f,
-                "DMA confined: {} unit(s), {} device(s), {} paging domain(s)",
-                self.units, self.devices, self.domains
-            ),
-            Protection::Enforced { identity_devices } => write!(
-                f,
-                "INSECURE: {identity_devices} device(s) in identity, DMA confined for the rest: \
-                 {} unit(s), {} device(s), {} paging domain(s)",
-                self.units, self.devices, self.domains
-            ),
+            Protection::Enforced { identity_devices } => {
+                if self.is_insecure() {
+                    f.write_str("INSECURE: ")?;
+                    if identity_devices > 0 {
+                        write!(f, "{identity_devices} device(s) in identity, ")?;
+                    }
+                    if self.unremapped_interrupts > 0 {
+                        write!(
+                            f,
+                            "{} owned device(s) without interrupt remapping, ",
+                            self.unremapped_interrupts
+                        )?;
+                    }
+                    f.write_str("confined for the rest: ")?;
+                } else {
+                    f.write_str("DMA and interrupts confined: ")?;
+                }
+                write!(
+                    f,
+                    "{} unit(s), {} device(s), {} paging domain(s)",
+                    self.units, self.devices, self.domains
+                )
+            }
         }
     }
 }
@@ -93,6 +107,7 @@ impl<U: TranslationUnit> Iommu<U> {
             units: self.units.len(),
             devices: self.devices.len(),
             domains: self.domains.len(),
+            unremapped_interrupts: self.unisolated_owned_devices(),
         }
     }
 }
@@ -146,6 +161,7 @@ impl InsecureNoIommu {
             units: 0,
             devices: 0,
             domains: 0,
+            unremapped_interrupts: 0,
         }
     }
 }

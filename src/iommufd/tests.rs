@@ -3,12 +3,14 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use core::cell::{Cell, RefCell};
 
 use super::*;
+use crate::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
 use crate::unit::{
     CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError, HardwareInfo,
     RawRegisters, UnitError,
@@ -404,7 +406,7 @@ fn snapshot(io: &Iommu<MockUnit>) -> String {
             v.owner, v.hw, v.devices, v.nested
         );
     }
-    s += &format!("{:?};", io.pasids);
+    s += &format!("{:?};{};", io.pasids, io.interrupts.snapshot());
     for u in &io.units {
         s += &format!(
             "{:?};{:?};{:?};{:?};{}",
@@ -451,10 +453,89 @@ const MSI: Reserved = Reserved {
     kind: ReservedKind::MsiDoorbell,
 };
 
-/// One unit serving devices 1..=4 (1 and 2 alias each other: group 10), with identity.
+/// An interrupt remapper's hardware as the tests see it: live entries by handle, each with the
+/// requester id it is pinned to and its target; `fail` makes the next call fail.
+#[derive(Default, Debug)]
+struct IrqTable {
+    entries: BTreeMap<u32, (DeviceId, InterruptTarget)>,
+    next: u32,
+    fail: bool,
+}
+
+/// A remapper over a shared [`IrqTable`], so a test keeps a handle to what it boxed.
+struct MockRemapper(std::rc::Rc<RefCell<IrqTable>>);
+
+impl MockRemapper {
+    fn failing(table: &RefCell<IrqTable>) -> core::result::Result<(), UnitError> {
+        if core::mem::take(&mut table.borrow_mut().fail) {
+            return Err(UnitError::Hardware(HardwareError::Queue));
+        }
+        Ok(())
+    }
+}
+
+impl InterruptRemapper for MockRemapper {
+    fn allocate(
+        &self,
+        device: DeviceId,
+        target: InterruptTarget,
+    ) -> core::result::Result<RemappedInterrupt, UnitError> {
+        Self::failing(&self.0)?;
+        let mut t = self.0.borrow_mut();
+        let handle = t.next;
+        t.next += 1;
+        t.entries.insert(handle, (device, target));
+        Ok(RemappedInterrupt {
+            device,
+            handle,
+            message: MsiMessage {
+                address: 0xfee0_0010 | u64::from(handle) << 5,
+                data: 0,
+            },
+            target,
+        })
+    }
+
+    fn retarget(
+        &self,
+        irq: &mut RemappedInterrupt,
+        target: InterruptTarget,
+    ) -> core::result::Result<(), UnitError> {
+        Self::failing(&self.0)?;
+        let mut t = self.0.borrow_mut();
+        let entry = t
+            .entries
+            .get_mut(&irq.handle)
+            .ok_or(UnitError::UnknownDevice(irq.device))?;
+        entry.1 = target;
+        irq.target = target;
+        Ok(())
+    }
+
+    fn free(&self, irq: RemappedInterrupt) -> core::result::Result<(), UnitError> {
+        Self::failing(&self.0)?;
+        self.0.borrow_mut().entries.remove(&irq.handle);
+        Ok(())
+    }
+
+    fn doorbell(&self) -> Option<PhysAddr> {
+        None
+    }
+}
+
+/// Registers a mock remapper for `u` and returns its table.
+fn remapped<V: TranslationUnit>(io: &mut Iommu<V>, u: UnitId) -> std::rc::Rc<RefCell<IrqTable>> {
+    let table = std::rc::Rc::new(RefCell::new(IrqTable::default()));
+    ok(io.set_interrupt_remapper(u, Box::new(MockRemapper(table.clone()))));
+    table
+}
+
+/// One unit serving devices 1..=4 (1 and 2 alias each other: group 10), with identity and an
+/// interrupt remapper.
 fn system() -> (Iommu<MockUnit>, UnitId, [DeviceHandle; 3]) {
     let mut io = Iommu::new();
     let u = io.add_unit(MockUnit::new(true, &[1, 2, 3, 4]));
+    remapped(&mut io, u);
     let d1 = ok(io.add_device(u, DeviceId(1), GroupId(10)));
     let d2 = ok(io.add_device(u, DeviceId(2), GroupId(10)));
     let d3 = ok(io.add_device(u, DeviceId(3), GroupId(11)));
@@ -629,6 +710,7 @@ fn identity_passes_through_the_units_answer() {
     );
     assert!(io.status().is_insecure());
     let u2 = io.add_unit(MockUnit::new(false, &[7]));
+    remapped(&mut io, u2);
     let d7 = ok(io.add_device(u2, DeviceId(7), GroupId(20)));
     ok(io.claim(d7, A));
     refused(
@@ -1212,6 +1294,7 @@ fn a_borrowed_unit_serves_the_model() {
     let unit = MockUnit::new(false, &[7]);
     let mut io: Iommu<&MockUnit> = Iommu::new();
     let u = io.add_unit(&unit);
+    remapped(&mut io, u);
     let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
     assert_eq!(
         unit.attached.borrow().get(&DeviceId(7)),
@@ -1357,9 +1440,9 @@ mod captured_log {
 
 #[test]
 fn control_path_decisions_are_logged_at_debug() {
-    captured_log::start();
     let (mut io, u, [d1, _, d3]) = system();
     let dom = domain(&mut io, A, u);
+    captured_log::start();
     assert!(io.attach(d1, A, Target::Domain(dom)).is_err());
     ok(io.claim(d1, A));
     ok(io.attach(d1, A, Target::Domain(dom)));
@@ -1379,4 +1462,127 @@ fn control_path_decisions_are_logged_at_debug() {
         );
     }
     assert!(lines[0].contains("refused"), "{lines:?}");
+}
+
+const CPU0_VECTOR_40: InterruptTarget = InterruptTarget {
+    vector: 0x40,
+    cpu: 0,
+};
+const CPU1_VECTOR_41: InterruptTarget = InterruptTarget {
+    vector: 0x41,
+    cpu: 1,
+};
+
+#[test]
+fn devices_without_interrupt_isolation_are_owned_only_by_explicit_opt_in() {
+    let mut io = Iommu::new();
+    let u = io.add_unit(MockUnit::new(false, &[7, 8]));
+    let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
+    let e = ok(io.add_device(u, DeviceId(8), GroupId(8)));
+    assert_eq!(io.interrupts_isolated(u), Ok(false));
+    refused(&mut io, Error::InterruptsNotIsolated(u), |io| {
+        io.claim(d, A)
+    });
+    // Nothing to allocate from, even for an owner.
+    io.allow_unsafe_interrupts(true);
+    ok(io.claim(d, A));
+    refused(&mut io, Error::NoInterruptRemapper(u), |io| {
+        io.alloc_interrupt(d, A, CPU0_VECTOR_40)
+    });
+    let status = io.status();
+    assert!(status.is_insecure());
+    assert_eq!(status.unremapped_interrupts, 1);
+    assert!(
+        format!("{status}").starts_with("INSECURE: 1 owned device(s) without interrupt remapping"),
+        "{status}"
+    );
+    // Forbidding again keeps the owned device but refuses new owners.
+    io.allow_unsafe_interrupts(false);
+    refused(&mut io, Error::InterruptsNotIsolated(u), |io| {
+        io.claim(e, B)
+    });
+    ok(io.release(d, A));
+    assert!(!io.status().is_insecure());
+    // A remapper makes the unit's devices ownable, and the status secure with owners.
+    let table = remapped(&mut io, u);
+    assert_eq!(io.interrupts_isolated(u), Ok(true));
+    ok(io.claim(e, B));
+    assert!(!io.status().is_insecure(), "{}", io.status());
+    refused(&mut io, Error::RemapperPresent(u), |io| {
+        io.set_interrupt_remapper(u, Box::new(MockRemapper(table.clone())))
+    });
+    let unknown = UnitId(9);
+    assert_eq!(
+        io.interrupts_isolated(unknown),
+        Err(Error::UnknownUnit(unknown))
+    );
+}
+
+#[test]
+fn interrupts_belong_to_the_device_owner_and_go_at_release() {
+    let (mut io, _, [d1, d2, d3]) = system();
+    refused(&mut io, Error::NotOwner(d3), |io| {
+        io.alloc_interrupt(d3, A, CPU0_VECTOR_40)
+    });
+    ok(io.claim(d3, A));
+    let (irq, msg) = ok(io.alloc_interrupt(d3, A, CPU0_VECTOR_40));
+    assert_eq!(msg.device, DeviceId(3), "pinned to the device's own id");
+    assert_eq!(msg.target, CPU0_VECTOR_40);
+    assert_eq!(io.interrupts_of(d3).collect::<alloc::vec::Vec<_>>(), [irq]);
+    // Nobody else can name it.
+    refused(&mut io, Error::NotInterruptOwner(irq), |io| {
+        io.retarget_interrupt(B, irq, CPU1_VECTOR_41)
+    });
+    refused(&mut io, Error::NotInterruptOwner(irq), |io| {
+        io.free_interrupt(B, irq)
+    });
+    let moved = ok(io.retarget_interrupt(A, irq, CPU1_VECTOR_41));
+    assert_eq!((moved.handle, moved.target), (msg.handle, CPU1_VECTOR_41));
+    // Release tears it down; the id is gone for good.
+    ok(io.release(d3, A));
+    assert_eq!(io.interrupts_of(d3).count(), 0);
+    refused(&mut io, Error::UnknownInterrupt(irq), |io| {
+        io.free_interrupt(A, irq)
+    });
+
+    // A device behind a bridge: pinned to the alias the unit sees its requests with.
+    ok(io.add_alias(d1, DeviceId(4)));
+    ok(io.add_alias(d2, DeviceId(4)));
+    ok(io.claim(d1, B));
+    let (_, behind) = ok(io.alloc_interrupt(d1, B, CPU0_VECTOR_40));
+    assert_eq!(behind.device, DeviceId(4));
+}
+
+#[test]
+fn a_failing_remapper_changes_nothing() {
+    let mut io = Iommu::new();
+    let u = io.add_unit(MockUnit::new(false, &[7]));
+    let table = remapped(&mut io, u);
+    let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
+    ok(io.claim(d, A));
+    let hw = |t: &std::rc::Rc<RefCell<IrqTable>>| format!("{:?}", t.borrow().entries);
+    table.borrow_mut().fail = true;
+    let before = hw(&table);
+    refused(
+        &mut io,
+        Error::Unit(UnitError::Hardware(HardwareError::Queue)),
+        |io| io.alloc_interrupt(d, A, CPU0_VECTOR_40),
+    );
+    assert_eq!(hw(&table), before);
+    let (irq, _) = ok(io.alloc_interrupt(d, A, CPU0_VECTOR_40));
+    let before = hw(&table);
+    table.borrow_mut().fail = true;
+    refused(
+        &mut io,
+        Error::Unit(UnitError::Hardware(HardwareError::Queue)),
+        |io| io.retarget_interrupt(A, irq, CPU1_VECTOR_41),
+    );
+    assert_eq!(hw(&table), before);
+    // A release whose teardown fails keeps the device owned with its interrupt.
+    table.borrow_mut().fail = true;
+    assert!(io.release(d, A).is_err());
+    assert_eq!(io.device(d).map(|s| s.owner), Ok(Some(A)));
+    assert_eq!(io.interrupts_of(d).count(), 1);
+    ok(io.release(d, A));
+    assert!(table.borrow().entries.is_empty(), "released: no entry left");
 }

@@ -51,6 +51,9 @@ pub fn bridged_devices_share_an_alias_and_a_group<U: TranslationUnit + Copy>(
     let (id_a, id_b, id_alias) = (device_id(a.bdf)?, device_id(b.bdf)?, device_id(alias)?);
     let mut io = Iommu::new();
     let u = io.add_unit(unit);
+    // This test is about DMA; no interrupt remapper is registered, so owning a device needs
+    // the explicit (insecure) opt-in.
+    io.allow_unsafe_interrupts(true);
     let da = io.add_device(u, id_a, group).map_err(fail)?;
     let db = io.add_device(u, id_b, group).map_err(fail)?;
     io.add_alias(da, id_alias).map_err(fail)?;

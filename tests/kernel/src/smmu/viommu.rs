@@ -115,6 +115,9 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     // Host: the object model over the unit, edu owned by the guest.
     let mut io = Iommu::new();
     let u = io.add_unit(unit);
+    // This test is about DMA; no interrupt remapper is registered, so owning a device needs
+    // the explicit (insecure) opt-in.
+    io.allow_unsafe_interrupts(true);
     let guest = OwnerId(1);
     let devh = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
     io.claim(devh, guest).map_err(fail)?;
