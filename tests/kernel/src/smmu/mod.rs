@@ -226,6 +226,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: msi::msi_through_a_paging_domain_needs_the_doorbell_mapped,
     },
     Test {
+        name: "owned_msis_through_the_object_model",
+        run: msi::owned_msis_through_the_object_model,
+    },
+    Test {
         name: "logging_follows_the_command_line",
         run: logging_follows_the_command_line,
     },

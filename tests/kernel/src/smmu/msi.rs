@@ -16,12 +16,14 @@ use crate::dma::IA_BITS;
 use crate::platform::{devicetree, edu_devices, gicv3, its, pci_config, EduDevice};
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
+use iommu::iommufd::{Error, GroupId, Iommu, OwnerId, Target};
+use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage as IrqMessage, RemappedInterrupt};
 use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
-use iommu::unit::{Attachment, DeviceId, FaultKind, TranslationUnit};
+use iommu::unit::{Attachment, DeviceId, FaultKind, HardwareError, TranslationUnit, UnitError};
 use iommu_boot::aarch64::gic;
 use iommu_boot::aarch64::gicv3::FIRST_LPI;
-use iommu_boot::aarch64::its::Its;
+use iommu_boot::aarch64::its::{Its, ItsError};
 use iommu_boot::pci::{MsiCapability, MsiMessage};
 use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq};
@@ -269,5 +271,209 @@ pub fn msi_through_a_paging_domain_needs_the_doorbell_mapped(m: &mut Machine) ->
     })();
     tear_down(m, its, &edus)?;
     drop(domain);
+    result
+}
+
+/// How many EventIDs each device's ITT gets when the object model first maps it.
+const EVENTS_PER_DEVICE: u32 = 32;
+
+/// The ITS as the object model's interrupt remapper for the SMMU's devices: the DeviceId the
+/// model passes is the unit's (the stream id), translated to the ITS DeviceID through the
+/// PCIe host's `iommu-map` and `msi-map` (both read from the devicetree by [`rig`]); the
+/// target's vector is the LPI; only CPU 0's collection exists. EventIDs are handed out per
+/// device, lowest free first.
+struct ItsRemapper {
+    its: &'static Its,
+    /// (stream id, ITS DeviceID) of the devices it may serve.
+    devices: Vec<(DeviceId, u32)>,
+    /// Per ITS DeviceID: whether it has an ITT, and which EventIDs are in use (bit n).
+    events: spin::Mutex<alloc::collections::BTreeMap<u32, u32>>,
+}
+
+impl ItsRemapper {
+    fn its_device(&self, device: DeviceId) -> Result<u32, UnitError> {
+        self.devices
+            .iter()
+            .find(|(stream, _)| *stream == device)
+            .map(|(_, id)| *id)
+            .ok_or(UnitError::UnknownDevice(device))
+    }
+}
+
+/// The ITS's refusals in the core's words.
+fn its_error(e: ItsError) -> UnitError {
+    match e {
+        ItsError::Timeout(t) => UnitError::Timeout(t),
+        ItsError::OutOfMemory => UnitError::OutOfMemory,
+        ItsError::Stalled { .. } => UnitError::Hardware(HardwareError::CommandRejected),
+        _ => UnitError::Unsupported("ITS refused the mapping"),
+    }
+}
+
+impl InterruptRemapper for ItsRemapper {
+    fn allocate(
+        &self,
+        device: DeviceId,
+        target: InterruptTarget,
+    ) -> Result<RemappedInterrupt, UnitError> {
+        if target.cpu != 0 || target.vector < FIRST_LPI {
+            return Err(UnitError::Unsupported("LPIs on CPU 0's collection only"));
+        }
+        let its_device = self.its_device(device)?;
+        let mut events = self.events.lock();
+        let used = match events.get(&its_device) {
+            Some(used) => *used,
+            None => {
+                self.its
+                    .map_device(its_device, EVENTS_PER_DEVICE)
+                    .map_err(its_error)?;
+                events.insert(its_device, 0);
+                0
+            }
+        };
+        let event = (!used).trailing_zeros();
+        if event >= EVENTS_PER_DEVICE {
+            return Err(UnitError::OutOfIds);
+        }
+        self.its
+            .map_interrupt(its_device, event, target.vector)
+            .map_err(its_error)?;
+        events.insert(its_device, used | 1 << event);
+        Ok(RemappedInterrupt {
+            device,
+            handle: event,
+            message: IrqMessage {
+                address: self.its.doorbell(),
+                data: event,
+            },
+            target,
+        })
+    }
+
+    /// DISCARD, then MAPTI with the new LPI: an MSI in between raises nothing.
+    fn retarget(
+        &self,
+        irq: &mut RemappedInterrupt,
+        target: InterruptTarget,
+    ) -> Result<(), UnitError> {
+        if target.cpu != 0 || target.vector < FIRST_LPI {
+            return Err(UnitError::Unsupported("LPIs on CPU 0's collection only"));
+        }
+        let its_device = self.its_device(irq.device)?;
+        self.its
+            .discard(its_device, irq.handle)
+            .map_err(its_error)?;
+        self.its
+            .map_interrupt(its_device, irq.handle, target.vector)
+            .map_err(its_error)?;
+        irq.target = target;
+        Ok(())
+    }
+
+    fn free(&self, irq: RemappedInterrupt) -> Result<(), UnitError> {
+        let its_device = self.its_device(irq.device)?;
+        self.its
+            .discard(its_device, irq.handle)
+            .map_err(its_error)?;
+        if let Some(used) = self.events.lock().get_mut(&its_device) {
+            *used &= !(1 << irq.handle);
+        }
+        Ok(())
+    }
+
+    fn doorbell(&self) -> Option<PhysAddr> {
+        Some(PhysAddr::new(self.its.doorbell() & !0xfff))
+    }
+}
+
+/// Programs `e`'s MSI capability with what the object model handed out.
+fn program_remapped(m: &Machine, its: &Its, e: &MsiEdu, irq: &RemappedInterrupt) -> TestResult {
+    ensure_eq!(irq.message.address, its.doorbell(), "the ITS doorbell");
+    program_msi(m, its, e, u16::try_from(irq.message.data).map_err(fail)?)
+}
+
+/// The object model gives a device's interrupts to its owner: claiming needs the ITS
+/// registered as the unit's remapper; the owner's interrupt is the LPI it asked for, moves when
+/// retargeted, cannot be named by another owner nor raised by another owner's device, and is
+/// discarded when the device is released.
+pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
+    let (its, edus) = rig(m, 2)?;
+    let (a, b) = (&edus[0], &edus[1]);
+    let (owner_a, owner_b) = (OwnerId(1), OwnerId(2));
+    let first = InterruptTarget {
+        vector: FIRST_LPI + 17,
+        cpu: 0,
+    };
+    let moved = InterruptTarget {
+        vector: FIRST_LPI + 18,
+        cpu: 0,
+    };
+    let mut io = Iommu::new();
+    let u = io.add_unit(unit(m)?);
+    let result = (|| {
+        let da = io
+            .add_device(u, a.stream, GroupId(a.stream.0))
+            .map_err(fail)?;
+        let db = io
+            .add_device(u, b.stream, GroupId(b.stream.0))
+            .map_err(fail)?;
+        ensure_eq!(
+            io.claim(da, owner_a),
+            Err(Error::InterruptsNotIsolated(u)),
+            "claimed without interrupt isolation"
+        );
+        let remapper = ItsRemapper {
+            its,
+            devices: edus.iter().map(|e| (e.stream, e.device_id)).collect(),
+            events: spin::Mutex::new(alloc::collections::BTreeMap::new()),
+        };
+        io.set_interrupt_remapper(u, alloc::boxed::Box::new(remapper))
+            .map_err(fail)?;
+        io.claim(da, owner_a).map_err(fail)?;
+        io.claim(db, owner_b).map_err(fail)?;
+        // Identity (an SMMU bypass STE): the MSI reaches the ITS untranslated.
+        io.allow_identity(true);
+        io.attach(da, owner_a, Target::Identity).map_err(fail)?;
+        io.attach(db, owner_b, Target::Identity).map_err(fail)?;
+
+        let (irq, msg) = io.alloc_interrupt(da, owner_a, first).map_err(fail)?;
+        program_remapped(m, its, a, &msg)?;
+        ensure_eq!(raise(a, true), 1, "the owner's MSI");
+        ensure_eq!(gic::last_irq(), Some(first.vector));
+        ensure_eq!(
+            io.free_interrupt(owner_b, irq),
+            Err(Error::NotInterruptOwner(irq)),
+            "another owner freed it"
+        );
+        // b, owned by someone else, writes a's message: the ITS knows b by its own DeviceID.
+        program_remapped(m, its, b, &msg)?;
+        allow_guest_error(UNMAPPED_DEVICE);
+        ensure_eq!(raise(b, false), 0, "another owner's device raised a's LPI");
+
+        let now = io.retarget_interrupt(owner_a, irq, moved).map_err(fail)?;
+        ensure_eq!(
+            now.message,
+            msg.message,
+            "retargeting keeps the device's message"
+        );
+        ensure_eq!(raise(a, true), 1, "the MSI after retargeting");
+        ensure_eq!(gic::last_irq(), Some(moved.vector));
+
+        // Release discards it: owned again and let through, the old message raises nothing.
+        io.release(da, owner_a).map_err(fail)?;
+        ensure_eq!(io.interrupts_of(da).count(), 0);
+        io.claim(da, owner_a).map_err(fail)?;
+        io.attach(da, owner_a, Target::Identity).map_err(fail)?;
+        allow_guest_error(DISCARDED_EVENT);
+        ensure_eq!(
+            raise(a, false),
+            0,
+            "an interrupt freed at release still raised an LPI"
+        );
+        io.release(da, owner_a).map_err(fail)?;
+        io.release(db, owner_b).map_err(fail)?;
+        Ok(())
+    })();
+    tear_down(m, its, &edus)?;
     result
 }
