@@ -179,6 +179,14 @@ pub enum Error {
     NoInterruptRemapper(UnitId),
     /// The unit has an interrupt remapper already.
     RemapperPresent(UnitId),
+    /// The device's MSIs are DMA writes to its remapper's doorbell, but the paging domain has
+    /// no [`ReservedKind::MsiDoorbell`] region covering the doorbell page to map it in.
+    NoMsiWindow {
+        /// The domain.
+        domain: DomainId,
+        /// The doorbell page's physical address (= its IOVA).
+        doorbell: u64,
+    },
     /// No interrupt has this id (never allocated, or freed).
     UnknownInterrupt(InterruptId),
     /// The caller did not allocate this interrupt.
@@ -270,6 +278,10 @@ impl fmt::Display for Error {
             ),
             Self::NoInterruptRemapper(u) => write!(f, "{u:?} has no interrupt remapper"),
             Self::RemapperPresent(u) => write!(f, "{u:?} has an interrupt remapper already"),
+            Self::NoMsiWindow { domain, doorbell } => write!(
+                f,
+                "{domain:?} reserves no MSI window over the doorbell page {doorbell:#x}"
+            ),
             Self::UnknownInterrupt(i) => write!(f, "no interrupt {i:?}"),
             Self::NotInterruptOwner(i) => write!(f, "caller does not own {i:?}"),
             Self::Unsupported(what) => write!(f, "not supported: {what}"),

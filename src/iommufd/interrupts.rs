@@ -6,6 +6,14 @@
 //! Without interrupt isolation a device can write any MSI and raise any vector of the host or of
 //! another guest (see [`crate::irq`]). The remapper of a unit is registered by the embedder:
 //! the VT-d unit itself once its interrupt remapping is on, or the platform's GICv3 ITS.
+//!
+//! Where MSIs are DMA writes to a doorbell (an ITS), a device in a paging domain reaches the
+//! doorbell only if the domain maps it. The model maps the doorbell page at IOVA = its physical
+//! address, so the message the remapper hands out is the same whatever the device is attached
+//! to, inside a region the domain's layout reserves as [`ReservedKind::MsiDoorbell`] (so no
+//! owner mapping can take its place): when an interrupt is allocated for a device in the
+//! domain, or a device with interrupts is attached to it. A domain without such a region is
+//! refused then ([`Error::NoMsiWindow`]).
 
 extern crate alloc;
 
@@ -13,8 +21,10 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use super::{DeviceHandle, Error, Iommu, OwnerId, Result, UnitId};
+use super::{DeviceHandle, DomainId, Error, Iommu, OwnerId, ReservedKind, Result, Target, UnitId};
+use crate::addr::Iova;
 use crate::irq::{InterruptRemapper, InterruptTarget, RemappedInterrupt};
+use crate::pagetable::Prot;
 use crate::unit::{DeviceId, TranslationUnit};
 
 /// A remapped interrupt allocated with [`Iommu::alloc_interrupt`]; never reused.
@@ -116,13 +126,19 @@ impl<U: TranslationUnit> Iommu<U> {
         if d.owner != Some(owner) {
             return Err(Error::NotOwner(device));
         }
-        let remapper = self
-            .interrupts
-            .remappers
-            .get(&d.unit)
-            .ok_or(Error::NoInterruptRemapper(d.unit))?;
+        self.remapper(d.unit)?;
+        let doorbell = match d.target {
+            Target::Domain(domain) => self.map_doorbell(d.unit, domain)?,
+            _ => None,
+        };
         let seen_as = self.requester_seen(device, d.id);
-        let irq = remapper.allocate(seen_as, target)?;
+        let irq = match self.remapper(d.unit)?.allocate(seen_as, target) {
+            Ok(irq) => irq,
+            Err(e) => {
+                self.unmap_doorbell(d.unit, doorbell);
+                return Err(e.into());
+            }
+        };
         let id = InterruptId(self.interrupts.next);
         self.interrupts.next += 1;
         self.interrupts.live.insert(id, Live { device, owner, irq });
@@ -207,6 +223,73 @@ impl<U: TranslationUnit> Iommu<U> {
             .get(&unit)
             .map(|r| &**r)
             .ok_or(Error::NoInterruptRemapper(unit))
+    }
+
+    /// Maps `unit`'s remapper doorbell into paging domain `domain` (once), for the MSIs of its
+    /// devices; returns the domain when this call mapped it, for [`Self::unmap_doorbell`] to
+    /// undo if what follows is refused. Nothing to do where MSIs are not DMA (no doorbell) or
+    /// for a non-paging domain (nested or shared: the guest's or the CPU's tables decide).
+    pub(super) fn map_doorbell(
+        &mut self,
+        unit: UnitId,
+        domain: DomainId,
+    ) -> Result<Option<DomainId>> {
+        let Some(page) = self.remapper(unit)?.doorbell() else {
+            return Ok(None);
+        };
+        let dom = self
+            .domains
+            .get(&domain)
+            .ok_or(Error::UnknownDomain(domain))?;
+        let Ok(space) = dom.space(domain) else {
+            return Ok(None);
+        };
+        if dom.doorbell_mapped {
+            return Ok(None);
+        }
+        let page_last = page.as_u64() + 0xfff;
+        let inside_window = space.reserved().iter().any(|r| {
+            r.kind == ReservedKind::MsiDoorbell
+                && r.region.start <= page.as_u64()
+                && page_last <= r.region.last
+        });
+        if !inside_window {
+            return Err(Error::NoMsiWindow {
+                domain,
+                doorbell: page.as_u64(),
+            });
+        }
+        self.unit(unit)?.map(
+            &dom.hw,
+            Iova::new(page.as_u64()),
+            page,
+            0x1000,
+            Prot::READ_WRITE,
+        )?;
+        if let Some(dom) = self.domains.get_mut(&domain) {
+            dom.doorbell_mapped = true;
+        }
+        log::debug!("MSI doorbell {page:?} mapped into {domain:?}");
+        Ok(Some(domain))
+    }
+
+    /// Undoes a [`Self::map_doorbell`] of this call after a later refusal, so that the refused
+    /// call changed nothing. The unmap of a page this model mapped cannot be refused by the
+    /// page-table rules; a hardware failure of its invalidation leaves the doorbell mapped,
+    /// which gives no device anything but the remapper's own checks.
+    pub(super) fn unmap_doorbell(&mut self, unit: UnitId, mapped: Option<DomainId>) {
+        let Some(domain) = mapped else { return };
+        let Ok(Some(page)) = self.remapper(unit).map(|r| r.doorbell()) else {
+            return;
+        };
+        let (Ok(u), Some(dom)) = (self.unit(unit), self.domains.get(&domain)) else {
+            return;
+        };
+        if u.unmap(&dom.hw, Iova::new(page.as_u64()), 0x1000).is_ok() {
+            if let Some(dom) = self.domains.get_mut(&domain) {
+                dom.doorbell_mapped = false;
+            }
+        }
     }
 
     /// The id `device`'s requests reach its unit with: the last alias registered for it, or its

@@ -228,6 +228,9 @@ struct Domain<D> {
     kind: DomainKind,
     /// Devices and (device, PASID) pairs attached to it; destruction waits for zero.
     users: usize,
+    /// The interrupt remapper's doorbell page is mapped (IOVA = its physical address) for the
+    /// MSIs of the devices attached to it.
+    doorbell_mapped: bool,
 }
 
 /// What a domain is, beyond its unit's hardware object.
@@ -591,7 +594,16 @@ impl<U: TranslationUnit> Iommu<U> {
         if target != Target::Blocked {
             self.check_viable(device, &d, owner, target)?;
         }
-        self.program(device, &d, target)?;
+        let doorbell = match target {
+            Target::Domain(id) if self.interrupts_of(device).next().is_some() => {
+                self.map_doorbell(d.unit, id)?
+            }
+            _ => None,
+        };
+        if let Err(e) = self.program(device, &d, target) {
+            self.unmap_doorbell(d.unit, doorbell);
+            return Err(e);
+        }
         // The hardware has switched; only bookkeeping follows, which cannot fail.
         self.count_users(d.target, target);
         self.device_mut(device)?.target = target;
@@ -743,6 +755,7 @@ impl<U: TranslationUnit> Iommu<U> {
                 hw,
                 kind,
                 users: 0,
+                doorbell_mapped: false,
             },
         );
         id
@@ -773,6 +786,7 @@ impl<U: TranslationUnit> Iommu<U> {
             hw,
             kind,
             users,
+            doorbell_mapped,
         } = dom;
         if let Err((hw, e)) = self.unit(unit)?.destroy_domain(hw) {
             // Put back exactly as it was: the unit refused and kept everything.
@@ -782,6 +796,7 @@ impl<U: TranslationUnit> Iommu<U> {
                 hw,
                 kind,
                 users,
+                doorbell_mapped,
             };
             self.domains.insert(id, back);
             return Err(e.into());

@@ -460,6 +460,8 @@ struct IrqTable {
     entries: BTreeMap<u32, (DeviceId, InterruptTarget)>,
     next: u32,
     fail: bool,
+    /// Where MSIs are DMA writes (an ITS): the doorbell page.
+    doorbell: Option<u64>,
 }
 
 /// A remapper over a shared [`IrqTable`], so a test keeps a handle to what it boxed.
@@ -519,7 +521,7 @@ impl InterruptRemapper for MockRemapper {
     }
 
     fn doorbell(&self) -> Option<PhysAddr> {
-        None
+        self.0.borrow().doorbell.map(PhysAddr::new)
     }
 }
 
@@ -1585,4 +1587,82 @@ fn a_failing_remapper_changes_nothing() {
     assert_eq!(io.interrupts_of(d).count(), 1);
     ok(io.release(d, A));
     assert!(table.borrow().entries.is_empty(), "released: no entry left");
+}
+
+#[test]
+fn a_doorbell_remapper_gets_its_page_mapped_in_the_msi_window() {
+    let mut io = Iommu::new();
+    let u = io.add_unit(MockUnit::new(false, &[7]));
+    let table = remapped(&mut io, u);
+    let page = 0xfee0_0000;
+    table.borrow_mut().doorbell = Some(page);
+    let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
+    ok(io.claim(d, A));
+    let with_window = domain(&mut io, A, u);
+    let w = window();
+    let without = ok(io.alloc_domain(
+        A,
+        u,
+        Stage::Second,
+        48,
+        &Layout {
+            windows: &w,
+            reserved: &[],
+        },
+    ));
+    let maps =
+        |io: &Iommu<MockUnit>, dom: DomainId| io.domains[&dom].hw.maps.borrow().get(&page).copied();
+
+    // In a domain without an MSI window the doorbell has nowhere to go.
+    ok(io.attach(d, A, Target::Domain(without)));
+    refused(
+        &mut io,
+        Error::NoMsiWindow {
+            domain: without,
+            doorbell: page,
+        },
+        |io| io.alloc_interrupt(d, A, CPU0_VECTOR_40),
+    );
+    // A remapper failure after the doorbell was mapped takes the mapping back.
+    ok(io.attach(d, A, Target::Domain(with_window)));
+    table.borrow_mut().fail = true;
+    refused(
+        &mut io,
+        Error::Unit(UnitError::Hardware(HardwareError::Queue)),
+        |io| io.alloc_interrupt(d, A, CPU0_VECTOR_40),
+    );
+    assert_eq!(maps(&io, with_window), None);
+    // Allocated: the doorbell page is mapped at IOVA = its physical address, once.
+    let (irq, _) = ok(io.alloc_interrupt(d, A, CPU0_VECTOR_40));
+    assert_eq!(maps(&io, with_window), Some((0x1000, page)));
+    ok(io.alloc_interrupt(d, A, CPU1_VECTOR_41));
+    // The owner cannot map over it: it lies in a reserved region.
+    refused(
+        &mut io,
+        Error::ReservedRegion(ReservedKind::MsiDoorbell),
+        |io| {
+            io.map(
+                A,
+                with_window,
+                Iova::new(page),
+                PhysAddr::new(0x1000_0000),
+                0x1000,
+                Prot::READ_WRITE,
+            )
+        },
+    );
+    // A device with interrupts moves only to a domain that can carry them.
+    refused(
+        &mut io,
+        Error::NoMsiWindow {
+            domain: without,
+            doorbell: page,
+        },
+        |io| io.attach(d, A, Target::Domain(without)),
+    );
+    let second = domain(&mut io, A, u);
+    ok(io.attach(d, A, Target::Domain(second)));
+    assert_eq!(maps(&io, second), Some((0x1000, page)));
+    ok(io.free_interrupt(A, irq));
+    ok(io.release(d, A));
 }

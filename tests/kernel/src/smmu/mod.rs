@@ -230,6 +230,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: msi::owned_msis_through_the_object_model,
     },
     Test {
+        name: "owned_msi_in_a_paging_domain_passes_its_mapped_doorbell",
+        run: msi::owned_msi_in_a_paging_domain_passes_its_mapped_doorbell,
+    },
+    Test {
         name: "logging_follows_the_command_line",
         run: logging_follows_the_command_line,
     },

@@ -16,7 +16,9 @@ use crate::dma::IA_BITS;
 use crate::platform::{devicetree, edu_devices, gicv3, its, pci_config, EduDevice};
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
-use iommu::iommufd::{Error, GroupId, Iommu, OwnerId, Target};
+use iommu::iommufd::{
+    Error, GroupId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind, Target,
+};
 use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage as IrqMessage, RemappedInterrupt};
 use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
@@ -472,6 +474,94 @@ pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
         );
         io.release(da, owner_a).map_err(fail)?;
         io.release(db, owner_b).map_err(fail)?;
+        Ok(())
+    })();
+    tear_down(m, its, &edus)?;
+    result
+}
+
+/// A device in one of its owner's paging domains: the object model maps the ITS doorbell into
+/// the domain's reserved MSI window (IOVA = the doorbell's physical address) when the owner
+/// allocates the interrupt, so the same message passes the SMMU and raises the LPI; a domain
+/// without such a window is refused by name.
+pub fn owned_msi_in_a_paging_domain_passes_its_mapped_doorbell(m: &mut Machine) -> TestResult {
+    let (its, edus) = rig(m, 1)?;
+    let a = &edus[0];
+    let owner = OwnerId(1);
+    let lpi = InterruptTarget {
+        vector: FIRST_LPI + 19,
+        cpu: 0,
+    };
+    let doorbell_page = its.doorbell() & !0xfff;
+    let unit = unit(m)?;
+    let stage = preferred_stage(unit);
+    let mut io = Iommu::new();
+    let u = io.add_unit(unit);
+    let result = (|| {
+        let da = io
+            .add_device(u, a.stream, GroupId(a.stream.0))
+            .map_err(fail)?;
+        let remapper = ItsRemapper {
+            its,
+            devices: edus.iter().map(|e| (e.stream, e.device_id)).collect(),
+            events: spin::Mutex::new(alloc::collections::BTreeMap::new()),
+        };
+        io.set_interrupt_remapper(u, alloc::boxed::Box::new(remapper))
+            .map_err(fail)?;
+        io.claim(da, owner).map_err(fail)?;
+        let windows = [Region::below_bits(IA_BITS)];
+        let msi_window = [Reserved {
+            region: Region {
+                start: doorbell_page,
+                last: doorbell_page + 0xfff,
+            },
+            kind: ReservedKind::MsiDoorbell,
+        }];
+        let bare = io
+            .alloc_domain(
+                owner,
+                u,
+                stage,
+                IA_BITS,
+                &Layout {
+                    windows: &windows,
+                    reserved: &[],
+                },
+            )
+            .map_err(fail)?;
+        io.attach(da, owner, Target::Domain(bare)).map_err(fail)?;
+        ensure_eq!(
+            io.alloc_interrupt(da, owner, lpi).map(|_| ()),
+            Err(Error::NoMsiWindow {
+                domain: bare,
+                doorbell: doorbell_page
+            }),
+            "an interrupt allocated in a domain with nowhere to map the doorbell"
+        );
+        let dom = io
+            .alloc_domain(
+                owner,
+                u,
+                stage,
+                IA_BITS,
+                &Layout {
+                    windows: &windows,
+                    reserved: &msi_window,
+                },
+            )
+            .map_err(fail)?;
+        io.attach(da, owner, Target::Domain(dom)).map_err(fail)?;
+        let (_, msg) = io.alloc_interrupt(da, owner, lpi).map_err(fail)?;
+        program_remapped(m, its, a, &msg)?;
+        ensure_eq!(
+            raise(a, true),
+            1,
+            "the MSI through the domain's mapped doorbell"
+        );
+        ensure_eq!(gic::last_irq(), Some(lpi.vector));
+        io.release(da, owner).map_err(fail)?;
+        io.destroy_domain(owner, dom).map_err(fail)?;
+        io.destroy_domain(owner, bare).map_err(fail)?;
         Ok(())
     })();
     tear_down(m, its, &edus)?;
