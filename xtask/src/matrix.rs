@@ -59,6 +59,19 @@ fn vtd_machine(mode: &str, aw: u32, cm: bool) -> Machine {
     }
 }
 
+/// VT-d with interrupt remapping on (`intremap=on`; under TCG QEMU needs no
+/// `kernel-irqchip=split` for it, and leaves EIM off): aw-bits 48, caching mode off. The
+/// kernel is told `vtd.ir=1` and runs the MSI tests on top of all the others.
+fn vtd_ir_machine(mode: &str) -> Machine {
+    let mut m = vtd_machine(mode, 48, false);
+    for arg in m.args.iter_mut().filter(|a| a.starts_with("intel-iommu,")) {
+        *arg = arg.replacen("intremap=off", "intremap=on", 1);
+    }
+    m.name = format!("{} intremap", m.name);
+    m.cmdline = format!("{} vtd.ir=1", m.cmdline);
+    m
+}
+
 /// Arm SMMUv3 on `virt`: QEMU 10's `virt` has a nested-capable SMMU (the `stage` property is
 /// ignored there); `virt-9.0` honours `arm-smmuv3.stage` for stage-1-only or stage-2-only SMMUs.
 fn smmu_machine(stage: &str, el2: bool) -> Machine {
@@ -110,6 +123,9 @@ pub fn machines() -> Vec<Machine> {
                 v.push(vtd_machine(mode, aw, cm));
             }
         }
+    }
+    for mode in ["legacy", "scalable", "flts"] {
+        v.push(vtd_ir_machine(mode));
     }
     v.push(smmu_machine("nested", false));
     v.push(smmu_machine("nested", true));

@@ -1,5 +1,6 @@
 //! Primary fault records (VT-d spec 7.1.3, 11.4.7.6): the reason codes and what they mean, and
-//! the decoding of one fault recording register into the core's [`FaultRecord`].
+//! the decoding of one fault recording register into the core's [`FaultRecord`]. DMA faults
+//! carry the faulting page; interrupt-remapping faults (0x20..=0x27) the interrupt index.
 //!
 //! Second-stage walks report a not-present entry and a missing permission with the same codes
 //! (5: write, 6: read), so whether such a fault is a translation or a permission fault is
@@ -42,6 +43,31 @@ pub const fn reason(code: u8) -> (&'static str, Option<FaultKind>) {
         ),
         0x0d => (
             "translation type blocked by context entry",
+            Some(Configuration),
+        ),
+        // Interrupt remapping (7.1.3, table 31); the record's address holds the interrupt
+        // index instead of a page.
+        0x20 => (
+            "interrupt request with a reserved field set",
+            Some(Configuration),
+        ),
+        0x21 => (
+            "interrupt index beyond the remapping table",
+            Some(Translation),
+        ),
+        0x22 => ("interrupt remapping entry not present", Some(Translation)),
+        0x23 => (
+            "interrupt remapping table not accessible",
+            Some(Configuration),
+        ),
+        0x24 => (
+            "reserved field set in a present interrupt remapping entry",
+            Some(Configuration),
+        ),
+        0x25 => ("compatibility-format interrupt blocked", Some(Permission)),
+        0x26 => ("interrupt source-id validation failed", Some(Permission)),
+        0x27 => (
+            "posted-interrupt descriptor not accessible",
             Some(Configuration),
         ),
         0x30..=0x3b => (
@@ -102,6 +128,18 @@ impl RawFault {
         self.lo & FRCD_LO::FI::SET.mask()
     }
 
+    /// An interrupt-remapping fault (reasons 0x20..=0x27): a blocked interrupt request, not
+    /// a DMA.
+    pub fn is_interrupt_fault(&self) -> bool {
+        matches!(self.code(), 0x20..=0x27)
+    }
+
+    /// For an interrupt-remapping fault, the interrupt index of the request (11.4.14: FI bits
+    /// 63:48, bits 47:12 clear).
+    pub fn interrupt_index(&self) -> Option<u16> {
+        self.is_interrupt_fault().then_some((self.lo >> 48) as u16)
+    }
+
     /// T1 = 0 is a write (for requests other than page requests).
     pub fn is_write(&self) -> bool {
         self.field(FRCD_HI::T1) == 0
@@ -128,11 +166,17 @@ impl RawFault {
             (0x05 | 0x06, Classify::Unmapped) => "second-stage entry not present",
             _ => meaning,
         };
+        // An interrupt request is a write; its T bit means nothing and its address is the
+        // interrupt index.
+        let (address, write) = match self.interrupt_index() {
+            Some(index) => (u64::from(index), true),
+            None => (self.address(), self.is_write()),
+        };
         FaultRecord {
             device: DeviceId(u32::from(self.source())),
             pasid: self.pasid(),
-            address: self.address(),
-            write: self.is_write(),
+            address,
+            write,
             kind,
             code: u16::from(code),
             reason,

@@ -331,7 +331,10 @@ pub fn translate_guest_descriptor(
             range,
         },
         Descriptor::Wait(_) => return Ok(GuestAction::Consumed),
-        Descriptor::Raw(_) => return Err("descriptor type (not decoded)"),
+        // Guests get no interrupt remapping of their own (decode never yields this type).
+        Descriptor::Raw(_) | Descriptor::InterruptEntryCache(_) => {
+            return Err("descriptor type (not decoded)")
+        }
     };
     Ok(GuestAction::Issue(issued))
 }

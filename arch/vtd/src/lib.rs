@@ -16,6 +16,8 @@
 //! - [`fault_record`]: the fault recording registers' contents decoded (reason codes).
 //! - [`unit`](mod@unit): [`VtdUnit`], one unit brought up and driven: domains and their ids, attach,
 //!   invalidation, faults, RMRRs, hardware info.
+//! - [`interrupt_remapping`]: IRTEs, the interrupt-remapping table and the core's
+//!   [`InterruptRemapper`](iommu::irq::InterruptRemapper) for [`VtdUnit`].
 //! - [`guest`] (a guest's PASID entries and descriptors checked and translated) and [`viommu`]
 //!   (nest parents, vIOMMUs, nested domains): the unit side of a virtual IOMMU.
 //! - [`error`]: the crate's [`Error`], one variant per layer.
@@ -76,6 +78,7 @@ pub mod dmar;
 pub mod error;
 pub mod fault_record;
 pub mod guest;
+pub mod interrupt_remapping;
 pub mod pasid;
 pub mod qi;
 mod register_invalidation;

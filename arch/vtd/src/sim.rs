@@ -2,7 +2,7 @@
 //! and a responder thread that plays the hardware's side of every handshake.
 //!
 //! What the responder does (and so what these tests cover): GCMD → GSTS for TE, QIE, IRE, CFI
-//! (states) and SRTP (latched root pointer, RTPS); CCMD.ICC and IOTLB.IVT cleared with the
+//! (states), SRTP (latched root pointer, RTPS) and SIRTP (IRTPS); CCMD.ICC and IOTLB.IVT cleared with the
 //! actual granularity set to the requested one (register-based invalidation, ECAP.QI = 0); the
 //! invalidation queue consumed from IQH to IQT, wait descriptors with SW writing their status
 //! (ECAP.QI = 1). Every invalidation is logged for the tests to check. It does not translate
@@ -136,11 +136,12 @@ impl Drop for SimUnit {
 /// The hardware's side, until `stop`.
 fn respond(regs: Regs, stop: &AtomicBool, log: &Mutex<Vec<Event>>) {
     const STATES: u32 = (1 << 31) | (1 << 26) | (1 << 25) | (1 << 23);
-    let mut rtps = false;
+    let (mut rtps, mut irtps) = (false, false);
     while !stop.load(StdOrdering::Relaxed) {
         let gcmd = regs.r32(0x18);
         rtps |= gcmd & (1 << 30) != 0;
-        let gsts = (gcmd & STATES) | (u32::from(rtps) << 30);
+        irtps |= gcmd & (1 << 24) != 0;
+        let gsts = (gcmd & STATES) | (u32::from(rtps) << 30) | (u32::from(irtps) << 24);
         regs.w32(0x1c, gsts);
 
         let ccmd = regs.r64(0x28);
@@ -840,4 +841,153 @@ fn without_nest_a_guest_first_stage_is_refused_after_its_check() {
     assert_eq!(viommu.nested_domains(), 0);
     unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
     unit.destroy_domain(parent).map_err(|(_, e)| e).unwrap();
+}
+
+/// QEMU's legacy ECAP with `intremap=on`: QI, IR, PT, IRO 0xf, MHMV 15 (no EIM).
+const ECAP_IR: u64 = 0x0000_0000_00f0_0f4a;
+
+#[test]
+fn interrupt_remapping_allocates_retargets_and_frees_with_iec() {
+    use crate::interrupt_remapping::{irte::Irte, message, ApicMode};
+    use iommu::irq::{InterruptRemapper, InterruptTarget};
+
+    // A unit without ECAP.IR refuses, typed, before touching anything.
+    let plain = SimUnit::new(CAP, ECAP_SCALABLE & !(1 << 3));
+    let plain_regs = plain.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&plain_regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
+    assert!(matches!(
+        unit.enable_interrupt_remapping(256, ApicMode::Xapic),
+        Err(UnitError::Unsupported(_))
+    ));
+    let target = InterruptTarget {
+        vector: 0x40,
+        cpu: 0,
+    };
+    assert!(matches!(
+        unit.allocate(EDU, target),
+        Err(UnitError::Unsupported(_))
+    ));
+    drop(unit);
+
+    let sim = SimUnit::new(CAP, ECAP_IR);
+    let regs = sim.registers();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
+    sim.take_log();
+    assert!(matches!(
+        unit.enable_interrupt_remapping(100, ApicMode::Xapic),
+        Err(UnitError::Unsupported(_))
+    ));
+    assert!(matches!(
+        unit.enable_interrupt_remapping(256, ApicMode::X2apic),
+        Err(UnitError::Unsupported(_))
+    ));
+    unit.enable_interrupt_remapping(256, ApicMode::Xapic)
+        .unwrap();
+    assert_eq!(
+        unit.enable_interrupt_remapping(256, ApicMode::Xapic),
+        Err(UnitError::Busy)
+    );
+    assert!(unit.interrupt_remapping_enabled());
+    assert_eq!(
+        sim.gsts() & (1 << 25 | 1 << 24 | 1 << 23),
+        1 << 25 | 1 << 24,
+        "IRES, IRTPS, not CFIS"
+    );
+    let irta = Regs(sim.base.as_ptr() as usize).r64(0xb8);
+    assert_eq!(irta & 0xfff, 7, "S = 7 (256 entries), EIME clear");
+    assert_eq!(
+        queued_descriptors(&sim.take_log()),
+        [[0x4, 0]],
+        "one global IEC"
+    );
+
+    // Allocate: entry 0, pinned to the device, remappable message.
+    let mut irq = unit.allocate(EDU, target).unwrap();
+    assert_eq!(irq.handle, 0);
+    assert_eq!(irq.message, message::remappable(0));
+    assert_eq!(irq.message.address, 0xfee0_0010);
+    assert_eq!(
+        unit.irte(0),
+        Some(
+            Irte::fixed(
+                0x40,
+                crate::interrupt_remapping::irte::Destination::Xapic(0),
+                0x8
+            )
+            .encode()
+        )
+    );
+    assert_eq!(unit.irte(0).map(|w| w[0] & 1), Some(1));
+    let second = unit
+        .allocate(
+            EDU2,
+            InterruptTarget {
+                vector: 0x41,
+                cpu: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(second.handle, 1);
+    sim.take_log();
+
+    // Retarget: the low word changes, one index-selective IEC (G = 1, IIDX = 0).
+    unit.retarget(
+        &mut irq,
+        InterruptTarget {
+            vector: 0x42,
+            cpu: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(irq.target.vector, 0x42);
+    let w = unit.irte(0).unwrap();
+    assert_eq!((w[0] >> 16) as u8, 0x42);
+    assert_eq!((w[0] >> 40) as u8, 2, "xAPIC destination in DST bits 15:8");
+    assert_eq!(queued_descriptors(&sim.take_log()), [[0x14, 0]]);
+
+    // Refusals leave everything as it was.
+    assert!(unit
+        .allocate(
+            EDU,
+            InterruptTarget {
+                vector: 0x10,
+                cpu: 0
+            }
+        )
+        .is_err());
+    assert!(unit
+        .allocate(
+            EDU,
+            InterruptTarget {
+                vector: 0x40,
+                cpu: 256
+            }
+        )
+        .is_err());
+    let mut forged = irq;
+    forged.device = EDU2;
+    assert_eq!(
+        unit.retarget(&mut forged, target),
+        Err(UnitError::UnknownDevice(EDU2))
+    );
+    assert_eq!(unit.irte(0), Some(w));
+
+    // Free: not present, IEC of index 1, and the handle cannot be freed twice.
+    unit.free(second).unwrap();
+    assert_eq!(unit.irte(1).map(|w| w[0]), Some(0));
+    assert_eq!(queued_descriptors(&sim.take_log()), [[0x1_0000_0014, 0]]);
+    assert!(unit.free(second).is_err());
+    // The freed entry is handed out again.
+    assert_eq!(unit.allocate(EDU2, target).unwrap().handle, 1);
+}
+
+/// The queue descriptors in `log`, wait descriptors left out.
+fn queued_descriptors(log: &[Event]) -> Vec<[u64; 2]> {
+    log.iter()
+        .filter_map(|e| match e {
+            Event::Queued(w) if w[0] & 0xf != 5 => Some(*w),
+            _ => None,
+        })
+        .collect()
 }

@@ -1,6 +1,8 @@
-//! A minimal interrupt path for the tests that need one (an IOMMU's fault-event MSI): the local
-//! APIC enabled in xAPIC mode, one vector ([`TEST_VECTOR`]) whose handler counts deliveries,
-//! calls the hook a test set, signals end of interrupt and returns. Interrupts stay disabled
+//! A minimal interrupt path for the tests that need one (an IOMMU's fault-event MSI, device
+//! MSIs through interrupt remapping): the local APIC enabled in xAPIC mode, two vectors
+//! ([`TEST_VECTOR`], [`SECOND_TEST_VECTOR`], so a test can see an interrupt move) whose
+//! handler counts deliveries per vector, records the last one, calls the hook a test set,
+//! signals end of interrupt and returns. Interrupts stay disabled
 //! except inside [`with_interrupts`]; the legacy 8259 PICs are masked first, so the only
 //! interrupts that can arrive are MSIs a test asked a device for (and spurious ones).
 //!
@@ -9,7 +11,7 @@
 //! them and returns with `iretq`. The target is soft-float and has no red zone, so there is no
 //! FPU/SSE state to save and nothing below RSP to protect.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use x86_64::instructions::interrupts;
 use x86_64::instructions::port::PortWriteOnly;
 use x86_64::structures::idt::{Entry, HandlerFunc};
@@ -18,6 +20,8 @@ use x86_64::VirtAddr;
 /// The vector of the test interrupt (above the 32 exception vectors and the 8259's usual
 /// 0x08..0x0f / 0x70..0x77 ranges).
 pub const TEST_VECTOR: u8 = 0x40;
+/// A second test vector, for tests that move an interrupt from one vector to another.
+pub const SECOND_TEST_VECTOR: u8 = 0x41;
 /// The local APIC's spurious-interrupt vector (its low 4 bits must be 1s on old APICs).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -31,9 +35,12 @@ const LAPIC_SVR: u64 = 0xf0;
 /// SVR bit 8: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 
-/// Deliveries of [`TEST_VECTOR`] so far. Written by the handler, read by tests; single CPU,
-/// and the count itself is the only data, so Relaxed suffices.
-static COUNT: AtomicU64 = AtomicU64::new(0);
+/// Deliveries of [`TEST_VECTOR`] and [`SECOND_TEST_VECTOR`] so far. Written by the handler,
+/// read by tests; single CPU, and the counts themselves are the only data, so Relaxed
+/// suffices.
+static COUNTS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// The vector delivered last (0: none yet); Relaxed as the counts.
+static LAST: AtomicU8 = AtomicU8::new(0);
 /// The hook the handler calls (a `fn()` as usize), 0 for none. Set with interrupts disabled.
 static HOOK: AtomicUsize = AtomicUsize::new(0);
 
@@ -43,13 +50,22 @@ core::arch::global_asm!(
     .balign 16
     .global iommu_boot_test_vector_stub
 iommu_boot_test_vector_stub:
-    /* The CPU pushed 5 quadwords onto a 16-byte-aligned stack; 9 more keep the call below
-       16-byte aligned, as the ABI wants. */
+    push %rdi
+    mov ${first}, %edi
+    jmp 1f
+
+    .balign 16
+    .global iommu_boot_second_vector_stub
+iommu_boot_second_vector_stub:
+    push %rdi
+    mov ${second}, %edi
+1:
+    /* The CPU pushed 5 quadwords onto a 16-byte-aligned stack; 9 more (%rdi above, 8 here)
+       keep the call below 16-byte aligned, as the ABI wants. %edi carries the vector. */
     push %rax
     push %rcx
     push %rdx
     push %rsi
-    push %rdi
     push %r8
     push %r9
     push %r10
@@ -60,11 +76,11 @@ iommu_boot_test_vector_stub:
     pop %r10
     pop %r9
     pop %r8
-    pop %rdi
     pop %rsi
     pop %rdx
     pop %rcx
     pop %rax
+    pop %rdi
     iretq
 
     .balign 16
@@ -75,20 +91,27 @@ iommu_boot_spurious_stub:
     .popsection
 "#,
     handler = sym handle_test_vector,
+    first = const TEST_VECTOR,
+    second = const SECOND_TEST_VECTOR,
     options(att_syntax),
 );
 
 unsafe extern "C" {
     static iommu_boot_test_vector_stub: u8;
+    static iommu_boot_second_vector_stub: u8;
     static iommu_boot_spurious_stub: u8;
 }
 
-/// Fills the IDT entries of [`TEST_VECTOR`] and [`SPURIOUS_VECTOR`].
+/// Fills the IDT entries of [`TEST_VECTOR`], [`SECOND_TEST_VECTOR`] and [`SPURIOUS_VECTOR`].
 pub(super) fn install(idt: &mut [Entry<HandlerFunc>]) {
     let stubs = [
         (
             TEST_VECTOR,
             VirtAddr::from_ptr(&raw const iommu_boot_test_vector_stub),
+        ),
+        (
+            SECOND_TEST_VECTOR,
+            VirtAddr::from_ptr(&raw const iommu_boot_second_vector_stub),
         ),
         (
             SPURIOUS_VECTOR,
@@ -138,7 +161,21 @@ pub fn set_hook(hook: Option<fn()>) {
 
 /// How many times [`TEST_VECTOR`] was delivered.
 pub fn count() -> u64 {
-    COUNT.load(Ordering::Relaxed)
+    count_of(TEST_VECTOR)
+}
+
+/// How many times `vector` (one of the test vectors; 0 for any other) was delivered.
+pub fn count_of(vector: u8) -> u64 {
+    match vector {
+        TEST_VECTOR => COUNTS[0].load(Ordering::Relaxed),
+        SECOND_TEST_VECTOR => COUNTS[1].load(Ordering::Relaxed),
+        _ => 0,
+    }
+}
+
+/// The test vector delivered last, 0 before any.
+pub fn last_vector() -> u8 {
+    LAST.load(Ordering::Relaxed)
 }
 
 /// Runs `f` with interrupts enabled, disabling them again afterwards.
@@ -149,8 +186,12 @@ pub fn with_interrupts<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-extern "C" fn handle_test_vector() {
-    COUNT.fetch_add(1, Ordering::Relaxed);
+extern "C" fn handle_test_vector(vector: u32) {
+    let vector = vector as u8;
+    if let Some(c) = COUNTS.get(usize::from(vector == SECOND_TEST_VECTOR)) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    LAST.store(vector, Ordering::Relaxed);
     let hook = HOOK.load(Ordering::Relaxed);
     if hook != 0 {
         // SAFETY: HOOK only ever holds 0 or a `fn()` stored by `set_hook`.

@@ -495,3 +495,37 @@ fn decode_refuses_reserved_bits_types_and_encodings() {
         r("device-TLB reserved bits")
     );
 }
+
+#[test]
+fn interrupt_entry_cache_descriptors() {
+    // Global: type 4, G (bit 4) clear.
+    assert_eq!(
+        enc(Descriptor::InterruptEntryCache(IecScope::Global)),
+        [0x4, 0]
+    );
+    // Index-selective, one entry: G set, IM 0, IIDX 0x123 in 47:32.
+    assert_eq!(
+        enc(Descriptor::InterruptEntryCache(IecScope::Entries(
+            IrteBlock::entry(0x123)
+        ))),
+        [0x0000_0123_0000_0014, 0]
+    );
+    // 2^3 entries from 0x40: IM 3 in 31:27 (0x1800_0000).
+    let block = IrteBlock::new(0x40, 3).unwrap();
+    assert_eq!(
+        enc(Descriptor::InterruptEntryCache(IecScope::Entries(block))),
+        [0x0000_0040_1800_0014, 0]
+    );
+    assert_eq!(
+        IrteBlock::new(0x41, 3),
+        Err(DescriptorError::MisalignedEntries {
+            index: 0x41,
+            mask: 3
+        })
+    );
+    assert!(matches!(
+        IrteBlock::new(0, 16),
+        Err(DescriptorError::MaskTooLarge { .. })
+    ));
+    assert!(!Descriptor::InterruptEntryCache(IecScope::Global).needs_256_bit());
+}

@@ -36,3 +36,32 @@ fn decodes_read_and_pasid_and_configuration() {
     assert_eq!(reason(0x85).1, Some(FaultKind::Permission));
     assert_eq!(reason(0x04).1, Some(FaultKind::AddressSize));
 }
+
+#[test]
+fn decodes_interrupt_remapping_faults_with_their_index() {
+    // As QEMU records a blocked MSI: FI = index << 48, SID 00:03.0, reason 0x22, T clear.
+    let raw = RawFault {
+        lo: 0x0005 << 48,
+        hi: (1 << 63) | (0x22 << 32) | 0x0018,
+    };
+    assert!(raw.is_interrupt_fault());
+    assert_eq!(raw.interrupt_index(), Some(5));
+    let f = raw.decode(Classify::Unknown);
+    assert_eq!(f.device, DeviceId(0x18));
+    assert_eq!(f.address, 5);
+    assert!(f.write);
+    assert_eq!(f.code, 0x22);
+    assert_eq!(f.kind, FaultKind::Translation);
+    assert_eq!(f.reason, "interrupt remapping entry not present");
+    // Every IR reason is named, none falls through to "not decoded".
+    for code in 0x20..=0x27u8 {
+        assert_ne!(reason(code).0, "reason not decoded", "{code:#x}");
+    }
+    assert_eq!(reason(0x26).1, Some(FaultKind::Permission));
+    // A DMA fault has no interrupt index.
+    let dma = RawFault {
+        lo: 0x1000,
+        hi: (1 << 63) | (5 << 32),
+    };
+    assert_eq!(dma.interrupt_index(), None);
+}

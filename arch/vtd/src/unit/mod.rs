@@ -26,7 +26,8 @@
 //! (the domain type, creation and destruction) with `domain_ids` (the id pool), `attach`
 //! (root, context and PASID entries), `invalidate` (the batch, the range-flush plan, nested
 //! ids), `fault` (collect, classify, drain, the fault-event interrupt), `info` (hardware info);
-//! VT-d's own `rmrr` (reserved memory regions).
+//! VT-d's own `rmrr` (reserved memory regions). Interrupt remapping, turned on after bring-up,
+//! has its own room: `crate::interrupt_remapping`.
 
 mod attach;
 mod domain;
@@ -112,6 +113,8 @@ pub struct VtdUnit<'u, H: Hal + Clone> {
     pub(crate) faults: spin::Mutex<Pending>,
     /// Nest parents in use by vIOMMUs (`crate::viommu`).
     pub(crate) nest_parents: crate::viommu::NestParents,
+    /// The interrupt-remapping table, once remapping is on (`crate::interrupt_remapping`).
+    pub(crate) interrupts: spin::Once<crate::interrupt_remapping::Remapping>,
 }
 
 // SAFETY: the only non-thread-safe part is `&UnitRegisters` (a pointer to MMIO). Registers are
@@ -168,6 +171,11 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         // table and queue registers change under a running unit.
         if block.gsts.is_set(GSTS::TES) {
             Self::command(regs, GCMD::TE::SET, false, GSTS::TES, "GSTS.TES clear")?;
+        }
+        // Interrupt remapping through a table we do not own: off, until
+        // `enable_interrupt_remapping` sets up ours.
+        if block.gsts.is_set(GSTS::IRES) {
+            Self::command(regs, GCMD::IRE::SET, false, GSTS::IRES, "GSTS.IRES clear")?;
         }
         if block.gsts.is_set(GSTS::QIES) {
             Self::command(regs, GCMD::QIE::SET, false, GSTS::QIES, "GSTS.QIES clear")?;
@@ -242,6 +250,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 overflow: false,
             }),
             nest_parents: crate::viommu::NestParents::new(),
+            interrupts: spin::Once::new(),
         };
         let mut global = Batch::new();
         global.push(Descriptor::ContextCache(ContextCacheScope::Global));
@@ -264,7 +273,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
 
     /// One GCMD command with its GSTS handshake (10.4.4): the persistent state bits are
     /// written back with `bit` set or cleared, then GSTS must follow.
-    fn command(
+    pub(crate) fn command(
         regs: &UnitRegisters,
         bit: FieldValue<u32, GCMD::Register>,
         on: bool,

@@ -25,7 +25,7 @@ use iommu_vtd::unit::{
     plan_flush, FlushLimits, FlushPlan, IovaRange, Mode, VtdUnit, FLUSH_THRESHOLD,
 };
 
-type Unit = VtdUnit<'static, &'static KernelHal>;
+pub(super) type Unit = VtdUnit<'static, &'static KernelHal>;
 
 /// The unit, brought up by the first test that needs it.
 static UNIT: spin::Once<Result<Unit, String>> = spin::Once::new();

@@ -5,6 +5,7 @@
 mod dma;
 mod hypervisor;
 mod lifecycle;
+mod msi;
 mod viommu;
 
 use crate::Machine;
@@ -148,6 +149,31 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "tiny_hypervisor_through_the_object_model",
         run: hypervisor::tiny_hypervisor_through_the_object_model,
+    },
+    // Device MSIs through interrupt remapping (machines with intremap=on, vtd.ir=1).
+    Test {
+        name: "remapped_msi_arrives_at_the_vector_its_irte_names",
+        run: msi::remapped_msi_arrives_at_the_vector_its_irte_names,
+    },
+    Test {
+        name: "retargeted_entry_moves_the_next_msi",
+        run: msi::retargeted_entry_moves_the_next_msi,
+    },
+    Test {
+        name: "msi_naming_a_not_present_entry_is_blocked_and_reported",
+        run: msi::msi_naming_a_not_present_entry_is_blocked_and_reported,
+    },
+    Test {
+        name: "source_id_validation_blocks_another_device_using_the_handle",
+        run: msi::source_id_validation_blocks_another_device_using_the_handle,
+    },
+    Test {
+        name: "entry_freed_at_release_blocks_a_later_msi",
+        run: msi::entry_freed_at_release_blocks_a_later_msi,
+    },
+    Test {
+        name: "compatibility_format_msi_follows_cfis",
+        run: msi::compatibility_format_msi_follows_cfis,
     },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {
