@@ -93,3 +93,31 @@ pub trait InterruptRemapper {
     /// (VT-d: the interrupt range 0xfee0_0000..0xfeef_ffff is never translated).
     fn doorbell(&self) -> Option<PhysAddr>;
 }
+
+/// A borrowed remapper is a remapper: the VT-d unit an embedder keeps in a static can be both
+/// the object model's translation unit and its interrupt remapper.
+impl<R: InterruptRemapper + ?Sized> InterruptRemapper for &R {
+    fn allocate(
+        &self,
+        device: DeviceId,
+        target: InterruptTarget,
+    ) -> Result<RemappedInterrupt, UnitError> {
+        (**self).allocate(device, target)
+    }
+
+    fn retarget(
+        &self,
+        irq: &mut RemappedInterrupt,
+        target: InterruptTarget,
+    ) -> Result<(), UnitError> {
+        (**self).retarget(irq, target)
+    }
+
+    fn free(&self, irq: RemappedInterrupt) -> Result<(), UnitError> {
+        (**self).free(irq)
+    }
+
+    fn doorbell(&self) -> Option<PhysAddr> {
+        (**self).doorbell()
+    }
+}

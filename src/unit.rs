@@ -282,6 +282,9 @@ pub struct HardwareInfo {
     pub coherent_walks: bool,
     /// Device-TLB / ATS invalidation is available (VT-d ECAP.DT; SMMU IDR0.ATS).
     pub ats: bool,
+    /// The unit remaps its devices' interrupts (VT-d ECAP.IR). An SMMU does not: an ITS does,
+    /// which the embedder registers with the object model (see `iommufd` "Interrupts").
+    pub interrupt_remapping: bool,
     /// How many domain tags the hardware has (VT-d domain ids from CAP.ND; SMMU VMIDs when it
     /// has stage 2, else ASIDs).
     pub tags: u32,

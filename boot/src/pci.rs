@@ -239,12 +239,9 @@ pub struct MsiCapability {
     pub vectors_log2: u8,
 }
 
-/// An MSI message: the function writes `data` to `address`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsiMessage {
-    pub address: u64,
-    pub data: u16,
-}
+/// An MSI message: the function writes `data` to `address` (the core's type, which an
+/// interrupt remapper hands out). PCI MSI carries 16 data bits.
+pub use iommu::irq::MsiMessage;
 
 /// Why an MSI message cannot be programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +252,8 @@ pub enum MsiError {
     AddressNeeds64Bits { bdf: Bdf, address: u64 },
     /// The address is not dword-aligned (Message Address bits 1:0 are reserved).
     Misaligned { bdf: Bdf, address: u64 },
+    /// The data has bits above 15: MSI Message Data is 16 bits wide.
+    DataTooWide { bdf: Bdf, data: u32 },
 }
 
 impl core::fmt::Display for MsiError {
@@ -267,6 +266,9 @@ impl core::fmt::Display for MsiError {
             ),
             Self::Misaligned { bdf, address } => {
                 write!(f, "{bdf}: MSI address {address:#x} is not dword-aligned")
+            }
+            Self::DataTooWide { bdf, data } => {
+                write!(f, "{bdf}: MSI data {data:#x} is wider than 16 bits")
             }
         }
     }
@@ -327,11 +329,15 @@ impl MsiCapability {
         if address >> 32 != 0 && !self.is_64bit {
             return Err(MsiError::AddressNeeds64Bits { bdf, address });
         }
+        let data = u16::try_from(message.data).map_err(|_| MsiError::DataTooWide {
+            bdf,
+            data: message.data,
+        })?;
         cfg.write32(bdf, self.offset + msi::ADDRESS_LOW, address as u32);
         if self.is_64bit {
             cfg.write32(bdf, self.offset + msi::ADDRESS_HIGH, (address >> 32) as u32);
         }
-        cfg.write16(bdf, self.data_offset(), message.data);
+        cfg.write16(bdf, self.data_offset(), data);
         let control = cfg.read16(bdf, self.offset + msi::CONTROL);
         cfg.write16(
             bdf,
@@ -351,7 +357,7 @@ impl MsiCapability {
         };
         MsiMessage {
             address: high << 32 | low,
-            data: cfg.read16(self.bdf, self.data_offset()),
+            data: u32::from(cfg.read16(self.bdf, self.data_offset())),
         }
     }
 

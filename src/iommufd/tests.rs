@@ -127,6 +127,7 @@ impl TranslationUnit for MockUnit {
             page_sizes: 1 << 12 | 1 << 21,
             coherent_walks: true,
             ats: false,
+            interrupt_remapping: false,
             tags: 16,
             raw: RawRegisters::Smmuv3 {
                 idr: [1, 2, 3, 4, 5, 6],

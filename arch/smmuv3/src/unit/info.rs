@@ -36,6 +36,7 @@ pub fn hardware_info(f: &Features, raw: &IdRegisters) -> HardwareInfo {
         page_sizes,
         coherent_walks: f.coherent,
         ats: f.ats,
+        interrupt_remapping: false,
         tags: if s2 {
             1 << f.vmid_bits.min(16)
         } else {

@@ -47,6 +47,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
             page_sizes,
             coherent_walks: ecap.coherent(),
             ats: ecap.dt(),
+            interrupt_remapping: ecap.ir(),
             tags: cap.domain_ids(),
             raw: RawRegisters::Vtd {
                 version: self.regs.block().ver.get(),

@@ -43,6 +43,7 @@ pub fn info_matches_the_machine(m: &mut Machine) -> TestResult {
         .fold(0u64, |a, s| a | 1 << s);
     ensure_eq!(info.page_sizes, sizes);
     ensure!(info.coherent_walks && !info.ats, "COHACC, no ATS");
+    ensure!(!info.interrupt_remapping, "an SMMU remaps no interrupts");
     ensure_eq!(info.tags, 1 << 16);
     let RawRegisters::Smmuv3 { idr, aidr, .. } = info.raw else {
         return Err(fail("raw registers of another architecture"));

@@ -19,14 +19,14 @@ use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{
     Error, GroupId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind, Target,
 };
-use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage as IrqMessage, RemappedInterrupt};
+use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
 use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{Attachment, DeviceId, FaultKind, HardwareError, TranslationUnit, UnitError};
 use iommu_boot::aarch64::gic;
 use iommu_boot::aarch64::gicv3::FIRST_LPI;
 use iommu_boot::aarch64::its::{Its, ItsError};
-use iommu_boot::pci::{MsiCapability, MsiMessage};
+use iommu_boot::pci::MsiCapability;
 use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq};
 
@@ -90,7 +90,7 @@ fn program_msi(m: &Machine, its: &Its, e: &MsiEdu, event_id: u16) -> TestResult 
     let cfg = pci_config(m)?;
     let message = MsiMessage {
         address: its.doorbell(),
-        data: event_id,
+        data: u32::from(event_id),
     };
     e.msi.set_message(&cfg, message).map_err(fail)?;
     ensure_eq!(
@@ -344,7 +344,7 @@ impl InterruptRemapper for ItsRemapper {
         Ok(RemappedInterrupt {
             device,
             handle: event,
-            message: IrqMessage {
+            message: MsiMessage {
                 address: self.its.doorbell(),
                 data: event,
             },

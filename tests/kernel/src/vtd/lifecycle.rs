@@ -53,6 +53,11 @@ pub(super) fn hardware_info_matches_machine(m: &mut Machine) -> TestResult {
         "ECAP.C and ECAP.DT are clear"
     );
     ensure_eq!(
+        info.interrupt_remapping,
+        m.cmdline.get_bool("vtd.ir").unwrap_or(false),
+        "ECAP.IR follows intremap= (vtd.ir on the command line)"
+    );
+    ensure_eq!(
         info.raw,
         RawRegisters::Vtd {
             version: 0x10,

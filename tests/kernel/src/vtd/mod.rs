@@ -175,6 +175,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "compatibility_format_msi_follows_cfis",
         run: msi::compatibility_format_msi_follows_cfis,
     },
+    Test {
+        name: "owned_msis_through_the_object_model",
+        run: msi::owned_msis_through_the_object_model,
+    },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {
         name: "rmrr_range_stays_identity_mapped_for_its_device",

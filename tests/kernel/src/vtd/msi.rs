@@ -8,6 +8,7 @@
 //! the MSI format; that `retarget` and `free` wait for the interrupt entry cache invalidation
 //! is proven on the host (`sim.rs`).
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -15,10 +16,11 @@ use super::dma::{device_id, unit};
 use super::{dmar, registers, the_drhd};
 use crate::platform::{edu_devices, pci_config, EduDevice};
 use crate::Machine;
+use iommu::iommufd::{Error, GroupId, Iommu, OwnerId};
 use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
 use iommu::poll::poll_until;
 use iommu::unit::{FaultKind, FaultRecord, TranslationUnit};
-use iommu_boot::pci::{MsiCapability, MsiMessage as PciMsi, PortIo};
+use iommu_boot::pci::{MsiCapability, PortIo};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::x86_64::interrupts::{self, SECOND_TEST_VECTOR, TEST_VECTOR};
 use iommu_boot::{ensure, ensure_eq, println, skip};
@@ -83,16 +85,8 @@ impl IrRig {
     /// Programs `edu`'s MSI capability with `msg` and enables MSI.
     fn program(&self, edu: &EduDevice, msg: MsiMessage) -> Result<MsiCapability, Failure> {
         let cap = MsiCapability::find(&self.cfg, edu.bdf).map_err(fail)?;
-        let data = u16::try_from(msg.data).map_err(|_| fail("MSI data above 16 bits"))?;
         cap.set_enabled(&self.cfg, false);
-        cap.set_message(
-            &self.cfg,
-            PciMsi {
-                address: msg.address,
-                data,
-            },
-        )
-        .map_err(fail)?;
+        cap.set_message(&self.cfg, msg).map_err(fail)?;
         cap.set_enabled(&self.cfg, true);
         Ok(cap)
     }
@@ -323,5 +317,62 @@ pub(super) fn compatibility_format_msi_follows_cfis(m: &mut Machine) -> TestResu
         "QEMU 10 delivers compatibility-format MSIs whatever CFIS says"
     );
     ensure!(faults.is_empty(), "faults: {faults:?}");
+    Ok(())
+}
+
+/// The object model gives a device's interrupts to its owner, with the unit itself registered
+/// as the remapper: claiming needs it; the owner's interrupt arrives, moves when retargeted,
+/// cannot be freed by another owner nor raised by another owner's device (source-id
+/// validation), and its entry is gone once the device is released.
+pub(super) fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
+    let r = ir_rig(m)?;
+    let (a, b) = (r.edu(0)?, r.edu(1)?);
+    let (owner_a, owner_b) = (OwnerId(1), OwnerId(2));
+    r.faults()?;
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    let da = io
+        .add_device(u, device_id(a), GroupId(device_id(a).0))
+        .map_err(fail)?;
+    let db = io
+        .add_device(u, device_id(b), GroupId(device_id(b).0))
+        .map_err(fail)?;
+    ensure_eq!(
+        io.claim(da, owner_a),
+        Err(Error::InterruptsNotIsolated(u)),
+        "claimed before the unit was registered as interrupt remapper"
+    );
+    io.set_interrupt_remapper(u, Box::new(r.unit))
+        .map_err(fail)?;
+    io.claim(da, owner_a).map_err(fail)?;
+    io.claim(db, owner_b).map_err(fail)?;
+
+    let (irq, msg) = io
+        .alloc_interrupt(da, owner_a, r.target(TEST_VECTOR))
+        .map_err(fail)?;
+    let cap_a = r.program(a, msg.message)?;
+    let own = r.raise(a, Some(TEST_VECTOR));
+    let not_b = io.free_interrupt(owner_b, irq);
+    let cap_b = r.program(b, msg.message)?;
+    let stolen = r.raise(b, None);
+    quiet(&r, &cap_b);
+    let stolen_faults = r.faults()?;
+    io.retarget_interrupt(owner_a, irq, r.target(SECOND_TEST_VECTOR))
+        .map_err(fail)?;
+    let moved = r.raise(a, Some(SECOND_TEST_VECTOR));
+    io.release(da, owner_a).map_err(fail)?;
+    let late = r.raise(a, None);
+    quiet(&r, &cap_a);
+    let late_faults = r.faults()?;
+    io.release(db, owner_b).map_err(fail)?;
+
+    ensure_eq!(own, (1, 0), "the owner's MSI");
+    ensure_eq!(not_b, Err(Error::NotInterruptOwner(irq)));
+    ensure_eq!(stolen, (0, 0), "another owner's device raised it");
+    expect_ir_fault(&stolen_faults, device_id(b), msg.handle, 0x26)?;
+    ensure_eq!(moved, (0, 1), "after the retarget");
+    ensure_eq!(late, (0, 0), "after the release");
+    expect_ir_fault(&late_faults, device_id(a), msg.handle, 0x22)?;
+    ensure_eq!(io.interrupts_of(da).count(), 0);
     Ok(())
 }
