@@ -180,9 +180,10 @@ pub fn self_tests() -> Vec<Machine> {
 
 pub fn demo_machine(arch: Arch) -> Machine {
     match arch {
-        Arch::X86_64 => vtd_machine("scalable", 48, true),
-        // At EL2, as a hypervisor runs.
-        Arch::Aarch64 => smmu_machine("nested", true),
+        // With interrupt remapping, so the demo shows MSIs given to a device's owner.
+        Arch::X86_64 => vtd_ir_machine("scalable"),
+        // At EL2, as a hypervisor runs, with a GICv3 ITS for MSIs.
+        Arch::Aarch64 => smmu_gicv3_machine(true),
     }
 }
 

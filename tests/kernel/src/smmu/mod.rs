@@ -481,6 +481,10 @@ pub fn demo(m: &mut Machine) {
     {
         println!("SMMU hypervisor demo failed: {why}");
     }
+    println!("Interrupts of an owned device, through the SMMU to the GICv3 ITS:");
+    if let Err(e) = msi::owned_msis_through_the_object_model(m) {
+        println!("SMMU interrupt demo failed: {e}");
+    }
 }
 
 /// The driver's `log` output appears on the console exactly when the command line asks for it.

@@ -28,7 +28,7 @@ use iommu_boot::aarch64::gicv3::FIRST_LPI;
 use iommu_boot::aarch64::its::{Its, ItsError};
 use iommu_boot::pci::MsiCapability;
 use iommu_boot::testing::{allow_guest_error, fail, Failure, TestResult};
-use iommu_boot::{ensure, ensure_eq};
+use iommu_boot::{ensure, ensure_eq, println};
 
 /// What QEMU 10 logs for a GITS_TRANSLATER write from a DeviceID without a valid device table
 /// entry ("...: invalid dte for 16"), and for an event whose ITE was discarded.
@@ -442,6 +442,11 @@ pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
         program_remapped(m, its, a, &msg)?;
         ensure_eq!(raise(a, true), 1, "the owner's MSI");
         ensure_eq!(gic::last_irq(), Some(first.vector));
+        println!(
+            "  interrupts: claiming edu {} refused until the ITS is registered as the remapper; \
+             its owner got {msg}: taken as LPI {}",
+            a.edu.bdf, first.vector
+        );
         ensure_eq!(
             io.free_interrupt(owner_b, irq),
             Err(Error::NotInterruptOwner(irq)),
@@ -451,6 +456,11 @@ pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
         program_remapped(m, its, b, &msg)?;
         allow_guest_error(UNMAPPED_DEVICE);
         ensure_eq!(raise(b, false), 0, "another owner's device raised a's LPI");
+        println!(
+            "  interrupts: edu {} (another owner) writing the same message raised nothing: the \
+             ITS knows it by its own DeviceID",
+            b.edu.bdf
+        );
 
         let now = io.retarget_interrupt(owner_a, irq, moved).map_err(fail)?;
         ensure_eq!(
@@ -471,6 +481,11 @@ pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
             raise(a, false),
             0,
             "an interrupt freed at release still raised an LPI"
+        );
+        println!(
+            "  interrupts: retargeted to LPI {}; after release its event is discarded and the \
+             old message raises nothing",
+            moved.vector
         );
         io.release(da, owner_a).map_err(fail)?;
         io.release(db, owner_b).map_err(fail)?;

@@ -495,6 +495,10 @@ pub fn demo(m: &mut Machine) {
     {
         println!("VT-d hypervisor demo failed: {why}");
     }
+    println!("Interrupts of an owned device, remapped through the object model:");
+    if let Err(e) = msi::owned_msis_through_the_object_model(m) {
+        println!("VT-d interrupt demo failed: {e}");
+    }
 }
 
 fn show(m: &Machine) -> Result<(), Failure> {

@@ -365,6 +365,29 @@ pub(super) fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult
     quiet(&r, &cap_a);
     let late_faults = r.faults()?;
     io.release(db, owner_b).map_err(fail)?;
+    println!(
+        "  interrupts: claiming edu {} refused until the unit is registered as the interrupt \
+         remapper",
+        a.bdf
+    );
+    println!(
+        "  interrupts: edu {}'s owner got {msg}; its MSI arrived {}",
+        a.bdf,
+        arrivals(own)
+    );
+    for f in stolen_faults.iter().take(1) {
+        println!(
+            "  interrupts: edu {} (another owner) sending the same message: blocked, {f}",
+            b.bdf
+        );
+    }
+    println!(
+        "  interrupts: retargeted to {SECOND_TEST_VECTOR:#x}: the next MSI arrived {}",
+        arrivals(moved)
+    );
+    for f in late_faults.iter().take(1) {
+        println!("  interrupts: after release the old message is blocked: {f}");
+    }
 
     ensure_eq!(own, (1, 0), "the owner's MSI");
     ensure_eq!(not_b, Err(Error::NotInterruptOwner(irq)));
@@ -375,4 +398,9 @@ pub(super) fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult
     expect_ir_fault(&late_faults, device_id(a), msg.handle, 0x22)?;
     ensure_eq!(io.interrupts_of(da).count(), 0);
     Ok(())
+}
+
+/// Deliveries counted by [`IrRig::raise`], in words.
+fn arrivals((first, second): (u64, u64)) -> String {
+    alloc::format!("{first}x at {TEST_VECTOR:#x}, {second}x at {SECOND_TEST_VECTOR:#x}")
 }
