@@ -179,6 +179,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "owned_msis_through_the_object_model",
         run: msi::owned_msis_through_the_object_model,
     },
+    Test {
+        name: "bridged_device_msi_is_pinned_to_its_alias",
+        run: msi::bridged_device_msi_is_pinned_to_its_alias,
+    },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {
         name: "rmrr_range_stays_identity_mapped_for_its_device",

@@ -14,12 +14,13 @@ use alloc::vec::Vec;
 
 use super::dma::{device_id, unit};
 use super::{dmar, registers, the_drhd};
-use crate::platform::{edu_devices, pci_config, EduDevice};
+use crate::platform::{bridged_edus, edu_devices, pci_config, EduDevice};
 use crate::Machine;
 use iommu::iommufd::{Error, GroupId, Iommu, OwnerId};
 use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
+use iommu::pci::{Bdf, Bridge};
 use iommu::poll::poll_until;
-use iommu::unit::{FaultKind, FaultRecord, TranslationUnit};
+use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit};
 use iommu_boot::pci::{MsiCapability, PortIo};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::x86_64::interrupts::{self, SECOND_TEST_VECTOR, TEST_VECTOR};
@@ -403,4 +404,56 @@ pub(super) fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult
 /// Deliveries counted by [`IrRig::raise`], in words.
 fn arrivals((first, second): (u64, u64)) -> String {
     alloc::format!("{first}x at {TEST_VECTOR:#x}, {second}x at {SECOND_TEST_VECTOR:#x}")
+}
+
+/// An edu behind a PCIe-to-PCI bridge sends its MSI with the bridge's alias requester id: the
+/// object model, told the alias, pins the interrupt's entry to it and the MSI arrives; an entry
+/// pinned to the device's own id (what a model ignoring aliases would program) blocks it.
+pub(super) fn bridged_device_msi_is_pinned_to_its_alias(m: &mut Machine) -> TestResult {
+    let r = ir_rig(m)?;
+    let mut bridged = bridged_edus(m)?;
+    if bridged.is_empty() {
+        skip!("needs an edu behind a PCIe-to-PCI bridge");
+    }
+    let first = bridged.swap_remove(0);
+    let Some(Bridge::PcieToPci { secondary }) = first.upstream.first().copied() else {
+        return Err(fail("edu not behind a PCIe-to-PCI bridge"));
+    };
+    let alias = DeviceId(u32::from(Bdf::new(secondary, 0, 0).requester_id()));
+    let own = DeviceId(u32::from(first.bdf.requester_id()));
+    let edu = EduDevice {
+        bdf: first.bdf,
+        edu: first.edu,
+    };
+    r.faults()?;
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.set_interrupt_remapper(u, Box::new(r.unit))
+        .map_err(fail)?;
+    let dev = io.add_device(u, own, GroupId(alias.0)).map_err(fail)?;
+    io.add_alias(dev, alias).map_err(fail)?;
+    let owner = OwnerId(1);
+    io.claim(dev, owner).map_err(fail)?;
+    let (_, irq) = io
+        .alloc_interrupt(dev, owner, r.target(TEST_VECTOR))
+        .map_err(fail)?;
+    let cap = r.program(&edu, irq.message)?;
+    let pinned = r.raise(&edu, Some(TEST_VECTOR));
+    // The same device with an entry pinned to its own id.
+    let wrong = r.unit.allocate(own, r.target(TEST_VECTOR)).map_err(fail)?;
+    r.program(&edu, wrong.message)?;
+    let blocked = r.raise(&edu, None);
+    quiet(&r, &cap);
+    let faults = r.faults()?;
+    r.unit.free(wrong).map_err(fail)?;
+    io.release(dev, owner).map_err(fail)?;
+    ensure_eq!(irq.device, alias, "pinned to the alias the unit sees");
+    ensure_eq!(
+        pinned,
+        (1, 0),
+        "the bridged device's MSI through its alias entry"
+    );
+    ensure_eq!(blocked, (0, 0), "an entry pinned to the device's own id");
+    expect_ir_fault(&faults, alias, wrong.handle, 0x26)?;
+    Ok(())
 }
