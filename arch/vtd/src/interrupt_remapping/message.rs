@@ -1,8 +1,8 @@
 //! The MSI a device writes to name an IRTE (VT-d spec 5.1.5.2, remappable format), and the
 //! compatibility-format MSI it would write without remapping.
 //!
-//! Remappable address: 0xFEE in bits 31:20, handle[14:0] in 19:5, interrupt format (bit 4) = 1,
-//! SHV (bit 3) = 0 (no subhandle: the data is not added to the handle), handle[15] in bit 2,
+//! Remappable address: 0xFEE in bits 31:20, handle\[14:0\] in 19:5, interrupt format (bit 4) = 1,
+//! SHV (bit 3) = 0 (no subhandle: the data is not added to the handle), handle\[15\] in bit 2,
 //! bits 1:0 ignored. The data is 0: with SHV = 0 the unit takes everything from the entry.
 
 use iommu::irq::MsiMessage;
