@@ -19,7 +19,9 @@ pub mod console;
 pub mod edu;
 pub mod fdt;
 pub mod logger;
+pub mod madt;
 pub mod pci;
+pub mod smp;
 pub mod testing;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]

@@ -15,6 +15,7 @@ mod mmu;
 mod psci;
 mod semihosting;
 pub mod serial;
+pub(crate) mod smp;
 
 use crate::ExitStatus;
 use aarch64_cpu::registers::{CurrentEL, Readable};

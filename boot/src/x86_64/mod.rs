@@ -13,6 +13,7 @@ mod exceptions;
 pub mod interrupts;
 mod pvh;
 pub mod serial;
+pub(crate) mod smp;
 mod start_info;
 
 use crate::ExitStatus;
