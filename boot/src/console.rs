@@ -1,7 +1,8 @@
 //! `print!` / `println!` over the machine's serial port (COM1 on x86_64, PL011 on aarch64).
 //!
 //! One lock serialises whole formatted writes so lines from different code paths (and CPUs) do
-//! not interleave; panic reports take it only if it comes free (`_print_panic`). On the host (unit tests) output goes nowhere.
+//! not interleave; panic reports take it only if it comes free (`_print_panic`). On the host
+//! (unit tests) output goes nowhere.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};

@@ -184,6 +184,11 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 static ARRIVED: AtomicUsize = AtomicUsize::new(0);
 /// The current run's closure, `None` between runs. Secondaries clone the `Arc`, so a CPU that
 /// outlives its run (timed out) keeps the closure alive.
+/// CPUs the current run's barrier waits for: all of them, less those the boot CPU failed to
+/// start or that did not check in (it lowers the count before it arrives itself, so no CPU can
+/// pass the barrier before the count is final). Acquire/Release like ARRIVED.
+#[cfg(target_os = "none")]
+static EXPECTED: AtomicUsize = AtomicUsize::new(0);
 #[cfg(target_os = "none")]
 static JOB: spin::Mutex<Option<Job>> = spin::Mutex::new(None);
 
@@ -241,6 +246,7 @@ pub fn on_every_cpu(
     let epoch = EPOCH.load(Ordering::Relaxed) + 1;
     EPOCH.store(epoch, Ordering::Relaxed);
     ARRIVED.store(0, Ordering::Relaxed);
+    EXPECTED.store(cpus.len(), Ordering::Relaxed);
     *JOB.lock() = Some(Arc::new(f));
     // The start request (an ICR write, an HVC/SMC) is not itself a release: make the epoch, the
     // barrier reset and the job visible before any secondary can run.
@@ -252,6 +258,7 @@ pub fn on_every_cpu(
         let slot = &SLOTS[cpu.id.0];
         if let Err(why) = arch::start(cpu, slot.stack_top.load(Ordering::Relaxed)) {
             failures.push((cpu, CpuFailure::DidNotStart(why)));
+            EXPECTED.fetch_sub(1, Ordering::Release);
             continue;
         }
         // x86_64 starts one AP at a time through the one trampoline, so wait for each.
@@ -259,12 +266,15 @@ pub fn on_every_cpu(
             slot.entered.load(Ordering::Relaxed) == epoch
         }) {
             Ok(()) => started.push(cpu),
-            Err(_) => failures.push((cpu, CpuFailure::DidNotCheckIn)),
+            Err(_) => {
+                failures.push((cpu, CpuFailure::DidNotCheckIn));
+                EXPECTED.fetch_sub(1, Ordering::Release);
+            }
         }
     }
 
     let job = JOB.lock().clone();
-    let mine = run_on_this_cpu(CpuId(0), job, cpus.len());
+    let mine = run_on_this_cpu(CpuId(0), job);
     if let Err(failure) = mine {
         failures.push((cpus[0], failure));
     }
@@ -292,14 +302,14 @@ pub fn on_every_cpu(
 
 /// Barrier, then the closure.
 #[cfg(target_os = "none")]
-fn run_on_this_cpu(cpu: CpuId, job: Option<Job>, expected: usize) -> Result<(), CpuFailure> {
+fn run_on_this_cpu(cpu: CpuId, job: Option<Job>) -> Result<(), CpuFailure> {
     ARRIVED.fetch_add(1, Ordering::AcqRel);
     wait_until("every CPU at the barrier", RUN_TIMEOUT_US, || {
-        ARRIVED.load(Ordering::Acquire) >= expected
+        ARRIVED.load(Ordering::Acquire) >= EXPECTED.load(Ordering::Acquire)
     })
     .map_err(|_| CpuFailure::BarrierTimedOut {
         arrived: ARRIVED.load(Ordering::Acquire),
-        expected,
+        expected: EXPECTED.load(Ordering::Acquire),
     })?;
     match job {
         Some(f) => f(cpu).map_err(CpuFailure::Failed),
@@ -317,7 +327,7 @@ pub(crate) fn secondary_main(index: usize) {
     let epoch = EPOCH.load(Ordering::Acquire);
     slot.entered.store(epoch, Ordering::Release);
     let job = JOB.lock().clone();
-    let verdict = run_on_this_cpu(CpuId(index), job, cpus().len());
+    let verdict = run_on_this_cpu(CpuId(index), job);
     record(slot, epoch, verdict);
 }
 

@@ -25,8 +25,9 @@ use x86_64::registers::model_specific::{Efer, EferFlags, GsBase};
 use x86_64::VirtAddr;
 
 /// Where the trampoline is copied: a page below 1 MiB (a SIPI vector names a 4 KiB page there)
-/// that q35's firmware leaves free once the kernel runs (the PVH start info lives in the option
-/// ROM area and the command line at 0x20000; [`discover`] checks the command line is elsewhere).
+/// that nothing needs once the kernel runs. QEMU's PVH loader puts the command line, the one
+/// thing the kernel keeps referring to, lower (seen at 0x11c0); [`discover`] checks it is not
+/// in this page.
 const TRAMPOLINE_BASE: u64 = 0x8000;
 /// The SIPI vector: the trampoline's page number.
 const SIPI_VECTOR: u32 = (TRAMPOLINE_BASE >> 12) as u32;
