@@ -75,8 +75,9 @@ pub enum CpuFailure {
     Failed(String),
     /// The closure panicked; the message.
     Panicked(String),
-    /// No verdict within the run's bound: still running, or stuck.
-    DidNotFinish,
+    /// No verdict within the run's bound (`within_us` after the boot CPU's own part): still
+    /// running, or stuck.
+    DidNotFinish { within_us: u64 },
 }
 
 impl fmt::Display for CpuFailure {
@@ -94,8 +95,8 @@ impl fmt::Display for CpuFailure {
             ),
             Self::Failed(why) => write!(f, "failed: {why}"),
             Self::Panicked(why) => write!(f, "panicked (caught by the runner): {why}"),
-            Self::DidNotFinish => {
-                write!(f, "did not finish within {} s", RUN_TIMEOUT_US / 1_000_000)
+            Self::DidNotFinish { within_us } => {
+                write!(f, "did not finish within {} ms", within_us / 1000)
             }
         }
     }
@@ -237,6 +238,17 @@ pub fn bring_up(info: &crate::BootInfo) -> Result<&'static [Cpu], SmpError> {
 pub fn on_every_cpu(
     f: impl Fn(CpuId) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<(), SmpError> {
+    on_every_cpu_within(RUN_TIMEOUT_US, f)
+}
+
+/// [`on_every_cpu`], waiting at most `timeout_us` for the CPUs to finish once the boot CPU's
+/// own closure returned. A CPU that does not finish keeps its clone of the closure and is not
+/// restarted by a later run until it has (that run names it as not started meanwhile).
+#[cfg(target_os = "none")]
+pub fn on_every_cpu_within(
+    timeout_us: u64,
+    f: impl Fn(CpuId) -> Result<(), String> + Send + Sync + 'static,
+) -> Result<(), SmpError> {
     let cpus = CPUS.get().ok_or(SmpError::NotBroughtUp)?;
     let me = this_cpu();
     if me != CpuId(0) {
@@ -256,6 +268,20 @@ pub fn on_every_cpu(
     let mut started = Vec::new();
     for &cpu in cpus.iter().skip(1) {
         let slot = &SLOTS[cpu.id.0];
+        // A CPU still in an earlier run's job (it did not finish in time) is not started again:
+        // INIT would kill it wherever it is, maybe holding a lock; CPU_ON would be refused.
+        let idle = wait_until("a late CPU to finish", CHECK_IN_TIMEOUT_US, || {
+            slot.done.load(Ordering::Acquire) == slot.entered.load(Ordering::Relaxed)
+        });
+        if idle.is_err() {
+            let run = slot.entered.load(Ordering::Relaxed);
+            failures.push((
+                cpu,
+                CpuFailure::DidNotStart(alloc::format!("still running the job of run {run}")),
+            ));
+            EXPECTED.fetch_sub(1, Ordering::Release);
+            continue;
+        }
         if let Err(why) = arch::start(cpu, slot.stack_top.load(Ordering::Relaxed)) {
             failures.push((cpu, CpuFailure::DidNotStart(why)));
             EXPECTED.fetch_sub(1, Ordering::Release);
@@ -278,7 +304,7 @@ pub fn on_every_cpu(
     if let Err(failure) = mine {
         failures.push((cpus[0], failure));
     }
-    let _ = wait_until("every CPU to finish", RUN_TIMEOUT_US, || {
+    let _ = wait_until("every CPU to finish", timeout_us, || {
         started
             .iter()
             .all(|c| SLOTS[c.id.0].done.load(Ordering::Acquire) == epoch)
@@ -286,7 +312,12 @@ pub fn on_every_cpu(
     for cpu in started {
         let slot = &SLOTS[cpu.id.0];
         if slot.done.load(Ordering::Acquire) != epoch {
-            failures.push((cpu, CpuFailure::DidNotFinish));
+            failures.push((
+                cpu,
+                CpuFailure::DidNotFinish {
+                    within_us: timeout_us,
+                },
+            ));
         } else if let Err(failure) = slot.verdict.lock().clone() {
             failures.push((cpu, failure));
         }

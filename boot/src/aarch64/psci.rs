@@ -93,6 +93,10 @@ pub(super) fn cpu_off(conduit: Conduit) {
     let _ = call(conduit, CPU_OFF, [0; 3]);
 }
 
+/// CPU_ON's answers for a CPU that is on, or being powered on.
+pub(super) const ALREADY_ON: i64 = -4;
+pub(super) const ON_PENDING: i64 = -5;
+
 /// The name of a PSCI return code (DEN 0022, table "Return error codes").
 pub(super) fn error_name(code: i64) -> &'static str {
     match code {

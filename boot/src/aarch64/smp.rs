@@ -198,12 +198,24 @@ pub(crate) fn start(cpu: Cpu, stack_top: usize) -> Result<(), String> {
     barrier::dsb(barrier::ISH);
     let entry = (&raw const iommu_boot_secondary_start) as u64;
     let conduit = psci::conduit(ExceptionLevel::current());
-    match psci::cpu_on(conduit, cpu.hw_id, entry, cpu.id.0 as u64) {
-        0 => Ok(()),
-        code => Err(format!(
-            "PSCI CPU_ON returned {code} ({})",
-            psci::error_name(code)
-        )),
+    // A CPU that just recorded its verdict may still be on its way to CPU_OFF: ALREADY_ON or
+    // ON_PENDING then, for a moment. Retry within the check-in bound.
+    let started = now_us();
+    loop {
+        match psci::cpu_on(conduit, cpu.hw_id, entry, cpu.id.0 as u64) {
+            0 => return Ok(()),
+            psci::ALREADY_ON | psci::ON_PENDING
+                if now_us().saturating_sub(started) < crate::smp::CHECK_IN_TIMEOUT_US =>
+            {
+                core::hint::spin_loop();
+            }
+            code => {
+                return Err(format!(
+                    "PSCI CPU_ON returned {code} ({})",
+                    psci::error_name(code)
+                ))
+            }
+        }
     }
 }
 

@@ -6,8 +6,8 @@ use crate::Machine;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
-use iommu_boot::smp::{self, CpuId};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use iommu_boot::smp::{self, CpuFailure, CpuId, SmpError};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
 
@@ -85,6 +85,50 @@ pub fn every_cpu_checks_in_and_runs_concurrently(m: &mut Machine) -> TestResult 
         inside.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// A CPU that does not finish within the run's bound fails the run with its id, and only that
+/// CPU; once it has finished, the next run on every CPU works (it is not restarted under its
+/// feet meanwhile).
+pub fn a_cpu_that_does_not_finish_is_named(m: &mut Machine) -> TestResult {
+    const BOUND_US: u64 = 200_000;
+    let n = bring_up(m)?;
+    let last = CpuId(n - 1);
+    // Release/Acquire: the late CPU's `left` store is seen after it stopped waiting.
+    let release = Arc::new(AtomicBool::new(false));
+    let left = Arc::new(AtomicBool::new(false));
+    let (release2, left2) = (release.clone(), left.clone());
+    let run = smp::on_every_cpu_within(BOUND_US, move |cpu| {
+        if cpu == last {
+            let _ = smp::wait_until("the test to release it", OVERLAP_TIMEOUT_US, || {
+                release2.load(Ordering::Acquire)
+            });
+            left2.store(true, Ordering::Release);
+        }
+        Ok(())
+    });
+    release.store(true, Ordering::Release);
+    match &run {
+        Err(SmpError::Cpus(failures))
+            if failures.len() == 1
+                && failures[0].0.id == last
+                && failures[0].1
+                    == CpuFailure::DidNotFinish {
+                        within_us: BOUND_US,
+                    } => {}
+        other => {
+            return Err(fail(format!(
+                "expected only {last} named as not finished, got {other:?}"
+            )))
+        }
+    }
+    smp::wait_until(
+        "the late CPU to leave its closure",
+        OVERLAP_TIMEOUT_US,
+        || left.load(Ordering::Acquire),
+    )
+    .map_err(fail)?;
+    smp::on_every_cpu(|_| Ok(())).map_err(fail)
 }
 
 /// The runner self-test `selftest=cpu-panic`: the last CPU panics inside the closure; the run

@@ -163,6 +163,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "every_cpu_checks_in_and_runs_concurrently",
         run: crate::smp::every_cpu_checks_in_and_runs_concurrently,
     },
+    Test {
+        name: "a_cpu_that_does_not_finish_is_named",
+        run: crate::smp::a_cpu_that_does_not_finish_is_named,
+    },
 ];
 
 /// The firmware tables in low memory, read in place through the boot code's identity map.
