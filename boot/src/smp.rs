@@ -183,13 +183,13 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 /// also sees everything the others did before arriving.
 #[cfg(target_os = "none")]
 static ARRIVED: AtomicUsize = AtomicUsize::new(0);
-/// The current run's closure, `None` between runs. Secondaries clone the `Arc`, so a CPU that
-/// outlives its run (timed out) keeps the closure alive.
 /// CPUs the current run's barrier waits for: all of them, less those the boot CPU failed to
 /// start or that did not check in (it lowers the count before it arrives itself, so no CPU can
 /// pass the barrier before the count is final). Acquire/Release like ARRIVED.
 #[cfg(target_os = "none")]
 static EXPECTED: AtomicUsize = AtomicUsize::new(0);
+/// The current run's closure, `None` between runs. Secondaries clone the `Arc`, so a CPU that
+/// outlives its run (timed out) keeps the closure alive.
 #[cfg(target_os = "none")]
 static JOB: spin::Mutex<Option<Job>> = spin::Mutex::new(None);
 
@@ -198,13 +198,21 @@ pub fn cpus() -> &'static [Cpu] {
     CPUS.get().map_or(&[], Vec::as_slice)
 }
 
+/// The outcome of the first [`bring_up`], which later calls return.
+#[cfg(target_os = "none")]
+static BRING_UP: spin::Once<Result<(), SmpError>> = spin::Once::new();
+
 /// Lists the CPUs from the firmware and starts each secondary once: every CPU must check in and
-/// pass the barrier. Idempotent: later calls return the same list without starting anything.
+/// pass the barrier. Idempotent: later calls return the first call's outcome without starting
+/// anything.
 #[cfg(target_os = "none")]
 pub fn bring_up(info: &crate::BootInfo) -> Result<&'static [Cpu], SmpError> {
-    if let Some(cpus) = CPUS.get() {
-        return Ok(cpus);
-    }
+    BRING_UP.call_once(|| first_bring_up(info)).clone()?;
+    Ok(cpus())
+}
+
+#[cfg(target_os = "none")]
+fn first_bring_up(info: &crate::BootInfo) -> Result<(), SmpError> {
     let hw_ids = arch::discover(info).map_err(SmpError::Discovery)?;
     if hw_ids.len() > MAX_CPUS {
         return Err(SmpError::TooManyCpus {
@@ -226,9 +234,8 @@ pub fn bring_up(info: &crate::BootInfo) -> Result<&'static [Cpu], SmpError> {
         slot.stack_top.store(top, Ordering::Relaxed);
     }
     arch::set_this_cpu(0);
-    let cpus = CPUS.call_once(|| cpus);
-    on_every_cpu(|_| Ok(()))?;
-    Ok(cpus)
+    CPUS.call_once(|| cpus);
+    on_every_cpu(|_| Ok(()))
 }
 
 /// Runs `f` on every CPU at once (the boot CPU included, after all met at a barrier) and
