@@ -1,6 +1,6 @@
 //! Just enough of the flattened devicetree format (Devicetree Specification v0.4, chapter 5)
-//! to read a property of a top-level node, such as `/chosen/bootargs` or `/psci/method`,
-//! before the heap exists. Drivers parse the tree with the `fdt` crate later.
+//! to read a property of a top-level node, such as `/chosen/bootargs` or `/psci/method`, and
+//! the CPUs' `reg`, before the heap exists. Drivers parse the tree with the `fdt` crate later.
 //!
 //! Every offset comes from the blob and is checked: a bad blob yields `None`, never a panic or
 //! a read outside the blob. Host-compiled so it is tested against QEMU's real blobs.
@@ -99,6 +99,66 @@ impl<'a> Fdt<'a> {
     }
 }
 
+impl Fdt<'_> {
+    /// Calls `found` with the `reg` of every `/cpus/cpu@N` node, in tree order: on Arm the
+    /// CPU's MPIDR affinity fields (Aff3 in bits 39:32 with two address cells), what PSCI
+    /// CPU_ON names a CPU by. `None` if the tree is malformed or has no `/cpus`.
+    pub fn for_each_cpu_reg(&self, mut found: impl FnMut(u64)) -> Option<()> {
+        let cells = self
+            .property("cpus", "#address-cells")
+            .and_then(|v| be32(v, 0))
+            .unwrap_or(1);
+        let structure = self.structure;
+        let mut offset = 0;
+        let mut depth = 0usize;
+        // Set while inside `/cpus` (depth 2) and inside one of its `cpu@` children (depth 3).
+        let mut in_cpus = false;
+        let mut in_cpu = false;
+        let mut seen_cpus = false;
+        loop {
+            let token = be32(structure, offset)?;
+            offset += 4;
+            match token {
+                FDT_BEGIN_NODE => {
+                    let node_name = c_str(structure.get(offset..)?)?;
+                    offset = align4(offset.checked_add(node_name.len() + 1)?)?;
+                    depth += 1;
+                    if depth == 2 && node_matches(node_name, "cpus") {
+                        in_cpus = true;
+                        seen_cpus = true;
+                    }
+                    in_cpu = in_cpus && depth == 3 && node_name.starts_with(b"cpu@");
+                }
+                FDT_END_NODE => {
+                    if depth == 2 && in_cpus {
+                        return Some(());
+                    }
+                    in_cpu = false;
+                    depth = depth.checked_sub(1)?;
+                }
+                FDT_PROP => {
+                    let len = usize::try_from(be32(structure, offset)?).ok()?;
+                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
+                    let value_start = offset + 8;
+                    let value_end = value_start.checked_add(len)?;
+                    let value = structure.get(value_start..value_end)?;
+                    offset = align4(value_end)?;
+                    if in_cpu && c_str(self.strings.get(name_offset..)?)? == b"reg" {
+                        let reg = match cells {
+                            1 => u64::from(be32(value, 0)?),
+                            2 => (u64::from(be32(value, 0)?) << 32) | u64::from(be32(value, 4)?),
+                            _ => return None,
+                        };
+                        found(reg);
+                    }
+                }
+                FDT_NOP => {}
+                _ => return seen_cpus.then_some(()),
+            }
+        }
+    }
+}
+
 /// A string property's value as text: the bytes before the first NUL, if they are UTF-8.
 pub fn as_str(value: &[u8]) -> Option<&str> {
     let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
@@ -139,6 +199,14 @@ mod tests {
         assert_eq!(fdt.property("psci", "method").and_then(as_str), Some("hvc"));
         assert!(fdt.property("chosen", "no-such-property").is_none());
         assert!(fdt.property("no-such-node", "method").is_none());
+    }
+
+    #[test]
+    fn lists_the_cpus_of_a_qemu_blob() {
+        let fdt = Fdt::new(VIRT).expect("valid blob");
+        let mut regs = std::vec::Vec::new();
+        assert_eq!(fdt.for_each_cpu_reg(|r| regs.push(r)), Some(()));
+        assert_eq!(regs, [0]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Everything a test kernel needs to start on QEMU and talk to the outside: the architecture entry
 //! points (x86_64 PVH, aarch64 `virt`), serial console, heap, PCI configuration access, a driver
-//! for QEMU's `edu` DMA device, a test runner, and exit with a status.
+//! for QEMU's `edu` DMA device, a test runner, running a closure on every CPU at once (`smp`),
+//! and exit with a status.
 //!
 //! The architecture-specific parts only exist when building for a bare-metal target
 //! (`target_os = "none"`); on the host this crate is the portable rest, so it can be unit-tested.
@@ -19,7 +20,9 @@ pub mod console;
 pub mod edu;
 pub mod fdt;
 pub mod logger;
+pub mod madt;
 pub mod pci;
+pub mod smp;
 pub mod testing;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]

@@ -32,8 +32,17 @@ pub(crate) fn start(info: &BootInfo) -> ! {
     unsafe { kernel_main(info) }
 }
 
+/// On a secondary CPU a panic is that CPU's verdict in the current multi-CPU run
+/// (`smp::secondary_panicked`); on the boot CPU it ends the run.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    crate::console::_print_unlocked(format_args!("\nPANIC: {info}\n"));
+    let cpu = crate::smp::this_cpu();
+    if cpu.0 != 0 {
+        crate::smp::secondary_panicked(cpu, info)
+    }
+    match crate::smp::cpus().first() {
+        Some(boot) => crate::console::_print_panic(format_args!("\nPANIC: {boot}: {info}\n")),
+        None => crate::console::_print_panic(format_args!("\nPANIC: {info}\n")),
+    }
     crate::exit(ExitStatus::Failure)
 }

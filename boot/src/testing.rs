@@ -50,7 +50,14 @@ pub fn run<C>(ctx: &mut C, tests: &[Test<C>], filter: impl Fn(&str) -> bool) -> 
     let mut s = Summary::default();
     for t in tests.iter().filter(|t| filter(t.name)) {
         crate::print!("test {} ... ", t.name);
-        match (t.run)(ctx) {
+        let reports = crate::console::reports();
+        let outcome = (t.run)(ctx);
+        // Another CPU's panic report broke the line: start it again, so the outcome is on a
+        // `test NAME ... ` line as the runner's reader expects.
+        if crate::console::reports() != reports {
+            crate::print!("test {} ... ", t.name);
+        }
+        match outcome {
             Ok(()) => {
                 s.passed += 1;
                 crate::println!("ok");

@@ -113,6 +113,19 @@ fn smmu_gicv3_machine(el2: bool) -> Machine {
     m
 }
 
+/// CPUs of the multi-CPU boots.
+const SMP_CPUS: u32 = 4;
+
+/// `m` with `-smp N` (QEMU's TCG then runs one host thread per vCPU, MTTCG) and `smp=N` on the
+/// command line: the kernel's SMP test expects exactly N CPUs; the other tests run on the boot
+/// CPU as on the single-CPU boot.
+fn with_smp(mut m: Machine) -> Machine {
+    m.args.extend(words(&format!("-smp {SMP_CPUS}")));
+    m.cmdline.push_str(&format!(" smp={SMP_CPUS}"));
+    m.name.push_str(&format!(" smp={SMP_CPUS}"));
+    m
+}
+
 pub fn machines() -> Vec<Machine> {
     let mut v = Vec::new();
     for mode in ["legacy", "scalable", "flts"] {
@@ -133,6 +146,10 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("2", false));
     v.push(smmu_gicv3_machine(false));
     v.push(smmu_gicv3_machine(true));
+    v.push(with_smp(vtd_machine("legacy", 48, false)));
+    v.push(with_smp(vtd_machine("scalable", 48, false)));
+    v.push(with_smp(smmu_machine("nested", true)));
+    v.push(with_smp(smmu_machine("2", false)));
     // One boot per architecture with the driver's `log` output on the console: the kernels'
     // `logging_follows_the_command_line` test checks it appears there and nowhere else.
     for name in [
@@ -174,6 +191,21 @@ pub fn self_tests() -> Vec<Machine> {
                 expect_reason: reason.to_string(),
             });
         }
+        // A secondary CPU panics inside `on_every_cpu`: the run must fail, and the failure
+        // must be the runner's own verdict naming that CPU, not just the printed panic.
+        let smp = with_smp(base);
+        v.push(Machine {
+            name: format!("{arch} self-test: deliberate cpu-panic"),
+            arch: smp.arch,
+            args: smp.args,
+            cmdline: format!("{} selftest=cpu-panic", smp.cmdline),
+            timeout: BOOT_TIMEOUT,
+            expect_reason: format!(
+                "FAILED: cpu {last} ({} {last:#x}) panicked (caught by the runner)",
+                if arch == "x86_64" { "APIC id" } else { "MPIDR" },
+                last = SMP_CPUS - 1
+            ),
+        });
     }
     v
 }
@@ -190,6 +222,23 @@ pub fn demo_machine(arch: Arch) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smp_boots_say_how_many_cpus_on_both_sides() {
+        let smp: Vec<Machine> = machines()
+            .into_iter()
+            .filter(|m| m.name.contains("smp="))
+            .collect();
+        assert_eq!(smp.len(), 4);
+        for m in smp {
+            assert!(m.cmdline.contains("smp=4"), "{}", m.name);
+            assert!(
+                m.args.windows(2).any(|w| w[0] == "-smp" && w[1] == "4"),
+                "{}",
+                m.name
+            );
+        }
+    }
 
     #[test]
     fn one_boot_per_architecture_logs_at_debug() {

@@ -61,12 +61,21 @@ pub fn entries(serial: &str) -> Vec<Entry> {
             i += 1;
             continue;
         };
-        // The test's text runs to the next test or the closing summary.
+        // The test's text runs to the next test or the closing summary. The kernel starts the
+        // same test's line again when another CPU's panic report broke it: a continuation.
+        let again = format!("test {name} ... ");
         let end = (i + 1..lines.len())
-            .find(|&j| lines[j].starts_with("test ") || is_summary(lines[j]))
+            .find(|&j| {
+                (lines[j].starts_with("test ") && !lines[j].starts_with(&again))
+                    || is_summary(lines[j])
+            })
             .unwrap_or(lines.len());
         let mut rest = vec![first];
-        rest.extend(&lines[i + 1..end]);
+        rest.extend(
+            lines[i + 1..end]
+                .iter()
+                .map(|l| l.strip_prefix(again.as_str()).unwrap_or(l)),
+        );
         let (output, result) = split_result(&rest);
         let output = output
             .into_iter()
@@ -152,6 +161,21 @@ mod tests {
                 &["PANIC: panicked at x.rs:1:1"]
             )]
         );
+    }
+
+    #[test]
+    fn a_restarted_test_line_continues_the_test() {
+        let serial = "test a ... \nPANIC: cpu 3 (MPIDR 0x3): boom\ntest a ... FAILED: cpu 3\n\
+                      0 passed, 1 failed, 0 skipped\n";
+        let entries = entries(serial);
+        assert_eq!(
+            entries[0],
+            Entry::Test {
+                line: "test a ... FAILED: cpu 3".into(),
+                output: vec!["PANIC: cpu 3 (MPIDR 0x3): boom".into()],
+            }
+        );
+        assert_eq!(entries.len(), 2);
     }
 
     #[test]

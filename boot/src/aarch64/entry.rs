@@ -23,7 +23,8 @@ core::arch::global_asm!(
     ".type _start, %function",
     "_start:",
     // Only the boot CPU (affinity 0.0.0.0) runs the kernel; QEMU keeps the others powered off
-    // until PSCI CPU_ON, but a firmware might release them all here.
+    // until PSCI CPU_ON (which sends them to `smp.rs`), but a firmware might release them all
+    // here.
     "    mrs     x0, mpidr_el1",
     "    mov     x1, #0xffffff",
     "    movk    x1, #0xff, lsl #32",

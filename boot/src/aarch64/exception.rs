@@ -163,7 +163,8 @@ extern "C" fn handle_exception(index: u64) -> ! {
     let level = el.number();
     let print = crate::console::_print_unlocked;
     print(format_args!(
-        "\nEXCEPTION at EL{level}: {kind} from {source}, ELR {elr:#x}, SPSR {spsr:#x}"
+        "\nEXCEPTION at EL{level} on {}: {kind} from {source}, ELR {elr:#x}, SPSR {spsr:#x}",
+        crate::smp::this_cpu()
     ));
     // ESR and FAR are only written for synchronous exceptions and SErrors; for an interrupt
     // they would be left over from an earlier exception.

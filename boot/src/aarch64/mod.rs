@@ -4,6 +4,8 @@
 //! Boot order (see `entry`): assembly parks secondary CPUs, enables FP/NEON, installs the
 //! exception vectors, sets the stack and zeroes `.bss`; Rust then turns the MMU on, reads the
 //! command line from the devicetree QEMU placed at the start of RAM, and calls `rt::start`.
+//! Secondary CPUs run only when `crate::smp` powers them on (`smp`, PSCI CPU_ON), with the boot
+//! CPU's translation tables, and power themselves off after their job.
 
 mod entry;
 mod exception;
@@ -15,6 +17,7 @@ mod mmu;
 mod psci;
 mod semihosting;
 pub mod serial;
+pub(crate) mod smp;
 
 use crate::ExitStatus;
 use aarch64_cpu::registers::{CurrentEL, Readable};

@@ -1,10 +1,15 @@
-//! PSCI (Arm DEN 0022, Power State Coordination Interface) `SYSTEM_OFF`: the way out of QEMU
-//! when semihosting is unavailable. QEMU then exits with status 0, whatever the kernel meant.
+//! PSCI (Arm DEN 0022, Power State Coordination Interface): `SYSTEM_OFF`, the way out of QEMU
+//! when semihosting is unavailable (QEMU then exits with status 0, whatever the kernel meant),
+//! and `CPU_ON` / `CPU_OFF` for the secondary CPUs (`super::smp`).
 
 use super::{fdt, ExceptionLevel};
 
 /// SMC32 function id of `SYSTEM_OFF`.
 const SYSTEM_OFF: u64 = 0x8400_0008;
+/// SMC64 function id of `CPU_ON` (target MPIDR, entry point, context id).
+const CPU_ON: u64 = 0xc400_0003;
+/// SMC32 function id of `CPU_OFF`.
+const CPU_OFF: u64 = 0x8400_0002;
 
 /// The instruction that reaches the PSCI implementation (the devicetree's `/psci` `method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,5 +53,63 @@ pub(super) fn system_off(conduit: Conduit) {
                 clobber_abi("C"),
             ),
         }
+    }
+}
+
+/// One PSCI call with up to three arguments; returns x0.
+fn call(conduit: Conduit, function: u64, args: [u64; 3]) -> i64 {
+    let ret: u64;
+    // SAFETY: a PSCI call through the conduit the firmware names; the implementation may clobber
+    // any caller-saved register, as `clobber_abi` declares, and touches no memory of ours.
+    unsafe {
+        match conduit {
+            Conduit::Hvc => core::arch::asm!(
+                "hvc #0",
+                inlateout("x0") function => ret,
+                in("x1") args[0], in("x2") args[1], in("x3") args[2],
+                options(nostack),
+                clobber_abi("C"),
+            ),
+            Conduit::Smc => core::arch::asm!(
+                "smc #0",
+                inlateout("x0") function => ret,
+                in("x1") args[0], in("x2") args[1], in("x3") args[2],
+                options(nostack),
+                clobber_abi("C"),
+            ),
+        }
+    }
+    ret as i64
+}
+
+/// Powers on the CPU with MPIDR affinity `target` at `entry` (a physical address: the MMU is
+/// off there), with `context` in its x0. 0 on success, else a PSCI error code.
+pub(super) fn cpu_on(conduit: Conduit, target: u64, entry: u64, context: u64) -> i64 {
+    call(conduit, CPU_ON, [target, entry, context])
+}
+
+/// Powers this CPU off. Returns only if the implementation refuses.
+pub(super) fn cpu_off(conduit: Conduit) {
+    let _ = call(conduit, CPU_OFF, [0; 3]);
+}
+
+/// CPU_ON's answers for a CPU that is on, or being powered on.
+pub(super) const ALREADY_ON: i64 = -4;
+pub(super) const ON_PENDING: i64 = -5;
+
+/// The name of a PSCI return code (DEN 0022, table "Return error codes").
+pub(super) fn error_name(code: i64) -> &'static str {
+    match code {
+        0 => "SUCCESS",
+        -1 => "NOT_SUPPORTED",
+        -2 => "INVALID_PARAMETERS",
+        -3 => "DENIED",
+        -4 => "ALREADY_ON",
+        -5 => "ON_PENDING",
+        -6 => "INTERNAL_FAILURE",
+        -7 => "NOT_PRESENT",
+        -8 => "DISABLED",
+        -9 => "INVALID_ADDRESS",
+        _ => "unknown",
     }
 }

@@ -147,7 +147,8 @@ static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 static IDT: Once<Idt> = Once::new();
 
 /// Set by the first exception, so that one raised while reporting it exits without printing
-/// instead of recursing until the stack overflows. Single CPU, so ordering is irrelevant.
+/// instead of recursing until the stack overflows. Nothing is published with it (a second CPU
+/// faulting meanwhile just exits), so Relaxed.
 static HANDLING: AtomicBool = AtomicBool::new(false);
 
 struct Selectors {
@@ -187,6 +188,11 @@ pub(super) fn init() {
         load_tss(selectors.tss);
     }
 
+    load_idt();
+}
+
+/// Loads the one IDT shared by every CPU, building it on first use.
+fn load_idt() {
     let idt = IDT.call_once(|| {
         let stubs = VirtAddr::from_ptr(&raw const iommu_boot_exception_stubs);
         let mut idt = Idt([Entry::missing(); IDT_ENTRIES]);
@@ -214,6 +220,58 @@ pub(super) fn init() {
     unsafe { lidt(&pointer) };
 }
 
+/// A secondary CPU's own GDT and TSS (a TSS is busy while loaded, and its double-fault stack
+/// must be the CPU's own), built on the CPU's first start and kept for its restarts.
+static AP_TSS: [Once<TaskStateSegment>; crate::smp::MAX_CPUS] =
+    [const { Once::new() }; crate::smp::MAX_CPUS];
+static AP_GDT: [Once<(GlobalDescriptorTable, Selectors)>; crate::smp::MAX_CPUS] =
+    [const { Once::new() }; crate::smp::MAX_CPUS];
+
+/// The TSS descriptor's "busy" type bit (type 0xB busy, 0x9 available; SDM vol. 3, 7.2.2), in
+/// the descriptor's access byte (byte 5).
+const TSS_BUSY: u8 = 1 << 1;
+
+/// What [`init`] does, on secondary CPU `index` (1..MAX_CPUS): its own GDT with its own TSS
+/// and double-fault stack, and the boot CPU's IDT, so its exceptions are reported alike.
+pub(super) fn init_ap(index: usize) {
+    let (Some(tss_slot), Some(gdt_slot)) = (AP_TSS.get(index), AP_GDT.get(index)) else {
+        return;
+    };
+    let tss = tss_slot.call_once(|| {
+        let stack = alloc::vec![0u128; DOUBLE_FAULT_STACK_SIZE / 16].leak();
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST_INDEX)] =
+            VirtAddr::from_ptr(stack.as_ptr_range().end);
+        tss
+    });
+    let (gdt, selectors) = gdt_slot.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let selectors = Selectors {
+            code: gdt.append(Descriptor::kernel_code_segment()),
+            data: gdt.append(Descriptor::kernel_data_segment()),
+            tss: gdt.append(Descriptor::tss_segment(tss)),
+        };
+        (gdt, selectors)
+    });
+    gdt.load();
+    let busy = (x86_64::instructions::tables::sgdt().base.as_u64() as usize
+        + usize::from(selectors.tss.index()) * 8
+        + 5) as *mut u8;
+    // SAFETY: the selectors index the GDT just loaded (this CPU's own, living forever), whose
+    // code and data descriptors are flat 64-bit kernel segments like the trampoline's. A restarted
+    // CPU loaded the TSS before (INIT does not clear the busy bit, and `ltr` of a busy TSS
+    // faults), so the bit is cleared first; no other CPU uses this GDT.
+    unsafe {
+        busy.write_volatile(busy.read_volatile() & !TSS_BUSY);
+        CS::set_reg(selectors.code);
+        SS::set_reg(selectors.data);
+        DS::set_reg(selectors.data);
+        ES::set_reg(selectors.data);
+        load_tss(selectors.tss);
+    }
+    load_idt();
+}
+
 extern "C" fn handle_exception(frame: &ExceptionFrame) -> ! {
     if HANDLING.swap(true, Ordering::Relaxed) {
         super::exit(crate::ExitStatus::Failure);
@@ -222,9 +280,15 @@ extern "C" fn handle_exception(frame: &ExceptionFrame) -> ! {
         .ok()
         .and_then(|vector| NAMES.get(vector))
         .unwrap_or(&"unknown");
-    crate::console::_print_unlocked(format_args!(
-        "\nEXCEPTION: {name} (vector {}), error code {:#x}, RIP {:#x}, RSP {:#x}, RFLAGS {:#x}\n",
-        frame.vector, frame.error_code, frame.rip, frame.rsp, frame.rflags
+    crate::console::_print_panic(format_args!(
+        "\nEXCEPTION on {}: {name} (vector {}), error code {:#x}, RIP {:#x}, RSP {:#x}, \
+         RFLAGS {:#x}\n",
+        crate::smp::this_cpu(),
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp,
+        frame.rflags
     ));
     match frame.vector {
         VECTOR_PAGE_FAULT | VECTOR_DOUBLE_FAULT => {

@@ -8,11 +8,15 @@
 //!   is mapped cache-disabled and, when the CPU supports it, no-execute.
 //! - Interrupts are disabled; every CPU exception prints what happened and fails the run.
 //!   [`interrupts`] enables the local APIC and one test vector for tests that need an interrupt.
+//! - One CPU runs; `crate::smp` starts the others (`smp`: MADT, INIT-SIPI-SIPI, a trampoline
+//!   into long mode) only for the duration of a run on every CPU. An AP's stack is heap memory
+//!   without a guard page.
 
 mod exceptions;
 pub mod interrupts;
 mod pvh;
 pub mod serial;
+pub(crate) mod smp;
 mod start_info;
 
 use crate::ExitStatus;

@@ -21,6 +21,8 @@ pub mod platform;
 mod selftest;
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod smmu;
+#[cfg(target_os = "none")]
+mod smp;
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 mod vtd;
 

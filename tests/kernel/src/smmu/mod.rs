@@ -237,6 +237,15 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "logging_follows_the_command_line",
         run: logging_follows_the_command_line,
     },
+    // Last: the secondaries it starts stop afterwards, every other test runs on the boot CPU.
+    Test {
+        name: "every_cpu_checks_in_and_runs_concurrently",
+        run: crate::smp::every_cpu_checks_in_and_runs_concurrently,
+    },
+    Test {
+        name: "a_cpu_that_does_not_finish_is_named",
+        run: crate::smp::a_cpu_that_does_not_finish_is_named,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
