@@ -293,6 +293,15 @@ struct ItsRemapper {
 }
 
 impl ItsRemapper {
+    /// The remapper for `edus`, boxed for [`Iommu::set_interrupt_remapper`].
+    fn boxed(its: &'static Its, edus: &[MsiEdu]) -> alloc::boxed::Box<Self> {
+        alloc::boxed::Box::new(Self {
+            its,
+            devices: edus.iter().map(|e| (e.stream, e.device_id)).collect(),
+            events: spin::Mutex::new(alloc::collections::BTreeMap::new()),
+        })
+    }
+
     fn its_device(&self, device: DeviceId) -> Result<u32, UnitError> {
         self.devices
             .iter()
@@ -424,12 +433,7 @@ pub fn owned_msis_through_the_object_model(m: &mut Machine) -> TestResult {
             Err(Error::InterruptsNotIsolated(u)),
             "claimed without interrupt isolation"
         );
-        let remapper = ItsRemapper {
-            its,
-            devices: edus.iter().map(|e| (e.stream, e.device_id)).collect(),
-            events: spin::Mutex::new(alloc::collections::BTreeMap::new()),
-        };
-        io.set_interrupt_remapper(u, alloc::boxed::Box::new(remapper))
+        io.set_interrupt_remapper(u, ItsRemapper::boxed(its, &edus))
             .map_err(fail)?;
         io.claim(da, owner_a).map_err(fail)?;
         io.claim(db, owner_b).map_err(fail)?;
@@ -516,12 +520,7 @@ pub fn owned_msi_in_a_paging_domain_passes_its_mapped_doorbell(m: &mut Machine) 
         let da = io
             .add_device(u, a.stream, GroupId(a.stream.0))
             .map_err(fail)?;
-        let remapper = ItsRemapper {
-            its,
-            devices: edus.iter().map(|e| (e.stream, e.device_id)).collect(),
-            events: spin::Mutex::new(alloc::collections::BTreeMap::new()),
-        };
-        io.set_interrupt_remapper(u, alloc::boxed::Box::new(remapper))
+        io.set_interrupt_remapper(u, ItsRemapper::boxed(its, &edus))
             .map_err(fail)?;
         io.claim(da, owner).map_err(fail)?;
         let windows = [Region::below_bits(IA_BITS)];
