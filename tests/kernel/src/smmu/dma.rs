@@ -98,6 +98,11 @@ fn rid_stream_id(edu: &EduDevice) -> DeviceId {
     DeviceId(u32::from(edu.bdf.requester_id()))
 }
 
+/// The rig of the stage this SMMU's domains use by default.
+pub(super) fn default_rig(m: &Machine) -> Result<Rig<'static, Unit>, Failure> {
+    rig(m, preferred_stage(unit(m)?))
+}
+
 fn rig(m: &Machine, stage: Stage) -> Result<Rig<'static, Unit>, Failure> {
     let unit = unit(m)?;
     let supported = match stage {

@@ -243,6 +243,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: crate::smp::every_cpu_checks_in_and_runs_concurrently,
     },
     Test {
+        name: "cpus_map_and_unmap_one_domain_at_once",
+        run: cpus_map_and_unmap_one_domain_at_once,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -499,4 +503,11 @@ pub fn demo(m: &mut Machine) {
 /// The driver's `log` output appears on the console exactly when the command line asks for it.
 fn logging_follows_the_command_line(m: &mut Machine) -> TestResult {
     crate::logging::logging_follows_the_command_line(m, |m| dma::unit(m).map(|_| ()))
+}
+
+/// Every CPU maps and unmaps its own range of one domain at once; see [`crate::smp`].
+fn cpus_map_and_unmap_one_domain_at_once(m: &mut Machine) -> TestResult {
+    let rig = dma::default_rig(m)?;
+    dma::announce_faults();
+    crate::smp::cpus_map_and_unmap_one_domain_at_once(m, &rig)
 }
