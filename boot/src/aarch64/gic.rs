@@ -144,7 +144,17 @@ impl Gic {
         ((self.dist.typer.get() & 0x1f) + 1) * 32
     }
 
-    fn check_spi(&self, intid: u32) -> Result<(usize, u32), GicError> {
+    pub(super) fn spi_banks(&self) -> SpiBanks<'_> {
+        let d = self.dist;
+        SpiBanks {
+            isenabler: &d.isenabler,
+            icenabler: &d.icenabler,
+            ispendr: &d.ispendr,
+            icpendr: &d.icpendr,
+        }
+    }
+
+    pub(super) fn check_spi(&self, intid: u32) -> Result<(usize, u32), GicError> {
         if intid < FIRST_SPI || intid >= self.interrupt_limit().min(FIRST_SPECIAL_INTID) {
             return Err(GicError::NotAnSpi(intid));
         }
@@ -167,33 +177,6 @@ impl Gic {
         });
         self.dist.ipriorityr[i].set(SPI_PRIORITY);
         self.dist.itargetsr[i].set(1);
-        Ok(())
-    }
-
-    /// Lets SPI `intid` be forwarded to the CPU interface.
-    pub fn enable(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.isenabler[word].set(bit);
-        Ok(())
-    }
-
-    /// Stops forwarding SPI `intid`.
-    pub fn disable(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.icenabler[word].set(bit);
-        Ok(())
-    }
-
-    /// Whether SPI `intid` is pending at the distributor.
-    pub fn is_pending(&self, intid: u32) -> Result<bool, GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        Ok(self.dist.ispendr[word].get() & bit != 0)
-    }
-
-    /// Clears the pending state of SPI `intid`.
-    pub fn clear_pending(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.icpendr[word].set(bit);
         Ok(())
     }
 }
@@ -294,31 +277,54 @@ impl Controller {
         }
     }
 
+    /// Lets SPI `intid` be forwarded to the CPU interface.
     pub fn enable(&self, intid: u32) -> Result<(), GicError> {
-        match self {
-            Self::V2(g) => g.enable(intid),
-            Self::V3(g) => g.enable(intid),
-        }
+        let (banks, word, bit) = self.spi(intid)?;
+        banks.isenabler[word].set(bit);
+        Ok(())
     }
 
+    /// Stops forwarding SPI `intid`.
     pub fn disable(&self, intid: u32) -> Result<(), GicError> {
-        match self {
-            Self::V2(g) => g.disable(intid),
-            Self::V3(g) => g.disable(intid),
-        }
+        let (banks, word, bit) = self.spi(intid)?;
+        banks.icenabler[word].set(bit);
+        Ok(())
     }
 
+    /// Whether SPI `intid` is pending at the distributor.
     pub fn is_pending(&self, intid: u32) -> Result<bool, GicError> {
-        match self {
-            Self::V2(g) => g.is_pending(intid),
-            Self::V3(g) => g.is_pending(intid),
-        }
+        let (banks, word, bit) = self.spi(intid)?;
+        Ok(banks.ispendr[word].get() & bit != 0)
     }
 
+    /// Clears the pending state of SPI `intid`.
     pub fn clear_pending(&self, intid: u32) -> Result<(), GicError> {
+        let (banks, word, bit) = self.spi(intid)?;
+        banks.icpendr[word].set(bit);
+        Ok(())
+    }
+
+    /// The distributor banks, register index and bit of SPI `intid`.
+    fn spi(&self, intid: u32) -> Result<(SpiBanks<'_>, usize, u32), GicError> {
         match self {
-            Self::V2(g) => g.clear_pending(intid),
-            Self::V3(g) => g.clear_pending(intid),
+            Self::V2(g) => {
+                let (word, bit) = g.check_spi(intid)?;
+                Ok((g.spi_banks(), word, bit))
+            }
+            Self::V3(g) => {
+                let (word, bit) = g.check_spi(intid)?;
+                Ok((g.spi_banks(), word, bit))
+            }
         }
     }
+}
+
+/// A distributor's SPI enable and pending banks: GICD_ISENABLER<n> (0x100), GICD_ICENABLER<n>
+/// (0x180), GICD_ISPENDR<n> (0x200) and GICD_ICPENDR<n> (0x280), one bit per interrupt, at the
+/// same offsets and with the same meaning in GICv2 (IHI 0048B 4.3.5-4.3.8) and GICv3.
+pub(super) struct SpiBanks<'a> {
+    pub(super) isenabler: &'a [ReadWrite<u32>; 32],
+    pub(super) icenabler: &'a [ReadWrite<u32>; 32],
+    pub(super) ispendr: &'a [ReadWrite<u32>; 32],
+    pub(super) icpendr: &'a [ReadWrite<u32>; 32],
 }

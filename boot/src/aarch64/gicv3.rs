@@ -374,7 +374,17 @@ impl GicV3 {
         Ok(())
     }
 
-    fn check_spi(&self, intid: u32) -> Result<(usize, u32), GicError> {
+    pub(super) fn spi_banks(&self) -> super::gic::SpiBanks<'_> {
+        let d = self.dist;
+        super::gic::SpiBanks {
+            isenabler: &d.isenabler,
+            icenabler: &d.icenabler,
+            ispendr: &d.ispendr,
+            icpendr: &d.icpendr,
+        }
+    }
+
+    pub(super) fn check_spi(&self, intid: u32) -> Result<(usize, u32), GicError> {
         let lines = self.dist.typer.read(GICD_TYPER::ITLinesNumber) + 1;
         if intid < FIRST_SPI || intid >= (lines * 32).min(FIRST_SPECIAL_INTID) {
             return Err(GicError::NotAnSpi(intid));
@@ -404,33 +414,6 @@ impl GicV3 {
                 + GICD_IROUTER::Aff2.val(u64::from(a >> 16 & 0xff))
                 + GICD_IROUTER::Aff3.val(u64::from(a >> 24)),
         );
-        Ok(())
-    }
-
-    /// Lets SPI `intid` be forwarded to this CPU.
-    pub fn enable(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.isenabler[word].set(bit);
-        Ok(())
-    }
-
-    /// Stops forwarding SPI `intid`.
-    pub fn disable(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.icenabler[word].set(bit);
-        Ok(())
-    }
-
-    /// Whether SPI `intid` is pending at the distributor.
-    pub fn is_pending(&self, intid: u32) -> Result<bool, GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        Ok(self.dist.ispendr[word].get() & bit != 0)
-    }
-
-    /// Clears the pending state of SPI `intid`.
-    pub fn clear_pending(&self, intid: u32) -> Result<(), GicError> {
-        let (word, bit) = self.check_spi(intid)?;
-        self.dist.icpendr[word].set(bit);
         Ok(())
     }
 }
