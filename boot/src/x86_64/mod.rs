@@ -72,3 +72,24 @@ pub fn read_tsc() -> u64 {
     // CR4.TSD clear, so it is allowed at CPL 0.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// The firmware tables in low memory (ACPI), read in place through the boot code's identity
+/// map: what the boot code and the test kernels hand `iommu::acpi`.
+pub struct LowMemory;
+
+/// The one [`LowMemory`].
+pub static LOW_MEMORY: LowMemory = LowMemory;
+
+impl iommu::acpi::PhysMemory for LowMemory {
+    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
+        let end = phys.checked_add(u64::try_from(len).ok()?)?;
+        // Page 0 is unmapped, and the top gigabyte is MMIO, where a slice must not point.
+        if phys < 0x1000 || end > UNCACHED_START {
+            return None;
+        }
+        // SAFETY: [phys, end) lies in 0x1000..3 GiB, which the boot code identity-maps
+        // (phys == virt) as ordinary cacheable memory for the kernel's whole life. Firmware
+        // tables there are never written once the kernel runs, so a shared slice is sound.
+        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, len) })
+    }
+}

@@ -11,13 +11,13 @@
 //! calibrated at discovery against the ACPI PM timer (3.579545 MHz, its port from the FADT):
 //! under TCG the TSC is the host's, of unknown frequency.
 
-use super::{exceptions, interrupts, UNCACHED_START};
+use super::{exceptions, interrupts};
 use crate::smp::Cpu;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-use iommu::acpi::{le, Acpi, PhysMemory, Signature};
+use iommu::acpi::{le, Acpi, Signature};
 use iommu::poll::poll_until;
 use x86_64::instructions::port::PortReadOnly;
 use x86_64::registers::control::{Cr3, Cr4};
@@ -168,21 +168,6 @@ unsafe extern "C" {
     static iommu_boot_ap_trampoline_end: u8;
 }
 
-/// Reads ACPI tables in the identity map, below the uncached range and above page 0.
-struct LowMemory;
-
-impl PhysMemory for LowMemory {
-    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
-        let end = phys.checked_add(u64::try_from(len).ok()?)?;
-        if phys < 0x1000 || end > UNCACHED_START {
-            return None;
-        }
-        // SAFETY: [phys, end) lies in the identity-mapped low memory below the MMIO range,
-        // where SeaBIOS put the ACPI tables; nothing in the kernel writes there.
-        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, len) })
-    }
-}
-
 fn lapic(offset: u64) -> *mut u32 {
     (LAPIC_BASE + offset) as *mut u32
 }
@@ -198,7 +183,7 @@ pub(crate) fn hw_id() -> u64 {
 /// trampoline. Called once, on the boot CPU.
 pub(crate) fn discover(info: &crate::BootInfo) -> Result<Vec<u64>, String> {
     let rsdp = info.rsdp.ok_or("no RSDP in the PVH start info")?;
-    let acpi = Acpi::new(&LowMemory, rsdp).map_err(|e| format!("{e}"))?;
+    let acpi = Acpi::new(&super::LOW_MEMORY, rsdp).map_err(|e| format!("{e}"))?;
     let madt = acpi
         .find(crate::madt::SIGNATURE)
         .map_err(|e| format!("{e}"))?;

@@ -10,9 +10,9 @@ mod viommu;
 
 use crate::Machine;
 use alloc::vec::Vec;
-use iommu::acpi::{Acpi, PhysMemory, Signature};
+use iommu::acpi::{Acpi, Signature};
 use iommu_boot::testing::{fail, Failure, Test, TestResult};
-use iommu_boot::x86_64::{IDENTITY_MAP_END, UNCACHED_START};
+use iommu_boot::x86_64::{LowMemory, IDENTITY_MAP_END, LOW_MEMORY, UNCACHED_START};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_vtd::caps::{Agaw, AgawError, SuperPages};
 use iommu_vtd::dmar::{DeviceScopeType, Dmar, Drhd};
@@ -206,25 +206,6 @@ pub static TESTS: &[Test<Machine>] = &[
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
 ];
-
-/// The firmware tables in low memory, read in place through the boot code's identity map.
-struct LowMemory;
-
-static LOW_MEMORY: LowMemory = LowMemory;
-
-impl PhysMemory for LowMemory {
-    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
-        let end = phys.checked_add(u64::try_from(len).ok()?)?;
-        // Page 0 is unmapped, and the top gigabyte is MMIO, where a slice must not point.
-        if phys < 0x1000 || end > UNCACHED_START {
-            return None;
-        }
-        // SAFETY: [phys, end) lies in 0x1000..3 GiB, which the boot code identity-maps
-        // (phys == virt) as ordinary cacheable memory for the kernel's whole life. Firmware
-        // tables there are never written once the kernel runs, so a shared slice is sound.
-        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, len) })
-    }
-}
 
 /// The machine the runner says it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
