@@ -183,6 +183,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "bridged_device_msi_is_pinned_to_its_alias",
         run: msi::bridged_device_msi_is_pinned_to_its_alias,
     },
+    Test {
+        name: "remapping_fault_raises_the_fault_event_interrupt",
+        run: msi::remapping_fault_raises_the_fault_event_interrupt,
+    },
     // Last: it leaves the third edu with an RMRR for the rest of the boot.
     Test {
         name: "rmrr_range_stays_identity_mapped_for_its_device",

@@ -27,6 +27,7 @@ use iommu_boot::x86_64::interrupts::{self, SECOND_TEST_VECTOR, TEST_VECTOR};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_vtd::interrupt_remapping::{message, ApicMode};
 use iommu_vtd::registers::{Readable, GSTS};
+use iommu_vtd::FaultEventMsi;
 
 type Unit = super::dma::Unit;
 
@@ -456,4 +457,26 @@ pub(super) fn bridged_device_msi_is_pinned_to_its_alias(m: &mut Machine) -> Test
     ensure_eq!(blocked, (0, 0), "an entry pinned to the device's own id");
     expect_ir_fault(&faults, alias, wrong.handle, 0x26)?;
     Ok(())
+}
+
+/// An interrupt-remapping fault goes the way a DMA fault goes: recorded in the same fault
+/// registers and announced by the same fault-event interrupt (itself never remapped), here on
+/// the second test vector while the blocked MSI raises nothing.
+pub(super) fn remapping_fault_raises_the_fault_event_interrupt(m: &mut Machine) -> TestResult {
+    let r = ir_rig(m)?;
+    let edu = r.edu(0)?;
+    // Nothing pending: QEMU raises the event only when no earlier fault is (FSTS.PPF clear).
+    r.faults()?;
+    let handle = ENTRIES - 1;
+    let cap = r.program(edu, message::remappable(handle as u16))?;
+    let event = FaultEventMsi::xapic(r.apic, SECOND_TEST_VECTOR);
+    r.unit.enable_fault_interrupt(event).map_err(fail)?;
+    let seen = r.raise(edu, Some(SECOND_TEST_VECTOR));
+    r.unit.disable_fault_interrupt();
+    quiet(&r, &cap);
+    let faults = r.faults()?;
+    // QEMU may signal the event more than once per blocked MSI (as for DMA faults).
+    ensure_eq!(seen.0, 0, "the blocked MSI was delivered");
+    ensure!(seen.1 >= 1, "no fault-event interrupt for the blocked MSI");
+    expect_ir_fault(&faults, device_id(edu), handle, 0x22)
 }
