@@ -3,7 +3,7 @@
 //! back-ends), swapped for loom's model-checked ones when built with `RUSTFLAGS="--cfg loom"`, so
 //! the same protocol code runs on hardware and under the checker.
 //!
-//! Code that is part of a loom model takes all of these from here, never from
+//! Code that is part of a loom model takes all of these (and [`Mutex`]) from here, never from
 //! `core::sync::atomic` directly, or loom would not see those accesses.
 
 #[cfg(not(loom))]
@@ -81,6 +81,46 @@ impl<T: Copy> RacyCell<T> {
         {
             // SAFETY: as above; loom checks the claim.
             self.inner.with_mut(|p| unsafe { *p = value })
+        }
+    }
+}
+
+/// A spin lock (loom's mutex under loom), for the few structures that take short locks rather
+/// than being lock-free: the stripes of a domain's IOVA space.
+pub struct Mutex<T> {
+    #[cfg(not(loom))]
+    inner: spin::Mutex<T>,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+/// The guard of a held [`Mutex`]; dropping it releases the lock.
+#[cfg(not(loom))]
+pub type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
+/// The guard of a held [`Mutex`]; dropping it releases the lock.
+#[cfg(loom)]
+pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    /// An unlocked mutex holding `value`.
+    pub fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(loom))]
+            inner: spin::Mutex::new(value),
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    /// Spins until the lock is free, then holds it (acquire; the release is the guard's drop).
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(not(loom))]
+        return self.inner.lock();
+        #[cfg(loom)]
+        // A thread that panicked while holding it fails the model anyway.
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 }

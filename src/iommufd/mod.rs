@@ -99,9 +99,22 @@
 //!
 //! # Concurrency
 //!
-//! Every call that changes state takes `&mut self`: the embedder serialises them (one lock around
-//! the `Iommu`, or one `Iommu` per CPU-independent partition). The fast paths of a DMA API can
-//! still call the unit's `map`/`unmap` directly on a domain it owns.
+//! The *data path* takes `&self` and runs on every CPU at once: [`Iommu::map`],
+//! [`Iommu::map_anywhere`], [`Iommu::unmap`], [`Iommu::unmap_all`], [`Iommu::iova_to_phys`],
+//! [`Iommu::flush`], [`Iommu::invalidate`] (a guest's invalidations) and the queries. Different
+//! domains share nothing on it but the read-only object tables; within a domain, ranges in
+//! different 2 MiB stripes take different locks, held only around the bookkeeping, never across
+//! the unit's table writes and invalidations (those are lock-free in the back-ends); overlapping
+//! requests are decided as if one came after the other: exactly one map of an IOVA wins, and the
+//! no-cut unmap rule holds. The protocol and why it is correct: the `iova` module's docs.
+//!
+//! The *control path* takes `&mut self`: devices, aliases, claim, release, attach, domains,
+//! vIOMMUs, interrupts. Those calls check rules across objects (group viability, owners,
+//! users of a domain) that must not change while they run, and are rare next to maps. An
+//! embedder on several CPUs holds the `Iommu` in a reader-writer lock: data-path calls under
+//! the read side run in parallel, a control-path call takes the write side (waiting for the
+//! data-path calls under way, which are bounded). A domain's destruction therefore never races
+//! a map into it.
 //!
 //! # Status and no-IOMMU mode
 //!
@@ -828,7 +841,7 @@ impl<U: TranslationUnit> Iommu<U> {
 
     /// Maps `[iova, iova + len)` of `owner`'s domain `id` to `[phys, phys + len)`.
     pub fn map(
-        &mut self,
+        &self,
         owner: OwnerId,
         id: DomainId,
         iova: Iova,
@@ -837,63 +850,93 @@ impl<U: TranslationUnit> Iommu<U> {
         prot: Prot,
     ) -> Result<()> {
         let dom = self.domain(id, owner)?;
-        let range = dom.space(id)?.check_map(iova.as_u64(), len)?;
-        self.unit(dom.unit)?.map(&dom.hw, iova, phys, len, prot)?;
-        self.domain_mut(id)?
-            .space_mut(id)?
-            .insert(range, phys.as_u64());
-        Ok(())
+        let range = dom
+            .space(id)?
+            .begin_map(iova.as_u64(), len, phys.as_u64())?;
+        self.map_claimed(dom, id, range, phys, prot)
     }
 
     /// Maps `len` bytes at `phys` at the lowest free IOVA aligned to the length, and returns it.
     pub fn map_anywhere(
-        &mut self,
+        &self,
         owner: OwnerId,
         id: DomainId,
         phys: PhysAddr,
         len: u64,
         prot: Prot,
     ) -> Result<Iova> {
-        let iova = Iova::new(self.iova_space(owner, id)?.find_free(len)?);
-        self.map(owner, id, iova, phys, len, prot)?;
-        Ok(iova)
+        let dom = self.domain(id, owner)?;
+        let range = dom.space(id)?.begin_map_anywhere(len, phys.as_u64())?;
+        self.map_claimed(dom, id, range, phys, prot)?;
+        Ok(Iova::new(range.start))
+    }
+
+    /// The unit call of a map whose range `begin_map*` claimed, and the end of the claim.
+    fn map_claimed(
+        &self,
+        dom: &Domain<U::Domain>,
+        id: DomainId,
+        range: Region,
+        phys: PhysAddr,
+        prot: Prot,
+    ) -> Result<()> {
+        let space = dom.space(id)?;
+        // A claimed range is at most 2^64 - 4 KiB long: `len` was a `u64`.
+        let len = range.size().unwrap_or(u64::MAX);
+        let made = self
+            .unit(dom.unit)
+            .and_then(|u| Ok(u.map(&dom.hw, Iova::new(range.start), phys, len, prot)?));
+        space.end_map(range, made.is_ok());
+        made
     }
 
     /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` and returns
     /// the bytes unmapped.
-    pub fn unmap(&mut self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
-        let (span, total) = self
-            .iova_space(owner, id)?
-            .check_unmap(iova.as_u64(), len)?;
-        self.unmap_span(id, span)?;
+    pub fn unmap(&self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
+        let dom = self.domain(id, owner)?;
+        let (span, total) = dom.space(id)?.begin_unmap(iova.as_u64(), len)?;
+        self.unmap_claimed(dom, id, span)?;
         Ok(total)
     }
 
     /// Unmaps everything in `owner`'s domain `id`; returns the bytes unmapped (0 if empty).
-    pub fn unmap_all(&mut self, owner: OwnerId, id: DomainId) -> Result<u64> {
-        match self.iova_space(owner, id)?.check_unmap_all() {
+    pub fn unmap_all(&self, owner: OwnerId, id: DomainId) -> Result<u64> {
+        let dom = self.domain(id, owner)?;
+        match dom.space(id)?.begin_unmap_all()? {
             None => Ok(0),
             Some((span, total)) => {
-                self.unmap_span(id, span)?;
+                self.unmap_claimed(dom, id, span)?;
                 Ok(total)
             }
         }
     }
 
-    /// One unit call over the span of whole mappings: the unit's table refuses a cut itself, and
-    /// either removes everything or nothing.
-    fn unmap_span(&mut self, id: DomainId, span: Region) -> Result<()> {
-        let len = span.size().ok_or(Error::WrapAround)?;
-        let dom = self.domains.get(&id).ok_or(Error::UnknownDomain(id))?;
-        self.unit(dom.unit)?
-            .unmap(&dom.hw, Iova::new(span.start), len)?;
-        self.domain_mut(id)?.space_mut(id)?.remove(span);
-        Ok(())
+    /// One unit call over the claimed span of whole mappings (the unit's table refuses a cut
+    /// itself, and either removes everything or nothing), and the end of the claim.
+    fn unmap_claimed(&self, dom: &Domain<U::Domain>, id: DomainId, span: Region) -> Result<()> {
+        let space = dom.space(id)?;
+        let removed = span.size().ok_or(Error::WrapAround).and_then(|len| {
+            let unit = self.unit(dom.unit)?;
+            Ok(unit.unmap(&dom.hw, Iova::new(span.start), len)?)
+        });
+        space.end_unmap(span, removed.is_ok());
+        removed.map(|_| ())
+    }
+
+    /// The physical address `iova` of `owner`'s paging domain `id` translates to, from the
+    /// mappings made through this model (a map counts once it returned, an unmapped range until
+    /// its unmap returned).
+    pub fn iova_to_phys(&self, owner: OwnerId, id: DomainId, iova: Iova) -> Result<PhysAddr> {
+        let space = self.domain(id, owner)?.space(id)?;
+        space
+            .iova_to_phys(iova.as_u64())
+            .map(PhysAddr::new)
+            .ok_or(Error::NothingMapped)
     }
 
     /// Invalidates the unit's cached translations of `[iova, iova + len)` in `owner`'s domain
     /// `id`, after the embedder changed a table it owns (a shared CPU table).
-    pub fn flush(&mut self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<()> {
+    pub fn flush(&self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<()> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -922,23 +965,12 @@ impl<U: TranslationUnit> Iommu<U> {
             .get_mut(device.0)
             .ok_or(Error::UnknownDevice(device))
     }
-
-    fn domain_mut(&mut self, id: DomainId) -> Result<&mut Domain<U::Domain>> {
-        self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))
-    }
 }
 
 impl<D> Domain<D> {
     /// The IOVA space of a paging domain; other kinds have none.
     fn space(&self, id: DomainId) -> Result<&IovaSpace> {
         match &self.kind {
-            DomainKind::Paging { space, .. } => Ok(space),
-            _ => Err(Error::NotPaging(id)),
-        }
-    }
-
-    fn space_mut(&mut self, id: DomainId) -> Result<&mut IovaSpace> {
-        match &mut self.kind {
             DomainKind::Paging { space, .. } => Ok(space),
             _ => Err(Error::NotPaging(id)),
         }

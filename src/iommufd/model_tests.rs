@@ -276,7 +276,7 @@ proptest! {
                 }
             }
             // The records and the hardware table agree with the model, page by page.
-            let mut recorded: Vec<Region> = io.iova_space(owner, dom).expect("paging domain").mappings().map(|m| m.iova).collect();
+            let mut recorded: Vec<Region> = io.iova_space(owner, dom).expect("paging domain").mappings().iter().map(|m| m.iova).collect();
             model.maps.sort();
             recorded.sort();
             prop_assert_eq!(&recorded, &model.maps);

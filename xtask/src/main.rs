@@ -184,10 +184,12 @@ fn host_checks() -> Result<(), String> {
             ]),
         )?;
     }
-    // The loom models of every lock-free structure. loom needs its own build (a different
+    // The loom models of every lock-free structure (and of the IOVA space's claim protocol,
+    // whose short locks hand the lock-free tables disjoint ranges). loom needs its own build (a different
     // cfg), kept in its own target directory so it does not invalidate the normal one.
     for (what, package, selector) in [
         ("page tables", "iommu", ["--test", "loom_pagetable"]),
+        ("IOVA space claims", "iommu", ["--lib", "iova::loom_tests"]),
         (
             "VT-d invalidation queue",
             "iommu-vtd",

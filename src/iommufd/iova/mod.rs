@@ -1,0 +1,670 @@
+//! The IOVA space of one paging domain: its usable windows (the aperture), its reserved regions
+//! and the mappings made through the object model, with the iommufd rules for map, unmap and
+//! automatic allocation. Bookkeeping only: the hardware table is changed by the unit, inside a
+//! range this space has handed out.
+//!
+//! # Several CPUs
+//!
+//! Every method takes `&self`; CPUs map and unmap one domain at once. The records live in
+//! *stripes* (2 MiB of IOVA space each) whose locks are spread over 64 spin locks, so CPUs working
+//! in different stripes take different locks and never wait for each other; each lock is held
+//! only to check and update records, never across a unit call. An operation is three steps:
+//!
+//! 1. **Begin** (the locks of every stripe its range touches, taken in increasing lock order):
+//!    check the range against the records, then *claim* it: a map records its range as
+//!    `Mapping`, an unmap records the span it will remove (holes included) as being unmapped.
+//!    If an overlapping operation is under way, release everything, spin, and begin again.
+//! 2. **Unit call**, with no lock held: the unit writes its table and invalidates.
+//! 3. **End** (the same locks again): a made map becomes `Mapped`, an unmap's mappings are
+//!    forgotten; a refused unit call drops the claim, leaving the records as before.
+//!
+//! Why it is correct:
+//! - *Exactly one of two overlapping requests wins.* Overlapping ranges share an address, hence
+//!   a stripe, hence a lock: their begins are serialised by it, and the second one sees the
+//!   first one's claim (waits while it is under way, then sees its outcome: `AlreadyMapped`
+//!   after a made map, nothing after an unmap).
+//! - *The page table's rule holds.* The engine lets operations run at once only on disjoint
+//!   ranges ([`crate::pagetable`]): unit calls happen only inside claims, and claims are
+//!   disjoint. The shared lock also orders one operation's table writes before the next one's
+//!   on the same range: the first releases the lock in its end step, the second acquires it in
+//!   its begin step, so the release/acquire pair carries every write of the first.
+//! - *No deadlock.* A call takes its locks in one global order and never waits for a claim while
+//!   holding a lock; a claim is released once its unit call returns, and the back-ends bound
+//!   every hardware wait, so every wait for a claim ends.
+//! - *Each call takes effect at one instant* (at its end step; a refusal at its begin step):
+//!   [`IovaSpace::iova_to_phys`] and [`IovaSpace::mappings`] see a map once it returned and an
+//!   unmapped range until its unmap returns.
+//!
+//! [`IovaSpace::find_free`] and the `map_anywhere` that uses it take every lock for the search:
+//! automatic allocation is serialised per domain (per-CPU IOVA caches would lift that). The
+//! protocol is checked by a loom model (`loom_tests` below).
+
+extern crate alloc;
+
+mod stripes;
+
+use alloc::vec::Vec;
+
+use super::error::{Error, Result};
+use crate::sync::spin_loop;
+use stripes::{Held, Stripes};
+
+/// The smallest alignment of an automatically allocated IOVA: the 4 KiB granule every back-end
+/// supports.
+pub const MIN_ALIGN: u64 = 4096;
+
+/// A range of IOVAs, `start..=last` (inclusive, so a window may end at `2^64 - 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Region {
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub last: u64,
+}
+
+impl Region {
+    /// `[start, start + len)`, or `None` if `len` is zero or the range wraps past `2^64`.
+    pub const fn new(start: u64, len: u64) -> Option<Self> {
+        if len == 0 {
+            return None;
+        }
+        match start.checked_add(len - 1) {
+            Some(last) => Some(Self { start, last }),
+            None => None,
+        }
+    }
+
+    /// Every address below `2^bits` (the whole space from 64 bits on): the usual single window
+    /// of a domain whose table translates `bits` input bits.
+    pub const fn below_bits(bits: u32) -> Self {
+        let last = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits).wrapping_sub(1)
+        };
+        Self { start: 0, last }
+    }
+
+    /// The length in bytes, or `None` for the whole 64-bit space (`2^64` does not fit).
+    pub const fn size(self) -> Option<u64> {
+        (self.last - self.start).checked_add(1)
+    }
+
+    /// Whether the two ranges share an address.
+    pub const fn overlaps(self, other: Region) -> bool {
+        self.start <= other.last && other.start <= self.last
+    }
+
+    /// Whether `other` lies wholly inside `self`.
+    pub const fn contains(self, other: Region) -> bool {
+        self.start <= other.start && other.last <= self.last
+    }
+
+    fn checked(start: u64, len: u64) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        Self::new(start, len).ok_or(Error::WrapAround)
+    }
+}
+
+/// Why a region is kept out of the IOVA space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReservedKind {
+    /// An MSI doorbell the unit translates specially (x86 `0xfee0_0000..=0xfeef_ffff`, an ITS
+    /// doorbell mapped by the platform): a DMA mapping there would never reach memory.
+    MsiDoorbell,
+    /// Firmware-declared memory a device keeps using (VT-d RMRR, Arm RMR). Not direct-mapped by
+    /// this version: it is only kept free.
+    Rmrr,
+    /// Anything else the embedder wants kept free (its own reasons).
+    Other,
+}
+
+/// A reserved region of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reserved {
+    /// The addresses.
+    pub region: Region,
+    /// Why they are reserved.
+    pub kind: ReservedKind,
+}
+
+/// The layout of a new paging domain's IOVA space.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout<'a> {
+    /// Usable windows: disjoint, 4 KiB aligned at both ends, below `2^ia_bits`. Several are
+    /// allowed (e.g. a low 32-bit window for legacy devices and a high one).
+    pub windows: &'a [Region],
+    /// Regions never mapped and never allocated, wherever they lie.
+    pub reserved: &'a [Reserved],
+}
+
+/// One mapping made through the object model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The IOVAs.
+    pub iova: Region,
+    /// The physical address `iova.start` maps to.
+    pub phys: u64,
+}
+
+/// Windows, reserved regions and mappings of one paging domain, shared by every CPU that maps
+/// into it. See the [module docs](self) for the protocol.
+#[derive(Debug)]
+pub struct IovaSpace {
+    windows: Vec<Region>,
+    reserved: Vec<Reserved>,
+    stripes: Stripes,
+}
+
+impl IovaSpace {
+    /// Checks `layout` against an input address size of `ia_bits` and builds the empty space.
+    pub fn new(ia_bits: u32, layout: &Layout<'_>) -> Result<Self> {
+        if layout.windows.is_empty() {
+            return Err(Error::BadLayout("no usable window"));
+        }
+        if ia_bits == 0 || ia_bits > 64 {
+            return Err(Error::BadLayout("input address size out of 1..=64 bits"));
+        }
+        let top = if ia_bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << ia_bits) - 1
+        };
+        let mut windows: Vec<Region> = layout.windows.to_vec();
+        windows.sort();
+        for (i, w) in windows.iter().enumerate() {
+            if w.start > w.last {
+                return Err(Error::BadLayout("window ends before it starts"));
+            }
+            if w.last > top {
+                return Err(Error::BadLayout("window beyond the input address size"));
+            }
+            // `last + 1` aligned, written so that a window ending at 2^64 - 1 passes.
+            if !w.start.is_multiple_of(MIN_ALIGN) || w.last % MIN_ALIGN != MIN_ALIGN - 1 {
+                return Err(Error::BadLayout("window not 4 KiB aligned"));
+            }
+            if i > 0 && windows[i - 1].overlaps(*w) {
+                return Err(Error::BadLayout("windows overlap"));
+            }
+        }
+        if layout
+            .reserved
+            .iter()
+            .any(|r| r.region.start > r.region.last)
+        {
+            return Err(Error::BadLayout("reserved region ends before it starts"));
+        }
+        Ok(Self {
+            windows,
+            reserved: layout.reserved.to_vec(),
+            stripes: Stripes::new(),
+        })
+    }
+
+    /// The usable windows, sorted.
+    pub fn windows(&self) -> &[Region] {
+        &self.windows
+    }
+
+    /// The reserved regions.
+    pub fn reserved(&self) -> &[Reserved] {
+        &self.reserved
+    }
+
+    /// The mappings made (their map returned), by increasing IOVA: a snapshot.
+    pub fn mappings(&self) -> Vec<Mapping> {
+        self.stripes.lock_all().mappings()
+    }
+
+    /// Whether nothing is mapped (nor being mapped or unmapped).
+    pub fn is_empty(&self) -> bool {
+        self.stripes.lock_all().is_empty()
+    }
+
+    /// The physical address `iova` translates to through a mapping made, if any.
+    pub fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+        self.stripes
+            .lock(Region {
+                start: iova,
+                last: iova,
+            })
+            .phys_of(iova)
+    }
+
+    /// Checks that `[iova, iova + len)` lies in a window and clear of reserved regions: the
+    /// parts of a map's checks that never change.
+    fn check_aperture(&self, iova: u64, len: u64) -> Result<Region> {
+        let r = Region::checked(iova, len)?;
+        if !self.windows.iter().any(|w| w.contains(r)) {
+            return Err(Error::OutsideAperture);
+        }
+        if let Some(res) = self.reserved.iter().find(|res| res.region.overlaps(r)) {
+            return Err(Error::ReservedRegion(res.kind));
+        }
+        Ok(r)
+    }
+
+    /// Starts a map of `[iova, iova + len)` to `phys`: checks it and claims the range, so that
+    /// no other map or unmap touches it until [`end_map`](Self::end_map). Waits while an
+    /// overlapping map or unmap is under way (see the module docs).
+    pub(super) fn begin_map(&self, iova: u64, len: u64, phys: u64) -> Result<Region> {
+        let r = self.check_aperture(iova, len)?;
+        loop {
+            let mut held = self.stripes.lock(r);
+            if held.busy(r) {
+                drop(held);
+                spin_loop();
+                continue;
+            }
+            if held.any_mapped(r) {
+                return Err(Error::AlreadyMapped);
+            }
+            held.claim(r, phys);
+            return Ok(r);
+        }
+    }
+
+    /// Starts a map of `len` bytes to `phys` at the lowest free IOVA aligned to the length
+    /// (rounded up to a power of two, at least [`MIN_ALIGN`]) inside one window, touching no
+    /// reserved region, no mapping and nothing under way; claims it like
+    /// [`begin_map`](Self::begin_map).
+    pub(super) fn begin_map_anywhere(&self, len: u64, phys: u64) -> Result<Region> {
+        let mut held = self.stripes.lock_all();
+        let start = self.find_free_in(&held, len)?;
+        let r = Region::checked(start, len)?;
+        held.claim(r, phys);
+        Ok(r)
+    }
+
+    /// Ends a map started by [`begin_map`](Self::begin_map): the mapping is recorded if the
+    /// unit `made` it, else the range is free again.
+    pub(super) fn end_map(&self, r: Region, made: bool) {
+        self.stripes.lock(r).settle(r, made);
+    }
+
+    /// Starts an unmap of `[iova, iova + len)`: it must hold at least one mapping and cut none.
+    /// Returns the span from the first mapping's start to the last one's end (what the unit is
+    /// asked to unmap, claimed until [`end_unmap`](Self::end_unmap)) and the bytes mapped
+    /// inside. Waits while an overlapping map or unmap is under way.
+    pub(super) fn begin_unmap(&self, iova: u64, len: u64) -> Result<(Region, u64)> {
+        let r = Region::checked(iova, len)?;
+        self.begin_unmap_of(r)
+    }
+
+    /// [`begin_unmap`](Self::begin_unmap) of every mapping; `None` when there are none.
+    pub(super) fn begin_unmap_all(&self) -> Result<Option<(Region, u64)>> {
+        let everything = Region {
+            start: 0,
+            last: u64::MAX,
+        };
+        match self.begin_unmap_of(everything) {
+            Ok(found) => Ok(Some(found)),
+            Err(Error::NothingMapped) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn begin_unmap_of(&self, r: Region) -> Result<(Region, u64)> {
+        loop {
+            let mut held = self.stripes.lock(r);
+            if held.busy(r) {
+                drop(held);
+                spin_loop();
+                continue;
+            }
+            let (span, total) = held.span_inside(r)?;
+            held.guard(span);
+            return Ok((span, total));
+        }
+    }
+
+    /// Ends an unmap started by [`begin_unmap`](Self::begin_unmap): the mappings inside `span`
+    /// are forgotten if the unit `removed` them, else kept; the span is free for others again.
+    pub(super) fn end_unmap(&self, span: Region, removed: bool) {
+        self.stripes.lock(span).unguard(span, removed);
+    }
+
+    /// The IOVA [`begin_map_anywhere`](Self::begin_map_anywhere) would pick for `len` bytes now.
+    /// Only looks.
+    pub fn find_free(&self, len: u64) -> Result<u64> {
+        self.find_free_in(&self.stripes.lock_all(), len)
+    }
+
+    fn find_free_in(&self, held: &Held<'_>, len: u64) -> Result<u64> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        let align = len
+            .checked_next_power_of_two()
+            .ok_or(Error::NoSpace)?
+            .max(MIN_ALIGN);
+        for w in &self.windows {
+            let mut cand = align_up(w.start, align);
+            while let Some(c) = cand {
+                let Some(r) = Region::new(c, len) else { break };
+                if r.last > w.last {
+                    break;
+                }
+                // Jump past the farthest obstacle in the way; every jump passes at least one
+                // obstacle, so the loop ends.
+                let blocked = self
+                    .reserved
+                    .iter()
+                    .map(|res| res.region)
+                    .filter(|o| o.overlaps(r))
+                    .map(|o| o.last)
+                    .chain(held.obstacle_end(r))
+                    .max();
+                match blocked {
+                    None => return Ok(c),
+                    Some(last) => cand = last.checked_add(1).and_then(|n| align_up(n, align)),
+                }
+            }
+        }
+        Err(Error::NoSpace)
+    }
+}
+
+/// `x` rounded up to a multiple of `align` (a power of two), or `None` past `2^64`.
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    x.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below_bits() {
+        assert_eq!(
+            Region::below_bits(12),
+            Region {
+                start: 0,
+                last: 0xfff
+            }
+        );
+        assert_eq!(Region::below_bits(64).last, u64::MAX);
+        assert_eq!(Region::below_bits(0), Region { start: 0, last: 0 });
+    }
+
+    fn r(start: u64, len: u64) -> Region {
+        Region {
+            start,
+            last: start + len - 1,
+        }
+    }
+
+    fn space(windows: &[Region], reserved: &[Reserved]) -> IovaSpace {
+        match IovaSpace::new(48, &Layout { windows, reserved }) {
+            Ok(s) => s,
+            Err(e) => panic!("layout: {e}"),
+        }
+    }
+
+    /// A made mapping of `r`, as if the unit had accepted it.
+    fn mapped(s: &IovaSpace, r: Region) {
+        let size = r.last - r.start + 1;
+        assert_eq!(s.begin_map(r.start, size, 0x1000_0000), Ok(r));
+        s.end_map(r, true);
+    }
+
+    #[test]
+    fn layout_is_checked() {
+        let bad = |w: &[Region]| {
+            IovaSpace::new(
+                32,
+                &Layout {
+                    windows: w,
+                    reserved: &[],
+                },
+            )
+            .err()
+        };
+        assert_eq!(bad(&[]), Some(Error::BadLayout("no usable window")));
+        assert!(matches!(bad(&[r(0, 1 << 33)]), Some(Error::BadLayout(_))));
+        assert!(matches!(
+            bad(&[r(0x1000, 0x800)]),
+            Some(Error::BadLayout(_))
+        ));
+        assert!(matches!(
+            bad(&[r(0, 0x4000), r(0x2000, 0x4000)]),
+            Some(Error::BadLayout(_))
+        ));
+        let full = Region {
+            start: 0,
+            last: u64::MAX,
+        };
+        assert!(IovaSpace::new(
+            64,
+            &Layout {
+                windows: &[full],
+                reserved: &[]
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn alloc_skips_reserved_and_mappings_and_aligns_to_length() {
+        let msi = Reserved {
+            region: r(0x10_0000, 0x1000),
+            kind: ReservedKind::MsiDoorbell,
+        };
+        let s = space(&[r(0x1000, 0x7f_f000), r(0x100_0000, 0x10_0000)], &[msi]);
+        // The first window starts at 4 KiB: a 64 KiB request goes to the first 64 KiB boundary.
+        assert_eq!(s.find_free(0x1_0000), Ok(0x1_0000));
+        assert_eq!(s.find_free(0x3000), Ok(0x4000));
+        mapped(&s, r(0x1000, 0xf_f000));
+        // The rest of the low 1 MiB is mapped and the next page is the doorbell.
+        assert_eq!(s.find_free(0x1000), Ok(0x10_1000));
+        // 8 MiB fits in neither window.
+        assert_eq!(s.find_free(0x80_0000), Err(Error::NoSpace));
+        // 1 MiB: the first 1 MiB boundary past the mapping and the doorbell.
+        assert_eq!(s.find_free(0x10_0000), Ok(0x20_0000));
+        mapped(&s, r(0x20_0000, 0x60_0000));
+        // The low window is full up to its end: the high one.
+        assert_eq!(s.find_free(0x10_0000), Ok(0x100_0000));
+        assert_eq!(s.find_free(0), Err(Error::ZeroLength));
+    }
+
+    #[test]
+    fn unmap_span_and_cut() {
+        let s = space(&[r(0, 1 << 30)], &[]);
+        mapped(&s, r(0x1000, 0x1000));
+        mapped(&s, r(0x4000, 0x2000));
+        assert_eq!(s.begin_unmap(0x5000, 0x1000), Err(Error::WouldCut));
+        assert_eq!(s.begin_unmap(0x2000, 0x2000), Err(Error::NothingMapped));
+        assert_eq!(s.begin_unmap(u64::MAX, 2), Err(Error::WrapAround));
+        // A refused unit call keeps everything.
+        let (span, total) = s.begin_unmap(0, 0x10000).unwrap_or((r(0, 1), 0));
+        assert_eq!((span, total), (r(0x1000, 0x5000), 0x3000));
+        s.end_unmap(span, false);
+        assert_eq!(s.mappings().len(), 2);
+        assert_eq!(s.begin_unmap_all(), Ok(Some((r(0x1000, 0x5000), 0x3000))));
+        s.end_unmap(span, true);
+        assert!(s.is_empty());
+        assert_eq!(s.begin_unmap_all(), Ok(None));
+    }
+
+    #[test]
+    fn records_span_stripes_and_locks() {
+        // 2 MiB stripes, 64 locks: a mapping crossing stripes, and one 64 stripes (128 MiB)
+        // further that shares the first one's lock, stay apart.
+        let s = space(&[r(0, 1 << 40)], &[]);
+        let crossing = r(0x1f_f000, 0x2000);
+        let same_lock = r(0x1f_f000 + (128 << 20), 0x1000);
+        mapped(&s, crossing);
+        mapped(&s, same_lock);
+        assert_eq!(s.begin_map(0x20_0000, 0x1000, 0), Err(Error::AlreadyMapped));
+        assert_eq!(s.iova_to_phys(0x20_0800), Some(0x1000_1800));
+        assert_eq!(s.iova_to_phys(0x20_1000), None);
+        // A range over every lock, and one of the whole space.
+        let big = r(1 << 32, 1 << 30);
+        mapped(&s, big);
+        let all: Vec<Region> = s.mappings().iter().map(|m| m.iova).collect();
+        assert_eq!(all, [crossing, same_lock, big]);
+        assert_eq!(s.begin_unmap(0, 0x20_0000), Err(Error::WouldCut));
+        let (span, total) = s.begin_unmap(0, 1 << 40).unwrap_or((r(0, 1), 0));
+        assert_eq!(total, 0x3000 + (1 << 30));
+        s.end_unmap(span, true);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_failed_map_leaves_the_range_free() {
+        let s = space(&[r(0, 1 << 30)], &[]);
+        let claimed = s.begin_map(0x3000, 0x1000, 0);
+        assert_eq!(claimed, Ok(r(0x3000, 0x1000)));
+        // While claimed, automatic allocation goes around it.
+        assert_eq!(s.find_free(0x1000), Ok(0));
+        assert_eq!(s.begin_map_anywhere(0x4000, 0), Ok(r(0x4000, 0x4000)));
+        s.end_map(r(0x4000, 0x4000), true);
+        s.end_map(r(0x3000, 0x1000), false);
+        assert_eq!(s.iova_to_phys(0x3000), None);
+        assert_eq!(s.begin_map(0x3000, 0x1000, 0), Ok(r(0x3000, 0x1000)));
+    }
+}
+
+/// Loom model of the claim protocol: every interleaving of CPUs mapping and unmapping one space,
+/// with a table page per 4 KiB written only inside claims. loom fails the model if two CPUs
+/// touch one page without a happens-before edge (the page table's rule broken), and the
+/// assertions check that exactly one of two overlapping maps wins.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::RacyCell;
+    use loom::sync::Arc;
+
+    const PAGE: u64 = 0x1000;
+    /// Pages on both sides of the first stripe boundary (2 MiB), so ranges take one or two locks.
+    const BASE: u64 = 0x20_0000 - 2 * PAGE;
+
+    struct World {
+        space: IovaSpace,
+        /// The "table": which owner wrote each page last.
+        pages: [RacyCell<u64>; 4],
+    }
+
+    impl World {
+        fn new() -> Arc<Self> {
+            let windows = [Region::below_bits(32)];
+            let space = match IovaSpace::new(
+                32,
+                &Layout {
+                    windows: &windows,
+                    reserved: &[],
+                },
+            ) {
+                Ok(s) => s,
+                Err(e) => panic!("layout: {e}"),
+            };
+            Arc::new(Self {
+                space,
+                pages: core::array::from_fn(|_| RacyCell::new(0)),
+            })
+        }
+
+        fn pages(&self, r: Region) -> impl Iterator<Item = &RacyCell<u64>> {
+            let first = ((r.start - BASE) / PAGE) as usize;
+            let last = ((r.last - BASE) / PAGE) as usize;
+            self.pages[first..=last].iter()
+        }
+
+        /// A map through the protocol; the unit call writes the pages.
+        fn map(&self, first: u64, pages: u64, who: u64) -> bool {
+            let Ok(r) = self.space.begin_map(BASE + first * PAGE, pages * PAGE, who) else {
+                return false;
+            };
+            for p in self.pages(r) {
+                // SAFETY: the claim excludes every other access to these pages (the property
+                // under test; loom reports a race if it does not hold).
+                unsafe { p.set(who) };
+            }
+            self.space.end_map(r, true);
+            true
+        }
+
+        fn unmap(&self, first: u64, pages: u64) -> Option<u64> {
+            let (span, total) = self
+                .space
+                .begin_unmap(BASE + first * PAGE, pages * PAGE)
+                .ok()?;
+            for p in self.pages(span) {
+                // SAFETY: as in `map`: the span is claimed.
+                unsafe { p.set(0) };
+            }
+            self.space.end_unmap(span, true);
+            Some(total)
+        }
+
+        fn owner_of(&self, page: usize) -> u64 {
+            // SAFETY: called after every thread was joined.
+            unsafe { self.pages[page].get() }
+        }
+    }
+
+    #[test]
+    fn overlapping_maps_one_wins() {
+        loom::model(|| {
+            let w = World::new();
+            let w2 = w.clone();
+            // Pages 0..3 (two locks) against pages 1..4 (two locks): pages 1 and 2 contested.
+            let t = loom::thread::spawn(move || w2.map(1, 3, 2));
+            let a = w.map(0, 3, 1);
+            let b = join(t);
+            assert!(a ^ b, "exactly one map wins: {a} {b}");
+            let winner = if a { 1 } else { 2 };
+            assert_eq!(w.owner_of(1), winner);
+            assert_eq!(w.owner_of(2), winner);
+        });
+    }
+
+    fn join<T>(t: loom::thread::JoinHandle<T>) -> T {
+        match t.join() {
+            Ok(v) => v,
+            Err(_) => panic!("thread panicked"),
+        }
+    }
+
+    #[test]
+    fn a_map_into_a_hole_waits_for_the_unmap_around_it() {
+        loom::model(|| {
+            let w = World::new();
+            assert!(w.map(0, 1, 1));
+            assert!(w.map(2, 1, 1));
+            let w2 = w.clone();
+            // The unmap's span covers the hole at page 1, which the other CPU maps: either
+            // before the unmap began (and is unmapped with it) or after it ended.
+            let t = loom::thread::spawn(move || w2.map(1, 1, 2));
+            let removed = w.unmap(0, 3);
+            assert!(join(t), "the hole is free");
+            match removed {
+                Some(n) if n == 3 * PAGE => assert_eq!(w.owner_of(1), 0),
+                Some(n) if n == 2 * PAGE => assert_eq!(w.owner_of(1), 2),
+                other => panic!("unmap removed {other:?}"),
+            }
+            assert_eq!((w.owner_of(0), w.owner_of(2)), (0, 0));
+        });
+    }
+
+    #[test]
+    fn an_unmap_waits_for_a_map_under_way() {
+        loom::model(|| {
+            let w = World::new();
+            let w2 = w.clone();
+            // Pages 1..3 cross the stripe boundary: the map takes both locks.
+            let t = loom::thread::spawn(move || w2.map(1, 2, 1));
+            let removed = w.unmap(0, 4);
+            assert!(join(t));
+            match removed {
+                None => assert_eq!((w.owner_of(1), w.owner_of(2)), (1, 1)),
+                Some(n) => {
+                    assert_eq!(n, 2 * PAGE);
+                    assert_eq!((w.owner_of(1), w.owner_of(2)), (0, 0));
+                }
+            }
+        });
+    }
+}

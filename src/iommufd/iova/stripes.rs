@@ -1,0 +1,305 @@
+//! The records of one IOVA space, split by address into stripes under separate locks, so that
+//! maps and unmaps of distant ranges of one domain never wait for each other. The protocol that
+//! uses them, and why it is correct, is in the [parent module's docs](super).
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::{Mapping, Region};
+use crate::sync::{Mutex, MutexGuard};
+
+/// log2 of the IOVA bytes one stripe covers: 2 MiB, the smallest superpage, so that a
+/// superpage mapping takes one lock and CPUs working a few megabytes apart take different ones.
+const STRIPE_SHIFT: u32 = 21;
+
+/// How many locks the stripes share (stripe `s` uses lock `s % LOCKS`): at most 64, one bit each
+/// in a lock mask. Under loom two, so that a model reaches both cases with small ranges.
+#[cfg(not(loom))]
+const LOCKS: usize = 64;
+#[cfg(loom)]
+const LOCKS: usize = 2;
+
+const ALL: u64 = if LOCKS == 64 {
+    u64::MAX
+} else {
+    (1 << LOCKS) - 1
+};
+
+/// Where a recorded range is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Claimed by a map whose unit call has not returned: others wait for it.
+    Mapping,
+    /// Made: in the unit's table.
+    Mapped,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    last: u64,
+    phys: u64,
+    state: State,
+}
+
+/// What one lock guards: every record whose range touches one of its stripes.
+#[derive(Default)]
+struct Shard {
+    /// Mappings and claims, keyed by first IOVA; disjoint.
+    entries: BTreeMap<u64, Entry>,
+    /// Spans an unmap is removing from the unit's table (holes between mappings included):
+    /// nothing may be mapped or unmapped there until it ends.
+    unmapping: Vec<Region>,
+}
+
+impl Shard {
+    /// The entries sharing an address with `r`, by increasing IOVA. Entries are disjoint, so
+    /// at most one starts before `r` and reaches into it.
+    fn overlapping(&self, r: Region) -> impl Iterator<Item = (u64, &Entry)> {
+        let before = self
+            .entries
+            .range(..r.start)
+            .next_back()
+            .filter(|(_, e)| e.last >= r.start);
+        before
+            .into_iter()
+            .chain(self.entries.range(r.start..=r.last))
+            .map(|(start, e)| (*start, e))
+    }
+}
+
+/// One lock on its own cache lines (two, for CPUs that fetch lines in pairs), so that CPUs
+/// holding neighbouring locks do not slow each other down.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// The locks of one IOVA space.
+pub(super) struct Stripes {
+    locks: Box<[Padded]>,
+}
+
+impl fmt::Debug for Stripes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stripes").field("locks", &LOCKS).finish()
+    }
+}
+
+/// The lock of the stripe holding `addr`.
+fn lock_of(addr: u64) -> usize {
+    ((addr >> STRIPE_SHIFT) % LOCKS as u64) as usize
+}
+
+/// The locks of every stripe `r` touches, one bit each.
+fn mask_of(r: Region) -> u64 {
+    let first = r.start >> STRIPE_SHIFT;
+    let last = r.last >> STRIPE_SHIFT;
+    if last - first >= LOCKS as u64 - 1 {
+        return ALL;
+    }
+    (first..=last).fold(0, |m, s| m | 1 << (s % LOCKS as u64))
+}
+
+impl Stripes {
+    pub(super) fn new() -> Self {
+        Self {
+            locks: (0..LOCKS)
+                .map(|_| Padded(Mutex::new(Shard::default())))
+                .collect(),
+        }
+    }
+
+    /// Holds the locks of every stripe `r` touches.
+    pub(super) fn lock(&self, r: Region) -> Held<'_> {
+        self.lock_mask(mask_of(r))
+    }
+
+    /// Holds every lock (a whole-space search or snapshot).
+    pub(super) fn lock_all(&self) -> Held<'_> {
+        self.lock_mask(ALL)
+    }
+
+    fn lock_mask(&self, mask: u64) -> Held<'_> {
+        // `from_fn` visits indices in increasing order: every caller takes its locks in one
+        // global order, so two callers never wait for each other in a cycle.
+        Held {
+            shards: core::array::from_fn(|i| (mask >> i & 1 == 1).then(|| self.locks[i].0.lock())),
+        }
+    }
+}
+
+/// A set of held locks; dropping it releases them. Each method looks only at the locks of the
+/// stripes its region touches, which the caller holds (it locked that region or everything).
+pub(super) struct Held<'a> {
+    shards: [Option<MutexGuard<'a, Shard>>; LOCKS],
+}
+
+impl<'a> Held<'a> {
+    /// The held shards of the stripes `r` touches, with their lock index.
+    fn of(&self, r: Region) -> impl Iterator<Item = (usize, &Shard)> {
+        let mask = mask_of(r);
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask >> i & 1 == 1)
+            .filter_map(|(i, g)| g.as_deref().map(|s| (i, s)))
+    }
+
+    fn of_mut(&mut self, r: Region) -> impl Iterator<Item = &mut Shard> + use<'_, 'a> {
+        let mask = mask_of(r);
+        self.shards
+            .iter_mut()
+            .enumerate()
+            .filter(move |(i, _)| mask >> i & 1 == 1)
+            .filter_map(|(_, g)| g.as_deref_mut())
+    }
+
+    /// Whether a map or unmap overlapping `r` is under way.
+    pub(super) fn busy(&self, r: Region) -> bool {
+        self.of(r).any(|(_, s)| {
+            s.unmapping.iter().any(|u| u.overlaps(r))
+                || s.overlapping(r).any(|(_, e)| e.state == State::Mapping)
+        })
+    }
+
+    /// Whether anything is recorded over `r`.
+    pub(super) fn any_mapped(&self, r: Region) -> bool {
+        self.of(r).any(|(_, s)| s.overlapping(r).next().is_some())
+    }
+
+    /// The end of the farthest record or unmap under way that overlaps `r`, if any.
+    pub(super) fn obstacle_end(&self, r: Region) -> Option<u64> {
+        self.of(r)
+            .flat_map(|(_, s)| {
+                let entries = s.overlapping(r).map(|(_, e)| e.last);
+                let unmaps = s.unmapping.iter().filter(|u| u.overlaps(r)).map(|u| u.last);
+                entries.chain(unmaps)
+            })
+            .max()
+    }
+
+    /// Records a claim of `r` (mapping to `phys`) in every stripe it touches.
+    pub(super) fn claim(&mut self, r: Region, phys: u64) {
+        let entry = Entry {
+            last: r.last,
+            phys,
+            state: State::Mapping,
+        };
+        for s in self.of_mut(r) {
+            s.entries.insert(r.start, entry);
+        }
+    }
+
+    /// Turns the claim of `r` into a mapping if it was `made`, else drops it.
+    pub(super) fn settle(&mut self, r: Region, made: bool) {
+        for s in self.of_mut(r) {
+            if made {
+                if let Some(e) = s.entries.get_mut(&r.start) {
+                    e.state = State::Mapped;
+                }
+            } else {
+                s.entries.remove(&r.start);
+            }
+        }
+    }
+
+    /// The span from the first to the last mapping inside `r`, and their total bytes; refuses a
+    /// mapping that `r` would cut and a range with nothing mapped.
+    pub(super) fn span_inside(&self, r: Region) -> super::Result<(Region, u64)> {
+        let mut span: Option<Region> = None;
+        let mut total: u64 = 0;
+        for (lock, shard) in self.of(r) {
+            for (start, e) in shard.overlapping(r) {
+                let m = Region {
+                    start,
+                    last: e.last,
+                };
+                if !r.contains(m) {
+                    return Err(super::Error::WouldCut);
+                }
+                // Each mapping counted once: by the lock of its first stripe, which `r` touches
+                // because the mapping lies inside it. Its length fits: maps take a 64-bit `len`.
+                if lock_of(start) == lock {
+                    total = total.saturating_add(m.size().unwrap_or(u64::MAX));
+                }
+                span = Some(match span {
+                    None => m,
+                    Some(s) => Region {
+                        start: s.start.min(m.start),
+                        last: s.last.max(m.last),
+                    },
+                });
+            }
+        }
+        span.map(|s| (s, total)).ok_or(super::Error::NothingMapped)
+    }
+
+    /// Marks `span` as being unmapped in every stripe it touches.
+    pub(super) fn guard(&mut self, span: Region) {
+        for s in self.of_mut(span) {
+            s.unmapping.push(span);
+        }
+    }
+
+    /// Ends the unmap of `span`: forgets the mappings inside it if the unit `removed` them.
+    pub(super) fn unguard(&mut self, span: Region, removed: bool) {
+        for s in self.of_mut(span) {
+            if let Some(i) = s.unmapping.iter().position(|u| *u == span) {
+                s.unmapping.swap_remove(i);
+            }
+            if removed {
+                // Every entry starting inside the span lies inside it (the unmap cut none).
+                while let Some(start) = s.entries.range(span.start..=span.last).next().map(|e| *e.0)
+                {
+                    s.entries.remove(&start);
+                }
+            }
+        }
+    }
+
+    /// The mappings made, by increasing IOVA (each once, from the lock of its first stripe).
+    pub(super) fn mappings(&self) -> Vec<Mapping> {
+        let mut all: Vec<Mapping> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.as_deref().map(|s| (i, s)))
+            .flat_map(|(i, s)| {
+                s.entries
+                    .iter()
+                    .filter(move |(start, e)| e.state == State::Mapped && lock_of(**start) == i)
+                    .map(|(start, e)| Mapping {
+                        iova: Region {
+                            start: *start,
+                            last: e.last,
+                        },
+                        phys: e.phys,
+                    })
+            })
+            .collect();
+        all.sort_unstable_by_key(|m| m.iova.start);
+        all
+    }
+
+    /// Whether no lock held records anything.
+    pub(super) fn is_empty(&self) -> bool {
+        self.shards
+            .iter()
+            .flatten()
+            .all(|s| s.entries.is_empty() && s.unmapping.is_empty())
+    }
+
+    /// The physical address of `iova` through a mapping made.
+    pub(super) fn phys_of(&self, iova: u64) -> Option<u64> {
+        let at = Region {
+            start: iova,
+            last: iova,
+        };
+        self.of(at)
+            .flat_map(|(_, s)| s.overlapping(at).map(|(start, e)| (start, *e)))
+            .find(|(_, e)| e.state == State::Mapped)
+            .map(|(start, e)| e.phys.wrapping_add(iova - start))
+    }
+}
