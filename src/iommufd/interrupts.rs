@@ -41,7 +41,7 @@ struct Live {
 
 /// The object model's interrupt records.
 pub(super) struct Interrupts {
-    remappers: BTreeMap<UnitId, Box<dyn InterruptRemapper>>,
+    remappers: BTreeMap<UnitId, Box<dyn InterruptRemapper + Send + Sync>>,
     /// The embedder's explicit opt-in to owners on units without a remapper.
     unsafe_allowed: bool,
     live: BTreeMap<InterruptId, Live>,
@@ -82,7 +82,7 @@ impl<U: TranslationUnit> Iommu<U> {
     pub fn set_interrupt_remapper(
         &mut self,
         unit: UnitId,
-        remapper: Box<dyn InterruptRemapper>,
+        remapper: Box<dyn InterruptRemapper + Send + Sync>,
     ) -> Result<()> {
         self.unit(unit)?;
         if self.interrupts.remappers.contains_key(&unit) {
@@ -221,7 +221,7 @@ impl<U: TranslationUnit> Iommu<U> {
         self.interrupts
             .remappers
             .get(&unit)
-            .map(|r| &**r)
+            .map(|r| -> &dyn InterruptRemapper { &**r })
             .ok_or(Error::NoInterruptRemapper(unit))
     }
 

@@ -247,6 +247,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: cpus_map_and_unmap_one_domain_at_once,
     },
     Test {
+        name: "cpus_map_and_unmap_through_the_object_model_while_dma_runs",
+        run: cpus_map_and_unmap_through_the_object_model_while_dma_runs,
+    },
+    Test {
+        name: "cpus_racing_on_one_range_are_decided_once",
+        run: cpus_racing_on_one_range_are_decided_once,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -510,4 +518,17 @@ fn cpus_map_and_unmap_one_domain_at_once(m: &mut Machine) -> TestResult {
     let rig = dma::default_rig(m)?;
     dma::announce_faults();
     crate::smp::cpus_map_and_unmap_one_domain_at_once(m, &rig)
+}
+
+/// Every CPU maps and unmaps through one shared object model while DMA runs; see
+/// [`crate::smp`].
+fn cpus_map_and_unmap_through_the_object_model_while_dma_runs(m: &mut Machine) -> TestResult {
+    let rig = dma::default_rig(m)?;
+    dma::announce_faults();
+    crate::smp::cpus_map_and_unmap_through_the_object_model_while_dma_runs(m, rig)
+}
+
+/// CPUs race to map and unmap overlapping ranges of one domain; see [`crate::smp`].
+fn cpus_racing_on_one_range_are_decided_once(m: &mut Machine) -> TestResult {
+    crate::smp::cpus_racing_on_one_range_are_decided_once(m, dma::default_rig(m)?)
 }

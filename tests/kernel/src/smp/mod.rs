@@ -3,10 +3,16 @@
 //! others. Boots without `smp=` (or `smp=1`) skip them.
 //!
 //! - this file: the per-CPU runner itself;
-//! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly.
+//! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly;
+//! - `object_model`: every CPU uses the object model's data path on one shared `Iommu`.
 
+mod object_model;
 mod unit_churn;
 
+pub use object_model::{
+    cpus_map_and_unmap_through_the_object_model_while_dma_runs,
+    cpus_racing_on_one_range_are_decided_once,
+};
 pub use unit_churn::cpus_map_and_unmap_one_domain_at_once;
 
 use crate::Machine;
