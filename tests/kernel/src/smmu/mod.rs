@@ -255,6 +255,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: cpus_racing_on_one_range_are_decided_once,
     },
     Test {
+        name: "a_shared_domain_is_attached_and_detached_while_cpus_map_into_it",
+        run: a_shared_domain_is_attached_and_detached_while_cpus_map_into_it,
+    },
+    Test {
+        name: "owners_racing_for_one_group_keep_it_viable",
+        run: owners_racing_for_one_group_keep_it_viable,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -531,4 +539,17 @@ fn cpus_map_and_unmap_through_the_object_model_while_dma_runs(m: &mut Machine) -
 /// CPUs race to map and unmap overlapping ranges of one domain; see [`crate::smp`].
 fn cpus_racing_on_one_range_are_decided_once(m: &mut Machine) -> TestResult {
     crate::smp::cpus_racing_on_one_range_are_decided_once(m, dma::default_rig(m)?)
+}
+
+/// One CPU attaches and detaches a device of a shared domain while the others map into it; see
+/// [`crate::smp`].
+fn a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m: &mut Machine) -> TestResult {
+    let rig = dma::default_rig(m)?;
+    dma::announce_faults();
+    crate::smp::a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m, rig)
+}
+
+/// Two owners race for the devices of one group from every CPU; see [`crate::smp`].
+fn owners_racing_for_one_group_keep_it_viable(m: &mut Machine) -> TestResult {
+    crate::smp::owners_racing_for_one_group_keep_it_viable(m, dma::default_rig(m)?)
 }

@@ -4,11 +4,17 @@
 //!
 //! - this file: the per-CPU runner itself;
 //! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly;
-//! - `object_model`: every CPU uses the object model's data path on one shared `Iommu`.
+//! - `object_model`: every CPU uses the object model's data path on one shared `Iommu`;
+//! - `control_path`: attach, detach, claim and release racing maps and each other.
 
+mod control_path;
 mod object_model;
 mod unit_churn;
 
+pub use control_path::{
+    a_shared_domain_is_attached_and_detached_while_cpus_map_into_it,
+    owners_racing_for_one_group_keep_it_viable,
+};
 pub use object_model::{
     cpus_map_and_unmap_through_the_object_model_while_dma_runs,
     cpus_racing_on_one_range_are_decided_once,
