@@ -76,16 +76,22 @@ impl From<Error> for UnitError {
             Error::StreamTable(StreamTableError::StreamIdOutOfRange { sid, .. }) => {
                 UnitError::UnknownDevice(DeviceId(sid))
             }
-            Error::Command(CmdqError::Timeout(t)) => UnitError::Timeout(t),
-            Error::Command(c) => UnitError::Hardware(match c {
-                CmdqError::Command(f) if f.code == CommandErrorCode::Illegal => {
-                    HardwareError::CommandRejected
-                }
-                CmdqError::Command(f) if f.code == CommandErrorCode::AtcInvalidationSync => {
-                    HardwareError::DeviceTlbTimeout
-                }
-                _ => HardwareError::Queue,
-            }),
+            Error::Command(CmdqError::Timeout(t))
+            | Error::StreamTable(StreamTableError::Invalidation(CmdqError::Timeout(t))) => {
+                UnitError::Timeout(t)
+            }
+            // A table change whose invalidation failed is a queue failure, not an encoding one.
+            Error::Command(c) | Error::StreamTable(StreamTableError::Invalidation(c)) => {
+                UnitError::Hardware(match c {
+                    CmdqError::Command(f) if f.code == CommandErrorCode::Illegal => {
+                        HardwareError::CommandRejected
+                    }
+                    CmdqError::Command(f) if f.code == CommandErrorCode::AtcInvalidationSync => {
+                        HardwareError::DeviceTlbTimeout
+                    }
+                    _ => HardwareError::Queue,
+                })
+            }
             Error::StreamTable(_) | Error::CdTable(_) | Error::Entry(_) => {
                 UnitError::Hardware(HardwareError::EntryEncoding)
             }
@@ -175,6 +181,13 @@ mod tests {
         assert_eq!(
             UnitError::from(Error::Unsupported("stage 1")),
             UnitError::Unsupported("stage 1")
+        );
+        // A stream table change whose invalidation failed reports the queue, not the entry.
+        let wedged = Error::StreamTable(StreamTableError::Invalidation(CmdqError::Timeout(t)));
+        assert_eq!(UnitError::from(wedged), UnitError::Timeout(t));
+        assert_eq!(
+            UnitError::from(Error::StreamTable(StreamTableError::NoLevel2(3))),
+            UnitError::Hardware(HardwareError::EntryEncoding)
         );
     }
 }
