@@ -447,8 +447,9 @@ struct Padded<T>(T);
 ///   them (producers load it with acquire).
 ///
 /// CMD_SYNC completion: a submission's CMD_SYNC at position `s` has completed when CONS has
-/// passed it, i.e. `consumed > s`. Every wait (space, sync, turn) is bounded by the poll budget
-/// and returns [`CmdqError::Timeout`] (or [`CmdqError::Wedged`] for the turn).
+/// passed it, i.e. `consumed > s`. Every wait (space, sync, turn) is bounded by the poll budget,
+/// counted in polls without progress, each reading a register, and returns
+/// [`CmdqError::Timeout`] (or [`CmdqError::Wedged`] for the turn).
 ///
 /// Command errors: while polling, any waiter that sees GERROR.CMDQ_ERR active takes the
 /// `recovering` flag (one recoverer at a time; acquire/release so one recovery's stores happen
@@ -669,17 +670,35 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     }
 
     fn publish(&self, start: u64, end: u64) -> Result<(), CmdqError> {
-        let mut waited = 0u32;
-        // Acquire: the earlier producers' entry stores happen before our PROD write.
-        while self.published.0.load(Ordering::Acquire) != start {
+        let mut last = u64::MAX;
+        let mut stalled = 0u32;
+        loop {
+            // Acquire: the earlier producers' entry stores happen before our PROD write.
+            let now = self.published.0.load(Ordering::Acquire);
+            if now == start {
+                break;
+            }
             if self.wedged.load(Ordering::Relaxed) {
                 return Err(CmdqError::Wedged);
             }
-            waited += 1;
-            if waited >= self.budget {
-                self.wedged.store(true, Ordering::Relaxed);
-                return Err(CmdqError::Wedged);
+            // Only a turn that stops moving counts: a long chain of earlier producers that
+            // keep publishing is progress, not a wedge.
+            if now == last {
+                stalled += 1;
+                if stalled >= self.budget {
+                    self.wedged.store(true, Ordering::Relaxed);
+                    return Err(CmdqError::Wedged);
+                }
+            } else {
+                last = now;
+                stalled = 0;
             }
+            // One register read per poll, like the hardware waits the budget is sized for: a
+            // bare spin would use it up within milliseconds, and an earlier producer merely
+            // preempted (a vCPU its host descheduled) would wedge the queue for good. The read
+            // also keeps `consumed` fresh for the space waiters; its error, if any, is theirs
+            // to report (this producer must publish what it reserved).
+            let _ = self.refresh_consumed();
             spin_loop();
         }
         self.regs.write_prod(self.prod_value(end));
