@@ -22,6 +22,46 @@ pub fn spin_loop() {
     loom::thread::yield_now();
 }
 
+/// Exponential backoff between the polls of a wait: 1, 2, 4, ... up to 256 spins. A waiter that
+/// polls a register or a line other CPUs write backs off, so the CPU it waits for gets the
+/// interconnect (or, under emulation, the device lock that every register access takes).
+#[derive(Debug)]
+pub struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    /// Longest pause, in spins (one under loom, where every spin is a yield the checker explores).
+    #[cfg(not(loom))]
+    const MAX: u32 = 256;
+    #[cfg(loom)]
+    const MAX: u32 = 1;
+
+    /// The shortest pause first.
+    pub const fn new() -> Self {
+        Self { spins: 1 }
+    }
+
+    /// Pauses, then doubles the next pause (up to the maximum).
+    pub fn pause(&mut self) {
+        for _ in 0..self.spins {
+            spin_loop();
+        }
+        self.spins = (self.spins * 2).min(Self::MAX);
+    }
+
+    /// Back to the shortest pause, after progress.
+    pub fn reset(&mut self) {
+        self.spins = 1;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A cell whose accesses the caller synchronises by other means (the queue protocols). Under loom
 /// every access is checked: two unsynchronised accesses, one of them a write, fail the model.
 #[derive(Debug, Default)]

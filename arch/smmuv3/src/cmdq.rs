@@ -17,7 +17,7 @@ use tock_registers::LocalRegisterCopy;
 
 use crate::command::{Command, EncodeError, RawCommand};
 use crate::registers::{SmmuRegisters, GERROR, QUEUE_BASE, QUEUE_CONS, QUEUE_PROD};
-use iommu::sync::{spin_loop, AtomicBool, AtomicU64, Ordering};
+use iommu::sync::{AtomicBool, AtomicU64, Backoff, Ordering};
 
 /// Bytes of one command.
 pub const ENTRY_BYTES: usize = 16;
@@ -448,7 +448,7 @@ struct Padded<T>(T);
 ///
 /// CMD_SYNC completion: a submission's CMD_SYNC at position `s` has completed when CONS has
 /// passed it, i.e. `consumed > s`. Every wait (space, sync, turn) is bounded by the poll budget,
-/// counted in polls without progress, each reading a register, and returns
+/// counted in polls without progress with an exponential backoff between them, and returns
 /// [`CmdqError::Timeout`] (or [`CmdqError::Wedged`] for the turn).
 ///
 /// Command errors: while polling, any waiter that sees GERROR.CMDQ_ERR active takes the
@@ -634,6 +634,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     fn reserve(&self, n: u64) -> Result<u64, CmdqError> {
         let capacity = self.capacity() as u64;
         let mut stalled = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             if self.wedged.load(Ordering::Relaxed) {
                 return Err(CmdqError::Wedged);
@@ -662,9 +663,10 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                         waiting_for: "command queue space",
                     }));
                 }
-                spin_loop();
+                backoff.pause();
             } else {
                 stalled = 0;
+                backoff.reset();
             }
         }
     }
@@ -672,6 +674,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     fn publish(&self, start: u64, end: u64) -> Result<(), CmdqError> {
         let mut last = u64::MAX;
         let mut stalled = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             // Acquire: the earlier producers' entry stores happen before our PROD write.
             let now = self.published.0.load(Ordering::Acquire);
@@ -681,25 +684,21 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             if self.wedged.load(Ordering::Relaxed) {
                 return Err(CmdqError::Wedged);
             }
-            // Only a turn that stops moving counts: a long chain of earlier producers that
-            // keep publishing is progress, not a wedge.
+            // Only a turn that stops moving counts, and each count comes after a backed-off
+            // pause: a long chain of earlier producers is progress, and one merely preempted
+            // (a vCPU its host descheduled) must not wedge the queue for good.
             if now == last {
                 stalled += 1;
                 if stalled >= self.budget {
                     self.wedged.store(true, Ordering::Relaxed);
                     return Err(CmdqError::Wedged);
                 }
+                backoff.pause();
             } else {
                 last = now;
                 stalled = 0;
+                backoff.reset();
             }
-            // One register read per poll, like the hardware waits the budget is sized for: a
-            // bare spin would use it up within milliseconds, and an earlier producer merely
-            // preempted (a vCPU its host descheduled) would wedge the queue for good. The read
-            // also keeps `consumed` fresh for the space waiters; its error, if any, is theirs
-            // to report (this producer must publish what it reserved).
-            let _ = self.refresh_consumed();
-            spin_loop();
         }
         self.regs.write_prod(self.prod_value(end));
         // Release: pairs with the next producer's acquire above.
@@ -735,6 +734,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     fn wait_consumed(&self, target: u64, waiting_for: &'static str) -> Result<(), CmdqError> {
         let mut last = self.consumed.0.load(Ordering::Acquire);
         let mut stalled = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             let now = self.refresh_consumed()?;
             if now >= target {
@@ -747,11 +747,14 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 if stalled >= self.budget {
                     return Err(CmdqError::Timeout(Timeout { waiting_for }));
                 }
+                // Backed off: every CPU waiting for a sync reads CONS, and the producer they
+                // wait for needs the same path for its PROD write.
+                backoff.pause();
             } else {
                 last = now;
                 stalled = 0;
+                backoff.reset();
             }
-            spin_loop();
         }
     }
 
