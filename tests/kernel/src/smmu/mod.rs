@@ -247,6 +247,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: cpus_map_and_unmap_one_domain_at_once,
     },
     Test {
+        name: "per_cpu_figures_one_two_four_cpus",
+        run: per_cpu_figures_one_two_four_cpus,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -510,4 +514,10 @@ fn cpus_map_and_unmap_one_domain_at_once(m: &mut Machine) -> TestResult {
     let rig = dma::default_rig(m)?;
     dma::announce_faults();
     crate::smp::cpus_map_and_unmap_one_domain_at_once(m, &rig)
+}
+
+/// Per-CPU figures of map+unmap and queue flushes on 1, 2 and 4 CPUs, lock-free against a
+/// locked unit; see [`crate::smp`].
+fn per_cpu_figures_one_two_four_cpus(m: &mut Machine) -> TestResult {
+    crate::smp::per_cpu_figures_one_two_four_cpus(m, &dma::default_rig(m)?)
 }

@@ -3,10 +3,13 @@
 //! others. Boots without `smp=` (or `smp=1`) skip them.
 //!
 //! - this file: the per-CPU runner itself;
-//! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly.
+//! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly;
+//! - `figures`: per-CPU operation counts on 1, 2 and 4 CPUs, lock-free against a locked unit.
 
+mod figures;
 mod unit_churn;
 
+pub use figures::per_cpu_figures_one_two_four_cpus;
 pub use unit_churn::cpus_map_and_unmap_one_domain_at_once;
 
 use crate::Machine;

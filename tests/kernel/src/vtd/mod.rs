@@ -206,6 +206,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: cpus_map_and_unmap_one_domain_at_once,
     },
     Test {
+        name: "per_cpu_figures_one_two_four_cpus",
+        run: per_cpu_figures_one_two_four_cpus,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -617,4 +621,10 @@ fn logging_follows_the_command_line(m: &mut Machine) -> TestResult {
 /// Every CPU maps and unmaps its own range of one domain at once; see [`crate::smp`].
 fn cpus_map_and_unmap_one_domain_at_once(m: &mut Machine) -> TestResult {
     crate::smp::cpus_map_and_unmap_one_domain_at_once(m, &dma::rig(m)?)
+}
+
+/// Per-CPU figures of map+unmap and queue flushes on 1, 2 and 4 CPUs, lock-free against a
+/// locked unit; see [`crate::smp`].
+fn per_cpu_figures_one_two_four_cpus(m: &mut Machine) -> TestResult {
+    crate::smp::per_cpu_figures_one_two_four_cpus(m, &dma::rig(m)?)
 }
