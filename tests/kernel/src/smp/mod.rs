@@ -5,9 +5,11 @@
 //! - this file: the per-CPU runner itself;
 //! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly;
 //! - `object_model`: every CPU uses the object model's data path on one shared `Iommu`;
-//! - `control_path`: attach, detach, claim and release racing maps and each other.
+//! - `control_path`: attach, detach, claim and release racing maps and each other;
+//! - `figures`: per-CPU operation counts on 1, 2 and 4 CPUs, lock-free against a locked unit.
 
 mod control_path;
+mod figures;
 mod object_model;
 mod unit_churn;
 
@@ -15,6 +17,7 @@ pub use control_path::{
     a_shared_domain_is_attached_and_detached_while_cpus_map_into_it,
     owners_racing_for_one_group_keep_it_viable,
 };
+pub use figures::per_cpu_figures_one_two_four_cpus;
 pub use object_model::{
     cpus_map_and_unmap_through_the_object_model_while_dma_runs,
     cpus_racing_on_one_range_are_decided_once,

@@ -222,6 +222,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: owners_racing_for_one_group_keep_it_viable,
     },
     Test {
+        name: "per_cpu_figures_one_two_four_cpus",
+        run: per_cpu_figures_one_two_four_cpus,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
@@ -656,4 +660,10 @@ fn a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m: &mut Machi
 /// Two owners race for the devices of one group from every CPU; see [`crate::smp`].
 fn owners_racing_for_one_group_keep_it_viable(m: &mut Machine) -> TestResult {
     crate::smp::owners_racing_for_one_group_keep_it_viable(m, dma::rig(m)?)
+}
+
+/// Per-CPU figures of map+unmap and queue flushes on 1, 2 and 4 CPUs, lock-free against a
+/// locked unit; see [`crate::smp`].
+fn per_cpu_figures_one_two_four_cpus(m: &mut Machine) -> TestResult {
+    crate::smp::per_cpu_figures_one_two_four_cpus(m, &dma::rig(m)?)
 }
