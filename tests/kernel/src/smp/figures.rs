@@ -18,11 +18,11 @@ use iommu_boot::smp::{self, CpuId};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println};
 
-/// Map+unmap pairs each CPU times per run: each unmap invalidates through the unit's queue and
-/// waits for its own completion.
-const MAP_UNMAP_OPS: u64 = 40_000;
-/// Queue flushes (an invalidation and its wait, nothing else) each CPU times per run.
-const FLUSH_OPS: u64 = 40_000;
+/// How long each CPU repeats its operation per run, on its own counter: a fixed time rather than
+/// a fixed count, so that a configuration that is slow under emulation (an in-order queue whose
+/// producers wait for each other while their vCPUs share fewer host cores) shows as a low figure
+/// instead of holding the boot past its timeout.
+const WINDOW_US: u64 = 300_000;
 /// Untimed operations each CPU does first: QEMU translates guest code on its first run, and
 /// that should not count.
 const WARM_UP_OPS: u64 = 16;
@@ -46,13 +46,6 @@ impl Work {
         match self {
             Self::MapUnmap => "map+unmap",
             Self::Flush => "flush",
-        }
-    }
-
-    fn ops(self) -> u64 {
-        match self {
-            Self::MapUnmap => MAP_UNMAP_OPS,
-            Self::Flush => FLUSH_OPS,
         }
     }
 }
@@ -104,11 +97,15 @@ struct Rates {
 }
 
 impl Rates {
-    fn new(ops: u64, elapsed_us: &[u64], span_us: u64) -> Self {
+    fn new(done: &[u64], elapsed_us: &[u64], span_us: u64) -> Self {
         let rate = |ops: u64, us: u64| ops.saturating_mul(1_000_000) / us.max(1);
         Self {
-            per_cpu: elapsed_us.iter().map(|&us| rate(ops, us)).collect(),
-            total: rate(ops * elapsed_us.len() as u64, span_us),
+            per_cpu: done
+                .iter()
+                .zip(elapsed_us)
+                .map(|(&d, &us)| rate(d, us))
+                .collect(),
+            total: rate(done.iter().sum(), span_us),
         }
     }
 
@@ -228,7 +225,7 @@ where
     let label = label(m, r);
     println!();
     println!(
-        "figure: {label} cpus={n} ops per cpu: map+unmap={MAP_UNMAP_OPS} flush={FLUSH_OPS}; \
+        "figure: {label} cpus={n} each run {WINDOW_US} us per CPU; \
          timed by each CPU's own counter; emulated (QEMU TCG), not hardware timing"
     );
     for work in [Work::MapUnmap, Work::Flush] {
@@ -258,8 +255,8 @@ where
     Ok(())
 }
 
-/// One timed run: CPUs `0..k` each do `work.ops()` operations through `driver` (after
-/// [`WARM_UP_OPS`] untimed ones), the others nothing.
+/// One timed run: CPUs `0..k` each repeat `work` through `driver` for [`WINDOW_US`] (after
+/// [`WARM_UP_OPS`] untimed operations), the others nothing.
 fn run<U>(
     domain: &Arc<U::Domain>,
     phys: PhysAddr,
@@ -271,7 +268,6 @@ where
     U: TranslationUnit + Sync,
     U::Domain: Send + Sync + 'static,
 {
-    let ops = work.ops();
     let tallies = Arc::new([const { Tally::new() }; smp::MAX_CPUS]);
     // CPUs of the run that finished (or gave up) their timed operations. Release by each,
     // Acquire by the boot CPU, which waits for all of them before it reads the run's end.
@@ -313,11 +309,12 @@ where
             (0..WARM_UP_OPS).try_for_each(op)?;
             let start = smp::now_us();
             let mut done = 0;
-            for i in 0..ops {
-                op(i)?;
+            let mut end = start;
+            while end - start < WINDOW_US {
+                op(done)?;
                 done += 1;
+                end = smp::now_us();
             }
-            let end = smp::now_us();
             let tally = &tallies2[c];
             tally.done.store(done, Ordering::Relaxed);
             tally
@@ -339,17 +336,18 @@ where
     })
     .map_err(fail)?;
     let mut elapsed = Vec::with_capacity(k);
+    let mut dones = Vec::with_capacity(k);
     for (c, tally) in tallies.iter().enumerate() {
         let done = tally.done.load(Ordering::Relaxed);
         let us = tally.elapsed_us.load(Ordering::Relaxed);
         if c < k {
-            ensure_eq!(done, ops, "{} operations done by cpu {c}", work.name());
+            ensure!(done > 0, "no {} done by cpu {c}", work.name());
             ensure!(
-                us > 0,
-                "cpu {c}'s counter did not advance over {ops} {}",
-                work.name()
+                us >= WINDOW_US,
+                "cpu {c} stopped after {us} us of its {WINDOW_US} us window"
             );
             elapsed.push(us);
+            dones.push(done);
         } else {
             ensure_eq!(
                 done,
@@ -366,5 +364,5 @@ where
         "cpu 0's time {elapsed:?} us beyond its span of the run, {span} us"
     );
     let span = elapsed.iter().copied().fold(span, u64::max);
-    Ok(Rates::new(ops, &elapsed, span))
+    Ok(Rates::new(&dones, &elapsed, span))
 }
