@@ -576,6 +576,31 @@ pub fn illegal_command_is_reported_and_queue_recovers(m: &mut Machine) -> TestRe
     granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
 }
 
+/// Issue 13: every CPU submits commands with its own CMD_SYNC to the one command queue while
+/// one CPU submits an illegal command: only that CPU gets CERROR_ILL.
+pub fn an_illegal_command_is_reported_to_its_cpu_only(m: &mut Machine) -> TestResult {
+    allow_guest_error("Illegal command type");
+    let unit = unit(m)?;
+    let ok = Command::TlbiNsnhAll.encode().map_err(fail)?;
+    let bad = [0x7f_u64, 0];
+    crate::smp::an_illegal_command_is_reported_to_its_cpu_only(
+        m,
+        move || unit.submit_raw(&[ok]).map_err(|e| alloc::format!("{e}")),
+        move || match unit.submit_raw(&[ok, bad]) {
+            Err(CmdqError::Command(f))
+                if f.code == CommandErrorCode::Illegal && f.command == bad =>
+            {
+                Ok(())
+            }
+            other => Err(alloc::format!(
+                "expected CERROR_ILL for its command, got {other:?}"
+            )),
+        },
+    )?;
+    let (ref edu, _) = first_edu(m)?;
+    granule_round_trip(unit, edu, preferred_stage(unit), Granule::Size4K, IOVA_A)
+}
+
 /// The demo: the SMMU brought up, an edu attached, a DMA landing, a bad DMA blocked with
 /// its decoded event.
 pub fn demo(m: &mut Machine) -> TestResult {

@@ -267,6 +267,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: per_cpu_figures_one_two_four_cpus,
     },
     Test {
+        name: "an_illegal_command_is_reported_to_its_cpu_only",
+        run: dma::an_illegal_command_is_reported_to_its_cpu_only,
+    },
+    Test {
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },

@@ -6,11 +6,13 @@
 //! - `unit_churn`: every CPU maps and unmaps one domain through the unit directly;
 //! - `object_model`: every CPU uses the object model's data path on one shared `Iommu`;
 //! - `control_path`: attach, detach, claim and release racing maps and each other;
-//! - `figures`: per-CPU operation counts on 1, 2 and 4 CPUs, lock-free against a locked unit.
+//! - `figures`: per-CPU operation counts on 1, 2 and 4 CPUs, lock-free against a locked unit;
+//! - `queue_errors`: an illegal command among every CPU's invalidations.
 
 mod control_path;
 mod figures;
 mod object_model;
+mod queue_errors;
 mod unit_churn;
 
 pub use control_path::{
@@ -22,6 +24,7 @@ pub use object_model::{
     cpus_map_and_unmap_through_the_object_model_while_dma_runs,
     cpus_racing_on_one_range_are_decided_once,
 };
+pub use queue_errors::an_illegal_command_is_reported_to_its_cpu_only;
 pub use unit_churn::cpus_map_and_unmap_one_domain_at_once;
 
 use crate::Machine;

@@ -408,6 +408,36 @@ pub(super) fn invalid_descriptor_is_reported_and_queue_recovers(m: &mut Machine)
     dma::no_stale_translation_after_unmap(&r)
 }
 
+/// Issue 13: every CPU submits batches to the one invalidation queue with its own wait while one
+/// CPU submits a descriptor of a reserved type: only that CPU gets `InvalidDescriptor`.
+pub(super) fn an_invalid_descriptor_is_reported_to_its_cpu_only(m: &mut Machine) -> TestResult {
+    let unit = unit(m)?;
+    if unit.queue().is_none() {
+        iommu_boot::skip!("the unit has no invalidation queue");
+    }
+    iommu_boot::testing::allow_guest_error("vtd_process_inv_desc");
+    iommu_boot::testing::allow_guest_error("invalid inv desc");
+    let q = move || unit.queue().ok_or_else(|| String::from("no queue"));
+    let good = Descriptor::Iotlb {
+        scope: IotlbScope::Global,
+        drain: Default::default(),
+    };
+    crate::smp::an_illegal_command_is_reported_to_its_cpu_only(
+        m,
+        move || {
+            q()?.submit_and_wait([good])
+                .map_err(|e| alloc::format!("{e}"))
+        },
+        move || match q()?.submit_and_wait([good, Descriptor::Raw([0xf, 0, 0, 0])]) {
+            Err(QiError::InvalidDescriptor { index: 1, .. }) => Ok(()),
+            other => Err(alloc::format!(
+                "expected InvalidDescriptor at 1, got {other:?}"
+            )),
+        },
+    )?;
+    dma::no_stale_translation_after_unmap(&rig(m)?)
+}
+
 /// Invalidation descriptors per operation, counted at the queue (waits included): one wait per
 /// batch, page-selective with an address mask for a range, domain-selective past the threshold.
 pub(super) fn invalidation_descriptor_counts(m: &mut Machine) -> TestResult {
