@@ -185,8 +185,8 @@ const CLAIM_ROUNDS: usize = 300;
 /// Two owners race, from every CPU, for the two devices of ONE group (each CPU works for the
 /// owner of its parity and goes for the device of its round): claim, attach to its owner's
 /// domain, release. After every call, under the same write lock, the group must be viable: its
-/// owned members share one owner and its attached members one domain. Both owners win
-/// sometimes; the refusals are the typed ones.
+/// owned members share one owner and its attached members one domain; the refusals are the
+/// typed ones.
 pub fn owners_racing_for_one_group_keep_it_viable<U>(m: &Machine, r: Rig<'static, U>) -> TestResult
 where
     U: TranslationUnit + Sync,
