@@ -106,7 +106,7 @@
 //! different 2 MiB stripes take different locks, held only around the bookkeeping, never across
 //! the unit's table writes and invalidations (those are lock-free in the back-ends); overlapping
 //! requests are decided as if one came after the other: exactly one map of an IOVA wins, and the
-//! no-cut unmap rule holds. The protocol and why it is correct: the `iova` module's docs.
+//! no-cut unmap rule holds. The protocol and why it is correct: [`IovaSpace`].
 //!
 //! The *control path* takes `&mut self`: devices, aliases, claim, release, attach, domains,
 //! vIOMMUs, interrupts. Those calls check rules across objects (group viability, owners,

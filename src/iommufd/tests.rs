@@ -466,11 +466,11 @@ struct IrqTable {
 }
 
 /// A remapper over a shared [`IrqTable`], so a test keeps a handle to what it boxed.
-struct MockRemapper(std::rc::Rc<RefCell<IrqTable>>);
+struct MockRemapper(std::sync::Arc<spin::Mutex<IrqTable>>);
 
 impl MockRemapper {
-    fn failing(table: &RefCell<IrqTable>) -> core::result::Result<(), UnitError> {
-        if core::mem::take(&mut table.borrow_mut().fail) {
+    fn failing(table: &spin::Mutex<IrqTable>) -> core::result::Result<(), UnitError> {
+        if core::mem::take(&mut table.lock().fail) {
             return Err(UnitError::Hardware(HardwareError::Queue));
         }
         Ok(())
@@ -484,7 +484,7 @@ impl InterruptRemapper for MockRemapper {
         target: InterruptTarget,
     ) -> core::result::Result<RemappedInterrupt, UnitError> {
         Self::failing(&self.0)?;
-        let mut t = self.0.borrow_mut();
+        let mut t = self.0.lock();
         let handle = t.next;
         t.next += 1;
         t.entries.insert(handle, (device, target));
@@ -505,7 +505,7 @@ impl InterruptRemapper for MockRemapper {
         target: InterruptTarget,
     ) -> core::result::Result<(), UnitError> {
         Self::failing(&self.0)?;
-        let mut t = self.0.borrow_mut();
+        let mut t = self.0.lock();
         let entry = t
             .entries
             .get_mut(&irq.handle)
@@ -517,18 +517,21 @@ impl InterruptRemapper for MockRemapper {
 
     fn free(&self, irq: RemappedInterrupt) -> core::result::Result<(), UnitError> {
         Self::failing(&self.0)?;
-        self.0.borrow_mut().entries.remove(&irq.handle);
+        self.0.lock().entries.remove(&irq.handle);
         Ok(())
     }
 
     fn doorbell(&self) -> Option<PhysAddr> {
-        self.0.borrow().doorbell.map(PhysAddr::new)
+        self.0.lock().doorbell.map(PhysAddr::new)
     }
 }
 
 /// Registers a mock remapper for `u` and returns its table.
-fn remapped<V: TranslationUnit>(io: &mut Iommu<V>, u: UnitId) -> std::rc::Rc<RefCell<IrqTable>> {
-    let table = std::rc::Rc::new(RefCell::new(IrqTable::default()));
+fn remapped<V: TranslationUnit>(
+    io: &mut Iommu<V>,
+    u: UnitId,
+) -> std::sync::Arc<spin::Mutex<IrqTable>> {
+    let table = std::sync::Arc::new(spin::Mutex::new(IrqTable::default()));
     ok(io.set_interrupt_remapper(u, Box::new(MockRemapper(table.clone()))));
     table
 }
@@ -1563,8 +1566,8 @@ fn a_failing_remapper_changes_nothing() {
     let table = remapped(&mut io, u);
     let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
     ok(io.claim(d, A));
-    let hw = |t: &std::rc::Rc<RefCell<IrqTable>>| format!("{:?}", t.borrow().entries);
-    table.borrow_mut().fail = true;
+    let hw = |t: &std::sync::Arc<spin::Mutex<IrqTable>>| format!("{:?}", t.lock().entries);
+    table.lock().fail = true;
     let before = hw(&table);
     refused(
         &mut io,
@@ -1574,7 +1577,7 @@ fn a_failing_remapper_changes_nothing() {
     assert_eq!(hw(&table), before);
     let (irq, _) = ok(io.alloc_interrupt(d, A, CPU0_VECTOR_40));
     let before = hw(&table);
-    table.borrow_mut().fail = true;
+    table.lock().fail = true;
     refused(
         &mut io,
         Error::Unit(UnitError::Hardware(HardwareError::Queue)),
@@ -1582,12 +1585,12 @@ fn a_failing_remapper_changes_nothing() {
     );
     assert_eq!(hw(&table), before);
     // A release whose teardown fails keeps the device owned with its interrupt.
-    table.borrow_mut().fail = true;
+    table.lock().fail = true;
     assert!(io.release(d, A).is_err());
     assert_eq!(io.device(d).map(|s| s.owner), Ok(Some(A)));
     assert_eq!(io.interrupts_of(d).count(), 1);
     ok(io.release(d, A));
-    assert!(table.borrow().entries.is_empty(), "released: no entry left");
+    assert!(table.lock().entries.is_empty(), "released: no entry left");
 }
 
 #[test]
@@ -1596,7 +1599,7 @@ fn a_doorbell_remapper_gets_its_page_mapped_in_the_msi_window() {
     let u = io.add_unit(MockUnit::new(false, &[7]));
     let table = remapped(&mut io, u);
     let page = 0xfee0_0000;
-    table.borrow_mut().doorbell = Some(page);
+    table.lock().doorbell = Some(page);
     let d = ok(io.add_device(u, DeviceId(7), GroupId(7)));
     ok(io.claim(d, A));
     let with_window = domain(&mut io, A, u);
@@ -1626,7 +1629,7 @@ fn a_doorbell_remapper_gets_its_page_mapped_in_the_msi_window() {
     );
     // A remapper failure after the doorbell was mapped takes the mapping back.
     ok(io.attach(d, A, Target::Domain(with_window)));
-    table.borrow_mut().fail = true;
+    table.lock().fail = true;
     refused(
         &mut io,
         Error::Unit(UnitError::Hardware(HardwareError::Queue)),

@@ -3,41 +3,7 @@
 //! automatic allocation. Bookkeeping only: the hardware table is changed by the unit, inside a
 //! range this space has handed out.
 //!
-//! # Several CPUs
-//!
-//! Every method takes `&self`; CPUs map and unmap one domain at once. The records live in
-//! *stripes* (2 MiB of IOVA space each) whose locks are spread over 64 spin locks, so CPUs working
-//! in different stripes take different locks and never wait for each other; each lock is held
-//! only to check and update records, never across a unit call. An operation is three steps:
-//!
-//! 1. **Begin** (the locks of every stripe its range touches, taken in increasing lock order):
-//!    check the range against the records, then *claim* it: a map records its range as
-//!    `Mapping`, an unmap records the span it will remove (holes included) as being unmapped.
-//!    If an overlapping operation is under way, release everything, spin, and begin again.
-//! 2. **Unit call**, with no lock held: the unit writes its table and invalidates.
-//! 3. **End** (the same locks again): a made map becomes `Mapped`, an unmap's mappings are
-//!    forgotten; a refused unit call drops the claim, leaving the records as before.
-//!
-//! Why it is correct:
-//! - *Exactly one of two overlapping requests wins.* Overlapping ranges share an address, hence
-//!   a stripe, hence a lock: their begins are serialised by it, and the second one sees the
-//!   first one's claim (waits while it is under way, then sees its outcome: `AlreadyMapped`
-//!   after a made map, nothing after an unmap).
-//! - *The page table's rule holds.* The engine lets operations run at once only on disjoint
-//!   ranges ([`crate::pagetable`]): unit calls happen only inside claims, and claims are
-//!   disjoint. The shared lock also orders one operation's table writes before the next one's
-//!   on the same range: the first releases the lock in its end step, the second acquires it in
-//!   its begin step, so the release/acquire pair carries every write of the first.
-//! - *No deadlock.* A call takes its locks in one global order and never waits for a claim while
-//!   holding a lock; a claim is released once its unit call returns, and the back-ends bound
-//!   every hardware wait, so every wait for a claim ends.
-//! - *Each call takes effect at one instant* (at its end step; a refusal at its begin step):
-//!   [`IovaSpace::iova_to_phys`] and [`IovaSpace::mappings`] see a map once it returned and an
-//!   unmapped range until its unmap returns.
-//!
-//! [`IovaSpace::find_free`] and the `map_anywhere` that uses it take every lock for the search:
-//! automatic allocation is serialised per domain (per-CPU IOVA caches would lift that). The
-//! protocol is checked by a loom model (`loom_tests` below).
+//! Every method takes `&self`: see [`IovaSpace`] for how CPUs share one space.
 
 extern crate alloc;
 
@@ -150,7 +116,43 @@ pub struct Mapping {
 }
 
 /// Windows, reserved regions and mappings of one paging domain, shared by every CPU that maps
-/// into it. See the [module docs](self) for the protocol.
+/// into it.
+///
+/// # Several CPUs
+///
+/// Every method takes `&self`; CPUs map and unmap one domain at once. The records live in
+/// *stripes* (2 MiB of IOVA space each) whose locks are spread over 64 spin locks, so CPUs working
+/// in different stripes take different locks and never wait for each other; each lock is held
+/// only to check and update records, never across a unit call. An operation is three steps:
+///
+/// 1. **Begin** (the locks of every stripe its range touches, taken in increasing lock order):
+///    check the range against the records, then *claim* it: a map records its range as
+///    `Mapping`, an unmap records the span it will remove (holes included) as being unmapped.
+///    If an overlapping operation is under way, release everything, spin, and begin again.
+/// 2. **Unit call**, with no lock held: the unit writes its table and invalidates.
+/// 3. **End** (the same locks again): a made map becomes `Mapped`, an unmap's mappings are
+///    forgotten; a refused unit call drops the claim, leaving the records as before.
+///
+/// Why it is correct:
+/// - *Exactly one of two overlapping requests wins.* Overlapping ranges share an address, hence
+///   a stripe, hence a lock: their begins are serialised by it, and the second one sees the
+///   first one's claim (waits while it is under way, then sees its outcome: `AlreadyMapped`
+///   after a made map, nothing after an unmap).
+/// - *The page table's rule holds.* The engine lets operations run at once only on disjoint
+///   ranges ([`crate::pagetable`]): unit calls happen only inside claims, and claims are
+///   disjoint. The shared lock also orders one operation's table writes before the next one's
+///   on the same range: the first releases the lock in its end step, the second acquires it in
+///   its begin step, so the release/acquire pair carries every write of the first.
+/// - *No deadlock.* A call takes its locks in one global order and never waits for a claim while
+///   holding a lock; a claim is released once its unit call returns, and the back-ends bound
+///   every hardware wait, so every wait for a claim ends.
+/// - *Each call takes effect at one instant* (at its end step; a refusal at its begin step):
+///   [`IovaSpace::iova_to_phys`] and [`IovaSpace::mappings`] see a map once it returned and an
+///   unmapped range until its unmap returns.
+///
+/// [`IovaSpace::find_free`] and the `map_anywhere` that uses it take every lock for the search:
+/// automatic allocation is serialised per domain (per-CPU IOVA caches would lift that). The
+/// protocol is checked by a loom model (`loom_tests` in this module's source).
 #[derive(Debug)]
 pub struct IovaSpace {
     windows: Vec<Region>,
@@ -326,8 +328,8 @@ impl IovaSpace {
         self.stripes.lock(span).unguard(span, removed);
     }
 
-    /// The IOVA [`begin_map_anywhere`](Self::begin_map_anywhere) would pick for `len` bytes now.
-    /// Only looks.
+    /// The IOVA `map_anywhere` would pick for `len` bytes now: the lowest free one aligned to
+    /// the length (rounded up to a power of two, at least [`MIN_ALIGN`]). Only looks.
     pub fn find_free(&self, len: u64) -> Result<u64> {
         self.find_free_in(&self.stripes.lock_all(), len)
     }

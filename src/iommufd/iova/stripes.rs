@@ -1,6 +1,6 @@
 //! The records of one IOVA space, split by address into stripes under separate locks, so that
 //! maps and unmaps of distant ranges of one domain never wait for each other. The protocol that
-//! uses them, and why it is correct, is in the [parent module's docs](super).
+//! uses them, and why it is correct, is at [`IovaSpace`](super::IovaSpace).
 
 extern crate alloc;
 
