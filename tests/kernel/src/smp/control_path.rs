@@ -3,7 +3,7 @@
 //! claim and release under the write side (taken through an upgradeable read, which stops new
 //! readers, so a stream of maps cannot starve it).
 
-use super::bring_up;
+use super::{bring_up, SharedUnit};
 use crate::dma::{DmaBuffer, Rig, IA_BITS, IOVA_A};
 use crate::hal::HAL;
 use crate::Machine;
@@ -42,9 +42,7 @@ pub fn a_shared_domain_is_attached_and_detached_while_cpus_map_into_it<U>(
     r: Rig<'static, U>,
 ) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
-    U::VIommu: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     if r.edus.len() < 2 {
@@ -57,9 +55,7 @@ where
     }
     let frames = HAL.live_frames();
     let stable = DmaBuffer::new(0x3c)?;
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
-    io.allow_unsafe_interrupts(true);
+    let (mut io, u) = super::object_model(&r);
     let [a, b] = [0, 1].map(|i| (r.device_id)(&r.edus[i]));
     let da = io.add_device(u, a, GroupId(a.0)).map_err(fail)?;
     let db = io.add_device(u, b, GroupId(b.0)).map_err(fail)?;
@@ -189,18 +185,14 @@ const CLAIM_ROUNDS: usize = 300;
 /// typed ones.
 pub fn owners_racing_for_one_group_keep_it_viable<U>(m: &Machine, r: Rig<'static, U>) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
-    U::VIommu: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     if r.edus.len() < 2 {
         return Err(fail("needs two edu devices"));
     }
     let frames = HAL.live_frames();
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
-    io.allow_unsafe_interrupts(true);
+    let (mut io, u) = super::object_model(&r);
     // The first two edus, said to alias each other: one group.
     let group = GroupId(0x7e57);
     let ids = [0, 1].map(|i| (r.device_id)(&r.edus[i]));

@@ -2,7 +2,7 @@
 //! (up to the boot's count), lock-free against the same unit behind one lock, printed as
 //! `figure:` lines. Nothing here asserts a speed-up: TCG timing is not hardware timing.
 
-use super::bring_up;
+use super::{bring_up, SharedUnit};
 use crate::dma::{DmaBuffer, Rig};
 use crate::hal::HAL;
 use crate::Machine;
@@ -151,8 +151,7 @@ fn label<U: TranslationUnit>(m: &Machine, r: &Rig<'_, U>) -> String {
 /// never on a figure.
 pub fn per_cpu_figures_one_two_four_cpus<U>(m: &Machine, r: &Rig<'static, U>) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     let started_us = smp::now_us();
@@ -202,8 +201,7 @@ fn measure_all<U>(
     page: &DmaBuffer,
 ) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
+    U: SharedUnit,
 {
     // Every CPU's tables exist before the clocks start: a 4 KiB unmap never frees a table, so
     // the runs time entries and invalidations, not table allocation.
@@ -265,8 +263,7 @@ fn run<U>(
     k: usize,
 ) -> Result<Rates, Failure>
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let tallies = Arc::new([const { Tally::new() }; smp::MAX_CPUS]);
     // CPUs of the run that finished (or gave up) their timed operations. Release by each,

@@ -32,6 +32,7 @@ use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use iommu::unit::TranslationUnit;
 use iommu_boot::smp::{self, CpuFailure, CpuId, SmpError};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
@@ -167,4 +168,29 @@ pub fn last_cpu_panics(m: &mut Machine) -> TestResult {
         Ok(())
     })
     .map_err(fail)
+}
+
+/// A unit every CPU can use at once, with domains and vIOMMUs that can be shared with them: what
+/// the tests here need of a back-end.
+pub trait SharedUnit:
+    TranslationUnit<Domain: Send + Sync + 'static, VIommu: Send + Sync + 'static> + Sync + 'static
+{
+}
+
+impl<U> SharedUnit for U where
+    U: TranslationUnit<Domain: Send + Sync + 'static, VIommu: Send + Sync + 'static>
+        + Sync
+        + 'static
+{
+}
+
+/// An object model over the rig's unit, interrupts allowed unsafe: these tests are about DMA and
+/// the data path, interrupt isolation has its own.
+pub(crate) fn object_model<U: SharedUnit>(
+    r: &crate::dma::Rig<'static, U>,
+) -> (iommu::iommufd::Iommu<&'static U>, iommu::iommufd::UnitId) {
+    let mut io = iommu::iommufd::Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.allow_unsafe_interrupts(true);
+    (io, u)
 }

@@ -2,7 +2,7 @@
 //! space's striped records, the lock-free table and the unit's queue together, judged by the
 //! emulated IOMMU through `edu` DMA.
 
-use super::bring_up;
+use super::{bring_up, SharedUnit};
 use crate::dma::{DmaBuffer, Rig, IA_BITS, IOVA_A};
 use crate::hal::HAL;
 use crate::Machine;
@@ -38,20 +38,17 @@ const LAYOUT: Layout<'static> = Layout {
 
 /// An object model over the rig's unit with one device (the first edu) owned by [`OWNER`] and
 /// attached to a paging domain where `stable` is mapped at [`IOVA_A`].
-struct Owned<U: TranslationUnit + 'static> {
+struct Owned<U: SharedUnit> {
     io: Iommu<&'static U>,
     dom: DomainId,
     dev: DeviceHandle,
     id: DeviceId,
 }
 
-fn owned<U: TranslationUnit>(r: &Rig<'static, U>, stable: &DmaBuffer) -> Result<Owned<U>, Failure> {
+fn owned<U: SharedUnit>(r: &Rig<'static, U>, stable: &DmaBuffer) -> Result<Owned<U>, Failure> {
     let edu = r.edus.first().ok_or_else(|| fail("needs an edu device"))?;
     let id = (r.device_id)(edu);
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
-    // These tests are about DMA; interrupt isolation has its own tests.
-    io.allow_unsafe_interrupts(true);
+    let (mut io, u) = super::object_model(r);
     let dev = io.add_device(u, id, GroupId(id.0)).map_err(fail)?;
     io.claim(dev, OWNER).map_err(fail)?;
     let dom = io
@@ -70,7 +67,7 @@ fn owned<U: TranslationUnit>(r: &Rig<'static, U>, stable: &DmaBuffer) -> Result<
     Ok(Owned { io, dom, dev, id })
 }
 
-impl<U: TranslationUnit> Owned<U> {
+impl<U: SharedUnit> Owned<U> {
     /// Releases the device, empties and destroys the domain; the HAL must then hold exactly
     /// `frames` table frames again.
     fn tear_down(mut self, frames: usize) -> TestResult {
@@ -118,9 +115,7 @@ pub fn cpus_map_and_unmap_through_the_object_model_while_dma_runs<U>(
     r: Rig<'static, U>,
 ) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
-    U::VIommu: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     let edu = r.edus.first().ok_or_else(|| fail("needs an edu device"))?;
@@ -318,14 +313,11 @@ const LOST: u8 = 2;
 /// nothing mapped.
 pub fn cpus_racing_on_one_range_are_decided_once<U>(m: &Machine, r: Rig<'static, U>) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
-    U::VIommu: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     let frames = HAL.live_frames();
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
+    let (mut io, u) = super::object_model(&r);
     let dom = io
         .alloc_domain(OWNER, u, r.stage, IA_BITS, &LAYOUT)
         .map_err(fail)?;

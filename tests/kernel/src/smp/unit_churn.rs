@@ -1,7 +1,7 @@
 //! Every CPU maps and unmaps its own range of one domain through the unit at once: the
 //! lock-free table and the invalidation / command queue under real concurrent vCPUs.
 
-use super::bring_up;
+use super::{bring_up, SharedUnit};
 use crate::dma::{DmaBuffer, Rig, IOVA_A};
 use crate::hal::HAL;
 use crate::Machine;
@@ -9,7 +9,7 @@ use alloc::format;
 use alloc::sync::Arc;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::pagetable::Prot;
-use iommu::unit::{Attachment, TranslationUnit, UnitError};
+use iommu::unit::{Attachment, UnitError};
 use iommu_boot::smp;
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq};
@@ -32,8 +32,7 @@ const CHURN_BASE: u64 = 1 << 30;
 /// table frame back.
 pub fn cpus_map_and_unmap_one_domain_at_once<U>(m: &Machine, r: &Rig<'static, U>) -> TestResult
 where
-    U: TranslationUnit + Sync,
-    U::Domain: Send + Sync + 'static,
+    U: SharedUnit,
 {
     let n = bring_up(m)?;
     let edu = r.edus.first().ok_or_else(|| fail("needs an edu device"))?;
