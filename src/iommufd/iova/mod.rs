@@ -121,7 +121,7 @@ pub struct Mapping {
 /// # Several CPUs
 ///
 /// Every method takes `&self`; CPUs map and unmap one domain at once. The records live in
-/// *stripes* (2 MiB of IOVA space each) whose locks are spread over 64 spin locks, so CPUs working
+/// *stripes* (2 MiB of IOVA space each) hashed over 64 spin locks, so CPUs working
 /// in different stripes take different locks and never wait for each other; each lock is held
 /// only to check and update records, never across a unit call. An operation is three steps:
 ///
@@ -492,13 +492,12 @@ mod tests {
 
     #[test]
     fn records_span_stripes_and_locks() {
-        // 2 MiB stripes, 64 locks: a mapping crossing stripes, and one 64 stripes (128 MiB)
-        // further that shares the first one's lock, stay apart.
+        // 2 MiB stripes: a mapping crossing stripes, and one 128 MiB further, stay apart.
         let s = space(&[r(0, 1 << 40)], &[]);
         let crossing = r(0x1f_f000, 0x2000);
-        let same_lock = r(0x1f_f000 + (128 << 20), 0x1000);
+        let far = r(0x1f_f000 + (128 << 20), 0x1000);
         mapped(&s, crossing);
-        mapped(&s, same_lock);
+        mapped(&s, far);
         assert_eq!(s.begin_map(0x20_0000, 0x1000, 0), Err(Error::AlreadyMapped));
         assert_eq!(s.iova_to_phys(0x20_0800), Some(0x1000_1800));
         assert_eq!(s.iova_to_phys(0x20_1000), None);
@@ -506,7 +505,7 @@ mod tests {
         let big = r(1 << 32, 1 << 30);
         mapped(&s, big);
         let all: Vec<Region> = s.mappings().iter().map(|m| m.iova).collect();
-        assert_eq!(all, [crossing, same_lock, big]);
+        assert_eq!(all, [crossing, far, big]);
         assert_eq!(s.begin_unmap(0, 0x20_0000), Err(Error::WouldCut));
         let (span, total) = s.begin_unmap(0, 1 << 40).unwrap_or((r(0, 1), 0));
         assert_eq!(total, 0x3000 + (1 << 30));

@@ -16,8 +16,8 @@ use crate::sync::{Mutex, MutexGuard};
 /// superpage mapping takes one lock and CPUs working a few megabytes apart take different ones.
 const STRIPE_SHIFT: u32 = 21;
 
-/// How many locks the stripes share (stripe `s` uses lock `s % LOCKS`): at most 64, one bit each
-/// in a lock mask. Under loom two, so that a model reaches both cases with small ranges.
+/// How many locks the stripes share: a power of two, at most 64 (one bit each in a lock mask).
+/// Under loom two, so that a model reaches both cases with small ranges.
 #[cfg(not(loom))]
 const LOCKS: usize = 64;
 #[cfg(loom)]
@@ -47,7 +47,7 @@ struct Entry {
 
 /// What one lock guards: every record whose range touches one of its stripes.
 #[derive(Default)]
-struct Shard {
+pub(super) struct Shard {
     /// Mappings and claims, keyed by first IOVA; disjoint.
     entries: BTreeMap<u64, Entry>,
     /// Spans an unmap is removing from the unit's table (holes between mappings included):
@@ -87,9 +87,16 @@ impl fmt::Debug for Stripes {
     }
 }
 
+/// The lock of stripe `s`: a multiplicative (Fibonacci) hash, so that stripes spaced by a power
+/// of two (per-CPU or per-guest regions at 1 GiB boundaries) spread over the locks instead of
+/// sharing one; neighbouring stripes take different locks too.
+fn lock_of_stripe(s: u64) -> usize {
+    (s.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LOCKS.trailing_zeros())) as usize
+}
+
 /// The lock of the stripe holding `addr`.
 fn lock_of(addr: u64) -> usize {
-    ((addr >> STRIPE_SHIFT) % LOCKS as u64) as usize
+    lock_of_stripe(addr >> STRIPE_SHIFT)
 }
 
 /// The locks of every stripe `r` touches, one bit each.
@@ -99,7 +106,7 @@ fn mask_of(r: Region) -> u64 {
     if last - first >= LOCKS as u64 - 1 {
         return ALL;
     }
-    (first..=last).fold(0, |m, s| m | 1 << (s % LOCKS as u64))
+    (first..=last).fold(0, |m, s| m | 1 << lock_of_stripe(s))
 }
 
 impl Stripes {
@@ -122,38 +129,69 @@ impl Stripes {
     }
 
     fn lock_mask(&self, mask: u64) -> Held<'_> {
+        if mask.count_ones() == 1 {
+            let i = mask.trailing_zeros() as usize;
+            return Held::One(i, self.locks[i].0.lock());
+        }
         // `from_fn` visits indices in increasing order: every caller takes its locks in one
         // global order, so two callers never wait for each other in a cycle.
-        Held {
-            shards: core::array::from_fn(|i| (mask >> i & 1 == 1).then(|| self.locks[i].0.lock())),
-        }
+        Held::Many(Box::new(core::array::from_fn(|i| {
+            (mask >> i & 1 == 1).then(|| self.locks[i].0.lock())
+        })))
     }
+}
+
+/// The set bits of `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 /// A set of held locks; dropping it releases them. Each method looks only at the locks of the
 /// stripes its region touches, which the caller holds (it locked that region or everything).
-pub(super) struct Held<'a> {
-    shards: [Option<MutexGuard<'a, Shard>>; LOCKS],
+pub(super) enum Held<'a> {
+    /// One lock (a range within one stripe, or stripes sharing a lock): the common case, kept
+    /// small and off the heap.
+    One(usize, MutexGuard<'a, Shard>),
+    /// Several locks, by index.
+    Many(Box<[Option<MutexGuard<'a, Shard>>; LOCKS]>),
 }
 
 impl<'a> Held<'a> {
     /// The held shards of the stripes `r` touches, with their lock index.
     fn of(&self, r: Region) -> impl Iterator<Item = (usize, &Shard)> {
-        let mask = mask_of(r);
-        self.shards
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| mask >> i & 1 == 1)
-            .filter_map(|(i, g)| g.as_deref().map(|s| (i, s)))
+        self.held(mask_of(r))
+    }
+
+    /// The held shards among the locks of `mask`.
+    fn held(&self, mask: u64) -> impl Iterator<Item = (usize, &Shard)> {
+        let (one, many) = match self {
+            Self::One(i, g) => (Some((*i, &**g)).filter(|(i, _)| mask >> i & 1 == 1), None),
+            Self::Many(all) => (None, Some(all)),
+        };
+        let many = many
+            .into_iter()
+            .flat_map(move |all| bits(mask).filter_map(move |i| all[i].as_deref().map(|s| (i, s))));
+        one.into_iter().chain(many)
     }
 
     fn of_mut(&mut self, r: Region) -> impl Iterator<Item = &mut Shard> + use<'_, 'a> {
         let mask = mask_of(r);
-        self.shards
-            .iter_mut()
+        let (one, many) = match self {
+            Self::One(i, g) => (Some(&mut **g).filter(|_| mask >> *i & 1 == 1), None),
+            Self::Many(all) => (None, Some(all.iter_mut())),
+        };
+        let many = many
+            .into_iter()
+            .flatten()
             .enumerate()
-            .filter(move |(i, _)| mask >> i & 1 == 1)
-            .filter_map(|(_, g)| g.as_deref_mut())
+            .filter_map(move |(i, g)| g.as_deref_mut().filter(|_| mask >> i & 1 == 1));
+        one.into_iter().chain(many)
     }
 
     /// Whether a map or unmap overlapping `r` is under way.
@@ -262,10 +300,7 @@ impl<'a> Held<'a> {
     /// The mappings made, by increasing IOVA (each once, from the lock of its first stripe).
     pub(super) fn mappings(&self) -> Vec<Mapping> {
         let mut all: Vec<Mapping> = self
-            .shards
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| g.as_deref().map(|s| (i, s)))
+            .held(ALL)
             .flat_map(|(i, s)| {
                 s.entries
                     .iter()
@@ -285,10 +320,8 @@ impl<'a> Held<'a> {
 
     /// Whether no lock held records anything.
     pub(super) fn is_empty(&self) -> bool {
-        self.shards
-            .iter()
-            .flatten()
-            .all(|s| s.entries.is_empty() && s.unmapping.is_empty())
+        self.held(ALL)
+            .all(|(_, s)| s.entries.is_empty() && s.unmapping.is_empty())
     }
 
     /// The physical address of `iova` through a mapping made.
