@@ -6,64 +6,35 @@
 //! After criterion's report it prints operations per second and the lock-free/mutex ratios.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use iommu_smmuv3::cmdq::CommandQueue;
 use iommu_smmuv3::command::{Command, RawCommand};
-use iommu_smmuv3::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
+mod common;
 
-type Queue = CommandQueue<&'static SimulatedSmmu, &'static HeapQueueMemory<2>>;
+use common::{Consumer, Queue};
 
 /// log2 of the queue entries: 256 commands.
 const LOG2_ENTRIES: u8 = 8;
 /// Commands per submission (before its CMD_SYNC): a typical small invalidation.
 const BATCH: usize = 4;
 
-/// A queue with a consumer thread draining it until dropped.
+/// A queue with a consumer thread draining it until dropped, and the foil's lock.
 struct Rig {
     queue: &'static Queue,
     lock: &'static spin::Mutex<()>,
-    stop: Arc<AtomicBool>,
-    consumer: Option<thread::JoinHandle<()>>,
+    _consumer: Consumer,
 }
 
 impl Rig {
     fn new() -> Self {
-        let smmu: &'static SimulatedSmmu = Box::leak(Box::new(SimulatedSmmu::new(LOG2_ENTRIES)));
-        let mem: &'static HeapQueueMemory<2> =
-            Box::leak(Box::new(HeapQueueMemory::new(LOG2_ENTRIES)));
-        let queue = match CommandQueue::new(smmu, mem, u32::MAX) {
-            Ok(q) => Box::leak(Box::new(q)),
-            Err(e) => panic!("{e}"),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let consumer = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let mut idle = true;
-                    for _ in 0..64 {
-                        if smmu.step(mem, |_| Ok(())) != SimStep::Idle {
-                            idle = false;
-                        }
-                    }
-                    // An idle SMMU costs the CPUs nothing: give the core back (on a 2-core
-                    // machine the producers need it).
-                    if idle {
-                        thread::yield_now();
-                    }
-                }
-            })
-        };
+        let consumer = Consumer::start(LOG2_ENTRIES);
         Self {
-            queue,
+            queue: consumer.queue,
             lock: Box::leak(Box::new(spin::Mutex::new(()))),
-            stop,
-            consumer: Some(consumer),
+            _consumer: consumer,
         }
     }
 
@@ -102,15 +73,6 @@ impl Rig {
             }
         }
         start.elapsed()
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(c) = self.consumer.take() {
-            let _ = c.join();
-        }
     }
 }
 

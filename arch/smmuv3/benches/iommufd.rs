@@ -12,8 +12,7 @@
 //! - the foil: two threads calling through one `spin::Mutex<Iommu>`.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::thread;
 use std::time::Instant;
 
@@ -25,12 +24,12 @@ use iommu::unit::{
     Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
     Stage, TranslationUnit, UnitError,
 };
-use iommu_smmuv3::cmdq::CommandQueue;
 use iommu_smmuv3::command::Command;
-use iommu_smmuv3::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
+mod common;
+
+use common::{Consumer, Queue};
 
 type Table = PageTable<VmsaStage1, HostHal>;
-type Queue = CommandQueue<&'static SimulatedSmmu, &'static HeapQueueMemory<2>>;
 
 const OWNER: OwnerId = OwnerId(1);
 const PAGE: u64 = 0x1000;
@@ -139,54 +138,6 @@ impl TranslationUnit for BenchUnit {
         _: &[[u64; 2]],
     ) -> Forwarded {
         match *v {}
-    }
-}
-
-/// The simulated SMMU consuming the queue on its own thread until dropped.
-struct Consumer {
-    queue: &'static Queue,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Consumer {
-    fn start() -> Self {
-        let smmu: &'static SimulatedSmmu = Box::leak(Box::new(SimulatedSmmu::new(8)));
-        let mem: &'static HeapQueueMemory<2> = Box::leak(Box::new(HeapQueueMemory::new(8)));
-        let queue: &'static Queue = match CommandQueue::new(smmu, mem, u32::MAX) {
-            Ok(q) => Box::leak(Box::new(q)),
-            Err(e) => panic!("{e}"),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let mut idle = true;
-                for _ in 0..64 {
-                    if smmu.step(mem, |_| Ok(())) != SimStep::Idle {
-                        idle = false;
-                    }
-                }
-                // Idle: give the core back (two producers share this 2-core machine with it).
-                if idle {
-                    thread::yield_now();
-                }
-            }
-        });
-        Self {
-            queue,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -325,7 +276,7 @@ fn main() {
         return;
     }
     cases("object model, map + unmap of 4 KiB, table only", None);
-    let consumer = Consumer::start();
+    let consumer = Consumer::start(8);
     cases(
         "object model, map + unmap of 4 KiB + TLBI + CMD_SYNC through the command queue (simulated SMMU thread)",
         Some(consumer.queue),
