@@ -1,12 +1,18 @@
 //! The command queue (IHI 0070 3.5, 6.3.26-28): a ring of 16-byte commands the SMMU consumes,
-//! fed by several CPUs at once without a lock, with CMD_SYNC completion polled on CONS, bounded
-//! waits, and recovery from command errors (CERROR_ILL, CERROR_ABT, CERROR_ATC_INV_SYNC).
+//! fed by several CPUs at once without a lock (each marks its written batch ready; whoever
+//! holds a try-lock writes PROD once for every ready batch, and nobody waits for it), with
+//! CMD_SYNC completion polled on CONS, bounded waits, and recovery from command errors
+//! (CERROR_ILL, CERROR_ABT, CERROR_ATC_INV_SYNC).
 //!
 //! The hardware is reached through [`CmdqRegisters`] (CONS, PROD, GERROR, GERRORN) and the ring
 //! through [`QueueMemory`], so the whole protocol runs on the host against a simulated consumer
 //! (`crate::sim`, feature `sim`) and under loom. [`MmioCmdqRegisters`] and [`DmaQueueMemory`] are the real
 //! ones.
 
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
@@ -17,7 +23,7 @@ use tock_registers::LocalRegisterCopy;
 
 use crate::command::{Command, EncodeError, RawCommand};
 use crate::registers::{SmmuRegisters, GERROR, QUEUE_BASE, QUEUE_CONS, QUEUE_PROD};
-use iommu::sync::{AtomicBool, AtomicU64, Backoff, Ordering};
+use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Backoff, Ordering};
 
 /// Bytes of one command.
 pub const ENTRY_BYTES: usize = 16;
@@ -369,9 +375,8 @@ pub enum CmdqError {
         /// The CONS value read.
         cons: u32,
     },
-    /// A producer reserved space and never published it within the budget; the queue cannot
-    /// move past the hole and must be reset (CMDQEN off, PROD = CONS, a new `CommandQueue`).
-    Wedged,
+    /// No memory for the queue's ready marks (one word per entry, in the CPUs' heap).
+    OutOfMemory,
 }
 
 impl fmt::Display for CmdqError {
@@ -389,7 +394,7 @@ impl fmt::Display for CmdqError {
                 c.command[1], c.command[0], c.position, c.queue_index, c.code
             ),
             Self::ConsOutOfRange { cons } => write!(f, "SMMU_CMDQ_CONS {cons:#x} is past PROD"),
-            Self::Wedged => f.write_str("command queue wedged by an unpublished reservation"),
+            Self::OutOfMemory => f.write_str("no memory for the command queue's ready marks"),
         }
     }
 }
@@ -414,42 +419,70 @@ const ERROR_SLOTS: usize = 16;
 #[repr(align(64))]
 struct Padded<T>(T);
 
+/// The publisher's lock is held.
+const PUBLISH_LOCKED: u32 = 1;
+/// A producer marked a batch ready while the lock was held: the holder scans again.
+const PUBLISH_PENDING: u32 = 2;
+
 /// The command queue of one SMMU, shared by every CPU (`&self` everywhere).
 ///
 /// # Protocol and why it is correct
 ///
 /// Positions are 64-bit sequence numbers that never wrap (2^64 commands outlast any machine);
 /// slot = seq mod N, and the hardware PROD/CONS value is seq mod 2N (index plus wrap bit).
-/// Three counters, each only increasing:
+/// A submission goes through four steps, none of which waits for another producer:
 ///
-/// - `reserved`: the next free position. A producer needing `n` entries loads `consumed` and
-///   `reserved` and moves `reserved` from `r` to `r + n` with a compare-and-swap, only if
+/// - **Reserve** (`reserved`): a producer needing `n` entries loads `consumed` and `reserved`
+///   and moves `reserved` from `r` to `r + n` with a compare-and-swap, only if
 ///   `r + n <= consumed + N`. The CAS makes ranges disjoint; the check keeps the invariant
 ///   **I1: reserved ≤ consumed + N** (consumed only grows), so a reserved slot's previous
 ///   command has been consumed. The CAS can be relaxed: it orders nothing, it only arbitrates.
-/// - The producer then writes its entries (slots nobody else touches: the SMMU has consumed the
-///   old ones, other producers have other ranges).
-/// - `published`: how far hardware PROD has been written. A producer waits until
-///   `published == r` (acquire), writes PROD = `r + n` (the register write orders its entry
-///   stores before it, see [`CmdqRegisters`]), then stores `published = r + n` (release).
-///   Publication is therefore in reservation order: PROD never goes backwards, and when the SMMU
-///   sees PROD cover a slot, the slot was written: by this producer (program order) or by an
-///   earlier one (its release of `published` happens before this acquire). The wait is on the
-///   previous producer's few stores only: nothing between reservation and publication waits on
-///   hardware or on another reservation, so it is bounded by the work of the producers ahead.
-/// - `consumed`: a lower bound of hardware CONS. Whoever needs it fresher reads CONS and
-///   rebuilds the sequence number as `seen + ((cons - seen) mod 2N)`, then stores it with a
-///   compare-and-swap from `seen`. If the CAS succeeds, `consumed` was `seen` throughout (it
-///   only grows), so at the moment CONS was read, by I1, `seen ≤ CONS ≤ seen + N < seen + 2N`
-///   and the rebuilt value is exact. If it fails, someone else stored a verified newer value,
-///   which is used instead. The CAS is acquire-release: `consumed` carries the SMMU's
-///   "finished reading these slots" from the CPU that read CONS to the producer that reuses
-///   them (producers load it with acquire).
+/// - **Write** its entries: slots nobody else touches (the SMMU has consumed the old ones, other
+///   producers have other ranges).
+/// - **Mark ready** (`ready[r mod N]`): store `r + n` there with `Release`, which publishes the
+///   entry stores to whoever loads the mark with `Acquire`. A value `v` in the slot of `t`
+///   means "the batch starting at `t` is written" iff `t < v ≤ t + N`: a mark left by an
+///   earlier lap's batch in that slot ended at or before `t`, and a later lap's batch there
+///   cannot be reserved while `t` is unpublished (it needs `consumed > t`, by I1).
+/// - **Publish** (`publish_state`, `published`): whoever holds the publisher lock follows the
+///   marks from `published` over the contiguous ready prefix, writes PROD once for all of it
+///   and stores `published`. Every entry PROD then covers happens before the PROD write: the
+///   holder's own by program order, the others' through the acquire of their marks; the
+///   register write orders what happens before it ahead of it as the SMMU observes it (see
+///   [`CmdqRegisters`]; the same edge the in-order hand-off used to make through a release and
+///   acquire of `published`). The lock word changes only by read-modify-writes, so they are
+///   totally ordered: a producer that finds it free takes it (CAS, acquire: the previous holder's
+///   `published` and PROD write happen before its scan); one that finds it held sets
+///   `PUBLISH_PENDING` and returns at once (the CAS is `AcqRel`: its mark, stored before,
+///   goes to the holder that reads this value). The holder leaves with a CAS LOCKED → 0
+///   (release), which fails if a request came meanwhile; it then takes the request (swap,
+///   acquire) and scans again. A request made after it left finds the lock free. So no ready
+///   mark is missed, PROD only moves forward, in reservation order (only the holder writes it,
+///   starting from its predecessor's `published`), and never past an entry not yet written.
+///   A producer preempted before its mark delays only the batches after it, and its own
+///   publish then writes PROD once for all of them. The holder scans once more per request
+///   handed to it and never waits; a holder preempted inside its few instructions delays the
+///   requests handed to it until it runs again (the only remaining dependence on another
+///   CPU's scheduling). The marks are one word per entry in the CPUs' heap (2 KiB for 256
+///   entries), allocated fallibly by [`CommandQueue::new`].
+///
+/// `consumed` is a lower bound of hardware CONS. Whoever needs it fresher reads CONS and
+/// rebuilds the sequence number as `seen + ((cons - seen) mod 2N)`, then stores it with a
+/// compare-and-swap from `seen`. If the CAS succeeds, `consumed` was `seen` throughout (it only
+/// grows), so at the moment CONS was read, by I1, `seen ≤ CONS ≤ seen + N < seen + 2N` and the
+/// rebuilt value is exact. If it fails, someone else stored a verified newer value, which is
+/// used instead. The CAS is acquire-release: `consumed` carries the SMMU's "finished reading
+/// these slots" from the CPU that read CONS to the producer that reuses them (producers load it
+/// with acquire).
 ///
 /// CMD_SYNC completion: a submission's CMD_SYNC at position `s` has completed when CONS has
-/// passed it, i.e. `consumed > s`. Every wait (space, sync, turn) is bounded by the poll budget,
-/// counted in polls without progress with an exponential backoff between them, and returns
-/// [`CmdqError::Timeout`] (or [`CmdqError::Wedged`] for the turn).
+/// passed it, i.e. `consumed > s`. The two waits (space, sync) are bounded by the poll budget,
+/// counted in polls without progress with an exponential backoff between them, and return
+/// [`CmdqError::Timeout`]. Publication itself never waits: a batch behind one that is not yet
+/// ready is published by that one's producer, so a submitter's CMD_SYNC can wait for an earlier
+/// producer to mark ready (it cannot complete before the commands ahead of it anyway), and the
+/// sync wait's budget covers that as it covers a slow SMMU. Between reservation and mark there
+/// is nothing that can fail, so a reservation is always marked and no hole can stop the queue.
 ///
 /// Command errors: while polling, any waiter that sees GERROR.CMDQ_ERR active takes the
 /// `recovering` flag (one recoverer at a time; acquire/release so one recovery's stores happen
@@ -457,10 +490,11 @@ struct Padded<T>(T);
 /// (exact: the SMMU is stopped there, so `consumed ≤ CONS ≤ reserved ≤ consumed + N`), replaces
 /// it with a CMD_SYNC (CERROR_ILL, CERROR_ABT; a failed CMD_SYNC of CERROR_ATC_INV_SYNC is
 /// retried as is), records (position, code) in a small ring with a release store, and
-/// acknowledges through GERRORN, after which the SMMU resumes. The submitter whose range holds
-/// that position finds the record once its CMD_SYNC completes: the record was stored before the
-/// acknowledgement that let CONS move on, so it is visible then. Records are claimed with a
-/// CAS; the ring holds the last 16 errors, enough unless 16 more fail before a waiter looks.
+/// acknowledges through GERRORN, after which the SMMU resumes (no PROD write needed). The
+/// submitter whose range holds that position finds the record once its CMD_SYNC completes: the
+/// record was stored before the acknowledgement that let CONS move on, so it is visible then.
+/// Records are claimed with a CAS; the ring holds the last 16 errors, enough unless 16 more fail
+/// before a waiter looks.
 pub struct CommandQueue<R, M> {
     regs: R,
     mem: M,
@@ -468,16 +502,21 @@ pub struct CommandQueue<R, M> {
     budget: u32,
     /// Next free position. Orders nothing (relaxed CAS): arbitration only.
     reserved: Padded<AtomicU64>,
-    /// Hardware PROD as last written. Release by the publisher / acquire by the next one:
-    /// orders every earlier producer's entry stores before the next PROD write.
-    published: Padded<AtomicU64>,
+    /// The publisher's lock word: [`PUBLISH_LOCKED`] plus a request handed to the holder
+    /// ([`PUBLISH_PENDING`]). Only read-modify-writes change it: acquire on taking the lock or
+    /// a request, release on leaving it or handing a request in.
+    publish_state: Padded<AtomicU32>,
+    /// Hardware PROD as last written. Only the lock holder reads or writes it; the lock orders
+    /// one holder's store before the next holder's load, so relaxed suffices.
+    published: AtomicU64,
     /// Lower bound of hardware CONS. Acquire-release CAS / acquire loads: orders the SMMU's
     /// reads of consumed slots (observed by reading CONS) before their reuse.
     consumed: Padded<AtomicU64>,
+    /// Per slot, the end of the batch that starts there once it is written. Release store by
+    /// its producer after the entry stores / acquire load by the publisher before PROD.
+    ready: Box<[AtomicU64]>,
     /// One recovery at a time; acquire on taking, release on leaving.
     recovering: AtomicBool,
-    /// Set when a producer gave up waiting for its turn; relaxed (a hint to fail fast).
-    wedged: AtomicBool,
     /// (position << 8 | code) of recent command errors, 0 when empty or claimed. Release
     /// store by the recoverer before its GERRORN write / acquire load by submitters.
     errors: [AtomicU64; ERROR_SLOTS],
@@ -490,7 +529,7 @@ impl<R, M> fmt::Debug for CommandQueue<R, M> {
         f.debug_struct("CommandQueue")
             .field("log2_entries", &self.log2)
             .field("reserved", &self.reserved.0.load(Ordering::Relaxed))
-            .field("published", &self.published.0.load(Ordering::Relaxed))
+            .field("published", &self.published.load(Ordering::Relaxed))
             .field("consumed", &self.consumed.0.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -510,6 +549,13 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         if log2 == 0 || log2 > MAX_LOG2_ENTRIES {
             return Err(CmdqError::BadQueueSize(log2));
         }
+        let entries = 1usize << log2;
+        let mut ready = Vec::new();
+        ready
+            .try_reserve_exact(entries)
+            .map_err(|_| CmdqError::OutOfMemory)?;
+        // 0 is no batch's end at any position (see the protocol notes).
+        ready.extend((0..entries).map(|_| AtomicU64::new(0)));
         let start = u64::from(regs.read_cons() & ((2 << log2) - 1));
         Ok(Self {
             regs,
@@ -517,10 +563,11 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             log2,
             budget: budget.max(1),
             reserved: Padded(AtomicU64::new(start)),
-            published: Padded(AtomicU64::new(start)),
+            publish_state: Padded(AtomicU32::new(0)),
+            published: AtomicU64::new(start),
             consumed: Padded(AtomicU64::new(start)),
+            ready: ready.into_boxed_slice(),
             recovering: AtomicBool::new(false),
-            wedged: AtomicBool::new(false),
             errors: core::array::from_fn(|_| AtomicU64::new(0)),
             error_count: AtomicU64::new(0),
         })
@@ -604,7 +651,8 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         }
     }
 
-    /// Reserves, writes and publishes `cmds` (+ a CMD_SYNC); returns the positions used.
+    /// Reserves, writes, marks ready and publishes `cmds` (+ a CMD_SYNC); returns the positions
+    /// used.
     fn enqueue(&self, cmds: &[RawCommand], sync: bool) -> Result<(u64, u64), CmdqError> {
         let n = cmds.len() + usize::from(sync);
         if n > self.capacity() {
@@ -614,9 +662,21 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             });
         }
         let start = self.reserve(n as u64)?;
+        // Nothing from here on can fail: every reservation is marked ready (no hole can stop
+        // the queue).
+        self.fill(start, cmds, sync);
+        let end = start + n as u64;
+        self.mark_ready(start, end);
+        self.publish();
+        Ok((start, end))
+    }
+
+    /// Writes `cmds` (+ a CMD_SYNC) into the reservation that starts at `start`.
+    fn fill(&self, start: u64, cmds: &[RawCommand], sync: bool) {
         for (i, cmd) in cmds.iter().enumerate() {
             // SAFETY: the slot is inside our reservation: no other producer writes it and the
-            // SMMU has consumed its previous command (I1).
+            // SMMU has consumed its previous command (I1); the SMMU does not read it before
+            // PROD covers it, which needs our ready mark, stored after this.
             unsafe { self.mem.write(self.slot(start + i as u64), *cmd) };
         }
         if sync {
@@ -626,9 +686,19 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                     .write(self.slot(start + cmds.len() as u64), CMD_SYNC)
             };
         }
-        let end = start + n as u64;
-        self.publish(start, end)?;
-        Ok((start, end))
+    }
+
+    /// Says that the batch `start..end` is written.
+    fn mark_ready(&self, start: u64, end: u64) {
+        // Release: our entry stores happen before the publisher's acquire of the mark.
+        self.ready[self.slot(start) as usize].store(end, Ordering::Release);
+    }
+
+    /// The end of the batch that starts at `t`, if it is written.
+    fn ready_end(&self, t: u64) -> Option<u64> {
+        // Acquire: pairs with `mark_ready`; the batch's entries happen before our PROD write.
+        let v = self.ready[self.slot(t) as usize].load(Ordering::Acquire);
+        (v > t && v - t <= self.capacity() as u64).then_some(v)
     }
 
     fn reserve(&self, n: u64) -> Result<u64, CmdqError> {
@@ -636,9 +706,6 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         let mut stalled = 0u32;
         let mut backoff = Backoff::new();
         loop {
-            if self.wedged.load(Ordering::Relaxed) {
-                return Err(CmdqError::Wedged);
-            }
             let start = self.reserved.0.load(Ordering::Relaxed);
             // Acquire: the SMMU's reads of the slots below `cons` happen before our writes.
             let cons = self.consumed.0.load(Ordering::Acquire);
@@ -671,39 +738,54 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         }
     }
 
-    fn publish(&self, start: u64, end: u64) -> Result<(), CmdqError> {
-        let mut last = u64::MAX;
-        let mut stalled = 0u32;
-        let mut backoff = Backoff::new();
+    /// Publishes every ready batch from `published` on, or hands that to the current holder of
+    /// the publisher lock (see the protocol notes). Never waits.
+    fn publish(&self) {
+        // Enter: take the lock, or hand our request to the holder. AcqRel: our ready mark is
+        // released to the holder that reads this value; taking the lock acquires the previous
+        // holder's `published` and PROD write.
+        let mut state = self.publish_state.0.load(Ordering::Relaxed);
         loop {
-            // Acquire: the earlier producers' entry stores happen before our PROD write.
-            let now = self.published.0.load(Ordering::Acquire);
-            if now == start {
-                break;
-            }
-            if self.wedged.load(Ordering::Relaxed) {
-                return Err(CmdqError::Wedged);
-            }
-            // Only a turn that stops moving counts, and each count comes after a backed-off
-            // pause: a long chain of earlier producers is progress, and one merely preempted
-            // (a vCPU its host descheduled) must not wedge the queue for good.
-            if now == last {
-                stalled += 1;
-                if stalled >= self.budget {
-                    self.wedged.store(true, Ordering::Relaxed);
-                    return Err(CmdqError::Wedged);
-                }
-                backoff.pause();
+            let next = if state & PUBLISH_LOCKED != 0 {
+                state | PUBLISH_PENDING
             } else {
-                last = now;
-                stalled = 0;
-                backoff.reset();
+                PUBLISH_LOCKED
+            };
+            match self.publish_state.0.compare_exchange_weak(
+                state,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) if state & PUBLISH_LOCKED != 0 => return,
+                Ok(_) => break,
+                Err(now) => state = now,
             }
         }
-        self.regs.write_prod(self.prod_value(end));
-        // Release: pairs with the next producer's acquire above.
-        self.published.0.store(end, Ordering::Release);
-        Ok(())
+        loop {
+            let from = self.published.load(Ordering::Relaxed);
+            let mut tail = from;
+            while let Some(end) = self.ready_end(tail) {
+                tail = end;
+            }
+            if tail != from {
+                // One PROD write for every batch found ready; it orders their entries (ours by
+                // program order, the others' through the acquired marks) before it.
+                self.regs.write_prod(self.prod_value(tail));
+                self.published.store(tail, Ordering::Relaxed);
+            }
+            // Leave (release: our `published` and PROD write go to the next holder), unless a
+            // request came meanwhile: then take it (acquire, for its mark) and scan again.
+            if self
+                .publish_state
+                .0
+                .compare_exchange(PUBLISH_LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+            self.publish_state.0.swap(PUBLISH_LOCKED, Ordering::Acquire);
+        }
     }
 
     /// Reads CONS and advances `consumed`; returns a lower bound of CONS as a position.

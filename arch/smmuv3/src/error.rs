@@ -71,6 +71,7 @@ impl From<Error> for UnitError {
         match e {
             Error::Timeout(t) => UnitError::Timeout(t),
             Error::OutOfMemory
+            | Error::Command(CmdqError::OutOfMemory)
             | Error::StreamTable(StreamTableError::OutOfMemory)
             | Error::CdTable(CdTableError::OutOfMemory) => UnitError::OutOfMemory,
             Error::StreamTable(StreamTableError::StreamIdOutOfRange { sid, .. }) => {

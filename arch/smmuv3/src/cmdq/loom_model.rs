@@ -1,14 +1,17 @@
-//! Loom model of the command queue protocol: two producers and a simulated SMMU consumer on a
-//! queue too small for both submissions at once, so the interleavings of reservation,
-//! publication in order, full-queue waits, wrap, CMD_SYNC completion and error recovery are
-//! explored (up to 3 preemptions by default); the queue slots are loom cells, so a slot written
-//! while the consumer may read it fails the model.
+//! Loom model of the command queue protocol: producers and a simulated SMMU consumer on queues
+//! small enough that the interleavings of reservation, ready marks, the combining publisher
+//! (lock taken or request handed to its holder), full-queue waits, wrap, CMD_SYNC completion
+//! and error recovery are explored (up to 3 preemptions by default); the queue slots are loom
+//! cells, so a slot the SMMU reads while (or before) its producer writes it fails the model.
 //!
-//! Run with (about 15 s on two cores, plus the loom build):
-//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/work/target-smmu2 \
+//! Run with (about a minute on two cores, plus the loom build):
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/work/target-cmdq/loom \
 //!  cargo test -p iommu-smmuv3 --lib --release cmdq::loom_model`
 //! (`LOOM_MAX_PREEMPTIONS=N` overrides the bound.) Checked to fail if the space check lets a
-//! producer overwrite an unconsumed slot, or if publication stops waiting for its turn.
+//! producer overwrite an unconsumed slot, if the publisher publishes past a batch not yet
+//! marked ready (PROD up to `reserved`), if a ready mark is stored `Relaxed` (the entries are
+//! not ordered before the PROD write), or if the holder leaves the lock without taking a
+//! request handed to it (a plain store instead of the compare-and-swap).
 
 extern crate std;
 
@@ -119,9 +122,10 @@ fn executed(e: &Executed) -> std::vec::Vec<u64> {
     e.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Two producers race for the slots of a 2-entry queue and publish in reservation order:
-/// each gets its own slot, the SMMU never reads a slot before it is written (loom checks the
-/// cells), and both commands run, each once.
+/// Two producers race for the slots of a 2-entry queue and publish through the combining
+/// publisher: each gets its own slot, once both `submit`s returned PROD covers both (no request
+/// handed to the lock holder is lost), the SMMU never reads a slot before it is written (loom
+/// checks the cells), and both commands run, each once.
 #[test]
 fn two_producers_reserve_and_publish_in_order() {
     model(|| {
@@ -136,6 +140,8 @@ fn two_producers_reserve_and_publish_in_order() {
         for p in producers {
             assert!(p.join().is_ok());
         }
+        // The joins order the publishers' stores before this load.
+        assert_eq!(q.published.load(Ordering::Relaxed), 2);
         // Let the SMMU finish.
         while q.registers().read_cons() & 3 != 2 {}
         let mut sids = executed(&done);
@@ -199,5 +205,45 @@ fn illegal_command_is_recovered() {
         let e = executed(&done);
         assert_eq!(e.len(), 4);
         assert_eq!(e.iter().filter(|&&x| x == 2).count(), 1);
+    });
+}
+
+/// A slow producer (its reservation first, descheduled before it writes and marks it) delays
+/// the batches behind it but blocks nobody: a later `submit` returns at once on this thread,
+/// with no other thread to wait for, publishing nothing past the hole. Then the slow producer
+/// resumes while a third submits with a CMD_SYNC, concurrently: each one's CMD_SYNC completes
+/// only after its own command and every command ahead of it ran, the SMMU never reads a slot
+/// before it is written, and everything runs once, in reservation order.
+#[test]
+fn a_slow_producer_delays_but_never_blocks_the_others() {
+    model(|| {
+        let (q, done) = queue(3, None);
+        let slow = match q.reserve(2) {
+            Ok(start) => start,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(q.submit(&[cfgi(2)]), Ok(()));
+        assert_eq!(q.published.load(Ordering::Relaxed), slow);
+        let resumed = {
+            let (q, done) = (q.clone(), done.clone());
+            thread::spawn(move || {
+                q.fill(slow, &[cfgi(1)], true);
+                q.mark_ready(slow, slow + 2);
+                q.publish();
+                assert_eq!(q.wait_consumed(slow + 2, "CMD_SYNC completion"), Ok(()));
+                assert!(executed(&done).contains(&1));
+            })
+        };
+        let fast = {
+            let (q, done) = (q.clone(), done.clone());
+            thread::spawn(move || {
+                assert_eq!(q.submit_and_sync(&[cfgi(3)]), Ok(()));
+                let e = executed(&done);
+                assert!([1, 2, 3].iter().all(|sid| e.contains(sid)));
+            })
+        };
+        assert!(resumed.join().is_ok());
+        assert!(fast.join().is_ok());
+        assert_eq!(executed(&done), [1, u64::MAX, 2, 3, u64::MAX]);
     });
 }

@@ -451,13 +451,48 @@ fn cons_past_prod_is_an_error_not_a_hang() {
     assert_eq!(q.sync(), Err(CmdqError::ConsOutOfRange { cons: 5 }));
 }
 
+/// A producer descheduled between its reservation and its ready mark holds back only the
+/// batches after it: later producers return from `submit` at once (nothing of theirs reaches
+/// PROD yet, and nobody waits), and when the slow one marks ready its own publish writes PROD
+/// once for everything ready behind it.
 #[test]
-fn an_abandoned_reservation_wedges_the_queue_with_an_error() {
-    let (q, _smmu, _mem) = setup(3, 1000);
-    // A producer that reserved and never published (as if it died in between).
-    assert_eq!(q.reserve(1), Ok(0));
-    assert_eq!(q.submit(&[tagged(0, 0)]), Err(CmdqError::Wedged));
-    assert_eq!(q.sync(), Err(CmdqError::Wedged));
+fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
+    let smmu = Arc::new(SimulatedSmmu::new(3));
+    let mem = Arc::new(HeapQueueMemory::<2>::new(3));
+    let mut q =
+        CommandQueue::new(smmu.clone(), mem.clone(), 1000).unwrap_or_else(|e| panic!("{e}"));
+    // The slow producer reserves two entries and is descheduled.
+    let slow = q.reserve(2);
+    assert_eq!(slow, Ok(0));
+    // Two later producers submit: neither waits, neither can be published past the hole.
+    assert_eq!(q.submit(&[tagged(1, 0)]), Ok(()));
+    assert_eq!(q.submit(&[tagged(2, 0), tagged(2, 1)]), Ok(()));
+    assert_eq!(smmu.read_cons(), 0);
+    assert_eq!(q.published.load(Ordering::Relaxed), 0);
+    // A CMD_SYNC behind the hole cannot complete: its wait times out, the queue stays usable.
+    assert_eq!(
+        q.sync(),
+        Err(CmdqError::Timeout(Timeout {
+            waiting_for: "CMD_SYNC completion"
+        }))
+    );
+    // The slow producer resumes: one publish covers its batch and all four behind it.
+    q.fill(0, &[tagged(0, 0)], true);
+    q.mark_ready(0, 2);
+    q.publish();
+    assert_eq!(q.published.load(Ordering::Relaxed), 6);
+    let consumer = Consumer::start(smmu, mem);
+    q.set_poll_budget(BUDGET);
+    assert_eq!(q.sync(), Ok(()));
+    let sids: Vec<u32> = consumer
+        .executed()
+        .iter()
+        .filter_map(|c| match c {
+            Command::CfgiSte { sid, .. } => Some(*sid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sids, [0, 1 << 20, 2 << 20, 2 << 20 | 1]);
 }
 
 #[test]
