@@ -10,6 +10,8 @@ const SYSTEM_OFF: u64 = 0x8400_0008;
 const CPU_ON: u64 = 0xc400_0003;
 /// SMC32 function id of `CPU_OFF`.
 const CPU_OFF: u64 = 0x8400_0002;
+/// SMC64 function id of `AFFINITY_INFO` (target MPIDR, lowest affinity level).
+const AFFINITY_INFO: u64 = 0xc400_0004;
 
 /// The instruction that reaches the PSCI implementation (the devicetree's `/psci` `method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,15 @@ fn call(conduit: Conduit, function: u64, args: [u64; 3]) -> i64 {
 pub(super) fn cpu_on(conduit: Conduit, target: u64, entry: u64, context: u64) -> i64 {
     call(conduit, CPU_ON, [target, entry, context])
 }
+
+/// `AFFINITY_INFO` of the CPU with MPIDR affinity `target`: [`AFFINITY_OFF`] once it is off,
+/// 0 while on, 2 while powering on, or a PSCI error code.
+pub(super) fn affinity_info(conduit: Conduit, target: u64) -> i64 {
+    call(conduit, AFFINITY_INFO, [target, 0, 0])
+}
+
+/// `AFFINITY_INFO`'s answer for a CPU that is off.
+pub(super) const AFFINITY_OFF: i64 = 1;
 
 /// Powers this CPU off. Returns only if the implementation refuses.
 pub(super) fn cpu_off(conduit: Conduit) {

@@ -198,17 +198,25 @@ pub(crate) fn start(cpu: Cpu, stack_top: usize) -> Result<(), String> {
     barrier::dsb(barrier::ISH);
     let entry = (&raw const iommu_boot_secondary_start) as u64;
     let conduit = psci::conduit(ExceptionLevel::current());
-    // A CPU that just recorded its verdict may still be on its way to CPU_OFF: ALREADY_ON or
-    // ON_PENDING then, for a moment. Retry within the check-in bound.
+    // A CPU that just recorded its verdict may still be on its way to CPU_OFF. Ask until it is
+    // off (AFFINITY_INFO is a plain query), so that CPU_ON is not refused: QEMU logs each
+    // refused CPU_ON as a guest error. Without AFFINITY_INFO, CPU_ON's ALREADY_ON / ON_PENDING
+    // is retried instead. Both within the check-in bound.
     let started = now_us();
+    let in_time = || now_us().saturating_sub(started) < crate::smp::CHECK_IN_TIMEOUT_US;
+    loop {
+        match psci::affinity_info(conduit, cpu.hw_id) {
+            psci::AFFINITY_OFF => break,
+            0 | 2 if in_time() => core::hint::spin_loop(),
+            0 | 2 => return Err(format!("{} did not power off", cpu.id)),
+            // NOT_SUPPORTED and other errors: leave it to CPU_ON.
+            _ => break,
+        }
+    }
     loop {
         match psci::cpu_on(conduit, cpu.hw_id, entry, cpu.id.0 as u64) {
             0 => return Ok(()),
-            psci::ALREADY_ON | psci::ON_PENDING
-                if now_us().saturating_sub(started) < crate::smp::CHECK_IN_TIMEOUT_US =>
-            {
-                core::hint::spin_loop();
-            }
+            psci::ALREADY_ON | psci::ON_PENDING if in_time() => core::hint::spin_loop(),
             code => {
                 return Err(format!(
                     "PSCI CPU_ON returned {code} ({})",
