@@ -13,6 +13,8 @@ mod alias;
 pub mod dma;
 #[cfg(target_os = "none")]
 pub mod hal;
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod hyp;
 #[cfg(target_os = "none")]
 mod logging;
 #[cfg(target_os = "none")]

@@ -274,6 +274,15 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "a_cpu_that_does_not_finish_is_named",
         run: crate::smp::a_cpu_that_does_not_finish_is_named,
     },
+    // A real guest at EL1 behind our stage 2 (hyp/): EL2 boots only.
+    Test {
+        name: "a_guest_runs_at_el1_and_reports_through_hvc",
+        run: crate::hyp::a_guest_runs_at_el1_and_reports_through_hvc,
+    },
+    Test {
+        name: "a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa",
+        run: crate::hyp::a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
