@@ -133,11 +133,18 @@ fn log_dir() -> PathBuf {
     target_dir().join("xtask")
 }
 
-/// Builds a kernel binary for `arch` and returns its path.
+/// Builds a kernel binary for `arch` and returns its path. On aarch64 the guest kernel
+/// (tests/guest) is built first and embedded: its ELF path goes to the kernel's build script
+/// in `IOMMU_TEST_GUEST`. Embedding (rather than a second QEMU `-device loader` blob) keeps
+/// one file per boot and lets the hypervisor check the image like any loader would.
 fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
+    let mut kernel = cargo();
+    if arch == Arch::Aarch64 {
+        kernel.env("IOMMU_TEST_GUEST", build_guest()?);
+    }
     step(
         &format!("build {bin} for {}", arch.target()),
-        cargo().args([
+        kernel.args([
             "build",
             "--quiet",
             "-p",
@@ -149,6 +156,25 @@ fn build_kernel(arch: Arch, bin: &str) -> Result<PathBuf, String> {
         ]),
     )?;
     Ok(target_dir().join(arch.target()).join("debug").join(bin))
+}
+
+/// Builds the aarch64 guest kernel and returns the path of its ELF.
+fn build_guest() -> Result<PathBuf, String> {
+    let target = Arch::Aarch64.target();
+    step(
+        &format!("build the guest kernel for {target}"),
+        cargo().args([
+            "build",
+            "--quiet",
+            "-p",
+            "iommu-test-guest",
+            "--bin",
+            "guest",
+            "--target",
+            target,
+        ]),
+    )?;
+    Ok(target_dir().join(target).join("debug").join("guest"))
 }
 
 fn host_checks() -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! A real guest under the test kernel at EL2: a tiny guest image runs at EL1 with its MMU off
 //! (its addresses are IPAs), behind a stage-2 table built with the crate's own VMSA stage-2
-//! engine, and talks to the hypervisor through HVC. The first slice of issue 14.
+//! engine, and talks to the hypervisor through HVC. The first slice of issue 14; the guest is
+//! `tests/guest`, an ELF `cargo xtask` builds and this kernel embeds and loads.
 //!
 //! Hypercall ABI (`hvc #0`): x0 = function, x1 = argument. [`HVC_PRINT`] prints the byte in x1,
 //! [`HVC_REPORT`] records x1 as a result for the test to check, [`HVC_EXIT`] ends the run with
@@ -32,10 +33,10 @@ pub const HVC_EXIT: u64 = 2;
 
 /// Where the guest's RAM starts in its physical (IPA) space, as on QEMU `virt`.
 const GUEST_RAM_IPA: u64 = 0x4000_0000;
-/// The guest's RAM: the image at its start, the rest free for it to write.
-const GUEST_RAM_SIZE: u64 = 64 * 1024;
+/// The guest's RAM: the image (code, data, stack) at its start, its scratch word at the end.
+const GUEST_RAM_SIZE: u64 = 256 * 1024;
 /// Where in its RAM the guest writes and reads back [`PATTERN`].
-const SCRATCH_OFFSET: u64 = 0x8000;
+const SCRATCH_OFFSET: u64 = GUEST_RAM_SIZE - 0x1000;
 /// An IPA outside the guest's RAM, with a page offset so the IPA computation is checked too.
 const UNMAPPED_IPA: u64 = 0x5000_0128;
 /// What the guest writes.
@@ -58,58 +59,75 @@ const VECTOR_LOWER_SYNC: u64 = 8;
 const EC_HVC64: u64 = 0x16;
 const EC_DABT_LOWER: u64 = 0x24;
 
-// The guest image: position-independent assembly the host copies to the start of guest RAM.
-// Entry: x0 = IPA of a scratch word, x1 = IPA to read after the scratch test (0 = none).
-// It writes PATTERN, reads it back, prints 'g', reports what it read, then (if asked) reads x1
-// and reports x1 once it resumes after the stage-2 abort, and exits with status 0. Each access
-// is 8-byte aligned: with the MMU off, data accesses are Device memory and must be aligned.
-core::arch::global_asm!(
-    ".pushsection .rodata.hyp_guest, \"a\"",
-    ".balign 8",
-    ".global hyp_guest_image_start",
-    "hyp_guest_image_start:",
-    "    mov     x19, x0",
-    "    mov     x20, x1",
-    "    movz    x21, #0x5a5a",
-    "    movk    x21, #0x1234, lsl #16",
-    "    movk    x21, #0xcafe, lsl #32",
-    "    movk    x21, #0xbeef, lsl #48",
-    "    str     x21, [x19]",
-    "    ldr     x22, [x19]",
-    "    mov     x0, #0",
-    "    mov     x1, #0x67",
-    "    hvc     #0",
-    "    mov     x0, #1",
-    "    mov     x1, x22",
-    "    hvc     #0",
-    "    cbz     x20, 1f",
-    "    ldr     x23, [x20]",
-    "    mov     x0, #1",
-    "    mov     x1, x20",
-    "    hvc     #0",
-    "1:  mov     x0, #2",
-    "    mov     x1, #0",
-    "    hvc     #0",
-    "2:  b       2b",
-    ".global hyp_guest_image_end",
-    "hyp_guest_image_end:",
-    ".popsection",
-);
+/// The guest kernel's ELF (tests/guest), built and passed in by `cargo xtask`; empty when the
+/// test kernel was built otherwise.
+static GUEST_ELF: &[u8] = include_bytes!(env!("IOMMU_TEST_GUEST_IMAGE"));
 
-extern "C" {
-    static hyp_guest_image_start: u8;
-    static hyp_guest_image_end: u8;
+/// ELF64 header and program header fields the loader reads (System V gABI, "ELF Header" and
+/// "Program Header"), little-endian.
+const EM_AARCH64: u16 = 183;
+const PT_LOAD: u32 = 1;
+
+fn le_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The guest image's bytes.
-fn guest_image() -> &'static [u8] {
-    // SAFETY: both symbols are labels of the one read-only section above, start before end;
-    // the bytes between them are the assembled image and never change.
-    unsafe {
-        let start = core::ptr::addr_of!(hyp_guest_image_start);
-        let end = core::ptr::addr_of!(hyp_guest_image_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
+/// Copies the PT_LOAD segments of `elf` into the guest's RAM (at their physical addresses,
+/// which are IPAs) and returns the entry point and the end of the highest segment. Every
+/// segment must lie inside the guest's RAM: the image is input, checked like any.
+fn load_elf(elf: &[u8], ram: &GuestRam) -> Result<(u64, u64), Failure> {
+    let bad = || fail("the guest image is not an AArch64 ELF64 the loader can place");
+    if elf.get(0..4) != Some(b"\x7fELF".as_slice())
+        || elf.get(4) != Some(&2)
+        || elf.get(5) != Some(&1)
+        || le_u16(elf, 18) != Some(EM_AARCH64)
+    {
+        return Err(bad());
     }
+    let entry = le_u64(elf, 24).ok_or_else(bad)?;
+    let phoff = le_u64(elf, 32).ok_or_else(bad)? as usize;
+    let phentsize = usize::from(le_u16(elf, 54).ok_or_else(bad)?);
+    let phnum = usize::from(le_u16(elf, 56).ok_or_else(bad)?);
+    let mut end = GUEST_RAM_IPA;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if le_u32(elf, ph) != Some(PT_LOAD) {
+            continue;
+        }
+        let offset = le_u64(elf, ph + 8).ok_or_else(bad)? as usize;
+        let paddr = le_u64(elf, ph + 24).ok_or_else(bad)?;
+        let filesz = le_u64(elf, ph + 32).ok_or_else(bad)?;
+        let memsz = le_u64(elf, ph + 40).ok_or_else(bad)?;
+        let seg_end = paddr.checked_add(memsz).ok_or_else(bad)?;
+        if paddr < GUEST_RAM_IPA || seg_end > GUEST_RAM_IPA + ram.size() || filesz > memsz {
+            return Err(fail(format_args!(
+                "guest segment {paddr:#x}..{seg_end:#x} is outside its RAM"
+            )));
+        }
+        let bytes = elf.get(offset..offset + filesz as usize).ok_or_else(bad)?;
+        // SAFETY: the segment lies inside `ram` (checked above); the rest of it up to memsz
+        // is .bss, already zero (the RAM is allocated zeroed).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                ram.ptr.add((paddr - GUEST_RAM_IPA) as usize),
+                bytes.len(),
+            )
+        };
+        end = end.max(seg_end);
+    }
+    if !(GUEST_RAM_IPA..end).contains(&entry) {
+        return Err(fail(format_args!(
+            "guest entry {entry:#x} is outside its image"
+        )));
+    }
+    Ok((entry, end))
 }
 
 /// Host-physical memory that backs the guest's RAM (identity-mapped in the host).
@@ -127,6 +145,10 @@ impl GuestRam {
             return Err(fail("no memory for the guest's RAM"));
         }
         Ok(Self { ptr, layout })
+    }
+
+    fn size(&self) -> u64 {
+        self.layout.size() as u64
     }
 
     fn phys(&self) -> PhysAddr {
@@ -191,16 +213,17 @@ fn run_guest(m: &Machine, probe: u64) -> Result<(Outcome, u64), Failure> {
     if m.info.exception_level != 2 {
         skip!("a guest needs the kernel at EL2 (-machine virt,virtualization=on)");
     }
-    let image = guest_image();
-    ensure!(
-        (image.len() as u64) < SCRATCH_OFFSET,
-        "the guest image overlaps its scratch word"
-    );
+    if GUEST_ELF.is_empty() {
+        skip!("no guest image: the test kernel was not built by `cargo xtask`");
+    }
     let ram = GuestRam::new(GUEST_RAM_SIZE)?;
-    // SAFETY: `ram` is GUEST_RAM_SIZE bytes, larger than the image (checked above).
-    unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), ram.ptr, image.len()) };
+    let (entry, end) = load_elf(GUEST_ELF, &ram)?;
+    ensure!(
+        end <= GUEST_RAM_IPA + SCRATCH_OFFSET,
+        "the guest image ({end:#x}) overlaps its scratch word"
+    );
     if let Some(p) = core::ptr::NonNull::new(ram.ptr) {
-        HAL.clean_to_poc(p, image.len());
+        HAL.clean_to_poc(p, (end - GUEST_RAM_IPA) as usize);
     }
 
     let bits = pa_bits().min(40);
@@ -229,7 +252,7 @@ fn run_guest(m: &Machine, probe: u64) -> Result<(Outcome, u64), Failure> {
         .map_err(fail)?;
     let vttbr = table.root().as_u64() | VMID << 48;
 
-    let mut vcpu = Vcpu::new(GUEST_RAM_IPA, SPSR_EL1H_MASKED);
+    let mut vcpu = Vcpu::new(entry, SPSR_EL1H_MASKED);
     vcpu.x[0] = GUEST_RAM_IPA + SCRATCH_OFFSET;
     vcpu.x[1] = probe;
 
@@ -348,7 +371,7 @@ pub fn a_guest_runs_at_el1_and_reports_through_hvc(m: &mut Machine) -> TestResul
         out.console, out.reports
     );
     ensure_eq!(out.status, 0);
-    ensure_eq!(out.console.as_str(), "g");
+    ensure_eq!(out.console.as_str(), "guest: hello from EL1\n");
     ensure_eq!(out.reports.as_slice(), &[PATTERN][..]);
     ensure!(out.aborts.is_empty(), "stage-2 aborts {:x?}", out.aborts);
     ensure_eq!(
