@@ -43,7 +43,7 @@ mod guest {
         main = sym guest_main,
     );
 
-    /// One hypercall; the hypervisor changes no register but x0..x1 are inputs only.
+    /// One hypercall (x0 = function, x1 = argument); it returns with every register kept.
     fn hvc(function: u64, arg: u64) {
         // SAFETY: HVC traps to the hypervisor, which returns to the next instruction with
         // every register as it was.
