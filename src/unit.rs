@@ -246,6 +246,24 @@ pub struct CpuTable {
     pub mair: u64,
 }
 
+/// A virtual machine's stage-2 table that the embedder (a hypervisor) owns and shares between
+/// the CPU (`VTTBR_EL2`) and the IOMMU: one table, so guest RAM is translated the same way for
+/// the guest's CPUs and for the devices given to it. Built with the core's
+/// [`VmsaStage2`](crate::pagetable::VmsaStage2) format, 4 KiB granule and `input_bits = ia_bits`
+/// (the unit derives the starting level from that, as the format does). The unit points at it
+/// under `vmid`; the embedder changes the table, invalidates the CPU's TLBs itself and calls
+/// [`TranslationUnit::flush`] for the device side before freeing anything the table dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmTable {
+    /// Physical address of the stage-2 root (VTTBR_EL2.BADDR; the STE's S2TTB).
+    pub root: PhysAddr,
+    /// IPA bits the table translates: 64 - VTCR_EL2.T0SZ.
+    pub ia_bits: u32,
+    /// The VMID the CPU uses for this table (VTTBR_EL2.VMID), also the STE's S2VMID, so a
+    /// VMID names one guest on both sides.
+    pub vmid: u16,
+}
+
 /// The raw identification registers of a unit, as read, for a VMM to decode with the back-end's
 /// own decoders (`iommu_vtd::caps`, `iommu_smmuv3::idr`) and to mirror in a virtual IOMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,6 +348,17 @@ pub trait TranslationUnit {
     /// [`CpuTable`]). Its `map` and `unmap` are refused: the embedder changes the table itself
     /// and calls [`flush`](Self::flush).
     fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError>;
+
+    /// A stage-2 domain that translates through the VM table `vm` (see [`VmTable`]): a nest
+    /// parent like any stage-2 domain, but its `map` and `unmap` are refused; the embedder
+    /// changes the table and calls [`flush`](Self::flush). Units that cannot point at a table
+    /// of that format refuse with [`UnitError::Unsupported`].
+    fn new_vm_domain(&self, vm: &VmTable) -> Result<Self::Domain, UnitError> {
+        let _ = vm;
+        Err(UnitError::Unsupported(
+            "sharing a VM's VMSAv8-64 stage-2 table (SMMUv3 only)",
+        ))
+    }
 
     /// Gives a domain's tag and tables back. Refused with [`UnitError::Busy`] (and the domain
     /// handed back unchanged) while a device or PASID is attached to it or, for a nest parent,
@@ -422,6 +451,9 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
     }
     fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
         (**self).new_shared_domain(cpu)
+    }
+    fn new_vm_domain(&self, vm: &VmTable) -> Result<Self::Domain, UnitError> {
+        (**self).new_vm_domain(vm)
     }
     fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
         (**self).destroy_domain(domain)

@@ -186,7 +186,7 @@ use viommu::Viommu;
 
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::Prot;
-use crate::unit::{Attachment, CpuTable, DeviceId, HardwareInfo, Stage, TranslationUnit};
+use crate::unit::{Attachment, CpuTable, DeviceId, HardwareInfo, Stage, TranslationUnit, VmTable};
 
 /// A unit registered with [`Iommu::add_unit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -257,8 +257,29 @@ enum DomainKind {
     },
     /// Translates through a CPU table the embedder owns; mapped by changing that table.
     Shared,
+    /// Translates through a VM's stage-2 table the embedder owns and shares with the CPU
+    /// (`VTTBR_EL2`); mapped by changing that table. Always a nest parent.
+    Vm {
+        /// vIOMMUs using it as their nest parent; destruction waits for zero.
+        viommus: usize,
+    },
     /// Guest stage 1 (from guest data) over the nest parent of `viommu`.
     Nested { viommu: ViommuId },
+}
+
+impl DomainKind {
+    /// The count of vIOMMUs building on a domain that may be a nest parent.
+    fn nest_parent_users(&mut self) -> Option<&mut usize> {
+        match self {
+            DomainKind::Paging {
+                nest_parent: true,
+                viommus,
+                ..
+            }
+            | DomainKind::Vm { viommus } => Some(viommus),
+            _ => None,
+        }
+    }
 }
 
 /// The system's IOMMUs and the objects over them. See the [module docs](self).
@@ -751,6 +772,21 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(self.insert_domain(unit, owner, hw, DomainKind::Shared))
     }
 
+    /// Allocates a stage-2 domain for `owner` on `unit` that translates through the VM table
+    /// `vm`, which the embedder shares with its CPU (see [`VmTable`]). It has no IOVA space
+    /// here: [`Iommu::map`] and [`Iommu::unmap`] are refused; the embedder changes its table,
+    /// invalidates its CPU's TLBs and calls [`Iommu::flush`]. It may be the nest parent of a
+    /// vIOMMU.
+    pub fn alloc_vm_domain(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        vm: &VmTable,
+    ) -> Result<DomainId> {
+        let hw = self.unit(unit)?.new_vm_domain(vm)?;
+        Ok(self.insert_domain(unit, owner, hw, DomainKind::Vm { viommus: 0 }))
+    }
+
     fn insert_domain(
         &mut self,
         unit: UnitId,
@@ -784,7 +820,7 @@ impl<U: TranslationUnit> Iommu<U> {
                 users: dom.users,
             });
         }
-        if let DomainKind::Paging { viommus, .. } = dom.kind {
+        if let DomainKind::Paging { viommus, .. } | DomainKind::Vm { viommus } = dom.kind {
             if viommus > 0 {
                 return Err(Error::ParentInUse {
                     domain: id,

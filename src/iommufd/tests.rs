@@ -13,7 +13,7 @@ use super::*;
 use crate::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
 use crate::unit::{
     CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError, HardwareInfo,
-    RawRegisters, UnitError,
+    RawRegisters, UnitError, VmTable,
 };
 
 /// What the mock hardware has for one device.
@@ -140,6 +140,11 @@ impl TranslationUnit for MockUnit {
     fn new_shared_domain(&self, cpu: &CpuTable) -> core::result::Result<MockDomain, UnitError> {
         self.injected()?;
         Ok(self.mock_domain(MockKind::Shared(cpu.root.as_u64())))
+    }
+
+    fn new_vm_domain(&self, vm: &VmTable) -> core::result::Result<MockDomain, UnitError> {
+        self.injected()?;
+        Ok(self.mock_domain(MockKind::Shared(vm.root.as_u64())))
     }
 
     fn destroy_domain(
@@ -1293,6 +1298,62 @@ fn shared_cpu_table_domain() {
     ok(io.attach_pasid(d3, A, 5, Target::Domain(sva)));
     ok(io.release(d3, A));
     ok(io.destroy_domain(A, sva));
+}
+
+#[test]
+fn a_vm_table_domain_is_flushed_not_mapped_and_parents_a_viommu() {
+    let (mut io, u, [_, _, d3]) = system();
+    let vm = VmTable {
+        root: PhysAddr::new(0x9000),
+        ia_bits: 40,
+        vmid: 7,
+    };
+    ok(io.unit(u)).fail_next.set(Some(UnitError::OutOfMemory));
+    refused(&mut io, Error::Unit(UnitError::OutOfMemory), |io| {
+        io.alloc_vm_domain(A, u, &vm)
+    });
+    let s2 = ok(io.alloc_vm_domain(A, u, &vm));
+    refused(&mut io, Error::NotPaging(s2), |io| {
+        io.map(
+            A,
+            s2,
+            Iova::new(0x4000),
+            PhysAddr::new(0),
+            0x1000,
+            Prot::READ,
+        )
+    });
+    refused(&mut io, Error::NotPaging(s2), |io| {
+        io.unmap(A, s2, Iova::new(0x4000), 0x1000).map(|_| ())
+    });
+    ok(io.flush(A, s2, Iova::new(0x4000), 0x1000));
+    assert_eq!(ok(io.unit(u)).flushed.get(), 0x1000);
+    // A nest parent: a vIOMMU builds on it and holds it until destroyed.
+    refused(&mut io, Error::NotDomainOwner(s2), |io| {
+        io.alloc_viommu(B, s2).map(|_| ())
+    });
+    let v = ok(io.alloc_viommu(A, s2));
+    refused(
+        &mut io,
+        Error::ParentInUse {
+            domain: s2,
+            viommus: 1,
+        },
+        |io| io.destroy_domain(A, s2),
+    );
+    ok(io.claim(d3, A));
+    ok(io.attach(d3, A, Target::Domain(s2)));
+    ok(io.destroy_viommu(A, v));
+    refused(
+        &mut io,
+        Error::Busy {
+            domain: s2,
+            users: 1,
+        },
+        |io| io.destroy_domain(A, s2),
+    );
+    ok(io.release(d3, A));
+    ok(io.destroy_domain(A, s2));
 }
 
 #[test]

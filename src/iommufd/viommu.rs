@@ -43,14 +43,16 @@ impl<U: TranslationUnit> Iommu<U> {
             DomainKind::Paging {
                 nest_parent: true,
                 ..
-            }
+            } | DomainKind::Vm { .. }
         ) {
             return Err(Error::NotNestParent(parent));
         }
         let unit = dom.unit;
         let hw = self.unit(unit)?.new_viommu(&dom.hw)?;
-        if let Some(DomainKind::Paging { viommus, .. }) =
-            self.domains.get_mut(&parent).map(|d| &mut d.kind)
+        if let Some(viommus) = self
+            .domains
+            .get_mut(&parent)
+            .and_then(|d| d.kind.nest_parent_users())
         {
             *viommus += 1;
         }
@@ -102,8 +104,10 @@ impl<U: TranslationUnit> Iommu<U> {
             self.viommus.insert(id, back);
             return Err(e.into());
         }
-        if let Some(DomainKind::Paging { viommus, .. }) =
-            self.domains.get_mut(&parent).map(|d| &mut d.kind)
+        if let Some(viommus) = self
+            .domains
+            .get_mut(&parent)
+            .and_then(|d| d.kind.nest_parent_users())
         {
             *viommus = viommus.saturating_sub(1);
         }

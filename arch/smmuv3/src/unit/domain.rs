@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::Hal;
 use iommu::pagetable::{Coherency, Gather, PageTable, Prot, VmsaConfig, VmsaStage1, VmsaStage2};
-use iommu::unit::{CpuTable, Stage, UnitError};
+use iommu::unit::{CpuTable, Stage, UnitError, VmTable};
 
 use super::info::output_size;
 use super::SmmuUnit;
@@ -47,7 +47,9 @@ pub(crate) enum DomainKind<H: Hal> {
         vmid: AtomicU16,
     },
     Stage2 {
-        table: PageTable<VmsaStage2, H>,
+        /// The unit's own table, or none for a VM's table the embedder owns and shares with
+        /// its CPU (`new_vm_domain`): then the VMID is the embedder's, borrowed from the pool.
+        table: Option<PageTable<VmsaStage2, H>>,
         s2: Stage2,
         /// The vIOMMUs and nested domains using this domain as their nest parent
         /// (`crate::viommu`): teardown must refuse while there are any.
@@ -83,11 +85,11 @@ impl<H: Hal> fmt::Debug for SmmuDomain<H> {
                 )
             }
             DomainKind::Stage2 { table, s2, .. } => {
+                let whose = if table.is_some() { "" } else { "VM table, " };
                 write!(
                     f,
-                    "SmmuDomain(stage 2, VMID {}, root {:?})",
-                    s2.vmid,
-                    table.root()
+                    "SmmuDomain(stage 2, {whose}VMID {}, root {:?})",
+                    s2.vmid, s2.table
                 )
             }
             DomainKind::Nested { ste, vmid, .. } => {
@@ -120,7 +122,7 @@ impl<H: Hal> SmmuDomain<H> {
     pub fn leaf_size(&self, iova: Iova) -> Option<u64> {
         let walk = match &self.kind {
             DomainKind::Stage1 { table, .. } => table.walk(iova),
-            DomainKind::Stage2 { table, .. } => table.walk(iova),
+            DomainKind::Stage2 { table, .. } => table.as_ref()?.walk(iova),
             DomainKind::Nested { .. } => return None,
             DomainKind::Shared { .. } => return None,
         };
@@ -135,7 +137,7 @@ impl<H: Hal> SmmuDomain<H> {
     pub fn walk(&self, iova: Iova) -> Option<iommu::pagetable::Walk> {
         match &self.kind {
             DomainKind::Stage1 { table, .. } => table.walk(iova).ok(),
-            DomainKind::Stage2 { table, .. } => table.walk(iova).ok(),
+            DomainKind::Stage2 { table, .. } => table.as_ref()?.walk(iova).ok(),
             DomainKind::Nested { .. } => None,
             DomainKind::Shared { .. } => None,
         }
@@ -264,6 +266,11 @@ pub(super) const SHARED_MAP: UnitError = UnitError::Unsupported(
     "map/unmap of a shared CPU table (the embedder changes it and calls flush)",
 );
 
+/// What `map` and `unmap` of a VM-table domain say: the table is the embedder's.
+pub(super) const VM_TABLE_MAP: UnitError = UnitError::Unsupported(
+    "map/unmap of a VM's shared stage-2 table (the embedder changes it and calls flush)",
+);
+
 impl<H: Hal + Clone> SmmuUnit<H> {
     pub(crate) fn new_domain_serial(&self) -> DomainSerial {
         self.next_domain_serial.fetch_add(1, Ordering::Relaxed)
@@ -365,7 +372,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 Ok(SmmuDomain {
                     serial: self.new_domain_serial(),
                     kind: DomainKind::Stage2 {
-                        table,
+                        table: Some(table),
                         s2,
                         nest_users: crate::viommu::NestUsers::new(),
                     },
@@ -394,8 +401,12 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     pub(super) fn domain_granule(domain: &SmmuDomain<H>) -> Granule {
         match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.format().granule(),
-            DomainKind::Stage2 { table, .. } => table.format().granule(),
-            DomainKind::Shared { .. } | DomainKind::Nested { .. } => Granule::Size4K,
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => table.format().granule(),
+            DomainKind::Stage2 { table: None, .. }
+            | DomainKind::Shared { .. }
+            | DomainKind::Nested { .. } => Granule::Size4K,
         }
     }
 
@@ -446,6 +457,59 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 Err(e.into())
             }
         }
+    }
+
+    pub(super) fn vm_domain(&self, vm: &VmTable) -> Result<SmmuDomain<H>, UnitError> {
+        if !self.features.stages.stage2() {
+            return Err(UnitError::Unsupported("stage 2 translation"));
+        }
+        if !self.features.granules.size_4k {
+            return Err(UnitError::Unsupported("the 4 KiB granule of VM tables"));
+        }
+        if !(25..=self.oas_bits.min(48)).contains(&vm.ia_bits) {
+            return Err(UnitError::Unsupported(
+                "VM table input width outside 25 bits..the output address size",
+            ));
+        }
+        let root = vm.root.as_u64();
+        if root & 0xfff != 0 || root >> self.oas_bits != 0 {
+            return Err(UnitError::Unsupported(
+                "VM table root not 4 KiB aligned or beyond the output address size",
+            ));
+        }
+        // The starting level the CPU's walk uses for this width: the format's, as the
+        // embedder built the table with it (VTCR_EL2.SL0 from the same format).
+        let format = VmsaStage2::new(VmsaConfig {
+            granule: Granule::Size4K,
+            input_bits: vm.ia_bits,
+            output_bits: self.oas_bits,
+        })?;
+        let s2 = Stage2::new(
+            vm.vmid,
+            vm.root,
+            64 - format.t0sz(),
+            Granule::Size4K,
+            format.start_level() as u8,
+            output_size(self.features.oas),
+        )
+        .map_err(Error::Entry)?;
+        if u32::from(vm.vmid) >> self.features.vmid_bits != 0 {
+            return Err(UnitError::Unsupported(
+                "VMID wider than the SMMU's (IDR0.VMID16)",
+            ));
+        }
+        // The VM's VMID must tag no other domain of this unit (0 is stage-1-only streams').
+        if vm.vmid == 0 || !self.tags.lock().vmids.borrow(vm.vmid) {
+            return Err(UnitError::OutOfIds);
+        }
+        Ok(SmmuDomain {
+            serial: self.new_domain_serial(),
+            kind: DomainKind::Stage2 {
+                table: None,
+                s2,
+                nest_users: crate::viommu::NestUsers::new(),
+            },
+        })
     }
 
     // The shape of `TranslationUnit::destroy_domain`, which hands a refused domain back.
@@ -526,7 +590,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 s2,
                 nest_users,
             } => {
-                table.destroy(&mut gather);
+                // A VM's table is the embedder's and stays.
+                if let Some(table) = table {
+                    table.destroy(&mut gather);
+                }
                 // SAFETY: `parent_in_use` was false above and we own the domain, so no vIOMMU
                 // or nested domain holds the counter any more.
                 unsafe { nest_users.release(&self.hal) };
@@ -552,7 +619,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         // The SMMU caches no invalid entries, so a new mapping needs no invalidation.
         match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.map(iova, phys, len, prot)?,
-            DomainKind::Stage2 { table, .. } => table.map(iova, phys, len, prot)?,
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => table.map(iova, phys, len, prot)?,
+            DomainKind::Stage2 { table: None, .. } => return Err(VM_TABLE_MAP),
             DomainKind::Nested { .. } => return Err(UnitError::Unsupported(NESTED_MAP)),
             DomainKind::Shared { .. } => return Err(SHARED_MAP),
         }

@@ -10,7 +10,7 @@ use iommu::hal::Hal;
 use iommu::pagetable::FlushRange;
 use iommu::unit::UnitError;
 
-use super::domain::{DomainKind, SmmuDomain, NESTED_MAP, SHARED_MAP};
+use super::domain::{DomainKind, SmmuDomain, NESTED_MAP, SHARED_MAP, VM_TABLE_MAP};
 use super::SmmuUnit;
 use crate::attributes::Granule;
 use crate::command::{Command, TlbiRange};
@@ -90,7 +90,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         let flush = DomainFlush { unit: self, domain };
         match &domain.kind {
             DomainKind::Stage1 { table, .. } => table.unmap_flushed(iova, len, &flush),
-            DomainKind::Stage2 { table, .. } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
             DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
             DomainKind::Shared { .. } => Err(SHARED_MAP),
         }

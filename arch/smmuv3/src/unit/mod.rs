@@ -36,7 +36,7 @@ use iommu::pagetable::Prot;
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
     Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
-    Stage, TranslationUnit, UnitError,
+    Stage, TranslationUnit, UnitError, VmTable,
 };
 
 use crate::attributes::Granule;
@@ -357,6 +357,10 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
 
     fn new_shared_domain(&self, cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
         self.shared_domain(cpu)
+    }
+
+    fn new_vm_domain(&self, vm: &VmTable) -> Result<Self::Domain, UnitError> {
+        self.vm_domain(vm)
     }
 
     fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
