@@ -93,6 +93,11 @@ impl Edu {
         unsafe { core::ptr::write_volatile((self.bar0 + reg) as *mut u64, value) }
     }
 
+    /// The address of BAR0 this value reaches the device through.
+    pub fn bar0(&self) -> u64 {
+        self.bar0 as u64
+    }
+
     /// The identification register (0x010000ed for version 1.0).
     pub fn id(&self) -> u32 {
         self.read32(REG_ID)

@@ -11,7 +11,7 @@
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use iommu::addr::PhysAddr;
 use iommu::hal::{FrameSize, Hal};
@@ -126,6 +126,9 @@ pub(crate) struct NestUsers {
     /// Physical address of the counter frame, [`NestUsers::NONE`] until the first vIOMMU.
     /// Acquire/Release: publishes the zeroed frame to the CPU that loads the address.
     frame: AtomicU64,
+    /// Set, never cleared, before the first STE that nests a stage 1 in the domain is
+    /// installed: by the first vIOMMU and by a direct nested attach (see [`Self::ever_nested`]).
+    ever: AtomicBool,
 }
 
 impl NestUsers {
@@ -135,11 +138,19 @@ impl NestUsers {
     pub(crate) const fn new() -> Self {
         Self {
             frame: AtomicU64::new(Self::NONE),
+            ever: AtomicBool::new(false),
         }
+    }
+
+    /// Notes that a stream is about to nest a stage 1 in the domain (before its STE is
+    /// installed).
+    pub(crate) fn note_nested(&self) {
+        self.ever.store(true, Ordering::Release);
     }
 
     /// Registers a user, allocating the counter frame on first use.
     fn link<H: Hal>(&self, hal: &H) -> Result<CountLink, UnitError> {
+        self.note_nested();
         let mut frame = self.frame.load(Ordering::Acquire);
         if frame == Self::NONE {
             let new = hal
@@ -163,6 +174,19 @@ impl NestUsers {
         // SAFETY: the frame is freed only by `release`, whose caller checked `in_use` (count
         // 0) while owning the domain, so not while this link can exist.
         Ok(unsafe { CountLink::new(count) })
+    }
+
+    /// Whether a stream ever nested a stage 1 in the domain: if not, no TLB entry combines a
+    /// stage-1 address with its mappings, and an unmap needs no TLBI_NH_ALL.
+    ///
+    /// Called by an unmap after its table change. The SeqCst fence orders that change before
+    /// this load: a nested stream that could have cached the old entry had its STE installed
+    /// (CMD_CFGI_STE + CMD_SYNC, behind a DSB) after `note_nested`, and the SMMU read the old
+    /// entry before our store; so `note_nested` precedes our store, which the fence keeps
+    /// before this load, and the load sees it.
+    pub(crate) fn ever_nested(&self) -> bool {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.ever.load(Ordering::Acquire)
     }
 
     /// Whether a vIOMMU or a nested domain still uses the parent.

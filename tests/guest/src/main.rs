@@ -1,41 +1,73 @@
 //! The guest kernel: runs at EL1 under the test kernel's EL2 hypervisor with its MMU off (its
 //! addresses are IPAs), reports to it through the hypercalls of `tests/kernel/src/hyp` and
-//! exits. Entry: x0 = IPA of a scratch word in its RAM, x1 = an IPA to read once (0 = none).
+//! exits. Entry: x0 = IPA of a scratch word in its RAM, x1 = an IPA to read once (0 = none),
+//! x2 = IPA of a passed-through edu's BAR0 (0 = none), x3 = an IPA outside its RAM to aim one
+//! of edu's DMAs at.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+/// The test kernel's own edu driver, compiled into the guest as its driver for the
+/// passed-through device (the file has no dependencies beyond `core`).
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+#[path = "../../../boot/src/edu.rs"]
+#[allow(dead_code)]
+mod edu;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod guest {
     use core::arch::asm;
 
+    use crate::edu::Edu;
+
     /// Hypercall numbers (x0 of `hvc #0`); the hypervisor's `hyp::HVC_*`.
     const HVC_PRINT: u64 = 0;
     const HVC_REPORT: u64 = 1;
     const HVC_EXIT: u64 = 2;
+    const HVC_GIVE_BACK: u64 = 3;
 
     /// What the guest writes to its scratch word and reads back.
     const PATTERN: u64 = 0xbeef_cafe_1234_5a5a;
     /// The exit status of a guest that panicked.
     const PANICKED: u64 = 0xdead;
+    /// The exit status of a guest whose edu did not answer or finish a DMA.
+    const EDU_FAILED: u64 = 0xed;
+
+    /// A page of guest RAM for edu's DMA. With the MMU off every data access is Device
+    /// memory: the pages are only touched with volatile byte accesses (no memcpy/memset,
+    /// which may use instructions Device memory refuses).
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    /// What the guest hands edu to copy (A) and where edu copies it back (B).
+    static mut PAGE_A: Page = Page([0; 4096]);
+    static mut PAGE_B: Page = Page([0; 4096]);
+
+    /// Byte `i` of what the guest copies (the hypervisor's `passthrough::dma_pattern`).
+    fn dma_pattern(i: usize) -> u8 {
+        (i as u8).wrapping_mul(7).wrapping_add(3)
+    }
+
+    fn page(p: *mut Page) -> *mut u8 {
+        p.cast()
+    }
 
     // FP/NEON untrapped at EL1 first (rustc's target uses them anywhere), then a stack and a
-    // zeroed .bss; x0 and x1 (the hypervisor's arguments) pass through to `guest_main`.
+    // zeroed .bss; x0..x3 (the hypervisor's arguments) pass through to `guest_main`.
     core::arch::global_asm!(
         ".pushsection .text.entry, \"ax\"",
         ".global _start",
         "_start:",
-        "    mov     x2, #(3 << 20)",
-        "    msr     cpacr_el1, x2",
+        "    mov     x4, #(3 << 20)",
+        "    msr     cpacr_el1, x4",
         "    isb",
-        "    adrp    x2, __stack_top",
-        "    add     x2, x2, :lo12:__stack_top",
-        "    mov     sp, x2",
-        "    adrp    x2, __bss_start",
-        "    add     x2, x2, :lo12:__bss_start",
-        "    adrp    x3, __bss_end",
-        "    add     x3, x3, :lo12:__bss_end",
-        "1:  cmp     x2, x3",
+        "    adrp    x4, __stack_top",
+        "    add     x4, x4, :lo12:__stack_top",
+        "    mov     sp, x4",
+        "    adrp    x4, __bss_start",
+        "    add     x4, x4, :lo12:__bss_start",
+        "    adrp    x5, __bss_end",
+        "    add     x5, x5, :lo12:__bss_end",
+        "1:  cmp     x4, x5",
         "    b.hs    2f",
-        "    stp     xzr, xzr, [x2], #16",
+        "    stp     xzr, xzr, [x4], #16",
         "    b       1b",
         "2:  bl      {main}",
         "3:  b       3b",
@@ -63,7 +95,50 @@ mod guest {
         }
     }
 
-    extern "C" fn guest_main(scratch: u64, probe: u64) -> ! {
+    /// The guest's tests of its passed-through edu, reported in order: edu's id, the IPA of
+    /// page B, the bytes of the A → edu → B round trip that came back wrong, the outside IPA
+    /// once the DMA aimed there finished, and B again after reading it once it was given back
+    /// (a stage-2 abort the hypervisor records).
+    fn edu_tests(bar: u64, outside: u64) -> Result<(), ()> {
+        // SAFETY: the hypervisor maps edu's BAR0 (1 MiB) at `bar` as Device memory for the
+        // whole run and enabled bus mastering.
+        let edu = unsafe { Edu::new(bar as usize) }.map_err(|_| ())?;
+        hvc(HVC_REPORT, u64::from(edu.id()));
+        let a = page(&raw mut PAGE_A);
+        let b = page(&raw mut PAGE_B);
+        for i in 0..4096 {
+            // SAFETY: i < 4096, inside the pages; nothing else uses them but edu's DMA,
+            // which runs only between the writes and the reads below.
+            unsafe {
+                a.add(i).write_volatile(dma_pattern(i));
+                b.add(i).write_volatile(0);
+            }
+        }
+        hvc(HVC_REPORT, b as u64);
+        print("guest: edu DMA A -> edu -> B with guest-physical addresses\n");
+        edu.dma_from_ram(a as u64, 0, 4096).map_err(|_| ())?;
+        edu.dma_to_ram(0, b as u64, 4096).map_err(|_| ())?;
+        // SAFETY: as above; the DMA finished.
+        let wrong = (0..4096)
+            .filter(|&i| unsafe { b.add(i).read_volatile() } != dma_pattern(i))
+            .count();
+        hvc(HVC_REPORT, wrong as u64);
+        print("guest: edu DMA outside my RAM\n");
+        edu.dma_to_ram(0, outside, 64).map_err(|_| ())?;
+        hvc(HVC_REPORT, outside);
+        print("guest: giving page B back, then DMA to it and a read of it\n");
+        hvc(HVC_GIVE_BACK, b as u64);
+        edu.dma_to_ram(0, b as u64, 64).map_err(|_| ())?;
+        let _value: u8;
+        // SAFETY: a load from the page just given back: a stage-2 abort, after which the
+        // hypervisor resumes at the next instruction. One instruction, so that is where the
+        // abort is.
+        unsafe { asm!("ldrb {:w}, [{}]", out(reg) _value, in(reg) b, options(nostack)) };
+        hvc(HVC_REPORT, b as u64);
+        Ok(())
+    }
+
+    extern "C" fn guest_main(scratch: u64, probe: u64, edu_bar: u64, outside: u64) -> ! {
         let word = scratch as *mut u64;
         // SAFETY: the hypervisor passes the IPA of an 8-aligned word of this guest's RAM
         // that nothing else uses; volatile, so the access really reaches memory.
@@ -80,6 +155,10 @@ mod guest {
             // One instruction of inline asm, so that is where the abort is.
             unsafe { asm!("ldr {}, [{}]", out(reg) _value, in(reg) probe, options(nostack)) };
             hvc(HVC_REPORT, probe);
+        }
+        if edu_bar != 0 && edu_tests(edu_bar, outside).is_err() {
+            print("guest: edu failed\n");
+            exit(EDU_FAILED)
         }
         exit(0)
     }

@@ -250,7 +250,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             return Err(UnitError::Unsupported("nested translation"));
         }
         let ste = match (&s1.kind, &s2.kind) {
-            (DomainKind::Stage1 { cds, vmid, .. }, DomainKind::Stage2 { s2: s2_cfg, .. }) => {
+            (
+                DomainKind::Stage1 { cds, vmid, .. },
+                DomainKind::Stage2 {
+                    s2: s2_cfg,
+                    nest_users,
+                    ..
+                },
+            ) => {
                 let s2 = s2_cfg;
                 // One domain nested in two parents would need both VMIDs invalidated.
                 let old = vmid.load(Ordering::Relaxed);
@@ -258,6 +265,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     return Err(UnitError::Unsupported("one stage-1 domain in two parents"));
                 }
                 vmid.store(s2.vmid, Ordering::Relaxed);
+                nest_users.note_nested();
                 StreamTableEntry::nested(cds.stage1(), *s2)
             }
             _ => {

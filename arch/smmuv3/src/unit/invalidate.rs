@@ -52,10 +52,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         // A stage-2 domain may be the parent of nested streams, whose combined stage-1+2 TLB
         // entries are tagged with its VMID but indexed by the stage-1 address: the IPA
         // invalidation above does not reach them.
-        // Only where stage 1 exists: a stage-2-only SMMU has no nested streams and refuses
-        // TLBI_NH_* as illegal.
-        if let DomainKind::Stage2 { s2, .. } = &domain.kind {
-            if self.features.stages.stage1() {
+        // Only where stage 1 exists (a stage-2-only SMMU has no nested streams and refuses
+        // TLBI_NH_* as illegal) and a stream ever nested a stage 1 in the domain: otherwise no such
+        // entries exist and one TLBI + one SYNC per range is the whole cost.
+        if let DomainKind::Stage2 { s2, nest_users, .. } = &domain.kind {
+            if self.features.stages.stage1() && nest_users.ever_nested() {
                 batch.push(Command::TlbiNhAll { vmid: s2.vmid })?;
             }
         }

@@ -1,25 +1,36 @@
 //! A real guest under the test kernel at EL2: a tiny guest image runs at EL1 with its MMU off
 //! (its addresses are IPAs), behind a stage-2 table built with the crate's own VMSA stage-2
-//! engine, and talks to the hypervisor through HVC. The first slice of issue 14; the guest is
-//! `tests/guest`, an ELF `cargo xtask` builds and this kernel embeds and loads.
+//! engine ([`Vm`]), and talks to the hypervisor through HVC. The guest is `tests/guest`, an ELF
+//! `cargo xtask` builds and this kernel embeds and loads; [`passthrough`] gives it edu.
+//!
+//! Guest entry: x0 = IPA of a scratch word, x1 = an IPA to read once (0 = none), x2 = IPA of a
+//! passed-through edu's BAR (0 = none), x3 = an IPA outside its RAM to aim edu's DMA at.
 //!
 //! Hypercall ABI (`hvc #0`): x0 = function, x1 = argument. [`HVC_PRINT`] prints the byte in x1,
 //! [`HVC_REPORT`] records x1 as a result for the test to check, [`HVC_EXIT`] ends the run with
-//! status x1. A stage-2 data abort is recorded with the IPA the hypervisor computes from
-//! HPFAR_EL2 and FAR_EL2, and the guest resumes after the faulting instruction.
+//! status x1, [`HVC_GIVE_BACK`] hands the guest page at IPA x1 back to the hypervisor. A stage-2
+//! data abort is recorded with the IPA the hypervisor computes from HPFAR_EL2 and FAR_EL2, and
+//! the guest resumes after the faulting instruction.
 
+mod elf;
+pub(crate) mod passthrough;
 mod vcpu;
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::arch::asm;
+use core::cell::Cell;
+use core::mem::ManuallyDrop;
 
-use crate::hal::HAL;
+use crate::hal::{KernelHal, HAL};
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::Hal;
-use iommu::pagetable::{Coherency, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage2};
+use iommu::pagetable::{
+    Coherency, Gather, Granule, MemType, PageTable, Prot, VmsaConfig, VmsaStage2,
+};
+use iommu::unit::VmTable;
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use vcpu::Vcpu;
@@ -30,6 +41,8 @@ pub const HVC_PRINT: u64 = 0;
 pub const HVC_REPORT: u64 = 1;
 /// Hypercall: end the guest with status x1 (0 = its tests passed).
 pub const HVC_EXIT: u64 = 2;
+/// Hypercall: the guest gives its RAM page at IPA x1 back (the hypervisor unmaps it).
+pub const HVC_GIVE_BACK: u64 = 3;
 
 /// Where the guest's RAM starts in its physical (IPA) space, as on QEMU `virt`.
 const GUEST_RAM_IPA: u64 = 0x4000_0000;
@@ -41,10 +54,12 @@ const SCRATCH_OFFSET: u64 = GUEST_RAM_SIZE - 0x1000;
 const UNMAPPED_IPA: u64 = 0x5000_0128;
 /// What the guest writes.
 const PATTERN: u64 = 0xbeef_cafe_1234_5a5a;
-/// The guest's VMID (VTTBR_EL2.VMID, 8 bits as VTCR_EL2.VS = 0).
-const VMID: u64 = 1;
-/// More exits than the guest image makes: a guest looping on hypercalls fails the test.
-const MAX_EXITS: usize = 64;
+/// The guest's VMID (VTTBR_EL2.VMID, 8 bits as VTCR_EL2.VS = 0), also its S2VMID in the SMMU:
+/// far above the VMIDs the SMMU unit hands out to its own domains (from 1 up).
+const VMID: u16 = 0xf0;
+/// More exits than the guest image makes (one per byte it prints): a guest looping on
+/// hypercalls fails the test.
+const MAX_EXITS: usize = 4096;
 
 /// HCR_EL2 (Arm ARM D24.2.48): VM enables stage 2; RW makes EL1 AArch64.
 const HCR_VM: u64 = 1 << 0;
@@ -62,73 +77,6 @@ const EC_DABT_LOWER: u64 = 0x24;
 /// The guest kernel's ELF (tests/guest), built and passed in by `cargo xtask`; empty when the
 /// test kernel was built otherwise.
 static GUEST_ELF: &[u8] = include_bytes!(env!("IOMMU_TEST_GUEST_IMAGE"));
-
-/// ELF64 header and program header fields the loader reads (System V gABI, "ELF Header" and
-/// "Program Header"), little-endian.
-const EM_AARCH64: u16 = 183;
-const PT_LOAD: u32 = 1;
-
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Copies the PT_LOAD segments of `elf` into the guest's RAM (at their physical addresses,
-/// which are IPAs) and returns the entry point and the end of the highest segment. Every
-/// segment must lie inside the guest's RAM: the image is input, checked like any.
-fn load_elf(elf: &[u8], ram: &GuestRam) -> Result<(u64, u64), Failure> {
-    let bad = || fail("the guest image is not an AArch64 ELF64 the loader can place");
-    if elf.get(0..4) != Some(b"\x7fELF".as_slice())
-        || elf.get(4) != Some(&2)
-        || elf.get(5) != Some(&1)
-        || le_u16(elf, 18) != Some(EM_AARCH64)
-    {
-        return Err(bad());
-    }
-    let entry = le_u64(elf, 24).ok_or_else(bad)?;
-    let phoff = le_u64(elf, 32).ok_or_else(bad)? as usize;
-    let phentsize = usize::from(le_u16(elf, 54).ok_or_else(bad)?);
-    let phnum = usize::from(le_u16(elf, 56).ok_or_else(bad)?);
-    let mut end = GUEST_RAM_IPA;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if le_u32(elf, ph) != Some(PT_LOAD) {
-            continue;
-        }
-        let offset = le_u64(elf, ph + 8).ok_or_else(bad)? as usize;
-        let paddr = le_u64(elf, ph + 24).ok_or_else(bad)?;
-        let filesz = le_u64(elf, ph + 32).ok_or_else(bad)?;
-        let memsz = le_u64(elf, ph + 40).ok_or_else(bad)?;
-        let seg_end = paddr.checked_add(memsz).ok_or_else(bad)?;
-        if paddr < GUEST_RAM_IPA || seg_end > GUEST_RAM_IPA + ram.size() || filesz > memsz {
-            return Err(fail(format_args!(
-                "guest segment {paddr:#x}..{seg_end:#x} is outside its RAM"
-            )));
-        }
-        let bytes = elf.get(offset..offset + filesz as usize).ok_or_else(bad)?;
-        // SAFETY: the segment lies inside `ram` (checked above); the rest of it up to memsz
-        // is .bss, already zero (the RAM is allocated zeroed).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                ram.ptr.add((paddr - GUEST_RAM_IPA) as usize),
-                bytes.len(),
-            )
-        };
-        end = end.max(seg_end);
-    }
-    if !(GUEST_RAM_IPA..end).contains(&entry) {
-        return Err(fail(format_args!(
-            "guest entry {entry:#x} is outside its image"
-        )));
-    }
-    Ok((entry, end))
-}
 
 /// Host-physical memory that backs the guest's RAM (identity-mapped in the host).
 struct GuestRam {
@@ -155,6 +103,21 @@ impl GuestRam {
         PhysAddr::new(self.ptr as u64)
     }
 
+    /// The byte at `offset`, if inside the RAM (volatile: the guest and devices write it
+    /// behind the compiler's back).
+    fn byte(&self, offset: u64) -> Option<u8> {
+        // SAFETY: offset is inside the allocation (checked).
+        (offset < self.size()).then(|| unsafe { self.ptr.add(offset as usize).read_volatile() })
+    }
+
+    /// Sets the byte at `offset`; nothing outside the RAM.
+    fn set_byte(&self, offset: u64, v: u8) {
+        if offset < self.size() {
+            // SAFETY: offset is inside the allocation (checked).
+            unsafe { self.ptr.add(offset as usize).write_volatile(v) }
+        }
+    }
+
     fn read_u64(&self, offset: u64) -> u64 {
         // SAFETY: offset is inside the allocation and 8-aligned; the guest no longer runs.
         unsafe { self.ptr.add(offset as usize).cast::<u64>().read_volatile() }
@@ -170,15 +133,15 @@ impl Drop for GuestRam {
 
 /// What a guest run produced.
 #[derive(Debug, Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     /// The guest's HVC_EXIT status.
-    status: u64,
+    pub status: u64,
     /// What it printed.
-    console: String,
+    pub console: String,
     /// What it reported, in order.
-    reports: Vec<u64>,
+    pub reports: Vec<u64>,
     /// IPAs of its stage-2 data aborts, in order.
-    aborts: Vec<u64>,
+    pub aborts: Vec<u64>,
 }
 
 fn read_sysreg_id_aa64mmfr0() -> u64 {
@@ -207,111 +170,259 @@ fn fault_ipa(hpfar: u64, far: u64) -> u64 {
     ((hpfar >> 4) & ((1 << 40) - 1)) << 12 | (far & 0xfff)
 }
 
-/// Builds the guest's stage 2, runs the guest to its exit and tears everything down.
+/// Input (IPA) bits of the guest's stage 2: what the CPU and the SMMU both translate.
+fn ipa_bits() -> u32 {
+    pa_bits().min(40)
+}
+
+/// A guest: its RAM, loaded with the guest image, behind a stage-2 table built with the
+/// crate's VMSA stage-2 engine. The same table can be handed to the SMMU as a VM table
+/// ([`Vm::vm_table`]): then CPU and devices see guest RAM through one set of mappings, and
+/// [`Vm::unmap`] invalidates both.
+pub(crate) struct Vm {
+    ram: GuestRam,
+    /// Taken apart in `drop`, never used after.
+    table: ManuallyDrop<PageTable<VmsaStage2, &'static KernelHal>>,
+    vtcr: u64,
+    entry: u64,
+    /// CPU TLB invalidations by IPA this VM's unmaps issued (TLBI IPAS2E1IS).
+    pub cpu_tlbis: Cell<u32>,
+}
+
+impl Vm {
+    /// Guest RAM with the guest image loaded and mapped read-write-execute at
+    /// [`GUEST_RAM_IPA`]. Skips unless the kernel runs at EL2 with a guest image.
+    pub fn new(m: &Machine) -> Result<Self, Failure> {
+        if m.info.exception_level != 2 {
+            skip!("a guest needs the kernel at EL2 (-machine virt,virtualization=on)");
+        }
+        if GUEST_ELF.is_empty() {
+            skip!("no guest image: the test kernel was not built by `cargo xtask`");
+        }
+        let ram = GuestRam::new(GUEST_RAM_SIZE)?;
+        let (entry, end) = elf::load_elf(GUEST_ELF, &ram)?;
+        ensure!(
+            end <= GUEST_RAM_IPA + SCRATCH_OFFSET,
+            "the guest image ({end:#x}) overlaps its scratch word"
+        );
+        if let Some(p) = core::ptr::NonNull::new(ram.ptr) {
+            HAL.clean_to_poc(p, (end - GUEST_RAM_IPA) as usize);
+        }
+        let bits = ipa_bits();
+        let format = VmsaStage2::new(VmsaConfig {
+            granule: Granule::Size4K,
+            input_bits: bits,
+            output_bits: bits,
+        })
+        .map_err(fail)?;
+        let vtcr = u64::from(format.t0sz())
+            | u64::from(format.sl0()) << 6
+            | 1 << 8 // IRGN0: write-back, write-allocate
+            | 1 << 10 // ORGN0: write-back, write-allocate
+            | 3 << 12 // SH0: inner shareable
+            | u64::from(format.granule().tg0()) << 14
+            | u64::from(format.ps()) << 16
+            | 1 << 31; // RES1
+        let table = PageTable::new(format, &HAL, Coherency::Coherent).map_err(fail)?;
+        table
+            .map(
+                Iova::new(GUEST_RAM_IPA),
+                ram.phys(),
+                GUEST_RAM_SIZE,
+                Prot::READ_WRITE.with_exec(),
+            )
+            .map_err(fail)?;
+        Ok(Self {
+            ram,
+            table: ManuallyDrop::new(table),
+            vtcr,
+            entry,
+            cpu_tlbis: Cell::new(0),
+        })
+    }
+
+    /// The guest's stage 2 as a VM table the SMMU can point at (same root, same VMID).
+    pub fn vm_table(&self) -> VmTable {
+        VmTable {
+            root: self.table.root(),
+            ia_bits: ipa_bits(),
+            vmid: VMID,
+        }
+    }
+
+    /// Maps the host-physical MMIO range `phys..phys + len` at `ipa` as Device memory (a
+    /// passed-through device's BAR).
+    pub fn map_mmio(&self, ipa: u64, phys: PhysAddr, len: u64) -> TestResult {
+        let prot = Prot::READ_WRITE.with_mem(MemType::Device);
+        self.table
+            .map(Iova::new(ipa), phys, len, prot)
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    /// Takes `len` bytes of guest RAM at `ipa` back from the guest: one table change, then
+    /// the CPU's TLBs (TLBI IPAS2E1IS per page, then VMALLE1IS for the entries that combine
+    /// the guest's stage 1 with this stage 2, which an IPA invalidation does not reach) and the
+    /// devices' (`flush_devices`, the SMMU's CMD_TLBI_S2_IPA + CMD_SYNC), and only then the
+    /// table frames the unmap emptied go back. Must run while the guest's VMID is in VTTBR_EL2
+    /// (from a hypercall handler), since VMALLE1IS acts on the current VMID.
+    pub fn unmap(
+        &self,
+        ipa: u64,
+        len: u64,
+        flush_devices: impl FnOnce() -> TestResult,
+    ) -> TestResult {
+        let mut gather = Gather::new();
+        let removed = self
+            .table
+            .unmap(Iova::new(ipa), len, &mut gather)
+            .map_err(fail)?;
+        ensure_eq!(removed, len, "the guest's pages unmapped");
+        for page in (ipa..ipa + len).step_by(4096) {
+            // SAFETY: TLB maintenance has no effect on memory; the DSBs order the table write
+            // before it and its completion before the device flush and the frames' reuse.
+            unsafe {
+                asm!(
+                    "dsb ishst",
+                    "tlbi ipas2e1is, {}",
+                    in(reg) page >> 12,
+                    options(nostack)
+                )
+            };
+            self.cpu_tlbis.set(self.cpu_tlbis.get() + 1);
+        }
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
+        flush_devices()?;
+        // SAFETY: neither the CPU nor the SMMU can walk the emptied tables any more: both
+        // invalidations above completed.
+        unsafe { gather.complete(&&HAL) };
+        Ok(())
+    }
+
+    /// Runs the guest from its entry with `args` in x0..x3 until it exits, passing hypercalls
+    /// other than print, report and exit to `hypercall(vm, function, argument)`. Interrupts
+    /// are masked on this CPU for the whole run.
+    pub fn run(
+        &self,
+        args: [u64; 4],
+        hypercall: &mut dyn FnMut(&Vm, u64, u64) -> TestResult,
+    ) -> Result<Outcome, Failure> {
+        let mut vcpu = Vcpu::new(self.entry, SPSR_EL1H_MASKED);
+        vcpu.x[..4].copy_from_slice(&args);
+        let vttbr = self.table.root().as_u64() | u64::from(VMID) << 48;
+        let hcr: u64;
+        let daif: u64;
+        // SAFETY: the stage-2 table maps only the guest's RAM (which outlives the run) and
+        // what its caller mapped for VMID [`VMID`]; the guest's EL1 starts with its MMU off and
+        // its vectors at IPA 0, which is unmapped, so any exception it takes comes back here
+        // as a stage-2 abort. The instruction cache is invalidated after the image was written.
+        unsafe {
+            asm!("mrs {}, daif", "msr daifset, #0xf", out(reg) daif, options(nostack));
+            asm!("mrs {}, hcr_el2", out(reg) hcr, options(nostack));
+            asm!(
+                "msr vtcr_el2, {vtcr}",
+                "msr vttbr_el2, {vttbr}",
+                "msr sctlr_el1, {sctlr}",
+                "msr vbar_el1, xzr",
+                "msr hcr_el2, {hcr}",
+                "isb",
+                "tlbi vmalls12e1is",
+                "ic ialluis",
+                "dsb ish",
+                "isb",
+                vtcr = in(reg) self.vtcr,
+                vttbr = in(reg) vttbr,
+                sctlr = in(reg) SCTLR_EL1_MMU_OFF,
+                hcr = in(reg) hcr | HCR_VM | HCR_RW,
+                options(nostack),
+            );
+        }
+        let result = run_loop(self, &mut vcpu, hypercall);
+        // SAFETY: stage 2 off again and the guest's TLB entries gone before its table can
+        // change or be freed; HCR_EL2 and DAIF as they were.
+        unsafe {
+            asm!(
+                "msr hcr_el2, {hcr}",
+                "isb",
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "msr vttbr_el2, xzr",
+                "isb",
+                "msr daif, {daif}",
+                hcr = in(reg) hcr,
+                daif = in(reg) daif,
+                options(nostack),
+            );
+        }
+        result
+    }
+
+    /// The 64-bit word at `offset` in the guest's RAM, read by the host.
+    pub fn read_u64(&self, offset: u64) -> u64 {
+        self.ram.read_u64(offset)
+    }
+
+    /// The byte of guest RAM at `ipa`, read by the host (0 outside the RAM).
+    pub fn ram_byte(&self, ipa: u64) -> u8 {
+        self.ram.byte(ipa.wrapping_sub(GUEST_RAM_IPA)).unwrap_or(0)
+    }
+
+    /// Sets the guest RAM bytes `ipa..ipa + len` (clipped to the RAM) to `v`, as the host.
+    pub fn fill_ram(&self, ipa: u64, len: u64, v: u8) {
+        let start = ipa.wrapping_sub(GUEST_RAM_IPA);
+        (start..start.saturating_add(len)).for_each(|o| self.ram.set_byte(o, v));
+    }
+
+    /// Whether the guest RAM bytes `ipa..ipa + len` all read `v` (false outside the RAM).
+    pub fn ram_all(&self, ipa: u64, len: u64, v: u8) -> bool {
+        let start = ipa.wrapping_sub(GUEST_RAM_IPA);
+        (start..start.saturating_add(len)).all(|o| self.ram.byte(o) == Some(v))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once and nothing uses the table after.
+        let table = unsafe { ManuallyDrop::take(&mut self.table) };
+        let mut gather = Gather::new();
+        table.destroy(&mut gather);
+        // SAFETY: the guest no longer runs (`run` invalidated its TLB entries on the way out)
+        // and the embedder destroyed any IOMMU domain over the table, with its invalidation,
+        // before dropping the VM.
+        unsafe { gather.complete(&&HAL) };
+    }
+}
+
+/// Builds a guest, runs it to its exit and tears it down.
 /// `probe`: an IPA the guest reads after its RAM test (0 = none).
 fn run_guest(m: &Machine, probe: u64) -> Result<(Outcome, u64), Failure> {
-    if m.info.exception_level != 2 {
-        skip!("a guest needs the kernel at EL2 (-machine virt,virtualization=on)");
-    }
-    if GUEST_ELF.is_empty() {
-        skip!("no guest image: the test kernel was not built by `cargo xtask`");
-    }
-    let ram = GuestRam::new(GUEST_RAM_SIZE)?;
-    let (entry, end) = load_elf(GUEST_ELF, &ram)?;
-    ensure!(
-        end <= GUEST_RAM_IPA + SCRATCH_OFFSET,
-        "the guest image ({end:#x}) overlaps its scratch word"
-    );
-    if let Some(p) = core::ptr::NonNull::new(ram.ptr) {
-        HAL.clean_to_poc(p, (end - GUEST_RAM_IPA) as usize);
-    }
-
-    let bits = pa_bits().min(40);
-    let format = VmsaStage2::new(VmsaConfig {
-        granule: Granule::Size4K,
-        input_bits: bits,
-        output_bits: bits,
-    })
-    .map_err(fail)?;
-    let vtcr = u64::from(format.t0sz())
-        | u64::from(format.sl0()) << 6
-        | 1 << 8 // IRGN0: write-back, write-allocate
-        | 1 << 10 // ORGN0: write-back, write-allocate
-        | 3 << 12 // SH0: inner shareable
-        | u64::from(format.granule().tg0()) << 14
-        | u64::from(format.ps()) << 16
-        | 1 << 31; // RES1
-    let table = PageTable::new(format, &HAL, Coherency::Coherent).map_err(fail)?;
-    table
-        .map(
-            Iova::new(GUEST_RAM_IPA),
-            ram.phys(),
-            GUEST_RAM_SIZE,
-            Prot::READ_WRITE.with_exec(),
-        )
-        .map_err(fail)?;
-    let vttbr = table.root().as_u64() | VMID << 48;
-
-    let mut vcpu = Vcpu::new(entry, SPSR_EL1H_MASKED);
-    vcpu.x[0] = GUEST_RAM_IPA + SCRATCH_OFFSET;
-    vcpu.x[1] = probe;
-
-    let hcr: u64;
-    let daif: u64;
-    // SAFETY: the stage-2 table maps only `ram` (which outlives the guest) for VMID 1; the
-    // guest's EL1 starts with its MMU off and its vectors at IPA 0, which is unmapped, so any
-    // exception it takes comes back here as a stage-2 abort. The instruction cache is
-    // invalidated after the image was written. Interrupts are masked for the whole run.
-    unsafe {
-        asm!("mrs {}, daif", "msr daifset, #0xf", out(reg) daif, options(nostack));
-        asm!("mrs {}, hcr_el2", out(reg) hcr, options(nostack));
-        asm!(
-            "msr vtcr_el2, {vtcr}",
-            "msr vttbr_el2, {vttbr}",
-            "msr sctlr_el1, {sctlr}",
-            "msr vbar_el1, xzr",
-            "msr hcr_el2, {hcr}",
-            "isb",
-            "tlbi vmalls12e1is",
-            "ic ialluis",
-            "dsb ish",
-            "isb",
-            vtcr = in(reg) vtcr,
-            vttbr = in(reg) vttbr,
-            sctlr = in(reg) SCTLR_EL1_MMU_OFF,
-            hcr = in(reg) hcr | HCR_VM | HCR_RW,
-            options(nostack),
-        );
-    }
-    let result = run_loop(&mut vcpu);
-    // SAFETY: stage 2 off again and the guest's TLB entries gone before its table is freed;
-    // HCR_EL2 and DAIF as they were.
-    unsafe {
-        asm!(
-            "msr hcr_el2, {hcr}",
-            "isb",
-            "tlbi vmalls12e1is",
-            "dsb ish",
-            "msr vttbr_el2, xzr",
-            "isb",
-            "msr daif, {daif}",
-            hcr = in(reg) hcr,
-            daif = in(reg) daif,
-            options(nostack),
-        );
-    }
-    let scratch = ram.read_u64(SCRATCH_OFFSET);
-    table.destroy(&mut Gather::new());
-    drop(ram);
-    Ok((result?, scratch))
+    let vm = Vm::new(m)?;
+    let out = vm.run(
+        [GUEST_RAM_IPA + SCRATCH_OFFSET, probe, 0, 0],
+        &mut |_, f, _| Err(fail(format_args!("guest called unknown hypercall {f}"))),
+    )?;
+    Ok((out, vm.read_u64(SCRATCH_OFFSET)))
 }
 
 /// Enters the guest until it exits (HVC_EXIT), handling its hypercalls and stage-2 aborts.
-fn run_loop(vcpu: &mut Vcpu) -> Result<Outcome, Failure> {
+fn run_loop(
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    hypercall: &mut dyn FnMut(&Vm, u64, u64) -> TestResult,
+) -> Result<Outcome, Failure> {
     let mut out = Outcome::default();
     for _ in 0..MAX_EXITS {
-        // SAFETY: `run_guest` set up stage 2 over the guest's RAM only and masked interrupts;
-        // the syndrome registers are read right below, before anything can trap to EL2.
+        // SAFETY: `Vm::run` set up stage 2 over the guest's RAM and masked interrupts; the
+        // syndrome registers are read right below, before anything can trap to EL2.
         let vector = unsafe { vcpu.run() };
         let (esr, far, hpfar): (u64, u64, u64);
         // SAFETY: reading the syndrome registers has no side effect.
@@ -341,7 +452,7 @@ fn run_loop(vcpu: &mut Vcpu) -> Result<Outcome, Failure> {
                     out.status = vcpu.x[1];
                     return Ok(out);
                 }
-                f => return Err(fail(format_args!("guest called unknown hypercall {f}"))),
+                f => hypercall(vm, f, vcpu.x[1])?,
             },
             EC_DABT_LOWER => {
                 out.aborts.push(fault_ipa(hpfar, far));
@@ -358,7 +469,7 @@ fn run_loop(vcpu: &mut Vcpu) -> Result<Outcome, Failure> {
         }
     }
     Err(fail(format_args!(
-        "the guest did not exit within {MAX_EXITS} exits"
+        "the guest did not exit within {MAX_EXITS} exits; so far {out:x?}"
     )))
 }
 

@@ -31,7 +31,7 @@ use iommu_smmuv3::registers::{Readable, SmmuRegisters, CR0, GBPA};
 use iommu_smmuv3::stream_table::StreamTableGeometry;
 use iommu_smmuv3::unit::{SmmuConfig, SmmuUnit};
 
-pub(super) type Unit = SmmuUnit<&'static KernelHal>;
+pub(crate) type Unit = SmmuUnit<&'static KernelHal>;
 
 /// Where QEMU logs a faulting translation (smmuv3_translate) and a command it refuses.
 pub(super) const TRANSLATION_FAILED: &str = "translation failed for iova";
@@ -73,7 +73,7 @@ fn default_config(_m: &Machine) -> Result<SmmuConfig, Failure> {
     Ok(SmmuConfig::default())
 }
 
-pub(super) fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
+pub(crate) fn unit(m: &Machine) -> Result<&'static Unit, Failure> {
     if let Some(u) = *UNIT.lock() {
         return Ok(u);
     }
@@ -251,7 +251,7 @@ fn faulting_domain(
 }
 
 /// The first edu on bus 0 and the stream id the SMMU sees it with.
-pub(super) fn first_edu(m: &Machine) -> Result<(EduDevice, DeviceId), Failure> {
+pub(crate) fn first_edu(m: &Machine) -> Result<(EduDevice, DeviceId), Failure> {
     let edu = edu_devices(m)?
         .into_iter()
         .next()
@@ -280,7 +280,7 @@ pub(super) fn stages(unit: &Unit) -> Vec<Stage> {
 
 /// Fails unless a fault of `kind` by `dev` in the page of `iova` was recorded since the last
 /// drain; returns whether the queue overflowed.
-pub(super) fn expect_fault(unit: &Unit, dev: DeviceId, iova: u64, kind: FaultKind) -> TestResult {
+pub(crate) fn expect_fault(unit: &Unit, dev: DeviceId, iova: u64, kind: FaultKind) -> TestResult {
     let mut faults = Vec::new();
     unit.drain_faults(&mut |f| faults.push(f)).map_err(fail)?;
     let hit = faults
@@ -337,7 +337,7 @@ fn granule_round_trip(
     expect_fault(unit, dev, iova + 64, FaultKind::Translation)
 }
 
-pub(super) fn announce_faults() {
+pub(crate) fn announce_faults() {
     allow_guest_error(TRANSLATION_FAILED);
 }
 

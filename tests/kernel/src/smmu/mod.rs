@@ -6,7 +6,8 @@
 //! there has both stages whatever `arm-smmuv3.stage` says), `1`/`2` for `-machine virt-9.0`
 //! with `-global arm-smmuv3.stage=1`/`=2`.
 
-mod dma;
+pub(crate) mod cmdq_watch;
+pub(crate) mod dma;
 mod lifecycle;
 mod msi;
 mod viommu;
@@ -283,6 +284,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa",
         run: crate::hyp::a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa,
     },
+    Test {
+        name: "a_guest_drives_its_passed_through_edu_with_guest_physical_dma",
+        run: crate::hyp::passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
@@ -293,7 +298,9 @@ const EDU_VENDOR: u16 = 0x1234;
 const EDU_DEVICE: u16 = 0x11e8;
 
 /// The one SMMUv3 and the one PCIe host of `virt`.
-fn smmu_and_host(dt: &Devicetree<'static>) -> Result<(Smmu<'static>, PciHost<'static>), Failure> {
+pub(crate) fn smmu_and_host(
+    dt: &Devicetree<'static>,
+) -> Result<(Smmu<'static>, PciHost<'static>), Failure> {
     let mut smmus = dt.smmus();
     let smmu = smmus
         .next()

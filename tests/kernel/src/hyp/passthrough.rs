@@ -1,0 +1,185 @@
+//! edu passed through to the real guest: one stage-2 table for the guest's RAM, shared by the
+//! CPU (VTTBR_EL2) and the SMMU (a VM-table domain: the STE's S2TTB, the same VMID), edu's BAR
+//! mapped into it as Device memory, edu's stream attached to it through the object model. The
+//! guest's own edu driver (tests/guest) programs DMA with guest-physical addresses.
+
+use alloc::vec::Vec;
+
+use super::{Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN, SCRATCH_OFFSET};
+use crate::smmu::cmdq_watch::CommandWatch;
+use crate::smmu::dma::{announce_faults, first_edu, unit};
+use crate::Machine;
+use iommu::addr::{Iova, PhysAddr};
+use iommu::iommufd::{GroupId, Iommu, OwnerId, Target};
+use iommu::unit::{FaultKind, FaultRecord, TranslationUnit};
+use iommu_boot::testing::{fail, TestResult};
+use iommu_boot::{ensure, ensure_eq, println, skip};
+use iommu_smmuv3::command::opcode;
+
+/// Where the guest finds edu's BAR0 (1 MiB) in its physical address space.
+const EDU_BAR_IPA: u64 = 0x1000_0000;
+const EDU_BAR_SIZE: u64 = 1 << 20;
+/// Where the guest aims one DMA: outside its RAM and unmapped, with a page offset.
+const OUTSIDE_IPA: u64 = 0x6000_0040;
+/// edu's identification register for version 1.0.
+const EDU_ID: u64 = 0x0100_00ed;
+/// The hypervisor, owner of the device in the object model.
+const HYPERVISOR: OwnerId = OwnerId(1);
+
+/// Byte `i` of what the guest's edu copies (tests/guest: `dma_pattern`).
+fn dma_pattern(i: usize) -> u8 {
+    (i as u8).wrapping_mul(7).wrapping_add(3)
+}
+
+/// The guest's DMA through its passed-through edu, with guest-physical addresses:
+/// - a round trip (its RAM page A → edu → its page B) lands, as the guest and the host both
+///   see (the host reads B's host-physical page);
+/// - a DMA aimed outside its RAM faults, and the SMMU reports it with that guest-physical
+///   address and edu's stream;
+/// - when the guest gives page B back, the hypervisor's unmap is one table change followed by
+///   exactly one CPU TLBI IPAS2E1IS and, read from the SMMU's command queue, exactly one
+///   CMD_TLBI_S2_IPA and one CMD_SYNC; afterwards edu's DMA to B faults (nothing lands in the
+///   host page) and the guest's own read of B is a stage-2 abort: no stale translation
+///   survives on either side.
+pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
+    m: &mut Machine,
+) -> TestResult {
+    let vm = Vm::new(m)?;
+    let unit = unit(m)?;
+    if !unit.features().stages.stage2() {
+        skip!("passing a device through to a guest needs SMMU stage 2");
+    }
+    announce_faults();
+    let (edu, dev) = first_edu(m)?;
+    vm.map_mmio(EDU_BAR_IPA, PhysAddr::new(edu.edu.bar0()), EDU_BAR_SIZE)?;
+
+    let mut io = Iommu::new();
+    let u = io.add_unit(unit);
+    // DMA only: no interrupt remapper is registered for this test.
+    io.allow_unsafe_interrupts(true);
+    let d = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
+    io.claim(d, HYPERVISOR).map_err(fail)?;
+    let s2 = io
+        .alloc_vm_domain(HYPERVISOR, u, &vm.vm_table())
+        .map_err(fail)?;
+    io.attach(d, HYPERVISOR, Target::Domain(s2)).map_err(fail)?;
+    unit.drain_faults(&mut |_| {}).map_err(fail)?;
+
+    let m: &Machine = m;
+    // (IPA given back, host saw the round trip's bytes there, SMMU commands of the unmap)
+    let mut given = Vec::new();
+    let out = vm.run(
+        [GUEST_RAM_IPA + SCRATCH_OFFSET, 0, EDU_BAR_IPA, OUTSIDE_IPA],
+        &mut |vm, f, ipa| {
+            ensure_eq!(f, HVC_GIVE_BACK, "the guest's hypercall");
+            ensure!(
+                ipa % 4096 == 0 && (GUEST_RAM_IPA..GUEST_RAM_IPA + GUEST_RAM_SIZE).contains(&ipa),
+                "the guest gives back {ipa:#x}, not a page of its RAM"
+            );
+            let landed = (0..4096).all(|i| vm.ram_byte(ipa + i as u64) == dma_pattern(i));
+            let watch = CommandWatch::start(m)?;
+            vm.unmap(ipa, 4096, || {
+                io.flush(HYPERVISOR, s2, Iova::new(ipa), 4096).map_err(fail)
+            })?;
+            given.push((ipa, landed, watch.opcodes()));
+            // Whatever reaches this host page from now on came through a stale translation.
+            vm.fill_ram(ipa, 4096, 0);
+            Ok(())
+        },
+    );
+    let mut faults: Vec<FaultRecord> = Vec::new();
+    let drained = unit.drain_faults(&mut |f| faults.push(f));
+    let released = io.release(d, HYPERVISOR);
+    let destroyed = io.destroy_domain(HYPERVISOR, s2);
+    let out = out?;
+    drained.map_err(fail)?;
+    released.map_err(fail)?;
+    destroyed.map_err(fail)?;
+
+    println!(
+        "  guest printed {:?}, reported {:x?}, stage-2 aborts {:x?}",
+        out.console, out.reports, out.aborts
+    );
+    ensure_eq!(out.status, 0, "the guest's exit status");
+    let [PATTERN, id, b, mismatched, outside, after] = out.reports[..] else {
+        return Err(fail(format_args!(
+            "the guest's reports {:x?}: expected its RAM test, edu's id, its DMA page, \
+             mismatched bytes, the outside IPA and the page after give-back",
+            out.reports
+        )));
+    };
+    ensure_eq!(
+        id,
+        EDU_ID,
+        "edu's id as the guest read it through its BAR mapping"
+    );
+    ensure_eq!(
+        mismatched,
+        0,
+        "bytes of the round trip the guest found wrong"
+    );
+    ensure_eq!(outside, OUTSIDE_IPA);
+    ensure_eq!(after, b);
+    let [(given_ipa, landed, ref commands)] = given[..] else {
+        return Err(fail(format_args!(
+            "{} pages given back, not one",
+            given.len()
+        )));
+    };
+    ensure_eq!(given_ipa, b, "the page given back");
+    ensure!(landed, "the round trip's bytes in B's host-physical page");
+    println!(
+        "  give-back of {b:#x}: {} CPU TLBI IPAS2E1IS, SMMU commands {commands:02x?}",
+        vm.cpu_tlbis.get()
+    );
+    ensure_eq!(vm.cpu_tlbis.get(), 1, "CPU TLB invalidations by IPA");
+    ensure_eq!(
+        commands.as_slice(),
+        &[opcode::TLBI_S2_IPA, opcode::SYNC][..],
+        "SMMU commands of one unmapped page"
+    );
+    ensure!(
+        vm.ram_all(b, 4096, 0),
+        "edu's DMA after the give-back reached the page: stale SMMU translation"
+    );
+    ensure_eq!(
+        out.aborts.as_slice(),
+        &[b][..],
+        "the guest's read of B after give-back (a stale CPU translation would not abort)"
+    );
+    // QEMU's edu moves 4 bytes per access and the SMMU records each refused access.
+    let page = |ipa: u64| ipa & !0xfff;
+    let at = |ipa: u64| {
+        faults
+            .iter()
+            .filter(|f| page(f.address) == page(ipa))
+            .count()
+    };
+    println!(
+        "  SMMU faults of edu: {} at guest-physical {OUTSIDE_IPA:#x}.., {} at {b:#x}..",
+        at(OUTSIDE_IPA),
+        at(b)
+    );
+    ensure!(
+        at(OUTSIDE_IPA) > 0,
+        "a fault by edu at guest-physical {OUTSIDE_IPA:#x}"
+    );
+    ensure!(
+        at(b) > 0,
+        "a fault by edu at guest-physical {b:#x} after give-back"
+    );
+    let first = faults.first().map(|f| f.address);
+    ensure_eq!(
+        first,
+        Some(OUTSIDE_IPA),
+        "the first fault's guest-physical address"
+    );
+    let stray = faults.iter().find(|f| {
+        f.device != dev
+            || !f.write
+            || f.kind != FaultKind::Translation
+            || (page(f.address) != page(OUTSIDE_IPA) && page(f.address) != page(b))
+    });
+    ensure!(stray.is_none(), "a fault beyond the two DMAs: {stray:x?}");
+    Ok(())
+}
