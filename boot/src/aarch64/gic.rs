@@ -94,12 +94,15 @@ const GICV3: u8 = 3;
 pub enum GicError {
     /// Not an SPI of this distributor (below 32 or beyond GICD_TYPER.ITLinesNumber).
     NotAnSpi(u32),
+    /// Not a PPI (16..32).
+    NotAPpi(u32),
 }
 
 impl core::fmt::Display for GicError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NotAnSpi(id) => write!(f, "interrupt {id} is not an SPI of this GIC"),
+            Self::NotAPpi(id) => write!(f, "interrupt {id} is not a PPI (16..32)"),
         }
     }
 }
@@ -177,6 +180,35 @@ impl Gic {
         });
         self.dist.ipriorityr[i].set(SPI_PRIORITY);
         self.dist.itargetsr[i].set(1);
+        Ok(())
+    }
+}
+
+/// The PPIs: private to each CPU, INTIDs 16..32.
+const PPIS: core::ops::Range<u32> = 16..32;
+
+/// The bit of PPI `intid` in its CPU's banked registers.
+pub(super) fn ppi_bit(intid: u32) -> Result<u32, GicError> {
+    if PPIS.contains(&intid) {
+        Ok(1 << intid)
+    } else {
+        Err(GicError::NotAPpi(intid))
+    }
+}
+
+impl Gic {
+    /// Enables or disables PPI `intid` of this CPU (Group 0, middle priority; a PPI's trigger
+    /// is fixed by its source). GICD_IGROUPR0, GICD_ISENABLER0 and GICD_IPRIORITYR0..7 are
+    /// banked per CPU.
+    pub fn set_ppi(&self, intid: u32, enabled: bool) -> Result<(), GicError> {
+        let bit = ppi_bit(intid)?;
+        if enabled {
+            self.dist.igroupr[0].set(self.dist.igroupr[0].get() & !bit);
+            self.dist.ipriorityr[intid as usize].set(SPI_PRIORITY);
+            self.dist.isenabler[0].set(bit);
+        } else {
+            self.dist.icenabler[0].set(bit);
+        }
         Ok(())
     }
 }
@@ -274,6 +306,14 @@ impl Controller {
         match self {
             Self::V2(g) => g.configure_spi(intid, edge),
             Self::V3(g) => g.configure_spi(intid, edge),
+        }
+    }
+
+    /// Enables or disables PPI `intid` of this CPU; see [`Gic::set_ppi`] and `GicV3::set_ppi`.
+    pub fn set_ppi(&self, intid: u32, enabled: bool) -> Result<(), GicError> {
+        match self {
+            Self::V2(g) => g.set_ppi(intid, enabled),
+            Self::V3(g) => g.set_ppi(intid, enabled),
         }
     }
 

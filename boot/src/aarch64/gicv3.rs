@@ -154,6 +154,29 @@ register_structs! {
     }
 }
 
+register_structs! {
+    /// A redistributor's SGI_base frame (64 KiB after RD_base), the registers used here:
+    /// this CPU's SGIs and PPIs (IHI 0069H, "The GIC Redistributor register map").
+    pub GicrSgiRegisters {
+        (0x0000 => _reserved0),
+        /// GICR_IGROUPR0: one bit per SGI/PPI, set = Group 1.
+        (0x0080 => igroupr0: ReadWrite<u32>),
+        (0x0084 => _reserved1),
+        /// GICR_ISENABLER0.
+        (0x0100 => isenabler0: ReadWrite<u32>),
+        (0x0104 => _reserved2),
+        /// GICR_ICENABLER0.
+        (0x0180 => icenabler0: ReadWrite<u32>),
+        (0x0184 => _reserved3),
+        /// GICR_IPRIORITYR0..7: one byte per SGI/PPI.
+        (0x0400 => ipriorityr: [ReadWrite<u8>; 32]),
+        (0x0420 => @END),
+    }
+}
+
+/// Where SGI_base follows RD_base.
+const SGI_FRAME_OFFSET: usize = 1 << 16;
+
 /// A redistributor's frames: RD_base and SGI_base (64 KiB each), plus VLPI_base and a reserved
 /// frame when GICR_TYPER.VLPIS says GICv4.
 const REDISTRIBUTOR_STRIDE: usize = 2 << 16;
@@ -220,6 +243,8 @@ impl From<Timeout> for GicV3Error {
 pub struct GicV3 {
     dist: &'static GicdRegisters,
     redist: &'static GicrRegisters,
+    /// The same redistributor's SGI_base frame.
+    sgi: &'static GicrSgiRegisters,
     /// Physical address of the redistributor's RD_base frame (for an ITS with PTA = 1).
     redist_base: u64,
     /// This CPU's affinity, Aff3.Aff2.Aff1.Aff0, as GICR_TYPER and GICD_IROUTER name it.
@@ -335,6 +360,9 @@ impl GicV3 {
         Ok(GicV3 {
             dist,
             redist,
+            // SAFETY: SGI_base is the 64 KiB frame after RD_base in every redistributor
+            // (GICv3 and v4 strides alike), inside the region per `init`'s contract.
+            sgi: unsafe { &*((redist_base + SGI_FRAME_OFFSET) as *const GicrSgiRegisters) },
             redist_base: redist_base as u64,
             affinity,
             lpi_config,
@@ -390,6 +418,20 @@ impl GicV3 {
             return Err(GicError::NotAnSpi(intid));
         }
         Ok(((intid / 32) as usize, 1 << (intid % 32)))
+    }
+
+    /// Enables or disables PPI `intid` of this CPU in its redistributor: Group 1, middle
+    /// priority (a PPI's trigger is fixed by its source).
+    pub fn set_ppi(&self, intid: u32, enabled: bool) -> Result<(), GicError> {
+        let bit = super::gic::ppi_bit(intid)?;
+        if enabled {
+            self.sgi.igroupr0.set(self.sgi.igroupr0.get() | bit);
+            self.sgi.ipriorityr[intid as usize].set(PRIORITY);
+            self.sgi.isenabler0.set(bit);
+        } else {
+            self.sgi.icenabler0.set(bit);
+        }
+        Ok(())
     }
 
     /// Configures SPI `intid` (disabled while it changes): Group 1, edge- or level-triggered,

@@ -2,7 +2,8 @@
 //! addresses are IPAs), reports to it through the hypercalls of `tests/kernel/src/hyp` and
 //! exits. Entry: x0 = IPA of a scratch word in its RAM, x1 = an IPA to read once (0 = none),
 //! x2 = IPA of a passed-through edu's BAR0 (0 = none), x3 = an IPA outside its RAM to aim one
-//! of edu's DMAs at.
+//! of edu's DMAs at, x4 = 1 to spin forever after its RAM test (the hypervisor's time budget
+//! must stop it).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 /// The test kernel's own edu driver, compiled into the guest as its driver for the
@@ -50,24 +51,24 @@ mod guest {
     }
 
     // FP/NEON untrapped at EL1 first (rustc's target uses them anywhere), then a stack and a
-    // zeroed .bss; x0..x3 (the hypervisor's arguments) pass through to `guest_main`.
+    // zeroed .bss; x0..x4 (the hypervisor's arguments) pass through to `guest_main`.
     core::arch::global_asm!(
         ".pushsection .text.entry, \"ax\"",
         ".global _start",
         "_start:",
-        "    mov     x4, #(3 << 20)",
-        "    msr     cpacr_el1, x4",
+        "    mov     x6, #(3 << 20)",
+        "    msr     cpacr_el1, x6",
         "    isb",
-        "    adrp    x4, __stack_top",
-        "    add     x4, x4, :lo12:__stack_top",
-        "    mov     sp, x4",
-        "    adrp    x4, __bss_start",
-        "    add     x4, x4, :lo12:__bss_start",
-        "    adrp    x5, __bss_end",
-        "    add     x5, x5, :lo12:__bss_end",
-        "1:  cmp     x4, x5",
+        "    adrp    x6, __stack_top",
+        "    add     x6, x6, :lo12:__stack_top",
+        "    mov     sp, x6",
+        "    adrp    x6, __bss_start",
+        "    add     x6, x6, :lo12:__bss_start",
+        "    adrp    x7, __bss_end",
+        "    add     x7, x7, :lo12:__bss_end",
+        "1:  cmp     x6, x7",
         "    b.hs    2f",
-        "    stp     xzr, xzr, [x4], #16",
+        "    stp     xzr, xzr, [x6], #16",
         "    b       1b",
         "2:  bl      {main}",
         "3:  b       3b",
@@ -138,7 +139,7 @@ mod guest {
         Ok(())
     }
 
-    extern "C" fn guest_main(scratch: u64, probe: u64, edu_bar: u64, outside: u64) -> ! {
+    extern "C" fn guest_main(scratch: u64, probe: u64, edu_bar: u64, outside: u64, hang: u64) -> ! {
         let word = scratch as *mut u64;
         // SAFETY: the hypervisor passes the IPA of an 8-aligned word of this guest's RAM
         // that nothing else uses; volatile, so the access really reaches memory.
@@ -148,6 +149,11 @@ mod guest {
         };
         print("guest: hello from EL1\n");
         hvc(HVC_REPORT, back);
+        if hang != 0 {
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         if probe != 0 {
             let _value: u64;
             // SAFETY: a load from an IPA the hypervisor chose; outside this guest's RAM it is

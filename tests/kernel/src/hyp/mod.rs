@@ -3,8 +3,11 @@
 //! engine ([`Vm`]), and talks to the hypervisor through HVC. The guest is `tests/guest`, an ELF
 //! `cargo xtask` builds and this kernel embeds and loads; [`passthrough`] gives it edu.
 //!
-//! Guest entry: x0 = IPA of a scratch word, x1 = an IPA to read once (0 = none), x2 = IPA of a
-//! passed-through edu's BAR (0 = none), x3 = an IPA outside its RAM to aim edu's DMA at.
+//! Guest entry: x0..x4 as [`GuestArgs`] says.
+//!
+//! Every run has a time budget: the EL2 physical timer (CNTHP, PPI 26) is armed before the
+//! guest is entered, with physical IRQs routed to EL2 (HCR_EL2.IMO), so a guest that neither
+//! exits nor traps is stopped and reported ([`Exit::OutOfTime`]) instead of hanging the boot.
 //!
 //! Hypercall ABI (`hvc #0`): x0 = function, x1 = argument. [`HVC_PRINT`] prints the byte in x1,
 //! [`HVC_REPORT`] records x1 as a result for the test to check, [`HVC_EXIT`] ends the run with
@@ -31,6 +34,7 @@ use iommu::pagetable::{
     Coherency, Gather, Granule, MemType, PageTable, Prot, VmsaConfig, VmsaStage2,
 };
 use iommu::unit::VmTable;
+use iommu_boot::aarch64::gic::Controller;
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use vcpu::Vcpu;
@@ -68,8 +72,19 @@ const HCR_RW: u64 = 1 << 31;
 const SCTLR_EL1_MMU_OFF: u64 = 0x30d0_0800;
 /// SPSR_EL2 for the guest's entry: EL1h (M = 0b0101) with D, A, I and F masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
-/// Vector index of a synchronous exception from a lower EL in AArch64.
+/// HCR_EL2.IMO: physical IRQs go to EL2 while the guest runs.
+const HCR_IMO: u64 = 1 << 4;
+/// Vector indexes of a synchronous exception and an IRQ from a lower EL in AArch64.
 const VECTOR_LOWER_SYNC: u64 = 8;
+const VECTOR_LOWER_IRQ: u64 = 9;
+/// The EL2 physical timer's PPI (the devicetree's timer node lists it as PPI 10; INTID 26 on
+/// every Arm Base System Architecture machine, QEMU's `virt` included).
+const CNTHP_PPI: u32 = 26;
+/// CNTHP_CTL_EL2 (Arm ARM D24.12.11): ENABLE, and ISTATUS (the condition is met).
+const CNTHP_ENABLE: u64 = 1 << 0;
+const CNTHP_ISTATUS: u64 = 1 << 2;
+/// How long a guest may run by default; every guest of the tests exits well within it.
+const TIME_BUDGET_MS: u64 = 2000;
 /// ESR_EL2.EC values (Arm ARM D24.2.40).
 const EC_HVC64: u64 = 0x16;
 const EC_DABT_LOWER: u64 = 0x24;
@@ -131,11 +146,40 @@ impl Drop for GuestRam {
     }
 }
 
+/// What the guest finds in its registers at entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GuestArgs {
+    /// x0: IPA of a scratch word in its RAM.
+    pub scratch: u64,
+    /// x1: an IPA to read once (0 = none).
+    pub probe: u64,
+    /// x2: IPA of a passed-through edu's BAR0 (0 = none).
+    pub edu_bar: u64,
+    /// x3: an IPA outside its RAM to aim one of edu's DMAs at.
+    pub outside: u64,
+    /// x4: spin forever after its RAM test (to check the time budget).
+    pub hang: bool,
+}
+
+/// How a guest run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The guest exited with this status (HVC_EXIT; 0 = its tests passed).
+    Status(u64),
+    /// The time budget ran out with the guest at this PC.
+    OutOfTime { pc: u64 },
+}
+
+impl Default for Exit {
+    fn default() -> Self {
+        Self::Status(0)
+    }
+}
+
 /// What a guest run produced.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    /// The guest's HVC_EXIT status.
-    pub status: u64,
+    pub exit: Exit,
     /// What it printed.
     pub console: String,
     /// What it reported, in order.
@@ -164,6 +208,32 @@ fn pa_bits() -> u32 {
     }
 }
 
+/// CNTFRQ_EL0: the system counter's ticks per second.
+fn counter_frequency() -> u64 {
+    let f: u64;
+    // SAFETY: reading the counter frequency has no side effect.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) f, options(nomem, nostack)) };
+    f
+}
+
+/// Whether the EL2 physical timer's condition is met (the budget ran out).
+fn timer_fired() -> bool {
+    let ctl: u64;
+    // SAFETY: reading the timer's control register has no side effect.
+    unsafe { asm!("mrs {}, cnthp_ctl_el2", out(reg) ctl, options(nomem, nostack)) };
+    ctl & CNTHP_ISTATUS != 0
+}
+
+impl GuestArgs {
+    /// The scratch word at [`SCRATCH_OFFSET`], nothing else.
+    pub fn with_scratch() -> Self {
+        Self {
+            scratch: GUEST_RAM_IPA + SCRATCH_OFFSET,
+            ..Self::default()
+        }
+    }
+}
+
 /// The IPA of a stage-2 abort: HPFAR_EL2.FIPA (IPA[51:12] in bits [43:4]) and the page offset
 /// from FAR_EL2 (Arm ARM D24.2.49).
 fn fault_ipa(hpfar: u64, far: u64) -> u64 {
@@ -185,6 +255,10 @@ pub(crate) struct Vm {
     table: ManuallyDrop<PageTable<VmsaStage2, &'static KernelHal>>,
     vtcr: u64,
     entry: u64,
+    /// Arms the time budget's timer interrupt.
+    gic: Controller,
+    /// How long a run may take.
+    pub budget_ms: Cell<u64>,
     /// CPU TLB invalidations by IPA this VM's unmaps issued (TLBI IPAS2E1IS).
     pub cpu_tlbis: Cell<u32>,
 }
@@ -237,6 +311,8 @@ impl Vm {
             table: ManuallyDrop::new(table),
             vtcr,
             entry,
+            gic: crate::platform::gic(m)?,
+            budget_ms: Cell::new(TIME_BUDGET_MS),
             cpu_tlbis: Cell::new(0),
         })
     }
@@ -308,16 +384,25 @@ impl Vm {
         Ok(())
     }
 
-    /// Runs the guest from its entry with `args` in x0..x3 until it exits, passing hypercalls
-    /// other than print, report and exit to `hypercall(vm, function, argument)`. Interrupts
-    /// are masked on this CPU for the whole run.
+    /// Runs the guest from its entry with `args` until it exits or its time budget runs out,
+    /// passing hypercalls other than print, report and exit to `hypercall(vm, function,
+    /// argument)`. The hypervisor's own interrupts are masked for the whole run; only the
+    /// budget's timer interrupt, routed to EL2, stops the guest.
     pub fn run(
         &self,
-        args: [u64; 4],
+        args: GuestArgs,
         hypercall: &mut dyn FnMut(&Vm, u64, u64) -> TestResult,
     ) -> Result<Outcome, Failure> {
         let mut vcpu = Vcpu::new(self.entry, SPSR_EL1H_MASKED);
-        vcpu.x[..4].copy_from_slice(&args);
+        vcpu.x[..5].copy_from_slice(&[
+            args.scratch,
+            args.probe,
+            args.edu_bar,
+            args.outside,
+            u64::from(args.hang),
+        ]);
+        self.gic.set_ppi(CNTHP_PPI, true).map_err(fail)?;
+        let ticks = counter_frequency().saturating_mul(self.budget_ms.get()) / 1000;
         let vttbr = self.table.root().as_u64() | u64::from(VMID) << 48;
         let hcr: u64;
         let daif: u64;
@@ -342,15 +427,27 @@ impl Vm {
                 vtcr = in(reg) self.vtcr,
                 vttbr = in(reg) vttbr,
                 sctlr = in(reg) SCTLR_EL1_MMU_OFF,
-                hcr = in(reg) hcr | HCR_VM | HCR_RW,
+                hcr = in(reg) hcr | HCR_VM | HCR_RW | HCR_IMO,
+                options(nostack),
+            );
+            // Armed last: the budget counts the guest's time only.
+            asm!(
+                "msr cnthp_tval_el2, {ticks}",
+                "msr cnthp_ctl_el2, {enable}",
+                "isb",
+                ticks = in(reg) ticks,
+                enable = in(reg) CNTHP_ENABLE,
                 options(nostack),
             );
         }
         let result = run_loop(self, &mut vcpu, hypercall);
-        // SAFETY: stage 2 off again and the guest's TLB entries gone before its table can
+        // SAFETY: the timer off first (its level interrupt drops with it, so nothing is left
+        // pending); stage 2 off again and the guest's TLB entries gone before its table can
         // change or be freed; HCR_EL2 and DAIF as they were.
         unsafe {
             asm!(
+                "msr cnthp_ctl_el2, xzr",
+                "isb",
                 "msr hcr_el2, {hcr}",
                 "isb",
                 "tlbi vmalls12e1is",
@@ -363,6 +460,7 @@ impl Vm {
                 options(nostack),
             );
         }
+        self.gic.set_ppi(CNTHP_PPI, false).map_err(fail)?;
         result
     }
 
@@ -407,7 +505,10 @@ impl Drop for Vm {
 fn run_guest(m: &Machine, probe: u64) -> Result<(Outcome, u64), Failure> {
     let vm = Vm::new(m)?;
     let out = vm.run(
-        [GUEST_RAM_IPA + SCRATCH_OFFSET, probe, 0, 0],
+        GuestArgs {
+            probe,
+            ..GuestArgs::with_scratch()
+        },
         &mut |_, f, _| Err(fail(format_args!("guest called unknown hypercall {f}"))),
     )?;
     Ok((out, vm.read_u64(SCRATCH_OFFSET)))
@@ -438,6 +539,10 @@ fn run_loop(
             )
         };
         let ec = esr >> 26 & 0x3f;
+        if vector == VECTOR_LOWER_IRQ && timer_fired() {
+            out.exit = Exit::OutOfTime { pc: vcpu.pc };
+            return Ok(out);
+        }
         if vector != VECTOR_LOWER_SYNC {
             return Err(fail(format_args!(
                 "guest exit through vector {vector}, ESR {esr:#x}, ELR {:#x}",
@@ -449,7 +554,7 @@ fn run_loop(
                 HVC_PRINT => out.console.push(char::from(vcpu.x[1] as u8)),
                 HVC_REPORT => out.reports.push(vcpu.x[1]),
                 HVC_EXIT => {
-                    out.status = vcpu.x[1];
+                    out.exit = Exit::Status(vcpu.x[1]);
                     return Ok(out);
                 }
                 f => hypercall(vm, f, vcpu.x[1])?,
@@ -481,7 +586,7 @@ pub fn a_guest_runs_at_el1_and_reports_through_hvc(m: &mut Machine) -> TestResul
         "  guest printed {:?}, reported {:x?}",
         out.console, out.reports
     );
-    ensure_eq!(out.status, 0);
+    ensure_eq!(out.exit, Exit::Status(0));
     ensure_eq!(out.console.as_str(), "guest: hello from EL1\n");
     ensure_eq!(out.reports.as_slice(), &[PATTERN][..]);
     ensure!(out.aborts.is_empty(), "stage-2 aborts {:x?}", out.aborts);
@@ -503,6 +608,36 @@ pub fn a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa(
     println!("  stage-2 aborts at {:x?}", out.aborts);
     ensure_eq!(out.aborts.as_slice(), &[UNMAPPED_IPA][..]);
     ensure_eq!(out.reports.as_slice(), &[PATTERN, UNMAPPED_IPA][..]);
-    ensure_eq!(out.status, 0);
+    ensure_eq!(out.exit, Exit::Status(0));
+    Ok(())
+}
+
+/// A guest that never exits is stopped when its time budget runs out: the EL2 timer's
+/// interrupt, routed to EL2, takes the CPU back from it, and the run reports where it was
+/// instead of hanging the boot. A normal run afterwards is unaffected (the timer is off again).
+pub fn a_guest_that_never_exits_is_stopped_by_its_time_budget(m: &mut Machine) -> TestResult {
+    let vm = Vm::new(m)?;
+    vm.budget_ms.set(100);
+    let unknown = |_: &Vm, f, _| Err(fail(format_args!("guest called unknown hypercall {f}")));
+    let out = vm.run(
+        GuestArgs {
+            hang: true,
+            ..GuestArgs::with_scratch()
+        },
+        &mut unknown.clone(),
+    )?;
+    println!("  guest printed {:?}, then {:x?}", out.console, out.exit);
+    ensure!(
+        matches!(out.exit, Exit::OutOfTime { pc } if (GUEST_RAM_IPA..GUEST_RAM_IPA + GUEST_RAM_SIZE).contains(&pc)),
+        "the spinning guest stopped by its budget inside its image, not {:x?}",
+        out.exit
+    );
+    ensure_eq!(
+        out.reports.as_slice(),
+        &[PATTERN][..],
+        "it ran until the spin"
+    );
+    let again = vm.run(GuestArgs::with_scratch(), &mut unknown.clone())?;
+    ensure_eq!(again.exit, Exit::Status(0), "the next run of the same VM");
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN, SCRATCH_OFFSET};
+use super::{Exit, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN};
 use crate::smmu::cmdq_watch::CommandWatch;
 use crate::smmu::dma::{announce_faults, first_edu, unit};
 use crate::Machine;
@@ -69,7 +69,11 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
     // (IPA given back, host saw the round trip's bytes there, SMMU commands of the unmap)
     let mut given = Vec::new();
     let out = vm.run(
-        [GUEST_RAM_IPA + SCRATCH_OFFSET, 0, EDU_BAR_IPA, OUTSIDE_IPA],
+        GuestArgs {
+            edu_bar: EDU_BAR_IPA,
+            outside: OUTSIDE_IPA,
+            ..GuestArgs::with_scratch()
+        },
         &mut |vm, f, ipa| {
             ensure_eq!(f, HVC_GIVE_BACK, "the guest's hypercall");
             ensure!(
@@ -100,7 +104,7 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
         "  guest printed {:?}, reported {:x?}, stage-2 aborts {:x?}",
         out.console, out.reports, out.aborts
     );
-    ensure_eq!(out.status, 0, "the guest's exit status");
+    ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
     let [PATTERN, id, b, mismatched, outside, after] = out.reports[..] else {
         return Err(fail(format_args!(
             "the guest's reports {:x?}: expected its RAM test, edu's id, its DMA page, \

@@ -285,6 +285,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: crate::hyp::a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa,
     },
     Test {
+        name: "a_guest_that_never_exits_is_stopped_by_its_time_budget",
+        run: crate::hyp::a_guest_that_never_exits_is_stopped_by_its_time_budget,
+    },
+    Test {
         name: "a_guest_drives_its_passed_through_edu_with_guest_physical_dma",
         run: crate::hyp::passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma,
     },
