@@ -385,14 +385,10 @@ impl Vm {
     }
 
     /// Runs the guest from its entry with `args` until it exits or its time budget runs out,
-    /// passing hypercalls other than print, report and exit to `hypercall(vm, function,
-    /// argument)`. The hypervisor's own interrupts are masked for the whole run; only the
+    /// passing hypercalls other than print, report and exit, and stage-2 data aborts, to
+    /// `exits`. The hypervisor's own interrupts are masked for the whole run; only the
     /// budget's timer interrupt, routed to EL2, stops the guest.
-    pub fn run(
-        &self,
-        args: GuestArgs,
-        hypercall: &mut dyn FnMut(&Vm, u64, u64) -> TestResult,
-    ) -> Result<Outcome, Failure> {
+    pub fn run(&self, args: GuestArgs, exits: &mut dyn Exits) -> Result<Outcome, Failure> {
         let mut vcpu = Vcpu::new(self.entry, SPSR_EL1H_MASKED);
         vcpu.x[..5].copy_from_slice(&[
             args.scratch,
@@ -440,7 +436,7 @@ impl Vm {
                 options(nostack),
             );
         }
-        let result = run_loop(self, &mut vcpu, hypercall);
+        let result = run_loop(self, &mut vcpu, exits);
         // SAFETY: the timer off first (its level interrupt drops with it, so nothing is left
         // pending); stage 2 off again and the guest's TLB entries gone before its table can
         // change or be freed; HCR_EL2 and DAIF as they were.
@@ -509,17 +505,79 @@ fn run_guest(m: &Machine, probe: u64) -> Result<(Outcome, u64), Failure> {
             probe,
             ..GuestArgs::with_scratch()
         },
-        &mut |_, f, _| Err(fail(format_args!("guest called unknown hypercall {f}"))),
+        &mut NoDevices,
     )?;
     Ok((out, vm.read_u64(SCRATCH_OFFSET)))
 }
 
+/// What a guest's exits beyond print, report and exit go to: the hypervisor's devices.
+pub(crate) trait Exits {
+    /// Hypercall `function` with argument `arg`.
+    fn hypercall(&mut self, vm: &Vm, function: u64, arg: u64) -> TestResult {
+        let _ = (vm, arg);
+        Err(fail(format_args!(
+            "guest called unknown hypercall {function}"
+        )))
+    }
+
+    /// A stage-2 data abort at `ipa` that the syndrome describes as `access`: true if an
+    /// emulated device did the access (a read's value goes in `access.value`), false to
+    /// record it as an abort.
+    fn data_abort(&mut self, vm: &Vm, ipa: u64, access: &mut Mmio) -> Result<bool, Failure> {
+        let _ = (vm, ipa, access);
+        Ok(false)
+    }
+}
+
+/// A guest without emulated devices or extra hypercalls.
+pub(crate) struct NoDevices;
+impl Exits for NoDevices {}
+
+/// A load or store to emulated MMIO, decoded from ESR_EL2's data-abort syndrome (Arm ARM
+/// D24.2.40, ISS for EC 0x24: ISV, SAS, SRT, WnR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mmio {
+    pub write: bool,
+    /// Access size in bytes: 1, 2, 4 or 8.
+    pub size: u8,
+    /// The value written, or the value to read (zero-extended to the register).
+    pub value: u64,
+    /// The guest's register (31 = xzr).
+    register: u8,
+}
+
+impl Mmio {
+    /// Decodes the syndrome; None when it has no valid instruction syndrome (ISV = 0: a load or
+    /// store pair, writeback, ...), which cannot be emulated.
+    fn decode(esr: u64, vcpu: &Vcpu) -> Option<Self> {
+        if esr >> 24 & 1 == 0 {
+            return None;
+        }
+        let register = (esr >> 16 & 0x1f) as u8;
+        let write = esr >> 6 & 1 == 1;
+        let value = match register {
+            31 => 0,
+            r => vcpu.x[usize::from(r)],
+        };
+        Some(Self {
+            write,
+            size: 1 << (esr >> 22 & 3),
+            value: if write { value } else { 0 },
+            register,
+        })
+    }
+
+    /// Completes a read: the value goes to the guest's register, masked to the access size.
+    fn complete(&self, vcpu: &mut Vcpu) {
+        if !self.write && self.register != 31 {
+            let mask = u64::MAX >> (64 - 8 * u32::from(self.size));
+            vcpu.x[usize::from(self.register)] = self.value & mask;
+        }
+    }
+}
+
 /// Enters the guest until it exits (HVC_EXIT), handling its hypercalls and stage-2 aborts.
-fn run_loop(
-    vm: &Vm,
-    vcpu: &mut Vcpu,
-    hypercall: &mut dyn FnMut(&Vm, u64, u64) -> TestResult,
-) -> Result<Outcome, Failure> {
+fn run_loop(vm: &Vm, vcpu: &mut Vcpu, exits: &mut dyn Exits) -> Result<Outcome, Failure> {
     let mut out = Outcome::default();
     for _ in 0..MAX_EXITS {
         // SAFETY: `Vm::run` set up stage 2 over the guest's RAM and masked interrupts; the
@@ -557,10 +615,18 @@ fn run_loop(
                     out.exit = Exit::Status(vcpu.x[1]);
                     return Ok(out);
                 }
-                f => hypercall(vm, f, vcpu.x[1])?,
+                f => exits.hypercall(vm, f, vcpu.x[1])?,
             },
             EC_DABT_LOWER => {
-                out.aborts.push(fault_ipa(hpfar, far));
+                let ipa = fault_ipa(hpfar, far);
+                if let Some(mut access) = Mmio::decode(esr, vcpu) {
+                    if exits.data_abort(vm, ipa, &mut access)? {
+                        access.complete(vcpu);
+                        vcpu.pc += 4;
+                        continue;
+                    }
+                }
+                out.aborts.push(ipa);
                 // A data abort returns to the faulting instruction: skip it (A64, 4 bytes).
                 vcpu.pc += 4;
             }
@@ -618,13 +684,12 @@ pub fn a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa(
 pub fn a_guest_that_never_exits_is_stopped_by_its_time_budget(m: &mut Machine) -> TestResult {
     let vm = Vm::new(m)?;
     vm.budget_ms.set(100);
-    let unknown = |_: &Vm, f, _| Err(fail(format_args!("guest called unknown hypercall {f}")));
     let out = vm.run(
         GuestArgs {
             hang: true,
             ..GuestArgs::with_scratch()
         },
-        &mut unknown.clone(),
+        &mut NoDevices,
     )?;
     println!("  guest printed {:?}, then {:x?}", out.console, out.exit);
     ensure!(
@@ -637,7 +702,7 @@ pub fn a_guest_that_never_exits_is_stopped_by_its_time_budget(m: &mut Machine) -
         &[PATTERN][..],
         "it ran until the spin"
     );
-    let again = vm.run(GuestArgs::with_scratch(), &mut unknown.clone())?;
+    let again = vm.run(GuestArgs::with_scratch(), &mut NoDevices)?;
     ensure_eq!(again.exit, Exit::Status(0), "the next run of the same VM");
     Ok(())
 }

@@ -5,12 +5,12 @@
 
 use alloc::vec::Vec;
 
-use super::{Exit, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN};
+use super::{Exit, Exits, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN};
 use crate::smmu::cmdq_watch::CommandWatch;
-use crate::smmu::dma::{announce_faults, first_edu, unit};
+use crate::smmu::dma::{announce_faults, first_edu, unit, Unit};
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
-use iommu::iommufd::{GroupId, Iommu, OwnerId, Target};
+use iommu::iommufd::{DomainId, GroupId, Iommu, OwnerId, Target};
 use iommu::unit::{FaultKind, FaultRecord, TranslationUnit};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
@@ -29,6 +29,39 @@ const HYPERVISOR: OwnerId = OwnerId(1);
 /// Byte `i` of what the guest's edu copies (tests/guest: `dma_pattern`).
 fn dma_pattern(i: usize) -> u8 {
     (i as u8).wrapping_mul(7).wrapping_add(3)
+}
+
+/// The hypervisor's side of [`HVC_GIVE_BACK`]: unmaps the page from the guest's stage 2 for
+/// the CPU and the SMMU alike, and records what it saw.
+struct GiveBack<'a> {
+    m: &'a Machine,
+    io: &'a Iommu<&'static Unit>,
+    s2: DomainId,
+    /// (IPA given back, whether the host saw the round trip's bytes there, the SMMU commands
+    /// of its unmap).
+    given: Vec<(u64, bool, Vec<u8>)>,
+}
+
+impl Exits for GiveBack<'_> {
+    fn hypercall(&mut self, vm: &Vm, f: u64, ipa: u64) -> TestResult {
+        ensure_eq!(f, HVC_GIVE_BACK, "the guest's hypercall");
+        ensure!(
+            ipa.is_multiple_of(4096)
+                && (GUEST_RAM_IPA..GUEST_RAM_IPA + GUEST_RAM_SIZE).contains(&ipa),
+            "the guest gives back {ipa:#x}, not a page of its RAM"
+        );
+        let landed = (0..4096).all(|i| vm.ram_byte(ipa + i as u64) == dma_pattern(i));
+        let watch = CommandWatch::start(self.m)?;
+        vm.unmap(ipa, 4096, || {
+            self.io
+                .flush(HYPERVISOR, self.s2, Iova::new(ipa), 4096)
+                .map_err(fail)
+        })?;
+        self.given.push((ipa, landed, watch.opcodes()));
+        // Whatever reaches this host page from now on came through a stale translation.
+        vm.fill_ram(ipa, 4096, 0);
+        Ok(())
+    }
 }
 
 /// The guest's DMA through its passed-through edu, with guest-physical addresses:
@@ -65,32 +98,21 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
     io.attach(d, HYPERVISOR, Target::Domain(s2)).map_err(fail)?;
     unit.drain_faults(&mut |_| {}).map_err(fail)?;
 
-    let m: &Machine = m;
-    // (IPA given back, host saw the round trip's bytes there, SMMU commands of the unmap)
-    let mut given = Vec::new();
+    let mut giving = GiveBack {
+        m,
+        io: &io,
+        s2,
+        given: Vec::new(),
+    };
     let out = vm.run(
         GuestArgs {
             edu_bar: EDU_BAR_IPA,
             outside: OUTSIDE_IPA,
             ..GuestArgs::with_scratch()
         },
-        &mut |vm, f, ipa| {
-            ensure_eq!(f, HVC_GIVE_BACK, "the guest's hypercall");
-            ensure!(
-                ipa % 4096 == 0 && (GUEST_RAM_IPA..GUEST_RAM_IPA + GUEST_RAM_SIZE).contains(&ipa),
-                "the guest gives back {ipa:#x}, not a page of its RAM"
-            );
-            let landed = (0..4096).all(|i| vm.ram_byte(ipa + i as u64) == dma_pattern(i));
-            let watch = CommandWatch::start(m)?;
-            vm.unmap(ipa, 4096, || {
-                io.flush(HYPERVISOR, s2, Iova::new(ipa), 4096).map_err(fail)
-            })?;
-            given.push((ipa, landed, watch.opcodes()));
-            // Whatever reaches this host page from now on came through a stale translation.
-            vm.fill_ram(ipa, 4096, 0);
-            Ok(())
-        },
+        &mut giving,
     );
+    let given = giving.given;
     let mut faults: Vec<FaultRecord> = Vec::new();
     let drained = unit.drain_faults(&mut |f| faults.push(f));
     let released = io.release(d, HYPERVISOR);
