@@ -477,6 +477,15 @@ const EVT3_IPA: (u32, u32) = (51, 12);
 const EVT3_FETCH: (u32, u32) = (51, 3);
 
 impl Event {
+    /// The record as written, with the stream named `sid` instead: what a hypervisor writes
+    /// into its guest's virtual event queue, the guest knowing the device by a virtual stream
+    /// id (the role of Linux's vEVENTQ). Every other field stays as the SMMU wrote it.
+    pub fn raw_for_stream(&self, sid: u32) -> RawEvent {
+        let [w0, w1, w2, w3] = self.raw;
+        let sid_mask = u64::from(u32::MAX) << EVT0_SID.1;
+        [w0 & !sid_mask | u64::from(sid) << EVT0_SID.1, w1, w2, w3]
+    }
+
     /// Decodes a record; never fails (unknown types keep their raw words).
     pub fn decode(raw: RawEvent) -> Self {
         let [w0, w1, w2, w3] = raw;

@@ -2,8 +2,9 @@
 //! addresses are IPAs), reports to it through the hypercalls of `tests/kernel/src/hyp` and
 //! exits. Entry: x0 = IPA of a scratch word in its RAM, x1 = an IPA to read once (0 = none),
 //! x2 = IPA of a passed-through edu's BAR0 (0 = none), x3 = an IPA outside its RAM to aim one
-//! of edu's DMAs at, x4 = 1 to spin forever after its RAM test (the hypervisor's time budget
-//! must stop it).
+//! of edu's DMAs at (0 = none), x4 = 1 to spin forever after its RAM test (the hypervisor's
+//! time budget must stop it), x5 = IPA of its own (virtual) SMMU (0 = none), x6 = the stream id
+//! edu has behind it.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 /// The test kernel's own edu driver, compiled into the guest as its driver for the
@@ -12,6 +13,27 @@
 #[path = "../../../boot/src/edu.rs"]
 #[allow(dead_code)]
 mod edu;
+
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod vsmmu;
+
+/// A small heap for the crate's page-table engine and encoders (the `iommu` crate links
+/// `alloc`); a static area in the guest's .bss.
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod heap {
+    const SIZE: usize = 32 * 1024;
+    static mut AREA: [u8; SIZE] = [0; SIZE];
+
+    #[global_allocator]
+    static ALLOCATOR: linked_list_allocator::LockedHeap =
+        linked_list_allocator::LockedHeap::empty();
+
+    /// Hands the area to the allocator; called once, first thing.
+    pub fn init() {
+        // SAFETY: called once before anything allocates; nothing else refers to AREA.
+        unsafe { ALLOCATOR.lock().init((&raw mut AREA).cast(), SIZE) };
+    }
+}
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod guest {
@@ -31,6 +53,8 @@ mod guest {
     const PANICKED: u64 = 0xdead;
     /// The exit status of a guest whose edu did not answer or finish a DMA.
     const EDU_FAILED: u64 = 0xed;
+    /// The exit status of a guest whose vSMMU tests could not run to their end.
+    const VSMMU_FAILED: u64 = 0x5e;
 
     /// A page of guest RAM for edu's DMA. With the MMU off every data access is Device
     /// memory: the pages are only touched with volatile byte accesses (no memcpy/memset,
@@ -42,7 +66,7 @@ mod guest {
     static mut PAGE_B: Page = Page([0; 4096]);
 
     /// Byte `i` of what the guest copies (the hypervisor's `passthrough::dma_pattern`).
-    fn dma_pattern(i: usize) -> u8 {
+    pub fn dma_pattern(i: usize) -> u8 {
         (i as u8).wrapping_mul(7).wrapping_add(3)
     }
 
@@ -51,24 +75,24 @@ mod guest {
     }
 
     // FP/NEON untrapped at EL1 first (rustc's target uses them anywhere), then a stack and a
-    // zeroed .bss; x0..x4 (the hypervisor's arguments) pass through to `guest_main`.
+    // zeroed .bss; x0..x6 (the hypervisor's arguments) pass through to `guest_main`.
     core::arch::global_asm!(
         ".pushsection .text.entry, \"ax\"",
         ".global _start",
         "_start:",
-        "    mov     x6, #(3 << 20)",
-        "    msr     cpacr_el1, x6",
+        "    mov     x9, #(3 << 20)",
+        "    msr     cpacr_el1, x9",
         "    isb",
-        "    adrp    x6, __stack_top",
-        "    add     x6, x6, :lo12:__stack_top",
-        "    mov     sp, x6",
-        "    adrp    x6, __bss_start",
-        "    add     x6, x6, :lo12:__bss_start",
-        "    adrp    x7, __bss_end",
-        "    add     x7, x7, :lo12:__bss_end",
-        "1:  cmp     x6, x7",
+        "    adrp    x9, __stack_top",
+        "    add     x9, x9, :lo12:__stack_top",
+        "    mov     sp, x9",
+        "    adrp    x9, __bss_start",
+        "    add     x9, x9, :lo12:__bss_start",
+        "    adrp    x10, __bss_end",
+        "    add     x10, x10, :lo12:__bss_end",
+        "1:  cmp     x9, x10",
         "    b.hs    2f",
-        "    stp     xzr, xzr, [x6], #16",
+        "    stp     xzr, xzr, [x9], #16",
         "    b       1b",
         "2:  bl      {main}",
         "3:  b       3b",
@@ -139,7 +163,17 @@ mod guest {
         Ok(())
     }
 
-    extern "C" fn guest_main(scratch: u64, probe: u64, edu_bar: u64, outside: u64, hang: u64) -> ! {
+    /// Entry: the registers of the hypervisor's `GuestArgs`, in order.
+    extern "C" fn guest_main(
+        scratch: u64,
+        probe: u64,
+        edu_bar: u64,
+        outside: u64,
+        hang: u64,
+        vsmmu: u64,
+        vsid: u64,
+    ) -> ! {
+        crate::heap::init();
         let word = scratch as *mut u64;
         // SAFETY: the hypervisor passes the IPA of an 8-aligned word of this guest's RAM
         // that nothing else uses; volatile, so the access really reaches memory.
@@ -162,9 +196,21 @@ mod guest {
             unsafe { asm!("ldr {}, [{}]", out(reg) _value, in(reg) probe, options(nostack)) };
             hvc(HVC_REPORT, probe);
         }
-        if edu_bar != 0 && edu_tests(edu_bar, outside).is_err() {
+        if edu_bar != 0 && outside != 0 && edu_tests(edu_bar, outside).is_err() {
             print("guest: edu failed\n");
             exit(EDU_FAILED)
+        }
+        if edu_bar != 0 && vsmmu != 0 {
+            print("guest: edu through my own SMMU\n");
+            // SAFETY: as in `edu_tests`.
+            let edu = unsafe { Edu::new(edu_bar as usize) };
+            let done = edu.map_err(|_| ()).and_then(|edu| {
+                crate::vsmmu::tests(&edu, vsmmu, vsid as u32, &|v| hvc(HVC_REPORT, v))
+            });
+            if done.is_err() {
+                print("guest: vSMMU failed\n");
+                exit(VSMMU_FAILED)
+            }
         }
         exit(0)
     }

@@ -54,6 +54,29 @@ fn decodes_a_translation_fault() {
 }
 
 #[test]
+fn a_record_for_a_guest_names_its_virtual_stream_and_keeps_the_rest() {
+    let r = Event::decode(PERMISSION).raw_for_stream(0x20);
+    // Word 0 with SID 0x20 in [63:32]; SSV, SSID and the type untouched.
+    assert_eq!(
+        r,
+        [
+            0x0000_0020_0000_3813,
+            PERMISSION[1],
+            PERMISSION[2],
+            PERMISSION[3]
+        ]
+    );
+    let back = Event::decode(r);
+    assert_eq!(back.stream_id, 0x20);
+    assert_eq!(back.substream_id, Some(3));
+    assert_eq!(back.stall_tag, Some(0x55));
+    assert_eq!(
+        Event::decode(TRANSLATION).raw_for_stream(u32::MAX)[0],
+        0xffff_ffff_0000_0010
+    );
+}
+
+#[test]
 fn decodes_a_stage2_permission_fault() {
     let r = Event::decode(PERMISSION);
     assert_eq!(r.event, EventType::Permission);

@@ -18,6 +18,7 @@
 mod elf;
 pub(crate) mod passthrough;
 mod vcpu;
+mod vsmmu;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -51,7 +52,7 @@ pub const HVC_GIVE_BACK: u64 = 3;
 /// Where the guest's RAM starts in its physical (IPA) space, as on QEMU `virt`.
 const GUEST_RAM_IPA: u64 = 0x4000_0000;
 /// The guest's RAM: the image (code, data, stack) at its start, its scratch word at the end.
-const GUEST_RAM_SIZE: u64 = 256 * 1024;
+const GUEST_RAM_SIZE: u64 = 512 * 1024;
 /// Where in its RAM the guest writes and reads back [`PATTERN`].
 const SCRATCH_OFFSET: u64 = GUEST_RAM_SIZE - 0x1000;
 /// An IPA outside the guest's RAM, with a page offset so the IPA computation is checked too.
@@ -159,6 +160,10 @@ pub(crate) struct GuestArgs {
     pub outside: u64,
     /// x4: spin forever after its RAM test (to check the time budget).
     pub hang: bool,
+    /// x5: IPA of its own (virtual) SMMU's registers (0 = none).
+    pub vsmmu: u64,
+    /// x6: the stream id edu has behind that SMMU.
+    pub vsid: u32,
 }
 
 /// How a guest run ended.
@@ -390,12 +395,14 @@ impl Vm {
     /// budget's timer interrupt, routed to EL2, stops the guest.
     pub fn run(&self, args: GuestArgs, exits: &mut dyn Exits) -> Result<Outcome, Failure> {
         let mut vcpu = Vcpu::new(self.entry, SPSR_EL1H_MASKED);
-        vcpu.x[..5].copy_from_slice(&[
+        vcpu.x[..7].copy_from_slice(&[
             args.scratch,
             args.probe,
             args.edu_bar,
             args.outside,
             u64::from(args.hang),
+            args.vsmmu,
+            u64::from(args.vsid),
         ]);
         self.gic.set_ppi(CNTHP_PPI, true).map_err(fail)?;
         let ticks = counter_frequency().saturating_mul(self.budget_ms.get()) / 1000;
@@ -463,6 +470,38 @@ impl Vm {
     /// The 64-bit word at `offset` in the guest's RAM, read by the host.
     pub fn read_u64(&self, offset: u64) -> u64 {
         self.ram.read_u64(offset)
+    }
+
+    /// The 64-bit word of guest RAM at `ipa` (8-aligned), read by the host; None outside
+    /// the RAM. Guest data structures in its RAM are read this way: the guest's word is
+    /// input, the address too.
+    pub fn guest_u64(&self, ipa: u64) -> Option<u64> {
+        let offset = self.ram_offset(ipa, 8)?;
+        Some(self.ram.read_u64(offset))
+    }
+
+    /// Writes the 64-bit word of guest RAM at `ipa` (8-aligned) as the host; false outside
+    /// the RAM.
+    pub fn set_guest_u64(&self, ipa: u64, v: u64) -> bool {
+        let Some(offset) = self.ram_offset(ipa, 8) else {
+            return false;
+        };
+        // SAFETY: `ram_offset` checked that the 8 bytes lie inside the RAM, 8-aligned.
+        unsafe {
+            self.ram
+                .ptr
+                .add(offset as usize)
+                .cast::<u64>()
+                .write_volatile(v)
+        };
+        true
+    }
+
+    /// The offset in guest RAM of the `len`-aligned `len` bytes at `ipa`, if inside it.
+    fn ram_offset(&self, ipa: u64, len: u64) -> Option<u64> {
+        let offset = ipa.checked_sub(GUEST_RAM_IPA)?;
+        (offset.is_multiple_of(len) && offset.checked_add(len)? <= self.ram.size())
+            .then_some(offset)
     }
 
     /// The byte of guest RAM at `ipa`, read by the host (0 outside the RAM).

@@ -5,14 +5,17 @@
 
 use alloc::vec::Vec;
 
-use super::{Exit, Exits, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN};
+use super::vsmmu::{Guest, VSmmu, VSMMU_SIZE};
+use super::{
+    ipa_bits, Exit, Exits, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN,
+};
 use crate::smmu::cmdq_watch::CommandWatch;
 use crate::smmu::dma::{announce_faults, first_edu, unit, Unit};
 use crate::Machine;
 use iommu::addr::{Iova, PhysAddr};
-use iommu::iommufd::{DomainId, GroupId, Iommu, OwnerId, Target};
-use iommu::unit::{FaultKind, FaultRecord, TranslationUnit};
-use iommu_boot::testing::{fail, TestResult};
+use iommu::iommufd::{DeviceHandle, DomainId, GroupId, Iommu, OwnerId, Target, UnitId};
+use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit, UnitError};
+use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_smmuv3::command::opcode;
 
@@ -25,10 +28,65 @@ const OUTSIDE_IPA: u64 = 0x6000_0040;
 const EDU_ID: u64 = 0x0100_00ed;
 /// The hypervisor, owner of the device in the object model.
 const HYPERVISOR: OwnerId = OwnerId(1);
+/// Where the guest finds its own SMMU, and the stream id edu has behind it.
+const VSMMU_IPA: u64 = 0x0905_0000;
+const VSID: u32 = 0x21;
+/// The IOVA the guest maps in its own stage 1 (tests/guest/src/vsmmu.rs).
+const GUEST_IOVA: u64 = 0x10_0000;
+/// F_TRANSLATION.
+const EVENT_TRANSLATION: u64 = 0x10;
 
 /// Byte `i` of what the guest's edu copies (tests/guest: `dma_pattern`).
 fn dma_pattern(i: usize) -> u8 {
     (i as u8).wrapping_mul(7).wrapping_add(3)
+}
+
+/// A guest with edu passed through: the VM, edu's BAR in its stage 2, and the object model
+/// with edu owned by the hypervisor and attached to a VM-table domain over the guest's stage 2.
+struct Passthrough {
+    vm: Vm,
+    io: Iommu<&'static Unit>,
+    unit: &'static Unit,
+    unit_id: UnitId,
+    device: DeviceHandle,
+    stream: DeviceId,
+    s2: DomainId,
+}
+
+impl Passthrough {
+    fn new(m: &Machine) -> Result<Self, Failure> {
+        let vm = Vm::new(m)?;
+        let unit = unit(m)?;
+        if !unit.features().stages.stage2() {
+            skip!("passing a device through to a guest needs SMMU stage 2");
+        }
+        announce_faults();
+        let (edu, stream) = first_edu(m)?;
+        vm.map_mmio(EDU_BAR_IPA, PhysAddr::new(edu.edu.bar0()), EDU_BAR_SIZE)?;
+        let mut io = Iommu::new();
+        let unit_id = io.add_unit(unit);
+        // DMA only: no interrupt remapper is registered for these tests.
+        io.allow_unsafe_interrupts(true);
+        let device = io
+            .add_device(unit_id, stream, GroupId(stream.0))
+            .map_err(fail)?;
+        io.claim(device, HYPERVISOR).map_err(fail)?;
+        let s2 = io
+            .alloc_vm_domain(HYPERVISOR, unit_id, &vm.vm_table())
+            .map_err(fail)?;
+        io.attach(device, HYPERVISOR, Target::Domain(s2))
+            .map_err(fail)?;
+        unit.drain_faults(&mut |_| {}).map_err(fail)?;
+        Ok(Self {
+            vm,
+            io,
+            unit,
+            unit_id,
+            device,
+            stream,
+            s2,
+        })
+    }
 }
 
 /// The hypervisor's side of [`HVC_GIVE_BACK`]: unmaps the page from the guest's stage 2 for
@@ -77,27 +135,15 @@ impl Exits for GiveBack<'_> {
 pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
     m: &mut Machine,
 ) -> TestResult {
-    let vm = Vm::new(m)?;
-    let unit = unit(m)?;
-    if !unit.features().stages.stage2() {
-        skip!("passing a device through to a guest needs SMMU stage 2");
-    }
-    announce_faults();
-    let (edu, dev) = first_edu(m)?;
-    vm.map_mmio(EDU_BAR_IPA, PhysAddr::new(edu.edu.bar0()), EDU_BAR_SIZE)?;
-
-    let mut io = Iommu::new();
-    let u = io.add_unit(unit);
-    // DMA only: no interrupt remapper is registered for this test.
-    io.allow_unsafe_interrupts(true);
-    let d = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
-    io.claim(d, HYPERVISOR).map_err(fail)?;
-    let s2 = io
-        .alloc_vm_domain(HYPERVISOR, u, &vm.vm_table())
-        .map_err(fail)?;
-    io.attach(d, HYPERVISOR, Target::Domain(s2)).map_err(fail)?;
-    unit.drain_faults(&mut |_| {}).map_err(fail)?;
-
+    let Passthrough {
+        vm,
+        mut io,
+        unit,
+        device: d,
+        stream: dev,
+        s2,
+        ..
+    } = Passthrough::new(m)?;
     let mut giving = GiveBack {
         m,
         io: &io,
@@ -207,5 +253,120 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
             || (page(f.address) != page(OUTSIDE_IPA) && page(f.address) != page(b))
     });
     ensure!(stray.is_none(), "a fault beyond the two DMAs: {stray:x?}");
+    Ok(())
+}
+
+/// The guest's own SMMU, emulated over the vIOMMU: the guest reads ID registers that say stage
+/// 1 only, builds its stream table, CD, stage-1 table and queues in its RAM and turns its SMMU
+/// on; its CMD_CFGI_STE becomes a nested domain (its stage 1 over the VM's stage 2) and edu's
+/// DMA to its IOVA lands; it unmaps, sends TLBI_NH_VA + SYNC (forwarded, VMID forced) and the
+/// next DMA faults; the fault arrives in its event queue under its virtual stream id; a
+/// command naming a stream that is not its own stops its queue with CERROR_ILL, and the queue
+/// runs on once the guest replaced it and acknowledged GERROR.
+pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
+    let Passthrough {
+        vm,
+        mut io,
+        unit,
+        unit_id,
+        device,
+        stream,
+        s2,
+    } = Passthrough::new(m)?;
+    if !unit.features().stages.stage1() {
+        skip!("a guest's stage 1 over its stage 2 needs an SMMU with both stages");
+    }
+    let viommu = io.alloc_viommu(HYPERVISOR, s2).map_err(fail)?;
+    io.set_virtual_device(HYPERVISOR, viommu, device, VSID)
+        .map_err(fail)?;
+    let guest = Guest {
+        owner: HYPERVISOR,
+        viommu,
+        device,
+        stream: stream.0,
+        vsid: VSID,
+    };
+    let mut vsmmu = VSmmu::new(VSMMU_IPA, &mut io, (unit_id, unit), guest, ipa_bits())?;
+    let out = vm.run(
+        GuestArgs {
+            edu_bar: EDU_BAR_IPA,
+            vsmmu: VSMMU_IPA,
+            vsid: VSID,
+            ..GuestArgs::with_scratch()
+        },
+        &mut vsmmu,
+    );
+    let nested = vsmmu.nested();
+    let activity = core::mem::take(&mut vsmmu.activity);
+    // Tear down whatever happened: device blocked, nested domain, virtual id, vIOMMU, the
+    // VM-table domain.
+    let torn_down = io
+        .attach(device, HYPERVISOR, Target::Blocked)
+        .and_then(|()| nested.map_or(Ok(()), |n| io.destroy_domain(HYPERVISOR, n)))
+        .and_then(|()| io.unset_virtual_device(HYPERVISOR, viommu, VSID))
+        .and_then(|()| io.release(device, HYPERVISOR))
+        .and_then(|()| io.destroy_viommu(HYPERVISOR, viommu))
+        .and_then(|()| io.destroy_domain(HYPERVISOR, s2));
+    let out = out?;
+    torn_down.map_err(fail)?;
+
+    println!(
+        "  guest printed {:?}, reported {:x?}",
+        out.console, out.reports
+    );
+    println!(
+        "  vSMMU: {activity:x?}; the vSMMU at {VSMMU_IPA:#x}..{:#x}",
+        VSMMU_IPA + VSMMU_SIZE
+    );
+    ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
+    ensure!(out.aborts.is_empty(), "stage-2 aborts {:x?}", out.aborts);
+    let [PATTERN, stage1_only, wrong, untouched, event, event_sid, event_iova, illegal, ran_on] =
+        out.reports[..]
+    else {
+        return Err(fail(format_args!(
+            "the guest's reports {:x?}: expected its RAM test and 8 vSMMU results",
+            out.reports
+        )));
+    };
+    ensure_eq!(stage1_only, 1, "the guest's ID registers say stage 1 only");
+    ensure_eq!(
+        wrong,
+        0,
+        "bytes of the DMA through the guest's stage 1 that came back wrong"
+    );
+    ensure_eq!(
+        untouched,
+        1,
+        "the guest's page after its unmap + TLBI + SYNC and a DMA"
+    );
+    ensure_eq!(event, EVENT_TRANSLATION, "the event type the guest read");
+    ensure_eq!(
+        event_sid,
+        u64::from(VSID),
+        "the stream id in the guest's event"
+    );
+    ensure_eq!(
+        event_iova,
+        GUEST_IOVA,
+        "the input address in the guest's event"
+    );
+    ensure_eq!(
+        illegal,
+        1,
+        "CMDQ_CONS.ERR = CERROR_ILL after the foreign stream id"
+    );
+    ensure_eq!(
+        ran_on,
+        1,
+        "the guest's queue after it replaced the command and acknowledged"
+    );
+    ensure_eq!(activity.stes, 1, "guest STEs installed");
+    ensure_eq!(
+        activity.refused.as_slice(),
+        &[UnitError::GuestCommand("stream id not the guest's")][..],
+        "guest commands refused"
+    );
+    ensure!(activity.events >= 1, "no event reached the guest");
+    ensure_eq!(activity.stage2_faults, 0, "stage-2 faults of edu");
     Ok(())
 }

@@ -292,6 +292,10 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "a_guest_drives_its_passed_through_edu_with_guest_physical_dma",
         run: crate::hyp::passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma,
     },
+    Test {
+        name: "a_guest_drives_edu_through_its_own_vsmmu",
+        run: crate::hyp::passthrough::a_guest_drives_edu_through_its_own_vsmmu,
+    },
 ];
 
 /// Where QEMU's `virt` puts the SMMU (hw/arm/virt.c, VIRT_SMMU) and its PCIe ECAM with highmem.
