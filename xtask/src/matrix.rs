@@ -144,6 +144,8 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("nested", true));
     v.push(smmu_machine("1", false));
     v.push(smmu_machine("2", false));
+    // A guest whose device is passed through a stage-2-only SMMU (no vSMMU for it there).
+    v.push(smmu_machine("2", true));
     v.push(smmu_gicv3_machine(false));
     v.push(smmu_gicv3_machine(true));
     v.push(with_smp(vtd_machine("legacy", 48, false)));
