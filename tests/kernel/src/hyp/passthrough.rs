@@ -41,6 +41,13 @@ fn dma_pattern(i: usize) -> u8 {
     (i as u8).wrapping_mul(7).wrapping_add(3)
 }
 
+/// Prints what the guest printed, line by line.
+fn show_console(console: &str) {
+    for line in console.lines() {
+        println!("  {line}");
+    }
+}
+
 /// A guest with edu passed through: the VM, edu's BAR in its stage 2, and the object model
 /// with edu owned by the hypervisor and attached to a VM-table domain over the guest's stage 2.
 struct Passthrough {
@@ -169,9 +176,14 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
     destroyed.map_err(fail)?;
 
     println!(
-        "  guest printed {:?}, reported {:x?}, stage-2 aborts {:x?}",
-        out.console, out.reports, out.aborts
+        "  hypervisor: guest RAM ({} KiB at IPA {GUEST_RAM_IPA:#x}) behind one stage-2 table that \
+         the CPU (VTTBR_EL2) and the SMMU (a VM-table domain) share under VMID {}; edu's BAR at \
+         IPA {EDU_BAR_IPA:#x}",
+        GUEST_RAM_SIZE / 1024,
+        vm.vm_table().vmid
     );
+    show_console(&out.console);
+    println!("  hypervisor: the guest reported {:x?}", out.reports);
     ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
     let [PATTERN, id, b, mismatched, outside, after] = out.reports[..] else {
         return Err(fail(format_args!(
@@ -201,8 +213,11 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
     ensure_eq!(given_ipa, b, "the page given back");
     ensure!(landed, "the round trip's bytes in B's host-physical page");
     println!(
-        "  give-back of {b:#x}: {} CPU TLBI IPAS2E1IS, SMMU commands {commands:02x?}",
-        vm.cpu_tlbis.get()
+        "  hypervisor: page {b:#x} given back: one table change, {} CPU TLBI IPAS2E1IS, SMMU \
+         commands {commands:02x?} (TLBI_S2_IPA, SYNC); then the guest's read of it was a \
+         stage-2 abort at {:x?}",
+        vm.cpu_tlbis.get(),
+        out.aborts
     );
     ensure_eq!(vm.cpu_tlbis.get(), 1, "CPU TLB invalidations by IPA");
     ensure_eq!(
@@ -228,7 +243,8 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
             .count()
     };
     println!(
-        "  SMMU faults of edu: {} at guest-physical {OUTSIDE_IPA:#x}.., {} at {b:#x}..",
+        "  hypervisor: edu's faults, by guest-physical address: {} at {OUTSIDE_IPA:#x}.. \
+         (outside its RAM), {} at {b:#x}.. (given back)",
         at(OUTSIDE_IPA),
         at(b)
     );
@@ -310,13 +326,17 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
     let out = out?;
     torn_down.map_err(fail)?;
 
+    show_console(&out.console);
     println!(
-        "  guest printed {:?}, reported {:x?}",
-        out.console, out.reports
-    );
-    println!(
-        "  vSMMU: {activity:x?}; the vSMMU at {VSMMU_IPA:#x}..{:#x}",
-        VSMMU_IPA + VSMMU_SIZE
+        "  hypervisor: the guest's SMMU at IPA {VSMMU_IPA:#x}..{:#x} (edu as stream {VSID:#x}): \
+         {} STE installed as a nested domain, {} commands forwarded, refused {:?}, {} events \
+         written into the guest's queue; the guest reported {:x?}",
+        VSMMU_IPA + VSMMU_SIZE,
+        activity.stes,
+        activity.forwarded,
+        activity.refused,
+        activity.events,
+        out.reports
     );
     ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
     ensure!(out.aborts.is_empty(), "stage-2 aborts {:x?}", out.aborts);

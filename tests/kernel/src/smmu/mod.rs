@@ -536,11 +536,31 @@ pub fn demo(m: &mut Machine) {
     if let Err(Failure::Failed(why) | Failure::Skipped(why)) = dma::demo(m) {
         println!("SMMU DMA demo failed: {why}");
     }
-    println!("A tiny hypervisor gives edu to a guest with a vIOMMU:");
-    if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
-        viommu::guest_stage1_over_viommu_translates_and_invalidates(m)
-    {
-        println!("SMMU hypervisor demo failed: {why}");
+    if m.info.exception_level == 2 {
+        println!("A hypervisor at EL2 runs a real guest at EL1 and passes edu through to it:");
+        if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+            crate::hyp::passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
+                m,
+            )
+        {
+            println!("guest passthrough demo failed: {why}");
+        }
+        println!("The guest drives edu through its own SMMU, which the hypervisor emulates:");
+        if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+            crate::hyp::passthrough::a_guest_drives_edu_through_its_own_vsmmu(m)
+        {
+            println!("guest vSMMU demo failed: {why}");
+        }
+    } else {
+        println!(
+            "A tiny hypervisor gives edu to a guest with a vIOMMU (the kernel plays the guest: \
+             boot at EL2, -machine virt,virtualization=on, for a real one):"
+        );
+        if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+            viommu::guest_stage1_over_viommu_translates_and_invalidates(m)
+        {
+            println!("SMMU hypervisor demo failed: {why}");
+        }
     }
     println!("Interrupts of an owned device, through the SMMU to the GICv3 ITS:");
     if let Err(e) = msi::owned_msis_through_the_object_model(m) {
