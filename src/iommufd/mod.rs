@@ -777,6 +777,57 @@ impl<U: TranslationUnit> Iommu<U> {
     /// here: [`Iommu::map`] and [`Iommu::unmap`] are refused; the embedder changes its table,
     /// invalidates its CPU's TLBs and calls [`Iommu::flush`]. It may be the nest parent of a
     /// vIOMMU.
+    ///
+    /// # Example
+    ///
+    /// A hypervisor gives a guest a device: one stage-2 table for the guest's RAM, which its CPU
+    /// (VTTBR_EL2) and the IOMMU both walk; taking a page back is one table change and both
+    /// invalidations, and the table's emptied frames go back only after both.
+    ///
+    /// ```
+    /// use iommu::addr::{Iova, PhysAddr};
+    /// use iommu::hal::Hal;
+    /// use iommu::iommufd::{DeviceHandle, DomainId, Iommu, OwnerId, Result, Target, UnitId};
+    /// use iommu::pagetable::{Coherency, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage2};
+    /// use iommu::unit::{TranslationUnit, UnitError, VmTable};
+    ///
+    /// const VMID: u16 = 0xf0;
+    ///
+    /// /// Guest RAM at IPA `ipa` behind a table the CPU and `unit` share; `device` (owned by
+    /// /// `owner`) then DMAs with guest-physical addresses.
+    /// fn give_device<U: TranslationUnit, H: Hal>(
+    ///     io: &mut Iommu<U>, unit: UnitId, owner: OwnerId, device: DeviceHandle,
+    ///     hal: H, ipa: u64, ram: PhysAddr, len: u64,
+    /// ) -> Result<(PageTable<VmsaStage2, H>, DomainId)> {
+    ///     let config = VmsaConfig { granule: Granule::Size4K, input_bits: 40, output_bits: 40 };
+    ///     let format = VmsaStage2::new(config).map_err(UnitError::PageTable)?;
+    ///     let table = PageTable::new(format, hal, Coherency::Coherent).map_err(UnitError::PageTable)?;
+    ///     table
+    ///         .map(Iova::new(ipa), ram, len, Prot::READ_WRITE.with_exec())
+    ///         .map_err(UnitError::PageTable)?;
+    ///     // VTTBR_EL2 = table.root() | VMID << 48, VTCR_EL2 from the format (t0sz, sl0, ps).
+    ///     let vm = VmTable { root: table.root(), ia_bits: 40, vmid: VMID };
+    ///     let domain = io.alloc_vm_domain(owner, unit, &vm)?;
+    ///     io.attach(device, owner, Target::Domain(domain))?;
+    ///     Ok((table, domain))
+    /// }
+    ///
+    /// /// Takes the guest page at `ipa` back.
+    /// fn take_back<U: TranslationUnit, H: Hal>(
+    ///     io: &Iommu<U>, owner: OwnerId, domain: DomainId,
+    ///     table: &PageTable<VmsaStage2, H>, hal: &H, ipa: u64,
+    /// ) -> Result<()> {
+    ///     let mut gather = Gather::new();
+    ///     table
+    ///         .unmap(Iova::new(ipa), 4096, &mut gather)
+    ///         .map_err(UnitError::PageTable)?;
+    ///     // The CPU: TLBI IPAS2E1IS for the page, DSB, TLBI VMALLE1IS, DSB (the embedder's).
+    ///     io.flush(owner, domain, Iova::new(ipa), 4096)?; // the devices: TLBI + SYNC
+    ///     // SAFETY: neither the CPU nor the IOMMU can walk the emptied tables any more.
+    ///     unsafe { gather.complete(hal) };
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn alloc_vm_domain(
         &mut self,
         owner: OwnerId,
