@@ -4,7 +4,7 @@
 //! x2 = IPA of a passed-through edu's BAR0 (0 = none), x3 = an IPA outside its RAM to aim one
 //! of edu's DMAs at (0 = none), x4 = 1 to spin forever after its RAM test (the hypervisor's
 //! time budget must stop it), x5 = IPA of its own (virtual) SMMU (0 = none), x6 = the stream id
-//! edu has behind it.
+//! edu has behind it, x7 = 1 to raise edu's interrupt and take it from its virtual GIC.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 /// The test kernel's own edu driver, compiled into the guest as its driver for the
@@ -75,7 +75,7 @@ mod guest {
     }
 
     // FP/NEON untrapped at EL1 first (rustc's target uses them anywhere), then a stack and a
-    // zeroed .bss; x0..x6 (the hypervisor's arguments) pass through to `guest_main`.
+    // zeroed .bss; x0..x7 (the hypervisor's arguments) pass through to `guest_main`.
     core::arch::global_asm!(
         ".pushsection .text.entry, \"ax\"",
         ".global _start",
@@ -164,6 +164,40 @@ mod guest {
     }
 
     /// Entry: the registers of the hypervisor's `GuestArgs`, in order.
+    /// Raises edu's interrupt and takes it from the (virtual) GICv3 CPU interface: polls
+    /// ICC_IAR1_EL1 with interrupts masked, ends it with ICC_EOIR1_EL1, acknowledges it at edu.
+    fn take_edu_interrupt(bar: u64) -> Option<u32> {
+        // SAFETY: as in `edu_tests`.
+        let edu = unsafe { Edu::new(bar as usize) }.ok()?;
+        // SAFETY: ICC_SRE_EL1.SRE: the system-register interface (the hypervisor allows it).
+        unsafe {
+            asm!(
+                "mrs {t}, S3_0_C12_C12_5",
+                "orr {t}, {t}, #1",
+                "msr S3_0_C12_C12_5, {t}",
+                "isb",
+                t = out(reg) _,
+                options(nostack)
+            )
+        };
+        print("guest: raising edu's interrupt\n");
+        edu.raise_interrupt(1);
+        for _ in 0..100_000 {
+            let iar: u64;
+            // SAFETY: reading ICC_IAR1_EL1 acknowledges the interrupt it returns, which is
+            // ended right below.
+            unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) iar, options(nostack)) };
+            let intid = iar as u32 & 0xff_ffff;
+            if intid < 1020 {
+                // SAFETY: ends the interrupt just acknowledged.
+                unsafe { asm!("msr S3_0_C12_C12_1, {}", in(reg) iar, options(nostack)) };
+                edu.acknowledge_interrupt(1);
+                return Some(intid);
+            }
+        }
+        None
+    }
+
     extern "C" fn guest_main(
         scratch: u64,
         probe: u64,
@@ -172,6 +206,7 @@ mod guest {
         hang: u64,
         vsmmu: u64,
         vsid: u64,
+        virq: u64,
     ) -> ! {
         crate::heap::init();
         let word = scratch as *mut u64;
@@ -199,6 +234,15 @@ mod guest {
         if edu_bar != 0 && outside != 0 && edu_tests(edu_bar, outside).is_err() {
             print("guest: edu failed\n");
             exit(EDU_FAILED)
+        }
+        if edu_bar != 0 && virq != 0 {
+            match take_edu_interrupt(edu_bar) {
+                Some(intid) => hvc(HVC_REPORT, u64::from(intid)),
+                None => {
+                    print("guest: no interrupt from edu\n");
+                    exit(EDU_FAILED)
+                }
+            }
         }
         if edu_bar != 0 && vsmmu != 0 {
             print("guest: edu through my own SMMU\n");

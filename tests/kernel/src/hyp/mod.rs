@@ -18,6 +18,7 @@
 mod elf;
 pub(crate) mod passthrough;
 mod vcpu;
+mod vgic;
 mod vsmmu;
 
 use alloc::string::String;
@@ -164,6 +165,8 @@ pub(crate) struct GuestArgs {
     pub vsmmu: u64,
     /// x6: the stream id edu has behind that SMMU.
     pub vsid: u32,
+    /// x7: raise edu's interrupt and take it from its virtual GICv3 CPU interface.
+    pub virq: bool,
 }
 
 /// How a guest run ended.
@@ -395,7 +398,7 @@ impl Vm {
     /// budget's timer interrupt, routed to EL2, stops the guest.
     pub fn run(&self, args: GuestArgs, exits: &mut dyn Exits) -> Result<Outcome, Failure> {
         let mut vcpu = Vcpu::new(self.entry, SPSR_EL1H_MASKED);
-        vcpu.x[..7].copy_from_slice(&[
+        vcpu.x[..8].copy_from_slice(&[
             args.scratch,
             args.probe,
             args.edu_bar,
@@ -403,6 +406,7 @@ impl Vm {
             u64::from(args.hang),
             args.vsmmu,
             u64::from(args.vsid),
+            u64::from(args.virq),
         ]);
         self.gic.set_ppi(CNTHP_PPI, true).map_err(fail)?;
         let ticks = counter_frequency().saturating_mul(self.budget_ms.get()) / 1000;
@@ -559,6 +563,13 @@ pub(crate) trait Exits {
         )))
     }
 
+    /// A physical interrupt (other than the time budget's) taken while the guest ran: true if
+    /// handled.
+    fn interrupt(&mut self, vm: &Vm) -> Result<bool, Failure> {
+        let _ = vm;
+        Ok(false)
+    }
+
     /// A stage-2 data abort at `ipa` that the syndrome describes as `access`: true if an
     /// emulated device did the access (a read's value goes in `access.value`), false to
     /// record it as an abort.
@@ -636,9 +647,14 @@ fn run_loop(vm: &Vm, vcpu: &mut Vcpu, exits: &mut dyn Exits) -> Result<Outcome, 
             )
         };
         let ec = esr >> 26 & 0x3f;
-        if vector == VECTOR_LOWER_IRQ && timer_fired() {
-            out.exit = Exit::OutOfTime { pc: vcpu.pc };
-            return Ok(out);
+        if vector == VECTOR_LOWER_IRQ {
+            if timer_fired() {
+                out.exit = Exit::OutOfTime { pc: vcpu.pc };
+                return Ok(out);
+            }
+            if exits.interrupt(vm)? {
+                continue;
+            }
         }
         if vector != VECTOR_LOWER_SYNC {
             return Err(fail(format_args!(

@@ -5,16 +5,21 @@
 
 use alloc::vec::Vec;
 
+use super::vgic;
 use super::vsmmu::{Guest, VSmmu, VSMMU_SIZE};
 use super::{
     ipa_bits, Exit, Exits, GuestArgs, Vm, GUEST_RAM_IPA, GUEST_RAM_SIZE, HVC_GIVE_BACK, PATTERN,
 };
 use crate::smmu::cmdq_watch::CommandWatch;
 use crate::smmu::dma::{announce_faults, first_edu, unit, Unit};
+use crate::smmu::msi::GuestMsi;
 use crate::Machine;
+use alloc::boxed::Box;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{DeviceHandle, DomainId, GroupId, Iommu, OwnerId, Target, UnitId};
+use iommu::irq::{InterruptRemapper, InterruptTarget};
 use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit, UnitError};
+use iommu_boot::aarch64::gicv3::FIRST_LPI;
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_smmuv3::command::opcode;
@@ -35,6 +40,9 @@ const VSID: u32 = 0x21;
 const GUEST_IOVA: u64 = 0x10_0000;
 /// F_TRANSLATION.
 const EVENT_TRANSLATION: u64 = 0x10;
+/// The LPI the hypervisor asks for edu's MSI, and the interrupt id the guest sees it as.
+const EDU_LPI: u32 = FIRST_LPI + 23;
+const GUEST_EDU_INTID: u32 = 48;
 
 /// Byte `i` of what the guest's edu copies (tests/guest: `dma_pattern`).
 fn dma_pattern(i: usize) -> u8 {
@@ -61,7 +69,12 @@ struct Passthrough {
 }
 
 impl Passthrough {
-    fn new(m: &Machine) -> Result<Self, Failure> {
+    /// With `remapper` as the unit's interrupt remapper; without one, owning edu needs the
+    /// explicit (insecure) opt-in, which these DMA-only tests take.
+    fn new(
+        m: &Machine,
+        remapper: Option<Box<dyn InterruptRemapper + Send + Sync>>,
+    ) -> Result<Self, Failure> {
         let vm = Vm::new(m)?;
         let unit = unit(m)?;
         if !unit.features().stages.stage2() {
@@ -72,8 +85,10 @@ impl Passthrough {
         vm.map_mmio(EDU_BAR_IPA, PhysAddr::new(edu.edu.bar0()), EDU_BAR_SIZE)?;
         let mut io = Iommu::new();
         let unit_id = io.add_unit(unit);
-        // DMA only: no interrupt remapper is registered for these tests.
-        io.allow_unsafe_interrupts(true);
+        match remapper {
+            Some(r) => io.set_interrupt_remapper(unit_id, r).map_err(fail)?,
+            None => io.allow_unsafe_interrupts(true),
+        }
         let device = io
             .add_device(unit_id, stream, GroupId(stream.0))
             .map_err(fail)?;
@@ -150,7 +165,7 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
         stream: dev,
         s2,
         ..
-    } = Passthrough::new(m)?;
+    } = Passthrough::new(m, None)?;
     let mut giving = GiveBack {
         m,
         io: &io,
@@ -288,7 +303,7 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
         device,
         stream,
         s2,
-    } = Passthrough::new(m)?;
+    } = Passthrough::new(m, None)?;
     if !unit.features().stages.stage1() {
         skip!("a guest's stage 1 over its stage 2 needs an SMMU with both stages");
     }
@@ -389,4 +404,97 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
     ensure!(activity.events >= 1, "no event reached the guest");
     ensure_eq!(activity.stage2_faults, 0, "stage-2 faults of edu");
     Ok(())
+}
+
+/// The hypervisor's side of the guest's interrupt: the physical LPI of edu's MSI, taken at EL2
+/// while the guest runs, becomes the guest's virtual interrupt [`GUEST_EDU_INTID`].
+struct ForwardIrq {
+    /// Physical interrupts taken, in order.
+    taken: Vec<u32>,
+}
+
+impl Exits for ForwardIrq {
+    fn interrupt(&mut self, _vm: &Vm) -> Result<bool, Failure> {
+        let Some(intid) = vgic::acknowledge() else {
+            // Spurious: already gone.
+            return Ok(true);
+        };
+        vgic::end(intid);
+        self.taken.push(intid);
+        if intid == EDU_LPI {
+            vgic::inject(GUEST_EDU_INTID);
+        }
+        Ok(intid == EDU_LPI)
+    }
+}
+
+/// edu's MSI reaches the guest: the hypervisor gets edu's interrupt from the object model (the
+/// GICv3 ITS as the unit's remapper, an LPI for edu's DeviceID) and maps the ITS doorbell into
+/// the guest's stage 2, through which edu's MSI write is translated like any DMA; the guest
+/// raises the interrupt at edu and takes it from its virtual CPU interface as interrupt
+/// [`GUEST_EDU_INTID`], which the hypervisor injected after taking the physical LPI at EL2.
+pub fn a_guest_takes_edus_msi_as_a_virtual_interrupt(m: &mut Machine) -> TestResult {
+    let msi = GuestMsi::new(m)?;
+    let result = (|| {
+        let Passthrough {
+            vm,
+            mut io,
+            device,
+            s2,
+            ..
+        } = Passthrough::new(m, Some(msi.remapper()))?;
+        let doorbell = msi.doorbell_page();
+        vm.map_mmio(doorbell.as_u64(), doorbell, 4096)?;
+        let (_, irq) = io
+            .alloc_interrupt(
+                device,
+                HYPERVISOR,
+                InterruptTarget {
+                    vector: EDU_LPI,
+                    cpu: 0,
+                },
+            )
+            .map_err(fail)?;
+        msi.program(m, &irq)?;
+        let mut forward = ForwardIrq { taken: Vec::new() };
+        vgic::on();
+        let out = vm.run(
+            GuestArgs {
+                edu_bar: EDU_BAR_IPA,
+                virq: true,
+                ..GuestArgs::with_scratch()
+            },
+            &mut forward,
+        );
+        vgic::off();
+        let released = io.release(device, HYPERVISOR);
+        let destroyed = io.destroy_domain(HYPERVISOR, s2);
+        let out = out?;
+        released.map_err(fail)?;
+        destroyed.map_err(fail)?;
+        show_console(&out.console);
+        println!(
+            "  hypervisor: edu's MSI through the guest's stage 2 to the ITS doorbell at {:#x}: \
+             LPI {} taken at EL2 ({:?}), given to the guest as interrupt {GUEST_EDU_INTID}; \
+             the guest reported {:x?}",
+            doorbell.as_u64(),
+            EDU_LPI,
+            forward.taken,
+            out.reports
+        );
+        ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
+        ensure_eq!(
+            forward.taken.as_slice(),
+            &[EDU_LPI][..],
+            "physical interrupts taken"
+        );
+        ensure_eq!(
+            out.reports.as_slice(),
+            &[PATTERN, u64::from(GUEST_EDU_INTID)][..],
+            "the interrupt the guest took from its virtual CPU interface"
+        );
+        Ok(())
+    })();
+    msi.tear_down(m)?;
+    result
 }

@@ -9,7 +9,7 @@
 pub(crate) mod cmdq_watch;
 pub(crate) mod dma;
 mod lifecycle;
-mod msi;
+pub(crate) mod msi;
 mod viommu;
 
 use core::ptr::NonNull;
@@ -293,6 +293,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: crate::hyp::passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma,
     },
     Test {
+        name: "a_guest_takes_edus_msi_as_a_virtual_interrupt",
+        run: crate::hyp::passthrough::a_guest_takes_edus_msi_as_a_virtual_interrupt,
+    },
+    Test {
         name: "a_guest_drives_edu_through_its_own_vsmmu",
         run: crate::hyp::passthrough::a_guest_drives_edu_through_its_own_vsmmu,
     },
@@ -550,6 +554,12 @@ pub fn demo(m: &mut Machine) {
             crate::hyp::passthrough::a_guest_drives_edu_through_its_own_vsmmu(m)
         {
             println!("guest vSMMU demo failed: {why}");
+        }
+        println!("edu's MSI reaches the guest as a virtual interrupt:");
+        match crate::hyp::passthrough::a_guest_takes_edus_msi_as_a_virtual_interrupt(m) {
+            Ok(()) => {}
+            Err(Failure::Skipped(why)) => println!("  (skipped: {why})"),
+            Err(Failure::Failed(why)) => println!("guest interrupt demo failed: {why}"),
         }
     } else {
         println!(

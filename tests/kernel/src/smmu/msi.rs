@@ -397,6 +397,42 @@ impl InterruptRemapper for ItsRemapper {
     }
 }
 
+/// The first edu's MSIs for a hypervisor's guest (`crate::hyp`): the ITS, edu ready for MSIs
+/// (unmapped at the ITS, MSI off), and the ITS as the object model's remapper for it.
+pub(crate) struct GuestMsi {
+    its: &'static Its,
+    edus: Vec<MsiEdu>,
+}
+
+impl GuestMsi {
+    /// Skips on GICv2 machines (no ITS).
+    pub fn new(m: &Machine) -> Result<Self, Failure> {
+        let (its, edus) = rig(m, 1)?;
+        Ok(Self { its, edus })
+    }
+
+    /// The ITS as the unit's interrupt remapper for edu.
+    pub fn remapper(&self) -> alloc::boxed::Box<dyn InterruptRemapper + Send + Sync> {
+        ItsRemapper::boxed(self.its, &self.edus)
+    }
+
+    /// The page of the ITS doorbell (GITS_TRANSLATER), which edu's MSI writes.
+    pub fn doorbell_page(&self) -> PhysAddr {
+        PhysAddr::new(self.its.doorbell() & !0xfff)
+    }
+
+    /// Programs edu's MSI capability with what the object model handed out.
+    pub fn program(&self, m: &Machine, irq: &RemappedInterrupt) -> TestResult {
+        let e = self.edus.first().ok_or_else(|| fail("no edu"))?;
+        program_remapped(m, self.its, e, irq)
+    }
+
+    /// Leaves edu as the other tests expect it.
+    pub fn tear_down(&self, m: &Machine) -> TestResult {
+        tear_down(m, self.its, &self.edus)
+    }
+}
+
 /// Programs `e`'s MSI capability with what the object model handed out.
 fn program_remapped(m: &Machine, its: &Its, e: &MsiEdu, irq: &RemappedInterrupt) -> TestResult {
     ensure_eq!(irq.message.address, its.doorbell(), "the ITS doorbell");
