@@ -231,7 +231,7 @@ mod guest {
             unsafe { asm!("ldr {}, [{}]", out(reg) _value, in(reg) probe, options(nostack)) };
             hvc(HVC_REPORT, probe);
         }
-        if edu_bar != 0 && outside != 0 && edu_tests(edu_bar, outside).is_err() {
+        if edu_bar != 0 && vsmmu == 0 && outside != 0 && edu_tests(edu_bar, outside).is_err() {
             print("guest: edu failed\n");
             exit(EDU_FAILED)
         }
@@ -249,7 +249,7 @@ mod guest {
             // SAFETY: as in `edu_tests`.
             let edu = unsafe { Edu::new(edu_bar as usize) };
             let done = edu.map_err(|_| ()).and_then(|edu| {
-                crate::vsmmu::tests(&edu, vsmmu, vsid as u32, &|v| hvc(HVC_REPORT, v))
+                crate::vsmmu::tests(&edu, vsmmu, vsid as u32, outside, &|v| hvc(HVC_REPORT, v))
             });
             if done.is_err() {
                 print("guest: vSMMU failed\n");

@@ -7,7 +7,9 @@
 //! DMA through its stage 1 that came back wrong; 1 if a DMA after its unmap + TLBI + SYNC left
 //! the page untouched; the event it then read (type, stream id, input address); 1 if a command
 //! naming a stream that is not its own stopped the queue with CERROR_ILL; 1 if the queue ran on
-//! from that command once it replaced it and acknowledged GERROR.
+//! from that command once it replaced it and acknowledged GERROR; the events that arrived after
+//! a DMA through a stage-1 mapping to a guest-physical address outside its RAM (0: a stage-2
+//! fault is the hypervisor's).
 
 use core::ptr::NonNull;
 
@@ -130,7 +132,15 @@ impl Cmdq<'_> {
     }
 }
 
-pub fn tests(edu: &Edu, base: u64, vsid: u32, report: &dyn Fn(u64)) -> Result<(), ()> {
+/// Runs the tests on the vSMMU at `base`, edu being stream `vsid` behind it; `outside` is a
+/// guest-physical address outside its RAM.
+pub fn tests(
+    edu: &Edu,
+    base: u64,
+    vsid: u32,
+    outside: u64,
+    report: &dyn Fn(u64),
+) -> Result<(), ()> {
     let regs_ptr = NonNull::new(base as *mut SmmuRegisters).ok_or(())?;
     // SAFETY: the hypervisor emulates an SMMUv3 register frame at `base` for the whole run;
     // its accesses trap, so no memory is behind the reference.
@@ -288,6 +298,27 @@ pub fn tests(edu: &Edu, base: u64, vsid: u32, report: &dyn Fn(u64)) -> Result<()
             q.wait().is_ok() && (at as u32) == (cons & ((1 << QUEUE_LOG2) - 1)),
         ));
     }
+
+    // Its stage 1 pointing outside its RAM: the DMA faults at stage 2, which is the
+    // hypervisor's business; nothing new arrives in its event queue.
+    table
+        .map(
+            Iova::new(IOVA),
+            PhysAddr::new(outside),
+            4096,
+            Prot::READ_WRITE,
+        )
+        .map_err(|_| ())?;
+    edu.dma_to_ram(0, IOVA, 64).map_err(|_| ())?;
+    let mut new_events = 0;
+    for _ in 0..POLLS {
+        let now = regs.eventq_prod.get() & ((2 << QUEUE_LOG2) - 1);
+        new_events = now.wrapping_sub(prod) & ((2 << QUEUE_LOG2) - 1);
+        if new_events != 0 {
+            break;
+        }
+    }
+    report(u64::from(new_events));
     Ok(())
 }
 

@@ -293,7 +293,8 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
 /// DMA to its IOVA lands; it unmaps, sends TLBI_NH_VA + SYNC (forwarded, VMID forced) and the
 /// next DMA faults; the fault arrives in its event queue under its virtual stream id; a
 /// command naming a stream that is not its own stops its queue with CERROR_ILL, and the queue
-/// runs on once the guest replaced it and acknowledged GERROR.
+/// runs on once the guest replaced it and acknowledged GERROR; a stage-1 mapping to a
+/// guest-physical address outside its RAM faults at stage 2, which the hypervisor keeps.
 pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
     let Passthrough {
         vm,
@@ -321,6 +322,7 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
     let out = vm.run(
         GuestArgs {
             edu_bar: EDU_BAR_IPA,
+            outside: OUTSIDE_IPA & !0xfff,
             vsmmu: VSMMU_IPA,
             vsid: VSID,
             ..GuestArgs::with_scratch()
@@ -345,21 +347,22 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
     println!(
         "  hypervisor: the guest's SMMU at IPA {VSMMU_IPA:#x}..{:#x} (edu as stream {VSID:#x}): \
          {} STE installed as a nested domain, {} commands forwarded, refused {:?}, {} events \
-         written into the guest's queue; the guest reported {:x?}",
+         written into the guest's queue, {} stage-2 faults kept; the guest reported {:x?}",
         VSMMU_IPA + VSMMU_SIZE,
         activity.stes,
         activity.forwarded,
         activity.refused,
         activity.events,
+        activity.stage2_faults,
         out.reports
     );
     ensure_eq!(out.exit, Exit::Status(0), "how the guest's run ended");
     ensure!(out.aborts.is_empty(), "stage-2 aborts {:x?}", out.aborts);
-    let [PATTERN, stage1_only, wrong, untouched, event, event_sid, event_iova, illegal, ran_on] =
+    let [PATTERN, stage1_only, wrong, untouched, event, event_sid, event_iova, illegal, ran_on, s2_events] =
         out.reports[..]
     else {
         return Err(fail(format_args!(
-            "the guest's reports {:x?}: expected its RAM test and 8 vSMMU results",
+            "the guest's reports {:x?}: expected its RAM test and 9 vSMMU results",
             out.reports
         )));
     };
@@ -402,7 +405,11 @@ pub fn a_guest_drives_edu_through_its_own_vsmmu(m: &mut Machine) -> TestResult {
         "guest commands refused"
     );
     ensure!(activity.events >= 1, "no event reached the guest");
-    ensure_eq!(activity.stage2_faults, 0, "stage-2 faults of edu");
+    ensure_eq!(s2_events, 0, "events the guest saw for a stage-2 fault");
+    ensure!(
+        activity.stage2_faults > 0,
+        "the stage-2 fault of the DMA outside the guest's RAM reached the hypervisor"
+    );
     Ok(())
 }
 
