@@ -15,6 +15,8 @@
 mod edu;
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod page;
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod vsmmu;
 
 /// A small heap for the crate's page-table engine and encoders (the `iommu` crate links
@@ -40,6 +42,7 @@ mod guest {
     use core::arch::asm;
 
     use crate::edu::Edu;
+    use crate::page::{byte, ipa, set_byte, Page};
 
     /// Hypercall numbers (x0 of `hvc #0`); the hypervisor's `hyp::HVC_*`.
     const HVC_PRINT: u64 = 0;
@@ -56,22 +59,13 @@ mod guest {
     /// The exit status of a guest whose vSMMU tests could not run to their end.
     const VSMMU_FAILED: u64 = 0x5e;
 
-    /// A page of guest RAM for edu's DMA. With the MMU off every data access is Device
-    /// memory: the pages are only touched with volatile byte accesses (no memcpy/memset,
-    /// which may use instructions Device memory refuses).
-    #[repr(C, align(4096))]
-    struct Page([u8; 4096]);
     /// What the guest hands edu to copy (A) and where edu copies it back (B).
-    static mut PAGE_A: Page = Page([0; 4096]);
-    static mut PAGE_B: Page = Page([0; 4096]);
+    static mut PAGE_A: Page = Page::ZERO;
+    static mut PAGE_B: Page = Page::ZERO;
 
     /// Byte `i` of what the guest copies (the hypervisor's `passthrough::dma_pattern`).
     pub fn dma_pattern(i: usize) -> u8 {
         (i as u8).wrapping_mul(7).wrapping_add(3)
-    }
-
-    fn page(p: *mut Page) -> *mut u8 {
-        p.cast()
     }
 
     // FP/NEON untrapped at EL1 first (rustc's target uses them anywhere), then a stack and a
@@ -129,37 +123,30 @@ mod guest {
         // whole run and enabled bus mastering.
         let edu = unsafe { Edu::new(bar as usize) }.map_err(|_| ())?;
         hvc(HVC_REPORT, u64::from(edu.id()));
-        let a = page(&raw mut PAGE_A);
-        let b = page(&raw mut PAGE_B);
+        let a = &raw mut PAGE_A;
+        let b = &raw mut PAGE_B;
         for i in 0..4096 {
-            // SAFETY: i < 4096, inside the pages; nothing else uses them but edu's DMA,
-            // which runs only between the writes and the reads below.
-            unsafe {
-                a.add(i).write_volatile(dma_pattern(i));
-                b.add(i).write_volatile(0);
-            }
+            set_byte(a, i, dma_pattern(i));
+            set_byte(b, i, 0);
         }
-        hvc(HVC_REPORT, b as u64);
+        hvc(HVC_REPORT, ipa(b));
         print("guest: edu DMA A -> edu -> B with guest-physical addresses\n");
-        edu.dma_from_ram(a as u64, 0, 4096).map_err(|_| ())?;
-        edu.dma_to_ram(0, b as u64, 4096).map_err(|_| ())?;
-        // SAFETY: as above; the DMA finished.
-        let wrong = (0..4096)
-            .filter(|&i| unsafe { b.add(i).read_volatile() } != dma_pattern(i))
-            .count();
+        edu.dma_from_ram(ipa(a), 0, 4096).map_err(|_| ())?;
+        edu.dma_to_ram(0, ipa(b), 4096).map_err(|_| ())?;
+        let wrong = (0..4096).filter(|&i| byte(b, i) != dma_pattern(i)).count();
         hvc(HVC_REPORT, wrong as u64);
         print("guest: edu DMA outside my RAM\n");
         edu.dma_to_ram(0, outside, 64).map_err(|_| ())?;
         hvc(HVC_REPORT, outside);
         print("guest: giving page B back, then DMA to it and a read of it\n");
-        hvc(HVC_GIVE_BACK, b as u64);
-        edu.dma_to_ram(0, b as u64, 64).map_err(|_| ())?;
+        hvc(HVC_GIVE_BACK, ipa(b));
+        edu.dma_to_ram(0, ipa(b), 64).map_err(|_| ())?;
         let _value: u8;
         // SAFETY: a load from the page just given back: a stage-2 abort, after which the
         // hypervisor resumes at the next instruction. One instruction, so that is where the
         // abort is.
-        unsafe { asm!("ldrb {:w}, [{}]", out(reg) _value, in(reg) b, options(nostack)) };
-        hvc(HVC_REPORT, b as u64);
+        unsafe { asm!("ldrb {:w}, [{}]", out(reg) _value, in(reg) ipa(b), options(nostack)) };
+        hvc(HVC_REPORT, ipa(b));
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 use core::ptr::NonNull;
 
 use crate::edu::Edu;
+use crate::page::{byte, ipa, set_byte, set_words, word, Page};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::{
@@ -38,36 +39,15 @@ const STRTAB_LOG2: u32 = 6;
 /// How long the guest waits for its vSMMU (register reads), and for events to show up.
 const POLLS: u32 = 1000;
 
-/// One 4 KiB page of guest RAM (zeroed .bss).
-#[repr(C, align(4096))]
-pub struct Page([u64; 512]);
-
-static mut STRTAB: Page = Page([0; 512]);
-static mut CD: Page = Page([0; 512]);
-static mut CMDQ: Page = Page([0; 512]);
-static mut EVENTQ: Page = Page([0; 512]);
+static mut STRTAB: Page = Page::ZERO;
+static mut CD: Page = Page::ZERO;
+static mut CMDQ: Page = Page::ZERO;
+static mut EVENTQ: Page = Page::ZERO;
 /// The DMA target behind IOVA.
-static mut TARGET: Page = Page([0; 512]);
+static mut TARGET: Page = Page::ZERO;
 /// Frames for the stage-1 table.
-static mut POOL: [Page; 8] = [const { Page([0; 512]) }; 8];
+static mut POOL: [Page; 8] = [const { Page::ZERO }; 8];
 static POOL_NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-fn ipa<T>(p: *mut T) -> u64 {
-    p as u64
-}
-
-fn write_words(at: *mut Page, index: usize, words: &[u64]) {
-    for (i, w) in words.iter().enumerate() {
-        // SAFETY: `at` is one of this module's pages and callers keep `index + i` below 512;
-        // volatile, since the vSMMU (the hypervisor) reads it behind the compiler's back.
-        unsafe { at.cast::<u64>().add(index + i).write_volatile(*w) };
-    }
-}
-
-fn read_word(at: *mut Page, index: usize) -> u64 {
-    // SAFETY: as in `write_words`.
-    unsafe { at.cast::<u64>().add(index).read_volatile() }
-}
 
 /// The guest's frame allocator for its stage-1 table: the pages of [`POOL`], never reused.
 struct PoolHal;
@@ -111,7 +91,7 @@ impl Cmdq<'_> {
         for c in cmds {
             let words = c.encode().map_err(|_| ())?;
             let slot = (self.prod & ((1 << QUEUE_LOG2) - 1)) as usize;
-            write_words(&raw mut CMDQ, slot * 2, &words);
+            set_words(&raw mut CMDQ, slot * 2, &words);
             self.prod = (self.prod + 1) & Self::wrap_mask();
         }
         self.regs.cmdq_prod.set(self.prod);
@@ -215,11 +195,11 @@ pub fn tests(
     )
     .and_then(|cd| cd.encode())
     .map_err(|_| ())?;
-    write_words(cd_page, 0, &cd);
+    set_words(cd_page, 0, &cd);
     let ste = StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(ipa(cd_page))))
         .encode()
         .map_err(|_| ())?;
-    write_words(strtab, vsid as usize * 8, &ste);
+    set_words(strtab, vsid as usize * 8, &ste);
     q.submit(&[
         Command::CfgiSte {
             sid: vsid,
@@ -271,8 +251,8 @@ pub fn tests(
     if prod == 0 {
         return Err(());
     }
-    let w0 = read_word(eventq, 0);
-    let w2 = read_word(eventq, 2);
+    let w0 = word(eventq, 0);
+    let w2 = word(eventq, 2);
     report(w0 & 0xff);
     report(w0 >> 32);
     report(w2);
@@ -292,7 +272,7 @@ pub fn tests(
         // Replace the refused command with a CMD_SYNC, acknowledge, and the queue runs on.
         let at = (stopped & ((1 << QUEUE_LOG2) - 1)) as usize;
         let sync = Command::sync().encode().map_err(|_| ())?;
-        write_words(cmdq, at * 2, &sync);
+        set_words(cmdq, at * 2, &sync);
         regs.gerrorn.set(regs.gerror.get());
         report(u64::from(
             q.wait().is_ok() && (at as u32) == (cons & ((1 << QUEUE_LOG2) - 1)),
@@ -320,14 +300,4 @@ pub fn tests(
     }
     report(u64::from(new_events));
     Ok(())
-}
-
-fn byte(p: *mut Page, i: usize) -> u8 {
-    // SAFETY: i < 4096 in every caller; volatile, DMA writes behind the compiler's back.
-    unsafe { p.cast::<u8>().add(i).read_volatile() }
-}
-
-fn set_byte(p: *mut Page, i: usize, v: u8) {
-    // SAFETY: as in `byte`.
-    unsafe { p.cast::<u8>().add(i).write_volatile(v) }
 }
