@@ -35,6 +35,14 @@ pub struct Test<C> {
     pub run: fn(&mut C) -> TestResult,
 }
 
+// By hand: a derive would ask `C: Copy`, which a test list never needs.
+impl<C> Clone for Test<C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<C> Copy for Test<C> {}
+
 /// Counts of a run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {

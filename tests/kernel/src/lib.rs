@@ -38,15 +38,17 @@ pub struct Machine {
     pub cmdline: Cmdline<'static>,
 }
 
+/// The tests of this architecture, in order: the back-end's, the real guest's (aarch64), then
+/// the multi-CPU ones (see `smp`), which must come last.
 #[cfg(target_os = "none")]
-fn tests(m: &Machine) -> &'static [Test<Machine>] {
+fn tests(m: &Machine) -> alloc::vec::Vec<Test<Machine>> {
     if m.cmdline.get("selftest").is_some() {
-        return selftest::TESTS;
+        return selftest::TESTS.to_vec();
     }
     #[cfg(target_arch = "x86_64")]
-    return vtd::TESTS;
+    return [vtd::TESTS, &vtd::smp_tests()].concat();
     #[cfg(target_arch = "aarch64")]
-    return smmu::TESTS;
+    return [smmu::TESTS, hyp::TESTS, &smmu::smp_tests()].concat();
 }
 
 #[cfg(target_os = "none")]
@@ -60,7 +62,7 @@ pub fn run_test_kernel(info: &BootInfo) -> ! {
     // `tests=a,b` runs only the named tests.
     let only = machine.cmdline.get("tests");
     let tests = tests(&machine);
-    let summary = iommu_boot::testing::run(&mut machine, tests, |name| {
+    let summary = iommu_boot::testing::run(&mut machine, &tests, |name| {
         only.is_none_or(|list| list.split(',').any(|n| n == name))
     });
     let status = if summary.failed == 0 {

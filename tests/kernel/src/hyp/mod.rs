@@ -37,9 +37,37 @@ use iommu::pagetable::{
 };
 use iommu::unit::VmTable;
 use iommu_boot::aarch64::gic::Controller;
-use iommu_boot::testing::{fail, Failure, TestResult};
+use iommu_boot::testing::{fail, Failure, Test, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use vcpu::Vcpu;
+
+/// The real guest's tests, EL2 boots only (they skip at EL1).
+pub static TESTS: &[Test<Machine>] = &[
+    Test {
+        name: "a_guest_runs_at_el1_and_reports_through_hvc",
+        run: a_guest_runs_at_el1_and_reports_through_hvc,
+    },
+    Test {
+        name: "a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa",
+        run: a_guest_access_outside_its_ram_is_a_stage2_abort_with_its_ipa,
+    },
+    Test {
+        name: "a_guest_that_never_exits_is_stopped_by_its_time_budget",
+        run: a_guest_that_never_exits_is_stopped_by_its_time_budget,
+    },
+    Test {
+        name: "a_guest_drives_its_passed_through_edu_with_guest_physical_dma",
+        run: passthrough::a_guest_drives_its_passed_through_edu_with_guest_physical_dma,
+    },
+    Test {
+        name: "a_guest_takes_edus_msi_as_a_virtual_interrupt",
+        run: passthrough::a_guest_takes_edus_msi_as_a_virtual_interrupt,
+    },
+    Test {
+        name: "a_guest_drives_edu_through_its_own_vsmmu",
+        run: passthrough::a_guest_drives_edu_through_its_own_vsmmu,
+    },
+];
 
 /// Hypercall: print the byte in x1 on the console.
 pub const HVC_PRINT: u64 = 0;

@@ -27,6 +27,7 @@ pub use object_model::{
 pub use queue_errors::an_illegal_command_is_reported_to_its_cpu_only;
 pub use unit_churn::cpus_map_and_unmap_one_domain_at_once;
 
+use crate::dma::Rig;
 use crate::Machine;
 use alloc::format;
 use alloc::sync::Arc;
@@ -34,8 +35,70 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use iommu::unit::TranslationUnit;
 use iommu_boot::smp::{self, CpuFailure, CpuId, SmpError};
-use iommu_boot::testing::{fail, TestResult};
+use iommu_boot::testing::{fail, Failure, Test, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
+
+/// What an architecture gives the multi-CPU tests: its rig (unit and edus), and what its DMA
+/// probes need announced first (the faults QEMU logs as guest errors).
+pub(crate) trait Arch: 'static {
+    type Unit: SharedUnit;
+    fn rig(m: &Machine) -> Result<Rig<'static, Self::Unit>, Failure>;
+    fn announce_faults() {}
+}
+
+/// The multi-CPU tests of architecture `A`, to run after all the others (the secondaries they
+/// start stay parked afterwards; every other test runs on the boot CPU). `queue_error` is the
+/// architecture's test of one bad command among every CPU's invalidations.
+/// `a_cpu_that_does_not_finish_is_named` comes last: it leaves a CPU behind.
+pub(crate) fn tests<A: Arch>(queue_error: Test<Machine>) -> [Test<Machine>; 9] {
+    [
+        Test {
+            name: "every_cpu_checks_in_and_runs_concurrently",
+            run: every_cpu_checks_in_and_runs_concurrently,
+        },
+        Test {
+            name: "cpus_map_and_unmap_one_domain_at_once",
+            run: |m| {
+                let rig = A::rig(m)?;
+                A::announce_faults();
+                cpus_map_and_unmap_one_domain_at_once(m, &rig)
+            },
+        },
+        Test {
+            name: "cpus_map_and_unmap_through_the_object_model_while_dma_runs",
+            run: |m| {
+                let rig = A::rig(m)?;
+                A::announce_faults();
+                cpus_map_and_unmap_through_the_object_model_while_dma_runs(m, rig)
+            },
+        },
+        Test {
+            name: "cpus_racing_on_one_range_are_decided_once",
+            run: |m| cpus_racing_on_one_range_are_decided_once(m, A::rig(m)?),
+        },
+        Test {
+            name: "a_shared_domain_is_attached_and_detached_while_cpus_map_into_it",
+            run: |m| {
+                let rig = A::rig(m)?;
+                A::announce_faults();
+                a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m, rig)
+            },
+        },
+        Test {
+            name: "owners_racing_for_one_group_keep_it_viable",
+            run: |m| owners_racing_for_one_group_keep_it_viable(m, A::rig(m)?),
+        },
+        Test {
+            name: "per_cpu_figures_one_two_four_cpus",
+            run: |m| per_cpu_figures_one_two_four_cpus(m, &A::rig(m)?),
+        },
+        queue_error,
+        Test {
+            name: "a_cpu_that_does_not_finish_is_named",
+            run: a_cpu_that_does_not_finish_is_named,
+        },
+    ]
+}
 
 /// How long a CPU waits for the others inside the closure (they met at the runner's barrier
 /// just before, so this is generous).

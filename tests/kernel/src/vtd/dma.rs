@@ -80,7 +80,7 @@ pub(super) fn stage(m: &Machine) -> Stage {
     }
 }
 
-pub(super) fn rig(m: &Machine) -> Result<Rig<'static, Unit>, Failure> {
+pub(crate) fn rig(m: &Machine) -> Result<Rig<'static, Unit>, Failure> {
     Ok(Rig {
         unit: unit(m)?,
         edus: edu_devices(m)?,

@@ -196,43 +196,6 @@ pub static TESTS: &[Test<Machine>] = &[
         name: "logging_follows_the_command_line",
         run: logging_follows_the_command_line,
     },
-    // Last: the secondaries it starts stop afterwards, every other test runs on the boot CPU.
-    Test {
-        name: "every_cpu_checks_in_and_runs_concurrently",
-        run: crate::smp::every_cpu_checks_in_and_runs_concurrently,
-    },
-    Test {
-        name: "cpus_map_and_unmap_one_domain_at_once",
-        run: cpus_map_and_unmap_one_domain_at_once,
-    },
-    Test {
-        name: "cpus_map_and_unmap_through_the_object_model_while_dma_runs",
-        run: cpus_map_and_unmap_through_the_object_model_while_dma_runs,
-    },
-    Test {
-        name: "cpus_racing_on_one_range_are_decided_once",
-        run: cpus_racing_on_one_range_are_decided_once,
-    },
-    Test {
-        name: "a_shared_domain_is_attached_and_detached_while_cpus_map_into_it",
-        run: a_shared_domain_is_attached_and_detached_while_cpus_map_into_it,
-    },
-    Test {
-        name: "owners_racing_for_one_group_keep_it_viable",
-        run: owners_racing_for_one_group_keep_it_viable,
-    },
-    Test {
-        name: "per_cpu_figures_one_two_four_cpus",
-        run: per_cpu_figures_one_two_four_cpus,
-    },
-    Test {
-        name: "an_invalid_descriptor_is_reported_to_its_cpu_only",
-        run: dma::an_invalid_descriptor_is_reported_to_its_cpu_only,
-    },
-    Test {
-        name: "a_cpu_that_does_not_finish_is_named",
-        run: crate::smp::a_cpu_that_does_not_finish_is_named,
-    },
 ];
 
 /// The machine the runner says it started.
@@ -638,36 +601,19 @@ fn logging_follows_the_command_line(m: &mut Machine) -> TestResult {
     crate::logging::logging_follows_the_command_line(m, |m| dma::unit(m).map(|_| ()))
 }
 
-/// Every CPU maps and unmaps its own range of one domain at once; see [`crate::smp`].
-fn cpus_map_and_unmap_one_domain_at_once(m: &mut Machine) -> TestResult {
-    crate::smp::cpus_map_and_unmap_one_domain_at_once(m, &dma::rig(m)?)
+/// The multi-CPU tests over this back-end (see [`crate::smp`]), to run after [`TESTS`].
+pub fn smp_tests() -> [Test<Machine>; 9] {
+    crate::smp::tests::<Smp>(Test {
+        name: "an_invalid_descriptor_is_reported_to_its_cpu_only",
+        run: dma::an_invalid_descriptor_is_reported_to_its_cpu_only,
+    })
 }
 
-/// Every CPU maps and unmaps through one shared object model while DMA runs; see
-/// [`crate::smp`].
-fn cpus_map_and_unmap_through_the_object_model_while_dma_runs(m: &mut Machine) -> TestResult {
-    crate::smp::cpus_map_and_unmap_through_the_object_model_while_dma_runs(m, dma::rig(m)?)
-}
+struct Smp;
 
-/// CPUs race to map and unmap overlapping ranges of one domain; see [`crate::smp`].
-fn cpus_racing_on_one_range_are_decided_once(m: &mut Machine) -> TestResult {
-    crate::smp::cpus_racing_on_one_range_are_decided_once(m, dma::rig(m)?)
-}
-
-/// One CPU attaches and detaches a device of a shared domain while the others map into it; see
-/// [`crate::smp`].
-fn a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m: &mut Machine) -> TestResult {
-    let rig = dma::rig(m)?;
-    crate::smp::a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m, rig)
-}
-
-/// Two owners race for the devices of one group from every CPU; see [`crate::smp`].
-fn owners_racing_for_one_group_keep_it_viable(m: &mut Machine) -> TestResult {
-    crate::smp::owners_racing_for_one_group_keep_it_viable(m, dma::rig(m)?)
-}
-
-/// Per-CPU figures of map+unmap and queue flushes on 1, 2 and 4 CPUs, lock-free against a
-/// locked unit; see [`crate::smp`].
-fn per_cpu_figures_one_two_four_cpus(m: &mut Machine) -> TestResult {
-    crate::smp::per_cpu_figures_one_two_four_cpus(m, &dma::rig(m)?)
+impl crate::smp::Arch for Smp {
+    type Unit = dma::Unit;
+    fn rig(m: &Machine) -> Result<crate::dma::Rig<'static, dma::Unit>, Failure> {
+        dma::rig(m)
+    }
 }
