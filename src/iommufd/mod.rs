@@ -136,6 +136,11 @@
 //! domains, a virtual id whose device is attached to a nested domain, and a device with a
 //! virtual id are all kept (busy) until what depends on them is gone. See the `viommu` module.
 //!
+//! A hypervisor that shares one stage-2 table between its CPU and the IOMMU (the table of
+//! VTTBR_EL2, built with the core's VMSA stage-2 format) allocates its domain with
+//! [`Iommu::alloc_vm_domain`] instead of a nest parent: the embedder changes that table itself
+//! and calls [`Iommu::flush`]; it is a nest parent too.
+//!
 //! # PASIDs and shared CPU tables
 //!
 //! [`Iommu::attach_pasid`] attaches one PASID of a device (alone in its group) to a domain,

@@ -1,7 +1,8 @@
 //! Loads the guest image: the PT_LOAD segments of an AArch64 ELF64 into the guest's RAM. The
 //! image is input like any other: every segment and the entry must lie inside the RAM.
 
-use super::{GuestRam, GUEST_RAM_IPA};
+use super::vm::GuestRam;
+use super::GUEST_RAM_IPA;
 use iommu_boot::testing::{fail, Failure};
 
 /// ELF64 header and program header fields the loader reads (System V gABI, "ELF Header" and
@@ -52,15 +53,8 @@ pub(super) fn load_elf(elf: &[u8], ram: &GuestRam) -> Result<(u64, u64), Failure
             )));
         }
         let bytes = elf.get(offset..offset + filesz as usize).ok_or_else(bad)?;
-        // SAFETY: the segment lies inside `ram` (checked above); the rest of it up to memsz
-        // is .bss, already zero (the RAM is allocated zeroed).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                ram.ptr.add((paddr - GUEST_RAM_IPA) as usize),
-                bytes.len(),
-            )
-        };
+        // The rest of the segment up to memsz is .bss, already zero (the RAM starts zeroed).
+        ram.copy_in(paddr - GUEST_RAM_IPA, bytes)?;
         end = end.max(seg_end);
     }
     if !(GUEST_RAM_IPA..end).contains(&entry) {
