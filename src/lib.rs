@@ -10,6 +10,7 @@ extern crate std;
 
 pub mod acpi;
 pub mod addr;
+pub mod dma;
 pub mod hal;
 pub mod iommufd;
 pub mod irq;

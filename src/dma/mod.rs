@@ -1,0 +1,11 @@
+//! The DMA API for drivers (issue 15, in progress): what a unikernel's driver asks for instead
+//! of domains and page tables, "an address this device can use for this buffer" and "I am done
+//! with it", over a paging domain, an identity domain or no IOMMU at all.
+//!
+//! What stands: [`iova`], the IOVA allocator (a range allocator with per-CPU magazines for the
+//! common sizes). The DMA handles, streaming and coherent mappings, and bounce buffers build on
+//! it next.
+
+pub mod iova;
+
+pub use iova::{IovaAllocator, IovaError};
