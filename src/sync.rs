@@ -1,7 +1,8 @@
 //! The atomics, the spin hint and the racy cell of every lock-free structure in the crate family
 //! (page tables here; the VT-d invalidation queue and the SMMUv3 command and event queues in the
 //! back-ends), swapped for loom's model-checked ones when built with `RUSTFLAGS="--cfg loom"`, so
-//! the same protocol code runs on hardware and under the checker.
+//! the same protocol code runs on hardware and under the checker. Also the one lock-free piece
+//! both queues share: the [`CombiningLock`] behind their tail-register publishers.
 //!
 //! Code that is part of a loom model takes all of these (and [`Mutex`]) from here, never from
 //! `core::sync::atomic` directly, or loom would not see those accesses.
@@ -164,3 +165,102 @@ impl<T> Mutex<T> {
         }
     }
 }
+
+/// The lock word is held.
+const LOCKED: u32 = 1;
+/// A request was handed to the holder while it held the lock: it runs another pass.
+const PENDING: u32 = 2;
+/// The caller-defined bit, set with a request that asked for it (VT-d: "write the tail even if
+/// it did not move").
+const FLAG: u32 = 4;
+
+/// A combining try-lock: whoever finds it free runs a pass, and whoever finds it held hands its
+/// request to the holder, which runs another pass for it, so nobody waits for another CPU. The
+/// invalidation queue (VT-d) and the command queue (SMMUv3) use it to write their tail register
+/// once for every batch their producers marked ready: a producer stores its ready mark
+/// (`Release`), then calls [`run`](Self::run), whose pass follows the marks (`Acquire`) and
+/// writes the register.
+///
+/// # Why it is correct
+///
+/// One `AtomicU32` holds LOCKED, PENDING and the caller's flag. Only read-modify-writes change
+/// it, so its changes are totally ordered (its modification order), and every one of them
+/// continues the release sequence of the ones before it:
+///
+/// - **Enter** (CAS, `AcqRel`): free (0) becomes LOCKED, and the caller runs a pass; held
+///   becomes held | PENDING (| FLAG), and the caller returns at once. The release half hands
+///   what the caller did before (its ready mark) to the holder that reads this value or a
+///   later one; the acquire half, on taking the lock, makes everything the previous holder did
+///   before leaving (its `published` and register write) happen before this holder's pass.
+/// - **Leave** (CAS LOCKED → 0, `Release`): succeeds only if no request came since the holder
+///   took the lock or its last request, and releases the holder's passes to the next holder.
+///   If it fails, a request is pending: the holder takes it (swap to LOCKED, `Acquire`: the
+///   requesters' releases, which the swapped-out value carries in its release sequence, happen
+///   before the next pass) and runs another pass, with the flag if any request taken asked for
+///   it. The swap needs no release: the holder's passes reach the next holder through its
+///   final leave.
+/// - A request's CAS is ordered against the holder's leave: before it, the leave fails and the
+///   holder runs a pass after taking it; after it, the requester found the lock free and runs
+///   its own pass. So every request is followed by a pass that starts after it and sees what
+///   the requester did before it; passes never overlap (each is between a take and a leave),
+///   and each starts after the previous one ended. A free word is always 0 (a leave only
+///   succeeds from LOCKED alone), so a holder's first pass owes nothing to anyone else.
+///
+/// The holder runs one pass more per request handed to it and never waits; a holder preempted
+/// inside its pass delays the requests handed to it until it runs again. The loom model in
+/// `sync/loom_tests.rs` checks these claims (exclusion, no lost request, the flag, the edges).
+#[derive(Debug, Default)]
+pub struct CombiningLock {
+    state: AtomicU32,
+}
+
+impl CombiningLock {
+    /// A free lock.
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    /// Runs `pass` now if the lock is free, and again for every request handed in meanwhile;
+    /// otherwise hands this request (with `flag`) to the holder and returns at once. `pass` is
+    /// given `flag` the first time, and afterwards whether a request it now serves asked for
+    /// the flag. Returns whether this caller ran the passes.
+    pub fn run(&self, flag: bool, mut pass: impl FnMut(bool)) -> bool {
+        let request = if flag { PENDING | FLAG } else { PENDING };
+        // Enter. AcqRel: see the type's notes (release for a request, acquire for the lock).
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            let next = if state & LOCKED != 0 {
+                state | request
+            } else {
+                LOCKED
+            };
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) if state & LOCKED != 0 => return false,
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        let mut flag = flag;
+        loop {
+            pass(flag);
+            // Leave (release: this holder's passes go to the next one), unless a request came
+            // meanwhile: then take it (acquire, for what its requester did) and pass again.
+            if self
+                .state
+                .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+            flag = self.state.swap(LOCKED, Ordering::Acquire) & FLAG != 0;
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests;

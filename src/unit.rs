@@ -510,3 +510,7 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
         (**self).forward_invalidations(viommu, devices, cmds)
     }
 }
+
+/// A table-only unit over the host HAL, for host tests and benchmarks.
+#[cfg(all(feature = "host-hal", not(loom)))]
+pub mod host;

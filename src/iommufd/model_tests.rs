@@ -10,123 +10,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::hal::host::HostHal;
-use crate::pagetable::vtd_second_stage::{VtdSecondStage, VtdSecondStageConfig};
-use crate::pagetable::{Coherency, Gather, PageTable};
-use crate::unit::{Drained, FaultRecord, UnitError};
-
-type Table = PageTable<VtdSecondStage, HostHal>;
-
-/// A unit whose domains are real page tables in host memory; attach is not used here.
-struct TableUnit;
-
-impl TranslationUnit for TableUnit {
-    type Domain = Table;
-
-    type VIommu = core::convert::Infallible;
-    type GuestCommand = [u64; 2];
-
-    fn info(&self) -> crate::unit::HardwareInfo {
-        unimplemented!("mock")
-    }
-
-    fn new_shared_domain(
-        &self,
-        _cpu: &crate::unit::CpuTable,
-    ) -> core::result::Result<Self::Domain, UnitError> {
-        Err(UnitError::Unsupported("shared"))
-    }
-
-    fn destroy_domain(
-        &self,
-        domain: Self::Domain,
-    ) -> core::result::Result<(), (Self::Domain, UnitError)> {
-        drop(domain);
-        Ok(())
-    }
-
-    fn attach_pasid(
-        &self,
-        _d: DeviceId,
-        _p: u32,
-        _to: Attachment<'_, Self::Domain>,
-    ) -> core::result::Result<(), UnitError> {
-        Err(UnitError::Unsupported("pasid"))
-    }
-
-    fn flush(&self, _d: &Self::Domain, _i: Iova, _l: u64) -> core::result::Result<(), UnitError> {
-        Ok(())
-    }
-
-    fn new_viommu(&self, _parent: &Self::Domain) -> core::result::Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("viommu"))
-    }
-
-    fn destroy_viommu(
-        &self,
-        v: Self::VIommu,
-    ) -> core::result::Result<(), (Self::VIommu, UnitError)> {
-        match v {}
-    }
-
-    fn new_nested(
-        &self,
-        v: &Self::VIommu,
-        _g: &crate::unit::GuestEntry,
-    ) -> core::result::Result<Self::Domain, UnitError> {
-        match *v {}
-    }
-
-    fn forward_invalidations(
-        &self,
-        v: &Self::VIommu,
-        _d: &dyn Fn(u32) -> Option<DeviceId>,
-        _c: &[Self::GuestCommand],
-    ) -> crate::unit::Forwarded {
-        match *v {}
-    }
-
-    fn new_domain(&self, _stage: Stage, ia_bits: u32) -> core::result::Result<Table, UnitError> {
-        let f = VtdSecondStage::new(VtdSecondStageConfig {
-            sagaw: 0b0100,
-            sllps: 0b11,
-            address_width: ia_bits,
-            output_width: 46,
-            snoop_control: true,
-        })?;
-        Ok(PageTable::new(f, HostHal::new(), Coherency::Coherent)?)
-    }
-
-    fn attach(&self, _: DeviceId, _: Attachment<'_, Table>) -> core::result::Result<(), UnitError> {
-        Err(UnitError::Unsupported("attach: not modelled"))
-    }
-
-    fn map(
-        &self,
-        t: &Table,
-        iova: Iova,
-        phys: PhysAddr,
-        len: u64,
-        prot: Prot,
-    ) -> core::result::Result<(), UnitError> {
-        Ok(t.map(iova, phys, len, prot)?)
-    }
-
-    fn unmap(&self, t: &Table, iova: Iova, len: u64) -> core::result::Result<u64, UnitError> {
-        let mut g = Gather::new();
-        let n = t.unmap(iova, len, &mut g)?;
-        // SAFETY: host memory; no hardware walks it and this thread is the only user.
-        unsafe { g.complete(t.hal()) };
-        Ok(n)
-    }
-
-    fn drain_faults(
-        &self,
-        _: &mut dyn FnMut(FaultRecord),
-    ) -> core::result::Result<Drained, UnitError> {
-        Ok(Drained::default())
-    }
-}
+use crate::unit::host::TableUnit;
 
 const PAGE: u64 = 4096;
 /// Windows and reserved region in pages: `[0, 1024)` and `[1536, 2048)`, a doorbell at
@@ -240,7 +124,7 @@ proptest! {
     #[test]
     fn map_unmap_alloc_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let mut io = Iommu::new();
-        let u = io.add_unit(TableUnit);
+        let u = io.add_unit(TableUnit::vtd_second_stage());
         let owner = OwnerId(7);
         let dom = io
             .alloc_domain(owner, u, Stage::Second, 48, &Layout { windows: &WINDOWS, reserved: &[DOORBELL] })

@@ -215,6 +215,11 @@ fn host_checks() -> Result<(), String> {
     // cfg), kept in its own target directory so it does not invalidate the normal one.
     for (what, package, selector) in [
         ("page tables", "iommu", ["--test", "loom_pagetable"]),
+        (
+            "combining publisher lock",
+            "iommu",
+            ["--lib", "sync::loom_tests"],
+        ),
         ("IOVA space claims", "iommu", ["--lib", "iova::loom_tests"]),
         (
             "VT-d invalidation queue",

@@ -17,19 +17,16 @@ use std::thread;
 use std::time::Instant;
 
 use iommu::addr::{Iova, PhysAddr};
-use iommu::hal::host::HostHal;
 use iommu::iommufd::{DomainId, Iommu, Layout, OwnerId, Region, UnitId};
-use iommu::pagetable::{Coherency, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage1};
-use iommu::unit::{
-    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
-    Stage, TranslationUnit, UnitError,
-};
+use iommu::pagetable::{Prot, VmsaStage1};
+use iommu::unit::host::TableUnit;
+use iommu::unit::{Stage, UnitError};
 use iommu_smmuv3::command::Command;
 mod common;
 
 use common::{Consumer, Queue};
 
-type Table = PageTable<VmsaStage1, HostHal>;
+type Unit = TableUnit<VmsaStage1>;
 
 const OWNER: OwnerId = OwnerId(1);
 const PAGE: u64 = 0x1000;
@@ -37,114 +34,33 @@ const IA_BITS: u32 = 48;
 
 /// A unit of real page tables; with a queue, each unmap also issues CMD_TLBI_NH_VA + CMD_SYNC
 /// and waits for the sync, as `SmmuUnit` does.
-struct BenchUnit {
-    queue: Option<&'static Queue>,
-}
-
-impl TranslationUnit for BenchUnit {
-    type Domain = Table;
-    type VIommu = core::convert::Infallible;
-    type GuestCommand = [u64; 2];
-
-    fn info(&self) -> HardwareInfo {
-        unimplemented!("not benchmarked")
-    }
-
-    fn new_domain(&self, _stage: Stage, ia_bits: u32) -> Result<Table, UnitError> {
-        let format = VmsaStage1::new(VmsaConfig {
-            granule: Granule::Size4K,
-            input_bits: ia_bits,
-            output_bits: 48,
-        })?;
-        Ok(PageTable::new(format, HostHal::new(), Coherency::Coherent)?)
-    }
-
-    fn new_shared_domain(&self, _cpu: &CpuTable) -> Result<Table, UnitError> {
-        Err(UnitError::Unsupported("shared"))
-    }
-
-    fn destroy_domain(&self, domain: Table) -> Result<(), (Table, UnitError)> {
-        drop(domain);
-        Ok(())
-    }
-
-    fn attach(&self, _: DeviceId, _: Attachment<'_, Table>) -> Result<(), UnitError> {
-        Err(UnitError::Unsupported("attach"))
-    }
-
-    fn attach_pasid(&self, _: DeviceId, _: u32, _: Attachment<'_, Table>) -> Result<(), UnitError> {
-        Err(UnitError::Unsupported("pasid"))
-    }
-
-    fn map(
-        &self,
-        t: &Table,
-        iova: Iova,
-        phys: PhysAddr,
-        len: u64,
-        prot: Prot,
-    ) -> Result<(), UnitError> {
-        Ok(t.map(iova, phys, len, prot)?)
-    }
-
-    fn unmap(&self, t: &Table, iova: Iova, len: u64) -> Result<u64, UnitError> {
-        let mut gather = Gather::new();
-        let n = t.unmap(iova, len, &mut gather)?;
-        if let Some(queue) = self.queue {
-            let tlbi = Command::TlbiNhVa {
-                vmid: 0,
-                asid: 1,
-                addr: iova.as_u64(),
-                leaf: true,
-                range: None,
-            };
-            let raw = tlbi
-                .encode()
-                .map_err(|_| UnitError::Unsupported("encoding"))?;
-            queue
-                .submit_and_sync(&[raw])
-                .map_err(|_| UnitError::Unsupported("queue"))?;
-        }
-        // SAFETY: host memory that no hardware walks; the invalidation (if any) has completed,
-        // and the object model gives concurrent unmaps disjoint ranges.
-        unsafe { gather.complete(t.hal()) };
-        Ok(n)
-    }
-
-    fn flush(&self, _: &Table, _: Iova, _: u64) -> Result<(), UnitError> {
-        Ok(())
-    }
-
-    fn drain_faults(&self, _: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
-        Ok(Drained::default())
-    }
-
-    fn new_viommu(&self, _: &Table) -> Result<Self::VIommu, UnitError> {
-        Err(UnitError::Unsupported("viommu"))
-    }
-
-    fn destroy_viommu(&self, v: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
-        match v {}
-    }
-
-    fn new_nested(&self, v: &Self::VIommu, _: &GuestEntry) -> Result<Table, UnitError> {
-        match *v {}
-    }
-
-    fn forward_invalidations(
-        &self,
-        v: &Self::VIommu,
-        _: &dyn Fn(u32) -> Option<DeviceId>,
-        _: &[[u64; 2]],
-    ) -> Forwarded {
-        match *v {}
-    }
+fn unit(queue: Option<&'static Queue>) -> Unit {
+    let unit = TableUnit::vmsa_stage1();
+    let Some(queue) = queue else {
+        return unit;
+    };
+    unit.with_invalidation(move |iova, _len| {
+        let tlbi = Command::TlbiNhVa {
+            vmid: 0,
+            asid: 1,
+            addr: iova.as_u64(),
+            leaf: true,
+            range: None,
+        };
+        let raw = tlbi
+            .encode()
+            .map_err(|_| UnitError::Unsupported("encoding"))?;
+        queue
+            .submit_and_sync(&[raw])
+            .map_err(|_| UnitError::Unsupported("queue"))
+            .map(drop)
+    })
 }
 
 /// A system of one unit with `domains` empty paging domains.
-fn system(queue: Option<&'static Queue>, domains: usize) -> (Iommu<BenchUnit>, Vec<DomainId>) {
+fn system(queue: Option<&'static Queue>, domains: usize) -> (Iommu<Unit>, Vec<DomainId>) {
     let mut io = Iommu::new();
-    let u: UnitId = io.add_unit(BenchUnit { queue });
+    let u: UnitId = io.add_unit(unit(queue));
     let windows = [Region::below_bits(IA_BITS)];
     let layout = Layout {
         windows: &windows,
@@ -164,13 +80,13 @@ fn system(queue: Option<&'static Queue>, domains: usize) -> (Iommu<BenchUnit>, V
 /// How the threads reach the model.
 #[derive(Clone, Copy)]
 enum Access<'a> {
-    Shared(&'a Iommu<BenchUnit>),
-    Locked(&'a spin::Mutex<Iommu<BenchUnit>>),
+    Shared(&'a Iommu<Unit>),
+    Locked(&'a spin::Mutex<Iommu<Unit>>),
 }
 
 impl Access<'_> {
     fn pair(self, dom: DomainId, iova: u64) {
-        let go = |io: &Iommu<BenchUnit>| {
+        let go = |io: &Iommu<Unit>| {
             let at = Iova::new(iova);
             if let Err(e) = io.map(
                 OWNER,

@@ -23,7 +23,7 @@ use tock_registers::LocalRegisterCopy;
 
 use crate::command::{Command, EncodeError, RawCommand};
 use crate::registers::{SmmuRegisters, GERROR, QUEUE_BASE, QUEUE_CONS, QUEUE_PROD};
-use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Backoff, Ordering};
+use iommu::sync::{AtomicBool, AtomicU64, Backoff, CombiningLock, Ordering};
 
 /// Bytes of one command.
 pub const ENTRY_BYTES: usize = 16;
@@ -419,11 +419,6 @@ const ERROR_SLOTS: usize = 16;
 #[repr(align(64))]
 struct Padded<T>(T);
 
-/// The publisher's lock is held.
-const PUBLISH_LOCKED: u32 = 1;
-/// A producer marked a batch ready while the lock was held: the holder scans again.
-const PUBLISH_PENDING: u32 = 2;
-
 /// The command queue of one SMMU, shared by every CPU (`&self` everywhere).
 ///
 /// # Protocol and why it is correct
@@ -444,26 +439,23 @@ const PUBLISH_PENDING: u32 = 2;
 ///   means "the batch starting at `t` is written" iff `t < v ≤ t + N`: a mark left by an
 ///   earlier lap's batch in that slot ended at or before `t`, and a later lap's batch there
 ///   cannot be reserved while `t` is unpublished (it needs `consumed > t`, by I1).
-/// - **Publish** (`publish_state`, `published`): whoever holds the publisher lock follows the
-///   marks from `published` over the contiguous ready prefix, writes PROD once for all of it
-///   and stores `published`. Every entry PROD then covers happens before the PROD write: the
-///   holder's own by program order, the others' through the acquire of their marks; the
-///   register write orders what happens before it ahead of it as the SMMU observes it (see
+/// - **Publish** (`publisher`, `published`): a pass of the publisher lock (a
+///   [`CombiningLock`]: whoever finds it free passes, whoever finds it held hands the holder a
+///   request and returns at once, and the holder passes again for it) follows the marks from
+///   `published` over the contiguous ready prefix, writes PROD once for all of it and stores
+///   `published`. Every entry PROD then covers happens before the PROD write: the holder's own
+///   by program order, the others' through the acquire of their marks (a mark stored before a
+///   request is visible to the pass that serves it: see the lock's notes); the register write
+///   orders what happens before it ahead of it as the SMMU observes it (see
 ///   [`CmdqRegisters`]; the same edge the in-order hand-off used to make through a release and
-///   acquire of `published`). The lock word changes only by read-modify-writes, so they are
-///   totally ordered: a producer that finds it free takes it (CAS, acquire: the previous holder's
-///   `published` and PROD write happen before its scan); one that finds it held sets
-///   `PUBLISH_PENDING` and returns at once (the CAS is `AcqRel`: its mark, stored before,
-///   goes to the holder that reads this value). The holder leaves with a CAS LOCKED → 0
-///   (release), which fails if a request came meanwhile; it then takes the request (swap,
-///   acquire) and scans again. A request made after it left finds the lock free. So no ready
-///   mark is missed, PROD only moves forward, in reservation order (only the holder writes it,
-///   starting from its predecessor's `published`), and never past an entry not yet written.
-///   A producer preempted before its mark delays only the batches after it, and its own
-///   publish then writes PROD once for all of them. The holder scans once more per request
-///   handed to it and never waits; a holder preempted inside its few instructions delays the
-///   requests handed to it until it runs again (the only remaining dependence on another
-///   CPU's scheduling). The marks are one word per entry in the CPUs' heap (2 KiB for 256
+///   acquire of `published`). Passes are ordered one after another, each starting from its
+///   predecessor's `published`, and every mark is followed by a pass that sees it. So no
+///   ready mark is missed, PROD only moves forward, in reservation order, and never past an
+///   entry not yet written. A producer preempted before its mark delays only the batches
+///   after it, and its own publish then writes PROD once for all of them. The holder scans
+///   once more per request handed to it and never waits; a holder preempted inside its few
+///   instructions delays the requests handed to it until it runs again (the only remaining
+///   dependence on another CPU's scheduling). The marks are one word per entry in the CPUs' heap (2 KiB for 256
 ///   entries), allocated fallibly by [`CommandQueue::new`].
 ///
 /// `consumed` is a lower bound of hardware CONS. Whoever needs it fresher reads CONS and
@@ -502,10 +494,9 @@ pub struct CommandQueue<R, M> {
     budget: u32,
     /// Next free position. Orders nothing (relaxed CAS): arbitration only.
     reserved: Padded<AtomicU64>,
-    /// The publisher's lock word: [`PUBLISH_LOCKED`] plus a request handed to the holder
-    /// ([`PUBLISH_PENDING`]). Only read-modify-writes change it: acquire on taking the lock or
-    /// a request, release on leaving it or handing a request in.
-    publish_state: Padded<AtomicU32>,
+    /// The publisher lock: a producer's ready mark, stored before its request, reaches the
+    /// pass that serves it, and one pass's `published` and PROD write the next pass.
+    publisher: Padded<CombiningLock>,
     /// Hardware PROD as last written. Only the lock holder reads or writes it; the lock orders
     /// one holder's store before the next holder's load, so relaxed suffices.
     published: AtomicU64,
@@ -563,7 +554,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             log2,
             budget: budget.max(1),
             reserved: Padded(AtomicU64::new(start)),
-            publish_state: Padded(AtomicU32::new(0)),
+            publisher: Padded(CombiningLock::new()),
             published: AtomicU64::new(start),
             consumed: Padded(AtomicU64::new(start)),
             ready: ready.into_boxed_slice(),
@@ -741,28 +732,9 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     /// Publishes every ready batch from `published` on, or hands that to the current holder of
     /// the publisher lock (see the protocol notes). Never waits.
     fn publish(&self) {
-        // Enter: take the lock, or hand our request to the holder. AcqRel: our ready mark is
-        // released to the holder that reads this value; taking the lock acquires the previous
-        // holder's `published` and PROD write.
-        let mut state = self.publish_state.0.load(Ordering::Relaxed);
-        loop {
-            let next = if state & PUBLISH_LOCKED != 0 {
-                state | PUBLISH_PENDING
-            } else {
-                PUBLISH_LOCKED
-            };
-            match self.publish_state.0.compare_exchange_weak(
-                state,
-                next,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) if state & PUBLISH_LOCKED != 0 => return,
-                Ok(_) => break,
-                Err(now) => state = now,
-            }
-        }
-        loop {
+        // Our ready mark, stored before, reaches the pass that serves this request; a pass
+        // starts after the previous one's `published` and PROD write.
+        self.publisher.0.run(false, |_| {
             let from = self.published.load(Ordering::Relaxed);
             let mut tail = from;
             while let Some(end) = self.ready_end(tail) {
@@ -774,18 +746,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 self.regs.write_prod(self.prod_value(tail));
                 self.published.store(tail, Ordering::Relaxed);
             }
-            // Leave (release: our `published` and PROD write go to the next holder), unless a
-            // request came meanwhile: then take it (acquire, for its mark) and scan again.
-            if self
-                .publish_state
-                .0
-                .compare_exchange(PUBLISH_LOCKED, 0, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-            self.publish_state.0.swap(PUBLISH_LOCKED, Ordering::Acquire);
-        }
+        });
     }
 
     /// Reads CONS and advances `consumed`; returns a lower bound of CONS as a position.

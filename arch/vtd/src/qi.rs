@@ -18,7 +18,7 @@ use crate::caps::ExtendedCapability;
 use crate::descriptor::{Descriptor, DescriptorError, Wait};
 use crate::registers::{RegisterBlock, FSTS, IQERCD, IQH};
 use crate::root_table::SourceId;
-use iommu::sync::{fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use iommu::sync::{fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, CombiningLock, Ordering};
 
 mod memory;
 
@@ -358,13 +358,6 @@ pub struct Recovered {
     pub completion_error: Option<SourceId>,
 }
 
-/// The publisher's lock is held.
-const PUBLISH_LOCKED: u32 = 1;
-/// Someone marked a batch ready while the lock was held: the holder scans again.
-const PUBLISH_PENDING: u32 = 2;
-/// Error recovery asks the holder to write IQT even if the tail did not move.
-const PUBLISH_KICK: u32 = 4;
-
 /// Mark kinds in the per-slot `marks` array (bits 23:16 of a mark).
 const MARK_INVALID: u64 = 1;
 
@@ -391,16 +384,15 @@ const MARK_INVALID: u64 = 1;
 ///   writes IQT and stores `published` (`Release`, for the head estimate of producers). IQT
 ///   only ever moves forward, in reservation order, because only the holder writes it and each
 ///   holder starts from its predecessor's `published` (lock `Release` → `Acquire`).
-/// - `publish_state`: the lock and a "pending" request bit, in one word changed only by
-///   read-modify-writes, so they are totally ordered. A producer that finds the lock free takes
-///   it; one that finds it held sets PENDING and leaves (no one waits for another CPU). The
-///   holder leaves with a compare-exchange LOCKED → 0, which fails if PENDING was set before
-///   it; then it takes the request (swap, `Acquire`: the requester's ready mark, stored before
-///   its `AcqRel` read-modify-write, is visible) and scans again. A request made after the
-///   holder left finds the lock free and is its own publisher. So every ready batch whose
-///   predecessors are ready is published without waiting; a batch behind one not yet ready
-///   is published by that one's producer. Error recovery asks for a tail write the same way
-///   (KICK), so it never waits either.
+/// - `publisher`: a [`CombiningLock`]. A producer that finds it free runs a pass (the scan
+///   and IQT write above); one that finds it held hands the holder a request and leaves (no
+///   one waits for another CPU), and the holder runs another pass for it, which sees the
+///   requester's ready mark (stored before its request; see the lock's notes). Passes are
+///   ordered one after another and every request is followed by one. So every ready batch
+///   whose predecessors are ready is published without waiting; a batch behind one not yet
+///   ready is published by that one's producer. Error recovery asks for a tail write the same
+///   way, with the lock's flag (write IQT even if the tail did not move), so it never waits
+///   either.
 ///
 /// Completion: the batch's last descriptor is a wait that writes a token (lap number + 1) into
 /// the status word of its slot; the waiter polls that word with `Acquire` (the unit's write
@@ -429,10 +421,9 @@ pub struct InvalidationQueue<'m, R> {
     /// Tail written to the unit; `Release` store by the publisher, `Acquire` loads by producers
     /// estimating the head, so the estimate never runs ahead of what the unit was given.
     published: AtomicU64,
-    /// The publisher's lock word: [`PUBLISH_LOCKED`], plus requests handed to the holder
-    /// ([`PUBLISH_PENDING`], [`PUBLISH_KICK`]). Only read-modify-writes change it, so the changes
-    /// are totally ordered; see the protocol above for what each orders.
-    publish_state: AtomicU32,
+    /// The publisher lock; its flag is the kick (write IQT even if the tail did not move). See
+    /// the protocol above for what it orders.
+    publisher: CombiningLock,
     /// One error recoverer at a time: `Acquire`/`Release` as a lock around recovery.
     recovering: AtomicBool,
     /// Bumped (`Release`) after marks or the ITE window are written, loaded (`Acquire`) by
@@ -486,7 +477,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             sink,
             reserved: AtomicU64::new(0),
             published: AtomicU64::new(0),
-            publish_state: AtomicU32::new(0),
+            publisher: CombiningLock::new(),
             recovering: AtomicBool::new(false),
             error_epoch: AtomicU64::new(0),
             ite_from: AtomicU64::new(0),
@@ -701,34 +692,9 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     /// leaves that to the current publisher. With `kick`, IQT is written even if nothing new is
     /// ready (to restart the unit after an error).
     fn publish(&self, kick: bool) {
-        let own = if kick {
-            PUBLISH_PENDING | PUBLISH_KICK
-        } else {
-            PUBLISH_PENDING
-        };
-        // Enter: take the lock, or hand our request to the holder. AcqRel: our ready mark (or
-        // recovery's writes) is released to the holder that reads this value, and taking the
-        // lock acquires the previous holder's `published` and IQT write.
-        let mut state = self.publish_state.load(Ordering::Relaxed);
-        loop {
-            let next = if state & PUBLISH_LOCKED != 0 {
-                state | own
-            } else {
-                PUBLISH_LOCKED
-            };
-            match self.publish_state.compare_exchange(
-                state,
-                next,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) if state & PUBLISH_LOCKED != 0 => return,
-                Ok(_) => break,
-                Err(now) => state = now,
-            }
-        }
-        let mut kick = kick;
-        loop {
+        // Our ready mark (or recovery's writes), made before, reaches the pass that serves this
+        // request; a pass starts after the previous one's `published` and IQT write.
+        self.publisher.run(kick, |kick| {
             let start = self.published.load(Ordering::Relaxed);
             let mut tail = start;
             while let Some(end) = self.ready_end(tail) {
@@ -742,21 +708,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
                     .write_tail((tail % self.entries) << self.width.shift());
                 self.published.store(tail, Ordering::Release);
             }
-            // Leave, unless someone handed us a request meanwhile: then take it (Acquire, for
-            // their ready mark) and go round again.
-            match self.publish_state.compare_exchange(
-                PUBLISH_LOCKED,
-                0,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(_) => {
-                    let handed = self.publish_state.swap(PUBLISH_LOCKED, Ordering::AcqRel);
-                    kick = handed & PUBLISH_KICK != 0;
-                }
-            }
-        }
+        });
     }
 
     /// The end of the batch that starts at position `t`, if it is ready.

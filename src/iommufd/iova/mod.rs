@@ -606,66 +606,84 @@ mod loom_tests {
         }
     }
 
-    #[test]
-    fn overlapping_maps_one_wins() {
-        loom::model(|| {
+    /// One model: a fresh world prepared by `before`, then `other` on a second CPU while this
+    /// one runs `this`; `check` gets the world and both answers (this, other) after the join.
+    fn race<A: Send + 'static, B: 'static>(
+        before: fn(&World),
+        other: fn(&World) -> A,
+        this: fn(&World) -> B,
+        check: fn(&World, B, A),
+    ) {
+        loom::model(move || {
             let w = World::new();
+            before(&w);
             let w2 = w.clone();
-            // Pages 0..3 (two locks) against pages 1..4 (two locks): pages 1 and 2 contested.
-            let t = loom::thread::spawn(move || w2.map(1, 3, 2));
-            let a = w.map(0, 3, 1);
-            let b = join(t);
-            assert!(a ^ b, "exactly one map wins: {a} {b}");
-            let winner = if a { 1 } else { 2 };
-            assert_eq!(w.owner_of(1), winner);
-            assert_eq!(w.owner_of(2), winner);
+            let t = loom::thread::spawn(move || other(&w2));
+            let b = this(&w);
+            let a = match t.join() {
+                Ok(v) => v,
+                Err(_) => panic!("thread panicked"),
+            };
+            check(&w, b, a);
         });
     }
 
-    fn join<T>(t: loom::thread::JoinHandle<T>) -> T {
-        match t.join() {
-            Ok(v) => v,
-            Err(_) => panic!("thread panicked"),
-        }
+    #[test]
+    fn overlapping_maps_one_wins() {
+        // Pages 0..3 (two locks) against pages 1..4 (two locks): pages 1 and 2 contested.
+        race(
+            |_| {},
+            |w| w.map(1, 3, 2),
+            |w| w.map(0, 3, 1),
+            |w, a, b| {
+                assert!(a ^ b, "exactly one map wins: {a} {b}");
+                let winner = if a { 1 } else { 2 };
+                assert_eq!(w.owner_of(1), winner);
+                assert_eq!(w.owner_of(2), winner);
+            },
+        );
     }
 
     #[test]
     fn a_map_into_a_hole_waits_for_the_unmap_around_it() {
-        loom::model(|| {
-            let w = World::new();
-            assert!(w.map(0, 1, 1));
-            assert!(w.map(2, 1, 1));
-            let w2 = w.clone();
-            // The unmap's span covers the hole at page 1, which the other CPU maps: either
-            // before the unmap began (and is unmapped with it) or after it ended.
-            let t = loom::thread::spawn(move || w2.map(1, 1, 2));
-            let removed = w.unmap(0, 3);
-            assert!(join(t), "the hole is free");
-            match removed {
-                Some(n) if n == 3 * PAGE => assert_eq!(w.owner_of(1), 0),
-                Some(n) if n == 2 * PAGE => assert_eq!(w.owner_of(1), 2),
-                other => panic!("unmap removed {other:?}"),
-            }
-            assert_eq!((w.owner_of(0), w.owner_of(2)), (0, 0));
-        });
+        // The unmap's span covers the hole at page 1, which the other CPU maps: either before
+        // the unmap began (and is unmapped with it) or after it ended.
+        race(
+            |w| {
+                assert!(w.map(0, 1, 1));
+                assert!(w.map(2, 1, 1));
+            },
+            |w| w.map(1, 1, 2),
+            |w| w.unmap(0, 3),
+            |w, removed, mapped| {
+                assert!(mapped, "the hole is free");
+                match removed {
+                    Some(n) if n == 3 * PAGE => assert_eq!(w.owner_of(1), 0),
+                    Some(n) if n == 2 * PAGE => assert_eq!(w.owner_of(1), 2),
+                    other => panic!("unmap removed {other:?}"),
+                }
+                assert_eq!((w.owner_of(0), w.owner_of(2)), (0, 0));
+            },
+        );
     }
 
     #[test]
     fn an_unmap_waits_for_a_map_under_way() {
-        loom::model(|| {
-            let w = World::new();
-            let w2 = w.clone();
-            // Pages 1..3 cross the stripe boundary: the map takes both locks.
-            let t = loom::thread::spawn(move || w2.map(1, 2, 1));
-            let removed = w.unmap(0, 4);
-            assert!(join(t));
-            match removed {
-                None => assert_eq!((w.owner_of(1), w.owner_of(2)), (1, 1)),
-                Some(n) => {
-                    assert_eq!(n, 2 * PAGE);
-                    assert_eq!((w.owner_of(1), w.owner_of(2)), (0, 0));
+        // Pages 1..3 cross the stripe boundary: the map takes both locks.
+        race(
+            |_| {},
+            |w| w.map(1, 2, 1),
+            |w| w.unmap(0, 4),
+            |w, removed, mapped| {
+                assert!(mapped);
+                match removed {
+                    None => assert_eq!((w.owner_of(1), w.owner_of(2)), (1, 1)),
+                    Some(n) => {
+                        assert_eq!(n, 2 * PAGE);
+                        assert_eq!((w.owner_of(1), w.owner_of(2)), (0, 0));
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 }

@@ -1,0 +1,224 @@
+//! A table-only [`TranslationUnit`] for host tests and benchmarks (feature `host-hal`): its
+//! domains are real I/O page tables in host memory
+//! ([`HostHal`](crate::hal::host::HostHal)), and it has no devices, no PASIDs and no vIOMMUs.
+//! An unmap completes its gather at once, after an optional invalidation hook (a benchmark's
+//! simulated queue).
+
+extern crate std;
+
+use std::boxed::Box;
+
+use super::{
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
+    RawRegisters, Stage, TranslationUnit, UnitError,
+};
+use crate::addr::{Iova, PhysAddr};
+use crate::hal::host::HostHal;
+use crate::pagetable::{
+    Coherency, Format, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage1, VtdSecondStage,
+    VtdSecondStageConfig,
+};
+
+/// What every table-only unit shares: 4 KiB, 2 MiB and 1 GiB leaves, coherent walks, and none
+/// of the features that need devices.
+const TABLE_ONLY: HardwareInfo = HardwareInfo {
+    first_stage: false,
+    second_stage: false,
+    nesting: false,
+    identity: false,
+    pasid_bits: 0,
+    first_stage_ia_bits: 0,
+    second_stage_ia_bits: 0,
+    output_bits: 0,
+    page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
+    coherent_walks: true,
+    ats: false,
+    interrupt_remapping: false,
+    tags: u32::MAX,
+    raw: RawRegisters::Vtd {
+        version: 0,
+        cap: 0,
+        ecap: 0,
+    },
+};
+
+/// What an unmap does between clearing the entries and freeing the tables they held: the
+/// invalidation of `(iova, len)`, complete when it returns.
+type Invalidate = Box<dyn Fn(Iova, u64) -> Result<(), UnitError> + Send + Sync>;
+
+/// A unit whose domains are page tables of format `F` in host memory, each with a [`HostHal`]
+/// of its own, and nothing else: attach, PASIDs, shared domains and vIOMMUs are refused.
+pub struct TableUnit<F> {
+    info: HardwareInfo,
+    new_format: fn(u32) -> Result<F, UnitError>,
+    invalidate: Option<Invalidate>,
+}
+
+impl<F> core::fmt::Debug for TableUnit<F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TableUnit")
+            .field("info", &self.info)
+            .field("invalidates", &self.invalidate.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableUnit<VtdSecondStage> {
+    /// VT-d second-stage tables (4-level, 4 KiB / 2 MiB / 1 GiB leaves, 46-bit output).
+    pub fn vtd_second_stage() -> Self {
+        Self {
+            info: HardwareInfo {
+                second_stage: true,
+                second_stage_ia_bits: 48,
+                output_bits: 46,
+                raw: RawRegisters::Vtd {
+                    version: 0x10,
+                    cap: 0,
+                    ecap: 0,
+                },
+                ..TABLE_ONLY
+            },
+            new_format: |ia_bits| {
+                Ok(VtdSecondStage::new(VtdSecondStageConfig {
+                    sagaw: 0b0100,
+                    sllps: 0b11,
+                    address_width: ia_bits,
+                    output_width: 46,
+                    snoop_control: true,
+                })?)
+            },
+            invalidate: None,
+        }
+    }
+}
+
+impl TableUnit<VmsaStage1> {
+    /// VMSAv8-64 stage-1 tables (4 KiB granule, 48-bit output), as an SMMU's CDs point at.
+    pub fn vmsa_stage1() -> Self {
+        Self {
+            info: HardwareInfo {
+                first_stage: true,
+                first_stage_ia_bits: 48,
+                output_bits: 48,
+                raw: RawRegisters::Smmuv3 {
+                    idr: [0; 6],
+                    iidr: 0,
+                    aidr: 0,
+                },
+                ..TABLE_ONLY
+            },
+            new_format: |ia_bits| {
+                Ok(VmsaStage1::new(VmsaConfig {
+                    granule: Granule::Size4K,
+                    input_bits: ia_bits,
+                    output_bits: 48,
+                })?)
+            },
+            invalidate: None,
+        }
+    }
+}
+
+impl<F> TableUnit<F> {
+    /// The same unit, calling `invalidate(iova, len)` in every unmap after the entries are
+    /// cleared and before the tables they held are freed (where a real unit invalidates its
+    /// IOTLB).
+    pub fn with_invalidation(
+        self,
+        invalidate: impl Fn(Iova, u64) -> Result<(), UnitError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            invalidate: Some(Box::new(invalidate)),
+            ..self
+        }
+    }
+}
+
+impl<F: Format> TranslationUnit for TableUnit<F> {
+    type Domain = PageTable<F, HostHal>;
+    type VIommu = core::convert::Infallible;
+    type GuestCommand = [u64; 2];
+
+    fn info(&self) -> HardwareInfo {
+        self.info
+    }
+
+    fn new_domain(&self, _stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {
+        let format = (self.new_format)(ia_bits)?;
+        Ok(PageTable::new(format, HostHal::new(), Coherency::Coherent)?)
+    }
+
+    fn new_shared_domain(&self, _cpu: &CpuTable) -> Result<Self::Domain, UnitError> {
+        Err(UnitError::Unsupported("shared domains"))
+    }
+
+    fn destroy_domain(&self, domain: Self::Domain) -> Result<(), (Self::Domain, UnitError)> {
+        drop(domain);
+        Ok(())
+    }
+
+    fn attach(&self, _: DeviceId, _: Attachment<'_, Self::Domain>) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("devices"))
+    }
+
+    fn attach_pasid(
+        &self,
+        _: DeviceId,
+        _: u32,
+        _: Attachment<'_, Self::Domain>,
+    ) -> Result<(), UnitError> {
+        Err(UnitError::Unsupported("PASIDs"))
+    }
+
+    fn map(
+        &self,
+        table: &Self::Domain,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), UnitError> {
+        Ok(table.map(iova, phys, len, prot)?)
+    }
+
+    fn unmap(&self, table: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
+        let mut gather = Gather::new();
+        let unmapped = table.unmap(iova, len, &mut gather)?;
+        if let Some(invalidate) = &self.invalidate {
+            invalidate(iova, len)?;
+        }
+        // SAFETY: host memory that no hardware walks (the hook's invalidation, if any, has
+        // completed); the object model lets no other operation overlap the range meanwhile.
+        unsafe { gather.complete(table.hal()) };
+        Ok(unmapped)
+    }
+
+    fn flush(&self, _: &Self::Domain, _: Iova, _: u64) -> Result<(), UnitError> {
+        Ok(())
+    }
+
+    fn drain_faults(&self, _: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
+        Ok(Drained::default())
+    }
+
+    fn new_viommu(&self, _: &Self::Domain) -> Result<Self::VIommu, UnitError> {
+        Err(UnitError::Unsupported("vIOMMUs"))
+    }
+
+    fn destroy_viommu(&self, viommu: Self::VIommu) -> Result<(), (Self::VIommu, UnitError)> {
+        match viommu {}
+    }
+
+    fn new_nested(&self, viommu: &Self::VIommu, _: &GuestEntry) -> Result<Self::Domain, UnitError> {
+        match *viommu {}
+    }
+
+    fn forward_invalidations(
+        &self,
+        viommu: &Self::VIommu,
+        _: &dyn Fn(u32) -> Option<DeviceId>,
+        _: &[[u64; 2]],
+    ) -> Forwarded {
+        match *viommu {}
+    }
+}
