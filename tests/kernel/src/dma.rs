@@ -284,3 +284,75 @@ pub fn devices_in_different_domains_are_isolated<U: TranslationUnit>(r: &Rig<U>)
     );
     Ok(())
 }
+
+/// The DMA API's streaming mappings (`iommu::dma::Streaming`) over the object model, with
+/// edu's default 28-bit mask as the device's: a buffer's device address lies below 2^28 and
+/// keeps the buffer's page offset; edu's DMA through it lands in the buffer; after the unmap
+/// the same address faults and nothing lands; a second unmap is refused.
+pub fn streaming_dma_lands_below_the_mask_and_faults_after_unmap<U: TranslationUnit>(
+    r: &Rig<U>,
+) -> TestResult {
+    use iommu::dma::{Direction, DmaError, Streaming};
+    use iommu::iommufd::{GroupId, Iommu, Layout as IovaLayout, OwnerId, Region, Target};
+
+    /// edu's DMA mask when QEMU is not told otherwise.
+    const EDU_DEFAULT_MASK: u64 = (1 << 28) - 1;
+    const OWNER: OwnerId = OwnerId(1);
+    let edu = r.edu(0)?;
+    let dev = (r.device_id)(edu);
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    // DMA only: no interrupt remapper is registered for this test.
+    io.allow_unsafe_interrupts(true);
+    let d = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
+    io.claim(d, OWNER).map_err(fail)?;
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = IovaLayout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = io
+        .alloc_domain(OWNER, u, r.stage, IA_BITS, &layout)
+        .map_err(fail)?;
+    io.attach(d, OWNER, Target::Domain(dom)).map_err(fail)?;
+    r.faults()?;
+    let buf = DmaBuffer::new(0)?;
+    (0..64).for_each(|i| buf.set(0x100 + i, 0xc0 + i as u8));
+    let outcome = (|| {
+        let dma = Streaming::new(&io, OWNER, dom, EDU_DEFAULT_MASK, 1, || 0).map_err(fail)?;
+        let buffer = PhysAddr::new(buf.phys().as_u64() + 0x100);
+        let addr = dma
+            .map(buffer, 0x200, Direction::Bidirectional)
+            .map_err(fail)?;
+        ensure!(
+            addr.0 + 0x200 <= EDU_DEFAULT_MASK + 1,
+            "{addr:x?} beyond edu's mask"
+        );
+        ensure_eq!(addr.0 & 0xfff, 0x100, "the buffer's page offset");
+        edu.edu.dma_from_ram(addr.0, 0, 64).map_err(fail)?;
+        edu.edu.dma_to_ram(0, addr.0 + 0x100, 64).map_err(fail)?;
+        let landed = (0..64).all(|i| buf.get(0x200 + i) == 0xc0 + i as u8);
+        ensure!(
+            landed,
+            "edu's DMA through {addr:x?} did not land in the buffer"
+        );
+        dma.unmap(addr, 0x200).map_err(fail)?;
+        ensure_eq!(
+            dma.unmap(addr, 0x200),
+            Err(DmaError::NotMapped),
+            "a second unmap"
+        );
+        buf.fill(0);
+        edu.edu.dma_to_ram(0, addr.0 + 0x100, 64).map_err(fail)?;
+        ensure!(
+            buf.all(0..4096, 0),
+            "DMA after the unmap reached the buffer"
+        );
+        r.expect_fault(dev, addr.0 + 0x100, true, FaultKind::Translation)
+    })();
+    let released = io.release(d, OWNER);
+    let destroyed = io.destroy_domain(OWNER, dom);
+    outcome?;
+    released.map_err(fail)?;
+    destroyed.map_err(fail)
+}

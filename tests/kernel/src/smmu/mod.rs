@@ -59,6 +59,17 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::generic(m, Stage::First, crate::dma::mapped_dma_lands),
     },
     Test {
+        name: "streaming_dma_lands_below_the_mask_and_faults_after_unmap",
+        run: |m| {
+            let stage = dma::preferred_stage(dma::unit(m)?);
+            dma::generic(
+                m,
+                stage,
+                crate::dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap,
+            )
+        },
+    },
+    Test {
         name: "s1_unmapped_dma_is_blocked_and_reported",
         run: |m| {
             dma::generic(

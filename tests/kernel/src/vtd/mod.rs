@@ -63,6 +63,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::mapped_dma_lands,
     },
     Test {
+        name: "streaming_dma_lands_below_the_mask_and_faults_after_unmap",
+        run: dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap,
+    },
+    Test {
         name: "unmapped_dma_is_blocked_and_reported",
         run: dma::unmapped_dma_is_blocked_and_reported,
     },
