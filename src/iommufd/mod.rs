@@ -166,6 +166,8 @@
 
 extern crate alloc;
 
+#[cfg(all(feature = "host-hal", not(loom)))]
+pub mod bench;
 mod error;
 mod interrupts;
 mod iova;

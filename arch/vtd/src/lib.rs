@@ -23,8 +23,8 @@
 //! - [`error`]: the crate's [`Error`], one variant per layer.
 //!
 //! Everything but the register and DMA accesses is plain data, unit-tested on the host; `sim`
-//! (tests only) plays a whole unit's side of the register handshakes for [`VtdUnit`]'s host
-//! tests.
+//! (feature `sim`, and tests) plays a whole unit's side of the register handshakes for
+//! [`VtdUnit`]'s host tests and benchmarks.
 //!
 //! # Bring-up, attach, map
 //!
@@ -69,7 +69,7 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 extern crate std;
 
 pub mod caps;
@@ -87,9 +87,10 @@ pub mod root_table;
 pub mod unit;
 pub mod viommu;
 
-// Host tests against a simulated unit.
-#[cfg(all(test, not(loom)))]
-mod sim;
+// A simulated unit for host tests and benchmarks; its drivers allocate from the core's host HAL,
+// which loom builds leave out.
+#[cfg(all(any(test, feature = "sim"), not(loom)))]
+pub mod sim;
 
 pub use caps::{Agaw, AgawError, Capability, ExtendedCapability, Version};
 pub use descriptor::{DecodeError, DescriptorError};
