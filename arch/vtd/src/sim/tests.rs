@@ -265,6 +265,15 @@ fn scalable_unit_with_queue_attaches_pasids_and_shares_cpu_tables() {
     ));
     let shared = unit.new_shared_domain(&cpu).unwrap();
     assert_eq!(shared.root(), cpu_root);
+    // A VM's VMSA stage-2 table is not a format VT-d walks: refused by name.
+    assert!(matches!(
+        unit.new_vm_domain(&iommu::unit::VmTable {
+            root: cpu_root,
+            ia_bits: 40,
+            vmid: 1,
+        }),
+        Err(UnitError::Unsupported(s)) if s.contains("stage-2")
+    ));
     assert!(matches!(
         unit.map(&shared, Iova::new(0), cpu_root, 4096, Prot::READ),
         Err(UnitError::Unsupported(_))
