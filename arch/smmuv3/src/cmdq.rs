@@ -410,8 +410,10 @@ impl From<EncodeError> for CmdqError {
 /// The CMD_SYNC (SIG_NONE) appended to submissions and substituted for failed commands.
 const CMD_SYNC: RawCommand = [crate::command::opcode::SYNC as u64, 0];
 
-/// Error records kept for waiting submitters; see [`CommandQueue`].
-const ERROR_SLOTS: usize = 16;
+/// Error records kept for waiting submitters; see [`CommandQueue`]. A record is lost only if
+/// this many more commands fail while its submitter waits to look (a submitter descheduled
+/// between its CMD_SYNC completing and its look, under a storm of failures).
+const ERROR_SLOTS: usize = 256;
 
 /// One atomic on its own cache line, so the producers' CAS on `reserved` does not bounce the
 /// line the waiters poll.
@@ -485,8 +487,8 @@ struct Padded<T>(T);
 /// acknowledges through GERRORN, after which the SMMU resumes (no PROD write needed). The
 /// submitter whose range holds that position finds the record once its CMD_SYNC completes: the
 /// record was stored before the acknowledgement that let CONS move on, so it is visible then.
-/// Records are claimed with a CAS; the ring holds the last 16 errors, enough unless 16 more fail
-/// before a waiter looks.
+/// Records are claimed with a CAS; the ring holds the last 256 errors (`ERROR_SLOTS`), enough unless
+/// that many more fail before a waiter looks.
 pub struct CommandQueue<R, M> {
     regs: R,
     mem: M,
@@ -513,6 +515,10 @@ pub struct CommandQueue<R, M> {
     errors: [AtomicU64; ERROR_SLOTS],
     /// Errors recorded so far (picks the ring slot); relaxed, only the recoverer writes it.
     error_count: AtomicU64,
+    /// Records stored and not yet claimed (more if one was overwritten): a submitter scans the
+    /// ring only when it is not 0. Incremented before the acknowledgement that lets the SMMU
+    /// run on, so a submitter that sees its CMD_SYNC complete sees the increment too.
+    unclaimed: AtomicU64,
 }
 
 impl<R, M> fmt::Debug for CommandQueue<R, M> {
@@ -561,6 +567,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             recovering: AtomicBool::new(false),
             errors: core::array::from_fn(|_| AtomicU64::new(0)),
             error_count: AtomicU64::new(0),
+            unclaimed: AtomicU64::new(0),
         })
     }
 
@@ -850,6 +857,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         }
         if code != CommandErrorCode::None {
             let k = self.error_count.fetch_add(1, Ordering::Relaxed) as usize % ERROR_SLOTS;
+            self.unclaimed.fetch_add(1, Ordering::Relaxed);
             // Release: visible to the submitter that sees its CMD_SYNC complete, which can only
             // happen after the acknowledgement below.
             self.errors[k].store(seq << 8 | u64::from(code.encoding()), Ordering::Release);
@@ -862,6 +870,10 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
 
     /// Claims the error records of positions `start..end`; reports the first.
     fn claim_error(&self, start: u64, end: u64, cmds: &[RawCommand]) -> Result<(), CmdqError> {
+        // The common case, no error anywhere: no scan.
+        if self.unclaimed.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let mut first: Option<(u64, u8)> = None;
         for slot in &self.errors {
             // Acquire: pairs with the recoverer's release store.
@@ -873,9 +885,11 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             if slot
                 .compare_exchange(record, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-                && first.is_none_or(|(s, _)| seq < s)
             {
-                first = Some((seq, record as u8));
+                self.unclaimed.fetch_sub(1, Ordering::Relaxed);
+                if first.is_none_or(|(s, _)| seq < s) {
+                    first = Some((seq, record as u8));
+                }
             }
         }
         let Some((seq, code)) = first else {
