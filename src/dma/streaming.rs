@@ -219,5 +219,5 @@ impl<'a, U: TranslationUnit> Streaming<'a, U> {
     }
 }
 
-#[cfg(all(test, feature = "host-hal"))]
+#[cfg(all(test, feature = "host-hal", not(loom)))]
 mod tests;
