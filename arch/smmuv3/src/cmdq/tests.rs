@@ -60,6 +60,17 @@ impl Consumer {
     fn executed(&self) -> Vec<Command> {
         self.executed.lock().map(|v| v.clone()).unwrap_or_default()
     }
+
+    /// The stream ids of the CMD_CFGI_STEs executed (what `tagged` encodes), in order.
+    fn executed_sids(&self) -> Vec<u32> {
+        self.executed()
+            .iter()
+            .filter_map(|c| match c {
+                Command::CfgiSte { sid, .. } => Some(*sid),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Drop for Consumer {
@@ -135,20 +146,14 @@ fn single_producer_syncs_and_wraps() {
         let cmds: Vec<RawCommand> = (0..(round % 7)).map(|i| tagged(0, round * 8 + i)).collect();
         assert_eq!(q.submit_and_sync(&cmds), Ok(()));
     }
-    let executed = consumer.executed();
-    let sids: Vec<u32> = executed
-        .iter()
-        .filter_map(|c| match c {
-            Command::CfgiSte { sid, .. } => Some(*sid),
-            _ => None,
-        })
-        .collect();
+    let sids = consumer.executed_sids();
     let expected: Vec<u32> = (0..100u32)
         .flat_map(|r| (0..(r % 7)).map(move |i| r * 8 + i))
         .collect();
     assert_eq!(sids, expected);
     assert_eq!(
-        executed
+        consumer
+            .executed()
             .iter()
             .filter(|c| matches!(c, Command::Sync { .. }))
             .count(),
@@ -364,14 +369,7 @@ fn stuck_queue_resumes_when_the_smmu_does() {
     for i in 1..20 {
         assert_eq!(q.submit_and_sync(&[tagged(0, i)]), Ok(()));
     }
-    let sids: Vec<u32> = consumer
-        .executed()
-        .iter()
-        .filter_map(|c| match c {
-            Command::CfgiSte { sid, .. } => Some(*sid),
-            _ => None,
-        })
-        .collect();
+    let sids: Vec<u32> = consumer.executed_sids();
     assert_eq!(sids, (0..20).collect::<Vec<u32>>());
 }
 
@@ -484,14 +482,7 @@ fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
     let consumer = Consumer::start(smmu, mem);
     q.set_poll_budget(BUDGET);
     assert_eq!(q.sync(), Ok(()));
-    let sids: Vec<u32> = consumer
-        .executed()
-        .iter()
-        .filter_map(|c| match c {
-            Command::CfgiSte { sid, .. } => Some(*sid),
-            _ => None,
-        })
-        .collect();
+    let sids: Vec<u32> = consumer.executed_sids();
     assert_eq!(sids, [0, 1 << 20, 2 << 20, 2 << 20 | 1]);
 }
 
