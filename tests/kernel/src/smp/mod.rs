@@ -58,18 +58,12 @@ pub(crate) fn tests<A: Arch>(queue_error: Test<Machine>) -> [Test<Machine>; 9] {
         },
         Test {
             name: "cpus_map_and_unmap_one_domain_at_once",
-            run: |m| {
-                let rig = A::rig(m)?;
-                A::announce_faults();
-                cpus_map_and_unmap_one_domain_at_once(m, &rig)
-            },
+            run: |m| cpus_map_and_unmap_one_domain_at_once(m, &faulting_rig::<A>(m)?),
         },
         Test {
             name: "cpus_map_and_unmap_through_the_object_model_while_dma_runs",
             run: |m| {
-                let rig = A::rig(m)?;
-                A::announce_faults();
-                cpus_map_and_unmap_through_the_object_model_while_dma_runs(m, rig)
+                cpus_map_and_unmap_through_the_object_model_while_dma_runs(m, faulting_rig::<A>(m)?)
             },
         },
         Test {
@@ -79,9 +73,10 @@ pub(crate) fn tests<A: Arch>(queue_error: Test<Machine>) -> [Test<Machine>; 9] {
         Test {
             name: "a_shared_domain_is_attached_and_detached_while_cpus_map_into_it",
             run: |m| {
-                let rig = A::rig(m)?;
-                A::announce_faults();
-                a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(m, rig)
+                a_shared_domain_is_attached_and_detached_while_cpus_map_into_it(
+                    m,
+                    faulting_rig::<A>(m)?,
+                )
             },
         },
         Test {
@@ -98,6 +93,13 @@ pub(crate) fn tests<A: Arch>(queue_error: Test<Machine>) -> [Test<Machine>; 9] {
             run: a_cpu_that_does_not_finish_is_named,
         },
     ]
+}
+
+/// The rig of a test whose DMA probes fault, their faults announced.
+fn faulting_rig<A: Arch>(m: &Machine) -> Result<Rig<'static, A::Unit>, Failure> {
+    let rig = A::rig(m)?;
+    A::announce_faults();
+    Ok(rig)
 }
 
 /// How long a CPU waits for the others inside the closure (they met at the runner's barrier
