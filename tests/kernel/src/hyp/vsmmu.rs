@@ -320,8 +320,12 @@ impl<'a> VSmmu<'a> {
         while at != prod {
             let ipa = ring.entry(at);
             let (Some(w0), Some(w1)) = (vm.guest_u64(ipa), vm.guest_u64(ipa + 8)) else {
-                self.flush_batch(&ring, &mut batch)?;
-                return self.command_error(CERROR_ABT);
+                // The commands before it go first; if one of them stops the queue, that is
+                // the error the guest sees.
+                if self.flush_batch(&ring, &mut batch)? {
+                    self.command_error(CERROR_ABT);
+                }
+                return Ok(());
             };
             match w0 as u8 {
                 opcode::CFGI_STE | opcode::CFGI_STE_RANGE => {
@@ -365,17 +369,16 @@ impl<'a> VSmmu<'a> {
             None => Ok(true),
             Some(why) => {
                 self.activity.refused.push(why);
-                self.command_error(CERROR_ILL)?;
+                self.command_error(CERROR_ILL);
                 Ok(false)
             }
         }
     }
 
     /// Stops the queue at CONS with `code`, as GERROR.CMDQ_ERR tells the guest.
-    fn command_error(&mut self, code: u32) -> Result<(), Failure> {
+    fn command_error(&mut self, code: u32) {
         self.cmdq_cons = self.cmdq_cons & !(0x7f << CONS_ERR_SHIFT) | code << CONS_ERR_SHIFT;
         self.gerror ^= GERROR_CMDQ_ERR;
-        Ok(())
     }
 
     /// Whether an STE invalidation covers the guest's stream.
@@ -492,25 +495,19 @@ impl Exits for VSmmu<'_> {
             return Ok(false);
         };
         // 32-bit registers take 32-bit accesses; 64-bit ones 64-bit accesses or 32-bit
-        // accesses to either half.
+        // accesses to either half, which merge into the register.
+        let is_64 = |o: u64| matches!(o, STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE);
         let (register, shift) = match offset {
-            STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE => (offset, 0),
-            o if matches!(o.wrapping_sub(4), STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE)
-                && access.size == 4 =>
-            {
-                (o - 4, 32)
-            }
+            o if access.size == 4 && is_64(o.wrapping_sub(4)) => (o - 4, 32),
             o => (o, 0),
         };
         if access.write {
-            let value =
-                if access.size == 4 && matches!(register, STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE) {
-                    let old = self.read(vm, register);
-                    let mask = 0xffff_ffffu64 << shift;
-                    old & !mask | (access.value & 0xffff_ffff) << shift
-                } else {
-                    access.value
-                };
+            let value = if access.size == 4 && is_64(register) {
+                let mask = 0xffff_ffffu64 << shift;
+                self.read(vm, register) & !mask | (access.value & 0xffff_ffff) << shift
+            } else {
+                access.value
+            };
             self.write(vm, register, value)?;
         } else {
             access.value = self.read(vm, register) >> shift;
