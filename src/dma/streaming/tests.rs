@@ -160,3 +160,50 @@ fn many_buffers_from_two_threads() {
     });
     assert!(io.iova_space(OWNER, dom).unwrap().is_empty());
 }
+
+/// A format without write-only entries (Arm stage 1): a from-device buffer is mapped
+/// read-write instead of being refused.
+#[test]
+fn from_device_on_a_stage1_format_maps_read_write() {
+    let mut io = Iommu::new();
+    let u = io.add_unit(TableUnit::vmsa_stage1());
+    let windows = [Region {
+        start: 0x1000,
+        last: (1 << 39) - 1,
+    }];
+    let dom = io
+        .alloc_domain(
+            OWNER,
+            u,
+            Stage::First,
+            39,
+            &Layout {
+                windows: &windows,
+                reserved: &[],
+            },
+        )
+        .unwrap();
+    // The format itself refuses write-only.
+    assert!(matches!(
+        io.map(
+            OWNER,
+            dom,
+            Iova::new(0x1000),
+            PhysAddr::new(0),
+            4096,
+            Prot::WRITE
+        ),
+        Err(crate::iommufd::Error::Unit(UnitError::PageTable(
+            PtError::UnsupportedPermissions
+        )))
+    ));
+    let dma = Streaming::new(&io, OWNER, dom, u64::MAX, 1, no_cpu).unwrap();
+    let addr = dma
+        .map(PhysAddr::new(0x40_0000), 4096, Direction::FromDevice)
+        .unwrap();
+    assert_eq!(
+        io.iova_to_phys(OWNER, dom, Iova::new(addr.0)).unwrap(),
+        PhysAddr::new(0x40_0000)
+    );
+    dma.unmap(addr, 4096).unwrap();
+}
