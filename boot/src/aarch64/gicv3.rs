@@ -554,17 +554,30 @@ fn init_cpu_interface(el: ExceptionLevel) {
 /// the highest-priority Group 1 interrupt (ICC_IAR1_EL1), records it and ends it
 /// (ICC_EOIR1_EL1).
 pub(super) fn handle_irq() -> bool {
-    let iar: u64;
-    // SAFETY: acknowledging changes only the GIC's state for this interrupt, which is ours to
-    // end below. Not `nomem`: the acknowledge must not move across the recording.
-    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) iar, options(nostack)) }; // ICC_IAR1_EL1
-    let intid = (iar & 0xff_ffff) as u32;
-    if (FIRST_SPECIAL_INTID..FIRST_SPECIAL_INTID + 4).contains(&intid) {
+    let Some(intid) = acknowledge() else {
         // Spurious: nothing was acknowledged, so nothing is ended.
         return true;
-    }
+    };
     super::gic::record_irq(intid);
-    // SAFETY: ends the interrupt acknowledged above.
-    unsafe { asm!("msr S3_0_C12_C12_1, {}", in(reg) iar, options(nostack)) }; // ICC_EOIR1_EL1
+    end_of_interrupt(intid);
     true
+}
+
+/// Acknowledges the highest-priority pending Group 1 interrupt of this CPU's interface
+/// (ICC_IAR1_EL1; at EL2 the physical one, at EL1 under a hypervisor's HCR_EL2.IMO the
+/// virtual one); None when nothing is pending (a special INTID).
+pub fn acknowledge() -> Option<u32> {
+    let iar: u64;
+    // SAFETY: acknowledging changes only the GIC's state for this interrupt, which the caller
+    // ends with `end_of_interrupt`. Not `nomem`: it must not move across the caller's records.
+    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) iar, options(nostack)) }; // ICC_IAR1_EL1
+    let intid = (iar & 0xff_ffff) as u32;
+    (!(FIRST_SPECIAL_INTID..FIRST_SPECIAL_INTID + 4).contains(&intid)).then_some(intid)
+}
+
+/// Ends interrupt `intid` that `acknowledge` returned (priority drop and deactivation).
+pub fn end_of_interrupt(intid: u32) {
+    // SAFETY: ends an interrupt this CPU acknowledged.
+    unsafe { asm!("msr S3_0_C12_C12_1, {}", in(reg) u64::from(intid), options(nostack)) };
+    // ICC_EOIR1_EL1
 }

@@ -19,7 +19,7 @@ use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{DeviceHandle, DomainId, GroupId, Iommu, OwnerId, Target, UnitId};
 use iommu::irq::{InterruptRemapper, InterruptTarget};
 use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit, UnitError};
-use iommu_boot::aarch64::gicv3::FIRST_LPI;
+use iommu_boot::aarch64::gicv3::{self, FIRST_LPI};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
 use iommu_smmuv3::command::opcode;
@@ -422,11 +422,11 @@ struct ForwardIrq {
 
 impl Exits for ForwardIrq {
     fn interrupt(&mut self, _vm: &Vm) -> Result<bool, Failure> {
-        let Some(intid) = vgic::acknowledge() else {
+        let Some(intid) = gicv3::acknowledge() else {
             // Spurious: already gone.
             return Ok(true);
         };
-        vgic::end(intid);
+        gicv3::end_of_interrupt(intid);
         self.taken.push(intid);
         if intid == EDU_LPI {
             vgic::inject(GUEST_EDU_INTID);

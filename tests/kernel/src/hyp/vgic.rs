@@ -1,6 +1,7 @@
 //! The GICv3 virtual CPU interface, as the hypervisor uses it to give its guest an interrupt:
-//! a physical interrupt taken at EL2 while the guest runs is acknowledged and ended there, and
-//! a virtual one put in a list register; the guest's own ICC_IAR1_EL1 / ICC_EOIR1_EL1 (its
+//! a physical interrupt taken at EL2 while the guest runs is acknowledged and ended there
+//! (`iommu_boot::aarch64::gicv3::{acknowledge, end_of_interrupt}`), and a virtual one put in a
+//! list register; the guest's own ICC_IAR1_EL1 / ICC_EOIR1_EL1 (its
 //! virtual interface, as HCR_EL2.IMO routes them) take and end it.
 
 use core::arch::asm;
@@ -14,8 +15,6 @@ const ICH_VMCR_VPMR_ALL: u64 = 0xff << 24;
 const LR_PENDING: u64 = 1 << 62;
 const LR_GROUP1: u64 = 1 << 60;
 const LR_PRIORITY: u64 = 0xa0 << 48;
-/// The INTIDs that are not interrupts (1020..=1023; 1023: none pending).
-const SPECIAL: core::ops::RangeInclusive<u32> = 1020..=1023;
 
 /// Turns the virtual CPU interface on for the guest: Group 1, every priority, no list
 /// register in use.
@@ -47,22 +46,6 @@ pub fn off() {
             options(nostack),
         )
     };
-}
-
-/// Acknowledges the highest-priority physical Group 1 interrupt at EL2 (ICC_IAR1_EL1 there is
-/// the physical interface); None when nothing is pending.
-pub fn acknowledge() -> Option<u32> {
-    let iar: u64;
-    // SAFETY: reading IAR acknowledges the interrupt, which the caller ends with `end`.
-    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) iar, options(nostack)) };
-    let intid = iar as u32 & 0xff_ffff;
-    (!SPECIAL.contains(&intid)).then_some(intid)
-}
-
-/// Ends physical interrupt `intid` (priority drop and deactivation, EOImode 0).
-pub fn end(intid: u32) {
-    // SAFETY: ends an interrupt `acknowledge` returned.
-    unsafe { asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
 }
 
 /// Makes virtual interrupt `vintid` pending for the guest in list register 0.
