@@ -5,13 +5,9 @@
 use core::arch::asm;
 
 use super::vcpu::Vcpu;
-use super::vm::Vm;
+use super::vm::{timer_fired, Vm};
 use super::{Exit, Outcome, HVC_EXIT, HVC_PRINT, HVC_REPORT};
 use iommu_boot::testing::{fail, Failure, TestResult};
-
-/// CNTHP_CTL_EL2 (Arm ARM D24.12.11): ENABLE, and ISTATUS (the condition is met).
-pub(super) const CNTHP_ENABLE: u64 = 1 << 0;
-const CNTHP_ISTATUS: u64 = 1 << 2;
 
 /// Vector indexes of a synchronous exception and an IRQ from a lower EL in AArch64.
 const VECTOR_LOWER_SYNC: u64 = 8;
@@ -24,14 +20,6 @@ const EC_DABT_LOWER: u64 = 0x24;
 /// More exits than the guest image makes (one per byte it prints): a guest looping on
 /// hypercalls fails the test.
 const MAX_EXITS: usize = 4096;
-
-/// Whether the EL2 physical timer's condition is met (the budget ran out).
-fn timer_fired() -> bool {
-    let ctl: u64;
-    // SAFETY: reading the timer's control register has no side effect.
-    unsafe { asm!("mrs {}, cnthp_ctl_el2", out(reg) ctl, options(nomem, nostack)) };
-    ctl & CNTHP_ISTATUS != 0
-}
 
 /// The IPA of a stage-2 abort: HPFAR_EL2.FIPA (IPA[51:12] in bits [43:4]) and the page offset
 /// from FAR_EL2 (Arm ARM D24.2.49).

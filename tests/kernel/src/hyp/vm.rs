@@ -8,7 +8,7 @@ use core::arch::asm;
 use core::cell::Cell;
 use core::mem::ManuallyDrop;
 
-use super::exits::{run_loop, Exits, CNTHP_ENABLE};
+use super::exits::{run_loop, Exits};
 use super::vcpu::Vcpu;
 use super::{elf, GuestArgs, Outcome, GUEST_RAM_IPA, GUEST_RAM_SIZE, SCRATCH_OFFSET, VMID};
 use crate::hal::{KernelHal, HAL};
@@ -131,6 +131,18 @@ fn pa_bits() -> u32 {
         5 => 48,
         _ => 52,
     }
+}
+
+/// CNTHP_CTL_EL2 (Arm ARM D24.12.11): ENABLE, and ISTATUS (the condition is met).
+const CNTHP_ENABLE: u64 = 1 << 0;
+const CNTHP_ISTATUS: u64 = 1 << 2;
+
+/// Whether the EL2 physical timer's condition is met (the budget ran out).
+pub(super) fn timer_fired() -> bool {
+    let ctl: u64;
+    // SAFETY: reading the timer's control register has no side effect.
+    unsafe { asm!("mrs {}, cnthp_ctl_el2", out(reg) ctl, options(nomem, nostack)) };
+    ctl & CNTHP_ISTATUS != 0
 }
 
 /// CNTFRQ_EL0: the system counter's ticks per second.
