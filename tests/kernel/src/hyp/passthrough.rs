@@ -18,7 +18,7 @@ use alloc::boxed::Box;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{DeviceHandle, DomainId, GroupId, Iommu, OwnerId, Target, UnitId};
 use iommu::irq::{InterruptRemapper, InterruptTarget};
-use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit, UnitError};
+use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit, UnitError, VmTable};
 use iommu_boot::aarch64::gicv3::{self, FIRST_LPI};
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::{ensure, ensure_eq, println, skip};
@@ -111,6 +111,41 @@ impl Passthrough {
     }
 }
 
+/// VM tables the SMMU cannot or must not point at are refused with a typed error:
+/// the VM's VMID again (it tags the VM's domain already), VMID 0 (stage-1-only
+/// streams'), a root that is not 4 KiB aligned, an IPA width below 25 bits.
+fn vm_tables_the_unit_refuses(io: &mut Iommu<&'static Unit>, unit: UnitId, vm: &Vm) -> TestResult {
+    let good = vm.vm_table();
+    let bad = [
+        (good, UnitError::OutOfIds),
+        (VmTable { vmid: 0, ..good }, UnitError::OutOfIds),
+        (
+            VmTable {
+                root: PhysAddr::new(good.root.as_u64() + 8),
+                ..good
+            },
+            UnitError::Unsupported(
+                "VM table root not 4 KiB aligned or beyond the output address size",
+            ),
+        ),
+        (
+            VmTable {
+                ia_bits: 20,
+                ..good
+            },
+            UnitError::Unsupported("VM table input width outside 25 bits..the output address size"),
+        ),
+    ];
+    for (table, why) in bad {
+        ensure_eq!(
+            io.alloc_vm_domain(HYPERVISOR, unit, &table),
+            Err(iommu::iommufd::Error::Unit(why)),
+            "VM table {table:x?}"
+        );
+    }
+    Ok(())
+}
+
 /// The hypervisor's side of [`HVC_GIVE_BACK`]: unmaps the page from the guest's stage 2 for
 /// the CPU and the SMMU alike, and records what it saw.
 struct GiveBack<'a> {
@@ -164,8 +199,9 @@ pub fn a_guest_drives_its_passed_through_edu_with_guest_physical_dma(
         device: d,
         stream: dev,
         s2,
-        ..
+        unit_id,
     } = Passthrough::new(m, None)?;
+    vm_tables_the_unit_refuses(&mut io, unit_id, &vm)?;
     let mut giving = GiveBack {
         m,
         io: &io,
