@@ -169,6 +169,7 @@ pub mod host {
         live: AtomicUsize,
         allocations: AtomicUsize,
         cleans: AtomicUsize,
+        invalidations: AtomicUsize,
         budget: AtomicUsize,
     }
 
@@ -191,6 +192,7 @@ pub mod host {
                 live: AtomicUsize::new(0),
                 allocations: AtomicUsize::new(0),
                 cleans: AtomicUsize::new(0),
+                invalidations: AtomicUsize::new(0),
                 budget: AtomicUsize::new(allocations),
             }
         }
@@ -210,9 +212,14 @@ pub mod host {
             self.allocations.load(Ordering::Relaxed)
         }
 
-        /// Calls to [`Hal::clean_to_poc`] so far.
+        /// Calls to [`Hal::clean_to_poc`] and `DmaHal::clean_for_device` so far.
         pub fn cleans(&self) -> usize {
             self.cleans.load(Ordering::Relaxed)
+        }
+
+        /// Calls to `DmaHal::invalidate_for_cpu` so far.
+        pub fn invalidations(&self) -> usize {
+            self.invalidations.load(Ordering::Relaxed)
         }
 
         fn layout(size: FrameSize) -> Layout {
@@ -277,6 +284,18 @@ pub mod host {
 
         fn clean_to_poc(&self, _virt: NonNull<u8>, _len: usize) {
             self.cleans.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    // SAFETY: host memory is identity-mapped: a buffer's pointer is its physical address, so
+    // `phys_to_virt` of its first byte reaches all of it.
+    unsafe impl crate::dma::DmaHal for HostHal {
+        fn clean_for_device(&self, _virt: NonNull<u8>, _len: usize) {
+            self.cleans.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn invalidate_for_cpu(&self, _virt: NonNull<u8>, _len: usize) {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -218,6 +218,12 @@ impl IovaAllocator {
                 }
             }
         }
+        if let Some(iova) = self.ranges.lock().take(size, size, limit) {
+            return Ok(iova);
+        }
+        // The caches may hold what the ranges lack (other sizes, other CPUs): give them back
+        // and try once more.
+        self.drain();
         self.ranges
             .lock()
             .take(size, size, limit)

@@ -27,7 +27,7 @@ enum Seen {
 /// A page table reduced to its mappings (iova → (len, phys)), with the engine's rules: 4 KiB
 /// alignment, no overlap, no cut, nothing-mapped refused.
 #[derive(Debug)]
-struct MockDomain {
+pub(crate) struct MockDomain {
     tag: u32,
     kind: MockKind,
     maps: RefCell<BTreeMap<u64, (u64, u64)>>,
@@ -46,14 +46,15 @@ enum MockKind {
 
 /// The mock's vIOMMU: its VMID (the parent's tag + 100).
 #[derive(Debug, PartialEq, Eq)]
-struct MockViommu {
+pub(crate) struct MockViommu {
     vmid: u32,
 }
 
 const MOCK_PASID_BITS: u8 = 4;
 
+/// A unit that records what it is asked (also the DMA API's tests' unit with devices).
 #[derive(Debug, Default)]
-struct MockUnit {
+pub(crate) struct MockUnit {
     identity: bool,
     /// Devices the unit serves; others are `UnknownDevice`.
     serves: alloc::vec::Vec<u32>,
@@ -78,7 +79,7 @@ struct MockUnit {
 }
 
 impl MockUnit {
-    fn new(identity: bool, serves: &[u32]) -> Self {
+    pub(crate) fn new(identity: bool, serves: &[u32]) -> Self {
         Self {
             identity,
             serves: serves.to_vec(),

@@ -113,6 +113,62 @@ fn smmu_gicv3_machine(el2: bool) -> Machine {
     m
 }
 
+/// The slot (bus 0) of the `edu` the DMA API's tests drive at a narrow mask.
+const MASKED_EDU_SLOT: u32 = 16;
+
+/// `m` with 1 GiB of RAM and one more `edu`, at its default 28-bit DMA mask (no `dma_mask`), in
+/// slot 16 (`dma.slot=16 dma.mask=28`): RAM above 256 MiB exists, and the DMA API must bring
+/// buffers there within the device's reach. The other tests leave that `edu` alone.
+fn with_masked_edu(mut m: Machine) -> Machine {
+    set_memory(&mut m, "1G");
+    m.args
+        .extend(words(&format!("-device edu,addr={MASKED_EDU_SLOT:#x}")));
+    m.cmdline
+        .push_str(&format!(" dma.slot={MASKED_EDU_SLOT} dma.mask=28"));
+    m.name.push_str(" dma-api");
+    m
+}
+
+/// Sets `-m`.
+fn set_memory(m: &mut Machine, size: &str) {
+    if let Some(i) = m.args.iter().position(|a| a == "-m") {
+        if let Some(v) = m.args.get_mut(i + 1) {
+            *v = size.to_string();
+        }
+    }
+}
+
+/// A machine without an IOMMU (`iommu=none`): the kernel runs the DMA API's no-IOMMU tests
+/// only, with an `edu` whose mask leaves RAM above its reach so buffers there must bounce.
+/// x86: `edu`'s default 28-bit mask and 1 GiB. aarch64: RAM starts at 1 GiB on `virt`, so a
+/// 28-bit `edu` reaches no RAM at all; a 32-bit mask and 6 GiB put RAM on both sides of it.
+fn no_iommu_machine(arch: Arch) -> Machine {
+    let (name, machine, mask, bits) = match arch {
+        Arch::X86_64 => (
+            "x86_64 q35 no-iommu",
+            "-machine q35 -m 1G -device isa-debug-exit,iobase=0xf4,iosize=0x04",
+            String::new(),
+            28,
+        ),
+        Arch::Aarch64 => (
+            "aarch64 virt no-iommu",
+            "-machine virt -cpu max -m 6G -semihosting",
+            ",dma_mask=0xffffffff".to_string(),
+            32,
+        ),
+    };
+    Machine {
+        name: name.to_string(),
+        arch,
+        args: words(&format!(
+            "{machine} -device edu,addr={MASKED_EDU_SLOT:#x}{mask}"
+        )),
+        cmdline: format!("iommu=none dma.slot={MASKED_EDU_SLOT} dma.mask={bits}"),
+        timeout: BOOT_TIMEOUT,
+        expect_reason: String::new(),
+    }
+}
+
 /// CPUs of the multi-CPU boots.
 const SMP_CPUS: u32 = 4;
 
@@ -133,14 +189,20 @@ pub fn machines() -> Vec<Machine> {
         let widths: &[u32] = if mode == "flts" { &[48] } else { &[48, 39] };
         for &aw in widths {
             for cm in [false, true] {
-                v.push(vtd_machine(mode, aw, cm));
+                let m = vtd_machine(mode, aw, cm);
+                // One VT-d boot drives the DMA API's edu at its default mask.
+                if (mode, aw, cm) == ("legacy", 48, false) {
+                    v.push(with_masked_edu(m));
+                } else {
+                    v.push(m);
+                }
             }
         }
     }
     for mode in ["legacy", "scalable", "flts"] {
         v.push(vtd_ir_machine(mode));
     }
-    v.push(smmu_machine("nested", false));
+    v.push(with_masked_edu(smmu_machine("nested", false)));
     v.push(smmu_machine("nested", true));
     v.push(smmu_machine("1", false));
     v.push(smmu_machine("2", false));
@@ -148,6 +210,8 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("2", true));
     v.push(smmu_gicv3_machine(false));
     v.push(smmu_gicv3_machine(true));
+    v.push(no_iommu_machine(Arch::X86_64));
+    v.push(no_iommu_machine(Arch::Aarch64));
     v.push(with_smp(vtd_machine("legacy", 48, false)));
     v.push(with_smp(vtd_machine("scalable", 48, false)));
     v.push(with_smp(smmu_machine("nested", true)));

@@ -112,7 +112,13 @@ impl<U: TranslationUnit> Rig<'_, U> {
     }
 
     /// Fails unless a fault of `kind` by device `dev` at `iova` (page granular) was recorded.
-    fn expect_fault(&self, dev: DeviceId, iova: u64, write: bool, kind: FaultKind) -> TestResult {
+    pub(crate) fn expect_fault(
+        &self,
+        dev: DeviceId,
+        iova: u64,
+        write: bool,
+        kind: FaultKind,
+    ) -> TestResult {
         let faults = self.faults()?;
         let hit = faults.iter().any(|f| {
             f.device == dev
@@ -285,14 +291,17 @@ pub fn devices_in_different_domains_are_isolated<U: TranslationUnit>(r: &Rig<U>)
     Ok(())
 }
 
-/// The DMA API's streaming mappings (`iommu::dma::Streaming`) over the object model, with
+/// The DMA API's streaming mappings (`iommu::dma::DmaDevice`) over the object model, with
 /// edu's default 28-bit mask as the device's: a buffer's device address lies below 2^28 and
 /// keeps the buffer's page offset; edu's DMA through it lands in the buffer; after the unmap
 /// the same address faults and nothing lands; a second unmap is refused.
 pub fn streaming_dma_lands_below_the_mask_and_faults_after_unmap<U: TranslationUnit>(
     r: &Rig<U>,
-) -> TestResult {
-    use iommu::dma::{Direction, DmaError, Streaming};
+) -> TestResult
+where
+    for<'x> iommu::iommufd::Iommu<&'x U>: Sync,
+{
+    use iommu::dma::{Config, Direction, DmaDevice, DmaError};
     use iommu::iommufd::{GroupId, Iommu, Layout as IovaLayout, OwnerId, Region, Target};
 
     /// edu's DMA mask when QEMU is not told otherwise.
@@ -319,7 +328,8 @@ pub fn streaming_dma_lands_below_the_mask_and_faults_after_unmap<U: TranslationU
     let buf = DmaBuffer::new(0)?;
     (0..64).for_each(|i| buf.set(0x100 + i, 0xc0 + i as u8));
     let outcome = (|| {
-        let dma = Streaming::new(&io, OWNER, dom, EDU_DEFAULT_MASK, 1, || 0).map_err(fail)?;
+        let cfg = Config::new(EDU_DEFAULT_MASK);
+        let dma = DmaDevice::paging(&io, OWNER, dom, &crate::hal::HAL, cfg).map_err(fail)?;
         let buffer = PhysAddr::new(buf.phys().as_u64() + 0x100);
         let addr = dma
             .map(buffer, 0x200, Direction::Bidirectional)

@@ -9,6 +9,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use iommu::addr::PhysAddr;
+use iommu::dma::DmaHal;
 use iommu::hal::{FrameSize, Hal};
 
 /// Heap-backed frames. Counts live frames so tests can check nothing leaks.
@@ -68,33 +69,67 @@ unsafe impl Hal for KernelHal {
     }
 
     fn clean_to_poc(&self, virt: NonNull<u8>, len: usize) {
-        const LINE: usize = 64;
-        let start = virt.as_ptr() as usize & !(LINE - 1);
-        let end = virt.as_ptr() as usize + len;
-        for line in (start..end).step_by(LINE) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `line` is inside a frame this HAL handed out, which is mapped; clflush only
-            // writes the line back.
-            unsafe {
-                core::arch::x86_64::_mm_clflush(line as *const u8)
-            };
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: as above; `dc cvac` cleans one line to the point of coherency.
-            unsafe {
-                core::arch::asm!("dc cvac, {}", in(reg) line, options(nostack, preserves_flags))
-            };
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a fence has no memory-safety preconditions.
-        unsafe {
-            core::arch::x86_64::_mm_mfence()
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: a barrier has no memory-safety preconditions.
-        unsafe {
-            core::arch::asm!("dsb ish", options(nostack, preserves_flags))
-        };
+        by_line(virt, len, LineOp::Clean);
     }
+}
+
+// SAFETY: RAM is identity-mapped as one contiguous linear map, so `phys_to_virt` of a buffer's
+// first byte reaches all of it.
+unsafe impl DmaHal for KernelHal {
+    fn clean_for_device(&self, virt: NonNull<u8>, len: usize) {
+        by_line(virt, len, LineOp::Clean);
+    }
+
+    fn invalidate_for_cpu(&self, virt: NonNull<u8>, len: usize) {
+        by_line(virt, len, LineOp::CleanInvalidate);
+    }
+}
+
+/// What to do with each cache line.
+#[derive(Clone, Copy)]
+enum LineOp {
+    /// Write back (x86 `clflush`, Arm `dc cvac`).
+    Clean,
+    /// Write back and discard (x86 `clflush`, Arm `dc civac`).
+    CleanInvalidate,
+}
+
+/// `op` on every cache line of `len` bytes at `virt`, then a barrier that waits for them.
+fn by_line(virt: NonNull<u8>, len: usize, op: LineOp) {
+    const LINE: usize = 64;
+    let start = virt.as_ptr() as usize & !(LINE - 1);
+    let end = virt.as_ptr() as usize + len;
+    for line in (start..end).step_by(LINE) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let _ = op;
+            // SAFETY: `line` is inside mapped RAM (a frame or buffer handed to the driver);
+            // clflush only writes the line back and drops it.
+            unsafe { core::arch::x86_64::_mm_clflush(line as *const u8) };
+        }
+        #[cfg(target_arch = "aarch64")]
+        match op {
+            // SAFETY: as above; `dc cvac` cleans one line to the point of coherency.
+            LineOp::Clean => unsafe {
+                core::arch::asm!("dc cvac, {}", in(reg) line, options(nostack, preserves_flags))
+            },
+            // SAFETY: as above; `dc civac` cleans and invalidates one line (never losing data a
+            // CPU wrote, unlike `dc ivac`).
+            LineOp::CleanInvalidate => unsafe {
+                core::arch::asm!("dc civac, {}", in(reg) line, options(nostack, preserves_flags))
+            },
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a fence has no memory-safety preconditions.
+    unsafe {
+        core::arch::x86_64::_mm_mfence()
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier has no memory-safety preconditions.
+    unsafe {
+        core::arch::asm!("dsb ish", options(nostack, preserves_flags))
+    };
 }
 
 /// The kernel's one HAL; shared by every unit and domain of a test.

@@ -12,6 +12,8 @@ mod alias;
 #[cfg(target_os = "none")]
 pub mod dma;
 #[cfg(target_os = "none")]
+mod dma_api;
+#[cfg(target_os = "none")]
 pub mod hal;
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod hyp;
@@ -44,6 +46,10 @@ pub struct Machine {
 fn tests(m: &Machine) -> alloc::vec::Vec<Test<Machine>> {
     if m.cmdline.get("selftest").is_some() {
         return selftest::TESTS.to_vec();
+    }
+    // A machine without an IOMMU: the DMA API's no-IOMMU path only.
+    if m.cmdline.get("iommu") == Some("none") {
+        return dma_api::NO_IOMMU_TESTS.to_vec();
     }
     #[cfg(target_arch = "x86_64")]
     return [vtd::TESTS, &vtd::smp_tests()].concat();

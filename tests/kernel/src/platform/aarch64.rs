@@ -23,6 +23,11 @@ pub fn devicetree(m: &Machine) -> Result<Devicetree<'static>, Failure> {
     unsafe { Devicetree::from_addr(addr as usize, DTB_MAX_LEN) }.map_err(fail)
 }
 
+/// The SMMUs the devicetree describes.
+pub fn iommus_described(m: &Machine) -> Result<usize, Failure> {
+    Ok(devicetree(m)?.smmus().count())
+}
+
 /// The machine's one PCIe host bridge.
 pub fn pci_host(m: &Machine) -> Result<PciHost<'static>, Failure> {
     let dt = devicetree(m)?;

@@ -13,9 +13,9 @@ mod aarch64;
 mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64::{devicetree, gic, gicv3, its, pci_config};
+pub use aarch64::{devicetree, gic, gicv3, iommus_described, its, pci_config};
 #[cfg(target_arch = "x86_64")]
-pub use x86_64::pci_config;
+pub use x86_64::{iommus_described, pci_config};
 
 /// One `edu` device with its PCI address (the requester id the IOMMU sees).
 pub struct EduDevice {
@@ -23,8 +23,47 @@ pub struct EduDevice {
     pub edu: Edu,
 }
 
-/// Every `edu` on bus 0, with bus mastering on, in slot order.
+/// Every `edu` on bus 0, with bus mastering on, in slot order; without the one the DMA API's
+/// tests use at its own mask (see [`masked_edu`]).
 pub fn edu_devices(m: &Machine) -> Result<Vec<EduDevice>, iommu_boot::testing::Failure> {
+    let masked = masked_edu_slot(m);
+    Ok(all_edus(m)?
+        .into_iter()
+        .filter(|e| Some(e.bdf) != masked)
+        .collect())
+}
+
+/// The slot of the `edu` the runner started with a narrow DMA mask for the DMA API's tests
+/// (`dma.slot=N` on the command line: bus 0, device N, function 0).
+fn masked_edu_slot(m: &Machine) -> Option<Bdf> {
+    let slot = m.cmdline.get_u64("dma.slot")?;
+    Some(Bdf::new(0, u8::try_from(slot).ok()?, 0))
+}
+
+/// The `edu` of `dma.slot=N` with its DMA mask (`dma.mask=B` bits), if the command line names
+/// one; an error if it names one that is not there.
+pub fn masked_edu(m: &Machine) -> Result<Option<(EduDevice, u64)>, iommu_boot::testing::Failure> {
+    let Some(bdf) = masked_edu_slot(m) else {
+        return Ok(None);
+    };
+    let bits = m
+        .cmdline
+        .get_u64("dma.mask")
+        .filter(|b| (12..=64).contains(b))
+        .ok_or_else(|| fail("dma.slot without a dma.mask=12..64"))?;
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
+    let edu = all_edus(m)?
+        .into_iter()
+        .find(|e| e.bdf == bdf)
+        .ok_or_else(|| fail(alloc::format!("no edu at {bdf:?} (dma.slot)")))?;
+    Ok(Some((edu, mask)))
+}
+
+fn all_edus(m: &Machine) -> Result<Vec<EduDevice>, iommu_boot::testing::Failure> {
     let cfg = pci_config(m)?;
     let mut found = Vec::new();
     let mut window = None;

@@ -140,6 +140,17 @@ pub fn generic(
     test(&r)
 }
 
+/// [`generic`] for a test that also reads the machine (its command line), at the unit's
+/// preferred stage.
+pub fn with_machine(
+    m: &mut Machine,
+    test: fn(&Machine, &Rig<'static, Unit>) -> TestResult,
+) -> TestResult {
+    let r = rig(m, preferred_stage(unit(m)?))?;
+    allow_guest_error(TRANSLATION_FAILED);
+    test(m, &r)
+}
+
 pub fn smmu_brings_up(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
     let regs = smmu_regs(m)?;

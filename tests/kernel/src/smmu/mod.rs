@@ -70,6 +70,24 @@ pub static TESTS: &[Test<Machine>] = &[
         },
     },
     Test {
+        name: "dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap",
+        run: |m| {
+            dma::with_machine(
+                m,
+                crate::dma_api::dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap,
+            )
+        },
+    },
+    Test {
+        name: "strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device",
+        run: |m| {
+            dma::with_machine(
+                m,
+                crate::dma_api::strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device,
+            )
+        },
+    },
+    Test {
         name: "s1_unmapped_dma_is_blocked_and_reported",
         run: |m| {
             dma::generic(

@@ -67,6 +67,24 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap,
     },
     Test {
+        name: "dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap",
+        run: |m| {
+            crate::dma_api::dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap(
+                m,
+                &dma::rig(m)?,
+            )
+        },
+    },
+    Test {
+        name: "strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device",
+        run: |m| {
+            crate::dma_api::strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device(
+                m,
+                &dma::rig(m)?,
+            )
+        },
+    },
+    Test {
         name: "unmapped_dma_is_blocked_and_reported",
         run: dma::unmapped_dma_is_blocked_and_reported,
     },

@@ -1,0 +1,366 @@
+//! The DMA API (`iommu::dma`) driving a real device: the `edu` the runner starts at a narrow DMA
+//! mask (its default 28 bits unless told otherwise; `dma.slot=N dma.mask=B` on the command
+//! line), with buffers above that mask, through an IOMMU (both back-ends) and without one.
+//!
+//! Every test follows the machine: it reads the mask from the command line and takes its
+//! buffers from the RAM above it, and skips with the reason when the machine has none.
+
+use alloc::vec::Vec;
+
+use crate::dma::{Rig, IA_BITS};
+use crate::hal::HAL;
+use crate::platform::{masked_edu, EduDevice};
+use crate::Machine;
+use iommu::addr::PhysAddr;
+use iommu::dma::{BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, DmaError};
+use iommu::hal::{FrameSize, Hal};
+use iommu::iommufd::{DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Target};
+use iommu::unit::{FaultKind, TranslationUnit};
+use iommu_boot::testing::{fail, Failure, Test, TestResult};
+use iommu_boot::{ensure, ensure_eq};
+
+const OWNER: OwnerId = OwnerId(1);
+const PAGE: u64 = 4096;
+
+/// A page of RAM for a test, given back on drop.
+struct Page {
+    phys: u64,
+}
+
+impl Page {
+    /// A zeroed page above `limit`, or `None` when the machine has no RAM there.
+    fn above(limit: u64) -> Option<Self> {
+        let phys = HAL.alloc_frame(FrameSize::SIZE_4K)?.as_u64();
+        let page = Self { phys };
+        (phys >= limit).then_some(page)
+    }
+
+    fn at(&self, off: u64) -> PhysAddr {
+        PhysAddr::new(self.phys + off)
+    }
+
+    fn get(&self, i: u64) -> u8 {
+        // SAFETY: `i` is reduced into the page, which this test owns (identity-mapped RAM);
+        // volatile: the device writes behind the compiler's back.
+        unsafe { ((self.phys + i % PAGE) as *const u8).read_volatile() }
+    }
+
+    fn set(&self, i: u64, v: u8) {
+        // SAFETY: as in `get`.
+        unsafe { ((self.phys + i % PAGE) as *mut u8).write_volatile(v) }
+    }
+
+    fn fill(&self, range: core::ops::Range<u64>, v: u8) {
+        range.for_each(|i| self.set(i, v));
+    }
+
+    fn all(&self, range: core::ops::Range<u64>, v: u8) -> bool {
+        range.into_iter().all(|i| self.get(i) == v)
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `above` with this size; no mapping of it outlives the test.
+        unsafe { HAL.free_frame(PhysAddr::new(self.phys), FrameSize::SIZE_4K) }
+    }
+}
+
+/// Two pages above `limit`, or a skip saying the machine has no RAM there.
+fn pages_above(limit: u64) -> Result<(Page, Page), Failure> {
+    match (Page::above(limit), Page::above(limit)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(Failure::Skipped(alloc::format!(
+            "no RAM above {limit:#x} to put buffers in"
+        ))),
+    }
+}
+
+/// `n` pages of RAM for a bounce pool, given back on drop.
+struct PoolMemory {
+    phys: PhysAddr,
+    size: FrameSize,
+}
+
+impl PoolMemory {
+    fn new(size: FrameSize) -> Result<Self, Failure> {
+        let phys = HAL
+            .alloc_frame(size)
+            .ok_or_else(|| fail("no memory for a bounce pool"))?;
+        Ok(Self { phys, size })
+    }
+
+    fn pool(&self) -> Result<BouncePool, Failure> {
+        // SAFETY: the frame is this test's alone while the pool lives (the pool is dropped
+        // before `self`), and the kernel's HAL maps all RAM linearly.
+        unsafe { BouncePool::new(self.phys, self.size.bytes() as u64) }.map_err(fail)
+    }
+}
+
+impl Drop for PoolMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this size; the pool over it is gone.
+        unsafe { HAL.free_frame(self.phys, self.size) }
+    }
+}
+
+/// The masked edu (or a skip), with the rig's unit, claimed by `OWNER` and attached to a new
+/// paging domain of `io`.
+fn attach_masked<'u, U: TranslationUnit>(
+    m: &Machine,
+    r: &Rig<'u, U>,
+    io: &mut Iommu<&'u U>,
+) -> Result<(EduDevice, u64, DomainId), Failure> {
+    let (edu, mask) = masked_edu(m)?.ok_or_else(|| {
+        Failure::Skipped("no edu at a narrow mask on this machine (dma.slot)".into())
+    })?;
+    let dev = (r.device_id)(&edu);
+    let u = io.add_unit(r.unit);
+    // DMA only: no interrupt remapper is registered for these tests.
+    io.allow_unsafe_interrupts(true);
+    let d = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
+    io.claim(d, OWNER).map_err(fail)?;
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = io
+        .alloc_domain(OWNER, u, r.stage, IA_BITS, &layout)
+        .map_err(fail)?;
+    io.attach(d, OWNER, Target::Domain(dom)).map_err(fail)?;
+    r.faults()?;
+    Ok((edu, mask, dom))
+}
+
+/// Through the IOMMU: buffers above the edu's mask get device addresses below it; edu's DMA
+/// reads the one and writes the other, both land; after the unmap the same address faults, is
+/// reported for the edu, and a second unmap is refused.
+pub fn dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap<U: TranslationUnit>(
+    m: &Machine,
+    r: &Rig<U>,
+) -> TestResult
+where
+    for<'x> Iommu<&'x U>: Sync,
+{
+    let mut io = Iommu::new();
+    let (edu, mask, dom) = attach_masked(m, r, &mut io)?;
+    let dev = (r.device_id)(&edu);
+    let (src, dst) = pages_above(mask + 1)?;
+    (0..64).for_each(|i| src.set(0x100 + i, 0xa0 + i as u8));
+    let dma = DmaDevice::paging(&io, OWNER, dom, &HAL, Config::new(mask)).map_err(fail)?;
+    let from = dma
+        .map(src.at(0x100), 64, Direction::ToDevice)
+        .map_err(fail)?;
+    let to = dma
+        .map(dst.at(0x300), 64, Direction::FromDevice)
+        .map_err(fail)?;
+    for (addr, buf) in [(from, &src), (to, &dst)] {
+        ensure!(
+            addr.0 + 64 <= mask + 1,
+            "{addr:x?} for the buffer at {:#x} is beyond the mask {mask:#x}",
+            buf.phys
+        );
+    }
+    edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
+    edu.edu.dma_to_ram(0, to.0, 64).map_err(fail)?;
+    dma.unmap(to, 64).map_err(fail)?;
+    ensure!(
+        (0..64).all(|i| dst.get(0x300 + i) == 0xa0 + i as u8),
+        "edu's copy through {from:x?} -> {to:x?} did not land"
+    );
+    dma.unmap(from, 64).map_err(fail)?;
+    ensure_eq!(
+        dma.unmap(from, 64),
+        Err(DmaError::NotMapped),
+        "a second unmap"
+    );
+    edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
+    r.expect_fault(dev, from.0, false, FaultKind::Translation)?;
+    ensure_eq!(dma.live(), 0);
+    Ok(())
+}
+
+/// Strict sub-page mode through the IOMMU: a 64-byte buffer in a page full of other data is
+/// bounced into a page of its own. edu reading the rest of its device page gets zeros, not the
+/// neighbours; edu writing there changes nothing outside the buffer; the page below it faults.
+/// A full pool refuses the next buffer by name and changes nothing.
+pub fn strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device<U: TranslationUnit>(
+    m: &Machine,
+    r: &Rig<U>,
+) -> TestResult
+where
+    for<'x> Iommu<&'x U>: Sync,
+{
+    let mut io = Iommu::new();
+    let (edu, mask, dom) = attach_masked(m, r, &mut io)?;
+    let dev = (r.device_id)(&edu);
+    let (page, _) = pages_above(0)?;
+    page.fill(0..PAGE, 0x5e);
+    page.fill(0x100..0x140, 0x42);
+    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
+    let pool = memory.pool()?;
+    let cfg = Config {
+        bounce: BouncePolicy::SubPage,
+        ..Config::new(mask)
+    };
+    let dma = DmaDevice::paging(&io, OWNER, dom, &HAL, cfg)
+        .map_err(fail)?
+        .with_pool(&pool)
+        .map_err(fail)?;
+    let addr = dma
+        .map(page.at(0x100), 64, Direction::Bidirectional)
+        .map_err(fail)?;
+    let device_page = addr.0 & !(PAGE - 1);
+    ensure_eq!(addr.0 - device_page, 0x100, "the buffer's page offset");
+    // The buffer itself reaches the device.
+    edu.edu.dma_from_ram(addr.0, 0, 64).map_err(fail)?;
+    edu.edu
+        .dma_to_ram(0, device_page + 0x800, 64)
+        .map_err(fail)?;
+    edu.edu
+        .dma_from_ram(device_page + 0x800, 64, 64)
+        .map_err(fail)?;
+    // The rest of the device page: zeros, not the neighbours' 0x5e; edu copies them over the
+    // buffer, which the CPU then sees as zeros.
+    edu.edu
+        .dma_from_ram(device_page + 0xc00, 0, 64)
+        .map_err(fail)?;
+    edu.edu.dma_to_ram(0, addr.0, 64).map_err(fail)?;
+    dma.unmap(addr, 64).map_err(fail)?;
+    ensure!(
+        page.all(0x100..0x140, 0),
+        "edu read other data than zeros next to the buffer"
+    );
+    ensure!(
+        page.all(0..0x100, 0x5e) && page.all(0x140..PAGE, 0x5e),
+        "DMA reached the rest of the original page"
+    );
+    // The page below the bounce page is nobody's: it faults. (Not the page above: IOVAs come
+    // top-down, and above the top page edu's mask wraps the address round to 0.)
+    let addr = dma
+        .map(page.at(0x100), 64, Direction::ToDevice)
+        .map_err(fail)?;
+    let beyond = (addr.0 & !(PAGE - 1)) - PAGE;
+    edu.edu.dma_from_ram(beyond, 0, 64).map_err(fail)?;
+    r.expect_fault(dev, beyond, false, FaultKind::Translation)?;
+    // Four slots: three more buffers fill the pool, the next is refused.
+    let mut held: Vec<DmaAddr> = Vec::new();
+    for i in 0..3 {
+        held.push(
+            dma.map(page.at(0x200 + i * 64), 64, Direction::ToDevice)
+                .map_err(fail)?,
+        );
+    }
+    ensure_eq!(
+        dma.map(page.at(0x400), 64, Direction::ToDevice),
+        Err(DmaError::PoolExhausted)
+    );
+    ensure_eq!((dma.live(), pool.free_slots()), (4, 0));
+    for a in held.into_iter().chain([addr]) {
+        dma.unmap(a, 64).map_err(fail)?;
+    }
+    ensure_eq!(pool.free_slots(), pool.slots());
+    Ok(())
+}
+
+/// The machine has no IOMMU, as its command line says (`iommu=none`): the firmware describes
+/// none, and no-IOMMU mode can be enabled only because of that.
+pub fn the_firmware_describes_no_iommu(m: &mut Machine) -> TestResult {
+    let units = crate::platform::iommus_described(m)?;
+    ensure_eq!(units, 0, "IOMMUs described by the firmware");
+    InsecureNoIommu::enable(units).map_err(fail)?;
+    ensure!(
+        InsecureNoIommu::enable(1).is_err(),
+        "no-IOMMU mode with a unit present"
+    );
+    Ok(())
+}
+
+/// Without an IOMMU, the same driver code: buffers beyond the edu's mask are bounced through a
+/// pool below it, edu's DMA moves data both ways; bounce-only mode keeps every address in the
+/// pool; a full pool and a buffer with no way round the mask are refused by name.
+pub fn edu_moves_data_through_bounce_buffers_without_an_iommu(m: &mut Machine) -> TestResult {
+    let (edu, mask) = masked_edu(m)?.ok_or_else(|| {
+        Failure::Skipped("no edu at a narrow mask on this machine (dma.slot)".into())
+    })?;
+    let insecure = InsecureNoIommu::enable(crate::platform::iommus_described(m)?).map_err(fail)?;
+    let (src, dst) = pages_above(mask + 1)?;
+    (0..64).for_each(|i| src.set(0x100 + i, 0x30 + i as u8));
+    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
+    ensure!(
+        memory.phys.as_u64() + memory.size.bytes() as u64 <= mask + 1,
+        "the pool at {:?} is beyond the mask {mask:#x}",
+        memory.phys
+    );
+    let pool = memory.pool()?;
+    // No pool: no way round the mask.
+    let bare = DmaDevice::no_iommu(&insecure, &HAL, Config::new(mask)).map_err(fail)?;
+    ensure_eq!(
+        bare.map(src.at(0x100), 64, Direction::ToDevice),
+        Err(DmaError::BeyondMask)
+    );
+    for bounce in [BouncePolicy::IfNeeded, BouncePolicy::Always] {
+        let cfg = Config {
+            bounce,
+            ..Config::new(mask)
+        };
+        let dma = DmaDevice::no_iommu(&insecure, &HAL, cfg)
+            .map_err(fail)?
+            .with_pool(&pool)
+            .map_err(fail)?;
+        dst.fill(0..PAGE, 0);
+        let from = dma
+            .map(src.at(0x100), 64, Direction::ToDevice)
+            .map_err(fail)?;
+        let to = dma
+            .map(dst.at(0x300), 64, Direction::FromDevice)
+            .map_err(fail)?;
+        let in_pool = |a: DmaAddr| a.0 >= pool.base().as_u64() && a.0 + 64 <= pool.end();
+        ensure!(
+            in_pool(from) && in_pool(to),
+            "{from:x?} {to:x?} outside the pool"
+        );
+        edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
+        edu.edu.dma_to_ram(0, to.0, 64).map_err(fail)?;
+        ensure!(
+            dst.all(0..PAGE, 0),
+            "edu's write reached the buffer before the unmap"
+        );
+        dma.unmap(to, 64).map_err(fail)?;
+        ensure!(
+            (0..64).all(|i| dst.get(0x300 + i) == 0x30 + i as u8),
+            "{bounce:?}: edu's copy did not come back out of the pool"
+        );
+        // The pool's other three slots, then one too many.
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(
+                dma.map(dst.at(i * 64), 64, Direction::ToDevice)
+                    .map_err(fail)?,
+            );
+        }
+        ensure_eq!(
+            dma.map(dst.at(0x800), 64, Direction::ToDevice),
+            Err(DmaError::PoolExhausted)
+        );
+        ensure_eq!(dma.live(), 4);
+        for a in held.into_iter().chain([from]) {
+            dma.unmap(a, 64).map_err(fail)?;
+        }
+        ensure_eq!(pool.free_slots(), pool.slots());
+    }
+    Ok(())
+}
+
+/// The tests of a machine without an IOMMU (`iommu=none`).
+pub const NO_IOMMU_TESTS: &[Test<Machine>] = &[
+    Test {
+        name: "the_firmware_describes_no_iommu",
+        run: the_firmware_describes_no_iommu,
+    },
+    Test {
+        name: "edu_moves_data_through_bounce_buffers_without_an_iommu",
+        run: edu_moves_data_through_bounce_buffers_without_an_iommu,
+    },
+];
