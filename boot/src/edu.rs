@@ -8,8 +8,14 @@
 //! A DMA completes on a 100 ms virtual-clock timer. Interrupts: 0x24 status, 0x60 raise (ORs the
 //! value into the status and signals: one MSI per write while MSI is enabled, else INTx), 0x64
 //! acknowledge (clears those status bits).
+//!
+//! [`Edu::copy_in`] and [`Edu::copy_out`] are what a driver over the DMA API looks like: a
+//! buffer in, a device address out, unmapped when the transfer ends.
 
 use core::fmt;
+
+use iommu::addr::PhysAddr;
+use iommu::dma::{Direction, DmaDevice, DmaError, DmaHal};
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x11e8;
@@ -50,6 +56,24 @@ impl fmt::Display for EduError {
             Self::OutOfBuffer => write!(f, "transfer does not fit in edu's 4 KiB buffer"),
             Self::Timeout => write!(f, "edu DMA did not complete"),
             Self::NotEdu(id) => write!(f, "identification register {id:#x} is not edu's"),
+        }
+    }
+}
+
+/// Why a transfer through the DMA API failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EduDmaError {
+    /// The DMA API refused the buffer.
+    Dma(DmaError),
+    /// The device did.
+    Edu(EduError),
+}
+
+impl fmt::Display for EduDmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dma(e) => write!(f, "{e}"),
+            Self::Edu(e) => write!(f, "{e}"),
         }
     }
 }
@@ -135,6 +159,43 @@ impl Edu {
     pub fn dma_to_ram(&self, offset: u64, iova: u64, len: u64) -> Result<(), EduError> {
         check_buffer(offset, len)?;
         self.run(BUFFER_ADDR + offset, iova, len, CMD_TO_RAM)
+    }
+
+    /// Copies the `len` bytes at `buf` into the device buffer at `offset`, as a driver does:
+    /// `dma` maps the buffer for the transfer and unmaps it after, whatever the path (IOVA,
+    /// bounce slot, the buffer itself).
+    pub fn copy_in<H: DmaHal>(
+        &self,
+        dma: &DmaDevice<'_, H>,
+        buf: PhysAddr,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), EduDmaError> {
+        check_buffer(offset, len).map_err(EduDmaError::Edu)?;
+        let addr = dma
+            .map(buf, len, Direction::ToDevice)
+            .map_err(EduDmaError::Dma)?;
+        let moved = self.dma_from_ram(addr.0, offset, len);
+        dma.unmap(addr, len).map_err(EduDmaError::Dma)?;
+        moved.map_err(EduDmaError::Edu)
+    }
+
+    /// Copies `len` bytes of the device buffer at `offset` out to `buf` through `dma`; the data
+    /// is in `buf` for the CPU when this returns.
+    pub fn copy_out<H: DmaHal>(
+        &self,
+        dma: &DmaDevice<'_, H>,
+        offset: u64,
+        buf: PhysAddr,
+        len: u64,
+    ) -> Result<(), EduDmaError> {
+        check_buffer(offset, len).map_err(EduDmaError::Edu)?;
+        let addr = dma
+            .map(buf, len, Direction::FromDevice)
+            .map_err(EduDmaError::Dma)?;
+        let moved = self.dma_to_ram(offset, addr.0, len);
+        dma.unmap(addr, len).map_err(EduDmaError::Dma)?;
+        moved.map_err(EduDmaError::Edu)
     }
 
     fn run(&self, src: u64, dst: u64, len: u64, direction: u64) -> Result<(), EduError> {

@@ -501,7 +501,7 @@ fn coherent_memory_is_zeroed_reachable_and_freed_once() {
     let dma = DmaDevice::paging(&io, OWNER, dom, &hal, Config::new((1 << 28) - 1)).unwrap();
     let ring = dma.alloc_coherent(6000).unwrap();
     assert_eq!(hal.live_frames(), 1);
-    assert!(ring.dma().0 + 8192 <= 1 << 28 && ring.dma().0 % 8192 == 0);
+    assert!(ring.dma().0 + 8192 <= 1 << 28 && ring.dma().0.is_multiple_of(8192));
     assert_eq!(
         landing(Some((&io, dom)), ring.dma().0),
         ring.phys().as_u64()

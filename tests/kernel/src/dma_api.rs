@@ -111,9 +111,7 @@ fn attach_masked<'u, U: TranslationUnit>(
     r: &Rig<'u, U>,
     io: &mut Iommu<&'u U>,
 ) -> Result<(EduDevice, u64, DomainId), Failure> {
-    let (edu, mask) = masked_edu(m)?.ok_or_else(|| {
-        Failure::Skipped("no edu at a narrow mask on this machine (dma.slot)".into())
-    })?;
+    let (edu, mask) = masked_edu(m)?.ok_or_else(no_masked_edu)?;
     let dev = (r.device_id)(&edu);
     let u = io.add_unit(r.unit);
     // DMA only: no interrupt remapper is registered for these tests.
@@ -168,6 +166,16 @@ where
     ensure!(
         (0..64).all(|i| dst.get(0x300 + i) == 0xa0 + i as u8),
         "edu's copy through {from:x?} -> {to:x?} did not land"
+    );
+    // The driver's way: map, transfer, unmap in one call each way.
+    dst.fill(0..PAGE, 0);
+    edu.edu.copy_in(&dma, src.at(0x100), 64, 64).map_err(fail)?;
+    edu.edu
+        .copy_out(&dma, 64, dst.at(0x800), 64)
+        .map_err(fail)?;
+    ensure!(
+        (0..64).all(|i| dst.get(0x800 + i) == 0xa0 + i as u8),
+        "edu's copy_in / copy_out did not move the data"
     );
     dma.unmap(from, 64).map_err(fail)?;
     ensure_eq!(
@@ -264,6 +272,68 @@ where
     Ok(())
 }
 
+/// Through an identity attach: the device's addresses are physical, so a buffer above the
+/// mask goes through a pool below it, and edu's DMA moves the data both ways; a buffer the
+/// device reaches is handed over where it is.
+pub fn identity_bounces_buffers_beyond_the_mask<U: TranslationUnit>(
+    m: &Machine,
+    r: &Rig<U>,
+) -> TestResult {
+    let (edu, mask) = masked_edu(m)?.ok_or_else(no_masked_edu)?;
+    if !r.unit.info().identity {
+        return Err(Failure::Skipped("the unit has no identity mode".into()));
+    }
+    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
+    if memory.phys.as_u64() + memory.size.bytes() as u64 > mask + 1 {
+        return Err(Failure::Skipped(alloc::format!(
+            "no RAM below the mask {mask:#x} for a bounce pool"
+        )));
+    }
+    let pool = memory.pool()?;
+    let (src, dst) = pages_above(mask + 1)?;
+    (0..64).for_each(|i| src.set(i, 0x70 + i as u8));
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.allow_unsafe_interrupts(true);
+    io.allow_identity(true);
+    let dev = (r.device_id)(&edu);
+    let d = io.add_device(u, dev, GroupId(dev.0)).map_err(fail)?;
+    io.claim(d, OWNER).map_err(fail)?;
+    let outcome = (|| {
+        ensure_eq!(
+            DmaDevice::identity(&io, d, OWNER, &HAL, Config::new(mask)).err(),
+            Some(DmaError::NotIdentity),
+            "a blocked device"
+        );
+        io.attach(d, OWNER, Target::Identity).map_err(fail)?;
+        let dma = DmaDevice::identity(&io, d, OWNER, &HAL, Config::new(mask))
+            .map_err(fail)?
+            .with_pool(&pool)
+            .map_err(fail)?;
+        edu.edu.copy_in(&dma, src.at(0), 0, 64).map_err(fail)?;
+        edu.edu.copy_out(&dma, 0, dst.at(0x400), 64).map_err(fail)?;
+        ensure!(
+            (0..64).all(|i| dst.get(0x400 + i) == 0x70 + i as u8),
+            "edu's copy through the pool did not land"
+        );
+        // A buffer inside the device's reach (in the pool's memory, unused) is not bounced.
+        let near = dma
+            .map(pool.base(), 64, Direction::ToDevice)
+            .map_err(fail)?;
+        ensure_eq!(near.0, pool.base().as_u64());
+        dma.unmap(near, 64).map_err(fail)?;
+        ensure_eq!(pool.free_slots(), pool.slots());
+        Ok(())
+    })();
+    let released = io.release(d, OWNER);
+    outcome?;
+    released.map_err(fail)
+}
+
+fn no_masked_edu() -> Failure {
+    Failure::Skipped("no edu at a narrow mask on this machine (dma.slot)".into())
+}
+
 /// The machine has no IOMMU, as its command line says (`iommu=none`): the firmware describes
 /// none, and no-IOMMU mode can be enabled only because of that.
 pub fn the_firmware_describes_no_iommu(m: &mut Machine) -> TestResult {
@@ -281,9 +351,7 @@ pub fn the_firmware_describes_no_iommu(m: &mut Machine) -> TestResult {
 /// pool below it, edu's DMA moves data both ways; bounce-only mode keeps every address in the
 /// pool; a full pool and a buffer with no way round the mask are refused by name.
 pub fn edu_moves_data_through_bounce_buffers_without_an_iommu(m: &mut Machine) -> TestResult {
-    let (edu, mask) = masked_edu(m)?.ok_or_else(|| {
-        Failure::Skipped("no edu at a narrow mask on this machine (dma.slot)".into())
-    })?;
+    let (edu, mask) = masked_edu(m)?.ok_or_else(no_masked_edu)?;
     let insecure = InsecureNoIommu::enable(crate::platform::iommus_described(m)?).map_err(fail)?;
     let (src, dst) = pages_above(mask + 1)?;
     (0..64).for_each(|i| src.set(0x100 + i, 0x30 + i as u8));
@@ -321,6 +389,16 @@ pub fn edu_moves_data_through_bounce_buffers_without_an_iommu(m: &mut Machine) -
             in_pool(from) && in_pool(to),
             "{from:x?} {to:x?} outside the pool"
         );
+        // The same driver code as through an IOMMU.
+        edu.edu.copy_in(&dma, src.at(0x100), 64, 64).map_err(fail)?;
+        edu.edu
+            .copy_out(&dma, 64, dst.at(0xc00), 64)
+            .map_err(fail)?;
+        ensure!(
+            (0..64).all(|i| dst.get(0xc00 + i) == 0x30 + i as u8),
+            "{bounce:?}: edu's copy_in / copy_out did not move the data"
+        );
+        dst.fill(0xc00..0xc40, 0);
         edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
         edu.edu.dma_to_ram(0, to.0, 64).map_err(fail)?;
         ensure!(

@@ -88,6 +88,10 @@ pub static TESTS: &[Test<Machine>] = &[
         },
     },
     Test {
+        name: "identity_bounces_buffers_beyond_the_mask",
+        run: |m| dma::with_machine(m, crate::dma_api::identity_bounces_buffers_beyond_the_mask),
+    },
+    Test {
         name: "s1_unmapped_dma_is_blocked_and_reported",
         run: |m| {
             dma::generic(

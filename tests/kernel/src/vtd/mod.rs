@@ -85,6 +85,10 @@ pub static TESTS: &[Test<Machine>] = &[
         },
     },
     Test {
+        name: "identity_bounces_buffers_beyond_the_mask",
+        run: |m| crate::dma_api::identity_bounces_buffers_beyond_the_mask(m, &dma::rig(m)?),
+    },
+    Test {
         name: "unmapped_dma_is_blocked_and_reported",
         run: dma::unmapped_dma_is_blocked_and_reported,
     },
