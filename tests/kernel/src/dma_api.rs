@@ -104,14 +104,35 @@ impl Drop for PoolMemory {
     }
 }
 
-/// The masked edu (or a skip), with the rig's unit, claimed by `OWNER` and attached to a new
-/// paging domain of `io`.
-fn attach_masked<'u, U: TranslationUnit>(
+/// edu's DMA mask when QEMU is not told otherwise.
+const EDU_DEFAULT_MASK: u64 = (1 << 28) - 1;
+
+/// The edu a test drives through the DMA API, with the mask its handle must respect: the
+/// narrow-mask edu the command line names, or else the first edu with edu's default mask
+/// imposed on it (it could reach further; the handle must not use that).
+fn test_edu(m: &Machine, narrow_only: bool) -> Result<(EduDevice, u64), Failure> {
+    if let Some(found) = masked_edu(m)? {
+        return Ok(found);
+    }
+    if narrow_only {
+        return Err(no_masked_edu());
+    }
+    let edu = crate::platform::edu_devices(m)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("no edu"))?;
+    Ok((edu, EDU_DEFAULT_MASK))
+}
+
+/// [`test_edu`], with the rig's unit, claimed by `OWNER` and attached to a new paging domain
+/// of `io`.
+fn attach<'u, U: TranslationUnit>(
     m: &Machine,
     r: &Rig<'u, U>,
     io: &mut Iommu<&'u U>,
+    narrow_only: bool,
 ) -> Result<(EduDevice, u64, DomainId), Failure> {
-    let (edu, mask) = masked_edu(m)?.ok_or_else(no_masked_edu)?;
+    let (edu, mask) = test_edu(m, narrow_only)?;
     let dev = (r.device_id)(&edu);
     let u = io.add_unit(r.unit);
     // DMA only: no interrupt remapper is registered for these tests.
@@ -131,9 +152,11 @@ fn attach_masked<'u, U: TranslationUnit>(
     Ok((edu, mask, dom))
 }
 
-/// Through the IOMMU: buffers above the edu's mask get device addresses below it; edu's DMA
-/// reads the one and writes the other, both land; after the unmap the same address faults, is
-/// reported for the edu, and a second unmap is refused.
+/// Through the IOMMU: buffers (above the edu's mask where the machine has RAM there) get device
+/// addresses below the mask that keep their page offset; edu's DMA reads the one and writes the
+/// other, both land, also through the driver's `copy_in` / `copy_out`; after the unmap the same
+/// address faults, is reported for the edu, and a second unmap is refused. Runs on every boot:
+/// with the narrow-mask edu where there is one, else with edu's default mask imposed.
 pub fn dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap<U: TranslationUnit>(
     m: &Machine,
     r: &Rig<U>,
@@ -142,9 +165,9 @@ where
     for<'x> Iommu<&'x U>: Sync,
 {
     let mut io = Iommu::new();
-    let (edu, mask, dom) = attach_masked(m, r, &mut io)?;
+    let (edu, mask, dom) = attach(m, r, &mut io, false)?;
     let dev = (r.device_id)(&edu);
-    let (src, dst) = pages_above(mask + 1)?;
+    let (src, dst) = pages_above(mask + 1).or_else(|_| pages_above(0))?;
     (0..64).for_each(|i| src.set(0x100 + i, 0xa0 + i as u8));
     let dma = DmaDevice::paging(&io, OWNER, dom, &HAL, Config::new(mask)).map_err(fail)?;
     let from = dma
@@ -160,6 +183,7 @@ where
             buf.phys
         );
     }
+    ensure_eq!((from.0 % PAGE, to.0 % PAGE), (0x100, 0x300), "page offsets");
     edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
     edu.edu.dma_to_ram(0, to.0, 64).map_err(fail)?;
     dma.unmap(to, 64).map_err(fail)?;
@@ -201,7 +225,7 @@ where
     for<'x> Iommu<&'x U>: Sync,
 {
     let mut io = Iommu::new();
-    let (edu, mask, dom) = attach_masked(m, r, &mut io)?;
+    let (edu, mask, dom) = attach(m, r, &mut io, true)?;
     let dev = (r.device_id)(&edu);
     let (page, _) = pages_above(0)?;
     page.fill(0..PAGE, 0x5e);
@@ -279,7 +303,7 @@ pub fn identity_bounces_buffers_beyond_the_mask<U: TranslationUnit>(
     m: &Machine,
     r: &Rig<U>,
 ) -> TestResult {
-    let (edu, mask) = masked_edu(m)?.ok_or_else(no_masked_edu)?;
+    let (edu, mask) = test_edu(m, true)?;
     if !r.unit.info().identity {
         return Err(Failure::Skipped("the unit has no identity mode".into()));
     }

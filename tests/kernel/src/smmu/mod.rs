@@ -59,17 +59,6 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::generic(m, Stage::First, crate::dma::mapped_dma_lands),
     },
     Test {
-        name: "streaming_dma_lands_below_the_mask_and_faults_after_unmap",
-        run: |m| {
-            let stage = dma::preferred_stage(dma::unit(m)?);
-            dma::generic(
-                m,
-                stage,
-                crate::dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap,
-            )
-        },
-    },
-    Test {
         name: "dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap",
         run: |m| {
             dma::with_machine(

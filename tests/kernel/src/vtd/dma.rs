@@ -115,12 +115,6 @@ pub(super) fn mapped_dma_lands(m: &mut Machine) -> TestResult {
     dma::mapped_dma_lands(&rig(m)?)
 }
 
-pub(super) fn streaming_dma_lands_below_the_mask_and_faults_after_unmap(
-    m: &mut Machine,
-) -> TestResult {
-    dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap(&rig(m)?)
-}
-
 pub(super) fn unmapped_dma_is_blocked_and_reported(m: &mut Machine) -> TestResult {
     dma::unmapped_dma_is_blocked_and_reported(&rig(m)?)
 }

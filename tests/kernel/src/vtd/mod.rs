@@ -63,10 +63,6 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::mapped_dma_lands,
     },
     Test {
-        name: "streaming_dma_lands_below_the_mask_and_faults_after_unmap",
-        run: dma::streaming_dma_lands_below_the_mask_and_faults_after_unmap,
-    },
-    Test {
         name: "dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap",
         run: |m| {
             crate::dma_api::dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap(
