@@ -122,6 +122,39 @@ fn exhaustion_is_an_error_and_frees_make_room_again() {
     assert_eq!(a.alloc(0, 4096, u64::MAX), Err(IovaError::Exhausted));
 }
 
+#[test]
+fn fragmentation_refuses_what_no_hole_fits_until_the_neighbours_come_back() {
+    let a = IovaAllocator::new(
+        &Layout {
+            windows: &[Region {
+                start: 0,
+                last: 0x3_ffff,
+            }],
+            reserved: &[],
+        },
+        1,
+    );
+    let pages: Vec<u64> = (0..64)
+        .map(|_| a.alloc(0, 4096, u64::MAX).unwrap())
+        .collect();
+    // Every other page back: half the space free, no two free pages side by side.
+    for p in pages.iter().filter(|&&p| p & 0x1000 == 0) {
+        a.free(0, *p, 4096).unwrap();
+    }
+    a.drain();
+    assert_eq!(a.free_ranges().len(), 32);
+    assert_eq!(a.alloc(0, 8192, u64::MAX), Err(IovaError::Exhausted));
+    // A neighbour back: the two pages merge into one aligned 8 KiB hole.
+    a.free(0, 0x3_f000, 4096).unwrap();
+    assert_eq!(a.alloc(0, 8192, u64::MAX), Ok(0x3_e000));
+    for p in pages.iter().filter(|&&p| p & 0x1000 != 0 && p < 0x3_e000) {
+        a.free(0, *p, 4096).unwrap();
+    }
+    a.free(0, 0x3_e000, 8192).unwrap();
+    a.drain();
+    assert_eq!(a.free_ranges(), [(0, 0x4_0000)]);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Alloc {
