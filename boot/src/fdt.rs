@@ -99,6 +99,39 @@ impl<'a> Fdt<'a> {
     }
 }
 
+impl<'a> Fdt<'a> {
+    /// The value of the root node's property `name` (`#address-cells`, ...).
+    pub fn root_property(&self, name: &str) -> Option<&'a [u8]> {
+        let structure = self.structure;
+        // The root node's begin token and name (empty, padded to 4 bytes) come first; its own
+        // properties precede its first child.
+        if be32(structure, 0)? != FDT_BEGIN_NODE {
+            return None;
+        }
+        let mut offset = align4(4 + c_str(structure.get(4..)?)?.len() + 1)?;
+        loop {
+            let token = be32(structure, offset)?;
+            offset += 4;
+            match token {
+                FDT_PROP => {
+                    let len = usize::try_from(be32(structure, offset)?).ok()?;
+                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
+                    let value_start = offset + 8;
+                    let value_end = value_start.checked_add(len)?;
+                    let value = structure.get(value_start..value_end)?;
+                    offset = align4(value_end)?;
+                    if c_str(self.strings.get(name_offset..)?)? == name.as_bytes() {
+                        return Some(value);
+                    }
+                }
+                FDT_NOP => {}
+                // A child node or the end: the root's properties are over.
+                _ => return None,
+            }
+        }
+    }
+}
+
 impl Fdt<'_> {
     /// Calls `found` with the `reg` of every `/cpus/cpu@N` node, in tree order: on Arm the
     /// CPU's MPIDR affinity fields (Aff3 in bits 39:32 with two address cells), what PSCI
@@ -207,6 +240,16 @@ mod tests {
         let mut regs = std::vec::Vec::new();
         assert_eq!(fdt.for_each_cpu_reg(|r| regs.push(r)), Some(()));
         assert_eq!(regs, [0]);
+    }
+
+    #[test]
+    fn reads_the_root_cells_and_the_memory_node_of_a_qemu_blob() {
+        let fdt = Fdt::new(VIRT).unwrap();
+        assert_eq!(fdt.root_property("#address-cells"), Some(&[0, 0, 0, 2][..]));
+        assert_eq!(fdt.root_property("#size-cells"), Some(&[0, 0, 0, 2][..]));
+        assert_eq!(fdt.root_property("no-such-property"), None);
+        let reg = fdt.property("memory", "reg").unwrap();
+        assert_eq!(&reg[..8], &[0, 0, 0, 0, 0x40, 0, 0, 0], "RAM at 1 GiB");
     }
 
     #[test]

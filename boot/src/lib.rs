@@ -21,6 +21,7 @@ pub mod edu;
 pub mod fdt;
 pub mod logger;
 pub mod madt;
+pub mod memory;
 pub mod pci;
 pub mod smp;
 pub mod testing;
@@ -47,6 +48,8 @@ pub struct BootInfo {
     /// aarch64: the exception level the kernel runs at (1, or 2 with `virtualization=on`);
     /// 0 on x86_64.
     pub exception_level: u8,
+    /// The RAM the firmware reported (PVH memory map, devicetree `memory` node).
+    pub ram: memory::RamMap,
 }
 
 /// How the kernel leaves QEMU. The runner (`cargo xtask`) maps QEMU's exit status back to this.

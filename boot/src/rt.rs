@@ -4,8 +4,8 @@
 use crate::{BootInfo, ExitStatus};
 use linked_list_allocator::LockedHeap;
 
-/// Heap for the test kernels: IOMMU tables, queues and DMA buffers are allocated from here, so it
-/// is identity-mapped like the rest of RAM (physical address == virtual address).
+/// Heap for the test kernels' own data (IOMMU tables, queues and DMA buffers come from
+/// `memory`, all of RAM); identity-mapped like the rest of RAM (physical == virtual).
 const HEAP_SIZE: usize = 32 << 20;
 
 #[repr(C, align(4096))]
@@ -28,6 +28,7 @@ pub(crate) fn start(info: &BootInfo) -> ! {
         let area = &raw mut HEAP_AREA;
         ALLOCATOR.lock().init(area.cast::<u8>(), HEAP_SIZE);
     }
+    crate::memory::init(info.ram.iter(), &crate::arch::not_for_frames());
     // SAFETY: `kernel_main` is defined by the kernel binary with exactly this signature.
     unsafe { kernel_main(info) }
 }

@@ -138,6 +138,15 @@ fn set_memory(m: &mut Machine, size: &str) {
     }
 }
 
+/// `m` with 6 GiB of RAM and `mem.high=1`: the kernel takes every table, queue and DMA
+/// buffer from the top of RAM, above 4 GiB.
+fn with_high_memory(mut m: Machine) -> Machine {
+    set_memory(&mut m, "6G");
+    m.cmdline.push_str(" mem.high=1");
+    m.name.push_str(" mem=6G high");
+    m
+}
+
 /// A machine without an IOMMU (`iommu=none`): the kernel runs the DMA API's no-IOMMU tests
 /// only, with an `edu` whose mask leaves RAM above its reach so buffers there must bounce.
 /// x86: `edu`'s default 28-bit mask and 1 GiB. aarch64: RAM starts at 1 GiB on `virt`, so a
@@ -210,6 +219,8 @@ pub fn machines() -> Vec<Machine> {
     v.push(smmu_machine("2", true));
     v.push(smmu_gicv3_machine(false));
     v.push(smmu_gicv3_machine(true));
+    v.push(with_high_memory(vtd_machine("scalable", 48, false)));
+    v.push(with_high_memory(smmu_machine("nested", false)));
     v.push(no_iommu_machine(Arch::X86_64));
     v.push(no_iommu_machine(Arch::Aarch64));
     v.push(with_smp(vtd_machine("legacy", 48, false)));

@@ -101,11 +101,13 @@ extern "C" fn rust_entry() -> ! {
         .and_then(|fdt| fdt.property("chosen", "bootargs"))
         .and_then(fdt::as_str)
         .unwrap_or("");
+    let ram = dtb.as_ref().map(fdt::memory).unwrap_or_default();
     let info = BootInfo {
         cmdline,
         rsdp: None,
         dtb: dtb.is_some().then_some(DTB_BASE),
         exception_level: el.number(),
+        ram,
     };
     crate::rt::start(&info)
 }

@@ -30,3 +30,31 @@ pub(super) fn dtb_at_start_of_ram() -> Option<Fdt<'static>> {
     // below the kernel image, since `total <= room`.
     Fdt::new(unsafe { core::slice::from_raw_parts(start, total) })
 }
+
+/// The RAM ranges of the `/memory` node's `reg` (with the root's address and size cells;
+/// QEMU's `virt` has one such node).
+pub(super) fn memory(fdt: &Fdt<'_>) -> crate::memory::RamMap {
+    let mut ram = crate::memory::RamMap::new();
+    let cells = |name| {
+        fdt.root_property(name)
+            .and_then(|v| v.get(..4))
+            .map_or(2, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let (address_cells, size_cells) = (cells("#address-cells"), cells("#size-cells"));
+    let Some(reg) = fdt.property("memory", "reg") else {
+        return ram;
+    };
+    let number = |bytes: &[u8]| {
+        bytes.chunks_exact(4).fold(0u64, |n, c| {
+            n << 32 | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        })
+    };
+    let entry = 4 * (address_cells + size_cells);
+    if (1..=4).contains(&address_cells) && (1..=4).contains(&size_cells) {
+        for e in reg.chunks_exact(entry) {
+            let (addr, size) = e.split_at(4 * address_cells);
+            ram.push(number(addr), number(size));
+        }
+    }
+    ram
+}

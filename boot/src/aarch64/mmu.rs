@@ -31,7 +31,7 @@ const LEVEL2_BLOCK_SHIFT: u32 = 21;
 /// The board's RAM window (QEMU hw/arm/virt.c, VIRT_MEM: 1 GiB up to 256 GiB). QEMU places
 /// only RAM there, so mapping all of it Normal, whatever `-m` says, can never let the CPU
 /// speculate into a device.
-const RAM_WINDOW: Range<u64> = 0x4000_0000..0x40_0000_0000;
+pub(super) const RAM_WINDOW: Range<u64> = 0x4000_0000..0x40_0000_0000;
 /// The GiB mapped through the level-2 table: the first of RAM, holding the kernel image and
 /// its stacks (boot/aarch64.ld checks that the stack guard is in it).
 const LEVEL2_GIB: u64 = 0x4000_0000;

@@ -33,6 +33,18 @@ pub const QEMU_EXIT_FAILURE: i32 = 1;
 /// ELF leaves room below itself (the linker script links the kernel 2 MiB above).
 const DTB_BASE: u64 = 0x4000_0000;
 
+/// Physical ranges the frame allocator ([`crate::memory`]) must not hand out: everything below
+/// the end of the kernel image (the devicetree at the start of RAM, the image and its stacks)
+/// and everything past the RAM the boot map maps as normal memory.
+pub(crate) fn not_for_frames() -> [core::ops::Range<u64>; 2] {
+    unsafe extern "C" {
+        /// The end of the kernel image, stacks included (boot/aarch64.ld).
+        static __image_end: u8;
+    }
+    let image_end = (&raw const __image_end) as u64;
+    [0..image_end, mmu::RAM_WINDOW.end..u64::MAX]
+}
+
 /// The exception level the kernel runs at. The boot code stays at the level QEMU started it
 /// in: EL2 (with `virtualization=on`) is where the later tests act as a hypervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! exception reporting, and leaving QEMU with a status through `isa-debug-exit`.
 //!
 //! What a kernel can rely on once `kernel_main` runs:
-//! - Physical address == virtual address for `0x1000..IDENTITY_MAP_END` (the low 4 GiB); page 0 and
-//!   the boot stack's guard page are unmapped, everything above 4 GiB is unmapped.
+//! - Physical address == virtual address for `0x1000..IDENTITY_MAP_END` (64 GiB); page 0 and the
+//!   boot stack's guard page are unmapped, everything above the map is unmapped.
 //! - `UNCACHED_START..IDENTITY_MAP_END` (LAPIC, IOAPIC, VT-d at 0xfed9_0000, the 32-bit PCI BARs)
 //!   is mapped cache-disabled and, when the CPU supports it, no-execute.
 //! - Interrupts are disabled; every CPU exception prints what happened and fails the run.
@@ -29,11 +29,28 @@ pub const QEMU_EXIT_SUCCESS: i32 = 33;
 /// failed test).
 pub const QEMU_EXIT_FAILURE: i32 = 35;
 
-/// End of the identity map set up at boot: the low 4 GiB.
-pub const IDENTITY_MAP_END: u64 = 4 << 30;
+/// End of the identity map set up at boot: 64 GiB, RAM above the PCI hole included (the frame
+/// allocator hands out no RAM beyond it).
+pub const IDENTITY_MAP_END: u64 = 64 << 30;
 /// Start of the range mapped cache-disabled: q35 puts its MMIO (PCI hole, LAPIC, IOAPIC, VT-d) in
 /// the top gigabyte below 4 GiB, and RAM never reaches it with QEMU's default 128 MiB.
 pub const UNCACHED_START: u64 = 3 << 30;
+
+/// Physical ranges the frame allocator ([`crate::memory`]) must not hand out: the first MiB
+/// (firmware data, the start info) and the kernel image after it, the uncached gigabyte below
+/// 4 GiB, and everything past the identity map.
+pub(crate) fn not_for_frames() -> [core::ops::Range<u64>; 3] {
+    unsafe extern "C" {
+        /// The end of the kernel image, `.bss` included (boot/x86_64.ld).
+        static __bss_end: u8;
+    }
+    let image_end = (&raw const __bss_end) as u64;
+    [
+        0..image_end,
+        UNCACHED_START..4 << 30,
+        IDENTITY_MAP_END..u64::MAX,
+    ]
+}
 
 /// I/O port of QEMU's `-device isa-debug-exit,iobase=0xf4,iosize=0x04`.
 const ISA_DEBUG_EXIT_PORT: u16 = 0xf4;

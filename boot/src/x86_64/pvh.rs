@@ -19,11 +19,16 @@ const CPUID_EDX_NX: u32 = 20;
 const CPUID_EDX_LM: u32 = 29;
 
 const SIZE_2M: u64 = 2 << 20;
-/// Number of 2 MiB page-directory entries in the identity map (four page directories).
+/// Number of 2 MiB page-directory entries in the identity map.
 const PD_ENTRIES: u64 = IDENTITY_MAP_END / SIZE_2M;
+/// Number of page directories (one per GiB, one PDPT entry each).
+const PD_COUNT: u64 = PD_ENTRIES / 512;
 /// First page-directory entry mapped cache-disabled.
 const PD_FIRST_UNCACHED: u64 = UNCACHED_START / SIZE_2M;
-const _: () = assert!(PD_ENTRIES == 4 * 512 && PD_FIRST_UNCACHED < PD_ENTRIES);
+/// First page-directory entry above 4 GiB, cached again (RAM above the PCI hole).
+const PD_FIRST_HIGH: u64 = (4 << 30) / SIZE_2M;
+const _: () = assert!(PD_COUNT <= 512 && PD_FIRST_UNCACHED < PD_FIRST_HIGH);
+const _: () = assert!(PD_FIRST_HIGH <= PD_ENTRIES);
 
 const TABLE_FLAGS: u64 = PageTableFlags::PRESENT.bits() | PageTableFlags::WRITABLE.bits();
 const PAGE_4K_FLAGS: u64 = TABLE_FLAGS;
@@ -91,7 +96,7 @@ pvh_start32:
     or ${table_flags}, %eax
     mov %eax, boot_pml4
 
-    /* PDPT[0..4] -> the four page directories. */
+    /* PDPT[0..pd_count] -> the page directories, one per GiB. */
     mov $boot_pd, %eax
     or ${table_flags}, %eax
     xor %ecx, %ecx
@@ -99,20 +104,24 @@ pvh_start32:
     mov %eax, boot_pdpt(,%ecx,8)
     add $4096, %eax
     inc %ecx
-    cmp $4, %ecx
+    cmp ${pd_count}, %ecx
     jne .Lfill_pdpt
 
-    /* 2 MiB pages for the low 4 GiB; the top gigabyte uncached. */
+    /* 2 MiB pages for the whole map; the gigabyte below 4 GiB uncached. EAX: the entry's low
+       half, EDX: its high half (address bits 63:32, NX). */
     xor %ecx, %ecx
 .Lfill_pd:
     mov %ecx, %eax
     shl $21, %eax
     or ${page_2m_flags}, %eax
-    xor %edx, %edx
+    mov %ecx, %edx
+    shr $11, %edx
     cmp ${pd_first_uncached}, %ecx
     jb .Lcached
+    cmp ${pd_first_high}, %ecx
+    jae .Lcached
     or ${uncached_flags}, %eax
-    mov %esi, %edx
+    or %esi, %edx
 .Lcached:
     mov %eax, boot_pd(,%ecx,8)
     mov %edx, boot_pd+4(,%ecx,8)
@@ -209,7 +218,8 @@ boot_pml4:
 boot_pdpt:
     .skip 4096
 boot_pd:
-    .skip 4 * 4096
+    .skip {pd_count} * 4096
+    .global boot_pt0
 boot_pt0:
     .skip 4096
     .popsection
@@ -226,6 +236,8 @@ boot_pt0:
     uncached_flags = const UNCACHED_FLAGS,
     pd_entries = const PD_ENTRIES,
     pd_first_uncached = const PD_FIRST_UNCACHED,
+    pd_first_high = const PD_FIRST_HIGH,
+    pd_count = const PD_COUNT,
     cr4_pae = const Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits(),
     ia32_efer = const IA32_EFER,
     cr0_bits = const Cr0Flags::PAGING.bits() | Cr0Flags::WRITE_PROTECT.bits(),
@@ -236,6 +248,35 @@ boot_pt0:
     rust_entry = sym rust_entry,
     options(att_syntax),
 );
+
+unsafe extern "C" {
+    /// The page table of the first 2 MiB (above), 4 KiB pages; entry 0 is page 0.
+    static mut boot_pt0: [u64; 512];
+}
+
+/// Runs `f` with page 0 mapped (read-write, as the rest of low RAM), then unmaps it again: the
+/// boot map leaves it out to catch null pointers, but firmware data can live there.
+///
+/// # Safety
+///
+/// Boot CPU only, before any other CPU runs (they share these tables); `f` must not keep a
+/// reference into page 0.
+pub(super) unsafe fn with_page_zero<R>(f: impl FnOnce() -> R) -> R {
+    let entry = (&raw mut boot_pt0).cast::<u64>();
+    // SAFETY: the table is the boot map's, live for the kernel's life; only this CPU runs, so
+    // nothing walks or writes it concurrently; the INVLPGs drop the old translation of page 0.
+    unsafe {
+        entry.write_volatile(PAGE_4K_FLAGS);
+        x86_64::instructions::tlb::flush(x86_64::VirtAddr::zero());
+    }
+    let r = f();
+    // SAFETY: as above.
+    unsafe {
+        entry.write_volatile(0);
+        x86_64::instructions::tlb::flush(x86_64::VirtAddr::zero());
+    }
+    r
+}
 
 /// The first Rust code: runs once, on the boot stack, in long mode under the identity map,
 /// with `.bss` zeroed and interrupts disabled.
@@ -260,6 +301,7 @@ unsafe extern "C" fn rust_entry(start_info_paddr: u64) -> ! {
         rsdp: start.rsdp,
         dtb: None,
         exception_level: 0,
+        ram: start.ram,
     };
     crate::rt::start(&info)
 }

@@ -13,9 +13,9 @@ use crate::platform::{masked_edu, EduDevice};
 use crate::Machine;
 use iommu::addr::PhysAddr;
 use iommu::dma::{BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, DmaError};
-use iommu::hal::{FrameSize, Hal};
 use iommu::iommufd::{DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Target};
 use iommu::unit::{FaultKind, TranslationUnit};
+use iommu_boot::memory::{self, Placement};
 use iommu_boot::testing::{fail, Failure, Test, TestResult};
 use iommu_boot::{ensure, ensure_eq};
 
@@ -28,9 +28,11 @@ struct Page {
 }
 
 impl Page {
-    /// A zeroed page above `limit`, or `None` when the machine has no RAM there.
+    /// A zeroed page above `limit` (from the top of RAM), or `None` when the machine has no
+    /// RAM there.
     fn above(limit: u64) -> Option<Self> {
-        let phys = HAL.alloc_frame(FrameSize::SIZE_4K)?.as_u64();
+        let phys = memory::alloc(PAGE, Placement::High)?;
+        // Dropped (given back) if it is too low.
         let page = Self { phys };
         (phys >= limit).then_some(page)
     }
@@ -62,7 +64,7 @@ impl Page {
 impl Drop for Page {
     fn drop(&mut self) {
         // SAFETY: allocated in `above` with this size; no mapping of it outlives the test.
-        unsafe { HAL.free_frame(PhysAddr::new(self.phys), FrameSize::SIZE_4K) }
+        unsafe { memory::free(self.phys, PAGE) }
     }
 }
 
@@ -71,36 +73,38 @@ fn pages_above(limit: u64) -> Result<(Page, Page), Failure> {
     match (Page::above(limit), Page::above(limit)) {
         (Some(a), Some(b)) => Ok((a, b)),
         _ => Err(Failure::Skipped(alloc::format!(
-            "no RAM above {limit:#x} to put buffers in"
+            "no RAM above {limit:#x} to put buffers in (RAM ends at {:#x})",
+            memory::ram_end()
         ))),
     }
 }
 
-/// `n` pages of RAM for a bounce pool, given back on drop.
+/// RAM for a bounce pool, given back on drop.
 struct PoolMemory {
-    phys: PhysAddr,
-    size: FrameSize,
+    phys: u64,
+    bytes: u64,
 }
 
 impl PoolMemory {
-    fn new(size: FrameSize) -> Result<Self, Failure> {
-        let phys = HAL
-            .alloc_frame(size)
-            .ok_or_else(|| fail("no memory for a bounce pool"))?;
-        Ok(Self { phys, size })
+    /// `bytes` (a power of two) of RAM ending at or below `limit`.
+    fn below(bytes: u64, limit: u64) -> Result<Self, Failure> {
+        let phys = memory::alloc(bytes, Placement::Below(limit)).ok_or_else(|| {
+            Failure::Skipped(alloc::format!("no RAM below {limit:#x} for a bounce pool"))
+        })?;
+        Ok(Self { phys, bytes })
     }
 
     fn pool(&self) -> Result<BouncePool, Failure> {
-        // SAFETY: the frame is this test's alone while the pool lives (the pool is dropped
+        // SAFETY: the memory is this test's alone while the pool lives (the pool is dropped
         // before `self`), and the kernel's HAL maps all RAM linearly.
-        unsafe { BouncePool::new(self.phys, self.size.bytes() as u64) }.map_err(fail)
+        unsafe { BouncePool::new(PhysAddr::new(self.phys), self.bytes) }.map_err(fail)
     }
 }
 
 impl Drop for PoolMemory {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this size; the pool over it is gone.
-        unsafe { HAL.free_frame(self.phys, self.size) }
+        // SAFETY: allocated in `below` with these bytes; the pool over it is gone.
+        unsafe { memory::free(self.phys, self.bytes) }
     }
 }
 
@@ -230,7 +234,7 @@ where
     let (page, _) = pages_above(0)?;
     page.fill(0..PAGE, 0x5e);
     page.fill(0x100..0x140, 0x42);
-    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
+    let memory = PoolMemory::below(4 * PAGE, u64::MAX)?;
     let pool = memory.pool()?;
     let cfg = Config {
         bounce: BouncePolicy::SubPage,
@@ -307,12 +311,7 @@ pub fn identity_bounces_buffers_beyond_the_mask<U: TranslationUnit>(
     if !r.unit.info().identity {
         return Err(Failure::Skipped("the unit has no identity mode".into()));
     }
-    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
-    if memory.phys.as_u64() + memory.size.bytes() as u64 > mask + 1 {
-        return Err(Failure::Skipped(alloc::format!(
-            "no RAM below the mask {mask:#x} for a bounce pool"
-        )));
-    }
+    let memory = PoolMemory::below(4 * PAGE, mask + 1)?;
     let pool = memory.pool()?;
     let (src, dst) = pages_above(mask + 1)?;
     (0..64).for_each(|i| src.set(i, 0x70 + i as u8));
@@ -379,12 +378,7 @@ pub fn edu_moves_data_through_bounce_buffers_without_an_iommu(m: &mut Machine) -
     let insecure = InsecureNoIommu::enable(crate::platform::iommus_described(m)?).map_err(fail)?;
     let (src, dst) = pages_above(mask + 1)?;
     (0..64).for_each(|i| src.set(0x100 + i, 0x30 + i as u8));
-    let memory = PoolMemory::new(FrameSize::SIZE_16K)?;
-    ensure!(
-        memory.phys.as_u64() + memory.size.bytes() as u64 <= mask + 1,
-        "the pool at {:?} is beyond the mask {mask:#x}",
-        memory.phys
-    );
+    let memory = PoolMemory::below(4 * PAGE, mask + 1)?;
     let pool = memory.pool()?;
     // No pool: no way round the mask.
     let bare = DmaDevice::no_iommu(&insecure, &HAL, Config::new(mask)).map_err(fail)?;

@@ -1,28 +1,37 @@
-//! The test kernels' [`Hal`]: frames from the kernel heap, which the boot code identity-maps
-//! (physical address == virtual address) as normal write-back memory.
+//! The test kernels' [`Hal`]: frames from all of RAM through the boot code's frame allocator
+//! (`iommu_boot::memory`), identity-mapped (physical address == virtual address) as normal
+//! write-back memory; from the low end, or from the high end when the command line says
+//! `mem.high=1`.
 //!
 //! Cache maintenance: QEMU's IOMMUs read guest memory directly (QEMU models no caches), but the
 //! code still cleans where the hardware says walks are not coherent, as a driver must on real
 //! hardware; on x86 with `clflush`, on aarch64 with `dc cvac` + `dsb`.
 
-use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use iommu::addr::PhysAddr;
 use iommu::dma::DmaHal;
 use iommu::hal::{FrameSize, Hal};
+use iommu_boot::memory::{self, Placement};
 
-/// Heap-backed frames. Counts live frames so tests can check nothing leaks.
-#[derive(Debug, Default)]
+/// Frames from the boot frame allocator. Counts live frames so tests can check nothing leaks,
+/// and remembers the lowest frame it gave so a test can check where frames came from.
+#[derive(Debug)]
 pub struct KernelHal {
     /// Frames handed out and not yet returned: a statistic, read after the fact (relaxed).
     live: AtomicUsize,
+    /// Take frames from the high end of RAM (set once at start from `mem.high`).
+    high: AtomicBool,
+    /// The lowest address of any frame handed out (a statistic, relaxed).
+    lowest: AtomicU64,
 }
 
 impl KernelHal {
     pub const fn new() -> Self {
         Self {
             live: AtomicUsize::new(0),
+            high: AtomicBool::new(false),
+            lowest: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -30,34 +39,45 @@ impl KernelHal {
     pub fn live_frames(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
+
+    /// From now on, frames come from the high end of RAM (`true`) or the low end.
+    pub fn prefer_high(&self, high: bool) {
+        self.high.store(high, Ordering::Relaxed);
+    }
+
+    /// The lowest address of any frame handed out so far (`u64::MAX` before the first).
+    pub fn lowest_frame(&self) -> u64 {
+        self.lowest.load(Ordering::Relaxed)
+    }
 }
 
-fn layout(size: FrameSize) -> Option<Layout> {
-    Layout::from_size_align(size.bytes(), size.bytes()).ok()
+impl Default for KernelHal {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-// SAFETY: frames come from the global allocator with size == alignment, zero-filled, and are
-// not reused until freed; RAM is identity-mapped, so phys_to_virt/virt_to_phys are identities
-// and the physical address is what the IOMMU walks.
+// SAFETY: frames come from the boot frame allocator, naturally aligned to their size,
+// zero-filled, and not reused until freed; RAM is identity-mapped, so phys_to_virt/virt_to_phys
+// are identities and the physical address is what the IOMMU walks.
 unsafe impl Hal for KernelHal {
     fn alloc_frame(&self, size: FrameSize) -> Option<PhysAddr> {
-        let layout = layout(size)?;
-        // SAFETY: the layout has a non-zero size (at least 4 KiB).
-        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        if p.is_null() {
-            return None;
-        }
+        let placement = if self.high.load(Ordering::Relaxed) {
+            Placement::High
+        } else {
+            Placement::Low
+        };
+        let at = memory::alloc(size.bytes() as u64, placement)?;
         self.live.fetch_add(1, Ordering::Relaxed);
-        Some(PhysAddr::new(p as u64))
+        self.lowest.fetch_min(at, Ordering::Relaxed);
+        Some(PhysAddr::new(at))
     }
 
     unsafe fn free_frame(&self, frame: PhysAddr, size: FrameSize) {
-        if let Some(layout) = layout(size) {
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            // SAFETY: the caller guarantees `frame` came from `alloc_frame` with this size, hence
-            // from `alloc_zeroed` with this layout (phys == virt).
-            unsafe { alloc::alloc::dealloc(frame.as_u64() as *mut u8, layout) }
-        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: the caller guarantees `frame` came from `alloc_frame` with this size, hence
+        // from `memory::alloc` with these bytes, and that nothing uses it any more.
+        unsafe { memory::free(frame.as_u64(), size.bytes() as u64) }
     }
 
     fn phys_to_virt(&self, phys: PhysAddr) -> NonNull<u8> {

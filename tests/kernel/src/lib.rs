@@ -20,6 +20,8 @@ mod hyp;
 #[cfg(target_os = "none")]
 mod logging;
 #[cfg(target_os = "none")]
+mod memory;
+#[cfg(target_os = "none")]
 pub mod platform;
 #[cfg(target_os = "none")]
 mod selftest;
@@ -40,8 +42,9 @@ pub struct Machine {
     pub cmdline: Cmdline<'static>,
 }
 
-/// The tests of this architecture, in order: the back-end's, the real guest's (aarch64), then
-/// the multi-CPU ones (see `smp`), which must come last.
+/// The tests of this architecture, in order: the back-end's, the real guest's (aarch64), where
+/// their frames came from (`memory`, after everything that allocated them), then the multi-CPU
+/// ones (see `smp`), which must come last.
 #[cfg(target_os = "none")]
 fn tests(m: &Machine) -> alloc::vec::Vec<Test<Machine>> {
     if m.cmdline.get("selftest").is_some() {
@@ -52,9 +55,9 @@ fn tests(m: &Machine) -> alloc::vec::Vec<Test<Machine>> {
         return dma_api::NO_IOMMU_TESTS.to_vec();
     }
     #[cfg(target_arch = "x86_64")]
-    return [vtd::TESTS, &vtd::smp_tests()].concat();
+    return [vtd::TESTS, memory::TESTS, &vtd::smp_tests()].concat();
     #[cfg(target_arch = "aarch64")]
-    return [smmu::TESTS, hyp::TESTS, &smmu::smp_tests()].concat();
+    return [smmu::TESTS, hyp::TESTS, memory::TESTS, &smmu::smp_tests()].concat();
 }
 
 #[cfg(target_os = "none")]
@@ -65,6 +68,7 @@ pub fn run_test_kernel(info: &BootInfo) -> ! {
     };
     println!("iommu test kernel: cmdline '{}'", info.cmdline);
     iommu_boot::logger::init(&machine.cmdline);
+    hal::HAL.prefer_high(machine.cmdline.get_bool("mem.high") == Some(true));
     // `tests=a,b` runs only the named tests.
     let only = machine.cmdline.get("tests");
     let tests = tests(&machine);
