@@ -176,7 +176,7 @@ mod model_tests;
 mod pasid;
 mod status;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 mod viommu;
 
 use alloc::collections::BTreeMap;
@@ -991,29 +991,6 @@ impl<U: TranslationUnit> Iommu<U> {
         let (span, total) = dom.space(id)?.begin_unmap(iova.as_u64(), len)?;
         self.unmap_claimed(dom, id, span)?;
         Ok(total)
-    }
-
-    /// TEMP STUB
-    pub fn unmap_deferred(
-        &self,
-        owner: OwnerId,
-        id: DomainId,
-        iova: Iova,
-        len: u64,
-        gather: &mut crate::pagetable::Gather,
-    ) -> Result<u64> {
-        let _ = gather;
-        self.unmap(owner, id, iova, len)
-    }
-    /// TEMP STUB
-    pub fn flush_deferred(
-        &self,
-        owner: OwnerId,
-        id: DomainId,
-        gather: crate::pagetable::Gather,
-    ) -> Result<()> {
-        let _ = (owner, id, gather);
-        Ok(())
     }
 
     /// Unmaps everything in `owner`'s domain `id`; returns the bytes unmapped (0 if empty).
