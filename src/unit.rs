@@ -14,7 +14,7 @@
 use core::fmt;
 
 use crate::addr::{Iova, PhysAddr};
-use crate::pagetable::Prot;
+use crate::pagetable::{Gather, Prot};
 
 /// How a unit names the device that issued a request: the PCI requester id (bus, device,
 /// function) on VT-d, the stream id on SMMUv3. Always the *physical* id; a vIOMMU translates its
@@ -396,6 +396,40 @@ pub trait TranslationUnit {
     /// unmapped.
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError>;
 
+    /// Unmaps `[iova, iova + len)` from `domain` like [`unmap`](Self::unmap) but issues no
+    /// invalidation: what must be invalidated, and the table frames to free once it is, go into
+    /// `gather` (pass the same gather to many calls on the same domain to batch them). Returns
+    /// the bytes unmapped; a refused unmap leaves the table and `gather` as they were.
+    ///
+    /// Until [`flush_deferred`](Self::flush_deferred) of that gather returns, the device may
+    /// still use cached translations of the range: its IOVAs must not be mapped again and its
+    /// memory must not be reused in a way that matters. Units without it (and domains whose
+    /// `unmap` is refused: shared, nested, VM tables) refuse with [`UnitError::Unsupported`].
+    fn unmap_deferred(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        let _ = (domain, iova, len, gather);
+        Err(UnitError::Unsupported("deferred unmaps"))
+    }
+
+    /// The invalidation [`unmap`](Self::unmap) would have issued, once, for everything
+    /// [`unmap_deferred`](Self::unmap_deferred) gathered in `gather` on `domain` (the IOTLB for
+    /// the gathered range, and the paging-structure / walk caches where tables were removed);
+    /// waits for it, then frees the gathered table frames. An empty gather issues nothing.
+    ///
+    /// `gather` must have been filled from `domain` only (a gather another table filled is
+    /// refused with [`PageTable`](UnitError::PageTable)`(`[`ForeignGather`](crate::pagetable::Error::ForeignGather)`)`).
+    /// If the invalidation fails its error is returned and the gathered frames are leaked, never
+    /// freed (a walker may still hold a cached pointer to them).
+    fn flush_deferred(&self, domain: &Self::Domain, gather: Gather) -> Result<(), UnitError> {
+        let _ = (domain, gather);
+        Err(UnitError::Unsupported("deferred unmaps"))
+    }
+
     /// Invalidates the unit's cached translations of `[iova, iova + len)` in `domain` and waits
     /// for it: for a table the embedder changed itself (a shared CPU table).
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError>;
@@ -481,6 +515,18 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
     }
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
         (**self).unmap(domain, iova, len)
+    }
+    fn unmap_deferred(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        (**self).unmap_deferred(domain, iova, len, gather)
+    }
+    fn flush_deferred(&self, domain: &Self::Domain, gather: Gather) -> Result<(), UnitError> {
+        (**self).flush_deferred(domain, gather)
     }
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
         (**self).flush(domain, iova, len)

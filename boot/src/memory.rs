@@ -243,6 +243,8 @@ mod frames {
 }
 
 #[cfg(test)]
+// One-range RAM maps and exclusion lists are what these tests mean, not array lengths.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 

@@ -168,6 +168,8 @@ extern crate alloc;
 
 #[cfg(all(feature = "host-hal", not(loom)))]
 pub mod bench;
+#[cfg(all(test, feature = "host-hal", not(loom)))]
+mod deferred_tests;
 mod error;
 mod interrupts;
 mod iova;
@@ -176,7 +178,7 @@ mod model_tests;
 mod pasid;
 mod status;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod viommu;
 
 use alloc::collections::BTreeMap;
@@ -192,7 +194,7 @@ use interrupts::Interrupts;
 use viommu::Viommu;
 
 use crate::addr::{Iova, PhysAddr};
-use crate::pagetable::Prot;
+use crate::pagetable::{Gather, Prot};
 use crate::unit::{Attachment, CpuTable, DeviceId, HardwareInfo, Stage, TranslationUnit, VmTable};
 
 /// A unit registered with [`Iommu::add_unit`].
@@ -1015,6 +1017,51 @@ impl<U: TranslationUnit> Iommu<U> {
         });
         space.end_unmap(span, removed.is_ok());
         removed.map(|_| ())
+    }
+
+    /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` like
+    /// [`unmap`](Self::unmap), but leaves the invalidation to [`flush_deferred`](Self::flush_deferred):
+    /// what must be invalidated and the table frames to free go into `gather`. Returns the bytes
+    /// unmapped. Refusals (unknown domain, not the owner, nothing mapped, a cut mapping, a unit
+    /// without deferred unmaps) change nothing, `gather` included.
+    ///
+    /// The contract, until `flush_deferred` of this gather has returned `Ok`:
+    /// - the device may still reach the unmapped range through translations the unit cached:
+    ///   the caller must not map those IOVAs again (this model already counts them as free), nor
+    ///   free or reuse the physical memory they pointed at in a way a stale DMA could harm;
+    /// - `gather` belongs to domain `id`: pass it to more `unmap_deferred` calls on `id` only,
+    ///   and flush it on `id` only.
+    pub fn unmap_deferred(
+        &self,
+        owner: OwnerId,
+        id: DomainId,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64> {
+        let dom = self.domain(id, owner)?;
+        let space = dom.space(id)?;
+        let (span, total) = space.begin_unmap(iova.as_u64(), len)?;
+        let removed = span.size().ok_or(Error::WrapAround).and_then(|len| {
+            let unit = self.unit(dom.unit)?;
+            Ok(unit.unmap_deferred(&dom.hw, Iova::new(span.start), len, gather)?)
+        });
+        space.end_unmap(span, removed.is_ok());
+        removed.map(|_| total)
+    }
+
+    /// One invalidation on `owner`'s domain `id` of everything [`unmap_deferred`](Self::unmap_deferred)
+    /// gathered in `gather`, waited for; then the gathered table frames are freed. After `Ok`,
+    /// the unmapped IOVAs and memory may be reused.
+    ///
+    /// `gather` must have been filled from domain `id` (a gather of another domain's table is
+    /// refused by the engine). On any error (unknown domain, not the owner, refused gather,
+    /// failed invalidation) the gather is consumed and its frames are leaked; the invalidation
+    /// may not have happened, so the unmapped ranges must stay unused.
+    pub fn flush_deferred(&self, owner: OwnerId, id: DomainId, gather: Gather) -> Result<()> {
+        let dom = self.domain(id, owner)?;
+        self.unit(dom.unit)?.flush_deferred(&dom.hw, gather)?;
+        Ok(())
     }
 
     /// The physical address `iova` of `owner`'s paging domain `id` translates to, from the

@@ -47,6 +47,8 @@ pub struct Gather {
     head: u64,
     head_size: FrameSize,
     count: usize,
+    /// The root of the table that filled this gather (0 while empty): a gather serves one table.
+    table: u64,
 }
 
 impl Gather {
@@ -60,6 +62,7 @@ impl Gather {
             head: 0,
             head_size: FrameSize::SIZE_4K,
             count: 0,
+            table: 0,
         }
     }
 
@@ -99,6 +102,18 @@ impl Gather {
     /// How many table frames wait for [`complete`](Gather::complete).
     pub fn freed_frames(&self) -> usize {
         self.count
+    }
+
+    /// Whether this gather may take (or be flushed for) the unmaps of the table rooted at `root`:
+    /// it is empty or was filled by that table.
+    pub(super) fn serves(&self, root: u64) -> bool {
+        self.table == 0 || self.table == root
+    }
+
+    /// Ties this gather to the table rooted at `root` (checked with [`serves`](Self::serves)
+    /// before anything is unmapped).
+    pub(super) fn bind(&mut self, root: u64) {
+        self.table = root;
     }
 
     /// Records an unmapped range `[start, end)`.
@@ -197,6 +212,7 @@ impl fmt::Debug for Gather {
             .field("page_sizes", &format_args!("{:#x}", self.page_sizes))
             .field("tables_removed", &self.tables_removed)
             .field("freed_frames", &self.count)
+            .field("table", &format_args!("{:#x}", self.table))
             .finish()
     }
 }

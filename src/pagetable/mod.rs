@@ -174,6 +174,10 @@ pub enum Error {
     /// The format cannot be built from this configuration (address width not in `SAGAW`, granule
     /// or sizes the architecture does not allow, ...).
     UnsupportedConfig,
+    /// The gather passed to an unmap or a flush already holds the unmaps of another table: a
+    /// gather belongs to the one table that filled it (its frames to that table's HAL, its range
+    /// to that table's walkers). Nothing was changed.
+    ForeignGather,
 }
 
 impl fmt::Display for Error {
@@ -193,6 +197,7 @@ impl fmt::Display for Error {
             Error::SplitsSuperpage => "unmap range would split a mapping",
             Error::OutOfMemory => "out of page-table memory",
             Error::UnsupportedConfig => "unsupported page-table configuration",
+            Error::ForeignGather => "gather holds the unmaps of another table",
         };
         f.write_str(s)
     }

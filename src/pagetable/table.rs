@@ -245,13 +245,26 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     ///
     /// Fails without changing anything if the range starts or ends inside a mapping
     /// ([`Error::SplitsSuperpage`]: mappings are never split), if it holds no mapping and no
-    /// table ([`Error::NothingMapped`]), or on bad arguments.
+    /// table ([`Error::NothingMapped`]), if `gather` already holds another table's unmaps
+    /// ([`Error::ForeignGather`]), or on bad arguments.
     ///
     /// May run concurrently with other operations on ranges disjoint from this one.
     #[inline(always)]
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64> {
         let start = iova.as_u64();
         let end = self.check_range(start, len)?;
+        if !gather.serves(self.root) {
+            return Err(Error::ForeignGather);
+        }
+        let bytes = self.unmap_here(start, end, len, gather)?;
+        gather.bind(self.root);
+        Ok(bytes)
+    }
+
+    /// [`unmap`](Self::unmap) once its arguments are checked: the one-entry fast path, else the
+    /// general walk.
+    #[inline(always)]
+    fn unmap_here(&self, start: u64, end: u64, len: u64, gather: &mut Gather) -> Result<u64> {
         if let Some(level) = self.leaf_level(len) {
             if start & (len - 1) == 0 {
                 if let Some(bytes) = self.unmap_one(start, level, gather)? {
@@ -324,15 +337,41 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     {
         let mut gather = Gather::new();
         let bytes = self.unmap(iova, len, &mut gather)?;
+        self.flush_gather(gather, flush)?;
+        Ok(bytes)
+    }
+
+    /// The second half of [`unmap_flushed`](Self::unmap_flushed) for a gather filled by one or
+    /// more [`unmap`](Self::unmap) calls on this table: one invalidation through `flush` of the
+    /// gathered range (walk caches too if tables were removed), then the unlinked tables back to
+    /// the HAL. An empty gather asks nothing of `flush`.
+    ///
+    /// Until this returns, walkers may still use stale translations of the gathered range. If the
+    /// flush fails its error is returned and the gathered frames are leaked (a walker may still
+    /// hold a cached pointer to them). A gather filled by another table is refused with
+    /// [`Error::ForeignGather`] before anything is asked of `flush`, and its frames are leaked
+    /// too: only its own table's flush may free them.
+    pub fn flush_gather<I: FlushRange>(
+        &self,
+        gather: Gather,
+        flush: &I,
+    ) -> core::result::Result<(), I::Error>
+    where
+        I::Error: From<Error>,
+    {
+        if !gather.serves(self.root) {
+            return Err(Error::ForeignGather.into());
+        }
         if let Some((start, len)) = gather.range() {
             flush.flush(start, len, !gather.tables_removed())?;
         }
         // SAFETY: `FlushRange`'s contract: every unit that walks this table has completed the
         // invalidation of the gathered range, walk caches included when tables were removed;
         // the engine's rule that no operation overlapping the range runs meanwhile is the one
-        // `unmap` itself relies on; the frames came from this table's own HAL.
+        // `unmap` itself relies on; the frames came from this table's own HAL (`serves`: only
+        // this table's `unmap` filled the gather).
         unsafe { gather.complete(&self.hal) };
-        Ok(bytes)
+        Ok(())
     }
 
     /// The physical address `iova` translates to.

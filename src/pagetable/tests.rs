@@ -421,3 +421,103 @@ fn unmap_flushed_frees_tables_only_after_a_successful_flush() {
     );
     assert_eq!(bad.asked.borrow().len(), 1);
 }
+
+#[test]
+fn flush_gather_flushes_many_unmaps_once_and_frees_tables_only_after_success() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    // Eight 4K pages in the 2M span at M2, and one alone in the span at 4 * M2.
+    for i in 0..8 {
+        t.map(
+            iova(M2 + i * K4),
+            pa(0x5000_0000 + i * K4),
+            K4,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
+    }
+    t.map(iova(4 * M2), pa(0x6000_0000), K4, Prot::READ)
+        .unwrap();
+    let mapped = hal.live_frames();
+
+    let mut g = Gather::new();
+    for i in 0..8 {
+        assert_eq!(t.unmap(iova(M2 + i * K4), K4, &mut g), Ok(K4));
+    }
+    // The whole 2M span: the last 4K page and its table.
+    assert_eq!(t.unmap(iova(4 * M2), M2, &mut g), Ok(K4));
+    assert!(g.tables_removed());
+    assert_eq!(g.freed_frames(), 1);
+    assert!(
+        ok.asked.borrow().is_empty(),
+        "unmap asks nothing of the hardware"
+    );
+    assert_eq!(
+        hal.live_frames(),
+        mapped,
+        "nothing is freed before the flush"
+    );
+
+    assert_eq!(t.flush_gather(g, &ok), Ok(()));
+    assert_eq!(
+        ok.asked.borrow().as_slice(),
+        &[(M2, 4 * M2, false)],
+        "one flush of the hull, walk caches included"
+    );
+    assert_eq!(hal.live_frames(), mapped - 1, "the unlinked table is freed");
+    for i in 0..8 {
+        assert_eq!(t.iova_to_phys(iova(M2 + i * K4)), Err(Error::NothingMapped));
+    }
+
+    // An empty gather asks nothing.
+    assert_eq!(t.flush_gather(Gather::new(), &ok), Ok(()));
+    assert_eq!(ok.asked.borrow().len(), 1);
+
+    // A failed flush of a batch: its error is returned and the frames stay allocated (leaked).
+    let bad = RecordingFlush {
+        fail: true,
+        asked: Default::default(),
+    };
+    t.map(iova(4 * M2), pa(0x6000_0000), K4, Prot::READ)
+        .unwrap();
+    t.map(iova(M2), pa(0x5000_0000), K4, Prot::READ).unwrap();
+    let mapped = hal.live_frames();
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(M2), K4, &mut g), Ok(K4));
+    assert_eq!(t.unmap(iova(4 * M2), M2, &mut g), Ok(K4));
+    assert_eq!(t.flush_gather(g, &bad), Err(Error::OutOfMemory));
+    assert_eq!(bad.asked.borrow().len(), 1);
+    assert_eq!(
+        hal.live_frames(),
+        mapped,
+        "frames of a failed flush are never freed"
+    );
+}
+
+#[test]
+fn a_gather_serves_only_the_table_that_filled_it() {
+    let hal = HostHal::new();
+    let a = vtd(&hal);
+    let b = vtd(&hal);
+    let flush = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    a.map(iova(M2), pa(0x5000_0000), K4, Prot::READ).unwrap();
+    b.map(iova(M2), pa(0x5000_0000), K4, Prot::READ).unwrap();
+    let mut g = Gather::new();
+    // A refused unmap leaves the gather free for another table.
+    assert_eq!(a.unmap(iova(0), K4, &mut g), Err(Error::NothingMapped));
+    assert_eq!(b.unmap(iova(M2), K4, &mut g), Ok(K4));
+    // Now it is b's: a's unmap and a's flush refuse it and change nothing.
+    assert_eq!(a.unmap(iova(M2), K4, &mut g), Err(Error::ForeignGather));
+    assert_eq!(a.iova_to_phys(iova(M2)), Ok(pa(0x5000_0000)));
+    let live = hal.live_frames();
+    assert_eq!(a.flush_gather(g, &flush), Err(Error::ForeignGather));
+    assert!(flush.asked.borrow().is_empty());
+    assert_eq!(hal.live_frames(), live);
+}

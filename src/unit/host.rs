@@ -2,7 +2,7 @@
 //! domains are real I/O page tables in host memory
 //! ([`HostHal`](crate::hal::host::HostHal)), and it has no devices, no PASIDs and no vIOMMUs.
 //! An unmap completes its gather at once, after an optional invalidation hook (a benchmark's
-//! simulated queue).
+//! simulated queue); a deferred unmap leaves it to `flush_deferred`, one hook call per gather.
 
 extern crate std;
 
@@ -15,8 +15,8 @@ use super::{
 use crate::addr::{Iova, PhysAddr};
 use crate::hal::host::HostHal;
 use crate::pagetable::{
-    Coherency, Format, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage1, VtdSecondStage,
-    VtdSecondStageConfig,
+    Coherency, FlushRange, Format, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage1,
+    VtdSecondStage, VtdSecondStageConfig,
 };
 
 /// What every table-only unit shares: 4 KiB, 2 MiB and 1 GiB leaves, coherent walks, and none
@@ -134,6 +134,22 @@ impl<F> TableUnit<F> {
     }
 }
 
+/// The invalidation of a table-only unit: the hook, if any (no hardware walks host memory).
+struct HookFlush<'a>(Option<&'a (dyn Fn(Iova, u64) -> Result<(), UnitError> + Send + Sync)>);
+
+// SAFETY: no hardware walks these tables, so nothing is cached to invalidate: "complete" holds
+// as soon as the hook (a benchmark's simulated queue) returns `Ok`; its error is passed on.
+unsafe impl FlushRange for HookFlush<'_> {
+    type Error = UnitError;
+
+    fn flush(&self, iova: Iova, len: u64, _leaf_only: bool) -> Result<(), UnitError> {
+        match self.0 {
+            Some(invalidate) => invalidate(iova, len),
+            None => Ok(()),
+        }
+    }
+}
+
 impl<F: Format> TranslationUnit for TableUnit<F> {
     type Domain = PageTable<F, HostHal>;
     type VIommu = core::convert::Infallible;
@@ -182,15 +198,21 @@ impl<F: Format> TranslationUnit for TableUnit<F> {
     }
 
     fn unmap(&self, table: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
-        let mut gather = Gather::new();
-        let unmapped = table.unmap(iova, len, &mut gather)?;
-        if let Some(invalidate) = &self.invalidate {
-            invalidate(iova, len)?;
-        }
-        // SAFETY: host memory that no hardware walks (the hook's invalidation, if any, has
-        // completed); the object model lets no other operation overlap the range meanwhile.
-        unsafe { gather.complete(table.hal()) };
-        Ok(unmapped)
+        table.unmap_flushed(iova, len, &HookFlush(self.invalidate.as_deref()))
+    }
+
+    fn unmap_deferred(
+        &self,
+        table: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        Ok(table.unmap(iova, len, gather)?)
+    }
+
+    fn flush_deferred(&self, table: &Self::Domain, gather: Gather) -> Result<(), UnitError> {
+        table.flush_gather(gather, &HookFlush(self.invalidate.as_deref()))
     }
 
     fn flush(&self, _: &Self::Domain, _: Iova, _: u64) -> Result<(), UnitError> {

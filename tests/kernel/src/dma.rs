@@ -290,3 +290,108 @@ pub fn devices_in_different_domains_are_isolated<U: TranslationUnit>(r: &Rig<U>)
     );
     Ok(())
 }
+
+/// Invalidation commands and completion waits (VT-d wait descriptors, SMMU `CMD_SYNC`s) the
+/// unit issued while a closure ran, as the back-end counts them.
+pub type InvalidationCounter<'a> =
+    &'a dyn Fn(&mut dyn FnMut() -> TestResult) -> Result<(u64, u64), iommu_boot::testing::Failure>;
+
+/// Deferred unmaps (`TranslationUnit::unmap_deferred` + one `flush_deferred`): edu's DMA to 16
+/// mapped pages lands; the 16 pages are unmapped into one gather and flushed once, which costs
+/// exactly one invalidation command and one wait (strict unmaps of the same pages: 16 of each);
+/// afterwards DMA to each page faults, is reported, and reaches nothing (the first DMAs left the
+/// translations cached, so a missing or partial flush lets a write through).
+pub fn deferred_unmaps_fault_after_one_flush<U: TranslationUnit>(
+    r: &Rig<U>,
+    count: InvalidationCounter<'_>,
+) -> TestResult {
+    use iommu::pagetable::Gather;
+    const PAGES: u64 = 16;
+    let edu = r.edu(0)?;
+    let dev = (r.device_id)(edu);
+    let bufs = (0..PAGES)
+        .map(|_| DmaBuffer::new(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = DmaBuffer::new(0)?;
+    (0..64).for_each(|i| source.set(i, 0x40 + i as u8));
+    let iova = |i: u64| IOVA_A + 0x1000 + i * 4096;
+    let mut pages = alloc::vec![(IOVA_A, &source, Prot::READ)];
+    pages.extend((0..PAGES).map(|i| (iova(i), &bufs[i as usize], Prot::READ_WRITE)));
+    let domain = r.domain_with(&pages)?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
+    let outcome = (|| {
+        r.faults()?;
+        edu.edu.dma_from_ram(IOVA_A, 0, 64).map_err(fail)?;
+        for (i, b) in bufs.iter().enumerate() {
+            edu.edu.dma_to_ram(0, iova(i as u64), 64).map_err(fail)?;
+            ensure!(
+                (0..64).all(|j| b.get(j) == 0x40 + j as u8),
+                "DMA to page {i} at {:#x} did not land",
+                iova(i as u64)
+            );
+        }
+
+        let mut gather = Gather::new();
+        let mut unmapped = 0;
+        let deferred = count(&mut || {
+            for i in 0..PAGES {
+                unmapped += r
+                    .unit
+                    .unmap_deferred(&domain, Iova::new(iova(i)), 4096, &mut gather)
+                    .map_err(fail)?;
+            }
+            r.unit
+                .flush_deferred(&domain, core::mem::take(&mut gather))
+                .map_err(fail)
+        })?;
+        ensure_eq!(unmapped, PAGES * 4096, "bytes unmapped");
+
+        for (i, b) in bufs.iter().enumerate() {
+            b.fill(0x22);
+            edu.edu.dma_to_ram(0, iova(i as u64), 64).map_err(fail)?;
+            ensure!(
+                b.all(0..4096, 0x22),
+                "DMA after the deferred unmap and flush reached page {i}: stale translation"
+            );
+            r.expect_fault(dev, iova(i as u64), true, FaultKind::Translation)?;
+        }
+
+        // The same pages, strict: an invalidation and a wait per unmap.
+        for (i, b) in bufs.iter().enumerate() {
+            r.unit
+                .map(
+                    &domain,
+                    Iova::new(iova(i as u64)),
+                    b.phys(),
+                    4096,
+                    Prot::READ_WRITE,
+                )
+                .map_err(fail)?;
+        }
+        let strict = count(&mut || {
+            for i in 0..PAGES {
+                r.unit
+                    .unmap(&domain, Iova::new(iova(i)), 4096)
+                    .map_err(fail)?;
+            }
+            Ok(())
+        })?;
+        iommu_boot::println!(
+            "invalidations / waits: {PAGES} deferred unmaps + one flush {deferred:?}, \
+             {PAGES} strict unmaps {strict:?}"
+        );
+        ensure_eq!(deferred, (1, 1), "deferred: one invalidation and one wait");
+        ensure_eq!(
+            strict,
+            (PAGES, PAGES),
+            "strict: one invalidation and one wait each"
+        );
+        Ok(())
+    })();
+    let blocked = r.unit.attach(dev, Attachment::Blocking);
+    outcome?;
+    blocked.map_err(fail)?;
+    r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
+}

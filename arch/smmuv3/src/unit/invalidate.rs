@@ -1,5 +1,5 @@
-//! The unmap path in one place: unmap through the page-table engine, the TLB invalidation it
-//! needs planned into commands (range commands where IDR3.RIL allows, one scope-wide command
+//! The unmap path in one place: unmap through the page-table engine (strict, or deferred into a
+//! gather flushed later), the TLB invalidation it needs planned into commands (range commands where IDR3.RIL allows, one scope-wide command
 //! beyond a limit), sent as one batch with one CMD_SYNC, and the extra flush a nest parent needs.
 
 use core::ops::Range;
@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use iommu::addr::Iova;
 use iommu::hal::Hal;
-use iommu::pagetable::FlushRange;
+use iommu::pagetable::{FlushRange, Gather};
 use iommu::unit::UnitError;
 
 use super::domain::{DomainKind, SmmuDomain, NESTED_MAP, SHARED_MAP, VM_TABLE_MAP};
@@ -94,6 +94,45 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             DomainKind::Stage2 {
                 table: Some(table), ..
             } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
+            DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
+            DomainKind::Shared { .. } => Err(SHARED_MAP),
+        }
+    }
+
+    /// [`unmap_range`](Self::unmap_range) without the flush: the invalidation and the frees
+    /// are gathered for [`flush_gathered`](Self::flush_gathered).
+    pub(super) fn unmap_gathered(
+        &self,
+        domain: &SmmuDomain<H>,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        match &domain.kind {
+            DomainKind::Stage1 { table, .. } => Ok(table.unmap(iova, len, gather)?),
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => Ok(table.unmap(iova, len, gather)?),
+            DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
+            DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
+            DomainKind::Shared { .. } => Err(SHARED_MAP),
+        }
+    }
+
+    /// The flush `unmap_range` issues, once for everything `unmap_gathered` put in `gather`
+    /// (a nest parent's TLBI_NH_ALL included), then the gathered frames freed.
+    pub(super) fn flush_gathered(
+        &self,
+        domain: &SmmuDomain<H>,
+        gather: Gather,
+    ) -> Result<(), UnitError> {
+        let flush = DomainFlush { unit: self, domain };
+        match &domain.kind {
+            DomainKind::Stage1 { table, .. } => table.flush_gather(gather, &flush),
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => table.flush_gather(gather, &flush),
             DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
             DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
             DomainKind::Shared { .. } => Err(SHARED_MAP),

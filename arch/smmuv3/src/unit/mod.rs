@@ -32,7 +32,7 @@ use core::sync::atomic::AtomicU64;
 
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
-use iommu::pagetable::Prot;
+use iommu::pagetable::{Gather, Prot};
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
     Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
@@ -434,6 +434,20 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
 
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
         self.unmap_range(domain, iova, len)
+    }
+
+    fn unmap_deferred(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        self.unmap_gathered(domain, iova, len, gather)
+    }
+
+    fn flush_deferred(&self, domain: &Self::Domain, gather: Gather) -> Result<(), UnitError> {
+        self.flush_gathered(domain, gather)
     }
 
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {

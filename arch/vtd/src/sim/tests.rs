@@ -7,7 +7,7 @@ use std::vec::Vec;
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::host::HostHal;
 use iommu::hal::{FrameSize, Hal};
-use iommu::pagetable::{Error as PtError, Prot};
+use iommu::pagetable::{Error as PtError, Gather, Prot};
 use iommu::unit::{
     Attachment, CpuTable, DeviceId, RawRegisters, Stage, TranslationUnit, UnitError,
 };
@@ -837,4 +837,131 @@ fn queued_descriptors(log: &[Event]) -> Vec<[u64; 2]> {
             _ => None,
         })
         .collect()
+}
+
+/// The queued descriptors' types (6.5.2: 2 IOTLB, 5 wait, 6 PASID-based IOTLB) and domain ids.
+fn queued_types(log: &[Event]) -> Vec<(u64, u16)> {
+    log.iter().filter_map(queued).collect()
+}
+
+#[test]
+fn deferred_unmaps_share_one_invalidation_and_one_wait() {
+    const PAGES: u64 = 32;
+    const BASE: u64 = 0x10_0000;
+    let sim = SimulatedUnit::new(CAP | FS1GP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let queue = unit.queue().unwrap();
+    // Second stage: IOTLB descriptors (type 2); first stage: PASID-based ones (type 6).
+    for (stage, kind) in [(Stage::Second, 2), (Stage::First, 6)] {
+        let d = unit.new_domain(stage, 48).unwrap();
+        let buf = hal.alloc_frame(FrameSize::SIZE_4K).unwrap();
+        let map_all = || {
+            for i in 0..PAGES {
+                unit.map(&d, Iova::new(BASE + i * 4096), buf, 4096, Prot::READ_WRITE)
+                    .unwrap();
+            }
+        };
+        map_all();
+        sim.take_log();
+
+        let before = queue.submitted();
+        let mut gather = Gather::new();
+        for i in 0..PAGES {
+            assert_eq!(
+                unit.unmap_deferred(&d, Iova::new(BASE + i * 4096), 4096, &mut gather),
+                Ok(4096)
+            );
+        }
+        assert_eq!(
+            queue.submitted(),
+            before,
+            "{stage:?}: no descriptor before the flush"
+        );
+        assert_eq!(unit.flush_deferred(&d, gather), Ok(()));
+        let after = queue.submitted();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (2, 1),
+            "{stage:?}: one invalidation and one wait, in one batch"
+        );
+        let log = sim.take_log();
+        assert_eq!(
+            queued_types(&log),
+            [(kind, d.id().raw()), (5, 0)],
+            "{stage:?}"
+        );
+
+        // Strict: one invalidation and one wait per unmap.
+        map_all();
+        let before = queue.submitted();
+        for i in 0..PAGES {
+            assert_eq!(unit.unmap(&d, Iova::new(BASE + i * 4096), 4096), Ok(4096));
+        }
+        let after = queue.submitted();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (2 * PAGES, PAGES),
+            "{stage:?}: strict unmaps"
+        );
+        unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+        // SAFETY: allocated above; no longer mapped anywhere.
+        unsafe { hal.free_frame(buf, FrameSize::SIZE_4K) };
+    }
+}
+
+#[test]
+fn deferred_unmap_refusals_change_nothing() {
+    let sim = SimulatedUnit::new(CAP | FS1GP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let queue = unit.queue().unwrap();
+    let a = unit.new_domain(Stage::Second, 48).unwrap();
+    let b = unit.new_domain(Stage::Second, 48).unwrap();
+    let buf = hal.alloc_frame(FrameSize::SIZE_4K).unwrap();
+    unit.map(&a, Iova::new(0), buf, 4096, Prot::READ).unwrap();
+    unit.map(&b, Iova::new(0), buf, 4096, Prot::READ).unwrap();
+    let cpu = CpuTable {
+        root: hal.alloc_frame(FrameSize::SIZE_4K).unwrap(),
+        ia_bits: 48,
+        asid: 0,
+        mair: 0,
+    };
+    let shared = unit.new_shared_domain(&cpu).unwrap();
+    let before = queue.submitted();
+
+    let mut g = Gather::new();
+    assert!(matches!(
+        unit.unmap_deferred(&shared, Iova::new(0), 4096, &mut g),
+        Err(UnitError::Unsupported(_))
+    ));
+    assert_eq!(
+        unit.unmap_deferred(&a, Iova::new(0x1000), 4096, &mut g),
+        Err(UnitError::PageTable(PtError::NothingMapped))
+    );
+    assert!(g.is_empty());
+    assert_eq!(
+        unit.unmap_deferred(&a, Iova::new(0), 4096, &mut g),
+        Ok(4096)
+    );
+    // a's gather on b: refused, b untouched, nothing issued.
+    assert_eq!(
+        unit.unmap_deferred(&b, Iova::new(0), 4096, &mut g),
+        Err(UnitError::PageTable(PtError::ForeignGather))
+    );
+    assert_eq!(
+        unit.map(&b, Iova::new(0), buf, 4096, Prot::READ),
+        Err(UnitError::PageTable(PtError::AlreadyMapped))
+    );
+    assert_eq!(
+        unit.flush_deferred(&b, g),
+        Err(UnitError::PageTable(PtError::ForeignGather))
+    );
+    assert_eq!(queue.submitted(), before);
+    assert!(matches!(
+        unit.flush_deferred(&shared, Gather::new()),
+        Err(UnitError::Unsupported(_))
+    ));
 }

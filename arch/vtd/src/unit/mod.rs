@@ -53,7 +53,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use iommu::addr::{Iova, PhysAddr};
 use iommu::hal::{FrameSize, Hal};
-use iommu::pagetable::{Coherency, Prot};
+use iommu::pagetable::{Coherency, Gather, Prot};
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
     Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError,
@@ -489,6 +489,31 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         match &domain.table {
             DomainTable::Second(t) => t.unmap_flushed(iova, len, &flush),
             DomainTable::First(t) => t.unmap_flushed(iova, len, &flush),
+            DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => Err(NESTED_MAP),
+        }
+    }
+
+    fn unmap_deferred(
+        &self,
+        domain: &VtdDomain<H>,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, UnitError> {
+        match &domain.table {
+            DomainTable::Second(t) => Ok(t.unmap(iova, len, gather)?),
+            DomainTable::First(t) => Ok(t.unmap(iova, len, gather)?),
+            DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => Err(NESTED_MAP),
+        }
+    }
+
+    fn flush_deferred(&self, domain: &VtdDomain<H>, gather: Gather) -> Result<(), UnitError> {
+        let flush = DomainFlush { unit: self, domain };
+        match &domain.table {
+            DomainTable::Second(t) => t.flush_gather(gather, &flush),
+            DomainTable::First(t) => t.flush_gather(gather, &flush),
             DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
             DomainTable::Nested(_) => Err(NESTED_MAP),
         }

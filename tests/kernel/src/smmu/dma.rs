@@ -151,6 +151,28 @@ pub fn with_machine(
     test(m, &r)
 }
 
+/// [`dma::deferred_unmaps_fault_after_one_flush`] on `stage`, counted from the SMMU's command
+/// queue memory: TLBI commands (opcodes 0x10 to 0x30) and `CMD_SYNC`s.
+pub fn deferred_unmaps_fault_after_one_flush(m: &mut Machine, stage: Stage) -> TestResult {
+    use super::cmdq_watch::CommandWatch;
+    use iommu_smmuv3::command::opcode;
+    let r = rig(m, stage)?;
+    allow_guest_error(TRANSLATION_FAILED);
+    let m = &*m;
+    let count = |f: &mut dyn FnMut() -> TestResult| -> Result<(u64, u64), Failure> {
+        let watch = CommandWatch::start(m)?;
+        f()?;
+        let ops = watch.opcodes();
+        let tlbi = ops
+            .iter()
+            .filter(|&&o| (opcode::TLBI_NH_ALL..=opcode::TLBI_NSNH_ALL).contains(&o))
+            .count();
+        let syncs = ops.iter().filter(|&&o| o == opcode::SYNC).count();
+        Ok((tlbi as u64, syncs as u64))
+    };
+    dma::deferred_unmaps_fault_after_one_flush(&r, &count)
+}
+
 pub fn smmu_brings_up(m: &mut Machine) -> TestResult {
     let unit = unit(m)?;
     let regs = smmu_regs(m)?;

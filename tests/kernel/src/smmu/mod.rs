@@ -115,6 +115,14 @@ pub static TESTS: &[Test<Machine>] = &[
         },
     },
     Test {
+        name: "s1_deferred_unmaps_fault_after_one_flush",
+        run: |m| dma::deferred_unmaps_fault_after_one_flush(m, Stage::First),
+    },
+    Test {
+        name: "s2_deferred_unmaps_fault_after_one_flush",
+        run: |m| dma::deferred_unmaps_fault_after_one_flush(m, Stage::Second),
+    },
+    Test {
         name: "s2_mapped_dma_lands",
         run: |m| dma::generic(m, Stage::Second, crate::dma::mapped_dma_lands),
     },

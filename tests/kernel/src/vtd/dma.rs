@@ -115,6 +115,23 @@ pub(super) fn mapped_dma_lands(m: &mut Machine) -> TestResult {
     dma::mapped_dma_lands(&rig(m)?)
 }
 
+/// [`dma::deferred_unmaps_fault_after_one_flush`], counted at the invalidation queue: IOTLB (or
+/// PASID-based IOTLB) descriptors and wait descriptors, one wait per batch.
+pub(super) fn deferred_unmaps_fault_after_one_flush(m: &mut Machine) -> TestResult {
+    let r = rig(m)?;
+    if r.unit.queue().is_none() {
+        iommu_boot::skip!("register-based invalidation: nothing to count");
+    }
+    let count = |f: &mut dyn FnMut() -> TestResult| -> Result<(u64, u64), Failure> {
+        let (d0, b0) = r.unit.invalidations();
+        f()?;
+        let (d1, b1) = r.unit.invalidations();
+        let (descriptors, waits) = (d1 - d0, b1 - b0);
+        Ok((descriptors.saturating_sub(waits), waits))
+    };
+    dma::deferred_unmaps_fault_after_one_flush(&r, &count)
+}
+
 pub(super) fn unmapped_dma_is_blocked_and_reported(m: &mut Machine) -> TestResult {
     dma::unmapped_dma_is_blocked_and_reported(&rig(m)?)
 }

@@ -129,6 +129,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::invalidation_descriptor_counts,
     },
     Test {
+        name: "deferred_unmaps_fault_after_one_flush",
+        run: dma::deferred_unmaps_fault_after_one_flush,
+    },
+    Test {
         name: "hardware_info_matches_machine",
         run: lifecycle::hardware_info_matches_machine,
     },
