@@ -21,7 +21,7 @@ use super::iova::IovaAllocator;
 use super::{pages, BouncePolicy, Config, Direction, DmaAddr, DmaError, DmaHal, UnmapPolicy, PAGE};
 use crate::addr::{Iova, PhysAddr};
 use crate::hal::FrameSize;
-use crate::iommufd::{self, DeviceHandle, DomainId, Iommu, Layout, OwnerId, Target};
+use crate::iommufd::{self, DeviceHandle, DmaDomain, DomainId, Iommu, Layout, OwnerId, Target};
 use crate::pagetable::{Error as PtError, Gather, Prot};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::unit::{TranslationUnit, UnitError};
@@ -40,52 +40,46 @@ pub enum Path {
     NoIommu,
 }
 
-/// What a paging path needs from the object model, without its unit type in the handle's type.
+/// What a paging path needs from its domain's unit, without the unit's type in the handle's
+/// type.
 trait Remap: Sync {
-    fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> iommufd::Result<()>;
-    fn unmap(&self, iova: u64, len: u64) -> iommufd::Result<()>;
-    fn unmap_deferred(&self, iova: u64, len: u64, gather: &mut Gather) -> iommufd::Result<()>;
-    fn flush_deferred(&self, gather: Gather) -> iommufd::Result<()>;
+    fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<(), UnitError>;
+    fn unmap(&self, iova: u64, len: u64) -> Result<(), UnitError>;
+    fn unmap_deferred(&self, iova: u64, len: u64, gather: &mut Gather) -> Result<(), UnitError>;
+    fn flush_deferred(&self, gather: Gather) -> Result<(), UnitError>;
 }
 
-/// `owner`'s paging domain `domain` of `io`.
-struct Domain<'a, U: TranslationUnit> {
-    io: &'a Iommu<U>,
-    owner: OwnerId,
-    domain: DomainId,
-}
-
-impl<U: TranslationUnit> Remap for Domain<'_, U>
+/// A DMA API domain's unit calls, straight to the unit: the handle's IOVA allocator and record
+/// do what the object model's per-mapping bookkeeping does for other domains.
+impl<U> Remap for DmaDomain<'_, U>
 where
-    Iommu<U>: Sync,
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
 {
-    fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> iommufd::Result<()> {
+    fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<(), UnitError> {
         let (iova, phys) = (Iova::new(iova), PhysAddr::new(phys));
-        match self.io.map(self.owner, self.domain, iova, phys, len, prot) {
+        match self.unit.map(self.hw, iova, phys, len, prot) {
             // A format without write-only entries (x86-64 and Arm stage-1 tables): read-write
             // for a from-device buffer, as Linux does.
-            Err(iommufd::Error::Unit(UnitError::PageTable(PtError::UnsupportedPermissions))) => {
-                let rw = Prot::READ_WRITE;
-                self.io.map(self.owner, self.domain, iova, phys, len, rw)
+            Err(UnitError::PageTable(PtError::UnsupportedPermissions)) => {
+                self.unit.map(self.hw, iova, phys, len, Prot::READ_WRITE)
             }
             other => other,
         }
     }
 
-    fn unmap(&self, iova: u64, len: u64) -> iommufd::Result<()> {
-        self.io
-            .unmap(self.owner, self.domain, Iova::new(iova), len)
+    fn unmap(&self, iova: u64, len: u64) -> Result<(), UnitError> {
+        self.unit.unmap(self.hw, Iova::new(iova), len).map(|_| ())
+    }
+
+    fn unmap_deferred(&self, iova: u64, len: u64, gather: &mut Gather) -> Result<(), UnitError> {
+        self.unit
+            .unmap_deferred(self.hw, Iova::new(iova), len, gather)
             .map(|_| ())
     }
 
-    fn unmap_deferred(&self, iova: u64, len: u64, gather: &mut Gather) -> iommufd::Result<()> {
-        self.io
-            .unmap_deferred(self.owner, self.domain, Iova::new(iova), len, gather)
-            .map(|_| ())
-    }
-
-    fn flush_deferred(&self, gather: Gather) -> iommufd::Result<()> {
-        self.io.flush_deferred(self.owner, self.domain, gather)
+    fn flush_deferred(&self, gather: Gather) -> Result<(), UnitError> {
+        self.unit.flush_deferred(self.hw, gather)
     }
 }
 
@@ -240,10 +234,11 @@ impl SgEntry {
 }
 
 impl<'a, H: DmaHal> DmaDevice<'a, H> {
-    /// A handle for a device attached to `owner`'s paging domain `domain` of `io`: addresses
-    /// are IOVAs allocated in the domain's windows minus its reserved regions, below the mask.
-    /// The domain's other users must keep out of those windows (the handle owns them).
-    pub fn paging<U: TranslationUnit>(
+    /// A handle for a device attached to `owner`'s DMA API domain `domain` of `io`
+    /// ([`Iommu::alloc_dma_domain`]): addresses are IOVAs allocated in the domain's windows
+    /// minus its reserved regions, below the mask, and mapped straight through its unit. Every
+    /// device of the domain should share this one handle (their IOVAs come from its allocator).
+    pub fn paging<U>(
         io: &'a Iommu<U>,
         owner: OwnerId,
         domain: DomainId,
@@ -251,16 +246,23 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
         cfg: Config,
     ) -> Result<Self, DmaError>
     where
-        Iommu<U>: Sync,
+        U: TranslationUnit + Sync,
+        U::Domain: Sync,
     {
-        let space = io.iova_space(owner, domain)?;
+        let dom = io.dma_domain(owner, domain)?;
         let layout = Layout {
-            windows: space.windows(),
-            reserved: space.reserved(),
+            windows: dom.windows(),
+            reserved: dom.reserved(),
         };
         let iovas = Box::new(IovaAllocator::new(&layout, cfg.cpus));
-        let remap = Box::new(Domain { io, owner, domain });
-        Self::with_route(hal, cfg, Route::Paging { remap, iovas })
+        Self::with_route(
+            hal,
+            cfg,
+            Route::Paging {
+                remap: Box::new(dom),
+                iovas,
+            },
+        )
     }
 
     /// A handle for `device`, which `owner` attached to identity in `io`: addresses are

@@ -201,9 +201,9 @@ pub enum DmaError {
     OutOfMemory,
     /// The CPU index is not below [`Config::cpus`].
     UnknownCpu(usize),
-    /// The object model refused (the domain gone, not the owner's, the unit's error).
-    /// [`UnitError`](crate::unit::UnitError)s from an invalidation after the mapping was removed
-    /// say so in the call's docs.
+    /// The object model refused (the domain not a DMA API domain, not the owner's), or the
+    /// unit did (as `iommufd::Error::Unit`). An invalidation that failed after the mapping was
+    /// removed says so in the call's docs.
     Model(iommufd::Error),
 }
 
@@ -243,6 +243,12 @@ impl From<IovaError> for DmaError {
 impl From<iommufd::Error> for DmaError {
     fn from(e: iommufd::Error) -> Self {
         Self::Model(e)
+    }
+}
+
+impl From<crate::unit::UnitError> for DmaError {
+    fn from(e: crate::unit::UnitError) -> Self {
+        Self::Model(iommufd::Error::Unit(e))
     }
 }
 

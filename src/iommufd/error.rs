@@ -106,6 +106,10 @@ pub enum Error {
     /// The domain is not a paging domain (it is shared with the CPU or nested), so it has no
     /// IOVA space here to map into or unmap from.
     NotPaging(DomainId),
+    /// The domain's IOVAs belong to the DMA API ([`Iommu::alloc_dma_domain`](super::Iommu::alloc_dma_domain)):
+    /// its mappings are made through `dma::DmaDevice`, not mapped or unmapped here; or the
+    /// DMA API was handed a domain that is not such a domain.
+    DmaDomain(DomainId),
     /// A vIOMMU needs a nest parent ([`Iommu::alloc_nest_parent`](super::Iommu::alloc_nest_parent)).
     NotNestParent(DomainId),
     /// The nest parent is still used by `viommus` vIOMMUs and cannot be destroyed.
@@ -242,6 +246,9 @@ impl fmt::Display for Error {
                 )
             }
             Self::NotPaging(d) => write!(f, "{d:?} is not a paging domain"),
+            Self::DmaDomain(d) => {
+                write!(f, "{d:?}: a DMA API domain or not one, as the call needs")
+            }
             Self::NotNestParent(d) => write!(f, "{d:?} is not a nest parent"),
             Self::ParentInUse { domain, viommus } => {
                 write!(f, "{domain:?} is the nest parent of {viommus} vIOMMU(s)")

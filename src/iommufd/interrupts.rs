@@ -241,7 +241,7 @@ impl<U: TranslationUnit> Iommu<U> {
             .domains
             .get(&domain)
             .ok_or(Error::UnknownDomain(domain))?;
-        let Ok(space) = dom.space(domain) else {
+        let Some(space) = dom.layout() else {
             return Ok(None);
         };
         if dom.doorbell_mapped {

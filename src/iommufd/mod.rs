@@ -264,6 +264,9 @@ enum DomainKind {
         /// vIOMMUs using it as their nest parent; destruction waits for zero.
         viommus: usize,
     },
+    /// An I/O page table whose IOVAs the DMA API owns (`dma::DmaDevice` maps into it through
+    /// the unit); the space keeps only its windows and reserved regions.
+    Dma { space: IovaSpace },
     /// Translates through a CPU table the embedder owns; mapped by changing that table.
     Shared,
     /// Translates through a VM's stage-2 table the embedder owns and shares with the CPU
@@ -767,6 +770,40 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(self.insert_domain(unit, owner, hw, kind))
     }
 
+    /// Allocates a paging domain of `stage` on `unit` for `owner` whose IOVAs belong to the DMA
+    /// API: [`dma::DmaDevice::paging`](crate::dma::DmaDevice::paging) allocates them in
+    /// `layout`'s windows minus its reserved regions and maps straight through the unit, with
+    /// no per-mapping record here (the handle keeps its own). [`Iommu::map`] and the other
+    /// calls of the data path refuse it ([`Error::DmaDomain`]); devices attach to it like to
+    /// any paging domain (as Linux's DMA domains, it is a kernel driver's, not a user's).
+    pub fn alloc_dma_domain(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        stage: Stage,
+        ia_bits: u32,
+        layout: &Layout<'_>,
+    ) -> Result<DomainId> {
+        let u = self.unit(unit)?;
+        let space = IovaSpace::new(ia_bits, layout)?;
+        let hw = u.new_domain(stage, ia_bits)?;
+        Ok(self.insert_domain(unit, owner, hw, DomainKind::Dma { space }))
+    }
+
+    /// `owner`'s DMA API domain `id`, for [`dma::DmaDevice::paging`](crate::dma::DmaDevice::paging):
+    /// its unit, its hardware domain and its layout.
+    pub fn dma_domain(&self, owner: OwnerId, id: DomainId) -> Result<DmaDomain<'_, U>> {
+        let dom = self.domain(id, owner)?;
+        let DomainKind::Dma { space } = &dom.kind else {
+            return Err(Error::DmaDomain(id));
+        };
+        Ok(DmaDomain {
+            unit: self.unit(dom.unit)?,
+            hw: &dom.hw,
+            space,
+        })
+    }
+
     /// Allocates a domain for `owner` on `unit` that translates through the CPU page table
     /// `cpu` (shared virtual addressing, for an embedder that owns its CPU tables). It has no
     /// IOVA space here: [`Iommu::map`] and [`Iommu::unmap`] are refused; the embedder changes
@@ -1113,8 +1150,41 @@ impl<D> Domain<D> {
     fn space(&self, id: DomainId) -> Result<&IovaSpace> {
         match &self.kind {
             DomainKind::Paging { space, .. } => Ok(space),
+            DomainKind::Dma { .. } => Err(Error::DmaDomain(id)),
             _ => Err(Error::NotPaging(id)),
         }
+    }
+
+    /// The windows and reserved regions of a domain with an I/O page table of ours (paging or
+    /// DMA API), for mappings the model makes itself (the MSI doorbell).
+    fn layout(&self) -> Option<&IovaSpace> {
+        match &self.kind {
+            DomainKind::Paging { space, .. } | DomainKind::Dma { space } => Some(space),
+            _ => None,
+        }
+    }
+}
+
+/// A DMA API domain as [`Iommu::dma_domain`] lends it: the unit's calls on its hardware
+/// domain, and its layout. The DMA API guarantees its own mappings never overlap (its IOVA
+/// allocator hands each range out once), which the object model checks for other domains.
+pub struct DmaDomain<'a, U: TranslationUnit> {
+    /// The domain's unit.
+    pub unit: &'a U,
+    /// The unit's domain.
+    pub hw: &'a U::Domain,
+    space: &'a IovaSpace,
+}
+
+impl<U: TranslationUnit> DmaDomain<'_, U> {
+    /// Its IOVA windows.
+    pub fn windows(&self) -> &[Region] {
+        self.space.windows()
+    }
+
+    /// Its reserved regions.
+    pub fn reserved(&self) -> &[Reserved] {
+        self.space.reserved()
     }
 }
 

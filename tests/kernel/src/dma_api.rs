@@ -128,7 +128,7 @@ fn test_edu(m: &Machine, narrow_only: bool) -> Result<(EduDevice, u64), Failure>
     Ok((edu, EDU_DEFAULT_MASK))
 }
 
-/// [`test_edu`], with the rig's unit, claimed by `OWNER` and attached to a new paging domain
+/// [`test_edu`], with the rig's unit, claimed by `OWNER` and attached to a new DMA API domain
 /// of `io`.
 fn attach<'u, U: TranslationUnit>(
     m: &Machine,
@@ -149,7 +149,7 @@ fn attach<'u, U: TranslationUnit>(
         reserved: &[],
     };
     let dom = io
-        .alloc_domain(OWNER, u, r.stage, IA_BITS, &layout)
+        .alloc_dma_domain(OWNER, u, r.stage, IA_BITS, &layout)
         .map_err(fail)?;
     io.attach(d, OWNER, Target::Domain(dom)).map_err(fail)?;
     r.faults()?;
@@ -161,12 +161,13 @@ fn attach<'u, U: TranslationUnit>(
 /// other, both land, also through the driver's `copy_in` / `copy_out`; after the unmap the same
 /// address faults, is reported for the edu, and a second unmap is refused. Runs on every boot:
 /// with the narrow-mask edu where there is one, else with edu's default mask imposed.
-pub fn dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap<U: TranslationUnit>(
+pub fn dma_api_moves_data_both_ways_below_the_mask_and_faults_after_unmap<U>(
     m: &Machine,
     r: &Rig<U>,
 ) -> TestResult
 where
-    for<'x> Iommu<&'x U>: Sync,
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
 {
     let mut io = Iommu::new();
     let (edu, mask, dom) = attach(m, r, &mut io, false)?;
@@ -221,12 +222,13 @@ where
 /// bounced into a page of its own. edu reading the rest of its device page gets zeros, not the
 /// neighbours; edu writing there changes nothing outside the buffer; the page below it faults.
 /// A full pool refuses the next buffer by name and changes nothing.
-pub fn strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device<U: TranslationUnit>(
+pub fn strict_sub_page_mode_keeps_the_rest_of_the_page_from_the_device<U>(
     m: &Machine,
     r: &Rig<U>,
 ) -> TestResult
 where
-    for<'x> Iommu<&'x U>: Sync,
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
 {
     let mut io = Iommu::new();
     let (edu, mask, dom) = attach(m, r, &mut io, true)?;
