@@ -31,7 +31,7 @@ use iommu::addr::{Iova, PhysAddr};
 use iommu::dma::{BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, UnmapPolicy};
 use iommu::hal::host::HostHal;
 use iommu::hal::{FrameSize, Hal};
-use iommu::iommufd::bench::{lane, load, medians, model, rate_of, table, Case, Path, OWNER};
+use iommu::iommufd::bench::{lane, load, medians, model, rate_of, table, Case, Path, OWNER, SLOTS};
 use iommu::iommufd::{DomainId, InsecureNoIommu, Iommu};
 use iommu::pagetable::{Prot, VtdSecondStage};
 use iommu::unit::host::TableUnit;
@@ -46,6 +46,26 @@ const BUFFERS: u64 = 64;
 const ROUND: u64 = 1000;
 /// Deferred unmaps a CPU queues before it flushes.
 const BATCH: usize = 32;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+/// Where the diagnostic object-model pairs work, far above the foil's IOVAs.
+const G16: u64 = 16 * G1;
+/// The copy cases of one size: memcpy, memcpy over a pool-sized region, bounce to the device,
+/// two memcpys, bounce both ways.
+const COPY_4K: [&str; 5] = [
+    "copy/4k/memcpy",
+    "copy/4k/memcpy_spread",
+    "copy/4k/bounce",
+    "copy/4k/memcpy_x2",
+    "copy/4k/bounce_bidir",
+];
+const COPY_64K: [&str; 5] = [
+    "copy/64k/memcpy",
+    "copy/64k/memcpy_spread",
+    "copy/64k/bounce",
+    "copy/64k/memcpy_x2",
+    "copy/64k/bounce_bidir",
+];
 /// Rounds of the summary, and seconds each case runs in a round.
 const ROUNDS: usize = 5;
 const SECS: f64 = 0.3;
@@ -221,7 +241,12 @@ fn case<'m>(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench");
+    // The summary only in a full run: not in `--test`, `--list` or `--profile-time` (perf on one
+    // case), nor under `cargo test --benches` (no `--bench`).
+    let quick = !args.iter().any(|a| a == "--bench")
+        || args
+            .iter()
+            .any(|a| ["--test", "--list", "--profile-time"].contains(&a.as_str()));
     let hal = HostHal::new();
     let cpus2 = |unmap| Config {
         cpus: 2,
@@ -277,83 +302,70 @@ fn main() {
     let strict_pair = |_: usize, i| round_pair(&strict, i);
     let deferred_pair = |_: usize, i| round_pair(&deferred, i);
     let bouncing = &bouncing;
-    let copies = [K4, K64].map(|len| {
-        let one = move |_: usize, _: u64| memcpy(src, dst, len);
-        let two = move |_: usize, _: u64| {
-            memcpy(src, dst, len);
-            memcpy(dst, src, len);
-        };
-        let to_device = move |_: usize, _: u64| bounce(bouncing, src, len, Direction::ToDevice);
-        let both = move |_: usize, _: u64| bounce(bouncing, src, len, Direction::Bidirectional);
-        (one, two, to_device, both)
-    });
-    let [(memcpy_4k, memcpy2_4k, bounce_4k, bounce2_4k), (memcpy_64k, memcpy2_64k, bounce_64k, bounce2_64k)] =
-        &copies;
+    // Where the diagnostic memcpy writes: a region the size of the pool, walked through as the
+    // pool's next-fit search walks through its slots.
+    let spread = memory(&hal, pool_len);
+    let copy_work = |len: u64| -> [Box<dyn Fn(usize, u64) + Sync + '_>; 5] {
+        [
+            Box::new(move |_, _| memcpy(src, dst, len)),
+            Box::new(move |_, i| {
+                let to = spread.as_u64() + (i * len) % pool_len;
+                memcpy(src, PhysAddr::new(to), len);
+            }),
+            Box::new(move |_, _| bounce(bouncing, src, len, Direction::ToDevice)),
+            Box::new(move |_, _| {
+                memcpy(src, dst, len);
+                memcpy(dst, src, len);
+            }),
+            Box::new(move |_, _| bounce(bouncing, src, len, Direction::Bidirectional)),
+        ]
+    };
+    let (copy_4k, copy_64k) = (copy_work(K4), copy_work(K64));
 
-    let case = |name, baseline, path, threads| case(name, baseline, path, threads, doms[0]);
-    let cases = vec![
-        case("machine/1", "machine/1", Path::Machine, 1),
-        case("machine/2", "machine/1", Path::Machine, 2),
-        case("4k/dma/1", "4k/dma/1", Path::Custom(&dma_pair), 1),
-        case("4k/dma/2", "4k/dma/1", Path::Custom(&dma_pair), 2),
-        case("4k/foil/1", "4k/foil/1", Path::Custom(&foil_pair), 1),
-        case("4k/foil/2", "4k/foil/1", Path::Custom(&foil_pair), 2),
-        case("4k/strict", "4k/strict", Path::Custom(&strict_pair), 1),
+    let d = doms[0];
+    let f = foil_doms[0];
+    // Diagnostics: the object model's map + unmap alone (what the DMA API and the foil share),
+    // on the foil's model far above the foil's IOVAs; two threads in one 2 MiB stripe of the
+    // domain's IOVA records (as the DMA API's two CPUs are: see the IOVAs printed) or 1 GiB +
+    // 2 MiB apart.
+    let lanes = |bases: &[u64]| bases.iter().map(|&b| lane(f, b)).collect::<Vec<_>>();
+    let direct = |name, baseline, bases: &[u64]| Case {
+        name,
+        baseline,
+        size: K4,
+        path: Path::Direct(&foil_io),
+        lanes: lanes(bases),
+    };
+    let mut cases = vec![
+        case("machine/1", "machine/1", Path::Machine, 1, d),
+        case("machine/2", "machine/1", Path::Machine, 2, d),
+        case("4k/dma/1", "4k/dma/1", Path::Custom(&dma_pair), 1, d),
+        case("4k/dma/2", "4k/dma/1", Path::Custom(&dma_pair), 2, d),
+        case("4k/foil/1", "4k/foil/1", Path::Custom(&foil_pair), 1, d),
+        case("4k/foil/2", "4k/foil/1", Path::Custom(&foil_pair), 2, d),
+        direct("4k/iommu/1", "4k/iommu/1", &[G16]),
+        direct(
+            "4k/iommu/2_one_stripe",
+            "4k/iommu/1",
+            &[G16, G16 + SLOTS * K4],
+        ),
+        direct("4k/iommu/2_far", "4k/iommu/1", &[G16, G16 + G1 + M2]),
+        case("4k/strict", "4k/strict", Path::Custom(&strict_pair), 1, d),
         case(
             "4k/deferred32",
             "4k/strict",
             Path::Custom(&deferred_pair),
             1,
-        ),
-        case(
-            "copy/4k/memcpy",
-            "copy/4k/memcpy",
-            Path::Custom(memcpy_4k),
-            1,
-        ),
-        case(
-            "copy/4k/bounce",
-            "copy/4k/memcpy",
-            Path::Custom(bounce_4k),
-            1,
-        ),
-        case(
-            "copy/4k/memcpy_x2",
-            "copy/4k/memcpy_x2",
-            Path::Custom(memcpy2_4k),
-            1,
-        ),
-        case(
-            "copy/4k/bounce_bidir",
-            "copy/4k/memcpy_x2",
-            Path::Custom(bounce2_4k),
-            1,
-        ),
-        case(
-            "copy/64k/memcpy",
-            "copy/64k/memcpy",
-            Path::Custom(memcpy_64k),
-            1,
-        ),
-        case(
-            "copy/64k/bounce",
-            "copy/64k/memcpy",
-            Path::Custom(bounce_64k),
-            1,
-        ),
-        case(
-            "copy/64k/memcpy_x2",
-            "copy/64k/memcpy_x2",
-            Path::Custom(memcpy2_64k),
-            1,
-        ),
-        case(
-            "copy/64k/bounce_bidir",
-            "copy/64k/memcpy_x2",
-            Path::Custom(bounce2_64k),
-            1,
+            d,
         ),
     ];
+    for (names, work) in [(&COPY_4K, &copy_4k), (&COPY_64K, &copy_64k)] {
+        for (i, (name, work)) in names.iter().zip(work).enumerate() {
+            // memcpy and memcpy_x2 are the baselines.
+            let baseline = names[if i < 3 { 0 } else { 3 }];
+            cases.push(case(name, baseline, Path::Custom(&**work), 1, d));
+        }
+    }
     for case in &cases {
         case.warm_up();
     }
@@ -383,6 +395,19 @@ fn main() {
     println!(
         "\ninvalidations per {ROUND} map+unmap pairs (unit's invalidation hook): strict \
          {strict_inv}, deferred (batch {BATCH}) {deferred_inv}"
+    );
+    // Which IOVAs the two CPUs get: per-CPU magazines keep the ones each freed last.
+    let iovas = [0, 1].map(|t| {
+        THREAD_CPU.with(|c| c.set(t));
+        let addr = dma.map(buffer(t, 0), K4, Direction::ToDevice);
+        let addr = addr.unwrap_or_else(|e| panic!("map: {e}"));
+        dma.unmap(addr, K4)
+            .unwrap_or_else(|e| panic!("unmap {addr:?}: {e}"));
+        addr.0
+    });
+    println!(
+        "4 KiB IOVAs of the DMA API after warm-up: CPU 0 {:#x}, CPU 1 {:#x}",
+        iovas[0], iovas[1]
     );
     if quick {
         return;
@@ -435,5 +460,20 @@ fn main() {
             gbs("bounce_bidir"),
             gbs("memcpy_x2"),
         );
+        println!(
+            "  (diagnosis) memcpy {label} walking a pool-sized region: {:.2}x memcpy to one place; \
+             bounce {:.0} ns more than it per map+unmap",
+            gbs("memcpy_spread") / gbs("memcpy"),
+            1e9 / r(&format!("copy/{size}/bounce")) - 1e9 / r(&format!("copy/{size}/memcpy_spread")),
+        );
     }
+    println!(
+        "  (diagnosis) Iommu::map+unmap alone: {:.0} ns, {:.0}% of the DMA API's pair and {:.0}% \
+         of the foil's; 2 threads in one 2 MiB stripe {:.2}x, 1 GiB apart {:.2}x",
+        1e9 / r("4k/iommu/1"),
+        100.0 * r("4k/dma/1") / r("4k/iommu/1"),
+        100.0 * r("4k/foil/1") / r("4k/iommu/1"),
+        r("4k/iommu/2_one_stripe") / r("4k/iommu/1"),
+        r("4k/iommu/2_far") / r("4k/iommu/1"),
+    );
 }
