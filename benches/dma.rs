@@ -28,11 +28,13 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use iommu::addr::{Iova, PhysAddr};
-use iommu::dma::{BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, UnmapPolicy};
+use iommu::dma::{
+    BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, IovaAllocator, UnmapPolicy,
+};
 use iommu::hal::host::HostHal;
 use iommu::hal::{FrameSize, Hal};
 use iommu::iommufd::bench::{lane, load, medians, model, rate_of, table, Case, Path, OWNER, SLOTS};
-use iommu::iommufd::{DomainId, InsecureNoIommu, Iommu};
+use iommu::iommufd::{DomainId, InsecureNoIommu, Iommu, Layout, Region};
 use iommu::pagetable::{Prot, VtdSecondStage};
 use iommu::unit::host::TableUnit;
 
@@ -299,6 +301,35 @@ fn main() {
         let a = foil.map(buffer(t, i), K4);
         foil.unmap(a, K4);
     };
+    // Diagnostics, the DMA layer's parts alone: the IOVA allocator (per-CPU magazines), and a
+    // stand-in for the record of live mappings (one shard: a lock around a BTreeMap with the
+    // record's key, an insert, the range search of an unmap, a remove).
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let iova_alloc = IovaAllocator::new(&layout, 2);
+    let iova_pair = |t: usize, _| {
+        let iova = iova_alloc
+            .alloc(t, K4, u64::MAX)
+            .unwrap_or_else(|e| panic!("IOVA: {e}"));
+        iova_alloc
+            .free(t, iova, K4)
+            .unwrap_or_else(|e| panic!("IOVA free: {e}"));
+    };
+    type Record = spin::Mutex<BTreeMap<(u64, u64, u64), [u64; 6]>>;
+    let records: [Record; 2] = Default::default();
+    let record_pair = |t: usize, i: u64| {
+        let addr = buffer(t, i).as_u64();
+        records[t].lock().insert((addr, K4, i), [i; 6]);
+        let mut r = records[t].lock();
+        let key = r
+            .range((addr, 0, 0)..=(addr, u64::MAX, u64::MAX))
+            .find(|((_, l, _), _)| *l == K4)
+            .map(|(k, _)| *k);
+        black_box(key.and_then(|k| r.remove(&k)));
+    };
     let strict_pair = |_: usize, i| round_pair(&strict, i);
     let deferred_pair = |_: usize, i| round_pair(&deferred, i);
     let bouncing = &bouncing;
@@ -350,6 +381,15 @@ fn main() {
             &[G16, G16 + SLOTS * K4],
         ),
         direct("4k/iommu/2_far", "4k/iommu/1", &[G16, G16 + G1 + M2]),
+        case("4k/iova/1", "4k/iova/1", Path::Custom(&iova_pair), 1, d),
+        case("4k/iova/2", "4k/iova/1", Path::Custom(&iova_pair), 2, d),
+        case(
+            "4k/record/1",
+            "4k/record/1",
+            Path::Custom(&record_pair),
+            1,
+            d,
+        ),
         case("4k/strict", "4k/strict", Path::Custom(&strict_pair), 1, d),
         case(
             "4k/deferred32",
@@ -475,5 +515,17 @@ fn main() {
         100.0 * r("4k/foil/1") / r("4k/iommu/1"),
         r("4k/iommu/2_one_stripe") / r("4k/iommu/1"),
         r("4k/iommu/2_far") / r("4k/iommu/1"),
+    );
+    let ns = |name: &str| 1e9 / r(name);
+    println!(
+        "  (diagnosis) the DMA API's pair {:.0} ns = Iommu {:.0} + IOVA alloc/free {:.0} + a \
+         BTreeMap record insert/find/remove {:.0} + the rest {:.0}; IOVA allocator on 2 threads \
+         {:.2}x",
+        ns("4k/dma/1"),
+        ns("4k/iommu/1"),
+        ns("4k/iova/1"),
+        ns("4k/record/1"),
+        ns("4k/dma/1") - ns("4k/iommu/1") - ns("4k/iova/1") - ns("4k/record/1"),
+        r("4k/iova/2") / r("4k/iova/1"),
     );
 }
