@@ -16,6 +16,9 @@
 //! cargo bench -p iommu --bench dma -- --test     # smoke test: every case once
 //! ```
 //!
+//! Instructions per operation, free of the machine's noise: run the bench binary under
+//! `valgrind --tool=callgrind` with `DMA_BENCH_ONLY=<case> DMA_BENCH_OPS=<n>` for two `n`.
+//!
 //! Criterion reports the time per operation (a pair, or a copy). After its report, the bench
 //! prints the operations per second of every case, each the median of five rounds taken in
 //! turn so that every case sees the same noise, then one line per figure for the README.
@@ -408,6 +411,18 @@ fn main() {
     }
     for case in &cases {
         case.warm_up();
+    }
+
+    // `DMA_BENCH_ONLY=<case> DMA_BENCH_OPS=<n>`: that case's `n` operations and nothing else,
+    // for instruction counts (callgrind: the difference of two `n`, divided).
+    if let Ok(name) = std::env::var("DMA_BENCH_ONLY") {
+        let ops = std::env::var("DMA_BENCH_OPS").map_or(Ok(1_000_000), |n| n.parse::<u64>());
+        let ops = ops.unwrap_or_else(|e| panic!("DMA_BENCH_OPS: {e}"));
+        let Some(case) = cases.iter().find(|c| c.name == name) else {
+            panic!("no case {name}");
+        };
+        case.run(ops);
+        return;
     }
 
     let load_before = load();
