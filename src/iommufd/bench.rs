@@ -1,8 +1,9 @@
 //! The harness of the object model's map + unmap benchmarks (feature `host-hal`; the benches of
-//! `iommu` and `iommu-vtd` run it over different units): cases of one or two threads, each
-//! cycling map + unmap pairs through [`Iommu`] directly, through a `spin::Mutex` foil, or doing
-//! plain arithmetic (what the machine gives two threads), timed for criterion and summarised
-//! as pairs per second with the ratio to one thread.
+//! `iommu` and `iommu-vtd` run it over different units, the DMA API's bench over its own
+//! calls): cases of one or two threads, each cycling map + unmap pairs through [`Iommu`]
+//! directly, through a `spin::Mutex` foil, through whatever a bench passes as
+//! [`Path::Custom`], or doing plain arithmetic (what the machine gives two threads), timed for
+//! criterion and summarised as pairs per second with the ratio to one thread.
 
 extern crate std;
 
@@ -123,6 +124,8 @@ pub enum Path<'m, U: TranslationUnit> {
     Direct(&'m Iommu<U>),
     /// The object model behind one lock held around each call.
     Locked(&'m spin::Mutex<Iommu<U>>),
+    /// Anything else, called with the thread's index and the pair's number in that thread.
+    Custom(&'m (dyn Fn(usize, u64) + Sync)),
 }
 
 impl<U: TranslationUnit> Clone for Path<'_, U> {
@@ -165,6 +168,7 @@ where
             Path::Machine => arithmetic(i ^ t as u64),
             Path::Direct(io) => pair(io, lane.dom, iova, self.size),
             Path::Locked(io) => pair_locked(io, lane.dom, iova, self.size),
+            Path::Custom(f) => f(t, i),
         }
     }
 
@@ -202,7 +206,7 @@ where
     }
 
     /// Pairs per second over about `secs` seconds.
-    fn rate(&self, secs: f64) -> f64 {
+    pub fn rate(&self, secs: f64) -> f64 {
         let mut ops = 1000u64;
         loop {
             let t = self.run(ops).as_secs_f64();
@@ -229,6 +233,60 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The pairs per second of every case, each the median of `rounds` rounds of about `secs`
+/// seconds taken in turn, so that every case sees the same noise.
+pub fn medians<U: TranslationUnit>(cases: &[Case<'_, U>], rounds: usize, secs: f64) -> Vec<f64>
+where
+    Iommu<U>: Send + Sync,
+{
+    let mut rates = std::vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (case, r) in cases.iter().zip(&mut rates) {
+            r.push(case.rate(secs));
+        }
+    }
+    rates.into_iter().map(median).collect()
+}
+
+/// The rate of the case named `name` in `rates` ([`medians`] of `cases`); NaN if none is.
+pub fn rate_of<U: TranslationUnit>(cases: &[Case<'_, U>], rates: &[f64], name: &str) -> f64 {
+    cases
+        .iter()
+        .position(|c| c.name == name)
+        .map_or(f64::NAN, |i| rates[i])
+}
+
+/// Prints `heading` and `rates` ([`medians`] of `cases`, `rounds` rounds), each with the ratio
+/// to its case's baseline. `load_before` is the load average before criterion ran.
+pub fn table<U: TranslationUnit>(
+    cases: &[Case<'_, U>],
+    rates: &[f64],
+    rounds: usize,
+    heading: &str,
+    load_before: &str,
+) where
+    Iommu<U>: Send + Sync,
+{
+    println!(
+        "\n{heading} (median of {rounds} rounds; load average {load_before} before criterion, {} \
+         now):",
+        load()
+    );
+    println!(
+        "  {:<28} {:>7} {:>14} {:>9}",
+        "case", "threads", "pairs/s", "vs base"
+    );
+    for (case, rate) in cases.iter().zip(rates) {
+        println!(
+            "  {:<28} {:>7} {:>14.0} {:>8.2}x",
+            case.name,
+            case.threads(),
+            rate,
+            rate / rate_of(cases, rates, case.baseline)
+        );
+    }
+}
+
 /// Prints `heading` and the pairs per second of every case, each the median of five rounds of
 /// about 0.3 s taken in turn (so that every case sees the same noise), with the ratio to its
 /// baseline and the foil's two-thread ratio. `load_before` is the load average before
@@ -237,37 +295,10 @@ pub fn summary<U: TranslationUnit>(cases: &[Case<'_, U>], heading: &str, load_be
 where
     Iommu<U>: Send + Sync,
 {
-    let mut rates = std::vec![Vec::new(); cases.len()];
-    for _ in 0..5 {
-        for (case, r) in cases.iter().zip(&mut rates) {
-            r.push(case.rate(0.3));
-        }
-    }
-    let rates: Vec<f64> = rates.into_iter().map(median).collect();
-    let rate_of = |name: &str| {
-        cases
-            .iter()
-            .position(|c| c.name == name)
-            .map_or(f64::NAN, |i| rates[i])
-    };
-    println!(
-        "\n{heading} (median of 5 rounds; load average {load_before} before criterion, {} now):",
-        load()
-    );
-    println!(
-        "  {:<28} {:>7} {:>14} {:>9}",
-        "case", "threads", "pairs/s", "vs 1 thr"
-    );
-    for (case, rate) in cases.iter().zip(&rates) {
-        println!(
-            "  {:<28} {:>7} {:>14.0} {:>8.2}x",
-            case.name,
-            case.threads(),
-            rate,
-            rate / rate_of(case.baseline)
-        );
-    }
-    let mutex = rate_of("4k/spin_mutex/2") / rate_of("4k/spin_mutex/1");
+    let rates = medians(cases, 5, 0.3);
+    table(cases, &rates, 5, heading, load_before);
+    let rate = |name| rate_of(cases, &rates, name);
+    let mutex = rate("4k/spin_mutex/2") / rate("4k/spin_mutex/1");
     println!("  4k/spin_mutex/2 vs spin_mutex/1: {mutex:.2}x");
 }
 
