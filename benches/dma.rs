@@ -36,7 +36,9 @@ use iommu::dma::{
 };
 use iommu::hal::host::HostHal;
 use iommu::hal::{FrameSize, Hal};
-use iommu::iommufd::bench::{lane, load, medians, model, rate_of, table, Case, Path, OWNER, SLOTS};
+use iommu::iommufd::bench::{
+    dma_model, lane, load, medians, model, rate_of, table, Case, Path, OWNER, SLOTS,
+};
 use iommu::iommufd::{DomainId, InsecureNoIommu, Iommu, Layout, Region};
 use iommu::pagetable::{Prot, VtdSecondStage};
 use iommu::unit::host::TableUnit;
@@ -261,7 +263,7 @@ fn main() {
     };
 
     // 1. The streaming path, and its foil on an object model of its own.
-    let (io, doms) = model(TableUnit::vtd_second_stage(), 1, IA_BITS);
+    let (io, doms) = dma_model(TableUnit::vtd_second_stage(), 1, IA_BITS);
     let dma = DmaDevice::paging(&io, OWNER, doms[0], &hal, cpus2(UnmapPolicy::Strict))
         .unwrap_or_else(|e| panic!("paging handle: {e}"));
     let (foil_io, foil_doms) = model(TableUnit::vtd_second_stage(), 1, IA_BITS);
@@ -273,7 +275,7 @@ fn main() {
         INVALIDATIONS.fetch_add(1, Ordering::Relaxed);
         Ok(())
     });
-    let (inv_io, inv_doms) = model(counting, 2, IA_BITS);
+    let (inv_io, inv_doms) = dma_model(counting, 2, IA_BITS);
     let strict = DmaDevice::paging(&inv_io, OWNER, inv_doms[0], &hal, Config::new(u64::MAX))
         .unwrap_or_else(|e| panic!("strict handle: {e}"));
     let deferred_cfg = Config {

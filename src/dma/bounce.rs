@@ -4,7 +4,8 @@
 //!
 //! Slots are whole pages so that two bounced buffers never share a page: through an IOMMU a
 //! device reaches whole pages, and a slot page holds nothing but its one buffer's copy. The
-//! allocator is first fit over a bitmap under one lock, starting where the last search ended.
+//! allocator is first fit over a bitmap under one lock, starting at the slot freed last (still
+//! in the CPU's caches) or else where the last search ended.
 
 extern crate alloc;
 
@@ -20,7 +21,7 @@ use crate::sync::Mutex;
 struct Slots {
     taken: Vec<u64>,
     free: usize,
-    /// Where the next search starts (just past the last allocation).
+    /// Where the next search starts: the slot freed last, or just past the last allocation.
     next: usize,
 }
 
@@ -157,6 +158,8 @@ impl BouncePool {
         let mut s = self.state.lock();
         s.set(first, n, false);
         s.free += n;
+        // The next search starts here: a slot just used is still in the CPU's caches.
+        s.next = first;
     }
 }
 

@@ -23,7 +23,7 @@ use crate::addr::{Iova, PhysAddr};
 use crate::hal::FrameSize;
 use crate::iommufd::{self, DeviceHandle, DmaDomain, DomainId, Iommu, Layout, OwnerId, Target};
 use crate::pagetable::{Error as PtError, Gather, Prot};
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::Mutex;
 use crate::unit::{TranslationUnit, UnitError};
 
 /// Locks the live-mapping record is split into.
@@ -135,8 +135,8 @@ impl Mapping {
     }
 }
 
-/// Live mappings whose device address falls in one shard, keyed by (address, length, a serial
-/// number that tells apart two live mappings of one buffer on a direct path).
+/// Live mappings whose device address falls in one shard, keyed by (address, length, a number
+/// that tells apart two live mappings of one buffer on a direct path: 0, then 1, ...).
 #[repr(align(128))]
 struct Shard(Mutex<BTreeMap<(u64, u64, u64), Mapping>>);
 
@@ -159,7 +159,6 @@ pub struct DmaDevice<'a, H: DmaHal> {
     cfg: Config,
     pool: Option<&'a BouncePool>,
     shards: [Shard; SHARDS],
-    serial: AtomicU64,
     queues: Vec<PerCpuQueue>,
 }
 
@@ -314,7 +313,6 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
             cfg,
             pool: None,
             shards: core::array::from_fn(|_| Shard(Mutex::new(BTreeMap::new()))),
-            serial: AtomicU64::new(0),
             queues: (0..queues)
                 .map(|_| PerCpuQueue(Mutex::new(FlushQueue::default())))
                 .collect(),
@@ -460,17 +458,15 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
                 (iova + (seen - first), Some((iova, span)))
             }
         };
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        let mapping = Mapping {
-            len,
-            seen,
-            iova,
-            backing,
-        };
-        self.shard(addr)
-            .0
-            .lock()
-            .insert((addr, len, serial), mapping);
+        self.record(
+            DmaAddr(addr),
+            Mapping {
+                len,
+                seen,
+                iova,
+                backing,
+            },
+        );
         Ok(DmaAddr(addr))
     }
 
@@ -508,12 +504,15 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
         }
     }
 
-    fn put_back(&self, addr: DmaAddr, m: Mapping) {
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        self.shard(addr.0)
-            .0
-            .lock()
-            .insert((addr.0, m.len, serial), m);
+    /// Puts `m` in the record under `addr` (also a mapping taken out by a refused call).
+    fn record(&self, addr: DmaAddr, m: Mapping) {
+        let mut shard = self.shard(addr.0).0.lock();
+        let same = (addr.0, m.len, 0)..=(addr.0, m.len, u64::MAX);
+        let n = shard
+            .range(same)
+            .next_back()
+            .map_or(0, |((_, _, n), _)| n + 1);
+        shard.insert((addr.0, m.len, n), m);
     }
 
     /// Makes the first `len` bytes of the mapping at `addr` (as [`map`](Self::map) returned it)
@@ -575,7 +574,7 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
         let cpu = self.cpu()?;
         let m = self.find(addr, len, true)?;
         if matches!(m.backing, Backing::Coherent { .. }) {
-            self.put_back(addr, m);
+            self.record(addr, m);
             return Err(DmaError::NotMapped);
         }
         self.to_cpu(&m, len);
@@ -602,7 +601,7 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
         match policy {
             UnmapPolicy::Strict => {
                 if let Err(e) = remap.unmap(iova, span) {
-                    self.put_back(addr, m);
+                    self.record(addr, m);
                     return Err(e.into());
                 }
                 iovas.free(cpu, iova, span)?;
@@ -611,13 +610,13 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
             }
             UnmapPolicy::Deferred { batch } => {
                 let Some(queue) = self.queues.get(cpu) else {
-                    self.put_back(addr, m);
+                    self.record(addr, m);
                     return Err(DmaError::UnknownCpu(cpu));
                 };
                 let mut q = queue.0.lock();
                 if let Err(e) = remap.unmap_deferred(iova, span, &mut q.gather) {
                     drop(q);
-                    self.put_back(addr, m);
+                    self.record(addr, m);
                     return Err(e.into());
                 }
                 q.retired.push(((iova, span), m.slot()));
@@ -794,7 +793,7 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
                 m
             }
             Ok(m) => {
-                self.put_back(c.dma, m);
+                self.record(c.dma, m);
                 return Err((c, DmaError::NotMapped));
             }
             Err(e) => return Err((c, e)),

@@ -8,7 +8,8 @@
 //! - *per-CPU magazines* above, for the sizes drivers use most (4 KiB to 128 KiB, powers of
 //!   two): a CPU frees into its own magazine and allocates from it, so the common map/unmap
 //!   touches only its own lock. A full magazine goes to a shared depot, an empty one is refilled
-//!   from it, and only a miss in both reaches the range allocator.
+//!   from it, and a miss in both takes a whole magazine's worth from the range allocator in one
+//!   aligned block (so two CPUs' mappings lie in blocks of their own, apart in the page table).
 //!
 //! An IOVA in a magazine is still allocated as far as the range allocator knows: it can only be
 //! handed out again from a magazine, never twice at once. [`IovaAllocator::drain`] gives every
@@ -218,6 +219,9 @@ impl IovaAllocator {
                 }
             }
         }
+        if let Some(iova) = self.refill(cache, size, limit) {
+            return Ok(iova);
+        }
         if let Some(iova) = self.ranges.lock().take(size, size, limit) {
             return Ok(iova);
         }
@@ -228,6 +232,29 @@ impl IovaAllocator {
             .lock()
             .take(size, size, limit)
             .ok_or(IovaError::Exhausted)
+    }
+
+    /// For a cached size: a whole magazine's worth of IOVAs in one aligned block from the
+    /// ranges, one returned and the rest loaded into this CPU's (empty) magazine. CPUs then
+    /// work in blocks of their own, so their mappings do not share leaf-table cache lines.
+    fn refill(&self, cache: &PerCpu, size: u64, limit: u64) -> Option<u64> {
+        let c = class(size)?;
+        let block = size * MAGAZINE as u64;
+        let base = self.ranges.lock().take(block, block, limit)?;
+        let mut mine = cache.0.lock();
+        let magazine = &mut mine.loaded[c];
+        if !magazine.iovas.is_empty() {
+            // Another call on this CPU refilled it meanwhile (an interrupt handler): give the
+            // block back rather than lose the IOVAs already there.
+            drop(mine);
+            self.ranges.lock().give(base, block);
+            return None;
+        }
+        // The top one now, the rest in order (the highest popped first): top-down, as the
+        // ranges would have handed them out.
+        let top = MAGAZINE as u64 - 1;
+        magazine.iovas.extend((0..top).map(|i| base + i * size));
+        Some(base + top * size)
     }
 
     /// Gives back an IOVA `alloc` returned for `len` bytes, from CPU `cpu` (any CPU may free

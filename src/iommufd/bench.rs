@@ -14,7 +14,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::{DomainId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind};
+use super::{DomainId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind, Result, UnitId};
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::Prot;
 use crate::unit::{Stage, TranslationUnit};
@@ -30,6 +30,26 @@ pub fn model<U: TranslationUnit>(
     unit: U,
     domains: usize,
     ia_bits: u32,
+) -> (Iommu<U>, Vec<DomainId>) {
+    model_of(unit, domains, ia_bits, Iommu::alloc_domain)
+}
+
+/// [`model`] with DMA API domains ([`Iommu::alloc_dma_domain`]) instead.
+pub fn dma_model<U: TranslationUnit>(
+    unit: U,
+    domains: usize,
+    ia_bits: u32,
+) -> (Iommu<U>, Vec<DomainId>) {
+    model_of(unit, domains, ia_bits, Iommu::alloc_dma_domain)
+}
+
+type Alloc<U> = fn(&mut Iommu<U>, OwnerId, UnitId, Stage, u32, &Layout<'_>) -> Result<DomainId>;
+
+fn model_of<U: TranslationUnit>(
+    unit: U,
+    domains: usize,
+    ia_bits: u32,
+    alloc: Alloc<U>,
 ) -> (Iommu<U>, Vec<DomainId>) {
     let mut io = Iommu::new();
     let id = io.add_unit(unit);
@@ -47,9 +67,9 @@ pub fn model<U: TranslationUnit>(
     };
     let ids = (0..domains)
         .map(
-            |_| match io.alloc_domain(OWNER, id, Stage::Second, ia_bits, &layout) {
+            |_| match alloc(&mut io, OWNER, id, Stage::Second, ia_bits, &layout) {
                 Ok(d) => d,
-                Err(e) => panic!("alloc_domain: {e}"),
+                Err(e) => panic!("domain allocation: {e}"),
             },
         )
         .collect();
