@@ -1,28 +1,35 @@
 //! The DMA API for drivers: what a unikernel's driver asks for instead of domains and page
-//! tables, "an address this device can use for this buffer" and "I am done with it", over a
-//! paging domain, an identity domain or no IOMMU at all, with bounce buffers where the device
+//! tables, "an address this device can use for this buffer" and "I am done with it", over an
+//! IOMMU's domain, an identity domain or no IOMMU at all, with bounce buffers where the device
 //! cannot reach a buffer or must not see the rest of its page.
 //!
-//! A driver's use, once the embedder made the device's [`DmaDevice`]:
+//! The embedder makes one [`DmaDevice`] per device (over a DMA API domain,
+//! [`Iommu::alloc_dma_domain`](crate::iommufd::Iommu::alloc_dma_domain), whose IOVAs are the
+//! handle's; over an identity attach; or with no IOMMU), and a driver uses it:
 //!
-//! ```ignore
-//! let addr = dma.map(buf_phys, len, Direction::ToDevice)?; // the device reads from `addr`
-//! device.start_transfer(addr, len);
-//! device.wait();
-//! dma.unmap(addr, len)?;                                   // the device no longer reaches it
+//! ```
+//! # use iommu::addr::PhysAddr;
+//! # use iommu::dma::{Config, Direction, DmaDevice};
+//! # let hal = iommu::hal::host::HostHal::new();
+//! # let insecure = iommu::iommufd::InsecureNoIommu::enable(0)?;
+//! # let dma = DmaDevice::no_iommu(&insecure, &hal, Config::new(u64::MAX))?;
+//! # let buf = PhysAddr::new(0x10_0000);
+//! let addr = dma.map(buf, 512, Direction::ToDevice)?; // the device reads the buffer at `addr`
+//! // ... the device's transfer ...
+//! dma.unmap(addr, 512)?;                              // it no longer reaches the buffer
 //!
-//! let ring = dma.alloc_coherent(4096)?;                    // CPU and device share it for long
-//! device.set_ring(ring.dma());
-//! // ... ring.virt() is the CPU's pointer ...
-//! dma.free_coherent(ring)?;
+//! let ring = dma.alloc_coherent(4096)?;               // memory CPU and device share for long
+//! // ... `ring.virt()` for the CPU, `ring.dma()` for the device ...
+//! dma.free_coherent(ring).map_err(|(_, e)| e)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! The pieces:
 //! - [`DmaDevice`] (in [`device`]): one device's handle. Its [`Path`] says how its addresses are
-//!   made: IOVAs of a paging domain (allocated by [`iova`]), physical addresses under an identity
-//!   domain, or physical addresses with no IOMMU at all. Its [`Config`] gives the device's DMA
-//!   mask, whether its accesses are cache-coherent, when to bounce ([`BouncePolicy`]) and how to
-//!   unmap ([`UnmapPolicy`]).
+//!   made: IOVAs of a DMA API domain (allocated by [`iova`], mapped straight through the unit),
+//!   physical addresses under an identity domain, or physical addresses with no IOMMU at all.
+//!   Its [`Config`] gives the device's DMA mask, whether its accesses are cache-coherent, when
+//!   to bounce ([`BouncePolicy`]) and how to unmap ([`UnmapPolicy`]).
 //! - [`BouncePool`] (in [`bounce`]): memory the device can reach, cut into page slots; a buffer is
 //!   copied in on map and out on unmap or sync, per direction.
 //!
