@@ -17,5 +17,6 @@ pub mod irq;
 pub mod pagetable;
 pub mod pci;
 pub mod poll;
+pub mod ranges;
 pub mod sync;
 pub mod unit;

@@ -78,17 +78,10 @@ impl<'a> Fdt<'a> {
                     depth = depth.checked_sub(1)?;
                 }
                 FDT_PROP => {
-                    let len = usize::try_from(be32(structure, offset)?).ok()?;
-                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
-                    let value_start = offset + 8;
-                    let value_end = value_start.checked_add(len)?;
-                    let value = structure.get(value_start..value_end)?;
-                    offset = align4(value_end)?;
-                    if in_node && depth == 2 {
-                        let prop_name = c_str(self.strings.get(name_offset..)?)?;
-                        if prop_name == name.as_bytes() {
-                            return Some(value);
-                        }
+                    let (prop_name, value, next) = self.prop(offset)?;
+                    offset = next;
+                    if in_node && depth == 2 && prop_name == name.as_bytes() {
+                        return Some(value);
                     }
                 }
                 FDT_NOP => {}
@@ -100,6 +93,19 @@ impl<'a> Fdt<'a> {
 }
 
 impl<'a> Fdt<'a> {
+    /// The property whose `FDT_PROP` token ends just before `offset`: its name, its value and
+    /// the offset of the next token.
+    fn prop(&self, offset: usize) -> Option<(&'a [u8], &'a [u8], usize)> {
+        let structure = self.structure;
+        let len = usize::try_from(be32(structure, offset)?).ok()?;
+        let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
+        let value_start = offset + 8;
+        let value_end = value_start.checked_add(len)?;
+        let value = structure.get(value_start..value_end)?;
+        let name = c_str(self.strings.get(name_offset..)?)?;
+        Some((name, value, align4(value_end)?))
+    }
+
     /// The value of the root node's property `name` (`#address-cells`, ...).
     pub fn root_property(&self, name: &str) -> Option<&'a [u8]> {
         let structure = self.structure;
@@ -114,13 +120,9 @@ impl<'a> Fdt<'a> {
             offset += 4;
             match token {
                 FDT_PROP => {
-                    let len = usize::try_from(be32(structure, offset)?).ok()?;
-                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
-                    let value_start = offset + 8;
-                    let value_end = value_start.checked_add(len)?;
-                    let value = structure.get(value_start..value_end)?;
-                    offset = align4(value_end)?;
-                    if c_str(self.strings.get(name_offset..)?)? == name.as_bytes() {
+                    let (prop_name, value, next) = self.prop(offset)?;
+                    offset = next;
+                    if prop_name == name.as_bytes() {
                         return Some(value);
                     }
                 }
@@ -170,13 +172,9 @@ impl Fdt<'_> {
                     depth = depth.checked_sub(1)?;
                 }
                 FDT_PROP => {
-                    let len = usize::try_from(be32(structure, offset)?).ok()?;
-                    let name_offset = usize::try_from(be32(structure, offset + 4)?).ok()?;
-                    let value_start = offset + 8;
-                    let value_end = value_start.checked_add(len)?;
-                    let value = structure.get(value_start..value_end)?;
-                    offset = align4(value_end)?;
-                    if in_cpu && c_str(self.strings.get(name_offset..)?)? == b"reg" {
+                    let (prop_name, value, next) = self.prop(offset)?;
+                    offset = next;
+                    if in_cpu && prop_name == b"reg" {
                         let reg = match cells {
                             1 => u64::from(be32(value, 0)?),
                             2 => (u64::from(be32(value, 0)?) << 32) | u64::from(be32(value, 4)?),

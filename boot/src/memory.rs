@@ -7,8 +7,9 @@
 //! kernel, with `mem.high=1` on the command line for the high end), so a machine with RAM above
 //! 4 GiB puts all of them there.
 
-use alloc::collections::BTreeMap;
 use core::ops::Range;
+
+use iommu::ranges::FreeRanges;
 
 /// The most RAM ranges the boot code passes on.
 pub const MAX_RANGES: usize = 16;
@@ -63,31 +64,30 @@ pub enum Placement {
 
 const PAGE: u64 = 4096;
 
-/// Free physical ranges, `start -> end`, disjoint and not adjacent: the allocator's state,
-/// plain data so the host tests can drive it.
+/// The allocator's state: the free physical ranges (plain data, so the host tests can drive it).
 #[derive(Debug, Default)]
 pub struct Ranges {
-    free: BTreeMap<u64, u64>,
+    free: FreeRanges,
     total: u64,
 }
 
 impl Ranges {
     /// The whole pages of `ram` minus every range of `exclude`.
     pub fn new(ram: impl Iterator<Item = Range<u64>>, exclude: &[Range<u64>]) -> Self {
-        let mut r = Self::default();
+        let mut free = FreeRanges::new();
         for range in ram {
             let start = range.start.next_multiple_of(PAGE);
             let end = range.end & !(PAGE - 1);
             if start < end {
-                r.give(start, end - start);
+                free.give(start, end - start);
             }
         }
         for x in exclude {
             let end = x.end.checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
-            r.carve(x.start & !(PAGE - 1), end);
+            free.carve(x.start & !(PAGE - 1), end);
         }
-        r.total = r.free_bytes();
-        r
+        let total = free.free_bytes();
+        Self { free, total }
     }
 
     /// Bytes managed (free or not) since [`new`](Self::new).
@@ -97,13 +97,12 @@ impl Ranges {
 
     /// Bytes free now.
     pub fn free_bytes(&self) -> u64 {
-        self.free.iter().map(|(s, e)| e - s).sum()
+        self.free.free_bytes()
     }
 
-    /// The end of the highest range managed when the map was made, free or not: `None` before
-    /// anything was given.
+    /// The end of the highest free range.
     pub fn highest_free_end(&self) -> Option<u64> {
-        self.free.values().next_back().copied()
+        self.free.iter().last().map(|(_, e)| e)
     }
 
     /// A block of `size` bytes (a power of two, at least a page) aligned to its size, taken out
@@ -112,71 +111,16 @@ impl Ranges {
         if !size.is_power_of_two() || size < PAGE {
             return None;
         }
-        let fits = |s: u64, e: u64, limit: u64| -> Option<u64> {
-            let top = e.min(limit);
-            let at = top.checked_sub(size)? & !(size - 1);
-            (at >= s).then_some(at)
-        };
-        let found = match placement {
-            Placement::Low => self.free.iter().find_map(|(&s, &e)| {
-                let at = s.checked_next_multiple_of(size)?;
-                (at.checked_add(size)? <= e).then_some((s, e, at))
-            }),
-            Placement::High => self
-                .free
-                .iter()
-                .rev()
-                .find_map(|(&s, &e)| Some((s, e, fits(s, e, u64::MAX)?))),
-            Placement::Below(limit) => self
-                .free
-                .range(..limit)
-                .rev()
-                .find_map(|(&s, &e)| Some((s, e, fits(s, e, limit)?))),
-        };
-        let (start, end, at) = found?;
-        self.free.remove(&start);
-        if start < at {
-            self.free.insert(start, at);
+        match placement {
+            Placement::Low => self.free.take_low(size, size),
+            Placement::High => self.free.take_below(size, size, u64::MAX),
+            Placement::Below(limit) => self.free.take_below(size, size, limit),
         }
-        if at + size < end {
-            self.free.insert(at + size, end);
-        }
-        Some(at)
     }
 
     /// Gives `[at, at + size)` back, merged with free neighbours.
     pub fn give(&mut self, at: u64, size: u64) {
-        let mut start = at;
-        let mut end = at + size;
-        if let Some((&s, &e)) = self.free.range(..at).next_back() {
-            if e == at {
-                self.free.remove(&s);
-                start = s;
-            }
-        }
-        if let Some(e) = self.free.remove(&end) {
-            end = e;
-        }
-        self.free.insert(start, end);
-    }
-
-    /// Takes `[start, end)` out of the free ranges.
-    fn carve(&mut self, start: u64, end: u64) {
-        let overlapping: alloc::vec::Vec<(u64, u64)> = self
-            .free
-            .range(..end)
-            .filter(|(_, &e)| e > start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in overlapping {
-            self.free.remove(&s);
-            if s < start {
-                self.free.insert(s, start);
-            }
-            if end < e {
-                self.free.insert(end, e);
-            }
-        }
+        self.free.give(at, size);
     }
 }
 
@@ -263,10 +207,7 @@ mod tests {
     fn ram_minus_the_exclusions_in_whole_pages() {
         let r = Ranges::new([0x1800..0x10_0800].into_iter(), &[0x8000..0x8001]);
         assert_eq!(
-            r.free
-                .iter()
-                .map(|(&s, &e)| (s, e))
-                .collect::<alloc::vec::Vec<_>>(),
+            r.free.iter().collect::<alloc::vec::Vec<_>>(),
             [(0x2000, 0x8000), (0x9000, 0x10_0000)]
         );
         assert_eq!(r.total(), 0x6000 + 0xf_7000);
@@ -310,7 +251,7 @@ mod tests {
         for b in blocks {
             r.give(b, PAGE);
         }
-        assert_eq!(r.free.len(), 1, "merged into one range");
+        assert_eq!(r.free.iter().count(), 1, "merged into one range");
         assert_eq!(r.take(16 * PAGE, Placement::Low), Some(0));
     }
 }

@@ -23,11 +23,11 @@
 
 extern crate alloc;
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::iommufd::{Layout, Region};
+use crate::iommufd::Layout;
+use crate::ranges::FreeRanges;
 use crate::sync::Mutex;
 
 /// The page size allocations are made of.
@@ -62,48 +62,6 @@ impl fmt::Display for IovaError {
 
 impl core::error::Error for IovaError {}
 
-/// The free ranges, `start -> end` (exclusive), disjoint and not adjacent.
-#[derive(Debug, Default)]
-struct Ranges {
-    free: BTreeMap<u64, u64>,
-}
-
-impl Ranges {
-    /// The highest `align`-aligned `[iova, iova + size)` inside a free range and below
-    /// `limit` (exclusive), taken out of the free ranges.
-    fn take(&mut self, size: u64, align: u64, limit: u64) -> Option<u64> {
-        let (start, end, iova) = self.free.range(..limit).rev().find_map(|(&s, &e)| {
-            let top = e.min(limit);
-            let iova = top.checked_sub(size)? & !(align - 1);
-            (iova >= s).then_some((s, e, iova))
-        })?;
-        self.free.remove(&start);
-        if start < iova {
-            self.free.insert(start, iova);
-        }
-        if iova + size < end {
-            self.free.insert(iova + size, end);
-        }
-        Some(iova)
-    }
-
-    /// Gives `[iova, iova + size)` back, merged with free neighbours.
-    fn give(&mut self, iova: u64, size: u64) {
-        let mut start = iova;
-        let mut end = iova + size;
-        if let Some((&s, &e)) = self.free.range(..iova).next_back() {
-            if e == iova {
-                self.free.remove(&s);
-                start = s;
-            }
-        }
-        if let Some(e) = self.free.remove(&end) {
-            end = e;
-        }
-        self.free.insert(start, end);
-    }
-}
-
 /// Up to [`MAGAZINE`] IOVAs of one size class.
 #[derive(Debug, Default)]
 struct Magazine {
@@ -135,7 +93,7 @@ struct PerCpu(Mutex<CpuCache>);
 
 /// IOVAs for one domain's DMA mappings. See the [module docs](self).
 pub struct IovaAllocator {
-    ranges: Mutex<Ranges>,
+    ranges: Mutex<FreeRanges>,
     cpus: Vec<PerCpu>,
     depot: Mutex<[Vec<Magazine>; CLASSES]>,
 }
@@ -172,7 +130,7 @@ impl IovaAllocator {
     /// An allocator over `layout`'s windows minus its reserved regions (each clipped to whole
     /// pages inward), for `cpus` CPUs (at least one).
     pub fn new(layout: &Layout<'_>, cpus: usize) -> Self {
-        let mut ranges = Ranges::default();
+        let mut ranges = FreeRanges::new();
         for w in layout.windows {
             let start = w.start.next_multiple_of(PAGE);
             let end = w.last.saturating_add(1) & !(PAGE - 1);
@@ -181,7 +139,9 @@ impl IovaAllocator {
             }
         }
         for r in layout.reserved {
-            carve(&mut ranges, r.region);
+            // Widened to whole pages.
+            let end = r.region.last.saturating_add(1).next_multiple_of(PAGE);
+            ranges.carve(r.region.start & !(PAGE - 1), end);
         }
         Self {
             ranges: Mutex::new(ranges),
@@ -222,7 +182,7 @@ impl IovaAllocator {
         if let Some(iova) = self.refill(cache, size, limit) {
             return Ok(iova);
         }
-        if let Some(iova) = self.ranges.lock().take(size, size, limit) {
+        if let Some(iova) = self.ranges.lock().take_below(size, size, limit) {
             return Ok(iova);
         }
         // The caches may hold what the ranges lack (other sizes, other CPUs): give them back
@@ -230,7 +190,7 @@ impl IovaAllocator {
         self.drain();
         self.ranges
             .lock()
-            .take(size, size, limit)
+            .take_below(size, size, limit)
             .ok_or(IovaError::Exhausted)
     }
 
@@ -240,7 +200,7 @@ impl IovaAllocator {
     fn refill(&self, cache: &PerCpu, size: u64, limit: u64) -> Option<u64> {
         let c = class(size)?;
         let block = size * MAGAZINE as u64;
-        let base = self.ranges.lock().take(block, block, limit)?;
+        let base = self.ranges.lock().take_below(block, block, limit)?;
         let mut mine = cache.0.lock();
         let magazine = &mut mine.loaded[c];
         if !magazine.iovas.is_empty() {
@@ -324,33 +284,7 @@ impl IovaAllocator {
     /// The free ranges, `[start, end)` in order (after [`drain`](Self::drain), every range
     /// not allocated).
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.ranges
-            .lock()
-            .free
-            .iter()
-            .map(|(&s, &e)| (s, e))
-            .collect()
-    }
-}
-
-/// Takes `region` (widened to whole pages) out of the free ranges.
-fn carve(ranges: &mut Ranges, region: Region) {
-    let start = region.start & !(PAGE - 1);
-    let end = region.last.saturating_add(1).next_multiple_of(PAGE);
-    let overlapping: Vec<(u64, u64)> = ranges
-        .free
-        .range(..end)
-        .filter(|(_, &e)| e > start)
-        .map(|(&s, &e)| (s, e))
-        .collect();
-    for (s, e) in overlapping {
-        ranges.free.remove(&s);
-        if s < start {
-            ranges.free.insert(s, start);
-        }
-        if end < e {
-            ranges.free.insert(end, e);
-        }
+        self.ranges.lock().iter().collect()
     }
 }
 

@@ -279,6 +279,15 @@ enum DomainKind {
     Nested { viommu: ViommuId },
 }
 
+/// The kind of a paging domain the owner maps into, a nest parent or not.
+fn paging(nest_parent: bool) -> impl FnOnce(IovaSpace) -> DomainKind {
+    move |space| DomainKind::Paging {
+        space,
+        nest_parent,
+        viommus: 0,
+    }
+}
+
 impl DomainKind {
     /// The count of vIOMMUs building on a domain that may be a nest parent.
     fn nest_parent_users(&mut self) -> Option<&mut usize> {
@@ -732,7 +741,7 @@ impl<U: TranslationUnit> Iommu<U> {
         ia_bits: u32,
         layout: &Layout<'_>,
     ) -> Result<DomainId> {
-        self.alloc_paging(owner, unit, stage, ia_bits, layout, false)
+        self.alloc_paging(owner, unit, stage, ia_bits, layout, paging(false))
     }
 
     /// Allocates a *nest parent*: a [`Stage::Second`] paging domain (guest physical → host
@@ -746,9 +755,11 @@ impl<U: TranslationUnit> Iommu<U> {
         ia_bits: u32,
         layout: &Layout<'_>,
     ) -> Result<DomainId> {
-        self.alloc_paging(owner, unit, Stage::Second, ia_bits, layout, true)
+        self.alloc_paging(owner, unit, Stage::Second, ia_bits, layout, paging(true))
     }
 
+    /// A domain with an I/O page table of ours over `layout`, of the kind `kind` makes of its
+    /// IOVA space.
     fn alloc_paging(
         &mut self,
         owner: OwnerId,
@@ -756,18 +767,13 @@ impl<U: TranslationUnit> Iommu<U> {
         stage: Stage,
         ia_bits: u32,
         layout: &Layout<'_>,
-        nest_parent: bool,
+        kind: impl FnOnce(IovaSpace) -> DomainKind,
     ) -> Result<DomainId> {
         let u = self.unit(unit)?;
         // Checked before the unit allocates anything, so a bad layout costs nothing to undo.
         let space = IovaSpace::new(ia_bits, layout)?;
         let hw = u.new_domain(stage, ia_bits)?;
-        let kind = DomainKind::Paging {
-            space,
-            nest_parent,
-            viommus: 0,
-        };
-        Ok(self.insert_domain(unit, owner, hw, kind))
+        Ok(self.insert_domain(unit, owner, hw, kind(space)))
     }
 
     /// Allocates a paging domain of `stage` on `unit` for `owner` whose IOVAs belong to the DMA
@@ -784,10 +790,9 @@ impl<U: TranslationUnit> Iommu<U> {
         ia_bits: u32,
         layout: &Layout<'_>,
     ) -> Result<DomainId> {
-        let u = self.unit(unit)?;
-        let space = IovaSpace::new(ia_bits, layout)?;
-        let hw = u.new_domain(stage, ia_bits)?;
-        Ok(self.insert_domain(unit, owner, hw, DomainKind::Dma { space }))
+        self.alloc_paging(owner, unit, stage, ia_bits, layout, |space| {
+            DomainKind::Dma { space }
+        })
     }
 
     /// `owner`'s DMA API domain `id`, for [`dma::DmaDevice::paging`](crate::dma::DmaDevice::paging):

@@ -12,7 +12,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::iommufd::{Reserved, ReservedKind};
+use crate::iommufd::{Region, Reserved, ReservedKind};
 
 const WINDOW: Region = Region {
     start: 0x10_0000,
@@ -24,14 +24,14 @@ const HOLE: Region = Region {
 };
 
 fn layout_ranges(windows: &[Region], reserved: &[Region]) -> Vec<(u64, u64)> {
-    let mut r = Ranges::default();
+    let mut r = FreeRanges::new();
     for w in windows {
         r.give(w.start, w.last + 1 - w.start);
     }
     for h in reserved {
-        carve(&mut r, *h);
+        r.carve(h.start & !(PAGE - 1), (h.last + 1).next_multiple_of(PAGE));
     }
-    r.free.into_iter().collect()
+    r.iter().collect()
 }
 
 #[test]
