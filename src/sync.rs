@@ -166,6 +166,16 @@ impl<T> Mutex<T> {
     }
 }
 
+impl<T> Mutex<T> {
+    /// The lock if it is free now, without waiting.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        #[cfg(not(loom))]
+        return self.inner.try_lock();
+        #[cfg(loom)]
+        return self.inner.try_lock().ok();
+    }
+}
+
 /// The lock word is held.
 const LOCKED: u32 = 1;
 /// A request was handed to the holder while it held the lock: it runs another pass.

@@ -32,7 +32,7 @@ pub const SHARDS: usize = 16;
 /// How a device's DMA addresses are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// IOVAs allocated in a paging domain and mapped through the IOMMU.
+    /// IOVAs allocated in a DMA API domain and mapped through its unit.
     Paging,
     /// Physical addresses, the device attached to identity: the IOMMU translates nothing.
     Identity,

@@ -110,6 +110,9 @@ pub enum Error {
     /// its mappings are made through `dma::DmaDevice`, not mapped or unmapped here; or the
     /// DMA API was handed a domain that is not such a domain.
     DmaDomain(DomainId),
+    /// No fault queue to take from: the owner (or, for `None`, the default queue) never
+    /// subscribed.
+    NotSubscribed(Option<OwnerId>),
     /// A vIOMMU needs a nest parent ([`Iommu::alloc_nest_parent`](super::Iommu::alloc_nest_parent)).
     NotNestParent(DomainId),
     /// The nest parent is still used by `viommus` vIOMMUs and cannot be destroyed.
@@ -246,6 +249,8 @@ impl fmt::Display for Error {
                 )
             }
             Self::NotPaging(d) => write!(f, "{d:?} is not a paging domain"),
+            Self::NotSubscribed(Some(o)) => write!(f, "{o:?} has no fault queue"),
+            Self::NotSubscribed(None) => f.write_str("no default fault queue"),
             Self::DmaDomain(d) => {
                 write!(f, "{d:?}: a DMA API domain or not one, as the call needs")
             }

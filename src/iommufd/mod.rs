@@ -171,6 +171,7 @@ pub mod bench;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod deferred_tests;
 mod error;
+mod faults;
 mod interrupts;
 mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
@@ -185,6 +186,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 pub use error::{Error, Result};
+pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
 pub use status::{InsecureNoIommu, Protection, Status};
@@ -320,6 +322,8 @@ pub struct Iommu<U: TranslationUnit> {
     identity_allowed: bool,
     /// Interrupt remappers of the units, and the interrupts owners allocated.
     interrupts: Interrupts,
+    /// Where drained faults go.
+    faults: faults::FaultRouting,
 }
 
 impl<U: TranslationUnit> Default for Iommu<U> {
@@ -342,6 +346,7 @@ impl<U: TranslationUnit> Iommu<U> {
             pasids: BTreeMap::new(),
             identity_allowed: false,
             interrupts: Interrupts::new(),
+            faults: faults::FaultRouting::new(),
         }
     }
 

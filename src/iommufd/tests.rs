@@ -76,6 +76,8 @@ pub(crate) struct MockUnit {
     destroyed: Cell<u64>,
     /// Bytes flushed.
     flushed: Cell<u64>,
+    /// Faults the next `drain_faults` hands out.
+    pub(crate) faults: RefCell<alloc::vec::Vec<FaultRecord>>,
 }
 
 impl MockUnit {
@@ -368,9 +370,15 @@ impl TranslationUnit for MockUnit {
 
     fn drain_faults(
         &self,
-        _sink: &mut dyn FnMut(FaultRecord),
+        sink: &mut dyn FnMut(FaultRecord),
     ) -> core::result::Result<Drained, UnitError> {
-        Ok(Drained::default())
+        let faults = core::mem::take(&mut *self.faults.borrow_mut());
+        let records = faults.len();
+        faults.into_iter().for_each(sink);
+        Ok(Drained {
+            records,
+            overflow: false,
+        })
     }
 }
 

@@ -81,6 +81,13 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::with_machine(m, crate::dma_api::identity_bounces_buffers_beyond_the_mask),
     },
     Test {
+        name: "faults_reach_the_owner_of_the_device",
+        run: |m| {
+            let stage = dma::preferred_stage(dma::unit(m)?);
+            dma::generic(m, stage, crate::dma::faults_reach_the_owner_of_the_device)
+        },
+    },
+    Test {
         name: "s1_unmapped_dma_is_blocked_and_reported",
         run: |m| {
             dma::generic(

@@ -85,6 +85,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| crate::dma_api::identity_bounces_buffers_beyond_the_mask(m, &dma::rig(m)?),
     },
     Test {
+        name: "faults_reach_the_owner_of_the_device",
+        run: |m| crate::dma::faults_reach_the_owner_of_the_device(&dma::rig(m)?),
+    },
+    Test {
         name: "unmapped_dma_is_blocked_and_reported",
         run: dma::unmapped_dma_is_blocked_and_reported,
     },
