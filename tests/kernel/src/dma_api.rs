@@ -13,7 +13,9 @@ use crate::platform::{masked_edu, EduDevice};
 use crate::Machine;
 use iommu::addr::PhysAddr;
 use iommu::dma::{BouncePolicy, BouncePool, Config, Direction, DmaAddr, DmaDevice, DmaError};
-use iommu::iommufd::{DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Target};
+use iommu::iommufd::{
+    DeviceHandle, DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Target,
+};
 use iommu::unit::{FaultKind, TranslationUnit};
 use iommu_boot::memory::{self, Placement};
 use iommu_boot::testing::{fail, Failure, Test, TestResult};
@@ -128,14 +130,22 @@ fn test_edu(m: &Machine, narrow_only: bool) -> Result<(EduDevice, u64), Failure>
     Ok((edu, EDU_DEFAULT_MASK))
 }
 
+/// The edu a test drives, attached to a DMA API domain of its own.
+struct Attached {
+    edu: EduDevice,
+    mask: u64,
+    device: DeviceHandle,
+    dom: DomainId,
+}
+
 /// [`test_edu`], with the rig's unit, claimed by `OWNER` and attached to a new DMA API domain
-/// of `io`.
+/// of `io`; [`detach`] undoes it.
 fn attach<'u, U: TranslationUnit>(
     m: &Machine,
     r: &Rig<'u, U>,
     io: &mut Iommu<&'u U>,
     narrow_only: bool,
-) -> Result<(EduDevice, u64, DomainId), Failure> {
+) -> Result<Attached, Failure> {
     let (edu, mask) = test_edu(m, narrow_only)?;
     let dev = (r.device_id)(&edu);
     let u = io.add_unit(r.unit);
@@ -153,7 +163,21 @@ fn attach<'u, U: TranslationUnit>(
         .map_err(fail)?;
     io.attach(d, OWNER, Target::Domain(dom)).map_err(fail)?;
     r.faults()?;
-    Ok((edu, mask, dom))
+    Ok(Attached {
+        edu,
+        mask,
+        device: d,
+        dom,
+    })
+}
+
+/// Releases the device (blocked again) and destroys its domain, whatever the test's outcome.
+fn detach<U: TranslationUnit>(io: &mut Iommu<U>, a: &Attached, outcome: TestResult) -> TestResult {
+    let released = io.release(a.device, OWNER);
+    let destroyed = io.destroy_domain(OWNER, a.dom);
+    outcome?;
+    released.map_err(fail)?;
+    destroyed.map_err(fail)
 }
 
 /// Through the IOMMU: buffers (above the edu's mask where the machine has RAM there) get device
@@ -170,11 +194,21 @@ where
     U::Domain: Sync,
 {
     let mut io = Iommu::new();
-    let (edu, mask, dom) = attach(m, r, &mut io, false)?;
-    let dev = (r.device_id)(&edu);
+    let a = attach(m, r, &mut io, false)?;
+    let outcome = moves_data(r, &io, &a);
+    detach(&mut io, &a, outcome)
+}
+
+fn moves_data<U>(r: &Rig<U>, io: &Iommu<&U>, a: &Attached) -> TestResult
+where
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
+{
+    let (edu, mask, dom) = (&a.edu, a.mask, a.dom);
+    let dev = (r.device_id)(edu);
     let (src, dst) = pages_above(mask + 1).or_else(|_| pages_above(0))?;
     (0..64).for_each(|i| src.set(0x100 + i, 0xa0 + i as u8));
-    let dma = DmaDevice::paging(&io, OWNER, dom, &HAL, Config::new(mask)).map_err(fail)?;
+    let dma = DmaDevice::paging(io, OWNER, dom, &HAL, Config::new(mask)).map_err(fail)?;
     let from = dma
         .map(src.at(0x100), 64, Direction::ToDevice)
         .map_err(fail)?;
@@ -214,6 +248,27 @@ where
     );
     edu.edu.dma_from_ram(from.0, 0, 64).map_err(fail)?;
     r.expect_fault(dev, from.0, false, FaultKind::Translation)?;
+    // Coherent memory: zeroed, below the mask, and edu's write (the pattern `copy_in` left at
+    // offset 64 of its buffer) shows to the CPU as it is.
+    let ring = dma.alloc_coherent(PAGE).map_err(fail)?;
+    ensure!(
+        ring.dma().0 + PAGE <= mask + 1,
+        "{:x?} beyond the mask",
+        ring.dma()
+    );
+    edu.edu
+        .dma_to_ram(64, ring.dma().0 + 0x40, 64)
+        .map_err(fail)?;
+    let at = |i: u64| {
+        // SAFETY: `i` is inside the page `alloc_coherent` gave; volatile: edu wrote it.
+        unsafe { ring.virt().as_ptr().add(i as usize).read_volatile() }
+    };
+    let landed = (0..0x40).all(|i| at(i) == 0) && (0..64).all(|i| at(0x40 + i) == 0xa0 + i as u8);
+    dma.free_coherent(ring).map_err(|(_, e)| fail(e))?;
+    ensure!(
+        landed,
+        "edu's write to coherent memory is not what the CPU reads"
+    );
     ensure_eq!(dma.live(), 0);
     Ok(())
 }
@@ -231,8 +286,18 @@ where
     U::Domain: Sync,
 {
     let mut io = Iommu::new();
-    let (edu, mask, dom) = attach(m, r, &mut io, true)?;
-    let dev = (r.device_id)(&edu);
+    let a = attach(m, r, &mut io, true)?;
+    let outcome = sub_page(r, &io, &a);
+    detach(&mut io, &a, outcome)
+}
+
+fn sub_page<U>(r: &Rig<U>, io: &Iommu<&U>, a: &Attached) -> TestResult
+where
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
+{
+    let (edu, mask, dom) = (&a.edu, a.mask, a.dom);
+    let dev = (r.device_id)(edu);
     let (page, _) = pages_above(0)?;
     page.fill(0..PAGE, 0x5e);
     page.fill(0x100..0x140, 0x42);
@@ -242,7 +307,7 @@ where
         bounce: BouncePolicy::SubPage,
         ..Config::new(mask)
     };
-    let dma = DmaDevice::paging(&io, OWNER, dom, &HAL, cfg)
+    let dma = DmaDevice::paging(io, OWNER, dom, &HAL, cfg)
         .map_err(fail)?
         .with_pool(&pool)
         .map_err(fail)?;
