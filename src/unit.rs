@@ -467,6 +467,31 @@ pub trait TranslationUnit {
         devices: &dyn Fn(u32) -> Option<DeviceId>,
         cmds: &[Self::GuestCommand],
     ) -> Forwarded;
+
+    /// What a guest's invalidation command asks a shadowing vIOMMU to follow (see
+    /// `iommufd::shadow`): which of the guest's translations may have changed. Commands a
+    /// shadow has nothing to do with (configuration caches, device-TLBs) are refused by name.
+    fn guest_flush(&self, cmd: &Self::GuestCommand) -> Result<GuestFlush, UnitError> {
+        let _ = cmd;
+        Err(UnitError::Unsupported(
+            "shadowing: this unit does not decode guest invalidations",
+        ))
+    }
+}
+
+/// A guest invalidation as a shadowing vIOMMU follows it ([`TranslationUnit::guest_flush`]).
+/// Tags are the guest's own (VT-d domain id, SMMU ASID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestFlush {
+    /// The translations of `tag` in `[iova, iova + len)`.
+    Range { tag: u32, iova: u64, len: u64 },
+    /// Every translation of `tag`.
+    Tag(u32),
+    /// Every translation of the guest.
+    All,
+    /// A completion barrier (VT-d wait descriptor, SMMU `CMD_SYNC`): the shadow is in step
+    /// before the call returns, so there is nothing left to wait for.
+    Wait,
 }
 
 /// A borrowed unit is a unit: an embedder that keeps its units elsewhere (in a static, next to
@@ -554,6 +579,9 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
         cmds: &[Self::GuestCommand],
     ) -> Forwarded {
         (**self).forward_invalidations(viommu, devices, cmds)
+    }
+    fn guest_flush(&self, cmd: &Self::GuestCommand) -> Result<GuestFlush, UnitError> {
+        (**self).guest_flush(cmd)
     }
 }
 

@@ -162,6 +162,20 @@ pub enum Error {
         /// The nested domain's vIOMMU.
         viommu: ViommuId,
     },
+    /// The vIOMMU shadows its guest's tables ([`Iommu::alloc_shadow_viommu`](super::Iommu::alloc_shadow_viommu)):
+    /// it has no hardware part, no nested domains, no hardware-forwarded invalidations.
+    Shadowing(ViommuId),
+    /// The call needs a shadowing vIOMMU; this one nests in hardware.
+    NotShadowing(ViommuId),
+    /// The vIOMMU already shadows a guest table with this tag.
+    ShadowTagInUse {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// The guest's tag.
+        tag: u32,
+    },
+    /// The domain shadows a guest table: only the guest's invalidations change it.
+    ShadowDomain(DomainId),
     /// The vIOMMU still has `nested` nested domains and cannot be destroyed.
     ViommuBusy {
         /// The vIOMMU.
@@ -274,6 +288,19 @@ impl fmt::Display for Error {
             }
             Self::NotInViommu { device, viommu } => {
                 write!(f, "{device:?} has no virtual id in {viommu:?}")
+            }
+            Self::Shadowing(v) => {
+                write!(f, "{v:?} shadows its guest's tables (no hardware nesting)")
+            }
+            Self::NotShadowing(v) => write!(f, "{v:?} nests in hardware, it does not shadow"),
+            Self::ShadowTagInUse { viommu, tag } => {
+                write!(f, "{viommu:?} already shadows guest tag {tag:#x}")
+            }
+            Self::ShadowDomain(d) => {
+                write!(
+                    f,
+                    "{d:?} shadows a guest table: changed by its invalidations only"
+                )
             }
             Self::ViommuBusy { viommu, nested } => {
                 write!(f, "{viommu:?} has {nested} nested domain(s)")

@@ -119,23 +119,27 @@ impl<U: TranslationUnit> Iommu<U> {
     pub fn route_faults(&self, unit: UnitId) -> Result<Routed> {
         let mut routed = Routed::default();
         let drained = self.unit(unit)?.drain_faults(&mut |record| {
-            let f = self.route(unit, record);
-            match f.owner.and_then(|o| self.faults.owners.get(&o)) {
-                Some(queue) => {
-                    routed.to_owners += 1;
-                    queue.offer(f);
-                }
-                None => {
-                    routed.to_default += 1;
-                    match &self.faults.default {
-                        Some(queue) => queue.offer(f),
-                        None => log::warn!("unrouted fault (no default queue): {}", f.record),
-                    }
-                }
+            if self.deliver_fault(self.route(unit, record)) {
+                routed.to_owners += 1;
+            } else {
+                routed.to_default += 1;
             }
         })?;
         routed.drained = drained;
         Ok(routed)
+    }
+
+    /// Puts `f` in its owner's queue (true) or else in the default queue (false).
+    pub(super) fn deliver_fault(&self, f: RoutedFault) -> bool {
+        if let Some(queue) = f.owner.and_then(|o| self.faults.owners.get(&o)) {
+            queue.offer(f);
+            return true;
+        }
+        match &self.faults.default {
+            Some(queue) => queue.offer(f),
+            None => log::warn!("unrouted fault (no default queue): {}", f.record),
+        }
+        false
     }
 
     /// Who `record` belongs to: the device with that id on `unit`, or a device with that alias.

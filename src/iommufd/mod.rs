@@ -177,6 +177,7 @@ mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod model_tests;
 mod pasid;
+pub mod shadow;
 mod status;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -189,6 +190,7 @@ pub use error::{Error, Result};
 pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
+pub use shadow::{GuestFormat, GuestMemory, GuestTable, ShadowStats};
 pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
 
@@ -279,6 +281,13 @@ enum DomainKind {
     },
     /// Guest stage 1 (from guest data) over the nest parent of `viommu`.
     Nested { viommu: ViommuId },
+    /// The shadow of a guest's table in shadowing vIOMMU `viommu`: an I/O page table of ours
+    /// that only the guest's invalidations change (see [`shadow`]).
+    Shadow {
+        space: IovaSpace,
+        viommu: ViommuId,
+        table: GuestTable,
+    },
 }
 
 /// The kind of a paging domain the owner maps into, a nest parent or not.
@@ -292,14 +301,10 @@ fn paging(nest_parent: bool) -> impl FnOnce(IovaSpace) -> DomainKind {
 
 impl DomainKind {
     /// The count of vIOMMUs building on a domain that may be a nest parent.
+    /// (A shadowing vIOMMU may build on any paging domain.)
     fn nest_parent_users(&mut self) -> Option<&mut usize> {
         match self {
-            DomainKind::Paging {
-                nest_parent: true,
-                viommus,
-                ..
-            }
-            | DomainKind::Vm { viommus } => Some(viommus),
+            DomainKind::Paging { viommus, .. } | DomainKind::Vm { viommus } => Some(viommus),
             _ => None,
         }
     }
@@ -684,7 +689,7 @@ impl<U: TranslationUnit> Iommu<U> {
         if dom.unit != d.unit {
             return Err(Error::WrongUnit { domain: id, device });
         }
-        if let DomainKind::Nested { viommu } = dom.kind {
+        if let DomainKind::Nested { viommu } | DomainKind::Shadow { viommu, .. } = dom.kind {
             let v = self
                 .viommus
                 .get(&viommu)
@@ -957,10 +962,13 @@ impl<U: TranslationUnit> Iommu<U> {
             self.domains.insert(id, back);
             return Err(e.into());
         }
-        if let DomainKind::Nested { viommu } = kind {
+        if let DomainKind::Nested { viommu } | DomainKind::Shadow { viommu, .. } = kind {
             if let Some(v) = self.viommus.get_mut(&viommu) {
                 v.nested = v.nested.saturating_sub(1);
             }
+        }
+        if let DomainKind::Shadow { viommu, table, .. } = kind {
+            self.forget_shadow(viommu, id, table.tag);
         }
         Ok(())
     }
@@ -1161,6 +1169,7 @@ impl<D> Domain<D> {
         match &self.kind {
             DomainKind::Paging { space, .. } => Ok(space),
             DomainKind::Dma { .. } => Err(Error::DmaDomain(id)),
+            DomainKind::Shadow { .. } => Err(Error::ShadowDomain(id)),
             _ => Err(Error::NotPaging(id)),
         }
     }

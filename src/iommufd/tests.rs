@@ -12,7 +12,7 @@ use core::cell::{Cell, RefCell};
 use super::*;
 use crate::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterrupt};
 use crate::unit::{
-    CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError, HardwareInfo,
+    CpuTable, Drained, FaultRecord, Forwarded, GuestEntry, GuestFlush, HardwareError, HardwareInfo,
     RawRegisters, UnitError, VmTable,
 };
 
@@ -30,7 +30,7 @@ enum Seen {
 pub(crate) struct MockDomain {
     tag: u32,
     kind: MockKind,
-    maps: RefCell<BTreeMap<u64, (u64, u64)>>,
+    pub(crate) maps: RefCell<BTreeMap<u64, (u64, u64)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,8 @@ pub(crate) struct MockUnit {
     flushed: Cell<u64>,
     /// Faults the next `drain_faults` hands out.
     pub(crate) faults: RefCell<alloc::vec::Vec<FaultRecord>>,
+    /// `flush_deferred` calls (invalidations of deferred unmaps).
+    pub(crate) deferred_flushes: Cell<u64>,
 }
 
 impl MockUnit {
@@ -368,6 +370,43 @@ impl TranslationUnit for MockUnit {
         Ok(n)
     }
 
+    /// Like `unmap`: the mock caches nothing, so the gather stays empty.
+    fn unmap_deferred(
+        &self,
+        domain: &MockDomain,
+        iova: Iova,
+        len: u64,
+        _gather: &mut Gather,
+    ) -> core::result::Result<u64, UnitError> {
+        self.unmap(domain, iova, len)
+    }
+
+    fn flush_deferred(
+        &self,
+        _domain: &MockDomain,
+        _gather: Gather,
+    ) -> core::result::Result<(), UnitError> {
+        self.injected()?;
+        self.deferred_flushes.set(self.deferred_flushes.get() + 1);
+        Ok(())
+    }
+
+    /// The host unit's encoding (see `unit::host`): `[op | tag << 8, iova]`.
+    fn guest_flush(&self, cmd: &[u64; 2]) -> core::result::Result<GuestFlush, UnitError> {
+        let tag = (cmd[0] >> 8) as u32;
+        Ok(match cmd[0] & 0xff {
+            0 => GuestFlush::Wait,
+            1 => GuestFlush::Range {
+                tag,
+                iova: cmd[1],
+                len: 4096,
+            },
+            2 => GuestFlush::Tag(tag),
+            3 => GuestFlush::All,
+            _ => return Err(UnitError::GuestCommand("operation")),
+        })
+    }
+
     fn drain_faults(
         &self,
         sink: &mut dyn FnMut(FaultRecord),
@@ -416,10 +455,11 @@ fn snapshot(io: &Iommu<MockUnit>) -> String {
         }
     }
     for (id, v) in &io.viommus {
-        s += &format!(
-            "{id:?}:{:?}/{:?}/{:?}/{};",
-            v.owner, v.hw, v.devices, v.nested
-        );
+        let hw = match &v.backing {
+            viommu::Backing::Hardware(hw) => format!("{hw:?}"),
+            viommu::Backing::Shadow(s) => format!("shadows {:?}", s.domains),
+        };
+        s += &format!("{id:?}:{:?}/{hw}/{:?}/{};", v.owner, v.devices, v.nested);
     }
     s += &format!("{:?};{};", io.pasids, io.interrupts.snapshot());
     for u in &io.units {

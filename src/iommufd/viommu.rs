@@ -15,6 +15,7 @@ extern crate alloc;
 
 use alloc::collections::BTreeMap;
 
+use super::shadow::Shadowing;
 use super::{DeviceHandle, DomainId, DomainKind, Error, Iommu, OwnerId, Result, Target, UnitId};
 use crate::unit::{Forwarded, GuestEntry, TranslationUnit};
 
@@ -26,11 +27,19 @@ pub(super) struct Viommu<V> {
     pub(super) unit: UnitId,
     pub(super) owner: OwnerId,
     pub(super) parent: DomainId,
-    pub(super) hw: V,
+    pub(super) backing: Backing<V>,
     /// The guest's virtual device ids and the devices behind them.
     pub(super) devices: BTreeMap<u32, DeviceHandle>,
-    /// Nested domains built on it; destruction waits for zero.
+    /// Nested (or shadow) domains built on it; destruction waits for zero.
     pub(super) nested: usize,
+}
+
+/// What stands behind a vIOMMU's guest translations.
+pub(super) enum Backing<V> {
+    /// The unit nests them in hardware (or translates them by the parent alone).
+    Hardware(V),
+    /// The model shadows them in paging domains of its own ([`super::shadow`]).
+    Shadow(Shadowing),
 }
 
 impl<U: TranslationUnit> Iommu<U> {
@@ -56,6 +65,16 @@ impl<U: TranslationUnit> Iommu<U> {
         {
             *viommus += 1;
         }
+        Ok(self.insert_viommu(unit, owner, parent, Backing::Hardware(hw)))
+    }
+
+    pub(super) fn insert_viommu(
+        &mut self,
+        unit: UnitId,
+        owner: OwnerId,
+        parent: DomainId,
+        backing: Backing<U::VIommu>,
+    ) -> ViommuId {
         let id = ViommuId(self.next_viommu);
         self.next_viommu += 1;
         self.viommus.insert(
@@ -64,12 +83,12 @@ impl<U: TranslationUnit> Iommu<U> {
                 unit,
                 owner,
                 parent,
-                hw,
+                backing,
                 devices: BTreeMap::new(),
                 nested: 0,
             },
         );
-        Ok(id)
+        id
     }
 
     /// Destroys `owner`'s vIOMMU `id` and its virtual-id table. Refused while nested domains
@@ -82,27 +101,15 @@ impl<U: TranslationUnit> Iommu<U> {
                 nested: v.nested,
             });
         }
-        let v = self.viommus.remove(&id).ok_or(Error::UnknownViommu(id))?;
+        let mut v = self.viommus.remove(&id).ok_or(Error::UnknownViommu(id))?;
         let unit = self.unit(v.unit)?;
-        let Viommu {
-            unit: u,
-            owner: o,
-            parent,
-            hw,
-            devices,
-            nested,
-        } = v;
-        if let Err((hw, e)) = unit.destroy_viommu(hw) {
-            let back = Viommu {
-                unit: u,
-                owner: o,
-                parent,
-                hw,
-                devices,
-                nested,
-            };
-            self.viommus.insert(id, back);
-            return Err(e.into());
+        let parent = v.parent;
+        if let Backing::Hardware(hw) = v.backing {
+            if let Err((hw, e)) = unit.destroy_viommu(hw) {
+                v.backing = Backing::Hardware(hw);
+                self.viommus.insert(id, v);
+                return Err(e.into());
+            }
         }
         if let Some(viommus) = self
             .domains
@@ -207,8 +214,11 @@ impl<U: TranslationUnit> Iommu<U> {
         guest: &GuestEntry,
     ) -> Result<DomainId> {
         let v = self.viommu(id, owner)?;
+        let Backing::Hardware(vhw) = &v.backing else {
+            return Err(Error::Shadowing(id));
+        };
         let unit = v.unit;
-        let hw = self.unit(unit)?.new_nested(&v.hw, guest)?;
+        let hw = self.unit(unit)?.new_nested(vhw, guest)?;
         if let Some(v) = self.viommus.get_mut(&id) {
             v.nested += 1;
         }
@@ -227,19 +237,24 @@ impl<U: TranslationUnit> Iommu<U> {
         cmds: &[U::GuestCommand],
     ) -> Result<Forwarded> {
         let v = self.viommu(id, owner)?;
+        let hw = match &v.backing {
+            Backing::Hardware(hw) => hw,
+            Backing::Shadow(s) => return self.invalidate_shadow(id, v, s, cmds),
+        };
         let lookup = |virtual_id: u32| {
             let handle = v.devices.get(&virtual_id)?;
             self.devices.get(handle.0).map(|d| d.id)
         };
-        Ok(self
-            .unit(v.unit)?
-            .forward_invalidations(&v.hw, &lookup, cmds))
+        Ok(self.unit(v.unit)?.forward_invalidations(hw, &lookup, cmds))
     }
 
     /// The unit's own object behind `owner`'s vIOMMU `id`, for back-end specific queries (its
     /// VMID / domain ids).
     pub fn viommu_hw(&self, owner: OwnerId, id: ViommuId) -> Result<&U::VIommu> {
-        Ok(&self.viommu(id, owner)?.hw)
+        match &self.viommu(id, owner)?.backing {
+            Backing::Hardware(hw) => Ok(hw),
+            Backing::Shadow(_) => Err(Error::Shadowing(id)),
+        }
     }
 
     /// The nest parent of vIOMMU `id`.
@@ -255,7 +270,7 @@ impl<U: TranslationUnit> Iommu<U> {
             .map(|(id, _)| *id)
     }
 
-    fn viommu(&self, id: ViommuId, owner: OwnerId) -> Result<&Viommu<U::VIommu>> {
+    pub(super) fn viommu(&self, id: ViommuId, owner: OwnerId) -> Result<&Viommu<U::VIommu>> {
         let v = self.viommus.get(&id).ok_or(Error::UnknownViommu(id))?;
         if v.owner != owner {
             return Err(Error::NotViommuOwner(id));

@@ -67,4 +67,14 @@ pub unsafe trait Format: Send + Sync {
 
     /// The permissions a leaf at `level` grants, as far as the encoding tells.
     fn decode_prot(&self, entry: u64, level: u32) -> Prot;
+
+    /// Whether the walker uses `entry` at `level` at all (present / valid), for tables someone
+    /// else wrote: the engine itself only ever writes 0 as a non-present entry.
+    fn is_present(&self, entry: u64, level: u32) -> bool;
+
+    /// The (read, write) a table entry lets through to everything below it; hardware ANDs them
+    /// along the walk. Formats without such limits let everything through.
+    fn table_limits(&self, _entry: u64) -> (bool, bool) {
+        (true, true)
+    }
 }

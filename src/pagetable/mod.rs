@@ -68,6 +68,7 @@ mod gather;
 mod table;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod tests;
+pub mod untrusted;
 pub mod vmsa;
 pub mod vtd_second_stage;
 pub mod x86_first_stage;

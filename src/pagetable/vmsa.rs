@@ -336,6 +336,13 @@ macro_rules! vmsa_geometry {
             // entry the engine writes).
             level > 0 && entry & TABLE_OR_PAGE != 0
         }
+
+        #[inline(always)]
+        fn is_present(&self, entry: u64, level: u32) -> bool {
+            // D5.3: bit 0 marks a valid descriptor; at the last level `0b01` is reserved and
+            // walks as invalid.
+            entry & VALID != 0 && (level > 0 || entry & TABLE_OR_PAGE != 0)
+        }
     };
 }
 
@@ -367,6 +374,11 @@ impl VmsaStage1 {
 // VALID, with bit 1 clear above the last level; the geometry is fixed at construction.
 unsafe impl Format for VmsaStage1 {
     vmsa_geometry!();
+
+    fn table_limits(&self, entry: u64) -> (bool, bool) {
+        // D5.3.1 APTable[1] (bit 62): no write access below this table.
+        (true, entry & (1 << 62) == 0)
+    }
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
         match (prot.read, prot.write) {

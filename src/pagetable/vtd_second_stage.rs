@@ -183,6 +183,15 @@ unsafe impl Format for VtdSecondStage {
         level > 0 && entry & PS == 0
     }
 
+    fn is_present(&self, entry: u64, _level: u32) -> bool {
+        // 9.8: an entry with neither R nor W is not present.
+        entry & (R | W) != 0
+    }
+
+    fn table_limits(&self, entry: u64) -> (bool, bool) {
+        (entry & R != 0, entry & W != 0)
+    }
+
     fn decode_prot(&self, entry: u64, _level: u32) -> Prot {
         Prot {
             read: entry & R != 0,

@@ -189,6 +189,15 @@ unsafe impl Format for X86FirstStage {
         level > 0 && entry & PS == 0
     }
 
+    fn is_present(&self, entry: u64, _level: u32) -> bool {
+        entry & P != 0
+    }
+
+    fn table_limits(&self, entry: u64) -> (bool, bool) {
+        // R/W of every level must allow a write (Intel SDM 4.6.1).
+        (true, entry & RW != 0)
+    }
+
     fn decode_prot(&self, entry: u64, _level: u32) -> Prot {
         Prot {
             read: true,

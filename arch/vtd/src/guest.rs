@@ -17,9 +17,11 @@
 use iommu::addr::PhysAddr;
 
 use crate::caps::{Capability, ExtendedCapability};
+use iommu::unit::GuestFlush;
+
 use crate::descriptor::{
-    AtsTarget, DecodeError, Descriptor, DescriptorError, Drain, IotlbScope, PasidCacheScope,
-    PasidIotlbScope,
+    AtsTarget, DecodeError, Descriptor, DescriptorError, Drain, IotlbScope, PageBlock,
+    PasidCacheScope, PasidIotlbScope,
 };
 use crate::pasid::{EntryFields, FirstStagePaging, MemoryType, PasidEntry, Pgtt};
 use crate::root_table::{Did, SourceId};
@@ -364,6 +366,42 @@ fn host_target(
         return Err("PFSID (needs ECAP.DIT)");
     }
     AtsTarget::new(source, pf, target.queue_depth()).map_err(|_| "MIP (out of range)")
+}
+
+/// What a guest's invalidation descriptor asks a shadowing vIOMMU to follow: IOTLB and
+/// PASID-based IOTLB invalidations name the guest domain id whose translations changed (caching
+/// mode makes the guest send one after every change, not-present to present included, 6.1);
+/// waits are barriers. Everything else is the VMM's (context and PASID caches: the guest
+/// changed a context or PASID entry) or has no meaning for a shadow (device-TLBs, interrupt
+/// entries), and is refused by name.
+pub fn guest_flush(raw: &[u64; 4]) -> Result<GuestFlush, &'static str> {
+    let tag = |d: Did| u32::from(d.raw());
+    let range = |d: Did, b: PageBlock| GuestFlush::Range {
+        tag: tag(d),
+        iova: b.addr().as_u64(),
+        len: b.bytes(),
+    };
+    Ok(match Descriptor::decode(*raw).map_err(decode_reason)? {
+        Descriptor::Iotlb { scope, .. } => match scope {
+            IotlbScope::Global => GuestFlush::All,
+            IotlbScope::Domain(d) => GuestFlush::Tag(tag(d)),
+            IotlbScope::Pages { domain, block, .. } => range(domain, block),
+        },
+        Descriptor::PasidIotlb(scope) => match scope {
+            PasidIotlbScope::Pasid { domain, .. } => GuestFlush::Tag(tag(domain)),
+            PasidIotlbScope::Pages { domain, block, .. } => range(domain, block),
+        },
+        Descriptor::Wait(_) => GuestFlush::Wait,
+        Descriptor::ContextCache(_) | Descriptor::PasidCache(_) => {
+            return Err("context/PASID-cache invalidation (the VMM follows entry changes itself)")
+        }
+        Descriptor::DeviceTlb { .. } | Descriptor::PasidDeviceTlb { .. } => {
+            return Err("device-TLB invalidation (a shadowed device has no ATS)")
+        }
+        Descriptor::InterruptEntryCache(_) | Descriptor::Raw(_) => {
+            return Err("descriptor type a shadow does not follow")
+        }
+    })
 }
 
 fn decode_reason(e: DecodeError) -> &'static str {

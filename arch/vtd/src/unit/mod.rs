@@ -56,8 +56,8 @@ use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::{Coherency, Gather, Prot};
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
-    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareError,
-    HardwareInfo, Stage, TranslationUnit, UnitError,
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, GuestFlush,
+    HardwareError, HardwareInfo, Stage, TranslationUnit, UnitError,
 };
 
 use crate::caps::Agaw;
@@ -456,6 +456,10 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         cmds: &[Self::GuestCommand],
     ) -> Forwarded {
         crate::viommu::forward_invalidations(self, viommu, devices, cmds)
+    }
+
+    fn guest_flush(&self, cmd: &[u64; 4]) -> Result<GuestFlush, UnitError> {
+        crate::guest::guest_flush(cmd).map_err(UnitError::GuestCommand)
     }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<VtdDomain<H>, UnitError> {
