@@ -6,6 +6,7 @@ mod dma;
 mod hypervisor;
 mod lifecycle;
 mod msi;
+mod shadow;
 mod viommu;
 
 use crate::Machine;
@@ -179,6 +180,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "tiny_hypervisor_through_the_object_model",
         run: hypervisor::tiny_hypervisor_through_the_object_model,
+    },
+    Test {
+        name: "a_guest_drives_its_own_vtd_tables_through_shadowing",
+        run: shadow::a_guest_drives_its_own_vtd_tables_through_shadowing,
     },
     // Device MSIs through interrupt remapping (machines with intremap=on, vtd.ir=1).
     Test {
@@ -513,6 +518,12 @@ pub fn demo(m: &mut Machine) {
         hypervisor::tiny_hypervisor_through_the_object_model(m)
     {
         println!("VT-d hypervisor demo failed: {why}");
+    }
+    println!("The guest's own VT-d tables, shadowed by the hypervisor (no nesting needed):");
+    if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
+        shadow::a_guest_drives_its_own_vtd_tables_through_shadowing(m)
+    {
+        println!("VT-d shadowing demo failed: {why}");
     }
     println!("Interrupts of an owned device, remapped through the object model:");
     if let Err(e) = msi::owned_msis_through_the_object_model(m) {

@@ -1,0 +1,274 @@
+//! A guest's own VT-d on a unit without nesting, through a shadowing vIOMMU
+//! (`iommu::iommufd::shadow`): the guest writes second-stage tables in its RAM and invalidates
+//! as caching mode asks; the host follows each invalidation into a shadow domain that edu is
+//! attached to. Runs on legacy and scalable units alike: shadowing needs no nesting hardware.
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use super::dma::{device_id, unit};
+use super::viommu::{GUEST_DID, GUEST_SID, GUEST_WAIT};
+use crate::dma::{DmaBuffer, IA_BITS, IOVA_A};
+use crate::platform::edu_devices;
+use crate::Machine;
+use iommu::addr::{Iova, PhysAddr};
+use iommu::iommufd::{
+    GroupId, GuestFormat, GuestMemory, GuestTable, Iommu, Layout, OwnerId, Region, Target,
+};
+use iommu::pagetable::Prot;
+use iommu::unit::{Forwarded, Stage};
+use iommu_boot::testing::{fail, TestResult};
+use iommu_boot::{ensure, ensure_eq, println};
+
+/// Guest-physical base of the guest's RAM: six pages (three tables, two data pages, a source
+/// page), each backed by a host page of its own, so nothing is contiguous by accident.
+const GPA: u64 = 0x4000_0000;
+const PAGES: usize = 6;
+const DATA_A: usize = 3;
+const DATA_B: usize = 4;
+const SOURCE: usize = 5;
+/// The guest's device addresses (its table: AW 1, three levels, 39 bits): edu writes to
+/// `GIOVA` what it read from `GIOVA_SOURCE`.
+const GIOVA: u64 = IOVA_A;
+const GIOVA_SOURCE: u64 = IOVA_A + 0x2000;
+
+/// The kernel's RAM as the model reads it: identity mapped.
+struct KernelRam;
+
+impl GuestMemory for KernelRam {
+    fn read_u64(&self, at: PhysAddr) -> u64 {
+        // SAFETY: the kernel maps all RAM at its physical address, and the model asks only for
+        // 8-aligned addresses of the guest RAM pages below, which this test owns.
+        unsafe { (at.as_u64() as *const u64).read_volatile() }
+    }
+}
+
+/// The guest's view of its RAM.
+struct GuestRam(Vec<DmaBuffer>);
+
+impl GuestRam {
+    fn page(&self, i: usize) -> &DmaBuffer {
+        &self.0[i]
+    }
+
+    /// The guest writes `v` at guest-physical `gpa`.
+    fn write_u64(&self, gpa: u64, v: u64) {
+        let off = (gpa - GPA) as usize;
+        let page = &self.0[off / 4096];
+        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
+            page.set(off % 4096 + i, b);
+        }
+    }
+
+    /// The guest's last-level entry for `giova`: `gpa` read/write, or nothing.
+    fn set_leaf(&self, giova: u64, gpa: Option<u64>) {
+        let entry = gpa.map_or(0, |g| g | 0b11);
+        self.write_u64(GPA + 2 * 4096 + ((giova >> 12) & 511) * 8, entry);
+    }
+}
+
+/// The guest's page-selective IOTLB invalidation (6.5.2.3) of `giova` in its domain.
+const fn iotlb_page(giova: u64) -> [u64; 4] {
+    [0x2 | 3 << 4 | GUEST_DID << 16, giova, 0, 0]
+}
+
+pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machine) -> TestResult {
+    let unit = unit(m)?;
+    let edus = edu_devices(m)?;
+    let edu = edus.first().ok_or_else(|| fail("needs an edu device"))?;
+    let mut io = Iommu::new();
+    let u = io.add_unit(unit);
+    io.allow_unsafe_interrupts(true);
+    let guest = OwnerId(1);
+    io.subscribe_faults(guest, 16);
+    let id = device_id(edu);
+    let dev = io.add_device(u, id, GroupId(id.0)).map_err(fail)?;
+    io.claim(dev, guest).map_err(fail)?;
+
+    // Guest RAM in a paging domain of the host (not attached: it only says where the RAM is).
+    let ram = GuestRam(
+        (0..PAGES)
+            .map(|_| DmaBuffer::new(0))
+            .collect::<Result<_, _>>()?,
+    );
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let parent = io
+        .alloc_domain(guest, u, Stage::Second, IA_BITS, &layout)
+        .map_err(fail)?;
+    for (i, page) in ram.0.iter().enumerate() {
+        let gpa = Iova::new(GPA + 4096 * i as u64);
+        io.map(guest, parent, gpa, page.phys(), 4096, Prot::READ_WRITE)
+            .map_err(fail)?;
+    }
+    // The guest's three-level table: root, one middle table, one last-level table.
+    let index = |level: u32| (GIOVA >> (12 + 9 * level)) & 511;
+    ram.write_u64(GPA + index(2) * 8, (GPA + 4096) | 0b11);
+    ram.write_u64(GPA + 4096 + index(1) * 8, (GPA + 2 * 4096) | 0b11);
+
+    let ram_region = [Region::new(GPA, 4096 * PAGES as u64).ok_or_else(|| fail("RAM range"))?];
+    let v = io
+        .alloc_shadow_viommu(guest, parent, &ram_region, Arc::new(KernelRam))
+        .map_err(fail)?;
+    io.set_virtual_device(guest, v, dev, GUEST_SID)
+        .map_err(fail)?;
+    let table = GuestTable {
+        tag: GUEST_DID as u32,
+        root: GPA,
+        format: GuestFormat::VtdSecondStage { aw: 1 },
+    };
+    // On a first-stage-only (x-flts) unit the shadow is a first-stage table.
+    let stage = if m.cmdline.get("vtd.mode") == Some("flts") {
+        Stage::First
+    } else {
+        Stage::Second
+    };
+    let shadow = io
+        .alloc_shadow_domain(guest, v, stage, table)
+        .map_err(fail)?;
+    io.attach(dev, guest, Target::Domain(shadow))
+        .map_err(fail)?;
+    println!(
+        "  shadow: guest RAM {PAGES} pages at guest-physical {GPA:#x}; edu {} is the guest's \
+         virtual {GUEST_SID:#x}, attached to the shadow of its table (tag {GUEST_DID:#x})",
+        edu.bdf
+    );
+
+    let outcome = (|| {
+        // edu reads 64 bytes of `byte` from the guest's source page, then writes them to GIOVA.
+        let dma = |byte: u8| -> TestResult {
+            ram.page(SOURCE).fill(byte);
+            edu.edu.dma_from_ram(GIOVA_SOURCE, 0, 64).map_err(fail)?;
+            edu.edu.dma_to_ram(0, GIOVA, 64).map_err(fail)
+        };
+        ram.set_leaf(GIOVA_SOURCE, Some(GPA + 4096 * SOURCE as u64));
+        let f = io
+            .invalidate(guest, v, &[iotlb_page(GIOVA_SOURCE), GUEST_WAIT])
+            .map_err(fail)?;
+        ensure_eq!(
+            f,
+            Forwarded {
+                done: 2,
+                refused: None
+            }
+        );
+        let faults_at = |io: &Iommu<_>, at: u64| -> Result<Vec<_>, _> {
+            io.route_faults(u).map_err(fail)?;
+            let taken = io.take_faults(guest).map_err(fail)?;
+            ensure!(
+                taken.faults.iter().any(|f| f.record.address & !0xfff == at
+                    && f.device == Some(dev)
+                    && f.virtual_id == Some((v, GUEST_SID))),
+                "expected a fault of edu (virtual {GUEST_SID:#x}) at {at:#x}, got {:?}",
+                taken.faults
+            );
+            Ok(taken.faults)
+        };
+
+        // Caching mode: a mapping the guest has not invalidated is not used yet.
+        ram.set_leaf(GIOVA, Some(GPA + 4096 * DATA_A as u64));
+        dma(0x11)?;
+        ensure!(
+            ram.page(DATA_A).all(0..64, 0),
+            "DMA used a guest mapping before its invalidation"
+        );
+        faults_at(&io, GIOVA)?;
+        println!("  shadow: a guest mapping not yet invalidated is not used: the DMA faulted");
+
+        // Invalidated: the shadow follows, the DMA lands in the host page behind the data page.
+        let f = io
+            .invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
+            .map_err(fail)?;
+        ensure_eq!(
+            f,
+            Forwarded {
+                done: 2,
+                refused: None
+            }
+        );
+        dma(0x22)?;
+        ensure!(
+            ram.page(DATA_A).all(0..64, 0x22),
+            "the guest's DMA did not land in its data page"
+        );
+        println!("  shadow: guest mapped and invalidated: edu DMA to guest IOVA {GIOVA:#x} lands in the host page behind guest-physical page {DATA_A}");
+
+        // The guest moves the mapping: the old translation must not survive.
+        ram.set_leaf(GIOVA, Some(GPA + 4096 * DATA_B as u64));
+        io.invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
+            .map_err(fail)?;
+        dma(0x33)?;
+        ensure!(
+            ram.page(DATA_B).all(0..64, 0x33) && ram.page(DATA_A).all(0..64, 0x22),
+            "after the guest moved its mapping, DMA did not follow it"
+        );
+
+        // The guest unmaps: the next DMA faults, reported to the guest's owner.
+        ram.set_leaf(GIOVA, None);
+        io.invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
+            .map_err(fail)?;
+        dma(0x44)?;
+        ensure!(
+            ram.page(DATA_B).all(0..64, 0x33),
+            "DMA reached the page the guest unmapped"
+        );
+        let faults = faults_at(&io, GIOVA)?;
+        if let Some(f) = faults.first() {
+            println!("  shadow: guest unmapped and invalidated: the DMA faulted, reported to the owner as virtual {GUEST_SID:#x}: {}", f.record);
+        }
+
+        // A mapping to guest-physical memory the guest does not have: refused and reported.
+        let outside = GPA + 4096 * 64;
+        ram.set_leaf(GIOVA + 4096, Some(outside));
+        io.invalidate(guest, v, &[iotlb_page(GIOVA + 4096), GUEST_WAIT])
+            .map_err(fail)?;
+        let refused = io.take_faults(guest).map_err(fail)?;
+        ensure!(
+            refused
+                .faults
+                .iter()
+                .any(|f| f.record.address == GIOVA + 4096
+                    && f.record.reason == "guest-physical address outside guest RAM"
+                    && f.virtual_id == Some((v, GUEST_SID))),
+            "the mapping outside guest RAM was not reported: {:?}",
+            refused.faults
+        );
+        edu.edu.dma_to_ram(0, GIOVA + 4096, 4).map_err(fail)?;
+        faults_at(&io, GIOVA + 4096)?;
+        println!("  shadow: a guest mapping to guest-physical {outside:#x} (outside its RAM) refused and reported; DMA there faults");
+
+        let s = io.shadow_stats(guest, v).map_err(fail)?;
+        ensure_eq!(
+            (
+                s.invalidations,
+                s.mapped,
+                s.unmapped,
+                s.host_flushes,
+                s.refused
+            ),
+            (5, 3, 2, 2, 1),
+            "shadow counters (invalidations, mapped, unmapped, host flushes, refused)"
+        );
+        println!(
+            "  shadow: {} guest invalidations: {} pages mapped, {} unmapped with {} host \
+             invalidations (one per guest unmap), {} refused, {} guest entries read",
+            s.invalidations, s.mapped, s.unmapped, s.host_flushes, s.refused, s.entries_read
+        );
+        Ok(())
+    })();
+
+    let teardown = io
+        .attach(dev, guest, Target::Blocked)
+        .and_then(|()| io.destroy_domain(guest, shadow))
+        .and_then(|()| io.unset_virtual_device(guest, v, GUEST_SID))
+        .and_then(|()| io.release(dev, guest))
+        .and_then(|()| io.destroy_viommu(guest, v))
+        .and_then(|()| io.destroy_domain(guest, parent));
+    outcome?;
+    teardown.map_err(fail)
+}
