@@ -995,7 +995,7 @@ impl<U: TranslationUnit> Iommu<U> {
         let dom = self.domain(id, owner)?;
         let range = dom
             .space(id)?
-            .begin_map(iova.as_u64(), len, phys.as_u64())?;
+            .begin_map(iova.as_u64(), len, phys.as_u64(), prot)?;
         self.map_claimed(dom, id, range, phys, prot)
     }
 
@@ -1009,7 +1009,9 @@ impl<U: TranslationUnit> Iommu<U> {
         prot: Prot,
     ) -> Result<Iova> {
         let dom = self.domain(id, owner)?;
-        let range = dom.space(id)?.begin_map_anywhere(len, phys.as_u64())?;
+        let range = dom
+            .space(id)?
+            .begin_map_anywhere(len, phys.as_u64(), prot)?;
         self.map_claimed(dom, id, range, phys, prot)?;
         Ok(Iova::new(range.start))
     }
