@@ -120,6 +120,7 @@ impl<U: TranslationUnit> Iommu<U> {
         let mut routed = Routed::default();
         let drained = self.unit(unit)?.drain_faults(&mut |record| {
             let f = self.route(unit, record);
+            self.notify_fault(unit, &f);
             match f.owner.and_then(|o| self.faults.owners.get(&o)) {
                 Some(queue) => {
                     routed.to_owners += 1;

@@ -159,6 +159,12 @@
 //! a bridge), retargets and frees them; nobody else can name them, and releasing the device
 //! frees them.
 //!
+//! # Notifiers
+//!
+//! An embedder that emulates an IOMMU for a guest subscribes to a unit's or a domain's events
+//! ([`Iommu::subscribe`]): maps, unmaps, attachments, faults and guest invalidations, told
+//! synchronously once they happened. The contract (who hears what, in which order): [`notify`].
+//!
 //! # Hardware info
 //!
 //! [`Iommu::hardware_info`] reports what a unit can do and its raw identification registers,
@@ -176,6 +182,7 @@ mod interrupts;
 mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod model_tests;
+pub mod notify;
 mod pasid;
 mod status;
 #[cfg(test)]
@@ -189,6 +196,7 @@ pub use error::{Error, Result};
 pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
+pub use notify::{Event, Notifier, NotifierId, Replay, Subject};
 pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
 
@@ -324,6 +332,8 @@ pub struct Iommu<U: TranslationUnit> {
     interrupts: Interrupts,
     /// Where drained faults go.
     faults: faults::FaultRouting,
+    /// Who is told of maps, unmaps, attachments, faults and guest invalidations.
+    notifiers: notify::Notifiers,
 }
 
 impl<U: TranslationUnit> Default for Iommu<U> {
@@ -347,6 +357,7 @@ impl<U: TranslationUnit> Iommu<U> {
             identity_allowed: false,
             interrupts: Interrupts::new(),
             faults: faults::FaultRouting::new(),
+            notifiers: notify::Notifiers::new(),
         }
     }
 
@@ -667,6 +678,7 @@ impl<U: TranslationUnit> Iommu<U> {
         // The hardware has switched; only bookkeeping follows, which cannot fail.
         self.count_users(d.target, target);
         self.device_mut(device)?.target = target;
+        self.notify_attach(device, None, d.unit, d.target, target);
         Ok(())
     }
 
@@ -962,6 +974,7 @@ impl<U: TranslationUnit> Iommu<U> {
                 v.nested = v.nested.saturating_sub(1);
             }
         }
+        self.notifiers.forget_domain(id);
         Ok(())
     }
 
@@ -1031,6 +1044,10 @@ impl<U: TranslationUnit> Iommu<U> {
         let made = self
             .unit(dom.unit)
             .and_then(|u| Ok(u.map(&dom.hw, Iova::new(range.start), phys, len, prot)?));
+        if made.is_ok() {
+            // Inside the claim: the next operation on this range is announced after this one.
+            self.notify_map(dom.unit, id, range, phys, prot);
+        }
         space.end_map(range, made.is_ok());
         made
     }
@@ -1064,6 +1081,10 @@ impl<U: TranslationUnit> Iommu<U> {
             let unit = self.unit(dom.unit)?;
             Ok(unit.unmap(&dom.hw, Iova::new(span.start), len)?)
         });
+        if removed.is_ok() {
+            // Invalidated, and still inside the claim (ordered like `map_claimed`).
+            self.notify_unmap(dom.unit, id, span);
+        }
         space.end_unmap(span, removed.is_ok());
         removed.map(|_| ())
     }
@@ -1109,7 +1130,9 @@ impl<U: TranslationUnit> Iommu<U> {
     /// may not have happened, so the unmapped ranges must stay unused.
     pub fn flush_deferred(&self, owner: OwnerId, id: DomainId, gather: Gather) -> Result<()> {
         let dom = self.domain(id, owner)?;
+        let hull = gather.range();
         self.unit(dom.unit)?.flush_deferred(&dom.hw, gather)?;
+        self.notify_flushed(dom.unit, id, hull);
         Ok(())
     }
 

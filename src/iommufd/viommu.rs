@@ -234,6 +234,7 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(self
             .unit(v.unit)?
             .forward_invalidations(&v.hw, &lookup, cmds))
+        .inspect(|f| self.notify_guest_invalidation(id, cmds.len(), f))
     }
 
     /// The unit's own object behind `owner`'s vIOMMU `id`, for back-end specific queries (its
