@@ -141,7 +141,12 @@ fn map_then_unmap_are_told_exactly_and_refused_calls_tell_nothing() {
         ]
     );
 
-    // Refusals: overlapping, outside the window, a cut, nothing mapped.
+    // Refusals: by the unit (an unaligned IOVA: the range was claimed, the unit call failed),
+    // overlapping, outside the window, a cut, nothing mapped.
+    assert_eq!(
+        map(&io, A, dom, 0x20800, PAGE),
+        Err(Error::Unit(crate::pagetable::Error::UnalignedIova.into()))
+    );
     assert_eq!(map(&io, A, dom, 0x2000, PAGE), Err(Error::AlreadyMapped));
     assert_eq!(map(&io, A, dom, 1 << 33, PAGE), Err(Error::OutsideAperture));
     assert_eq!(
