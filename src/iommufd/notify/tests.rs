@@ -452,7 +452,7 @@ fn guest_invalidations_reach_the_unit_and_the_nest_parent() {
 
 /// Deferred unmaps over a real table: nothing is told until the invalidation of the flush
 /// completed, then one `Flushed` over the hull.
-#[cfg(feature = "host-hal")]
+#[cfg(all(feature = "host-hal", not(loom)))]
 #[test]
 fn deferred_unmaps_are_told_once_their_flush_completed() {
     use crate::pagetable::Gather;
