@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::iova::ReservedKind;
-use super::{DeviceHandle, DomainId, GroupId, InterruptId, OwnerId, UnitId, ViommuId};
+use super::{DeviceHandle, DomainId, GroupId, InterruptId, NotifierId, OwnerId, UnitId, ViommuId};
 use crate::unit::{DeviceId, UnitError};
 
 /// Why the object model refused a call. Whatever the case, the call changed nothing: no record
@@ -212,6 +212,9 @@ pub enum Error {
     UnknownInterrupt(InterruptId),
     /// The caller did not allocate this interrupt.
     NotInterruptOwner(InterruptId),
+    /// The caller has no subscription with this id (never made, ended, another owner's, or on
+    /// a domain since destroyed).
+    UnknownNotifier(NotifierId),
     /// The operation is not supported by the object model (named).
     Unsupported(&'static str),
 }
@@ -323,6 +326,7 @@ impl fmt::Display for Error {
             ),
             Self::UnknownInterrupt(i) => write!(f, "no interrupt {i:?}"),
             Self::NotInterruptOwner(i) => write!(f, "caller does not own {i:?}"),
+            Self::UnknownNotifier(n) => write!(f, "caller has no subscription {n:?}"),
             Self::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }

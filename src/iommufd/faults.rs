@@ -119,7 +119,7 @@ impl<U: TranslationUnit> Iommu<U> {
     pub fn route_faults(&self, unit: UnitId) -> Result<Routed> {
         let mut routed = Routed::default();
         let drained = self.unit(unit)?.drain_faults(&mut |record| {
-            if self.deliver_fault(self.route(unit, record)) {
+            if self.deliver_fault(unit, self.route(unit, record)) {
                 routed.to_owners += 1;
             } else {
                 routed.to_default += 1;
@@ -129,8 +129,10 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(routed)
     }
 
-    /// Puts `f` in its owner's queue (true) or else in the default queue (false).
-    pub(super) fn deliver_fault(&self, f: RoutedFault) -> bool {
+    /// Tells `unit`'s and the domain's notifiers of `f`, and puts it in its owner's queue
+    /// (true) or else in the default queue (false).
+    pub(super) fn deliver_fault(&self, unit: UnitId, f: RoutedFault) -> bool {
+        self.notify_fault(unit, &f);
         if let Some(queue) = f.owner.and_then(|o| self.faults.owners.get(&o)) {
             queue.offer(f);
             return true;

@@ -159,6 +159,12 @@
 //! a bridge), retargets and frees them; nobody else can name them, and releasing the device
 //! frees them.
 //!
+//! # Notifiers
+//!
+//! An embedder that emulates an IOMMU for a guest subscribes to a unit's or a domain's events
+//! ([`Iommu::subscribe`]): maps, unmaps, attachments, faults and guest invalidations, told
+//! synchronously once they happened. The contract (who hears what, in which order): [`notify`].
+//!
 //! # Hardware info
 //!
 //! [`Iommu::hardware_info`] reports what a unit can do and its raw identification registers,
@@ -176,6 +182,7 @@ mod interrupts;
 mod iova;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
 mod model_tests;
+pub mod notify;
 mod pasid;
 pub mod shadow;
 mod status;
@@ -190,6 +197,7 @@ pub use error::{Error, Result};
 pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
 pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
+pub use notify::{Event, Notifier, NotifierId, Replay, Subject};
 pub use shadow::{GuestFormat, GuestMemory, GuestTable, ShadowStats};
 pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
@@ -329,6 +337,8 @@ pub struct Iommu<U: TranslationUnit> {
     interrupts: Interrupts,
     /// Where drained faults go.
     faults: faults::FaultRouting,
+    /// Who is told of maps, unmaps, attachments, faults and guest invalidations.
+    notifiers: notify::Notifiers,
 }
 
 impl<U: TranslationUnit> Default for Iommu<U> {
@@ -352,6 +362,7 @@ impl<U: TranslationUnit> Iommu<U> {
             identity_allowed: false,
             interrupts: Interrupts::new(),
             faults: faults::FaultRouting::new(),
+            notifiers: notify::Notifiers::new(),
         }
     }
 
@@ -672,6 +683,7 @@ impl<U: TranslationUnit> Iommu<U> {
         // The hardware has switched; only bookkeeping follows, which cannot fail.
         self.count_users(d.target, target);
         self.device_mut(device)?.target = target;
+        self.notify_attach(device, None, d.unit, d.target, target);
         Ok(())
     }
 
@@ -970,6 +982,7 @@ impl<U: TranslationUnit> Iommu<U> {
         if let DomainKind::Shadow { viommu, table, .. } = kind {
             self.forget_shadow(viommu, id, table.tag);
         }
+        self.notifiers.forget_domain(id);
         Ok(())
     }
 
@@ -1003,7 +1016,7 @@ impl<U: TranslationUnit> Iommu<U> {
         let dom = self.domain(id, owner)?;
         let range = dom
             .space(id)?
-            .begin_map(iova.as_u64(), len, phys.as_u64())?;
+            .begin_map(iova.as_u64(), len, phys.as_u64(), prot)?;
         self.map_claimed(dom, id, range, phys, prot)
     }
 
@@ -1017,7 +1030,9 @@ impl<U: TranslationUnit> Iommu<U> {
         prot: Prot,
     ) -> Result<Iova> {
         let dom = self.domain(id, owner)?;
-        let range = dom.space(id)?.begin_map_anywhere(len, phys.as_u64())?;
+        let range = dom
+            .space(id)?
+            .begin_map_anywhere(len, phys.as_u64(), prot)?;
         self.map_claimed(dom, id, range, phys, prot)?;
         Ok(Iova::new(range.start))
     }
@@ -1037,6 +1052,10 @@ impl<U: TranslationUnit> Iommu<U> {
         let made = self
             .unit(dom.unit)
             .and_then(|u| Ok(u.map(&dom.hw, Iova::new(range.start), phys, len, prot)?));
+        if made.is_ok() {
+            // Inside the claim: the next operation on this range is announced after this one.
+            self.notify_map(dom.unit, id, range, phys, prot);
+        }
         space.end_map(range, made.is_ok());
         made
     }
@@ -1070,6 +1089,10 @@ impl<U: TranslationUnit> Iommu<U> {
             let unit = self.unit(dom.unit)?;
             Ok(unit.unmap(&dom.hw, Iova::new(span.start), len)?)
         });
+        if removed.is_ok() {
+            // Invalidated, and still inside the claim (ordered like `map_claimed`).
+            self.notify_unmap(dom.unit, id, span);
+        }
         space.end_unmap(span, removed.is_ok());
         removed.map(|_| ())
     }
@@ -1115,7 +1138,9 @@ impl<U: TranslationUnit> Iommu<U> {
     /// may not have happened, so the unmapped ranges must stay unused.
     pub fn flush_deferred(&self, owner: OwnerId, id: DomainId, gather: Gather) -> Result<()> {
         let dom = self.domain(id, owner)?;
+        let hull = gather.range();
         self.unit(dom.unit)?.flush_deferred(&dom.hw, gather)?;
+        self.notify_flushed(dom.unit, id, hull);
         Ok(())
     }
 

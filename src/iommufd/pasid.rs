@@ -53,6 +53,7 @@ impl<U: TranslationUnit> Iommu<U> {
             Target::Domain(id) => self.pasids.insert((device, pasid), id),
             _ => self.pasids.remove(&(device, pasid)),
         };
+        self.notify_attach(device, Some(pasid), d.unit, old, target);
         Ok(())
     }
 

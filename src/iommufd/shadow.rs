@@ -505,14 +505,26 @@ impl<U: TranslationUnit> Iommu<U> {
             }
             unit.flush_deferred(&d.hw, gather)?;
             stats.host_flushes += 1;
+            // Told once the invalidation completed, as every unmap (under the vIOMMU's lock,
+            // so in order with this shadow's other changes).
+            for iova in stale {
+                if let Some(page) = Region::new(iova, PAGE) {
+                    self.notify_unmap(d.unit, dom, page);
+                }
+            }
         }
 
         for (&iova, &(host, prot)) in &wanted.pages {
             if have.contains_key(&iova) {
                 continue;
             }
-            let range = space.begin_map(iova, PAGE, host).map_err(model_error)?;
+            let range = space
+                .begin_map(iova, PAGE, host, prot)
+                .map_err(model_error)?;
             let made = unit.map(&d.hw, Iova::new(iova), PhysAddr::new(host), PAGE, prot);
+            if made.is_ok() {
+                self.notify_map(d.unit, dom, range, PhysAddr::new(host), prot);
+            }
             space.end_map(range, made.is_ok());
             made?;
             have.insert(iova, (host, prot));
@@ -552,20 +564,23 @@ impl<U: TranslationUnit> Iommu<U> {
             .iter()
             .find(|(_, h)| **h == device)
             .map(|(vid, _)| (id, *vid));
-        self.deliver_fault(RoutedFault {
-            record: FaultRecord {
-                device: d.id,
-                pasid: None,
-                address: iova,
-                write: false,
-                kind: FaultKind::Translation,
-                code: 0,
-                reason,
+        self.deliver_fault(
+            v.unit,
+            RoutedFault {
+                record: FaultRecord {
+                    device: d.id,
+                    pasid: None,
+                    address: iova,
+                    write: false,
+                    kind: FaultKind::Translation,
+                    code: 0,
+                    reason,
+                },
+                device: Some(device),
+                owner: Some(v.owner),
+                virtual_id,
             },
-            device: Some(device),
-            owner: Some(v.owner),
-            virtual_id,
-        });
+        );
     }
 }
 

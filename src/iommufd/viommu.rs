@@ -237,15 +237,18 @@ impl<U: TranslationUnit> Iommu<U> {
         cmds: &[U::GuestCommand],
     ) -> Result<Forwarded> {
         let v = self.viommu(id, owner)?;
-        let hw = match &v.backing {
-            Backing::Hardware(hw) => hw,
-            Backing::Shadow(s) => return self.invalidate_shadow(id, v, s, cmds),
+        let forwarded = match &v.backing {
+            Backing::Shadow(s) => self.invalidate_shadow(id, v, s, cmds)?,
+            Backing::Hardware(hw) => {
+                let lookup = |virtual_id: u32| {
+                    let handle = v.devices.get(&virtual_id)?;
+                    self.devices.get(handle.0).map(|d| d.id)
+                };
+                self.unit(v.unit)?.forward_invalidations(hw, &lookup, cmds)
+            }
         };
-        let lookup = |virtual_id: u32| {
-            let handle = v.devices.get(&virtual_id)?;
-            self.devices.get(handle.0).map(|d| d.id)
-        };
-        Ok(self.unit(v.unit)?.forward_invalidations(hw, &lookup, cmds))
+        self.notify_guest_invalidation(id, cmds.len(), &forwarded);
+        Ok(forwarded)
     }
 
     /// The unit's own object behind `owner`'s vIOMMU `id`, for back-end specific queries (its

@@ -12,6 +12,7 @@ mod stripes;
 use alloc::vec::Vec;
 
 use super::error::{Error, Result};
+use crate::pagetable::Prot;
 use crate::sync::spin_loop;
 use stripes::{Held, Stripes};
 
@@ -220,6 +221,11 @@ impl IovaSpace {
         self.stripes.lock_all().mappings()
     }
 
+    /// [`mappings`](Self::mappings) with the permissions each was made with.
+    pub(super) fn mappings_with_prot(&self) -> Vec<(Mapping, Prot)> {
+        self.stripes.lock_all().mappings_with_prot()
+    }
+
     /// Whether nothing is mapped (nor being mapped or unmapped).
     pub fn is_empty(&self) -> bool {
         self.stripes.lock_all().is_empty()
@@ -248,10 +254,10 @@ impl IovaSpace {
         Ok(r)
     }
 
-    /// Starts a map of `[iova, iova + len)` to `phys`: checks it and claims the range, so that
+    /// Starts a map of `[iova, iova + len)` to `phys` with `prot`: checks it and claims the range, so that
     /// no other map or unmap touches it until [`end_map`](Self::end_map). Waits while an
     /// overlapping map or unmap is under way (see the module docs).
-    pub(super) fn begin_map(&self, iova: u64, len: u64, phys: u64) -> Result<Region> {
+    pub(super) fn begin_map(&self, iova: u64, len: u64, phys: u64, prot: Prot) -> Result<Region> {
         let r = self.check_aperture(iova, len)?;
         loop {
             let mut held = self.stripes.lock(r);
@@ -263,7 +269,7 @@ impl IovaSpace {
             if held.any_mapped(r) {
                 return Err(Error::AlreadyMapped);
             }
-            held.claim(r, phys);
+            held.claim(r, phys, prot);
             return Ok(r);
         }
     }
@@ -272,11 +278,11 @@ impl IovaSpace {
     /// (rounded up to a power of two, at least [`MIN_ALIGN`]) inside one window, touching no
     /// reserved region, no mapping and nothing under way; claims it like
     /// [`begin_map`](Self::begin_map).
-    pub(super) fn begin_map_anywhere(&self, len: u64, phys: u64) -> Result<Region> {
+    pub(super) fn begin_map_anywhere(&self, len: u64, phys: u64, prot: Prot) -> Result<Region> {
         let mut held = self.stripes.lock_all();
         let start = self.find_free_in(&held, len)?;
         let r = Region::checked(start, len)?;
-        held.claim(r, phys);
+        held.claim(r, phys, prot);
         Ok(r)
     }
 
@@ -408,7 +414,7 @@ mod tests {
     /// A made mapping of `r`, as if the unit had accepted it.
     fn mapped(s: &IovaSpace, r: Region) {
         let size = r.last - r.start + 1;
-        assert_eq!(s.begin_map(r.start, size, 0x1000_0000), Ok(r));
+        assert_eq!(s.begin_map(r.start, size, 0x1000_0000, Prot::READ), Ok(r));
         s.end_map(r, true);
     }
 
@@ -498,7 +504,10 @@ mod tests {
         let far = r(0x1f_f000 + (128 << 20), 0x1000);
         mapped(&s, crossing);
         mapped(&s, far);
-        assert_eq!(s.begin_map(0x20_0000, 0x1000, 0), Err(Error::AlreadyMapped));
+        assert_eq!(
+            s.begin_map(0x20_0000, 0x1000, 0, Prot::READ),
+            Err(Error::AlreadyMapped)
+        );
         assert_eq!(s.iova_to_phys(0x20_0800), Some(0x1000_1800));
         assert_eq!(s.iova_to_phys(0x20_1000), None);
         // A range over every lock, and one of the whole space.
@@ -516,15 +525,21 @@ mod tests {
     #[test]
     fn a_failed_map_leaves_the_range_free() {
         let s = space(&[r(0, 1 << 30)], &[]);
-        let claimed = s.begin_map(0x3000, 0x1000, 0);
+        let claimed = s.begin_map(0x3000, 0x1000, 0, Prot::READ);
         assert_eq!(claimed, Ok(r(0x3000, 0x1000)));
         // While claimed, automatic allocation goes around it.
         assert_eq!(s.find_free(0x1000), Ok(0));
-        assert_eq!(s.begin_map_anywhere(0x4000, 0), Ok(r(0x4000, 0x4000)));
+        assert_eq!(
+            s.begin_map_anywhere(0x4000, 0, Prot::READ),
+            Ok(r(0x4000, 0x4000))
+        );
         s.end_map(r(0x4000, 0x4000), true);
         s.end_map(r(0x3000, 0x1000), false);
         assert_eq!(s.iova_to_phys(0x3000), None);
-        assert_eq!(s.begin_map(0x3000, 0x1000, 0), Ok(r(0x3000, 0x1000)));
+        assert_eq!(
+            s.begin_map(0x3000, 0x1000, 0, Prot::READ),
+            Ok(r(0x3000, 0x1000))
+        );
     }
 }
 
@@ -575,7 +590,10 @@ mod loom_tests {
 
         /// A map through the protocol; the unit call writes the pages.
         fn map(&self, first: u64, pages: u64, who: u64) -> bool {
-            let Ok(r) = self.space.begin_map(BASE + first * PAGE, pages * PAGE, who) else {
+            let Ok(r) = self
+                .space
+                .begin_map(BASE + first * PAGE, pages * PAGE, who, Prot::READ)
+            else {
                 return false;
             };
             for p in self.pages(r) {

@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::{Mapping, Region};
+use crate::pagetable::Prot;
 use crate::sync::{Mutex, MutexGuard};
 
 /// log2 of the IOVA bytes one stripe covers: 2 MiB, the smallest superpage, so that a
@@ -42,6 +43,8 @@ enum State {
 struct Entry {
     last: u64,
     phys: u64,
+    /// Kept for subscribers that ask for the current mappings (notifier replay).
+    prot: Prot,
     state: State,
 }
 
@@ -218,11 +221,12 @@ impl<'a> Held<'a> {
             .max()
     }
 
-    /// Records a claim of `r` (mapping to `phys`) in every stripe it touches.
-    pub(super) fn claim(&mut self, r: Region, phys: u64) {
+    /// Records a claim of `r` (mapping to `phys` with `prot`) in every stripe it touches.
+    pub(super) fn claim(&mut self, r: Region, phys: u64, prot: Prot) {
         let entry = Entry {
             last: r.last,
             phys,
+            prot,
             state: State::Mapping,
         };
         for s in self.of_mut(r) {
@@ -299,22 +303,30 @@ impl<'a> Held<'a> {
 
     /// The mappings made, by increasing IOVA (each once, from the lock of its first stripe).
     pub(super) fn mappings(&self) -> Vec<Mapping> {
-        let mut all: Vec<Mapping> = self
+        self.mappings_with_prot()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect()
+    }
+
+    /// [`mappings`](Self::mappings) with the permissions each was made with.
+    pub(super) fn mappings_with_prot(&self) -> Vec<(Mapping, Prot)> {
+        let mut all: Vec<(Mapping, Prot)> = self
             .held(ALL)
             .flat_map(|(i, s)| {
                 s.entries
                     .iter()
                     .filter(move |(start, e)| e.state == State::Mapped && lock_of(**start) == i)
-                    .map(|(start, e)| Mapping {
-                        iova: Region {
+                    .map(|(start, e)| {
+                        let iova = Region {
                             start: *start,
                             last: e.last,
-                        },
-                        phys: e.phys,
+                        };
+                        (Mapping { iova, phys: e.phys }, e.prot)
                     })
             })
             .collect();
-        all.sort_unstable_by_key(|m| m.iova.start);
+        all.sort_unstable_by_key(|(m, _)| m.iova.start);
         all
     }
 

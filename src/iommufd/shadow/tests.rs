@@ -348,3 +348,45 @@ proptest! {
         }
     }
 }
+
+/// Records what a notifier hears.
+#[derive(Default)]
+struct Heard(StdMutex<Vec<crate::iommufd::Event>>);
+
+impl crate::iommufd::Notifier for Heard {
+    fn event(&self, event: &crate::iommufd::Event) {
+        self.0.lock().unwrap().push(*event);
+    }
+}
+
+#[test]
+fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
+    use crate::iommufd::{Event, Replay, Subject};
+    let mut g = guest();
+    let heard = Arc::new(Heard::default());
+    g.io.subscribe(
+        GUEST,
+        Subject::Domain(g.shadow),
+        heard.clone(),
+        Replay::None,
+    )
+    .unwrap();
+    g.map(0x5000, DATA);
+    g.invalidate(&[page(0x5000)]);
+    g.unmap(0x5000);
+    g.invalidate(&[page(0x5000)]);
+    let events: Vec<Event> = heard.0.lock().unwrap().drain(..).collect();
+    let map = Event::Map {
+        domain: g.shadow,
+        iova: Iova::new(0x5000),
+        phys: PhysAddr::new(DATA - RAM_GPA + HOST),
+        len: PAGE,
+        prot: Prot::READ_WRITE,
+    };
+    let unmap = Event::Unmap {
+        domain: g.shadow,
+        iova: Iova::new(0x5000),
+        len: PAGE,
+    };
+    assert_eq!(events, [map, unmap]);
+}
