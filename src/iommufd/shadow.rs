@@ -116,15 +116,33 @@ pub(super) struct Shadowing {
 
 #[derive(Default)]
 struct State {
-    /// Per shadow domain: guest IOVA page → (host page, permissions), as mapped.
-    pages: BTreeMap<DomainId, BTreeMap<u64, (u64, Prot)>>,
+    /// Per shadow domain: guest IOVA page → what it is mapped to, and why.
+    pages: BTreeMap<DomainId, BTreeMap<u64, Page>>,
     stats: ShadowStats,
+}
+
+/// One shadow page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Page {
+    host: u64,
+    prot: Prot,
+    /// The guest leaf it comes from (start, length): an invalidation of any address of a large
+    /// guest page concerns all of it.
+    leaf: (u64, u64),
+}
+
+impl Page {
+    fn same_mapping(&self, other: &Page) -> bool {
+        self.host == other.host && self.prot == other.prot
+    }
 }
 
 /// What a walk over a range wants the shadow to be, and what it refused.
 #[derive(Default)]
 struct Wanted {
-    pages: BTreeMap<u64, (u64, Prot)>,
+    pages: BTreeMap<u64, Page>,
+    /// The walked range, grown to the whole of every leaf found.
+    span: (u64, u64),
     /// (guest IOVA, reason), one per refused leaf or entry.
     refused: Vec<(u64, &'static str)>,
     too_many: bool,
@@ -211,7 +229,8 @@ impl Shadowing {
         parent.iova_to_phys(gpa)
     }
 
-    /// Walks `table` over `[start, end)` and collects what the shadow should map there.
+    /// Walks `table` over `[start, end)` and collects what the shadow should map there: every
+    /// page of every guest leaf that meets the range.
     fn want(
         &self,
         parent: &IovaSpace,
@@ -220,7 +239,10 @@ impl Shadowing {
         end: u64,
         reads: &mut u64,
     ) -> core::result::Result<Wanted, UnitError> {
-        let mut wanted = Wanted::default();
+        let mut wanted = Wanted {
+            span: (start, end),
+            ..Wanted::default()
+        };
         let mut read = |gpa: u64| {
             *reads += 1;
             if !gpa.is_multiple_of(8) {
@@ -231,21 +253,25 @@ impl Shadowing {
         };
         let mut visit = |found: Found| match found {
             Found::Leaf(leaf) => {
+                let end = leaf.iova.saturating_add(leaf.len);
+                wanted.span = (wanted.span.0.min(leaf.iova), wanted.span.1.max(end));
                 let mut refused = false;
-                let mut at = 0;
-                while at < leaf.len {
+                for at in (0..leaf.len).step_by(PAGE as usize) {
                     if wanted.pages.len() >= PAGE_BUDGET {
                         wanted.too_many = true;
                         return;
                     }
-                    let (iova, gpa) = (leaf.iova + at, leaf.phys + at);
-                    match self.host_page(parent, gpa) {
+                    match self.host_page(parent, leaf.phys + at) {
                         Some(host) => {
-                            wanted.pages.insert(iova, (host & !(PAGE - 1), leaf.prot));
+                            let page = Page {
+                                host: host & !(PAGE - 1),
+                                prot: leaf.prot,
+                                leaf: (leaf.iova, leaf.len),
+                            };
+                            wanted.pages.insert(leaf.iova + at, page);
                         }
                         None => refused = true,
                     }
-                    at += PAGE;
                 }
                 if refused {
                     wanted
@@ -253,7 +279,7 @@ impl Shadowing {
                         .push((leaf.iova, "guest-physical address outside guest RAM"));
                 }
             }
-            Found::Bad { iova, reason, .. } => wanted.refused.push((iova, reason)),
+            Found::Bad { iova, reason, .. } => wanted.refused.push((iova.max(start), reason)),
         };
         let mut budget = READ_BUDGET;
         let walked = table
@@ -480,17 +506,24 @@ impl<U: TranslationUnit> Iommu<U> {
             return Ok(());
         }
         let mut state = s.state.lock();
-        let mut reads = 0;
-        let wanted = s.want(parent, table, start, end, &mut reads);
-        state.stats.entries_read += reads;
-        let wanted = wanted?;
         let State { pages, stats } = &mut *state;
         let have = pages.entry(dom).or_default();
+        // Grown to the whole of the guest leaves the shadow has there.
+        let (start, end) = have
+            .range(start..end)
+            .fold((start, end), |(lo, hi), (_, p)| {
+                (lo.min(p.leaf.0), hi.max(p.leaf.0.saturating_add(p.leaf.1)))
+            });
+        let mut reads = 0;
+        let wanted = s.want(parent, table, start, end, &mut reads);
+        stats.entries_read += reads;
+        let wanted = wanted?;
+        let (start, end) = wanted.span;
 
         // Pages whose shadow must go: gone from the table, or changed.
         let stale: Vec<u64> = have
             .range(start..end)
-            .filter(|(iova, now)| wanted.pages.get(iova) != Some(now))
+            .filter(|(iova, now)| !wanted.pages.get(iova).is_some_and(|p| p.same_mapping(now)))
             .map(|(iova, _)| *iova)
             .collect();
         if !stale.is_empty() {
@@ -514,10 +547,13 @@ impl<U: TranslationUnit> Iommu<U> {
             }
         }
 
-        for (&iova, &(host, prot)) in &wanted.pages {
-            if have.contains_key(&iova) {
+        for (&iova, &page) in &wanted.pages {
+            if let Some(now) = have.get_mut(&iova) {
+                // The same mapping, maybe now from another guest leaf.
+                now.leaf = page.leaf;
                 continue;
             }
+            let Page { host, prot, .. } = page;
             let range = space
                 .begin_map(iova, PAGE, host, prot)
                 .map_err(model_error)?;
@@ -527,7 +563,7 @@ impl<U: TranslationUnit> Iommu<U> {
             }
             space.end_map(range, made.is_ok());
             made?;
-            have.insert(iova, (host, prot));
+            have.insert(iova, page);
             stats.mapped += 1;
         }
 

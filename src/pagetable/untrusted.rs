@@ -7,7 +7,8 @@
 
 use super::{Format, Prot};
 
-/// One mapping found, cut to the walked range.
+/// One mapping found, whole (a large page may reach beyond the walked range: an invalidation
+/// of any address in it concerns all of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForeignLeaf {
     pub iova: u64,
@@ -22,7 +23,7 @@ pub struct ForeignLeaf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Found {
     Leaf(ForeignLeaf),
-    /// `[iova, iova + len)` (cut to the walked range) is under an entry that cannot be used:
+    /// `[iova, iova + len)` (all that the entry covers) is under an entry that cannot be used:
     /// `reason` says why. Nothing below it was read.
     Bad {
         iova: u64,
@@ -43,7 +44,7 @@ pub enum WalkError {
 }
 
 /// Walks the table at `root` (an address the reader understands) over `[start, end)`, calling
-/// `visit` for each leaf and each unusable entry in address order. `read(addr)` gives the
+/// `visit` for each leaf and each unusable entry that meets the range, in address order. `read(addr)` gives the
 /// 8-byte entry at `addr`, or `None` where the caller refuses to read (outside guest RAM);
 /// every call spends one of `*budget`.
 pub fn walk_untrusted<F: Format>(
@@ -112,32 +113,27 @@ impl<F: Format> Walker<'_, F> {
         } else {
             (1u64 << (self.g - 3)) - 1
         };
-        // Where this table's coverage ends within the range.
+        // Where this table's coverage ends (the root's: the range's end).
         let table_end = if top {
             end
         } else {
-            base.saturating_add(1 << (shift + self.g - 3)).min(end)
+            base.saturating_add(1 << (shift + self.g - 3))
         };
         for index in first..=last.min(per_table) {
             let span_start = base + (index << shift);
             let span_len = 1u64 << shift;
-            let cut = |reason| {
-                let iova = span_start.max(start);
-                let stop = span_start.saturating_add(span_len).min(end);
-                Found::Bad {
-                    iova,
-                    len: stop - iova,
-                    reason,
-                }
+            let bad = |reason| Found::Bad {
+                iova: span_start,
+                len: span_len,
+                reason,
             };
             if *budget == 0 {
                 return Err(WalkError::Budget);
             }
             *budget -= 1;
             let Some(entry) = read(table + index * 8) else {
-                // The table lies where the walk may not read: all of it that the range meets
-                // is unusable.
-                let iova = span_start.max(start);
+                // The table lies where the walk may not read: all it covers is unusable.
+                let iova = if top { span_start } else { base };
                 visit(Found::Bad {
                     iova,
                     len: table_end - iova,
@@ -156,12 +152,12 @@ impl<F: Format> Walker<'_, F> {
                 continue;
             }
             if !self.format.leaf_ok(level) {
-                visit(cut("large page the format does not allow at this level"));
+                visit(bad("large page the format does not allow at this level"));
                 continue;
             }
             let phys = self.format.decode_addr(entry);
             if phys & (span_len - 1) != 0 {
-                visit(cut("leaf address not aligned to its size"));
+                visit(bad("leaf address not aligned to its size"));
                 continue;
             }
             let mut prot = self.format.decode_prot(entry, level);
@@ -170,12 +166,10 @@ impl<F: Format> Walker<'_, F> {
             if !prot.read && !prot.write {
                 continue;
             }
-            let iova = span_start.max(start);
-            let stop = span_start.saturating_add(span_len).min(end);
             visit(Found::Leaf(ForeignLeaf {
-                iova,
-                len: stop - iova,
-                phys: phys + (iova - span_start),
+                iova: span_start,
+                len: span_len,
+                phys,
                 prot,
             }));
         }

@@ -13,15 +13,15 @@ use proptest::prelude::*;
 use super::*;
 use crate::iommufd::tests::MockUnit;
 use crate::iommufd::GroupId;
-use crate::pagetable::vtd_second_stage::{R, W};
+use crate::pagetable::vtd_second_stage::{PS, R, W};
 use crate::unit::DeviceId;
 
 const GUEST: OwnerId = OwnerId(7);
 const TAG: u32 = 5;
 const VID: u32 = 0x20;
-/// Guest RAM: 64 pages at guest-physical 1 MiB, backed by host pages at 2 GiB + 64 KiB.
+/// Guest RAM: 4 MiB at guest-physical 1 MiB, backed by host pages at 2 GiB + 64 KiB.
 const RAM_GPA: u64 = 0x10_0000;
-const RAM_PAGES: u64 = 64;
+const RAM_PAGES: u64 = 1024;
 const HOST: u64 = 0x8001_0000;
 /// The guest's table: root and one table per lower level, then data pages.
 const ROOT: u64 = RAM_GPA;
@@ -193,6 +193,22 @@ fn a_guest_unmap_removes_the_shadow_with_one_host_invalidation_for_all_its_pages
     let s = g.stats();
     assert_eq!((s.unmapped, s.host_flushes), (8, 1));
     assert_eq!(g.flushes(), 1);
+}
+
+#[test]
+fn an_invalidation_of_one_page_of_a_large_guest_page_follows_all_of_it() {
+    let g = guest();
+    // Guest IOVAs 2..4 MiB → guest-physical 2..4 MiB, one 2 MiB leaf.
+    g.mem.guest_write(L2 + 8, 0x20_0000 | PS | R | W);
+    assert_eq!(g.invalidate(&[page(0x20_5000)]), all_done(1));
+    assert_eq!(g.stats().mapped, 512);
+    assert_eq!(g.shadow_of(0x20_0000), Some(0x20_0000 - RAM_GPA + HOST));
+    assert_eq!(g.shadow_of(0x3f_f000), Some(0x3f_f000 - RAM_GPA + HOST));
+    // Gone, invalidated at another page of it: all 512 pages go, with one host invalidation.
+    g.mem.guest_write(L2 + 8, 0);
+    assert_eq!(g.invalidate(&[page(0x30_0000)]), all_done(1));
+    assert_eq!(g.shadow_of(0x20_0000), None);
+    assert_eq!((g.stats().unmapped, g.stats().host_flushes), (512, 1));
 }
 
 #[test]
