@@ -9,10 +9,10 @@
 //! invalidate its own stage-1 TLB entries (under its VMID, which replaces whatever it wrote)
 //! and the CDs and ATCs of its own devices (virtual stream ids, translated); nothing else.
 
-use iommu::unit::{DeviceId, GuestEntry, UnitError};
+use iommu::unit::{DeviceId, GuestEntry, GuestFlush, UnitError};
 
 use crate::attributes::granule_supported;
-use crate::command::{opcode, Command, DecodeError, RawCommand};
+use crate::command::{opcode, Command, DecodeError, RawCommand, TlbiRange};
 use crate::entry::EntryError;
 use crate::idr::{Features, StallModel};
 use crate::stream_table::{CdTableFormat, Eats, Stage1, SteConfig, StreamTableEntry, StreamWorld};
@@ -131,25 +131,59 @@ pub enum HostCommand {
 /// (a [`UnitError::GuestCommand`] naming why) malformed entries, commands the guest may not
 /// issue (stage-2 and EL2/EL3 TLB maintenance, STE invalidation and prefetch, PRI and stall
 /// answers) and stream ids that are not the guest's.
+/// Why a guest command does not decode, in the words of a refusal.
+fn decode_reason(e: DecodeError) -> &'static str {
+    match e {
+        DecodeError::UnknownOpcode(_) => "unknown opcode",
+        DecodeError::Unsupported(opcode::TLBI_EL3_ALL | opcode::TLBI_EL3_VA) => {
+            "EL3 TLB maintenance is the host's"
+        }
+        DecodeError::Unsupported(opcode::PREFETCH_ADDR) => "prefetch is the host's",
+        DecodeError::Unsupported(opcode::STALL_TERM) => "stall answers are the host's",
+        DecodeError::Unsupported(_) => "command not supported for guests",
+        DecodeError::ReservedBits { .. } => "reserved bits set",
+        DecodeError::ReservedValue { .. } => "reserved field value",
+    }
+}
+
+/// What a guest's command asks a shadowing vIOMMU to follow (its stage-1 tables shadowed on an
+/// SMMU without stage 2 to nest on): stage-1 TLB invalidations name the ASID and addresses whose
+/// translations changed, CMD_SYNC is a barrier. Configuration invalidations (the guest changed
+/// an STE or CD: the VMM follows those itself), ATC invalidations (a shadowed device has no ATS)
+/// and everything else are refused by name.
+pub fn guest_flush(raw: RawCommand) -> Result<GuestFlush, &'static str> {
+    Ok(match Command::decode(raw).map_err(decode_reason)? {
+        Command::TlbiNhVa {
+            asid, addr, range, ..
+        } => GuestFlush::Range {
+            tag: u32::from(asid),
+            iova: addr,
+            // One address: its page (the shadow follows the whole guest leaf that holds it).
+            len: range.map_or(4096, |r: TlbiRange| r.pages() << r.granule.shift()),
+        },
+        Command::TlbiNhAsid { asid, .. } => GuestFlush::Tag(u32::from(asid)),
+        // Every ASID's: the shadows of all of them.
+        Command::TlbiNhVaa { .. } | Command::TlbiNhAll { .. } => GuestFlush::All,
+        Command::Sync { .. } => GuestFlush::Wait,
+        Command::CfgiSte { .. }
+        | Command::CfgiSteRange { .. }
+        | Command::CfgiCd { .. }
+        | Command::CfgiCdAll { .. }
+        | Command::PrefetchConfig { .. } => {
+            return Err("configuration invalidation (the VMM follows STE and CD changes itself)")
+        }
+        Command::AtcInv { .. } => return Err("ATC invalidation (a shadowed device has no ATS)"),
+        _ => return Err("command a shadow does not follow"),
+    })
+}
+
 pub fn check_command(
     raw: RawCommand,
     vmid: u16,
     features: &Features,
     devices: &dyn Fn(u32) -> Option<DeviceId>,
 ) -> Result<HostCommand, UnitError> {
-    let cmd = Command::decode(raw).map_err(|e| {
-        UnitError::GuestCommand(match e {
-            DecodeError::UnknownOpcode(_) => "unknown opcode",
-            DecodeError::Unsupported(opcode::TLBI_EL3_ALL | opcode::TLBI_EL3_VA) => {
-                "EL3 TLB maintenance is the host's"
-            }
-            DecodeError::Unsupported(opcode::PREFETCH_ADDR) => "prefetch is the host's",
-            DecodeError::Unsupported(opcode::STALL_TERM) => "stall answers are the host's",
-            DecodeError::Unsupported(_) => "command not supported for guests",
-            DecodeError::ReservedBits { .. } => "reserved bits set",
-            DecodeError::ReservedValue { .. } => "reserved field value",
-        })
-    })?;
+    let cmd = Command::decode(raw).map_err(|e| UnitError::GuestCommand(decode_reason(e)))?;
     let guest_sid =
         |sid: u32| devices(sid).ok_or(UnitError::GuestCommand("stream id not the guest's"));
     let ssid_fits = |ssid: u32| u64::from(ssid) >> features.ssid_bits == 0;

@@ -343,3 +343,40 @@ fn host_commands_are_refused() {
         assert_eq!(refusal(raw, &f), why, "{raw:x?}");
     }
 }
+
+/// Guest commands as a shadowing vIOMMU follows them, from hand-encoded dwords (4.4, 4.7).
+#[test]
+fn guest_commands_name_what_a_shadow_follows() {
+    // CMD_TLBI_NH_VA (0x12), ASID 7 at [63:48], address 0x1234_5000, Leaf.
+    let va = [0x12 | 7 << 48, 0x1234_5000 | 1];
+    assert_eq!(
+        guest_flush(va),
+        Ok(GuestFlush::Range {
+            tag: 7,
+            iova: 0x1234_5000,
+            len: 4096
+        })
+    );
+    // The range form: NUM 3 [16:12], SCALE 1 [24:20], TG 4K (0b01) [11:10]: (3+1) << 1 pages.
+    let range = [0x12 | 7 << 48 | 3 << 12 | 1 << 20, 0x1234_0000 | 1 << 10];
+    assert_eq!(
+        guest_flush(range),
+        Ok(GuestFlush::Range {
+            tag: 7,
+            iova: 0x1234_0000,
+            len: 8 * 4096
+        })
+    );
+    assert_eq!(guest_flush([0x11 | 9 << 48, 0]), Ok(GuestFlush::Tag(9))); // NH_ASID
+    assert_eq!(guest_flush([0x10, 0]), Ok(GuestFlush::All)); // NH_ALL
+    assert_eq!(guest_flush([0x46, 0]), Ok(GuestFlush::Wait)); // SYNC
+    assert_eq!(
+        guest_flush([0x03 | 5 << 32, 1]), // CFGI_STE
+        Err("configuration invalidation (the VMM follows STE and CD changes itself)")
+    );
+    assert_eq!(
+        guest_flush([0x2a, 0]),
+        Err("command a shadow does not follow")
+    ); // TLBI_S12_VMALL
+    assert_eq!(guest_flush([0xff, 0]), Err("unknown opcode"));
+}

@@ -35,8 +35,8 @@ use iommu::hal::{FrameSize, Hal};
 use iommu::pagetable::{Gather, Prot};
 use iommu::poll::{poll_until, DEFAULT_POLL_BUDGET};
 use iommu::unit::{
-    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, HardwareInfo,
-    Stage, TranslationUnit, UnitError, VmTable,
+    Attachment, CpuTable, DeviceId, Drained, FaultRecord, Forwarded, GuestEntry, GuestFlush,
+    HardwareInfo, Stage, TranslationUnit, UnitError, VmTable,
 };
 
 use crate::attributes::Granule;
@@ -408,6 +408,10 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         cmds: &[Self::GuestCommand],
     ) -> Forwarded {
         crate::viommu::forward_invalidations(self, viommu, devices, cmds)
+    }
+
+    fn guest_flush(&self, cmd: &RawCommand) -> Result<GuestFlush, UnitError> {
+        crate::guest::guest_flush(*cmd).map_err(UnitError::GuestCommand)
     }
 
     fn new_domain(&self, stage: Stage, ia_bits: u32) -> Result<Self::Domain, UnitError> {

@@ -335,3 +335,45 @@ fn guest_descriptors_outside_the_guest_are_refused_by_name() {
         Err("wait PD (page-request drain)")
     );
 }
+
+/// Guest descriptors as a shadowing vIOMMU follows them, from hand-encoded words (6.5.2).
+#[test]
+fn guest_descriptors_name_what_a_shadow_follows() {
+    // IOTLB (type 2), page-selective (G = 11 at [5:4]), DID 0x42 at [31:16]; AM 1: two pages.
+    let page = [0x2 | 3 << 4 | 0x42 << 16, 0xab0_0000 | 1, 0, 0];
+    assert_eq!(
+        guest_flush(&page),
+        Ok(GuestFlush::Range {
+            tag: 0x42,
+            iova: 0xab0_0000,
+            len: 8192
+        })
+    );
+    assert_eq!(
+        guest_flush(&[0x2 | 2 << 4 | 0x42 << 16, 0, 0, 0]),
+        Ok(GuestFlush::Tag(0x42))
+    );
+    assert_eq!(guest_flush(&[0x2 | 1 << 4, 0, 0, 0]), Ok(GuestFlush::All));
+    // PASID-based IOTLB (type 6), G = 11, DID 0x42, PASID 1 at [51:32], one page.
+    let piotlb = [0x6 | 3 << 4 | 0x42 << 16 | 1 << 32, 0x5000, 0, 0];
+    assert_eq!(
+        guest_flush(&piotlb),
+        Ok(GuestFlush::Range {
+            tag: 0x42,
+            iova: 0x5000,
+            len: 4096
+        })
+    );
+    assert_eq!(
+        guest_flush(&[0x5 | 1 << 5, 0x1000, 0, 0]),
+        Ok(GuestFlush::Wait)
+    );
+    assert_eq!(
+        guest_flush(&[0x1 | 1 << 4, 0, 0, 0]),
+        Err("context/PASID-cache invalidation (the VMM follows entry changes itself)")
+    );
+    assert_eq!(
+        guest_flush(&[0x3 | 8 << 32, 0, 0, 0]),
+        Err("device-TLB invalidation (a shadowed device has no ATS)")
+    );
+}
