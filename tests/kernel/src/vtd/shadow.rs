@@ -87,6 +87,13 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
     let dev = io.add_device(u, id, GroupId(id.0)).map_err(fail)?;
     io.claim(dev, guest).map_err(fail)?;
 
+    // Shadowing needs no nesting: any stage the unit has will do for the host's tables (a
+    // first-stage-only unit, x-flts, has no second stage).
+    let stage = if io.hardware_info(u).map_err(fail)?.second_stage {
+        Stage::Second
+    } else {
+        Stage::First
+    };
     // Guest RAM in a paging domain of the host (not attached: it only says where the RAM is).
     let ram = GuestRam(
         (0..PAGES)
@@ -99,7 +106,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
         reserved: &[],
     };
     let parent = io
-        .alloc_domain(guest, u, Stage::Second, IA_BITS, &layout)
+        .alloc_domain(guest, u, stage, IA_BITS, &layout)
         .map_err(fail)?;
     for (i, page) in ram.0.iter().enumerate() {
         let gpa = Iova::new(GPA + 4096 * i as u64);
@@ -121,12 +128,6 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
         tag: GUEST_DID as u32,
         root: GPA,
         format: GuestFormat::VtdSecondStage { aw: 1 },
-    };
-    // On a first-stage-only (x-flts) unit the shadow is a first-stage table.
-    let stage = if m.cmdline.get("vtd.mode") == Some("flts") {
-        Stage::First
-    } else {
-        Stage::Second
     };
     let shadow = io
         .alloc_shadow_domain(guest, v, stage, table)
