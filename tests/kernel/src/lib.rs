@@ -25,6 +25,8 @@ mod memory;
 pub mod platform;
 #[cfg(target_os = "none")]
 mod selftest;
+#[cfg(target_os = "none")]
+mod shadow;
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod smmu;
 #[cfg(target_os = "none")]

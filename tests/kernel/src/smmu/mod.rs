@@ -202,6 +202,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: viommu::guest_stage1_over_viommu_translates_and_invalidates,
     },
     Test {
+        name: "a_guest_drives_its_own_tables_through_shadowing",
+        run: viommu::shadowing,
+    },
+    Test {
         name: "eventq_interrupt_raises_its_spi",
         run: dma::eventq_interrupt_raises_its_spi,
     },

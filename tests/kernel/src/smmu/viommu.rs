@@ -439,3 +439,30 @@ pub fn guest_stage1_over_viommu_translates_and_invalidates(m: &mut Machine) -> T
     );
     Ok(())
 }
+
+/// [`crate::shadow`] with a guest that writes VMSA stage-1 tables (4 KiB granule, `IA_BITS`) and
+/// invalidates their pages with CMD_TLBI_NH_VA (ASID at \[63:48\], Leaf) and CMD_SYNC: the
+/// guest's own SMMU on one that has no stage 2 to nest on, or where the host keeps nesting for
+/// others.
+pub(super) fn shadowing(m: &mut Machine) -> TestResult {
+    super::dma::with_machine(m, |_, rig| {
+        let encoder = VmsaStage1::new(VmsaConfig {
+            granule: PtGranule::Size4K,
+            input_bits: crate::dma::IA_BITS,
+            output_bits: 48,
+        })
+        .map_err(fail)?;
+        let guest = crate::shadow::GuestIommu {
+            format: iommu::iommufd::GuestFormat::VmsaStage1 {
+                granule: PtGranule::Size4K,
+                input_bits: crate::dma::IA_BITS,
+            },
+            encoder,
+            tag: 5,
+            virtual_id: 0x10,
+            page: |asid, va| [0x12 | u64::from(asid) << 48, va | 1],
+            wait: [0x46, 0],
+        };
+        crate::shadow::a_guest_drives_its_own_tables_through_shadowing(rig, &guest)
+    })
+}

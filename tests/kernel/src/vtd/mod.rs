@@ -6,7 +6,6 @@ mod dma;
 mod hypervisor;
 mod lifecycle;
 mod msi;
-mod shadow;
 mod viommu;
 
 use crate::Machine;
@@ -182,8 +181,8 @@ pub static TESTS: &[Test<Machine>] = &[
         run: hypervisor::tiny_hypervisor_through_the_object_model,
     },
     Test {
-        name: "a_guest_drives_its_own_vtd_tables_through_shadowing",
-        run: shadow::a_guest_drives_its_own_vtd_tables_through_shadowing,
+        name: "a_guest_drives_its_own_tables_through_shadowing",
+        run: viommu::shadowing,
     },
     // Device MSIs through interrupt remapping (machines with intremap=on, vtd.ir=1).
     Test {
@@ -520,9 +519,7 @@ pub fn demo(m: &mut Machine) {
         println!("VT-d hypervisor demo failed: {why}");
     }
     println!("The guest's own VT-d tables, shadowed by the hypervisor (no nesting needed):");
-    if let Err(Failure::Failed(why) | Failure::Skipped(why)) =
-        shadow::a_guest_drives_its_own_vtd_tables_through_shadowing(m)
-    {
+    if let Err(Failure::Failed(why) | Failure::Skipped(why)) = viommu::shadowing(m) {
         println!("VT-d shadowing demo failed: {why}");
     }
     println!("Interrupts of an owned device, remapped through the object model:");

@@ -10,9 +10,11 @@ use alloc::vec::Vec;
 use super::dma::unit;
 use crate::dma::{DmaBuffer, IA_BITS, IOVA_A};
 use crate::platform::{edu_devices, EduDevice};
+use crate::shadow::GuestIommu;
 use crate::Machine;
 use iommu::addr::Iova;
-use iommu::pagetable::Prot;
+use iommu::iommufd::GuestFormat;
+use iommu::pagetable::{Prot, VtdSecondStage};
 use iommu::unit::{Attachment, DeviceId, FaultKind, Forwarded, Stage, TranslationUnit, UnitError};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, skip};
@@ -42,6 +44,20 @@ pub(super) const fn piotlb(did: u64) -> [u64; 4] {
 pub(super) const GUEST_WAIT: [u64; 4] = [0x5 | 1 << 5 | 0x1234 << 32, 0x10_0000, 0, 0];
 
 /// Device-TLB invalidation (6.5.2.5) of one page at 0 for source id `sid`.
+/// [`crate::shadow`] with a guest that writes VT-d second-stage tables (AW 1) and invalidates
+/// their pages with page-selective IOTLB descriptors (6.5.2.3) under its domain id.
+pub(super) fn shadowing(m: &mut Machine) -> TestResult {
+    let guest = GuestIommu {
+        format: GuestFormat::VtdSecondStage { aw: 1 },
+        encoder: VtdSecondStage::for_aw(1, 48).map_err(fail)?,
+        tag: GUEST_DID as u32,
+        virtual_id: GUEST_SID,
+        page: |did, giova| [0x2 | 3 << 4 | u64::from(did) << 16, giova, 0, 0],
+        wait: GUEST_WAIT,
+    };
+    crate::shadow::a_guest_drives_its_own_tables_through_shadowing(&super::dma::rig(m)?, &guest)
+}
+
 pub(super) const fn device_tlb(sid: u64) -> [u64; 4] {
     [0x3 | sid << 32, 0, 0, 0]
 }

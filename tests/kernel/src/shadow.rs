@@ -1,26 +1,38 @@
-//! A guest's own VT-d on a unit without nesting, through a shadowing vIOMMU
-//! (`iommu::iommufd::shadow`): the guest writes second-stage tables in its RAM and invalidates
-//! as caching mode asks; the host follows each invalidation into a shadow domain that edu is
-//! attached to. Runs on legacy and scalable units alike: shadowing needs no nesting hardware.
+//! A guest's own IOMMU on a unit without nesting, through a shadowing vIOMMU
+//! (`iommu::iommufd::shadow`), on either back-end: the guest writes its tables (VT-d second
+//! stage, or VMSA stage 1 for an SMMU) in its RAM and invalidates as caching mode asks; the host
+//! follows each invalidation into a shadow domain that edu is attached to. Needs no nesting
+//! hardware: the host's tables are in whatever stage the unit has.
 
 extern crate alloc;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::fmt::Debug;
 
-use super::dma::{device_id, unit};
-use super::viommu::{GUEST_DID, GUEST_SID, GUEST_WAIT};
-use crate::dma::{DmaBuffer, IA_BITS, IOVA_A};
-use crate::platform::edu_devices;
-use crate::Machine;
+use crate::dma::{DmaBuffer, Rig, IA_BITS, IOVA_A};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{
     GroupId, GuestFormat, GuestMemory, GuestTable, Iommu, Layout, OwnerId, Region, Target,
 };
-use iommu::pagetable::Prot;
-use iommu::unit::{Forwarded, Stage};
+use iommu::pagetable::{Format, Prot};
+use iommu::unit::{Forwarded, TranslationUnit};
 use iommu_boot::testing::{fail, TestResult};
 use iommu_boot::{ensure, ensure_eq, println};
+
+/// What a guest's IOMMU looks like to the guest: the format it writes its tables in (as the
+/// model reads them, and as the engine encodes entries, with three levels of 4 KiB tables for
+/// `IA_BITS`), its tag, and its commands.
+pub struct GuestIommu<F, C> {
+    pub format: GuestFormat,
+    pub encoder: F,
+    pub tag: u32,
+    /// The virtual id the guest knows edu by.
+    pub virtual_id: u32,
+    /// The guest's invalidation of the page at an IOVA under `tag`, and its barrier.
+    pub page: fn(u32, u64) -> C,
+    pub wait: C,
+}
 
 /// Guest-physical base of the guest's RAM: six pages (three tables, two data pages, a source
 /// page), each backed by a host page of its own, so nothing is contiguous by accident.
@@ -46,9 +58,9 @@ impl GuestMemory for KernelRam {
 }
 
 /// The guest's view of its RAM.
-struct GuestRam(Vec<DmaBuffer>);
+struct GuestRam<F>(Vec<DmaBuffer>, F);
 
-impl GuestRam {
+impl<F: Format> GuestRam<F> {
     fn page(&self, i: usize) -> &DmaBuffer {
         &self.0[i]
     }
@@ -64,42 +76,38 @@ impl GuestRam {
 
     /// The guest's last-level entry for `giova`: `gpa` read/write, or nothing.
     fn set_leaf(&self, giova: u64, gpa: Option<u64>) {
-        let entry = gpa.map_or(0, |g| g | 0b11);
+        let entry = gpa.map_or(0, |g| {
+            self.1.leaf_bits(0, Prot::READ_WRITE) | self.1.encode_addr(g)
+        });
         self.write_u64(GPA + 2 * 4096 + ((giova >> 12) & 511) * 8, entry);
     }
 }
 
-/// The guest's page-selective IOTLB invalidation (6.5.2.3) of `giova` in its domain.
-const fn iotlb_page(giova: u64) -> [u64; 4] {
-    [0x2 | 3 << 4 | GUEST_DID << 16, giova, 0, 0]
-}
-
-pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machine) -> TestResult {
-    let unit = unit(m)?;
-    let edus = edu_devices(m)?;
-    let edu = edus.first().ok_or_else(|| fail("needs an edu device"))?;
+pub fn a_guest_drives_its_own_tables_through_shadowing<U, F>(
+    r: &Rig<'static, U>,
+    g: &GuestIommu<F, U::GuestCommand>,
+) -> TestResult
+where
+    U: TranslationUnit,
+    U::GuestCommand: Debug,
+    F: Format + Copy,
+{
+    let edu = r.edus.first().ok_or_else(|| fail("needs an edu device"))?;
     let mut io = Iommu::new();
-    let u = io.add_unit(unit);
+    let u = io.add_unit(r.unit);
     io.allow_unsafe_interrupts(true);
     let guest = OwnerId(1);
     io.subscribe_faults(guest, 16);
-    let id = device_id(edu);
+    let id = (r.device_id)(edu);
     let dev = io.add_device(u, id, GroupId(id.0)).map_err(fail)?;
     io.claim(dev, guest).map_err(fail)?;
 
-    // Shadowing needs no nesting: any stage the unit has will do for the host's tables (a
-    // first-stage-only unit, x-flts, has no second stage).
-    let stage = if io.hardware_info(u).map_err(fail)?.second_stage {
-        Stage::Second
-    } else {
-        Stage::First
-    };
+    // Shadowing needs no nesting: the host's tables are in the stage the unit uses by default
+    // (first stage on an x-flts VT-d or a stage-1-only SMMU).
+    let stage = r.stage;
     // Guest RAM in a paging domain of the host (not attached: it only says where the RAM is).
-    let ram = GuestRam(
-        (0..PAGES)
-            .map(|_| DmaBuffer::new(0))
-            .collect::<Result<_, _>>()?,
-    );
+    let pages = (0..PAGES).map(|_| DmaBuffer::new(0));
+    let ram = GuestRam(pages.collect::<Result<_, _>>()?, g.encoder);
     let windows = [Region::below_bits(IA_BITS)];
     let layout = Layout {
         windows: &windows,
@@ -115,19 +123,22 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
     }
     // The guest's three-level table: root, one middle table, one last-level table.
     let index = |level: u32| (GIOVA >> (12 + 9 * level)) & 511;
-    ram.write_u64(GPA + index(2) * 8, (GPA + 4096) | 0b11);
-    ram.write_u64(GPA + 4096 + index(1) * 8, (GPA + 2 * 4096) | 0b11);
+    ram.write_u64(GPA + index(2) * 8, g.encoder.table_entry(GPA + 4096));
+    ram.write_u64(
+        GPA + 4096 + index(1) * 8,
+        g.encoder.table_entry(GPA + 2 * 4096),
+    );
 
     let ram_region = [Region::new(GPA, 4096 * PAGES as u64).ok_or_else(|| fail("RAM range"))?];
     let v = io
         .alloc_shadow_viommu(guest, parent, &ram_region, Arc::new(KernelRam))
         .map_err(fail)?;
-    io.set_virtual_device(guest, v, dev, GUEST_SID)
-        .map_err(fail)?;
+    let vid = g.virtual_id;
+    io.set_virtual_device(guest, v, dev, vid).map_err(fail)?;
     let table = GuestTable {
-        tag: GUEST_DID as u32,
+        tag: g.tag,
         root: GPA,
-        format: GuestFormat::VtdSecondStage { aw: 1 },
+        format: g.format,
     };
     let shadow = io
         .alloc_shadow_domain(guest, v, stage, table)
@@ -136,9 +147,10 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
         .map_err(fail)?;
     println!(
         "  shadow: guest RAM {PAGES} pages at guest-physical {GPA:#x}; edu {} is the guest's \
-         virtual {GUEST_SID:#x}, attached to the shadow of its table (tag {GUEST_DID:#x})",
-        edu.bdf
+         virtual {vid:#x}, attached to the shadow of its {:?} table (tag {:#x})",
+        edu.bdf, g.format, g.tag
     );
+    let page = |giova| [(g.page)(g.tag, giova), g.wait];
 
     let outcome = (|| {
         // edu reads 64 bytes of `byte` from the guest's source page, then writes them to GIOVA.
@@ -148,9 +160,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
             edu.edu.dma_to_ram(0, GIOVA, 64).map_err(fail)
         };
         ram.set_leaf(GIOVA_SOURCE, Some(GPA + 4096 * SOURCE as u64));
-        let f = io
-            .invalidate(guest, v, &[iotlb_page(GIOVA_SOURCE), GUEST_WAIT])
-            .map_err(fail)?;
+        let f = io.invalidate(guest, v, &page(GIOVA_SOURCE)).map_err(fail)?;
         ensure_eq!(
             f,
             Forwarded {
@@ -164,8 +174,8 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
             ensure!(
                 taken.faults.iter().any(|f| f.record.address & !0xfff == at
                     && f.device == Some(dev)
-                    && f.virtual_id == Some((v, GUEST_SID))),
-                "expected a fault of edu (virtual {GUEST_SID:#x}) at {at:#x}, got {:?}",
+                    && f.virtual_id == Some((v, vid))),
+                "expected a fault of edu (virtual {vid:#x}) at {at:#x}, got {:?}",
                 taken.faults
             );
             Ok(taken.faults)
@@ -182,9 +192,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
         println!("  shadow: a guest mapping not yet invalidated is not used: the DMA faulted");
 
         // Invalidated: the shadow follows, the DMA lands in the host page behind the data page.
-        let f = io
-            .invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
-            .map_err(fail)?;
+        let f = io.invalidate(guest, v, &page(GIOVA)).map_err(fail)?;
         ensure_eq!(
             f,
             Forwarded {
@@ -201,8 +209,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
 
         // The guest moves the mapping: the old translation must not survive.
         ram.set_leaf(GIOVA, Some(GPA + 4096 * DATA_B as u64));
-        io.invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
-            .map_err(fail)?;
+        io.invalidate(guest, v, &page(GIOVA)).map_err(fail)?;
         dma(0x33)?;
         ensure!(
             ram.page(DATA_B).all(0..64, 0x33) && ram.page(DATA_A).all(0..64, 0x22),
@@ -211,8 +218,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
 
         // The guest unmaps: the next DMA faults, reported to the guest's owner.
         ram.set_leaf(GIOVA, None);
-        io.invalidate(guest, v, &[iotlb_page(GIOVA), GUEST_WAIT])
-            .map_err(fail)?;
+        io.invalidate(guest, v, &page(GIOVA)).map_err(fail)?;
         dma(0x44)?;
         ensure!(
             ram.page(DATA_B).all(0..64, 0x33),
@@ -220,14 +226,13 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
         );
         let faults = faults_at(&io, GIOVA)?;
         if let Some(f) = faults.first() {
-            println!("  shadow: guest unmapped and invalidated: the DMA faulted, reported to the owner as virtual {GUEST_SID:#x}: {}", f.record);
+            println!("  shadow: guest unmapped and invalidated: the DMA faulted, reported to the owner as virtual {vid:#x}: {}", f.record);
         }
 
         // A mapping to guest-physical memory the guest does not have: refused and reported.
         let outside = GPA + 4096 * 64;
         ram.set_leaf(GIOVA + 4096, Some(outside));
-        io.invalidate(guest, v, &[iotlb_page(GIOVA + 4096), GUEST_WAIT])
-            .map_err(fail)?;
+        io.invalidate(guest, v, &page(GIOVA + 4096)).map_err(fail)?;
         let refused = io.take_faults(guest).map_err(fail)?;
         ensure!(
             refused
@@ -235,7 +240,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
                 .iter()
                 .any(|f| f.record.address == GIOVA + 4096
                     && f.record.reason == "guest-physical address outside guest RAM"
-                    && f.virtual_id == Some((v, GUEST_SID))),
+                    && f.virtual_id == Some((v, vid))),
             "the mapping outside guest RAM was not reported: {:?}",
             refused.faults
         );
@@ -266,7 +271,7 @@ pub(super) fn a_guest_drives_its_own_vtd_tables_through_shadowing(m: &mut Machin
     let teardown = io
         .attach(dev, guest, Target::Blocked)
         .and_then(|()| io.destroy_domain(guest, shadow))
-        .and_then(|()| io.unset_virtual_device(guest, v, GUEST_SID))
+        .and_then(|()| io.unset_virtual_device(guest, v, vid))
         .and_then(|()| io.release(dev, guest))
         .and_then(|()| io.destroy_viommu(guest, v))
         .and_then(|()| io.destroy_domain(guest, parent));
