@@ -89,7 +89,10 @@ pub(super) fn tiny_hypervisor_through_the_object_model(m: &mut Machine) -> TestR
         )))
     );
     // Its pass-through entry: the device's DMA is guest-physical, translated by the parent.
-    println!("  hypervisor: guest first-stage PASID entry checked, then refused (no ECAP.NEST)");
+    println!(
+        "  hypervisor: guest first-stage PASID entry checked, then refused for nesting (no \
+         ECAP.NEST); such a guest gets a shadowing vIOMMU instead (below)"
+    );
     let nested = io
         .alloc_nested_domain(guest, v, &GUEST_PASS_THROUGH)
         .map_err(fail)?;
