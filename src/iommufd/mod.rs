@@ -141,6 +141,11 @@
 //! [`Iommu::alloc_vm_domain`] instead of a nest parent: the embedder changes that table itself
 //! and calls [`Iommu::flush`]; it is a nest parent too.
 //!
+//! Where the unit cannot nest, a *shadowing* vIOMMU ([`Iommu::alloc_shadow_viommu`]) gives the
+//! guest the same: its tables stay in its RAM, and each invalidation it forwards through
+//! [`Iommu::invalidate`] brings a shadow domain ([`Iommu::alloc_shadow_domain`]) in step with
+//! them. See [`shadow`].
+//!
 //! # PASIDs and shared CPU tables
 //!
 //! [`Iommu::attach_pasid`] attaches one PASID of a device (alone in its group) to a domain,
