@@ -261,7 +261,8 @@ impl<U: TranslationUnit> Iommu<U> {
             Subject::Domain(d) => *id == d,
         };
         for (&domain, dom) in self.domains.iter().filter(|(id, d)| of_subject(id, d.unit)) {
-            if let DomainKind::Paging { space, .. } = &dom.kind {
+            // A shadow's pages too (their changes are announced like any map and unmap).
+            if let DomainKind::Paging { space, .. } | DomainKind::Shadow { space, .. } = &dom.kind {
                 for (m, prot) in space.mappings_with_prot() {
                     to.event(&Event::Map {
                         domain,

@@ -380,11 +380,14 @@ fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
     use crate::iommufd::{Event, Replay, Subject};
     let mut g = guest();
     let heard = Arc::new(Heard::default());
+    // A page shadowed before the subscription is replayed.
+    g.map(0x7000, DATA + PAGE);
+    g.invalidate(&[page(0x7000)]);
     g.io.subscribe(
         GUEST,
         Subject::Domain(g.shadow),
         heard.clone(),
-        Replay::None,
+        Replay::Current,
     )
     .unwrap();
     g.map(0x5000, DATA);
@@ -404,5 +407,17 @@ fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
         iova: Iova::new(0x5000),
         len: PAGE,
     };
-    assert_eq!(events, [map, unmap]);
+    let replayed = Event::Map {
+        domain: g.shadow,
+        iova: Iova::new(0x7000),
+        phys: PhysAddr::new(DATA + PAGE - RAM_GPA + HOST),
+        len: PAGE,
+        prot: Prot::READ_WRITE,
+    };
+    let attached = Event::Attach {
+        device: g.dev,
+        pasid: None,
+        target: Target::Domain(g.shadow),
+    };
+    assert_eq!(events, [replayed, attached, map, unmap]);
 }
