@@ -108,6 +108,12 @@ struct Geometry {
     oa: u8,
     /// log2 of the number of concatenated tables at the start level (stage 2 only).
     concat_log2: u8,
+    /// The granule's shift and the output-address field, computed once: the engine asks for
+    /// them at every level of every walk.
+    shift: u8,
+    addr_mask: u64,
+    /// All ones with FEAT_LPA (OA\[51:48\] in bits 15:12), else 0: applied without a branch.
+    lpa_mask: u64,
 }
 
 impl Geometry {
@@ -158,42 +164,26 @@ impl Geometry {
             ia: ia as u8,
             oa: oa as u8,
             concat_log2: concat_log2 as u8,
+            shift: g as u8,
+            addr_mask: ((1u64 << 48) - 1) & !((1u64 << g) - 1),
+            lpa_mask: if oa == 52 { !0 } else { 0 },
         })
     }
 
     #[inline(always)]
     fn g(&self) -> u32 {
-        self.granule.shift()
-    }
-
-    /// Output-address bits 47:granule of an entry.
-    #[inline(always)]
-    fn addr_mask(&self) -> u64 {
-        ((1u64 << 48) - 1) & !((1u64 << self.g()) - 1)
-    }
-
-    #[inline(always)]
-    fn lpa(&self) -> bool {
-        self.oa == 52
+        u32::from(self.shift)
     }
 
     #[inline(always)]
     fn encode_addr(&self, pa: u64) -> u64 {
-        let mut e = pa & self.addr_mask();
-        if self.lpa() {
-            // FEAT_LPA, 64K granule: OA[51:48] live in bits 15:12.
-            e |= ((pa >> 48) & 0xf) << 12;
-        }
-        e
+        // FEAT_LPA, 64K granule: OA[51:48] live in bits 15:12.
+        (pa & self.addr_mask) | ((((pa >> 48) & 0xf) << 12) & self.lpa_mask)
     }
 
     #[inline(always)]
     fn decode_addr(&self, entry: u64) -> u64 {
-        let mut pa = entry & self.addr_mask();
-        if self.lpa() {
-            pa |= ((entry >> 12) & 0xf) << 48;
-        }
-        pa
+        (entry & self.addr_mask) | ((((entry >> 12) & 0xf) << 48) & self.lpa_mask)
     }
 
     #[inline(always)]

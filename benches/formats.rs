@@ -1,0 +1,267 @@
+//! Every table format of the engine against the `x86_64` crate's `OffsetPageTable` in the same
+//! run: single map, single unmap and map+unmap pairs of one page (the format's granule), and
+//! 256-page ranges mapped and unmapped in one call, in ns per page.
+//!
+//! ```text
+//! cargo bench -p iommu --bench formats            # 5 interleaved rounds, medians
+//! cargo bench -p iommu --bench formats -- --test  # one short round (smoke)
+//! ```
+//!
+//! Not criterion: eight formats times five cases would take long, and the ratios need the
+//! format and the peer measured in the same moments, so each round measures every case of every
+//! table once, interleaved, and the report takes the median over rounds.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use iommu::addr::{Iova, PhysAddr};
+use iommu::hal::host::HostHal;
+use iommu::hal::{FrameSize, Hal};
+use iommu::pagetable::{
+    Coherency, Format, Gather, Granule, PageTable, Prot, VmsaConfig, VmsaStage1, VmsaStage2,
+    VtdSecondStage, VtdSecondStageConfig, X86FirstStage, X86FirstStageConfig,
+};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable as X86Level4, PageTableFlags,
+    PhysFrame, Size4KiB,
+};
+use x86_64::VirtAddr;
+
+/// Pages each single-page case maps (then unmaps) per round, at consecutive addresses.
+const PAGES: u64 = 4096;
+/// Pages of one range call, and range calls per round.
+const RANGE: u64 = 256;
+const RANGES: u64 = 64;
+/// Where the work happens: above the first 16 GiB so no earlier mapping shares a table.
+const BASE: u64 = 1 << 36;
+
+/// ns per page for each case of one table.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    map: f64,
+    unmap: f64,
+    pair: f64,
+    range_map: f64,
+    range_unmap: f64,
+}
+
+/// What the benchmark needs of a table: ours over any format, and the peer.
+trait Table {
+    fn page(&self) -> u64;
+    fn map(&mut self, va: u64, len: u64);
+    fn unmap(&mut self, va: u64, len: u64);
+}
+
+struct Ours<F: Format> {
+    table: PageTable<F, &'static HostHal>,
+}
+
+impl<F: Format> Ours<F> {
+    fn new(format: F) -> Self {
+        let hal: &'static HostHal = Box::leak(Box::new(HostHal::new()));
+        Self {
+            table: PageTable::new(format, hal, Coherency::Coherent).expect("a table"),
+        }
+    }
+}
+
+impl<F: Format> Table for Ours<F> {
+    fn page(&self) -> u64 {
+        1 << self.table.format().granule_shift()
+    }
+
+    #[inline(always)]
+    fn map(&mut self, va: u64, len: u64) {
+        self.table
+            .map(Iova::new(va), PhysAddr::new(va), len, Prot::READ_WRITE)
+            .expect("map");
+    }
+
+    #[inline(always)]
+    fn unmap(&mut self, va: u64, len: u64) {
+        let mut g = Gather::new();
+        self.table
+            .unmap(Iova::new(va), len, &mut g)
+            .expect("unmap");
+        // SAFETY: host memory that nothing walks.
+        unsafe { g.complete(self.table.hal()) };
+    }
+}
+
+/// The peer's frames: pre-allocated from the same host HAL.
+struct Pool(Vec<u64>);
+
+// SAFETY: every frame is a distinct, zeroed, 4K-aligned block the HAL handed out once.
+unsafe impl FrameAllocator<Size4KiB> for Pool {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let f = self.0.pop()?;
+        Some(PhysFrame::containing_address(x86_64::PhysAddr::new(f)))
+    }
+}
+
+struct Peer {
+    mapper: OffsetPageTable<'static>,
+    pool: Pool,
+}
+
+impl Peer {
+    fn new() -> Self {
+        let hal: &'static HostHal = Box::leak(Box::new(HostHal::new()));
+        let mut frames: Vec<u64> = (0..256)
+            .map(|_| hal.alloc_frame(FrameSize::SIZE_4K).expect("frame").as_u64())
+            .collect();
+        frames.reverse();
+        let l4: &'static mut X86Level4 = Box::leak(Box::new(X86Level4::new()));
+        // SAFETY: with offset 0 every "physical" frame is a host pointer we own.
+        let mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::new(0)) };
+        Self {
+            mapper,
+            pool: Pool(frames),
+        }
+    }
+}
+
+impl Table for Peer {
+    fn page(&self) -> u64 {
+        4096
+    }
+
+    /// Page by page: the crate has no range call.
+    #[inline(always)]
+    fn map(&mut self, va: u64, len: u64) {
+        for va in (va..va + len).step_by(4096) {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
+            let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(va));
+            let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+            // SAFETY: the frame is never accessed through the mapping.
+            unsafe { self.mapper.map_to(page, frame, flags, &mut self.pool) }
+                .expect("map")
+                .ignore();
+        }
+    }
+
+    #[inline(always)]
+    fn unmap(&mut self, va: u64, len: u64) {
+        for va in (va..va + len).step_by(4096) {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
+            self.mapper.unmap(page).expect("unmap").1.ignore();
+        }
+    }
+}
+
+/// One round of every case on `t`; tables stay allocated between cases (as in a live domain).
+fn round(t: &mut dyn Table, pages: u64) -> Figures {
+    let p = t.page();
+    let ns = |t0: Instant, n: u64| t0.elapsed().as_nanos() as f64 / n as f64;
+    let t0 = Instant::now();
+    for i in 0..pages {
+        t.map(black_box(BASE + i * p), p);
+    }
+    let map = ns(t0, pages);
+    let t0 = Instant::now();
+    for i in 0..pages {
+        t.unmap(black_box(BASE + i * p), p);
+    }
+    let unmap = ns(t0, pages);
+    let t0 = Instant::now();
+    for _ in 0..pages {
+        t.map(black_box(BASE), p);
+        t.unmap(black_box(BASE), p);
+    }
+    let pair = ns(t0, pages);
+    let ranges = (pages / 64).max(1).min(RANGES);
+    let t0 = Instant::now();
+    for r in 0..ranges {
+        t.map(black_box(BASE + r * RANGE * p), RANGE * p);
+    }
+    let range_map = ns(t0, ranges * RANGE);
+    let t0 = Instant::now();
+    for r in 0..ranges {
+        t.unmap(black_box(BASE + r * RANGE * p), RANGE * p);
+    }
+    let range_unmap = ns(t0, ranges * RANGE);
+    Figures {
+        map,
+        unmap,
+        pair,
+        range_map,
+        range_unmap,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--test");
+    let (rounds, pages) = if smoke { (1, 64) } else { (5, PAGES) };
+    let vmsa = |granule| VmsaConfig {
+        granule,
+        input_bits: 48,
+        output_bits: 48,
+    };
+    let vtd = VtdSecondStageConfig {
+        sagaw: 0b100,
+        sllps: 0b11,
+        address_width: 48,
+        output_width: 48,
+        snoop_control: false,
+    };
+    let mut tables: Vec<(&str, Box<dyn Table>)> = vec![
+        ("x86_64 crate (peer)", Box::new(Peer::new())),
+        (
+            "VT-d second stage",
+            Box::new(Ours::new(VtdSecondStage::new(vtd).expect("format"))),
+        ),
+        (
+            "x86-64 first stage",
+            Box::new(Ours::new(
+                X86FirstStage::new(X86FirstStageConfig::four_level(48)).expect("format"),
+            )),
+        ),
+    ];
+    for (name, g) in [
+        ("VMSA stage 1, 4K", Granule::Size4K),
+        ("VMSA stage 1, 16K", Granule::Size16K),
+        ("VMSA stage 1, 64K", Granule::Size64K),
+    ] {
+        tables.push((name, Box::new(Ours::new(VmsaStage1::new(vmsa(g)).expect("format")))));
+    }
+    for (name, g) in [
+        ("VMSA stage 2, 4K", Granule::Size4K),
+        ("VMSA stage 2, 16K", Granule::Size16K),
+        ("VMSA stage 2, 64K", Granule::Size64K),
+    ] {
+        tables.push((name, Box::new(Ours::new(VmsaStage2::new(vmsa(g)).expect("format")))));
+    }
+    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); tables.len()];
+    for _ in 0..rounds {
+        for (i, (_, t)) in tables.iter_mut().enumerate() {
+            all[i].push(round(t.as_mut(), pages));
+        }
+    }
+    let med = |i: usize, f: fn(&Figures) -> f64| median(all[i].iter().map(f).collect());
+    let cases: [(&str, fn(&Figures) -> f64); 5] = [
+        ("map", |f| f.map),
+        ("unmap", |f| f.unmap),
+        ("pair", |f| f.pair),
+        ("range map", |f| f.range_map),
+        ("range unmap", |f| f.range_unmap),
+    ];
+    println!("ns per page (median of {rounds} rounds), ratio to the peer's 4K figure:");
+    print!("{:<22}", "table");
+    for (c, _) in cases {
+        print!(" | {c:>18}");
+    }
+    println!();
+    for (i, (name, _)) in tables.iter().enumerate() {
+        print!("{name:<22}");
+        for (_, f) in cases {
+            let v = med(i, f);
+            print!(" | {v:>8.2} ({:>5.2}x)", v / med(0, f));
+        }
+        println!();
+    }
+}
