@@ -169,7 +169,7 @@ fn round(t: &mut dyn Table, pages: u64) -> Figures {
         t.unmap(black_box(BASE), p);
     }
     let pair = ns(t0, pages);
-    let ranges = (pages / 64).max(1).min(RANGES);
+    let ranges = (pages / 64).clamp(1, RANGES);
     let t0 = Instant::now();
     for r in 0..ranges {
         t.map(black_box(BASE + r * RANGE * p), RANGE * p);
