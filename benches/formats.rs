@@ -243,7 +243,8 @@ fn main() {
         }
     }
     let med = |i: usize, f: fn(&Figures) -> f64| median(all[i].iter().map(f).collect());
-    let cases: [(&str, fn(&Figures) -> f64); 5] = [
+    type Case = (&'static str, fn(&Figures) -> f64);
+    let cases: [Case; 5] = [
         ("map", |f| f.map),
         ("unmap", |f| f.unmap),
         ("pair", |f| f.pair),

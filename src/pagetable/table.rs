@@ -187,11 +187,27 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// May run concurrently with other operations on ranges disjoint from this one.
     #[inline(always)]
     pub fn map(&self, iova: Iova, phys: PhysAddr, len: u64, prot: Prot) -> Result<()> {
+        match self.format.granule_shift() {
+            12 => self.map_in_granule::<12>(iova, phys, len, prot),
+            14 => self.map_in_granule::<14>(iova, phys, len, prot),
+            _ => self.map_in_granule::<16>(iova, phys, len, prot),
+        }
+    }
+
+    /// [`map`](Self::map) with the granule's shift `G` a constant (see [`Self::g`]).
+    #[inline(always)]
+    fn map_in_granule<const G: u32>(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<()> {
         let va = iova.as_u64();
         let pa = phys.as_u64();
         let end = self.check_map(va, pa, len, prot)?;
-        if let Some(level) = self.leaf_level(len) {
-            if (va | pa) & (len - 1) == 0 && self.map_one(va, pa, level, prot)? {
+        if let Some(level) = self.leaf_level_in::<G>(len) {
+            if (va | pa) & (len - 1) == 0 && self.map_one::<G>(va, pa, level, prot)? {
                 return Ok(());
             }
         }
@@ -256,18 +272,28 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         if !gather.serves(self.root) {
             return Err(Error::ForeignGather);
         }
-        let bytes = self.unmap_here(start, end, len, gather)?;
+        let bytes = match self.format.granule_shift() {
+            12 => self.unmap_here::<12>(start, end, len, gather),
+            14 => self.unmap_here::<14>(start, end, len, gather),
+            _ => self.unmap_here::<16>(start, end, len, gather),
+        }?;
         gather.bind(self.root);
         Ok(bytes)
     }
 
-    /// [`unmap`](Self::unmap) once its arguments are checked: the one-entry fast path, else the
-    /// general walk.
+    /// [`unmap`](Self::unmap) once its arguments are checked: the one-entry fast path (with the
+    /// granule's shift `G` a constant), else the general walk.
     #[inline(always)]
-    fn unmap_here(&self, start: u64, end: u64, len: u64, gather: &mut Gather) -> Result<u64> {
-        if let Some(level) = self.leaf_level(len) {
+    fn unmap_here<const G: u32>(
+        &self,
+        start: u64,
+        end: u64,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64> {
+        if let Some(level) = self.leaf_level_in::<G>(len) {
             if start & (len - 1) == 0 {
-                if let Some(bytes) = self.unmap_one(start, level, gather)? {
+                if let Some(bytes) = self.unmap_one::<G>(start, level, gather)? {
                     return Ok(bytes);
                 }
             }
@@ -486,10 +512,32 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         self.format.levels() - 1
     }
 
+    /// The granule's shift: `G` where a caller compiled its path for one granule, else (`G` =
+    /// 0) the format's.
+    ///
+    /// Why: a VMSA format's granule is a value of the table, so every shift and mask of a walk
+    /// would be computed (and, after each acquire load, reloaded) at run time. The single-page
+    /// paths of `map` and `unmap` are instead compiled once per granule (a `match` on it, which
+    /// folds away for the fixed-granule formats), so their shifts and masks are constants.
+    #[inline(always)]
+    fn g<const G: u32>(&self) -> u32 {
+        if G == 0 {
+            self.format.granule_shift()
+        } else {
+            debug_assert_eq!(G, self.format.granule_shift());
+            G
+        }
+    }
+
     /// log2 of the span of one entry at `level`.
     #[inline(always)]
     fn shift(&self, level: u32) -> u32 {
-        let g = self.format.granule_shift();
+        self.shift_in::<0>(level)
+    }
+
+    #[inline(always)]
+    fn shift_in<const G: u32>(&self, level: u32) -> u32 {
+        let g = self.g::<G>();
         g + level * (g - 3)
     }
 
@@ -517,7 +565,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// Entries of a non-root table: a granule's worth.
     #[inline(always)]
     fn granule_entries(&self) -> usize {
-        1 << (self.format.granule_shift() - 3)
+        1 << (self.g::<0>() - 3)
     }
 
     /// The entries of the table frame at `pa`.
@@ -546,13 +594,18 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// The table a table entry `e` at `level` points to (always below the root, so a granule).
     #[inline(always)]
     fn child(&self, e: u64, level: u32) -> &[AtomicU64] {
+        self.child_in::<0>(e, level)
+    }
+
+    #[inline(always)]
+    fn child_in<const G: u32>(&self, e: u64, level: u32) -> &[AtomicU64] {
         debug_assert!(level > 0);
         // SAFETY: table entries in live tables are written only by `install_table`, from
         // granule frames the HAL gave this table (the `Format` contract makes `decode_addr`
         // return that frame). A frame leaves the tree only through an unmap covering its span,
         // which no operation reaching it may overlap, and is freed only by `Gather::complete`
         // under the same rule.
-        unsafe { self.frame(self.format.decode_addr(e), self.granule_entries()) }
+        unsafe { self.frame(self.format.decode_addr(e), 1 << (self.g::<G>() - 3)) }
     }
 
     // ---- non-coherent walkers ----
@@ -647,14 +700,14 @@ impl<F: Format, H: Hal> PageTable<F, H> {
 
     /// The level whose entries span exactly `len` bytes and may be leaves, if any.
     #[inline(always)]
-    fn leaf_level(&self, len: u64) -> Option<u32> {
-        // A short chain of compares against constants (for fixed-granule formats), smallest
-        // page first: the common sizes are decided in one or two steps.
-        if len == 1 << self.format.granule_shift() {
+    fn leaf_level_in<const G: u32>(&self, len: u64) -> Option<u32> {
+        // A short chain of compares against constants, smallest page first: the common sizes
+        // are decided in one or two steps.
+        if len == 1 << self.g::<G>() {
             return Some(0);
         }
         for level in 1..self.format.levels() {
-            let span = 1u64 << self.shift(level);
+            let span = 1u64 << self.shift_in::<G>(level);
             if len <= span {
                 return (len == span && self.format.leaf_ok(level)).then_some(level);
             }
@@ -666,14 +719,14 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// least work per level. Returns `Ok(false)` if a table sits where the leaf would go, for
     /// the general path to fill with smaller pages; otherwise decides as the general path would.
     #[inline(always)]
-    fn map_one(&self, va: u64, pa: u64, level: u32, prot: Prot) -> Result<bool> {
-        let stride = self.format.granule_shift() - 3;
-        let mask = self.granule_entries() - 1;
+    fn map_one<const G: u32>(&self, va: u64, pa: u64, level: u32, prot: Prot) -> Result<bool> {
+        let stride = self.g::<G>() - 3;
+        let mask = (1 << stride) - 1;
         let mut l = self.top();
-        let mut shift = self.shift(l);
+        let mut shift = self.shift_in::<G>(l);
         let mut slot = &self.root_table()[self.index(va, l)];
         while l > level {
-            let (t, _) = self.table_below(slot, l)?;
+            let (t, _) = self.table_below_in::<G>(slot, l)?;
             l -= 1;
             shift -= stride;
             slot = &t[((va >> shift) as usize) & mask];
@@ -698,11 +751,16 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// `unmap` of exactly one entry's span at `level`. Returns `Ok(None)` if the entry is a
     /// table (the general path unlinks it whole); otherwise decides as the general path would.
     #[inline(always)]
-    fn unmap_one(&self, va: u64, level: u32, gather: &mut Gather) -> Result<Option<u64>> {
-        let stride = self.format.granule_shift() - 3;
-        let mask = self.granule_entries() - 1;
+    fn unmap_one<const G: u32>(
+        &self,
+        va: u64,
+        level: u32,
+        gather: &mut Gather,
+    ) -> Result<Option<u64>> {
+        let stride = self.g::<G>() - 3;
+        let mask = (1 << stride) - 1;
         let mut l = self.top();
-        let mut shift = self.shift(l);
+        let mut shift = self.shift_in::<G>(l);
         let mut slot = &self.root_table()[self.index(va, l)];
         loop {
             // Acquire: follow table pointers into fully visible tables.
@@ -721,7 +779,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
                 // A larger leaf covers the range: removing the range alone would cut it.
                 return Err(Error::SplitsSuperpage);
             }
-            let t = self.child(e, l);
+            let t = self.child_in::<G>(e, l);
             l -= 1;
             shift -= stride;
             slot = &t[((va >> shift) as usize) & mask];
@@ -738,6 +796,15 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// Returns whether this call created it. Fails if the slot holds a leaf.
     #[inline(always)]
     fn table_below(&self, slot: &AtomicU64, level: u32) -> Result<(&[AtomicU64], bool)> {
+        self.table_below_in::<0>(slot, level)
+    }
+
+    #[inline(always)]
+    fn table_below_in<const G: u32>(
+        &self,
+        slot: &AtomicU64,
+        level: u32,
+    ) -> Result<(&[AtomicU64], bool)> {
         // Acquire pairs with the installer's release: the table's zeroes (and any entries
         // published since) are visible before we read them.
         let e = slot.load(Ordering::Acquire);
@@ -748,7 +815,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
             return Err(Error::AlreadyMapped);
         }
         self.sync_path(slot, e);
-        Ok((self.child(e, level), false))
+        Ok((self.child_in::<G>(e, level), false))
     }
 
     #[cold]
