@@ -147,6 +147,20 @@ impl Gather {
         self.count += 1;
     }
 
+    /// Ends a gather that holds no table frames: the common unmap of pages inside tables that
+    /// stay, which has nothing to free and so needs no [`complete`](Gather::complete) and no
+    /// proof. A gather with frames comes back as `Err` for `complete` after the invalidation.
+    ///
+    /// The invalidation of [`range`](Gather::range) is still the caller's to issue before the
+    /// unmapped IOVAs or memory are reused; only the freeing is skipped.
+    pub fn finish(self) -> Result<(), Gather> {
+        if self.count == 0 {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+
     /// Returns every gathered frame to the HAL.
     ///
     /// # Safety

@@ -521,3 +521,26 @@ fn a_gather_serves_only_the_table_that_filled_it() {
     assert!(flush.asked.borrow().is_empty());
     assert_eq!(hal.live_frames(), live);
 }
+
+#[test]
+fn a_page_unmap_inside_tables_that_stay_finishes_without_complete() {
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(0x1000), pa(0x5000), 0x1000, Prot::READ_WRITE)
+        .unwrap();
+    t.map(iova(0x2000), pa(0x6000), 0x1000, Prot::READ_WRITE)
+        .unwrap();
+    let mut g = Gather::new();
+    t.unmap(iova(0x1000), 0x1000, &mut g).unwrap();
+    assert_eq!(g.range(), Some((iova(0x1000), 0x1000)));
+    assert!(g.finish().is_ok());
+    // A whole table's span unlinks it: that gather has a frame to free and comes back.
+    t.map(iova(0x20_0000), pa(0x20_0000), 0x1000, Prot::READ_WRITE)
+        .unwrap();
+    let mut g = Gather::new();
+    t.unmap(iova(0x20_0000), 0x20_0000, &mut g).unwrap();
+    let g = g.finish().expect_err("a table frame to free");
+    assert_eq!(g.freed_frames(), 1);
+    // SAFETY: host memory that nothing walks.
+    unsafe { g.complete(&&hal) };
+}
