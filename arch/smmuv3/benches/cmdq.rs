@@ -63,7 +63,9 @@ fn main() {
     c.final_summary();
 
     let args: Vec<String> = std::env::args().collect();
-    let smoke = args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench");
+    // `--test` (cargo test --benches passes no `--bench`) and `--profile-time` are not for figures.
+    let smoke = args.iter().any(|a| a == "--test" || a == "--profile-time")
+        || !args.iter().any(|a| a == "--bench");
     // In smoke mode one short round, to run the summary's code, not to measure.
     let (rounds, secs) = if smoke { (1, 0.01) } else { (5, 0.5) };
     let heading = format!(

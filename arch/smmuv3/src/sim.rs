@@ -251,6 +251,16 @@ pub struct SelfDraining<'a, M> {
 impl<M: QueueMemory<2>> SelfDraining<'_, M> {
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
+        // the lines shared (hardware answers a CONS read without writing anything; a
+        // read-modify-write here would make every poll of every waiter bounce a line).
+        let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
+        let prod = self.smmu.cmdq_prod.load(Ordering::Relaxed) & mask;
+        if self.stepping.load(Ordering::Relaxed)
+            || self.smmu.cmdq_cons.load(Ordering::Relaxed) & mask == prod
+        {
+            return;
+        }
         if self
             .stepping
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)

@@ -182,6 +182,16 @@ pub struct SelfDraining<'a> {
 impl SelfDraining<'_> {
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
+        // the lines shared (hardware answers a register read without writing anything; a
+        // read-modify-write here would make every poll of every waiter bounce a line).
+        let unit = self.unit;
+        if self.stepping.load(Ordering::Relaxed)
+            || unit.index(unit.head.load(Ordering::Relaxed))
+                == unit.index(unit.tail.load(Ordering::Relaxed))
+        {
+            return;
+        }
         if self
             .stepping
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
