@@ -2,7 +2,8 @@
 //! (page tables here; the VT-d invalidation queue and the SMMUv3 command and event queues in the
 //! back-ends), swapped for loom's model-checked ones when built with `RUSTFLAGS="--cfg loom"`, so
 //! the same protocol code runs on hardware and under the checker. Also the one lock-free piece
-//! both queues share: the [`CombiningLock`] behind their tail-register publishers.
+//! both queues share: the [`CombiningLock`] behind their tail-register publishers, and (feature
+//! `host-hal`) the harness of their benchmarks, `bench`.
 //!
 //! Code that is part of a loom model takes all of these (and [`Mutex`]) from here, never from
 //! `core::sync::atomic` directly, or loom would not see those accesses.
@@ -271,6 +272,10 @@ impl CombiningLock {
         }
     }
 }
+
+// The queue benchmarks' harness: host threads and clocks, so never under loom.
+#[cfg(all(feature = "host-hal", not(loom)))]
+pub mod bench;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

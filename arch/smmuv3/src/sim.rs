@@ -3,7 +3,9 @@
 //! and QEMU's `smmuv3_cmdq_consume` do, over queue rings in host memory.
 //!
 //! It is driven one step at a time by the test's own threads, so a test decides how fast the
-//! "hardware" goes and can stop it.
+//! "hardware" goes and can stop it; or, through [`SimulatedSmmu::self_draining`], by the
+//! submitters themselves while they poll CONS, so a benchmark needs no consumer thread (one that
+//! would take a core real hardware does not).
 
 extern crate alloc;
 
@@ -13,7 +15,7 @@ use crate::cmdq::{CmdqRegisters, CommandErrorCode, QueueMemory};
 use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
-use iommu::sync::{AtomicU32, Ordering, RacyCell};
+use iommu::sync::{AtomicBool, AtomicU32, Ordering, RacyCell};
 
 /// A queue ring in host memory whose slot accesses loom checks for races.
 #[derive(Debug)]
@@ -152,6 +154,21 @@ impl SimulatedSmmu {
         }
     }
 
+    /// This SMMU's registers as a command queue sees them, consuming the ring `mem` whenever
+    /// CONS is read, with `execute` deciding what the SMMU accepts.
+    pub fn self_draining<'a, M: QueueMemory<2>>(
+        &'a self,
+        mem: &'a M,
+        execute: fn(RawCommand) -> Result<(), CommandErrorCode>,
+    ) -> SelfDraining<'a, M> {
+        SelfDraining {
+            smmu: self,
+            mem,
+            execute,
+            stepping: AtomicBool::new(false),
+        }
+    }
+
     /// QEMU's rule for what it accepts: a command the decoder accepts (QEMU refuses unknown
     /// opcodes and SSec; this is stricter about reserved bits).
     pub fn decode_or_illegal(cmd: RawCommand) -> Result<Command, CommandErrorCode> {
@@ -212,6 +229,72 @@ impl CmdqRegisters for SimulatedSmmu {
             Ok(n) | Err(n) => n,
         };
         (gerror ^ old) & mask
+    }
+}
+
+/// The registers of a [`SimulatedSmmu`] whose command queue is consumed by whoever reads CONS:
+/// before answering, a read executes every command published so far (up to a queue's worth),
+/// as hardware would have while the CPU was getting round to polling. The CPU time the SMMU
+/// takes is charged to the waiting submitter, so two submitters use two cores and no more.
+#[derive(Debug)]
+pub struct SelfDraining<'a, M> {
+    smmu: &'a SimulatedSmmu,
+    mem: &'a M,
+    execute: fn(RawCommand) -> Result<(), CommandErrorCode>,
+    /// One consumer at a time, as in the SMMU: [`SimulatedSmmu::step`] reads and writes CONS
+    /// without a read-modify-write, so two concurrent steps could move it backwards. A reader
+    /// that finds it taken answers with CONS as it is (the holder is draining). Acquire on
+    /// taking, release on leaving: one drain's CONS store happens before the next one's load.
+    stepping: AtomicBool,
+}
+
+impl<M: QueueMemory<2>> SelfDraining<'_, M> {
+    /// Executes what is published, unless another CPU is doing so.
+    fn drain(&self) {
+        // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
+        // the lines shared (hardware answers a CONS read without writing anything; a
+        // read-modify-write here would make every poll of every waiter bounce a line).
+        let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
+        let prod = self.smmu.cmdq_prod.load(Ordering::Relaxed) & mask;
+        if self.stepping.load(Ordering::Relaxed)
+            || self.smmu.cmdq_cons.load(Ordering::Relaxed) & mask == prod
+        {
+            return;
+        }
+        if self
+            .stepping
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // Bounded: a queue's worth, so a reader never drains producers that outrun it forever.
+        for _ in 0..1u32 << self.smmu.log2 {
+            match self.smmu.step(self.mem, self.execute) {
+                SimStep::Consumed(_) => {}
+                SimStep::Idle | SimStep::Halted | SimStep::Refused(..) => break,
+            }
+        }
+        self.stepping.store(false, Ordering::Release);
+    }
+}
+
+impl<M: QueueMemory<2>> CmdqRegisters for SelfDraining<'_, M> {
+    fn read_cons(&self) -> u32 {
+        self.drain();
+        CmdqRegisters::read_cons(self.smmu)
+    }
+    fn write_prod(&self, prod: u32) {
+        self.smmu.write_prod(prod)
+    }
+    fn read_gerror(&self) -> u32 {
+        self.smmu.read_gerror()
+    }
+    fn read_gerrorn(&self) -> u32 {
+        self.smmu.read_gerrorn()
+    }
+    fn acknowledge_gerror(&self, mask: u32) -> u32 {
+        self.smmu.acknowledge_gerror(mask)
     }
 }
 

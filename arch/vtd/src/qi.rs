@@ -823,8 +823,9 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod sim;
+// The queue's side of a simulated unit: tests, loom models, and the queue benchmark.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -1,5 +1,5 @@
 //! What the SMMU benchmarks share: a command queue whose simulated SMMU consumes it on a thread
-//! of its own.
+//! of its own (the object-model bench; the queue bench, `cmdq`, has its producers drain it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -613,3 +613,43 @@ fn gerror_acknowledgements_from_two_cpus_are_not_lost() {
         );
     }
 }
+
+#[test]
+fn self_draining_smmu_is_consumed_by_its_waiters() {
+    // No consumer thread: the submitters' CONS polls run the SMMU, through wraps, a full queue
+    // (8 entries, 3 producers) and illegal commands.
+    let smmu = SimulatedSmmu::new(3);
+    let mem = HeapQueueMemory::<2>::new(3);
+    let regs = smmu.self_draining(&mem, |raw| {
+        SimulatedSmmu::decode_or_illegal(raw).map(|_| ())
+    });
+    let q = CommandQueue::new(regs, &mem, BUDGET).unwrap_or_else(|e| panic!("{e}"));
+    thread::scope(|s| {
+        for p in 0..3u32 {
+            let q = &q;
+            s.spawn(move || {
+                for i in 0..300u32 {
+                    let bad = i % 7 == p;
+                    let cmds = if bad {
+                        std::vec![tagged(p, i), [0xff, 0]]
+                    } else {
+                        std::vec![tagged(p, i), tagged(p, i + 1)]
+                    };
+                    match q.submit_and_sync(&cmds) {
+                        Ok(()) => assert!(!bad, "producer {p}: error at {i} not reported"),
+                        Err(CmdqError::Command(f)) => {
+                            assert!(bad, "producer {p}: unexpected failure at {i}: {f:?}");
+                            assert_eq!((f.position, f.code), (1, CommandErrorCode::Illegal));
+                        }
+                        Err(e) => panic!("producer {p}: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    // Everything submitted was consumed.
+    assert_eq!(
+        q.consumed.0.load(Ordering::Acquire),
+        q.reserved.0.load(Ordering::Relaxed)
+    );
+}

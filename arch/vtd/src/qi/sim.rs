@@ -1,20 +1,32 @@
-//! A simulated unit for host and loom tests: registers as atomics, and a consumer step that
-//! executes one descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with
-//! the head left at the bad descriptor, no progress while IQE or ITE is set).
+//! The invalidation queue's side of a simulated unit, for host and loom tests and the queue
+//! benchmark (feature `sim`): registers as atomics, and a consumer step that executes one
+//! descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with the head left
+//! at the bad descriptor, no progress while IQE or ITE is set). Tests step it from a thread of
+//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead.
+//! (`crate::sim` is the whole unit, register page and all, for [`VtdUnit`](crate::VtdUnit).)
 
 extern crate std;
 use std::vec::Vec;
 
 use super::*;
 
+/// The queue registers of a simulated unit and what it needs to execute descriptors.
 pub struct SimUnit {
+    /// IQH.
     pub head: AtomicU64,
+    /// IQT.
     pub tail: AtomicU64,
+    /// FSTS.
     pub fsts: AtomicU32,
+    /// IQERCD.
     pub iqercd: AtomicU64,
+    /// IQA.DW.
     pub width: DescriptorWidth,
+    /// Slots in the ring.
     pub entries: u64,
+    /// The address wait descriptors' status writes are relative to: the first status word.
     pub status_phys: u64,
+    /// IQT writes so far.
     pub tail_writes: AtomicU64,
 }
 
@@ -37,11 +49,16 @@ impl QiRegisters for SimUnit {
     }
 }
 
+/// What one step of the simulated unit did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
+    /// The queue was empty.
     Idle,
+    /// Stopped on IQE or ITE until software clears it.
     Stopped,
+    /// Executed this descriptor.
     Executed([u64; 4]),
+    /// Rejected the descriptor at the head: IQE set, the head left on it.
     Rejected,
 }
 
@@ -61,6 +78,8 @@ fn reserved(ty: u64) -> Option<(u64, u64, bool)> {
 }
 
 impl SimUnit {
+    /// A unit with an empty queue of `entries` descriptors of `width`, its status words at
+    /// `status_phys`.
     pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
         Self {
             head: AtomicU64::new(0),
@@ -132,18 +151,103 @@ impl SimUnit {
     }
 }
 
-/// Memory for a tiny queue, leaked so threads that need `'static` can use it.
+impl SimUnit {
+    /// This unit's registers as a queue sees them, executing the descriptors in `mem` whenever
+    /// the queue reads IQH or FSTS.
+    pub fn self_draining<'a>(&'a self, mem: &'a SimMemory) -> SelfDraining<'a> {
+        SelfDraining {
+            unit: self,
+            memory: mem.memory(),
+            stepping: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The registers of a [`SimUnit`] whose queue is consumed by whoever reads IQH (a producer
+/// waiting for space) or FSTS (a waiter's fault check, every `fault_check_interval` polls):
+/// before answering, a read executes every descriptor published so far (up to a ring's worth),
+/// as hardware would have while the CPU was getting round to polling. The unit's CPU time is
+/// charged to the waiting submitter, so two submitters use two cores and no more.
+pub struct SelfDraining<'a> {
+    unit: &'a SimUnit,
+    memory: QueueMemory<'a>,
+    /// One consumer at a time, as in the unit: [`SimUnit::step`] reads and writes the head
+    /// without a read-modify-write, so two concurrent steps could move it backwards. A reader
+    /// that finds it taken answers with the registers as they are (the holder is draining).
+    /// Acquire on taking, release on leaving: one drain's head store happens before the next
+    /// one's load.
+    stepping: AtomicBool,
+}
+
+impl SelfDraining<'_> {
+    /// Executes what is published, unless another CPU is doing so.
+    fn drain(&self) {
+        // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
+        // the lines shared (hardware answers a register read without writing anything; a
+        // read-modify-write here would make every poll of every waiter bounce a line).
+        let unit = self.unit;
+        if self.stepping.load(Ordering::Relaxed)
+            || unit.index(unit.head.load(Ordering::Relaxed))
+                == unit.index(unit.tail.load(Ordering::Relaxed))
+        {
+            return;
+        }
+        if self
+            .stepping
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // Bounded: a ring's worth, so a reader never drains producers that outrun it forever.
+        for _ in 0..self.unit.entries {
+            if !matches!(self.unit.step(&self.memory), Step::Executed(_)) {
+                break;
+            }
+        }
+        self.stepping.store(false, Ordering::Release);
+    }
+}
+
+impl QiRegisters for SelfDraining<'_> {
+    fn read_head(&self) -> u64 {
+        self.drain();
+        self.unit.read_head()
+    }
+    fn write_tail(&self, value: u64) {
+        self.unit.write_tail(value)
+    }
+    fn read_fault_status(&self) -> u32 {
+        self.drain();
+        self.unit.read_fault_status()
+    }
+    fn clear_fault_status(&self, bits: u32) {
+        self.unit.clear_fault_status(bits)
+    }
+    fn read_error_record(&self) -> u64 {
+        self.unit.read_error_record()
+    }
+}
+
+/// Memory for a queue in the host's heap (tests leak it for threads that need `'static`).
 pub struct SimMemory {
+    /// The ring.
     pub descriptors: Vec<AtomicU64>,
+    /// The status words, one per slot and the sink.
     pub status: Vec<AtomicU32>,
+    /// The queue's per-slot error marks.
     pub marks: Vec<AtomicU64>,
+    /// The queue's per-slot ready marks.
     pub ready: Vec<AtomicU64>,
 }
 
+/// Where the unit believes the ring is (for IQA; never dereferenced).
 pub const RING_PHYS: u64 = 0x10_0000;
+/// Where the unit believes the status words are: status writes land at their offset from it.
 pub const STATUS_PHYS: u64 = 0x20_0000;
 
 impl SimMemory {
+    /// Zeroed memory for a queue of `entries` descriptors of `width`.
     pub fn new(entries: usize, width: DescriptorWidth) -> Self {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Self {
@@ -154,6 +258,7 @@ impl SimMemory {
         }
     }
 
+    /// The memory as a queue takes it.
     pub fn memory(&self) -> QueueMemory<'_> {
         // SAFETY: the simulated unit reaches the status words by subtracting STATUS_PHYS,
         // and nothing else uses this memory.
@@ -170,6 +275,7 @@ impl SimMemory {
     }
 }
 
+#[cfg(test)]
 pub fn config(width: DescriptorWidth, poll_budget: u32, fault_check_interval: u32) -> QueueConfig {
     QueueConfig {
         width,
@@ -180,6 +286,7 @@ pub fn config(width: DescriptorWidth, poll_budget: u32, fault_check_interval: u3
 }
 
 /// A queue of `entries` slots over `mem`, driven through `unit`.
+#[cfg(test)]
 pub fn queue<'m>(
     unit: &'m SimUnit,
     mem: &'m SimMemory,

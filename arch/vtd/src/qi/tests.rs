@@ -322,6 +322,49 @@ fn iqe_found_by_a_waiter_while_other_producers_submit() {
 }
 
 #[test]
+fn self_draining_unit_is_consumed_by_its_waiters() {
+    // No consumer thread: the submitters' IQH and FSTS reads run the unit, through wraps, a
+    // full ring (16 slots, 3 producers) and rejected descriptors.
+    let width = DescriptorWidth::Bits128;
+    let unit = SimUnit::new(width, 16, STATUS_PHYS);
+    let mem = SimMemory::new(16, width);
+    let regs = unit.self_draining(&mem);
+    let q =
+        match InvalidationQueue::with_entries(regs, mem.memory(), config(width, 50_000_000, 1), 16)
+        {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        };
+    std::thread::scope(|s| {
+        for p in 0..3u16 {
+            let q = &q;
+            s.spawn(move || {
+                for i in 0..300u64 {
+                    let bad = i % 7 == u64::from(p);
+                    // Reserved bit 8 of an IOTLB descriptor.
+                    let second = if bad {
+                        Descriptor::Raw([0x132, 0, 0, 0])
+                    } else {
+                        tagged(p, 2 * i + 1)
+                    };
+                    match q.submit_and_wait([tagged(p, 2 * i), second]) {
+                        Ok(()) => assert!(!bad, "producer {p}: error at {i} not reported"),
+                        Err(QiError::InvalidDescriptor { index: 1, .. }) if bad => {}
+                        Err(e) => panic!("producer {p} at {i}: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    // Everything submitted was consumed.
+    assert_eq!(
+        unit.head.load(Ordering::Acquire),
+        unit.tail.load(Ordering::Acquire)
+    );
+    assert_eq!(q.submitted().1, 900);
+}
+
+#[test]
 fn rejected_wait_is_reported_at_once() {
     let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
     let mem = SimMemory::new(8, DescriptorWidth::Bits128);

@@ -1,0 +1,95 @@
+//! Invalidation queue throughput: submit (4 page-selective IOTLB descriptors + a wait) and wait
+//! for the wait's status write, from 1 and 2 producer threads, for the lock-free queue and for
+//! the same queue behind a `spin::Mutex` held across submission and wait (the classic locked
+//! design).
+//!
+//! The simulated unit (`iommu_vtd::qi::sim`) is consumed by the producers themselves
+//! ([`SimUnit::self_draining`]: every IQH or FSTS read first executes what is published), as
+//! hardware drains the queue while the CPU polls. No responder thread: 2 producers use exactly
+//! 2 cores. The queue reads FSTS on every poll of a wait (`fault_check_interval` 1, not the
+//! driver's 64): here the unit only moves when a register is read, and with 64 it would move
+//! once per 64 polls, a latency hardware does not add.
+//!
+//! `cargo bench -p iommu-vtd --bench qi` prints, after criterion's report, operations per second
+//! of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2 (harness:
+//! `iommu::sync::bench`). `-- --test` runs every case once, and the summary briefly.
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use iommu::addr::Iova;
+use iommu::sync::bench::{summary, Design, Rig};
+use iommu_vtd::descriptor::{Descriptor, Drain, IotlbScope, PageBlock};
+use iommu_vtd::qi::sim::{SimMemory, SimUnit, STATUS_PHYS};
+use iommu_vtd::qi::{DescriptorWidth, InvalidationQueue, QueueConfig};
+use iommu_vtd::{Did, QiError, QueueSize};
+
+/// Descriptors per submission (before its wait): a typical small invalidation.
+const BATCH: u64 = 4;
+
+fn main() {
+    // Scalable mode's 256-bit descriptors: one page holds 128.
+    let width = DescriptorWidth::Bits256;
+    let size = QueueSize::ONE_PAGE;
+    let entries = size.entries(width);
+    let unit = SimUnit::new(width, entries as u64, STATUS_PHYS);
+    let mem = SimMemory::new(entries, width);
+    let config = QueueConfig {
+        width,
+        size,
+        poll_budget: iommu::poll::DEFAULT_POLL_BUDGET,
+        fault_check_interval: 1,
+    };
+    let queue = match InvalidationQueue::new(unit.self_draining(&mem), mem.memory(), config) {
+        Ok(q) => q,
+        Err(e) => panic!("{e}"),
+    };
+    let batch: Vec<Descriptor> = (0..BATCH)
+        .map(|i| Descriptor::Iotlb {
+            scope: IotlbScope::Pages {
+                domain: Did::new(1),
+                block: PageBlock::page(Iova::new(0x10_0000 + (i << 12))),
+                leaf_only: true,
+            },
+            drain: Drain::default(),
+        })
+        .collect();
+    let rig = Rig::new(|| queue.submit_and_wait(std::hint::black_box(&batch).iter().copied()));
+    let run = |design, producers, iters| -> Duration {
+        match rig.run(design, producers, iters) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    };
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut group = c.benchmark_group("qi_submit4_wait");
+    group.throughput(Throughput::Elements(1));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for producers in [1usize, 2] {
+        for design in Design::ALL {
+            group.bench_function(format!("{}/{producers}_producers", design.name()), |b| {
+                b.iter_custom(|iters| run(design, producers, iters))
+            });
+        }
+    }
+    group.finish();
+    c.final_summary();
+
+    let args: Vec<String> = std::env::args().collect();
+    // `--test` (cargo test --benches passes no `--bench`) and `--profile-time` are not for figures.
+    let smoke = args.iter().any(|a| a == "--test" || a == "--profile-time")
+        || !args.iter().any(|a| a == "--bench");
+    // In smoke mode one short round, to run the summary's code, not to measure.
+    let (rounds, secs) = if smoke { (1, 0.01) } else { (5, 0.5) };
+    let heading = format!(
+        "submit({BATCH} IOTLB descriptors) + wait, unit drained by the waiters, {entries} entries{}",
+        if smoke { " [smoke run: not a measurement]" } else { "" }
+    );
+    if let Err(e) = summary::<_, QiError>(&rig, &heading, rounds, secs) {
+        panic!("{e}");
+    }
+}
