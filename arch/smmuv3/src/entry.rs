@@ -94,6 +94,10 @@ pub enum UpdateKind {
     /// Breaking: the entry is made invalid (V = 0) first, so the SMMU sees the old entry,
     /// then none (transactions abort with C_BAD_STE / C_BAD_CD), then the new one.
     Breaking,
+    /// The entry was written whole into a new level-2 array before the level-1 descriptor
+    /// made the array reachable: the SMMU never saw an older entry, so no step was needed,
+    /// only the descriptor's invalidation (Leaf = 0).
+    NewLevel2,
 }
 
 /// The ordered word stores of an entry update; see [`plan_entry_update`].

@@ -1153,20 +1153,44 @@ impl<H: Hal> StreamTable<H> {
         Ok(self.table.entry(sid)?)
     }
 
-    /// Installs `ste` for `sid` on a live SMMU: creates the level-2 table if needed, then
-    /// performs the [`plan_ste_update`] stores, calling `invalidate` with the
-    /// CMD_CFGI_STE to issue (followed by a CMD_SYNC, and waited for) after each step.
-    /// Returns the kind of update that was made.
+    /// Installs `ste` for `sid` on a live SMMU by the [`plan_ste_update`] stores, calling
+    /// `invalidate` with the CMD_CFGI_STE to issue (followed by a CMD_SYNC, and waited for)
+    /// after each step. Where no level-2 table covers `sid` yet, one is created with `ste` in
+    /// place and every other STE at abort: see
+    /// [`install_with_neighbours`](Self::install_with_neighbours). Returns the kind of update
+    /// that was made.
     pub fn install(
         &mut self,
         sid: u32,
         ste: &StreamTableEntry,
+        invalidate: impl FnMut(Command) -> Result<(), CmdqError>,
+    ) -> Result<UpdateKind, StreamTableError> {
+        self.install_with_neighbours(sid, ste, &StreamTableEntry::abort(), invalidate)
+    }
+
+    /// [`install`](Self::install), where a level-2 table created for `sid` has every other STE
+    /// at `neighbours` (a unit's blocking STE, so their streams fault in the reporting way).
+    /// The new table is written whole before its level-1 descriptor: while the descriptor was
+    /// invalid (Span = 0, IHI 0070 5.3) it named no level-2 table, so the SMMU cannot have
+    /// fetched or cached any STE of the new one (QEMU answers such a StreamID with
+    /// C_BAD_STREAMID and caches nothing) and none needs a CMD_CFGI_STE. Only the descriptor
+    /// does: CMD_CFGI_STE with Leaf = 0 (4.3.1: the STE and the level-1 descriptor locating
+    /// it), in case the SMMU kept the invalid one. The cost is one CMD_CFGI_STE and one
+    /// CMD_SYNC ([`UpdateKind::NewLevel2`]) instead of an update plan per STE.
+    pub fn install_with_neighbours(
+        &mut self,
+        sid: u32,
+        ste: &StreamTableEntry,
+        neighbours: &StreamTableEntry,
         mut invalidate: impl FnMut(Command) -> Result<(), CmdqError>,
     ) -> Result<UpdateKind, StreamTableError> {
         let target = ste.encode()?;
-        let kind = self.table.write(sid, &target, ste_used_bits, |leaf| {
-            invalidate(Command::CfgiSte { sid, leaf })
-        })?;
+        let neighbours = neighbours.encode()?;
+        let kind =
+            self.table
+                .write_with_neighbours(sid, &target, &neighbours, ste_used_bits, |leaf| {
+                    invalidate(Command::CfgiSte { sid, leaf })
+                })?;
         Ok(kind)
     }
 

@@ -169,7 +169,7 @@ impl<H: Hal> TwoLevelTable<H> {
             fill,
         };
         if shape.leaf_bits.is_none() {
-            table.fill_entries(base, shape.limit());
+            table.fill_entries(base, shape.limit(), &fill);
         }
         Ok(table)
     }
@@ -211,12 +211,11 @@ impl<H: Hal> TwoLevelTable<H> {
         unsafe { load_word(&self.hal, table, index) }
     }
 
-    /// Writes `fill` into the `entries` entries of the array at `table`. A fresh frame is zero,
-    /// so only non-zero words are stored; an all-zero fill only cleans the frame (for a
-    /// non-coherent SMMU) so the SMMU cannot read stale lines.
-    fn fill_entries(&self, table: PhysAddr, entries: u64) {
+    /// Writes `fill` into the `entries` entries of the fresh (zeroed) array at `table`: only
+    /// non-zero words are stored.
+    fn fill_entries(&self, table: PhysAddr, entries: u64, fill: &EntryWords) {
         for e in 0..entries {
-            for (w, value) in self.fill.iter().enumerate() {
+            for (w, value) in fill.iter().enumerate() {
                 if *value != 0 {
                     self.store(table, e * ENTRY_WORDS as u64 + w as u64, *value);
                 }
@@ -253,7 +252,20 @@ impl<H: Hal> TwoLevelTable<H> {
     /// false) before relying on the SMMU to have dropped a cached invalid descriptor (invalid
     /// descriptors are not normally cached, so QEMU and Linux do without).
     pub(crate) fn ensure_level2(&mut self, index: u32) -> Result<bool, TableError> {
-        let (Some(l1), _) = self.locate(index)? else {
+        let fill = self.fill;
+        self.ensure_level2_with(index, &fill, None)
+    }
+
+    /// [`ensure_level2`](Self::ensure_level2) with the entries of a new array at `others`, and
+    /// entry `index` at `entry` when given. Every entry is in place before the level-1
+    /// descriptor store that makes the array reachable.
+    fn ensure_level2_with(
+        &mut self,
+        index: u32,
+        others: &EntryWords,
+        entry: Option<&EntryWords>,
+    ) -> Result<bool, TableError> {
+        let (Some(l1), position) = self.locate(index)? else {
             return Ok(false);
         };
         if (self.level1.decode)(self.load(self.base, l1)).is_some() {
@@ -263,15 +275,32 @@ impl<H: Hal> TwoLevelTable<H> {
             return Err(TableError::Geometry("table size"));
         };
         let l2 = self.hal.alloc_frame(frame).ok_or(TableError::OutOfMemory)?;
-        if self.fill == [0; ENTRY_WORDS] {
+        let desc = match (self.level1.encode)(l2, leaf_bits) {
+            Ok(desc) => desc,
+            Err(e) => {
+                // SAFETY: just allocated with this size; nothing points at it.
+                unsafe { self.hal.free_frame(l2, frame) };
+                return Err(e.into());
+            }
+        };
+        if *others == [0; ENTRY_WORDS] {
+            // A fresh frame is zero already: clean it (non-coherent SMMU) so the SMMU cannot
+            // read stale lines.
             if self.clean {
                 self.hal
                     .clean_to_poc(self.hal.phys_to_virt(l2), frame.bytes());
             }
         } else {
-            self.fill_entries(l2, self.shape.leaf_entries());
+            self.fill_entries(l2, self.shape.leaf_entries(), others);
         }
-        let desc = (self.level1.encode)(l2, leaf_bits)?;
+        if let Some(entry) = entry {
+            let first = position * ENTRY_WORDS as u64;
+            for (w, value) in entry.iter().enumerate() {
+                if *value != others[w] {
+                    self.store(l2, first + w as u64, *value);
+                }
+            }
+        }
         // The level-2 entries must be visible before the descriptor: the same barrier a queue
         // publication uses orders the normal-memory stores for the SMMU's reads.
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
@@ -289,20 +318,40 @@ impl<H: Hal> TwoLevelTable<H> {
         Ok(words)
     }
 
-    /// The one entry writer: changes live entry `index` to `target` (the level-2 array created
-    /// first if needed) by the stores of [`plan_entry_update`] with the table type's `used`
-    /// bits, calling `invalidate(leaf)` after each step, which must invalidate the SMMU's cached
-    /// copy (CMD_CFGI_STE / CMD_CFGI_CD, leaf = false after a new level-2 array) and wait for a
-    /// CMD_SYNC. Returns the kind of update that was made.
+    /// The one entry writer: changes live entry `index` to `target` by the stores of
+    /// [`plan_entry_update`] with the table type's `used` bits, calling `invalidate(leaf)` after
+    /// each step, which must invalidate the SMMU's cached copy (CMD_CFGI_STE / CMD_CFGI_CD) and
+    /// wait for a CMD_SYNC. Where no level-2 array covers `index` yet, see
+    /// [`write_with_neighbours`](Self::write_with_neighbours) (here the neighbours get `fill`).
+    /// Returns the kind of update that was made.
     pub(crate) fn write(
         &mut self,
         index: u32,
         target: &EntryWords,
         used: fn(&EntryWords) -> EntryWords,
+        invalidate: impl FnMut(bool) -> Result<(), CmdqError>,
+    ) -> Result<UpdateKind, TableError> {
+        let fill = self.fill;
+        self.write_with_neighbours(index, target, &fill, used, invalidate)
+    }
+
+    /// [`write`](Self::write), where a level-2 array created for `index` gets `target` at
+    /// `index` and `neighbours` in every other entry, all stored before the level-1 descriptor
+    /// that makes the array reachable. The SMMU cannot have fetched, let alone cached, an entry
+    /// of an array no descriptor pointed at, so none of them needs an invalidation; only the
+    /// descriptor does (`invalidate(false)`: CMD_CFGI_STE / CMD_CFGI_CD with Leaf = 0), in case
+    /// the SMMU kept the invalid one. That is the whole cost: one invalidation and one sync.
+    pub(crate) fn write_with_neighbours(
+        &mut self,
+        index: u32,
+        target: &EntryWords,
+        neighbours: &EntryWords,
+        used: fn(&EntryWords) -> EntryWords,
         mut invalidate: impl FnMut(bool) -> Result<(), CmdqError>,
     ) -> Result<UpdateKind, TableError> {
-        if self.ensure_level2(index)? {
+        if self.ensure_level2_with(index, neighbours, Some(target))? {
             invalidate(false).map_err(TableError::Invalidation)?;
+            return Ok(UpdateKind::NewLevel2);
         }
         let (table, first) = self.words_at(index)?;
         let current = self.entry(index)?;

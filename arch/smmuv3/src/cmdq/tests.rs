@@ -13,7 +13,7 @@ use std::vec::Vec;
 
 use super::*;
 use crate::attributes::Granule;
-use crate::command::Command;
+use crate::command::{opcode, Command};
 use crate::sim::{HeapQueueMemory, SimStep, SimulatedSmmu};
 use crate::unit::invalidate::{plan_invalidation, InvalidationPolicy, InvalidationScope};
 
@@ -652,4 +652,77 @@ fn self_draining_smmu_is_consumed_by_its_waiters() {
         q.consumed.0.load(Ordering::Acquire),
         q.reserved.0.load(Ordering::Relaxed)
     );
+}
+
+/// What an attach to a new level-2 stream table, a one-page unmap and a 16-page deferred
+/// unmap cost in commands, issued as the unit issues them (each STE step by `submit_and_sync`,
+/// an unmap's invalidation in one batch) and counted as the simulated SMMU executed them.
+#[test]
+fn commands_per_operation_are_the_fewest() {
+    use crate::stream_table::{Stage1, StreamTable, StreamTableEntry, StreamTableGeometry};
+    use iommu::addr::PhysAddr;
+    use iommu::hal::host::HostHal;
+
+    let (q, smmu, mem) = setup(8, BUDGET);
+    let consumer = Consumer::start(smmu, mem);
+    let opcodes = |from: usize| -> Vec<u8> {
+        consumer.executed()[from..]
+            .iter()
+            .map(Command::opcode)
+            .collect()
+    };
+
+    // Attach: the STE and its 255 blocking neighbours written before the level-1 descriptor,
+    // then CMD_CFGI_STE (Leaf = 0) + CMD_SYNC.
+    let hal = HostHal::new();
+    let geometry = StreamTableGeometry::two_level(16, 8).unwrap_or_else(|e| panic!("{e}"));
+    let mut table = StreamTable::new(&hal, geometry, true).unwrap_or_else(|e| panic!("{e}"));
+    let blocking = StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x4000)));
+    let ste = StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x8000)));
+    let issue = |cmd: Command| q.submit_and_sync(&[cmd.encode()?]);
+    let before = consumer.executed().len();
+    assert!(table
+        .install_with_neighbours(0x308, &ste, &blocking, issue)
+        .is_ok());
+    assert_eq!(opcodes(before), [opcode::CFGI_STE, opcode::SYNC]);
+    assert_eq!(
+        consumer.executed()[before],
+        Command::CfgiSte {
+            sid: 0x308,
+            leaf: false
+        }
+    );
+    // SAFETY: the simulated SMMU never reads the table.
+    unsafe { table.free() };
+
+    // Unmap: the page's invalidation and one sync, with range invalidation or without.
+    let unmap = |pages: u64, ril: bool| -> Vec<u8> {
+        let policy = InvalidationPolicy {
+            range_invalidation: ril,
+            max_commands: InvalidationPolicy::DEFAULT_MAX_COMMANDS,
+        };
+        let ranges = [0x10_0000..0x10_0000 + pages * 0x1000];
+        let before = consumer.executed().len();
+        let mut batch = q.batch();
+        for c in plan_invalidation(
+            InvalidationScope::Stage1 { vmid: 0, asid: 3 },
+            &ranges,
+            Granule::Size4K,
+            true,
+            &policy,
+        ) {
+            assert_eq!(batch.push(c), Ok(()));
+        }
+        assert_eq!(batch.finish(), Ok(()));
+        opcodes(before)
+    };
+    for ril in [true, false] {
+        assert_eq!(unmap(1, ril), [opcode::TLBI_NH_VA, opcode::SYNC]);
+    }
+    // 16 deferred unmaps of adjacent pages, one gathered range: one range command with RIL
+    // (QEMU has it), one per page without; one sync either way.
+    assert_eq!(unmap(16, true), [opcode::TLBI_NH_VA, opcode::SYNC]);
+    let without = unmap(16, false);
+    assert_eq!(without.len(), 17);
+    assert_eq!(without.last(), Some(&opcode::SYNC));
 }

@@ -346,6 +346,9 @@ mod in_memory {
                 3
             };
             assert_eq!(leaves, expected);
+            // A CD in a new leaf is written before the leaf is reachable: that one non-leaf
+            // invalidation is all it costs. The others are live (hitless) updates, two steps.
+            assert_eq!(calls.len(), expected + 2 * (6 - expected));
             assert_eq!(hal.live_frames(), 1 + expected);
             // SAFETY: no SMMU saw it.
             unsafe { table.free() };

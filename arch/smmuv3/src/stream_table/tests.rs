@@ -610,22 +610,24 @@ mod in_memory {
         assert_eq!(table.entry(255), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(table.entry(256), Err(StreamTableError::NoLevel2(256)));
 
-        // Installing in an absent level-2 table creates it and invalidates the descriptor too.
+        // Installing in an absent level-2 table creates it with the STE in place: only the
+        // descriptor is invalidated.
         let mut issued = Vec::new();
         let ste = StreamTableEntry::stage2(s2_4k());
         let kind = table.install(0x0301, &ste, |c| {
             issued.push(c);
             Ok(())
         });
-        assert_eq!(kind, Ok(UpdateKind::Hitless { critical: 0 }));
+        assert_eq!(kind, Ok(UpdateKind::NewLevel2));
         assert_eq!(
-            issued[0],
-            Command::CfgiSte {
+            issued,
+            [Command::CfgiSte {
                 sid: 0x301,
                 leaf: false
-            }
+            }]
         );
         assert_eq!(table.entry(0x301).ok(), ste.encode().ok());
+        assert_eq!(table.entry(0x300), Ok([1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(hal.live_frames(), 3);
         // Non-coherent: every store was cleaned.
         assert!(hal.cleans() > 0);
@@ -645,6 +647,58 @@ mod in_memory {
         ));
         // SAFETY: no SMMU ever saw this table.
         unsafe { table.free() };
+        assert_eq!(hal.live_frames(), 0);
+    }
+
+    /// A stream in a new level-2 table costs one CMD_CFGI_STE (Leaf = 0), whatever its
+    /// neighbours hold: the table is complete before the SMMU can reach it. A later stream of
+    /// the same table goes through the update plan (its STE may be cached by then).
+    #[test]
+    fn new_level2_table_costs_one_invalidation() {
+        let hal = HostHal::new();
+        let geometry = StreamTableGeometry::two_level(16, 8).unwrap_or_else(|e| panic!("{e}"));
+        for coherent in [true, false] {
+            let mut table =
+                StreamTable::new(&hal, geometry, coherent).unwrap_or_else(|e| panic!("{e}"));
+            let blocking = StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x4000)));
+            let targets = [
+                StreamTableEntry::stage1(Stage1::single_cd(PhysAddr::new(0x8000))),
+                StreamTableEntry::stage2(s2_4k()),
+                StreamTableEntry::nested(Stage1::single_cd(PhysAddr::new(0x8000)), s2_4k()),
+                StreamTableEntry::bypass(),
+                StreamTableEntry::abort(),
+            ];
+            for (i, ste) in targets.iter().enumerate() {
+                let sid = 0x308 + ((i as u32) << 8);
+                let mut issued = Vec::new();
+                let kind = table.install_with_neighbours(sid, ste, &blocking, |c| {
+                    issued.push(c);
+                    Ok(())
+                });
+                assert_eq!(kind, Ok(UpdateKind::NewLevel2), "{ste:?}");
+                assert_eq!(issued, [Command::CfgiSte { sid, leaf: false }], "{ste:?}");
+                let first = sid & !0xff;
+                for other in first..first + 256 {
+                    let want = if other == sid { ste } else { &blocking };
+                    assert_eq!(table.entry(other).ok(), want.encode().ok(), "{other:#x}");
+                }
+            }
+            // The same table again: an ordinary live update, blocking -> another CD (hitless).
+            let mut issued = Vec::new();
+            let kind = table.install_with_neighbours(0x309, &targets[0], &blocking, |c| {
+                issued.push(c);
+                Ok(())
+            });
+            assert_eq!(kind, Ok(UpdateKind::Hitless { critical: 0 }));
+            assert!(issued.iter().all(|c| *c
+                == Command::CfgiSte {
+                    sid: 0x309,
+                    leaf: true
+                }));
+            assert!(!issued.is_empty());
+            // SAFETY: no SMMU ever saw this table.
+            unsafe { table.free() };
+        }
         assert_eq!(hal.live_frames(), 0);
     }
 

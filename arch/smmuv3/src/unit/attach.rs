@@ -15,6 +15,7 @@ use super::SmmuUnit;
 use crate::cmdq::CmdqError;
 use crate::command::Command;
 use crate::context_descriptor::ContextDescriptor;
+use crate::entry::UpdateKind;
 use crate::idr::Features;
 use crate::stream_table::{StreamTable, StreamTableEntry};
 use crate::substream::SubstreamTable;
@@ -166,6 +167,25 @@ impl<H: Hal + Clone> Streams<H> {
     }
 }
 
+/// Writes `ste` for `sid`, `issue` sending each CMD_CFGI_STE followed by a CMD_SYNC and waiting
+/// for it. A level-2 table created for `sid` has its other streams at `neighbours` (the
+/// blocking domain's STE: an aborting STE records nothing, and their DMA must be refused in the
+/// reporting way) and is written whole before the SMMU can reach it: one CMD_CFGI_STE (Leaf =
+/// 0) and one CMD_SYNC in all ([`StreamTable::install_with_neighbours`]).
+pub(crate) fn write_ste<H: Hal>(
+    strtab: &mut StreamTable<H>,
+    sid: u32,
+    ste: &StreamTableEntry,
+    neighbours: Option<&StreamTableEntry>,
+    issue: impl FnMut(Command) -> Result<(), CmdqError>,
+) -> Result<UpdateKind, Error> {
+    let kind = match neighbours {
+        Some(n) => strtab.install_with_neighbours(sid, ste, n, issue),
+        None => strtab.install(sid, ste, issue),
+    };
+    kind.map_err(Error::StreamTable)
+}
+
 /// Frees what a stream used before, once its STE points elsewhere.
 ///
 /// # Safety
@@ -208,27 +228,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         ste: &StreamTableEntry,
     ) -> Result<(), Error> {
         ste.check_features(&self.features).map_err(Error::Entry)?;
-        let invalidate = |cmd: Command| self.cmdq.submit_and_sync(&[cmd.encode()?]);
-        if strtab.ensure_level2(sid).map_err(Error::StreamTable)? {
-            invalidate(Command::CfgiSte { sid, leaf: false })?;
-            // A new level-2 table starts with aborting STEs, which record nothing: its other
-            // streams are blocked in the reporting way before anything can use them.
-            if let Some(blocking) = &self.blocking {
-                let blocking = self.ste_for(blocking);
-                let n = strtab.geometry().level2_entries();
-                let first = u64::from(sid) & !(n - 1);
-                for other in (first..first + n).filter_map(|s| u32::try_from(s).ok()) {
-                    if other != sid {
-                        strtab
-                            .install(other, &blocking, invalidate)
-                            .map_err(Error::StreamTable)?;
-                    }
-                }
-            }
-        }
-        strtab
-            .install(sid, ste, invalidate)
-            .map_err(Error::StreamTable)?;
+        let blocking = self.blocking.as_ref().map(|b| self.ste_for(b));
+        write_ste(strtab, sid, ste, blocking.as_ref(), |cmd| {
+            self.cmdq.submit_and_sync(&[cmd.encode()?])
+        })?;
         Ok(())
     }
 

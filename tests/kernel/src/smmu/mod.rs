@@ -7,6 +7,7 @@
 //! with `-global arm-smmuv3.stage=1`/`=2`.
 
 pub(crate) mod cmdq_watch;
+mod command_economy;
 pub(crate) mod dma;
 mod lifecycle;
 pub(crate) mod msi;
@@ -128,6 +129,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "s2_deferred_unmaps_fault_after_one_flush",
         run: |m| dma::deferred_unmaps_fault_after_one_flush(m, Stage::Second),
+    },
+    Test {
+        name: "commands_per_operation_are_the_fewest",
+        run: command_economy::commands_per_operation_are_the_fewest,
     },
     Test {
         name: "s2_mapped_dma_lands",
