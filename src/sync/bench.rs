@@ -145,6 +145,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// [`summary`] as the benchmark's command line asks: five rounds of 0.5 s, or, under `--test`
+/// (and when run without `--bench`, as `cargo test --benches` does) or `--profile-time`, one
+/// round of 10 ms that only runs the code (labelled as not a measurement). `what` names one
+/// submission for the heading.
+pub fn summary_from_args<F, E>(rig: &Rig<F>, what: &str) -> Result<Summary, E>
+where
+    F: Fn() -> Result<(), E> + Sync,
+    E: Debug + Send,
+{
+    let args: Vec<std::string::String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--test" || a == "--profile-time")
+        || !args.iter().any(|a| a == "--bench");
+    let (rounds, secs) = if smoke { (1, 0.01) } else { (5, 0.5) };
+    let label = if smoke {
+        " [smoke run: not a measurement]"
+    } else {
+        ""
+    };
+    summary(rig, &std::format!("{what}{label}"), rounds, secs)
+}
+
 /// Measures both designs at 1 and 2 producers, each the median of `rounds` rounds of about
 /// `secs` seconds taken in turn (so that every case sees the same noise), and prints them under
 /// `heading` with the load average and the 2-producer ratio.

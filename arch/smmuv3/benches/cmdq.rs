@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use iommu::sync::bench::{summary, Design, Rig};
+use iommu::sync::bench::{summary_from_args, Design, Rig};
 use iommu_smmuv3::cmdq::{CmdqError, CommandQueue};
 use iommu_smmuv3::command::{Command, RawCommand};
 use iommu_smmuv3::sim::{HeapQueueMemory, SimulatedSmmu};
@@ -62,22 +62,11 @@ fn main() {
     group.finish();
     c.final_summary();
 
-    let args: Vec<String> = std::env::args().collect();
-    // `--test` (cargo test --benches passes no `--bench`) and `--profile-time` are not for figures.
-    let smoke = args.iter().any(|a| a == "--test" || a == "--profile-time")
-        || !args.iter().any(|a| a == "--bench");
-    // In smoke mode one short round, to run the summary's code, not to measure.
-    let (rounds, secs) = if smoke { (1, 0.01) } else { (5, 0.5) };
-    let heading = format!(
-        "submit({BATCH} commands) + CMD_SYNC, SMMU drained by the waiters, {} entries{}",
-        1 << LOG2_ENTRIES,
-        if smoke {
-            " [smoke run: not a measurement]"
-        } else {
-            ""
-        }
+    let what = format!(
+        "submit({BATCH} commands) + CMD_SYNC, SMMU drained by the waiters, {} entries",
+        1 << LOG2_ENTRIES
     );
-    if let Err(e) = summary::<_, CmdqError>(&rig, &heading, rounds, secs) {
+    if let Err(e) = summary_from_args::<_, CmdqError>(&rig, &what) {
         panic!("{e}");
     }
 }

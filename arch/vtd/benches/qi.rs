@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use iommu::addr::Iova;
-use iommu::sync::bench::{summary, Design, Rig};
+use iommu::sync::bench::{summary_from_args, Design, Rig};
 use iommu_vtd::descriptor::{Descriptor, Drain, IotlbScope, PageBlock};
 use iommu_vtd::qi::sim::{SimMemory, SimUnit, STATUS_PHYS};
 use iommu_vtd::qi::{DescriptorWidth, InvalidationQueue, QueueConfig};
@@ -79,17 +79,10 @@ fn main() {
     group.finish();
     c.final_summary();
 
-    let args: Vec<String> = std::env::args().collect();
-    // `--test` (cargo test --benches passes no `--bench`) and `--profile-time` are not for figures.
-    let smoke = args.iter().any(|a| a == "--test" || a == "--profile-time")
-        || !args.iter().any(|a| a == "--bench");
-    // In smoke mode one short round, to run the summary's code, not to measure.
-    let (rounds, secs) = if smoke { (1, 0.01) } else { (5, 0.5) };
-    let heading = format!(
-        "submit({BATCH} IOTLB descriptors) + wait, unit drained by the waiters, {entries} entries{}",
-        if smoke { " [smoke run: not a measurement]" } else { "" }
+    let what = format!(
+        "submit({BATCH} IOTLB descriptors) + wait, unit drained by the waiters, {entries} entries"
     );
-    if let Err(e) = summary::<_, QiError>(&rig, &heading, rounds, secs) {
+    if let Err(e) = summary_from_args::<_, QiError>(&rig, &what) {
         panic!("{e}");
     }
 }
