@@ -28,7 +28,7 @@ use x86_64::structures::paging::{
 use x86_64::VirtAddr;
 
 /// Pages each single-page case maps (then unmaps) per round, at consecutive addresses.
-const PAGES: u64 = 4096;
+const PAGES: u64 = 16_384;
 /// Pages of one range call, and range calls per round.
 const RANGE: u64 = 256;
 const RANGES: u64 = 64;

@@ -543,12 +543,17 @@ impl<F: Format, H: Hal> PageTable<F, H> {
 
     #[inline(always)]
     fn index(&self, va: u64, level: u32) -> usize {
+        self.index_in::<0>(va, level)
+    }
+
+    #[inline(always)]
+    fn index_in<const G: u32>(&self, va: u64, level: u32) -> usize {
         let entries = if level == self.top() {
             self.top_entries
         } else {
-            self.granule_entries()
+            1 << (self.g::<G>() - 3)
         };
-        ((va >> self.shift(level)) as usize) & (entries - 1)
+        ((va >> self.shift_in::<G>(level)) as usize) & (entries - 1)
     }
 
     #[inline(always)]
@@ -724,7 +729,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         let mask = (1 << stride) - 1;
         let mut l = self.top();
         let mut shift = self.shift_in::<G>(l);
-        let mut slot = &self.root_table()[self.index(va, l)];
+        let mut slot = &self.root_table()[self.index_in::<G>(va, l)];
         while l > level {
             let (t, _) = self.table_below_in::<G>(slot, l)?;
             l -= 1;
@@ -761,7 +766,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         let mask = (1 << stride) - 1;
         let mut l = self.top();
         let mut shift = self.shift_in::<G>(l);
-        let mut slot = &self.root_table()[self.index(va, l)];
+        let mut slot = &self.root_table()[self.index_in::<G>(va, l)];
         loop {
             // Acquire: follow table pointers into fully visible tables.
             let e = slot.load(Ordering::Acquire);
