@@ -1020,6 +1020,24 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         let first = self.index(start, level);
         let mut base = start & !(span - 1);
         let n = ((end - 1 - base) >> shift) as usize + 1;
+        if level == 0 {
+            // Only leaves, each wholly inside the range: the tight loop of a range unmap.
+            let mut leaves = 0;
+            for slot in &t[first..first + n] {
+                // Relaxed: a leaf is not followed, and this span is ours alone.
+                if slot.load(Ordering::Relaxed) != 0 {
+                    // Publish (the clear).
+                    slot.store(0, Ordering::Release);
+                    leaves += 1;
+                }
+            }
+            if leaves > 0 {
+                removed.bytes += leaves * span;
+                removed.page_sizes |= span;
+                self.sync(&t[first..first + n]);
+            }
+            return;
+        }
         let mut touched = false;
         for slot in &t[first..first + n] {
             // Acquire: a table entry must be followed into a fully visible table.
