@@ -334,6 +334,10 @@ impl QueueConfig {
     }
 }
 
+/// Descriptors of one batch encoded once, while it is checked, and written from that copy
+/// (typical batches are a few descriptors; larger ones encode the rest again when writing).
+const ENCODED: usize = 16;
+
 /// A submitted batch, to wait for with [`InvalidationQueue::wait`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a batch is only known complete once waited for"]
@@ -529,23 +533,32 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
                 capacity: self.batch_capacity(),
             });
         }
-        for d in iter.clone() {
+        // Checked (and, for the first `ENCODED`, kept encoded) before any slot is taken, so a
+        // bad descriptor changes nothing.
+        let mut encoded = [[0u64; 4]; ENCODED];
+        for (i, d) in iter.clone().enumerate() {
             if d.needs_256_bit() && self.width == DescriptorWidth::Bits128 {
                 return Err(QiError::NeedsWideDescriptors { kind: d.kind() });
             }
-            d.encode()?;
+            let words = d.encode()?;
+            if let Some(slot) = encoded.get_mut(i) {
+                *slot = words;
+            }
         }
         let epoch = self.error_epoch.load(Ordering::Acquire);
         let total = count as u64 + 1;
         let start = self.reserve(total)?;
         let wait = start + count as u64;
         // The slots are ours now and must all be filled, whatever the iterator does: anything
-        // missing or unencodable becomes a harmless sink wait.
-        let mut iter = iter;
-        for pos in start..wait {
-            let words = match iter.next().map(|d| d.encode()) {
-                Some(Ok(w)) => w,
-                _ => self.sink,
+        // missing or unencodable beyond the kept ones becomes a harmless sink wait.
+        let mut rest = iter.skip(ENCODED);
+        for (i, pos) in (start..wait).enumerate() {
+            let words = match encoded.get(i) {
+                Some(words) => *words,
+                None => match rest.next().map(|d| d.encode()) {
+                    Some(Ok(w)) => w,
+                    _ => self.sink,
+                },
             };
             self.write_slot(pos, words);
         }
@@ -570,14 +583,19 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         let status = self.status_word(ticket.wait);
         let mut seen_epoch = ticket.epoch;
         let mut polls = 0u32;
+        let mut until_check = 0u32;
         loop {
             // Pairs with the unit's status write, which follows the batch's execution.
             if Self::reached(status.load(Ordering::Acquire), token) {
                 return self.batch_result(ticket);
             }
-            if polls.is_multiple_of(self.fault_check_interval) {
+            // Every `fault_check_interval` polls, from the first (a countdown: no division
+            // in the loop).
+            if until_check == 0 {
                 self.recover();
+                until_check = self.fault_check_interval;
             }
+            until_check -= 1;
             let epoch = self.error_epoch.load(Ordering::Acquire);
             if epoch != seen_epoch {
                 seen_epoch = epoch;
@@ -665,6 +683,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     /// Claims `total` consecutive slots, waiting (bounded) for the unit to free them.
     fn reserve(&self, total: u64) -> Result<u64, QiError> {
         let mut polls = 0u32;
+        let mut until_check = 0u32;
         loop {
             let r = self.reserved.load(Ordering::Relaxed);
             if r + total < self.head_position() + self.entries {
@@ -680,9 +699,13 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             if polls >= self.poll_budget {
                 return Err(QiError::QueueFull);
             }
-            if polls.is_multiple_of(self.fault_check_interval) {
+            // Every `fault_check_interval` polls, from the first (a countdown: no division
+            // in the loop).
+            if until_check == 0 {
                 self.recover();
+                until_check = self.fault_check_interval;
             }
+            until_check -= 1;
             polls += 1;
             spin_loop();
         }

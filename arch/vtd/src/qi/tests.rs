@@ -176,8 +176,17 @@ fn queue_full_is_a_typed_error_and_clears_when_the_unit_moves() {
 /// Producers hammer a small ring through several wraps while the simulated unit runs:
 /// every descriptor executes exactly once, every batch completes, one wait per batch.
 fn many_producers(width: DescriptorWidth, producers: u16, batches: u64, per_batch: u64) {
-    let entries = 16;
-    let unit = SimUnit::new(width, entries, STATUS_PHYS);
+    many_producers_on(16, width, producers, batches, per_batch);
+}
+
+fn many_producers_on(
+    entries: u32,
+    width: DescriptorWidth,
+    producers: u16,
+    batches: u64,
+    per_batch: u64,
+) {
+    let unit = SimUnit::new(width, u64::from(entries), STATUS_PHYS);
     let mem = SimMemory::new(entries as usize, width);
     let q = queue(&unit, &mem, config(width, 50_000_000, 64));
     let stop = StdBool::new(false);
@@ -216,8 +225,15 @@ fn many_producers(width: DescriptorWidth, producers: u16, batches: u64, per_batc
     assert!(seen.values().all(|&n| n == 1), "a descriptor ran twice");
     assert_eq!(waits as u64, u64::from(producers) * batches);
     assert_eq!(q.submitted(), (total + waits as u64, waits as u64));
-    // Several laps of the 16-slot ring.
-    assert!(log.len() as u64 > 4 * entries);
+    // Several laps of the ring.
+    assert!(log.len() as u64 > 4 * u64::from(entries));
+}
+
+#[test]
+fn batches_longer_than_the_kept_encodings() {
+    // 20 descriptors: the first `ENCODED` written from the check's encoding, the rest encoded
+    // again; every one must run once, in its batch.
+    many_producers_on(64, DescriptorWidth::Bits128, 2, 40, ENCODED as u64 + 4);
 }
 
 #[test]
