@@ -17,8 +17,7 @@ use crate::hal::host::HostHal;
 use crate::hal::FrameSize;
 use crate::iommufd::tests::MockUnit;
 use crate::iommufd::{
-    DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind,
-    Target,
+    DomainId, GroupId, InsecureNoIommu, Iommu, Layout, OwnerId, Region, Reserved, Target,
 };
 use crate::pagetable::{Error as PtError, Prot, VmsaStage1};
 use crate::unit::host::TableUnit;
@@ -30,13 +29,7 @@ type Io = Iommu<TableUnit<VmsaStage1>>;
 
 fn domain_with(io: &mut Io, windows: &[Region]) -> DomainId {
     let u = io.add_unit(TableUnit::vmsa_stage1());
-    let reserved = [Reserved {
-        region: Region {
-            start: 0xfee0_0000,
-            last: 0xfeef_ffff,
-        },
-        kind: ReservedKind::MsiDoorbell,
-    }];
+    let reserved = [Reserved::X86_MSI];
     let layout = Layout {
         windows,
         reserved: &reserved,

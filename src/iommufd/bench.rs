@@ -14,7 +14,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::{DomainId, Iommu, Layout, OwnerId, Region, Reserved, ReservedKind, Result, UnitId};
+use super::{DomainId, Iommu, Layout, OwnerId, Region, Reserved, Result, UnitId};
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::Prot;
 use crate::unit::{Stage, TranslationUnit};
@@ -54,13 +54,7 @@ fn model_of<U: TranslationUnit>(
     let mut io = Iommu::new();
     let id = io.add_unit(unit);
     let windows = [Region::below_bits(ia_bits)];
-    let msi = [Reserved {
-        region: Region {
-            start: 0xfee0_0000,
-            last: 0xfeef_ffff,
-        },
-        kind: ReservedKind::MsiDoorbell,
-    }];
+    let msi = [Reserved::X86_MSI];
     let layout = Layout {
         windows: &windows,
         reserved: &msi,

@@ -153,12 +153,7 @@ impl<U: TranslationUnit> Iommu<U> {
             .find(|h| self.devices[h.0].owner.is_some())
             .or_else(|| self.users_of_id(unit, id).next());
         let owner = device.and_then(|h| self.devices[h.0].owner);
-        let virtual_id = device.and_then(|h| {
-            let viommu = self.viommu_of(h)?;
-            let devices = &self.viommus.get(&viommu)?.devices;
-            let (&vid, _) = devices.iter().find(|(_, &d)| d == h)?;
-            Some((viommu, vid))
-        });
+        let virtual_id = device.and_then(|h| self.virtual_id_of(h));
         RoutedFault {
             record,
             device,

@@ -435,4 +435,4 @@ fn domain_of(target: Target) -> Option<DomainId> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

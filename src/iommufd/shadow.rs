@@ -412,7 +412,6 @@ impl<U: TranslationUnit> Iommu<U> {
     /// follow, a table too large, or the host unit failing).
     pub(super) fn invalidate_shadow(
         &self,
-        id: ViommuId,
         v: &Viommu<U::VIommu>,
         s: &Shadowing,
         cmds: &[U::GuestCommand],
@@ -439,7 +438,7 @@ impl<U: TranslationUnit> Iommu<U> {
                 }
                 s.state.lock().stats.invalidations += 1;
                 tags.into_iter()
-                    .try_for_each(|dom| self.follow(id, v, s, dom, start, len))
+                    .try_for_each(|dom| self.follow(v, s, dom, start, len))
             });
             if let Err(e) = followed {
                 return Ok(Forwarded {
@@ -468,7 +467,7 @@ impl<U: TranslationUnit> Iommu<U> {
         let Backing::Shadow(s) = &v.backing else {
             return Ok(());
         };
-        self.follow(id, v, s, dom, start, len)
+        self.follow(v, s, dom, start, len)
     }
 
     /// Brings shadow domain `dom` in step with its guest table over `[start, start + len)`:
@@ -477,7 +476,6 @@ impl<U: TranslationUnit> Iommu<U> {
     /// reported to the owner.
     fn follow(
         &self,
-        id: ViommuId,
         v: &Viommu<U::VIommu>,
         s: &Shadowing,
         dom: DomainId,
@@ -570,7 +568,7 @@ impl<U: TranslationUnit> Iommu<U> {
         stats.refused += wanted.refused.len() as u64;
         drop(state);
         for (iova, reason) in wanted.refused {
-            self.report_refused(id, v, dom, iova, reason);
+            self.report_refused(v, dom, iova, reason);
         }
         Ok(())
     }
@@ -580,7 +578,6 @@ impl<U: TranslationUnit> Iommu<U> {
     /// the refusal is only counted.
     fn report_refused(
         &self,
-        id: ViommuId,
         v: &Viommu<U::VIommu>,
         dom: DomainId,
         iova: u64,
@@ -595,11 +592,7 @@ impl<U: TranslationUnit> Iommu<U> {
             return;
         };
         let device = DeviceHandle(index);
-        let virtual_id = v
-            .devices
-            .iter()
-            .find(|(_, h)| **h == device)
-            .map(|(vid, _)| (id, *vid));
+        let virtual_id = self.virtual_id_of(device);
         self.deliver_fault(
             v.unit,
             RoutedFault {

@@ -500,13 +500,7 @@ fn window() -> [Region; 2] {
     ]
 }
 
-const MSI: Reserved = Reserved {
-    region: Region {
-        start: 0xfee0_0000,
-        last: 0xfeef_ffff,
-    },
-    kind: ReservedKind::MsiDoorbell,
-};
+const MSI: Reserved = Reserved::X86_MSI;
 
 /// An interrupt remapper's hardware as the tests see it: live entries by handle, each with the
 /// requester id it is pinned to and its target; `fail` makes the next call fail.

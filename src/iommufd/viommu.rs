@@ -238,7 +238,7 @@ impl<U: TranslationUnit> Iommu<U> {
     ) -> Result<Forwarded> {
         let v = self.viommu(id, owner)?;
         let forwarded = match &v.backing {
-            Backing::Shadow(s) => self.invalidate_shadow(id, v, s, cmds)?,
+            Backing::Shadow(s) => self.invalidate_shadow(v, s, cmds)?,
             Backing::Hardware(hw) => {
                 let lookup = |virtual_id: u32| {
                     let handle = v.devices.get(&virtual_id)?;
@@ -267,10 +267,15 @@ impl<U: TranslationUnit> Iommu<U> {
 
     /// The vIOMMU in which `device` has a virtual id, if any.
     pub(super) fn viommu_of(&self, device: DeviceHandle) -> Option<ViommuId> {
-        self.viommus
-            .iter()
-            .find(|(_, v)| v.devices.values().any(|h| *h == device))
-            .map(|(id, _)| *id)
+        self.virtual_id_of(device).map(|(id, _)| id)
+    }
+
+    /// The vIOMMU in which `device` has a virtual id, and that id.
+    pub(super) fn virtual_id_of(&self, device: DeviceHandle) -> Option<(ViommuId, u32)> {
+        self.viommus.iter().find_map(|(id, v)| {
+            let (&vid, _) = v.devices.iter().find(|(_, h)| **h == device)?;
+            Some((*id, vid))
+        })
     }
 
     pub(super) fn viommu(&self, id: ViommuId, owner: OwnerId) -> Result<&Viommu<U::VIommu>> {

@@ -7,7 +7,7 @@ use std::vec::Vec;
 
 use super::*;
 use crate::iommufd::tests::MockUnit;
-use crate::iommufd::{GroupId, Layout, Region, Reserved, ReservedKind};
+use crate::iommufd::{GroupId, Layout, Region, Reserved};
 use crate::unit::{DeviceId, FaultKind};
 
 const A: OwnerId = OwnerId(1);
@@ -49,13 +49,7 @@ fn system() -> (Iommu<MockUnit>, UnitId, [DeviceHandle; 4], ViommuId) {
     io.claim(d[1], B).unwrap();
     io.claim(d[3], A).unwrap();
     let windows = [Region::below_bits(48)];
-    let msi = [Reserved {
-        region: Region {
-            start: 0xfee0_0000,
-            last: 0xfeef_ffff,
-        },
-        kind: ReservedKind::MsiDoorbell,
-    }];
+    let msi = [Reserved::X86_MSI];
     let layout = Layout {
         windows: &windows,
         reserved: &msi,

@@ -97,6 +97,18 @@ pub struct Reserved {
     pub kind: ReservedKind,
 }
 
+impl Reserved {
+    /// x86's interrupt address range, `0xfee0_0000..=0xfeef_ffff` (a DMA write there is an
+    /// interrupt request): the MSI window of an x86 domain.
+    pub const X86_MSI: Self = Self {
+        region: Region {
+            start: 0xfee0_0000,
+            last: 0xfeef_ffff,
+        },
+        kind: ReservedKind::MsiDoorbell,
+    };
+}
+
 /// The layout of a new paging domain's IOVA space.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout<'a> {

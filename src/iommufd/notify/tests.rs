@@ -18,7 +18,7 @@ const PAGE: u64 = 0x1000;
 
 /// Every event it is given, in order.
 #[derive(Default)]
-struct Recorder(spin::Mutex<Vec<Event>>);
+pub(crate) struct Recorder(spin::Mutex<Vec<Event>>);
 
 impl Notifier for Recorder {
     fn event(&self, event: &Event) {
@@ -28,7 +28,7 @@ impl Notifier for Recorder {
 
 impl Recorder {
     /// The events so far (and forgets them).
-    fn take(&self) -> Vec<Event> {
+    pub(crate) fn take(&self) -> Vec<Event> {
         core::mem::take(&mut *self.0.lock())
     }
 }

@@ -11,6 +11,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::iommufd::notify::tests::Recorder;
 use crate::iommufd::tests::MockUnit;
 use crate::iommufd::GroupId;
 use crate::pagetable::vtd_second_stage::{PS, R, W};
@@ -365,21 +366,11 @@ proptest! {
     }
 }
 
-/// Records what a notifier hears.
-#[derive(Default)]
-struct Heard(StdMutex<Vec<crate::iommufd::Event>>);
-
-impl crate::iommufd::Notifier for Heard {
-    fn event(&self, event: &crate::iommufd::Event) {
-        self.0.lock().unwrap().push(*event);
-    }
-}
-
 #[test]
 fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
     use crate::iommufd::{Event, Replay, Subject};
     let mut g = guest();
-    let heard = Arc::new(Heard::default());
+    let heard = Arc::new(Recorder::default());
     // A page shadowed before the subscription is replayed.
     g.map(0x7000, DATA + PAGE);
     g.invalidate(&[page(0x7000)]);
@@ -394,7 +385,7 @@ fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
     g.invalidate(&[page(0x5000)]);
     g.unmap(0x5000);
     g.invalidate(&[page(0x5000)]);
-    let events: Vec<Event> = heard.0.lock().unwrap().drain(..).collect();
+    let events = heard.take();
     let map = Event::Map {
         domain: g.shadow,
         iova: Iova::new(0x5000),

@@ -13,7 +13,8 @@ use core::fmt::Debug;
 use crate::dma::{DmaBuffer, Rig, IA_BITS, IOVA_A};
 use iommu::addr::{Iova, PhysAddr};
 use iommu::iommufd::{
-    GroupId, GuestFormat, GuestMemory, GuestTable, Iommu, Layout, OwnerId, Region, Target,
+    Event, GroupId, GuestFormat, GuestMemory, GuestTable, Iommu, Layout, Notifier, OwnerId, Region,
+    Replay, Subject, Target,
 };
 use iommu::pagetable::{Format, Prot};
 use iommu::unit::{Forwarded, TranslationUnit};
@@ -54,6 +55,16 @@ impl GuestMemory for KernelRam {
         // SAFETY: the kernel maps all RAM at its physical address, and the model asks only for
         // 8-aligned addresses of the guest RAM pages below, which this test owns.
         unsafe { (at.as_u64() as *const u64).read_volatile() }
+    }
+}
+
+/// A notifier that keeps what it hears.
+#[derive(Default)]
+struct Heard(spin::Mutex<Vec<Event>>);
+
+impl Notifier for Heard {
+    fn event(&self, event: &Event) {
+        self.0.lock().push(*event);
     }
 }
 
@@ -144,6 +155,10 @@ where
         .alloc_shadow_domain(guest, v, stage, table)
         .map_err(fail)?;
     io.attach(dev, guest, Target::Domain(shadow))
+        .map_err(fail)?;
+    // A VMM following the shadow: what it hears is checked at the end.
+    let heard = Arc::new(Heard::default());
+    io.subscribe(guest, Subject::Domain(shadow), heard.clone(), Replay::None)
         .map_err(fail)?;
     println!(
         "  shadow: guest RAM {PAGES} pages at guest-physical {GPA:#x}; edu {} is the guest's \
@@ -248,6 +263,34 @@ where
         faults_at(&io, GIOVA + 4096)?;
         println!("  shadow: a guest mapping to guest-physical {outside:#x} (outside its RAM) refused and reported; DMA there faults");
 
+        // The shadow's subscriber heard the three pages mapped and the two unmapped, in order,
+        // and edu's faults.
+        let events = core::mem::take(&mut *heard.0.lock());
+        let changes: Vec<(bool, u64)> = events
+            .iter()
+            .filter_map(|e| match *e {
+                Event::Map { iova, .. } => Some((true, iova.as_u64())),
+                Event::Unmap { iova, .. } => Some((false, iova.as_u64())),
+                _ => None,
+            })
+            .collect();
+        ensure_eq!(
+            changes,
+            [
+                (true, GIOVA_SOURCE),
+                (true, GIOVA),
+                (false, GIOVA),
+                (true, GIOVA),
+                (false, GIOVA)
+            ],
+            "what the shadow's subscriber heard (map?, IOVA)"
+        );
+        ensure!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Fault(f) if f.record.address & !0xfff == GIOVA)),
+            "the subscriber did not hear edu's fault at {GIOVA:#x}: {events:?}"
+        );
         let s = io.shadow_stats(guest, v).map_err(fail)?;
         ensure_eq!(
             (
