@@ -38,7 +38,7 @@ pub(super) struct FaultQueue {
 }
 
 impl FaultQueue {
-    fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             ring: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
@@ -48,7 +48,7 @@ impl FaultQueue {
 
     /// Queues `f` unless the ring is full or its reader holds it: then `f` is counted lost.
     /// Never allocates (the ring has its capacity from the start) and never waits.
-    fn offer(&self, f: RoutedFault) {
+    pub(super) fn offer(&self, f: RoutedFault) {
         match self.ring.try_lock() {
             Some(mut ring) if ring.len() < self.capacity => ring.push_back(f),
             _ => {
@@ -126,11 +126,14 @@ impl<U: TranslationUnit> Iommu<U> {
             }
         })?;
         routed.drained = drained;
+        // The unit's records are free again: now the notifiers, however slow.
+        self.notify_queued_faults();
         Ok(routed)
     }
 
-    /// Tells `unit`'s and the domain's notifiers of `f`, and puts it in its owner's queue
-    /// (true) or else in the default queue (false).
+    /// Queues `f` for `unit`'s and the domain's notifiers (told by
+    /// [`notify_queued_faults`](Self::notify_queued_faults)), and puts it in its owner's queue
+    /// (true) or else in the default queue (false). Allocates nothing, waits for nobody.
     pub(super) fn deliver_fault(&self, unit: UnitId, f: RoutedFault) -> bool {
         self.notify_fault(unit, &f);
         if let Some(queue) = f.owner.and_then(|o| self.faults.owners.get(&o)) {
@@ -183,7 +186,7 @@ impl<U: TranslationUnit> Iommu<U> {
     }
 }
 
-fn take(queue: &FaultQueue) -> Taken {
+pub(super) fn take(queue: &FaultQueue) -> Taken {
     let faults = queue.ring.lock().drain(..).collect();
     Taken {
         faults,

@@ -22,16 +22,20 @@
 //!
 //! # Ordering
 //!
-//! - Operations on overlapping ranges of one domain: their events arrive in the order the
-//!   operations took effect. Each is delivered while the operation's claim on its range is
-//!   still held (see [`IovaSpace`](super::IovaSpace)), and the next overlapping operation
-//!   cannot begin before that claim ends.
+//! - Every event carries a number (`seq` of [`Notifier::event`]) drawn from one counter of the
+//!   [`Iommu`] as it is told. Operations on overlapping ranges of one domain are told in the
+//!   order they took effect, and numbered in it: each is told while the operation's claim on
+//!   its range is still held (see [`IovaSpace`](super::IovaSpace)), and the next overlapping
+//!   operation cannot begin before that claim ends.
 //! - Operations on disjoint ranges of one domain run on several CPUs at once, and so do their
-//!   deliveries: there is no total order per domain (a `Map` of one range may arrive before the
-//!   `Unmap` of another range that returned earlier), and one notifier may be called on several
-//!   CPUs at once (hence `Sync`).
+//!   deliveries: a notifier may be called on several CPUs at once (hence `Sync`) and out of
+//!   number order; sorted by number, a domain's events are one order consistent with every
+//!   range's.
 //! - Control-path events (attach, detach, and replay) run under `&mut self`: no data-path call
 //!   runs at the same time, so they are ordered against everything.
+//! - Faults are queued per subscriber (at most [`FAULT_QUEUE`]; more are counted and told as
+//!   [`Event::FaultsLost`]) while the unit's records are drained, and told after the drain: a
+//!   slow notifier delays [`Iommu::route_faults`]'s return, never the drain of the hardware.
 //!
 //! # Cost
 //!
@@ -43,20 +47,29 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::error::{Error, Result};
+use super::faults::{take, FaultQueue};
 use super::iova::Region;
 use super::{
     DeviceHandle, DomainId, DomainKind, Iommu, OwnerId, RoutedFault, Target, UnitId, ViommuId,
 };
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::Prot;
+// The core's atomic (not `crate::sync`'s, which loom swaps): `Iommu::new` is `const`, and the
+// counter's one property, coherence of a single atomic, needs no model.
 use crate::unit::{Forwarded, TranslationUnit};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Told what happens on the units and domains it subscribed to. See the [module docs](self).
 pub trait Notifier: Send + Sync {
-    /// One event, delivered synchronously inside the call that caused it. Must not block
-    /// (it may run with a range of a domain claimed, or in a fault interrupt) and must not call
-    /// into the [`Iommu`].
-    fn event(&self, event: &Event);
+    /// One event, delivered synchronously inside the call that caused it (faults: once the
+    /// unit's records are drained). Must not block (it may run with a range of a domain
+    /// claimed) and must not call into the [`Iommu`].
+    ///
+    /// `seq` numbers every event the [`Iommu`] tells, in the order it told them: sorted by it,
+    /// a domain's events form one order, which is the order of the operations on any range they
+    /// share (concurrent operations on disjoint ranges may call a notifier out of that order,
+    /// from several CPUs).
+    fn event(&self, seq: u64, event: &Event);
 }
 
 /// What happened.
@@ -106,6 +119,8 @@ pub enum Event {
         pasid: Option<u32>,
         /// What it is attached to.
         target: Target,
+        /// Its virtual id, if its owner gave it one in a vIOMMU.
+        virtual_id: Option<(ViommuId, u32)>,
     },
     /// `device` (its requests with `pasid`, if any) no longer translates through `from`: it was
     /// blocked or moved elsewhere (an [`Event::Attach`] follows then).
@@ -116,9 +131,18 @@ pub enum Event {
         pasid: Option<u32>,
         /// What it was attached to (never [`Target::Blocked`]).
         from: Target,
+        /// Its virtual id, if its owner gave it one in a vIOMMU.
+        virtual_id: Option<(ViommuId, u32)>,
     },
-    /// A fault drained and routed by [`Iommu::route_faults`].
+    /// A fault drained and routed by [`Iommu::route_faults`] (or a guest mapping a shadowing
+    /// vIOMMU refused), told once the unit's fault records are drained.
     Fault(RoutedFault),
+    /// `count` faults for this subscriber found its queue ([`FAULT_QUEUE`] faults) full or
+    /// busy since it was last told: they are lost to it.
+    FaultsLost {
+        /// How many.
+        count: u64,
+    },
     /// The guest's invalidation commands went through [`Iommu::invalidate`].
     GuestInvalidation {
         /// The vIOMMU.
@@ -171,7 +195,14 @@ struct Subscription {
     owner: OwnerId,
     subject: Subject,
     notifier: Arc<dyn Notifier>,
+    /// Its faults between the drain that routed them and the notifier's call: a slow
+    /// notifier delays that call, never the drain of the unit's records.
+    faults: FaultQueue,
 }
+
+/// Faults one subscriber can be owed between the drain that routed them and its call; more are
+/// counted and told as [`Event::FaultsLost`].
+pub const FAULT_QUEUE: usize = 64;
 
 /// The subscriptions of one [`Iommu`].
 ///
@@ -181,6 +212,10 @@ struct Subscription {
 pub(super) struct Notifiers {
     subs: Vec<Subscription>,
     next: u64,
+    /// The next event's number. Relaxed is enough: read-modify-writes of one atomic are totally
+    /// ordered, consistently with happens-before, so an operation that follows another on an
+    /// overlapping range (through that range's claim) draws a larger number.
+    seq: AtomicU64,
 }
 
 impl Notifiers {
@@ -188,13 +223,19 @@ impl Notifiers {
         Self {
             subs: Vec::new(),
             next: 0,
+            seq: AtomicU64::new(0),
         }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Calls every subscriber of `unit` and of `domain` with `event`.
     fn deliver(&self, unit: UnitId, domain: Option<DomainId>, event: &Event) {
+        let seq = self.next_seq();
         for s in self.subs.iter().filter(|s| s.subject.covers(unit, domain)) {
-            s.notifier.event(event);
+            s.notifier.event(seq, event);
         }
     }
 
@@ -236,6 +277,7 @@ impl<U: TranslationUnit> Iommu<U> {
             owner,
             subject,
             notifier,
+            faults: FaultQueue::new(FAULT_QUEUE),
         });
         Ok(id)
     }
@@ -264,14 +306,17 @@ impl<U: TranslationUnit> Iommu<U> {
             // A shadow's pages too (their changes are announced like any map and unmap).
             if let DomainKind::Paging { space, .. } | DomainKind::Shadow { space, .. } = &dom.kind {
                 for (m, prot) in space.mappings_with_prot() {
-                    to.event(&Event::Map {
-                        domain,
-                        iova: Iova::new(m.iova.start),
-                        phys: PhysAddr::new(m.phys),
-                        // A mapping is at most 2^64 - 4 KiB long: its map took a `u64`.
-                        len: m.iova.size().unwrap_or(u64::MAX),
-                        prot,
-                    });
+                    to.event(
+                        self.notifiers.next_seq(),
+                        &Event::Map {
+                            domain,
+                            iova: Iova::new(m.iova.start),
+                            phys: PhysAddr::new(m.phys),
+                            // A mapping is at most 2^64 - 4 KiB long: its map took a `u64`.
+                            len: m.iova.size().unwrap_or(u64::MAX),
+                            prot,
+                        },
+                    );
                 }
             }
         }
@@ -288,20 +333,28 @@ impl<U: TranslationUnit> Iommu<U> {
         for (i, d) in self.devices.iter().enumerate() {
             let device = DeviceHandle(i);
             if attached(device, d.target) {
-                to.event(&Event::Attach {
-                    device,
-                    pasid: None,
-                    target: d.target,
-                });
+                to.event(
+                    self.notifiers.next_seq(),
+                    &Event::Attach {
+                        device,
+                        pasid: None,
+                        target: d.target,
+                        virtual_id: self.virtual_id_of(device),
+                    },
+                );
             }
         }
         for (&(device, pasid), &domain) in &self.pasids {
             if attached(device, Target::Domain(domain)) {
-                to.event(&Event::Attach {
-                    device,
-                    pasid: Some(pasid),
-                    target: Target::Domain(domain),
-                });
+                to.event(
+                    self.notifiers.next_seq(),
+                    &Event::Attach {
+                        device,
+                        pasid: Some(pasid),
+                        target: Target::Domain(domain),
+                        virtual_id: self.virtual_id_of(device),
+                    },
+                );
             }
         }
     }
@@ -370,11 +423,13 @@ impl<U: TranslationUnit> Iommu<U> {
         if self.notifiers.subs.is_empty() || old == new {
             return;
         }
+        let virtual_id = self.virtual_id_of(device);
         if old != Target::Blocked {
             let event = Event::Detach {
                 device,
                 pasid,
                 from: old,
+                virtual_id,
             };
             self.notifiers.deliver(unit, domain_of(old), &event);
         }
@@ -383,13 +438,15 @@ impl<U: TranslationUnit> Iommu<U> {
                 device,
                 pasid,
                 target: new,
+                virtual_id,
             };
             self.notifiers.deliver(unit, domain_of(new), &event);
         }
     }
 
-    /// A routed fault of `unit`: to the unit's subscribers and to those of the domain its
-    /// device's request translated through. Allocates nothing.
+    /// A routed fault of `unit`, queued for the unit's subscribers and for those of the domain
+    /// its device's request translated through. Allocates nothing and waits for nobody (a full
+    /// or busy queue counts it lost): it runs while the unit's records are drained.
     pub(super) fn notify_fault(&self, unit: UnitId, fault: &RoutedFault) {
         if self.notifiers.subs.is_empty() {
             return;
@@ -401,7 +458,28 @@ impl<U: TranslationUnit> Iommu<U> {
                 .and_then(|p| self.pasids.get(&(device, p)).copied());
             by_pasid.or_else(|| domain_of(self.devices.get(device.0)?.target))
         });
-        self.notifiers.deliver(unit, domain, &Event::Fault(*fault));
+        for s in self.notifiers.subs.iter() {
+            if s.subject.covers(unit, domain) {
+                s.faults.offer(*fault);
+            }
+        }
+    }
+
+    /// Tells each subscriber the faults queued for it, then how many it lost.
+    pub(super) fn notify_queued_faults(&self) {
+        for s in self.notifiers.subs.iter() {
+            let taken = take(&s.faults);
+            for f in &taken.faults {
+                s.notifier
+                    .event(self.notifiers.next_seq(), &Event::Fault(*f));
+            }
+            if taken.lost > 0 {
+                s.notifier.event(
+                    self.notifiers.next_seq(),
+                    &Event::FaultsLost { count: taken.lost },
+                );
+            }
+        }
     }
 
     /// After `commands` guest commands of vIOMMU `id` were forwarded: to the subscribers of its

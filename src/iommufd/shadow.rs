@@ -21,6 +21,12 @@
 //! it panic. What caching mode means for it: a mapping the guest has not invalidated yet is not
 //! in the shadow, so its device's DMA there faults.
 //!
+//! A shadow needs a guest that invalidates after *every* change, new mappings included. A VT-d
+//! guest does when its vIOMMU reports caching mode (CAP.CM, 6.1), which the VMM must do. SMMUv3
+//! has no such mode: an Arm guest's driver (Linux's among them) sends no TLBI for a new mapping,
+//! so on an SMMU without nesting a shadowed guest must be one that invalidates its maps too; its
+//! new mappings are otherwise never used.
+//!
 //! The shadow maps page by page (4 KiB), whatever the guest's page sizes: the host pages behind
 //! a guest superpage need not be contiguous, and a change to one guest page never touches the
 //! shadow of another, so the device never sees an unchanged page vanish for a moment.
@@ -570,6 +576,7 @@ impl<U: TranslationUnit> Iommu<U> {
         for (iova, reason) in wanted.refused {
             self.report_refused(v, dom, iova, reason);
         }
+        self.notify_queued_faults();
         Ok(())
     }
 

@@ -21,7 +21,7 @@ const PAGE: u64 = 0x1000;
 pub(crate) struct Recorder(spin::Mutex<Vec<Event>>);
 
 impl Notifier for Recorder {
-    fn event(&self, event: &Event) {
+    fn event(&self, _seq: u64, event: &Event) {
         self.0.lock().push(*event);
     }
 }
@@ -98,6 +98,7 @@ fn attached(device: DeviceHandle, pasid: Option<u32>, target: Target) -> Event {
         device,
         pasid,
         target,
+        virtual_id: None,
     }
 }
 
@@ -106,6 +107,7 @@ fn detached(device: DeviceHandle, pasid: Option<u32>, from: Target) -> Event {
         device,
         pasid,
         from,
+        virtual_id: None,
     }
 }
 
@@ -399,6 +401,38 @@ fn routed_faults_reach_the_unit_and_the_domain_the_request_went_through() {
 }
 
 #[test]
+fn faults_reach_notifiers_after_the_drain_and_what_does_not_fit_is_told_lost() {
+    let (mut io, u, d) = system();
+    let told = recorder();
+    io.subscribe(VMM, Subject::Unit(u), told.clone(), Replay::None)
+        .unwrap();
+    let extra = 3;
+    let n = FAULT_QUEUE + extra;
+    io.unit(u)
+        .unwrap()
+        .faults
+        .borrow_mut()
+        .extend((0..n).map(|_| fault(1, None)));
+    let routed = io.route_faults(u).unwrap();
+    assert_eq!(routed.drained.records, n);
+    let events = told.take();
+    assert_eq!(events.len(), FAULT_QUEUE + 1);
+    assert!(events[..FAULT_QUEUE]
+        .iter()
+        .all(|e| matches!(e, Event::Fault(f) if f.device == Some(d[0]))));
+    assert_eq!(
+        events[FAULT_QUEUE],
+        Event::FaultsLost {
+            count: extra as u64
+        }
+    );
+    // Told once: the next routing starts from an empty queue and nothing lost.
+    io.unit(u).unwrap().faults.borrow_mut().push(fault(1, None));
+    io.route_faults(u).unwrap();
+    assert!(matches!(told.take().as_slice(), [Event::Fault(_)]));
+}
+
+#[test]
 fn guest_invalidations_reach_the_unit_and_the_nest_parent() {
     let (mut io, u, d) = system();
     let layout = Layout {
@@ -494,4 +528,59 @@ fn deferred_unmaps_are_told_once_their_flush_completed() {
             len: 0x9000,
         }]
     );
+}
+
+/// Two CPUs racing to map and unmap one page: whatever wins, the numbers of what is told put
+/// the page's events in the order they took effect (mapped, unmapped, mapped, ...), and no
+/// number is given twice.
+#[cfg(all(feature = "host-hal", not(loom)))]
+#[test]
+fn racing_operations_on_one_range_are_numbered_in_the_order_they_took_effect() {
+    use crate::unit::host::TableUnit;
+
+    #[derive(Default)]
+    struct Numbered(std::sync::Mutex<Vec<(u64, Event)>>);
+    impl Notifier for Numbered {
+        fn event(&self, seq: u64, event: &Event) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((seq, *event));
+            }
+        }
+    }
+
+    let mut io = Iommu::new();
+    let u = io.add_unit(TableUnit::vtd_second_stage());
+    let windows = [Region::below_bits(48)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = io.alloc_domain(A, u, Stage::Second, 48, &layout).unwrap();
+    let heard = Arc::new(Numbered::default());
+    io.subscribe(A, Subject::Domain(dom), heard.clone(), Replay::None)
+        .unwrap();
+    let page = Iova::new(1 << 30);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let io = &io;
+            s.spawn(move || {
+                for _ in 0..20_000 {
+                    // Either may lose either race: only what succeeded is told.
+                    let _ = io.map(A, dom, page, PhysAddr::new(1 << 30), 4096, Prot::READ);
+                    let _ = io.unmap(A, dom, page, 4096);
+                }
+            });
+        }
+    });
+    let mut events = heard.0.lock().unwrap().clone();
+    events.sort_by_key(|(seq, _)| *seq);
+    assert!(
+        events.windows(2).all(|w| w[0].0 < w[1].0),
+        "a number told twice"
+    );
+    assert!(events.len() >= 2);
+    for (i, (_, e)) in events.iter().enumerate() {
+        let mapped = matches!(e, Event::Map { .. });
+        assert_eq!(mapped, i % 2 == 0, "event {i} out of order: {events:?}");
+    }
 }

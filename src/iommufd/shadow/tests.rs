@@ -409,6 +409,8 @@ fn a_shadow_domain_tells_its_subscribers_what_the_guest_changed() {
         device: g.dev,
         pasid: None,
         target: Target::Domain(g.shadow),
+        // The guest's name for the device travels with it.
+        virtual_id: Some((g.v, VID)),
     };
     assert_eq!(events, [replayed, attached, map, unmap]);
 }

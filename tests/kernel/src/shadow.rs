@@ -63,7 +63,7 @@ impl GuestMemory for KernelRam {
 struct Heard(spin::Mutex<Vec<Event>>);
 
 impl Notifier for Heard {
-    fn event(&self, event: &Event) {
+    fn event(&self, _seq: u64, event: &Event) {
         self.0.lock().push(*event);
     }
 }
