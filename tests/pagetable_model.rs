@@ -54,6 +54,8 @@ enum Op {
     Map(u64, u64, u64, Prot),
     Unmap(u64, u64),
     Translate(u64),
+    /// `PageTable::reclaim`: the tables left empty go.
+    Reclaim,
 }
 
 /// Where and how big the generated ranges are for one format.
@@ -118,7 +120,8 @@ impl Space {
         match r.kind % 16 {
             0..=6 => Op::Map(start, phys, len, prot),
             7..=11 => Op::Unmap(start, len),
-            12 => Op::Translate(start + u64::from(r.len) * g / 2),
+            12 if r.len.is_multiple_of(2) => Op::Translate(start + u64::from(r.len) * g / 2),
+            12 => Op::Reclaim,
             // Bad arguments of every kind; the model decides which error comes first.
             _ => match r.misalign % 8 {
                 0 => Op::Map(start, phys, 0, prot),
@@ -145,7 +148,7 @@ impl Space {
 
 fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
     let hal = HostHal::new();
-    let t = PageTable::new(f, &hal, Coherency::Coherent).unwrap();
+    let mut t = PageTable::new(f, &hal, Coherency::Coherent).unwrap();
     let mut m = Model::new(&f);
     // Ranges mapped so far, so that many unmaps aim at real mappings.
     let mut mapped: Vec<(u64, u64)> = Vec::new();
@@ -205,6 +208,21 @@ fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
                     "op {i}: {op:x?}"
                 );
             }
+            Op::Reclaim => {
+                let mut g = Gather::new();
+                assert_eq!(
+                    t.reclaim(&mut g),
+                    Ok(m.reclaim()),
+                    "op {i}: tables reclaimed"
+                );
+                // SAFETY: host memory, no walker.
+                unsafe { g.complete(&hal) };
+                assert_eq!(
+                    hal.live_frames(),
+                    fresh_frames(f, &m),
+                    "op {i}: after reclaim, the frames a fresh table needs for these leaves"
+                );
+            }
         }
         assert_eq!(
             hal.live_frames(),
@@ -224,6 +242,16 @@ fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
     // SAFETY: as above.
     unsafe { g.complete(hal_back) };
     assert_eq!(hal.live_frames(), 0);
+}
+
+/// The frames of a new table holding exactly the model's leaves, each mapped on its own.
+fn fresh_frames<F: Format + Copy>(f: F, m: &Model<F>) -> usize {
+    let hal = HostHal::new();
+    let t = PageTable::new(f, &hal, Coherency::Coherent).unwrap();
+    for (va, pa, size, prot) in m.leaves() {
+        t.map(Iova::new(va), PhysAddr::new(pa), size, prot).unwrap();
+    }
+    hal.live_frames()
 }
 
 /// Translations, leaf sizes and permissions at a few addresses of `[va, va + len)` and around.

@@ -63,8 +63,10 @@ fn map_group(io: &Iommu<TableUnit<VtdSecondStage>>, dom: DomainId, i: u64) {
     }
 }
 
+/// Frames in the domain's tables (the HAL's live frames less the table's cached free ones).
 fn frames(io: &Iommu<TableUnit<VtdSecondStage>>, dom: DomainId) -> usize {
-    io.domains[&dom].hw.hal().live_frames()
+    let table = &io.domains[&dom].hw;
+    table.hal().live_frames() - table.cached_frames()
 }
 
 fn count(asked: &Asked) -> usize {

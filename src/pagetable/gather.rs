@@ -171,15 +171,29 @@ impl Gather {
     /// operation on the table whose range overlapped an unmapped range is still running. The
     /// frames must belong to `hal` (the HAL of the table that filled this gather).
     pub unsafe fn complete<H: Hal>(self, hal: &H) {
+        let free = |frame, size| {
+            // SAFETY: an unlinked table frame of `size` from `hal`; the caller guarantees that no
+            // walker or CPU can reach it any more.
+            unsafe { hal.free_frame(PhysAddr::new(frame), size) }
+        };
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { self.release(hal, free) }
+    }
+
+    /// Hands every gathered frame, with its size, to `free` (the HAL, or a table's cache).
+    ///
+    /// # Safety
+    ///
+    /// As for [`complete`](Gather::complete): no walker or CPU can reach the frames any more,
+    /// and they are `hal`'s.
+    pub(super) unsafe fn release<H: Hal>(self, hal: &H, mut free: impl FnMut(u64, FrameSize)) {
         let mut frame = self.head;
         let mut size = self.head_size;
         for _ in 0..self.count {
-            // Read the link before the frame goes back to the allocator. Relaxed: see `push`.
-            // SAFETY: the frame is still ours: it is freed only below.
+            // Read the link before the frame is handed on. Relaxed: see `push`.
+            // SAFETY: the frame is still ours: it is handed on only below.
             let link = unsafe { first_entry(hal, frame) }.load(Ordering::Relaxed);
-            // SAFETY: an unlinked table frame of `size` from `hal`; the caller guarantees that no
-            // walker or CPU can reach it any more.
-            unsafe { hal.free_frame(PhysAddr::new(frame), size) };
+            free(frame, size);
             let next_size = ((link & LINK_SIZE_MASK) >> LINK_SIZE_SHIFT) as u32;
             match FrameSize::from_log2(next_size) {
                 Some(s) => size = s,

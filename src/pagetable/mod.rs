@@ -18,17 +18,27 @@
 //!
 //! Every refused call returns one typed [`Error`] and leaves the mappings unchanged. The one case
 //! with a visible side effect is [`Error::OutOfMemory`]: leaves written before the allocation
-//! failed are removed again, but intermediate tables installed on the way stay (empty); they are
-//! reclaimed by a later unmap covering them or by [`PageTable::destroy`].
+//! failed are removed again, but intermediate tables installed on the way stay (empty) until
+//! [`PageTable::reclaim`], an unmap covering them, or [`PageTable::destroy`].
 //!
 //! # Table memory and invalidation
 //!
-//! Table frames come from the embedder's [`Hal`](crate::hal::Hal). An intermediate table is
-//! freed only when an unmap covers its whole span; it is then unlinked from its parent and put in
-//! the [`Gather`], which chains such frames through their first entry (no allocation). The frames
-//! go back to the HAL only through [`Gather::complete`], which the caller calls after the IOTLB
-//! and paging-structure-cache invalidation for the gathered range has completed. A gather dropped
-//! without completion leaks its frames rather than free them while a walker may still read them.
+//! Table frames come from the embedder's [`Hal`](crate::hal::Hal). Tables leave the tree in two
+//! ways, both through a [`Gather`], which chains their frames through their first entry (no
+//! allocation):
+//! - an unmap that covers a table's whole span unlinks it at once (no other operation can be in
+//!   that span);
+//! - [`PageTable::reclaim`] (`&mut self`: no operation runs) unlinks every table that unmaps left
+//!   empty, bottom up, so the tree holds exactly the tables a fresh map of the remaining leaves
+//!   would build. An unmap under `&self` does not free the table it empties: another CPU may be
+//!   on its way through it, and making that safe would cost every operation a fence.
+//!
+//! The frames are freed only after the IOTLB and paging-structure-cache invalidation of the
+//! gathered range has completed: by [`PageTable::flush_gather`] (and `unmap_flushed`,
+//! `reclaim_flushed`), which keep up to [`CACHED_FRAMES`] of them for the table's next tables so
+//! that a buffer mapped and unmapped over and over does not allocate, or by the caller's
+//! [`Gather::complete`]. A gather dropped without completion leaks its frames rather than free
+//! them while a walker may still read them.
 //!
 //! # Concurrency
 //!
@@ -51,9 +61,12 @@
 //!   emptiness, relaxed: no one else writes it); each entry is one aligned 64-bit store, so a
 //!   walker sees either the old or the new entry, never a torn one.
 //! - **Freeing** cannot race a walker: a table is unlinked only by an unmap whose range covers
-//!   the table's whole span, so no concurrent operation (all disjoint) can be inside it; hardware
-//!   that cached the old parent entry may still read it until the invalidation completes, which
-//!   is why the frame is freed only in [`Gather::complete`].
+//!   the table's whole span, so no concurrent operation (all disjoint) can be inside it, or by
+//!   `reclaim` under `&mut self`; hardware that cached the old parent entry may still read it
+//!   until the invalidation completes, which is why the frame is freed (or cached) only after it.
+//! - **The frame cache** is [`CACHED_FRAMES`] independent slots: a frame goes in by
+//!   compare-and-swap from 0 (release) and out by swap to 0 (acquire), so no two CPUs take the
+//!   same frame and no ABA can arise; the taker zeroes it before the release that links it.
 //! - **Non-coherent walkers** (VT-d `ECAP.C` = 0, SMMU `IDR0.COHACC` = 0): every entry written is
 //!   cleaned to the point of coherency before the operation returns; a new table is cleaned
 //!   before it is linked. A CPU that descends through a table entry another CPU has just
@@ -77,7 +90,7 @@ use core::fmt;
 
 pub use format::Format;
 pub use gather::{FlushRange, Gather};
-pub use table::{Coherency, EntryKind, PageTable, Walk, WalkStep, MAX_LEVELS};
+pub use table::{Coherency, EntryKind, PageTable, Walk, WalkStep, CACHED_FRAMES, MAX_LEVELS};
 pub use vmsa::{Granule, VmsaConfig, VmsaStage1, VmsaStage2};
 pub use vtd_second_stage::{VtdSecondStage, VtdSecondStageConfig};
 pub use x86_first_stage::{X86FirstStage, X86FirstStageConfig};
@@ -170,7 +183,8 @@ pub enum Error {
     /// split, so nothing was changed.
     SplitsSuperpage,
     /// The HAL had no frame for a needed table. Leaves already written were removed again;
-    /// intermediate tables installed on the way stay, empty, until an unmap covers them.
+    /// intermediate tables installed on the way stay, empty, until an unmap covers them or
+    /// [`PageTable::reclaim`] runs.
     OutOfMemory,
     /// The format cannot be built from this configuration (address width not in `SAGAW`, granule
     /// or sizes the architecture does not allow, ...).

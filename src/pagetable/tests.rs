@@ -40,6 +40,11 @@ fn leaf_size<F: Format, H: crate::hal::Hal>(t: &PageTable<F, H>, a: u64) -> Opti
     }
 }
 
+/// Frames the table's tree holds: the HAL's live frames less those in the table's cache.
+fn in_tables<F: Format>(t: &PageTable<F, &HostHal>, hal: &HostHal) -> usize {
+    hal.live_frames() - t.cached_frames()
+}
+
 /// Unmaps everything, completes the gather, and checks that only the root is left.
 fn unmap_all_frees_everything<F: Format>(t: &PageTable<F, &HostHal>, hal: &HostHal) {
     let mut g = Gather::new();
@@ -395,8 +400,8 @@ fn unmap_flushed_frees_tables_only_after_a_successful_flush() {
         "tables removed: walk caches too"
     );
     assert!(
-        hal.live_frames() < before,
-        "the emptied table went back to the HAL"
+        in_tables(&t, &hal) < before,
+        "the emptied table left the tree"
     );
 
     // A failed flush: its error is returned and the unlinked frames are leaked, never freed.
@@ -468,7 +473,12 @@ fn flush_gather_flushes_many_unmaps_once_and_frees_tables_only_after_success() {
         &[(M2, 4 * M2, false)],
         "one flush of the hull, walk caches included"
     );
-    assert_eq!(hal.live_frames(), mapped - 1, "the unlinked table is freed");
+    assert_eq!(
+        in_tables(&t, &hal),
+        mapped - 1,
+        "the unlinked table is freed"
+    );
+    assert_eq!(t.cached_frames(), 1, "and kept for the next table");
     for i in 0..8 {
         assert_eq!(t.iova_to_phys(iova(M2 + i * K4)), Err(Error::NothingMapped));
     }
@@ -543,4 +553,118 @@ fn a_page_unmap_inside_tables_that_stay_finishes_without_complete() {
     assert_eq!(g.freed_frames(), 1);
     // SAFETY: host memory that nothing walks.
     unsafe { g.complete(&&hal) };
+}
+
+#[test]
+fn reclaim_frees_the_tables_unmaps_left_empty_and_nothing_else() {
+    // The churn: a 4K page mapped and unmapped at 512 distinct 2M-aligned IOVAs pins a
+    // leaf table per round until a reclaim.
+    let hal = HostHal::new();
+    let mut t = vtd(&hal);
+    t.map(iova(8 * G1), pa(0x7000_0000), K4, Prot::READ)
+        .unwrap();
+    let kept = hal.live_frames();
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    for round in 0..512 {
+        t.map(iova(round * M2), pa(0x5000_0000), K4, Prot::READ_WRITE)
+            .unwrap();
+        assert_eq!(t.unmap_flushed(iova(round * M2), K4, &ok), Ok(K4));
+    }
+    // The kept page at 8G shares the top-level table; the churn added a 1G table and 512 leaf
+    // tables below it.
+    assert_eq!(in_tables(&t, &hal), kept + 1 + 512);
+
+    let asked = ok.asked.borrow().len();
+    assert_eq!(t.reclaim_flushed(&ok), Ok(513));
+    assert_eq!(
+        ok.asked.borrow()[asked..],
+        [(0, G1, false)],
+        "one flush over the emptied span, walk caches included"
+    );
+    assert_eq!(
+        in_tables(&t, &hal),
+        kept,
+        "what a fresh table mapping the one page needs"
+    );
+    assert_eq!(t.iova_to_phys(iova(8 * G1)), Ok(pa(0x7000_0000)));
+
+    // Nothing more to free: no flush asked, no frame moved.
+    let asked = ok.asked.borrow().len();
+    assert_eq!(t.reclaim_flushed(&ok), Ok(0));
+    assert_eq!(ok.asked.borrow().len(), asked);
+
+    // A gather of another table is refused before anything changes.
+    let hal_b = HostHal::new();
+    let other = vtd(&hal_b);
+    other.map(iova(M2), pa(M2), K4, Prot::READ).unwrap();
+    let mut g = Gather::new();
+    assert_eq!(other.unmap(iova(0), G1, &mut g), Ok(K4));
+    t.map(iova(M2), pa(M2), K4, Prot::READ).unwrap();
+    t.unmap_flushed(iova(M2), K4, &ok).unwrap();
+    assert_eq!(t.reclaim(&mut g), Err(Error::ForeignGather));
+    assert_eq!(
+        in_tables(&t, &hal),
+        kept + 2,
+        "a refused reclaim changes nothing"
+    );
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(&hal_b) };
+}
+
+#[test]
+fn a_buffer_mapped_and_unmapped_over_and_over_reuses_its_table() {
+    // 2M of 4K pages (their physical pages scattered: no superpage), mapped and unmapped whole:
+    // the leaf table is unlinked by each unmap and taken from the cache by the next map.
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    let mut allocations = Vec::new();
+    for _ in 0..8 {
+        for i in 0..512 {
+            t.map(
+                iova(M2 + i * K4),
+                pa(0x5000_0000 + 2 * i * K4),
+                K4,
+                Prot::READ,
+            )
+            .unwrap();
+        }
+        assert_eq!(t.unmap_flushed(iova(M2), M2, &ok), Ok(M2));
+        allocations.push(hal.allocations());
+    }
+    assert!(
+        allocations.windows(2).all(|w| w[0] == w[1]),
+        "no allocation after the first cycle: {allocations:?}"
+    );
+    assert_eq!(t.cached_frames(), 1);
+
+    // The same buffer unmapped page by page: its emptied table stays linked and is refilled.
+    for _ in 0..4 {
+        for i in 0..512 {
+            t.map(
+                iova(M2 + i * K4),
+                pa(0x5000_0000 + 2 * i * K4),
+                K4,
+                Prot::READ,
+            )
+            .unwrap();
+        }
+        for i in 0..512 {
+            assert_eq!(t.unmap_flushed(iova(M2 + i * K4), K4, &ok), Ok(K4));
+        }
+    }
+    assert_eq!(hal.allocations(), allocations[0]);
+
+    // Destroy gives back the cached frames with the rest.
+    let mut g = Gather::new();
+    let h = t.destroy(&mut g);
+    // SAFETY: host memory, no walker.
+    unsafe { g.complete(h) };
+    assert_eq!(hal.live_frames(), 0);
 }

@@ -211,6 +211,44 @@ impl<F: Format + Copy> Model<F> {
         Ok(out)
     }
 
+    /// Drops the tables under which nothing is mapped, as `PageTable::reclaim` does; returns
+    /// how many.
+    pub fn reclaim(&mut self) -> usize {
+        let empty: Vec<(u32, u64)> = self
+            .tables
+            .iter()
+            .filter(|&&(level, base)| !self.maps_in(base, base + (1u64 << self.shift(level))))
+            .copied()
+            .collect();
+        for t in &empty {
+            self.tables.remove(t);
+        }
+        empty.len()
+    }
+
+    /// Whether anything is mapped in `[lo, hi)`: runs do not overlap, so only the last one
+    /// starting below `hi` can reach into the range.
+    fn maps_in(&self, lo: u64, hi: u64) -> bool {
+        self.runs
+            .range(..hi)
+            .next_back()
+            .is_some_and(|(_, r)| r.end > lo)
+    }
+
+    /// Every leaf: IOVA, physical address, size and permissions.
+    pub fn leaves(&self) -> Vec<(u64, u64, u64, Prot)> {
+        let mut out = Vec::new();
+        for (&s, r) in &self.runs {
+            let size = 1u64 << r.shift;
+            let mut va = s;
+            while va < r.end {
+                out.push((va, r.phys + (va - s), size, r.prot));
+                va += size;
+            }
+        }
+        out
+    }
+
     pub fn translate(&self, va: u64) -> Result<u64, Error> {
         if va >> self.f.ia_bits() != 0 {
             return Err(Error::BeyondAperture);
