@@ -434,6 +434,20 @@ pub trait TranslationUnit {
     /// for it: for a table the embedder changed itself (a shared CPU table).
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError>;
 
+    /// Frees the tables of `domain` that unmaps left empty
+    /// ([`PageTable::reclaim`](crate::pagetable::PageTable::reclaim)): unlinks them, invalidates
+    /// their range once (walk caches included) and waits for it, then frees their frames (or
+    /// keeps a few for the domain's next tables). Returns how many tables it freed; with none,
+    /// nothing is asked of the hardware. `&mut` proves no map or unmap of the domain runs.
+    ///
+    /// If the invalidation fails its error is returned and the unlinked frames are leaked. Units
+    /// without it, and domains whose tables are not the unit's (shared, nested, VM tables),
+    /// refuse with [`UnitError::Unsupported`].
+    fn reclaim_tables(&self, domain: &mut Self::Domain) -> Result<usize, UnitError> {
+        let _ = domain;
+        Err(UnitError::Unsupported("table reclaim"))
+    }
+
     /// Hands every fault recorded since the last call to `sink`, clears the hardware's records
     /// and its overflow flag, and says how many there were and whether some were lost.
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError>;
@@ -555,6 +569,9 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
     }
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
         (**self).flush(domain, iova, len)
+    }
+    fn reclaim_tables(&self, domain: &mut Self::Domain) -> Result<usize, UnitError> {
+        (**self).reclaim_tables(domain)
     }
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
         (**self).drain_faults(sink)

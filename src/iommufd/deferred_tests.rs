@@ -211,3 +211,53 @@ fn deferred_refusals_are_typed_and_change_nothing() {
     assert_eq!(count(&asked), 0);
     assert_eq!((frames(&io, a), frames(&io, b)), (frames_a, frames_b));
 }
+
+#[test]
+fn reclaim_tables_frees_what_unmaps_emptied_with_one_invalidation_and_refuses_strangers() {
+    let (mut io, u, asked) = setup();
+    let dom = new_domain(&mut io, u);
+    map_group(&io, dom, 0);
+    // What a domain holding only the page at the top of the span needs.
+    let fresh = new_domain(&mut io, u);
+    io.map(
+        OWNER,
+        fresh,
+        Iova::new(SPAN - PAGE),
+        PhysAddr::new(SPAN - PAGE),
+        PAGE,
+        Prot::READ_WRITE,
+    )
+    .expect("map");
+    let needed = frames(&io, fresh);
+
+    // Unmapping the page at 0 leaves its 1 GiB and 2 MiB tables empty, in place.
+    assert_eq!(io.unmap(OWNER, dom, Iova::new(0), PAGE), Ok(PAGE));
+    assert_eq!(frames(&io, dom), needed + 2);
+    let before = count(&asked);
+
+    let stranger = OwnerId(99);
+    let unknown = DomainId(12345);
+    assert_eq!(
+        io.reclaim_tables(stranger, dom),
+        Err(Error::NotDomainOwner(dom))
+    );
+    assert_eq!(
+        io.reclaim_tables(OWNER, unknown),
+        Err(Error::UnknownDomain(unknown))
+    );
+    assert_eq!(count(&asked), before, "refusals invalidate nothing");
+
+    assert_eq!(io.reclaim_tables(OWNER, dom), Ok(2));
+    assert_eq!(frames(&io, dom), needed, "the tables a fresh domain needs");
+    assert_eq!(
+        asked.lock().expect("log")[before..],
+        [(0, 1 << 30)],
+        "one invalidation over the freed tables' span"
+    );
+    assert_eq!(
+        io.iova_to_phys(OWNER, dom, Iova::new(SPAN - PAGE)),
+        Ok(PhysAddr::new(SPAN - PAGE))
+    );
+    assert_eq!(io.reclaim_tables(OWNER, dom), Ok(0));
+    assert_eq!(count(&asked), before + 1, "nothing to free: nothing asked");
+}

@@ -1149,6 +1149,33 @@ impl<U: TranslationUnit> Iommu<U> {
         Ok(())
     }
 
+    /// Frees the tables of `owner`'s domain `id` that unmaps left empty, after one invalidation
+    /// of their range, and returns how many ([`TranslationUnit::reclaim_tables`]). Mappings are
+    /// unchanged; afterwards the domain holds exactly the tables its mappings need.
+    ///
+    /// An unmap under `&self` leaves the tables it empties in place (another CPU may be
+    /// walking them); this takes `&mut self`, when no map or unmap can run, so call it at a
+    /// quiet moment of the control path (after a guest or a driver released many mappings).
+    /// Refused for domains without a table of ours (identity, blocking, shared, nested, VM
+    /// tables: [`Error::NotPaging`]).
+    pub fn reclaim_tables(&mut self, owner: OwnerId, id: DomainId) -> Result<usize> {
+        let dom = self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))?;
+        if dom.owner != owner {
+            return Err(Error::NotDomainOwner(id));
+        }
+        if !matches!(
+            dom.kind,
+            DomainKind::Paging { .. } | DomainKind::Dma { .. } | DomainKind::Shadow { .. }
+        ) {
+            return Err(Error::NotPaging(id));
+        }
+        let unit = self
+            .units
+            .get(dom.unit.0)
+            .ok_or(Error::UnknownUnit(dom.unit))?;
+        Ok(unit.reclaim_tables(&mut dom.hw)?)
+    }
+
     /// The physical address `iova` of `owner`'s paging domain `id` translates to, from the
     /// mappings made through this model (a map counts once it returned, an unmapped range until
     /// its unmap returned).

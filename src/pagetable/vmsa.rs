@@ -112,7 +112,8 @@ struct Geometry {
     /// them at every level of every walk.
     shift: u8,
     addr_mask: u64,
-    /// All ones with FEAT_LPA (OA\[51:48\] in bits 15:12), else 0: applied without a branch.
+    /// Bits 51:48 with FEAT_LPA (OA\[51:48\] kept in entry bits 15:12, a shift by 36 away),
+    /// else 0: applied without a branch.
     lpa_mask: u64,
 }
 
@@ -166,7 +167,7 @@ impl Geometry {
             concat_log2: concat_log2 as u8,
             shift: g as u8,
             addr_mask: ((1u64 << 48) - 1) & !((1u64 << g) - 1),
-            lpa_mask: if oa == 52 { !0 } else { 0 },
+            lpa_mask: if oa == 52 { 0xf << 48 } else { 0 },
         })
     }
 
@@ -178,12 +179,13 @@ impl Geometry {
     #[inline(always)]
     fn encode_addr(&self, pa: u64) -> u64 {
         // FEAT_LPA, 64K granule: OA[51:48] live in bits 15:12.
-        (pa & self.addr_mask) | ((((pa >> 48) & 0xf) << 12) & self.lpa_mask)
+        (pa & self.addr_mask) | ((pa & self.lpa_mask) >> 36)
     }
 
     #[inline(always)]
     fn decode_addr(&self, entry: u64) -> u64 {
-        (entry & self.addr_mask) | ((((entry >> 12) & 0xf) << 48) & self.lpa_mask)
+        // Bits 15:12 moved up to 51:48, everything else the shift brings there masked off.
+        (entry & self.addr_mask) | ((entry << 36) & self.lpa_mask)
     }
 
     #[inline(always)]

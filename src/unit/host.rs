@@ -215,6 +215,10 @@ impl<F: Format> TranslationUnit for TableUnit<F> {
         table.flush_gather(gather, &HookFlush(self.invalidate.as_deref()))
     }
 
+    fn reclaim_tables(&self, table: &mut Self::Domain) -> Result<usize, UnitError> {
+        table.reclaim_flushed(&HookFlush(self.invalidate.as_deref()))
+    }
+
     fn flush(&self, _: &Self::Domain, _: Iova, _: u64) -> Result<(), UnitError> {
         Ok(())
     }

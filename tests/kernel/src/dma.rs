@@ -396,6 +396,99 @@ pub fn deferred_unmaps_fault_after_one_flush<U: TranslationUnit>(
     r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
 }
 
+/// Tables that unmaps left empty (`TranslationUnit::reclaim_tables`): a 4 KiB page is mapped at
+/// 16 IOVAs 2 MiB apart in turn, edu's DMA through each lands (the walk is cached) and each is
+/// unmapped, leaving its leaf table empty in place. The reclaim frees exactly those 16 tables
+/// with one invalidation and one wait, keeps 8 frames for the domain's next tables and gives the
+/// rest back; afterwards edu's DMA through the kept page still lands and DMA to each of the 16
+/// IOVAs faults and reaches nothing (no walk through a freed table survives). A second reclaim
+/// finds nothing and asks nothing of the hardware.
+pub fn emptied_tables_are_reclaimed<U: TranslationUnit>(
+    r: &Rig<U>,
+    count: InvalidationCounter<'_>,
+) -> TestResult {
+    use crate::hal::HAL;
+    use iommu::pagetable::CACHED_FRAMES;
+    const ROUNDS: u64 = 16;
+    /// Away from IOVA_A's and IOVA_B's 2 MiB regions, in the same 1 GiB table.
+    const CHURN: u64 = 0x1000_0000;
+    let iova = |i: u64| CHURN + i * (2 << 20);
+    let edu = r.edu(0)?;
+    let dev = (r.device_id)(edu);
+    let (kept, churned) = (DmaBuffer::new(0)?, DmaBuffer::new(0x33)?);
+    (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
+    let mut domain = r.domain_with(&[(IOVA_A, &kept, Prot::READ_WRITE)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
+    let outcome = (|| {
+        r.faults()?;
+        let frames = HAL.live_frames();
+        for i in 0..ROUNDS {
+            r.unit
+                .map(
+                    &domain,
+                    Iova::new(iova(i)),
+                    churned.phys(),
+                    4096,
+                    Prot::READ,
+                )
+                .map_err(fail)?;
+            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
+            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
+            ensure!(
+                (2048..2048 + 64).all(|j| kept.get(j) == 0x33),
+                "DMA through {:#x} did not land",
+                iova(i)
+            );
+            r.unit
+                .unmap(&domain, Iova::new(iova(i)), 4096)
+                .map_err(fail)?;
+        }
+        ensure_eq!(
+            HAL.live_frames() - frames,
+            ROUNDS as usize,
+            "each unmap left its leaf table in place"
+        );
+
+        let mut freed = 0;
+        let cost = count(&mut || {
+            freed = r.unit.reclaim_tables(&mut domain).map_err(fail)?;
+            Ok(())
+        })?;
+        iommu_boot::println!("reclaim: {freed} tables, invalidations / waits {cost:?}");
+        ensure_eq!(freed, ROUNDS as usize, "tables freed");
+        ensure_eq!(cost, (1, 1), "one invalidation and one wait");
+        ensure_eq!(
+            HAL.live_frames() - frames,
+            CACHED_FRAMES.min(ROUNDS as usize),
+            "frames kept for the domain's next tables, the rest given back"
+        );
+
+        kept.fill(0);
+        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
+        round_trip(edu, IOVA_A)?;
+        ensure!(
+            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
+            "DMA through the kept page did not land after the reclaim"
+        );
+        for i in 0..ROUNDS {
+            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
+            r.expect_fault(dev, iova(i), false, FaultKind::Translation)?;
+        }
+        let again = count(&mut || {
+            ensure_eq!(r.unit.reclaim_tables(&mut domain).map_err(fail)?, 0);
+            Ok(())
+        })?;
+        ensure_eq!(again, (0, 0), "nothing to free: nothing asked");
+        Ok(())
+    })();
+    let blocked = r.unit.attach(dev, Attachment::Blocking);
+    outcome?;
+    blocked.map_err(fail)?;
+    r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
+}
+
 /// Faults routed to owners (`Iommu::route_faults`): edu 0 is owner A's, attached to an empty
 /// paging domain; edu 1 is owner B's, blocked; edu 2 is nobody's. Each DMAs to an address
 /// nothing maps; each fault lands in its owner's queue with the device's handle, and edu 2's in

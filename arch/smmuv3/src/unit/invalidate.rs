@@ -120,6 +120,23 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         }
     }
 
+    /// The empty tables of `domain`'s own table unlinked into `gather` (`reclaim_tables`).
+    pub(super) fn reclaim_gathered(
+        &self,
+        domain: &mut SmmuDomain<H>,
+        gather: &mut Gather,
+    ) -> Result<usize, UnitError> {
+        match &mut domain.kind {
+            DomainKind::Stage1 { table, .. } => Ok(table.reclaim(gather)?),
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => Ok(table.reclaim(gather)?),
+            DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
+            DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
+            DomainKind::Shared { .. } => Err(SHARED_MAP),
+        }
+    }
+
     /// The flush `unmap_range` issues, once for everything `unmap_gathered` put in `gather`
     /// (a nest parent's TLBI_NH_ALL included), then the gathered frames freed.
     pub(super) fn flush_gathered(

@@ -454,6 +454,13 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         self.flush_gathered(domain, gather)
     }
 
+    fn reclaim_tables(&self, domain: &mut Self::Domain) -> Result<usize, UnitError> {
+        let mut gather = Gather::new();
+        let freed = self.reclaim_gathered(domain, &mut gather)?;
+        self.flush_gathered(domain, gather)?;
+        Ok(freed)
+    }
+
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
         Ok(self.drain_events(&mut |e| sink(fault_record(e))))
     }

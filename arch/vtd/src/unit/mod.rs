@@ -523,6 +523,18 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         }
     }
 
+    fn reclaim_tables(&self, domain: &mut VtdDomain<H>) -> Result<usize, UnitError> {
+        let mut gather = Gather::new();
+        let freed = match &mut domain.table {
+            DomainTable::Second(t) => t.reclaim(&mut gather)?,
+            DomainTable::First(t) => t.reclaim(&mut gather)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
+        };
+        self.flush_deferred(domain, gather)?;
+        Ok(freed)
+    }
+
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
         self.drain_pending(sink)
     }

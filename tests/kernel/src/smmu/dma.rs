@@ -154,6 +154,21 @@ pub fn with_machine(
 /// [`dma::deferred_unmaps_fault_after_one_flush`] on `stage`, counted from the SMMU's command
 /// queue memory: TLBI commands (opcodes 0x10 to 0x30) and `CMD_SYNC`s.
 pub fn deferred_unmaps_fault_after_one_flush(m: &mut Machine, stage: Stage) -> TestResult {
+    counted(m, stage, dma::deferred_unmaps_fault_after_one_flush)
+}
+
+/// [`dma::emptied_tables_are_reclaimed`] at `stage`, counted like the deferred unmaps.
+pub fn emptied_tables_are_reclaimed(m: &mut Machine, stage: Stage) -> TestResult {
+    counted(m, stage, dma::emptied_tables_are_reclaimed)
+}
+
+/// Runs `test` at `stage` with its invalidations counted from the command queue: TLBI commands
+/// and CMD_SYNCs.
+fn counted(
+    m: &mut Machine,
+    stage: Stage,
+    test: fn(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
+) -> TestResult {
     use super::cmdq_watch::CommandWatch;
     use iommu_smmuv3::command::opcode;
     let r = rig(m, stage)?;
@@ -170,7 +185,7 @@ pub fn deferred_unmaps_fault_after_one_flush(m: &mut Machine, stage: Stage) -> T
         let syncs = ops.iter().filter(|&&o| o == opcode::SYNC).count();
         Ok((tlbi as u64, syncs as u64))
     };
-    dma::deferred_unmaps_fault_after_one_flush(&r, &count)
+    test(&r, &count)
 }
 
 pub fn smmu_brings_up(m: &mut Machine) -> TestResult {

@@ -131,6 +131,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::deferred_unmaps_fault_after_one_flush(m, Stage::Second),
     },
     Test {
+        name: "s1_emptied_tables_are_reclaimed",
+        run: |m| dma::emptied_tables_are_reclaimed(m, Stage::First),
+    },
+    Test {
+        name: "s2_emptied_tables_are_reclaimed",
+        run: |m| dma::emptied_tables_are_reclaimed(m, Stage::Second),
+    },
+    Test {
         name: "commands_per_operation_are_the_fewest",
         run: command_economy::commands_per_operation_are_the_fewest,
     },

@@ -115,9 +115,22 @@ pub(super) fn mapped_dma_lands(m: &mut Machine) -> TestResult {
     dma::mapped_dma_lands(&rig(m)?)
 }
 
-/// [`dma::deferred_unmaps_fault_after_one_flush`], counted at the invalidation queue: IOTLB (or
-/// PASID-based IOTLB) descriptors and wait descriptors, one wait per batch.
+/// [`dma::deferred_unmaps_fault_after_one_flush`], counted at the invalidation queue.
 pub(super) fn deferred_unmaps_fault_after_one_flush(m: &mut Machine) -> TestResult {
+    counted(m, dma::deferred_unmaps_fault_after_one_flush)
+}
+
+/// [`dma::emptied_tables_are_reclaimed`], counted at the invalidation queue.
+pub(super) fn emptied_tables_are_reclaimed(m: &mut Machine) -> TestResult {
+    counted(m, dma::emptied_tables_are_reclaimed)
+}
+
+/// Runs `test` with its invalidations counted at the invalidation queue: IOTLB (or PASID-based
+/// IOTLB) descriptors and wait descriptors, one wait per batch.
+fn counted(
+    m: &mut Machine,
+    test: fn(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
+) -> TestResult {
     let r = rig(m)?;
     if r.unit.queue().is_none() {
         iommu_boot::skip!("register-based invalidation: nothing to count");
@@ -129,7 +142,7 @@ pub(super) fn deferred_unmaps_fault_after_one_flush(m: &mut Machine) -> TestResu
         let (descriptors, waits) = (d1 - d0, b1 - b0);
         Ok((descriptors.saturating_sub(waits), waits))
     };
-    dma::deferred_unmaps_fault_after_one_flush(&r, &count)
+    test(&r, &count)
 }
 
 pub(super) fn unmapped_dma_is_blocked_and_reported(m: &mut Machine) -> TestResult {

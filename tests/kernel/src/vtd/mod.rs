@@ -137,6 +137,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::deferred_unmaps_fault_after_one_flush,
     },
     Test {
+        name: "emptied_tables_are_reclaimed",
+        run: dma::emptied_tables_are_reclaimed,
+    },
+    Test {
         name: "hardware_info_matches_machine",
         run: lifecycle::hardware_info_matches_machine,
     },
