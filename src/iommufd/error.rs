@@ -183,6 +183,22 @@ pub enum Error {
         /// Nested domains built on it.
         nested: usize,
     },
+    /// The vIOMMU still names `devices` devices by virtual id and cannot be destroyed: unset
+    /// them first (as an iommufd vDEVICE holds its vIOMMU).
+    ViommuHasDevices {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// Virtual ids still set.
+        devices: usize,
+    },
+    /// A domain of `asked` input bits was asked of a unit whose tables at that stage translate
+    /// at most `max` (0: the unit has no such stage).
+    InputBitsBeyondUnit {
+        /// Input address bits asked for.
+        asked: u32,
+        /// The unit's limit at the stage.
+        max: u32,
+    },
     /// `id` is already the id or an alias of a device of `group`: devices sharing an id are one
     /// group.
     AliasCrossesGroups {
@@ -307,6 +323,18 @@ impl fmt::Display for Error {
             }
             Self::ViommuBusy { viommu, nested } => {
                 write!(f, "{viommu:?} has {nested} nested domain(s)")
+            }
+            Self::ViommuHasDevices { viommu, devices } => {
+                write!(
+                    f,
+                    "{viommu:?} still names {devices} device(s) by virtual id"
+                )
+            }
+            Self::InputBitsBeyondUnit { asked, max } => {
+                write!(
+                    f,
+                    "{asked} input address bits asked, the unit translates {max}"
+                )
             }
             Self::AliasCrossesGroups { id, group } => {
                 write!(f, "{id:?} is already used by a device of {group:?}")

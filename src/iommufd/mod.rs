@@ -86,8 +86,14 @@
 //! - [`Iommu::unmap`] removes every mapping inside the range and returns the total bytes; it
 //!   refuses a range that would cut a mapping ([`Error::WouldCut`]) and a range with nothing
 //!   mapped ([`Error::NothingMapped`]). [`Iommu::unmap_all`] empties a domain and returns 0 on
-//!   an empty one. When an unmap returns, the unit has invalidated its caches: no DMA through
-//!   the removed range can succeed any more.
+//!   an empty one, and so does an unmap of the whole space (`0`, `u64::MAX`: iommufd's
+//!   unmap-all idiom). When an unmap returns, the unit has invalidated its caches: no DMA
+//!   through the removed range can succeed any more.
+//! - A domain wider than the unit's tables at its stage is refused
+//!   ([`Error::InputBitsBeyondUnit`]), never narrowed behind the caller's back; so every window
+//!   ends inside the table and [`Iommu::map_anywhere`] only picks addresses the unit can map.
+//! - A vIOMMU that still names devices by virtual id cannot be destroyed
+//!   ([`Error::ViommuHasDevices`]), as an iommufd vDEVICE holds its vIOMMU.
 //! - [`Iommu::map_anywhere`] picks the lowest free IOVA aligned to the length (rounded up to a
 //!   power of two, at least 4 KiB) in any window, avoiding reserved regions and mappings.
 //!
@@ -798,6 +804,19 @@ impl<U: TranslationUnit> Iommu<U> {
     ) -> Result<DomainId> {
         let u = self.unit(unit)?;
         // Checked before the unit allocates anything, so a bad layout costs nothing to undo.
+        // A unit would make a narrower table than asked (its widest), under windows that
+        // reach beyond it: refused instead.
+        let info = u.info();
+        let max = u32::from(match stage {
+            Stage::First => info.first_stage_ia_bits,
+            Stage::Second => info.second_stage_ia_bits,
+        });
+        if ia_bits > max {
+            return Err(Error::InputBitsBeyondUnit {
+                asked: ia_bits,
+                max,
+            });
+        }
         let space = IovaSpace::new(ia_bits, layout)?;
         let hw = u.new_domain(stage, ia_bits)?;
         Ok(self.insert_domain(unit, owner, hw, kind(space)))
@@ -1066,8 +1085,12 @@ impl<U: TranslationUnit> Iommu<U> {
     }
 
     /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` and returns
-    /// the bytes unmapped.
+    /// the bytes unmapped. The whole space (`iova` 0, `len` `u64::MAX`) is iommufd's unmap-all
+    /// idiom: it is [`unmap_all`](Self::unmap_all), 0 on an empty domain.
     pub fn unmap(&self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
+        if iova.as_u64() == 0 && len == u64::MAX {
+            return self.unmap_all(owner, id);
+        }
         let dom = self.domain(id, owner)?;
         let (span, total) = dom.space(id)?.begin_unmap(iova.as_u64(), len)?;
         self.unmap_claimed(dom, id, span)?;

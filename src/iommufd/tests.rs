@@ -1246,6 +1246,15 @@ fn viommu_and_nesting_rules() {
     // Torn down in order, everything goes.
     ok(io.attach(d3, A, Target::Blocked));
     ok(io.destroy_domain(A, nested));
+    // A virtual id still set holds the vIOMMU (as an iommufd vDEVICE does).
+    refused(
+        &mut io,
+        Error::ViommuHasDevices {
+            viommu: v,
+            devices: 1,
+        },
+        |io| io.destroy_viommu(A, v),
+    );
     ok(io.unset_virtual_device(A, v, 0x30));
     ok(io.release(d3, A));
     ok(io.destroy_viommu(A, v));
@@ -1773,4 +1782,69 @@ fn a_doorbell_remapper_gets_its_page_mapped_in_the_msi_window() {
     assert_eq!(maps(&io, second), Some((0x1000, page)));
     ok(io.free_interrupt(A, irq));
     ok(io.release(d, A));
+}
+
+/// Where the model follows iommufd: the unmap-all idiom on an empty domain, and a domain wider
+/// than the unit refused rather than narrowed (so `map_anywhere` never picks an address the
+/// unit's table cannot hold).
+#[test]
+fn unmap_all_idiom_and_input_width_follow_iommufd() {
+    let (mut io, u, _) = system();
+    let dom = domain(&mut io, A, u);
+    assert_eq!(io.unmap(A, dom, Iova::new(0), u64::MAX), Ok(0));
+    ok(io.map(
+        A,
+        dom,
+        Iova::new(0x1000),
+        PhysAddr::new(0x1000),
+        0x2000,
+        Prot::READ,
+    ));
+    assert_eq!(io.unmap(A, dom, Iova::new(0), u64::MAX), Ok(0x2000));
+    assert_eq!(
+        io.iova_to_phys(A, dom, Iova::new(0x1000)),
+        Err(Error::NothingMapped)
+    );
+    // Any other range with nothing in it is still refused.
+    refused(&mut io, Error::NothingMapped, |io| {
+        io.unmap(A, dom, Iova::new(0), 0x1000)
+    });
+
+    let top = [Region {
+        start: (1 << 48) - 0x1000,
+        last: u64::MAX,
+    }];
+    let layout = Layout {
+        windows: &top,
+        reserved: &[],
+    };
+    refused(
+        &mut io,
+        Error::InputBitsBeyondUnit { asked: 64, max: 48 },
+        |io| io.alloc_domain(A, u, Stage::Second, 64, &layout),
+    );
+    refused(
+        &mut io,
+        Error::InputBitsBeyondUnit { asked: 49, max: 48 },
+        |io| io.alloc_domain(A, u, Stage::First, 49, &layout),
+    );
+    // At the unit's width, the top window's last page is where map_anywhere goes.
+    let top = [Region {
+        start: (1 << 48) - 0x1000,
+        last: (1 << 48) - 1,
+    }];
+    let d = ok(io.alloc_domain(
+        A,
+        u,
+        Stage::Second,
+        48,
+        &Layout {
+            windows: &top,
+            reserved: &[],
+        },
+    ));
+    assert_eq!(
+        io.map_anywhere(A, d, PhysAddr::new(0x5000), 0x1000, Prot::READ),
+        Ok(Iova::new((1 << 48) - 0x1000))
+    );
 }

@@ -101,6 +101,12 @@ impl<U: TranslationUnit> Iommu<U> {
                 nested: v.nested,
             });
         }
+        if !v.devices.is_empty() {
+            return Err(Error::ViommuHasDevices {
+                viommu: id,
+                devices: v.devices.len(),
+            });
+        }
         let mut v = self.viommus.remove(&id).ok_or(Error::UnknownViommu(id))?;
         let unit = self.unit(v.unit)?;
         let parent = v.parent;
