@@ -939,11 +939,10 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         let mask = (1 << stride) - 1;
         let mut l = self.top();
         let mut shift = self.shift_in::<G>(l);
-        let mut t = self.root_table();
-        let mut idx = self.index_in::<G>(va, l);
+        let mut slot = &self.root_table()[self.index_in::<G>(va, l)];
         loop {
             // Acquire: follow table pointers into fully visible tables.
-            let e = t[idx].load(Ordering::Acquire);
+            let e = slot.load(Ordering::Acquire);
             if e == 0 {
                 return Err(Error::NothingMapped);
             }
@@ -958,14 +957,14 @@ impl<F: Format, H: Hal> PageTable<F, H> {
                 // A larger leaf covers the range: removing the range alone would cut it.
                 return Err(Error::SplitsSuperpage);
             }
-            t = self.child_in::<G>(e, l);
+            let t = self.child_in::<G>(e, l);
             l -= 1;
             shift -= stride;
-            idx = ((va >> shift) as usize) & mask;
+            slot = &t[((va >> shift) as usize) & mask];
         }
         // Publish (the clear).
-        t[idx].store(0, Ordering::Release);
-        self.sync(core::slice::from_ref(&t[idx]));
+        slot.store(0, Ordering::Release);
+        self.sync(core::slice::from_ref(slot));
         let len = 1u64 << shift;
         gather.record(va, va + len, len, false);
         Ok(Some(len))
