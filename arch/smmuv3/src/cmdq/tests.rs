@@ -466,7 +466,7 @@ fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
     assert_eq!(q.submit(&[tagged(1, 0)]), Ok(()));
     assert_eq!(q.submit(&[tagged(2, 0), tagged(2, 1)]), Ok(()));
     assert_eq!(smmu.read_cons(), 0);
-    assert_eq!(q.published.load(Ordering::Relaxed), 0);
+    assert_eq!(q.publisher.published.load(Ordering::Relaxed), 0);
     // A CMD_SYNC behind the hole cannot complete: its wait times out, the queue stays usable.
     assert_eq!(
         q.sync(),
@@ -478,7 +478,7 @@ fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
     q.fill(0, &[tagged(0, 0)], true);
     q.mark_ready(0, 2);
     q.publish();
-    assert_eq!(q.published.load(Ordering::Relaxed), 6);
+    assert_eq!(q.publisher.published.load(Ordering::Relaxed), 6);
     let consumer = Consumer::start(smmu, mem);
     q.set_poll_budget(BUDGET);
     assert_eq!(q.sync(), Ok(()));
