@@ -654,6 +654,42 @@ fn self_draining_smmu_is_consumed_by_its_waiters() {
     );
 }
 
+#[test]
+fn simulated_sync_latency_delays_completion() {
+    // A CMD_SYNC completes no sooner than the latency after its PROD write, whoever polls,
+    // and two producers' syncs still all complete (through wraps of an 8-entry queue).
+    let latency = std::time::Duration::from_millis(2);
+    let smmu = SimulatedSmmu::new(3);
+    let mem = HeapQueueMemory::<2>::new(3);
+    let regs = smmu.self_draining_with_latency(&mem, |_| Ok(()), latency);
+    let q = CommandQueue::new(regs, &mem, u32::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let began = std::time::Instant::now();
+    q.submit_and_sync(&[tagged(0, 0)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        began.elapsed() >= latency,
+        "completed after {:?}",
+        began.elapsed()
+    );
+    thread::scope(|s| {
+        for p in 0..2u32 {
+            let q = &q;
+            s.spawn(move || {
+                for i in 0..5u32 {
+                    let start = std::time::Instant::now();
+                    q.submit_and_sync(&[tagged(p, i), tagged(p, i + 1)])
+                        .unwrap_or_else(|e| panic!("producer {p}: {e}"));
+                    assert!(start.elapsed() >= latency);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        q.consumed.0.load(Ordering::Acquire),
+        q.reserved.0.load(Ordering::Relaxed)
+    );
+}
+
 /// What an attach to a new level-2 stream table, a one-page unmap and a 16-page deferred
 /// unmap cost in commands, issued as the unit issues them (each STE step by `submit_and_sync`,
 /// an unmap's invalidation in one batch) and counted as the simulated SMMU executed them.

@@ -2,10 +2,14 @@
 //! benchmark (feature `sim`): registers as atomics, and a consumer step that executes one
 //! descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with the head left
 //! at the bad descriptor, no progress while IQE or ITE is set). Tests step it from a thread of
-//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead.
+//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead,
+//! and [`SimUnit::self_draining_with_latency`] adds a simulated wait-descriptor latency (a wait
+//! completes only once that much host time, `std::time::Instant`, has passed since the IQT
+//! write that published it).
 //! (`crate::sim` is the whole unit, register page and all, for [`VtdUnit`](crate::VtdUnit).)
 
 extern crate std;
+use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::*;
@@ -159,7 +163,48 @@ impl SimUnit {
             unit: self,
             memory: mem.memory(),
             stepping: AtomicBool::new(false),
+            latency: None,
         }
+    }
+
+    /// As [`self_draining`](Self::self_draining), with a simulated wait latency: a wait
+    /// descriptor is executed (its status written, the head moved past it) only once `latency`
+    /// has passed since the IQT write that first covered it, and the descriptors after it wait
+    /// behind it (the unit processes the queue in order). Other descriptors take no time, and
+    /// waits published together complete together (the latency is a delay, not a service
+    /// time).
+    pub fn self_draining_with_latency<'a>(
+        &'a self,
+        mem: &'a SimMemory,
+        latency: Duration,
+    ) -> SelfDraining<'a> {
+        SelfDraining {
+            latency: Some(WaitLatency {
+                delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                origin: Instant::now(),
+                published_at: (0..self.entries).map(|_| AtomicU64::new(0)).collect(),
+            }),
+            ..self.self_draining(mem)
+        }
+    }
+}
+
+/// When each descriptor was published, for a simulated wait latency.
+struct WaitLatency {
+    /// Nanoseconds a wait descriptor takes from its publication to its status write.
+    delay: u64,
+    /// Time 0 of `published_at`.
+    origin: Instant,
+    /// Per slot, nanoseconds after `origin` of the IQT write that first covered its
+    /// descriptor. Relaxed stores by the tail writer before its release store of IQT; relaxed
+    /// loads by the consumer after its acquire load of IQT. A slot is stamped again only after
+    /// it was consumed.
+    published_at: Vec<AtomicU64>,
+}
+
+impl WaitLatency {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -177,9 +222,36 @@ pub struct SelfDraining<'a> {
     /// Acquire on taking, release on leaving: one drain's head store happens before the next
     /// one's load.
     stepping: AtomicBool,
+    /// The simulated wait latency, if any.
+    latency: Option<WaitLatency>,
 }
 
 impl SelfDraining<'_> {
+    /// Whether the descriptor at the head is a wait still inside its latency. Only the
+    /// consumer (the holder of `stepping`) calls it.
+    fn wait_pending(&self, latency: &WaitLatency, now: &mut Option<u64>) -> bool {
+        let unit = self.unit;
+        let head = unit.index(unit.head.load(Ordering::Relaxed));
+        // Acquire: the descriptor and its stamp, stored before IQT covered them, are visible.
+        if head == unit.index(unit.tail.load(Ordering::Acquire)) {
+            return false;
+        }
+        let w0 = self
+            .memory
+            .descriptors
+            .get(head as usize * unit.width.words())
+            .map_or(0, |w| w.load(Ordering::Relaxed));
+        if (w0 & 0xf) | ((w0 >> 5) & 0x70) != 5 {
+            return false;
+        }
+        let published = latency
+            .published_at
+            .get(head as usize)
+            .map_or(0, |t| t.load(Ordering::Relaxed));
+        let now = *now.get_or_insert_with(|| latency.now());
+        now < published.saturating_add(latency.delay)
+    }
+
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
         // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
@@ -200,7 +272,13 @@ impl SelfDraining<'_> {
             return;
         }
         // Bounded: a ring's worth, so a reader never drains producers that outrun it forever.
+        let mut now = None;
         for _ in 0..self.unit.entries {
+            if let Some(latency) = &self.latency {
+                if self.wait_pending(latency, &mut now) {
+                    break;
+                }
+            }
             if !matches!(self.unit.step(&self.memory), Step::Executed(_)) {
                 break;
             }
@@ -215,6 +293,22 @@ impl QiRegisters for SelfDraining<'_> {
         self.unit.read_head()
     }
     fn write_tail(&self, value: u64) {
+        if let Some(latency) = &self.latency {
+            // Stamps the newly published slots. Only one CPU writes IQT at a time (the queue's
+            // publisher lock), and it was the last to write it: relaxed.
+            let unit = self.unit;
+            let old = unit.index(unit.tail.load(Ordering::Relaxed));
+            let new = unit.index(value);
+            let now = latency.now();
+            let mut slot = old;
+            while slot != new {
+                if let Some(t) = latency.published_at.get(slot as usize) {
+                    t.store(now, Ordering::Relaxed);
+                }
+                slot = (slot + 1) % unit.entries;
+            }
+        }
+        // Release (in `SimUnit::write_tail`): the stamps go with IQT.
         self.unit.write_tail(value)
     }
     fn read_fault_status(&self) -> u32 {
