@@ -192,6 +192,7 @@ impl SimulatedSmmu {
                 published_at: (0..1usize << self.log2)
                     .map(|_| AtomicU64::new(0))
                     .collect(),
+                not_before: AtomicU64::new(0),
             }),
             ..self.self_draining(mem, execute)
         }
@@ -290,6 +291,11 @@ struct SyncLatency {
     /// the consumer after its acquire load of PROD. A slot is stamped again only after it was
     /// consumed.
     published_at: Vec<AtomicU64>,
+    /// Nanoseconds after `origin` before which the CMD_SYNC at the head cannot complete, as the
+    /// last consumer found it: a poll before then returns without taking `stepping` (a
+    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
+    /// than any later head's, so harmless; relaxed, a hint only.
+    not_before: AtomicU64,
 }
 
 impl SyncLatency {
@@ -321,11 +327,23 @@ impl<M: QueueMemory<2>> SelfDraining<'_, M> {
             .get(slot)
             .map_or(0, |t| t.load(Ordering::Relaxed));
         let now = *now.get_or_insert_with(|| latency.now());
-        now < published.saturating_add(latency.delay)
+        let due = published.saturating_add(latency.delay);
+        if now < due {
+            latency.not_before.store(due, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // A CMD_SYNC at the head not yet due: nothing can move (one line, written once per
+        // latency, instead of the registers').
+        if let Some(latency) = &self.latency {
+            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+                return;
+            }
+        }
         // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
         // the lines shared (hardware answers a CONS read without writing anything; a
         // read-modify-write here would make every poll of every waiter bounce a line).

@@ -13,15 +13,19 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::*;
+use iommu::sync::CachePadded;
 
-/// The queue registers of a simulated unit and what it needs to execute descriptors.
+/// The queue registers of a simulated unit and what it needs to execute descriptors. The
+/// registers the queue's CPUs write (IQT, and the count of its writes) and those the unit
+/// writes (IQH, FSTS) are on lines of their own, so that they do not invalidate each other or
+/// the read-only fields every poll reads: a CPU's register read is no cache miss on hardware.
 pub struct SimUnit {
     /// IQH.
-    pub head: AtomicU64,
+    pub head: CachePadded<AtomicU64>,
     /// IQT.
-    pub tail: AtomicU64,
+    pub tail: CachePadded<AtomicU64>,
     /// FSTS.
-    pub fsts: AtomicU32,
+    pub fsts: CachePadded<AtomicU32>,
     /// IQERCD.
     pub iqercd: AtomicU64,
     /// IQA.DW.
@@ -31,7 +35,7 @@ pub struct SimUnit {
     /// The address wait descriptors' status writes are relative to: the first status word.
     pub status_phys: u64,
     /// IQT writes so far.
-    pub tail_writes: AtomicU64,
+    pub tail_writes: CachePadded<AtomicU64>,
 }
 
 impl QiRegisters for SimUnit {
@@ -86,14 +90,14 @@ impl SimUnit {
     /// `status_phys`.
     pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
         Self {
-            head: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
-            fsts: AtomicU32::new(0),
+            head: CachePadded(AtomicU64::new(0)),
+            tail: CachePadded(AtomicU64::new(0)),
+            fsts: CachePadded(AtomicU32::new(0)),
             iqercd: AtomicU64::new(0),
             width,
             entries,
             status_phys,
-            tail_writes: AtomicU64::new(0),
+            tail_writes: CachePadded(AtomicU64::new(0)),
         }
     }
 
@@ -183,6 +187,7 @@ impl SimUnit {
                 delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
                 origin: Instant::now(),
                 published_at: (0..self.entries).map(|_| AtomicU64::new(0)).collect(),
+                not_before: AtomicU64::new(0),
             }),
             ..self.self_draining(mem)
         }
@@ -200,6 +205,11 @@ struct WaitLatency {
     /// loads by the consumer after its acquire load of IQT. A slot is stamped again only after
     /// it was consumed.
     published_at: Vec<AtomicU64>,
+    /// Nanoseconds after `origin` before which the wait at the head cannot complete, as the
+    /// last consumer found it: a poll before then returns without taking `stepping` (a
+    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
+    /// than any later head's, so harmless; relaxed, a hint only.
+    not_before: AtomicU64,
 }
 
 impl WaitLatency {
@@ -249,11 +259,23 @@ impl SelfDraining<'_> {
             .get(head as usize)
             .map_or(0, |t| t.load(Ordering::Relaxed));
         let now = *now.get_or_insert_with(|| latency.now());
-        now < published.saturating_add(latency.delay)
+        let due = published.saturating_add(latency.delay);
+        if now < due {
+            latency.not_before.store(due, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // A wait at the head not yet due: nothing can move (one line, written once per
+        // latency, instead of the registers').
+        if let Some(latency) = &self.latency {
+            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+                return;
+            }
+        }
         // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
         // the lines shared (hardware answers a register read without writing anything; a
         // read-modify-write here would make every poll of every waiter bounce a line).
