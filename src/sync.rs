@@ -64,6 +64,24 @@ impl Default for Backoff {
     }
 }
 
+/// A value on cache lines of its own, so that stores to it do not invalidate the lines its
+/// neighbours are read from (and the other way round). 128 bytes on x86-64 and AArch64, whose
+/// prefetchers fetch lines in pairs (as `crossbeam_utils::CachePadded` does), 64 elsewhere.
+#[derive(Debug, Default)]
+#[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64"), repr(align(128)))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    repr(align(64))
+)]
+pub struct CachePadded<T>(pub T);
+
+impl<T> core::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A cell whose accesses the caller synchronises by other means (the queue protocols). Under loom
 /// every access is checked: two unsynchronised accesses, one of them a write, fail the model.
 #[derive(Debug, Default)]

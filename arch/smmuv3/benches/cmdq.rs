@@ -9,7 +9,13 @@
 //!
 //! `cargo bench -p iommu-smmuv3 --bench cmdq` prints, after criterion's report, operations per
 //! second of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2 (harness:
-//! `iommu::sync::bench`). `-- --test` runs every case once, and the summary briefly.
+//! `iommu::sync::bench`), twice: with the simulated SMMU as above, whose CMD_SYNC takes no
+//! time, and with a *simulated* CMD_SYNC latency of [`SYNC_LATENCY`]
+//! ([`SimulatedSmmu::self_draining_with_latency`]: a CMD_SYNC completes only once that much
+//! host time has passed since the PROD write that published it; CMD_SYNCs published together
+//! complete together). Without latency the locked design loses nothing by holding its lock
+//! while the SMMU works; with it, that is what it pays. `-- --test` runs every case once, and
+//! the summaries briefly.
 
 use std::time::Duration;
 
@@ -23,12 +29,26 @@ use iommu_smmuv3::sim::{HeapQueueMemory, SimulatedSmmu};
 const LOG2_ENTRIES: u8 = 8;
 /// Commands per submission (before its CMD_SYNC): a typical small invalidation.
 const BATCH: usize = 4;
+/// The simulated CMD_SYNC latency of the second summary: the order of a CMD_SYNC on real
+/// hardware, where it waits for the SMMU's TLBs (and its TBUs') to finish the invalidations
+/// ahead of it, a round trip over the interconnect of about a microsecond.
+const SYNC_LATENCY: Duration = Duration::from_micros(1);
 
 fn main() {
+    bench(None);
+    bench(Some(SYNC_LATENCY));
+}
+
+/// Criterion's cases (without latency only) and the summary, over a fresh SMMU whose CMD_SYNC
+/// takes `latency`.
+fn bench(latency: Option<Duration>) {
     let smmu = SimulatedSmmu::new(LOG2_ENTRIES);
     let mem = HeapQueueMemory::<2>::new(LOG2_ENTRIES);
     // The SMMU accepts everything: the benchmark measures the queue, not the decoder.
-    let regs = smmu.self_draining(&mem, |_| Ok(()));
+    let regs = match latency {
+        None => smmu.self_draining(&mem, |_| Ok(())),
+        Some(l) => smmu.self_draining_with_latency(&mem, |_| Ok(()), l),
+    };
     let queue = match CommandQueue::new(regs, &mem, u32::MAX) {
         Ok(q) => q,
         Err(e) => panic!("{e}"),
@@ -45,6 +65,25 @@ fn main() {
         }
     };
 
+    if latency.is_none() {
+        criterion_cases(&run);
+    }
+
+    let simulated = match latency {
+        None => "no CMD_SYNC latency".to_string(),
+        Some(l) => format!("SIMULATED CMD_SYNC latency {l:?}"),
+    };
+    let what = format!(
+        "submit({BATCH} commands) + CMD_SYNC, SMMU drained by the waiters, {} entries, {simulated}",
+        1 << LOG2_ENTRIES
+    );
+    if let Err(e) = summary_from_args::<_, CmdqError>(&rig, &what) {
+        panic!("{e}");
+    }
+}
+
+/// Criterion's report of every case.
+fn criterion_cases(run: &impl Fn(Design, usize, u64) -> Duration) {
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("cmdq_submit4_sync");
     group.throughput(Throughput::Elements(1));
@@ -61,12 +100,4 @@ fn main() {
     }
     group.finish();
     c.final_summary();
-
-    let what = format!(
-        "submit({BATCH} commands) + CMD_SYNC, SMMU drained by the waiters, {} entries",
-        1 << LOG2_ENTRIES
-    );
-    if let Err(e) = summary_from_args::<_, CmdqError>(&rig, &what) {
-        panic!("{e}");
-    }
 }

@@ -23,7 +23,7 @@ use tock_registers::LocalRegisterCopy;
 
 use crate::command::{Command, EncodeError, RawCommand};
 use crate::registers::{SmmuRegisters, GERROR, QUEUE_BASE, QUEUE_CONS, QUEUE_PROD};
-use iommu::sync::{AtomicBool, AtomicU64, Backoff, CombiningLock, Ordering};
+use iommu::sync::{AtomicBool, AtomicU64, Backoff, CachePadded as Padded, CombiningLock, Ordering};
 
 /// Bytes of one command.
 pub const ENTRY_BYTES: usize = 16;
@@ -415,11 +415,18 @@ const CMD_SYNC: RawCommand = [crate::command::opcode::SYNC as u64, 0];
 /// between its CMD_SYNC completing and its look, under a storm of failures).
 const ERROR_SLOTS: usize = 256;
 
-/// One atomic on its own cache line, so the producers' CAS on `reserved` does not bounce the
-/// line the waiters poll.
-#[derive(Debug)]
-#[repr(align(64))]
-struct Padded<T>(T);
+/// The publisher lock and what only its holder touches, on one line of their own: a pass
+/// takes the lock, reads and writes `published`, and leaves, moving one line, and its stores
+/// do not invalidate the read-mostly fields every submission reads (`regs`, `mem`, `ready`).
+#[derive(Debug, Default)]
+struct Publisher {
+    /// The lock: a producer's ready mark, stored before its request, reaches the pass that
+    /// serves it, and one pass's `published` and PROD write the next pass.
+    lock: CombiningLock,
+    /// Hardware PROD as last written. Only the lock holder reads or writes it; the lock orders
+    /// one holder's store before the next holder's load, so relaxed suffices.
+    published: AtomicU64,
+}
 
 /// The command queue of one SMMU, shared by every CPU (`&self` everywhere).
 ///
@@ -496,12 +503,8 @@ pub struct CommandQueue<R, M> {
     budget: u32,
     /// Next free position. Orders nothing (relaxed CAS): arbitration only.
     reserved: Padded<AtomicU64>,
-    /// The publisher lock: a producer's ready mark, stored before its request, reaches the
-    /// pass that serves it, and one pass's `published` and PROD write the next pass.
-    publisher: Padded<CombiningLock>,
-    /// Hardware PROD as last written. Only the lock holder reads or writes it; the lock orders
-    /// one holder's store before the next holder's load, so relaxed suffices.
-    published: AtomicU64,
+    /// The publisher lock and `published` (see [`Publisher`]).
+    publisher: Padded<Publisher>,
     /// Lower bound of hardware CONS. Acquire-release CAS / acquire loads: orders the SMMU's
     /// reads of consumed slots (observed by reading CONS) before their reuse.
     consumed: Padded<AtomicU64>,
@@ -526,7 +529,10 @@ impl<R, M> fmt::Debug for CommandQueue<R, M> {
         f.debug_struct("CommandQueue")
             .field("log2_entries", &self.log2)
             .field("reserved", &self.reserved.0.load(Ordering::Relaxed))
-            .field("published", &self.published.load(Ordering::Relaxed))
+            .field(
+                "published",
+                &self.publisher.published.load(Ordering::Relaxed),
+            )
             .field("consumed", &self.consumed.0.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -560,8 +566,10 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
             log2,
             budget: budget.max(1),
             reserved: Padded(AtomicU64::new(start)),
-            publisher: Padded(CombiningLock::new()),
-            published: AtomicU64::new(start),
+            publisher: Padded(Publisher {
+                lock: CombiningLock::new(),
+                published: AtomicU64::new(start),
+            }),
             consumed: Padded(AtomicU64::new(start)),
             ready: ready.into_boxed_slice(),
             recovering: AtomicBool::new(false),
@@ -720,7 +728,8 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 continue;
             }
             // Full: wait for the SMMU to consume, recovering it if it stopped on an error.
-            if self.refresh_consumed()? == cons {
+            // `start` was loaded from `reserved`, which only grows: a lower bound of it.
+            if self.refresh_consumed(cons, start)? == cons {
                 self.recover_if_stopped()?;
                 stalled += 1;
                 if stalled >= self.budget {
@@ -741,8 +750,8 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     fn publish(&self) {
         // Our ready mark, stored before, reaches the pass that serves this request; a pass
         // starts after the previous one's `published` and PROD write.
-        self.publisher.0.run(false, |_| {
-            let from = self.published.load(Ordering::Relaxed);
+        self.publisher.lock.run(false, |_| {
+            let from = self.publisher.published.load(Ordering::Relaxed);
             let mut tail = from;
             while let Some(end) = self.ready_end(tail) {
                 tail = end;
@@ -751,21 +760,23 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 // One PROD write for every batch found ready; it orders their entries (ours by
                 // program order, the others' through the acquired marks) before it.
                 self.regs.write_prod(self.prod_value(tail));
-                self.published.store(tail, Ordering::Relaxed);
+                self.publisher.published.store(tail, Ordering::Relaxed);
             }
         });
     }
 
-    /// Reads CONS and advances `consumed`; returns a lower bound of CONS as a position.
-    fn refresh_consumed(&self) -> Result<u64, CmdqError> {
-        let seen = self.consumed.0.load(Ordering::Acquire);
+    /// Reads CONS and advances `consumed` from `seen`, a value loaded from it (acquire);
+    /// returns a lower bound of CONS as a position. `below_reserved` is a position known not
+    /// to exceed `reserved` (the caller's own reservation end, or a value loaded from it):
+    /// a CONS up to there needs no look at `reserved`, the line every reservation writes.
+    fn refresh_consumed(&self, seen: u64, below_reserved: u64) -> Result<u64, CmdqError> {
         let cons = self.regs.read_cons();
         let delta = cons.wrapping_sub(seen as u32) & self.wrap_mask();
         if delta == 0 {
             return Ok(seen);
         }
         let fresh = seen + u64::from(delta);
-        if fresh > self.reserved.0.load(Ordering::Acquire) {
+        if fresh > below_reserved && fresh > self.reserved.0.load(Ordering::Acquire) {
             // Only possible if CONS is not what the protocol says (rebuilt values never exceed
             // the true CONS, which never exceeds PROD).
             return Err(CmdqError::ConsOutOfRange { cons });
@@ -781,12 +792,20 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
         }
     }
 
+    /// Waits until `consumed` reaches `target`, a position this caller reserved up to.
     fn wait_consumed(&self, target: u64, waiting_for: &'static str) -> Result<(), CmdqError> {
         let mut last = self.consumed.0.load(Ordering::Acquire);
         let mut stalled = 0u32;
         let mut backoff = Backoff::new();
         loop {
-            let now = self.refresh_consumed()?;
+            // Memory first: another waiter that read CONS may have seen ours complete already
+            // (its batch came later, or it polled first), and then no register read is needed.
+            // Acquire: pairs with the CAS that stored it, which carries the SMMU's progress.
+            let seen = self.consumed.0.load(Ordering::Acquire);
+            if seen >= target {
+                return Ok(());
+            }
+            let now = self.refresh_consumed(seen, target)?;
             if now >= target {
                 return Ok(());
             }

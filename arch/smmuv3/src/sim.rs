@@ -5,17 +5,21 @@
 //! It is driven one step at a time by the test's own threads, so a test decides how fast the
 //! "hardware" goes and can stop it; or, through [`SimulatedSmmu::self_draining`], by the
 //! submitters themselves while they poll CONS, so a benchmark needs no consumer thread (one that
-//! would take a core real hardware does not).
+//! would take a core real hardware does not). [`SimulatedSmmu::self_draining_with_latency`]
+//! adds a simulated CMD_SYNC latency: a CMD_SYNC completes only once that much host time
+//! (`std::time::Instant`) has passed since the PROD write that published it.
 
 extern crate alloc;
+extern crate std;
 
 use alloc::vec::Vec;
+use std::time::{Duration, Instant};
 
 use crate::cmdq::{CmdqRegisters, CommandErrorCode, QueueMemory};
 use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
-use iommu::sync::{AtomicBool, AtomicU32, Ordering, RacyCell};
+use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, RacyCell};
 
 /// A queue ring in host memory whose slot accesses loom checks for races.
 #[derive(Debug)]
@@ -166,6 +170,31 @@ impl SimulatedSmmu {
             mem,
             execute,
             stepping: AtomicBool::new(false),
+            latency: None,
+        }
+    }
+
+    /// As [`self_draining`](Self::self_draining), with a simulated CMD_SYNC latency: a
+    /// CMD_SYNC is completed (CONS moved past it) only once `latency` has passed since the PROD
+    /// write that first covered it, and the commands after it wait behind it, as in the SMMU's
+    /// in-order consumption. Other commands take no time, and CMD_SYNCs published together
+    /// complete together (the latency is a delay, not a service time).
+    pub fn self_draining_with_latency<'a, M: QueueMemory<2>>(
+        &'a self,
+        mem: &'a M,
+        execute: fn(RawCommand) -> Result<(), CommandErrorCode>,
+        latency: Duration,
+    ) -> SelfDraining<'a, M> {
+        SelfDraining {
+            latency: Some(SyncLatency {
+                delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                origin: Instant::now(),
+                published_at: (0..1usize << self.log2)
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                not_before: AtomicU64::new(0),
+            }),
+            ..self.self_draining(mem, execute)
         }
     }
 
@@ -246,11 +275,75 @@ pub struct SelfDraining<'a, M> {
     /// that finds it taken answers with CONS as it is (the holder is draining). Acquire on
     /// taking, release on leaving: one drain's CONS store happens before the next one's load.
     stepping: AtomicBool,
+    /// The simulated CMD_SYNC latency, if any.
+    latency: Option<SyncLatency>,
+}
+
+/// When each command was published, for a simulated CMD_SYNC latency.
+#[derive(Debug)]
+struct SyncLatency {
+    /// Nanoseconds a CMD_SYNC takes from its publication to its completion.
+    delay: u64,
+    /// Time 0 of `published_at`.
+    origin: Instant,
+    /// Per slot, nanoseconds after `origin` of the PROD write that first covered its command.
+    /// Relaxed stores by the PROD writer before its release store of PROD; relaxed loads by
+    /// the consumer after its acquire load of PROD. A slot is stamped again only after it was
+    /// consumed.
+    published_at: Vec<AtomicU64>,
+    /// Nanoseconds after `origin` before which the CMD_SYNC at the head cannot complete, as the
+    /// last consumer found it: a poll before then returns without taking `stepping` (a
+    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
+    /// than any later head's, so harmless; relaxed, a hint only.
+    not_before: AtomicU64,
+}
+
+impl SyncLatency {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 impl<M: QueueMemory<2>> SelfDraining<'_, M> {
+    /// Whether the command at CONS is a CMD_SYNC still inside its latency. Only the consumer
+    /// (the holder of `stepping`) calls it.
+    fn sync_pending(&self, latency: &SyncLatency, now: &mut Option<u64>) -> bool {
+        let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
+        let cons = self.smmu.cmdq_cons.load(Ordering::Relaxed) & mask;
+        // Acquire: the entry and its stamp, stored before PROD covered them, are visible.
+        let prod = self.smmu.cmdq_prod.load(Ordering::Acquire) & mask;
+        if cons == prod {
+            return false;
+        }
+        // SAFETY: the slot is between CONS and PROD and we are the only consumer: producers
+        // do not write it until CONS passes it (as in `SimulatedSmmu::step`).
+        let cmd = unsafe { self.mem.read(cons) };
+        if cmd[0] & 0xff != u64::from(crate::command::opcode::SYNC) {
+            return false;
+        }
+        let slot = (cons & ((1 << self.smmu.log2) - 1)) as usize;
+        let published = latency
+            .published_at
+            .get(slot)
+            .map_or(0, |t| t.load(Ordering::Relaxed));
+        let now = *now.get_or_insert_with(|| latency.now());
+        let due = published.saturating_add(latency.delay);
+        if now < due {
+            latency.not_before.store(due, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // A CMD_SYNC at the head not yet due: nothing can move (one line, written once per
+        // latency, instead of the registers').
+        if let Some(latency) = &self.latency {
+            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+                return;
+            }
+        }
         // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
         // the lines shared (hardware answers a CONS read without writing anything; a
         // read-modify-write here would make every poll of every waiter bounce a line).
@@ -269,7 +362,13 @@ impl<M: QueueMemory<2>> SelfDraining<'_, M> {
             return;
         }
         // Bounded: a queue's worth, so a reader never drains producers that outrun it forever.
+        let mut now = None;
         for _ in 0..1u32 << self.smmu.log2 {
+            if let Some(latency) = &self.latency {
+                if self.sync_pending(latency, &mut now) {
+                    break;
+                }
+            }
             match self.smmu.step(self.mem, self.execute) {
                 SimStep::Consumed(_) => {}
                 SimStep::Idle | SimStep::Halted | SimStep::Refused(..) => break,
@@ -285,6 +384,20 @@ impl<M: QueueMemory<2>> CmdqRegisters for SelfDraining<'_, M> {
         CmdqRegisters::read_cons(self.smmu)
     }
     fn write_prod(&self, prod: u32) {
+        if let Some(latency) = &self.latency {
+            // Stamps the newly published slots. Only one CPU writes PROD at a time (the
+            // queue's publisher lock), and it was the last to write it: relaxed.
+            let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
+            let old = self.smmu.cmdq_prod.load(Ordering::Relaxed);
+            let now = latency.now();
+            for i in 0..(prod.wrapping_sub(old) & mask) {
+                let slot = (old.wrapping_add(i) & ((1 << self.smmu.log2) - 1)) as usize;
+                if let Some(t) = latency.published_at.get(slot) {
+                    t.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+        // Release (in `SimulatedSmmu::write_prod`): the stamps go with PROD.
         self.smmu.write_prod(prod)
     }
     fn read_gerror(&self) -> u32 {

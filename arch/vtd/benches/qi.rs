@@ -10,9 +10,15 @@
 //! driver's 64): here the unit only moves when a register is read, and with 64 it would move
 //! once per 64 polls, a latency hardware does not add.
 //!
-//! `cargo bench -p iommu-vtd --bench qi` prints, after criterion's report, operations per second
-//! of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2 (harness:
-//! `iommu::sync::bench`). `-- --test` runs every case once, and the summary briefly.
+//! `cargo bench -p iommu-vtd --features sim --bench qi` prints, after criterion's report,
+//! operations per second of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2
+//! (harness: `iommu::sync::bench`), twice: with the simulated unit as above, whose wait
+//! descriptor takes no time, and with a *simulated* wait latency of [`WAIT_LATENCY`]
+//! ([`SimUnit::self_draining_with_latency`]: a wait descriptor completes only once that much
+//! host time has passed since the IQT write that published it; waits published together
+//! complete together). Without latency the locked design loses nothing by holding its lock
+//! while the unit works; with it, that is what it pays. `-- --test` runs every case once, and
+//! the summaries briefly.
 
 use std::time::Duration;
 
@@ -26,8 +32,18 @@ use iommu_vtd::{Did, QiError, QueueSize};
 
 /// Descriptors per submission (before its wait): a typical small invalidation.
 const BATCH: u64 = 4;
+/// The simulated wait latency of the second summary: the order of an invalidation wait on a
+/// real unit, which completes after the IOTLB invalidations ahead of it, about a microsecond.
+const WAIT_LATENCY: Duration = Duration::from_micros(1);
 
 fn main() {
+    bench(None);
+    bench(Some(WAIT_LATENCY));
+}
+
+/// Criterion's cases (without latency only) and the summary, over a fresh unit whose wait
+/// descriptor takes `latency`.
+fn bench(latency: Option<Duration>) {
     // Scalable mode's 256-bit descriptors: one page holds 128.
     let width = DescriptorWidth::Bits256;
     let size = QueueSize::ONE_PAGE;
@@ -40,7 +56,11 @@ fn main() {
         poll_budget: iommu::poll::DEFAULT_POLL_BUDGET,
         fault_check_interval: 1,
     };
-    let queue = match InvalidationQueue::new(unit.self_draining(&mem), mem.memory(), config) {
+    let regs = match latency {
+        None => unit.self_draining(&mem),
+        Some(l) => unit.self_draining_with_latency(&mem, l),
+    };
+    let queue = match InvalidationQueue::new(regs, mem.memory(), config) {
         Ok(q) => q,
         Err(e) => panic!("{e}"),
     };
@@ -62,6 +82,25 @@ fn main() {
         }
     };
 
+    if latency.is_none() {
+        criterion_cases(&run);
+    }
+
+    let simulated = match latency {
+        None => "no wait latency".to_string(),
+        Some(l) => format!("SIMULATED wait latency {l:?}"),
+    };
+    let what = format!(
+        "submit({BATCH} IOTLB descriptors) + wait, unit drained by the waiters, {entries} entries, \
+         {simulated}"
+    );
+    if let Err(e) = summary_from_args::<_, QiError>(&rig, &what) {
+        panic!("{e}");
+    }
+}
+
+/// Criterion's report of every case.
+fn criterion_cases(run: &impl Fn(Design, usize, u64) -> Duration) {
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("qi_submit4_wait");
     group.throughput(Throughput::Elements(1));
@@ -78,11 +117,4 @@ fn main() {
     }
     group.finish();
     c.final_summary();
-
-    let what = format!(
-        "submit({BATCH} IOTLB descriptors) + wait, unit drained by the waiters, {entries} entries"
-    );
-    if let Err(e) = summary_from_args::<_, QiError>(&rig, &what) {
-        panic!("{e}");
-    }
 }

@@ -18,7 +18,9 @@ use crate::caps::ExtendedCapability;
 use crate::descriptor::{Descriptor, DescriptorError, Wait};
 use crate::registers::{RegisterBlock, FSTS, IQERCD, IQH};
 use crate::root_table::SourceId;
-use iommu::sync::{fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, CombiningLock, Ordering};
+use iommu::sync::{
+    fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, CachePadded, CombiningLock, Ordering,
+};
 
 mod memory;
 
@@ -374,7 +376,8 @@ const MARK_INVALID: u64 = 1;
 ///
 /// - `reserved`: next free position. A producer claims `[r, r + k)` with a compare-exchange
 ///   only if `r + k ≤ head + N − 1`, where `head` is a lower bound of the unit's head (see
-///   `head_position`); so a slot is rewritten only after the unit has
+///   `head_position`; kept in `head_seen` and refreshed from IQH only when the ring looks
+///   full by it, see `head_bound`); so a slot is rewritten only after the unit has
 ///   consumed its previous use, and the ring never looks empty when full. The counter only
 ///   partitions slots, so it is `Relaxed`; what orders slot reuse after the unit's read is the
 ///   head register read, which no later write may pass (trait contract).
@@ -420,14 +423,17 @@ pub struct InvalidationQueue<'m, R> {
     fault_check_interval: u32,
     /// A wait writing to the sink word: what a rejected descriptor is replaced with.
     sink: [u64; 4],
-    /// Next unreserved position; orders nothing (see the protocol above).
-    reserved: AtomicU64,
-    /// Tail written to the unit; `Release` store by the publisher, `Acquire` loads by producers
-    /// estimating the head, so the estimate never runs ahead of what the unit was given.
-    published: AtomicU64,
-    /// The publisher lock; its flag is the kick (write IQT even if the tail did not move). See
-    /// the protocol above for what it orders.
-    publisher: CombiningLock,
+    /// Next unreserved position; orders nothing (see the protocol above). On lines of its own,
+    /// as are the publisher's and the head bound: every submission writes them, and their
+    /// stores must not invalidate the read-mostly fields above, which every poll reads.
+    reserved: CachePadded<AtomicU64>,
+    /// The publisher lock and the tail it writes (see [`Publisher`]).
+    publisher: CachePadded<Publisher>,
+    /// A lower bound of the unit's head as a position, from the last IQH read (see
+    /// `head_bound`): reservations compare against it and read IQH only when it says full.
+    /// `AcqRel` max / `Acquire` loads: it carries the head read's "the unit has read these
+    /// slots" to the producer that reuses them.
+    head_seen: CachePadded<AtomicU64>,
     /// One error recoverer at a time: `Acquire`/`Release` as a lock around recovery.
     recovering: AtomicBool,
     /// Bumped (`Release`) after marks or the ITE window are written, loaded (`Acquire`) by
@@ -438,9 +444,20 @@ pub struct InvalidationQueue<'m, R> {
     ite_from: AtomicU64,
     ite_to: AtomicU64,
     ite_source: AtomicU32,
-    /// Statistics: descriptors and batches submitted (`Relaxed`, read after the fact).
-    descriptors_submitted: AtomicU64,
-    batches_submitted: AtomicU64,
+    /// Statistics: batches submitted (`Relaxed`, read after the fact; descriptors are counted
+    /// by `reserved`). On a line of its own: both producers add to it.
+    batches_submitted: CachePadded<AtomicU64>,
+}
+
+/// The publisher lock and the tail only its holder writes, on one line: a pass takes the lock,
+/// reads and writes `published` and leaves, moving one line between CPUs.
+struct Publisher {
+    /// The lock; its flag is the kick (write IQT even if the tail did not move). See the
+    /// protocol at [`InvalidationQueue`] for what it orders.
+    lock: CombiningLock,
+    /// Tail written to the unit; `Release` store by the holder, `Acquire` loads by producers
+    /// estimating the head, so the estimate never runs ahead of what the unit was given.
+    published: AtomicU64,
 }
 
 impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
@@ -479,16 +496,18 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             poll_budget: config.poll_budget,
             fault_check_interval: config.fault_check_interval.max(1),
             sink,
-            reserved: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            publisher: CombiningLock::new(),
+            reserved: CachePadded(AtomicU64::new(0)),
+            publisher: CachePadded(Publisher {
+                lock: CombiningLock::new(),
+                published: AtomicU64::new(0),
+            }),
+            head_seen: CachePadded(AtomicU64::new(0)),
             recovering: AtomicBool::new(false),
             error_epoch: AtomicU64::new(0),
             ite_from: AtomicU64::new(0),
             ite_to: AtomicU64::new(0),
             ite_source: AtomicU32::new(0),
-            descriptors_submitted: AtomicU64::new(0),
-            batches_submitted: AtomicU64::new(0),
+            batches_submitted: CachePadded(AtomicU64::new(0)),
         })
     }
 
@@ -510,10 +529,11 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         (self.entries - 2) as usize
     }
 
-    /// Descriptors (waits included) and batches submitted so far.
+    /// Descriptors (waits included) and batches submitted so far (descriptors: reserved, so
+    /// those of submissions in progress count too).
     pub fn submitted(&self) -> (u64, u64) {
         (
-            self.descriptors_submitted.load(Ordering::Relaxed),
+            self.reserved.load(Ordering::Relaxed),
             self.batches_submitted.load(Ordering::Relaxed),
         )
     }
@@ -571,8 +591,6 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         self.ready_mark(start)
             .store(start + total, Ordering::Release);
         self.publish(false);
-        self.descriptors_submitted
-            .fetch_add(total, Ordering::Relaxed);
         self.batches_submitted.fetch_add(1, Ordering::Relaxed);
         Ok(Ticket { start, wait, epoch })
     }
@@ -686,7 +704,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         let mut until_check = 0u32;
         loop {
             let r = self.reserved.load(Ordering::Relaxed);
-            if r + total < self.head_position() + self.entries {
+            if r + total < self.head_bound(r + total) + self.entries {
                 if self
                     .reserved
                     .compare_exchange(r, r + total, Ordering::Relaxed, Ordering::Relaxed)
@@ -717,8 +735,8 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     fn publish(&self, kick: bool) {
         // Our ready mark (or recovery's writes), made before, reaches the pass that serves this
         // request; a pass starts after the previous one's `published` and IQT write.
-        self.publisher.run(kick, |kick| {
-            let start = self.published.load(Ordering::Relaxed);
+        self.publisher.lock.run(kick, |kick| {
+            let start = self.publisher.published.load(Ordering::Relaxed);
             let mut tail = start;
             while let Some(end) = self.ready_end(tail) {
                 tail = end;
@@ -729,7 +747,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
                 fence(Ordering::SeqCst);
                 self.regs
                     .write_tail((tail % self.entries) << self.width.shift());
-                self.published.store(tail, Ordering::Release);
+                self.publisher.published.store(tail, Ordering::Release);
             }
         });
     }
@@ -746,12 +764,34 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     /// N − 1 of every published tail); if the head has already passed it, the estimate falls
     /// below `published`, which only makes reservations more careful.
     fn head_position(&self) -> u64 {
-        let published = self.published.load(Ordering::Acquire);
+        let published = self.publisher.published.load(Ordering::Acquire);
         let head =
             ((self.regs.read_head() & QUEUE_OFFSET_MASK) >> self.width.shift()) % self.entries;
         let behind = (published % self.entries + self.entries - head) % self.entries;
         // Early on, a head already past a stale `published` can put the estimate below 0.
         published.saturating_sub(behind)
+    }
+
+    /// A lower bound of the unit's head good enough for a reservation ending at `end`: the
+    /// bound kept from an earlier IQH read if `end` fits below it plus N − 1, otherwise a
+    /// fresh [`head_position`](Self::head_position), kept for the next reservations. The
+    /// head only grows, so a bound once read stays one; a submission reads IQH (an MMIO access)
+    /// only when the ring looks full by what any CPU last read, not every time.
+    fn head_bound(&self, end: u64) -> u64 {
+        // Acquire: pairs with the max below, after the IQH read that saw the unit's progress;
+        // the unit's reads of the slots below it happen before our writes to them.
+        let seen = self.head_seen.load(Ordering::Acquire);
+        if end < seen + self.entries {
+            return seen;
+        }
+        let head = self.head_position();
+        if head <= seen {
+            // No progress (the ring is full): no store, so polling CPUs keep the line shared.
+            return seen;
+        }
+        // AcqRel: release for the IQH read above (its "the unit has read these slots" goes to
+        // whoever loads the bound); acquire for a larger bound another CPU stored meanwhile.
+        self.head_seen.fetch_max(head, Ordering::AcqRel).max(head)
     }
 
     /// Reports an error that hit the batch: a mark on one of its descriptors (IQE).

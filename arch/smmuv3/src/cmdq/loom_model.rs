@@ -141,7 +141,7 @@ fn two_producers_reserve_and_publish_in_order() {
             assert!(p.join().is_ok());
         }
         // The joins order the publishers' stores before this load.
-        assert_eq!(q.published.load(Ordering::Relaxed), 2);
+        assert_eq!(q.publisher.published.load(Ordering::Relaxed), 2);
         // Let the SMMU finish.
         while q.registers().read_cons() & 3 != 2 {}
         let mut sids = executed(&done);
@@ -223,7 +223,7 @@ fn a_slow_producer_delays_but_never_blocks_the_others() {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(q.submit(&[cfgi(2)]), Ok(()));
-        assert_eq!(q.published.load(Ordering::Relaxed), slow);
+        assert_eq!(q.publisher.published.load(Ordering::Relaxed), slow);
         let resumed = {
             let (q, done) = (q.clone(), done.clone());
             thread::spawn(move || {

@@ -466,7 +466,7 @@ fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
     assert_eq!(q.submit(&[tagged(1, 0)]), Ok(()));
     assert_eq!(q.submit(&[tagged(2, 0), tagged(2, 1)]), Ok(()));
     assert_eq!(smmu.read_cons(), 0);
-    assert_eq!(q.published.load(Ordering::Relaxed), 0);
+    assert_eq!(q.publisher.published.load(Ordering::Relaxed), 0);
     // A CMD_SYNC behind the hole cannot complete: its wait times out, the queue stays usable.
     assert_eq!(
         q.sync(),
@@ -478,7 +478,7 @@ fn a_slow_producer_delays_only_later_batches_and_publishes_them_all() {
     q.fill(0, &[tagged(0, 0)], true);
     q.mark_ready(0, 2);
     q.publish();
-    assert_eq!(q.published.load(Ordering::Relaxed), 6);
+    assert_eq!(q.publisher.published.load(Ordering::Relaxed), 6);
     let consumer = Consumer::start(smmu, mem);
     q.set_poll_budget(BUDGET);
     assert_eq!(q.sync(), Ok(()));
@@ -648,6 +648,42 @@ fn self_draining_smmu_is_consumed_by_its_waiters() {
         }
     });
     // Everything submitted was consumed.
+    assert_eq!(
+        q.consumed.0.load(Ordering::Acquire),
+        q.reserved.0.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn simulated_sync_latency_delays_completion() {
+    // A CMD_SYNC completes no sooner than the latency after its PROD write, whoever polls,
+    // and two producers' syncs still all complete (through wraps of an 8-entry queue).
+    let latency = std::time::Duration::from_millis(2);
+    let smmu = SimulatedSmmu::new(3);
+    let mem = HeapQueueMemory::<2>::new(3);
+    let regs = smmu.self_draining_with_latency(&mem, |_| Ok(()), latency);
+    let q = CommandQueue::new(regs, &mem, u32::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let began = std::time::Instant::now();
+    q.submit_and_sync(&[tagged(0, 0)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        began.elapsed() >= latency,
+        "completed after {:?}",
+        began.elapsed()
+    );
+    thread::scope(|s| {
+        for p in 0..2u32 {
+            let q = &q;
+            s.spawn(move || {
+                for i in 0..5u32 {
+                    let start = std::time::Instant::now();
+                    q.submit_and_sync(&[tagged(p, i), tagged(p, i + 1)])
+                        .unwrap_or_else(|e| panic!("producer {p}: {e}"));
+                    assert!(start.elapsed() >= latency);
+                }
+            });
+        }
+    });
     assert_eq!(
         q.consumed.0.load(Ordering::Acquire),
         q.reserved.0.load(Ordering::Relaxed)

@@ -2,22 +2,30 @@
 //! benchmark (feature `sim`): registers as atomics, and a consumer step that executes one
 //! descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with the head left
 //! at the bad descriptor, no progress while IQE or ITE is set). Tests step it from a thread of
-//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead.
+//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead,
+//! and [`SimUnit::self_draining_with_latency`] adds a simulated wait-descriptor latency (a wait
+//! completes only once that much host time, `std::time::Instant`, has passed since the IQT
+//! write that published it).
 //! (`crate::sim` is the whole unit, register page and all, for [`VtdUnit`](crate::VtdUnit).)
 
 extern crate std;
+use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::*;
+use iommu::sync::CachePadded;
 
-/// The queue registers of a simulated unit and what it needs to execute descriptors.
+/// The queue registers of a simulated unit and what it needs to execute descriptors. The
+/// registers the queue's CPUs write (IQT, and the count of its writes) and those the unit
+/// writes (IQH, FSTS) are on lines of their own, so that they do not invalidate each other or
+/// the read-only fields every poll reads: a CPU's register read is no cache miss on hardware.
 pub struct SimUnit {
     /// IQH.
-    pub head: AtomicU64,
+    pub head: CachePadded<AtomicU64>,
     /// IQT.
-    pub tail: AtomicU64,
+    pub tail: CachePadded<AtomicU64>,
     /// FSTS.
-    pub fsts: AtomicU32,
+    pub fsts: CachePadded<AtomicU32>,
     /// IQERCD.
     pub iqercd: AtomicU64,
     /// IQA.DW.
@@ -27,7 +35,7 @@ pub struct SimUnit {
     /// The address wait descriptors' status writes are relative to: the first status word.
     pub status_phys: u64,
     /// IQT writes so far.
-    pub tail_writes: AtomicU64,
+    pub tail_writes: CachePadded<AtomicU64>,
 }
 
 impl QiRegisters for SimUnit {
@@ -82,14 +90,14 @@ impl SimUnit {
     /// `status_phys`.
     pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
         Self {
-            head: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
-            fsts: AtomicU32::new(0),
+            head: CachePadded(AtomicU64::new(0)),
+            tail: CachePadded(AtomicU64::new(0)),
+            fsts: CachePadded(AtomicU32::new(0)),
             iqercd: AtomicU64::new(0),
             width,
             entries,
             status_phys,
-            tail_writes: AtomicU64::new(0),
+            tail_writes: CachePadded(AtomicU64::new(0)),
         }
     }
 
@@ -159,7 +167,54 @@ impl SimUnit {
             unit: self,
             memory: mem.memory(),
             stepping: AtomicBool::new(false),
+            latency: None,
         }
+    }
+
+    /// As [`self_draining`](Self::self_draining), with a simulated wait latency: a wait
+    /// descriptor is executed (its status written, the head moved past it) only once `latency`
+    /// has passed since the IQT write that first covered it, and the descriptors after it wait
+    /// behind it (the unit processes the queue in order). Other descriptors take no time, and
+    /// waits published together complete together (the latency is a delay, not a service
+    /// time).
+    pub fn self_draining_with_latency<'a>(
+        &'a self,
+        mem: &'a SimMemory,
+        latency: Duration,
+    ) -> SelfDraining<'a> {
+        SelfDraining {
+            latency: Some(WaitLatency {
+                delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                origin: Instant::now(),
+                published_at: (0..self.entries).map(|_| AtomicU64::new(0)).collect(),
+                not_before: AtomicU64::new(0),
+            }),
+            ..self.self_draining(mem)
+        }
+    }
+}
+
+/// When each descriptor was published, for a simulated wait latency.
+struct WaitLatency {
+    /// Nanoseconds a wait descriptor takes from its publication to its status write.
+    delay: u64,
+    /// Time 0 of `published_at`.
+    origin: Instant,
+    /// Per slot, nanoseconds after `origin` of the IQT write that first covered its
+    /// descriptor. Relaxed stores by the tail writer before its release store of IQT; relaxed
+    /// loads by the consumer after its acquire load of IQT. A slot is stamped again only after
+    /// it was consumed.
+    published_at: Vec<AtomicU64>,
+    /// Nanoseconds after `origin` before which the wait at the head cannot complete, as the
+    /// last consumer found it: a poll before then returns without taking `stepping` (a
+    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
+    /// than any later head's, so harmless; relaxed, a hint only.
+    not_before: AtomicU64,
+}
+
+impl WaitLatency {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -177,11 +232,50 @@ pub struct SelfDraining<'a> {
     /// Acquire on taking, release on leaving: one drain's head store happens before the next
     /// one's load.
     stepping: AtomicBool,
+    /// The simulated wait latency, if any.
+    latency: Option<WaitLatency>,
 }
 
 impl SelfDraining<'_> {
+    /// Whether the descriptor at the head is a wait still inside its latency. Only the
+    /// consumer (the holder of `stepping`) calls it.
+    fn wait_pending(&self, latency: &WaitLatency, now: &mut Option<u64>) -> bool {
+        let unit = self.unit;
+        let head = unit.index(unit.head.load(Ordering::Relaxed));
+        // Acquire: the descriptor and its stamp, stored before IQT covered them, are visible.
+        if head == unit.index(unit.tail.load(Ordering::Acquire)) {
+            return false;
+        }
+        let w0 = self
+            .memory
+            .descriptors
+            .get(head as usize * unit.width.words())
+            .map_or(0, |w| w.load(Ordering::Relaxed));
+        if (w0 & 0xf) | ((w0 >> 5) & 0x70) != 5 {
+            return false;
+        }
+        let published = latency
+            .published_at
+            .get(head as usize)
+            .map_or(0, |t| t.load(Ordering::Relaxed));
+        let now = *now.get_or_insert_with(|| latency.now());
+        let due = published.saturating_add(latency.delay);
+        if now < due {
+            latency.not_before.store(due, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// Executes what is published, unless another CPU is doing so.
     fn drain(&self) {
+        // A wait at the head not yet due: nothing can move (one line, written once per
+        // latency, instead of the registers').
+        if let Some(latency) = &self.latency {
+            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+                return;
+            }
+        }
         // Plain loads first: a poll with nothing to do, or while another CPU drains, leaves
         // the lines shared (hardware answers a register read without writing anything; a
         // read-modify-write here would make every poll of every waiter bounce a line).
@@ -200,7 +294,13 @@ impl SelfDraining<'_> {
             return;
         }
         // Bounded: a ring's worth, so a reader never drains producers that outrun it forever.
+        let mut now = None;
         for _ in 0..self.unit.entries {
+            if let Some(latency) = &self.latency {
+                if self.wait_pending(latency, &mut now) {
+                    break;
+                }
+            }
             if !matches!(self.unit.step(&self.memory), Step::Executed(_)) {
                 break;
             }
@@ -215,6 +315,22 @@ impl QiRegisters for SelfDraining<'_> {
         self.unit.read_head()
     }
     fn write_tail(&self, value: u64) {
+        if let Some(latency) = &self.latency {
+            // Stamps the newly published slots. Only one CPU writes IQT at a time (the queue's
+            // publisher lock), and it was the last to write it: relaxed.
+            let unit = self.unit;
+            let old = unit.index(unit.tail.load(Ordering::Relaxed));
+            let new = unit.index(value);
+            let now = latency.now();
+            let mut slot = old;
+            while slot != new {
+                if let Some(t) = latency.published_at.get(slot as usize) {
+                    t.store(now, Ordering::Relaxed);
+                }
+                slot = (slot + 1) % unit.entries;
+            }
+        }
+        // Release (in `SimUnit::write_tail`): the stamps go with IQT.
         self.unit.write_tail(value)
     }
     fn read_fault_status(&self) -> u32 {

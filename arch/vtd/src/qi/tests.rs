@@ -381,6 +381,49 @@ fn self_draining_unit_is_consumed_by_its_waiters() {
 }
 
 #[test]
+fn simulated_wait_latency_delays_completion() {
+    // A wait completes no sooner than the latency after its IQT write, whoever polls, and two
+    // producers' waits still all complete (through wraps of a 16-slot ring).
+    let latency = std::time::Duration::from_millis(2);
+    let width = DescriptorWidth::Bits128;
+    let unit = SimUnit::new(width, 16, STATUS_PHYS);
+    let mem = SimMemory::new(16, width);
+    let regs = unit.self_draining_with_latency(&mem, latency);
+    let q =
+        match InvalidationQueue::with_entries(regs, mem.memory(), config(width, u32::MAX, 1), 16) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        };
+    let began = std::time::Instant::now();
+    if let Err(e) = q.submit_and_wait([tagged(0, 0)]) {
+        panic!("{e}");
+    }
+    assert!(
+        began.elapsed() >= latency,
+        "completed after {:?}",
+        began.elapsed()
+    );
+    std::thread::scope(|s| {
+        for p in 0..2u16 {
+            let q = &q;
+            s.spawn(move || {
+                for i in 0..5u64 {
+                    let start = std::time::Instant::now();
+                    if let Err(e) = q.submit_and_wait([tagged(p, 2 * i), tagged(p, 2 * i + 1)]) {
+                        panic!("producer {p}: {e}");
+                    }
+                    assert!(start.elapsed() >= latency);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        unit.head.load(Ordering::Acquire),
+        unit.tail.load(Ordering::Acquire)
+    );
+}
+
+#[test]
 fn rejected_wait_is_reported_at_once() {
     let unit = SimUnit::new(DescriptorWidth::Bits128, 8, STATUS_PHYS);
     let mem = SimMemory::new(8, DescriptorWidth::Bits128);
