@@ -126,6 +126,7 @@ impl Signature {
     pub const XSDT: Self = Self(*b"XSDT");
     pub const DMAR: Self = Self(*b"DMAR");
     pub const IORT: Self = Self(*b"IORT");
+    pub const MCFG: Self = Self(*b"MCFG");
 }
 
 impl fmt::Display for Signature {

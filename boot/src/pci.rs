@@ -3,11 +3,17 @@
 //! Two ways in: x86 port I/O (0xCF8/0xCFC, 256 bytes per function) and ECAM (a memory window,
 //! 4 KiB per function), which `-machine virt` describes in its devicetree. On q35 the firmware
 //! assigns BARs; on `virt` nothing does, so [`assign_memory_bars`] does it from the host bridge's
-//! MMIO window.
+//! MMIO window. On x86 the ACPI MCFG table ([`ecam_windows`]) gives the ECAM window too, and
+//! only through it are the extended capabilities (ATS, [`AtsCapability`]) reachable.
 
 /// A PCI function address; its 16-bit form is the requester id an IOMMU sees. One type for
 /// the whole project, from the core crate.
 pub use iommu::pci::Bdf;
+
+mod ats;
+pub use ats::{extended, find_extended_capability, AtsCapability, AtsError};
+mod mcfg;
+pub use mcfg::{ecam_windows, EcamWindow};
 
 /// Configuration-space offsets used here (PCI Local Bus Specification 3.0, 6.1).
 pub mod offset {

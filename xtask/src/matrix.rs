@@ -72,6 +72,24 @@ fn vtd_ir_machine(mode: &str) -> Machine {
     m
 }
 
+/// A PCIe function with an ATS capability (QEMU adds one to a virtio-pci device with `ats=on`
+/// when it sits below a PCIe port; `disable-legacy=on` makes it PCIe-only).
+const ATS_DEVICE: &str = "-device pcie-root-port,id=rp2,bus=pcie.0,chassis=2 \
+                          -device virtio-rng-pci,bus=rp2,ats=on,disable-legacy=on";
+
+/// VT-d offering device-TLBs (`device-iotlb=on`: ECAP.DT and an ATSR for every root port),
+/// with an ATS-capable function beside the edus. The kernel is told `vtd.devtlb=1 pci.ats=1`.
+fn vtd_devtlb_machine(mode: &str) -> Machine {
+    let mut m = vtd_machine(mode, 48, false);
+    for arg in m.args.iter_mut().filter(|a| a.starts_with("intel-iommu,")) {
+        arg.push_str(",device-iotlb=on");
+    }
+    m.args.extend(words(ATS_DEVICE));
+    m.name = format!("{} devtlb", m.name);
+    m.cmdline = format!("{} vtd.devtlb=1 pci.ats=1", m.cmdline);
+    m
+}
+
 /// Arm SMMUv3 on `virt`: QEMU 10's `virt` has a nested-capable SMMU (the `stage` property is
 /// ignored there); `virt-9.0` honours `arm-smmuv3.stage` for stage-1-only or stage-2-only SMMUs.
 fn smmu_machine(stage: &str, el2: bool) -> Machine {
@@ -211,6 +229,9 @@ pub fn machines() -> Vec<Machine> {
     for mode in ["legacy", "scalable", "flts"] {
         v.push(vtd_ir_machine(mode));
     }
+    for mode in ["legacy", "scalable"] {
+        v.push(vtd_devtlb_machine(mode));
+    }
     v.push(with_masked_edu(smmu_machine("nested", false)));
     v.push(smmu_machine("nested", true));
     v.push(smmu_machine("1", false));
@@ -314,6 +335,19 @@ mod tests {
                 "{}",
                 m.name
             );
+        }
+    }
+
+    #[test]
+    fn device_tlb_boots_tell_the_kernel_and_offer_an_ats_function() {
+        let devtlb: Vec<Machine> = machines()
+            .into_iter()
+            .filter(|m| m.args.iter().any(|a| a.contains("device-iotlb=on")))
+            .collect();
+        assert_eq!(devtlb.len(), 2);
+        for m in devtlb {
+            assert!(m.cmdline.contains("vtd.devtlb=1 pci.ats=1"), "{}", m.name);
+            assert!(m.args.iter().any(|a| a.contains("ats=on")), "{}", m.name);
         }
     }
 

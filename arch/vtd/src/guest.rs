@@ -219,6 +219,9 @@ pub trait GuestNames {
     fn host_domain(&self, guest: Did) -> Option<Did>;
     /// The physical source id of the guest's device `guest`, if it is one of the guest's.
     fn device(&self, guest: SourceId) -> Option<SourceId>;
+    /// Whether the host device `host` has ATS enabled: only such a device can hold
+    /// translations in a device-TLB, so only its device-TLB invalidations are forwarded.
+    fn ats_enabled(&self, host: SourceId) -> bool;
 }
 
 /// What to do with one accepted guest descriptor.
@@ -239,7 +242,8 @@ pub enum GuestAction {
 ///
 /// Accepted: IOTLB (domain- and page-selective) and PASID-based IOTLB naming the guest's
 /// domain ids; PASID-cache invalidation of the guest's domain ids; device-TLB and PASID-based
-/// device-TLB invalidation of the guest's devices (where the unit has ECAP.DT); waits
+/// device-TLB invalidation of the guest's devices that have ATS enabled (where the unit has
+/// ECAP.DT); waits
 /// (consumed, see [`GuestAction::Consumed`]). Refused: context-cache, global IOTLB and
 /// PASID-cache, interrupt-entry-cache, page-request and reserved types, reserved bits, unknown
 /// domain ids and devices, address masks above CAP.MAMV.
@@ -361,6 +365,9 @@ fn host_target(
     };
     if !limits.device_tlb {
         return Err("device-TLB invalidation (the unit has no ECAP.DT)");
+    }
+    if !names.ats_enabled(source) {
+        return Err("device-TLB invalidation (the device does not have ATS enabled)");
     }
     if pf.is_some() && !limits.throttling {
         return Err("PFSID (needs ECAP.DIT)");

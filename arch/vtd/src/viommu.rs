@@ -595,6 +595,12 @@ impl GuestNames for Names<'_> {
         let DeviceId(phys) = (self.devices)(u32::from(guest.raw()))?;
         u16::try_from(phys).ok().map(SourceId::from_raw)
     }
+
+    /// None yet: the unit's context and PASID entries never allow translation requests, so
+    /// no device can have ATS working or hold a translation to invalidate.
+    fn ats_enabled(&self, _host: SourceId) -> bool {
+        false
+    }
 }
 
 /// `TranslationUnit::forward_invalidations`: each guest descriptor checked and translated

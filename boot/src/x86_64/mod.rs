@@ -32,9 +32,10 @@ pub const QEMU_EXIT_FAILURE: i32 = 35;
 /// End of the identity map set up at boot: 64 GiB, RAM above the PCI hole included (the frame
 /// allocator hands out no RAM beyond it).
 pub const IDENTITY_MAP_END: u64 = 64 << 30;
-/// Start of the range mapped cache-disabled: q35 puts its MMIO (PCI hole, LAPIC, IOAPIC, VT-d) in
-/// the top gigabyte below 4 GiB, and RAM never reaches it with QEMU's default 128 MiB.
-pub const UNCACHED_START: u64 = 3 << 30;
+/// Start of the range mapped cache-disabled: q35 puts its MMIO (the ECAM window at 2.75 GiB,
+/// the PCI hole, LAPIC, IOAPIC, VT-d) in the last 1.25 GiB below 4 GiB, where RAM never is
+/// (q35 ends low RAM at 2.75 GiB, or at 2 GiB when there is more than that).
+pub const UNCACHED_START: u64 = 0xb000_0000;
 
 /// Physical ranges the frame allocator ([`crate::memory`]) must not hand out: the first MiB
 /// (firmware data, the start info) and the kernel image after it, the uncached gigabyte below
@@ -104,7 +105,7 @@ impl iommu::acpi::PhysMemory for LowMemory {
         if phys < 0x1000 || end > UNCACHED_START {
             return None;
         }
-        // SAFETY: [phys, end) lies in 0x1000..3 GiB, which the boot code identity-maps
+        // SAFETY: [phys, end) lies in 0x1000..UNCACHED_START, which the boot code identity-maps
         // (phys == virt) as ordinary cacheable memory for the kernel's whole life. Firmware
         // tables there are never written once the kernel runs, so a shared slice is sound.
         Some(unsafe { core::slice::from_raw_parts(phys as *const u8, len) })

@@ -10,6 +10,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod alias;
 #[cfg(target_os = "none")]
+mod ats;
+#[cfg(target_os = "none")]
 pub mod dma;
 #[cfg(target_os = "none")]
 mod dma_api;
@@ -57,9 +59,16 @@ fn tests(m: &Machine) -> alloc::vec::Vec<Test<Machine>> {
         return dma_api::NO_IOMMU_TESTS.to_vec();
     }
     #[cfg(target_arch = "x86_64")]
-    return [vtd::TESTS, memory::TESTS, &vtd::smp_tests()].concat();
+    return [vtd::TESTS, ats::TESTS, memory::TESTS, &vtd::smp_tests()].concat();
     #[cfg(target_arch = "aarch64")]
-    return [smmu::TESTS, hyp::TESTS, memory::TESTS, &smmu::smp_tests()].concat();
+    return [
+        smmu::TESTS,
+        hyp::TESTS,
+        ats::TESTS,
+        memory::TESTS,
+        &smmu::smp_tests(),
+    ]
+    .concat();
 }
 
 #[cfg(target_os = "none")]

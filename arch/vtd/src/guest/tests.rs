@@ -155,7 +155,8 @@ fn guest_entry_refusals_name_the_field() {
 }
 
 /// The guest's domain id 0x42 is host domain id 0x107; its device 00:02.0 (0x10) is the
-/// host's 00:03.0 (0x18) and 00:02.1 (0x11) is 00:03.1 (0x19).
+/// host's 00:03.0 (0x18), 00:02.1 (0x11) is 00:03.1 (0x19), both with ATS enabled, and
+/// 00:02.2 (0x12) is 00:03.2 (0x1a), without.
 struct Names;
 
 impl GuestNames for Names {
@@ -167,8 +168,13 @@ impl GuestNames for Names {
         match guest.raw() {
             0x10 => Some(SourceId::from_raw(0x18)),
             0x11 => Some(SourceId::from_raw(0x19)),
+            0x12 => Some(SourceId::from_raw(0x1a)),
             _ => None,
         }
+    }
+
+    fn ats_enabled(&self, host: SourceId) -> bool {
+        matches!(host.raw(), 0x18 | 0x19)
     }
 }
 
@@ -324,6 +330,17 @@ fn guest_descriptors_outside_the_guest_are_refused_by_name() {
         refused([0x0010_0010_0000_1003, 0, 0, 0], &dt),
         "PFSID (needs ECAP.DIT)"
     );
+    // The guest's own device, but ATS is not enabled on it: it caches nothing to invalidate,
+    // with or without a PASID.
+    for ats_off in [
+        [0x0000_0012_0000_0003, 0x5000, 0, 0],
+        [0x0000_0007_0012_0008, 0x3000, 0, 0],
+    ] {
+        assert_eq!(
+            refused(ats_off, &dt),
+            "device-TLB invalidation (the device does not have ATS enabled)"
+        );
+    }
     assert_eq!(
         refused([0x0020_0010_0000_0003, 0, 0, 0], &host(true, true)),
         "PFSID (not one of the guest's devices)"

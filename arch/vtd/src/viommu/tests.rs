@@ -133,6 +133,10 @@ impl GuestNames for Names {
     fn device(&self, guest: SourceId) -> Option<SourceId> {
         (guest.raw() == 0x10).then_some(SourceId::from_raw(0x18))
     }
+
+    fn ats_enabled(&self, host: SourceId) -> bool {
+        host.raw() == 0x18
+    }
 }
 
 /// PASID-based IOTLB, PASID-selective, for guest domain id 0x42 and PASID `p`.

@@ -15,7 +15,7 @@ mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{devicetree, gic, gicv3, iommus_described, its, pci_config};
 #[cfg(target_arch = "x86_64")]
-pub use x86_64::{iommus_described, pci_config};
+pub use x86_64::{iommus_described, pci_config, PciConfig};
 
 /// One `edu` device with its PCI address (the requester id the IOMMU sees).
 pub struct EduDevice {

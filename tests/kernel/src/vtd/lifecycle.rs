@@ -48,9 +48,11 @@ pub(super) fn hardware_info_matches_machine(m: &mut Machine) -> TestResult {
     );
     ensure_eq!(info.first_stage_ia_bits, if first { 48 } else { 0 });
     ensure_eq!(info.page_sizes, (1 << 12) | (1 << 21) | (1 << 30));
-    ensure!(
-        !info.coherent_walks && !info.ats,
-        "ECAP.C and ECAP.DT are clear"
+    ensure!(!info.coherent_walks, "ECAP.C is clear");
+    ensure_eq!(
+        info.ats,
+        want.device_tlb,
+        "ECAP.DT follows device-iotlb= (vtd.devtlb)"
     );
     ensure_eq!(
         info.interrupt_remapping,

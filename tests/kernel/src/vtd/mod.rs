@@ -1,6 +1,7 @@
 //! VT-d tests of the x86_64 test kernel: discovery (RSDP → RSDT/XSDT → DMAR → DRHD) and
 //! identification (VER/CAP/ECAP decoded), checked against the QEMU machine the runner started
-//! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1` on the command line).
+//! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1 [vtd.devtlb=0|1]` on the command
+//! line).
 
 mod dma;
 mod hypervisor;
@@ -248,6 +249,8 @@ struct Expected {
     mode: Mode,
     aw: u8,
     caching_mode: bool,
+    /// `device-iotlb=on` (`vtd.devtlb=1`, default 0): ECAP.DT and an ATSR.
+    device_tlb: bool,
 }
 
 fn expected(m: &Machine) -> Result<Expected, Failure> {
@@ -269,10 +272,18 @@ fn expected(m: &Machine) -> Result<Expected, Failure> {
     let Some(caching_mode) = m.cmdline.get_bool("vtd.cm") else {
         return Err(fail("vtd.cm must be 0 or 1"));
     };
+    let device_tlb = match m.cmdline.get("vtd.devtlb") {
+        None => false,
+        Some(_) => m
+            .cmdline
+            .get_bool("vtd.devtlb")
+            .ok_or_else(|| fail("vtd.devtlb must be 0 or 1"))?,
+    };
     Ok(Expected {
         mode,
         aw,
         caching_mode,
+        device_tlb,
     })
 }
 
@@ -355,7 +366,10 @@ fn acpi_dmar_names_one_drhd_at_fed90000(m: &mut Machine) -> TestResult {
     // QEMU reports its aw-bits as the host address width.
     ensure_eq!(dmar.host_address_width(), want.aw);
     ensure_eq!(dmar.rmrrs().count(), 0, "RMRRs (q35 has none)");
-    ensure_eq!(dmar.atsrs().count(), 0, "ATSRs (device-iotlb is off)");
+    // device-iotlb=on adds one ATSR for segment 0 with ALL_PORTS; else there is none.
+    let atsrs: Vec<_> = dmar.atsrs().map(|a| (a.segment(), a.all_ports())).collect();
+    let want_atsrs: &[(u16, bool)] = if want.device_tlb { &[(0, true)] } else { &[] };
+    ensure_eq!(atsrs, want_atsrs, "ATSRs (vtd.devtlb)");
     Ok(())
 }
 
@@ -435,7 +449,11 @@ fn vtd_extended_capabilities_match_mode(m: &mut Machine) -> TestResult {
     ensure!(ecap.qi(), "QI");
     ensure!(ecap.pt(), "PT");
     ensure!(!ecap.coherent(), "C (QEMU's walks are not snooped)");
-    ensure!(!ecap.dt(), "DT (device-iotlb is off)");
+    ensure_eq!(
+        ecap.dt(),
+        want.device_tlb,
+        "ECAP.DT follows device-iotlb= (vtd.devtlb)"
+    );
     ensure_eq!(ecap.iotlb_register_offset(), 0xf0, "IRO");
     // The DMAR flag and the unit must agree on interrupt remapping.
     ensure_eq!(

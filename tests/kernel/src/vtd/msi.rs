@@ -21,7 +21,7 @@ use iommu::irq::{InterruptRemapper, InterruptTarget, MsiMessage, RemappedInterru
 use iommu::pci::{Bdf, Bridge};
 use iommu::poll::poll_until;
 use iommu::unit::{DeviceId, FaultKind, FaultRecord, TranslationUnit};
-use iommu_boot::pci::{MsiCapability, PortIo};
+use iommu_boot::pci::MsiCapability;
 use iommu_boot::testing::{fail, Failure, TestResult};
 use iommu_boot::x86_64::interrupts::{self, SECOND_TEST_VECTOR, TEST_VECTOR};
 use iommu_boot::{ensure, ensure_eq, println, skip};
@@ -41,7 +41,7 @@ static ENABLED: spin::Once<Result<(), String>> = spin::Once::new();
 struct IrRig {
     unit: &'static Unit,
     edus: Vec<EduDevice>,
-    cfg: PortIo,
+    cfg: crate::platform::PciConfig,
     apic: u8,
 }
 

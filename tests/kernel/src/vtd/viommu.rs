@@ -264,11 +264,15 @@ pub(super) fn guest_invalidations_are_checked_translated_and_issued(m: &mut Mach
             "context-cache invalidation (context entries are the host's)"
         ))
     );
+    // edu has no ATS capability: with device-iotlb=on the unit has ECAP.DT, and the
+    // invalidation is refused for the device instead.
     ensure_eq!(
         no_dt.refused,
-        Some(UnitError::GuestCommand(
+        Some(UnitError::GuestCommand(if super::expected(m)?.device_tlb {
+            "device-TLB invalidation (the device does not have ATS enabled)"
+        } else {
             "device-TLB invalidation (the unit has no ECAP.DT)"
-        ))
+        }))
     );
     ensure_eq!(busy, Some(UnitError::Busy));
     ensure_eq!(nested_left, 1, "nested domains of the busy vIOMMU");
