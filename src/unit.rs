@@ -274,6 +274,15 @@ pub enum RawRegisters {
     Smmuv3 { idr: [u32; 6], iidr: u32, aidr: u32 },
 }
 
+/// A device's PCIe Address Translation Services as its unit must know them to serve its
+/// device-TLB (PCIe Base 6.0, 10.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ats {
+    /// Invalidation requests the device takes at once (its ATS Invalidate Queue Depth, 1..=32):
+    /// what a device-TLB invalidation's "max invalidations pending" says.
+    pub queue_depth: u8,
+}
+
 /// What a unit can do, decoded in terms common to both architectures, plus its raw registers:
 /// what a VMM needs to build a virtual IOMMU its guest can drive on this hardware.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -448,6 +457,21 @@ pub trait TranslationUnit {
         Err(UnitError::Unsupported("table reclaim"))
     }
 
+    /// Lets `device`'s translation requests through (`Some`), so that it may cache
+    /// translations in its device-TLB, on what it is attached to now and later, and from then
+    /// on follows every invalidation of its domain, and every change of what it is attached to,
+    /// with a device-TLB invalidation for it; or (`None`) stops accepting its translation
+    /// requests and invalidates its whole device-TLB.
+    ///
+    /// The device's own ATS is enabled only after `Some` returned and disabled before `None`
+    /// is asked ([`Iommu::enable_ats`](crate::iommufd::Iommu::enable_ats) keeps that order).
+    /// Units without device-TLBs, and those that do not implement them yet, refuse with
+    /// [`UnitError::Unsupported`].
+    fn set_ats(&self, device: DeviceId, ats: Option<Ats>) -> Result<(), UnitError> {
+        let _ = (device, ats);
+        Err(UnitError::Unsupported("ATS (device-TLBs)"))
+    }
+
     /// Hands every fault recorded since the last call to `sink`, clears the hardware's records
     /// and its overflow flag, and says how many there were and whether some were lost.
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError>;
@@ -569,6 +593,9 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
     }
     fn flush(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<(), UnitError> {
         (**self).flush(domain, iova, len)
+    }
+    fn set_ats(&self, device: DeviceId, ats: Option<Ats>) -> Result<(), UnitError> {
+        (**self).set_ats(device, ats)
     }
     fn reclaim_tables(&self, domain: &mut Self::Domain) -> Result<usize, UnitError> {
         (**self).reclaim_tables(domain)

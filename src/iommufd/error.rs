@@ -231,6 +231,24 @@ pub enum Error {
     /// The caller has no subscription with this id (never made, ended, another owner's, or on
     /// a domain since destroyed).
     UnknownNotifier(NotifierId),
+    /// The embedder has not said that the firmware lets this device use ATS
+    /// ([`Iommu::allow_ats`](super::Iommu::allow_ats): a VT-d ATSR covering its root port, the
+    /// root complex's ATS attribute in IORT or `ats-supported` in the devicetree).
+    AtsNotAllowed(DeviceHandle),
+    /// ATS is already enabled for this device.
+    AtsEnabled(DeviceHandle),
+    /// ATS is not enabled for this device.
+    AtsNotEnabled(DeviceHandle),
+    /// An ATS invalidate queue depth outside 1..=32.
+    BadQueueDepth(u8),
+    /// The device's ATS capability did not take the setting (the embedder's reason); the unit
+    /// was set back.
+    AtsRefusedByDevice {
+        /// The device.
+        device: DeviceHandle,
+        /// Why, as the embedder's [`AtsControl`](super::AtsControl) said.
+        reason: &'static str,
+    },
     /// The operation is not supported by the object model (named).
     Unsupported(&'static str),
 }
@@ -355,6 +373,13 @@ impl fmt::Display for Error {
             Self::UnknownInterrupt(i) => write!(f, "no interrupt {i:?}"),
             Self::NotInterruptOwner(i) => write!(f, "caller does not own {i:?}"),
             Self::UnknownNotifier(n) => write!(f, "caller has no subscription {n:?}"),
+            Self::AtsNotAllowed(d) => write!(f, "the firmware does not allow ATS for {d:?}"),
+            Self::AtsEnabled(d) => write!(f, "ATS is already enabled for {d:?}"),
+            Self::AtsNotEnabled(d) => write!(f, "ATS is not enabled for {d:?}"),
+            Self::BadQueueDepth(q) => write!(f, "ATS invalidate queue depth {q} is not 1..=32"),
+            Self::AtsRefusedByDevice { device, reason } => {
+                write!(f, "{device:?} did not take its ATS setting: {reason}")
+            }
             Self::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }

@@ -176,6 +176,15 @@
 //! ([`Iommu::subscribe`]): maps, unmaps, attachments, faults and guest invalidations, told
 //! synchronously once they happened. The contract (who hears what, in which order): [`notify`].
 //!
+//! # ATS
+//!
+//! A device with PCIe ATS caches translations in its own device-TLB. The embedder says which
+//! devices the firmware lets use it ([`Iommu::allow_ats`]) and the owner turns it on with
+//! [`Iommu::enable_ats`], handing over an [`AtsControl`] for the device's capability; the model
+//! keeps the order the hardware needs (the unit accepts translation requests before the device
+//! makes any; the device stops before the unit does) and switches ATS off on release. See the
+//! `ats` module.
+//!
 //! # Hardware info
 //!
 //! [`Iommu::hardware_info`] reports what a unit can do and its raw identification registers,
@@ -183,6 +192,7 @@
 
 extern crate alloc;
 
+mod ats;
 #[cfg(all(feature = "host-hal", not(loom)))]
 pub mod bench;
 #[cfg(all(test, feature = "host-hal", not(loom)))]
@@ -201,9 +211,10 @@ mod status;
 pub(crate) mod tests;
 mod viommu;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
+pub use ats::AtsControl;
 pub use error::{Error, Result};
 pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
@@ -350,6 +361,10 @@ pub struct Iommu<U: TranslationUnit> {
     faults: faults::FaultRouting,
     /// Who is told of maps, unmaps, attachments, faults and guest invalidations.
     notifiers: notify::Notifiers,
+    /// Devices the firmware lets use ATS ([`Iommu::allow_ats`]).
+    ats_allowed: BTreeSet<DeviceHandle>,
+    /// Devices with ATS on, and the embedder's switch for each (see [`ats`]).
+    ats: BTreeMap<DeviceHandle, ats::Switch>,
 }
 
 impl<U: TranslationUnit> Default for Iommu<U> {
@@ -374,6 +389,8 @@ impl<U: TranslationUnit> Iommu<U> {
             interrupts: Interrupts::new(),
             faults: faults::FaultRouting::new(),
             notifiers: notify::Notifiers::new(),
+            ats_allowed: BTreeSet::new(),
+            ats: BTreeMap::new(),
         }
     }
 
@@ -639,6 +656,9 @@ impl<U: TranslationUnit> Iommu<U> {
         }
         if let Some(viommu) = self.viommu_of(device) {
             return Err(Error::DeviceInViommu { device, viommu });
+        }
+        if self.ats.contains_key(&device) {
+            self.switch_ats_off(device)?;
         }
         self.free_interrupts_of(device, owner)?;
         let pasids: Vec<u32> = self.pasids_of(device).collect();

@@ -63,7 +63,7 @@ pub(crate) struct MockUnit {
     /// Bytes removed by `unmap`, over all domains.
     unmapped: Cell<u64>,
     /// The next call to the unit fails with this.
-    fail_next: Cell<Option<UnitError>>,
+    pub(crate) fail_next: Cell<Option<UnitError>>,
     /// The call after this many more fails with this.
     fail_later: Cell<Option<(u32, UnitError)>>,
     /// (device, PASID) attachments.
@@ -80,6 +80,11 @@ pub(crate) struct MockUnit {
     pub(crate) faults: RefCell<alloc::vec::Vec<FaultRecord>>,
     /// `flush_deferred` calls (invalidations of deferred unmaps).
     pub(crate) deferred_flushes: Cell<u64>,
+    /// Whether the unit offers device-TLBs (`info().ats`).
+    ats: bool,
+    /// Devices whose translation requests it accepts, and every `set_ats` it was asked.
+    ats_devices: RefCell<BTreeMap<DeviceId, crate::unit::Ats>>,
+    ats_log: RefCell<alloc::vec::Vec<Option<crate::unit::Ats>>>,
 }
 
 impl MockUnit {
@@ -89,6 +94,21 @@ impl MockUnit {
             serves: serves.to_vec(),
             ..Self::default()
         }
+    }
+
+    /// The same unit, offering device-TLBs or not.
+    pub(crate) fn with_ats(self, ats: bool) -> Self {
+        Self { ats, ..self }
+    }
+
+    /// What the unit accepts from `device`'s ATS now.
+    pub(crate) fn ats_of(&self, device: DeviceId) -> Option<crate::unit::Ats> {
+        self.ats_devices.borrow().get(&device).copied()
+    }
+
+    /// Every `set_ats` the unit was asked (and did), in order.
+    pub(crate) fn ats_log(&self) -> alloc::vec::Vec<Option<crate::unit::Ats>> {
+        self.ats_log.borrow().clone()
     }
 
     fn injected(&self) -> core::result::Result<(), UnitError> {
@@ -131,7 +151,7 @@ impl TranslationUnit for MockUnit {
             output_bits: 48,
             page_sizes: 1 << 12 | 1 << 21,
             coherent_walks: true,
-            ats: false,
+            ats: self.ats,
             interrupt_remapping: false,
             tags: 16,
             raw: RawRegisters::Smmuv3 {
@@ -405,6 +425,23 @@ impl TranslationUnit for MockUnit {
             3 => GuestFlush::All,
             _ => return Err(UnitError::GuestCommand("operation")),
         })
+    }
+
+    fn set_ats(
+        &self,
+        device: DeviceId,
+        ats: Option<crate::unit::Ats>,
+    ) -> core::result::Result<(), UnitError> {
+        self.injected()?;
+        if !self.serves.contains(&device.0) {
+            return Err(UnitError::UnknownDevice(device));
+        }
+        match ats {
+            Some(a) => self.ats_devices.borrow_mut().insert(device, a),
+            None => self.ats_devices.borrow_mut().remove(&device),
+        };
+        self.ats_log.borrow_mut().push(ats);
+        Ok(())
     }
 
     fn drain_faults(
