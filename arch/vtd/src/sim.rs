@@ -24,7 +24,8 @@
 //!   Translation disabled (GSTS.TES clear) is pass-through.
 //! - **Fault recording** ([`SimulatedUnit::dma`]): a fault is recorded in the fault recording
 //!   registers (at CAP.FRO, CAP.NFR + 1 of them) with FSTS.PPF/PFO/FRI, as QEMU 10 records
-//!   them, and the driver's RW1C writes clear them.
+//!   them, and the driver's RW1C writes clear them (once the responder has seen them: `fault`
+//!   module docs).
 //!
 //! # What is not
 //! No caches: no IOTLB, context, PASID or interrupt-entry cache, so every request sees the
@@ -218,6 +219,12 @@ impl SimulatedUnit {
         self.regs().r32(0x1c)
     }
 
+    /// FSTS as the page shows it.
+    #[cfg(test)]
+    fn fsts(&self) -> u32 {
+        self.regs().r32(fault::FSTS)
+    }
+
     fn regs(&self) -> Regs {
         Regs(self.base.as_ptr() as usize)
     }
@@ -382,6 +389,7 @@ fn answer(regs: Regs, latched: &mut Latched, record: &impl Fn(Event), shared: &S
 
     let mut faults = lock(&shared.faults);
     faults.sync(regs);
+    worked |= faults.pending();
     if gsts & (1 << 26) != 0 && !faults.has(fault::IQE | fault::ITE) {
         let iqa = regs.r64(0x90);
         let ring = iqa & !0xfff;

@@ -8,6 +8,12 @@
 //! (clearing PFO by writing back an FSTS that shows PFO alone) cannot be told from no write,
 //! and is lost. The unit's own updates are compare-and-swaps, so a driver write landing
 //! between the unit's read and its update is never overwritten.
+//!
+//! Until the responder has taken a write in, the page shows what the driver wrote: a record
+//! the driver freed by writing F reads as F set with reason 0 and source 0 (a record no
+//! hardware makes) for as long as that takes. The responder polls without yielding while a
+//! record is full, so the window is short, but a driver that reads a record again right after
+//! freeing it can see one; it should skip records whose reason is 0 (reserved).
 
 extern crate std;
 
@@ -67,6 +73,12 @@ impl Faults {
     pub(super) fn set(&mut self, regs: Regs, bits: u32) {
         self.rw1c |= bits & RW1C;
         self.show(regs);
+    }
+
+    /// Whether a record holds a fault: the responder then keeps polling without yielding, to
+    /// take in the driver's clearing write as soon as it lands (module docs).
+    pub(super) fn pending(&self) -> bool {
+        self.records.iter().any(|r| r & F != 0)
     }
 
     /// Takes in what the driver wrote since the last look, and shows the result.

@@ -2,7 +2,8 @@
 //! context and PASID structures to the page-table walk(s), with the checks and fault reason
 //! codes of QEMU 10's `vtd_do_iommu_translate` (VT-d 3.x-6.x; reason codes 7.1.3).
 //!
-//! Where QEMU has no model, the spec decides: nested translation (PGTT 3: every first-stage
+//! Where QEMU has no model, or orders its checks against the spec, the spec decides: a PASID
+//! entry's presence is checked before its type; nested translation (PGTT 3: every first-stage
 //! table address and the output go through the second stage) and five-level first-stage
 //! tables (with CAP.FL5LP); the first stage's canonical check uses the table's own width (48
 //! or 57 bits). Like QEMU, requests are untranslated user requests (first-stage entries need
@@ -406,7 +407,11 @@ impl Unit {
                 .ok_or((reason::PASID_TABLE_ACCESS, dir_fpd))?;
         }
         let fpd = dir_fpd || pe[0] & 2 != 0;
-        // QEMU checks the type and width before presence.
+        // Presence first, as the spec orders the checks (QEMU checks the type first, so that
+        // a cleared entry, PGTT 0, reads as invalid, 0x5b, and never as not present).
+        if pe[0] & 1 == 0 {
+            return Err((reason::PASID_ENTRY_NOT_PRESENT, fpd));
+        }
         let supported = match (pe[0] >> 6) & 7 {
             1 => self.ecap & (1 << 47) != 0 && self.first_stage_levels(&pe).is_some(), // FLTS
             2 => {
@@ -423,9 +428,6 @@ impl Unit {
         };
         if !supported {
             return Err((reason::PASID_ENTRY_INVALID, fpd));
-        }
-        if pe[0] & 1 == 0 {
-            return Err((reason::PASID_ENTRY_NOT_PRESENT, fpd));
         }
         Ok(pe)
     }
@@ -569,3 +571,6 @@ impl Unit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
