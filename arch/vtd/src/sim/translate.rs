@@ -275,9 +275,9 @@ impl Unit {
             return Err(no_fpd(reason::ROOT_ENTRY_NOT_PRESENT));
         }
         let re_reserved = 0xffe | self.above_haw();
-        if (!scalable && (re_hi != 0 || re_lo & re_reserved != 0))
-            || (scalable && (re_lo & re_reserved != 0 || re_hi & re_reserved != 0))
-        {
+        // Legacy: the high quadword is all reserved; scalable: the upper half's pointer.
+        let hi_reserved = if scalable { re_reserved } else { !0 };
+        if re_lo & re_reserved != 0 || re_hi & hi_reserved != 0 {
             return Err(no_fpd(reason::ROOT_ENTRY_RESERVED));
         }
 
@@ -378,7 +378,7 @@ impl Unit {
     /// The output, unless its page overlaps the interrupt range (LGN.4 / SGN.8).
     fn outside_interrupt_range(&self, out: u64, page: u64, scalable: bool) -> Result<u64, u8> {
         let base = out & !(page - 1);
-        if base <= *INTERRUPT_RANGE.end() && base + page - 1 >= *INTERRUPT_RANGE.start() {
+        if base <= *INTERRUPT_RANGE.end() && base + page > *INTERRUPT_RANGE.start() {
             return Err(if scalable {
                 reason::SCALABLE_INTERRUPT_ADDRESS
             } else {
