@@ -4,10 +4,11 @@
 //!
 //! The registers are plain memory the driver writes directly, so a write is seen afterwards,
 //! as a difference from what the unit last showed: a 1 written to an RW1C bit clears it, and
-//! the read-only fields are restored. A write that leaves a register exactly as it was shown
-//! (clearing PFO by writing back an FSTS that shows PFO alone) cannot be told from no write,
-//! and is lost. The unit's own updates are compare-and-swaps, so a driver write landing
-//! between the unit's read and its update is never overwritten.
+//! the read-only fields are restored. FSTS shows its reserved bit 31 set, so that writing just
+//! the bits to clear (IQE alone while only IQE is set) still changes it; a write that leaves a
+//! register exactly as it was shown (writing back the FSTS value read, bit 31 included) cannot
+//! be told from no write, and is lost. The unit's own updates are compare-and-swaps, so a
+//! driver write landing between the unit's read and its update is never overwritten.
 //!
 //! Until the responder has taken a write in, the page shows what the driver wrote: a record
 //! the driver freed by writing F reads as F set with reason 0 and source 0 (a record no
@@ -30,6 +31,10 @@ pub(super) const IQE: u32 = 1 << 4;
 pub(super) const ITE: u32 = 1 << 6;
 /// The RW1C bits of FSTS (PFO, AFO, APF, IQE, ICE, ITE).
 const RW1C: u32 = 0x7d;
+/// A reserved FSTS bit the page shows set, so that a driver writing the RW1C bits it means to
+/// clear (and nothing else, as software does) changes the register even when those are all
+/// that is set, and the write is seen.
+const MARK: u32 = 1 << 31;
 /// FRCD bit 127 (in the high quadword): F, RW1C.
 const F: u64 = 1 << 63;
 
@@ -110,7 +115,7 @@ impl Faults {
         } else {
             0
         };
-        let value = self.rw1c | ppf | (self.fri << 8);
+        let value = MARK | self.rw1c | ppf | (self.fri << 8);
         // Fails if the driver wrote since the value last accounted for: the next `sync`
         // takes its write in.
         if value != self.shown && regs.cas32(FSTS, self.shown, value) {
@@ -158,3 +163,6 @@ impl Faults {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;
