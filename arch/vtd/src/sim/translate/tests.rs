@@ -246,3 +246,61 @@ fn a_first_stage_fault_with_pasid_is_read_back_with_its_pasid() {
     assert_eq!((r.device, r.pasid, r.address, r.write), (EDU, Some(7), 0x8_0000, false));
     assert_eq!((r.code, r.kind), (u16::from(FIRST_STAGE_ENTRY_NOT_PRESENT), FaultKind::Translation));
 }
+
+#[test]
+fn nested_dma_walks_the_guest_first_stage_through_the_parent() {
+    const NEST: u64 = 1 << 26;
+    let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE | NEST);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let parent = unit.new_domain(Stage::Second, 48).unwrap();
+
+    // The guest's memory: four first-stage tables and two data pages, at guest-physical
+    // addresses the parent maps to host frames (the second data page read-only).
+    let gpa = |i: u64| 0x100_0000 + 0x1000 * i;
+    let frames: Vec<u64> = (0..6)
+        .map(|i| {
+            let f = hal.alloc_frame(FrameSize::SIZE_4K).unwrap();
+            let prot = if i == 5 { Prot::READ } else { Prot::READ_WRITE };
+            unit.map(&parent, Iova::new(gpa(i)), f, 4096, prot).unwrap();
+            f.as_u64()
+        })
+        .collect();
+    let set = |table: usize, index: u64, entry: u64| {
+        let at = (frames[table] + 8 * index) as *mut u64;
+        // SAFETY: a live frame of `hal`, `index` < 512.
+        unsafe { at.write_volatile(entry) };
+    };
+    const P_RW_US: u64 = 0x7;
+    // IOVA 0x40_0000: PML4[0] → PDPT[0] → PD[2] → PT[0] (data 4), PT[1] (data 5).
+    set(0, 0, gpa(1) | P_RW_US);
+    set(1, 0, gpa(2) | P_RW_US);
+    set(2, 2, gpa(3) | P_RW_US);
+    set(3, 0, gpa(4) | P_RW_US);
+    set(3, 1, gpa(5) | P_RW_US);
+    // PD[3]: a table at a guest-physical address the parent does not map.
+    set(2, 3, 0x900_0000 | P_RW_US);
+
+    let viommu = unit.new_viommu(&parent).unwrap();
+    // P | AW 2 | PGTT 3 is the host's: the guest gives P | AW 2 | PGTT 1, its DID, FSPTPTR.
+    let nested = unit
+        .new_nested(&viommu, &[0x49, 0x42, gpa(0), 0, 0, 0, 0, 0])
+        .unwrap();
+    unit.attach_pasid(EDU, 3, Attachment::Paging(&nested)).unwrap();
+    unit.attach(EDU, Attachment::Paging(&parent)).unwrap();
+
+    assert_eq!(translate(&sim, EDU, Some(3), 0x40_0123, Write), Ok(frames[4] + 0x123));
+    assert_eq!(translate(&sim, EDU, Some(3), 0x40_1008, Read), Ok(frames[5] + 8));
+    // The guest's table allows the write, the parent's mapping does not.
+    assert_eq!(reason(&sim, EDU, Some(3), 0x40_1008, Write), WRITE);
+    // The guest's own fault, and a guest table outside what the parent maps.
+    assert_eq!(reason(&sim, EDU, Some(3), 0x40_2000, Read), FIRST_STAGE_ENTRY_NOT_PRESENT);
+    assert_eq!(reason(&sim, EDU, Some(3), 0x60_0000, Read), READ);
+    // The unit set the guest's accessed and dirty bits, as hardware does.
+    // SAFETY: live frames of `hal`.
+    let pte = unsafe { (frames[3] as *const u64).read_volatile() };
+    assert_eq!(pte & 0x60, 0x60, "A and D in the PTE written through");
+    // Requests without PASID: the parent itself.
+    assert_eq!(translate(&sim, EDU, None, gpa(4) + 4, Read), Ok(frames[4] + 4));
+}
