@@ -26,8 +26,8 @@ use criterion::{Criterion, Throughput};
 use iommu::addr::Iova;
 use iommu::sync::bench::{summary_from_args, Design, Rig};
 use iommu_vtd::descriptor::{Descriptor, Drain, IotlbScope, PageBlock};
-use iommu_vtd::sim::queue::{SimMemory, SimUnit, STATUS_PHYS};
 use iommu_vtd::qi::{DescriptorWidth, InvalidationQueue, QueueConfig};
+use iommu_vtd::sim::queue::{SimMemory, SimUnit, STATUS_PHYS};
 use iommu_vtd::{Did, QiError, QueueSize};
 
 /// Descriptors per submission (before its wait): a typical small invalidation.

@@ -132,7 +132,11 @@ impl Faults {
             return false;
         }
         let source = u64::from(fault.source_id);
-        if self.records.iter().any(|r| r & F != 0 && r & 0xffff == source) {
+        if self
+            .records
+            .iter()
+            .any(|r| r & F != 0 && r & 0xffff == source)
+        {
             return false;
         }
         let next = self.next;

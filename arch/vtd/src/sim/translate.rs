@@ -320,10 +320,9 @@ impl Unit {
                 return Ok(iova);
             }
             let agaw = 30 + 9 * (ce[1] & 7) as u32;
-            let out = unsafe {
-                self.second_stage(self.address(ce[0]), levels, agaw, iova, access, true)
-            }
-            .map_err(|reason| fail(reason, fpd))?;
+            let out =
+                unsafe { self.second_stage(self.address(ce[0]), levels, agaw, iova, access, true) }
+                    .map_err(|reason| fail(reason, fpd))?;
             return self
                 .outside_interrupt_range(out.0, out.1, false)
                 .map_err(|reason| fail(reason, fpd));
@@ -403,8 +402,7 @@ impl Unit {
         let at = (pde & !0xfff) + 64 * u64::from(pasid & 0x3f);
         let mut pe = [0u64; 8];
         for (i, w) in pe.iter_mut().enumerate() {
-            *w = unsafe { read(at + 8 * i as u64) }
-                .ok_or((reason::PASID_TABLE_ACCESS, dir_fpd))?;
+            *w = unsafe { read(at + 8 * i as u64) }.ok_or((reason::PASID_TABLE_ACCESS, dir_fpd))?;
         }
         let fpd = dir_fpd || pe[0] & 2 != 0;
         // Presence first, as the spec orders the checks (QEMU checks the type first, so that
@@ -487,7 +485,10 @@ impl Unit {
             }
             if level == 1 || pte & PS != 0 {
                 let page = 1u64 << shift;
-                return Ok(((self.address(pte) & !(page - 1)) | (iova & (page - 1)), page));
+                return Ok((
+                    (self.address(pte) & !(page - 1)) | (iova & (page - 1)),
+                    page,
+                ));
             }
             table = self.address(pte);
             level -= 1;
@@ -521,10 +522,10 @@ impl Unit {
             match nested {
                 None => Ok(gpa),
                 // SAFETY: the caller's contract covers the second-stage tables too.
-                Some((root, levels, agaw)) => unsafe {
-                    self.second_stage(root, levels, agaw, gpa, access, false)
+                Some((root, levels, agaw)) => {
+                    unsafe { self.second_stage(root, levels, agaw, gpa, access, false) }
+                        .map(|(out, _)| out)
                 }
-                .map(|(out, _)| out),
             }
         };
         let mut table = host(self.address(pe[2]), Access::Read)?;

@@ -44,7 +44,10 @@ fn reason(sim: &SimulatedUnit, d: DeviceId, pasid: Option<u32>, iova: u64, a: Ac
     match translate(sim, d, pasid, iova, a) {
         Ok(out) => panic!("{iova:#x} from {d:?} reached {out:#x}"),
         Err(f) => {
-            assert_eq!((f.source_id, f.pasid, f.address, f.access), (sid(d), pasid, iova, a));
+            assert_eq!(
+                (f.source_id, f.pasid, f.address, f.access),
+                (sid(d), pasid, iova, a)
+            );
             f.reason
         }
     }
@@ -69,7 +72,10 @@ fn drain<H: Hal + Clone>(unit: &VtdUnit<'_, H>) -> (Vec<FaultRecord>, bool) {
 #[test]
 fn before_translation_is_enabled_dma_passes_through() {
     let sim = SimulatedUnit::new(CAP, ECAP_NO_QI);
-    assert_eq!(translate(&sim, EDU, None, 0x1234_5678, Write), Ok(0x1234_5678));
+    assert_eq!(
+        translate(&sim, EDU, None, 0x1234_5678, Write),
+        Ok(0x1234_5678)
+    );
 }
 
 #[test]
@@ -79,15 +85,30 @@ fn legacy_dma_reaches_what_is_mapped_with_its_permissions_and_faults_otherwise()
     let hal = HostHal::new();
     let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
     // Enabled, with an empty root table: every device is blocked.
-    assert_eq!(reason(&sim, EDU, None, 0x10_0000, Read), ROOT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, None, 0x10_0000, Read),
+        ROOT_ENTRY_NOT_PRESENT
+    );
 
     let d = unit.new_domain(Stage::Second, 48).unwrap();
     let rw = hal.alloc_frame(FrameSize::SIZE_4K).unwrap().as_u64();
     let ro = hal.alloc_frame(FrameSize::SIZE_4K).unwrap().as_u64();
-    unit.map(&d, Iova::new(0x10_0000), PhysAddr::new(rw), 4096, Prot::READ_WRITE)
-        .unwrap();
-    unit.map(&d, Iova::new(0x20_0000), PhysAddr::new(ro), 4096, Prot::READ)
-        .unwrap();
+    unit.map(
+        &d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(rw),
+        4096,
+        Prot::READ_WRITE,
+    )
+    .unwrap();
+    unit.map(
+        &d,
+        Iova::new(0x20_0000),
+        PhysAddr::new(ro),
+        4096,
+        Prot::READ,
+    )
+    .unwrap();
     // A 2 MiB range (never dereferenced: the unit only computes where it goes).
     unit.map(
         &d,
@@ -102,25 +123,40 @@ fn legacy_dma_reaches_what_is_mapped_with_its_permissions_and_faults_otherwise()
     assert_eq!(translate(&sim, EDU, None, 0x10_0123, Read), Ok(rw + 0x123));
     assert_eq!(translate(&sim, EDU, None, 0x10_0ff8, Write), Ok(rw + 0xff8));
     assert_eq!(translate(&sim, EDU, None, 0x20_0010, Read), Ok(ro + 0x10));
-    assert_eq!(translate(&sim, EDU, None, 0x401f_fff0, Read), Ok(0x801f_fff0));
+    assert_eq!(
+        translate(&sim, EDU, None, 0x401f_fff0, Read),
+        Ok(0x801f_fff0)
+    );
     // Second-stage faults: the same code for "no entry" and "no permission".
     assert_eq!(reason(&sim, EDU, None, 0x20_0010, Write), WRITE);
     assert_eq!(reason(&sim, EDU, None, 0x30_0000, Read), READ);
     assert_eq!(reason(&sim, EDU, None, 0x30_0000, Write), WRITE);
     assert_eq!(reason(&sim, EDU, None, 1 << 48, Read), ADDRESS_BEYOND_WIDTH);
     // Never attached: its bus has a context table, without its entry; or no table at all.
-    assert_eq!(reason(&sim, EDU2, None, 0x10_0000, Read), CONTEXT_ENTRY_NOT_PRESENT);
-    assert_eq!(reason(&sim, ELSEWHERE, None, 0x10_0000, Read), ROOT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU2, None, 0x10_0000, Read),
+        CONTEXT_ENTRY_NOT_PRESENT
+    );
+    assert_eq!(
+        reason(&sim, ELSEWHERE, None, 0x10_0000, Read),
+        ROOT_ENTRY_NOT_PRESENT
+    );
 
     // Unmapped: gone at once (no IOTLB in the simulator).
     assert_eq!(unit.unmap(&d, Iova::new(0x10_0000), 4096), Ok(4096));
     assert_eq!(reason(&sim, EDU, None, 0x10_0123, Read), READ);
     // Blocked: its context entry is cleared.
     unit.attach(EDU, Attachment::Blocking).unwrap();
-    assert_eq!(reason(&sim, EDU, None, 0x20_0010, Read), CONTEXT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, None, 0x20_0010, Read),
+        CONTEXT_ENTRY_NOT_PRESENT
+    );
     // Identity: a pass-through context entry.
     unit.attach(EDU, Attachment::Identity).unwrap();
-    assert_eq!(translate(&sim, EDU, None, 0x7654_3000, Write), Ok(0x7654_3000));
+    assert_eq!(
+        translate(&sim, EDU, None, 0x7654_3000, Write),
+        Ok(0x7654_3000)
+    );
 }
 
 #[test]
@@ -129,48 +165,90 @@ fn scalable_dma_walks_pasid_entries_to_first_and_second_stage_tables() {
     let regs = sim.registers();
     let hal = HostHal::new();
     let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
-    assert_eq!(reason(&sim, EDU, None, 0x10_0000, Read), ROOT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, None, 0x10_0000, Read),
+        ROOT_ENTRY_NOT_PRESENT
+    );
 
     let ss = unit.new_domain(Stage::Second, 48).unwrap();
     let fs = unit.new_domain(Stage::First, 48).unwrap();
     let a = hal.alloc_frame(FrameSize::SIZE_4K).unwrap().as_u64();
     let b = hal.alloc_frame(FrameSize::SIZE_4K).unwrap().as_u64();
     let c = hal.alloc_frame(FrameSize::SIZE_4K).unwrap().as_u64();
-    unit.map(&ss, Iova::new(0x10_0000), PhysAddr::new(a), 4096, Prot::READ_WRITE)
-        .unwrap();
-    unit.map(&fs, Iova::new(0x50_0000), PhysAddr::new(b), 4096, Prot::READ_WRITE)
-        .unwrap();
-    unit.map(&fs, Iova::new(0x60_0000), PhysAddr::new(c), 4096, Prot::READ)
-        .unwrap();
+    unit.map(
+        &ss,
+        Iova::new(0x10_0000),
+        PhysAddr::new(a),
+        4096,
+        Prot::READ_WRITE,
+    )
+    .unwrap();
+    unit.map(
+        &fs,
+        Iova::new(0x50_0000),
+        PhysAddr::new(b),
+        4096,
+        Prot::READ_WRITE,
+    )
+    .unwrap();
+    unit.map(
+        &fs,
+        Iova::new(0x60_0000),
+        PhysAddr::new(c),
+        4096,
+        Prot::READ,
+    )
+    .unwrap();
 
     // Requests without PASID go through RID_PASID's entry: second stage.
     unit.attach(EDU, Attachment::Paging(&ss)).unwrap();
     assert_eq!(translate(&sim, EDU, None, 0x10_0040, Write), Ok(a + 0x40));
     assert_eq!(reason(&sim, EDU, None, 0x20_0000, Read), READ);
     // A PASID not attached: its entry (in the same PASID table) is not present.
-    assert_eq!(reason(&sim, EDU, Some(3), 0x50_0000, Read), PASID_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, Some(3), 0x50_0000, Read),
+        PASID_ENTRY_NOT_PRESENT
+    );
 
     // PASID 3: first stage; PASID 5: second stage.
     unit.attach_pasid(EDU, 3, Attachment::Paging(&fs)).unwrap();
     unit.attach_pasid(EDU, 5, Attachment::Paging(&ss)).unwrap();
     assert_eq!(translate(&sim, EDU, Some(3), 0x50_0008, Write), Ok(b + 8));
     assert_eq!(translate(&sim, EDU, Some(3), 0x60_0008, Read), Ok(c + 8));
-    assert_eq!(reason(&sim, EDU, Some(3), 0x60_0008, Write), FIRST_STAGE_WRITE);
-    assert_eq!(reason(&sim, EDU, Some(3), 0x70_0000, Read), FIRST_STAGE_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, Some(3), 0x60_0008, Write),
+        FIRST_STAGE_WRITE
+    );
+    assert_eq!(
+        reason(&sim, EDU, Some(3), 0x70_0000, Read),
+        FIRST_STAGE_ENTRY_NOT_PRESENT
+    );
     assert_eq!(reason(&sim, EDU, Some(3), 1 << 47, Read), NOT_CANONICAL);
     assert_eq!(translate(&sim, EDU, Some(5), 0x10_0040, Read), Ok(a + 0x40));
     assert_eq!(reason(&sim, EDU, Some(5), 0x50_0000, Read), READ);
     // Never attached: the context entry of a device on a bus with a table.
-    assert_eq!(reason(&sim, EDU2, None, 0x10_0000, Read), CONTEXT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU2, None, 0x10_0000, Read),
+        CONTEXT_ENTRY_NOT_PRESENT
+    );
 
     // Detached PASID: its entry is cleared.
     unit.attach_pasid(EDU, 3, Attachment::Blocking).unwrap();
-    assert_eq!(reason(&sim, EDU, Some(3), 0x50_0008, Read), PASID_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, Some(3), 0x50_0008, Read),
+        PASID_ENTRY_NOT_PRESENT
+    );
     // Blocked device: RID_PASID's entry is cleared, and (as in QEMU) a context entry without
     // a valid RID_PASID entry fails every request, with a PASID or not.
     unit.attach(EDU, Attachment::Blocking).unwrap();
-    assert_eq!(reason(&sim, EDU, None, 0x10_0040, Read), PASID_ENTRY_NOT_PRESENT);
-    assert_eq!(reason(&sim, EDU, Some(5), 0x10_0040, Read), PASID_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, None, 0x10_0040, Read),
+        PASID_ENTRY_NOT_PRESENT
+    );
+    assert_eq!(
+        reason(&sim, EDU, Some(5), 0x10_0040, Read),
+        PASID_ENTRY_NOT_PRESENT
+    );
 }
 
 #[test]
@@ -195,7 +273,10 @@ fn recorded_faults_are_read_back_by_the_driver_and_cleared() {
     let (records, _) = drain(&unit);
     assert_eq!(records.len(), 1, "{records:?}");
     let r = records[0];
-    assert_eq!((r.device, r.pasid, r.address, r.write), (EDU, None, 0x30_0000, true));
+    assert_eq!(
+        (r.device, r.pasid, r.address, r.write),
+        (EDU, None, 0x30_0000, true)
+    );
     assert_eq!((r.code, r.kind), (u16::from(WRITE), FaultKind::Translation));
     assert_eq!(r.reason, "second-stage entry not present");
 
@@ -204,7 +285,10 @@ fn recorded_faults_are_read_back_by_the_driver_and_cleared() {
     let _ = unsafe { sim.dma(sid(EDU), None, 0x20_0000, Write) };
     let (records, _) = drain(&unit);
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!((records[0].address, records[0].kind), (0x20_0000, FaultKind::Permission));
+    assert_eq!(
+        (records[0].address, records[0].kind),
+        (0x20_0000, FaultKind::Permission)
+    );
 
     // One record (CAP.NFR = 0): a second source's fault while the first is pending overflows
     // (PFO); a second fault of the same source is collapsed. Both show as QEMU's would.
@@ -224,7 +308,10 @@ fn recorded_faults_are_read_back_by_the_driver_and_cleared() {
     assert_eq!(sim.fsts() & 3, 2, "PPF, PFO cleared by the driver");
     let (records, _) = drain(&unit);
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!((records[0].device, records[0].code), (ELSEWHERE, u16::from(ROOT_ENTRY_NOT_PRESENT)));
+    assert_eq!(
+        (records[0].device, records[0].code),
+        (ELSEWHERE, u16::from(ROOT_ENTRY_NOT_PRESENT))
+    );
 }
 
 #[test]
@@ -243,8 +330,17 @@ fn a_first_stage_fault_with_pasid_is_read_back_with_its_pasid() {
     let (records, _) = drain(&unit);
     assert_eq!(records.len(), 1, "{records:?}");
     let r = records[0];
-    assert_eq!((r.device, r.pasid, r.address, r.write), (EDU, Some(7), 0x8_0000, false));
-    assert_eq!((r.code, r.kind), (u16::from(FIRST_STAGE_ENTRY_NOT_PRESENT), FaultKind::Translation));
+    assert_eq!(
+        (r.device, r.pasid, r.address, r.write),
+        (EDU, Some(7), 0x8_0000, false)
+    );
+    assert_eq!(
+        (r.code, r.kind),
+        (
+            u16::from(FIRST_STAGE_ENTRY_NOT_PRESENT),
+            FaultKind::Translation
+        )
+    );
 }
 
 #[test]
@@ -287,20 +383,33 @@ fn nested_dma_walks_the_guest_first_stage_through_the_parent() {
     let nested = unit
         .new_nested(&viommu, &[0x49, 0x42, gpa(0), 0, 0, 0, 0, 0])
         .unwrap();
-    unit.attach_pasid(EDU, 3, Attachment::Paging(&nested)).unwrap();
+    unit.attach_pasid(EDU, 3, Attachment::Paging(&nested))
+        .unwrap();
     unit.attach(EDU, Attachment::Paging(&parent)).unwrap();
 
-    assert_eq!(translate(&sim, EDU, Some(3), 0x40_0123, Write), Ok(frames[4] + 0x123));
-    assert_eq!(translate(&sim, EDU, Some(3), 0x40_1008, Read), Ok(frames[5] + 8));
+    assert_eq!(
+        translate(&sim, EDU, Some(3), 0x40_0123, Write),
+        Ok(frames[4] + 0x123)
+    );
+    assert_eq!(
+        translate(&sim, EDU, Some(3), 0x40_1008, Read),
+        Ok(frames[5] + 8)
+    );
     // The guest's table allows the write, the parent's mapping does not.
     assert_eq!(reason(&sim, EDU, Some(3), 0x40_1008, Write), WRITE);
     // The guest's own fault, and a guest table outside what the parent maps.
-    assert_eq!(reason(&sim, EDU, Some(3), 0x40_2000, Read), FIRST_STAGE_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        reason(&sim, EDU, Some(3), 0x40_2000, Read),
+        FIRST_STAGE_ENTRY_NOT_PRESENT
+    );
     assert_eq!(reason(&sim, EDU, Some(3), 0x60_0000, Read), READ);
     // The unit set the guest's accessed and dirty bits, as hardware does.
     // SAFETY: live frames of `hal`.
     let pte = unsafe { (frames[3] as *const u64).read_volatile() };
     assert_eq!(pte & 0x60, 0x60, "A and D in the PTE written through");
     // Requests without PASID: the parent itself.
-    assert_eq!(translate(&sim, EDU, None, gpa(4) + 4, Read), Ok(frames[4] + 4));
+    assert_eq!(
+        translate(&sim, EDU, None, gpa(4) + 4, Read),
+        Ok(frames[4] + 4)
+    );
 }
