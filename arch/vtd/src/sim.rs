@@ -20,12 +20,29 @@
 //!   context entries and second-stage tables; scalable-mode root, context, PASID directory and
 //!   PASID entries, then first-stage, second-stage, nested or pass-through; large pages, R/W
 //!   and U/S permissions, reserved bits, FPD, the interrupt range, first-stage A/D updates.
-//!   The checks and reason codes are QEMU 10's (`translate` module docs for the details).
-//!   Translation disabled (GSTS.TES clear) is pass-through.
+//!   The checks, their order and the reason codes ([`reason`]) are QEMU 10's, with these
+//!   exceptions: a PASID entry's presence is checked before its type (QEMU reports a cleared
+//!   entry as invalid, 0x5b, never as not present, 0x59); nested translation (PGTT 3: each
+//!   first-stage table address and the output go through the second stage) and five-level
+//!   first-stage tables (with CAP.FL5LP), which QEMU does not model, follow the spec; the
+//!   first stage's canonical check uses the table's width (48 or 57 bits). As in QEMU, a
+//!   context entry needs a valid RID_PASID entry for any request, with a PASID or not;
+//!   requests are untranslated user requests (first-stage entries need U/S); legacy mode does
+//!   not look at a PASID. Translation disabled (GSTS.TES clear) is pass-through.
 //! - **Fault recording** ([`SimulatedUnit::dma`]): a fault is recorded in the fault recording
-//!   registers (at CAP.FRO, CAP.NFR + 1 of them) with FSTS.PPF/PFO/FRI, as QEMU 10 records
-//!   them, and the driver's RW1C writes clear them (once the responder has seen them: `fault`
-//!   module docs).
+//!   registers (at CAP.FRO, CAP.NFR + 1 of them; one with [`CAP`]) with FSTS.PPF/PFO/FRI, as
+//!   QEMU 10 records them (dropped while PFO is set or while the same source has one pending;
+//!   PFO when the next record is full), unless FPD suppresses it, and the driver's RW1C writes
+//!   free them.
+//!
+//! The registers are memory the driver writes directly, so the unit sees a write afterwards,
+//! as a change from what it last showed (RW1C bits cleared, read-only fields restored). FSTS
+//! shows its reserved bit 31 set, so that writing just the bits to clear is always a change;
+//! writing back exactly the value read is not, and is lost. Until the responder has taken a
+//! write in, the page shows what the driver wrote: a record freed by writing F reads as F with
+//! reason 0 and source 0 for that long (the responder polls without yielding while a record is
+//! full, but a driver re-reading a record right after freeing it can see this). Hardware never
+//! records reason 0: a driver should skip such records.
 //!
 //! # What is not
 //! No caches: no IOTLB, context, PASID or interrupt-entry cache, so every request sees the
@@ -46,6 +63,37 @@
 //! Table and queue addresses are host pointers: the driver must allocate from
 //! [`HostHal`](iommu::hal::host::HostHal) (physical == virtual), and the tables must stay
 //! allocated while the unit may read them (the contract of [`SimulatedUnit::translate`]).
+//!
+//! # Example
+//! An embedder's test: what its device could reach after its own code attached it.
+//! ```
+//! use iommu::addr::{Iova, PhysAddr};
+//! use iommu::hal::host::HostHal;
+//! use iommu::pagetable::Prot;
+//! use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+//! use iommu_vtd::sim::{reason, Access, SimulatedUnit, CAP, ECAP_SCALABLE};
+//! use iommu_vtd::{Mode, QueueSize, VtdUnit};
+//!
+//! let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+//! let regs = sim.registers();
+//! let hal = HostHal::new();
+//! let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+//! let domain = unit.new_domain(Stage::Second, 48).unwrap();
+//! let buffer = PhysAddr::new(0x7000_0000); // never dereferenced: the unit only translates
+//! unit.map(&domain, Iova::new(0x10_0000), buffer, 0x1000, Prot::READ).unwrap();
+//! let nic = DeviceId(0x18); // 00:03.0
+//! unit.attach(nic, Attachment::Paging(&domain)).unwrap();
+//!
+//! // SAFETY: the unit and its domain, whose tables the walk reads, are alive.
+//! let read = unsafe { sim.translate(0x18, None, 0x10_0010, Access::Read) };
+//! assert_eq!(read, Ok(0x7000_0010));
+//! // SAFETY: as above.
+//! let write = unsafe { sim.dma(0x18, None, 0x10_0010, Access::Write) }.unwrap_err();
+//! assert_eq!(write.reason, reason::WRITE);
+//! let mut faults = Vec::new();
+//! unit.drain_faults(&mut |f| faults.push(f)).unwrap();
+//! assert!(faults.iter().any(|f| f.device == nic && f.write && f.address == 0x10_0000));
+//! ```
 
 extern crate std;
 
