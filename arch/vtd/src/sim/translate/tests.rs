@@ -413,3 +413,36 @@ fn nested_dma_walks_the_guest_first_stage_through_the_parent() {
         Ok(frames[4] + 4)
     );
 }
+
+#[test]
+fn fault_processing_disable_suppresses_qualified_faults_only() {
+    let sim = SimulatedUnit::new(CAP, ECAP_NO_QI);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Legacy, 48, QueueSize::ONE_PAGE).unwrap();
+    let d = unit.new_domain(Stage::Second, 48).unwrap();
+    unit.attach(EDU, Attachment::Paging(&d)).unwrap();
+    // Set FPD in edu's context entry behind the driver's back (bus 0's table, slot devfn).
+    let root = sim.shared.root.load(core::sync::atomic::Ordering::Acquire) & !0xfff;
+    // SAFETY: the unit's live root and context tables; bus 0 and devfn 8 are in bounds.
+    unsafe {
+        let table = (root as *const u64).read_volatile() & !0xfff;
+        let ce = (table as *mut u64).add(2 * 8);
+        ce.write_volatile(ce.read_volatile() | 2);
+    }
+    // SAFETY (both `dma`): the unit and its domain outlive the calls.
+    let f = unsafe { sim.dma(sid(EDU), None, 0x30_0000, Read) }.unwrap_err();
+    assert_eq!(f.reason, READ);
+    assert_eq!(
+        sim.fsts() & 3,
+        0,
+        "a qualified fault under FPD is not recorded"
+    );
+    // Not qualified: a bus without a root entry (no context entry, so no FPD, either way).
+    let f = unsafe { sim.dma(sid(ELSEWHERE), None, 0x30_0000, Read) }.unwrap_err();
+    assert_eq!(f.reason, ROOT_ENTRY_NOT_PRESENT);
+    assert_eq!(sim.fsts() & 3, 2, "recorded");
+    let (records, _) = drain(&unit);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].device, ELSEWHERE);
+}
