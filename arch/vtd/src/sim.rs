@@ -21,7 +21,9 @@
 //!   PASID entries, then first-stage, second-stage, nested or pass-through; large pages, R/W
 //!   and U/S permissions, reserved bits, FPD, the interrupt range, first-stage A/D updates.
 //!   The checks, their order and the reason codes ([`reason`]) are QEMU 10's, with these
-//!   exceptions: a PASID entry's presence is checked before its type (QEMU reports a cleared
+//!   exceptions: the walk follows each PASID entry's PGTT (QEMU 10 walks one stage for the
+//!   whole unit, chosen by its configuration); a PASID entry's presence is checked before its
+//!   type (QEMU reports a cleared
 //!   entry as invalid, 0x5b, never as not present, 0x59); nested translation (PGTT 3: each
 //!   first-stage table address and the output go through the second stage) and five-level
 //!   first-stage tables (with CAP.FL5LP), which QEMU does not model, follow the spec; the

@@ -264,7 +264,7 @@ impl Unit {
 
         // Root entry.
         let root = self.address(self.rtaddr);
-        // SAFETY (every `read` below): the caller's contract.
+        // SAFETY: the tables the walk reaches are live (the caller's contract).
         let re = unsafe { [read(root + 16 * bus), read(root + 16 * bus + 8)] };
         let [Some(re_lo), Some(re_hi)] = re else {
             return Err(no_fpd(reason::ROOT_TABLE_INVALID));
@@ -290,6 +290,7 @@ impl Unit {
         let ce_addr = self.address(half) + size * index;
         let mut ce = [0u64; 4];
         for (i, w) in ce.iter_mut().enumerate().take(size as usize / 8) {
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             *w = unsafe { read(ce_addr + 8 * i as u64) }
                 .ok_or(no_fpd(reason::CONTEXT_TABLE_INVALID))?;
         }
@@ -320,9 +321,10 @@ impl Unit {
                 return Ok(iova);
             }
             let agaw = 30 + 9 * (ce[1] & 7) as u32;
-            let out =
-                unsafe { self.second_stage(self.address(ce[0]), levels, agaw, iova, access, true) }
-                    .map_err(|reason| fail(reason, fpd))?;
+            let table = self.address(ce[0]);
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
+            let out = unsafe { self.second_stage(table, levels, agaw, iova, access, true) }
+                .map_err(|reason| fail(reason, fpd))?;
             return self
                 .outside_interrupt_range(out.0, out.1, false)
                 .map_err(|reason| fail(reason, fpd));
@@ -340,9 +342,11 @@ impl Unit {
         let rid_pasid = (ce[1] & 0xf_ffff) as u32;
         // As QEMU: a context entry is valid only with a valid RID_PASID entry, whatever the
         // request's PASID.
+        // SAFETY: the tables the walk reaches are live (the caller's contract).
         unsafe { self.pasid_entry(directory, rid_pasid) }
             .map_err(|(reason, _)| fail(reason, fpd))?;
         let pasid_value = pasid.unwrap_or(rid_pasid);
+        // SAFETY: the tables the walk reaches are live (the caller's contract).
         let pe = match unsafe { self.pasid_entry(directory, pasid_value) } {
             Ok(pe) => {
                 fpd |= pe[0] & 2 != 0;
@@ -362,8 +366,11 @@ impl Unit {
                 }
                 return Ok(iova);
             }
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             2 => unsafe { self.second_stage(ss_root, ss_levels, ss_agaw, iova, access, true) },
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             1 => unsafe { self.first_stage(&pe, None, iova, access) },
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             3 => unsafe {
                 self.first_stage(&pe, Some((ss_root, ss_levels, ss_agaw)), iova, access)
             },
@@ -393,6 +400,7 @@ impl Unit {
     /// # Safety
     /// As [`translate`](Self::translate).
     unsafe fn pasid_entry(&self, directory: u64, pasid: u32) -> Result<[u64; 8], (u8, bool)> {
+        // SAFETY: the tables the walk reaches are live (the caller's contract).
         let pde = unsafe { read(directory + 8 * u64::from(pasid >> 6)) }
             .ok_or((reason::PASID_DIRECTORY_ACCESS, false))?;
         let dir_fpd = pde & 2 != 0;
@@ -402,6 +410,7 @@ impl Unit {
         let at = (pde & !0xfff) + 64 * u64::from(pasid & 0x3f);
         let mut pe = [0u64; 8];
         for (i, w) in pe.iter_mut().enumerate() {
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             *w = unsafe { read(at + 8 * i as u64) }.ok_or((reason::PASID_TABLE_ACCESS, dir_fpd))?;
         }
         let fpd = dir_fpd || pe[0] & 2 != 0;
@@ -467,6 +476,7 @@ impl Unit {
         loop {
             let shift = 12 + 9 * (level - 1);
             let index = (iova >> shift) & 0x1ff;
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             let Some(pte) = (unsafe { read(table + 8 * index) }) else {
                 return Err(if level == levels && top_is_context {
                     reason::CONTEXT_ENTRY_INVALID
@@ -533,6 +543,7 @@ impl Unit {
         loop {
             let shift = 12 + 9 * (level - 1);
             let at = table + 8 * ((iova >> shift) & 0x1ff);
+            // SAFETY: the tables the walk reaches are live (the caller's contract).
             let Some(pte) = (unsafe { read(at) }) else {
                 return Err(if level == levels {
                     reason::FIRST_STAGE_TABLE_INVALID
