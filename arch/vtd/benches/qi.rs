@@ -3,7 +3,7 @@
 //! the same queue behind a `spin::Mutex` held across submission and wait (the classic locked
 //! design).
 //!
-//! The simulated unit (`iommu_vtd::qi::sim`) is consumed by the producers themselves
+//! The simulated unit (`iommu_vtd::sim::queue`) is consumed by the producers themselves
 //! ([`SimUnit::self_draining`]: every IQH or FSTS read first executes what is published), as
 //! hardware drains the queue while the CPU polls. No responder thread: 2 producers use exactly
 //! 2 cores. The queue reads FSTS on every poll of a wait (`fault_check_interval` 1, not the
@@ -26,8 +26,8 @@ use criterion::{Criterion, Throughput};
 use iommu::addr::Iova;
 use iommu::sync::bench::{summary_from_args, Design, Rig};
 use iommu_vtd::descriptor::{Descriptor, Drain, IotlbScope, PageBlock};
-use iommu_vtd::qi::sim::{SimMemory, SimUnit, STATUS_PHYS};
 use iommu_vtd::qi::{DescriptorWidth, InvalidationQueue, QueueConfig};
+use iommu_vtd::sim::queue::{SimMemory, SimUnit, STATUS_PHYS};
 use iommu_vtd::{Did, QiError, QueueSize};
 
 /// Descriptors per submission (before its wait): a typical small invalidation.

@@ -886,8 +886,11 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     }
 }
 
-// The queue's side of a simulated unit: tests, loom models, and the queue benchmark.
+// The queue's side of the simulated unit (its file is in `sim/`, with the whole unit's; also
+// `crate::sim::queue`): tests, loom models, the queue benchmark. Declared here so that loom
+// builds, which leave the whole unit out, still have it.
 #[cfg(any(test, feature = "sim"))]
+#[path = "sim/queue.rs"]
 pub mod sim;
 
 #[cfg(all(test, not(loom)))]

@@ -1,12 +1,21 @@
-//! The invalidation queue's side of a simulated unit, for host and loom tests and the queue
-//! benchmark (feature `sim`): registers as atomics, and a consumer step that executes one
-//! descriptor the way QEMU 10.0 does (same type and reserved-bit checks, IQE with the head left
-//! at the bad descriptor, no progress while IQE or ITE is set). Tests step it from a thread of
-//! their own; [`SimUnit::self_draining`] has the queue's own register reads step it instead,
-//! and [`SimUnit::self_draining_with_latency`] adds a simulated wait-descriptor latency (a wait
+//! The invalidation queue's side of the simulated unit: the descriptor executor both
+//! simulators use, and [`SimUnit`], the queue registers alone, for the queue's host and loom
+//! tests and its benchmark (feature `sim`).
+//!
+//! [`execute`] checks one descriptor the way QEMU 10.0 does (same type and reserved-bit checks;
+//! a bad one is an IQE with the head left on it) and says what it asks of the unit (a wait's
+//! status write or interrupt); the whole unit ([`crate::sim::SimulatedUnit`]) runs it on the
+//! ring in host memory, [`SimUnit::step`] on a [`QueueMemory`]. Neither makes progress while IQE
+//! or ITE is set.
+//!
+//! [`SimUnit`]: registers as atomics. Tests step it from a thread of their own;
+//! [`SimUnit::self_draining`] has the queue's own register reads step it instead, and
+//! [`SimUnit::self_draining_with_latency`] adds a simulated wait-descriptor latency (a wait
 //! completes only once that much host time, `std::time::Instant`, has passed since the IQT
 //! write that published it).
-//! (`crate::sim` is the whole unit, register page and all, for [`VtdUnit`](crate::VtdUnit).)
+//!
+//! (This file is the module `qi::sim`, declared there so that loom builds, which leave the
+//! whole unit out, have it; `crate::sim::queue` is the same module.)
 
 extern crate std;
 use std::time::{Duration, Instant};
@@ -77,10 +86,57 @@ fn reserved(ty: u64) -> Option<(u64, u64, bool)> {
         1 => Some((0xfffc_0000_0000_f1c0, !0, false)),
         2 => Some((0xffff_ffff_0000_f100, 0xf80, false)),
         3 => Some((0xffff_0000_ffe0_f1f0, 0xffe, false)),
+        // Interrupt entry cache: G, IM, IIDX; quadword 1 reserved.
+        4 => Some((0xffff_0000_07ff_f1e0, !0, false)),
         5 => Some((0xffff_f180, 3, false)),
         6 => Some((0xfff0_0000_0000_f1c0, 0xf80, true)),
         7 => Some((0, 0, true)),
         8 => Some((0xfff0_0000_0000_f000, 0x7fe, true)),
+        _ => None,
+    }
+}
+
+/// The descriptor type (6.5.2): bits 3:0 and 11:9 of quadword 0.
+pub fn descriptor_type(w0: u64) -> u64 {
+    (w0 & 0xf) | ((w0 >> 5) & 0x70)
+}
+
+/// What a valid descriptor asks of the unit besides moving the head past it (the caches it
+/// names are not simulated: there are none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing more.
+    None,
+    /// A wait with SW: write `data` to the dword at `address`.
+    StatusWrite {
+        /// The status address (quadword 1, dword aligned).
+        address: u64,
+        /// The status data (quadword 0, bits 63:32).
+        data: u32,
+    },
+    /// A wait with IF: the invalidation completion event (ICS.IWC).
+    Interrupt,
+}
+
+/// Checks one descriptor (`w`, quadwords 2 and 3 zero for a 128-bit queue) as QEMU 10.0 does
+/// on a queue of 256-bit descriptors if `wide`: `None` if the unit must reject it (IQE, the
+/// head left on it), or what it asks.
+pub fn execute(w: &[u64; 4], wide: bool) -> Option<Effect> {
+    let ty = descriptor_type(w[0]);
+    let (m0, m1, wide_only) = reserved(ty)?;
+    if (wide_only && !wide) || w[0] & m0 != 0 || w[1] & m1 != 0 || w[2] != 0 || w[3] != 0 {
+        return None;
+    }
+    if ty != 5 {
+        return Some(Effect::None);
+    }
+    // A wait must ask for exactly one of SW and IF (QEMU asserts on both).
+    match (w[0] >> 4) & 3 {
+        2 => Some(Effect::StatusWrite {
+            address: w[1],
+            data: (w[0] >> 32) as u32,
+        }),
+        1 => Some(Effect::Interrupt),
         _ => None,
     }
 }
@@ -120,25 +176,15 @@ impl SimUnit {
         for (i, word) in w.iter_mut().enumerate().take(n) {
             *word = mem.descriptors[head as usize * n + i].load(Ordering::Relaxed);
         }
-        let ty = (w[0] & 0xf) | ((w[0] >> 5) & 0x70);
-        let wide = self.width == DescriptorWidth::Bits256;
-        let valid = match reserved(ty) {
-            Some((m0, m1, wide_only)) => {
-                (!wide_only || wide) && w[0] & m0 == 0 && w[1] & m1 == 0 && w[2] == 0 && w[3] == 0
-            }
-            None => false,
-        };
-        // A wait must ask for exactly one of SW and IF (QEMU asserts on both).
-        let valid = valid && (ty != 5 || (w[0] >> 4) & 3 == 1 || (w[0] >> 4) & 3 == 2);
-        if !valid {
+        let Some(effect) = execute(&w, self.width == DescriptorWidth::Bits256) else {
             // QEMU leaves IQERCD at 0; reserved-field (4) here exercises the decoding.
             self.iqercd.store(4, Ordering::Relaxed);
             self.fsts.fetch_or(FSTS_IQE, Ordering::Release);
             return Step::Rejected;
-        }
-        if ty == 5 && w[0] & (1 << 5) != 0 {
-            let idx = ((w[1] - self.status_phys) / 4) as usize;
-            mem.status[idx].store((w[0] >> 32) as u32, Ordering::Release);
+        };
+        if let Effect::StatusWrite { address, data } = effect {
+            let idx = ((address - self.status_phys) / 4) as usize;
+            mem.status[idx].store(data, Ordering::Release);
         }
         self.head.store(
             ((head + 1) % self.entries) << self.width.shift(),
@@ -251,7 +297,7 @@ impl SelfDraining<'_> {
             .descriptors
             .get(head as usize * unit.width.words())
             .map_or(0, |w| w.load(Ordering::Relaxed));
-        if (w0 & 0xf) | ((w0 >> 5) & 0x70) != 5 {
+        if descriptor_type(w0) != 5 {
             return false;
         }
         let published = latency
