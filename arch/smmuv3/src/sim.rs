@@ -21,6 +21,13 @@ use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
 use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, RacyCell};
 
+#[cfg(not(loom))]
+mod unit;
+#[cfg(not(loom))]
+pub use unit::{SimConfig, SimulatedUnit};
+#[cfg(all(test, not(loom)))]
+mod tests;
+
 /// A queue ring in host memory whose slot accesses loom checks for races.
 #[derive(Debug)]
 pub struct HeapQueueMemory<const W: usize> {

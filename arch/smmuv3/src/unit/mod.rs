@@ -141,6 +141,55 @@ fn alloc_ring<H: Hal>(
     Ok((phys, size))
 }
 
+/// What a bring-up has allocated so far, given back to the HAL if the bring-up fails: the
+/// stream table and the queue rings. Once the SMMU may have been given one of them (a base
+/// register written), it is disabled (CR0 := 0, acknowledged) before anything is freed; if it
+/// does not acknowledge, the frames are leaked rather than freed under a live walker.
+struct Bringup<'r, H: Hal> {
+    regs: &'r SmmuRegisters,
+    hal: H,
+    strtab: Option<StreamTable<H>>,
+    rings: [Option<(PhysAddr, FrameSize)>; 2],
+    /// A base register names one of our frames.
+    given: bool,
+}
+
+impl<H: Hal> Bringup<'_, H> {
+    /// The bring-up succeeded: the unit keeps everything.
+    fn keep(mut self) {
+        self.strtab = None;
+        self.rings = [None, None];
+    }
+}
+
+impl<H: Hal> Drop for Bringup<'_, H> {
+    fn drop(&mut self) {
+        if self.strtab.is_none() && self.rings.iter().all(Option::is_none) {
+            return;
+        }
+        if self.given {
+            self.regs.cr0.set(0);
+            if poll_until("CR0ACK disable after a failed bring-up", DEFAULT_POLL_BUDGET, || {
+                self.regs.cr0ack.get() == 0
+            })
+            .is_err()
+            {
+                log::error!("SMMU: not disabled after a failed bring-up; its tables are leaked");
+                return;
+            }
+        }
+        if let Some(strtab) = self.strtab.take() {
+            // SAFETY: SMMUEN is 0 and acknowledged (or the SMMU was never given the table).
+            unsafe { strtab.free() };
+        }
+        for (phys, size) in self.rings.iter_mut().filter_map(Option::take) {
+            // SAFETY: allocated by `alloc_ring` with this size; the queues are disabled and
+            // acknowledged (or were never given the ring); the queue values using it are gone.
+            unsafe { self.hal.free_frame(phys, size) };
+        }
+    }
+}
+
 impl<H: Hal + Clone> SmmuUnit<H> {
     /// Resets and enables the SMMU whose register frame is at `regs`, following IHI 0070
     /// 3.3/6.3: GBPA abort, SMMU disabled, CR1/CR2, stream table (every stream aborting), both
@@ -202,22 +251,33 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         geometry
             .check_features(&features)
             .map_err(Error::StreamTable)?;
+        let mut owned = Bringup {
+            regs: r,
+            hal: hal.clone(),
+            strtab: None,
+            rings: [None, None],
+            given: false,
+        };
         let strtab = StreamTable::new(hal.clone(), geometry, features.coherent)
             .map_err(Error::StreamTable)?;
+        owned.given = true;
         r.strtab_base.set(strtab.base_register());
         r.strtab_base_cfg.set(strtab.base_cfg_register());
+        owned.strtab = Some(strtab);
 
         log::debug!("SMMU at {regs:p}: {features}");
         log::debug!("SMMU stream table: {geometry:?}");
         let cmdq_log2 = config.cmdq_log2.clamp(1, features.cmdq_max_log2.max(1));
-        let (cmdq_phys, _) = alloc_ring(&hal, cmdq_log2, ENTRY_BYTES)?;
+        let (cmdq_phys, cmdq_size) = alloc_ring(&hal, cmdq_log2, ENTRY_BYTES)?;
+        owned.rings[0] = Some((cmdq_phys, cmdq_size));
         r.cmdq_base
             .set(queue_base_register(cmdq_phys, cmdq_log2, true));
         r.cmdq_prod.set(0);
         r.cmdq_cons.set(0);
 
         let eventq_log2 = config.eventq_log2.clamp(1, features.eventq_max_log2.max(1));
-        let (eventq_phys, _) = alloc_ring(&hal, eventq_log2, EVENT_BYTES)?;
+        let (eventq_phys, eventq_size) = alloc_ring(&hal, eventq_log2, EVENT_BYTES)?;
+        owned.rings[1] = Some((eventq_phys, eventq_size));
         r.eventq_base
             .set(queue_base_register(eventq_phys, eventq_log2, true));
         r.eventq_prod.set(0);
@@ -256,6 +316,9 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         poll_until("CR0ACK SMMUEN", budget, || r.cr0ack.is_set(CR0::SMMUEN))?;
 
         let oas_bits = u32::from(features.oas.bits().unwrap_or(48)).min(48);
+        let Some(table_taken) = owned.strtab.take() else {
+            unreachable!("the stream table was stored above")
+        };
         let mut unit = Self {
             regs,
             hal,
@@ -264,7 +327,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             cmdq,
             eventq: spin::Mutex::new(eventq),
             strtab: spin::Mutex::new(Streams {
-                table: strtab,
+                table: table_taken,
                 uses: BTreeMap::new(),
                 users: BTreeMap::new(),
             }),
@@ -290,10 +353,21 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 "non-coherent (non-cacheable, stores cleaned)"
             }
         );
-        unit.blocking = Some(
-            unit.new_domain_with_granule(stage, 48, Granule::Size4K)
-                .map_err(|_| Error::Unsupported("a blocking domain"))?,
-        );
+        match unit.new_domain_with_granule(stage, 48, Granule::Size4K) {
+            Ok(blocking) => unit.blocking = Some(blocking),
+            Err(e) => {
+                // The unit's queues go first (they point into the rings), its stream table
+                // back to `owned`, which disables the SMMU and frees them all.
+                let Self { strtab, .. } = unit;
+                owned.strtab = Some(strtab.into_inner().table);
+                drop(owned);
+                return Err(match e {
+                    UnitError::OutOfMemory => Error::OutOfMemory,
+                    _ => Error::Unsupported("a blocking domain"),
+                });
+            }
+        }
+        owned.keep();
         Ok(unit)
     }
 
