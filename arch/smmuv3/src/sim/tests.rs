@@ -111,3 +111,38 @@ fn domain_map_attach_without_memory_leak_nothing() {
     // What is left: the level-2 stream tables the attaches created (they stay with the table).
     assert!(hal.live_frames() >= baseline);
 }
+
+#[test]
+fn pasid_attach_and_nesting_without_memory_leak_nothing() {
+    let sim = SimulatedUnit::new(SimConfig::qemu().with_substreams(8));
+    let hal = HostHal::new();
+    let unit = bring_up(&sim, &hal).unwrap();
+    let s1 = unit.new_domain(Stage::First, 48).unwrap();
+    let s1b = unit.new_domain(Stage::First, 48).unwrap();
+    unit.map(&s1, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), 0x1000, Prot::READ_WRITE)
+        .unwrap();
+    // PASID 5 of a stream in a level-2 table not yet created: the table and the stream's
+    // own CD table (level 1 and a level-2 leaf) are allocated.
+    sweep(&hal, "attach_pasid", || {
+        unit.attach_pasid(DeviceId(0x4321), 5, Attachment::Paging(&s1b))
+    });
+    sweep(&hal, "attach_pasid 2", || {
+        unit.attach_pasid(DeviceId(0x4321), 200, Attachment::Paging(&s1))
+    });
+    sweep(&hal, "attach with pasids", || {
+        unit.attach(DeviceId(0x4321), Attachment::Paging(&s1))
+    });
+
+    let s2 = unit.new_domain(Stage::Second, 40).unwrap();
+    let viommu = sweep(&hal, "new_viommu", || unit.new_viommu(&s2));
+    // The guest's vSTE: V, Config = stage 1 (0b101), its CD table at IPA 0x8000_0000.
+    let vste = [1 | 0b101 << 1 | 0x8000_0000, 0, 0, 0, 0, 0, 0, 0];
+    let nested = sweep(&hal, "new_nested", || unit.new_nested(&viommu, &vste));
+    sweep(&hal, "attach nested", || {
+        unit.attach(DeviceId(0x9000), Attachment::Paging(&nested))
+    });
+    unit.attach(DeviceId(0x9000), Attachment::Blocking).unwrap();
+    drop(nested);
+    unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
+    unit.destroy_domain(s2).map_err(|(_, e)| e).unwrap();
+}
