@@ -25,6 +25,10 @@ use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, RacyCell};
 mod unit;
 #[cfg(not(loom))]
 pub use unit::{SimConfig, SimulatedUnit};
+#[cfg(not(loom))]
+mod walk;
+#[cfg(not(loom))]
+pub use walk::{Access, DmaFault};
 #[cfg(all(test, not(loom)))]
 mod tests;
 

@@ -23,7 +23,7 @@ fn bring_up<'h>(sim: &SimulatedUnit, hal: &'h HostHal) -> Result<SmmuUnit<&'h Ho
 
 #[test]
 fn bring_up_enables_the_smmu_and_invalidates_everything() {
-    let sim = SimulatedUnit::new(SimConfig::qemu());
+    let sim = SimulatedUnit::new(SimConfig::host());
     let hal = HostHal::new();
     let unit = bring_up(&sim, &hal).unwrap();
     assert!(sim.enabled());
@@ -77,7 +77,7 @@ fn sweep_keeping<T, E: core::fmt::Debug>(
 
 #[test]
 fn bring_up_without_memory_leaks_nothing() {
-    let sim = SimulatedUnit::new(SimConfig::qemu());
+    let sim = SimulatedUnit::new(SimConfig::host());
     let hal = HostHal::new();
     let unit = sweep(&hal, "bring-up", || bring_up(&sim, &hal));
     assert!(sim.enabled());
@@ -86,7 +86,7 @@ fn bring_up_without_memory_leaks_nothing() {
 
 #[test]
 fn domain_map_attach_without_memory_leak_nothing() {
-    let sim = SimulatedUnit::new(SimConfig::qemu());
+    let sim = SimulatedUnit::new(SimConfig::host());
     let hal = HostHal::new();
     let unit = bring_up(&sim, &hal).unwrap();
     let buf = PhysAddr::new(0x4000_0000);
@@ -114,7 +114,7 @@ fn domain_map_attach_without_memory_leak_nothing() {
 
 #[test]
 fn pasid_attach_and_nesting_without_memory_leak_nothing() {
-    let sim = SimulatedUnit::new(SimConfig::qemu().with_substreams(8));
+    let sim = SimulatedUnit::new(SimConfig::host().with_substreams(8));
     let hal = HostHal::new();
     let unit = bring_up(&sim, &hal).unwrap();
     let s1 = unit.new_domain(Stage::First, 48).unwrap();
@@ -145,4 +145,194 @@ fn pasid_attach_and_nesting_without_memory_leak_nothing() {
     drop(nested);
     unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
     unit.destroy_domain(s2).map_err(|(_, e)| e).unwrap();
+}
+
+mod dma {
+    use super::*;
+    use crate::command::Command;
+    use crate::eventq::EventType;
+    use crate::sim::{Access, DmaFault};
+    use std::vec::Vec;
+
+    /// A buffer the mappings point at: host memory, as the simulator reads tables.
+    const BUF: u64 = 0x4000_0000;
+
+    fn event(r: Result<u64, DmaFault>) -> EventType {
+        match r {
+            Ok(pa) => panic!("reached {pa:#x}"),
+            Err(DmaFault::Event(e)) => e.event,
+            Err(f) => panic!("terminated without a record: {f:?}"),
+        }
+    }
+
+    #[test]
+    fn before_bring_up_gbpa_decides_and_after_it_every_stream_is_blocked() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        // Out of reset: SMMUEN = 0 and GBPA bypass, as QEMU resets it.
+        assert_eq!(sim.translate(3, None, 0x1234, Access::READ), Ok(0x1234));
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        // An unconfigured stream of the 2-level table: no level-2 array → C_BAD_STREAMID.
+        assert_eq!(
+            event(sim.translate(3, None, 0x1234, Access::READ)),
+            EventType::BadStreamId
+        );
+        // Beyond SIDSIZE.
+        assert_eq!(
+            event(sim.translate(1 << 16, None, 0, Access::READ)),
+            EventType::BadStreamId
+        );
+        drop(unit);
+    }
+
+    #[test]
+    fn stage1_mapping_is_reached_and_faults_are_typed_and_reported() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        let d = unit.new_domain(Stage::First, 48).unwrap();
+        unit.map(&d, Iova::new(0x10_0000), PhysAddr::new(BUF), 0x2000, Prot::READ_WRITE)
+            .unwrap();
+        unit.map(&d, Iova::new(0x20_0000), PhysAddr::new(BUF + 0x20_0000), 0x1000, Prot::READ)
+            .unwrap();
+        sim.take_log();
+        unit.attach(DeviceId(0x10), Attachment::Paging(&d)).unwrap();
+        // A stream in a new level-2 table: the table is written whole before its descriptor,
+        // so one CFGI_STE (leaf = 0) and a CMD_SYNC are all it takes.
+        let log = sim.take_log();
+        assert!(log.len() <= 3, "{log:?}");
+        assert!(matches!(log.last(), Some(Command::Sync { .. })), "{log:?}");
+
+        assert_eq!(sim.translate(0x10, None, 0x10_1234, Access::WRITE), Ok(BUF + 0x1234));
+        assert_eq!(
+            sim.translate(0x10, None, 0x20_0008, Access::READ),
+            Ok(BUF + 0x20_0008)
+        );
+        assert_eq!(
+            event(sim.translate(0x10, None, 0x20_0008, Access::WRITE)),
+            EventType::Permission
+        );
+        assert_eq!(
+            event(sim.translate(0x10, None, 0x30_0000, Access::READ)),
+            EventType::Translation
+        );
+        // A neighbour in the same level-2 table points at the blocking domain: a translation
+        // fault, reported (not a silent abort).
+        assert_eq!(
+            event(sim.translate(0x11, None, 0x10_0000, Access::READ)),
+            EventType::Translation
+        );
+        // Without substreams, a PASID is refused.
+        assert_eq!(
+            event(sim.translate(0x10, Some(1), 0x10_0000, Access::READ)),
+            EventType::BadSubstreamId
+        );
+
+        // The driver's own event reader reports what the SMMU records.
+        assert!(sim.dma(0x10, None, 0x30_0040, Access::WRITE).is_err());
+        let mut seen = Vec::new();
+        unit.drain_events(&mut |e| seen.push(*e));
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].event, EventType::Translation);
+        assert_eq!(seen[0].stream_id, 0x10);
+        assert_eq!(seen[0].input_address, Some(0x30_0040));
+        assert!(seen[0].access.is_some_and(|a| a.write));
+
+        // Unmapped again: gone.
+        unit.unmap(&d, Iova::new(0x10_0000), 0x2000).unwrap();
+        assert_eq!(
+            event(sim.translate(0x10, None, 0x10_1234, Access::READ)),
+            EventType::Translation
+        );
+        // Blocked: reported as a translation fault of the blocking domain.
+        unit.map(&d, Iova::new(0x10_0000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
+            .unwrap();
+        unit.attach(DeviceId(0x10), Attachment::Blocking).unwrap();
+        assert_eq!(
+            event(sim.translate(0x10, None, 0x10_0000, Access::READ)),
+            EventType::Translation
+        );
+        unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+    }
+
+    #[test]
+    fn stage2_mapping_is_reached_and_read_only_refuses_writes() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        let d = unit.new_domain(Stage::Second, 40).unwrap();
+        unit.map(&d, Iova::new(0x8000_0000), PhysAddr::new(BUF), 0x20_0000, Prot::READ)
+            .unwrap();
+        unit.attach(DeviceId(0x200), Attachment::Paging(&d)).unwrap();
+        assert_eq!(
+            sim.translate(0x200, None, 0x8012_3450, Access::READ),
+            Ok(BUF + 0x12_3450)
+        );
+        let f = sim.translate(0x200, None, 0x8000_0000, Access::WRITE);
+        assert_eq!(event(f), EventType::Permission);
+        let ipa = f.err().and_then(|f| f.event().and_then(|e| e.ipa));
+        assert_eq!(ipa, Some(0x8000_0000));
+        assert_eq!(
+            event(sim.translate(0x200, None, 0x1000, Access::READ)),
+            EventType::Translation
+        );
+        unit.attach(DeviceId(0x200), Attachment::Blocking).unwrap();
+        unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+    }
+
+    #[test]
+    fn pasids_reach_their_own_domains() {
+        let sim = SimulatedUnit::new(SimConfig::host().with_substreams(8));
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        let a = unit.new_domain(Stage::First, 48).unwrap();
+        let b = unit.new_domain(Stage::First, 48).unwrap();
+        unit.map(&a, Iova::new(0x1000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
+            .unwrap();
+        unit.map(&b, Iova::new(0x1000), PhysAddr::new(BUF + 0x8000), 0x1000, Prot::READ_WRITE)
+            .unwrap();
+        unit.attach(DeviceId(0x30), Attachment::Paging(&a)).unwrap();
+        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Paging(&b)).unwrap();
+        assert_eq!(sim.translate(0x30, None, 0x1010, Access::READ), Ok(BUF + 0x10));
+        assert_eq!(
+            sim.translate(0x30, Some(7), 0x1010, Access::READ),
+            Ok(BUF + 0x8010)
+        );
+        // A PASID nobody attached: its CD is invalid.
+        let f = sim.translate(0x30, Some(9), 0x1010, Access::READ);
+        assert!(
+            matches!(
+                f.map_err(|f| f.event_type()),
+                Err(Some(EventType::BadCd | EventType::BadSubstreamId))
+            ),
+            "{f:?}"
+        );
+        // Reported with its PASID.
+        assert!(sim.dma(0x30, Some(7), 0x5000, Access::READ).is_err());
+        let mut seen = Vec::new();
+        unit.drain_events(&mut |e| seen.push(*e));
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].event, seen[0].stream_id, seen[0].substream_id),
+            (EventType::Translation, 0x30, Some(7))
+        );
+        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Blocking).unwrap();
+        unit.attach(DeviceId(0x30), Attachment::Blocking).unwrap();
+        unit.destroy_domain(b).map_err(|(_, e)| e).unwrap();
+        unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
+    }
+
+    #[test]
+    fn a_refused_command_is_reported_and_the_queue_recovers() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        // Opcode 0xff does not exist: CERROR_ILL.
+        assert!(unit.submit_raw(&[[0xff, 0]]).is_err());
+        assert_eq!(sim.refused_commands(), 1);
+        // The queue goes on.
+        sim.take_log();
+        unit.submit_raw(&[]).unwrap();
+        assert!(matches!(sim.take_log().last(), Some(Command::Sync { .. })));
+    }
 }
