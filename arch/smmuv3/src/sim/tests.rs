@@ -102,6 +102,13 @@ fn domain_map_attach_without_memory_leak_nothing() {
         // Streams in level-2 tables not yet created: a table, and for stage 1 nothing else.
         let sid = if stage == Stage::First { 0x1234 } else { 0x5678 };
         sweep(&hal, "attach", || unit.attach(DeviceId(sid), Attachment::Paging(&domain)));
+        // The mappings made before the failures are intact and reached.
+        let (read, write) = (crate::sim::Access::READ, crate::sim::Access::WRITE);
+        assert_eq!(sim.translate(sid, None, 0x10_0010, write), Ok(buf.as_u64() + 0x10));
+        assert_eq!(
+            sim.translate(sid, None, 0x7f_0012_3000, read),
+            Ok(buf.as_u64() + 0x12_3000)
+        );
         sweep(&hal, "attach blocking", || {
             unit.attach(DeviceId(sid + 0x300), Attachment::Blocking)
         });
@@ -132,6 +139,10 @@ fn pasid_attach_and_nesting_without_memory_leak_nothing() {
     sweep(&hal, "attach with pasids", || {
         unit.attach(DeviceId(0x4321), Attachment::Paging(&s1))
     });
+    let read = crate::sim::Access::READ;
+    assert_eq!(sim.translate(0x4321, Some(200), 0x10_0008, read), Ok(0x4000_0008));
+    assert_eq!(sim.translate(0x4321, None, 0x10_0008, read), Ok(0x4000_0008));
+    assert!(sim.translate(0x4321, Some(5), 0x10_0008, read).is_err());
 
     let s2 = unit.new_domain(Stage::Second, 40).unwrap();
     let viommu = sweep(&hal, "new_viommu", || unit.new_viommu(&s2));
@@ -320,6 +331,81 @@ mod dma {
         unit.attach(DeviceId(0x30), Attachment::Blocking).unwrap();
         unit.destroy_domain(b).map_err(|(_, e)| e).unwrap();
         unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
+    }
+
+    /// A zeroed, 4 KiB-aligned host page standing for guest memory (IPA == host address,
+    /// mapped so in the nest parent).
+    struct GuestPage(*mut u64);
+
+    impl GuestPage {
+        fn new() -> Self {
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+            // SAFETY: non-zero size.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<u64>();
+            assert!(!p.is_null());
+            Self(p)
+        }
+        fn addr(&self) -> u64 {
+            self.0 as u64
+        }
+        fn set(&self, word: usize, v: u64) {
+            assert!(word < 512);
+            // SAFETY: inside the page, which lives as long as `self`.
+            unsafe { self.0.add(word).write_volatile(v) }
+        }
+    }
+
+    impl Drop for GuestPage {
+        fn drop(&mut self) {
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.0.cast(), layout) }
+        }
+    }
+
+    #[test]
+    fn a_nested_guest_stage1_goes_through_the_parents_stage2() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        let s2 = unit.new_domain(Stage::Second, 48).unwrap();
+        // The guest's CD (one, S1CDMax = 0) and its 2-level stage-1 table (4K granule,
+        // T0SZ = 39: levels 2 and 3), in pages the parent maps at IPA == host address.
+        let (cd, l2, l3) = (GuestPage::new(), GuestPage::new(), GuestPage::new());
+        for page in [&cd, &l2, &l3] {
+            unit.map(&s2, Iova::new(page.addr()), PhysAddr::new(page.addr()), 0x1000, Prot::READ)
+                .unwrap();
+        }
+        // Guest memory at IPA 0x2000_0000 is host memory BUF.
+        unit.map(&s2, Iova::new(0x2000_0000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
+            .unwrap();
+        // CD: T0SZ 39, TG0 4K, EPD1, V, IPS 48 bits, AFFD, AA64, R, ASID 5; TTB0.
+        cd.set(0, 39 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 35 | 1 << 41 | 1 << 45 | 5 << 48);
+        cd.set(1, l2.addr());
+        l2.set(0, l3.addr() | 3);
+        // IOVA 0x1000 → IPA 0x2000_0000: page, AP[1] (unprivileged), AF.
+        l3.set(1, 0x2000_0000 | 3 | 1 << 6 | 1 << 10);
+
+        let viommu = unit.new_viommu(&s2).unwrap();
+        let vste = [1 | 0b101 << 1 | cd.addr(), 0, 0, 0, 0, 0, 0, 0];
+        let nested = unit.new_nested(&viommu, &vste).unwrap();
+        unit.attach(DeviceId(0x77), Attachment::Paging(&nested)).unwrap();
+        assert_eq!(sim.translate(0x77, None, 0x1234, Access::WRITE), Ok(BUF + 0x234));
+        // Unmapped in the guest's stage 1: a stage-1 fault.
+        let f = sim.translate(0x77, None, 0x5000, Access::READ).unwrap_err();
+        assert_eq!(f.event_type(), Some(EventType::Translation));
+        assert_eq!(f.event().and_then(|e| e.stage), Some(crate::eventq::FaultStage::Stage1));
+        // Mapped by the guest to an IPA the parent does not map: a stage-2 fault, its IPA.
+        l3.set(2, 0x3000_0000 | 3 | 1 << 6 | 1 << 10);
+        let f = sim.translate(0x77, None, 0x2010, Access::READ).unwrap_err();
+        assert_eq!(f.event_type(), Some(EventType::Translation));
+        let e = f.event().copied().unwrap();
+        assert_eq!((e.stage, e.ipa), (Some(crate::eventq::FaultStage::Stage2), Some(0x3000_0000)));
+
+        unit.attach(DeviceId(0x77), Attachment::Blocking).unwrap();
+        drop(nested);
+        unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
+        unit.destroy_domain(s2).map_err(|(_, e)| e).unwrap();
     }
 
     #[test]
