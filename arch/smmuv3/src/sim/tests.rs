@@ -422,3 +422,26 @@ mod dma {
         assert!(matches!(sim.take_log().last(), Some(Command::Sync { .. })));
     }
 }
+
+#[test]
+fn a_dropped_unit_disables_the_smmu_and_gives_every_frame_back() {
+    let sim = SimulatedUnit::new(SimConfig::host().with_substreams(8));
+    let hal = HostHal::new();
+    let unit = bring_up(&sim, &hal).unwrap();
+    let d = unit.new_domain(Stage::First, 48).unwrap();
+    unit.map(&d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), 0x1000, Prot::READ).unwrap();
+    unit.attach(DeviceId(0x10), Attachment::Paging(&d)).unwrap();
+    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Paging(&d)).unwrap();
+    unit.attach(DeviceId(0x10), Attachment::Blocking).unwrap();
+    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Blocking).unwrap();
+    unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+    assert!(hal.live_frames() > 0);
+    drop(unit);
+    assert!(!sim.enabled());
+    assert_eq!(hal.live_frames(), 0);
+    // GBPA (abort since bring-up) decides now.
+    assert_eq!(
+        sim.translate(0x10, None, 0x1000, crate::sim::Access::READ),
+        Err(crate::sim::DmaFault::Silent(None))
+    );
+}

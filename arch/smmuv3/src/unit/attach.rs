@@ -573,7 +573,9 @@ mod tests {
             };
             let geometry = StreamTableGeometry::linear(8).unwrap_or_else(|e| panic!("{e}"));
             let mut s = Streams {
-                table: StreamTable::new(&hal, geometry, true).unwrap_or_else(|e| panic!("{e}")),
+                table: core::mem::ManuallyDrop::new(
+                    StreamTable::new(&hal, geometry, true).unwrap_or_else(|e| panic!("{e}")),
+                ),
                 uses: BTreeMap::new(),
                 users: BTreeMap::new(),
             };
@@ -700,7 +702,7 @@ mod tests {
             // SAFETY: as above.
             unsafe {
                 single.free();
-                s.table.free();
+                core::mem::ManuallyDrop::into_inner(s.table).free();
             }
             assert_eq!(hal.live_frames(), 0);
         }

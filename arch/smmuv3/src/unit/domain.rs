@@ -638,6 +638,40 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 }
 
+impl<H: Hal> SmmuDomain<H> {
+    /// Gives every frame of the domain back without invalidating anything: for the unit's own
+    /// blocking domain when the unit goes.
+    ///
+    /// # Safety
+    /// The SMMU can no longer walk the domain's tables (SMMU_CR0.SMMUEN is 0 and acknowledged;
+    /// a later bring-up invalidates every cached entry before enabling it), no vIOMMU or nested
+    /// domain uses it, and `hal` is the HAL its tables came from (or a clone).
+    pub(super) unsafe fn free_unreachable(self, hal: &H) {
+        let mut gather = Gather::new();
+        match self.kind {
+            DomainKind::Stage1 { table, cds, .. } => {
+                table.destroy(&mut gather);
+                // SAFETY: per this function's contract.
+                unsafe { cds.free() };
+            }
+            // SAFETY: per this function's contract.
+            DomainKind::Shared { cds, .. } => unsafe { cds.free() },
+            DomainKind::Stage2 {
+                table, nest_users, ..
+            } => {
+                if let Some(table) = table {
+                    table.destroy(&mut gather);
+                }
+                // SAFETY: no vIOMMU or nested domain uses it, per the contract.
+                unsafe { nest_users.release(hal) };
+            }
+            DomainKind::Nested { .. } => {}
+        }
+        // SAFETY: the SMMU cannot reach the frames, per the contract.
+        unsafe { gather.complete(hal) };
+    }
+}
+
 /// Frees a table no STE or CD ever pointed at (a domain whose construction failed).
 fn discard_unused<F: iommu::pagetable::Format, H: Hal>(table: PageTable<F, H>, hal: &H) {
     let mut gather = Gather::new();

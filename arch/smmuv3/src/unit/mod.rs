@@ -27,6 +27,7 @@ mod streams;
 
 use alloc::collections::BTreeMap;
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 
@@ -107,6 +108,8 @@ pub struct SmmuUnit<H: Hal + Clone> {
     id_regs: IdRegisters,
     policy: InvalidationPolicy,
     oas_bits: u32,
+    /// The command and event queue rings, freed once the SMMU is disabled (`Drop`).
+    rings: [(PhysAddr, FrameSize); 2],
     /// An empty domain of the preferred stage: what [`Attachment::Blocking`] and every stream of
     /// a level-2 table created by the unit point at, so a blocked DMA is refused *and* reported
     /// (a translation fault) where an aborting STE would drop it silently. `None` only while
@@ -327,7 +330,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             cmdq,
             eventq: spin::Mutex::new(eventq),
             strtab: spin::Mutex::new(Streams {
-                table: table_taken,
+                table: ManuallyDrop::new(table_taken),
                 uses: BTreeMap::new(),
                 users: BTreeMap::new(),
             }),
@@ -338,8 +341,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             next_domain_serial: AtomicU64::new(1),
             id_regs,
             oas_bits,
+            rings: [(cmdq_phys, cmdq_size), (eventq_phys, eventq_size)],
             blocking: None,
         };
+        // From here the unit owns the stream table and the rings (its `Drop` frees them).
+        owned.keep();
         let stage = if features.stages.stage1() {
             Stage::First
         } else {
@@ -353,21 +359,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 "non-coherent (non-cacheable, stores cleaned)"
             }
         );
-        match unit.new_domain_with_granule(stage, 48, Granule::Size4K) {
-            Ok(blocking) => unit.blocking = Some(blocking),
-            Err(e) => {
-                // The unit's queues go first (they point into the rings), its stream table
-                // back to `owned`, which disables the SMMU and frees them all.
-                let Self { strtab, .. } = unit;
-                owned.strtab = Some(strtab.into_inner().table);
-                drop(owned);
-                return Err(match e {
+        unit.blocking = Some(
+            unit.new_domain_with_granule(stage, 48, Granule::Size4K)
+                .map_err(|e| match e {
+                    // Dropping the unit disables the SMMU and frees what it had.
                     UnitError::OutOfMemory => Error::OutOfMemory,
                     _ => Error::Unsupported("a blocking domain"),
-                });
-            }
-        }
-        owned.keep();
+                })?,
+        );
         Ok(unit)
     }
 
@@ -417,6 +416,48 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     /// Submits raw commands and a CMD_SYNC, for tests of the queue's error handling.
     pub fn submit_raw(&self, cmds: &[RawCommand]) -> Result<(), CmdqError> {
         self.cmdq.submit_and_sync(cmds)
+    }
+}
+
+/// The unit goes: the SMMU is disabled (CR0 := 0, acknowledged; transactions then follow
+/// GBPA, abort since bring-up), then the stream table with its level-2 arrays, the streams' own
+/// CD tables, the blocking domain and the queue rings go back to the HAL. The embedder's
+/// domains are its own to destroy before. If the SMMU does not acknowledge, everything is
+/// leaked rather than freed under a live walker.
+impl<H: Hal + Clone> Drop for SmmuUnit<H> {
+    fn drop(&mut self) {
+        // SAFETY: mapped for our life per `new`'s contract.
+        let r = unsafe { self.regs.as_ref() };
+        r.cr0.set(0);
+        if poll_until("CR0ACK disable on drop", DEFAULT_POLL_BUDGET, || {
+            r.cr0ack.get() == 0
+        })
+        .is_err()
+        {
+            log::error!("SMMU at {:p}: not disabled on drop; its tables are leaked", self.regs);
+            return;
+        }
+        let streams = self.strtab.get_mut();
+        for (_, used) in core::mem::take(&mut streams.uses) {
+            if let StreamUse::Substreams { table, .. } = used {
+                // SAFETY: SMMUEN is 0 and acknowledged.
+                unsafe { table.free() };
+            }
+        }
+        // SAFETY: SMMUEN is 0 and acknowledged; the table is not used after this (`Drop`).
+        unsafe { ManuallyDrop::take(&mut streams.table).free() };
+        if let Some(blocking) = self.blocking.take() {
+            // SAFETY: SMMUEN is 0 and acknowledged; the blocking domain is never a nest
+            // parent (it is refused as one: it is not the embedder's); its tables came from
+            // our HAL.
+            unsafe { blocking.free_unreachable(&self.hal) };
+        }
+        for (phys, size) in self.rings {
+            // SAFETY: allocated by `alloc_ring` with this size; the queues are disabled and
+            // acknowledged, and the queue values using them are dropped with us without
+            // touching the rings.
+            unsafe { self.hal.free_frame(phys, size) };
+        }
     }
 }
 
