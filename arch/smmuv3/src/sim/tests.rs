@@ -11,7 +11,10 @@ use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit};
 use super::{SimConfig, SimulatedUnit};
 use crate::{SmmuConfig, SmmuUnit};
 
-fn bring_up<'h>(sim: &SimulatedUnit, hal: &'h HostHal) -> Result<SmmuUnit<&'h HostHal>, crate::Error> {
+fn bring_up<'h>(
+    sim: &SimulatedUnit,
+    hal: &'h HostHal,
+) -> Result<SmmuUnit<&'h HostHal>, crate::Error> {
     let config = SmmuConfig {
         cmdq_log2: 6,
         eventq_log2: 5,
@@ -27,7 +30,10 @@ fn bring_up_enables_the_smmu_and_invalidates_everything() {
     let hal = HostHal::new();
     let unit = bring_up(&sim, &hal).unwrap();
     assert!(sim.enabled());
-    assert_eq!(sim.gbpa() & super::unit::GBPA_ABORT, super::unit::GBPA_ABORT);
+    assert_eq!(
+        sim.gbpa() & super::unit::GBPA_ABORT,
+        super::unit::GBPA_ABORT
+    );
     let log = sim.take_log();
     assert!(log.len() >= 3, "{log:?}");
     assert_eq!(sim.refused_commands(), 0);
@@ -36,11 +42,7 @@ fn bring_up_enables_the_smmu_and_invalidates_everything() {
 
 /// Runs `op` with the N-th allocation failing, N = 0, 1, 2, ..., until it succeeds; every
 /// failure must leave the live frames as they were and the state usable (`op` is retried).
-fn sweep<T, E: core::fmt::Debug>(
-    hal: &HostHal,
-    what: &str,
-    op: impl FnMut() -> Result<T, E>,
-) -> T {
+fn sweep<T, E: core::fmt::Debug>(hal: &HostHal, what: &str, op: impl FnMut() -> Result<T, E>) -> T {
     sweep_keeping(hal, what, false, op)
 }
 
@@ -97,14 +99,29 @@ fn domain_map_attach_without_memory_leak_nothing() {
             unit.map(&domain, Iova::new(0x10_0000), buf, 0x1000, Prot::READ_WRITE)
         });
         sweep_keeping(&hal, "map 2", true, || {
-            unit.map(&domain, Iova::new(0x7f_0000_0000), buf, 0x20_0000, Prot::READ)
+            unit.map(
+                &domain,
+                Iova::new(0x7f_0000_0000),
+                buf,
+                0x20_0000,
+                Prot::READ,
+            )
         });
         // Streams in level-2 tables not yet created: a table, and for stage 1 nothing else.
-        let sid = if stage == Stage::First { 0x1234 } else { 0x5678 };
-        sweep(&hal, "attach", || unit.attach(DeviceId(sid), Attachment::Paging(&domain)));
+        let sid = if stage == Stage::First {
+            0x1234
+        } else {
+            0x5678
+        };
+        sweep(&hal, "attach", || {
+            unit.attach(DeviceId(sid), Attachment::Paging(&domain))
+        });
         // The mappings made before the failures are intact and reached.
         let (read, write) = (crate::sim::Access::READ, crate::sim::Access::WRITE);
-        assert_eq!(sim.translate(sid, None, 0x10_0010, write), Ok(buf.as_u64() + 0x10));
+        assert_eq!(
+            sim.translate(sid, None, 0x10_0010, write),
+            Ok(buf.as_u64() + 0x10)
+        );
         assert_eq!(
             sim.translate(sid, None, 0x7f_0012_3000, read),
             Ok(buf.as_u64() + 0x12_3000)
@@ -126,8 +143,14 @@ fn pasid_attach_and_nesting_without_memory_leak_nothing() {
     let unit = bring_up(&sim, &hal).unwrap();
     let s1 = unit.new_domain(Stage::First, 48).unwrap();
     let s1b = unit.new_domain(Stage::First, 48).unwrap();
-    unit.map(&s1, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), 0x1000, Prot::READ_WRITE)
-        .unwrap();
+    unit.map(
+        &s1,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x4000_0000),
+        0x1000,
+        Prot::READ_WRITE,
+    )
+    .unwrap();
     // PASID 5 of a stream in a level-2 table not yet created: the table and the stream's
     // own CD table (level 1 and a level-2 leaf) are allocated.
     sweep(&hal, "attach_pasid", || {
@@ -140,8 +163,14 @@ fn pasid_attach_and_nesting_without_memory_leak_nothing() {
         unit.attach(DeviceId(0x4321), Attachment::Paging(&s1))
     });
     let read = crate::sim::Access::READ;
-    assert_eq!(sim.translate(0x4321, Some(200), 0x10_0008, read), Ok(0x4000_0008));
-    assert_eq!(sim.translate(0x4321, None, 0x10_0008, read), Ok(0x4000_0008));
+    assert_eq!(
+        sim.translate(0x4321, Some(200), 0x10_0008, read),
+        Ok(0x4000_0008)
+    );
+    assert_eq!(
+        sim.translate(0x4321, None, 0x10_0008, read),
+        Ok(0x4000_0008)
+    );
     assert!(sim.translate(0x4321, Some(5), 0x10_0008, read).is_err());
 
     let s2 = unit.new_domain(Stage::Second, 40).unwrap();
@@ -202,10 +231,22 @@ mod dma {
         let hal = HostHal::new();
         let unit = bring_up(&sim, &hal).unwrap();
         let d = unit.new_domain(Stage::First, 48).unwrap();
-        unit.map(&d, Iova::new(0x10_0000), PhysAddr::new(BUF), 0x2000, Prot::READ_WRITE)
-            .unwrap();
-        unit.map(&d, Iova::new(0x20_0000), PhysAddr::new(BUF + 0x20_0000), 0x1000, Prot::READ)
-            .unwrap();
+        unit.map(
+            &d,
+            Iova::new(0x10_0000),
+            PhysAddr::new(BUF),
+            0x2000,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
+        unit.map(
+            &d,
+            Iova::new(0x20_0000),
+            PhysAddr::new(BUF + 0x20_0000),
+            0x1000,
+            Prot::READ,
+        )
+        .unwrap();
         sim.take_log();
         unit.attach(DeviceId(0x10), Attachment::Paging(&d)).unwrap();
         // A stream in a new level-2 table: the table is written whole before its descriptor,
@@ -214,7 +255,10 @@ mod dma {
         assert!(log.len() <= 3, "{log:?}");
         assert!(matches!(log.last(), Some(Command::Sync { .. })), "{log:?}");
 
-        assert_eq!(sim.translate(0x10, None, 0x10_1234, Access::WRITE), Ok(BUF + 0x1234));
+        assert_eq!(
+            sim.translate(0x10, None, 0x10_1234, Access::WRITE),
+            Ok(BUF + 0x1234)
+        );
         assert_eq!(
             sim.translate(0x10, None, 0x20_0008, Access::READ),
             Ok(BUF + 0x20_0008)
@@ -256,8 +300,14 @@ mod dma {
             EventType::Translation
         );
         // Blocked: reported as a translation fault of the blocking domain.
-        unit.map(&d, Iova::new(0x10_0000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
-            .unwrap();
+        unit.map(
+            &d,
+            Iova::new(0x10_0000),
+            PhysAddr::new(BUF),
+            0x1000,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
         unit.attach(DeviceId(0x10), Attachment::Blocking).unwrap();
         assert_eq!(
             event(sim.translate(0x10, None, 0x10_0000, Access::READ)),
@@ -272,9 +322,16 @@ mod dma {
         let hal = HostHal::new();
         let unit = bring_up(&sim, &hal).unwrap();
         let d = unit.new_domain(Stage::Second, 40).unwrap();
-        unit.map(&d, Iova::new(0x8000_0000), PhysAddr::new(BUF), 0x20_0000, Prot::READ)
+        unit.map(
+            &d,
+            Iova::new(0x8000_0000),
+            PhysAddr::new(BUF),
+            0x20_0000,
+            Prot::READ,
+        )
+        .unwrap();
+        unit.attach(DeviceId(0x200), Attachment::Paging(&d))
             .unwrap();
-        unit.attach(DeviceId(0x200), Attachment::Paging(&d)).unwrap();
         assert_eq!(
             sim.translate(0x200, None, 0x8012_3450, Access::READ),
             Ok(BUF + 0x12_3450)
@@ -298,13 +355,29 @@ mod dma {
         let unit = bring_up(&sim, &hal).unwrap();
         let a = unit.new_domain(Stage::First, 48).unwrap();
         let b = unit.new_domain(Stage::First, 48).unwrap();
-        unit.map(&a, Iova::new(0x1000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
-            .unwrap();
-        unit.map(&b, Iova::new(0x1000), PhysAddr::new(BUF + 0x8000), 0x1000, Prot::READ_WRITE)
-            .unwrap();
+        unit.map(
+            &a,
+            Iova::new(0x1000),
+            PhysAddr::new(BUF),
+            0x1000,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
+        unit.map(
+            &b,
+            Iova::new(0x1000),
+            PhysAddr::new(BUF + 0x8000),
+            0x1000,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
         unit.attach(DeviceId(0x30), Attachment::Paging(&a)).unwrap();
-        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Paging(&b)).unwrap();
-        assert_eq!(sim.translate(0x30, None, 0x1010, Access::READ), Ok(BUF + 0x10));
+        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Paging(&b))
+            .unwrap();
+        assert_eq!(
+            sim.translate(0x30, None, 0x1010, Access::READ),
+            Ok(BUF + 0x10)
+        );
         assert_eq!(
             sim.translate(0x30, Some(7), 0x1010, Access::READ),
             Ok(BUF + 0x8010)
@@ -327,7 +400,8 @@ mod dma {
             (seen[0].event, seen[0].stream_id, seen[0].substream_id),
             (EventType::Translation, 0x30, Some(7))
         );
-        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Blocking).unwrap();
+        unit.attach_pasid(DeviceId(0x30), 7, Attachment::Blocking)
+            .unwrap();
         unit.attach(DeviceId(0x30), Attachment::Blocking).unwrap();
         unit.destroy_domain(b).map_err(|(_, e)| e).unwrap();
         unit.destroy_domain(a).map_err(|(_, e)| e).unwrap();
@@ -373,14 +447,29 @@ mod dma {
         // T0SZ = 39: levels 2 and 3), in pages the parent maps at IPA == host address.
         let (cd, l2, l3) = (GuestPage::new(), GuestPage::new(), GuestPage::new());
         for page in [&cd, &l2, &l3] {
-            unit.map(&s2, Iova::new(page.addr()), PhysAddr::new(page.addr()), 0x1000, Prot::READ)
-                .unwrap();
+            unit.map(
+                &s2,
+                Iova::new(page.addr()),
+                PhysAddr::new(page.addr()),
+                0x1000,
+                Prot::READ,
+            )
+            .unwrap();
         }
         // Guest memory at IPA 0x2000_0000 is host memory BUF.
-        unit.map(&s2, Iova::new(0x2000_0000), PhysAddr::new(BUF), 0x1000, Prot::READ_WRITE)
-            .unwrap();
+        unit.map(
+            &s2,
+            Iova::new(0x2000_0000),
+            PhysAddr::new(BUF),
+            0x1000,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
         // CD: T0SZ 39, TG0 4K, EPD1, V, IPS 48 bits, AFFD, AA64, R, ASID 5; TTB0.
-        cd.set(0, 39 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 35 | 1 << 41 | 1 << 45 | 5 << 48);
+        cd.set(
+            0,
+            39 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 35 | 1 << 41 | 1 << 45 | 5 << 48,
+        );
         cd.set(1, l2.addr());
         l2.set(0, l3.addr() | 3);
         // IOVA 0x1000 → IPA 0x2000_0000: page, AP[1] (unprivileged), AF.
@@ -389,18 +478,28 @@ mod dma {
         let viommu = unit.new_viommu(&s2).unwrap();
         let vste = [1 | 0b101 << 1 | cd.addr(), 0, 0, 0, 0, 0, 0, 0];
         let nested = unit.new_nested(&viommu, &vste).unwrap();
-        unit.attach(DeviceId(0x77), Attachment::Paging(&nested)).unwrap();
-        assert_eq!(sim.translate(0x77, None, 0x1234, Access::WRITE), Ok(BUF + 0x234));
+        unit.attach(DeviceId(0x77), Attachment::Paging(&nested))
+            .unwrap();
+        assert_eq!(
+            sim.translate(0x77, None, 0x1234, Access::WRITE),
+            Ok(BUF + 0x234)
+        );
         // Unmapped in the guest's stage 1: a stage-1 fault.
         let f = sim.translate(0x77, None, 0x5000, Access::READ).unwrap_err();
         assert_eq!(f.event_type(), Some(EventType::Translation));
-        assert_eq!(f.event().and_then(|e| e.stage), Some(crate::eventq::FaultStage::Stage1));
+        assert_eq!(
+            f.event().and_then(|e| e.stage),
+            Some(crate::eventq::FaultStage::Stage1)
+        );
         // Mapped by the guest to an IPA the parent does not map: a stage-2 fault, its IPA.
         l3.set(2, 0x3000_0000 | 3 | 1 << 6 | 1 << 10);
         let f = sim.translate(0x77, None, 0x2010, Access::READ).unwrap_err();
         assert_eq!(f.event_type(), Some(EventType::Translation));
         let e = f.event().copied().unwrap();
-        assert_eq!((e.stage, e.ipa), (Some(crate::eventq::FaultStage::Stage2), Some(0x3000_0000)));
+        assert_eq!(
+            (e.stage, e.ipa),
+            (Some(crate::eventq::FaultStage::Stage2), Some(0x3000_0000))
+        );
 
         unit.attach(DeviceId(0x77), Attachment::Blocking).unwrap();
         drop(nested);
@@ -429,11 +528,20 @@ fn a_dropped_unit_disables_the_smmu_and_gives_every_frame_back() {
     let hal = HostHal::new();
     let unit = bring_up(&sim, &hal).unwrap();
     let d = unit.new_domain(Stage::First, 48).unwrap();
-    unit.map(&d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), 0x1000, Prot::READ).unwrap();
+    unit.map(
+        &d,
+        Iova::new(0x1000),
+        PhysAddr::new(0x4000_0000),
+        0x1000,
+        Prot::READ,
+    )
+    .unwrap();
     unit.attach(DeviceId(0x10), Attachment::Paging(&d)).unwrap();
-    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Paging(&d)).unwrap();
+    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Paging(&d))
+        .unwrap();
     unit.attach(DeviceId(0x10), Attachment::Blocking).unwrap();
-    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Blocking).unwrap();
+    unit.attach_pasid(DeviceId(0x2345), 3, Attachment::Blocking)
+        .unwrap();
     unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
     assert!(hal.live_frames() > 0);
     drop(unit);

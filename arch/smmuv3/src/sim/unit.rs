@@ -372,7 +372,7 @@ fn answer(regs: Regs, st: &mut State) -> bool {
     if cr0 != ack {
         let rising = cr0 & !ack;
         let falling = ack & !cr0;
-        if rising & (CMDQEN_OR_EVENTQEN) != 0 || falling & CMDQEN_OR_EVENTQEN != 0 {
+        if (rising | falling) & (CR0_CMDQEN | CR0_EVENTQEN) != 0 {
             let cmdq = if cr0 & CR0_CMDQEN != 0 {
                 ring::<2>(regs.r64(off::CMDQ_BASE))
             } else {
@@ -387,7 +387,11 @@ fn answer(regs: Regs, st: &mut State) -> bool {
                 cmdq.as_ref().map_or(1, |c| c.1),
                 eventq.as_ref().map_or(1, |e| e.1),
             );
-            // The pointers software programmed while the queues were disabled.
+            // The pointers software programmed while the queues were disabled, and the errors
+            // still active (GERROR survives a queue disable; software acknowledges in GERRORN).
+            st.queues
+                .gerror
+                .store(regs.r32(off::GERROR), Ordering::Relaxed);
             st.queues
                 .cmdq_cons
                 .store(regs.r32(off::CMDQ_CONS), Ordering::Relaxed);
@@ -433,8 +437,6 @@ fn answer(regs: Regs, st: &mut State) -> bool {
     worked
 }
 
-const CMDQEN_OR_EVENTQEN: u32 = CR0_CMDQEN | CR0_EVENTQEN;
-
 impl State {
     /// Writes `record` into the event queue as the SMMU would (nothing when the queue is
     /// disabled), keeping the frame's EVENTQ_PROD in step. Returns whether it was written.
@@ -446,7 +448,10 @@ impl State {
             .eventq_cons
             .store(regs.r32(off::EVENTQ_CONS), Ordering::Relaxed);
         let written = self.queues.record_event(mem, record);
-        regs.w32(off::EVENTQ_PROD, self.queues.eventq_prod.load(Ordering::Relaxed));
+        regs.w32(
+            off::EVENTQ_PROD,
+            self.queues.eventq_prod.load(Ordering::Relaxed),
+        );
         written
     }
 }

@@ -172,9 +172,11 @@ impl<H: Hal> Drop for Bringup<'_, H> {
         }
         if self.given {
             self.regs.cr0.set(0);
-            if poll_until("CR0ACK disable after a failed bring-up", DEFAULT_POLL_BUDGET, || {
-                self.regs.cr0ack.get() == 0
-            })
+            if poll_until(
+                "CR0ACK disable after a failed bring-up",
+                DEFAULT_POLL_BUDGET,
+                || self.regs.cr0ack.get() == 0,
+            )
             .is_err()
             {
                 log::error!("SMMU: not disabled after a failed bring-up; its tables are leaked");
@@ -434,7 +436,10 @@ impl<H: Hal + Clone> Drop for SmmuUnit<H> {
         })
         .is_err()
         {
-            log::error!("SMMU at {:p}: not disabled on drop; its tables are leaked", self.regs);
+            log::error!(
+                "SMMU at {:p}: not disabled on drop; its tables are leaked",
+                self.regs
+            );
             return;
         }
         let streams = self.strtab.get_mut();

@@ -10,8 +10,8 @@ use iommu::hal::Hal;
 use super::domain::DomainSerial;
 use crate::context_descriptor::ContextDescriptor;
 use crate::stream_table::StreamTable;
-use core::mem::ManuallyDrop;
 use crate::substream::SubstreamTable;
+use core::mem::ManuallyDrop;
 
 /// What a stream's STE uses, as far as domain lifetimes are concerned.
 pub(super) enum StreamUse<H: Hal> {
