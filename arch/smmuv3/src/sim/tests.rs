@@ -508,6 +508,55 @@ mod dma {
     }
 
     #[test]
+    fn every_granule_walks_pages_and_blocks_at_both_stages() {
+        use crate::attributes::Granule;
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        let mut sid = 0x100;
+        for (granule, block) in [
+            (Granule::Size4K, 1u64 << 21),
+            (Granule::Size16K, 1 << 25),
+            (Granule::Size64K, 1 << 29),
+        ] {
+            for stage in [Stage::First, Stage::Second] {
+                let d = unit.new_domain_with_granule(stage, 48, granule).unwrap();
+                let page = 1u64 << granule.shift();
+                // One page, and one block-aligned block-sized range (mapped as a block).
+                unit.map(&d, Iova::new(0x1_0000_0000), PhysAddr::new(BUF), page, Prot::READ_WRITE)
+                    .unwrap();
+                unit.map(&d, Iova::new(0x2_0000_0000), PhysAddr::new(block * 4), block, Prot::READ)
+                    .unwrap();
+                unit.attach(DeviceId(sid), Attachment::Paging(&d)).unwrap();
+                let what = (granule, stage);
+                assert_eq!(
+                    sim.translate(sid, None, 0x1_0000_0000 + page - 8, Access::WRITE),
+                    Ok(BUF + page - 8),
+                    "{what:?}"
+                );
+                assert_eq!(
+                    sim.translate(sid, None, 0x2_0000_0000 + block - 8, Access::READ),
+                    Ok(block * 5 - 8),
+                    "{what:?}"
+                );
+                assert_eq!(
+                    event(sim.translate(sid, None, 0x2_0000_0000, Access::WRITE)),
+                    EventType::Permission,
+                    "{what:?}"
+                );
+                assert_eq!(
+                    event(sim.translate(sid, None, 0x1_0000_0000 + page, Access::READ)),
+                    EventType::Translation,
+                    "{what:?}"
+                );
+                unit.attach(DeviceId(sid), Attachment::Blocking).unwrap();
+                unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+                sid += 1;
+            }
+        }
+    }
+
+    #[test]
     fn a_refused_command_is_reported_and_the_queue_recovers() {
         let sim = SimulatedUnit::new(SimConfig::host());
         let hal = HostHal::new();
