@@ -557,6 +557,27 @@ mod dma {
     }
 
     #[test]
+    fn a_full_event_queue_drops_events_and_the_driver_sees_the_overflow() {
+        let sim = SimulatedUnit::new(SimConfig::host());
+        let hal = HostHal::new();
+        let unit = bring_up(&sim, &hal).unwrap();
+        unit.attach(DeviceId(0x40), Attachment::Blocking).unwrap();
+        // 2^5 entries (see `bring_up`): a queue is full with 32 unread records.
+        for i in 0..40u64 {
+            assert!(sim.dma(0x40, None, i << 12, Access::READ).is_err());
+        }
+        let mut seen = Vec::new();
+        let drained = unit.drain_faults(&mut |f| seen.push(f)).unwrap();
+        assert_eq!((drained.records, drained.overflow), (32, true));
+        assert_eq!(seen[31].address, 31 << 12);
+        assert_eq!(seen[0].device, DeviceId(0x40));
+        // Acknowledged: the next fault is recorded and no overflow is reported again.
+        assert!(sim.dma(0x40, None, 0x9000, Access::WRITE).is_err());
+        let drained = unit.drain_faults(&mut |_| {}).unwrap();
+        assert_eq!((drained.records, drained.overflow), (1, false));
+    }
+
+    #[test]
     fn a_refused_command_is_reported_and_the_queue_recovers() {
         let sim = SimulatedUnit::new(SimConfig::host());
         let hal = HostHal::new();
