@@ -523,10 +523,22 @@ mod dma {
                 let d = unit.new_domain_with_granule(stage, 48, granule).unwrap();
                 let page = 1u64 << granule.shift();
                 // One page, and one block-aligned block-sized range (mapped as a block).
-                unit.map(&d, Iova::new(0x1_0000_0000), PhysAddr::new(BUF), page, Prot::READ_WRITE)
-                    .unwrap();
-                unit.map(&d, Iova::new(0x2_0000_0000), PhysAddr::new(block * 4), block, Prot::READ)
-                    .unwrap();
+                unit.map(
+                    &d,
+                    Iova::new(0x1_0000_0000),
+                    PhysAddr::new(BUF),
+                    page,
+                    Prot::READ_WRITE,
+                )
+                .unwrap();
+                unit.map(
+                    &d,
+                    Iova::new(0x2_0000_0000),
+                    PhysAddr::new(block * 4),
+                    block,
+                    Prot::READ,
+                )
+                .unwrap();
                 unit.attach(DeviceId(sid), Attachment::Paging(&d)).unwrap();
                 let what = (granule, stage);
                 assert_eq!(
@@ -575,6 +587,70 @@ mod dma {
         assert!(sim.dma(0x40, None, 0x9000, Access::WRITE).is_err());
         let drained = unit.drain_faults(&mut |_| {}).unwrap();
         assert_eq!((drained.records, drained.overflow), (1, false));
+    }
+
+    /// The configuration errors a driver never makes, from tables written by hand: a linear
+    /// stream table of 16 STEs and one page of CDs, SMMUEN set directly.
+    #[test]
+    fn configuration_errors_have_their_event_types() {
+        use crate::registers::{Readable, Writeable};
+        let sim = SimulatedUnit::new(SimConfig::host().with_substreams(4));
+        let (strtab, cds) = (GuestPage::new(), GuestPage::new());
+        // SAFETY: the frame lives as long as `sim`.
+        let r = unsafe { sim.registers().as_ref() };
+        r.strtab_base.set(strtab.addr());
+        r.strtab_base_cfg.set(4); // linear, LOG2SIZE 4
+        r.cr2.set(2); // RECINVSID
+        r.cr0.set(1);
+        while r.cr0ack.get() & 1 == 0 {
+            std::thread::yield_now();
+        }
+        let ste = |sid: usize, w0: u64, w1: u64| {
+            strtab.set(sid * 8, w0);
+            strtab.set(sid * 8 + 1, w1);
+        };
+        let t = |sid: u32, ssid: Option<u32>| {
+            sim.translate(sid, ssid, 0x1000, Access::READ)
+                .map_err(|f| f.event_type())
+        };
+        // SID 0: V = 0. SID 1: Config 0b001 (reserved). SID 2: abort, silently. SID 3: bypass.
+        ste(1, 1 | 0b001 << 1, 0);
+        ste(2, 1, 0);
+        ste(3, 1 | 0b100 << 1, 0);
+        assert_eq!(t(0, None), Err(Some(EventType::BadSte)));
+        assert_eq!(t(1, None), Err(Some(EventType::BadSte)));
+        assert_eq!(t(2, None), Err(None));
+        assert_eq!(t(3, None), Ok(0x1000));
+        assert_eq!(t(3, Some(1)), Err(Some(EventType::BadSubstreamId)));
+        assert_eq!(t(16, None), Err(Some(EventType::BadStreamId)));
+        // SID 4: stage 1, 16 linear CDs (S1CDMax 4), S1DSS terminate; CD 0 valid, CD 1 not.
+        ste(4, 1 | 0b101 << 1 | cds.addr() | 4 << 59, 0b00);
+        cds.set(0, 1 << 31 | 1 << 41 | 39);
+        assert_eq!(t(4, None), Err(Some(EventType::StreamDisabled)));
+        assert_eq!(t(4, Some(1)), Err(Some(EventType::BadCd)));
+        assert_eq!(t(4, Some(16)), Err(Some(EventType::BadSubstreamId)));
+        // S1DSS bypass: untagged requests skip stage 1; S1DSS substream 0: they use CD 0,
+        // whose TTB0 is null here (a walk fault), and SubstreamID 0 is refused.
+        ste(4, 1 | 0b101 << 1 | cds.addr() | 4 << 59, 0b01);
+        assert_eq!(t(4, None), Ok(0x1000));
+        ste(4, 1 | 0b101 << 1 | cds.addr() | 4 << 59, 0b10);
+        assert_eq!(t(4, Some(0)), Err(Some(EventType::BadSubstreamId)));
+        assert_eq!(t(4, None), Err(Some(EventType::Translation)));
+        // SID 5: stage 1 with a null CD pointer: F_CD_FETCH.
+        ste(5, 1 | 0b101 << 1, 0);
+        assert_eq!(t(5, None), Err(Some(EventType::CdFetch)));
+        // CR2.RECINVSID clear: an invalid StreamID is dropped without a record.
+        r.cr2.set(0);
+        assert!(matches!(
+            sim.translate(16, None, 0, Access::READ),
+            Err(DmaFault::Silent(Some(_)))
+        ));
+        // SMMUEN clear: GBPA (bypass out of reset).
+        r.cr0.set(0);
+        while r.cr0ack.get() & 1 != 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(t(0, None), Ok(0x1000));
     }
 
     #[test]
