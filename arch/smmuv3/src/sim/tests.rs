@@ -60,6 +60,14 @@ fn sweep_keeping<T, E: core::fmt::Debug>(
         hal.set_budget(n);
         let r = op();
         hal.set_budget(usize::MAX);
+        if let Err(e) = &r {
+            // Typed: the error names the exhausted memory, whichever layer reports it.
+            let text = std::format!("{e:?}");
+            assert!(
+                text.contains("OutOfMemory"),
+                "{what}: allocation {n} failing gave {text}"
+            );
+        }
         match r {
             Ok(t) => return t,
             Err(e) if keeps_tables => assert!(

@@ -261,7 +261,9 @@ impl SimulatedUnit {
         }
     }
 
-    /// The register frame, for [`SmmuUnit::new`](crate::SmmuUnit::new).
+    /// The register frame, for [`SmmuUnit::new`](crate::SmmuUnit::new). It lives until the
+    /// simulator is dropped: the unit must be dropped first (its drop disables the SMMU
+    /// through the frame).
     pub fn registers(&self) -> NonNull<SmmuRegisters> {
         match NonNull::new(self.shared.regs.0 as *mut SmmuRegisters) {
             Some(p) => p,

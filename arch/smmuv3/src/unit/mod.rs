@@ -365,7 +365,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             unit.new_domain_with_granule(stage, 48, Granule::Size4K)
                 .map_err(|e| match e {
                     // Dropping the unit disables the SMMU and frees what it had.
-                    UnitError::OutOfMemory => Error::OutOfMemory,
+                    UnitError::OutOfMemory
+                    | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory) => {
+                        Error::OutOfMemory
+                    }
                     _ => Error::Unsupported("a blocking domain"),
                 })?,
         );
