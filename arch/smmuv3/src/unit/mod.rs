@@ -455,8 +455,8 @@ impl<H: Hal + Clone> Drop for SmmuUnit<H> {
         // SAFETY: SMMUEN is 0 and acknowledged; the table is not used after this (`Drop`).
         unsafe { ManuallyDrop::take(&mut streams.table).free() };
         if let Some(blocking) = self.blocking.take() {
-            // SAFETY: SMMUEN is 0 and acknowledged; the blocking domain is never a nest
-            // parent (it is refused as one: it is not the embedder's); its tables came from
+            // SAFETY: SMMUEN is 0 and acknowledged; the embedder never holds the blocking
+            // domain, so no vIOMMU or nested domain has it as a parent; its tables came from
             // our HAL.
             unsafe { blocking.free_unreachable(&self.hal) };
         }
