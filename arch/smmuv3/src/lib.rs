@@ -28,7 +28,9 @@
 //!   hardware info (`info.rs`).
 //! - [`guest`]: validation of a guest's vSTE and of its command-queue entries (pure).
 //! - [`viommu`]: the unit side of a vIOMMU: nested domains from vSTEs, forwarded commands.
-//! - `sim` (feature `sim`, and tests): a simulated SMMU consuming the command queue.
+//! - `sim` (feature `sim`, and tests): a simulated SMMU: the command-queue consumer for queue
+//!   tests and benchmarks, and a register-level SMMU with DMA translation a real [`SmmuUnit`]
+//!   runs on.
 //!
 //! Everything that parses input (devicetree blobs, ACPI tables, register values) returns typed
 //! errors and never panics; it all builds and is unit-tested on the host.

@@ -1,13 +1,63 @@
-//! A simulated SMMU for host tests, loom models and benchmarks (feature `sim`): the command
-//! queue consumer and event queue producer sides of the registers, behaving as IHI 0070 3.5
-//! and QEMU's `smmuv3_cmdq_consume` do, over queue rings in host memory.
+//! A simulated SMMU for host tests, loom models and benchmarks (feature `sim`), in two layers
+//! over one set of queue logic.
 //!
-//! It is driven one step at a time by the test's own threads, so a test decides how fast the
-//! "hardware" goes and can stop it; or, through [`SimulatedSmmu::self_draining`], by the
-//! submitters themselves while they poll CONS, so a benchmark needs no consumer thread (one that
-//! would take a core real hardware does not). [`SimulatedSmmu::self_draining_with_latency`]
+//! [`SimulatedSmmu`] is the command queue consumer and event queue producer sides of the
+//! registers, behaving as IHI 0070 3.5 and QEMU's `smmuv3_cmdq_consume` do, over queue rings in
+//! host memory. It is driven one step at a time by the test's own threads, so a test decides how
+//! fast the "hardware" goes and can stop it; or, through [`SimulatedSmmu::self_draining`], by
+//! the submitters themselves while they poll CONS, so a benchmark needs no consumer thread (one
+//! that would take a core real hardware does not). [`SimulatedSmmu::self_draining_with_latency`]
 //! adds a simulated CMD_SYNC latency: a CMD_SYNC completes only once that much host time
 //! (`std::time::Instant`) has passed since the PROD write that published it.
+//!
+//! [`SimulatedUnit`] is a whole SMMU a real [`SmmuUnit`](crate::SmmuUnit) runs on unchanged,
+//! for an embedder's host tests:
+//!
+//! ```
+//! # use iommu::hal::host::HostHal;
+//! # use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit};
+//! # use iommu::{addr::{Iova, PhysAddr}, pagetable::Prot};
+//! use iommu_smmuv3::sim::{Access, SimConfig, SimulatedUnit};
+//! use iommu_smmuv3::{SmmuConfig, SmmuUnit};
+//!
+//! let hal = HostHal::new();
+//! let sim = SimulatedUnit::new(SimConfig::host());
+//! // SAFETY: the frame lives as long as `sim`, dropped after the unit.
+//! let unit = unsafe { SmmuUnit::new(sim.registers(), &hal, SmmuConfig::default()) }.unwrap();
+//! let d = unit.new_domain(Stage::First, 48).unwrap();
+//! unit.map(&d, Iova::new(0x1000), PhysAddr::new(0x8000), 0x1000, Prot::READ).unwrap();
+//! unit.attach(DeviceId(7), Attachment::Paging(&d)).unwrap();
+//! assert_eq!(sim.translate(7, None, 0x1010, Access::READ), Ok(0x8010));
+//! // A write faults (F_PERMISSION); `dma` records it for the driver's event reader.
+//! assert!(sim.dma(7, None, 0x1010, Access::WRITE).is_err());
+//! ```
+//!
+//! What it simulates:
+//! - a register frame laid out as [`SmmuRegisters`](crate::registers::SmmuRegisters) (both
+//!   64 KiB pages) in host memory, ID registers from [`SimConfig`] (stages, 2-level stream and
+//!   CD tables, StreamID/SubstreamID/ASID/VMID sizes, OAS, COHACC, queue sizes, RIL);
+//! - a responder thread playing the handshakes: GBPA.UPDATE, CR0 → CR0ACK (queue geometry
+//!   latched from CMDQ_BASE/EVENTQ_BASE when a queue is enabled), IRQ_CTRL → IRQ_CTRLACK,
+//!   GERROR/GERRORN; the command queue consumed with [`SimulatedSmmu::step`]: commands the
+//!   decoder refuses stop the queue with CERROR_ILL until acknowledged, the others are logged
+//!   ([`SimulatedUnit::take_log`]) and CMD_SYNC completes by CONS passing it;
+//! - [`SimulatedUnit::translate`]: what a device's transaction reaches or which fault it gets,
+//!   from STRTAB_BASE (linear or 2-level) through the STE (abort, bypass, stage 1, stage 2,
+//!   nested), the CD table (linear or 2-level, S1CDMax, S1DSS) and the CD to the VMSAv8-64
+//!   stage-1 and stage-2 walks (4K/16K/64K granules, blocks, concatenated stage-2 first level,
+//!   AP/S2AP/XN permissions, the access flag, output sizes), with the spec's event types;
+//!   SMMUEN = 0 follows GBPA. [`SimulatedUnit::dma`] also records the event in the event queue
+//!   (EVENTQ_PROD.OVFLG when full), where the driver's own event reader finds it.
+//!
+//! What it does not: no TLB or configuration cache (a missing invalidation goes unnoticed:
+//! every walk reads the tables as they are now); no MSIs, wired interrupts or SEV (CMD_SYNC
+//! completion is seen by polling CONS only); no PRI queue, ATS, stalls, ATOS, HTTU, TTB1,
+//! AArch32 tables, big-endian tables, attribute or privilege overrides (STE.PRIVCFG and
+//! friends), Secure or Realm state, or stage-1 hierarchical permissions (APTable). Addresses
+//! are host pointers (physical == virtual, as with [`HostHal`](iommu::hal::host::HostHal)):
+//! a table address the driver gets wrong is dereferenced, not faulted, unless it is null or
+//! misaligned (then an F_STE_FETCH / F_CD_FETCH / F_TRANSLATION). The responder needs a core
+//! of its own while the driver waits on it (it yields after [`IDLE_ROUNDS`] idle rounds).
 
 extern crate alloc;
 extern crate std;
@@ -20,6 +70,17 @@ use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
 use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, RacyCell};
+
+#[cfg(not(loom))]
+mod unit;
+#[cfg(not(loom))]
+pub use unit::{SimConfig, SimulatedUnit, IDLE_ROUNDS};
+#[cfg(not(loom))]
+mod walk;
+#[cfg(not(loom))]
+pub use walk::{Access, DmaFault};
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 /// A queue ring in host memory whose slot accesses loom checks for races.
 #[derive(Debug)]

@@ -243,8 +243,7 @@ pub(crate) fn new_viommu<H: Hal + Clone>(
         ));
     };
     let hal = unit.hal.clone();
-    let link = nest_users.link(&hal)?;
-    SmmuViommu::new(*s2, hal, link)
+    SmmuViommu::new(*s2, hal.clone(), || nest_users.link(&hal))
 }
 
 /// `TranslationUnit::destroy_viommu`: refused with [`UnitError::Busy`] while nested domains
@@ -267,12 +266,25 @@ pub(crate) fn destroy_viommu<H: Hal>(
 }
 
 impl<H: Hal> SmmuViommu<H> {
-    /// A vIOMMU over the stage 2 `s2` (registered with it by `parent`), its counter in a frame
-    /// of `hal`.
-    fn new(s2: Stage2, hal: H, parent: CountLink) -> Result<Self, UnitError> {
+    /// A vIOMMU over the stage 2 `s2` (registered with it by `parent`, called once the
+    /// vIOMMU's own frame is there, so that a parent's first registration, which may allocate,
+    /// is the last step that can fail), its counter in a frame of `hal`.
+    fn new(
+        s2: Stage2,
+        hal: H,
+        parent: impl FnOnce() -> Result<CountLink, UnitError>,
+    ) -> Result<Self, UnitError> {
         let frame = hal
             .alloc_frame(FrameSize::SIZE_4K)
             .ok_or(UnitError::OutOfMemory)?;
+        let parent = match parent() {
+            Ok(link) => link,
+            Err(e) => {
+                // SAFETY: allocated just above; nothing points at it.
+                unsafe { hal.free_frame(frame, FrameSize::SIZE_4K) };
+                return Err(e);
+            }
+        };
         // The frame is zeroed: the counter starts at 0. The HAL guarantees the pointer is
         // valid, aligned and usable for atomics for as long as we hold the frame.
         let nested = hal.phys_to_virt(frame).cast::<AtomicUsize>();

@@ -111,13 +111,22 @@ impl<H: Hal + Clone> Streams<H> {
         let mut table = SubstreamTable::new(hal.clone(), features, default.as_ref().map(|d| &d.1))
             .map_err(Error::CdTable)?;
         // No STE points at the new table yet: nothing to invalidate.
-        let ste = table
-            .set(pasid, Some(&cd), |_, _| Ok(()))
-            .map_err(Error::CdTable)
-            .map(|_| StreamTableEntry::stage1(table.stage1()));
-        if let Err(e) = ste.and_then(|ste| hw.install_ste(strtab, sid, &ste)) {
-            // The STE may point at the table if the failure came late: leak it rather than
-            // free memory the SMMU may read.
+        if let Err(e) = table.set(pasid, Some(&cd), |_, _| Ok(())) {
+            // SAFETY: no STE points at the table.
+            unsafe { table.free() };
+            return Err(Error::CdTable(e).into());
+        }
+        let before = strtab.entry(sid).ok();
+        let ste = StreamTableEntry::stage1(table.stage1());
+        if let Err(e) = hw.install_ste(strtab, sid, &ste) {
+            // An STE left as it was never pointed at the table (a refused entry, or no frame
+            // for a level-2 table): it goes back. One that changed may point at it if the
+            // failure came late (its invalidation): leak it rather than free memory the SMMU
+            // may read.
+            if strtab.entry(sid).ok() == before {
+                // SAFETY: the STE never named the table, and nothing else does.
+                unsafe { table.free() };
+            }
             return Err(e.into());
         }
         let mut pasids = BTreeMap::new();
@@ -564,7 +573,9 @@ mod tests {
             };
             let geometry = StreamTableGeometry::linear(8).unwrap_or_else(|e| panic!("{e}"));
             let mut s = Streams {
-                table: StreamTable::new(&hal, geometry, true).unwrap_or_else(|e| panic!("{e}")),
+                table: core::mem::ManuallyDrop::new(
+                    StreamTable::new(&hal, geometry, true).unwrap_or_else(|e| panic!("{e}")),
+                ),
                 uses: BTreeMap::new(),
                 users: BTreeMap::new(),
             };
@@ -691,7 +702,7 @@ mod tests {
             // SAFETY: as above.
             unsafe {
                 single.free();
-                s.table.free();
+                core::mem::ManuallyDrop::into_inner(s.table).free();
             }
             assert_eq!(hal.live_frames(), 0);
         }

@@ -315,7 +315,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 let format = VmsaStage1::new(cfg)?;
                 let mair = format.mair();
                 let table = PageTable::new(format, self.hal.clone(), coherency)?;
-                let asid = self.tags.lock().asids.alloc().ok_or(UnitError::OutOfIds)?;
+                let Some(asid) = self.tags.lock().asids.alloc() else {
+                    discard_unused(table, &self.hal);
+                    return Err(UnitError::OutOfIds);
+                };
                 let cds = ContextDescriptor::new(asid, table.root(), ia as u8, granule, ips, mair)
                     .and_then(|cd| cd.check_features(&self.features).map(|()| cd))
                     .map_err(Error::Entry)
@@ -325,6 +328,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     Err(e) => {
                         // Never used: no TLB entry can carry it.
                         self.tags.lock().asids.release(asid);
+                        discard_unused(table, &self.hal);
                         return Err(e.into());
                     }
                 };
@@ -353,7 +357,10 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                 let start_level = format.start_level() as u8;
                 let ias = 64 - format.t0sz();
                 let table = PageTable::new(format, self.hal.clone(), coherency)?;
-                let vmid = self.tags.lock().vmids.alloc().ok_or(UnitError::OutOfIds)?;
+                let Some(vmid) = self.tags.lock().vmids.alloc() else {
+                    discard_unused(table, &self.hal);
+                    return Err(UnitError::OutOfIds);
+                };
                 let s2 = match Stage2::new(
                     vmid,
                     table.root(),
@@ -366,6 +373,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
                     Err(e) => {
                         // Never used: no TLB entry can carry it.
                         self.tags.lock().vmids.release(vmid);
+                        discard_unused(table, &self.hal);
                         return Err(Error::Entry(e).into());
                     }
                 };
@@ -628,6 +636,49 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         }
         Ok(())
     }
+}
+
+impl<H: Hal> SmmuDomain<H> {
+    /// Gives every frame of the domain back without invalidating anything: for the unit's own
+    /// blocking domain when the unit goes.
+    ///
+    /// # Safety
+    /// The SMMU can no longer walk the domain's tables (SMMU_CR0.SMMUEN is 0 and acknowledged;
+    /// a later bring-up invalidates every cached entry before enabling it), no vIOMMU or nested
+    /// domain uses it, and `hal` is the HAL its tables came from (or a clone).
+    pub(super) unsafe fn free_unreachable(self, hal: &H) {
+        let mut gather = Gather::new();
+        match self.kind {
+            DomainKind::Stage1 { table, cds, .. } => {
+                table.destroy(&mut gather);
+                // SAFETY: per this function's contract.
+                unsafe { cds.free() };
+            }
+            // SAFETY: per this function's contract.
+            DomainKind::Shared { cds, .. } => unsafe { cds.free() },
+            DomainKind::Stage2 {
+                table, nest_users, ..
+            } => {
+                if let Some(table) = table {
+                    table.destroy(&mut gather);
+                }
+                // SAFETY: no vIOMMU or nested domain uses it, per the contract.
+                unsafe { nest_users.release(hal) };
+            }
+            DomainKind::Nested { .. } => {}
+        }
+        // SAFETY: the SMMU cannot reach the frames, per the contract.
+        unsafe { gather.complete(hal) };
+    }
+}
+
+/// Frees a table no STE or CD ever pointed at (a domain whose construction failed).
+fn discard_unused<F: iommu::pagetable::Format, H: Hal>(table: PageTable<F, H>, hal: &H) {
+    let mut gather = Gather::new();
+    table.destroy(&mut gather);
+    // SAFETY: the SMMU never saw the table (no CD or STE names it), so no walk or TLB entry
+    // can use its frames; they belong to the table's HAL, a clone of `hal`.
+    unsafe { gather.complete(hal) };
 }
 
 #[cfg(test)]

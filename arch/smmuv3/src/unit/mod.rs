@@ -27,6 +27,7 @@ mod streams;
 
 use alloc::collections::BTreeMap;
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 
@@ -107,6 +108,8 @@ pub struct SmmuUnit<H: Hal + Clone> {
     id_regs: IdRegisters,
     policy: InvalidationPolicy,
     oas_bits: u32,
+    /// The command and event queue rings, freed once the SMMU is disabled (`Drop`).
+    rings: [(PhysAddr, FrameSize); 2],
     /// An empty domain of the preferred stage: what [`Attachment::Blocking`] and every stream of
     /// a level-2 table created by the unit point at, so a blocked DMA is refused *and* reported
     /// (a translation fault) where an aborting STE would drop it silently. `None` only while
@@ -139,6 +142,57 @@ fn alloc_ring<H: Hal>(
     let size = FrameSize::from_log2(bytes_log2.max(12)).ok_or(Error::Unsupported("queue size"))?;
     let phys = hal.alloc_frame(size).ok_or(Error::OutOfMemory)?;
     Ok((phys, size))
+}
+
+/// What a bring-up has allocated so far, given back to the HAL if the bring-up fails: the
+/// stream table and the queue rings. Once the SMMU may have been given one of them (a base
+/// register written), it is disabled (CR0 := 0, acknowledged) before anything is freed; if it
+/// does not acknowledge, the frames are leaked rather than freed under a live walker.
+struct Bringup<'r, H: Hal> {
+    regs: &'r SmmuRegisters,
+    hal: H,
+    strtab: Option<StreamTable<H>>,
+    rings: [Option<(PhysAddr, FrameSize)>; 2],
+    /// A base register names one of our frames.
+    given: bool,
+}
+
+impl<H: Hal> Bringup<'_, H> {
+    /// The bring-up succeeded: the unit keeps everything.
+    fn keep(mut self) {
+        self.strtab = None;
+        self.rings = [None, None];
+    }
+}
+
+impl<H: Hal> Drop for Bringup<'_, H> {
+    fn drop(&mut self) {
+        if self.strtab.is_none() && self.rings.iter().all(Option::is_none) {
+            return;
+        }
+        if self.given {
+            self.regs.cr0.set(0);
+            if poll_until(
+                "CR0ACK disable after a failed bring-up",
+                DEFAULT_POLL_BUDGET,
+                || self.regs.cr0ack.get() == 0,
+            )
+            .is_err()
+            {
+                log::error!("SMMU: not disabled after a failed bring-up; its tables are leaked");
+                return;
+            }
+        }
+        if let Some(strtab) = self.strtab.take() {
+            // SAFETY: SMMUEN is 0 and acknowledged (or the SMMU was never given the table).
+            unsafe { strtab.free() };
+        }
+        for (phys, size) in self.rings.iter_mut().filter_map(Option::take) {
+            // SAFETY: allocated by `alloc_ring` with this size; the queues are disabled and
+            // acknowledged (or were never given the ring); the queue values using it are gone.
+            unsafe { self.hal.free_frame(phys, size) };
+        }
+    }
 }
 
 impl<H: Hal + Clone> SmmuUnit<H> {
@@ -202,22 +256,33 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         geometry
             .check_features(&features)
             .map_err(Error::StreamTable)?;
+        let mut owned = Bringup {
+            regs: r,
+            hal: hal.clone(),
+            strtab: None,
+            rings: [None, None],
+            given: false,
+        };
         let strtab = StreamTable::new(hal.clone(), geometry, features.coherent)
             .map_err(Error::StreamTable)?;
+        owned.given = true;
         r.strtab_base.set(strtab.base_register());
         r.strtab_base_cfg.set(strtab.base_cfg_register());
+        owned.strtab = Some(strtab);
 
         log::debug!("SMMU at {regs:p}: {features}");
         log::debug!("SMMU stream table: {geometry:?}");
         let cmdq_log2 = config.cmdq_log2.clamp(1, features.cmdq_max_log2.max(1));
-        let (cmdq_phys, _) = alloc_ring(&hal, cmdq_log2, ENTRY_BYTES)?;
+        let (cmdq_phys, cmdq_size) = alloc_ring(&hal, cmdq_log2, ENTRY_BYTES)?;
+        owned.rings[0] = Some((cmdq_phys, cmdq_size));
         r.cmdq_base
             .set(queue_base_register(cmdq_phys, cmdq_log2, true));
         r.cmdq_prod.set(0);
         r.cmdq_cons.set(0);
 
         let eventq_log2 = config.eventq_log2.clamp(1, features.eventq_max_log2.max(1));
-        let (eventq_phys, _) = alloc_ring(&hal, eventq_log2, EVENT_BYTES)?;
+        let (eventq_phys, eventq_size) = alloc_ring(&hal, eventq_log2, EVENT_BYTES)?;
+        owned.rings[1] = Some((eventq_phys, eventq_size));
         r.eventq_base
             .set(queue_base_register(eventq_phys, eventq_log2, true));
         r.eventq_prod.set(0);
@@ -256,6 +321,9 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         poll_until("CR0ACK SMMUEN", budget, || r.cr0ack.is_set(CR0::SMMUEN))?;
 
         let oas_bits = u32::from(features.oas.bits().unwrap_or(48)).min(48);
+        let Some(table_taken) = owned.strtab.take() else {
+            unreachable!("the stream table was stored above")
+        };
         let mut unit = Self {
             regs,
             hal,
@@ -264,7 +332,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             cmdq,
             eventq: spin::Mutex::new(eventq),
             strtab: spin::Mutex::new(Streams {
-                table: strtab,
+                table: ManuallyDrop::new(table_taken),
                 uses: BTreeMap::new(),
                 users: BTreeMap::new(),
             }),
@@ -275,8 +343,11 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             next_domain_serial: AtomicU64::new(1),
             id_regs,
             oas_bits,
+            rings: [(cmdq_phys, cmdq_size), (eventq_phys, eventq_size)],
             blocking: None,
         };
+        // From here the unit owns the stream table and the rings (its `Drop` frees them).
+        owned.keep();
         let stage = if features.stages.stage1() {
             Stage::First
         } else {
@@ -292,7 +363,14 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         );
         unit.blocking = Some(
             unit.new_domain_with_granule(stage, 48, Granule::Size4K)
-                .map_err(|_| Error::Unsupported("a blocking domain"))?,
+                .map_err(|e| match e {
+                    // Dropping the unit disables the SMMU and frees what it had.
+                    UnitError::OutOfMemory
+                    | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory) => {
+                        Error::OutOfMemory
+                    }
+                    _ => Error::Unsupported("a blocking domain"),
+                })?,
         );
         Ok(unit)
     }
@@ -343,6 +421,51 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     /// Submits raw commands and a CMD_SYNC, for tests of the queue's error handling.
     pub fn submit_raw(&self, cmds: &[RawCommand]) -> Result<(), CmdqError> {
         self.cmdq.submit_and_sync(cmds)
+    }
+}
+
+/// The unit goes: the SMMU is disabled (CR0 := 0, acknowledged; transactions then follow
+/// GBPA, abort since bring-up), then the stream table with its level-2 arrays, the streams' own
+/// CD tables, the blocking domain and the queue rings go back to the HAL. The embedder's
+/// domains are its own to destroy before. If the SMMU does not acknowledge, everything is
+/// leaked rather than freed under a live walker.
+impl<H: Hal + Clone> Drop for SmmuUnit<H> {
+    fn drop(&mut self) {
+        // SAFETY: mapped for our life per `new`'s contract.
+        let r = unsafe { self.regs.as_ref() };
+        r.cr0.set(0);
+        if poll_until("CR0ACK disable on drop", DEFAULT_POLL_BUDGET, || {
+            r.cr0ack.get() == 0
+        })
+        .is_err()
+        {
+            log::error!(
+                "SMMU at {:p}: not disabled on drop; its tables are leaked",
+                self.regs
+            );
+            return;
+        }
+        let streams = self.strtab.get_mut();
+        for (_, used) in core::mem::take(&mut streams.uses) {
+            if let StreamUse::Substreams { table, .. } = used {
+                // SAFETY: SMMUEN is 0 and acknowledged.
+                unsafe { table.free() };
+            }
+        }
+        // SAFETY: SMMUEN is 0 and acknowledged; the table is not used after this (`Drop`).
+        unsafe { ManuallyDrop::take(&mut streams.table).free() };
+        if let Some(blocking) = self.blocking.take() {
+            // SAFETY: SMMUEN is 0 and acknowledged; the embedder never holds the blocking
+            // domain, so no vIOMMU or nested domain has it as a parent; its tables came from
+            // our HAL.
+            unsafe { blocking.free_unreachable(&self.hal) };
+        }
+        for (phys, size) in self.rings {
+            // SAFETY: allocated by `alloc_ring` with this size; the queues are disabled and
+            // acknowledged, and the queue values using them are dropped with us without
+            // touching the rings.
+            unsafe { self.hal.free_frame(phys, size) };
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use super::domain::DomainSerial;
 use crate::context_descriptor::ContextDescriptor;
 use crate::stream_table::StreamTable;
 use crate::substream::SubstreamTable;
+use core::mem::ManuallyDrop;
 
 /// What a stream's STE uses, as far as domain lifetimes are concerned.
 pub(super) enum StreamUse<H: Hal> {
@@ -49,7 +50,9 @@ impl<H: Hal> StreamUse<H> {
 
 /// The stream table and the records of what uses which domain, under one lock.
 pub(super) struct Streams<H: Hal> {
-    pub(super) table: StreamTable<H>,
+    /// Freed by the unit's `Drop`, once the SMMU is disabled (never by its own drop: it must
+    /// not be freed while the SMMU may walk it).
+    pub(super) table: ManuallyDrop<StreamTable<H>>,
     /// Streams whose STE the unit configured; any other stream is blocked or aborted.
     pub(super) uses: BTreeMap<u32, StreamUse<H>>,
     /// How many STEs and CDs point at each domain (absent: none).

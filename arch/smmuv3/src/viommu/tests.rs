@@ -190,7 +190,7 @@ fn a_viommu_is_busy_while_nested_domains_exist_and_gives_its_frame_back() {
     let Ok(link) = parent.link(&&hal) else {
         panic!("no frame")
     };
-    let Ok(v) = SmmuViommu::new(s2, &hal, link) else {
+    let Ok(v) = SmmuViommu::new(s2, &hal, || Ok(link)) else {
         panic!("no frame")
     };
     assert_eq!((v.vmid(), v.ipa_bits(), hal.live_frames()), (3, 40, 2));
@@ -232,7 +232,7 @@ fn a_parent_is_in_use_while_a_viommu_or_nested_domain_of_it_exists() {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     };
-    let Ok(v) = SmmuViommu::new(s2, &hal, link) else {
+    let Ok(v) = SmmuViommu::new(s2, &hal, || Ok(link)) else {
         panic!("no frame")
     };
     assert_eq!(hal.live_frames(), 2);
