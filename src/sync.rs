@@ -294,6 +294,9 @@ impl CombiningLock {
 // The queue benchmarks' harness: host threads and clocks, so never under loom.
 #[cfg(all(feature = "host-hal", not(loom)))]
 pub mod bench;
+// The queue simulators' latency: built under loom too (the simulators are), used outside it.
+#[cfg(feature = "host-hal")]
+pub mod latency;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

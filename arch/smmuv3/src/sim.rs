@@ -63,13 +63,14 @@ extern crate alloc;
 extern crate std;
 
 use alloc::vec::Vec;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cmdq::{CmdqRegisters, CommandErrorCode, QueueMemory};
 use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
-use iommu::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, RacyCell};
+use iommu::sync::latency::Latency;
+use iommu::sync::{AtomicBool, AtomicU32, Ordering, RacyCell};
 
 #[cfg(not(loom))]
 mod unit;
@@ -247,14 +248,7 @@ impl SimulatedSmmu {
         latency: Duration,
     ) -> SelfDraining<'a, M> {
         SelfDraining {
-            latency: Some(SyncLatency {
-                delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-                origin: Instant::now(),
-                published_at: (0..1usize << self.log2)
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
-                not_before: AtomicU64::new(0),
-            }),
+            latency: Some(Latency::new(latency, 1 << self.log2)),
             ..self.self_draining(mem, execute)
         }
     }
@@ -337,38 +331,13 @@ pub struct SelfDraining<'a, M> {
     /// taking, release on leaving: one drain's CONS store happens before the next one's load.
     stepping: AtomicBool,
     /// The simulated CMD_SYNC latency, if any.
-    latency: Option<SyncLatency>,
-}
-
-/// When each command was published, for a simulated CMD_SYNC latency.
-#[derive(Debug)]
-struct SyncLatency {
-    /// Nanoseconds a CMD_SYNC takes from its publication to its completion.
-    delay: u64,
-    /// Time 0 of `published_at`.
-    origin: Instant,
-    /// Per slot, nanoseconds after `origin` of the PROD write that first covered its command.
-    /// Relaxed stores by the PROD writer before its release store of PROD; relaxed loads by
-    /// the consumer after its acquire load of PROD. A slot is stamped again only after it was
-    /// consumed.
-    published_at: Vec<AtomicU64>,
-    /// Nanoseconds after `origin` before which the CMD_SYNC at the head cannot complete, as the
-    /// last consumer found it: a poll before then returns without taking `stepping` (a
-    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
-    /// than any later head's, so harmless; relaxed, a hint only.
-    not_before: AtomicU64,
-}
-
-impl SyncLatency {
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
+    latency: Option<Latency>,
 }
 
 impl<M: QueueMemory<2>> SelfDraining<'_, M> {
     /// Whether the command at CONS is a CMD_SYNC still inside its latency. Only the consumer
     /// (the holder of `stepping`) calls it.
-    fn sync_pending(&self, latency: &SyncLatency, now: &mut Option<u64>) -> bool {
+    fn sync_pending(&self, latency: &Latency, now: &mut Option<u64>) -> bool {
         let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
         let cons = self.smmu.cmdq_cons.load(Ordering::Relaxed) & mask;
         // Acquire: the entry and its stamp, stored before PROD covered them, are visible.
@@ -383,17 +352,7 @@ impl<M: QueueMemory<2>> SelfDraining<'_, M> {
             return false;
         }
         let slot = (cons & ((1 << self.smmu.log2) - 1)) as usize;
-        let published = latency
-            .published_at
-            .get(slot)
-            .map_or(0, |t| t.load(Ordering::Relaxed));
-        let now = *now.get_or_insert_with(|| latency.now());
-        let due = published.saturating_add(latency.delay);
-        if now < due {
-            latency.not_before.store(due, Ordering::Relaxed);
-            return true;
-        }
-        false
+        latency.pending(slot, now)
     }
 
     /// Executes what is published, unless another CPU is doing so.
@@ -401,7 +360,7 @@ impl<M: QueueMemory<2>> SelfDraining<'_, M> {
         // A CMD_SYNC at the head not yet due: nothing can move (one line, written once per
         // latency, instead of the registers').
         if let Some(latency) = &self.latency {
-            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+            if latency.head_not_due() {
                 return;
             }
         }
@@ -450,13 +409,8 @@ impl<M: QueueMemory<2>> CmdqRegisters for SelfDraining<'_, M> {
             // queue's publisher lock), and it was the last to write it: relaxed.
             let mask = SimulatedSmmu::wrap_mask(self.smmu.log2);
             let old = self.smmu.cmdq_prod.load(Ordering::Relaxed);
-            let now = latency.now();
-            for i in 0..(prod.wrapping_sub(old) & mask) {
-                let slot = (old.wrapping_add(i) & ((1 << self.smmu.log2) - 1)) as usize;
-                if let Some(t) = latency.published_at.get(slot) {
-                    t.store(now, Ordering::Relaxed);
-                }
-            }
+            let first = (old & ((1 << self.smmu.log2) - 1)) as usize;
+            latency.publish(first, (prod.wrapping_sub(old) & mask) as usize);
         }
         // Release (in `SimulatedSmmu::write_prod`): the stamps go with PROD.
         self.smmu.write_prod(prod)

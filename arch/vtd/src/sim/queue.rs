@@ -18,10 +18,11 @@
 //! whole unit out, have it; `crate::sim::queue` is the same module.)
 
 extern crate std;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use std::vec::Vec;
 
 use super::*;
+use iommu::sync::latency::Latency;
 use iommu::sync::CachePadded;
 
 /// The queue registers of a simulated unit and what it needs to execute descriptors. The
@@ -229,38 +230,9 @@ impl SimUnit {
         latency: Duration,
     ) -> SelfDraining<'a> {
         SelfDraining {
-            latency: Some(WaitLatency {
-                delay: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-                origin: Instant::now(),
-                published_at: (0..self.entries).map(|_| AtomicU64::new(0)).collect(),
-                not_before: AtomicU64::new(0),
-            }),
+            latency: Some(Latency::new(latency, self.entries as usize)),
             ..self.self_draining(mem)
         }
-    }
-}
-
-/// When each descriptor was published, for a simulated wait latency.
-struct WaitLatency {
-    /// Nanoseconds a wait descriptor takes from its publication to its status write.
-    delay: u64,
-    /// Time 0 of `published_at`.
-    origin: Instant,
-    /// Per slot, nanoseconds after `origin` of the IQT write that first covered its
-    /// descriptor. Relaxed stores by the tail writer before its release store of IQT; relaxed
-    /// loads by the consumer after its acquire load of IQT. A slot is stamped again only after
-    /// it was consumed.
-    published_at: Vec<AtomicU64>,
-    /// Nanoseconds after `origin` before which the wait at the head cannot complete, as the
-    /// last consumer found it: a poll before then returns without taking `stepping` (a
-    /// read-modify-write every waiter's poll would otherwise make). Stale values are earlier
-    /// than any later head's, so harmless; relaxed, a hint only.
-    not_before: AtomicU64,
-}
-
-impl WaitLatency {
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -279,13 +251,13 @@ pub struct SelfDraining<'a> {
     /// one's load.
     stepping: AtomicBool,
     /// The simulated wait latency, if any.
-    latency: Option<WaitLatency>,
+    latency: Option<Latency>,
 }
 
 impl SelfDraining<'_> {
     /// Whether the descriptor at the head is a wait still inside its latency. Only the
     /// consumer (the holder of `stepping`) calls it.
-    fn wait_pending(&self, latency: &WaitLatency, now: &mut Option<u64>) -> bool {
+    fn wait_pending(&self, latency: &Latency, now: &mut Option<u64>) -> bool {
         let unit = self.unit;
         let head = unit.index(unit.head.load(Ordering::Relaxed));
         // Acquire: the descriptor and its stamp, stored before IQT covered them, are visible.
@@ -300,17 +272,7 @@ impl SelfDraining<'_> {
         if descriptor_type(w0) != 5 {
             return false;
         }
-        let published = latency
-            .published_at
-            .get(head as usize)
-            .map_or(0, |t| t.load(Ordering::Relaxed));
-        let now = *now.get_or_insert_with(|| latency.now());
-        let due = published.saturating_add(latency.delay);
-        if now < due {
-            latency.not_before.store(due, Ordering::Relaxed);
-            return true;
-        }
-        false
+        latency.pending(head as usize, now)
     }
 
     /// Executes what is published, unless another CPU is doing so.
@@ -318,7 +280,7 @@ impl SelfDraining<'_> {
         // A wait at the head not yet due: nothing can move (one line, written once per
         // latency, instead of the registers').
         if let Some(latency) = &self.latency {
-            if latency.now() < latency.not_before.load(Ordering::Relaxed) {
+            if latency.head_not_due() {
                 return;
             }
         }
@@ -367,14 +329,8 @@ impl QiRegisters for SelfDraining<'_> {
             let unit = self.unit;
             let old = unit.index(unit.tail.load(Ordering::Relaxed));
             let new = unit.index(value);
-            let now = latency.now();
-            let mut slot = old;
-            while slot != new {
-                if let Some(t) = latency.published_at.get(slot as usize) {
-                    t.store(now, Ordering::Relaxed);
-                }
-                slot = (slot + 1) % unit.entries;
-            }
+            let count = (new + unit.entries - old) % unit.entries.max(1);
+            latency.publish(old as usize, count as usize);
         }
         // Release (in `SimUnit::write_tail`): the stamps go with IQT.
         self.unit.write_tail(value)

@@ -1,0 +1,81 @@
+//! A simulated completion latency for the self-draining queue simulators of the back-ends
+//! (feature `host-hal`): host time, plain `core` atomics (never a loom model's subject: the
+//! models run without latency).
+
+extern crate std;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+/// A simulated completion latency for the self-draining queue simulators (SMMUv3 CMD_SYNC,
+/// VT-d wait descriptor): a completion command executes only `delay` after the tail write that
+/// published it. Completions published together complete together: a delay, not a service
+/// time. The latency is host time (`Instant`), an assumed order of magnitude, not a measurement
+/// of any unit.
+#[derive(Debug)]
+pub struct Latency {
+    /// Nanoseconds from a completion's publication to its execution.
+    delay: u64,
+    /// Time 0 of the stamps.
+    origin: Instant,
+    /// Per ring slot, nanoseconds after `origin` of the tail write that first covered it.
+    /// Relaxed stores by the tail writer before its release store of the tail; relaxed loads by
+    /// the consumer after its acquire load of the tail. A slot is stamped again only after it
+    /// was consumed.
+    published_at: Vec<AtomicU64>,
+    /// Nanoseconds after `origin` before which the completion at the head cannot execute, as
+    /// the last consumer found it: a poll before then returns without taking the simulator's
+    /// stepping flag (a read-modify-write every waiter's poll would otherwise make). Stale
+    /// values are earlier than any later head's, so harmless; relaxed, a hint only.
+    not_before: AtomicU64,
+}
+
+impl Latency {
+    /// A latency of `delay` over a ring of `slots` entries.
+    pub fn new(delay: Duration, slots: usize) -> Self {
+        Self {
+            delay: u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
+            origin: Instant::now(),
+            published_at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            not_before: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Stamps the `count` slots from `first` (modulo the ring) as published now. Called by the
+    /// one CPU writing the tail, before its release store of it.
+    pub fn publish(&self, first: usize, count: usize) {
+        let now = self.now();
+        let n = self.published_at.len().max(1);
+        for i in 0..count.min(n) {
+            if let Some(t) = self.published_at.get((first + i) % n) {
+                t.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether nothing can execute yet: the head's completion, as last seen, is not due.
+    pub fn head_not_due(&self) -> bool {
+        self.now() < self.not_before.load(Ordering::Relaxed)
+    }
+
+    /// Whether the completion in `slot` (at the head) is still inside its latency; `now` is
+    /// read once per drain. Only the consumer calls it.
+    pub fn pending(&self, slot: usize, now: &mut Option<u64>) -> bool {
+        let published = self
+            .published_at
+            .get(slot)
+            .map_or(0, |t| t.load(Ordering::Relaxed));
+        let now = *now.get_or_insert_with(|| self.now());
+        let due = published.saturating_add(self.delay);
+        if now < due {
+            self.not_before.store(due, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
