@@ -182,6 +182,7 @@ pub fn check_command(
     vmid: u16,
     features: &Features,
     devices: &dyn Fn(u32) -> Option<DeviceId>,
+    ats_enabled: &dyn Fn(DeviceId) -> bool,
 ) -> Result<HostCommand, UnitError> {
     let cmd = Command::decode(raw).map_err(|e| UnitError::GuestCommand(decode_reason(e)))?;
     let guest_sid =
@@ -234,7 +235,14 @@ pub fn check_command(
             if ssid.is_some_and(|s| !ssid_fits(s)) {
                 return Err(UnitError::GuestCommand("SubstreamID beyond IDR1.SSIDSIZE"));
             }
-            cmd.with_stream_id(guest_sid(sid)?.0)
+            let host = guest_sid(sid)?;
+            // Only a device with ATS on can hold what the guest wants invalidated.
+            if !ats_enabled(host) {
+                return Err(UnitError::GuestCommand(
+                    "CMD_ATC_INV for a device without ATS enabled",
+                ));
+            }
+            cmd.with_stream_id(host.0)
         }
         Command::TlbiS2Ipa { .. } | Command::TlbiS12Vmall { .. } => {
             return Err(UnitError::GuestCommand(

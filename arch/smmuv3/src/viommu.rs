@@ -359,6 +359,7 @@ pub(crate) fn forward_invalidations<H: Hal + Clone>(
         viommu.vmid(),
         unit.features(),
         devices,
+        &|d| unit.stream_ats(d.0),
         limit,
         |batch| queue.submit_and_sync(batch),
     )
@@ -376,6 +377,7 @@ pub fn forward(
     vmid: u16,
     features: &Features,
     devices: &dyn Fn(u32) -> Option<DeviceId>,
+    ats_enabled: &dyn Fn(DeviceId) -> bool,
     limit: usize,
     mut submit: impl FnMut(&[RawCommand]) -> Result<(), CmdqError>,
 ) -> Forwarded {
@@ -404,7 +406,7 @@ pub fn forward(
         })
     };
     for (i, &raw) in cmds.iter().enumerate() {
-        let refused = match check_command(raw, vmid, features, devices) {
+        let refused = match check_command(raw, vmid, features, devices, ats_enabled) {
             Ok(HostCommand::Consumed) => continue,
             Ok(HostCommand::Issue(cmd)) => match cmd.encode() {
                 Ok(encoded) => {

@@ -171,13 +171,22 @@ fn cd_table_must_lie_in_the_parents_ipa_space() {
 // --- Commands -------------------------------------------------------------------------------
 
 const HOST_VMID: u16 = 9;
-/// The guest's one device: virtual stream id 0x10 is physical stream 8.
+/// The guest's devices: virtual stream id 0x10 is physical stream 8, with ATS on; 0x14 is
+/// physical 0xa, without.
 fn devices(vsid: u32) -> Option<DeviceId> {
-    (vsid == 0x10).then_some(DeviceId(8))
+    match vsid {
+        0x10 => Some(DeviceId(8)),
+        0x14 => Some(DeviceId(0xa)),
+        _ => None,
+    }
+}
+
+fn ats_enabled(d: DeviceId) -> bool {
+    d == DeviceId(8)
 }
 
 fn check(raw: RawCommand, f: &Features) -> Result<Option<RawCommand>, UnitError> {
-    match check_command(raw, HOST_VMID, f, &devices)? {
+    match check_command(raw, HOST_VMID, f, &devices, &ats_enabled)? {
         HostCommand::Consumed => Ok(None),
         HostCommand::Issue(c) => match c.encode() {
             Ok(w) => Ok(Some(w)),
@@ -296,6 +305,10 @@ fn cd_and_atc_invalidations_name_physical_streams() {
     assert_eq!(
         refusal([0x40 | sid(0x12), 0x10_0000], &r),
         "stream id not the guest's"
+    );
+    assert_eq!(
+        refusal([0x40 | sid(0x14), 0x10_0000], &r),
+        "CMD_ATC_INV for a device without ATS enabled"
     );
 }
 

@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub eventq_log2: u8,
     /// IDR3.RIL: range invalidation.
     pub range_invalidation: bool,
+    /// IDR0.ATS: PCIe ATS (STE.EATS, CMD_ATC_INV). The simulator keeps no ATC: it only
+    /// consumes and logs the invalidations.
+    pub ats: bool,
 }
 
 impl SimConfig {
@@ -73,6 +76,7 @@ impl SimConfig {
             cmdq_log2: 19,
             eventq_log2: 19,
             range_invalidation: true,
+            ats: false,
         }
     }
 
@@ -92,6 +96,12 @@ impl SimConfig {
         self
     }
 
+    /// This configuration offering PCIe ATS (QEMU's SMMU does not).
+    pub const fn with_ats(mut self) -> Self {
+        self.ats = true;
+        self
+    }
+
     /// SMMU_IDR0..SMMU_IDR5 as this configuration spells them.
     pub const fn id_registers(&self) -> [u32; 6] {
         const fn b(v: bool, shift: u32) -> u32 {
@@ -102,6 +112,7 @@ impl SimConfig {
             // TTF = AArch64 tables only.
             | 2 << 2
             | b(self.coherent, 4)
+            | b(self.ats, 10)
             | b(self.asid16, 12)
             | b(self.vmid16, 18)
             | b(self.two_level_cd, 19)

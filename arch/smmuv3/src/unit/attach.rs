@@ -46,7 +46,19 @@ impl<H: Hal + Clone> StreamHardware<H> for SmmuUnit<H> {
 
     fn invalidate_cd(&self, sid: u32, ssid: u32, leaf: bool) -> Result<(), CmdqError> {
         self.cmdq
-            .submit_and_sync(&[Command::CfgiCd { sid, ssid, leaf }.encode()?])
+            .submit_and_sync(&[Command::CfgiCd { sid, ssid, leaf }.encode()?])?;
+        if self.stream_ats(sid) {
+            // The device's ATC entries for that SubstreamID came from the CD just replaced.
+            let atc = Command::AtcInv {
+                sid,
+                ssid: (ssid != 0).then_some(ssid),
+                addr: 0,
+                size: 52,
+                global: false,
+            };
+            self.cmdq.submit_and_sync(&[atc.encode()?])?;
+        }
+        Ok(())
     }
 }
 
@@ -236,11 +248,17 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         sid: u32,
         ste: &StreamTableEntry,
     ) -> Result<(), Error> {
+        let ats = self.stream_ats(sid);
+        let ste = super::ats::with_eats(ste, ats);
         ste.check_features(&self.features).map_err(Error::Entry)?;
         let blocking = self.blocking.as_ref().map(|b| self.ste_for(b));
-        write_ste(strtab, sid, ste, blocking.as_ref(), |cmd| {
+        write_ste(strtab, sid, &ste, blocking.as_ref(), |cmd| {
             self.cmdq.submit_and_sync(&[cmd.encode()?])
         })?;
+        if ats {
+            // What the device cached came from the configuration just replaced.
+            self.invalidate_atc(sid, None, 0..u64::MAX)?;
+        }
         Ok(())
     }
 

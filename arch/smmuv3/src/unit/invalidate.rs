@@ -61,7 +61,8 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             }
         }
         batch.finish()?;
-        Ok(())
+        // After the TLB's CMD_SYNC: the ATCs of the domain's devices with ATS.
+        self.invalidate_atcs(domain, ranges[0].clone())
     }
 
     pub(super) fn flush_range(

@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+mod ats;
 mod attach;
 pub(crate) mod domain;
 mod fault;
@@ -115,6 +116,10 @@ pub struct SmmuUnit<H: Hal + Clone> {
     /// (a translation fault) where an aborting STE would drop it silently. `None` only while
     /// the unit is being built.
     blocking: Option<SmmuDomain<H>>,
+    /// Streams whose devices have ATS on (`ats`); taken after `strtab` when both are held.
+    ats: spin::Mutex<BTreeMap<u32, iommu::unit::Ats>>,
+    /// How many: an unmap looks for ATCs to invalidate only while it is not 0 (see `ats`).
+    ats_streams: core::sync::atomic::AtomicUsize,
 }
 
 // SAFETY: the register frame is MMIO reached through volatile cells; every mutable state is
@@ -345,6 +350,8 @@ impl<H: Hal + Clone> SmmuUnit<H> {
             oas_bits,
             rings: [(cmdq_phys, cmdq_size), (eventq_phys, eventq_size)],
             blocking: None,
+            ats: spin::Mutex::new(BTreeMap::new()),
+            ats_streams: core::sync::atomic::AtomicUsize::new(0),
         };
         // From here the unit owns the stream table and the rings (its `Drop` frees them).
         owned.keep();
@@ -575,6 +582,10 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
 
     fn flush_deferred(&self, domain: &Self::Domain, gather: Gather) -> Result<(), UnitError> {
         self.flush_gathered(domain, gather)
+    }
+
+    fn set_ats(&self, device: DeviceId, ats: Option<iommu::unit::Ats>) -> Result<(), UnitError> {
+        self.set_stream_ats(device, ats)
     }
 
     fn reclaim_tables(&self, domain: &mut Self::Domain) -> Result<usize, UnitError> {

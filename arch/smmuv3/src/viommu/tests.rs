@@ -41,7 +41,7 @@ fn cfgi_cd_all(vsid: u64) -> RawCommand {
 /// Forwards `cmds` and returns what happened and the batches submitted.
 fn run(cmds: &[RawCommand], limit: usize) -> (Forwarded, Vec<Vec<RawCommand>>) {
     let mut batches = Vec::new();
-    let f = forward(cmds, VMID, &qemu(), &devices, limit, |b| {
+    let f = forward(cmds, VMID, &qemu(), &devices, &|_| false, limit, |b| {
         batches.push(b.to_vec());
         Ok(())
     });
@@ -110,7 +110,7 @@ fn long_lists_are_split_into_batches() {
 fn hardware_errors_are_reported_at_the_failed_command() {
     let cmds = [nh_va(0x1000), SYNC, nh_va(0x2000), nh_va(0x3000)];
     // The SMMU refuses the batch's second command (guest command 2).
-    let f = forward(&cmds, VMID, &qemu(), &devices, 31, |b| {
+    let f = forward(&cmds, VMID, &qemu(), &devices, &|_| false, 31, |b| {
         Err(CmdqError::Command(CommandFailure {
             position: 1,
             queue_index: 0,
@@ -122,7 +122,7 @@ fn hardware_errors_are_reported_at_the_failed_command() {
     assert!(matches!(f.refused, Some(UnitError::Hardware(_))));
     // A timeout: nothing of the batch is known to be done.
     let t = iommu::poll::Timeout { waiting_for: "x" };
-    let f = forward(&cmds, VMID, &qemu(), &devices, 31, |_| {
+    let f = forward(&cmds, VMID, &qemu(), &devices, &|_| false, 31, |_| {
         Err(CmdqError::Timeout(t))
     });
     assert_eq!(
