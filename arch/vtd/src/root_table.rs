@@ -412,6 +412,26 @@ impl ContextEntry {
         }
     }
 
+    /// The same entry with TT 01 (ATS served too) if `on`, else 00, where it translates (TT
+    /// 00 or 01); any other entry unchanged. Only the low quadword changes.
+    pub const fn with_device_tlb(self, on: bool) -> Self {
+        match self.translation_type() {
+            Some(TranslationType::Untranslated | TranslationType::DeviceTlb)
+                if self.is_present() =>
+            {
+                let tt = if on {
+                    TranslationType::DeviceTlb
+                } else {
+                    TranslationType::Untranslated
+                };
+                Self {
+                    raw: [(self.raw[0] & !(3 << 2)) | tt.bits() << 2, self.raw[1]],
+                }
+            }
+            _ => self,
+        }
+    }
+
     /// The one place the legacy context entry is laid out (9.3): low quadword P(0), FPD(1),
     /// TT(3:2), SLPTPTR(63:12); high quadword AW(2:0), DID(23:8).
     const fn encode_fields(

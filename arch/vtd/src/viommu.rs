@@ -584,6 +584,8 @@ const CHUNK: usize = 32;
 struct Names<'a> {
     viommu: &'a VtdViommu,
     devices: &'a dyn Fn(u32) -> Option<DeviceId>,
+    /// Which host devices have ATS on.
+    ats_enabled: &'a dyn Fn(SourceId) -> bool,
 }
 
 impl GuestNames for Names<'_> {
@@ -596,10 +598,8 @@ impl GuestNames for Names<'_> {
         u16::try_from(phys).ok().map(SourceId::from_raw)
     }
 
-    /// None yet: the unit's context and PASID entries never allow translation requests, so
-    /// no device can have ATS working or hold a translation to invalidate.
-    fn ats_enabled(&self, _host: SourceId) -> bool {
-        false
+    fn ats_enabled(&self, host: SourceId) -> bool {
+        (self.ats_enabled)(host)
     }
 }
 
@@ -625,7 +625,11 @@ pub(crate) fn forward_invalidations<H: Hal + Clone>(
         };
     }
     let limits = HostLimits::for_unit(info.cap, info.ecap);
-    let names = Names { viommu, devices };
+    let names = Names {
+        viommu,
+        devices,
+        ats_enabled: &|source| unit.device_ats(source).is_some(),
+    };
     forward(cmds, &limits, &names, &mut |batch| unit.invalidate(batch))
 }
 

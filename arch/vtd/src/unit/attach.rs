@@ -40,7 +40,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
     }
 
     /// The scalable-mode context table half serving `devfn` on `bus`, created on first use.
-    fn scalable_context_table(
+    pub(super) fn scalable_context_table(
         &self,
         bus: u8,
         devfn: u8,
@@ -161,6 +161,8 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
                 }
             },
         };
+        // A device with ATS on gets TT 01 wherever it is translated (`ats`).
+        let new = new.with_device_tlb(self.device_ats(sid).is_some());
         let Some(table) = self.legacy_context_table(sid.bus(), new.is_present())? else {
             return Ok(()); // Blocking a device whose bus has no context table: already blocked.
         };
@@ -309,8 +311,22 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
                     let _ = self.unmap(d, Iova::new(region.base), region.len());
                 }
             }
+            return r;
         }
-        r
+        if let Some(ats) = self.device_ats(sid) {
+            // What the device cached came from the attachment just replaced.
+            self.ats_attached(sid, paging.map(|d| d.id));
+            let all = super::ats::AtsDevice {
+                source: sid,
+                ats,
+                domain: None,
+            };
+            self.invalidate(&[super::ats::device_tlb(
+                &all,
+                crate::descriptor::DeviceTlbRange::All,
+            )?])?;
+        }
+        Ok(())
     }
 
     /// [`TranslationUnit::attach_pasid`]: the device's PASID entry for `pasid` (scalable mode).
@@ -322,6 +338,12 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
     ) -> Result<(), UnitError> {
         if self.mode != Mode::Scalable {
             return Err(UnitError::Unsupported("PASID attach needs scalable mode"));
+        }
+        let raw = u16::try_from(device.0).map_err(|_| UnitError::UnknownDevice(device))?;
+        if self.device_ats(SourceId::from_raw(raw)).is_some() {
+            return Err(UnitError::Unsupported(
+                "PASID attach of a device with ATS on (its PASID device-TLB is not followed)",
+            ));
         }
         let bits = TranslationUnit::info(self).pasid_bits;
         if bits == 0 {

@@ -134,6 +134,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             }
         }
         self.invalidate(batch.iter())?;
+        self.device_tlbs(domain.id, start.as_u64(), len)?;
         self.flush_nested(domain.id, &plan)
     }
 
@@ -253,6 +254,14 @@ impl Batch {
 
     pub(crate) fn iter(&self) -> core::slice::Iter<'_, Descriptor> {
         self.items[..self.len].iter()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == self.items.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

@@ -29,6 +29,7 @@
 //! VT-d's own `rmrr` (reserved memory regions). Interrupt remapping, turned on after bring-up,
 //! has its own room: `crate::interrupt_remapping`.
 
+mod ats;
 mod attach;
 mod domain;
 mod domain_ids;
@@ -37,6 +38,7 @@ mod info;
 mod invalidate;
 mod rmrr;
 
+pub use ats::MAX_ATS_DEVICES;
 pub use domain::VtdDomain;
 pub(crate) use domain::{agaw_of, DomainTable};
 use domain::{NESTED_MAP, SHARED_TABLE};
@@ -115,6 +117,10 @@ pub struct VtdUnit<'u, H: Hal + Clone> {
     pub(crate) nest_parents: crate::viommu::NestParents,
     /// The interrupt-remapping table, once remapping is on (`crate::interrupt_remapping`).
     pub(crate) interrupts: spin::Once<crate::interrupt_remapping::Remapping>,
+    /// Devices with ATS on (`ats`); taken after `tables` when both are held.
+    pub(crate) ats: spin::Mutex<ats::AtsDevices>,
+    /// How many: a flush looks for device-TLBs to invalidate only while it is not 0.
+    pub(crate) ats_devices: core::sync::atomic::AtomicUsize,
 }
 
 // SAFETY: the only non-thread-safe part is `&UnitRegisters` (a pointer to MMIO). Registers are
@@ -251,6 +257,8 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             }),
             nest_parents: crate::viommu::NestParents::new(),
             interrupts: spin::Once::new(),
+            ats: spin::Mutex::new([None; ats::MAX_ATS_DEVICES]),
+            ats_devices: core::sync::atomic::AtomicUsize::new(0),
         };
         let mut global = Batch::new();
         global.push(Descriptor::ContextCache(ContextCacheScope::Global));
@@ -533,6 +541,10 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         };
         self.flush_deferred(domain, gather)?;
         Ok(freed)
+    }
+
+    fn set_ats(&self, device: DeviceId, ats: Option<iommu::unit::Ats>) -> Result<(), UnitError> {
+        self.set_device_ats(device, ats)
     }
 
     fn drain_faults(&self, sink: &mut dyn FnMut(FaultRecord)) -> Result<Drained, UnitError> {
