@@ -371,6 +371,9 @@ pub struct PciHost<'a> {
     /// `linux,pci-domain`, the PCI segment.
     pub domain: Option<u32>,
     pub dma_coherent: bool,
+    /// `ats-supported` (PCI host binding): the root complex forwards ATS, so its functions may
+    /// use it where the SMMU has IDR0.ATS.
+    pub ats_supported: bool,
     /// `iommu-map-mask`: requester ids are ANDed with it before lookup.
     pub iommu_map_mask: Option<u32>,
     windows: [Option<PciWindow>; MAX_PCI_WINDOWS],
@@ -965,6 +968,7 @@ fn parse_pci_host<'a>(node: FdtNode<'_, 'a>) -> Result<PciHost<'a>> {
         bus_range,
         domain: u32_property(&node, "linux,pci-domain")?,
         dma_coherent: node.property("dma-coherent").is_some(),
+        ats_supported: node.property("ats-supported").is_some(),
         iommu_map_mask: u32_property(&node, "iommu-map-mask")?,
         windows,
         iommu_map,

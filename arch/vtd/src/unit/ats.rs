@@ -6,9 +6,9 @@
 //! RID_PASID (legacy: its context entry) points at; a PASID attach of a device with ATS on is
 //! refused by name.
 //!
-//! Order (6.5.2.5): the device-TLB descriptors follow the IOTLB ones in the same queue, which
-//! the unit processes in order, so the device cannot refill from an IOTLB entry the batch is
-//! removing.
+//! Order (6.5.2.5): the device-TLB descriptors follow the IOTLB ones in the same batch (one
+//! wait for both), which the unit processes in order, so the device cannot refill from an
+//! IOTLB entry the batch is removing.
 
 use core::sync::atomic::Ordering;
 
@@ -222,10 +222,17 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         Ok(rid_pasid.is_present().then(|| rid_pasid.domain_id()))
     }
 
-    /// After an IOTLB invalidation of `len` bytes at `start` in `domain`: the device-TLBs of
-    /// the devices with ATS whose requests without PASID use it, in batches of the queue's.
-    /// Nothing, and no lock, while no device has ATS.
-    pub(super) fn device_tlbs(&self, domain: Did, start: u64, len: u64) -> Result<(), UnitError> {
+    /// Adds to `batch`, after its IOTLB descriptors for `len` bytes at `start` in `domain`,
+    /// the device-TLB descriptors of the devices with ATS whose requests without PASID use
+    /// it (a full batch is issued first and a new one started). Nothing, and no lock, while
+    /// no device has ATS.
+    pub(super) fn device_tlbs(
+        &self,
+        batch: &mut super::invalidate::Batch,
+        domain: Did,
+        start: u64,
+        len: u64,
+    ) -> Result<(), UnitError> {
         // SeqCst: a device can hold a translation of the range only if its context entry
         // served translation requests before the tables were cleared, so its record's
         // increment (`set_device_ats`) came before the clear, and this load after it sees it.
@@ -234,7 +241,6 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         }
         let range = device_tlb_range(start, len);
         let records = *self.ats.lock();
-        let mut batch = super::invalidate::Batch::new();
         for dev in records
             .iter()
             .flatten()
@@ -242,12 +248,9 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         {
             if batch.is_full() {
                 self.invalidate(batch.iter())?;
-                batch = super::invalidate::Batch::new();
+                *batch = super::invalidate::Batch::new();
             }
             batch.push(device_tlb(dev, range)?);
-        }
-        if !batch.is_empty() {
-            self.invalidate(batch.iter())?;
         }
         Ok(())
     }

@@ -133,8 +133,8 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
                 });
             }
         }
+        self.device_tlbs(&mut batch, domain.id, start.as_u64(), len)?;
         self.invalidate(batch.iter())?;
-        self.device_tlbs(domain.id, start.as_u64(), len)?;
         self.flush_nested(domain.id, &plan)
     }
 
@@ -258,10 +258,6 @@ impl Batch {
 
     pub(crate) fn is_full(&self) -> bool {
         self.len == self.items.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`vtd.mode=legacy|scalable|flts vtd.aw=48|39 vtd.cm=0|1 [vtd.devtlb=0|1]` on the command
 //! line).
 
+mod ats;
 mod dma;
 mod hypervisor;
 mod lifecycle;
@@ -184,6 +185,10 @@ pub static TESTS: &[Test<Machine>] = &[
     Test {
         name: "tiny_hypervisor_through_the_object_model",
         run: hypervisor::tiny_hypervisor_through_the_object_model,
+    },
+    Test {
+        name: "device_tlbs_follow_the_unmaps_of_an_ats_function",
+        run: ats::device_tlbs_follow_the_unmaps_of_an_ats_function,
     },
     Test {
         name: "a_guest_drives_its_own_tables_through_shadowing",
