@@ -377,7 +377,13 @@ fn test(args: &[String]) -> Result<(), String> {
         .filter(|m| m.name.contains(&filter))
     {
         let boot = qemu::boot(m, &m.name, &kernel(m.arch), false, &log_dir())?;
-        let v = verdict::judge(m.arch, boot.exit_code, &boot.serial, &boot.guest_errors);
+        let v = verdict::judge_traced(
+            m.arch,
+            boot.exit_code,
+            &boot.serial,
+            &boot.guest_errors,
+            &m.traced(),
+        );
         let c = v.counts();
         println!(
             "{:<44} {:>3} passed, {} failed, {} skipped  {:>5.1}s{}",

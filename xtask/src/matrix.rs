@@ -17,6 +17,17 @@ pub struct Machine {
     pub expect_reason: String,
 }
 
+impl Machine {
+    /// The QEMU trace events the boot enables (`-trace EVENT` in its arguments).
+    pub fn traced(&self) -> Vec<String> {
+        self.args
+            .windows(2)
+            .filter(|w| w[0] == "-trace")
+            .map(|w| w[1].clone())
+            .collect()
+    }
+}
+
 /// Three `edu` devices (two domains and one device never attached), with the full 64-bit DMA
 /// mask: the default masks addresses to 28 bits, silently.
 const EDUS: &str =
@@ -85,6 +96,9 @@ fn vtd_devtlb_machine(mode: &str) -> Machine {
         arg.push_str(",device-iotlb=on");
     }
     m.args.extend(words(ATS_DEVICE));
+    // QEMU's trace of every invalidation descriptor, which the kernel's `@expect-trace` lines
+    // check its device-TLB invalidations against.
+    m.args.extend(words("-trace vtd_inv_desc"));
     m.name = format!("{} devtlb", m.name);
     m.cmdline = format!("{} vtd.devtlb=1 pci.ats=1", m.cmdline);
     m
@@ -348,6 +362,7 @@ mod tests {
         for m in devtlb {
             assert!(m.cmdline.contains("vtd.devtlb=1 pci.ats=1"), "{}", m.name);
             assert!(m.args.iter().any(|a| a.contains("ats=on")), "{}", m.name);
+            assert_eq!(m.traced(), ["vtd_inv_desc"], "{}", m.name);
         }
     }
 

@@ -5,6 +5,9 @@
 //! closing `N passed, N failed, N skipped` line with no failures and at least one test run; no
 //! test line says FAILED; and every line of QEMU's `-d guest_errors` log is one the kernel
 //! announced beforehand with `@allow-guest-error <pattern>` (a fault a test provokes on purpose).
+//! A boot that enables QEMU trace events (`-trace EVENT`) gets their lines in the same log: those
+//! are not guest errors, and each `@expect-trace <pattern>` the kernel printed must match one of
+//! them (what the kernel did, seen from the emulator's side).
 
 use crate::Arch;
 
@@ -67,7 +70,34 @@ fn summary_line(serial: &str) -> Option<Counts> {
 }
 
 pub fn judge(arch: Arch, exit_code: Option<i32>, serial: &str, guest_errors: &str) -> Verdict {
+    judge_traced(arch, exit_code, serial, guest_errors, &[])
+}
+
+/// [`judge`] for a boot with the QEMU trace events `traced` on: their lines in `qemu_log` are
+/// trace, not guest errors, and must satisfy the kernel's `@expect-trace` lines.
+pub fn judge_traced(
+    arch: Arch,
+    exit_code: Option<i32>,
+    serial: &str,
+    qemu_log: &str,
+    traced: &[String],
+) -> Verdict {
+    let is_trace = |l: &str| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|event| traced.iter().any(|t| t == event))
+    };
+    let (trace, guest_errors): (Vec<&str>, Vec<&str>) = qemu_log.lines().partition(|l| is_trace(l));
+    let guest_errors = guest_errors.join("\n");
     let mut reasons = Vec::new();
+    for want in serial
+        .lines()
+        .filter_map(|l| l.split_once("@expect-trace ").map(|(_, p)| p.trim()))
+    {
+        if !trace.iter().any(|t| t.contains(want)) {
+            reasons.push(format!("QEMU trace has no line with '{want}'"));
+        }
+    }
     let (ok_code, fail_code) = exit_codes(arch);
     match exit_code {
         None => reasons.push("timed out (hang)".to_string()),
@@ -178,5 +208,22 @@ mod tests {
         assert!(judge(Arch::X86_64, Some(33), &announced, log).is_pass());
         let other = "vtd: something else\n";
         assert!(!judge(Arch::X86_64, Some(33), &announced, other).is_pass());
+    }
+
+    #[test]
+    fn trace_lines_are_not_guest_errors_and_must_meet_the_kernels_expectations() {
+        let traced = ["vtd_inv_desc".to_string()];
+        let log = "vtd_inv_desc invalidate desc type device high 0xab00000 low 0x10000000003\n";
+        let expecting = format!("@expect-trace type device high 0xab00000\n{GOOD}");
+        assert!(judge_traced(Arch::X86_64, Some(33), &expecting, log, &traced).is_pass());
+        // Untraced, the same line is a guest error.
+        assert!(!judge(Arch::X86_64, Some(33), GOOD, log).is_pass());
+        // An expectation no trace line meets fails the boot.
+        let missing = format!("@expect-trace type device high 0x1000\n{GOOD}");
+        let v = judge_traced(Arch::X86_64, Some(33), &missing, log, &traced);
+        assert!(!v.is_pass(), "{v:?}");
+        // A guest error beside the trace still fails it.
+        let both = format!("{log}vtd_err_dmar_translate: bad\n");
+        assert!(!judge_traced(Arch::X86_64, Some(33), &expecting, &both, &traced).is_pass());
     }
 }

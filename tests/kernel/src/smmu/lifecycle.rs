@@ -42,7 +42,12 @@ pub fn info_matches_the_machine(m: &mut Machine) -> TestResult {
         .iter()
         .fold(0u64, |a, s| a | 1 << s);
     ensure_eq!(info.page_sizes, sizes);
-    ensure!(info.coherent_walks && !info.ats, "COHACC, no ATS");
+    ensure!(info.coherent_walks, "COHACC");
+    ensure_eq!(
+        info.ats,
+        m.cmdline.get_bool("smmu.ats").unwrap_or(false),
+        "IDR0.ATS (smmu.ats)"
+    );
     ensure!(!info.interrupt_remapping, "an SMMU remaps no interrupts");
     ensure_eq!(info.tags, 1 << 16);
     let RawRegisters::Smmuv3 { idr, aidr, .. } = info.raw else {

@@ -2,7 +2,8 @@
 //! virtio function with an ATS capability): the firmware's ATSR allows it, the owner turns it
 //! on (the unit first, then the function's capability), each unmap of the function's domain
 //! carries one device-TLB descriptor more than the same unmap in a domain of a device without
-//! ATS (edu), and releasing the function turns ATS off again.
+//! ATS (edu), which QEMU's own trace of the descriptors confirms (`@expect-trace`), and
+//! releasing the function turns ATS off again.
 
 extern crate alloc;
 
@@ -125,6 +126,10 @@ pub(super) fn device_tlbs_follow_the_unmaps_of_an_ats_function(m: &mut Machine) 
         cost[1] + 1,
         "one device-TLB descriptor, for the ATS function only"
     );
+    // QEMU's trace of that descriptor (type 3, S = 0: one page at IOVA_A; SID in 47:32, MIP 0
+    // for a queue depth of 32, else the depth).
+    let low = u64::from(cap.bdf.requester_id()) << 32 | u64::from(cap.queue_depth % 32) << 16 | 3;
+    println!("@expect-trace invalidate desc type device high {IOVA_A:#x} low {low:#x}");
 
     // Release turns ATS off (the function first), then blocks the function.
     io.release(ats_dev, owner).map_err(fail)?;
