@@ -189,7 +189,19 @@ pub fn miri() -> Result<(), String> {
     let runs: [(&str, &[&str]); 4] = [
         (
             "page-table engine",
-            &["-p", "iommu", "--features", "host-hal", "--lib", "pagetable"],
+            // The untrusted walker reads guest tables through safe code (its tests' memory
+            // is a map); one of its tests walks a self-referencing table for minutes here.
+            &[
+                "-p",
+                "iommu",
+                "--features",
+                "host-hal",
+                "--lib",
+                "pagetable",
+                "--",
+                "--skip",
+                "pagetable::untrusted",
+            ],
         ),
         (
             "SMMUv3 command queue",
