@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(dt) = Devicetree::new(data) else {
         return;
     };
-    assert!(dt.total_size() <= data.len(), "the blob is inside the input");
+    assert!(
+        dt.total_size() <= data.len(),
+        "the blob is inside the input"
+    );
     for smmu in dt.smmus().flatten() {
         let _ = format!("{smmu:?}");
         if let Some(phandle) = smmu.phandle {
@@ -26,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         for rid in [0u16, 0x08, 0x100, 0xffff] {
             if let Ok((smmu, sid)) = dt.stream_id(&host, rid) {
                 // The SMMU a lookup names is one the tree has.
-                assert!(dt.smmus().flatten().any(|s| s == smmu), "{smmu:?} for {sid:#x}");
+                assert!(
+                    dt.smmus().flatten().any(|s| s == smmu),
+                    "{smmu:?} for {sid:#x}"
+                );
             }
             let _ = host.map_rid(rid);
             let _ = dt.msi_device_id(&host, rid);

@@ -49,10 +49,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The typed views agree with the walk.
-    let drhds = dmar.structures().filter(|s| matches!(s, RemappingStructure::Drhd(_)));
+    let drhds = dmar
+        .structures()
+        .filter(|s| matches!(s, RemappingStructure::Drhd(_)));
     assert_eq!(drhds.count(), dmar.drhds().count());
     assert_eq!(
-        dmar.structures().filter(|s| matches!(s, RemappingStructure::Rmrr(_))).count(),
+        dmar.structures()
+            .filter(|s| matches!(s, RemappingStructure::Rmrr(_)))
+            .count(),
         dmar.rmrrs().count()
     );
 });

@@ -29,10 +29,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = format!("{node:?} {smmu:?}");
     }
     // A few requester ids taken from the input itself, plus the edges.
-    for rid in [0u16, 0x08, 0xffff]
-        .into_iter()
-        .chain(data.chunks_exact(2).take(8).map(|c| u16::from_le_bytes([c[0], c[1]])))
-    {
+    for rid in [0u16, 0x08, 0xffff].into_iter().chain(
+        data.chunks_exact(2)
+            .take(8)
+            .map(|c| u16::from_le_bytes([c[0], c[1]])),
+    ) {
         if let Ok(t) = iort.map_rid(0, rid) {
             let _ = format!("{t:?}");
         }

@@ -62,29 +62,42 @@ fuzz_target!(|data: &[u8]| {
     }
     let devices = |sid: u32| (sid < GUEST_DEVICES).then(|| DeviceId(HOST_SID_BASE + sid));
     let mut issued = 0;
-    let outcome = forward(&cmds, VMID, &features, &devices, usize::from(limit), |batch| {
-        for &raw in batch {
-            let cmd = Command::decode(raw).expect("the host re-decodes what it issues");
-            assert!(!matches!(cmd, Command::Sync { .. }), "a guest CMD_SYNC issued: {cmd:?}");
-            if let Some(sid) = cmd.stream_id() {
+    let outcome = forward(
+        &cmds,
+        VMID,
+        &features,
+        &devices,
+        usize::from(limit),
+        |batch| {
+            for &raw in batch {
+                let cmd = Command::decode(raw).expect("the host re-decodes what it issues");
                 assert!(
-                    (HOST_SID_BASE..HOST_SID_BASE + GUEST_DEVICES).contains(&sid),
-                    "{cmd:?} names a stream not the guest's"
+                    !matches!(cmd, Command::Sync { .. }),
+                    "a guest CMD_SYNC issued: {cmd:?}"
                 );
+                if let Some(sid) = cmd.stream_id() {
+                    assert!(
+                        (HOST_SID_BASE..HOST_SID_BASE + GUEST_DEVICES).contains(&sid),
+                        "{cmd:?} names a stream not the guest's"
+                    );
+                }
+                if let Some(vmid) = cmd.vmid() {
+                    assert_eq!(vmid, VMID, "{cmd:?} names another VM");
+                }
             }
-            if let Some(vmid) = cmd.vmid() {
-                assert_eq!(vmid, VMID, "{cmd:?} names another VM");
+            issued += batch.len();
+            // Now and then the hardware refuses a batch: the error path must hold as well.
+            if batch.len() == 3 && batch[0][0] & 0x100 != 0 {
+                return Err(CmdqError::OutOfMemory);
             }
-        }
-        issued += batch.len();
-        // Now and then the hardware refuses a batch: the error path must hold as well.
-        if batch.len() == 3 && batch[0][0] & 0x100 != 0 {
-            return Err(CmdqError::OutOfMemory);
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     assert!(outcome.done <= cmds.len());
-    assert!(issued <= cmds.len(), "one host command per guest command at most");
+    assert!(
+        issued <= cmds.len(),
+        "one host command per guest command at most"
+    );
     if outcome.refused.is_none() {
         assert_eq!(outcome.done, cmds.len());
     }

@@ -12,8 +12,8 @@
 use iommu::unit::GuestFlush;
 use iommu_vtd::descriptor::{Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope};
 use iommu_vtd::guest::{
-    guest_flush, translate_guest_descriptor, validate_guest_pasid_entry, GuestAction,
-    GuestConfig, GuestNames, HostLimits, NestLimits,
+    guest_flush, translate_guest_descriptor, validate_guest_pasid_entry, GuestAction, GuestConfig,
+    GuestNames, HostLimits, NestLimits,
 };
 use iommu_vtd::root_table::SourceId;
 use iommu_vtd::{Capability, Did, ExtendedCapability};
@@ -32,7 +32,9 @@ struct Names;
 
 impl GuestNames for Names {
     fn host_domain(&self, guest: Did) -> Option<Did> {
-        (1..=4).contains(&guest.raw()).then(|| Did::new(HOST_DID_BASE + guest.raw()))
+        (1..=4)
+            .contains(&guest.raw())
+            .then(|| Did::new(HOST_DID_BASE + guest.raw()))
     }
     fn device(&self, guest: SourceId) -> Option<SourceId> {
         (guest.raw() < 8).then(|| SourceId::from_raw(HOST_BUS << 8 | guest.raw()))
@@ -47,7 +49,11 @@ fn host_domain(d: Did) {
 }
 
 fn host_device(s: SourceId) {
-    assert_eq!(s.raw() >> 8, HOST_BUS, "{s:?} is not one of the guest's devices");
+    assert_eq!(
+        s.raw() >> 8,
+        HOST_BUS,
+        "{s:?} is not one of the guest's devices"
+    );
 }
 
 fn words<const N: usize>(b: &[u8]) -> [u64; N] {
@@ -76,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(GuestConfig::FirstStage(fs)) = validate_guest_pasid_entry(&words(entry), &limits) {
         if guest_address_bits < 64 {
-            assert_eq!(fs.root.as_u64() >> guest_address_bits, 0, "root beyond guest memory");
+            assert_eq!(
+                fs.root.as_u64() >> guest_address_bits,
+                0,
+                "root beyond guest memory"
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! The steps that need a nightly toolchain: the libFuzzer targets of `fuzz/` (`cargo xtask
 //! fuzz`, and a short run of each in `cargo xtask test`) and Miri over the unsafe core (the
-//! page tables, both hardware queues, the page-table model test).
+//! page tables and both hardware queues).
 //!
 //! The driver crates stay on the pinned stable toolchain; nightly is tooling only. Without
 //! one (no rustup, no `nightly` toolchain) `cargo xtask test` says so and skips these steps;
@@ -28,10 +28,6 @@ pub const DEFAULT_SECONDS: u64 = 60;
 
 /// Seconds per target inside `cargo xtask test`: six targets, two minutes in all.
 pub const TEST_SECONDS: u64 = 20;
-
-/// Cases per page-table format of the model test under Miri (64 natively): each case is
-/// thousands of times slower there, and one still walks every format's tables.
-const MIRI_MODEL_CASES: &str = "2";
 
 /// The options of `cargo xtask fuzz`.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,7 +142,11 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> Result<(), String> {
                 .arg(t)
                 .arg(&corpus)
                 .arg(root().join("fuzz/seeds").join(t))
-                .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1"]),
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    "-print_final_stats=1",
+                ]),
         )?;
     }
     println!(
@@ -180,13 +180,14 @@ fn ensure_miri() -> Result<(), String> {
 }
 
 /// Miri over the code whose `unsafe` touches memory the driver computes pointers into: the
-/// page-table engine, the SMMU command queue, the VT-d invalidation queue, and a few cases of
-/// the page-table model test. HostHal hands out pointers with their allocation's provenance
+/// page-table engine, the SMMU command queue and the VT-d invalidation queue. The page-table
+/// model test (tests/pagetable_model.rs, which honours PROPTEST_CASES) is left out: one case of
+/// three formats did not finish in 5 minutes under Miri. HostHal hands out pointers with their allocation's provenance
 /// under Miri (src/hal.rs), so Miri checks every table access against the frame it is in.
 pub fn miri() -> Result<(), String> {
     let start = Instant::now();
     ensure_miri()?;
-    let runs: [(&str, &[&str]); 4] = [
+    let runs: [(&str, &[&str]); 3] = [
         (
             "page-table engine",
             // The untrusted walker reads guest tables through safe code (its tests' memory
@@ -211,19 +212,13 @@ pub fn miri() -> Result<(), String> {
             "VT-d invalidation queue",
             &["-p", "iommu-vtd", "--features", "sim", "--lib", "qi::tests"],
         ),
-        (
-            "page-table model",
-            &["-p", "iommu", "--test", "pagetable_model"],
-        ),
     ];
     for (what, selector) in runs {
         step(
             &format!("miri: {what}"),
             nightly_cargo()
-                // Isolation off: the model test reads PROPTEST_CASES and its regressions file,
-                // the queue tests' simulators read the clock.
+                // Isolation off: the queue tests' simulators read the clock.
                 .env("MIRIFLAGS", "-Zmiri-disable-isolation")
-                .env("PROPTEST_CASES", MIRI_MODEL_CASES)
                 .args(["miri", "test", "--quiet"])
                 .args(selector),
         )?;
@@ -298,7 +293,10 @@ mod tests {
             .collect();
         assert_eq!(bins, TARGETS);
         for t in TARGETS {
-            assert!(root().join("fuzz/seeds").join(t).is_dir(), "no seeds for {t}");
+            assert!(
+                root().join("fuzz/seeds").join(t).is_dir(),
+                "no seeds for {t}"
+            );
         }
     }
 }
