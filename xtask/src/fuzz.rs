@@ -166,7 +166,12 @@ fn ensure_miri() -> Result<(), String> {
     let installed = String::from_utf8_lossy(&installed.stdout);
     let missing: Vec<&str> = ["miri", "rust-src"]
         .into_iter()
-        .filter(|c| !installed.lines().any(|l| l.starts_with(&format!("{c}-"))))
+        // Listed as `miri-x86_64-unknown-linux-gnu` but `rust-src` (no target).
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
         .collect();
     if !missing.is_empty() {
         step(
