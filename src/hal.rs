@@ -152,20 +152,35 @@ pub mod host {
     use core::ptr::NonNull;
     use core::sync::atomic::{AtomicUsize, Ordering};
     use std::alloc::{alloc_zeroed, dealloc, Layout};
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::vec::Vec;
 
     use super::{FrameSize, Hal};
     use crate::addr::PhysAddr;
 
+    /// One live frame: its size and the pointer the allocator returned.
+    ///
+    /// The pointer, not just its address, is kept so that every access to the frame (and its
+    /// `dealloc`) can use the allocation's own provenance; see [`HostHal::phys_to_virt`].
+    #[derive(Debug)]
+    struct Frame {
+        size: FrameSize,
+        base: NonNull<u8>,
+    }
+
+    // SAFETY: `base` is only an address with provenance, never dereferenced through `Frame`; the
+    // frame's memory is shared between threads under the `Hal` contract like any table memory.
+    unsafe impl Send for Frame {}
+
     /// Host-memory frames with leak, double-free and size-mismatch detection.
     ///
     /// The counters are plain statistics read after the fact, so they use relaxed atomics; the
-    /// frame map is behind a mutex because allocation is rare next to map/unmap.
+    /// frame map is behind a mutex because allocation is rare next to map/unmap. It is ordered
+    /// by address so that Miri builds can find the frame holding any address (a range lookup).
     #[derive(Debug)]
     pub struct HostHal {
-        frames: Mutex<HashMap<u64, FrameSize>>,
+        frames: Mutex<BTreeMap<u64, Frame>>,
         live: AtomicUsize,
         allocations: AtomicUsize,
         cleans: AtomicUsize,
@@ -188,7 +203,7 @@ pub mod host {
         /// A HAL that fails every allocation after `allocations` successful ones.
         pub fn with_budget(allocations: usize) -> Self {
             Self {
-                frames: Mutex::new(HashMap::new()),
+                frames: Mutex::new(BTreeMap::new()),
                 live: AtomicUsize::new(0),
                 allocations: AtomicUsize::new(0),
                 cleans: AtomicUsize::new(0),
@@ -230,7 +245,32 @@ pub mod host {
             }
         }
 
-        fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, FrameSize>> {
+        /// The address of `p` as its "physical address". Natively an `as` cast, which exposes
+        /// the provenance for `phys_to_virt`'s cast back; under Miri only the address, so that
+        /// nothing can reach a frame except through the pointer `phys_to_virt` derives.
+        #[inline(always)]
+        fn address(p: NonNull<u8>) -> u64 {
+            #[cfg(not(miri))]
+            return p.as_ptr() as u64;
+            #[cfg(miri)]
+            return p.as_ptr().addr() as u64;
+        }
+
+        /// Under Miri: the pointer to `phys` derived from the allocation of the frame holding
+        /// it, or `None` if no live frame does.
+        #[cfg(miri)]
+        fn frame_pointer(&self, phys: PhysAddr) -> Option<NonNull<u8>> {
+            let frames = self.lock();
+            let (&start, frame) = frames.range(..=phys.as_u64()).next_back()?;
+            let offset = usize::try_from(phys.as_u64() - start).ok()?;
+            if offset >= frame.size.bytes() {
+                return None;
+            }
+            // SAFETY: `offset` is inside the frame's allocation (checked just above).
+            Some(unsafe { frame.base.add(offset) })
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Frame>> {
             // A test that panicked while holding the lock must not hide later reports.
             self.frames.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -248,29 +288,47 @@ pub mod host {
             }
             // SAFETY: the layout has a non-zero size.
             let ptr = unsafe { alloc_zeroed(Self::layout(size)) };
-            if ptr.is_null() {
-                return None;
-            }
-            let phys = ptr as u64;
-            self.lock().insert(phys, size);
+            let base = NonNull::new(ptr)?;
+            let phys = Self::address(base);
+            self.lock().insert(phys, Frame { size, base });
             self.live.fetch_add(1, Ordering::Relaxed);
             self.allocations.fetch_add(1, Ordering::Relaxed);
             Some(PhysAddr::new(phys))
         }
 
         unsafe fn free_frame(&self, frame: PhysAddr, size: FrameSize) {
-            match self.lock().remove(&frame.as_u64()) {
-                Some(s) if s == size => {}
-                Some(s) => panic!("HostHal: {frame:?} allocated as {s:?}, freed as {size:?}"),
+            let base = match self.lock().remove(&frame.as_u64()) {
+                Some(f) if f.size == size => f.base,
+                Some(f) => panic!(
+                    "HostHal: {frame:?} allocated as {:?}, freed as {size:?}",
+                    f.size
+                ),
                 None => panic!("HostHal: double free or foreign frame {frame:?}"),
-            }
+            };
             self.live.fetch_sub(1, Ordering::Relaxed);
             // SAFETY: the frame was allocated with this layout and is no longer used (caller).
-            unsafe { dealloc(frame.as_u64() as *mut u8, Self::layout(size)) }
+            unsafe { dealloc(base.as_ptr(), Self::layout(size)) }
         }
 
+        /// The frame's pointer, with the provenance of its allocation.
+        ///
+        /// Natively this is the integer-to-pointer cast of the identity mapping: `alloc_frame`
+        /// and `virt_to_phys` expose every pointer they turn into an address (an `as` cast
+        /// does), so the cast is sound, and it costs nothing in the benchmarks. Under Miri the
+        /// cast would leave every table access with a guessed provenance (Miri warns that it
+        /// may then miss pointer bugs, and cannot tell one frame's pointer from a neighbour's).
+        /// So there the address is looked up in the frame map and the pointer derived from the
+        /// allocation's own: an access past the frame is then out of bounds for Miri, and an
+        /// access to a freed frame is a use after free. `with_exposed_provenance` would not
+        /// check that much: it picks any exposed allocation the address falls in.
         #[inline(always)]
         fn phys_to_virt(&self, phys: PhysAddr) -> NonNull<u8> {
+            #[cfg(miri)]
+            if let Some(p) = self.frame_pointer(phys) {
+                return p;
+            }
+            // Not a frame of ours under Miri (a test's own DMA buffer, whose address the test
+            // exposed): the identity mapping as natively.
             match NonNull::new(phys.as_u64() as *mut u8) {
                 Some(p) => p,
                 None => panic!("HostHal: no frame at physical address 0"),
@@ -279,7 +337,7 @@ pub mod host {
 
         #[inline(always)]
         fn virt_to_phys(&self, virt: NonNull<u8>) -> PhysAddr {
-            PhysAddr::new(virt.as_ptr() as u64)
+            PhysAddr::new(Self::address(virt))
         }
 
         fn clean_to_poc(&self, _virt: NonNull<u8>, _len: usize) {
@@ -303,11 +361,11 @@ pub mod host {
         /// Returns whatever is still allocated (frames a test deliberately leaked): nothing
         /// walks host memory once the HAL itself is gone.
         fn drop(&mut self) {
-            let frames: Vec<(u64, FrameSize)> = self.lock().drain().collect();
-            for (phys, size) in frames {
+            let frames: Vec<Frame> = core::mem::take(&mut *self.lock()).into_values().collect();
+            for Frame { size, base } in frames {
                 // SAFETY: allocated by `alloc_frame` with this layout; nobody holds it any more
                 // because the HAL, which every table borrows, is being dropped.
-                unsafe { dealloc(phys as *mut u8, Self::layout(size)) }
+                unsafe { dealloc(base.as_ptr(), Self::layout(size)) }
             }
         }
     }

@@ -327,9 +327,15 @@ fn vmsa(granule: Granule, input_bits: u32, output_bits: u32) -> VmsaConfig {
     }
 }
 
+/// 64 cases per format unless `PROPTEST_CASES` says otherwise (the Miri run of
+/// `cargo xtask test` asks for a handful: each case is thousands of times slower there).
 fn cfg() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     ProptestConfig {
-        cases: 64,
+        cases,
         ..ProptestConfig::default()
     }
 }

@@ -556,6 +556,10 @@ fn a_page_unmap_inside_tables_that_stay_finishes_without_complete() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "512 leaf tables made and scanned: minutes under Miri; the other tests walk the same code"
+)]
 fn reclaim_frees_the_tables_unmaps_left_empty_and_nothing_else() {
     // The churn: a 4K page mapped and unmapped at 512 distinct 2M-aligned IOVAs pins a
     // leaf table per round until a reclaim.
@@ -615,6 +619,10 @@ fn reclaim_frees_the_tables_unmaps_left_empty_and_nothing_else() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "8,000 maps and unmaps: minutes under Miri; it counts allocations, not pointers"
+)]
 fn a_buffer_mapped_and_unmapped_over_and_over_reuses_its_table() {
     // 2M of 4K pages (their physical pages scattered: no superpage), mapped and unmapped whole:
     // the leaf table is unlinked by each unmap and taken from the cache by the next map.

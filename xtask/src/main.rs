@@ -1,11 +1,13 @@
-//! `cargo xtask test` and `cargo xtask demo`: the project's two commands.
+//! `cargo xtask test`, `cargo xtask demo` and `cargo xtask fuzz`: the project's commands.
 //!
-//! `test` runs the host tests, clippy (warnings denied), the loom models, then boots the test
+//! `test` runs the host tests, clippy (warnings denied), the loom models, a short run of every
+//! fuzz target and Miri (with a nightly toolchain, `fuzz.rs`), then boots the test
 //! kernel under every machine of the QEMU matrix and checks the runner itself catches a failing
 //! assertion, a panic, a hang and a QEMU guest error. `demo` boots the demo kernel and shows its
 //! output. Both first make sure the pinned toolchain has its targets (`toolchain.rs`); every
 //! boot keeps its log in `target/xtask/`.
 
+mod fuzz;
 mod matrix;
 mod qemu;
 mod toolchain;
@@ -47,16 +49,21 @@ impl Arch {
 }
 
 const USAGE: &str = "usage:
-  cargo xtask test [--qemu-only] [--filter TEXT] [--verbose] [--list]
-      host tests, clippy, loom, packaging, then the QEMU matrix; --qemu-only: the matrix only;
+  cargo xtask test [--qemu-only|--nightly-only] [--filter TEXT] [--verbose] [--list]
+      host tests, clippy, loom, packaging, fuzzing and Miri (with a nightly toolchain), then
+      the QEMU matrix; --qemu-only: the matrix only; --nightly-only: fuzzing and Miri only;
       --filter: the boots whose name contains TEXT; --verbose: every test of every boot with
       what it printed; --list: print the boots and exit
-  cargo xtask demo [--arch x86_64|aarch64]         boot the demo kernel (both architectures by default)";
+  cargo xtask demo [--arch x86_64|aarch64]         boot the demo kernel (both architectures by default)
+  cargo xtask fuzz [--seconds N] [TARGET]
+      run every fuzz target (or TARGET: dmar, acpi, iort, devicetree, smmu_guest, vtd_guest)
+      for N seconds each (60 by default); needs a nightly toolchain, installs cargo-fuzz";
 
 /// The options of `cargo xtask test`.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct TestOptions {
     qemu_only: bool,
+    nightly_only: bool,
     filter: String,
     verbose: bool,
     list: bool,
@@ -68,11 +75,15 @@ fn parse_test_args(args: &[String]) -> Result<TestOptions, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--qemu-only" => o.qemu_only = true,
+            "--nightly-only" => o.nightly_only = true,
             "--verbose" | "-v" => o.verbose = true,
             "--list" => o.list = true,
             "--filter" => o.filter = it.next().cloned().ok_or(USAGE)?,
             _ => return Err(USAGE.to_string()),
         }
+    }
+    if o.qemu_only && o.nightly_only {
+        return Err(USAGE.to_string());
     }
     Ok(o)
 }
@@ -82,6 +93,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("fuzz") => fuzz_command(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -342,6 +354,7 @@ fn list(filter: &str) {
 fn test(args: &[String]) -> Result<(), String> {
     let TestOptions {
         qemu_only,
+        nightly_only,
         filter,
         verbose,
         list: list_only,
@@ -350,12 +363,16 @@ fn test(args: &[String]) -> Result<(), String> {
         list(&filter);
         return Ok(());
     }
+    if nightly_only {
+        return fuzz::nightly_checks();
+    }
     toolchain::ensure(&root())?;
     qemu::ensure_installed()?;
     if !qemu_only {
         host_checks()?;
         package_check()?;
         doc_check()?;
+        fuzz::nightly_checks()?;
     }
     let kernels = [
         (Arch::X86_64, build_kernel(Arch::X86_64, "test-kernel")?),
@@ -483,6 +500,17 @@ fn report_failure(boot: &qemu::Boot, reasons: &[String], verbose: bool) {
     }
 }
 
+fn fuzz_command(args: &[String]) -> Result<(), String> {
+    let o = fuzz::parse_fuzz_args(args, USAGE)?;
+    if let Some(why) = fuzz::nightly_missing() {
+        return Err(format!("cannot fuzz: {why}"));
+    }
+    match &o.target {
+        Some(t) => fuzz::fuzz(&[t.as_str()], o.seconds),
+        None => fuzz::fuzz(fuzz::TARGETS, o.seconds),
+    }
+}
+
 fn demo(args: &[String]) -> Result<(), String> {
     let arches = match args {
         [] => vec![Arch::X86_64, Arch::Aarch64],
@@ -526,12 +554,15 @@ mod tests {
             parse_test_args(&args(&["--qemu-only", "--filter", "vtd-flts", "--verbose"])),
             Ok(TestOptions {
                 qemu_only: true,
+                nightly_only: false,
                 filter: "vtd-flts".into(),
                 verbose: true,
                 list: false
             })
         );
         assert!(parse_test_args(&args(&["--list"])).is_ok_and(|o| o.list));
+        assert!(parse_test_args(&args(&["--nightly-only"])).is_ok_and(|o| o.nightly_only));
+        assert!(parse_test_args(&args(&["--nightly-only", "--qemu-only"])).is_err());
         assert!(parse_test_args(&args(&["--filter"])).is_err());
         assert!(parse_test_args(&args(&["--bogus"])).is_err());
     }

@@ -162,6 +162,10 @@ fn single_producer_syncs_and_wraps() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "4,000 commands from 4 spinning threads: far too long under Miri; several_illegal_commands_from_several_producers runs producers concurrently there"
+)]
 fn many_producers_every_command_once_in_order() {
     const PRODUCERS: u32 = 4;
     const PER_PRODUCER: u32 = 1000;
@@ -335,6 +339,10 @@ fn batch_and_invalidation_plan() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "spins through the whole poll budget: minutes under Miri"
+)]
 fn sync_times_out_without_a_consumer() {
     let (q, _smmu, _mem) = setup(2, 1000);
     assert_eq!(
