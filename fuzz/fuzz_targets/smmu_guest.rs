@@ -61,14 +61,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = guest_flush(c);
     }
     let devices = |sid: u32| (sid < GUEST_DEVICES).then(|| DeviceId(HOST_SID_BASE + sid));
+    // Even host streams have ATS on.
+    let ats_enabled = |d: DeviceId| d.0 & 1 == 0;
     let mut issued = 0;
     let outcome = forward(
         &cmds,
         VMID,
         &features,
         &devices,
+        &ats_enabled,
         usize::from(limit),
-        |batch| {
+        |batch: &[[u64; 2]]| {
             for &raw in batch {
                 let cmd = Command::decode(raw).expect("the host re-decodes what it issues");
                 assert!(
@@ -79,6 +82,12 @@ fuzz_target!(|data: &[u8]| {
                     assert!(
                         (HOST_SID_BASE..HOST_SID_BASE + GUEST_DEVICES).contains(&sid),
                         "{cmd:?} names a stream not the guest's"
+                    );
+                }
+                if let Command::AtcInv { sid, .. } = cmd {
+                    assert!(
+                        ats_enabled(DeviceId(sid)),
+                        "CMD_ATC_INV for stream {sid:#x} without ATS"
                     );
                 }
                 if let Some(vmid) = cmd.vmid() {

@@ -39,6 +39,10 @@ impl GuestNames for Names {
     fn device(&self, guest: SourceId) -> Option<SourceId> {
         (guest.raw() < 8).then(|| SourceId::from_raw(HOST_BUS << 8 | guest.raw()))
     }
+    /// Even functions have ATS on.
+    fn ats_enabled(&self, host: SourceId) -> bool {
+        host.raw() & 1 == 0
+    }
 }
 
 fn host_domain(d: Did) {
@@ -115,6 +119,11 @@ fuzz_target!(|data: &[u8]| {
             },
             Descriptor::DeviceTlb { target, .. } | Descriptor::PasidDeviceTlb { target, .. } => {
                 host_device(target.source);
+                assert!(
+                    Names.ats_enabled(target.source),
+                    "device-TLB invalidation of {:?}, which has no ATS on",
+                    target.source
+                );
                 if let Some(pf) = target.physical_function {
                     host_device(pf);
                 }
