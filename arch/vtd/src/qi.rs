@@ -657,7 +657,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         let record = self.regs.read_error_record();
         if fsts & FSTS_IQE != 0 {
             let info = QueueErrorInfo::from_iqei(IQERCD::IQEI.read(record) as u8);
-            let head = self.head_position();
+            let head = self.stopped_head_position();
             log::warn!("VT-d QI: invalidation queue error (IQE) at position {head}: {info:?}");
             if info.blames_head() {
                 let mark = self.mark_value(head, MARK_INVALID, u64::from(info.iqei()));
@@ -675,7 +675,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             log::warn!("VT-d QI: device-TLB invalidation timeout (ITE) for {source:?}");
             // Waits the unit fetched (positions before its head) but had not completed were
             // dropped; those whose status is written are not affected.
-            let head = self.head_position();
+            let head = self.stopped_head_position();
             self.ite_from
                 .store(head.saturating_sub(self.entries - 1), Ordering::Relaxed);
             self.ite_to.store(head, Ordering::Relaxed);
@@ -757,6 +757,23 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         // Acquire: the batch's descriptor writes happen before our use of them.
         let v = self.ready_mark(t).load(Ordering::Acquire);
         (v > t && v - t < self.entries).then_some(v)
+    }
+
+    /// The head of a unit stopped by an error (IQE, ITE), as a position: exact. The stopped
+    /// head `h` is at most `reserved` (a rejected descriptor was reserved, an ITE head is a
+    /// published tail; those reservations happen before the unit got the tail, which happens
+    /// before the error status we read), and more than `reserved` − N (no reservation reaches
+    /// N past a head, `reserve`, and it has not moved since it stopped): `h` is the last
+    /// position up to `reserved` in its slot. ([`head_position`](Self::head_position) does
+    /// only as a lower bound: its `published` may be older than the head, a lap off, which
+    /// made recovery mark a rejected descriptor under the wrong position.)
+    fn stopped_head_position(&self) -> u64 {
+        let head =
+            ((self.regs.read_head() & QUEUE_OFFSET_MASK) >> self.width.shift()) % self.entries;
+        // Relaxed: the reservations up to the head happen before this load through the ready
+        // marks, the tail write and the error status we read (`Acquire`).
+        let top = self.reserved.load(Ordering::Relaxed);
+        top.saturating_sub((top % self.entries + self.entries - head) % self.entries)
     }
 
     /// A lower bound of the unit's head as a position: exact while the unit's head is at or

@@ -195,7 +195,7 @@ impl<H: Hal + Clone> SmmuUnit<H> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     extern crate std;
 

@@ -256,7 +256,7 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     extern crate std;
 
