@@ -172,6 +172,12 @@ impl<'h, H: iommu::hal::Hal> QueueFrames<'h, H> {
         unsafe { QueueMemory::new(descriptors, self.ring, status, self.book, marks, ready) }
     }
 
+    /// The ring's and the bookkeeping's frames, with their sizes (for a caller that gives
+    /// them back itself after [`into_memory`](Self::into_memory)).
+    pub fn frames(&self) -> [(PhysAddr, iommu::hal::FrameSize); 2] {
+        [(self.ring, self.ring_size), (self.book, self.book_size)]
+    }
+
     /// Returns the frames to the HAL.
     ///
     /// # Safety

@@ -117,7 +117,14 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
             return Ok(None);
         }
         let dir = self.alloc_table()?;
-        let table = self.alloc_table()?;
+        let table = match self.alloc_table() {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: allocated just above and not yet linked anywhere the unit reaches.
+                unsafe { self.free_table(dir) };
+                return Err(e);
+            }
+        };
         clean(&self.hal, self.coherency, table, 4096);
         let dir_entry = PasidDirEntry::present(table).map_err(entry_error)?;
         self.write_words(dir, pasid.directory_index(), &[dir_entry.encode()]);

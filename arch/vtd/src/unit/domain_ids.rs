@@ -176,6 +176,32 @@ impl DomainIds {
         Some(unsafe { &*p.as_ptr().add(offset).cast::<[AtomicU32; 4]>() })
     }
 
+    /// The directory frame (what [`free_from`](Self::free_from) starts from).
+    pub(crate) fn directory(&self) -> PhysAddr {
+        self.directory
+    }
+
+    /// Gives the directory frame at `directory` and every record frame it names back to `hal`.
+    ///
+    /// # Safety
+    /// `directory` is the directory of a `DomainIds` whose ids nothing uses any more (a unit
+    /// whose bring-up failed).
+    pub(crate) unsafe fn free_from<H: Hal>(hal: &H, directory: PhysAddr) {
+        let p: NonNull<u8> = hal.phys_to_virt(directory);
+        for index in 0..DIRECTORY_ENTRIES as usize {
+            // SAFETY: the directory is a 4 KiB frame of 256 aligned 8-byte words (as in
+            // `directory_entry`), alive until freed below.
+            let entry = unsafe { &*p.as_ptr().cast::<AtomicU64>().add(index) };
+            let frame = entry.load(Ordering::Acquire);
+            if frame != 0 {
+                // SAFETY: a record frame `record_or_create` allocated, unused per the contract.
+                unsafe { hal.free_frame(PhysAddr::new(frame), FrameSize::SIZE_4K) };
+            }
+        }
+        // SAFETY: the directory frame from `new`, unused per the contract.
+        unsafe { hal.free_frame(directory, FrameSize::SIZE_4K) };
+    }
+
     fn record_or_create<H: Hal>(&self, hal: &H, id: u32) -> Result<(), UnitError> {
         if self.record(hal, id).is_some() {
             return Ok(());

@@ -29,8 +29,11 @@
 //! VT-d's own `rmrr` (reserved memory regions). Interrupt remapping, turned on after bring-up,
 //! has its own room: `crate::interrupt_remapping`.
 
+#[cfg(all(test, not(loom)))]
+mod alloc_failure;
 mod ats;
 mod attach;
+mod bringup;
 mod domain;
 mod domain_ids;
 mod fault;
@@ -39,6 +42,7 @@ mod invalidate;
 mod rmrr;
 
 pub use ats::MAX_ATS_DEVICES;
+use bringup::BringupFrames;
 pub use domain::VtdDomain;
 pub(crate) use domain::{agaw_of, DomainTable};
 use domain::{NESTED_MAP, SHARED_TABLE};
@@ -187,10 +191,22 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
             Self::command(regs, GCMD::QIE::SET, false, GSTS::QIES, "GSTS.QIES clear")?;
         }
 
-        let root = hal
-            .alloc_frame(FrameSize::SIZE_4K)
-            .ok_or(UnitError::OutOfMemory)?;
+        // Every frame first, before the hardware sees any: a failure here gives them back
+        // with nothing to undo in the unit.
+        let mut frames = BringupFrames::new(&hal);
+        let root = frames.root()?;
         clean(&hal, coherency, root, 4096);
+        let queue = if ecap.qi() {
+            let (parts, memory) = queue_memory(&hal, queue_size, Self::queue_width(info))?;
+            frames.queue(parts);
+            Some(memory)
+        } else {
+            None
+        };
+        // Caching mode reserves domain id 0 (tags of cached not-present entries).
+        let ids = frames.ids(cap.domain_ids(), u32::from(cap.caching_mode()))?;
+        let identity_id = ids.allocate(&hal)?;
+
         let ttm = match mode {
             Mode::Legacy => RTADDR::TTM::Legacy,
             Mode::Scalable => RTADDR::TTM::Scalable,
@@ -198,24 +214,24 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         block
             .rtaddr
             .write(ttm + RTADDR::RTA.val(root.as_u64() >> 12));
+        // From SRTP on the unit holds the root's address: a failure turns queued invalidation
+        // and translation off (bounded) before the frames go back (`BringupFrames::drop`).
+        frames.regs = Some(regs);
         Self::command(regs, GCMD::SRTP::SET, true, GSTS::RTPS, "GSTS.RTPS")?;
 
-        let qi = if ecap.qi() {
-            let memory = queue_memory(&hal, queue_size, Self::queue_width(info))?;
-            let config = QueueConfig::for_unit(ecap, queue_size);
-            let q = InvalidationQueue::new(QiMmio::new(block), memory, config)
-                .map_err(|_| UnitError::Hardware(HardwareError::QueueMemory))?;
-            block.iqt.set(0);
-            block.iqa.set(q.iqa_value());
-            Self::command(regs, GCMD::QIE::SET, true, GSTS::QIES, "GSTS.QIES")?;
-            Some(q)
-        } else {
-            None
+        let qi = match queue {
+            Some(memory) => {
+                let config = QueueConfig::for_unit(ecap, queue_size);
+                let q = InvalidationQueue::new(QiMmio::new(block), memory, config)
+                    .map_err(|_| UnitError::Hardware(HardwareError::QueueMemory))?;
+                block.iqt.set(0);
+                block.iqa.set(q.iqa_value());
+                Self::command(regs, GCMD::QIE::SET, true, GSTS::QIES, "GSTS.QIES")?;
+                Some(q)
+            }
+            None => None,
         };
 
-        // Caching mode reserves domain id 0 (tags of cached not-present entries).
-        let ids = DomainIds::new(&hal, cap.domain_ids(), u32::from(cap.caching_mode()))?;
-        let identity_id = ids.allocate(&hal)?;
         log::debug!(
             "VT-d: {mode:?} mode, {} second-stage tables at most, {}, caching mode {}, {} domain \
              ids, {} table walks",
@@ -276,6 +292,7 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         block.fectl.write(crate::registers::EVENT_CONTROL::IM::SET);
         unit.flush_write_buffer()?;
         Self::command(regs, GCMD::TE::SET, true, GSTS::TES, "GSTS.TES")?;
+        frames.keep();
         Ok(unit)
     }
 
@@ -363,6 +380,15 @@ impl<'u, H: Hal + Clone> VtdUnit<'u, H> {
         self.hal
             .alloc_frame(FrameSize::SIZE_4K)
             .ok_or(UnitError::OutOfMemory)
+    }
+
+    /// Gives back a table frame from [`alloc_table`](Self::alloc_table).
+    ///
+    /// # Safety
+    /// No entry the unit can reach points at it, and nothing else uses it.
+    pub(crate) unsafe fn free_table(&self, table: PhysAddr) {
+        // SAFETY: per this function's contract.
+        unsafe { self.hal.free_frame(table, FrameSize::SIZE_4K) }
     }
 
     /// The 64-bit word `index` of the 4 KiB table at `table`.
@@ -552,19 +578,21 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
     }
 }
 
-/// A queue's memory in frames from `hal`, never given back: the unit keeps its queue for its
-/// whole life.
+/// A queue's memory in frames from `hal`, and those frames: the unit keeps its queue for its
+/// whole life; a failed bring-up gives the frames back (`bringup`).
 #[cfg(not(loom))]
 fn queue_memory<'u, H: Hal>(
     hal: &H,
     size: QueueSize,
     width: DescriptorWidth,
-) -> Result<QueueMemory<'u>, UnitError> {
+) -> Result<([(PhysAddr, FrameSize); 2], QueueMemory<'u>), UnitError> {
     let frames = QueueFrames::allocate(hal, size, width).map_err(|_| UnitError::OutOfMemory)?;
-    // SAFETY: the frames are never freed, and the unit keeps `hal` (the HAL itself, or a
-    // handle that keeps it alive) for as long as the queue: the queue is the unit's own and is
-    // lent out only for a borrow of the unit.
-    Ok(unsafe { frames.into_memory() })
+    let parts = frames.frames();
+    // SAFETY: the frames are freed only by a failed bring-up, with queued invalidation off and
+    // the queue on them dropped first; otherwise the unit keeps `hal` (the HAL itself, or a
+    // handle that keeps it alive) for as long as the queue, which is lent out only for a
+    // borrow of the unit.
+    Ok((parts, unsafe { frames.into_memory() }))
 }
 
 /// Under loom only the queue's protocol is modelled (`qi::loom_tests`, on simulated memory):
@@ -574,7 +602,7 @@ fn queue_memory<'u, H: Hal>(
     _hal: &H,
     _size: QueueSize,
     _width: DescriptorWidth,
-) -> Result<QueueMemory<'u>, UnitError> {
+) -> Result<([(PhysAddr, FrameSize); 2], QueueMemory<'u>), UnitError> {
     Err(UnitError::OutOfMemory)
 }
 

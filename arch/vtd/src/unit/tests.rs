@@ -25,6 +25,9 @@ fn a_unit_that_does_not_answer_gives_a_typed_timeout() {
             waiting_for: "GSTS.RTPS"
         }))
     );
+    // The unit holds the root's address, but translation and the queue are off (GSTS reads
+    // them clear): every frame went back.
+    assert_eq!(hal.live_frames(), 0);
     // Scalable mode without ECAP.SMTS is refused before any register is touched.
     let r = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE);
     assert!(matches!(r.err(), Some(UnitError::Unsupported(_))));

@@ -1,0 +1,165 @@
+//! The allocation-failure sweep of a VT-d unit on the simulated unit: every operation that
+//! allocates is run with the N-th frame allocation failing, N = 0, 1, 2, ... until it succeeds;
+//! each failure must be `OutOfMemory`, leave the HAL's live frames as they were, and leave the
+//! unit usable (the retry succeeds, earlier mappings still translate).
+
+extern crate std;
+
+use iommu::addr::{Iova, PhysAddr};
+use iommu::hal::host::HostHal;
+use iommu::pagetable::Prot;
+use iommu::unit::{Attachment, DeviceId, Stage, TranslationUnit, UnitError};
+
+use super::{Mode, VtdUnit};
+use crate::qi::QueueSize;
+use crate::sim::{Access, SimulatedUnit, CAP, ECAP_SCALABLE};
+
+/// Runs `op` with the N-th allocation failing, N = 0, 1, ..., until it succeeds; with
+/// `keeps_tables`, a failed map may keep the intermediate tables it linked (they are what its
+/// retry uses), so live frames may grow but never shrink.
+fn sweep<T>(
+    hal: &HostHal,
+    what: &str,
+    keeps_tables: bool,
+    mut op: impl FnMut() -> Result<T, UnitError>,
+) -> T {
+    for n in 0..64 {
+        let before = hal.live_frames();
+        hal.set_budget(n);
+        let r = op();
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(t) => return t,
+            Err(
+                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory),
+            ) => {}
+            Err(e) => panic!("{what}: allocation {n} failing gave {e:?}"),
+        }
+        if keeps_tables {
+            assert!(
+                hal.live_frames() >= before,
+                "{what}: allocation {n} failing freed frames in use"
+            );
+        } else {
+            assert_eq!(
+                hal.live_frames(),
+                before,
+                "{what}: allocation {n} failing leaked frames"
+            );
+        }
+    }
+    panic!("{what}: never succeeds");
+}
+
+/// The frames attaching `dev` to a domain takes, without failures, on a fresh unit where the
+/// devices `before` it were attached first.
+fn clean_attach_frames(mode: Mode, earlier: &[DeviceId], dev: DeviceId) -> usize {
+    let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, mode, 48, QueueSize::ONE_PAGE).unwrap();
+    let d = unit.new_domain(Stage::Second, 48).unwrap();
+    for &e in earlier {
+        unit.attach(e, Attachment::Paging(&d)).unwrap();
+    }
+    let before = hal.live_frames();
+    unit.attach(dev, Attachment::Paging(&d)).unwrap();
+    hal.live_frames() - before
+}
+
+const EDU: DeviceId = DeviceId(0x0008);
+/// On bus 0 after `EDU`: its context table exists, so the first allocation of its attach is
+/// (in scalable mode) the PASID directory.
+const EDU_SAME_BUS: DeviceId = DeviceId(0x0018);
+const EDU2: DeviceId = DeviceId(0x0210); // 02:02.0: a bus without a context table yet
+
+#[test]
+fn bring_up_without_memory_leaks_nothing() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+        let regs = sim.registers();
+        let hal = HostHal::new();
+        let unit = sweep(&hal, "bring-up", false, || {
+            VtdUnit::new(&regs, &hal, mode, 48, QueueSize::ONE_PAGE)
+        });
+        drop(unit);
+    }
+}
+
+#[test]
+fn domains_maps_and_attaches_without_memory_leak_nothing() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+        let regs = sim.registers();
+        let hal = HostHal::new();
+        let unit = VtdUnit::new(&regs, &hal, mode, 48, QueueSize::ONE_PAGE).unwrap();
+        let buf = PhysAddr::new(0x4000_0000);
+        let d = sweep(&hal, "new_domain", false, || {
+            unit.new_domain(Stage::Second, 48)
+        });
+        // What the map takes without failures, on a domain of its own.
+        let clean = unit.new_domain(Stage::Second, 48).unwrap();
+        let before = hal.live_frames();
+        unit.map(&clean, Iova::new(0x10_0000), buf, 0x1000, Prot::READ_WRITE)
+            .unwrap();
+        let clean_frames = hal.live_frames() - before;
+        unit.destroy_domain(clean).map_err(|(_, e)| e).unwrap();
+        let before = hal.live_frames();
+        sweep(&hal, "map", true, || {
+            unit.map(&d, Iova::new(0x10_0000), buf, 0x1000, Prot::READ_WRITE)
+        });
+        assert_eq!(
+            hal.live_frames() - before,
+            clean_frames,
+            "{mode:?}: map kept more than it needs"
+        );
+        let devices = [EDU, EDU_SAME_BUS, EDU2];
+        for (i, &dev) in devices.iter().enumerate() {
+            // A failed attach may keep the context table (and in scalable mode the PASID
+            // directory and table) it linked in: what its retry uses, no more.
+            let before = hal.live_frames();
+            sweep(&hal, "attach", true, || {
+                unit.attach(dev, Attachment::Paging(&d))
+            });
+            assert_eq!(
+                hal.live_frames() - before,
+                clean_attach_frames(mode, &devices[..i], dev),
+                "{mode:?}: attach of {dev:?} kept more than it needs"
+            );
+            // SAFETY: the unit and its domain (their tables) live until the end of the test.
+            let reached = unsafe { sim.translate(dev.0 as u16, None, 0x10_0010, Access::Write) };
+            assert_eq!(reached, Ok(buf.as_u64() + 0x10), "{mode:?}: mapping intact");
+        }
+        for dev in devices {
+            unit.attach(dev, Attachment::Blocking).unwrap();
+        }
+        unit.destroy_domain(d).map_err(|(_, e)| e).unwrap();
+    }
+}
+
+#[test]
+fn pasid_attach_and_viommu_without_memory_leak_nothing() {
+    let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let d = unit.new_domain(Stage::First, 48).unwrap();
+    // PASID 3 of a device never attached: its context entry, PASID directory and table.
+    let before = hal.live_frames();
+    sweep(&hal, "attach_pasid", true, || {
+        unit.attach_pasid(EDU, 3, Attachment::Paging(&d))
+    });
+    assert_eq!(
+        hal.live_frames() - before,
+        3,
+        "context table, PASID directory and table"
+    );
+    // Another device on the same bus: its PASID directory and table, nothing kept on failure
+    // (the directory goes back when the table cannot be had).
+    sweep(&hal, "attach_pasid 2", false, || {
+        unit.attach_pasid(EDU_SAME_BUS, 3, Attachment::Paging(&d))
+    });
+    let parent = unit.new_domain(Stage::Second, 48).unwrap();
+    let v = sweep(&hal, "new_viommu", false, || unit.new_viommu(&parent));
+    unit.destroy_viommu(v).map_err(|(_, e)| e).unwrap();
+}
