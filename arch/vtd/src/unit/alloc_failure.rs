@@ -163,3 +163,88 @@ fn pasid_attach_and_viommu_without_memory_leak_nothing() {
     let v = sweep(&hal, "new_viommu", false, || unit.new_viommu(&parent));
     unit.destroy_viommu(v).map_err(|(_, e)| e).unwrap();
 }
+
+#[test]
+fn the_object_model_over_the_unit_without_memory_changes_nothing() {
+    use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
+
+    let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let mut io = Iommu::new();
+    let u = io.add_unit(&unit);
+    io.allow_unsafe_interrupts(true);
+    let owner = OwnerId(1);
+    let dev = io.add_device(u, EDU, GroupId(1)).unwrap();
+    io.claim(dev, owner).unwrap();
+    let windows = [Region::below_bits(39)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let oom = |e: &Error| {
+        matches!(
+            e,
+            Error::Unit(
+                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory)
+            )
+        )
+    };
+    // Each refusal is out of memory and leaves the model as it was (the domain count, the
+    // device's target, the mappings).
+    let mut domain = None;
+    for n in 0..16 {
+        let before = hal.live_frames();
+        hal.set_budget(n);
+        let r = io.alloc_domain(owner, u, Stage::Second, 39, &layout);
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(d) => {
+                domain = Some(d);
+                break;
+            }
+            Err(e) => assert!(oom(&e), "alloc_domain: {e:?}"),
+        }
+        assert_eq!(hal.live_frames(), before, "alloc_domain {n} leaked");
+    }
+    let d = domain.expect("alloc_domain succeeds");
+    let buf = PhysAddr::new(0x4000_0000);
+    for (what, iova) in [("map", 0x10_0000u64), ("map 2", 0x40_0000_0000)] {
+        for n in 0..16 {
+            hal.set_budget(n);
+            let r = io.map(owner, d, Iova::new(iova), buf, 0x1000, Prot::READ_WRITE);
+            hal.set_budget(usize::MAX);
+            match r {
+                Ok(()) => break,
+                Err(e) => assert!(oom(&e), "{what}: {e:?}"),
+            }
+            assert!(
+                io.iova_to_phys(owner, d, Iova::new(iova)).is_err(),
+                "{what}: half mapped"
+            );
+        }
+        assert_eq!(io.iova_to_phys(owner, d, Iova::new(iova)), Ok(buf));
+    }
+    for n in 0..16 {
+        hal.set_budget(n);
+        let r = io.attach(dev, owner, Target::Domain(d));
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(()) => break,
+            Err(e) => assert!(oom(&e), "attach: {e:?}"),
+        }
+        assert_eq!(
+            io.device(dev).unwrap().target,
+            Target::Blocked,
+            "attach {n}: target changed"
+        );
+    }
+    assert_eq!(io.device(dev).unwrap().target, Target::Domain(d));
+    // SAFETY: the unit and the domain (their tables) live until the end of the test.
+    let reached = unsafe { sim.translate(EDU.0 as u16, None, 0x10_0010, Access::Write) };
+    assert_eq!(reached, Ok(buf.as_u64() + 0x10));
+    io.release(dev, owner).unwrap();
+    io.unmap_all(owner, d).unwrap();
+    io.destroy_domain(owner, d).unwrap();
+}
