@@ -327,6 +327,17 @@ fn vmsa(granule: Granule, input_bits: u32, output_bits: u32) -> VmsaConfig {
     }
 }
 
+/// Up to 64 operations per case unless `MODEL_OPS` says otherwise (the Miri run asks for a
+/// few: every operation checks the whole model against the table).
+fn ops() -> impl Strategy<Value = Vec<RawOp>> {
+    let max = std::env::var("MODEL_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64usize)
+        .max(2);
+    prop::collection::vec(raw_op(), 1..max)
+}
+
 /// 64 cases per format unless `PROPTEST_CASES` says otherwise (the Miri run of
 /// `cargo xtask test` asks for a handful: each case is thousands of times slower there).
 fn cfg() -> ProptestConfig {
@@ -344,31 +355,31 @@ proptest! {
     #![proptest_config(cfg())]
 
     #[test]
-    fn vtd_second_stage_3_level_all_page_sizes(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vtd_second_stage_3_level_all_page_sizes(ops in ops()) {
         let f = vtd(0b0010, 0b11, 39);
         run(f, &Space::new(&f, 0, 4 * G1, prots_all()), &ops);
     }
 
     #[test]
-    fn vtd_second_stage_4_level_2m_only_at_top(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vtd_second_stage_4_level_2m_only_at_top(ops in ops()) {
         let f = vtd(0b0100, 0b01, 48);
         run(f, &Space::new(&f, (1 << 48) - 4 * G1, 4 * G1, prots_all()), &ops);
     }
 
     #[test]
-    fn vtd_second_stage_5_level_4k_only(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vtd_second_stage_5_level_4k_only(ops in ops()) {
         let f = vtd(0b1000, 0, 57);
         run(f, &Space::new(&f, 1 << 50, 64 << 20, prots_all()), &ops);
     }
 
     #[test]
-    fn x86_first_stage_4_level(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn x86_first_stage_4_level(ops in ops()) {
         let f = X86FirstStage::new(X86FirstStageConfig::four_level(46)).unwrap();
         run(f, &Space::new(&f, 0, 4 * G1, prots_readable()), &ops);
     }
 
     #[test]
-    fn x86_first_stage_5_level_no_1g(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn x86_first_stage_5_level_no_1g(ops in ops()) {
         let f = X86FirstStage::new(X86FirstStageConfig {
             five_level: true,
             page_1g: false,
@@ -379,37 +390,37 @@ proptest! {
     }
 
     #[test]
-    fn vmsa_stage1_4k(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage1_4k(ops in ops()) {
         let f = VmsaStage1::new(vmsa(Granule::Size4K, 48, 48)).unwrap();
         run(f, &Space::new(&f, 0, 4 * G1, prots_readable()), &ops);
     }
 
     #[test]
-    fn vmsa_stage1_16k(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage1_16k(ops in ops()) {
         let f = VmsaStage1::new(vmsa(Granule::Size16K, 47, 44)).unwrap();
         run(f, &Space::new(&f, 0, 512 << 20, prots_readable()), &ops);
     }
 
     #[test]
-    fn vmsa_stage1_64k(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage1_64k(ops in ops()) {
         let f = VmsaStage1::new(vmsa(Granule::Size64K, 48, 48)).unwrap();
         run(f, &Space::new(&f, (1 << 48) - 4 * G1, 4 * G1, prots_readable()), &ops);
     }
 
     #[test]
-    fn vmsa_stage2_4k_concatenated(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage2_4k_concatenated(ops in ops()) {
         let f = VmsaStage2::new(vmsa(Granule::Size4K, 40, 40)).unwrap();
         run(f, &Space::new(&f, (1 << 39) - 2 * G1, 4 * G1, prots_all()), &ops);
     }
 
     #[test]
-    fn vmsa_stage2_16k_concatenated(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage2_16k_concatenated(ops in ops()) {
         let f = VmsaStage2::new(vmsa(Granule::Size16K, 48, 48)).unwrap();
         run(f, &Space::new(&f, (1 << 47) - (256 << 20), 512 << 20, prots_all()), &ops);
     }
 
     #[test]
-    fn vmsa_stage2_64k_52_bit(ops in prop::collection::vec(raw_op(), 1..64)) {
+    fn vmsa_stage2_64k_52_bit(ops in ops()) {
         let f = VmsaStage2::new(vmsa(Granule::Size64K, 52, 52)).unwrap();
         run(f, &Space::new(&f, 0, 4 * G1, prots_all()), &ops);
     }

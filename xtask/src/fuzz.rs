@@ -192,7 +192,7 @@ fn ensure_miri() -> Result<(), String> {
 pub fn miri() -> Result<(), String> {
     let start = Instant::now();
     ensure_miri()?;
-    let runs: [(&str, &[&str]); 3] = [
+    let runs: [(&str, &[&str]); 4] = [
         (
             "page-table engine",
             // The untrusted walker reads guest tables through safe code (its tests' memory
@@ -217,6 +217,23 @@ pub fn miri() -> Result<(), String> {
             "VT-d invalidation queue",
             &["-p", "iommu-vtd", "--features", "sim", "--lib", "qi::tests"],
         ),
+        (
+            // Reduced (one case of at most 3 operations, `PROPTEST_CASES` and `MODEL_OPS`
+            // below) and three formats: each operation checks the whole model.
+            "page-table model",
+            &[
+                "-p",
+                "iommu",
+                "--features",
+                "host-hal",
+                "--test",
+                "pagetable_model",
+                "--",
+                "vtd_second_stage_3_level",
+                "x86_first_stage_4_level",
+                "vmsa_stage1_4k",
+            ],
+        ),
     ];
     for (what, selector) in runs {
         step(
@@ -224,6 +241,8 @@ pub fn miri() -> Result<(), String> {
             nightly_cargo()
                 // Isolation off: the queue tests' simulators read the clock.
                 .env("MIRIFLAGS", "-Zmiri-disable-isolation")
+                .env("PROPTEST_CASES", "1")
+                .env("MODEL_OPS", "4")
                 .args(["miri", "test", "--quiet"])
                 .args(selector),
         )?;
