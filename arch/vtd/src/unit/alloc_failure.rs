@@ -248,3 +248,49 @@ fn the_object_model_over_the_unit_without_memory_changes_nothing() {
     io.unmap_all(owner, d).unwrap();
     io.destroy_domain(owner, d).unwrap();
 }
+
+#[test]
+fn attaching_a_device_with_rmrrs_without_memory_changes_nothing() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let mut taken = [0usize; 2];
+        for (failing, taken) in [false, true].into_iter().zip(&mut taken) {
+            let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
+            let regs = sim.registers();
+            let hal = HostHal::new();
+            let unit = VtdUnit::new(&regs, &hal, mode, 48, QueueSize::ONE_PAGE).unwrap();
+            // Two reserved ranges of EDU, far apart (tables of their own).
+            unit.add_rmrr(EDU, 0x000e_0000, 0x000f_ffff).unwrap();
+            unit.add_rmrr(EDU, 0x7f_0000_0000, 0x7f_0000_ffff).unwrap();
+            let d = unit.new_domain(Stage::Second, 48).unwrap();
+            let before = hal.live_frames();
+            // The RMRRs' identity maps go into the domain first: a failure takes back what it
+            // mapped, and may keep only tables its retry reuses.
+            if failing {
+                sweep(&hal, "attach with RMRRs", true, || {
+                    unit.attach(EDU, Attachment::Paging(&d))
+                });
+            } else {
+                unit.attach(EDU, Attachment::Paging(&d)).unwrap();
+            }
+            *taken = hal.live_frames() - before;
+            check_rmrrs(&sim, mode);
+        }
+        assert_eq!(
+            taken[1], taken[0],
+            "{mode:?}: frames after failures vs a clean attach"
+        );
+    }
+}
+
+/// EDU's reserved ranges are identity-mapped for it (the unit and domain still live).
+fn check_rmrrs(sim: &SimulatedUnit, mode: Mode) {
+    for addr in [0x000e_1000u64, 0x7f_0000_8000] {
+        // SAFETY: the caller keeps the unit and the domain alive.
+        let reached = unsafe { sim.translate(EDU.0 as u16, None, addr, Access::Read) };
+        assert_eq!(
+            reached,
+            Ok(addr),
+            "{mode:?}: RMRR {addr:#x} identity-mapped"
+        );
+    }
+}
