@@ -724,3 +724,91 @@ fn a_dropped_unit_disables_the_smmu_and_gives_every_frame_back() {
         Err(crate::sim::DmaFault::Silent(None))
     );
 }
+
+#[test]
+fn the_object_model_over_the_unit_without_memory_changes_nothing() {
+    use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
+    use iommu::unit::UnitError;
+
+    let sim = SimulatedUnit::new(SimConfig::host());
+    let hal = HostHal::new();
+    let unit = bring_up(&sim, &hal).unwrap();
+    let mut io = Iommu::new();
+    let u = io.add_unit(&unit);
+    io.allow_unsafe_interrupts(true);
+    let owner = OwnerId(1);
+    // A stream in a level-2 table not yet created.
+    let dev = io.add_device(u, DeviceId(0x4321), GroupId(1)).unwrap();
+    io.claim(dev, owner).unwrap();
+    let windows = [Region::below_bits(39)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let oom = |e: &Error| {
+        matches!(
+            e,
+            Error::Unit(
+                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory)
+            )
+        )
+    };
+    let mut domain = None;
+    for n in 0..16 {
+        let before = hal.live_frames();
+        hal.set_budget(n);
+        let r = io.alloc_domain(owner, u, Stage::First, 39, &layout);
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(d) => {
+                domain = Some(d);
+                break;
+            }
+            Err(e) => assert!(oom(&e), "alloc_domain: {e:?}"),
+        }
+        assert_eq!(hal.live_frames(), before, "alloc_domain {n} leaked");
+    }
+    let d = domain.expect("alloc_domain succeeds");
+    let buf = PhysAddr::new(0x4000_0000);
+    for n in 0..16 {
+        hal.set_budget(n);
+        let r = io.map(
+            owner,
+            d,
+            Iova::new(0x10_0000),
+            buf,
+            0x1000,
+            Prot::READ_WRITE,
+        );
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(()) => break,
+            Err(e) => assert!(oom(&e), "map: {e:?}"),
+        }
+        assert!(io.iova_to_phys(owner, d, Iova::new(0x10_0000)).is_err());
+    }
+    for n in 0..16 {
+        hal.set_budget(n);
+        let r = io.attach(dev, owner, Target::Domain(d));
+        hal.set_budget(usize::MAX);
+        match r {
+            Ok(()) => break,
+            Err(e) => assert!(oom(&e), "attach: {e:?}"),
+        }
+        assert_eq!(
+            io.device(dev).unwrap().target,
+            Target::Blocked,
+            "attach {n}"
+        );
+    }
+    assert_eq!(io.device(dev).unwrap().target, Target::Domain(d));
+    assert_eq!(
+        sim.translate(0x4321, None, 0x10_0010, crate::sim::Access::WRITE),
+        Ok(buf.as_u64() + 0x10)
+    );
+    io.release(dev, owner).unwrap();
+    io.unmap_all(owner, d).unwrap();
+    io.destroy_domain(owner, d).unwrap();
+    drop(io);
+    drop(unit);
+}
