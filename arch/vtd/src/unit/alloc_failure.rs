@@ -294,3 +294,32 @@ fn check_rmrrs(sim: &SimulatedUnit, mode: Mode) {
         );
     }
 }
+
+#[test]
+fn nested_domains_and_their_attach_without_memory_leak_nothing() {
+    /// ECAP.NEST.
+    const NEST: u64 = 1 << 26;
+    let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE | NEST);
+    let regs = sim.registers();
+    let hal = HostHal::new();
+    let unit = VtdUnit::new(&regs, &hal, Mode::Scalable, 48, QueueSize::ONE_PAGE).unwrap();
+    let parent = unit.new_domain(Stage::Second, 48).unwrap();
+    let viommu = sweep(&hal, "new_viommu", false, || unit.new_viommu(&parent));
+    // A guest's first-stage PASID entry: P | AW 2 | PGTT 001, DID 0x42, FSPTPTR 0x1234_5000.
+    let guest = [0x49, 0x42, 0x1234_5010, 0, 0, 0, 0, 0];
+    let nested = sweep(&hal, "new_nested", false, || {
+        unit.new_nested(&viommu, &guest)
+    });
+    let before = hal.live_frames();
+    sweep(&hal, "attach nested", true, || {
+        unit.attach(EDU, Attachment::Paging(&nested))
+    });
+    assert_eq!(
+        hal.live_frames() - before,
+        3,
+        "context table, PASID directory and table: nothing more"
+    );
+    unit.attach(EDU, Attachment::Blocking).unwrap();
+    unit.destroy_domain(nested).map_err(|(_, e)| e).unwrap();
+    unit.destroy_viommu(viommu).map_err(|(_, e)| e).unwrap();
+}
