@@ -227,6 +227,47 @@ pub mod host {
             self.allocations.load(Ordering::Relaxed)
         }
 
+        /// Runs `op` with the N-th frame allocation failing, N = 0, 1, 2, ... (at most 64),
+        /// until it succeeds, and returns what it returned: an allocation-failure sweep. Each
+        /// failure must be one `out_of_memory` accepts and leave the live frames as they were
+        /// or, with `keeps_tables` (an operation that links tables its retry reuses), not
+        /// fewer. Panics (it is a test's helper) naming `what` otherwise.
+        pub fn sweep<T, E: core::fmt::Debug>(
+            &self,
+            what: &str,
+            keeps_tables: bool,
+            out_of_memory: impl Fn(&E) -> bool,
+            mut op: impl FnMut() -> Result<T, E>,
+        ) -> T {
+            for n in 0..64 {
+                let before = self.live_frames();
+                self.set_budget(n);
+                let r = op();
+                self.set_budget(usize::MAX);
+                let e = match r {
+                    Ok(t) => return t,
+                    Err(e) => e,
+                };
+                assert!(
+                    out_of_memory(&e),
+                    "{what}: allocation {n} failing gave {e:?}"
+                );
+                if keeps_tables {
+                    assert!(
+                        self.live_frames() >= before,
+                        "{what}: allocation {n} failing ({e:?}) freed frames in use"
+                    );
+                } else {
+                    assert_eq!(
+                        self.live_frames(),
+                        before,
+                        "{what}: allocation {n} failing ({e:?}) leaked frames"
+                    );
+                }
+            }
+            panic!("{what}: never succeeds");
+        }
+
         /// Calls to [`Hal::clean_to_poc`] and `DmaHal::clean_for_device` so far.
         pub fn cleans(&self) -> usize {
             self.cleans.load(Ordering::Relaxed)

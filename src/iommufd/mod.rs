@@ -207,6 +207,8 @@ pub mod notify;
 mod pasid;
 pub mod shadow;
 mod status;
+#[cfg(all(feature = "host-hal", not(loom)))]
+pub mod sweep;
 #[cfg(test)]
 pub(crate) mod tests;
 mod viommu;

@@ -41,49 +41,24 @@ fn bring_up_enables_the_smmu_and_invalidates_everything() {
     drop(unit);
 }
 
-/// Runs `op` with the N-th allocation failing, N = 0, 1, 2, ..., until it succeeds; every
-/// failure must leave the live frames as they were and the state usable (`op` is retried).
+/// `HostHal::sweep` for the unit's errors, each of which must name the exhausted memory.
 fn sweep<T, E: core::fmt::Debug>(hal: &HostHal, what: &str, op: impl FnMut() -> Result<T, E>) -> T {
     sweep_keeping(hal, what, false, op)
 }
 
-/// [`sweep`], where a failed map may keep the intermediate tables it linked in (the core's
-/// page-table engine keeps them, reachable, for the retry; the domain's destruction frees
-/// them): live frames may grow, never shrink.
+/// [`sweep`], where a failed operation may keep the tables it linked for its retry.
 fn sweep_keeping<T, E: core::fmt::Debug>(
     hal: &HostHal,
     what: &str,
     keeps_tables: bool,
-    mut op: impl FnMut() -> Result<T, E>,
+    op: impl FnMut() -> Result<T, E>,
 ) -> T {
-    for n in 0.. {
-        let before = hal.live_frames();
-        hal.set_budget(n);
-        let r = op();
-        hal.set_budget(usize::MAX);
-        if let Err(e) = &r {
-            // Typed: the error names the exhausted memory, whichever layer reports it.
-            let text = std::format!("{e:?}");
-            assert!(
-                text.contains("OutOfMemory"),
-                "{what}: allocation {n} failing gave {text}"
-            );
-        }
-        match r {
-            Ok(t) => return t,
-            Err(e) if keeps_tables => assert!(
-                hal.live_frames() >= before,
-                "{what}: allocation {n} failing ({e:?}) freed frames in use"
-            ),
-            Err(e) => assert_eq!(
-                hal.live_frames(),
-                before,
-                "{what}: allocation {n} failing ({e:?}) leaked frames"
-            ),
-        }
-        assert!(n < 64, "{what}: never succeeds");
-    }
-    unreachable!()
+    hal.sweep(
+        what,
+        keeps_tables,
+        |e| std::format!("{e:?}").contains("OutOfMemory"),
+        op,
+    )
 }
 
 #[test]
@@ -727,8 +702,7 @@ fn a_dropped_unit_disables_the_smmu_and_gives_every_frame_back() {
 
 #[test]
 fn the_object_model_over_the_unit_without_memory_changes_nothing() {
-    use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
-    use iommu::unit::UnitError;
+    use iommu::iommufd::{sweep, GroupId, Iommu, Layout, OwnerId, Region};
 
     let sim = SimulatedUnit::new(SimConfig::host());
     let hal = HostHal::new();
@@ -745,63 +719,17 @@ fn the_object_model_over_the_unit_without_memory_changes_nothing() {
         windows: &windows,
         reserved: &[],
     };
-    let oom = |e: &Error| {
-        matches!(
-            e,
-            Error::Unit(
-                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory)
-            )
-        )
-    };
-    let mut domain = None;
-    for n in 0..16 {
-        let before = hal.live_frames();
-        hal.set_budget(n);
-        let r = io.alloc_domain(owner, u, Stage::First, 39, &layout);
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(d) => {
-                domain = Some(d);
-                break;
-            }
-            Err(e) => assert!(oom(&e), "alloc_domain: {e:?}"),
-        }
-        assert_eq!(hal.live_frames(), before, "alloc_domain {n} leaked");
-    }
-    let d = domain.expect("alloc_domain succeeds");
     let buf = PhysAddr::new(0x4000_0000);
-    for n in 0..16 {
-        hal.set_budget(n);
-        let r = io.map(
-            owner,
-            d,
-            Iova::new(0x10_0000),
-            buf,
-            0x1000,
-            Prot::READ_WRITE,
-        );
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(()) => break,
-            Err(e) => assert!(oom(&e), "map: {e:?}"),
-        }
-        assert!(io.iova_to_phys(owner, d, Iova::new(0x10_0000)).is_err());
-    }
-    for n in 0..16 {
-        hal.set_budget(n);
-        let r = io.attach(dev, owner, Target::Domain(d));
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(()) => break,
-            Err(e) => assert!(oom(&e), "attach: {e:?}"),
-        }
-        assert_eq!(
-            io.device(dev).unwrap().target,
-            Target::Blocked,
-            "attach {n}"
-        );
-    }
-    assert_eq!(io.device(dev).unwrap().target, Target::Domain(d));
+    let d = sweep::domain_map_attach(
+        &mut io,
+        &hal,
+        owner,
+        u,
+        dev,
+        (Stage::First, 39, &layout),
+        Iova::new(0x10_0000),
+        buf,
+    );
     assert_eq!(
         sim.translate(0x4321, None, 0x10_0010, crate::sim::Access::WRITE),
         Ok(buf.as_u64() + 0x10)

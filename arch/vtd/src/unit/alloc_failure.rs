@@ -14,41 +14,21 @@ use super::{Mode, VtdUnit};
 use crate::qi::QueueSize;
 use crate::sim::{Access, SimulatedUnit, CAP, ECAP_SCALABLE};
 
-/// Runs `op` with the N-th allocation failing, N = 0, 1, ..., until it succeeds; with
-/// `keeps_tables`, a failed map may keep the intermediate tables it linked (they are what its
-/// retry uses), so live frames may grow but never shrink.
+/// `HostHal::sweep` for the unit's out-of-memory errors.
 fn sweep<T>(
     hal: &HostHal,
     what: &str,
     keeps_tables: bool,
-    mut op: impl FnMut() -> Result<T, UnitError>,
+    op: impl FnMut() -> Result<T, UnitError>,
 ) -> T {
-    for n in 0..64 {
-        let before = hal.live_frames();
-        hal.set_budget(n);
-        let r = op();
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(t) => return t,
-            Err(
-                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory),
-            ) => {}
-            Err(e) => panic!("{what}: allocation {n} failing gave {e:?}"),
-        }
-        if keeps_tables {
-            assert!(
-                hal.live_frames() >= before,
-                "{what}: allocation {n} failing freed frames in use"
-            );
-        } else {
-            assert_eq!(
-                hal.live_frames(),
-                before,
-                "{what}: allocation {n} failing leaked frames"
-            );
-        }
-    }
-    panic!("{what}: never succeeds");
+    hal.sweep(what, keeps_tables, out_of_memory, op)
+}
+
+fn out_of_memory(e: &UnitError) -> bool {
+    matches!(
+        e,
+        UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory)
+    )
 }
 
 /// The frames attaching `dev` to a domain takes, without failures, on a fresh unit where the
@@ -166,7 +146,7 @@ fn pasid_attach_and_viommu_without_memory_leak_nothing() {
 
 #[test]
 fn the_object_model_over_the_unit_without_memory_changes_nothing() {
-    use iommu::iommufd::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
+    use iommu::iommufd::{sweep, GroupId, Iommu, Layout, OwnerId, Region};
 
     let sim = SimulatedUnit::new(CAP, ECAP_SCALABLE);
     let regs = sim.registers();
@@ -183,64 +163,17 @@ fn the_object_model_over_the_unit_without_memory_changes_nothing() {
         windows: &windows,
         reserved: &[],
     };
-    let oom = |e: &Error| {
-        matches!(
-            e,
-            Error::Unit(
-                UnitError::OutOfMemory | UnitError::PageTable(iommu::pagetable::Error::OutOfMemory)
-            )
-        )
-    };
-    // Each refusal is out of memory and leaves the model as it was (the domain count, the
-    // device's target, the mappings).
-    let mut domain = None;
-    for n in 0..16 {
-        let before = hal.live_frames();
-        hal.set_budget(n);
-        let r = io.alloc_domain(owner, u, Stage::Second, 39, &layout);
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(d) => {
-                domain = Some(d);
-                break;
-            }
-            Err(e) => assert!(oom(&e), "alloc_domain: {e:?}"),
-        }
-        assert_eq!(hal.live_frames(), before, "alloc_domain {n} leaked");
-    }
-    let d = domain.expect("alloc_domain succeeds");
     let buf = PhysAddr::new(0x4000_0000);
-    for (what, iova) in [("map", 0x10_0000u64), ("map 2", 0x40_0000_0000)] {
-        for n in 0..16 {
-            hal.set_budget(n);
-            let r = io.map(owner, d, Iova::new(iova), buf, 0x1000, Prot::READ_WRITE);
-            hal.set_budget(usize::MAX);
-            match r {
-                Ok(()) => break,
-                Err(e) => assert!(oom(&e), "{what}: {e:?}"),
-            }
-            assert!(
-                io.iova_to_phys(owner, d, Iova::new(iova)).is_err(),
-                "{what}: half mapped"
-            );
-        }
-        assert_eq!(io.iova_to_phys(owner, d, Iova::new(iova)), Ok(buf));
-    }
-    for n in 0..16 {
-        hal.set_budget(n);
-        let r = io.attach(dev, owner, Target::Domain(d));
-        hal.set_budget(usize::MAX);
-        match r {
-            Ok(()) => break,
-            Err(e) => assert!(oom(&e), "attach: {e:?}"),
-        }
-        assert_eq!(
-            io.device(dev).unwrap().target,
-            Target::Blocked,
-            "attach {n}: target changed"
-        );
-    }
-    assert_eq!(io.device(dev).unwrap().target, Target::Domain(d));
+    let d = sweep::domain_map_attach(
+        &mut io,
+        &hal,
+        owner,
+        u,
+        dev,
+        (Stage::Second, 39, &layout),
+        Iova::new(0x10_0000),
+        buf,
+    );
     // SAFETY: the unit and the domain (their tables) live until the end of the test.
     let reached = unsafe { sim.translate(EDU.0 as u16, None, 0x10_0010, Access::Write) };
     assert_eq!(reached, Ok(buf.as_u64() + 0x10));
