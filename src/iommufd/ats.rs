@@ -60,7 +60,7 @@ impl<U: TranslationUnit> Iommu<U> {
         device: DeviceHandle,
         owner: OwnerId,
         queue_depth: u8,
-        mut control: Switch,
+        mut control: Box<dyn AtsControl + Send + Sync>,
     ) -> Result<()> {
         let state = self.device(device)?;
         if state.owner != Some(owner) {
