@@ -383,10 +383,14 @@ fn host_target(
 /// entries), and is refused by name.
 pub fn guest_flush(raw: &[u64; 4]) -> Result<GuestFlush, &'static str> {
     let tag = |d: Did| u32::from(d.raw());
-    let range = |d: Did, b: PageBlock| GuestFlush::Range {
-        tag: tag(d),
-        iova: b.addr().as_u64(),
-        len: b.bytes(),
+    // AM 52 covers the whole 64-bit space, which no length says: the domain's every page.
+    let range = |d: Did, b: PageBlock| match b.bytes() {
+        u64::MAX => GuestFlush::Tag(tag(d)),
+        len => GuestFlush::Range {
+            tag: tag(d),
+            iova: b.addr().as_u64(),
+            len,
+        },
     };
     Ok(match Descriptor::decode(*raw).map_err(decode_reason)? {
         Descriptor::Iotlb { scope, .. } => match scope {

@@ -370,6 +370,12 @@ fn guest_descriptors_name_what_a_shadow_follows() {
         guest_flush(&[0x2 | 2 << 4 | 0x42 << 16, 0, 0, 0]),
         Ok(GuestFlush::Tag(0x42))
     );
+    // AM 52 at address 0: the whole 64-bit space, the domain's every page (found by the
+    // vtd_guest fuzz target: no length says 2^64).
+    assert_eq!(
+        guest_flush(&[0x2 | 3 << 4 | 0x42 << 16, 52, 0, 0]),
+        Ok(GuestFlush::Tag(0x42))
+    );
     assert_eq!(guest_flush(&[0x2 | 1 << 4, 0, 0, 0]), Ok(GuestFlush::All));
     // PASID-based IOTLB (type 6), G = 11, DID 0x42, PASID 1 at [51:32], one page.
     let piotlb = [0x6 | 3 << 4 | 0x42 << 16 | 1 << 32, 0x5000, 0, 0];
