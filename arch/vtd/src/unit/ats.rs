@@ -100,56 +100,48 @@ impl<H: Hal + Clone> VtdUnit<'_, H> {
         }
         let raw = u16::try_from(device.0).map_err(|_| UnitError::UnknownDevice(device))?;
         let source = SourceId::from_raw(raw);
+        // The records change only under `tables` (here and in `ats_attached`).
         let _guard = self.tables.lock();
-        let (was, domain) =
-            {
-                let mut records = self.ats.lock();
-                let at = records
-                    .iter()
-                    .position(|d| d.is_some_and(|d| d.source == source));
-                let was = at.and_then(|i| records[i]);
-                match (ats, at) {
-                    (Some(a), Some(i)) => {
-                        if let Some(d) = &mut records[i] {
-                            d.ats = a;
-                        }
-                    }
-                    (Some(a), None) => {
-                        let free = records.iter().position(Option::is_none).ok_or(
-                            UnitError::Unsupported("more ATS devices than MAX_ATS_DEVICES"),
-                        )?;
-                        records[free] = Some(AtsDevice {
-                            source,
-                            ats: a,
-                            domain: None,
-                        });
-                        // SeqCst, before the context entry serves translation requests: a flush
-                        // loads the count after its tables were cleared (see `device_tlbs`).
-                        self.ats_devices.fetch_add(1, Ordering::SeqCst);
-                    }
-                    (None, Some(i)) => records[i] = None,
-                    (None, None) => return Ok(()),
-                }
-                (was, was.and_then(|d| d.domain))
-            };
+        let (slot, was) = {
+            let records = self.ats.lock();
+            let at = records
+                .iter()
+                .position(|d| d.is_some_and(|d| d.source == source));
+            match (at, ats) {
+                (Some(i), _) => (i, records[i]),
+                (None, None) => return Ok(()),
+                (None, Some(_)) => (
+                    records
+                        .iter()
+                        .position(Option::is_none)
+                        .ok_or(UnitError::Unsupported(
+                            "more ATS devices than MAX_ATS_DEVICES",
+                        ))?,
+                    None,
+                ),
+            }
+        };
+        // The record first: a flush after the entry serves translation requests must find it.
+        self.ats.lock()[slot] = ats.map(|ats| AtsDevice {
+            source,
+            ats,
+            domain: was.and_then(|d| d.domain),
+        });
+        if was.is_none() {
+            // SeqCst, before the context entry serves translation requests: a flush loads the
+            // count after its tables were cleared (see `device_tlbs`).
+            self.ats_devices.fetch_add(1, Ordering::SeqCst);
+        }
         let on = ats.is_some();
         let changed = match self.mode {
             Mode::Legacy => self.set_legacy_device_tlb(source, on),
             Mode::Scalable => self.set_scalable_device_tlb(source, on),
         };
         let domain = match changed {
-            Ok(d) => d.or(domain),
+            Ok(d) => d.or(was.and_then(|d| d.domain)),
             Err(e) => {
                 // Back as it was: the entry is unchanged or its invalidation failed.
-                let mut records = self.ats.lock();
-                if let Some(slot) = records
-                    .iter_mut()
-                    .find(|d| d.is_some_and(|d| d.source == source))
-                {
-                    *slot = was;
-                } else if let Some(slot) = records.iter_mut().find(|d| d.is_none()) {
-                    *slot = was;
-                }
+                self.ats.lock()[slot] = was;
                 if was.is_none() {
                     self.ats_devices.fetch_sub(1, Ordering::SeqCst);
                 }
