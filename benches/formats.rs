@@ -3,13 +3,15 @@
 //! 256-page ranges mapped and unmapped in one call, in ns per page.
 //!
 //! ```text
-//! cargo bench -p iommu --bench formats            # 5 interleaved rounds, medians
+//! cargo bench -p iommu --bench formats            # 21 interleaved rounds, medians
 //! cargo bench -p iommu --bench formats -- --test  # one short round (smoke)
 //! ```
 //!
 //! Not criterion: eight formats times five cases would take long, and the ratios need the
 //! format and the peer measured in the same moments, so each round measures every case of every
-//! table once, interleaved, and the report takes the median over rounds.
+//! table once, interleaved (a round takes a few milliseconds), and the report gives the median
+//! over rounds of the time and of the ratio to the peer's figure *in the same round*: this VM's
+//! CPU speed drifts by up to 1.8× over seconds, which moves both sides of a round's ratio alike.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -203,7 +205,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
-    let (rounds, pages) = if smoke { (1, 64) } else { (5, PAGES) };
+    let (rounds, pages) = if smoke { (1, 64) } else { (21, PAGES) };
     let vmsa = |granule| VmsaConfig {
         granule,
         input_bits: 48,
@@ -256,6 +258,10 @@ fn main() {
         }
     }
     let med = |i: usize, f: fn(&Figures) -> f64| median(all[i].iter().map(f).collect());
+    // The ratio to the peer within each round, then the median over rounds.
+    let ratio = |i: usize, f: fn(&Figures) -> f64| {
+        median(all[i].iter().zip(&all[0]).map(|(x, p)| f(x) / f(p)).collect())
+    };
     type Case = (&'static str, fn(&Figures) -> f64);
     let cases: [Case; 5] = [
         ("map", |f| f.map),
@@ -264,7 +270,11 @@ fn main() {
         ("range map", |f| f.range_map),
         ("range unmap", |f| f.range_unmap),
     ];
-    println!("ns per page (median of {rounds} rounds), ratio to the peer's 4K figure:");
+    println!(
+        "ns per page (median of {rounds} rounds; load average {}), and the median of the rounds' \
+         ratios to the peer's 4K figure:",
+        iommu::iommufd::bench::load()
+    );
     print!("{:<22}", "table");
     for (c, _) in cases {
         print!(" | {c:>18}");
@@ -273,8 +283,7 @@ fn main() {
     for (i, (name, _)) in tables.iter().enumerate() {
         print!("{name:<22}");
         for (_, f) in cases {
-            let v = med(i, f);
-            print!(" | {v:>8.2} ({:>5.2}x)", v / med(0, f));
+            print!(" | {:>8.2} ({:>5.2}x)", med(i, f), ratio(i, f));
         }
         println!();
     }

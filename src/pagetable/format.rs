@@ -9,21 +9,24 @@ use super::{Error, Prot};
 use crate::hal::FrameSize;
 
 /// An I/O page-table format. Implemented by small `Copy` types holding the geometry the hardware
-/// and the domain chose; every method is meant to inline into the engine's loops.
+/// and the domain chose; every method is meant to inline into the engine's loops (which copy the
+/// format into a local where a loop stores entries: the compiler must assume an atomic store
+/// may change the table's own fields, and would reload them for every entry).
 ///
 /// # Safety
 ///
 /// The engine turns table entries back into pointers, so an implementation must guarantee, for
 /// every granule-aligned `pa` below `2^52` and every level `l` in `1..levels()`:
 /// - `table_entry(pa)` is non-zero, `is_table(table_entry(pa), l)` holds, and
-///   `decode_addr(table_entry(pa) | SW_SYNCED) == pa`;
+///   `decode_addr(table_entry(pa) | SW_SYNCED) == pa`, and `decode_addr_in::<G>` agrees with
+///   `decode_addr` for `G` 0 and `granule_shift()`;
 /// - a leaf `leaf_bits(l', prot) | encode_addr(pa)` is non-zero and `is_table` is false for it at
 ///   its level `l'` (and `is_table(_, 0)` is always false);
 /// - `decode_addr` ignores every bit hardware may set in an entry (accessed/dirty flags);
 /// - the geometry methods return constant values, with `granule_shift()` in {12, 14, 16},
 ///   `levels()` in `1..=MAX_LEVELS`, and `root_frame()` large enough for the root's entries
 ///   (the engine checks the arithmetic when a table is created).
-pub unsafe trait Format: Send + Sync {
+pub unsafe trait Format: Copy + Send + Sync {
     /// A software-available bit of table entries, ignored by the walker, that the engine sets
     /// once an installed table entry has been cleaned to memory (non-coherent walkers only).
     const SW_SYNCED: u64;
@@ -58,6 +61,15 @@ pub unsafe trait Format: Send + Sync {
 
     /// The physical address an entry points to (table or leaf base).
     fn decode_addr(&self, entry: u64) -> u64;
+
+    /// [`decode_addr`](Self::decode_addr) on the engine's paths compiled for one granule, whose
+    /// shift `G` is then a constant (0: not known): a format whose address field depends on the
+    /// granule can make it a constant mask there. Must equal `decode_addr` whenever `G` is 0 or
+    /// `granule_shift()`.
+    #[inline(always)]
+    fn decode_addr_in<const G: u32>(&self, entry: u64) -> u64 {
+        self.decode_addr(entry)
+    }
 
     /// A table entry pointing to the table at `table_pa`.
     fn table_entry(&self, table_pa: u64) -> u64;

@@ -318,6 +318,19 @@ macro_rules! vmsa_geometry {
         }
 
         #[inline(always)]
+        fn decode_addr_in<const G: u32>(&self, entry: u64) -> u64 {
+            // 4K and 16K granules have no FEAT_LPA field (`Geometry::new` refuses 52-bit
+            // output for them): the address is bits 47:G, a constant mask, which takes the
+            // shift and OR of the LPA bits off every level's load-to-load chain of a walk.
+            if G == 12 || G == 14 {
+                debug_assert_eq!(G, self.geo.g());
+                entry & ((1u64 << 48) - 1) & !((1u64 << G) - 1)
+            } else {
+                self.geo.decode_addr(entry)
+            }
+        }
+
+        #[inline(always)]
         fn table_entry(&self, table_pa: u64) -> u64 {
             self.geo.table_entry(table_pa)
         }
