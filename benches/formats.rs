@@ -252,6 +252,7 @@ fn main() {
         ));
     }
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); tables.len()];
+    let steal = iommu::iommufd::bench::Steal::now();
     for _ in 0..rounds {
         for (i, (_, t)) in tables.iter_mut().enumerate() {
             all[i].push(t.round(pages));
@@ -271,9 +272,10 @@ fn main() {
         ("range unmap", |f| f.range_unmap),
     ];
     println!(
-        "ns per page (median of {rounds} rounds; load average {}), and the median of the rounds' \
-         ratios to the peer's 4K figure:",
-        iommu::iommufd::bench::load()
+        "ns per page (median of {rounds} rounds; load average {}; CPU time stolen by the host \
+         meanwhile {}), and the median of the rounds' ratios to the peer's 4K figure:",
+        iommu::iommufd::bench::load(),
+        steal.since()
     );
     print!("{:<22}", "table");
     for (c, _) in cases {

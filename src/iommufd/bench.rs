@@ -242,6 +242,46 @@ pub fn load() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The CPU time the host took from this machine's virtual CPUs (steal time, `/proc/stat`) since
+/// a [`Steal::now`]: the one load a virtual machine's load average cannot show, and the reason
+/// two threads can run no faster than one on a machine that looks idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Steal {
+    steal: u64,
+    total: u64,
+}
+
+impl Steal {
+    /// The counters now (zero where `/proc/stat` cannot be read).
+    pub fn now() -> Self {
+        let line = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = line
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Self {
+            // user nice system idle iowait irq softirq steal ...
+            steal: ticks.get(7).copied().unwrap_or(0),
+            total: ticks.iter().take(8).sum(),
+        }
+    }
+
+    /// Percent of all CPU time stolen since `self`, as text ("unknown" without counters).
+    pub fn since(self) -> String {
+        let now = Self::now();
+        let total = now.total.saturating_sub(self.total);
+        if total == 0 {
+            return "unknown".into();
+        }
+        let stolen = now.steal.saturating_sub(self.steal);
+        std::format!("{:.1}%", 100.0 * stolen as f64 / total as f64)
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

@@ -181,6 +181,7 @@ where
         (Design::Mutex, 2),
     ];
     let mut rates = [const { Vec::new() }; 4];
+    let steal = crate::iommufd::bench::Steal::now();
     for _ in 0..rounds.max(1) {
         for ((design, producers), r) in cases.iter().zip(&mut rates) {
             r.push(rig.rate(*design, *producers, secs)?);
@@ -192,9 +193,11 @@ where
         mutex: Rates { one: mx1, two: mx2 },
     };
     println!(
-        "\n{heading} (median of {} rounds of {secs} s; load average {}):",
+        "\n{heading} (median of {} rounds of {secs} s; load average {}; CPU time stolen by \
+         the host meanwhile {}):",
         rounds.max(1),
-        crate::iommufd::bench::load()
+        crate::iommufd::bench::load(),
+        steal.since()
     );
     println!("  {:<12} {:>16} {:>16}", "", "1 producer", "2 producers");
     for (name, r) in [("lock-free", s.lock_free), ("spin::Mutex", s.mutex)] {

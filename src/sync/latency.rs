@@ -8,6 +8,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
+use super::CachePadded;
+
 /// A simulated completion latency for the self-draining queue simulators (SMMUv3 CMD_SYNC,
 /// VT-d wait descriptor): a completion command executes only `delay` after the tail write that
 /// published it. Completions published together complete together: a delay, not a service
@@ -27,8 +29,9 @@ pub struct Latency {
     /// Nanoseconds after `origin` before which the completion at the head cannot execute, as
     /// the last consumer found it: a poll before then returns without taking the simulator's
     /// stepping flag (a read-modify-write every waiter's poll would otherwise make). Stale
-    /// values are earlier than any later head's, so harmless; relaxed, a hint only.
-    not_before: AtomicU64,
+    /// values are earlier than any later head's, so harmless; relaxed, a hint only. On a line of
+    /// its own, apart from the fields every poll reads.
+    not_before: CachePadded<AtomicU64>,
 }
 
 impl Latency {
@@ -38,7 +41,7 @@ impl Latency {
             delay: u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
             origin: Instant::now(),
             published_at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            not_before: AtomicU64::new(0),
+            not_before: CachePadded(AtomicU64::new(0)),
         }
     }
 

@@ -415,6 +415,14 @@ const CMD_SYNC: RawCommand = [crate::command::opcode::SYNC as u64, 0];
 /// between its CMD_SYNC completing and its look, under a storm of failures).
 const ERROR_SLOTS: usize = 256;
 
+/// A waiter whose CONS does not move looks for a stopped queue (GERROR.CMDQ_ERR) on its first
+/// stalled poll and then every this many: a stop is seen a few polls late at worst, and the
+/// polls in between read CONS alone. Every poll under loom, whose models stay small.
+#[cfg(not(loom))]
+const ERROR_CHECK_INTERVAL: u32 = 16;
+#[cfg(loom)]
+const ERROR_CHECK_INTERVAL: u32 = 1;
+
 /// The publisher lock and what only its holder touches, on one line of their own: a pass
 /// takes the lock, reads and writes `published`, and leaves, moving one line, and its stores
 /// do not invalidate the read-mostly fields every submission reads (`regs`, `mem`, `ready`).
@@ -796,6 +804,7 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
     fn wait_consumed(&self, target: u64, waiting_for: &'static str) -> Result<(), CmdqError> {
         let mut last = self.consumed.0.load(Ordering::Acquire);
         let mut stalled = 0u32;
+        let mut until_check = 0u32;
         let mut backoff = Backoff::new();
         loop {
             // Memory first: another waiter that read CONS may have seen ours complete already
@@ -810,8 +819,14 @@ impl<R: CmdqRegisters, M: QueueMemory<2>> CommandQueue<R, M> {
                 return Ok(());
             }
             if now == last {
-                // No progress: the SMMU may have stopped on a command error.
-                self.recover_if_stopped()?;
+                // No progress: the SMMU may have stopped on a command error. Looked at on the
+                // first stalled poll and every `ERROR_CHECK_INTERVAL`-th after it: GERROR and
+                // GERRORN are two more register reads, which would triple a poll's MMIO.
+                if until_check == 0 {
+                    self.recover_if_stopped()?;
+                    until_check = ERROR_CHECK_INTERVAL;
+                }
+                until_check -= 1;
                 stalled += 1;
                 if stalled >= self.budget {
                     return Err(CmdqError::Timeout(Timeout { waiting_for }));

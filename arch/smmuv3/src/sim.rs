@@ -70,7 +70,7 @@ use crate::command::{Command, RawCommand};
 use crate::eventq::EventqRegisters;
 use crate::registers::GERROR;
 use iommu::sync::latency::Latency;
-use iommu::sync::{AtomicBool, AtomicU32, Ordering, RacyCell};
+use iommu::sync::{AtomicBool, AtomicU32, CachePadded, Ordering, RacyCell};
 
 #[cfg(not(loom))]
 mod unit;
@@ -146,11 +146,15 @@ pub enum SimStep {
 /// accessors give ([`CmdqRegisters`]): software's stores before a PROD or GERRORN write are
 /// visible to the consumer that reads it, and the consumer's slot reads happen before the CONS
 /// store that frees the slots.
+///
+/// PROD (written by the CPUs) and CONS (written by the consumer) are on cache lines of their
+/// own, apart from each other and from the registers every stalled poll reads (GERROR,
+/// GERRORN): on hardware a register write invalidates no CPU's cache line.
 #[derive(Debug)]
 pub struct SimulatedSmmu {
     log2: u8,
-    cmdq_prod: AtomicU32,
-    cmdq_cons: AtomicU32,
+    cmdq_prod: CachePadded<AtomicU32>,
+    cmdq_cons: CachePadded<AtomicU32>,
     gerror: AtomicU32,
     gerrorn: AtomicU32,
     eventq_log2: u8,
@@ -168,8 +172,8 @@ impl SimulatedSmmu {
     pub fn with_event_queue(cmdq_log2: u8, eventq_log2: u8) -> Self {
         Self {
             log2: cmdq_log2,
-            cmdq_prod: AtomicU32::new(0),
-            cmdq_cons: AtomicU32::new(0),
+            cmdq_prod: CachePadded(AtomicU32::new(0)),
+            cmdq_cons: CachePadded(AtomicU32::new(0)),
             gerror: AtomicU32::new(0),
             gerrorn: AtomicU32::new(0),
             eventq_log2,
@@ -231,7 +235,7 @@ impl SimulatedSmmu {
             smmu: self,
             mem,
             execute,
-            stepping: AtomicBool::new(false),
+            stepping: CachePadded(AtomicBool::new(false)),
             latency: None,
         }
     }
@@ -329,7 +333,8 @@ pub struct SelfDraining<'a, M> {
     /// without a read-modify-write, so two concurrent steps could move it backwards. A reader
     /// that finds it taken answers with CONS as it is (the holder is draining). Acquire on
     /// taking, release on leaving: one drain's CONS store happens before the next one's load.
-    stepping: AtomicBool,
+    /// On a line of its own: every poll reads the fields around it.
+    stepping: CachePadded<AtomicBool>,
     /// The simulated CMD_SYNC latency, if any.
     latency: Option<Latency>,
 }

@@ -213,7 +213,7 @@ impl SimUnit {
         SelfDraining {
             unit: self,
             memory: mem.memory(),
-            stepping: AtomicBool::new(false),
+            stepping: CachePadded(AtomicBool::new(false)),
             latency: None,
         }
     }
@@ -249,7 +249,8 @@ pub struct SelfDraining<'a> {
     /// that finds it taken answers with the registers as they are (the holder is draining).
     /// Acquire on taking, release on leaving: one drain's head store happens before the next
     /// one's load.
-    stepping: AtomicBool,
+    /// On a line of its own: every poll reads the fields around it.
+    stepping: CachePadded<AtomicBool>,
     /// The simulated wait latency, if any.
     latency: Option<Latency>,
 }
