@@ -20,6 +20,9 @@ use crate::hal::FrameSize;
 /// - `table_entry(pa)` is non-zero, `is_table(table_entry(pa), l)` holds, and
 ///   `decode_addr(table_entry(pa) | SW_SYNCED) == pa`, and `decode_addr_in::<G>` agrees with
 ///   `decode_addr` for `G` 0 and `granule_shift()`;
+/// - if `linear_addr()`, then `encode_addr(pa + k * span) == encode_addr(pa) + k * span` for
+///   every run of leaves of `span` bytes from a granule-aligned `pa` that stays below
+///   `2^oa_bits()`, and adding to the address field never carries into `leaf_bits`;
 /// - a leaf `leaf_bits(l', prot) | encode_addr(pa)` is non-zero and `is_table` is false for it at
 ///   its level `l'` (and `is_table(_, 0)` is always false);
 /// - `decode_addr` ignores every bit hardware may set in an entry (accessed/dirty flags);
@@ -61,6 +64,14 @@ pub unsafe trait Format: Copy + Send + Sync {
 
     /// The physical address an entry points to (table or leaf base).
     fn decode_addr(&self, entry: u64) -> u64;
+
+    /// Whether the address field is the address itself, in place (see the contract above):
+    /// the engine then writes a run of leaves by stepping one entry value instead of encoding
+    /// each address. False where part of the address is stored elsewhere (VMSA FEAT_LPA).
+    #[inline(always)]
+    fn linear_addr(&self) -> bool {
+        false
+    }
 
     /// [`decode_addr`](Self::decode_addr) on the engine's paths compiled for one granule, whose
     /// shift `G` is then a constant (0: not known): a format whose address field depends on the

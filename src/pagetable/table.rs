@@ -1125,12 +1125,21 @@ impl<F: Format, H: Hal> PageTable<F, H> {
                 let bits = self.format.leaf_bits(level, prot);
                 // A local copy: its geometry stays in registers across the stores below.
                 let format = self.format;
-                let mut p = pa;
-                for slot in &run[..free] {
-                    // Release: whatever this CPU wrote before (tables on the path, earlier
-                    // entries) is visible before the leaf that makes it reachable.
-                    slot.store(bits | format.encode_addr(p), Ordering::Release);
-                    p += span;
+                // Release: whatever this CPU wrote before (tables on the path, earlier
+                // entries) is visible before the leaf that makes it reachable.
+                if format.linear_addr() {
+                    // Consecutive leaves differ by `span` in the address field alone.
+                    let mut e = bits | format.encode_addr(pa);
+                    for slot in &run[..free] {
+                        slot.store(e, Ordering::Release);
+                        e += span;
+                    }
+                } else {
+                    let mut p = pa;
+                    for slot in &run[..free] {
+                        slot.store(bits | format.encode_addr(p), Ordering::Release);
+                        p += span;
+                    }
                 }
                 self.sync(&run[..free]);
                 let done = (free as u64) << shift;

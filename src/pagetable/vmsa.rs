@@ -313,6 +313,12 @@ macro_rules! vmsa_geometry {
         }
 
         #[inline(always)]
+        fn linear_addr(&self) -> bool {
+            // Without FEAT_LPA the address is its own field, bits 47:granule.
+            self.geo.lpa_mask == 0
+        }
+
+        #[inline(always)]
         fn decode_addr(&self, entry: u64) -> u64 {
             self.geo.decode_addr(entry)
         }

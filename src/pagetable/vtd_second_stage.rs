@@ -168,6 +168,12 @@ unsafe impl Format for VtdSecondStage {
     }
 
     #[inline(always)]
+    fn linear_addr(&self) -> bool {
+        // Addresses below 2^52 are their own field, bits 51:12.
+        true
+    }
+
+    #[inline(always)]
     fn decode_addr(&self, entry: u64) -> u64 {
         entry & ADDR_MASK
     }
