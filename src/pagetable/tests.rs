@@ -676,3 +676,35 @@ fn a_buffer_mapped_and_unmapped_over_and_over_reuses_its_table() {
     unsafe { g.complete(h) };
     assert_eq!(hal.live_frames(), 0);
 }
+
+#[test]
+fn x86_style_address_fields_are_linear() {
+    // The `Format` contract behind the engine's stepped range maps.
+    let v = VtdSecondStage::new(VtdSecondStageConfig {
+        sagaw: 0b0100,
+        sllps: 0b11,
+        address_width: 48,
+        output_width: 48,
+        snoop_control: true,
+    })
+    .unwrap();
+    let x = X86FirstStage::new(X86FirstStageConfig::four_level(48)).unwrap();
+    let first = (1u64 << 48) - 4 * M2;
+    for (linear, bits, e0, e3) in [
+        (
+            v.linear_addr(),
+            v.leaf_bits(1, Prot::READ_WRITE),
+            v.encode_addr(first),
+            v.encode_addr(first + 3 * M2),
+        ),
+        (
+            x.linear_addr(),
+            x.leaf_bits(1, Prot::READ_WRITE),
+            x.encode_addr(first),
+            x.encode_addr(first + 3 * M2),
+        ),
+    ] {
+        assert!(linear);
+        assert_eq!(bits | e3, (bits | e0) + 3 * M2);
+    }
+}

@@ -660,6 +660,38 @@ mod tests {
     }
 
     #[test]
+    fn linear_address_fields_and_constant_granule_masks_agree_with_the_encoding() {
+        // What the engine's fast paths assume of a format (the `Format` contract): the address
+        // field steps with the address where `linear_addr` says so, and the per-granule decode
+        // is the general one.
+        for granule in [Granule::Size4K, Granule::Size16K, Granule::Size64K] {
+            let s = VmsaStage1::new(cfg(granule, 48, 48)).unwrap();
+            assert!(s.linear_addr());
+            let span = 1u64 << (granule.shift() + granule.shift() - 3);
+            let bits = s.leaf_bits(1, Prot::READ_WRITE);
+            let first = (1u64 << 47) - 4 * span;
+            for k in 0..4 {
+                assert_eq!(
+                    bits | s.encode_addr(first + k * span),
+                    (bits | s.encode_addr(first)) + k * span
+                );
+            }
+            let e = s.table_entry(first) | SW_SYNCED | AF;
+            let by_granule = match granule.shift() {
+                12 => s.decode_addr_in::<12>(e),
+                14 => s.decode_addr_in::<14>(e),
+                _ => s.decode_addr_in::<16>(e),
+            };
+            assert_eq!((by_granule, s.decode_addr_in::<0>(e)), (first, first));
+        }
+        // FEAT_LPA puts OA[51:48] in bits 15:12: adding to the field would carry wrongly.
+        let lpa = VmsaStage2::new(cfg(Granule::Size64K, 52, 52)).unwrap();
+        assert!(!lpa.linear_addr());
+        let pa = 0x000a_1234_5678_0000;
+        assert_eq!(lpa.decode_addr_in::<16>(lpa.encode_addr(pa)), pa);
+    }
+
+    #[test]
     fn stage1_permissions_round_trip() {
         let s = VmsaStage1::new(cfg(Granule::Size16K, 47, 44)).unwrap();
         for p in [
