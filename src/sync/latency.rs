@@ -24,15 +24,22 @@ pub struct Latency {
     /// Per ring slot, nanoseconds after `origin` of the tail write that first covered it.
     /// Relaxed stores by the tail writer before its release store of the tail; relaxed loads by
     /// the consumer after its acquire load of the tail. A slot is stamped again only after it
-    /// was consumed.
-    published_at: Vec<AtomicU64>,
+    /// was consumed. Dense, in blocks of whole cache lines: the array shares no line with
+    /// another allocation (a neighbour that every poll reads made a process's two producers
+    /// run no faster than one, for its whole life, in one process in four).
+    published_at: Vec<CachePadded<[AtomicU64; STAMPS_PER_BLOCK]>>,
     /// Nanoseconds after `origin` before which the completion at the head cannot execute, as
     /// the last consumer found it: a poll before then returns without taking the simulator's
     /// stepping flag (a read-modify-write every waiter's poll would otherwise make). Stale
     /// values are earlier than any later head's, so harmless; relaxed, a hint only. On a line of
     /// its own, apart from the fields every poll reads.
     not_before: CachePadded<AtomicU64>,
+    /// Ring slots stamped.
+    slots: usize,
 }
+
+/// Stamps per cache-line-aligned block of [`Latency::published_at`].
+const STAMPS_PER_BLOCK: usize = 16;
 
 impl Latency {
     /// A latency of `delay` over a ring of `slots` entries.
@@ -40,9 +47,19 @@ impl Latency {
         Self {
             delay: u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
             origin: Instant::now(),
-            published_at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            published_at: (0..slots.div_ceil(STAMPS_PER_BLOCK))
+                .map(|_| CachePadded([const { AtomicU64::new(0) }; STAMPS_PER_BLOCK]))
+                .collect(),
+            slots,
             not_before: CachePadded(AtomicU64::new(0)),
         }
+    }
+
+    fn stamp(&self, slot: usize) -> Option<&AtomicU64> {
+        self.published_at
+            .get(slot / STAMPS_PER_BLOCK)?
+            .0
+            .get(slot % STAMPS_PER_BLOCK)
     }
 
     fn now(&self) -> u64 {
@@ -53,9 +70,9 @@ impl Latency {
     /// one CPU writing the tail, before its release store of it.
     pub fn publish(&self, first: usize, count: usize) {
         let now = self.now();
-        let n = self.published_at.len().max(1);
+        let n = self.slots.max(1);
         for i in 0..count.min(n) {
-            if let Some(t) = self.published_at.get((first + i) % n) {
+            if let Some(t) = self.stamp((first + i) % n) {
                 t.store(now, Ordering::Relaxed);
             }
         }
@@ -69,10 +86,7 @@ impl Latency {
     /// Whether the completion in `slot` (at the head) is still inside its latency; `now` is
     /// read once per drain. Only the consumer calls it.
     pub fn pending(&self, slot: usize, now: &mut Option<u64>) -> bool {
-        let published = self
-            .published_at
-            .get(slot)
-            .map_or(0, |t| t.load(Ordering::Relaxed));
+        let published = self.stamp(slot).map_or(0, |t| t.load(Ordering::Relaxed));
         let now = *now.get_or_insert_with(|| self.now());
         let due = published.saturating_add(self.delay);
         if now < due {
