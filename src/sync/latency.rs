@@ -24,9 +24,8 @@ pub struct Latency {
     /// Per ring slot, nanoseconds after `origin` of the tail write that first covered it.
     /// Relaxed stores by the tail writer before its release store of the tail; relaxed loads by
     /// the consumer after its acquire load of the tail. A slot is stamped again only after it
-    /// was consumed. Dense, in blocks of whole cache lines: the array shares no line with
-    /// another allocation (a neighbour that every poll reads made a process's two producers
-    /// run no faster than one, for its whole life, in one process in four).
+    /// was consumed. Dense, in blocks of whole cache lines, so that the stores of a publication
+    /// never invalidate a line of another allocation that the waiters poll.
     published_at: Vec<CachePadded<[AtomicU64; STAMPS_PER_BLOCK]>>,
     /// Nanoseconds after `origin` before which the completion at the head cannot execute, as
     /// the last consumer found it: a poll before then returns without taking the simulator's
