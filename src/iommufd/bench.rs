@@ -107,7 +107,7 @@ fn pair_locked<U: TranslationUnit>(
 /// A dependent xorshift-multiply chain the compiler cannot fold, about as long as a 4 KiB pair:
 /// work that needs nothing but a core.
 #[inline(always)]
-fn arithmetic(seed: u64) {
+pub(crate) fn arithmetic(seed: u64) {
     let mut x = black_box(seed) | 1;
     for _ in 0..64 {
         x ^= x >> 29;
