@@ -243,8 +243,7 @@ pub fn load() -> String {
 }
 
 /// The CPU time the host took from this machine's virtual CPUs (steal time, `/proc/stat`) since
-/// a [`Steal::now`]: the one load a virtual machine's load average cannot show, and the reason
-/// two threads can run no faster than one on a machine that looks idle.
+/// a [`Steal::now`]: a load that a virtual machine's load average does not show.
 #[derive(Debug, Clone, Copy)]
 pub struct Steal {
     steal: u64,

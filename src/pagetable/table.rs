@@ -324,7 +324,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         }
         // The general walk works on a gather of its own, moved in and back: the caller's never
         // has its address taken by a call, so on the fast path above the compiler keeps it in
-        // registers (measured: a third of a VMSA single-page unmap went to spilling it).
+        // registers (measured: a fifth of a VMSA single-page unmap went to spilling it).
         let mut own = core::mem::take(gather);
         let result = self.unmap_range(start, end, &mut own);
         *gather = own;

@@ -182,9 +182,9 @@ where
         (Design::LockFree, 2),
         (Design::Mutex, 2),
     ];
-    // The reference: work that needs nothing but a core, on 1 and 2 threads in the same rounds.
-    // On this shared VM two threads sometimes get one core's worth for seconds (no steal time
-    // shows it); the queue's 2-producer figures mean something only where this scales.
+    // The reference: work that needs nothing but a core, on 1 and 2 threads in the same rounds,
+    // so that a 2-producer figure can be told from a moment when the machine gave two threads
+    // less than two cores (which a virtual machine's load average and steal time may not show).
     let machine = Rig::new(|| -> Result<(), E> {
         crate::iommufd::bench::arithmetic(0x9e37_79b9);
         Ok(())
