@@ -277,7 +277,13 @@ fn main() {
     let med = |i: usize, f: fn(&Figures) -> f64| median(all[i].iter().map(f).collect());
     // The ratio to the peer within each round, then the median over rounds.
     let ratio = |i: usize, f: fn(&Figures) -> f64| {
-        median(all[i].iter().zip(&all[0]).map(|(x, p)| f(x) / f(p)).collect())
+        median(
+            all[i]
+                .iter()
+                .zip(&all[0])
+                .map(|(x, p)| f(x) / f(p))
+                .collect(),
+        )
     };
     type Case = (&'static str, fn(&Figures) -> f64);
     let cases: [Case; 5] = [
@@ -308,7 +314,11 @@ fn main() {
     // For the first process: one line per cell.
     for (i, (name, _)) in tables.iter().enumerate() {
         for (c, (case, f)) in cases.iter().enumerate() {
-            println!("cell\t{name}\t{c}\t{case}\t{}\t{}", med(i, *f), ratio(i, *f));
+            println!(
+                "cell\t{name}\t{c}\t{case}\t{}\t{}",
+                med(i, *f),
+                ratio(i, *f)
+            );
         }
     }
     churn(rounds, if smoke { 16 } else { CYCLES }, vtd);
@@ -335,7 +345,10 @@ fn across_processes() {
             let f: Vec<&str> = line.split('\t').collect();
             if let ["cell", table, c, case, ns, ratio] = f[..] {
                 let key = (table.to_string(), c.parse().unwrap_or(0), case.to_string());
-                let v = (ns.parse().unwrap_or(f64::NAN), ratio.parse().unwrap_or(f64::NAN));
+                let v = (
+                    ns.parse().unwrap_or(f64::NAN),
+                    ratio.parse().unwrap_or(f64::NAN),
+                );
                 match cells.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, all)) => all.push(v),
                     None => cells.push((key, vec![v])),
