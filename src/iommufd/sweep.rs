@@ -1,9 +1,9 @@
 //! The object model's share of an allocation-failure sweep over a real unit (feature
 //! `host-hal`), for the back-ends' host tests on their simulated units and for embedders':
 //! register and claim a device, allocate a paging domain, map a page and attach the device,
-//! each with the N-th frame allocation failing until it succeeds ([`HostHal::sweep`]). Each refusal must be out of
-//! memory, free what it took, and change nothing the model shows (no half mapping, the device
-//! still blocked).
+//! each with the N-th frame allocation failing until it succeeds ([`HostHal::sweep`]). Each
+//! refusal must be out of memory, free what it took, and change nothing the model shows (no
+//! half mapping, the device still blocked).
 
 use super::{Error, GroupId, Iommu, Layout, OwnerId, Region, Target};
 use crate::addr::{Iova, PhysAddr};

@@ -895,14 +895,12 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         }
     }
 
-    /// The level whose entries span exactly `len` bytes and may be leaves, if any.
+    /// The level above the smallest page whose entries span exactly `len` bytes and may be
+    /// leaves, if any (a page itself is decided by the callers before they ask).
     #[inline(always)]
     fn leaf_level_in<const G: u32>(&self, len: u64) -> Option<u32> {
-        // A short chain of compares against constants, smallest page first: the common sizes
-        // are decided in one or two steps.
-        if len == 1 << self.g::<G>() {
-            return Some(0);
-        }
+        // A short chain of compares against constants: the common sizes are decided in one or
+        // two steps.
         for level in 1..self.format.levels() {
             let span = 1u64 << self.shift_in::<G>(level);
             if len <= span {

@@ -166,7 +166,7 @@ impl Geometry {
             oa: oa as u8,
             concat_log2: concat_log2 as u8,
             shift: g as u8,
-            addr_mask: ((1u64 << 48) - 1) & !((1u64 << g) - 1),
+            addr_mask: addr_field(g),
             lpa_mask: if oa == 52 { 0xf << 48 } else { 0 },
         })
     }
@@ -231,6 +231,12 @@ impl Geometry {
             VALID | AF
         }
     }
+}
+
+/// The output-address field of a descriptor without FEAT_LPA: bits 47 down to the granule's
+/// shift `g`.
+const fn addr_field(g: u32) -> u64 {
+    ((1u64 << 48) - 1) & !((1u64 << g) - 1)
 }
 
 fn shareability(mem: MemType) -> u64 {
@@ -330,7 +336,7 @@ macro_rules! vmsa_geometry {
             // shift and OR of the LPA bits off every level's load-to-load chain of a walk.
             if G == 12 || G == 14 {
                 debug_assert_eq!(G, self.geo.g());
-                entry & ((1u64 << 48) - 1) & !((1u64 << G) - 1)
+                entry & addr_field(G)
             } else {
                 self.geo.decode_addr(entry)
             }
