@@ -444,13 +444,10 @@ pub struct InvalidationQueue<'m, R> {
     ite_from: AtomicU64,
     ite_to: AtomicU64,
     ite_source: AtomicU32,
-    /// Statistics: batches submitted (`Relaxed`, read after the fact; descriptors are counted
-    /// by `reserved`). On a line of its own: both producers add to it.
-    batches_submitted: CachePadded<AtomicU64>,
 }
 
-/// The publisher lock and the tail only its holder writes, on one line: a pass takes the lock,
-/// reads and writes `published` and leaves, moving one line between CPUs.
+/// The publisher lock and what only its holder writes, on one line: a pass takes the lock,
+/// reads and writes `published` and `batches` and leaves, moving one line between CPUs.
 struct Publisher {
     /// The lock; its flag is the kick (write IQT even if the tail did not move). See the
     /// protocol at [`InvalidationQueue`] for what it orders.
@@ -458,6 +455,10 @@ struct Publisher {
     /// Tail written to the unit; `Release` store by the holder, `Acquire` loads by producers
     /// estimating the head, so the estimate never runs ahead of what the unit was given.
     published: AtomicU64,
+    /// Statistics: batches published (`Relaxed`, read after the fact). Counted by the pass
+    /// that follows their ready marks, on the line it holds anyway, rather than by every
+    /// submission on a line of its own that both producers would write.
+    batches: AtomicU64,
 }
 
 impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
@@ -500,6 +501,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             publisher: CachePadded(Publisher {
                 lock: CombiningLock::new(),
                 published: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
             }),
             head_seen: CachePadded(AtomicU64::new(0)),
             recovering: AtomicBool::new(false),
@@ -507,7 +509,6 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             ite_from: AtomicU64::new(0),
             ite_to: AtomicU64::new(0),
             ite_source: AtomicU32::new(0),
-            batches_submitted: CachePadded(AtomicU64::new(0)),
         })
     }
 
@@ -529,12 +530,14 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         (self.entries - 2) as usize
     }
 
-    /// Descriptors (waits included) and batches submitted so far (descriptors: reserved, so
-    /// those of submissions in progress count too).
+    /// Descriptors (waits included) and batches submitted so far. Descriptors are counted when
+    /// reserved, so those of submissions in progress count too; batches when published, so a
+    /// batch counts once its submission returned, or, if another CPU's pass publishes it for
+    /// it, once that pass ran.
     pub fn submitted(&self) -> (u64, u64) {
         (
             self.reserved.load(Ordering::Relaxed),
-            self.batches_submitted.load(Ordering::Relaxed),
+            self.publisher.batches.load(Ordering::Relaxed),
         )
     }
 
@@ -591,7 +594,6 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         self.ready_mark(start)
             .store(start + total, Ordering::Release);
         self.publish(false);
-        self.batches_submitted.fetch_add(1, Ordering::Relaxed);
         Ok(Ticket { start, wait, epoch })
     }
 
@@ -702,15 +704,20 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
     fn reserve(&self, total: u64) -> Result<u64, QiError> {
         let mut polls = 0u32;
         let mut until_check = 0u32;
+        let mut r = self.reserved.load(Ordering::Relaxed);
         loop {
-            let r = self.reserved.load(Ordering::Relaxed);
             if r + total < self.head_bound(r + total) + self.entries {
-                if self
-                    .reserved
-                    .compare_exchange(r, r + total, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(r);
+                // A failed exchange returns the counter as it found it: the next attempt starts
+                // from there, without another load (which would fetch the line once more,
+                // shared, before the exchange fetches it to own it).
+                match self.reserved.compare_exchange(
+                    r,
+                    r + total,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Ok(r),
+                    Err(now) => r = now,
                 }
                 continue;
             }
@@ -726,6 +733,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
             until_check -= 1;
             polls += 1;
             spin_loop();
+            r = self.reserved.load(Ordering::Relaxed);
         }
     }
 
@@ -738,8 +746,13 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         self.publisher.lock.run(kick, |kick| {
             let start = self.publisher.published.load(Ordering::Relaxed);
             let mut tail = start;
+            let mut batches = 0;
             while let Some(end) = self.ready_end(tail) {
                 tail = end;
+                batches += 1;
+            }
+            if batches != 0 {
+                self.publisher.batches.fetch_add(batches, Ordering::Relaxed);
             }
             if tail != start || kick {
                 // Descriptor writes (ours, and other producers' acquired through their marks)

@@ -60,8 +60,8 @@ fn concurrent_submissions_are_all_published() {
             assert_eq!(p.join().unwrap(), Ok(()));
         }
         // Both batches (2 slots each) are published: tail at slot 4.
-        assert_eq!(unit.tail.load(Ordering::Acquire), 4 << 4);
-        assert!(unit.tail_writes.load(Ordering::Relaxed) <= 2);
+        assert_eq!(unit.tail.value.load(Ordering::Acquire), 4 << 4);
+        assert!(unit.tail.writes.load(Ordering::Relaxed) <= 2);
         let memory = mem.memory();
         let mut executed = Vec::new();
         while let Step::Executed(w) = unit.step(&memory) {

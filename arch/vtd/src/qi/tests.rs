@@ -103,7 +103,7 @@ fn one_batch_one_wait_and_its_encoding() {
     let q = queue(&unit, &mem, config(DescriptorWidth::Bits128, 1000, 1));
     let t = q.submit([tagged(1, 1), tagged(1, 2)]).unwrap();
     // Three slots written, the tail at slot 3 (byte offset 0x30), nothing executed yet.
-    assert_eq!(unit.tail.load(Ordering::Relaxed), 0x30);
+    assert_eq!(unit.tail.value.load(Ordering::Relaxed), 0x30);
     let memory = mem.memory();
     assert!(matches!(unit.step(&memory), Step::Executed(_)));
     assert!(matches!(unit.step(&memory), Step::Executed(_)));
@@ -137,7 +137,7 @@ fn wide_descriptors_need_a_wide_queue() {
         })
     );
     // Nothing was reserved by the refused submissions.
-    assert_eq!(unit.tail_writes.load(Ordering::Relaxed), 0);
+    assert_eq!(unit.tail.writes.load(Ordering::Relaxed), 0);
 
     let unit = SimUnit::new(DescriptorWidth::Bits256, 8, STATUS_PHYS);
     let mem = SimMemory::new(8, DescriptorWidth::Bits256);
@@ -265,7 +265,7 @@ fn invalid_descriptor_raises_iqe_and_the_queue_recovers() {
     assert!(matches!(unit.step(&memory), Step::Executed(_)));
     assert_eq!(unit.step(&memory), Step::Rejected);
     assert_eq!(unit.step(&memory), Step::Stopped);
-    let tail_writes = unit.tail_writes.load(Ordering::Relaxed);
+    let tail_writes = unit.tail.writes.load(Ordering::Relaxed);
     // Recovery: the bad slot now holds the sink wait, IQE is clear, the tail rewritten.
     let r = q.recover();
     assert_eq!(
@@ -273,7 +273,7 @@ fn invalid_descriptor_raises_iqe_and_the_queue_recovers() {
         Some((1, QueueErrorInfo::ReservedField))
     );
     assert_eq!(unit.fsts.load(Ordering::Relaxed) & FSTS_IQE, 0);
-    assert_eq!(unit.tail_writes.load(Ordering::Relaxed), tail_writes + 1);
+    assert_eq!(unit.tail.writes.load(Ordering::Relaxed), tail_writes + 1);
     let mut executed = Vec::new();
     while let Step::Executed(w) = unit.step(&memory) {
         executed.push(w);
@@ -376,7 +376,7 @@ fn self_draining_unit_is_consumed_by_its_waiters() {
     // Everything submitted was consumed.
     assert_eq!(
         unit.head.load(Ordering::Acquire),
-        unit.tail.load(Ordering::Acquire)
+        unit.tail.value.load(Ordering::Acquire)
     );
     assert_eq!(q.submitted().1, 900);
 }
@@ -420,7 +420,7 @@ fn simulated_wait_latency_delays_completion() {
     });
     assert_eq!(
         unit.head.load(Ordering::Acquire),
-        unit.tail.load(Ordering::Acquire)
+        unit.tail.value.load(Ordering::Acquire)
     );
 }
 

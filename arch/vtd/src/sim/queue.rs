@@ -26,14 +26,14 @@ use iommu::sync::latency::Latency;
 use iommu::sync::CachePadded;
 
 /// The queue registers of a simulated unit and what it needs to execute descriptors. The
-/// registers the queue's CPUs write (IQT, and the count of its writes) and those the unit
+/// register the queue's CPUs write (IQT, with the count of its writes) and those the unit
 /// writes (IQH, FSTS) are on lines of their own, so that they do not invalidate each other or
 /// the read-only fields every poll reads: a CPU's register read is no cache miss on hardware.
 pub struct SimUnit {
     /// IQH.
     pub head: CachePadded<AtomicU64>,
     /// IQT.
-    pub tail: CachePadded<AtomicU64>,
+    pub tail: CachePadded<TailRegister>,
     /// FSTS.
     pub fsts: CachePadded<AtomicU32>,
     /// IQERCD.
@@ -44,8 +44,16 @@ pub struct SimUnit {
     pub entries: u64,
     /// The address wait descriptors' status writes are relative to: the first status word.
     pub status_phys: u64,
+}
+
+/// IQT of a [`SimUnit`] and the count of its writes, on one line: a tail write moves one line
+/// to the writing CPU, not two.
+#[derive(Debug)]
+pub struct TailRegister {
+    /// IQT as written.
+    pub value: AtomicU64,
     /// IQT writes so far.
-    pub tail_writes: CachePadded<AtomicU64>,
+    pub writes: AtomicU64,
 }
 
 impl QiRegisters for SimUnit {
@@ -53,8 +61,8 @@ impl QiRegisters for SimUnit {
         self.head.load(Ordering::Acquire)
     }
     fn write_tail(&self, value: u64) {
-        self.tail_writes.fetch_add(1, Ordering::Relaxed);
-        self.tail.store(value, Ordering::Release);
+        self.tail.writes.fetch_add(1, Ordering::Relaxed);
+        self.tail.value.store(value, Ordering::Release);
     }
     fn read_fault_status(&self) -> u32 {
         self.fsts.load(Ordering::Acquire)
@@ -148,13 +156,15 @@ impl SimUnit {
     pub fn new(width: DescriptorWidth, entries: u64, status_phys: u64) -> Self {
         Self {
             head: CachePadded(AtomicU64::new(0)),
-            tail: CachePadded(AtomicU64::new(0)),
+            tail: CachePadded(TailRegister {
+                value: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+            }),
             fsts: CachePadded(AtomicU32::new(0)),
             iqercd: AtomicU64::new(0),
             width,
             entries,
             status_phys,
-            tail_writes: CachePadded(AtomicU64::new(0)),
         }
     }
 
@@ -168,7 +178,7 @@ impl SimUnit {
             return Step::Stopped;
         }
         let head = self.index(self.head.load(Ordering::Relaxed));
-        let tail = self.index(self.tail.load(Ordering::Acquire));
+        let tail = self.index(self.tail.value.load(Ordering::Acquire));
         if head == tail {
             return Step::Idle;
         }
@@ -198,7 +208,7 @@ impl SimUnit {
     /// everything up to the tail) and stops until ITE is cleared.
     #[cfg_attr(loom, allow(dead_code))]
     pub fn inject_ite(&self, source: u16) {
-        let tail = self.tail.load(Ordering::Acquire);
+        let tail = self.tail.value.load(Ordering::Acquire);
         self.head.store(tail, Ordering::Release);
         self.iqercd
             .store(u64::from(source) << 32, Ordering::Relaxed);
@@ -262,7 +272,7 @@ impl SelfDraining<'_> {
         let unit = self.unit;
         let head = unit.index(unit.head.load(Ordering::Relaxed));
         // Acquire: the descriptor and its stamp, stored before IQT covered them, are visible.
-        if head == unit.index(unit.tail.load(Ordering::Acquire)) {
+        if head == unit.index(unit.tail.value.load(Ordering::Acquire)) {
             return false;
         }
         let w0 = self
@@ -291,7 +301,7 @@ impl SelfDraining<'_> {
         let unit = self.unit;
         if self.stepping.load(Ordering::Relaxed)
             || unit.index(unit.head.load(Ordering::Relaxed))
-                == unit.index(unit.tail.load(Ordering::Relaxed))
+                == unit.index(unit.tail.value.load(Ordering::Relaxed))
         {
             return;
         }
@@ -328,7 +338,7 @@ impl QiRegisters for SelfDraining<'_> {
             // Stamps the newly published slots. Only one CPU writes IQT at a time (the queue's
             // publisher lock), and it was the last to write it: relaxed.
             let unit = self.unit;
-            let old = unit.index(unit.tail.load(Ordering::Relaxed));
+            let old = unit.index(unit.tail.value.load(Ordering::Relaxed));
             let new = unit.index(value);
             let count = (new + unit.entries - old) % unit.entries.max(1);
             latency.publish(old as usize, count as usize);
