@@ -708,8 +708,7 @@ impl<'m, R: QiRegisters> InvalidationQueue<'m, R> {
         loop {
             if r + total < self.head_bound(r + total) + self.entries {
                 // A failed exchange returns the counter as it found it: the next attempt starts
-                // from there, without another load (which would fetch the line once more,
-                // shared, before the exchange fetches it to own it).
+                // from that value rather than loading it again.
                 match self.reserved.compare_exchange(
                     r,
                     r + total,
