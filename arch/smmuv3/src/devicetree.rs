@@ -57,6 +57,8 @@ pub enum DtError {
         property: &'static str,
         cells: usize,
     },
+    /// Two nodes carry the same phandle (it must name one node: devicetree spec 2.3.3).
+    DuplicatePhandle { phandle: u32 },
     /// A phandle names no node.
     DanglingPhandle {
         property: &'static str,
@@ -102,6 +104,9 @@ impl fmt::Display for DtError {
             Self::BadProperty { property, problem } => write!(f, "bad `{property}`: {problem}"),
             Self::UnsupportedCells { property, cells } => {
                 write!(f, "`{property}` uses {cells} cells, more than 64 bits")
+            }
+            Self::DuplicatePhandle { phandle } => {
+                write!(f, "phandle {phandle:#x} is carried by more than one node")
             }
             Self::DanglingPhandle { property, phandle } => {
                 write!(
@@ -453,6 +458,19 @@ impl<'a> Devicetree<'a> {
                 available: blob.len(),
             },
         })?;
+        // Lookups take the first node that carries a phandle: a repeated one would have them
+        // answer for a node the reference may not mean.
+        for (i, node) in fdt.all_nodes().enumerate() {
+            if let Some(phandle) = phandle_of(&node) {
+                if fdt
+                    .all_nodes()
+                    .skip(i + 1)
+                    .any(|other| phandle_of(&other) == Some(phandle))
+                {
+                    return Err(DtError::DuplicatePhandle { phandle });
+                }
+            }
+        }
         Ok(Self { fdt })
     }
 
@@ -990,6 +1008,13 @@ fn is_compatible(node: &FdtNode<'_, '_>, with: &str) -> bool {
 }
 
 /// A one-cell property, `None` if absent.
+/// A node's phandle as `Fdt::find_phandle` reads it: the first `phandle` property's first cell.
+fn phandle_of(node: &FdtNode<'_, '_>) -> Option<u32> {
+    node.properties()
+        .find(|p| p.name == "phandle")
+        .and_then(|p| be32(p.value, 0))
+}
+
 fn u32_property(node: &FdtNode<'_, '_>, name: &'static str) -> Result<Option<u32>> {
     match node.property(name) {
         None => Ok(None),

@@ -375,6 +375,21 @@ fn iommu_map_to_a_non_smmu_or_nowhere_is_an_error() {
 }
 
 #[test]
+fn a_phandle_carried_twice_is_an_error() {
+    // The PCIe host claims the SMMU's phandle: `iommu-map` could not say which node it means.
+    let blob = machine(
+        |_| {},
+        |b| {
+            b.cells("phandle", &[2]);
+        },
+    );
+    assert_eq!(
+        Devicetree::new(&blob).map(|_| ()),
+        Err(DtError::DuplicatePhandle { phandle: 2 })
+    );
+}
+
+#[test]
 fn bad_properties_are_typed_errors() {
     let cases: [(Vec<u8>, DtError); 6] = [
         (
