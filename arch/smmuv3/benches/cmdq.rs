@@ -1,6 +1,7 @@
 //! Command queue throughput: submit (4 commands) + CMD_SYNC from 1 and 2 producer threads, for
-//! the lock-free queue and for the same queue behind a `spin::Mutex` held across submission and
-//! sync (the classic locked design).
+//! the lock-free queue and for the same queue behind a lock held across submission and sync (the
+//! classic locked design), with a test-and-set `spin::Mutex` and with a fair
+//! `spin::mutex::TicketMutex`.
 //!
 //! The simulated SMMU is consumed by the producers themselves while they wait for their
 //! CMD_SYNC ([`SimulatedSmmu::self_draining`]: every CONS poll first executes what is
@@ -8,8 +9,9 @@
 //! producers use exactly 2 cores.
 //!
 //! `cargo bench -p iommu-smmuv3 --bench cmdq` prints, after criterion's report, operations per
-//! second of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2 (harness:
-//! `iommu::sync::bench`), twice: with the simulated SMMU as above, whose CMD_SYNC takes no
+//! second of every design at 1 and 2 producers, how often 2 producers take turns, and the
+//! lock-free/lock ratios at 2 (harness: `iommu::sync::bench`, whose notes say why the fair lock
+//! is the one the claim is against), twice: with the simulated SMMU as above, whose CMD_SYNC takes no
 //! time, and with a *simulated* CMD_SYNC latency of [`SYNC_LATENCY`]
 //! ([`SimulatedSmmu::self_draining_with_latency`]: a CMD_SYNC completes only once that much
 //! host time has passed since the PROD write that published it; CMD_SYNCs published together

@@ -1,7 +1,7 @@
 //! Invalidation queue throughput: submit (4 page-selective IOTLB descriptors + a wait) and wait
 //! for the wait's status write, from 1 and 2 producer threads, for the lock-free queue and for
-//! the same queue behind a `spin::Mutex` held across submission and wait (the classic locked
-//! design).
+//! the same queue behind a lock held across submission and wait (the classic locked design),
+//! with a test-and-set `spin::Mutex` and with a fair `spin::mutex::TicketMutex`.
 //!
 //! The simulated unit (`iommu_vtd::sim::queue`) is consumed by the producers themselves
 //! ([`SimUnit::self_draining`]: every IQH or FSTS read first executes what is published), as
@@ -11,8 +11,9 @@
 //! once per 64 polls, a latency hardware does not add.
 //!
 //! `cargo bench -p iommu-vtd --features sim --bench qi` prints, after criterion's report,
-//! operations per second of both designs at 1 and 2 producers and the lock-free/mutex ratio at 2
-//! (harness: `iommu::sync::bench`), twice: with the simulated unit as above, whose wait
+//! operations per second of every design at 1 and 2 producers, how often 2 producers take turns,
+//! and the lock-free/lock ratios at 2 (harness: `iommu::sync::bench`, whose notes say why the
+//! fair lock is the one the claim is against), twice: with the simulated unit as above, whose wait
 //! descriptor takes no time, and with a *simulated* wait latency of [`WAIT_LATENCY`]
 //! ([`SimUnit::self_draining_with_latency`]: a wait descriptor completes only once that much
 //! host time has passed since the IQT write that published it; waits published together
