@@ -11,8 +11,8 @@
 //! `cargo bench -p iommu-smmuv3 --bench cmdq` prints, after criterion's report, operations per
 //! second of every design at 1 and 2 producers, how often 2 producers take turns, and the
 //! lock-free/lock ratios at 2 (harness: `iommu::sync::bench`, whose notes say why the fair lock
-//! is the one the claim is against), twice: with the simulated SMMU as above, whose CMD_SYNC takes no
-//! time, and with a *simulated* CMD_SYNC latency of [`SYNC_LATENCY`]
+//! is the one the claim is against), twice: with the simulated SMMU as above, whose CMD_SYNC
+//! takes no time, and with a *simulated* CMD_SYNC latency of [`SYNC_LATENCY`]
 //! ([`SimulatedSmmu::self_draining_with_latency`]: a CMD_SYNC completes only once that much
 //! host time has passed since the PROD write that published it; CMD_SYNCs published together
 //! complete together). Without latency the locked design loses nothing by holding its lock

@@ -13,8 +13,8 @@
 //! `cargo bench -p iommu-vtd --features sim --bench qi` prints, after criterion's report,
 //! operations per second of every design at 1 and 2 producers, how often 2 producers take turns,
 //! and the lock-free/lock ratios at 2 (harness: `iommu::sync::bench`, whose notes say why the
-//! fair lock is the one the claim is against), twice: with the simulated unit as above, whose wait
-//! descriptor takes no time, and with a *simulated* wait latency of [`WAIT_LATENCY`]
+//! fair lock is the one the claim is against), twice: with the simulated unit as above, whose
+//! wait descriptor takes no time, and with a *simulated* wait latency of [`WAIT_LATENCY`]
 //! ([`SimUnit::self_draining_with_latency`]: a wait descriptor completes only once that much
 //! host time has passed since the IQT write that published it; waits published together
 //! complete together). Without latency the locked design loses nothing by holding its lock
