@@ -8,10 +8,10 @@
 //! `spin::Mutex`, a test-and-set lock, lets the holder take it again at once, so one producer
 //! runs a long streak of submissions while the other spins, and the queue's memory stays in one
 //! core's cache; `spin::mutex::TicketMutex` serves the producers in arrival order, as the
-//! kernels' spinlocks do (Linux's VT-d queue and its SMMUv3 queue before 5.4 take a spinlock
-//! that queues its waiters), so the queue changes hands on every submission, as it does with
-//! the lock-free queue. The summary shows both, and how often two producers take turns in each
-//! ([`Rig::turns`]). The ratio a benchmark claims ([`Summary::ratio`]) is against the fair
+//! kernels' spinlocks do (Linux's VT-d queue, and its SMMUv3 queue before the 2019 lock-free
+//! rework, take a spinlock that queues its waiters), so the queue changes hands on every
+//! submission, as it does with the lock-free queue. The summary shows both, and how often two
+//! producers take turns in each ([`Rig::turns`]). The ratio a benchmark claims ([`Summary::ratio`]) is against the fair
 //! lock: it compares designs that share the queue alike, while `spin::Mutex`'s 2-producer
 //! figure is one producer's at a time, the other's submissions waiting out its streak.
 //!

@@ -1007,7 +1007,6 @@ fn is_compatible(node: &FdtNode<'_, '_>, with: &str) -> bool {
     compatibles(node).any(|c| c == with)
 }
 
-/// A one-cell property, `None` if absent.
 /// A node's phandle as `Fdt::find_phandle` reads it: the first `phandle` property's first cell.
 fn phandle_of(node: &FdtNode<'_, '_>) -> Option<u32> {
     node.properties()
@@ -1015,6 +1014,7 @@ fn phandle_of(node: &FdtNode<'_, '_>) -> Option<u32> {
         .and_then(|p| be32(p.value, 0))
 }
 
+/// A one-cell property, `None` if absent.
 fn u32_property(node: &FdtNode<'_, '_>, name: &'static str) -> Result<Option<u32>> {
     match node.property(name) {
         None => Ok(None),
