@@ -11,9 +11,10 @@
 //! kernels' spinlocks do (Linux's VT-d queue, and its SMMUv3 queue before the 2019 lock-free
 //! rework, take a spinlock that queues its waiters), so the queue changes hands on every
 //! submission, as it does with the lock-free queue. The summary shows both, and how often two
-//! producers take turns in each ([`Rig::turns`]). The ratio a benchmark claims ([`Summary::ratio`]) is against the fair
-//! lock: it compares designs that share the queue alike, while `spin::Mutex`'s 2-producer
-//! figure is one producer's at a time, the other's submissions waiting out its streak.
+//! producers take turns in each ([`Rig::turns`]). The ratio a benchmark claims
+//! ([`Summary::ratio`]) is against the fair lock: it compares designs that share the queue
+//! alike, while `spin::Mutex`'s 2-producer figure is one producer's at a time, the other's
+//! submissions waiting out its streak.
 //!
 //! The simulated hardware must be stepped by the waiting submitters (see the back-ends'
 //! `self_draining` simulators), not by a thread of its own: then `n` producers want `n` cores,
