@@ -146,7 +146,21 @@ impl Space {
     }
 }
 
+/// How `run` unmaps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unmaps {
+    /// `PageTable::unmap`: tables an unmap empties stay until a reclaim.
+    Plain,
+    /// `PageTable::unmap_pruning` with the whole aperture as the caller's own: after every
+    /// operation the table holds exactly the tables a fresh map of its leaves would build.
+    Pruning,
+}
+
 fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
+    run_with(f, space, ops, Unmaps::Plain)
+}
+
+fn run_with<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp], unmaps: Unmaps) {
     let hal = HostHal::new();
     let mut t = PageTable::new(f, &hal, Coherency::Coherent).unwrap();
     let mut m = Model::new(&f);
@@ -183,15 +197,24 @@ fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
             }
             Op::Unmap(va, len) => {
                 let mut g = Gather::new();
-                let got = t.unmap(Iova::new(va), len, &mut g);
+                let got = match unmaps {
+                    Unmaps::Plain => t.unmap(Iova::new(va), len, &mut g),
+                    Unmaps::Pruning => {
+                        t.unmap_pruning(Iova::new(va), len, 0..t.aperture_end(), &mut g)
+                    }
+                };
                 let want = m.unmap(va, len);
                 assert_eq!(got, want.map(|r| r.bytes), "op {i}: {op:x?}");
                 match want {
                     Ok(r) => {
+                        let tables = match unmaps {
+                            Unmaps::Plain => r.tables,
+                            Unmaps::Pruning => r.tables + m.reclaim(),
+                        };
                         assert_eq!(g.range(), Some((Iova::new(va), len)));
                         assert_eq!(g.page_sizes(), r.page_sizes, "op {i}: {op:x?}");
-                        assert_eq!(g.tables_removed(), r.tables > 0);
-                        assert_eq!(g.freed_frames(), r.tables);
+                        assert_eq!(g.tables_removed(), tables > 0, "op {i}: {op:x?}");
+                        assert_eq!(g.freed_frames(), tables, "op {i}: {op:x?}");
                     }
                     Err(_) => assert!(g.is_empty()),
                 }
@@ -229,6 +252,13 @@ fn run<F: Format + Copy>(f: F, space: &Space, ops: &[RawOp]) {
             1 + m.table_count(),
             "op {i}: {op:x?}: one frame per table"
         );
+        if unmaps == Unmaps::Pruning {
+            assert_eq!(
+                hal.live_frames(),
+                fresh_frames(f, &m),
+                "op {i}: {op:x?}: pruning unmaps keep only the tables a fresh map needs"
+            );
+        }
     }
     // Unmap-all returns every table but the root, whatever was mapped.
     let mut g = Gather::new();
@@ -423,5 +453,42 @@ proptest! {
     fn vmsa_stage2_64k_52_bit(ops in ops()) {
         let f = VmsaStage2::new(vmsa(Granule::Size64K, 52, 52)).unwrap();
         run(f, &Space::new(&f, 0, 4 * G1, prots_all()), &ops);
+    }
+
+    #[test]
+    fn pruning_vtd_second_stage_4_level(ops in ops()) {
+        let f = vtd(0b0100, 0b11, 48);
+        run_with(f, &Space::new(&f, 0, 4 * G1, prots_all()), &ops, Unmaps::Pruning);
+    }
+
+    #[test]
+    fn pruning_x86_first_stage_5_level(ops in ops()) {
+        let f = X86FirstStage::new(X86FirstStageConfig {
+            five_level: true,
+            ..X86FirstStageConfig::four_level(52)
+        })
+        .unwrap();
+        let space = Space::new(&f, (1 << 56) - 8 * G1, 8 * G1, prots_readable());
+        run_with(f, &space, &ops, Unmaps::Pruning);
+    }
+
+    #[test]
+    fn pruning_vmsa_stage1_16k(ops in ops()) {
+        let f = VmsaStage1::new(vmsa(Granule::Size16K, 47, 44)).unwrap();
+        let space = Space::new(&f, 0, 512 << 20, prots_readable());
+        run_with(f, &space, &ops, Unmaps::Pruning);
+    }
+
+    #[test]
+    fn pruning_vmsa_stage2_4k_concatenated(ops in ops()) {
+        let f = VmsaStage2::new(vmsa(Granule::Size4K, 40, 40)).unwrap();
+        let space = Space::new(&f, (1 << 39) - 2 * G1, 4 * G1, prots_all());
+        run_with(f, &space, &ops, Unmaps::Pruning);
+    }
+
+    #[test]
+    fn pruning_vmsa_stage2_64k(ops in ops()) {
+        let f = VmsaStage2::new(vmsa(Granule::Size64K, 52, 52)).unwrap();
+        run_with(f, &Space::new(&f, 0, 4 * G1, prots_all()), &ops, Unmaps::Pruning);
     }
 }

@@ -193,6 +193,9 @@ pub enum Error {
     /// gather belongs to the one table that filled it (its frames to that table's HAL, its range
     /// to that table's walkers). Nothing was changed.
     ForeignGather,
+    /// The region passed to [`PageTable::unmap_pruning`] as the caller's own does not contain
+    /// the unmap range. Nothing was changed.
+    OwnedTooSmall,
 }
 
 impl fmt::Display for Error {
@@ -213,6 +216,7 @@ impl fmt::Display for Error {
             Error::OutOfMemory => "out of page-table memory",
             Error::UnsupportedConfig => "unsupported page-table configuration",
             Error::ForeignGather => "gather holds the unmaps of another table",
+            Error::OwnedTooSmall => "owned region does not contain the unmap range",
         };
         f.write_str(s)
     }

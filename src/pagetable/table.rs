@@ -15,6 +15,7 @@
 use core::cmp::{max, min};
 use core::fmt;
 use core::mem::size_of_val;
+use core::ops::Range;
 use core::ptr::NonNull;
 
 use super::{Error, FlushRange, Format, Gather, Prot, Result};
@@ -374,6 +375,105 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         }
         gather.record(start, end, removed.page_sizes, removed.tables);
         Ok(removed.bytes)
+    }
+
+    /// [`unmap`](Self::unmap), and the tables it left with nothing mapped go too: on the way to
+    /// the range's first and to its last page, bottom up, each table whose whole span lies in
+    /// `owned` and whose entries are all empty is unlinked into `gather`. Returns the bytes
+    /// unmapped.
+    ///
+    /// `owned` (which must contain the range, else [`Error::OwnedTooSmall`] and nothing changes)
+    /// is the caller's word that no other operation touches it until the gather is flushed: so
+    /// no other CPU is inside a table whose span lies in it, and a slot pointing to such a table
+    /// is written by no one else, as for the tables an unmap covers whole. An object model that
+    /// records every mapping knows such a region: the free space around the range, which it
+    /// keeps others out of while the unmap runs. With it, the table's memory follows the live
+    /// mappings without [`reclaim`](Self::reclaim). Every pruned table lies on the path of the
+    /// range's first or last page, so the gathered range (walk caches included) covers it.
+    pub fn unmap_pruning(
+        &self,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+        gather: &mut Gather,
+    ) -> Result<u64> {
+        let start = iova.as_u64();
+        let end = self.check_range(start, len)?;
+        if owned.start > start || owned.end < end {
+            return Err(Error::OwnedTooSmall);
+        }
+        let bytes = self.unmap(iova, len, gather)?;
+        let pruned =
+            self.prune_path(start, &owned, gather) | self.prune_path(end - 1, &owned, gather);
+        if pruned {
+            gather.record(start, end, 0, true);
+        }
+        Ok(bytes)
+    }
+
+    /// [`unmap_pruning`](Self::unmap_pruning) followed by the flush, as
+    /// [`unmap_flushed`](Self::unmap_flushed) is for [`unmap`](Self::unmap).
+    pub fn unmap_pruning_flushed<I: FlushRange>(
+        &self,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+        flush: &I,
+    ) -> core::result::Result<u64, I::Error>
+    where
+        I::Error: From<Error>,
+    {
+        let mut gather = Gather::new();
+        let bytes = self.unmap_pruning(iova, len, owned, &mut gather)?;
+        self.flush_gather(gather, flush)?;
+        Ok(bytes)
+    }
+
+    /// `unmap_pruning`'s second half for the path to `addr`: unlinks, bottom up, the empty
+    /// tables on it whose span lies in `owned`; returns whether it unlinked any.
+    fn prune_path(&self, addr: u64, owned: &Range<u64>, gather: &mut Gather) -> bool {
+        // The slots on the way down that point to a table, by level (the root's own slot at the
+        // top; nothing at level 0, whose entries are leaves).
+        let mut path: [Option<&AtomicU64>; MAX_LEVELS] = [None; MAX_LEVELS];
+        let mut t = self.root_table();
+        let mut level = self.top();
+        while level > 0 {
+            let slot = &t[self.index(addr, level)];
+            // Descend.
+            let e = slot.load(Ordering::Acquire);
+            if e == 0 || !self.format.is_table(e, level) {
+                break;
+            }
+            path[level as usize] = Some(slot);
+            t = self.child(e, level);
+            level -= 1;
+        }
+        let mut pruned = false;
+        for (level, slot) in path.iter().enumerate().skip(level as usize + 1) {
+            let Some(slot) = slot else { break };
+            let level = level as u32;
+            let span = 1u64 << self.shift(level);
+            let base = addr & !(span - 1);
+            if base < owned.start || base + span > owned.end {
+                break;
+            }
+            // Own: the table's span lies in `owned`, so no one else reads or writes it or its
+            // slot; Acquire only for the descend convention.
+            let e = slot.load(Ordering::Acquire);
+            if self
+                .child(e, level)
+                .iter()
+                .any(|c| c.load(Ordering::Relaxed) != 0)
+            {
+                break;
+            }
+            // Publish (the clear), then the frame waits in the gather for the flush.
+            slot.store(0, Ordering::Release);
+            self.sync(core::slice::from_ref(slot));
+            gather.push(&self.hal, self.format.decode_addr(e), self.granule_frame());
+            pruned = true;
+        }
+        pruned
     }
 
     /// [`unmap`](Self::unmap), then the invalidation through `flush`, then the unlinked tables

@@ -619,6 +619,76 @@ fn reclaim_frees_the_tables_unmaps_left_empty_and_nothing_else() {
 }
 
 #[test]
+fn a_pruning_unmap_frees_the_tables_it_empties_inside_the_owned_region_only() {
+    // The churn again, with the unmap told that the free space around it is the
+    // caller's: no table is left behind, and each round's tables come back from the cache.
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    t.map(iova(8 * G1), pa(0x7000_0000), K4, Prot::READ)
+        .unwrap();
+    let kept = in_tables(&t, &hal);
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    let mut allocated = hal.allocations();
+    for round in 0..512 {
+        let at = round * M2;
+        t.map(iova(at), pa(0x5000_0000), K4, Prot::READ_WRITE)
+            .unwrap();
+        let asked = ok.asked.borrow().len();
+        assert_eq!(
+            t.unmap_pruning_flushed(iova(at), K4, 0..8 * G1, &ok),
+            Ok(K4)
+        );
+        assert_eq!(
+            ok.asked.borrow()[asked..],
+            [(at, K4, false)],
+            "one flush of the page, walk caches included"
+        );
+        assert_eq!(in_tables(&t, &hal), kept, "round {round}");
+        if round == 0 {
+            allocated = hal.allocations();
+        }
+    }
+    assert_eq!(
+        hal.allocations(),
+        allocated,
+        "later rounds reuse cached frames"
+    );
+    assert_eq!(t.iova_to_phys(iova(8 * G1)), Ok(pa(0x7000_0000)));
+
+    // Only the tables whose whole span is owned go: owning the page's 2M but not its 1G keeps
+    // the 1G table; owning less than the page's own table keeps both.
+    t.map(iova(G1), pa(0), K4, Prot::READ).unwrap();
+    t.unmap_pruning_flushed(iova(G1), K4, G1..G1 + M2, &ok)
+        .unwrap();
+    assert_eq!(in_tables(&t, &hal), kept + 1);
+    t.map(iova(G1), pa(0), K4, Prot::READ).unwrap();
+    t.unmap_pruning_flushed(iova(G1), K4, G1..G1 + K4, &ok)
+        .unwrap();
+    assert_eq!(in_tables(&t, &hal), kept + 2);
+    // A table with another mapping stays, whatever is owned.
+    t.map(iova(G1), pa(0), 2 * K4, Prot::READ).unwrap();
+    t.unmap_pruning_flushed(iova(G1), K4, 0..8 * G1, &ok)
+        .unwrap();
+    assert_eq!(in_tables(&t, &hal), kept + 2);
+
+    // An owned region not containing the range is refused before anything changes.
+    let mut g = Gather::new();
+    assert_eq!(
+        t.unmap_pruning(iova(G1 + K4), K4, G1 + 2 * K4..2 * G1, &mut g),
+        Err(Error::OwnedTooSmall)
+    );
+    assert!(g.is_empty());
+    assert_eq!(t.iova_to_phys(iova(G1 + K4)), Ok(pa(K4)));
+    // The last page goes with both tables above it, the kept page's stay.
+    t.unmap_pruning_flushed(iova(G1 + K4), K4, G1..8 * G1, &ok)
+        .unwrap();
+    assert_eq!(in_tables(&t, &hal), kept);
+}
+
+#[test]
 #[cfg_attr(
     miri,
     ignore = "8,000 maps and unmaps: minutes under Miri; it counts allocations, not pointers"
