@@ -12,6 +12,7 @@
 //! after `attach` returns, the device translates through the new domain only.
 
 use core::fmt;
+use core::ops::Range;
 
 use crate::addr::{Iova, PhysAddr};
 use crate::pagetable::{Gather, Prot};
@@ -405,6 +406,20 @@ pub trait TranslationUnit {
     /// unmapped.
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError>;
 
+    /// [`unmap`](Self::unmap), and the tables it leaves with nothing mapped are freed as well,
+    /// after the same one invalidation, wherever their whole span lies in `owned`
+    /// ([`PageTable::unmap_pruning`](crate::pagetable::PageTable::unmap_pruning)). `owned`
+    /// contains the range and is the caller's word that no other operation on `domain` touches
+    /// it until this returns: the object model passes the free space around the range, which it
+    /// keeps other maps and unmaps out of meanwhile. Refused like `unmap` where `unmap` is.
+    fn unmap_pruning(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+    ) -> Result<u64, UnitError>;
+
     /// Unmaps `[iova, iova + len)` from `domain` like [`unmap`](Self::unmap) but issues no
     /// invalidation: what must be invalidated, and the table frames to free once it is, go into
     /// `gather` (pass the same gather to many calls on the same domain to batch them). Returns
@@ -578,6 +593,15 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
     }
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
         (**self).unmap(domain, iova, len)
+    }
+    fn unmap_pruning(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+    ) -> Result<u64, UnitError> {
+        (**self).unmap_pruning(domain, iova, len, owned)
     }
     fn unmap_deferred(
         &self,

@@ -230,8 +230,14 @@ fn reclaim_tables_frees_what_unmaps_emptied_with_one_invalidation_and_refuses_st
     .expect("map");
     let needed = frames(&io, fresh);
 
-    // Unmapping the page at 0 leaves its 1 GiB and 2 MiB tables empty, in place.
-    assert_eq!(io.unmap(OWNER, dom, Iova::new(0), PAGE), Ok(PAGE));
+    // A deferred unmap of the page at 0 leaves its 1 GiB and 2 MiB tables empty, in place
+    // (its claim ends before the flush, so it cannot hold the space around it).
+    let mut g = Gather::new();
+    assert_eq!(
+        io.unmap_deferred(OWNER, dom, Iova::new(0), PAGE, &mut g),
+        Ok(PAGE)
+    );
+    io.flush_deferred(OWNER, dom, g).expect("flush");
     assert_eq!(frames(&io, dom), needed + 2);
     let before = count(&asked);
 
@@ -260,4 +266,49 @@ fn reclaim_tables_frees_what_unmaps_emptied_with_one_invalidation_and_refuses_st
     );
     assert_eq!(io.reclaim_tables(OWNER, dom), Ok(0));
     assert_eq!(count(&asked), before + 1, "nothing to free: nothing asked");
+}
+
+#[test]
+fn a_strict_unmap_frees_the_tables_it_empties_with_the_one_invalidation_of_its_page() {
+    let (mut io, u, asked) = setup();
+    let dom = new_domain(&mut io, u);
+    let root_only = frames(&io, dom);
+    map_group(&io, dom, 0);
+    let fresh = new_domain(&mut io, u);
+    io.map(
+        OWNER,
+        fresh,
+        Iova::new(SPAN - PAGE),
+        PhysAddr::new(SPAN - PAGE),
+        PAGE,
+        Prot::READ_WRITE,
+    )
+    .expect("map");
+    let needed = frames(&io, fresh);
+
+    // The page at 0 shares only the 512 GiB table with the other page: its 1 GiB and 2 MiB
+    // tables go, invalidated with the page itself (walk caches included).
+    let before = count(&asked);
+    assert_eq!(io.unmap(OWNER, dom, Iova::new(0), PAGE), Ok(PAGE));
+    assert_eq!(frames(&io, dom), needed, "the tables a fresh domain needs");
+    assert_eq!(asked.lock().expect("log")[before..], [(0, PAGE)]);
+    assert_eq!(
+        io.reclaim_tables(OWNER, dom),
+        Ok(0),
+        "nothing left to reclaim"
+    );
+
+    // The churn through the object model: a page mapped and unmapped at 512 distinct
+    // 2 MiB-aligned IOVAs leaves the domain's tables as they were.
+    for round in 1..=512 {
+        let at = Iova::new(round * (2 << 20));
+        io.map(OWNER, dom, at, PhysAddr::new(0), PAGE, Prot::READ)
+            .expect("map");
+        assert_eq!(io.unmap(OWNER, dom, at, PAGE), Ok(PAGE));
+        assert_eq!(frames(&io, dom), needed, "round {round}");
+    }
+
+    // The last page goes with every table but the root.
+    assert_eq!(io.unmap_all(OWNER, dom), Ok(PAGE));
+    assert_eq!(frames(&io, dom), root_only);
 }

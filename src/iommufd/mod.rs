@@ -227,6 +227,7 @@ pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
 
 use interrupts::Interrupts;
+use iova::Unmapping;
 use viommu::Viommu;
 
 use crate::addr::{Iova, PhysAddr};
@@ -1114,8 +1115,8 @@ impl<U: TranslationUnit> Iommu<U> {
             return self.unmap_all(owner, id);
         }
         let dom = self.domain(id, owner)?;
-        let (span, total) = dom.space(id)?.begin_unmap(iova.as_u64(), len)?;
-        self.unmap_claimed(dom, id, span)?;
+        let (u, total) = dom.space(id)?.begin_unmap_pruning(iova.as_u64(), len)?;
+        self.unmap_claimed(dom, id, u)?;
         Ok(total)
     }
 
@@ -1124,8 +1125,8 @@ impl<U: TranslationUnit> Iommu<U> {
         let dom = self.domain(id, owner)?;
         match dom.space(id)?.begin_unmap_all()? {
             None => Ok(0),
-            Some((span, total)) => {
-                self.unmap_claimed(dom, id, span)?;
+            Some((u, total)) => {
+                self.unmap_claimed(dom, id, u)?;
                 Ok(total)
             }
         }
@@ -1133,17 +1134,24 @@ impl<U: TranslationUnit> Iommu<U> {
 
     /// One unit call over the claimed span of whole mappings (the unit's table refuses a cut
     /// itself, and either removes everything or nothing), and the end of the claim.
-    fn unmap_claimed(&self, dom: &Domain<U::Domain>, id: DomainId, span: Region) -> Result<()> {
+    ///
+    /// The claim holds the free space around the span too, so the unit also frees the tables
+    /// the unmap leaves empty there ([`TranslationUnit::unmap_pruning`]): a domain's table
+    /// memory follows its mappings. (Its end is exclusive; a claim reaching `2^64 - 1` gives up
+    /// the last byte, beyond every table's aperture.)
+    fn unmap_claimed(&self, dom: &Domain<U::Domain>, id: DomainId, u: Unmapping) -> Result<()> {
         let space = dom.space(id)?;
+        let span = u.span;
+        let owned = u.owned.start..u.owned.last.saturating_add(1);
         let removed = span.size().ok_or(Error::WrapAround).and_then(|len| {
             let unit = self.unit(dom.unit)?;
-            Ok(unit.unmap(&dom.hw, Iova::new(span.start), len)?)
+            Ok(unit.unmap_pruning(&dom.hw, Iova::new(span.start), len, owned)?)
         });
         if removed.is_ok() {
             // Invalidated, and still inside the claim (ordered like `map_claimed`).
             self.notify_unmap(dom.unit, id, span);
         }
-        space.end_unmap(span, removed.is_ok());
+        space.end_unmap_pruning(u, removed.is_ok());
         removed.map(|_| ())
     }
 

@@ -1,7 +1,7 @@
 //! Property test: random sequences of map, unmap, unmap-all and automatic allocation on an
 //! [`Iommu`] whose unit holds a real VT-d second-stage [`PageTable`] (so superpages appear), each
 //! answer compared with a naive model of the iommufd rules, and the page table compared with the
-//! model after every step.
+//! model after every step, its memory too (the tables a fresh table of the same mappings needs).
 
 extern crate std;
 
@@ -10,6 +10,8 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::hal::host::HostHal;
+use crate::pagetable::{Coherency, PageTable};
 use crate::unit::host::TableUnit;
 
 const PAGE: u64 = 4096;
@@ -171,6 +173,17 @@ proptest! {
                 let want = if mapped { Ok(PhysAddr::new(PHYS_OFFSET + a)) } else { Err(crate::pagetable::Error::NothingMapped) };
                 prop_assert_eq!(table.iova_to_phys(Iova::new(a)), want, "page {}", p);
             }
+            // Its memory follows the mappings: the tables a fresh table of them would need.
+            let fresh = HostHal::new();
+            let t = PageTable::new(*table.format(), &fresh, Coherency::Coherent)
+                .map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
+            for m in &model.maps {
+                let len = m.last - m.start + 1;
+                let phys = PhysAddr::new(PHYS_OFFSET + m.start);
+                t.map(Iova::new(m.start), phys, len, Prot::READ_WRITE)
+                    .map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
+            }
+            prop_assert_eq!(table.hal().live_frames() - table.cached_frames(), fresh.live_frames());
         }
     }
 }

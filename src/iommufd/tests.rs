@@ -62,6 +62,8 @@ pub(crate) struct MockUnit {
     next_tag: Cell<u32>,
     /// Bytes removed by `unmap`, over all domains.
     unmapped: Cell<u64>,
+    /// The region the last `unmap_pruning` was told it owns.
+    pub(crate) owned: RefCell<Option<core::ops::Range<u64>>>,
     /// The next call to the unit fails with this.
     pub(crate) fail_next: Cell<Option<UnitError>>,
     /// The call after this many more fails with this.
@@ -388,6 +390,17 @@ impl TranslationUnit for MockUnit {
         let n: u64 = hit.iter().map(|(_, l)| l).sum();
         self.unmapped.set(self.unmapped.get() + n);
         Ok(n)
+    }
+
+    fn unmap_pruning(
+        &self,
+        domain: &MockDomain,
+        iova: Iova,
+        len: u64,
+        owned: core::ops::Range<u64>,
+    ) -> core::result::Result<u64, UnitError> {
+        *self.owned.borrow_mut() = Some(owned);
+        self.unmap(domain, iova, len)
     }
 
     /// Like `unmap`: the mock caches nothing, so the gather stays empty.

@@ -6,6 +6,7 @@
 
 extern crate std;
 
+use core::ops::Range;
 use std::boxed::Box;
 
 use super::{
@@ -199,6 +200,17 @@ impl<F: Format> TranslationUnit for TableUnit<F> {
 
     fn unmap(&self, table: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
         table.unmap_flushed(iova, len, &HookFlush(self.invalidate.as_deref()))
+    }
+
+    fn unmap_pruning(
+        &self,
+        table: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+    ) -> Result<u64, UnitError> {
+        let flush = HookFlush(self.invalidate.as_deref());
+        table.unmap_pruning_flushed(iova, len, owned, &flush)
     }
 
     fn unmap_deferred(

@@ -14,11 +14,28 @@ use alloc::vec::Vec;
 use super::error::{Error, Result};
 use crate::pagetable::Prot;
 use crate::sync::spin_loop;
-use stripes::{Held, Stripes};
+use stripes::{stripe_hull, Held, Stripes};
+
+/// Every IOVA.
+const EVERYTHING: Region = Region {
+    start: 0,
+    last: u64::MAX,
+};
 
 /// The smallest alignment of an automatically allocated IOVA: the 4 KiB granule every back-end
 /// supports.
 pub const MIN_ALIGN: u64 = 4096;
+
+/// An unmap under way: the span of the mappings it removes (holes between them included), and
+/// the region it holds meanwhile, which no other map or unmap enters: the span itself, or, for
+/// an unmap that frees the tables it empties, the free space around the span as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unmapping {
+    /// From the first mapping's start to the last one's end: what the unit is asked to unmap.
+    pub(crate) span: Region,
+    /// Contains `span`; what the unit may treat as its own (`TranslationUnit::unmap_pruning`).
+    pub(crate) owned: Region,
+}
 
 /// A range of IOVAs, `start..=last` (inclusive, so a window may end at `2^64 - 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -291,11 +308,17 @@ impl IovaSpace {
     /// reserved region, no mapping and nothing under way; claims it like
     /// [`begin_map`](Self::begin_map).
     pub(super) fn begin_map_anywhere(&self, len: u64, phys: u64, prot: Prot) -> Result<Region> {
-        let mut held = self.stripes.lock_all();
-        let start = self.find_free_in(&held, len)?;
-        let r = Region::checked(start, len)?;
-        held.claim(r, phys, prot);
-        Ok(r)
+        loop {
+            let mut held = self.stripes.lock_all();
+            let Some(start) = self.find_free_in(&held, len)? else {
+                drop(held);
+                spin_loop();
+                continue;
+            };
+            let r = Region::checked(start, len)?;
+            held.claim(r, phys, prot);
+            return Ok(r);
+        }
     }
 
     /// Ends a map started by [`begin_map`](Self::begin_map): the mapping is recorded if the
@@ -310,49 +333,90 @@ impl IovaSpace {
     /// inside. Waits while an overlapping map or unmap is under way.
     pub(super) fn begin_unmap(&self, iova: u64, len: u64) -> Result<(Region, u64)> {
         let r = Region::checked(iova, len)?;
-        self.begin_unmap_of(r)
+        let (u, total) = self.begin_unmap_of(r, false)?;
+        Ok((u.span, total))
     }
 
-    /// [`begin_unmap`](Self::begin_unmap) of every mapping; `None` when there are none.
-    pub(super) fn begin_unmap_all(&self) -> Result<Option<(Region, u64)>> {
-        let everything = Region {
-            start: 0,
-            last: u64::MAX,
-        };
-        match self.begin_unmap_of(everything) {
+    /// [`begin_unmap`](Self::begin_unmap) for an unmap that frees the tables it empties: it
+    /// also holds the free space around the span (`Unmapping::owned`), so that no other map or
+    /// unmap runs inside a table the unit may free. Ended by
+    /// [`end_unmap_pruning`](Self::end_unmap_pruning).
+    ///
+    /// The free space is looked for in the span's own stripes first (their locks are the ones
+    /// the range takes); only when those hold nothing else, so that tables larger than a stripe
+    /// may have emptied, are all locks taken to look further.
+    pub(super) fn begin_unmap_pruning(&self, iova: u64, len: u64) -> Result<(Unmapping, u64)> {
+        let r = Region::checked(iova, len)?;
+        self.begin_unmap_of(r, true)
+    }
+
+    /// [`begin_unmap_pruning`](Self::begin_unmap_pruning) of every mapping; `None` when there
+    /// are none.
+    pub(super) fn begin_unmap_all(&self) -> Result<Option<(Unmapping, u64)>> {
+        match self.begin_unmap_of(EVERYTHING, true) {
             Ok(found) => Ok(Some(found)),
             Err(Error::NothingMapped) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn begin_unmap_of(&self, r: Region) -> Result<(Region, u64)> {
+    fn begin_unmap_of(&self, r: Region, prune: bool) -> Result<(Unmapping, u64)> {
+        let mut everywhere = false;
         loop {
-            let mut held = self.stripes.lock(r);
+            let mut held = if everywhere {
+                self.stripes.lock_all()
+            } else {
+                self.stripes.lock(r)
+            };
             if held.busy(r) {
                 drop(held);
                 spin_loop();
                 continue;
             }
             let (span, total) = held.span_inside(r)?;
-            held.guard(span);
-            return Ok((span, total));
+            let mut owned = span;
+            if prune {
+                let near = stripe_hull(span);
+                owned = held.free_around(span, if everywhere { EVERYTHING } else { near });
+                if owned == near && !everywhere {
+                    // The span's stripes hold nothing else: look beyond them.
+                    everywhere = true;
+                    continue;
+                }
+            }
+            let u = Unmapping { span, owned };
+            held.guard(u);
+            return Ok((u, total));
         }
     }
 
     /// Ends an unmap started by [`begin_unmap`](Self::begin_unmap): the mappings inside `span`
     /// are forgotten if the unit `removed` them, else kept; the span is free for others again.
     pub(super) fn end_unmap(&self, span: Region, removed: bool) {
-        self.stripes.lock(span).unguard(span, removed);
+        self.end_unmap_pruning(Unmapping { span, owned: span }, removed);
+    }
+
+    /// Ends an unmap started by [`begin_unmap_pruning`](Self::begin_unmap_pruning), as
+    /// [`end_unmap`](Self::end_unmap) does; its whole region is free for others again.
+    pub(super) fn end_unmap_pruning(&self, u: Unmapping, removed: bool) {
+        self.stripes.lock(u.owned).unguard(u, removed);
     }
 
     /// The IOVA `map_anywhere` would pick for `len` bytes now: the lowest free one aligned to
-    /// the length (rounded up to a power of two, at least [`MIN_ALIGN`]). Only looks.
+    /// the length (rounded up to a power of two, at least [`MIN_ALIGN`]). Only looks (and
+    /// waits, as `map_anywhere` does, while an unmap holds the free space it would pick).
     pub fn find_free(&self, len: u64) -> Result<u64> {
-        self.find_free_in(&self.stripes.lock_all(), len)
+        loop {
+            if let Some(at) = self.find_free_in(&self.stripes.lock_all(), len)? {
+                return Ok(at);
+            }
+            spin_loop();
+        }
     }
 
-    fn find_free_in(&self, held: &Held<'_>, len: u64) -> Result<u64> {
+    /// The lowest free IOVA for `len` bytes, or `None` if it lies in free space that an unmap
+    /// holds while it frees tables (free again, and the lowest, once that unmap ends: wait).
+    fn find_free_in(&self, held: &Held<'_>, len: u64) -> Result<Option<u64>> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -378,7 +442,8 @@ impl IovaSpace {
                     .chain(held.obstacle_end(r))
                     .max();
                 match blocked {
-                    None => return Ok(c),
+                    None if held.busy(r) => return Ok(None),
+                    None => return Ok(Some(c)),
                     Some(last) => cand = last.checked_add(1).and_then(|n| align_up(n, align)),
                 }
             }
@@ -502,10 +567,62 @@ mod tests {
         assert_eq!((span, total), (r(0x1000, 0x5000), 0x3000));
         s.end_unmap(span, false);
         assert_eq!(s.mappings().len(), 2);
-        assert_eq!(s.begin_unmap_all(), Ok(Some((r(0x1000, 0x5000), 0x3000))));
-        s.end_unmap(span, true);
+        let all = Unmapping {
+            span,
+            owned: EVERYTHING,
+        };
+        assert_eq!(s.begin_unmap_all(), Ok(Some((all, 0x3000))));
+        s.end_unmap_pruning(all, true);
         assert!(s.is_empty());
         assert_eq!(s.begin_unmap_all(), Ok(None));
+    }
+
+    #[test]
+    fn a_pruning_unmap_holds_the_free_space_around_its_span() {
+        const M2: u64 = 0x20_0000;
+        let s = space(&[r(0, 1 << 30)], &[]);
+        mapped(&s, r(0x1000, 0x1000));
+        mapped(&s, r(0x10_0000, 0x1000));
+        mapped(&s, r(2 * M2, 0x1000));
+        let begin = |iova, len| match s.begin_unmap_pruning(iova, len) {
+            Ok(found) => found,
+            Err(e) => panic!("unmap of {iova:#x}: {e}"),
+        };
+
+        // Its stripe holds another mapping: the free space up to it, from the stripe's start.
+        let (u, total) = begin(0x1000, 0x1000);
+        assert_eq!(total, 0x1000);
+        assert_eq!((u.span, u.owned), (r(0x1000, 0x1000), r(0, 0x10_0000)));
+        // Meanwhile nothing is mapped or unmapped there, and a search for free space waits
+        // rather than skip it.
+        assert!(s.stripes.lock(r(0, 0x1000)).busy(r(0, 0x1000)));
+        assert_eq!(s.find_free_in(&s.stripes.lock_all(), 0x1000), Ok(None));
+        s.end_unmap_pruning(u, true);
+        assert_eq!(s.find_free(0x1000), Ok(0));
+
+        // A map under way bounds the free space like a mapping.
+        assert_eq!(s.begin_map(M2, 0x1000, 0, Prot::READ), Ok(r(M2, 0x1000)));
+        let (u, _) = begin(0x10_0000, 0x1000);
+        assert_eq!(u.owned, r(0, M2));
+        s.end_unmap_pruning(u, false);
+        s.end_map(r(M2, 0x1000), false);
+
+        // The last mapping of its stripes: the search goes beyond them, to the next mapping.
+        let (u, _) = begin(0x10_0000, 0x1000);
+        assert_eq!(u.owned, r(0, 2 * M2));
+        // Another unmap's region bounds it too.
+        let (v, _) = begin(2 * M2, 0x1000);
+        let to_the_end = Region {
+            start: 2 * M2,
+            last: u64::MAX,
+        };
+        assert_eq!(v.owned, to_the_end);
+        s.end_unmap_pruning(u, false);
+        s.end_unmap_pruning(v, true);
+        let (u, _) = begin(0, 1 << 30);
+        assert_eq!((u.span, u.owned), (r(0x10_0000, 0x1000), EVERYTHING));
+        s.end_unmap_pruning(u, true);
+        assert!(s.is_empty());
     }
 
     #[test]
@@ -630,6 +747,24 @@ mod loom_tests {
             Some(total)
         }
 
+        /// A pruning unmap: the unit may write anywhere in the region it holds (tables it
+        /// frees), so every page there is written. Returns that region.
+        fn unmap_pruning(&self, first: u64, pages: u64) -> Option<Region> {
+            let (u, _) = self
+                .space
+                .begin_unmap_pruning(BASE + first * PAGE, pages * PAGE)
+                .ok()?;
+            for (i, p) in self.pages.iter().enumerate() {
+                let at = BASE + i as u64 * PAGE;
+                if u.owned.start <= at && at <= u.owned.last {
+                    // SAFETY: as in `map`: the region is claimed.
+                    unsafe { p.set(0) };
+                }
+            }
+            self.space.end_unmap_pruning(u, true);
+            Some(u.owned)
+        }
+
         fn owner_of(&self, page: usize) -> u64 {
             // SAFETY: called after every thread was joined.
             unsafe { self.pages[page].get() }
@@ -693,6 +828,28 @@ mod loom_tests {
                     other => panic!("unmap removed {other:?}"),
                 }
                 assert_eq!((w.owner_of(0), w.owner_of(2)), (0, 0));
+            },
+        );
+    }
+
+    #[test]
+    fn a_map_into_the_free_space_a_pruning_unmap_holds_waits_for_it() {
+        // Page 0 is the last mapping of its stripe, so the unmap looks beyond it (all locks)
+        // and holds the free space up to the next record: page 3, or page 2 once the other
+        // CPU's map has claimed it.
+        race(
+            |w| {
+                assert!(w.map(0, 1, 1));
+                assert!(w.map(3, 1, 1));
+            },
+            |w| w.map(2, 1, 2),
+            |w| w.unmap_pruning(0, 1),
+            |w, owned, mapped| {
+                assert!(mapped, "page 2 is free, once the unmap ends if not before");
+                let owned = owned.expect("page 0 was mapped");
+                assert_eq!(owned.start, 0);
+                assert!(owned.last == BASE + 2 * PAGE - 1 || owned.last == BASE + 3 * PAGE - 1);
+                assert_eq!((w.owner_of(0), w.owner_of(2), w.owner_of(3)), (0, 2, 1));
             },
         );
     }

@@ -9,7 +9,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{Mapping, Region};
+use super::{Mapping, Region, Unmapping};
 use crate::pagetable::Prot;
 use crate::sync::{Mutex, MutexGuard};
 
@@ -53,9 +53,9 @@ struct Entry {
 pub(super) struct Shard {
     /// Mappings and claims, keyed by first IOVA; disjoint.
     entries: BTreeMap<u64, Entry>,
-    /// Spans an unmap is removing from the unit's table (holes between mappings included):
-    /// nothing may be mapped or unmapped there until it ends.
-    unmapping: Vec<Region>,
+    /// Unmaps under way: nothing may be mapped or unmapped in their `owned` regions until they
+    /// end.
+    unmapping: Vec<Unmapping>,
 }
 
 impl Shard {
@@ -95,6 +95,15 @@ impl fmt::Debug for Stripes {
 /// sharing one; neighbouring stripes take different locks too.
 fn lock_of_stripe(s: u64) -> usize {
     (s.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LOCKS.trailing_zeros())) as usize
+}
+
+/// The stripes `r` touches, whole: a region whose locks are those of `r`.
+pub(super) fn stripe_hull(r: Region) -> Region {
+    let mask = (1u64 << STRIPE_SHIFT) - 1;
+    Region {
+        start: r.start & !mask,
+        last: r.last | mask,
+    }
 }
 
 /// The lock of the stripe holding `addr`.
@@ -200,7 +209,7 @@ impl<'a> Held<'a> {
     /// Whether a map or unmap overlapping `r` is under way.
     pub(super) fn busy(&self, r: Region) -> bool {
         self.of(r).any(|(_, s)| {
-            s.unmapping.iter().any(|u| u.overlaps(r))
+            s.unmapping.iter().any(|u| u.owned.overlaps(r))
                 || s.overlapping(r).any(|(_, e)| e.state == State::Mapping)
         })
     }
@@ -210,15 +219,52 @@ impl<'a> Held<'a> {
         self.of(r).any(|(_, s)| s.overlapping(r).next().is_some())
     }
 
-    /// The end of the farthest record or unmap under way that overlaps `r`, if any.
+    /// The end of the farthest record, or span of mappings being unmapped, that overlaps `r`,
+    /// if any. (The free space an unmap holds around its span is not an obstacle: it is free
+    /// once the unmap ends.)
     pub(super) fn obstacle_end(&self, r: Region) -> Option<u64> {
         self.of(r)
             .flat_map(|(_, s)| {
                 let entries = s.overlapping(r).map(|(_, e)| e.last);
-                let unmaps = s.unmapping.iter().filter(|u| u.overlaps(r)).map(|u| u.last);
-                entries.chain(unmaps)
+                let unmaps = s.unmapping.iter().filter(|u| u.span.overlaps(r));
+                entries.chain(unmaps.map(|u| u.span.last))
             })
             .max()
+    }
+
+    /// The largest region inside `within` around `span` that no record outside `span` and no
+    /// other unmap's region touches: the free space an unmap of `span` may hold. `within`'s
+    /// stripes are held; `span` holds every record that overlaps it and no unmap is under way
+    /// there (`span_inside` and `busy` said so).
+    pub(super) fn free_around(&self, span: Region, within: Region) -> Region {
+        let (mut lo, mut hi) = (within.start, within.last);
+        for (_, s) in self.of(within) {
+            // Records are disjoint: the one starting last before `span` ends last too.
+            if let Some((_, e)) = s.entries.range(..span.start).next_back() {
+                if e.last >= lo {
+                    lo = e.last + 1;
+                }
+            }
+            if let Some(after) = span.last.checked_add(1) {
+                if let Some((&start, _)) = s.entries.range(after..).next() {
+                    if start <= hi {
+                        hi = start - 1;
+                    }
+                }
+            }
+            for u in &s.unmapping {
+                if u.owned.last < span.start && u.owned.last >= lo {
+                    lo = u.owned.last + 1;
+                }
+                if u.owned.start > span.last && u.owned.start <= hi {
+                    hi = u.owned.start - 1;
+                }
+            }
+        }
+        Region {
+            start: lo,
+            last: hi,
+        }
     }
 
     /// Records a claim of `r` (mapping to `phys` with `prot`) in every stripe it touches.
@@ -278,17 +324,18 @@ impl<'a> Held<'a> {
         span.map(|s| (s, total)).ok_or(super::Error::NothingMapped)
     }
 
-    /// Marks `span` as being unmapped in every stripe it touches.
-    pub(super) fn guard(&mut self, span: Region) {
-        for s in self.of_mut(span) {
-            s.unmapping.push(span);
+    /// Records the unmap `u` in every stripe its region touches.
+    pub(super) fn guard(&mut self, u: Unmapping) {
+        for s in self.of_mut(u.owned) {
+            s.unmapping.push(u);
         }
     }
 
-    /// Ends the unmap of `span`: forgets the mappings inside it if the unit `removed` them.
-    pub(super) fn unguard(&mut self, span: Region, removed: bool) {
-        for s in self.of_mut(span) {
-            if let Some(i) = s.unmapping.iter().position(|u| *u == span) {
+    /// Ends the unmap `u`: forgets the mappings inside its span if the unit `removed` them.
+    pub(super) fn unguard(&mut self, u: Unmapping, removed: bool) {
+        let span = u.span;
+        for s in self.of_mut(u.owned) {
+            if let Some(i) = s.unmapping.iter().position(|x| *x == u) {
                 s.unmapping.swap_remove(i);
             }
             if removed {

@@ -489,6 +489,85 @@ pub fn emptied_tables_are_reclaimed<U: TranslationUnit>(
     r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
 }
 
+/// Pruning unmaps (`TranslationUnit::unmap_pruning`, what the object model's unmap uses): a
+/// 4 KiB page is mapped at 16 IOVAs 2 MiB apart in turn, edu's DMA through each lands (the walk
+/// is cached), and each is unmapped owning its 2 MiB region, which frees the leaf table with the
+/// page: each unmap costs what a strict one does (one invalidation, walk caches included, and
+/// one wait), and after the first round every leaf table comes from the domain's frame cache, so
+/// the domain holds no more frames than before the churn plus that one cached frame. Afterwards
+/// DMA to each IOVA faults and reaches nothing, edu's DMA through the kept page still lands, and
+/// a reclaim finds nothing left to free.
+pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
+    r: &Rig<U>,
+    count: InvalidationCounter<'_>,
+) -> TestResult {
+    use crate::hal::HAL;
+    const ROUNDS: u64 = 16;
+    const REGION: u64 = 2 << 20;
+    /// Away from IOVA_A's and IOVA_B's 2 MiB regions, in the same 1 GiB table.
+    const CHURN: u64 = 0x1000_0000;
+    let iova = |i: u64| CHURN + i * REGION;
+    let edu = r.edu(0)?;
+    let dev = (r.device_id)(edu);
+    let (kept, churned) = (DmaBuffer::new(0)?, DmaBuffer::new(0x5a)?);
+    let mut domain = r.domain_with(&[(IOVA_A, &kept, Prot::READ_WRITE)])?;
+    r.unit
+        .attach(dev, Attachment::Paging(&domain))
+        .map_err(fail)?;
+    let outcome = (|| {
+        r.faults()?;
+        let frames = HAL.live_frames();
+        for i in 0..ROUNDS {
+            let at = iova(i);
+            r.unit
+                .map(&domain, Iova::new(at), churned.phys(), 4096, Prot::READ)
+                .map_err(fail)?;
+            kept.fill(0);
+            edu.edu.dma_from_ram(at, 0, 64).map_err(fail)?;
+            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
+            ensure!(
+                (2048..2048 + 64).all(|j| kept.get(j) == 0x5a),
+                "DMA through {at:#x} did not land"
+            );
+            let cost = count(&mut || {
+                let owned = at..at + REGION;
+                let bytes = r.unit.unmap_pruning(&domain, Iova::new(at), 4096, owned);
+                ensure_eq!(bytes.map_err(fail)?, 4096);
+                Ok(())
+            })?;
+            ensure_eq!(cost, (1, 1), "round {i}: one invalidation and one wait");
+            ensure_eq!(
+                HAL.live_frames() - frames,
+                1,
+                "round {i}: the leaf table freed into the domain's cache"
+            );
+        }
+        iommu_boot::println!(
+            "{ROUNDS} pruning unmaps: the domain's frames +1 (its cache), each 1 invalidation / 1 wait"
+        );
+        for i in 0..ROUNDS {
+            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
+            r.expect_fault(dev, iova(i), false, FaultKind::Translation)?;
+        }
+        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
+        round_trip(edu, IOVA_A)?;
+        ensure!(
+            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
+            "DMA through the kept page did not land after the churn"
+        );
+        ensure_eq!(
+            r.unit.reclaim_tables(&mut domain).map_err(fail)?,
+            0,
+            "nothing left to reclaim"
+        );
+        Ok(())
+    })();
+    let blocked = r.unit.attach(dev, Attachment::Blocking);
+    outcome?;
+    blocked.map_err(fail)?;
+    r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
+}
+
 /// Faults routed to owners (`Iommu::route_faults`): edu 0 is owner A's, attached to an empty
 /// paging domain; edu 1 is owner B's, blocked; edu 2 is nobody's. Each DMAs to an address
 /// nothing maps; each fault lands in its owner's queue with the device's handle, and edu 2's in

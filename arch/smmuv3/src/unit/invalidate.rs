@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use iommu::addr::Iova;
 use iommu::hal::Hal;
-use iommu::pagetable::{FlushRange, Gather};
+use iommu::pagetable::{FlushRange, Format, Gather, PageTable};
 use iommu::unit::UnitError;
 
 use super::domain::{DomainKind, SmmuDomain, NESTED_MAP, SHARED_MAP, VM_TABLE_MAP};
@@ -83,18 +83,33 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         Ok(())
     }
 
+    /// A strict unmap of `domain`'s own table; with `owned`, a pruning one
+    /// (`TranslationUnit::unmap_pruning`).
     pub(super) fn unmap_range(
         &self,
         domain: &SmmuDomain<H>,
         iova: Iova,
         len: u64,
+        owned: Option<Range<u64>>,
     ) -> Result<u64, UnitError> {
+        fn strict<F: Format, H: Hal + Clone>(
+            table: &PageTable<F, H>,
+            iova: Iova,
+            len: u64,
+            owned: Option<Range<u64>>,
+            flush: &DomainFlush<'_, H>,
+        ) -> Result<u64, UnitError> {
+            match owned {
+                None => table.unmap_flushed(iova, len, flush),
+                Some(owned) => table.unmap_pruning_flushed(iova, len, owned, flush),
+            }
+        }
         let flush = DomainFlush { unit: self, domain };
         match &domain.kind {
-            DomainKind::Stage1 { table, .. } => table.unmap_flushed(iova, len, &flush),
+            DomainKind::Stage1 { table, .. } => strict(table, iova, len, owned, &flush),
             DomainKind::Stage2 {
                 table: Some(table), ..
-            } => table.unmap_flushed(iova, len, &flush),
+            } => strict(table, iova, len, owned, &flush),
             DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
             DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
             DomainKind::Shared { .. } => Err(SHARED_MAP),

@@ -29,6 +29,7 @@ mod streams;
 use alloc::collections::BTreeMap;
 use core::fmt;
 use core::mem::ManuallyDrop;
+use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 
@@ -567,7 +568,17 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
     }
 
     fn unmap(&self, domain: &Self::Domain, iova: Iova, len: u64) -> Result<u64, UnitError> {
-        self.unmap_range(domain, iova, len)
+        self.unmap_range(domain, iova, len, None)
+    }
+
+    fn unmap_pruning(
+        &self,
+        domain: &Self::Domain,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+    ) -> Result<u64, UnitError> {
+        self.unmap_range(domain, iova, len, Some(owned))
     }
 
     fn unmap_deferred(

@@ -54,6 +54,7 @@ pub use invalidate::{plan_flush, FlushLimits, FlushPlan, IovaRange, PlanBlocks, 
 use rmrr::Rmrrs;
 pub use rmrr::{ReservedRegion, MAX_RMRRS};
 
+use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -527,6 +528,22 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         match &domain.table {
             DomainTable::Second(t) => t.unmap_flushed(iova, len, &flush),
             DomainTable::First(t) => t.unmap_flushed(iova, len, &flush),
+            DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => Err(NESTED_MAP),
+        }
+    }
+
+    fn unmap_pruning(
+        &self,
+        domain: &VtdDomain<H>,
+        iova: Iova,
+        len: u64,
+        owned: Range<u64>,
+    ) -> Result<u64, UnitError> {
+        let flush = DomainFlush { unit: self, domain };
+        match &domain.table {
+            DomainTable::Second(t) => t.unmap_pruning_flushed(iova, len, owned, &flush),
+            DomainTable::First(t) => t.unmap_pruning_flushed(iova, len, owned, &flush),
             DomainTable::Shared { .. } => Err(UnitError::Unsupported(SHARED_TABLE)),
             DomainTable::Nested(_) => Err(NESTED_MAP),
         }

@@ -162,6 +162,11 @@ pub fn emptied_tables_are_reclaimed(m: &mut Machine, stage: Stage) -> TestResult
     counted(m, stage, dma::emptied_tables_are_reclaimed)
 }
 
+/// [`dma::pruning_unmaps_free_the_tables_they_empty`] at `stage`, counted likewise.
+pub fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine, stage: Stage) -> TestResult {
+    counted(m, stage, dma::pruning_unmaps_free_the_tables_they_empty)
+}
+
 /// Runs `test` at `stage` with its invalidations counted from the command queue: TLBI commands
 /// and CMD_SYNCs.
 fn counted(

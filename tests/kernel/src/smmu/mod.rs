@@ -139,6 +139,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::emptied_tables_are_reclaimed(m, Stage::Second),
     },
     Test {
+        name: "s1_pruning_unmaps_free_the_tables_they_empty",
+        run: |m| dma::pruning_unmaps_free_the_tables_they_empty(m, Stage::First),
+    },
+    Test {
+        name: "s2_pruning_unmaps_free_the_tables_they_empty",
+        run: |m| dma::pruning_unmaps_free_the_tables_they_empty(m, Stage::Second),
+    },
+    Test {
         name: "commands_per_operation_are_the_fewest",
         run: command_economy::commands_per_operation_are_the_fewest,
     },

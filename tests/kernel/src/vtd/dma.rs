@@ -125,6 +125,11 @@ pub(super) fn emptied_tables_are_reclaimed(m: &mut Machine) -> TestResult {
     counted(m, dma::emptied_tables_are_reclaimed)
 }
 
+/// [`dma::pruning_unmaps_free_the_tables_they_empty`], counted at the invalidation queue.
+pub(super) fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine) -> TestResult {
+    counted(m, dma::pruning_unmaps_free_the_tables_they_empty)
+}
+
 /// Runs `test` with its invalidations counted at the invalidation queue: IOTLB (or PASID-based
 /// IOTLB) descriptors and wait descriptors, one wait per batch.
 fn counted(

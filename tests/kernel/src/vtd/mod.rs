@@ -143,6 +143,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::emptied_tables_are_reclaimed,
     },
     Test {
+        name: "pruning_unmaps_free_the_tables_they_empty",
+        run: dma::pruning_unmaps_free_the_tables_they_empty,
+    },
+    Test {
         name: "hardware_info_matches_machine",
         run: lifecycle::hardware_info_matches_machine,
     },
