@@ -420,6 +420,19 @@ pub trait TranslationUnit {
         owned: Range<u64>,
     ) -> Result<u64, UnitError>;
 
+    /// Frees the tables of `domain` on the way to each `(iova, owned)` point that map nothing
+    /// and whose whole span lies in its `owned` region
+    /// ([`PageTable::prune`](crate::pagetable::PageTable::prune)), with one invalidation (walk
+    /// caches included) and its wait; returns how many. Each `owned` is the caller's word, as for
+    /// [`unmap_pruning`](Self::unmap_pruning): the object model passes the free space around
+    /// the places where pruning unmaps left tables it could not free then. Refused like
+    /// `unmap`, and with nothing changed for a point outside its region.
+    fn prune_tables(
+        &self,
+        domain: &Self::Domain,
+        points: &[(Iova, Range<u64>)],
+    ) -> Result<usize, UnitError>;
+
     /// Unmaps `[iova, iova + len)` from `domain` like [`unmap`](Self::unmap) but issues no
     /// invalidation: what must be invalidated, and the table frames to free once it is, go into
     /// `gather` (pass the same gather to many calls on the same domain to batch them). Returns
@@ -602,6 +615,13 @@ impl<T: TranslationUnit + ?Sized> TranslationUnit for &T {
         owned: Range<u64>,
     ) -> Result<u64, UnitError> {
         (**self).unmap_pruning(domain, iova, len, owned)
+    }
+    fn prune_tables(
+        &self,
+        domain: &Self::Domain,
+        points: &[(Iova, Range<u64>)],
+    ) -> Result<usize, UnitError> {
+        (**self).prune_tables(domain, points)
     }
     fn unmap_deferred(
         &self,

@@ -220,7 +220,9 @@ pub use ats::AtsControl;
 pub use error::{Error, Result};
 pub use faults::{Routed, RoutedFault, Taken};
 pub use interrupts::InterruptId;
-pub use iova::{IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN};
+pub use iova::{
+    IovaSpace, Layout, Mapping, Region, Reserved, ReservedKind, MIN_ALIGN, PENDING_PRUNES,
+};
 pub use notify::{Event, Notifier, NotifierId, Replay, Subject};
 pub use shadow::{GuestFormat, GuestMemory, GuestTable, ShadowStats};
 pub use status::{InsecureNoIommu, Protection, Status};
@@ -1115,8 +1117,12 @@ impl<U: TranslationUnit> Iommu<U> {
             return self.unmap_all(owner, id);
         }
         let dom = self.domain(id, owner)?;
-        let (u, total) = dom.space(id)?.begin_unmap_pruning(iova.as_u64(), len)?;
+        let space = dom.space(id)?;
+        let (u, total) = space.begin_unmap_pruning(iova.as_u64(), len)?;
         self.unmap_claimed(dom, id, u)?;
+        if space.sweep_due() {
+            self.sweep(dom, space);
+        }
         Ok(total)
     }
 
@@ -1127,6 +1133,7 @@ impl<U: TranslationUnit> Iommu<U> {
             None => Ok(0),
             Some((u, total)) => {
                 self.unmap_claimed(dom, id, u)?;
+                self.sweep(dom, dom.space(id)?);
                 Ok(total)
             }
         }
@@ -1153,6 +1160,26 @@ impl<U: TranslationUnit> Iommu<U> {
         }
         space.end_unmap_pruning(u, removed.is_ok());
         removed.map(|_| ())
+    }
+
+    /// Frees the tables larger than a stripe that pruning unmaps of `dom` left empty
+    /// ([`IovaSpace::sweep`], [`TranslationUnit::prune_tables`]): one invalidation for all. The
+    /// unmaps that left them have succeeded, so a failure here is logged, not returned (the
+    /// tables stay linked, or, if the invalidation failed, their frames are leaked).
+    fn sweep(&self, dom: &Domain<U::Domain>, space: &IovaSpace) {
+        let Ok(unit) = self.unit(dom.unit) else {
+            return;
+        };
+        let swept = space.sweep(|points| {
+            let points: Vec<_> = points
+                .iter()
+                .map(|(at, free)| (Iova::new(*at), free.start..free.last.saturating_add(1)))
+                .collect();
+            unit.prune_tables(&dom.hw, &points)
+        });
+        if let Some(Err(e)) = swept {
+            log::warn!("iommufd: freeing emptied tables failed: {e}");
+        }
     }
 
     /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` like

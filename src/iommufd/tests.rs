@@ -403,6 +403,16 @@ impl TranslationUnit for MockUnit {
         self.unmap(domain, iova, len)
     }
 
+    /// The mock keeps no tables: nothing to free.
+    fn prune_tables(
+        &self,
+        _domain: &MockDomain,
+        _points: &[(Iova, core::ops::Range<u64>)],
+    ) -> core::result::Result<usize, UnitError> {
+        self.injected()?;
+        Ok(0)
+    }
+
     /// Like `unmap`: the mock caches nothing, so the gather stays empty.
     fn unmap_deferred(
         &self,

@@ -18,6 +18,9 @@ use crate::sync::{AtomicU64, Ordering};
 /// 4 KiB, so it never reaches these bits.
 const LINK_SIZE_SHIFT: u32 = 2;
 const LINK_SIZE_MASK: u64 = 0x1f << LINK_SIZE_SHIFT;
+/// Bit 7 of a frame's link says that every other entry of the frame is zero (a table unlinked
+/// because it was empty), so that whoever reuses it for a table need only clear the link.
+const LINK_CLEAN: u64 = 1 << 7;
 const LINK_ADDR_MASK: u64 = !0xfff;
 
 /// The invalidation work and deferred frees of one or more unmaps (pass the same gather to
@@ -130,11 +133,22 @@ impl Gather {
     /// The frame may still be read by a walker that cached the pointer to it; the link reads as
     /// not present (see `LINK_SIZE_SHIFT`), the same answer the unmap gives for the whole range.
     pub(super) fn push<H: Hal>(&mut self, hal: &H, frame: u64, size: FrameSize) {
-        let link = if self.count == 0 {
+        self.push_marked(hal, frame, size, false);
+    }
+
+    /// [`push`](Self::push) of a table frame whose entries are all zero (but the link this
+    /// writes), as `release` will tell.
+    pub(super) fn push_clean<H: Hal>(&mut self, hal: &H, frame: u64, size: FrameSize) {
+        self.push_marked(hal, frame, size, true);
+    }
+
+    fn push_marked<H: Hal>(&mut self, hal: &H, frame: u64, size: FrameSize, clean: bool) {
+        let next = if self.count == 0 {
             0
         } else {
             self.head | (u64::from(self.head_size.log2()) << LINK_SIZE_SHIFT)
         };
+        let link = if clean { next | LINK_CLEAN } else { next };
         // Relaxed: the frame is unlinked, so no CPU operation reads it (a walker may, and needs
         // no ordering: any value it can see there is not-present or a stale entry of the range
         // being invalidated); `complete` reads the link on a thread the caller has synchronized
@@ -171,7 +185,7 @@ impl Gather {
     /// operation on the table whose range overlapped an unmapped range is still running. The
     /// frames must belong to `hal` (the HAL of the table that filled this gather).
     pub unsafe fn complete<H: Hal>(self, hal: &H) {
-        let free = |frame, size| {
+        let free = |frame, size, _clean| {
             // SAFETY: an unlinked table frame of `size` from `hal`; the caller guarantees that no
             // walker or CPU can reach it any more.
             unsafe { hal.free_frame(PhysAddr::new(frame), size) }
@@ -180,20 +194,25 @@ impl Gather {
         unsafe { self.release(hal, free) }
     }
 
-    /// Hands every gathered frame, with its size, to `free` (the HAL, or a table's cache).
+    /// Hands every gathered frame, with its size and whether all its entries but the first are
+    /// zero ([`push_clean`](Self::push_clean)), to `free` (the HAL, or a table's cache).
     ///
     /// # Safety
     ///
     /// As for [`complete`](Gather::complete): no walker or CPU can reach the frames any more,
     /// and they are `hal`'s.
-    pub(super) unsafe fn release<H: Hal>(self, hal: &H, mut free: impl FnMut(u64, FrameSize)) {
+    pub(super) unsafe fn release<H: Hal>(
+        self,
+        hal: &H,
+        mut free: impl FnMut(u64, FrameSize, bool),
+    ) {
         let mut frame = self.head;
         let mut size = self.head_size;
         for _ in 0..self.count {
             // Read the link before the frame is handed on. Relaxed: see `push`.
             // SAFETY: the frame is still ours: it is handed on only below.
             let link = unsafe { first_entry(hal, frame) }.load(Ordering::Relaxed);
-            free(frame, size);
+            free(frame, size, link & LINK_CLEAN != 0);
             let next_size = ((link & LINK_SIZE_MASK) >> LINK_SIZE_SHIFT) as u32;
             match FrameSize::from_log2(next_size) {
                 Some(s) => size = s,

@@ -28,10 +28,16 @@
 //! allocation):
 //! - an unmap that covers a table's whole span unlinks it at once (no other operation can be in
 //!   that span);
+//! - [`PageTable::unmap_pruning`] also unlinks the tables the unmap leaves empty on the way to
+//!   the range's two ends, where the caller vouches that no other operation touches their span
+//!   (it passes a region it owns, such as the free space around the range that an object model
+//!   holding every mapping's record can keep others out of): then the tree after every unmap is
+//!   exactly what a fresh map of the remaining leaves would build. This is what the object
+//!   model's unmap does;
 //! - [`PageTable::reclaim`] (`&mut self`: no operation runs) unlinks every table that unmaps left
-//!   empty, bottom up, so the tree holds exactly the tables a fresh map of the remaining leaves
-//!   would build. An unmap under `&self` does not free the table it empties: another CPU may be
-//!   on its way through it, and making that safe would cost every operation a fence.
+//!   empty, bottom up, for callers that unmap without knowing such a region. A plain unmap under
+//!   `&self` does not free the table it empties: another CPU may be on its way through it, and
+//!   making that safe without the caller's word would cost every operation a fence.
 //!
 //! The frames are freed only after the IOTLB and paging-structure-cache invalidation of the
 //! gathered range has completed: by [`PageTable::flush_gather`] (and `unmap_flushed`,
@@ -61,8 +67,9 @@
 //!   emptiness, relaxed: no one else writes it); each entry is one aligned 64-bit store, so a
 //!   walker sees either the old or the new entry, never a torn one.
 //! - **Freeing** cannot race a walker: a table is unlinked only by an unmap whose range covers
-//!   the table's whole span, so no concurrent operation (all disjoint) can be inside it, or by
-//!   `reclaim` under `&mut self`; hardware that cached the old parent entry may still read it
+//!   the table's whole span, so no concurrent operation (all disjoint) can be inside it, by a
+//!   pruning unmap whose owned region covers it (the caller's word), or by `reclaim` under
+//!   `&mut self`; hardware that cached the old parent entry may still read it
 //!   until the invalidation completes, which is why the frame is freed (or cached) only after it.
 //! - **The frame cache** is [`CACHED_FRAMES`] independent slots: a frame goes in by
 //!   compare-and-swap from 0 (release) and out by swap to 0 (acquire), so no two CPUs take the

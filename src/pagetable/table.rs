@@ -31,6 +31,10 @@ pub const MAX_LEVELS: usize = 5;
 /// reuses its tables, small enough not to matter beside the tables in use.
 pub const CACHED_FRAMES: usize = 8;
 
+/// Bit 0 of a cache slot: the frame in it is clean (every entry but the first is zero). Frames
+/// are granule-aligned, so the bit is free.
+const CACHED_CLEAN: u64 = 1;
+
 /// Whether the IOMMU's table walks snoop the CPU caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coherency {
@@ -429,6 +433,38 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         Ok(bytes)
     }
 
+    /// Unlinks into `gather`, bottom up, the tables on the way to each `(iova, owned)` point
+    /// that map nothing and whose whole span lies in its `owned` region, as
+    /// [`unmap_pruning`](Self::unmap_pruning) does after its unmap, on the same word from the
+    /// caller about each `owned`; returns how many. For tables that earlier unmaps left empty
+    /// where they could not prune them. The gathered range covers the page at every point, walk
+    /// caches included, which reaches every table on its path.
+    ///
+    /// Refuses, changing nothing, a point whose `owned` does not contain it
+    /// ([`Error::OwnedTooSmall`]) or which lies beyond the aperture, and a gather of another
+    /// table.
+    pub fn prune(&self, points: &[(Iova, Range<u64>)], gather: &mut Gather) -> Result<usize> {
+        let page = 1u64 << self.format.granule_shift();
+        for (iova, owned) in points {
+            self.check_range(iova.as_u64() & !(page - 1), page)?;
+            if !owned.contains(&iova.as_u64()) {
+                return Err(Error::OwnedTooSmall);
+            }
+        }
+        if !gather.serves(self.root) {
+            return Err(Error::ForeignGather);
+        }
+        let before = gather.freed_frames();
+        for (iova, owned) in points {
+            let start = iova.as_u64() & !(page - 1);
+            if self.prune_path(start, owned, gather) {
+                gather.record(start, start + page, 0, true);
+                gather.bind(self.root);
+            }
+        }
+        Ok(gather.freed_frames() - before)
+    }
+
     /// `unmap_pruning`'s second half for the path to `addr`: unlinks, bottom up, the empty
     /// tables on it whose span lies in `owned`; returns whether it unlinked any.
     fn prune_path(&self, addr: u64, owned: &Range<u64>, gather: &mut Gather) -> bool {
@@ -460,17 +496,21 @@ impl<F: Format, H: Hal> PageTable<F, H> {
             // Own: the table's span lies in `owned`, so no one else reads or writes it or its
             // slot; Acquire only for the descend convention.
             let e = slot.load(Ordering::Acquire);
-            if self
-                .child(e, level)
-                .iter()
-                .any(|c| c.load(Ordering::Relaxed) != 0)
-            {
+            // Eight entries (a cache line) per test: fewer branches over a table that is
+            // almost always empty here.
+            let busy = self.child(e, level).chunks(8).any(|line| {
+                line.iter()
+                    .fold(0, |any, c| any | c.load(Ordering::Relaxed))
+                    != 0
+            });
+            if busy {
                 break;
             }
-            // Publish (the clear), then the frame waits in the gather for the flush.
+            // Publish (the clear), then the frame waits in the gather for the flush; all its
+            // entries are zero, so its next user need not clear them.
             slot.store(0, Ordering::Release);
             self.sync(core::slice::from_ref(slot));
-            gather.push(&self.hal, self.format.decode_addr(e), self.granule_frame());
+            gather.push_clean(&self.hal, self.format.decode_addr(e), self.granule_frame());
             pruned = true;
         }
         pruned
@@ -526,7 +566,11 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         // the engine's rule that no operation overlapping the range runs meanwhile is the one
         // `unmap` itself relies on; the frames came from this table's own HAL (`serves`: only
         // this table's `unmap` or `reclaim` filled the gather).
-        unsafe { gather.release(&self.hal, |frame, size| self.keep_or_free(frame, size)) };
+        unsafe {
+            gather.release(&self.hal, |frame, size, clean| {
+                self.keep_or_free(frame, size, clean)
+            })
+        };
         Ok(())
     }
 
@@ -535,13 +579,14 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     /// frames and the ranges to invalidate in `gather`, and returns how many it unlinked.
     /// [`flush_gather`](Self::flush_gather) then invalidates (walk caches included) and frees.
     ///
-    /// Why not in the unmap itself: under `&self` another CPU may be on its way through the
-    /// table that an unmap just emptied (a map of a neighbouring page, a translation), and
-    /// freeing it safely would need every operation to announce itself with an atomic
-    /// read-modify-write or a full fence (7 ns measured here, as much as a whole single-page
-    /// unmap), and even noticing that the table became empty costs the unmap a scan. `&mut self`
-    /// proves no operation runs, so the sweep costs the data path nothing. It reads every
-    /// table (512 entries each with 4 KiB pages): call it when memory matters, not per unmap.
+    /// Why not in every unmap: under `&self` another CPU may be on its way through the table
+    /// that an unmap just emptied (a map of a neighbouring page, a translation), and freeing it
+    /// safely would need every operation to announce itself with an atomic read-modify-write or
+    /// a full fence (7 ns measured here, as much as a whole single-page unmap). A caller that
+    /// can vouch for the space around an unmap uses [`unmap_pruning`](Self::unmap_pruning)
+    /// instead; this is for the others. `&mut self` proves no operation runs, so the sweep
+    /// costs the data path nothing. It reads every table (512 entries each with 4 KiB pages):
+    /// call it when memory matters, not per unmap.
     ///
     /// Refuses a gather filled by another table ([`Error::ForeignGather`]), changing nothing.
     pub fn reclaim(&mut self, gather: &mut Gather) -> Result<usize> {
@@ -558,7 +603,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
             let e = slot.load(Ordering::Acquire);
             if e != 0
                 && self.format.is_table(e, top)
-                && self.prune(e, top, i as u64 * span, gather, &mut hull)
+                && self.sweep_below(e, top, i as u64 * span, gather, &mut hull)
             {
                 self.unlink(slot, e, i as u64 * span, span, gather, &mut hull);
             }
@@ -596,7 +641,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
 
     /// `reclaim`'s sweep below the table entry `e` at `level`, whose span starts at `base`:
     /// unlinks the empty tables below it and returns whether its own table is empty after that.
-    fn prune(
+    fn sweep_below(
         &self,
         e: u64,
         level: u32,
@@ -616,7 +661,7 @@ impl<F: Format, H: Hal> PageTable<F, H> {
             let at = base + i as u64 * span;
             if child_level > 0
                 && self.format.is_table(c, child_level)
-                && self.prune(c, child_level, at, gather, hull)
+                && self.sweep_below(c, child_level, at, gather, hull)
             {
                 self.unlink(slot, c, at, span, gather, hull);
             } else {
@@ -641,22 +686,23 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         // drops any cached pointer to it.
         slot.store(0, Ordering::Release);
         self.sync(core::slice::from_ref(slot));
-        gather.push(&self.hal, self.format.decode_addr(e), self.granule_frame());
+        gather.push_clean(&self.hal, self.format.decode_addr(e), self.granule_frame());
         hull.0 = hull.0.min(at);
         hull.1 = hull.1.max(at + span);
     }
 
     /// A freed table frame: kept in the cache if it is a granule and a slot is free, else
-    /// given back to the HAL.
+    /// given back to the HAL. `clean`: every entry but the first is zero.
     ///
     /// The caller guarantees what [`Gather::complete`] asks: no walker or CPU can reach it.
-    fn keep_or_free(&self, frame: u64, size: FrameSize) {
+    fn keep_or_free(&self, frame: u64, size: FrameSize, clean: bool) {
         if size == self.granule_frame() {
+            let kept = if clean { frame | CACHED_CLEAN } else { frame };
             for slot in &self.cache {
                 // Release: the frame's last contents (the gather's link) are written before it
                 // is handed to whoever takes it (with Acquire) and zeroes it.
                 if slot
-                    .compare_exchange(0, frame, Ordering::Release, Ordering::Relaxed)
+                    .compare_exchange(0, kept, Ordering::Release, Ordering::Relaxed)
                     .is_ok()
                 {
                     return;
@@ -667,17 +713,18 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         unsafe { self.hal.free_frame(PhysAddr::new(frame), size) };
     }
 
-    /// A frame from the cache, if one is there (not yet zeroed).
+    /// A frame from the cache, if one is there (not yet zeroed), and whether every entry but
+    /// the first is zero already.
     #[inline(always)]
-    fn take_cached(&self) -> Option<u64> {
+    fn take_cached(&self) -> Option<(u64, bool)> {
         for slot in &self.cache {
             // Relaxed peek: a miss only sends the caller to the HAL.
             if slot.load(Ordering::Relaxed) != 0 {
                 // Acquire pairs with `keep_or_free`'s Release: the frame's earlier writes come
                 // before the zeroes the taker writes.
-                let frame = slot.swap(0, Ordering::Acquire);
-                if frame != 0 {
-                    return Some(frame);
+                let kept = slot.swap(0, Ordering::Acquire);
+                if kept != 0 {
+                    return Some((kept & !CACHED_CLEAN, kept & CACHED_CLEAN != 0));
                 }
             }
         }
@@ -787,9 +834,9 @@ impl<F: Format, H: Hal> PageTable<F, H> {
         // Cached frames were never reachable by a walker since their last flush; they go with
         // the rest.
         for slot in &self.cache {
-            let frame = slot.load(Ordering::Acquire);
-            if frame != 0 {
-                gather.push(&self.hal, frame, self.granule_frame());
+            let kept = slot.load(Ordering::Acquire);
+            if kept != 0 {
+                gather.push(&self.hal, kept & !CACHED_CLEAN, self.granule_frame());
             }
         }
         gather.record(0, self.aperture_end(), removed.page_sizes, true);
@@ -1118,11 +1165,13 @@ impl<F: Format, H: Hal> PageTable<F, H> {
     fn install_table(&self, slot: &AtomicU64, level: u32) -> Result<(&[AtomicU64], bool)> {
         let size = self.granule_frame();
         let (frame, fresh) = match self.take_cached() {
-            Some(frame) => {
+            Some((frame, clean)) => {
                 // SAFETY: a granule frame of this table that the cache handed to this call
                 // alone; unreachable since the flush that preceded its caching.
                 let t = unsafe { self.frame(frame, self.granule_entries()) };
-                for e in t {
+                // A clean frame (pruned because empty) has only the gather's link to clear.
+                let dirty = if clean { &t[..1] } else { t };
+                for e in dirty {
                     // Relaxed: the frame is private until the release below publishes it.
                     e.store(0, Ordering::Relaxed);
                 }
@@ -1155,8 +1204,9 @@ impl<F: Format, H: Hal> PageTable<F, H> {
                 Ok((fresh, true))
             }
             Err(current) => {
-                // Lost the race: our table was never published, so nobody can have seen it.
-                self.keep_or_free(frame, size);
+                // Lost the race: our table was never published, so nobody can have seen it; it
+                // is all zeroes.
+                self.keep_or_free(frame, size, true);
                 if !self.format.is_table(current, level) {
                     return Err(Error::AlreadyMapped);
                 }

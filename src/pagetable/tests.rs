@@ -689,6 +689,57 @@ fn a_pruning_unmap_frees_the_tables_it_empties_inside_the_owned_region_only() {
 }
 
 #[test]
+fn a_reused_table_frame_maps_nothing_but_what_is_mapped_into_it() {
+    // Frames come back from the cache clean (pruned: only the gather's link to clear) or
+    // dirty (unlinked whole with their leaves in place): either way the new table maps
+    // nothing else.
+    let hal = HostHal::new();
+    let t = vtd(&hal);
+    let ok = RecordingFlush {
+        fail: false,
+        asked: Default::default(),
+    };
+    t.map(iova(8 * G1), pa(0), K4, Prot::READ).unwrap();
+    for (round, whole) in [(1u64, false), (2, true), (3, false), (4, true)] {
+        let at = round * M2;
+        // A full leaf table of 4K pages (a physical range not 2M-aligned: no superpage).
+        t.map(iova(at), pa(0x10_0000), M2, Prot::READ_WRITE)
+            .unwrap();
+        assert_eq!(leaf_size(&t, at), Some(K4));
+        if whole {
+            // The whole 2M at once: the full leaf table goes to the cache as it is.
+            assert_eq!(
+                t.unmap_pruning_flushed(iova(at), M2, 0..8 * G1, &ok),
+                Ok(M2)
+            );
+        } else {
+            for p in 0..512 {
+                t.unmap_pruning_flushed(iova(at + p * K4), K4, 0..8 * G1, &ok)
+                    .unwrap();
+            }
+        }
+        // The next round's table is this one's frame.
+        let next = (round + 1) * M2;
+        t.map(iova(next + 7 * K4), pa(0x7000), K4, Prot::READ)
+            .unwrap();
+        for p in 0..512 {
+            let want = if p == 7 {
+                Ok(pa(0x7000))
+            } else {
+                Err(Error::NothingMapped)
+            };
+            assert_eq!(
+                t.iova_to_phys(iova(next + p * K4)),
+                want,
+                "round {round}, page {p}"
+            );
+        }
+        t.unmap_pruning_flushed(iova(next + 7 * K4), K4, 0..8 * G1, &ok)
+            .unwrap();
+    }
+}
+
+#[test]
 #[cfg_attr(
     miri,
     ignore = "8,000 maps and unmaps: minutes under Miri; it counts allocations, not pointers"

@@ -213,6 +213,17 @@ impl<F: Format> TranslationUnit for TableUnit<F> {
         table.unmap_pruning_flushed(iova, len, owned, &flush)
     }
 
+    fn prune_tables(
+        &self,
+        table: &Self::Domain,
+        points: &[(Iova, Range<u64>)],
+    ) -> Result<usize, UnitError> {
+        let mut gather = Gather::new();
+        let freed = table.prune(points, &mut gather)?;
+        self.flush_deferred(table, gather)?;
+        Ok(freed)
+    }
+
     fn unmap_deferred(
         &self,
         table: &Self::Domain,

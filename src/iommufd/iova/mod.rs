@@ -10,10 +10,11 @@ extern crate alloc;
 mod stripes;
 
 use alloc::vec::Vec;
+use core::fmt;
 
 use super::error::{Error, Result};
 use crate::pagetable::Prot;
-use crate::sync::spin_loop;
+use crate::sync::{spin_loop, Mutex};
 use stripes::{stripe_hull, Held, Stripes};
 
 /// Every IOVA.
@@ -21,6 +22,12 @@ const EVERYTHING: Region = Region {
     start: 0,
     last: u64::MAX,
 };
+
+/// How many places a domain's pruning unmaps may leave tables larger than their stripes empty
+/// before one of them sweeps (see [`IovaSpace::begin_unmap_pruning`]): each place keeps at
+/// most the tables on one path, so a domain holds at most this many paths' worth of empty
+/// tables beyond what its mappings need.
+pub const PENDING_PRUNES: usize = 8;
 
 /// The smallest alignment of an automatically allocated IOVA: the 4 KiB granule every back-end
 /// supports.
@@ -35,6 +42,17 @@ pub(crate) struct Unmapping {
     pub(crate) span: Region,
     /// Contains `span`; what the unit may treat as its own (`TranslationUnit::unmap_pruning`).
     pub(crate) owned: Region,
+}
+
+/// How far an unmap looks for free space to hold around its span.
+#[derive(Clone, Copy)]
+enum Prune {
+    /// Nowhere: it holds its span (a deferred unmap, whose claim ends before its flush).
+    No,
+    /// In the span's own stripes, noting the place when they hold nothing else.
+    Near,
+    /// Everywhere (every lock): an unmap of every mapping.
+    Everywhere,
 }
 
 /// A range of IOVAs, `start..=last` (inclusive, so a window may end at `2^64 - 1`).
@@ -183,11 +201,24 @@ pub struct Mapping {
 /// [`IovaSpace::find_free`] and the `map_anywhere` that uses it take every lock for the search:
 /// automatic allocation is serialised per domain (per-CPU IOVA caches would lift that). The
 /// protocol is checked by a loom model (`loom_tests` in this module's source).
-#[derive(Debug)]
 pub struct IovaSpace {
     windows: Vec<Region>,
     reserved: Vec<Reserved>,
     stripes: Stripes,
+    /// Where pruning unmaps emptied every stripe they touched, so that tables larger than
+    /// those stripes may have emptied too, left for the next [`sweep`](Self::sweep) (at most
+    /// [`PENDING_PRUNES`] before one is due). Taken after stripe locks, never before.
+    pending: Mutex<Vec<u64>>,
+}
+
+impl fmt::Debug for IovaSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IovaSpace")
+            .field("windows", &self.windows)
+            .field("reserved", &self.reserved)
+            .field("stripes", &self.stripes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IovaSpace {
@@ -232,6 +263,7 @@ impl IovaSpace {
             windows,
             reserved: layout.reserved.to_vec(),
             stripes: Stripes::new(),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -333,7 +365,7 @@ impl IovaSpace {
     /// inside. Waits while an overlapping map or unmap is under way.
     pub(super) fn begin_unmap(&self, iova: u64, len: u64) -> Result<(Region, u64)> {
         let r = Region::checked(iova, len)?;
-        let (u, total) = self.begin_unmap_of(r, false)?;
+        let (u, total) = self.begin_unmap_of(r, Prune::No)?;
         Ok((u.span, total))
     }
 
@@ -342,31 +374,33 @@ impl IovaSpace {
     /// unmap runs inside a table the unit may free. Ended by
     /// [`end_unmap_pruning`](Self::end_unmap_pruning).
     ///
-    /// The free space is looked for in the span's own stripes first (their locks are the ones
-    /// the range takes); only when those hold nothing else, so that tables larger than a stripe
-    /// may have emptied, are all locks taken to look further.
+    /// The free space is looked for in the span's own stripes (their locks are the ones the
+    /// range takes), so the unit frees the tables no larger than those stripes (the leaf tables
+    /// of 4 KiB pages span one stripe). When the stripes hold nothing else, tables above them
+    /// may have emptied as well: looking further would take every lock, so the place is noted
+    /// instead, and once [`PENDING_PRUNES`] are noted the caller sweeps them
+    /// ([`sweep_due`](Self::sweep_due), [`sweep`](Self::sweep)).
     pub(super) fn begin_unmap_pruning(&self, iova: u64, len: u64) -> Result<(Unmapping, u64)> {
         let r = Region::checked(iova, len)?;
-        self.begin_unmap_of(r, true)
+        self.begin_unmap_of(r, Prune::Near)
     }
 
-    /// [`begin_unmap_pruning`](Self::begin_unmap_pruning) of every mapping; `None` when there
-    /// are none.
+    /// [`begin_unmap_pruning`](Self::begin_unmap_pruning) of every mapping, holding all the
+    /// free space around them at once (the domain is left empty: every table may go); `None`
+    /// when there are none.
     pub(super) fn begin_unmap_all(&self) -> Result<Option<(Unmapping, u64)>> {
-        match self.begin_unmap_of(EVERYTHING, true) {
+        match self.begin_unmap_of(EVERYTHING, Prune::Everywhere) {
             Ok(found) => Ok(Some(found)),
             Err(Error::NothingMapped) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn begin_unmap_of(&self, r: Region, prune: bool) -> Result<(Unmapping, u64)> {
-        let mut everywhere = false;
+    fn begin_unmap_of(&self, r: Region, prune: Prune) -> Result<(Unmapping, u64)> {
         loop {
-            let mut held = if everywhere {
-                self.stripes.lock_all()
-            } else {
-                self.stripes.lock(r)
+            let mut held = match prune {
+                Prune::Everywhere => self.stripes.lock_all(),
+                Prune::No | Prune::Near => self.stripes.lock(r),
             };
             if held.busy(r) {
                 drop(held);
@@ -374,20 +408,65 @@ impl IovaSpace {
                 continue;
             }
             let (span, total) = held.span_inside(r)?;
-            let mut owned = span;
-            if prune {
-                let near = stripe_hull(span);
-                owned = held.free_around(span, if everywhere { EVERYTHING } else { near });
-                if owned == near && !everywhere {
-                    // The span's stripes hold nothing else: look beyond them.
-                    everywhere = true;
-                    continue;
+            let owned = match prune {
+                Prune::No => span,
+                Prune::Everywhere => held.free_around(span, EVERYTHING),
+                Prune::Near => {
+                    let near = stripe_hull(span);
+                    if !held.mapped_outside(span, near) {
+                        // No other mapping in the span's stripes: tables above them may empty.
+                        // Once per stripe: a place in it stands for the whole stripe.
+                        let mut pending = self.pending.lock();
+                        if !pending
+                            .iter()
+                            .any(|&p| near.contains(Region { start: p, last: p }))
+                        {
+                            pending.push(span.start);
+                        }
+                    }
+                    held.free_around(span, near)
                 }
-            }
+            };
             let u = Unmapping { span, owned };
             held.guard(u);
             return Ok((u, total));
         }
+    }
+
+    /// Whether [`PENDING_PRUNES`] places wait for a [`sweep`](Self::sweep).
+    pub(super) fn sweep_due(&self) -> bool {
+        self.pending.lock().len() >= PENDING_PRUNES
+    }
+
+    /// Takes the places pruning unmaps noted and hands `prune` each one that still lies in free
+    /// space, with the free space around it (`(place, free space)`), while
+    /// holding every lock: no map or unmap can begin until `prune` returns, and those under way
+    /// are inside their own claims, which the free space excludes. So `prune` may free any
+    /// empty table inside the regions it is given (`TranslationUnit::prune_tables`). Returns
+    /// what `prune` returned, or `None` if no place was noted.
+    ///
+    /// The one call that holds locks across a unit call: it waits for nothing but the unit,
+    /// whose waits are bounded, so the others' wait for the locks ends.
+    pub(super) fn sweep<R>(&self, prune: impl FnOnce(&[(u64, Region)]) -> R) -> Option<R> {
+        let held = self.stripes.lock_all();
+        let places = core::mem::take(&mut *self.pending.lock());
+        let mut points: Vec<(u64, Region)> = Vec::new();
+        for at in places {
+            let here = Region {
+                start: at,
+                last: at,
+            };
+            if held.any_mapped(here) || held.busy(here) {
+                continue;
+            }
+            // Free regions are maximal: a place inside one already found has the same.
+            let free = match points.iter().find(|(_, f)| f.contains(here)) {
+                Some(&(_, f)) => f,
+                None => held.free_around(here, EVERYTHING),
+            };
+            points.push((at, free));
+        }
+        (!points.is_empty()).then(|| prune(&points))
     }
 
     /// Ends an unmap started by [`begin_unmap`](Self::begin_unmap): the mappings inside `span`
@@ -578,7 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pruning_unmap_holds_the_free_space_around_its_span() {
+    fn a_pruning_unmap_holds_the_free_space_in_its_stripes_and_notes_emptied_ones() {
         const M2: u64 = 0x20_0000;
         let s = space(&[r(0, 1 << 30)], &[]);
         mapped(&s, r(0x1000, 0x1000));
@@ -588,11 +667,14 @@ mod tests {
             Ok(found) => found,
             Err(e) => panic!("unmap of {iova:#x}: {e}"),
         };
+        let noted = |s: &IovaSpace| s.pending.lock().clone();
 
-        // Its stripe holds another mapping: the free space up to it, from the stripe's start.
+        // Its stripe holds another mapping: the free space up to it, from the stripe's start;
+        // nothing above the stripe can have emptied, so nothing is noted.
         let (u, total) = begin(0x1000, 0x1000);
         assert_eq!(total, 0x1000);
         assert_eq!((u.span, u.owned), (r(0x1000, 0x1000), r(0, 0x10_0000)));
+        assert!(noted(&s).is_empty());
         // Meanwhile nothing is mapped or unmapped there, and a search for free space waits
         // rather than skip it.
         assert!(s.stripes.lock(r(0, 0x1000)).busy(r(0, 0x1000)));
@@ -600,27 +682,63 @@ mod tests {
         s.end_unmap_pruning(u, true);
         assert_eq!(s.find_free(0x1000), Ok(0));
 
-        // A map under way bounds the free space like a mapping.
-        assert_eq!(s.begin_map(M2, 0x1000, 0, Prot::READ), Ok(r(M2, 0x1000)));
+        // A map under way bounds the free space like a mapping, but it is not one yet: the
+        // place is noted.
+        assert_eq!(
+            s.begin_map(0x8000, 0x1000, 0, Prot::READ),
+            Ok(r(0x8000, 0x1000))
+        );
+        let (u, _) = begin(0x10_0000, 0x1000);
+        assert_eq!(u.owned, r(0x9000, M2 - 0x9000));
+        assert_eq!(noted(&s), [0x10_0000]);
+        s.end_unmap_pruning(u, false);
+        s.end_map(r(0x8000, 0x1000), false);
+
+        // The last mapping of its stripe: its whole stripe, and the place noted again.
         let (u, _) = begin(0x10_0000, 0x1000);
         assert_eq!(u.owned, r(0, M2));
-        s.end_unmap_pruning(u, false);
-        s.end_map(r(M2, 0x1000), false);
+        assert!(!s.sweep_due());
+        s.end_unmap_pruning(u, true);
 
-        // The last mapping of its stripes: the search goes beyond them, to the next mapping.
-        let (u, _) = begin(0x10_0000, 0x1000);
-        assert_eq!(u.owned, r(0, 2 * M2));
-        // Another unmap's region bounds it too.
-        let (v, _) = begin(2 * M2, 0x1000);
-        let to_the_end = Region {
-            start: 2 * M2,
-            last: u64::MAX,
+        // A sweep hands over each noted place still free with the free space around it, up to
+        // the next mapping; a place mapped again meanwhile is left alone.
+        assert_eq!(
+            s.sweep(|points| points.to_vec()),
+            Some(std::vec![(0x10_0000, r(0, 2 * M2))])
+        );
+        assert_eq!(
+            s.sweep(|points| points.len()),
+            None,
+            "nothing noted any more"
+        );
+        let (u, _) = begin(2 * M2, 0x1000);
+        s.end_unmap_pruning(u, true);
+        mapped(&s, r(2 * M2, 0x1000));
+        assert_eq!(s.sweep(|points| points.len()), None);
+        assert!(s.pending.lock().is_empty());
+
+        // A stripe is noted once, however often it empties; PENDING_PRUNES stripes make a
+        // sweep due.
+        let churn = |at: u64| {
+            mapped(&s, r(at, 0x1000));
+            let (u, _) = begin(at, 0x1000);
+            s.end_unmap_pruning(u, true);
         };
-        assert_eq!(v.owned, to_the_end);
-        s.end_unmap_pruning(u, false);
-        s.end_unmap_pruning(v, true);
-        let (u, _) = begin(0, 1 << 30);
-        assert_eq!((u.span, u.owned), (r(0x10_0000, 0x1000), EVERYTHING));
+        for k in 1..PENDING_PRUNES as u64 {
+            churn(8 * M2 + k * M2);
+            churn(8 * M2 + k * M2 + 0x1000);
+        }
+        assert_eq!(s.pending.lock().len(), PENDING_PRUNES - 1);
+        assert!(!s.sweep_due());
+        churn(8 * M2);
+        assert!(s.sweep_due());
+
+        // An unmap of everything holds everything.
+        let (u, _) = match s.begin_unmap_all() {
+            Ok(Some(found)) => found,
+            other => panic!("unmap all: {other:?}"),
+        };
+        assert_eq!(u.owned, EVERYTHING);
         s.end_unmap_pruning(u, true);
         assert!(s.is_empty());
     }
@@ -765,6 +883,22 @@ mod loom_tests {
             Some(u.owned)
         }
 
+        /// A sweep: the unit may write anywhere in the free space around each noted place.
+        fn sweep(&self) -> bool {
+            self.space
+                .sweep(|points| {
+                    for (i, p) in self.pages.iter().enumerate() {
+                        let at = BASE + i as u64 * PAGE;
+                        if points.iter().any(|(_, f)| f.start <= at && at <= f.last) {
+                            // SAFETY: the sweep holds every lock and the free space excludes
+                            // every claim.
+                            unsafe { p.set(0) };
+                        }
+                    }
+                })
+                .is_some()
+        }
+
         fn owner_of(&self, page: usize) -> u64 {
             // SAFETY: called after every thread was joined.
             unsafe { self.pages[page].get() }
@@ -834,22 +968,41 @@ mod loom_tests {
 
     #[test]
     fn a_map_into_the_free_space_a_pruning_unmap_holds_waits_for_it() {
-        // Page 0 is the last mapping of its stripe, so the unmap looks beyond it (all locks)
-        // and holds the free space up to the next record: page 3, or page 2 once the other
-        // CPU's map has claimed it.
+        // Page 0's stripe holds pages 0 and 1: the unmap holds page 1 too, unless the other
+        // CPU's map claimed it first.
         race(
             |w| {
                 assert!(w.map(0, 1, 1));
                 assert!(w.map(3, 1, 1));
             },
-            |w| w.map(2, 1, 2),
+            |w| w.map(1, 1, 2),
             |w| w.unmap_pruning(0, 1),
             |w, owned, mapped| {
-                assert!(mapped, "page 2 is free, once the unmap ends if not before");
+                assert!(mapped, "page 1 is free, once the unmap ends if not before");
                 let owned = owned.expect("page 0 was mapped");
                 assert_eq!(owned.start, 0);
-                assert!(owned.last == BASE + 2 * PAGE - 1 || owned.last == BASE + 3 * PAGE - 1);
-                assert_eq!((w.owner_of(0), w.owner_of(2), w.owner_of(3)), (0, 2, 1));
+                assert!(owned.last == BASE + PAGE - 1 || owned.last == BASE + 2 * PAGE - 1);
+                assert_eq!((w.owner_of(0), w.owner_of(1), w.owner_of(3)), (0, 2, 1));
+            },
+        );
+    }
+
+    #[test]
+    fn a_map_waits_for_a_sweep_of_the_free_space_around_it() {
+        // Page 0 was the last mapping of its stripe, so its place was noted; the sweep writes
+        // every page of the free space around it, which holds page 1 unless the other CPU's
+        // map got there first.
+        race(
+            |w| {
+                assert!(w.map(0, 1, 1));
+                assert!(w.unmap_pruning(0, 1).is_some());
+            },
+            |w| w.map(1, 1, 2),
+            |w| w.sweep(),
+            |w, swept, mapped| {
+                assert!(mapped);
+                assert!(swept, "page 0 is free either way");
+                assert_eq!((w.owner_of(0), w.owner_of(1)), (0, 2));
             },
         );
     }

@@ -232,6 +232,15 @@ impl<'a> Held<'a> {
             .max()
     }
 
+    /// Whether a made mapping outside `span` touches `within` (whose stripes are held).
+    pub(super) fn mapped_outside(&self, span: Region, within: Region) -> bool {
+        self.of(within).any(|(_, s)| {
+            s.overlapping(within).any(|(start, e)| {
+                e.state == State::Mapped && !(span.start <= start && e.last <= span.last)
+            })
+        })
+    }
+
     /// The largest region inside `within` around `span` that no record outside `span` and no
     /// other unmap's region touches: the free space an unmap of `span` may hold. `within`'s
     /// stripes are held; `span` holds every record that overlaps it and no unmap is under way

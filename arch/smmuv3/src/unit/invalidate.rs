@@ -136,6 +136,25 @@ impl<H: Hal + Clone> SmmuUnit<H> {
         }
     }
 
+    /// The empty tables of `domain`'s own table on the way to `points` unlinked into `gather`
+    /// (`prune_tables`).
+    pub(super) fn prune_gathered(
+        &self,
+        domain: &SmmuDomain<H>,
+        points: &[(Iova, Range<u64>)],
+        gather: &mut Gather,
+    ) -> Result<usize, UnitError> {
+        match &domain.kind {
+            DomainKind::Stage1 { table, .. } => Ok(table.prune(points, gather)?),
+            DomainKind::Stage2 {
+                table: Some(table), ..
+            } => Ok(table.prune(points, gather)?),
+            DomainKind::Stage2 { table: None, .. } => Err(VM_TABLE_MAP),
+            DomainKind::Nested { .. } => Err(UnitError::Unsupported(NESTED_MAP)),
+            DomainKind::Shared { .. } => Err(SHARED_MAP),
+        }
+    }
+
     /// The empty tables of `domain`'s own table unlinked into `gather` (`reclaim_tables`).
     pub(super) fn reclaim_gathered(
         &self,

@@ -581,6 +581,17 @@ impl<H: Hal + Clone> TranslationUnit for SmmuUnit<H> {
         self.unmap_range(domain, iova, len, Some(owned))
     }
 
+    fn prune_tables(
+        &self,
+        domain: &Self::Domain,
+        points: &[(Iova, Range<u64>)],
+    ) -> Result<usize, UnitError> {
+        let mut gather = Gather::new();
+        let freed = self.prune_gathered(domain, points, &mut gather)?;
+        self.flush_gathered(domain, gather)?;
+        Ok(freed)
+    }
+
     fn unmap_deferred(
         &self,
         domain: &Self::Domain,

@@ -549,6 +549,22 @@ impl<H: Hal + Clone> TranslationUnit for VtdUnit<'_, H> {
         }
     }
 
+    fn prune_tables(
+        &self,
+        domain: &VtdDomain<H>,
+        points: &[(Iova, Range<u64>)],
+    ) -> Result<usize, UnitError> {
+        let mut gather = Gather::new();
+        let freed = match &domain.table {
+            DomainTable::Second(t) => t.prune(points, &mut gather)?,
+            DomainTable::First(t) => t.prune(points, &mut gather)?,
+            DomainTable::Shared { .. } => return Err(UnitError::Unsupported(SHARED_TABLE)),
+            DomainTable::Nested(_) => return Err(NESTED_MAP),
+        };
+        self.flush_deferred(domain, gather)?;
+        Ok(freed)
+    }
+
     fn unmap_deferred(
         &self,
         domain: &VtdDomain<H>,
