@@ -1112,6 +1112,14 @@ impl<U: TranslationUnit> Iommu<U> {
     /// Unmaps every mapping inside `[iova, iova + len)` of `owner`'s domain `id` and returns
     /// the bytes unmapped. The whole space (`iova` 0, `len` `u64::MAX`) is iommufd's unmap-all
     /// idiom: it is [`unmap_all`](Self::unmap_all), 0 on an empty domain.
+    ///
+    /// The tables the unmap empties are freed too: while it runs it holds the free space in its
+    /// span's 2 MiB stripes (maps there wait), so the unit frees the emptied tables no larger
+    /// than those stripes with the same one invalidation. Where the stripes are left empty,
+    /// larger tables may have emptied: the place is noted, and the unmap that notes the
+    /// [`PENDING_PRUNES`]th sweeps them all (one more invalidation; a failure there is logged,
+    /// the unmap itself has succeeded). A domain thus never holds more than that many paths of
+    /// empty tables beyond what its mappings need.
     pub fn unmap(&self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
         if iova.as_u64() == 0 && len == u64::MAX {
             return self.unmap_all(owner, id);
@@ -1233,9 +1241,11 @@ impl<U: TranslationUnit> Iommu<U> {
     /// of their range, and returns how many ([`TranslationUnit::reclaim_tables`]). Mappings are
     /// unchanged; afterwards the domain holds exactly the tables its mappings need.
     ///
-    /// An unmap under `&self` leaves the tables it empties in place (another CPU may be
-    /// walking them); this takes `&mut self`, when no map or unmap can run, so call it at a
-    /// quiet moment of the control path (after a guest or a driver released many mappings).
+    /// [`unmap`](Self::unmap) frees the tables it empties itself (at once in its own stripes,
+    /// the larger ones in a sweep every [`PENDING_PRUNES`] emptied stripes); what stays empty
+    /// is left by deferred unmaps, whose claim ends before their flush, and by DMA API domains.
+    /// This takes `&mut self`, when no map or unmap can run, so call it at a quiet moment of the
+    /// control path (after a guest or a driver released many mappings).
     /// Refused for domains without a table of ours (identity, blocking, shared, nested, VM
     /// tables: [`Error::NotPaging`]).
     pub fn reclaim_tables(&mut self, owner: OwnerId, id: DomainId) -> Result<usize> {

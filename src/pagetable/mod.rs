@@ -200,8 +200,8 @@ pub enum Error {
     /// gather belongs to the one table that filled it (its frames to that table's HAL, its range
     /// to that table's walkers). Nothing was changed.
     ForeignGather,
-    /// The region passed to [`PageTable::unmap_pruning`] as the caller's own does not contain
-    /// the unmap range. Nothing was changed.
+    /// The region passed to [`PageTable::unmap_pruning`] or [`PageTable::prune`] as the
+    /// caller's own does not contain the unmap range or the point. Nothing was changed.
     OwnedTooSmall,
 }
 

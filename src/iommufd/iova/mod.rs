@@ -24,7 +24,7 @@ const EVERYTHING: Region = Region {
 };
 
 /// How many places a domain's pruning unmaps may leave tables larger than their stripes empty
-/// before one of them sweeps (see [`IovaSpace::begin_unmap_pruning`]): each place keeps at
+/// before one of them sweeps (see [`Iommu::unmap`](super::Iommu::unmap)): each place keeps at
 /// most the tables on one path, so a domain holds at most this many paths' worth of empty
 /// tables beyond what its mappings need.
 pub const PENDING_PRUNES: usize = 8;
@@ -171,11 +171,13 @@ pub struct Mapping {
 /// Every method takes `&self`; CPUs map and unmap one domain at once. The records live in
 /// *stripes* (2 MiB of IOVA space each) hashed over 64 spin locks, so CPUs working
 /// in different stripes take different locks and never wait for each other; each lock is held
-/// only to check and update records, never across a unit call. An operation is three steps:
+/// only to check and update records, never across a unit call (but by a sweep, below). An
+/// operation is three steps:
 ///
 /// 1. **Begin** (the locks of every stripe its range touches, taken in increasing lock order):
 ///    check the range against the records, then *claim* it: a map records its range as
-///    `Mapping`, an unmap records the span it will remove (holes included) as being unmapped.
+///    `Mapping`, an unmap records the span it will remove (holes included) as being unmapped,
+///    with the free space around it in its stripes, where the unit may free emptied tables.
 ///    If an overlapping operation is under way, release everything, spin, and begin again.
 /// 2. **Unit call**, with no lock held: the unit writes its table and invalidates.
 /// 3. **End** (the same locks again): a made map becomes `Mapped`, an unmap's mappings are
@@ -197,6 +199,11 @@ pub struct Mapping {
 /// - *Each call takes effect at one instant* (at its end step; a refusal at its begin step):
 ///   [`IovaSpace::iova_to_phys`] and [`IovaSpace::mappings`] see a map once it returned and an
 ///   unmapped range until its unmap returns.
+///
+/// *Sweeps.* Tables larger than a stripe that unmaps emptied are freed by a sweep, which takes
+/// every lock and keeps it across its unit call: no operation can begin meanwhile, and those
+/// under way are inside claims, which the free space it hands the unit excludes. It waits only
+/// for the unit, whose waits are bounded, so every wait for a lock still ends.
 ///
 /// [`IovaSpace::find_free`] and the `map_anywhere` that uses it take every lock for the search:
 /// automatic allocation is serialised per domain (per-CPU IOVA caches would lift that). The
@@ -449,14 +456,21 @@ impl IovaSpace {
     /// whose waits are bounded, so the others' wait for the locks ends.
     pub(super) fn sweep<R>(&self, prune: impl FnOnce(&[(u64, Region)]) -> R) -> Option<R> {
         let held = self.stripes.lock_all();
-        let places = core::mem::take(&mut *self.pending.lock());
+        let mut pending = self.pending.lock();
+        let places = core::mem::take(&mut *pending);
         let mut points: Vec<(u64, Region)> = Vec::new();
         for at in places {
             let here = Region {
                 start: at,
                 last: at,
             };
-            if held.any_mapped(here) || held.busy(here) {
+            if held.busy(here) {
+                // An operation under way there: the next sweep looks again.
+                pending.push(at);
+                continue;
+            }
+            if held.any_mapped(here) {
+                // Mapped again: its tables are in use.
                 continue;
             }
             // Free regions are maximal: a place inside one already found has the same.
@@ -466,6 +480,7 @@ impl IovaSpace {
             };
             points.push((at, free));
         }
+        drop(pending);
         (!points.is_empty()).then(|| prune(&points))
     }
 
