@@ -186,8 +186,8 @@ where
         }
     }
 
-    /// Every slot once, so that each thread's tables exist before the clock starts (page
-    /// unmaps keep tables).
+    /// Every slot once, so that each thread's tables (and the table frames its unmaps free into
+    /// the domain's cache) exist before the clock starts.
     pub fn warm_up(&self) {
         for t in 0..self.threads() {
             for i in 0..SLOTS {

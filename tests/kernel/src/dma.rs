@@ -568,6 +568,101 @@ pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
     r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
 }
 
+/// The object model's unmaps free their tables (`Iommu::unmap`): edu's domain keeps a page at
+/// IOVA_A; a page is mapped and unmapped in turn at 8 (`PENDING_PRUNES`) IOVAs 2 MiB apart in
+/// an otherwise empty 1 GiB region, edu's DMA through each landing. Each unmap frees its leaf
+/// table with the page's own invalidation and wait; the 8th also sweeps the emptied 1 GiB table
+/// (one more invalidation and wait). Afterwards DMA to each IOVA faults, DMA through the kept
+/// page lands, and a reclaim finds nothing left to free.
+pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
+    r: &Rig<U>,
+    count: InvalidationCounter<'_>,
+) -> TestResult {
+    use iommu::iommufd::{GroupId, Iommu, Layout, OwnerId, Region, Target, PENDING_PRUNES};
+    const A: OwnerId = OwnerId(1);
+    /// A 1 GiB region of its own, away from IOVA_A's.
+    const CHURN: u64 = 4 << 30;
+    let iova = |i: u64| CHURN + i * (2 << 20);
+    let edu = r.edu(0)?;
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.allow_unsafe_interrupts(true);
+    let dev = io
+        .add_device(u, (r.device_id)(edu), GroupId(0))
+        .map_err(fail)?;
+    io.claim(dev, A).map_err(fail)?;
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = io
+        .alloc_domain(A, u, r.stage, IA_BITS, &layout)
+        .map_err(fail)?;
+    let (kept, churned) = (DmaBuffer::new(0)?, DmaBuffer::new(0x6c)?);
+    let outcome = (|| {
+        io.map(
+            A,
+            dom,
+            Iova::new(IOVA_A),
+            kept.phys(),
+            4096,
+            Prot::READ_WRITE,
+        )
+        .map_err(fail)?;
+        io.attach(dev, A, Target::Domain(dom)).map_err(fail)?;
+        r.faults()?;
+        for i in 0..PENDING_PRUNES as u64 {
+            let at = Iova::new(iova(i));
+            io.map(A, dom, at, churned.phys(), 4096, Prot::READ)
+                .map_err(fail)?;
+            kept.fill(0);
+            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
+            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
+            ensure!(
+                (2048..2048 + 64).all(|j| kept.get(j) == 0x6c),
+                "DMA through {:#x} did not land",
+                iova(i)
+            );
+            let cost = count(&mut || {
+                ensure_eq!(io.unmap(A, dom, at, 4096).map_err(fail)?, 4096);
+                Ok(())
+            })?;
+            let want = if i + 1 == PENDING_PRUNES as u64 {
+                (2, 2)
+            } else {
+                (1, 1)
+            };
+            ensure_eq!(cost, want, "unmap {i}: invalidations / waits");
+        }
+        iommu_boot::println!(
+            "{PENDING_PRUNES} unmaps through the object model: 1 invalidation / 1 wait each, the last \
+             one's sweep 1 / 1 more"
+        );
+        for i in 0..PENDING_PRUNES as u64 {
+            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
+            r.expect_fault((r.device_id)(edu), iova(i), false, FaultKind::Translation)?;
+        }
+        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
+        round_trip(edu, IOVA_A)?;
+        ensure!(
+            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
+            "DMA through the kept page did not land after the sweep"
+        );
+        ensure_eq!(
+            io.reclaim_tables(A, dom).map_err(fail)?,
+            0,
+            "nothing left empty"
+        );
+        Ok(())
+    })();
+    let released = io.release(dev, A);
+    let destroyed = io.destroy_domain(A, dom);
+    outcome?;
+    released.map_err(fail)?;
+    destroyed.map_err(fail)
+}
+
 /// Faults routed to owners (`Iommu::route_faults`): edu 0 is owner A's, attached to an empty
 /// paging domain; edu 1 is owner B's, blocked; edu 2 is nobody's. Each DMAs to an address
 /// nothing maps; each fault lands in its owner's queue with the device's handle, and edu 2's in

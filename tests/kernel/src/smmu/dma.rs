@@ -167,6 +167,11 @@ pub fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine, stage: Stage) 
     counted(m, stage, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
+/// [`dma::object_model_unmaps_free_their_tables`] at `stage`, counted likewise.
+pub fn object_model_unmaps_free_their_tables(m: &mut Machine, stage: Stage) -> TestResult {
+    counted(m, stage, dma::object_model_unmaps_free_their_tables)
+}
+
 /// Runs `test` at `stage` with its invalidations counted from the command queue: TLBI commands
 /// and CMD_SYNCs.
 fn counted(

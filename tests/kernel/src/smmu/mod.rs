@@ -147,6 +147,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::pruning_unmaps_free_the_tables_they_empty(m, Stage::Second),
     },
     Test {
+        name: "s1_object_model_unmaps_free_their_tables",
+        run: |m| dma::object_model_unmaps_free_their_tables(m, Stage::First),
+    },
+    Test {
+        name: "s2_object_model_unmaps_free_their_tables",
+        run: |m| dma::object_model_unmaps_free_their_tables(m, Stage::Second),
+    },
+    Test {
         name: "commands_per_operation_are_the_fewest",
         run: command_economy::commands_per_operation_are_the_fewest,
     },

@@ -130,6 +130,11 @@ pub(super) fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine) -> Test
     counted(m, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
+/// [`dma::object_model_unmaps_free_their_tables`], counted at the invalidation queue.
+pub(super) fn object_model_unmaps_free_their_tables(m: &mut Machine) -> TestResult {
+    counted(m, dma::object_model_unmaps_free_their_tables)
+}
+
 /// Runs `test` with its invalidations counted at the invalidation queue: IOTLB (or PASID-based
 /// IOTLB) descriptors and wait descriptors, one wait per batch.
 fn counted(

@@ -147,6 +147,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::pruning_unmaps_free_the_tables_they_empty,
     },
     Test {
+        name: "object_model_unmaps_free_their_tables",
+        run: dma::object_model_unmaps_free_their_tables,
+    },
+    Test {
         name: "hardware_info_matches_machine",
         run: lifecycle::hardware_info_matches_machine,
     },
