@@ -51,7 +51,7 @@ enum Prune {
     No,
     /// In the span's own stripes, noting the place when they hold nothing else.
     Near,
-    /// Everywhere (every lock): an unmap of every mapping.
+    /// Everywhere: an unmap of every mapping, which holds every lock anyway.
     Everywhere,
 }
 
@@ -405,10 +405,8 @@ impl IovaSpace {
 
     fn begin_unmap_of(&self, r: Region, prune: Prune) -> Result<(Unmapping, u64)> {
         loop {
-            let mut held = match prune {
-                Prune::Everywhere => self.stripes.lock_all(),
-                Prune::No | Prune::Near => self.stripes.lock(r),
-            };
+            // (An unmap of everything takes every lock.)
+            let mut held = self.stripes.lock(r);
             if held.busy(r) {
                 drop(held);
                 spin_loop();
