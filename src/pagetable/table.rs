@@ -496,14 +496,12 @@ impl<F: Format, H: Hal> PageTable<F, H> {
             // Own: the table's span lies in `owned`, so no one else reads or writes it or its
             // slot; Acquire only for the descend convention.
             let e = slot.load(Ordering::Acquire);
-            // Eight entries (a cache line) per test: fewer branches over a table that is
-            // almost always empty here.
-            let busy = self.child(e, level).chunks(8).any(|line| {
-                line.iter()
-                    .fold(0, |any, c| any | c.load(Ordering::Relaxed))
-                    != 0
-            });
-            if busy {
+            // One pass without branches: the table is almost always empty here.
+            let any = self
+                .child(e, level)
+                .iter()
+                .fold(0, |any, c| any | c.load(Ordering::Relaxed));
+            if any != 0 {
                 break;
             }
             // Publish (the clear), then the frame waits in the gather for the flush; all its
