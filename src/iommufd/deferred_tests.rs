@@ -296,7 +296,7 @@ fn strict_unmaps_free_the_tables_they_empty_and_sweep_the_larger_ones() {
 
     // The churn through the object model: a page mapped and unmapped at 512 distinct
     // 2 MiB-aligned IOVAs. Every unmap frees its leaf table; every PENDING_PRUNES-th sweeps the
-    // 1 GiB tables, so the domain never holds more than a table or two beyond what it needs.
+    // 1 GiB table, so the domain never holds more than that one table beyond what it needs.
     let mut most = 0;
     for round in 1..=512 {
         let at = Iova::new(round * (2 << 20));
