@@ -619,6 +619,10 @@ fn reclaim_frees_the_tables_unmaps_left_empty_and_nothing_else() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "512 rounds, each scanning a table: minutes under Miri; the reuse test below walks the same code"
+)]
 fn a_pruning_unmap_frees_the_tables_it_empties_inside_the_owned_region_only() {
     // The churn again, with the unmap told that the free space around it is the
     // caller's: no table is left behind, and each round's tables come back from the cache.
