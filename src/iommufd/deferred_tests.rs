@@ -69,6 +69,22 @@ fn frames(io: &Iommu<TableUnit<VtdSecondStage>>, dom: DomainId) -> usize {
     table.hal().live_frames() - table.cached_frames()
 }
 
+/// The frames a domain holding only the page at the top of root entry 0's span needs (a fresh
+/// domain mapped so).
+fn needed_for_top_page(io: &mut Iommu<TableUnit<VtdSecondStage>>, u: UnitId) -> usize {
+    let fresh = new_domain(io, u);
+    io.map(
+        OWNER,
+        fresh,
+        Iova::new(SPAN - PAGE),
+        PhysAddr::new(SPAN - PAGE),
+        PAGE,
+        Prot::READ_WRITE,
+    )
+    .expect("map");
+    frames(io, fresh)
+}
+
 fn count(asked: &Asked) -> usize {
     asked.lock().map(|a| a.len()).unwrap_or(usize::MAX)
 }
@@ -217,18 +233,7 @@ fn reclaim_tables_frees_what_unmaps_emptied_with_one_invalidation_and_refuses_st
     let (mut io, u, asked) = setup();
     let dom = new_domain(&mut io, u);
     map_group(&io, dom, 0);
-    // What a domain holding only the page at the top of the span needs.
-    let fresh = new_domain(&mut io, u);
-    io.map(
-        OWNER,
-        fresh,
-        Iova::new(SPAN - PAGE),
-        PhysAddr::new(SPAN - PAGE),
-        PAGE,
-        Prot::READ_WRITE,
-    )
-    .expect("map");
-    let needed = frames(&io, fresh);
+    let needed = needed_for_top_page(&mut io, u);
 
     // A deferred unmap of the page at 0 leaves its 1 GiB and 2 MiB tables empty, in place
     // (its claim ends before the flush, so it cannot hold the space around it).
@@ -274,17 +279,7 @@ fn strict_unmaps_free_the_tables_they_empty_and_sweep_the_larger_ones() {
     let dom = new_domain(&mut io, u);
     let root_only = frames(&io, dom);
     map_group(&io, dom, 0);
-    let fresh = new_domain(&mut io, u);
-    io.map(
-        OWNER,
-        fresh,
-        Iova::new(SPAN - PAGE),
-        PhysAddr::new(SPAN - PAGE),
-        PAGE,
-        Prot::READ_WRITE,
-    )
-    .expect("map");
-    let needed = frames(&io, fresh);
+    let needed = needed_for_top_page(&mut io, u);
 
     // The page at 0 shares only the 512 GiB table with the other page. Its 2 MiB leaf table
     // goes with it, invalidated with the page itself (walk caches included); its 1 GiB table,

@@ -142,6 +142,31 @@ fn round_trip(edu: &EduDevice, iova: u64) -> TestResult {
     edu.edu.dma_to_ram(0, iova + 2048, 64).map_err(fail)
 }
 
+/// edu reads 64 bytes through `at` (mapped to a page filled with `fill`) and writes them
+/// through IOVA_A into the second half of `kept`: the DMA through `at` landed if they arrive.
+fn dma_through_lands(edu: &EduDevice, at: u64, kept: &DmaBuffer, fill: u8) -> TestResult {
+    kept.fill(0);
+    edu.edu.dma_from_ram(at, 0, 64).map_err(fail)?;
+    edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
+    ensure!(
+        (2048..2048 + 64).all(|j| kept.get(j) == fill),
+        "DMA through {at:#x} did not land"
+    );
+    Ok(())
+}
+
+/// A round trip through `kept`, mapped at IOVA_A, still lands (`after` says after what).
+fn kept_page_lands(edu: &EduDevice, kept: &DmaBuffer, after: &str) -> TestResult {
+    kept.fill(0);
+    (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
+    round_trip(edu, IOVA_A)?;
+    ensure!(
+        (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
+        "DMA through the kept page did not land after {after}"
+    );
+    Ok(())
+}
+
 /// 1. A mapped IOVA: DMA reads and writes land in the right physical page.
 pub fn mapped_dma_lands<U: TranslationUnit>(r: &Rig<U>) -> TestResult {
     let edu = r.edu(0)?;
@@ -434,13 +459,7 @@ pub fn emptied_tables_are_reclaimed<U: TranslationUnit>(
                     Prot::READ,
                 )
                 .map_err(fail)?;
-            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
-            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
-            ensure!(
-                (2048..2048 + 64).all(|j| kept.get(j) == 0x33),
-                "DMA through {:#x} did not land",
-                iova(i)
-            );
+            dma_through_lands(edu, iova(i), &kept, 0x33)?;
             r.unit
                 .unmap(&domain, Iova::new(iova(i)), 4096)
                 .map_err(fail)?;
@@ -465,13 +484,7 @@ pub fn emptied_tables_are_reclaimed<U: TranslationUnit>(
             "frames kept for the domain's next tables, the rest given back"
         );
 
-        kept.fill(0);
-        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
-        round_trip(edu, IOVA_A)?;
-        ensure!(
-            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
-            "DMA through the kept page did not land after the reclaim"
-        );
+        kept_page_lands(edu, &kept, "the reclaim")?;
         for i in 0..ROUNDS {
             edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
             r.expect_fault(dev, iova(i), false, FaultKind::Translation)?;
@@ -522,13 +535,7 @@ pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
             r.unit
                 .map(&domain, Iova::new(at), churned.phys(), 4096, Prot::READ)
                 .map_err(fail)?;
-            kept.fill(0);
-            edu.edu.dma_from_ram(at, 0, 64).map_err(fail)?;
-            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
-            ensure!(
-                (2048..2048 + 64).all(|j| kept.get(j) == 0x5a),
-                "DMA through {at:#x} did not land"
-            );
+            dma_through_lands(edu, at, &kept, 0x5a)?;
             let cost = count(&mut || {
                 let owned = at..at + REGION;
                 let bytes = r.unit.unmap_pruning(&domain, Iova::new(at), 4096, owned);
@@ -549,12 +556,7 @@ pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
             edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
             r.expect_fault(dev, iova(i), false, FaultKind::Translation)?;
         }
-        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
-        round_trip(edu, IOVA_A)?;
-        ensure!(
-            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
-            "DMA through the kept page did not land after the churn"
-        );
+        kept_page_lands(edu, &kept, "the churn")?;
         ensure_eq!(
             r.unit.reclaim_tables(&mut domain).map_err(fail)?,
             0,
@@ -616,14 +618,7 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
             let at = Iova::new(iova(i));
             io.map(A, dom, at, churned.phys(), 4096, Prot::READ)
                 .map_err(fail)?;
-            kept.fill(0);
-            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
-            edu.edu.dma_to_ram(0, IOVA_A + 2048, 64).map_err(fail)?;
-            ensure!(
-                (2048..2048 + 64).all(|j| kept.get(j) == 0x6c),
-                "DMA through {:#x} did not land",
-                iova(i)
-            );
+            dma_through_lands(edu, iova(i), &kept, 0x6c)?;
             let cost = count(&mut || {
                 ensure_eq!(io.unmap(A, dom, at, 4096).map_err(fail)?, 4096);
                 Ok(())
@@ -643,12 +638,7 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
             edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
             r.expect_fault((r.device_id)(edu), iova(i), false, FaultKind::Translation)?;
         }
-        (0..64).for_each(|i| kept.set(i, 0x40 + i as u8));
-        round_trip(edu, IOVA_A)?;
-        ensure!(
-            (0..64).all(|i| kept.get(2048 + i) == 0x40 + i as u8),
-            "DMA through the kept page did not land after the sweep"
-        );
+        kept_page_lands(edu, &kept, "the sweep")?;
         ensure_eq!(
             io.reclaim_tables(A, dom).map_err(fail)?,
             0,
