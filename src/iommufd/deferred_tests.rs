@@ -313,3 +313,18 @@ fn strict_unmaps_free_the_tables_they_empty_and_sweep_the_larger_ones() {
     assert_eq!(io.unmap_all(OWNER, dom), Ok(PAGE));
     assert_eq!(frames(&io, dom), root_only);
 }
+
+#[test]
+fn unmap_all_of_an_emptied_domain_still_sweeps_what_its_unmaps_left() {
+    // Found by the model test: the last page's unmap leaves the 1 GiB and 512 GiB tables for a
+    // sweep, and an unmap-all of the now empty domain must still run it.
+    let (mut io, u, _) = setup();
+    let dom = new_domain(&mut io, u);
+    let root_only = frames(&io, dom);
+    io.map(OWNER, dom, Iova::new(0), PhysAddr::new(0), PAGE, Prot::READ)
+        .expect("map");
+    assert_eq!(io.unmap(OWNER, dom, Iova::new(0), PAGE), Ok(PAGE));
+    assert_eq!(frames(&io, dom), root_only + 2);
+    assert_eq!(io.unmap_all(OWNER, dom), Ok(0));
+    assert_eq!(frames(&io, dom), root_only);
+}

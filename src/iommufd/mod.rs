@@ -1137,14 +1137,17 @@ impl<U: TranslationUnit> Iommu<U> {
     /// Unmaps everything in `owner`'s domain `id`; returns the bytes unmapped (0 if empty).
     pub fn unmap_all(&self, owner: OwnerId, id: DomainId) -> Result<u64> {
         let dom = self.domain(id, owner)?;
-        match dom.space(id)?.begin_unmap_all()? {
-            None => Ok(0),
+        let space = dom.space(id)?;
+        let total = match space.begin_unmap_all()? {
+            None => 0,
             Some((u, total)) => {
                 self.unmap_claimed(dom, id, u)?;
-                self.sweep(dom, dom.space(id)?);
-                Ok(total)
+                total
             }
-        }
+        };
+        // Also on a domain already empty: earlier unmaps may have left places to sweep.
+        self.sweep(dom, space);
+        Ok(total)
     }
 
     /// One unit call over the claimed span of whole mappings (the unit's table refuses a cut
