@@ -315,6 +315,41 @@ fn strict_unmaps_free_the_tables_they_empty_and_sweep_the_larger_ones() {
 }
 
 #[test]
+fn deferred_unmaps_leave_the_tables_they_empty_to_a_sweep() {
+    // The churn with deferred unmaps, each flushed: a page mapped and unmapped at 512
+    // distinct 2 MiB-aligned IOVAs. The leaf table stays until the flush could free it, so each
+    // emptied stripe is noted, and every PENDING_PRUNES-th unmap sweeps them all and the 1 GiB
+    // table above them.
+    let (mut io, u, asked) = setup();
+    let dom = new_domain(&mut io, u);
+    let top = Iova::new(SPAN - PAGE);
+    io.map(OWNER, dom, top, PhysAddr::new(0), PAGE, Prot::READ)
+        .expect("map");
+    let needed = needed_for_top_page(&mut io, u);
+    let mut most = 0;
+    for round in 0..512 {
+        let at = Iova::new(round * (2 << 20));
+        io.map(OWNER, dom, at, PhysAddr::new(0), PAGE, Prot::READ)
+            .expect("map");
+        let before = count(&asked);
+        let mut g = Gather::new();
+        assert_eq!(io.unmap_deferred(OWNER, dom, at, PAGE, &mut g), Ok(PAGE));
+        let due = round % PENDING_PRUNES as u64 == PENDING_PRUNES as u64 - 1;
+        assert_eq!(count(&asked) - before, usize::from(due), "round {round}");
+        most = most.max(frames(&io, dom) - needed);
+        if due {
+            assert_eq!(frames(&io, dom), needed, "round {round}: swept");
+        }
+        io.flush_deferred(OWNER, dom, g).expect("flush");
+    }
+    assert_eq!(
+        most, PENDING_PRUNES,
+        "7 leaf tables and their 1 GiB table, at most"
+    );
+    assert_eq!(io.iova_to_phys(OWNER, dom, top), Ok(PhysAddr::new(0)));
+}
+
+#[test]
 fn unmap_all_of_an_emptied_domain_still_sweeps_what_its_unmaps_left() {
     // Found by the model test: the last page's unmap leaves the 1 GiB and 512 GiB tables for a
     // sweep, and an unmap-all of the now empty domain must still run it.

@@ -1199,6 +1199,11 @@ impl<U: TranslationUnit> Iommu<U> {
     /// unmapped. Refusals (unknown domain, not the owner, nothing mapped, a cut mapping, a unit
     /// without deferred unmaps) change nothing, `gather` included.
     ///
+    /// The tables the unmap empties stay linked until the flush could free them, so, where the
+    /// span's stripes are left empty, the place is noted, and the unmap that notes the
+    /// [`PENDING_PRUNES`]th sweeps them, as [`unmap`](Self::unmap) does (the sweep's own
+    /// invalidation covers what it frees; the gather keeps its own range for the flush).
+    ///
     /// The contract, until `flush_deferred` of this gather has returned `Ok`:
     /// - the device may still reach the unmapped range through translations the unit cached:
     ///   the caller must not map those IOVAs again (this model already counts them as free), nor
@@ -1221,7 +1226,11 @@ impl<U: TranslationUnit> Iommu<U> {
             Ok(unit.unmap_deferred(&dom.hw, Iova::new(span.start), len, gather)?)
         });
         space.end_unmap(span, removed.is_ok());
-        removed.map(|_| total)
+        removed?;
+        if space.sweep_due() {
+            self.sweep(dom, space);
+        }
+        Ok(total)
     }
 
     /// One invalidation on `owner`'s domain `id` of everything [`unmap_deferred`](Self::unmap_deferred)
@@ -1245,8 +1254,9 @@ impl<U: TranslationUnit> Iommu<U> {
     /// unchanged; afterwards the domain holds exactly the tables its mappings need.
     ///
     /// [`unmap`](Self::unmap) frees the tables it empties itself (at once in its own stripes,
-    /// the larger ones in a sweep every [`PENDING_PRUNES`] emptied stripes); what stays empty
-    /// is left by deferred unmaps, whose claim ends before their flush, and by DMA API domains.
+    /// the larger ones in a sweep every [`PENDING_PRUNES`] emptied stripes), deferred unmaps and
+    /// shadows leave theirs to those sweeps; what stays empty is at most that many paths, and
+    /// the tables of DMA API domains, whose handle unmaps through the unit.
     /// This takes `&mut self`, when no map or unmap can run, so call it at a quiet moment of the
     /// control path (after a guest or a driver released many mappings).
     /// Refused for domains without a table of ours (identity, blocking, shared, nested, VM

@@ -1,8 +1,8 @@
-//! Property test: random sequences of map, unmap, unmap-all and automatic allocation on an
-//! [`Iommu`] whose unit holds a real VT-d second-stage [`PageTable`] (so superpages appear), each
-//! answer compared with a naive model of the iommufd rules, and the page table compared with the
-//! model after every step, its memory too (the tables a fresh table of the same mappings needs,
-//! and at most the paths that wait for a sweep).
+//! Property test: random sequences of map, unmap (strict and deferred), unmap-all and automatic
+//! allocation on an [`Iommu`] whose unit holds a real VT-d second-stage [`PageTable`] (so
+//! superpages appear), each answer compared with a naive model of the iommufd rules, and the
+//! page table compared with the model after every step, its memory too (the tables a fresh
+//! table of the same mappings needs, and at most the paths that wait for a sweep).
 
 extern crate std;
 
@@ -40,10 +40,23 @@ const PHYS_OFFSET: u64 = 1 << 32;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map { page: u64, pages: u64 },
-    Unmap { page: u64, pages: u64 },
+    Map {
+        page: u64,
+        pages: u64,
+    },
+    Unmap {
+        page: u64,
+        pages: u64,
+    },
+    /// A deferred unmap, flushed at once.
+    UnmapDeferred {
+        page: u64,
+        pages: u64,
+    },
     UnmapAll,
-    MapAnywhere { pages: u64 },
+    MapAnywhere {
+        pages: u64,
+    },
 }
 
 fn pages() -> impl Strategy<Value = u64> {
@@ -58,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (page(), pages()).prop_map(|(page, pages)| Op::Map { page, pages }),
         3 => (page(), pages()).prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        2 => (page(), pages()).prop_map(|(page, pages)| Op::UnmapDeferred { page, pages }),
         1 => Just(Op::UnmapAll),
         3 => pages().prop_map(|pages| Op::MapAnywhere { pages }),
     ]
@@ -145,6 +159,13 @@ proptest! {
                 Op::Unmap { page, pages } => {
                     let r = Region { start: page * PAGE, last: (page + pages) * PAGE - 1 };
                     prop_assert_eq!(io.unmap(owner, dom, Iova::new(r.start), pages * PAGE), model.unmap(r));
+                }
+                Op::UnmapDeferred { page, pages } => {
+                    let r = Region { start: page * PAGE, last: (page + pages) * PAGE - 1 };
+                    let mut g = crate::pagetable::Gather::new();
+                    let got = io.unmap_deferred(owner, dom, Iova::new(r.start), pages * PAGE, &mut g);
+                    prop_assert_eq!(got, model.unmap(r));
+                    prop_assert_eq!(io.flush_deferred(owner, dom, g), Ok(()));
                 }
                 Op::UnmapAll => {
                     let all = Region { start: 0, last: u64::MAX };

@@ -82,6 +82,8 @@ pub(crate) struct MockUnit {
     pub(crate) faults: RefCell<alloc::vec::Vec<FaultRecord>>,
     /// `flush_deferred` calls (invalidations of deferred unmaps).
     pub(crate) deferred_flushes: Cell<u64>,
+    /// The places every `prune_tables` call was given.
+    pub(crate) pruned: RefCell<alloc::vec::Vec<alloc::vec::Vec<u64>>>,
     /// Whether the unit offers device-TLBs (`info().ats`).
     ats: bool,
     /// Devices whose translation requests it accepts, and every `set_ats` it was asked.
@@ -403,13 +405,15 @@ impl TranslationUnit for MockUnit {
         self.unmap(domain, iova, len)
     }
 
-    /// The mock keeps no tables: nothing to free.
+    /// The mock keeps no tables: nothing to free, the places recorded.
     fn prune_tables(
         &self,
         _domain: &MockDomain,
-        _points: &[(Iova, core::ops::Range<u64>)],
+        points: &[(Iova, core::ops::Range<u64>)],
     ) -> core::result::Result<usize, UnitError> {
         self.injected()?;
+        let places = points.iter().map(|(at, _)| at.as_u64()).collect();
+        self.pruned.borrow_mut().push(places);
         Ok(0)
     }
 

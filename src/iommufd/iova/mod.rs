@@ -23,10 +23,10 @@ const EVERYTHING: Region = Region {
     last: u64::MAX,
 };
 
-/// How many places a domain's pruning unmaps may leave tables larger than their stripes empty
-/// before one of them sweeps (see [`Iommu::unmap`](super::Iommu::unmap)): each place keeps at
-/// most the tables on one path, so a domain holds at most this many paths' worth of empty
-/// tables beyond what its mappings need.
+/// How many places a domain's unmaps may leave tables empty (larger than their stripes, or any
+/// after a deferred unmap) before one of them sweeps (see [`Iommu::unmap`](super::Iommu::unmap)):
+/// each place keeps at most the tables on one path, so a domain holds at most this many paths'
+/// worth of empty tables beyond what its mappings need.
 pub const PENDING_PRUNES: usize = 8;
 
 /// The smallest alignment of an automatically allocated IOVA: the 4 KiB granule every back-end
@@ -47,8 +47,9 @@ pub(crate) struct Unmapping {
 /// How far an unmap looks for free space to hold around its span.
 #[derive(Clone, Copy)]
 enum Prune {
-    /// Nowhere: it holds its span (a deferred unmap, whose claim ends before its flush).
-    No,
+    /// Nowhere: it holds its span (a deferred unmap, whose claim ends before its flush), and
+    /// notes the place for a sweep when the span's stripes hold nothing else.
+    Note,
     /// In the span's own stripes, noting the place when they hold nothing else.
     Near,
     /// Everywhere: an unmap of every mapping, which holds every lock anyway.
@@ -212,9 +213,10 @@ pub struct IovaSpace {
     windows: Vec<Region>,
     reserved: Vec<Reserved>,
     stripes: Stripes,
-    /// Where pruning unmaps emptied every stripe they touched, so that tables larger than
-    /// those stripes may have emptied too, left for the next [`sweep`](Self::sweep) (at most
-    /// [`PENDING_PRUNES`] before one is due). Taken after stripe locks, never before.
+    /// Where unmaps emptied every stripe they touched, so that tables larger than those
+    /// stripes (or, after an unmap that frees no table, the stripes' own) may have emptied
+    /// too, left for the next [`sweep`](Self::sweep) (at most [`PENDING_PRUNES`] before one is
+    /// due). Taken after stripe locks, never before.
     pending: Mutex<Vec<u64>>,
 }
 
@@ -370,9 +372,13 @@ impl IovaSpace {
     /// Returns the span from the first mapping's start to the last one's end (what the unit is
     /// asked to unmap, claimed until [`end_unmap`](Self::end_unmap)) and the bytes mapped
     /// inside. Waits while an overlapping map or unmap is under way.
+    ///
+    /// The unit frees no table here (the claim may end before the invalidation, as a deferred
+    /// unmap's does), so when the span's stripes hold nothing else the place is noted for a
+    /// [`sweep`](Self::sweep), as [`begin_unmap_pruning`](Self::begin_unmap_pruning) notes it.
     pub(super) fn begin_unmap(&self, iova: u64, len: u64) -> Result<(Region, u64)> {
         let r = Region::checked(iova, len)?;
-        let (u, total) = self.begin_unmap_of(r, Prune::No)?;
+        let (u, total) = self.begin_unmap_of(r, Prune::Note)?;
         Ok((u.span, total))
     }
 
@@ -413,28 +419,41 @@ impl IovaSpace {
                 continue;
             }
             let (span, total) = held.span_inside(r)?;
+            if !matches!(prune, Prune::Everywhere) {
+                self.note_emptied_ends(&held, span);
+            }
             let owned = match prune {
-                Prune::No => span,
+                Prune::Note => span,
+                Prune::Near => held.free_around(span, stripe_hull(span)),
                 Prune::Everywhere => held.free_around(span, EVERYTHING),
-                Prune::Near => {
-                    let near = stripe_hull(span);
-                    if !held.mapped_outside(span, near) {
-                        // No other mapping in the span's stripes: tables above them may empty.
-                        // Once per stripe: a place in it stands for the whole stripe.
-                        let mut pending = self.pending.lock();
-                        if !pending
-                            .iter()
-                            .any(|&p| near.contains(Region { start: p, last: p }))
-                        {
-                            pending.push(span.start);
-                        }
-                    }
-                    held.free_around(span, near)
-                }
             };
             let u = Unmapping { span, owned };
             held.guard(u);
             return Ok((u, total));
+        }
+    }
+
+    /// Notes each end of `span` whose stripe holds no other mapping: a table the unmap of
+    /// `span` empties without covering it contains an end, and where the end's stripe is left
+    /// empty, so may the tables above it (and, after an unmap that frees no table, the
+    /// stripe's own). Once per stripe: a place in it stands for the whole stripe. `held` holds
+    /// the span's stripes.
+    fn note_emptied_ends(&self, held: &Held<'_>, span: Region) {
+        for end in [span.start, span.last] {
+            let stripe = stripe_hull(Region {
+                start: end,
+                last: end,
+            });
+            if held.mapped_outside(span, stripe) {
+                continue;
+            }
+            let mut pending = self.pending.lock();
+            if !pending
+                .iter()
+                .any(|&p| stripe.start <= p && p <= stripe.last)
+            {
+                pending.push(end);
+            }
         }
     }
 
@@ -443,7 +462,7 @@ impl IovaSpace {
         self.pending.lock().len() >= PENDING_PRUNES
     }
 
-    /// Takes the places pruning unmaps noted and hands `prune` each one that still lies in free
+    /// Takes the places unmaps noted and hands `prune` each one that still lies in free
     /// space, with the free space around it (`(place, free space)`), while
     /// holding every lock: no map or unmap can begin until `prune` returns, and those under way
     /// are inside their own claims, which the free space excludes. So `prune` may free any
@@ -754,6 +773,45 @@ mod tests {
         assert_eq!(u.owned, EVERYTHING);
         s.end_unmap_pruning(u, true);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_plain_unmap_holds_its_span_only_and_notes_an_emptied_stripe() {
+        let s = space(&[r(0, 1 << 30)], &[]);
+        mapped(&s, r(0x1000, 0x1000));
+        mapped(&s, r(0x10_0000, 0x1000));
+        let begin = |iova, len| match s.begin_unmap(iova, len) {
+            Ok((span, _)) => span,
+            Err(e) => panic!("unmap of {iova:#x}: {e}"),
+        };
+
+        // Its stripe holds another mapping: nothing noted, and a map beside it goes ahead.
+        let span = begin(0x1000, 0x1000);
+        assert_eq!(span, r(0x1000, 0x1000));
+        assert_eq!(
+            s.begin_map(0x2000, 0x1000, 0, Prot::READ),
+            Ok(r(0x2000, 0x1000))
+        );
+        s.end_map(r(0x2000, 0x1000), false);
+        s.end_unmap(span, true);
+        assert!(s.pending.lock().is_empty());
+
+        // The last mapping of its stripe: noted, and swept with the free space around it.
+        let span = begin(0x10_0000, 0x1000);
+        s.end_unmap(span, true);
+        assert_eq!(*s.pending.lock(), [0x10_0000]);
+        assert_eq!(
+            s.sweep(|points| points.to_vec()),
+            Some(std::vec![(0x10_0000, EVERYTHING)])
+        );
+
+        // A span across two stripes left empty: each end is noted, as each end's tables may
+        // have emptied.
+        let crossing = r(0x1f_f000, 0x2000);
+        mapped(&s, crossing);
+        let span = begin(crossing.start, 0x2000);
+        s.end_unmap(span, true);
+        assert_eq!(*s.pending.lock(), [0x1f_f000, 0x20_0fff]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::iommufd::notify::tests::Recorder;
 use crate::iommufd::tests::MockUnit;
-use crate::iommufd::GroupId;
+use crate::iommufd::{GroupId, PENDING_PRUNES};
 use crate::pagetable::vtd_second_stage::{PS, R, W};
 use crate::unit::DeviceId;
 
@@ -210,6 +210,36 @@ fn an_invalidation_of_one_page_of_a_large_guest_page_follows_all_of_it() {
     assert_eq!(g.invalidate(&[page(0x30_0000)]), all_done(1));
     assert_eq!(g.shadow_of(0x20_0000), None);
     assert_eq!((g.stats().unmapped, g.stats().host_flushes), (512, 1));
+}
+
+#[test]
+fn a_guest_churning_its_iovas_has_the_emptied_host_tables_swept() {
+    // The guest maps and unmaps a 2 MiB page at each of its L2 entries in turn: every unmap
+    // leaves one stripe of the shadow empty, and the PENDING_PRUNES-th sweeps them all.
+    let g = guest();
+    let slot = |i: u64| L2 + 8 * (i + 1);
+    for i in 0..PENDING_PRUNES as u64 {
+        let at = (i + 1) << 21;
+        g.mem.guest_write(slot(i), 0x20_0000 | PS | R | W);
+        assert_eq!(g.invalidate(&[page(at)]), all_done(1));
+        g.mem.guest_write(slot(i), 0);
+        assert_eq!(g.invalidate(&[page(at)]), all_done(1));
+        let swept = g.io.units[0].pruned.borrow().clone();
+        if i + 1 < PENDING_PRUNES as u64 {
+            assert!(swept.is_empty(), "round {i}: {swept:x?}");
+        } else {
+            // Each noted where its last page went.
+            let places: Vec<u64> = (1..=PENDING_PRUNES as u64)
+                .map(|k| (k << 21) + 0x1f_f000)
+                .collect();
+            assert_eq!(swept, [places]);
+        }
+    }
+    let s = g.stats();
+    assert_eq!(
+        (s.mapped, s.unmapped, s.host_flushes),
+        (512 * PENDING_PRUNES as u64, 512 * PENDING_PRUNES as u64, 8)
+    );
 }
 
 #[test]

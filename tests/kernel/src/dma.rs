@@ -570,17 +570,34 @@ pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
     r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
 }
 
-/// The object model's unmaps free their tables (`Iommu::unmap`): edu's domain keeps a page at
-/// IOVA_A; a page is mapped and unmapped in turn at 8 (`PENDING_PRUNES`) IOVAs 2 MiB apart in
-/// an otherwise empty 1 GiB region, edu's DMA through each landing. Each unmap frees its leaf
-/// table with the page's own invalidation and wait; the 8th also sweeps the emptied 1 GiB table
-/// (one more invalidation and wait). Afterwards DMA to each IOVA faults, DMA through the kept
-/// page lands, and a reclaim finds nothing left to free.
+/// How [`object_model_unmaps_free_their_tables`] unmaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelUnmap {
+    /// `Iommu::unmap`.
+    Strict,
+    /// `Iommu::unmap_deferred`, each flushed at once (`flush_deferred`).
+    Deferred,
+}
+
+/// The object model's unmaps free their tables: edu's domain keeps a page at IOVA_A; a page is
+/// mapped and unmapped in turn at 8 (`PENDING_PRUNES`) IOVAs 2 MiB apart in an otherwise empty
+/// 1 GiB region, edu's DMA through each landing.
+/// - `Strict` (`Iommu::unmap`): each unmap frees its leaf table with the page's own invalidation
+///   and wait; the 8th also sweeps the emptied 1 GiB table (one more invalidation and wait).
+/// - `Deferred` (`Iommu::unmap_deferred`, then `flush_deferred`): the unmaps invalidate nothing
+///   and leave their leaf tables, but the 8th sweeps them all with the 1 GiB table (one wait,
+///   one or two invalidation commands for the hull of the 8 paths); each flush costs one
+///   invalidation and wait.
+///
+/// Afterwards DMA to each IOVA faults, DMA through the kept page lands, and a reclaim finds
+/// nothing left to free.
 pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
     r: &Rig<U>,
     count: InvalidationCounter<'_>,
+    how: ModelUnmap,
 ) -> TestResult {
     use iommu::iommufd::{GroupId, Iommu, Layout, OwnerId, Region, Target, PENDING_PRUNES};
+    use iommu::pagetable::Gather;
     const A: OwnerId = OwnerId(1);
     /// A 1 GiB region of its own, away from IOVA_A's.
     const CHURN: u64 = 4 << 30;
@@ -619,21 +636,52 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
             io.map(A, dom, at, churned.phys(), 4096, Prot::READ)
                 .map_err(fail)?;
             dma_through_lands(edu, iova(i), &kept, 0x6c)?;
-            let cost = count(&mut || {
-                ensure_eq!(io.unmap(A, dom, at, 4096).map_err(fail)?, 4096);
-                Ok(())
-            })?;
-            let want = if i + 1 == PENDING_PRUNES as u64 {
-                (2, 2)
-            } else {
-                (1, 1)
-            };
-            ensure_eq!(cost, want, "unmap {i}: invalidations / waits");
+            let sweep = u64::from(i + 1 == PENDING_PRUNES as u64);
+            match how {
+                ModelUnmap::Strict => {
+                    let cost = count(&mut || {
+                        ensure_eq!(io.unmap(A, dom, at, 4096).map_err(fail)?, 4096);
+                        Ok(())
+                    })?;
+                    ensure_eq!(
+                        cost,
+                        (1 + sweep, 1 + sweep),
+                        "unmap {i}: invalidations / waits"
+                    );
+                }
+                ModelUnmap::Deferred => {
+                    let mut g = Gather::new();
+                    let cost = count(&mut || {
+                        let bytes = io.unmap_deferred(A, dom, at, 4096, &mut g);
+                        ensure_eq!(bytes.map_err(fail)?, 4096);
+                        Ok(())
+                    })?;
+                    // The sweep's one wait; its invalidation covers the 8 paths' hull (7 stripes
+                    // and a page), which may take two range commands (SMMUv3 with RIL).
+                    let (invalidations, waits) = cost;
+                    ensure_eq!(waits, sweep, "deferred unmap {i}: the sweep's wait alone");
+                    ensure!(
+                        (sweep..=2 * sweep).contains(&invalidations),
+                        "deferred unmap {i}: {invalidations} invalidations, the sweep's alone"
+                    );
+                    let cost = count(&mut || {
+                        io.flush_deferred(A, dom, core::mem::take(&mut g))
+                            .map_err(fail)
+                    })?;
+                    ensure_eq!(cost, (1, 1), "flush {i}: invalidations / waits");
+                }
+            }
         }
-        iommu_boot::println!(
-            "{PENDING_PRUNES} unmaps through the object model: 1 invalidation / 1 wait each, the last \
-             one's sweep 1 / 1 more"
-        );
+        match how {
+            ModelUnmap::Strict => iommu_boot::println!(
+                "{PENDING_PRUNES} unmaps through the object model: 1 invalidation / 1 wait each, \
+                 the last one's sweep 1 / 1 more"
+            ),
+            ModelUnmap::Deferred => iommu_boot::println!(
+                "{PENDING_PRUNES} deferred unmaps through the object model: nothing but the last \
+                 one's sweep (1 wait); each flush 1 invalidation / 1 wait"
+            ),
+        }
         for i in 0..PENDING_PRUNES as u64 {
             edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
             r.expect_fault((r.device_id)(edu), iova(i), false, FaultKind::Translation)?;

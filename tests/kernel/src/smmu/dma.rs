@@ -167,9 +167,23 @@ pub fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine, stage: Stage) 
     counted(m, stage, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`] at `stage`, counted likewise.
+/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with strict unmaps, counted
+/// likewise.
 pub fn object_model_unmaps_free_their_tables(m: &mut Machine, stage: Stage) -> TestResult {
-    counted(m, stage, dma::object_model_unmaps_free_their_tables)
+    counted(m, stage, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Strict)
+    })
+}
+
+/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with deferred unmaps, counted
+/// likewise.
+pub fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
+    m: &mut Machine,
+    stage: Stage,
+) -> TestResult {
+    counted(m, stage, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Deferred)
+    })
 }
 
 /// Runs `test` at `stage` with its invalidations counted from the command queue: TLBI commands

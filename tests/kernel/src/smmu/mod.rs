@@ -155,6 +155,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::object_model_unmaps_free_their_tables(m, Stage::Second),
     },
     Test {
+        name: "s1_object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
+        run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::First),
+    },
+    Test {
+        name: "s2_object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
+        run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::Second),
+    },
+    Test {
         name: "commands_per_operation_are_the_fewest",
         run: command_economy::commands_per_operation_are_the_fewest,
     },

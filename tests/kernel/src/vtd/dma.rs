@@ -130,9 +130,21 @@ pub(super) fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine) -> Test
     counted(m, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`], counted at the invalidation queue.
+/// [`dma::object_model_unmaps_free_their_tables`] with strict unmaps, counted at the
+/// invalidation queue.
 pub(super) fn object_model_unmaps_free_their_tables(m: &mut Machine) -> TestResult {
-    counted(m, dma::object_model_unmaps_free_their_tables)
+    counted(m, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Strict)
+    })
+}
+
+/// [`dma::object_model_unmaps_free_their_tables`] with deferred unmaps, counted likewise.
+pub(super) fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
+    m: &mut Machine,
+) -> TestResult {
+    counted(m, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Deferred)
+    })
 }
 
 /// Runs `test` with its invalidations counted at the invalidation queue: IOTLB (or PASID-based

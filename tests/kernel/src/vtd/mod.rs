@@ -151,6 +151,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::object_model_unmaps_free_their_tables,
     },
     Test {
+        name: "object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
+        run: dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep,
+    },
+    Test {
         name: "hardware_info_matches_machine",
         run: lifecycle::hardware_info_matches_machine,
     },
