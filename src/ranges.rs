@@ -92,6 +92,12 @@ impl FreeRanges {
         }
     }
 
+    /// The free range `[start, end)` holding `at`, if `at` is free.
+    pub fn containing(&self, at: u64) -> Option<(u64, u64)> {
+        let (&s, &e) = self.free.range(..=at).next_back()?;
+        (at < e).then_some((s, e))
+    }
+
     /// The free ranges, `(start, end)` in order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.free.iter().map(|(&s, &e)| (s, e))
@@ -137,5 +143,10 @@ mod tests {
         r.give(0x2000, 0x2000);
         assert_eq!(r.iter().next(), Some((0x1000, 0x8000)), "merged both ways");
         assert_eq!(r.free_bytes(), 0x7000 + 0x3000 + 0xf000);
+        // The range holding an address: from its first byte to its last, none outside.
+        assert_eq!(r.containing(0x1000), Some((0x1000, 0x8000)));
+        assert_eq!(r.containing(0x7fff), Some((0x1000, 0x8000)));
+        assert_eq!(r.containing(0x8000), None);
+        assert_eq!(r.containing(0xfff), None);
     }
 }

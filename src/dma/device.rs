@@ -47,6 +47,7 @@ trait Remap: Sync {
     fn unmap(&self, iova: u64, len: u64) -> Result<(), UnitError>;
     fn unmap_deferred(&self, iova: u64, len: u64, gather: &mut Gather) -> Result<(), UnitError>;
     fn flush_deferred(&self, gather: Gather) -> Result<(), UnitError>;
+    fn prune(&self, points: &[(Iova, core::ops::Range<u64>)]) -> Result<usize, UnitError>;
 }
 
 /// A DMA API domain's unit calls, straight to the unit: the handle's IOVA allocator and record
@@ -80,6 +81,30 @@ where
 
     fn flush_deferred(&self, gather: Gather) -> Result<(), UnitError> {
         self.unit.flush_deferred(self.hw, gather)
+    }
+
+    fn prune(&self, points: &[(Iova, core::ops::Range<u64>)]) -> Result<usize, UnitError> {
+        self.unit.prune_tables(self.hw, points)
+    }
+}
+
+/// Frees the tables emptied where [`PENDING_PRUNES`](iommufd::PENDING_PRUNES) places of IOVAs
+/// came back to the allocator's ranges, with one invalidation ([`IovaAllocator::prune`]). The
+/// unmaps that gave them back have succeeded, so a failure is logged, not returned (the tables
+/// stay linked, or, if the invalidation failed, their frames are leaked).
+fn prune_if_due(remap: &dyn Remap, iovas: &IovaAllocator) {
+    if !iovas.prune_due() {
+        return;
+    }
+    let pruned = iovas.prune(|points| {
+        let points: Vec<_> = points
+            .iter()
+            .map(|(at, free)| (Iova::new(*at), free.clone()))
+            .collect();
+        remap.prune(&points)
+    });
+    if let Some(Err(e)) = pruned {
+        log::warn!("DMA API: freeing emptied tables failed: {e}");
     }
 }
 
@@ -606,6 +631,7 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
                 }
                 iovas.free(cpu, iova, span)?;
                 self.give_back(&m);
+                prune_if_due(remap.as_ref(), iovas);
                 Ok(())
             }
             UnmapPolicy::Deferred { batch } => {
@@ -664,6 +690,7 @@ impl<'a, H: DmaHal> DmaDevice<'a, H> {
                 pool.give(s.phys, s.pages);
             }
         }
+        prune_if_due(remap.as_ref(), iovas);
         Ok(())
     }
 

@@ -15,8 +15,18 @@
 //! handed out again from a magazine, never twice at once. [`IovaAllocator::drain`] gives every
 //! cached IOVA back (teardown, or before asking for a large range the caches may be holding).
 //!
+//! *Pruning.* Where IOVAs come back into the ranges, the tables that mapped them may have
+//! emptied: the places are noted (once per 2 MiB block), and once [`PENDING_PRUNES`] are,
+//! [`IovaAllocator::prune`] hands each still free with its free range to the caller, which frees
+//! the empty tables inside ([`TranslationUnit::prune_tables`](crate::unit::TranslationUnit::prune_tables)).
+//! Every IOVA the handle maps comes out of the ranges under their lock, so while `prune` holds
+//! it nothing is mapped inside a free range, and nothing there is unmapped (nothing is mapped):
+//! the caller may treat the free ranges as its own. IOVAs in magazines are allocated as far as
+//! the ranges know, so the tables of cached IOVAs stay, ready for their reuse.
+//!
 //! Locks are taken in the order CPU magazine → depot → ranges, never the other way, and none is
-//! held across anything but this module's bookkeeping.
+//! held across anything but this module's bookkeeping, except the ranges' across `prune`'s
+//! unit call (which waits only for the unit, whose waits are bounded).
 //!
 //! The allocator trusts its caller on frees (the address and size of a live allocation): the
 //! DMA API above only frees what the object model's `unmap` confirmed was mapped.
@@ -25,8 +35,9 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 
-use crate::iommufd::Layout;
+use crate::iommufd::{Layout, PENDING_PRUNES};
 use crate::ranges::FreeRanges;
 use crate::sync::Mutex;
 
@@ -91,9 +102,37 @@ struct CpuCache {
 #[repr(align(128))]
 struct PerCpu(Mutex<CpuCache>);
 
+/// The span a noted place stands for: the smallest table's (a 4 KiB granule's leaf table).
+const BLOCK_SHIFT: u32 = 21;
+
+/// The free ranges, and where IOVAs came back into them since the last prune.
+#[derive(Debug, Default)]
+struct Ranges {
+    free: FreeRanges,
+    /// Places given back, one per 2 MiB block: the ends of each range (the tables between
+    /// them the range covers, which its unmap freed).
+    returned: Vec<u64>,
+}
+
+impl Ranges {
+    /// Gives `[at, at + size)` back and notes its ends.
+    fn give_back(&mut self, at: u64, size: u64) {
+        self.free.give(at, size);
+        for end in [at, at + (size - 1)] {
+            if !self
+                .returned
+                .iter()
+                .any(|&p| p >> BLOCK_SHIFT == end >> BLOCK_SHIFT)
+            {
+                self.returned.push(end);
+            }
+        }
+    }
+}
+
 /// IOVAs for one domain's DMA mappings. See the [module docs](self).
 pub struct IovaAllocator {
-    ranges: Mutex<FreeRanges>,
+    ranges: Mutex<Ranges>,
     cpus: Vec<PerCpu>,
     depot: Mutex<[Vec<Magazine>; CLASSES]>,
 }
@@ -144,7 +183,10 @@ impl IovaAllocator {
             ranges.carve(r.region.start & !(PAGE - 1), end);
         }
         Self {
-            ranges: Mutex::new(ranges),
+            ranges: Mutex::new(Ranges {
+                free: ranges,
+                returned: Vec::new(),
+            }),
             cpus: (0..cpus.max(1))
                 .map(|_| PerCpu(Mutex::new(CpuCache::default())))
                 .collect(),
@@ -182,7 +224,7 @@ impl IovaAllocator {
         if let Some(iova) = self.refill(cache, size, limit) {
             return Ok(iova);
         }
-        if let Some(iova) = self.ranges.lock().take_below(size, size, limit) {
+        if let Some(iova) = self.ranges.lock().free.take_below(size, size, limit) {
             return Ok(iova);
         }
         // The caches may hold what the ranges lack (other sizes, other CPUs): give them back
@@ -190,6 +232,7 @@ impl IovaAllocator {
         self.drain();
         self.ranges
             .lock()
+            .free
             .take_below(size, size, limit)
             .ok_or(IovaError::Exhausted)
     }
@@ -200,14 +243,14 @@ impl IovaAllocator {
     fn refill(&self, cache: &PerCpu, size: u64, limit: u64) -> Option<u64> {
         let c = class(size)?;
         let block = size * MAGAZINE as u64;
-        let base = self.ranges.lock().take_below(block, block, limit)?;
+        let base = self.ranges.lock().free.take_below(block, block, limit)?;
         let mut mine = cache.0.lock();
         let magazine = &mut mine.loaded[c];
         if !magazine.iovas.is_empty() {
             // Another call on this CPU refilled it meanwhile (an interrupt handler): give the
-            // block back rather than lose the IOVAs already there.
+            // block back rather than lose the IOVAs already there (never mapped: no note).
             drop(mine);
-            self.ranges.lock().give(base, block);
+            self.ranges.lock().free.give(base, block);
             return None;
         }
         // The top one now, the rest in order (the highest popped first): top-down, as the
@@ -235,7 +278,7 @@ impl IovaAllocator {
             self.stash(c, full);
             return Ok(());
         }
-        self.ranges.lock().give(iova, size);
+        self.ranges.lock().give_back(iova, size);
         Ok(())
     }
 
@@ -254,7 +297,7 @@ impl IovaAllocator {
         let size = PAGE << c;
         let mut ranges = self.ranges.lock();
         for iova in m.iovas {
-            ranges.give(iova, size);
+            ranges.give_back(iova, size);
         }
     }
 
@@ -277,14 +320,37 @@ impl IovaAllocator {
         }
         let mut ranges = self.ranges.lock();
         for (iova, size) in back {
-            ranges.give(iova, size);
+            ranges.give_back(iova, size);
         }
+    }
+
+    /// Whether [`PENDING_PRUNES`] places where IOVAs came back wait for a
+    /// [`prune`](Self::prune).
+    pub fn prune_due(&self) -> bool {
+        self.ranges.lock().returned.len() >= PENDING_PRUNES
+    }
+
+    /// Takes the noted places and hands `prune` each one still free with its free range
+    /// (`(place, [start, end))`), holding the ranges' lock meanwhile: nothing is allocated, so
+    /// nothing mapped or unmapped, inside those ranges until `prune` returns (see the
+    /// [module docs](self)). Returns what `prune` returned, or `None` if no place was.
+    pub fn prune<R>(&self, prune: impl FnOnce(&[(u64, Range<u64>)]) -> R) -> Option<R> {
+        let mut ranges = self.ranges.lock();
+        let places = core::mem::take(&mut ranges.returned);
+        let mut points: Vec<(u64, Range<u64>)> = Vec::new();
+        for at in places {
+            // Allocated again meanwhile: its tables are in use.
+            if let Some((start, end)) = ranges.free.containing(at) {
+                points.push((at, start..end));
+            }
+        }
+        (!points.is_empty()).then(|| prune(&points))
     }
 
     /// The free ranges, `[start, end)` in order (after [`drain`](Self::drain), every range
     /// not allocated).
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.ranges.lock().iter().collect()
+        self.ranges.lock().free.iter().collect()
     }
 }
 

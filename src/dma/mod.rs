@@ -26,7 +26,8 @@
 //!
 //! The pieces:
 //! - [`DmaDevice`] (in [`device`]): one device's handle. Its [`Path`] says how its addresses are
-//!   made: IOVAs of a DMA API domain (allocated by [`iova`], mapped straight through the unit),
+//!   made: IOVAs of a DMA API domain (allocated by [`iova`], mapped straight through the unit,
+//!   which frees the tables emptied where IOVAs come back to the allocator's free ranges),
 //!   physical addresses under an identity domain, or physical addresses with no IOMMU at all.
 //!   Its [`Config`] gives the device's DMA mask, whether its accesses are cache-coherent, when
 //!   to bounce ([`BouncePolicy`]) and how to unmap ([`UnmapPolicy`]).

@@ -1255,8 +1255,10 @@ impl<U: TranslationUnit> Iommu<U> {
     ///
     /// [`unmap`](Self::unmap) frees the tables it empties itself (at once in its own stripes,
     /// the larger ones in a sweep every [`PENDING_PRUNES`] emptied stripes), deferred unmaps and
-    /// shadows leave theirs to those sweeps; what stays empty is at most that many paths, and
-    /// the tables of DMA API domains, whose handle unmaps through the unit.
+    /// shadows leave theirs to those sweeps, and a DMA API handle prunes where its IOVAs come
+    /// back to its free ranges; what stays empty is at most that many paths, and, in a DMA API
+    /// domain, the tables of IOVAs its handle caches and tables that span a reserved region or
+    /// a window's edge.
     /// This takes `&mut self`, when no map or unmap can run, so call it at a quiet moment of the
     /// control path (after a guest or a driver released many mappings).
     /// Refused for domains without a table of ours (identity, blocking, shared, nested, VM

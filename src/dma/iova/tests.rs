@@ -307,3 +307,48 @@ fn a_full_depot_gives_iovas_back_to_the_ranges() {
     again.dedup();
     assert_eq!(again.len() as u64, pages, "every page once");
 }
+
+#[test]
+fn iovas_back_in_the_ranges_are_noted_for_a_prune_with_their_free_range() {
+    const M2: u64 = 2 << 20;
+    let a = IovaAllocator::new(
+        &Layout {
+            windows: &[WINDOW],
+            reserved: &[],
+        },
+        1,
+    );
+    let top = WINDOW.last + 1;
+    // 256 KiB: beyond the magazines, so its IOVA goes straight back to the ranges.
+    let x = a.alloc(0, 0x4_0000, u64::MAX).unwrap();
+    let y = a.alloc(0, 0x4_0000, u64::MAX).unwrap();
+    assert_eq!((x, y), (top - 0x4_0000, top - 0x8_0000));
+    // A cached size: back in the CPU's magazine, not in the ranges, so not noted.
+    let small = a.alloc(0, 4096, u64::MAX).unwrap();
+    a.free(0, small, 4096).unwrap();
+    assert_eq!(a.prune(|points| points.to_vec()), None);
+
+    // Two frees in one 2 MiB block make one place; the free range reaches up to the
+    // magazine's block, which the ranges count as allocated.
+    a.free(0, x, 0x4_0000).unwrap();
+    a.free(0, y, 0x4_0000).unwrap();
+    assert!(!a.prune_due());
+    let below_magazine = small & !(0x2_0000 - 1);
+    assert_eq!(
+        a.prune(|points| points.to_vec()),
+        Some(std::vec![(x, below_magazine + 0x2_0000..top)])
+    );
+    assert_eq!(a.prune(|points| points.len()), None, "taken");
+
+    // A place allocated again before the prune is left out; 8 places make a prune due.
+    let blocks: Vec<u64> = (0..PENDING_PRUNES)
+        .map(|_| a.alloc(0, M2, u64::MAX).unwrap())
+        .collect();
+    for &b in &blocks {
+        a.free(0, b, M2).unwrap();
+    }
+    assert!(a.prune_due());
+    let again = a.alloc(0, M2, u64::MAX).unwrap();
+    assert!(blocks.contains(&again));
+    assert_eq!(a.prune(|points| points.len()), Some(PENDING_PRUNES - 1));
+}

@@ -701,6 +701,99 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
     destroyed.map_err(fail)
 }
 
+/// The DMA API frees the tables its freed IOVAs emptied (`DmaDevice` over a DMA API domain):
+/// 8 (`PENDING_PRUNES`) buffers of 2 MiB (too large for the handle's IOVA caches) get IOVAs in 8
+/// blocks below 4 GiB, each in a leaf table of its own (the memory sits a page off 2 MiB, so
+/// no block entries), and edu's DMA through each translates (no fault). Each strict unmap frees its leaf table
+/// with its own invalidation and wait; the 8th IOVA back in the allocator's ranges makes the
+/// handle free the tables above them (one more wait, one or two invalidation commands for the
+/// places' hull). Afterwards DMA to each faults and a reclaim finds nothing left to free.
+pub fn dma_api_frees_the_tables_its_freed_iovas_emptied<U>(
+    r: &Rig<U>,
+    count: InvalidationCounter<'_>,
+) -> TestResult
+where
+    U: TranslationUnit + Sync,
+    U::Domain: Sync,
+{
+    use iommu::dma::{Config, Direction, DmaDevice};
+    use iommu::iommufd::{GroupId, Iommu, Layout, OwnerId, Region, Target, PENDING_PRUNES};
+    use iommu_boot::memory::{self, Placement};
+    const A: OwnerId = OwnerId(1);
+    const M2: u64 = 2 << 20;
+    let edu = r.edu(0)?;
+    let ram = memory::alloc(2 * M2, Placement::High).ok_or_else(|| {
+        iommu_boot::testing::Failure::Skipped("no 4 MiB of RAM for a 2 MiB buffer".into())
+    })?;
+    let buffer = PhysAddr::new(ram + 4096);
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.allow_unsafe_interrupts(true);
+    let dev = io
+        .add_device(u, (r.device_id)(edu), GroupId(0))
+        .map_err(fail)?;
+    io.claim(dev, A).map_err(fail)?;
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = io
+        .alloc_dma_domain(A, u, r.stage, IA_BITS, &layout)
+        .map_err(fail)?;
+    let outcome = (|| {
+        io.attach(dev, A, Target::Domain(dom)).map_err(fail)?;
+        r.faults()?;
+        let dma = DmaDevice::paging(&io, A, dom, &crate::hal::HAL, Config::new(u32::MAX.into()))
+            .map_err(fail)?;
+        let mut addrs = Vec::new();
+        for _ in 0..PENDING_PRUNES {
+            let at = dma.map(buffer, M2, Direction::ToDevice).map_err(fail)?;
+            edu.edu.dma_from_ram(at.0, 0, 64).map_err(fail)?;
+            let faults = r.faults()?;
+            ensure!(
+                faults.is_empty(),
+                "DMA through {at:x?} faulted: {faults:x?}"
+            );
+            addrs.push(at);
+        }
+        for (i, &at) in addrs.iter().enumerate() {
+            let (invalidations, waits) = count(&mut || dma.unmap(at, M2).map_err(fail))?;
+            let prune = u64::from(i + 1 == PENDING_PRUNES);
+            ensure_eq!(waits, 1 + prune, "unmap {i}: waits");
+            ensure!(
+                (1 + prune..=1 + 2 * prune).contains(&invalidations),
+                "unmap {i}: {invalidations} invalidations"
+            );
+        }
+        iommu_boot::println!(
+            "{PENDING_PRUNES} DMA API unmaps of 2 MiB: 1 invalidation / 1 wait each, the last \
+             one's prune 1 wait more"
+        );
+        for at in &addrs {
+            edu.edu.dma_from_ram(at.0, 0, 64).map_err(fail)?;
+            r.expect_fault((r.device_id)(edu), at.0, false, FaultKind::Translation)?;
+        }
+        drop(dma);
+        ensure_eq!(
+            io.reclaim_tables(A, dom).map_err(fail)?,
+            0,
+            "nothing left empty"
+        );
+        Ok(())
+    })();
+    let released = io.release(dev, A);
+    let destroyed = io.destroy_domain(A, dom);
+    if released.is_ok() {
+        // SAFETY: allocated above with this size; the device is blocked again, so no DMA
+        // reaches it (else it stays allocated).
+        unsafe { memory::free(ram, 2 * M2) };
+    }
+    outcome?;
+    released.map_err(fail)?;
+    destroyed.map_err(fail)
+}
+
 /// Faults routed to owners (`Iommu::route_faults`): edu 0 is owner A's, attached to an empty
 /// paging domain; edu 1 is owner B's, blocked; edu 2 is nobody's. Each DMAs to an address
 /// nothing maps; each fault lands in its owner's queue with the device's handle, and edu 2's in

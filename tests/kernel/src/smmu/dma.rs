@@ -175,6 +175,18 @@ pub fn object_model_unmaps_free_their_tables(m: &mut Machine, stage: Stage) -> T
     })
 }
 
+/// [`dma::dma_api_frees_the_tables_its_freed_iovas_emptied`] at `stage`, counted likewise.
+pub fn dma_api_frees_the_tables_its_freed_iovas_emptied(
+    m: &mut Machine,
+    stage: Stage,
+) -> TestResult {
+    counted(
+        m,
+        stage,
+        dma::dma_api_frees_the_tables_its_freed_iovas_emptied,
+    )
+}
+
 /// [`dma::object_model_unmaps_free_their_tables`] at `stage` with deferred unmaps, counted
 /// likewise.
 pub fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(

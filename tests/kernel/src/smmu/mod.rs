@@ -163,6 +163,14 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::Second),
     },
     Test {
+        name: "s1_dma_api_frees_the_tables_its_freed_iovas_emptied",
+        run: |m| dma::dma_api_frees_the_tables_its_freed_iovas_emptied(m, Stage::First),
+    },
+    Test {
+        name: "s2_dma_api_frees_the_tables_its_freed_iovas_emptied",
+        run: |m| dma::dma_api_frees_the_tables_its_freed_iovas_emptied(m, Stage::Second),
+    },
+    Test {
         name: "commands_per_operation_are_the_fewest",
         run: command_economy::commands_per_operation_are_the_fewest,
     },

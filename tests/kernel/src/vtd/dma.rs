@@ -138,6 +138,11 @@ pub(super) fn object_model_unmaps_free_their_tables(m: &mut Machine) -> TestResu
     })
 }
 
+/// [`dma::dma_api_frees_the_tables_its_freed_iovas_emptied`], counted at the invalidation queue.
+pub(super) fn dma_api_frees_the_tables_its_freed_iovas_emptied(m: &mut Machine) -> TestResult {
+    counted(m, dma::dma_api_frees_the_tables_its_freed_iovas_emptied)
+}
+
 /// [`dma::object_model_unmaps_free_their_tables`] with deferred unmaps, counted likewise.
 pub(super) fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
     m: &mut Machine,
