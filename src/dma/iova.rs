@@ -39,7 +39,7 @@ use core::ops::Range;
 
 use crate::iommufd::{Layout, PENDING_PRUNES};
 use crate::ranges::FreeRanges;
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool, Mutex, Ordering};
 
 /// The page size allocations are made of.
 pub const PAGE: u64 = 4096;
@@ -133,6 +133,11 @@ impl Ranges {
 /// IOVAs for one domain's DMA mappings. See the [module docs](self).
 pub struct IovaAllocator {
     ranges: Mutex<Ranges>,
+    /// Whether [`PENDING_PRUNES`] places are noted: a hint, so that the common unmap asks
+    /// without the ranges' lock. Set and cleared under that lock, which orders the places
+    /// themselves; read `Relaxed`: a stale `false` delays the prune to a later unmap, a stale
+    /// `true` makes [`prune`](Self::prune) find fewer places (or none) under the lock.
+    prune_hint: AtomicBool,
     cpus: Vec<PerCpu>,
     depot: Mutex<[Vec<Magazine>; CLASSES]>,
 }
@@ -187,6 +192,7 @@ impl IovaAllocator {
                 free: ranges,
                 returned: Vec::new(),
             }),
+            prune_hint: AtomicBool::new(false),
             cpus: (0..cpus.max(1))
                 .map(|_| PerCpu(Mutex::new(CpuCache::default())))
                 .collect(),
@@ -278,7 +284,9 @@ impl IovaAllocator {
             self.stash(c, full);
             return Ok(());
         }
-        self.ranges.lock().give_back(iova, size);
+        let mut ranges = self.ranges.lock();
+        ranges.give_back(iova, size);
+        self.hint(&ranges);
         Ok(())
     }
 
@@ -299,6 +307,7 @@ impl IovaAllocator {
         for iova in m.iovas {
             ranges.give_back(iova, size);
         }
+        self.hint(&ranges);
     }
 
     /// Gives every cached IOVA back to the ranges.
@@ -322,12 +331,21 @@ impl IovaAllocator {
         for (iova, size) in back {
             ranges.give_back(iova, size);
         }
+        self.hint(&ranges);
+    }
+
+    /// Sets the hint once enough places are noted (`ranges` is the locked ranges).
+    fn hint(&self, ranges: &Ranges) {
+        if ranges.returned.len() >= PENDING_PRUNES {
+            self.prune_hint.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether [`PENDING_PRUNES`] places where IOVAs came back wait for a
     /// [`prune`](Self::prune).
+    /// Lock-free: the common unmap asks this.
     pub fn prune_due(&self) -> bool {
-        self.ranges.lock().returned.len() >= PENDING_PRUNES
+        self.prune_hint.load(Ordering::Relaxed)
     }
 
     /// Takes the noted places and hands `prune` each one still free with its free range
@@ -336,6 +354,7 @@ impl IovaAllocator {
     /// [module docs](self)). Returns what `prune` returned, or `None` if no place was.
     pub fn prune<R>(&self, prune: impl FnOnce(&[(u64, Range<u64>)]) -> R) -> Option<R> {
         let mut ranges = self.ranges.lock();
+        self.prune_hint.store(false, Ordering::Relaxed);
         let places = core::mem::take(&mut ranges.returned);
         let mut points: Vec<(u64, Range<u64>)> = Vec::new();
         for at in places {
