@@ -342,8 +342,7 @@ impl IovaAllocator {
     }
 
     /// Whether [`PENDING_PRUNES`] places where IOVAs came back wait for a
-    /// [`prune`](Self::prune).
-    /// Lock-free: the common unmap asks this.
+    /// [`prune`](Self::prune): a hint, read without a lock, for the common unmap to ask.
     pub fn prune_due(&self) -> bool {
         self.prune_hint.load(Ordering::Relaxed)
     }
