@@ -703,11 +703,12 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
 
 /// The DMA API frees the tables its freed IOVAs emptied (`DmaDevice` over a DMA API domain):
 /// 8 (`PENDING_PRUNES`) buffers of 2 MiB (too large for the handle's IOVA caches) get IOVAs in 8
-/// blocks below 4 GiB, each in a leaf table of its own (the memory sits a page off 2 MiB, so
-/// no block entries), and edu's DMA through each translates (no fault). Each strict unmap frees its leaf table
-/// with its own invalidation and wait; the 8th IOVA back in the allocator's ranges makes the
-/// handle free the tables above them (one more wait, one or two invalidation commands for the
-/// places' hull). Afterwards DMA to each faults and a reclaim finds nothing left to free.
+/// blocks below 4 GiB, each in a leaf table of its own (the memory sits a page off 2 MiB, so no
+/// block entries), and edu's DMA through each translates (no fault). Each strict unmap frees
+/// its leaf table with its own invalidation and wait; the 8th IOVA back in the allocator's
+/// ranges makes the handle free the tables above them (one more wait, one or two invalidation
+/// commands for the places' hull). Afterwards DMA to each faults and a reclaim finds nothing
+/// left to free.
 pub fn dma_api_frees_the_tables_its_freed_iovas_emptied<U>(
     r: &Rig<U>,
     count: InvalidationCounter<'_>,
