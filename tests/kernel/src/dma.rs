@@ -570,6 +570,73 @@ pub fn pruning_unmaps_free_the_tables_they_empty<U: TranslationUnit>(
     r.unit.destroy_domain(domain).map_err(|(_, e)| fail(e))
 }
 
+/// The kind of domain [`model_with_domain`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DomainOf {
+    /// A paging domain (`Iommu::alloc_domain`).
+    Paging,
+    /// A DMA API domain (`Iommu::alloc_dma_domain`).
+    DmaApi,
+}
+
+/// An object model over the rig's unit, with `edu` claimed by `owner` (blocked) and a new
+/// domain of `kind` over the whole input range, not attached yet.
+fn model_with_domain<'u, U: TranslationUnit>(
+    r: &Rig<'u, U>,
+    edu: &EduDevice,
+    owner: iommu::iommufd::OwnerId,
+    kind: DomainOf,
+) -> Result<
+    (
+        iommu::iommufd::Iommu<&'u U>,
+        iommu::iommufd::DeviceHandle,
+        iommu::iommufd::DomainId,
+    ),
+    iommu_boot::testing::Failure,
+> {
+    use iommu::iommufd::{GroupId, Iommu, Layout, Region};
+    let mut io = Iommu::new();
+    let u = io.add_unit(r.unit);
+    io.allow_unsafe_interrupts(true);
+    let dev = io
+        .add_device(u, (r.device_id)(edu), GroupId(0))
+        .map_err(fail)?;
+    io.claim(dev, owner).map_err(fail)?;
+    let windows = [Region::below_bits(IA_BITS)];
+    let layout = Layout {
+        windows: &windows,
+        reserved: &[],
+    };
+    let dom = match kind {
+        DomainOf::Paging => io.alloc_domain(owner, u, r.stage, IA_BITS, &layout),
+        DomainOf::DmaApi => io.alloc_dma_domain(owner, u, r.stage, IA_BITS, &layout),
+    }
+    .map_err(fail)?;
+    Ok((io, dev, dom))
+}
+
+/// edu's DMA to each of `freed` faults, and a reclaim of `owner`'s domain `dom` finds no empty
+/// table left.
+fn faults_and_nothing_left<U: TranslationUnit>(
+    r: &Rig<'_, U>,
+    io: &mut iommu::iommufd::Iommu<&U>,
+    owner: iommu::iommufd::OwnerId,
+    dom: iommu::iommufd::DomainId,
+    edu: &EduDevice,
+    freed: impl IntoIterator<Item = u64>,
+) -> TestResult {
+    for at in freed {
+        edu.edu.dma_from_ram(at, 0, 64).map_err(fail)?;
+        r.expect_fault((r.device_id)(edu), at, false, FaultKind::Translation)?;
+    }
+    ensure_eq!(
+        io.reclaim_tables(owner, dom).map_err(fail)?,
+        0,
+        "nothing left empty"
+    );
+    Ok(())
+}
+
 /// How [`object_model_unmaps_free_their_tables`] unmaps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelUnmap {
@@ -596,28 +663,14 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
     count: InvalidationCounter<'_>,
     how: ModelUnmap,
 ) -> TestResult {
-    use iommu::iommufd::{GroupId, Iommu, Layout, OwnerId, Region, Target, PENDING_PRUNES};
+    use iommu::iommufd::{OwnerId, Target, PENDING_PRUNES};
     use iommu::pagetable::Gather;
     const A: OwnerId = OwnerId(1);
     /// A 1 GiB region of its own, away from IOVA_A's.
     const CHURN: u64 = 4 << 30;
     let iova = |i: u64| CHURN + i * (2 << 20);
     let edu = r.edu(0)?;
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
-    io.allow_unsafe_interrupts(true);
-    let dev = io
-        .add_device(u, (r.device_id)(edu), GroupId(0))
-        .map_err(fail)?;
-    io.claim(dev, A).map_err(fail)?;
-    let windows = [Region::below_bits(IA_BITS)];
-    let layout = Layout {
-        windows: &windows,
-        reserved: &[],
-    };
-    let dom = io
-        .alloc_domain(A, u, r.stage, IA_BITS, &layout)
-        .map_err(fail)?;
+    let (mut io, dev, dom) = model_with_domain(r, edu, A, DomainOf::Paging)?;
     let (kept, churned) = (DmaBuffer::new(0)?, DmaBuffer::new(0x6c)?);
     let outcome = (|| {
         io.map(
@@ -682,17 +735,15 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
                  one's sweep (1 wait); each flush 1 invalidation / 1 wait"
             ),
         }
-        for i in 0..PENDING_PRUNES as u64 {
-            edu.edu.dma_from_ram(iova(i), 0, 64).map_err(fail)?;
-            r.expect_fault((r.device_id)(edu), iova(i), false, FaultKind::Translation)?;
-        }
         kept_page_lands(edu, &kept, "the sweep")?;
-        ensure_eq!(
-            io.reclaim_tables(A, dom).map_err(fail)?,
-            0,
-            "nothing left empty"
-        );
-        Ok(())
+        faults_and_nothing_left(
+            r,
+            &mut io,
+            A,
+            dom,
+            edu,
+            (0..PENDING_PRUNES as u64).map(iova),
+        )
     })();
     let released = io.release(dev, A);
     let destroyed = io.destroy_domain(A, dom);
@@ -718,7 +769,7 @@ where
     U::Domain: Sync,
 {
     use iommu::dma::{Config, Direction, DmaDevice};
-    use iommu::iommufd::{GroupId, Iommu, Layout, OwnerId, Region, Target, PENDING_PRUNES};
+    use iommu::iommufd::{OwnerId, Target, PENDING_PRUNES};
     use iommu_boot::memory::{self, Placement};
     const A: OwnerId = OwnerId(1);
     const M2: u64 = 2 << 20;
@@ -727,21 +778,7 @@ where
         iommu_boot::testing::Failure::Skipped("no 4 MiB of RAM for a 2 MiB buffer".into())
     })?;
     let buffer = PhysAddr::new(ram + 4096);
-    let mut io = Iommu::new();
-    let u = io.add_unit(r.unit);
-    io.allow_unsafe_interrupts(true);
-    let dev = io
-        .add_device(u, (r.device_id)(edu), GroupId(0))
-        .map_err(fail)?;
-    io.claim(dev, A).map_err(fail)?;
-    let windows = [Region::below_bits(IA_BITS)];
-    let layout = Layout {
-        windows: &windows,
-        reserved: &[],
-    };
-    let dom = io
-        .alloc_dma_domain(A, u, r.stage, IA_BITS, &layout)
-        .map_err(fail)?;
+    let (mut io, dev, dom) = model_with_domain(r, edu, A, DomainOf::DmaApi)?;
     let outcome = (|| {
         io.attach(dev, A, Target::Domain(dom)).map_err(fail)?;
         r.faults()?;
@@ -771,17 +808,8 @@ where
             "{PENDING_PRUNES} DMA API unmaps of 2 MiB: 1 invalidation / 1 wait each, the last \
              one's prune 1 wait more"
         );
-        for at in &addrs {
-            edu.edu.dma_from_ram(at.0, 0, 64).map_err(fail)?;
-            r.expect_fault((r.device_id)(edu), at.0, false, FaultKind::Translation)?;
-        }
         drop(dma);
-        ensure_eq!(
-            io.reclaim_tables(A, dom).map_err(fail)?,
-            0,
-            "nothing left empty"
-        );
-        Ok(())
+        faults_and_nothing_left(r, &mut io, A, dom, edu, addrs.iter().map(|a| a.0))
     })();
     let released = io.release(dev, A);
     let destroyed = io.destroy_domain(A, dom);
