@@ -1128,9 +1128,7 @@ impl<U: TranslationUnit> Iommu<U> {
         let space = dom.space(id)?;
         let (u, total) = space.begin_unmap_pruning(iova.as_u64(), len)?;
         self.unmap_claimed(dom, id, u)?;
-        if space.sweep_due() {
-            self.sweep(dom, space);
-        }
+        self.sweep_if_due(dom, space);
         Ok(total)
     }
 
@@ -1173,7 +1171,14 @@ impl<U: TranslationUnit> Iommu<U> {
         removed.map(|_| ())
     }
 
-    /// Frees the tables larger than a stripe that pruning unmaps of `dom` left empty
+    /// [`sweep`](Self::sweep) once [`PENDING_PRUNES`] places wait for one.
+    fn sweep_if_due(&self, dom: &Domain<U::Domain>, space: &IovaSpace) {
+        if space.sweep_due() {
+            self.sweep(dom, space);
+        }
+    }
+
+    /// Frees the tables that unmaps of `dom` left empty at the places they noted
     /// ([`IovaSpace::sweep`], [`TranslationUnit::prune_tables`]): one invalidation for all. The
     /// unmaps that left them have succeeded, so a failure here is logged, not returned (the
     /// tables stay linked, or, if the invalidation failed, their frames are leaked).
@@ -1227,9 +1232,7 @@ impl<U: TranslationUnit> Iommu<U> {
         });
         space.end_unmap(span, removed.is_ok());
         removed?;
-        if space.sweep_due() {
-            self.sweep(dom, space);
-        }
+        self.sweep_if_due(dom, space);
         Ok(total)
     }
 

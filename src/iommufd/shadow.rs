@@ -544,9 +544,7 @@ impl<U: TranslationUnit> Iommu<U> {
             stats.host_flushes += 1;
             // The tables the unmaps emptied, once enough places wait (a guest that churns its
             // IOVAs pins no host table memory).
-            if space.sweep_due() {
-                self.sweep(d, space);
-            }
+            self.sweep_if_due(d, space);
             // Told once the invalidation completed, as every unmap (under the vIOMMU's lock,
             // so in order with this shadow's other changes).
             for iova in stale {
