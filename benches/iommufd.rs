@@ -10,6 +10,9 @@
 //!   stripe (same lock and same records);
 //! - the foil: the same object model behind a `spin::Mutex` held around each call, 1 and 2
 //!   threads, one domain, ranges 1 GiB + 2 MiB apart;
+//! - 1 thread on a domain that sweeps the tables an unmap may have emptied at every such unmap
+//!   ([`Iommu::set_sweep_threshold`](iommu::iommufd::Iommu::set_sweep_threshold) 1: its table
+//!   memory always that of a fresh table), against the default of a sweep every 8th place;
 //! - pure arithmetic on 1 and 2 threads: what the machine gives two threads at that moment, to
 //!   read the scaling against.
 //!
@@ -23,10 +26,11 @@
 //! After its report, the bench prints pairs per second of every case, each the median of five
 //! rounds taken in turn so that every case sees the same noise, with the ratio to one thread.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use iommu::iommufd::bench::{cases_4k, lane, load, model, summary, Case, Path, SLOTS};
+use iommu::iommufd::bench::{cases_4k, lane, load, model, summary, Case, Path, OWNER, SLOTS};
 use iommu::pagetable::VtdSecondStage;
 use iommu::unit::host::TableUnit;
 
@@ -51,6 +55,10 @@ fn main() {
     let (foil, foil_doms) = model(unit(), 1, IA_BITS);
     let foil = spin::Mutex::new(foil);
     let f = foil_doms[0];
+    let (mut swept, swept_doms) = model(unit(), 1, IA_BITS);
+    if let Err(e) = swept.set_sweep_threshold(OWNER, swept_doms[0], NonZeroUsize::MIN) {
+        panic!("{e}");
+    }
     let lanes_4k = |second: u64| vec![lane(a, BASE_4K), lane(a, BASE_4K + second)];
     // Thread 1's 2 MiB slots start past thread 0's (SLOTS stripes), so no lock is shared.
     let far_2m = G1 + SLOTS * M2;
@@ -76,6 +84,13 @@ fn main() {
             K4,
             Path::Direct(&io),
             lanes_4k(SLOTS * K4),
+        ),
+        case(
+            "4k/swept_every_unmap",
+            "4k/one_thread",
+            K4,
+            Path::Direct(&swept),
+            vec![lane(swept_doms[0], BASE_4K)],
         ),
         case(
             "2m/one_thread",

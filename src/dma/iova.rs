@@ -16,7 +16,7 @@
 //! cached IOVA back (teardown, or before asking for a large range the caches may be holding).
 //!
 //! *Pruning.* Where IOVAs come back into the ranges, the tables that mapped them may have
-//! emptied: the places are noted (once per 2 MiB block), and once [`PENDING_PRUNES`] are,
+//! emptied: the places are noted (once per 2 MiB block), and once [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) are,
 //! [`IovaAllocator::prune`] hands each still free with its free range to the caller, which frees
 //! the empty tables inside ([`TranslationUnit::prune_tables`](crate::unit::TranslationUnit::prune_tables)).
 //! Every IOVA the handle maps comes out of the ranges under their lock, so while `prune` holds
@@ -37,9 +37,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
-use crate::iommufd::{Layout, PENDING_PRUNES};
+use crate::iommufd::{Emptied, Layout};
 use crate::ranges::FreeRanges;
-use crate::sync::{AtomicBool, Mutex, Ordering};
+use crate::sync::Mutex;
 
 /// The page size allocations are made of.
 pub const PAGE: u64 = 4096;
@@ -102,42 +102,13 @@ struct CpuCache {
 #[repr(align(128))]
 struct PerCpu(Mutex<CpuCache>);
 
-/// The span a noted place stands for: the smallest table's (a 4 KiB granule's leaf table).
-const BLOCK_SHIFT: u32 = 21;
-
-/// The free ranges, and where IOVAs came back into them since the last prune.
-#[derive(Debug, Default)]
-struct Ranges {
-    free: FreeRanges,
-    /// Places given back, one per 2 MiB block: the ends of each range (the tables between
-    /// them the range covers, which its unmap freed).
-    returned: Vec<u64>,
-}
-
-impl Ranges {
-    /// Gives `[at, at + size)` back and notes its ends.
-    fn give_back(&mut self, at: u64, size: u64) {
-        self.free.give(at, size);
-        for end in [at, at + (size - 1)] {
-            if !self
-                .returned
-                .iter()
-                .any(|&p| p >> BLOCK_SHIFT == end >> BLOCK_SHIFT)
-            {
-                self.returned.push(end);
-            }
-        }
-    }
-}
-
 /// IOVAs for one domain's DMA mappings. See the [module docs](self).
 pub struct IovaAllocator {
-    ranges: Mutex<Ranges>,
-    /// Whether [`PENDING_PRUNES`] places are noted: a hint, so that the common unmap asks
-    /// without the ranges' lock. Set and cleared under that lock, which orders the places
-    /// themselves; read `Relaxed`: a stale `false` delays the prune to a later unmap, a stale
-    /// `true` makes [`prune`](Self::prune) find fewer places (or none) under the lock.
-    prune_hint: AtomicBool,
+    ranges: Mutex<FreeRanges>,
+    /// Where IOVAs came back into the ranges since the last prune: the ends of each range
+    /// given back (the tables between them the range covers, which its unmap freed). Noted
+    /// and taken under the ranges' lock.
+    emptied: Emptied,
     cpus: Vec<PerCpu>,
     depot: Mutex<[Vec<Magazine>; CLASSES]>,
 }
@@ -188,11 +159,8 @@ impl IovaAllocator {
             ranges.carve(r.region.start & !(PAGE - 1), end);
         }
         Self {
-            ranges: Mutex::new(Ranges {
-                free: ranges,
-                returned: Vec::new(),
-            }),
-            prune_hint: AtomicBool::new(false),
+            ranges: Mutex::new(ranges),
+            emptied: Emptied::new(),
             cpus: (0..cpus.max(1))
                 .map(|_| PerCpu(Mutex::new(CpuCache::default())))
                 .collect(),
@@ -230,7 +198,7 @@ impl IovaAllocator {
         if let Some(iova) = self.refill(cache, size, limit) {
             return Ok(iova);
         }
-        if let Some(iova) = self.ranges.lock().free.take_below(size, size, limit) {
+        if let Some(iova) = self.ranges.lock().take_below(size, size, limit) {
             return Ok(iova);
         }
         // The caches may hold what the ranges lack (other sizes, other CPUs): give them back
@@ -238,7 +206,6 @@ impl IovaAllocator {
         self.drain();
         self.ranges
             .lock()
-            .free
             .take_below(size, size, limit)
             .ok_or(IovaError::Exhausted)
     }
@@ -249,14 +216,14 @@ impl IovaAllocator {
     fn refill(&self, cache: &PerCpu, size: u64, limit: u64) -> Option<u64> {
         let c = class(size)?;
         let block = size * MAGAZINE as u64;
-        let base = self.ranges.lock().free.take_below(block, block, limit)?;
+        let base = self.ranges.lock().take_below(block, block, limit)?;
         let mut mine = cache.0.lock();
         let magazine = &mut mine.loaded[c];
         if !magazine.iovas.is_empty() {
             // Another call on this CPU refilled it meanwhile (an interrupt handler): give the
             // block back rather than lose the IOVAs already there (never mapped: no note).
             drop(mine);
-            self.ranges.lock().free.give(base, block);
+            self.ranges.lock().give(base, block);
             return None;
         }
         // The top one now, the rest in order (the highest popped first): top-down, as the
@@ -284,9 +251,7 @@ impl IovaAllocator {
             self.stash(c, full);
             return Ok(());
         }
-        let mut ranges = self.ranges.lock();
-        ranges.give_back(iova, size);
-        self.hint(&ranges);
+        self.give_back(&mut self.ranges.lock(), iova, size);
         Ok(())
     }
 
@@ -305,9 +270,8 @@ impl IovaAllocator {
         let size = PAGE << c;
         let mut ranges = self.ranges.lock();
         for iova in m.iovas {
-            ranges.give_back(iova, size);
+            self.give_back(&mut ranges, iova, size);
         }
-        self.hint(&ranges);
     }
 
     /// Gives every cached IOVA back to the ranges.
@@ -329,22 +293,21 @@ impl IovaAllocator {
         }
         let mut ranges = self.ranges.lock();
         for (iova, size) in back {
-            ranges.give_back(iova, size);
-        }
-        self.hint(&ranges);
-    }
-
-    /// Sets the hint once enough places are noted (`ranges` is the locked ranges).
-    fn hint(&self, ranges: &Ranges) {
-        if ranges.returned.len() >= PENDING_PRUNES {
-            self.prune_hint.store(true, Ordering::Relaxed);
+            self.give_back(&mut ranges, iova, size);
         }
     }
 
-    /// Whether [`PENDING_PRUNES`] places where IOVAs came back wait for a
+    /// Gives `[at, at + size)` back to `ranges` (the locked ranges) and notes its ends.
+    fn give_back(&self, ranges: &mut FreeRanges, at: u64, size: u64) {
+        ranges.give(at, size);
+        self.emptied.note(at);
+        self.emptied.note(at + (size - 1));
+    }
+
+    /// Whether [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) places where IOVAs came back wait for a
     /// [`prune`](Self::prune): a hint, read without a lock, for the common unmap to ask.
     pub fn prune_due(&self) -> bool {
-        self.prune_hint.load(Ordering::Relaxed)
+        self.emptied.due()
     }
 
     /// Takes the noted places and hands `prune` each one still free with its free range
@@ -352,13 +315,12 @@ impl IovaAllocator {
     /// nothing mapped or unmapped, inside those ranges until `prune` returns (see the
     /// [module docs](self)). Returns what `prune` returned, or `None` if no place was.
     pub fn prune<R>(&self, prune: impl FnOnce(&[(u64, Range<u64>)]) -> R) -> Option<R> {
-        let mut ranges = self.ranges.lock();
-        self.prune_hint.store(false, Ordering::Relaxed);
-        let places = core::mem::take(&mut ranges.returned);
+        let ranges = self.ranges.lock();
+        let places = self.emptied.take();
         let mut points: Vec<(u64, Range<u64>)> = Vec::new();
         for at in places {
             // Allocated again meanwhile: its tables are in use.
-            if let Some((start, end)) = ranges.free.containing(at) {
+            if let Some((start, end)) = ranges.containing(at) {
                 points.push((at, start..end));
             }
         }
@@ -368,7 +330,7 @@ impl IovaAllocator {
     /// The free ranges, `[start, end)` in order (after [`drain`](Self::drain), every range
     /// not allocated).
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.ranges.lock().free.iter().collect()
+        self.ranges.lock().iter().collect()
     }
 }
 

@@ -215,6 +215,7 @@ mod viommu;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::num::NonZeroUsize;
 
 pub use ats::AtsControl;
 pub use error::{Error, Result};
@@ -229,6 +230,7 @@ pub use status::{InsecureNoIommu, Protection, Status};
 pub use viommu::ViommuId;
 
 use interrupts::Interrupts;
+pub(crate) use iova::Emptied;
 use iova::Unmapping;
 use viommu::Viommu;
 
@@ -1040,6 +1042,31 @@ impl<U: TranslationUnit> Iommu<U> {
         self.domain(id, owner)?.space(id)
     }
 
+    /// After how many noted places the unmaps of `owner`'s domain `id` sweep the tables they
+    /// emptied (see [`unmap`](Self::unmap)): [`PENDING_PRUNES`] unless set here. With 1, each
+    /// unmap that may have emptied a table larger than its stripes sweeps before it returns,
+    /// so once the domain's calls have returned its table holds exactly the tables its
+    /// mappings need (as a fresh table of them would), at the price of every lock of the
+    /// domain on each such unmap (the `iommufd` benchmark's `swept every unmap` case). A
+    /// paging or shadow domain; others have no IOVA space of ours.
+    pub fn set_sweep_threshold(
+        &mut self,
+        owner: OwnerId,
+        id: DomainId,
+        places: NonZeroUsize,
+    ) -> Result<()> {
+        self.domain(id, owner)?;
+        let dom = self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))?;
+        match &mut dom.kind {
+            DomainKind::Paging { space, .. } | DomainKind::Shadow { space, .. } => {
+                space.set_sweep_threshold(places);
+                Ok(())
+            }
+            DomainKind::Dma { .. } => Err(Error::DmaDomain(id)),
+            _ => Err(Error::NotPaging(id)),
+        }
+    }
+
     /// The unit's own object behind `owner`'s domain `id`, for back-end specific queries (its
     /// hardware tag, a table walk). Changing it behind the model's back is not possible: it is
     /// shared.
@@ -1119,7 +1146,8 @@ impl<U: TranslationUnit> Iommu<U> {
     /// larger tables may have emptied: the place is noted, and the unmap that notes the
     /// [`PENDING_PRUNES`]th sweeps them all (one more invalidation; a failure there is logged,
     /// the unmap itself has succeeded). A domain thus never holds more than that many paths of
-    /// empty tables beyond what its mappings need.
+    /// empty tables beyond what its mappings need; [`set_sweep_threshold`](Self::set_sweep_threshold)
+    /// chooses another number (1: none).
     pub fn unmap(&self, owner: OwnerId, id: DomainId, iova: Iova, len: u64) -> Result<u64> {
         if iova.as_u64() == 0 && len == u64::MAX {
             return self.unmap_all(owner, id);

@@ -1002,6 +1002,70 @@ fn unmap_rules() {
 }
 
 #[test]
+fn a_sweep_threshold_of_one_sweeps_where_each_unmap_empties_a_stripe() {
+    let (mut io, u, _) = system();
+    let dom = domain(&mut io, A, u);
+    let w = window();
+    let layout = Layout {
+        windows: &w,
+        reserved: &[MSI],
+    };
+    let dma = ok(io.alloc_dma_domain(A, u, Stage::Second, 48, &layout));
+    let one = NonZeroUsize::MIN;
+    refused(&mut io, Error::UnknownDomain(DomainId(99)), |io| {
+        io.set_sweep_threshold(A, DomainId(99), one)
+    });
+    refused(&mut io, Error::NotDomainOwner(dom), |io| {
+        io.set_sweep_threshold(B, dom, one)
+    });
+    refused(&mut io, Error::DmaDomain(dma), |io| {
+        io.set_sweep_threshold(A, dma, one)
+    });
+    let cpu = CpuTable {
+        root: PhysAddr::new(0x8000),
+        ia_bits: 48,
+        asid: 1,
+        mair: 0xff,
+    };
+    let sva = ok(io.alloc_shared_domain(A, u, &cpu));
+    refused(&mut io, Error::NotPaging(sva), |io| {
+        io.set_sweep_threshold(A, sva, one)
+    });
+    let swept = |io: &Iommu<MockUnit>| ok(io.unit(u)).pruned.borrow().clone();
+    let rw = Prot::READ_WRITE;
+    let page = |at: u64| (Iova::new(at), PhysAddr::new(0), 0x1000, rw);
+    let map = |io: &Iommu<MockUnit>, at: u64| {
+        let (iova, phys, len, prot) = page(at);
+        ok(io.map(A, dom, iova, phys, len, prot));
+    };
+
+    // By default the first emptied stripe waits for seven more.
+    map(&io, 0x1000);
+    ok(io.unmap(A, dom, Iova::new(0x1000), 0x1000));
+    assert!(swept(&io).is_empty());
+
+    // With 1, the place already noted is due: the next unmap sweeps it, and each stripe an
+    // unmap empties is swept by that unmap.
+    ok(io.set_sweep_threshold(A, dom, one));
+    map(&io, 0x40_0000);
+    map(&io, 0x40_1000);
+    ok(io.unmap(A, dom, Iova::new(0x40_0000), 0x1000));
+    assert_eq!(
+        swept(&io),
+        [alloc::vec![0x1000]],
+        "its stripe still holds a page"
+    );
+    ok(io.unmap(A, dom, Iova::new(0x40_1000), 0x1000));
+    assert_eq!(swept(&io), [alloc::vec![0x1000], alloc::vec![0x40_1000]]);
+
+    // Back to 8: noted again, not swept.
+    ok(io.set_sweep_threshold(A, dom, NonZeroUsize::new(8).unwrap_or(one)));
+    map(&io, 0x1000);
+    ok(io.unmap(A, dom, Iova::new(0x1000), 0x1000));
+    assert_eq!(swept(&io).len(), 2);
+}
+
+#[test]
 fn automatic_iova_avoids_reserved_and_mappings() {
     let (mut io, u, _) = system();
     let w = [Region {

@@ -12,7 +12,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::iommufd::{Region, Reserved, ReservedKind};
+use crate::iommufd::{Region, Reserved, ReservedKind, PENDING_PRUNES};
 
 const WINDOW: Region = Region {
     start: 0x10_0000,

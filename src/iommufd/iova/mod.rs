@@ -7,14 +7,18 @@
 
 extern crate alloc;
 
+mod emptied;
 mod stripes;
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::num::NonZeroUsize;
 
 use super::error::{Error, Result};
 use crate::pagetable::Prot;
-use crate::sync::{spin_loop, Mutex};
+use crate::sync::spin_loop;
+pub(crate) use emptied::Emptied;
+pub use emptied::PENDING_PRUNES;
 use stripes::{stripe_hull, Held, Stripes};
 
 /// Every IOVA.
@@ -22,12 +26,6 @@ const EVERYTHING: Region = Region {
     start: 0,
     last: u64::MAX,
 };
-
-/// How many places a domain's unmaps may leave tables empty (larger than their stripes, or any
-/// after a deferred unmap) before one of them sweeps (see [`Iommu::unmap`](super::Iommu::unmap)):
-/// each place keeps at most the tables on one path, so a domain holds at most this many paths'
-/// worth of empty tables beyond what its mappings need.
-pub const PENDING_PRUNES: usize = 8;
 
 /// The smallest alignment of an automatically allocated IOVA: the 4 KiB granule every back-end
 /// supports.
@@ -217,7 +215,7 @@ pub struct IovaSpace {
     /// stripes (or, after an unmap that frees no table, the stripes' own) may have emptied
     /// too, left for the next [`sweep`](Self::sweep) (at most [`PENDING_PRUNES`] before one is
     /// due). Taken after stripe locks, never before.
-    pending: Mutex<Vec<u64>>,
+    emptied: Emptied,
 }
 
 impl fmt::Debug for IovaSpace {
@@ -272,7 +270,7 @@ impl IovaSpace {
             windows,
             reserved: layout.reserved.to_vec(),
             stripes: Stripes::new(),
-            pending: Mutex::new(Vec::new()),
+            emptied: Emptied::new(),
         })
     }
 
@@ -444,22 +442,22 @@ impl IovaSpace {
                 start: end,
                 last: end,
             });
-            if held.mapped_outside(span, stripe) {
-                continue;
-            }
-            let mut pending = self.pending.lock();
-            if !pending
-                .iter()
-                .any(|&p| stripe.start <= p && p <= stripe.last)
-            {
-                pending.push(end);
+            if !held.mapped_outside(span, stripe) {
+                self.emptied.note(end);
             }
         }
     }
 
-    /// Whether [`PENDING_PRUNES`] places wait for a [`sweep`](Self::sweep).
+    /// Whether enough places wait for a [`sweep`](Self::sweep) ([`PENDING_PRUNES`], or what
+    /// [`set_sweep_threshold`](Self::set_sweep_threshold) chose): a hint read without a lock
+    /// (a stale answer moves the sweep to a later unmap).
     pub(super) fn sweep_due(&self) -> bool {
-        self.pending.lock().len() >= PENDING_PRUNES
+        self.emptied.due()
+    }
+
+    /// Makes a sweep due once `places` places are noted instead of [`PENDING_PRUNES`].
+    pub(super) fn set_sweep_threshold(&mut self, places: NonZeroUsize) {
+        self.emptied.set_threshold(places);
     }
 
     /// Takes the places unmaps noted and hands `prune` each one that still lies in free
@@ -473,8 +471,7 @@ impl IovaSpace {
     /// whose waits are bounded, so the others' wait for the locks ends.
     pub(super) fn sweep<R>(&self, prune: impl FnOnce(&[(u64, Region)]) -> R) -> Option<R> {
         let held = self.stripes.lock_all();
-        let mut pending = self.pending.lock();
-        let places = core::mem::take(&mut *pending);
+        let places = self.emptied.take();
         let mut points: Vec<(u64, Region)> = Vec::new();
         for at in places {
             let here = Region {
@@ -483,7 +480,7 @@ impl IovaSpace {
             };
             if held.busy(here) {
                 // An operation under way there: the next sweep looks again.
-                pending.push(at);
+                self.emptied.note(at);
                 continue;
             }
             if held.any_mapped(here) {
@@ -497,7 +494,6 @@ impl IovaSpace {
             };
             points.push((at, free));
         }
-        drop(pending);
         (!points.is_empty()).then(|| prune(&points))
     }
 
@@ -699,7 +695,7 @@ mod tests {
             Ok(found) => found,
             Err(e) => panic!("unmap of {iova:#x}: {e}"),
         };
-        let noted = |s: &IovaSpace| s.pending.lock().clone();
+        let noted = |s: &IovaSpace| s.emptied.noted();
 
         // Its stripe holds another mapping: the free space up to it, from the stripe's start;
         // nothing above the stripe can have emptied, so nothing is noted.
@@ -747,7 +743,7 @@ mod tests {
         s.end_unmap_pruning(u, true);
         mapped(&s, r(2 * M2, 0x1000));
         assert_eq!(s.sweep(|points| points.len()), None);
-        assert!(s.pending.lock().is_empty());
+        assert!(s.emptied.noted().is_empty());
 
         // A stripe is noted once, however often it empties; PENDING_PRUNES stripes make a
         // sweep due.
@@ -760,7 +756,7 @@ mod tests {
             churn(8 * M2 + k * M2);
             churn(8 * M2 + k * M2 + 0x1000);
         }
-        assert_eq!(s.pending.lock().len(), PENDING_PRUNES - 1);
+        assert_eq!(s.emptied.noted().len(), PENDING_PRUNES - 1);
         assert!(!s.sweep_due());
         churn(8 * M2);
         assert!(s.sweep_due());
@@ -794,12 +790,12 @@ mod tests {
         );
         s.end_map(r(0x2000, 0x1000), false);
         s.end_unmap(span, true);
-        assert!(s.pending.lock().is_empty());
+        assert!(s.emptied.noted().is_empty());
 
         // The last mapping of its stripe: noted, and swept with the free space around it.
         let span = begin(0x10_0000, 0x1000);
         s.end_unmap(span, true);
-        assert_eq!(*s.pending.lock(), [0x10_0000]);
+        assert_eq!(s.emptied.noted(), [0x10_0000]);
         assert_eq!(
             s.sweep(|points| points.to_vec()),
             Some(std::vec![(0x10_0000, EVERYTHING)])
@@ -811,7 +807,7 @@ mod tests {
         mapped(&s, crossing);
         let span = begin(crossing.start, 0x2000);
         s.end_unmap(span, true);
-        assert_eq!(*s.pending.lock(), [0x1f_f000, 0x20_0fff]);
+        assert_eq!(s.emptied.noted(), [0x1f_f000, 0x20_0fff]);
     }
 
     #[test]

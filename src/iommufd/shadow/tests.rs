@@ -4,6 +4,7 @@
 
 extern crate std;
 
+use core::num::NonZeroUsize;
 use std::collections::BTreeMap as StdMap;
 use std::sync::Mutex as StdMutex;
 use std::vec::Vec;
@@ -240,6 +241,19 @@ fn a_guest_churning_its_iovas_has_the_emptied_host_tables_swept() {
         (s.mapped, s.unmapped, s.host_flushes),
         (512 * PENDING_PRUNES as u64, 512 * PENDING_PRUNES as u64, 8)
     );
+}
+
+#[test]
+fn a_shadow_with_a_sweep_threshold_of_one_sweeps_at_each_emptied_stripe() {
+    let mut g = guest();
+    let shadow = g.shadow;
+    g.io.set_sweep_threshold(GUEST, shadow, NonZeroUsize::MIN)
+        .unwrap();
+    g.mem.guest_write(L2 + 8, 0x20_0000 | PS | R | W);
+    assert_eq!(g.invalidate(&[page(0x20_0000)]), all_done(1));
+    g.mem.guest_write(L2 + 8, 0);
+    assert_eq!(g.invalidate(&[page(0x20_0000)]), all_done(1));
+    assert_eq!(*g.io.units[0].pruned.borrow(), [std::vec![0x3f_f000]]);
 }
 
 #[test]
