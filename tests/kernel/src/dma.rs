@@ -644,6 +644,8 @@ pub enum ModelUnmap {
     Strict,
     /// `Iommu::unmap_deferred`, each flushed at once (`flush_deferred`).
     Deferred,
+    /// `Iommu::unmap` on a domain whose sweep threshold is 1 (`Iommu::set_sweep_threshold`).
+    SweptAtOnce,
 }
 
 /// The object model's unmaps free their tables: edu's domain keeps a page at IOVA_A; a page is
@@ -655,6 +657,9 @@ pub enum ModelUnmap {
 ///   and leave their leaf tables, but the 8th sweeps them all with the 1 GiB table (one wait,
 ///   one or two invalidation commands for the hull of the 8 paths); each flush costs one
 ///   invalidation and wait.
+/// - `SweptAtOnce` (`Iommu::unmap`, sweep threshold 1): each unmap frees its leaf table with its
+///   own invalidation and wait, then sweeps the emptied 1 GiB table (one more of each), so
+///   after every unmap nothing is left empty (a reclaim finds nothing).
 ///
 /// Afterwards DMA to each IOVA faults, DMA through the kept page lands, and a reclaim finds
 /// nothing left to free.
@@ -671,6 +676,10 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
     let iova = |i: u64| CHURN + i * (2 << 20);
     let edu = r.edu(0)?;
     let (mut io, dev, dom) = model_with_domain(r, edu, A, DomainOf::Paging)?;
+    if how == ModelUnmap::SweptAtOnce {
+        io.set_sweep_threshold(A, dom, core::num::NonZeroUsize::MIN)
+            .map_err(fail)?;
+    }
     let (kept, churned) = (DmaBuffer::new(0)?, DmaBuffer::new(0x6c)?);
     let outcome = (|| {
         io.map(
@@ -700,6 +709,22 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
                         cost,
                         (1 + sweep, 1 + sweep),
                         "unmap {i}: invalidations / waits"
+                    );
+                }
+                ModelUnmap::SweptAtOnce => {
+                    let cost = count(&mut || {
+                        ensure_eq!(io.unmap(A, dom, at, 4096).map_err(fail)?, 4096);
+                        Ok(())
+                    })?;
+                    ensure_eq!(
+                        cost,
+                        (2, 2),
+                        "unmap {i} and its sweep: invalidations / waits"
+                    );
+                    ensure_eq!(
+                        io.reclaim_tables(A, dom).map_err(fail)?,
+                        0,
+                        "unmap {i}: nothing left empty"
                     );
                 }
                 ModelUnmap::Deferred => {
@@ -733,6 +758,10 @@ pub fn object_model_unmaps_free_their_tables<U: TranslationUnit>(
             ModelUnmap::Deferred => iommu_boot::println!(
                 "{PENDING_PRUNES} deferred unmaps through the object model: nothing but the last \
                  one's sweep (1 wait); each flush 1 invalidation / 1 wait"
+            ),
+            ModelUnmap::SweptAtOnce => iommu_boot::println!(
+                "{PENDING_PRUNES} unmaps through the object model, sweep threshold 1: 2 \
+                 invalidations / 2 waits each (the unmap and its sweep), nothing left empty"
             ),
         }
         kept_page_lands(edu, &kept, "the sweep")?;

@@ -187,6 +187,17 @@ pub fn dma_api_frees_the_tables_its_freed_iovas_emptied(
     )
 }
 
+/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with a sweep at every emptied
+/// stripe, counted likewise.
+pub fn object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
+    m: &mut Machine,
+    stage: Stage,
+) -> TestResult {
+    counted(m, stage, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::SweptAtOnce)
+    })
+}
+
 /// [`dma::object_model_unmaps_free_their_tables`] at `stage` with deferred unmaps, counted
 /// likewise.
 pub fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(

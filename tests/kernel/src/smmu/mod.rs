@@ -163,6 +163,24 @@ pub static TESTS: &[Test<Machine>] = &[
         run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::Second),
     },
     Test {
+        name: "s1_object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
+        run: |m| {
+            dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
+                m,
+                Stage::First,
+            )
+        },
+    },
+    Test {
+        name: "s2_object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
+        run: |m| {
+            dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
+                m,
+                Stage::Second,
+            )
+        },
+    },
+    Test {
         name: "s1_dma_api_frees_the_tables_its_freed_iovas_emptied",
         run: |m| dma::dma_api_frees_the_tables_its_freed_iovas_emptied(m, Stage::First),
     },

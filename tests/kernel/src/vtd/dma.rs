@@ -143,6 +143,16 @@ pub(super) fn dma_api_frees_the_tables_its_freed_iovas_emptied(m: &mut Machine) 
     counted(m, dma::dma_api_frees_the_tables_its_freed_iovas_emptied)
 }
 
+/// [`dma::object_model_unmaps_free_their_tables`] with a sweep at every emptied stripe, counted
+/// likewise.
+pub(super) fn object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
+    m: &mut Machine,
+) -> TestResult {
+    counted(m, |r, count| {
+        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::SweptAtOnce)
+    })
+}
+
 /// [`dma::object_model_unmaps_free_their_tables`] with deferred unmaps, counted likewise.
 pub(super) fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
     m: &mut Machine,

@@ -155,6 +155,10 @@ pub static TESTS: &[Test<Machine>] = &[
         run: dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep,
     },
     Test {
+        name: "object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
+        run: dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty,
+    },
+    Test {
         name: "dma_api_frees_the_tables_its_freed_iovas_emptied",
         run: dma::dma_api_frees_the_tables_its_freed_iovas_emptied,
     },
