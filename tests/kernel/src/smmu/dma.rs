@@ -167,11 +167,11 @@ pub fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine, stage: Stage) 
     counted(m, stage, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with strict unmaps, counted
+/// [`dma::object_model_unmaps_free_their_tables`] at `stage` unmapping `how`, counted
 /// likewise.
-pub fn object_model_unmaps_free_their_tables(m: &mut Machine, stage: Stage) -> TestResult {
+pub fn object_model_unmaps(m: &mut Machine, stage: Stage, how: dma::ModelUnmap) -> TestResult {
     counted(m, stage, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Strict)
+        dma::object_model_unmaps_free_their_tables(r, count, how)
     })
 }
 
@@ -187,34 +187,12 @@ pub fn dma_api_frees_the_tables_its_freed_iovas_emptied(
     )
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with a sweep at every emptied
-/// stripe, counted likewise.
-pub fn object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
-    m: &mut Machine,
-    stage: Stage,
-) -> TestResult {
-    counted(m, stage, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::SweptAtOnce)
-    })
-}
-
-/// [`dma::object_model_unmaps_free_their_tables`] at `stage` with deferred unmaps, counted
-/// likewise.
-pub fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
-    m: &mut Machine,
-    stage: Stage,
-) -> TestResult {
-    counted(m, stage, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Deferred)
-    })
-}
-
 /// Runs `test` at `stage` with its invalidations counted from the command queue: TLBI commands
 /// and CMD_SYNCs.
 fn counted(
     m: &mut Machine,
     stage: Stage,
-    test: fn(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
+    test: impl FnOnce(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
 ) -> TestResult {
     use super::cmdq_watch::CommandWatch;
     use iommu_smmuv3::command::opcode;

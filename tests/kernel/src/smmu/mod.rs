@@ -15,6 +15,7 @@ mod viommu;
 
 use core::ptr::NonNull;
 
+use crate::dma::ModelUnmap;
 use crate::platform::{devicetree, pci_config};
 use crate::Machine;
 use iommu::unit::Stage;
@@ -148,37 +149,27 @@ pub static TESTS: &[Test<Machine>] = &[
     },
     Test {
         name: "s1_object_model_unmaps_free_their_tables",
-        run: |m| dma::object_model_unmaps_free_their_tables(m, Stage::First),
+        run: |m| dma::object_model_unmaps(m, Stage::First, ModelUnmap::Strict),
     },
     Test {
         name: "s2_object_model_unmaps_free_their_tables",
-        run: |m| dma::object_model_unmaps_free_their_tables(m, Stage::Second),
+        run: |m| dma::object_model_unmaps(m, Stage::Second, ModelUnmap::Strict),
     },
     Test {
         name: "s1_object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
-        run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::First),
+        run: |m| dma::object_model_unmaps(m, Stage::First, ModelUnmap::Deferred),
     },
     Test {
         name: "s2_object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
-        run: |m| dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep(m, Stage::Second),
+        run: |m| dma::object_model_unmaps(m, Stage::Second, ModelUnmap::Deferred),
     },
     Test {
         name: "s1_object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
-        run: |m| {
-            dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
-                m,
-                Stage::First,
-            )
-        },
+        run: |m| dma::object_model_unmaps(m, Stage::First, ModelUnmap::SweptAtOnce),
     },
     Test {
         name: "s2_object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
-        run: |m| {
-            dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
-                m,
-                Stage::Second,
-            )
-        },
+        run: |m| dma::object_model_unmaps(m, Stage::Second, ModelUnmap::SweptAtOnce),
     },
     Test {
         name: "s1_dma_api_frees_the_tables_its_freed_iovas_emptied",

@@ -130,11 +130,11 @@ pub(super) fn pruning_unmaps_free_the_tables_they_empty(m: &mut Machine) -> Test
     counted(m, dma::pruning_unmaps_free_the_tables_they_empty)
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`] with strict unmaps, counted at the
+/// [`dma::object_model_unmaps_free_their_tables`] unmapping `how`, counted at the
 /// invalidation queue.
-pub(super) fn object_model_unmaps_free_their_tables(m: &mut Machine) -> TestResult {
+pub(super) fn object_model_unmaps(m: &mut Machine, how: dma::ModelUnmap) -> TestResult {
     counted(m, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Strict)
+        dma::object_model_unmaps_free_their_tables(r, count, how)
     })
 }
 
@@ -143,30 +143,11 @@ pub(super) fn dma_api_frees_the_tables_its_freed_iovas_emptied(m: &mut Machine) 
     counted(m, dma::dma_api_frees_the_tables_its_freed_iovas_emptied)
 }
 
-/// [`dma::object_model_unmaps_free_their_tables`] with a sweep at every emptied stripe, counted
-/// likewise.
-pub(super) fn object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty(
-    m: &mut Machine,
-) -> TestResult {
-    counted(m, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::SweptAtOnce)
-    })
-}
-
-/// [`dma::object_model_unmaps_free_their_tables`] with deferred unmaps, counted likewise.
-pub(super) fn object_model_deferred_unmaps_leave_their_tables_to_a_sweep(
-    m: &mut Machine,
-) -> TestResult {
-    counted(m, |r, count| {
-        dma::object_model_unmaps_free_their_tables(r, count, dma::ModelUnmap::Deferred)
-    })
-}
-
 /// Runs `test` with its invalidations counted at the invalidation queue: IOTLB (or PASID-based
 /// IOTLB) descriptors and wait descriptors, one wait per batch.
 fn counted(
     m: &mut Machine,
-    test: fn(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
+    test: impl FnOnce(&Rig<'static, Unit>, dma::InvalidationCounter<'_>) -> TestResult,
 ) -> TestResult {
     let r = rig(m)?;
     if r.unit.queue().is_none() {

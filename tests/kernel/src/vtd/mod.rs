@@ -10,6 +10,7 @@ mod lifecycle;
 mod msi;
 mod viommu;
 
+use crate::dma::ModelUnmap;
 use crate::Machine;
 use alloc::vec::Vec;
 use iommu::acpi::{Acpi, Signature};
@@ -148,15 +149,15 @@ pub static TESTS: &[Test<Machine>] = &[
     },
     Test {
         name: "object_model_unmaps_free_their_tables",
-        run: dma::object_model_unmaps_free_their_tables,
+        run: |m| dma::object_model_unmaps(m, ModelUnmap::Strict),
     },
     Test {
         name: "object_model_deferred_unmaps_leave_their_tables_to_a_sweep",
-        run: dma::object_model_deferred_unmaps_leave_their_tables_to_a_sweep,
+        run: |m| dma::object_model_unmaps(m, ModelUnmap::Deferred),
     },
     Test {
         name: "object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty",
-        run: dma::object_model_unmaps_with_a_sweep_threshold_of_one_leave_nothing_empty,
+        run: |m| dma::object_model_unmaps(m, ModelUnmap::SweptAtOnce),
     },
     Test {
         name: "dma_api_frees_the_tables_its_freed_iovas_emptied",
