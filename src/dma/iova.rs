@@ -16,8 +16,9 @@
 //! cached IOVA back (teardown, or before asking for a large range the caches may be holding).
 //!
 //! *Pruning.* Where IOVAs come back into the ranges, the tables that mapped them may have
-//! emptied: the places are noted (once per 2 MiB block), and once [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) are,
-//! [`IovaAllocator::prune`] hands each still free with its free range to the caller, which frees
+//! emptied: the places are noted (once per 2 MiB block), and once
+//! [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) are, [`IovaAllocator::prune`] hands each
+//! still free with its free range to the caller, which frees
 //! the empty tables inside ([`TranslationUnit::prune_tables`](crate::unit::TranslationUnit::prune_tables)).
 //! Every IOVA the handle maps comes out of the ranges under their lock, so while `prune` holds
 //! it nothing is mapped inside a free range, and nothing there is unmapped (nothing is mapped):
@@ -304,8 +305,9 @@ impl IovaAllocator {
         self.emptied.note(at + (size - 1));
     }
 
-    /// Whether [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) places where IOVAs came back wait for a
-    /// [`prune`](Self::prune): a hint, read without a lock, for the common unmap to ask.
+    /// Whether [`PENDING_PRUNES`](crate::iommufd::PENDING_PRUNES) places where IOVAs came back
+    /// wait for a [`prune`](Self::prune): a hint, read without a lock, for the common unmap to
+    /// ask.
     pub fn prune_due(&self) -> bool {
         self.emptied.due()
     }

@@ -7,11 +7,10 @@
 
 extern crate std;
 
+use core::num::NonZeroUsize;
 use std::vec::Vec;
 
 use proptest::prelude::*;
-
-use core::num::NonZeroUsize;
 
 use super::*;
 use crate::hal::host::HostHal;
@@ -89,6 +88,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::UnmapAll),
         3 => pages().prop_map(|pages| Op::MapAnywhere { pages }),
     ]
+}
+
+/// `pages` pages from page `page`.
+fn pages_at(page: u64, pages: u64) -> Region {
+    Region {
+        start: page * PAGE,
+        last: (page + pages) * PAGE - 1,
+    }
 }
 
 /// The rules, written the obvious way over a list of mappings.
@@ -193,10 +200,7 @@ fn follow_the_model(
         let swept_all = matches!(op, Op::UnmapAll);
         match op {
             Op::Map { page, pages } => {
-                let r = Region {
-                    start: page * PAGE,
-                    last: (page + pages) * PAGE - 1,
-                };
+                let r = pages_at(page, pages);
                 let phys = PhysAddr::new(PHYS_OFFSET + r.start);
                 let got = io.map(
                     owner,
@@ -209,20 +213,14 @@ fn follow_the_model(
                 prop_assert_eq!(got, model.map(r));
             }
             Op::Unmap { page, pages } => {
-                let r = Region {
-                    start: page * PAGE,
-                    last: (page + pages) * PAGE - 1,
-                };
+                let r = pages_at(page, pages);
                 prop_assert_eq!(
                     io.unmap(owner, dom, Iova::new(r.start), pages * PAGE),
                     model.unmap(r)
                 );
             }
             Op::UnmapDeferred { page, pages } => {
-                let r = Region {
-                    start: page * PAGE,
-                    last: (page + pages) * PAGE - 1,
-                };
+                let r = pages_at(page, pages);
                 let mut g = crate::pagetable::Gather::new();
                 let got = io.unmap_deferred(owner, dom, Iova::new(r.start), pages * PAGE, &mut g);
                 prop_assert_eq!(got, model.unmap(r));
@@ -247,13 +245,7 @@ fn follow_the_model(
                     let phys = PhysAddr::new(PHYS_OFFSET + a);
                     let got = io.map_anywhere(owner, dom, phys, pages * PAGE, Prot::READ_WRITE);
                     prop_assert_eq!(got, Ok(Iova::new(a)));
-                    prop_assert_eq!(
-                        model.map(Region {
-                            start: a,
-                            last: a + pages * PAGE - 1
-                        }),
-                        Ok(())
-                    );
+                    prop_assert_eq!(model.map(pages_at(a / PAGE, pages)), Ok(()));
                 }
             }
         }

@@ -1032,11 +1032,15 @@ fn a_sweep_threshold_of_one_sweeps_where_each_unmap_empties_a_stripe() {
         io.set_sweep_threshold(A, sva, one)
     });
     let swept = |io: &Iommu<MockUnit>| ok(io.unit(u)).pruned.borrow().clone();
-    let rw = Prot::READ_WRITE;
-    let page = |at: u64| (Iova::new(at), PhysAddr::new(0), 0x1000, rw);
     let map = |io: &Iommu<MockUnit>, at: u64| {
-        let (iova, phys, len, prot) = page(at);
-        ok(io.map(A, dom, iova, phys, len, prot));
+        ok(io.map(
+            A,
+            dom,
+            Iova::new(at),
+            PhysAddr::new(0),
+            0x1000,
+            Prot::READ_WRITE,
+        ));
     };
 
     // By default the first emptied stripe waits for seven more.
@@ -1058,8 +1062,9 @@ fn a_sweep_threshold_of_one_sweeps_where_each_unmap_empties_a_stripe() {
     ok(io.unmap(A, dom, Iova::new(0x40_1000), 0x1000));
     assert_eq!(swept(&io), [alloc::vec![0x1000], alloc::vec![0x40_1000]]);
 
-    // Back to 8: noted again, not swept.
-    ok(io.set_sweep_threshold(A, dom, NonZeroUsize::new(8).unwrap_or(one)));
+    // Back to the default: noted again, not swept.
+    let default = NonZeroUsize::new(PENDING_PRUNES).expect("not zero");
+    ok(io.set_sweep_threshold(A, dom, default));
     map(&io, 0x1000);
     ok(io.unmap(A, dom, Iova::new(0x1000), 0x1000));
     assert_eq!(swept(&io).len(), 2);

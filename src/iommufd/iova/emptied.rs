@@ -29,9 +29,11 @@ pub(crate) struct Emptied {
     /// How many places make a sweep due: [`PENDING_PRUNES`] unless the embedder chose.
     threshold: usize,
     /// Whether `threshold` places are noted: a hint, so that the common unmap asks without the
-    /// lock. Set and cleared under the lock, which orders the places themselves;
-    /// read `Relaxed`: a stale `false` delays the sweep to a later unmap, a stale `true` makes
-    /// the sweep find fewer places (or none).
+    /// lock. Set and cleared under the lock, which orders the places themselves; read
+    /// `Relaxed`: a stale `false` delays the sweep to a later unmap, a stale `true` makes the
+    /// sweep find fewer places (or none). A CPU reads its own store or a later one, so the
+    /// unmap that notes the threshold-th place sees the sweep due, unless another CPU's sweep
+    /// took the places meanwhile.
     due: AtomicBool,
 }
 

@@ -213,8 +213,9 @@ pub struct IovaSpace {
     stripes: Stripes,
     /// Where unmaps emptied every stripe they touched, so that tables larger than those
     /// stripes (or, after an unmap that frees no table, the stripes' own) may have emptied
-    /// too, left for the next [`sweep`](Self::sweep) (at most [`PENDING_PRUNES`] before one is
-    /// due). Taken after stripe locks, never before.
+    /// too, left for the next [`sweep`](Self::sweep) (at most [`PENDING_PRUNES`], or the
+    /// threshold the embedder chose, before one is due). Its lock is taken after stripe locks,
+    /// never before.
     emptied: Emptied,
 }
 
