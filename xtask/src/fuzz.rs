@@ -236,16 +236,20 @@ pub fn miri() -> Result<(), String> {
         ),
     ];
     for (what, selector) in runs {
-        step(
-            &format!("miri: {what}"),
-            nightly_cargo()
-                // Isolation off: the queue tests' simulators read the clock.
-                .env("MIRIFLAGS", "-Zmiri-disable-isolation")
-                .env("PROPTEST_CASES", "1")
-                .env("MODEL_OPS", "4")
-                .args(["miri", "test", "--quiet"])
-                .args(selector),
-        )?;
+        let mut cmd = nightly_cargo();
+        // Isolation off: the queue tests' simulators read the clock.
+        cmd.env("MIRIFLAGS", "-Zmiri-disable-isolation")
+            .env("PROPTEST_CASES", "1")
+            .env("MODEL_OPS", "4")
+            .args(["miri", "test", "--quiet"])
+            .args(selector);
+        if what == "page-table model" {
+            // One fixed case (51 s here): a random one's ranges can be large enough that
+            // checking the whole model after each operation took Miri over 20 minutes
+            // (2026-12-06), beyond CI's budget. The host runs keep drawing random cases.
+            cmd.env("PROPTEST_RNG_SEED", "1");
+        }
+        step(&format!("miri: {what}"), &mut cmd)?;
     }
     println!("==> miri: {:.1}s in all", start.elapsed().as_secs_f64());
     Ok(())
